@@ -1,0 +1,109 @@
+// Chooses the kernel table: CPU features are read once per process; the
+// QUAKE_ISA environment variable may lower the level (for tests and for
+// comparing paths on one machine).
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels.h"
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <cpuid.h>
+#define QUAKE_X86 1
+#endif
+
+namespace quake {
+namespace {
+
+struct CpuFeatures {
+  bool avx2_fma_f16c = false;
+  bool avx512 = false;
+  bool neon = false;
+};
+
+#ifdef QUAKE_X86
+uint64_t read_xcr0() {
+  uint32_t eax, edx;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (static_cast<uint64_t>(edx) << 32) | eax;
+}
+#endif
+
+CpuFeatures detect() {
+  CpuFeatures f;
+#ifdef QUAKE_X86
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28), f16c = c & (1u << 29);
+  if (!(osxsave && avx)) return f;
+  const uint64_t xcr0 = read_xcr0();
+  const bool os_ymm = (xcr0 & 0x6) == 0x6;
+  const bool os_zmm = (xcr0 & 0xe6) == 0xe6;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
+  const bool avx2 = b & (1u << 5);
+  const bool avx512f = b & (1u << 16), avx512dq = b & (1u << 17), avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
+  f.avx2_fma_f16c = os_ymm && avx2 && fma && f16c;
+  f.avx512 = f.avx2_fma_f16c && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
+#elif defined(__aarch64__)
+  f.neon = true;  // ASIMD is mandatory on AArch64
+#endif
+  return f;
+}
+
+const CpuFeatures& features() {
+  static const CpuFeatures f = detect();
+  return f;
+}
+
+}  // namespace
+
+const KernelTable* kernels_for(Isa isa) {
+  const CpuFeatures& f = features();
+  switch (isa) {
+    case Isa::kScalar:
+      return scalar_kernels();
+    case Isa::kNeon:
+      return f.neon ? neon_kernels() : nullptr;
+    case Isa::kAvx2:
+      return f.avx2_fma_f16c ? avx2_kernels() : nullptr;
+    case Isa::kAvx512:
+      return f.avx512 ? avx512_kernels() : nullptr;
+  }
+  return nullptr;
+}
+
+bool parse_isa(const char* name, Isa* out) {
+  static const struct {
+    const char* name;
+    Isa isa;
+  } kNames[] = {{"scalar", Isa::kScalar}, {"neon", Isa::kNeon}, {"avx2", Isa::kAvx2}, {"avx512", Isa::kAvx512}};
+  for (const auto& entry : kNames) {
+    if (std::strcmp(name, entry.name) == 0) {
+      *out = entry.isa;
+      return true;
+    }
+  }
+  return false;
+}
+
+const KernelTable* best_kernels(Isa at_most) {
+  for (int level = static_cast<int>(at_most); level > 0; --level) {
+    if (const KernelTable* t = kernels_for(static_cast<Isa>(level))) return t;
+  }
+  return scalar_kernels();
+}
+
+const KernelTable* select_kernels(const char** error) {
+  *error = nullptr;
+  const char* requested = std::getenv("QUAKE_ISA");
+  if (requested == nullptr || *requested == '\0' || std::strcmp(requested, "auto") == 0) {
+    return best_kernels(Isa::kAvx512);
+  }
+  Isa isa;
+  if (!parse_isa(requested, &isa)) {
+    *error = "QUAKE_ISA must be one of auto, scalar, neon, avx2, avx512";
+    return nullptr;
+  }
+  return best_kernels(isa);
+}
+
+}  // namespace quake

@@ -1,0 +1,64 @@
+// Scalar exponential core, shared by the scalar kernels and the SIMD tails.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "constants.h"
+
+namespace quake {
+namespace scalar {
+
+inline float bits_to_float(int32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+inline int32_t float_to_bits(float f) {
+  int32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  return b;
+}
+
+// e^z without range handling; valid for kExpUnderflow < z < kExpOverflow.
+template <int Order>
+inline float exp_core(float z) {
+  if (Order == 1) {
+    return bits_to_float(static_cast<int32_t>(std::nearbyint(std::fma(z, kSchraudolphScale, kSchraudolphOffset))));
+  }
+  const float t = z * kLog2e;
+  const float fi = std::floor(t);
+  const float f = t - fi;
+  float p;
+  if (Order == 2) {
+    p = std::fma(std::fma(kExpPoly2[2], f, kExpPoly2[1]), f, kExpPoly2[0]);
+  } else {
+    p = std::fma(std::fma(std::fma(kExpPoly3[3], f, kExpPoly3[2]), f, kExpPoly3[1]), f, kExpPoly3[0]);
+  }
+  // Adding i to the exponent field multiplies by 2^i.
+  const uint32_t shifted = static_cast<uint32_t>(static_cast<int32_t>(fi)) << 23;
+  return bits_to_float(static_cast<int32_t>(static_cast<uint32_t>(float_to_bits(p)) + shifted));
+}
+
+// e^z with the full range contract of ops.md.
+template <int Order>
+inline float exp_quake(float z) {
+  if (std::isnan(z)) return z;
+  if (z <= kExpUnderflow) return 0.0f;
+  if (z >= kExpOverflow) return INFINITY;
+  return exp_core<Order>(z);
+}
+
+// NaN-propagating clamp (std::fmin/fmax would drop the NaN).
+inline float clamp_keep_nan(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// 1 / (1 + e^z) with z clamped into the core's range.
+template <int Order>
+inline float inv_one_plus_exp(float z) {
+  z = clamp_keep_nan(z, -kSigmoidClamp, kSigmoidClamp);
+  return 1.0f / (1.0f + exp_core<Order>(z));
+}
+
+}  // namespace scalar
+}  // namespace quake

@@ -1,0 +1,62 @@
+// The per-ISA kernel table of com.quake. Kernels are plain functions over
+// contiguous float arrays; the op layer (custom_ops/ops/) handles shapes,
+// strides, float16 and threading. Every ISA file provides the same entries
+// with the same semantics as kernels_scalar.cc, which is the readable
+// definition (and the fallback).
+//
+// Shared contract of the exponential core (ops.md), per order k in {1,2,3}:
+//   e^z for -87.3 < z < 88.7 with max relative error 2.99e-2 / 1.73e-3 / 7.5e-5,
+//   z <= -87.3 (and -inf) -> +0, z >= 88.7 (and +inf) -> +inf, NaN -> NaN.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace quake {
+
+enum class Isa : int { kScalar = 0, kNeon = 1, kAvx2 = 2, kAvx512 = 3 };
+
+using UnaryFn = void (*)(const float* x, float* y, size_t n);
+// y = x * sigmoid(alpha * x); alpha > 0 (validated by the op layer).
+using SiluFn = void (*)(const float* x, float* y, size_t n, float alpha);
+// y = u * sigmoid(2 sqrt(2/pi) (u + 0.044715 u^3)), u = x + bias; bias is
+// nullptr or n floats (one row of the last axis).
+using GeluFn = void (*)(const float* x, const float* bias, float* y, size_t n);
+// One contiguous row of length n >= 1. x and y may alias.
+using RowFn = void (*)(const float* x, float* y, size_t n);
+
+struct OrderKernels {
+  UnaryFn exp;
+  UnaryFn sigmoid;
+  SiluFn silu;
+  GeluFn gelu;
+  RowFn softmax;     // all -inf row -> 0; a NaN or +inf in the row -> NaN row
+  RowFn logsoftmax;  // all -inf row -> -inf; a NaN or +inf in the row -> NaN row
+};
+
+struct KernelTable {
+  Isa isa;
+  const char* name;
+  OrderKernels order[3];  // index = order - 1
+  void (*f16_to_f32)(const uint16_t* x, float* y, size_t n);
+  void (*f32_to_f16)(const float* x, uint16_t* y, size_t n);  // round to nearest even
+};
+
+// Tables of each ISA; nullptr where the build or the CPU lacks it.
+const KernelTable* scalar_kernels();
+const KernelTable* avx2_kernels();    // AVX2 + FMA + F16C
+const KernelTable* avx512_kernels();  // AVX-512 F/BW/DQ/VL
+const KernelTable* neon_kernels();    // aarch64 ASIMD
+
+// The table of one ISA if this build and CPU have it, else nullptr. CPU
+// features are read once per process.
+const KernelTable* kernels_for(Isa isa);
+// The best table at or below `at_most` that this CPU supports.
+const KernelTable* best_kernels(Isa at_most);
+// The table for a new kernel: the best this CPU has, lowered by the
+// environment variable QUAKE_ISA=auto|scalar|neon|avx2|avx512 (a level the CPU
+// lacks falls back to the best below it). An unknown value returns nullptr and
+// sets *error. Read when a kernel is created, so a process can compare paths.
+const KernelTable* select_kernels(const char** error);
+
+}  // namespace quake
