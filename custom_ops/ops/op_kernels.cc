@@ -1,0 +1,456 @@
+#include "op_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace quake {
+namespace {
+
+// Elements per parallel task: below two tasks' worth the work runs inline, so
+// small tensors do not pay for waking the pool.
+constexpr size_t kGrain = 16384;
+// float16 work goes through float32 in blocks of this many elements.
+constexpr size_t kHalfBlock = 1024;
+// Columns gathered at once for a softmax over a non-last axis.
+constexpr size_t kColumnTile = 16;
+
+OrtStatusPtr make_error(const std::string& message) {
+  return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, message.c_str());
+}
+
+// Attribute access that tells "absent" (use the default) from "wrong type".
+class Attributes {
+ public:
+  Attributes(const OrtKernelInfo* info, std::string where) : info_(info), where_(std::move(where)) {}
+
+  const std::string& where() const { return where_; }
+
+  bool get_int(const char* name, int64_t fallback, int64_t* out, std::string* error) const {
+    *out = fallback;
+    return read(name, "an int", error, [&] { return Ort::GetApi().KernelInfoGetAttribute_int64(info_, name, out); });
+  }
+  bool get_float(const char* name, float fallback, float* out, std::string* error) const {
+    *out = fallback;
+    return read(name, "a float", error, [&] { return Ort::GetApi().KernelInfoGetAttribute_float(info_, name, out); });
+  }
+  bool get_string(const char* name, const char* fallback, std::string* out, std::string* error) const {
+    *out = fallback;
+    size_t size = 0;
+    OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_string(info_, name, nullptr, &size);
+    if (status != nullptr) return absent_or_error(status, name, "a string", error);
+    std::string value(size, '\0');
+    status = Ort::GetApi().KernelInfoGetAttribute_string(info_, name, &value[0], &size);
+    if (status != nullptr) return absent_or_error(status, name, "a string", error);
+    value.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
+    *out = value;
+    return true;
+  }
+
+ private:
+  template <typename Call>
+  bool read(const char* name, const char* kind, std::string* error, Call call) const {
+    OrtStatus* status = call();
+    return status == nullptr || absent_or_error(status, name, kind, error);
+  }
+  bool absent_or_error(OrtStatus* status, const char* name, const char* kind, std::string* error) const {
+    const std::string message = Ort::GetApi().GetErrorMessage(status);
+    Ort::GetApi().ReleaseStatus(status);
+    if (message.find("No attribute") != std::string::npos) return true;  // absent: keep the default
+    *error = where_ + ": attribute '" + name + "' must be " + kind;
+    return false;
+  }
+
+  const OrtKernelInfo* info_;
+  std::string where_;
+};
+
+std::string describe_node(const char* op_name, const OrtKernelInfo* info) {
+  std::string node;
+  size_t size = 0;
+  const OrtApi& api = Ort::GetApi();
+  if (OrtStatus* s = api.KernelInfo_GetNodeName(info, nullptr, &size)) {
+    api.ReleaseStatus(s);
+  } else if (size > 1) {
+    node.resize(size);
+    if (OrtStatus* s2 = api.KernelInfo_GetNodeName(info, &node[0], &size)) {
+      api.ReleaseStatus(s2);
+      node.clear();
+    } else {
+      node.resize(size - 1);
+    }
+  }
+  return std::string("com.quake ") + op_name + " node '" + node + "'";
+}
+
+// Rank of input 0 if the model states it, else -1.
+int64_t known_input_rank(const OrtKernelInfo* info) {
+  const OrtApi& api = Ort::GetApi();
+  OrtTypeInfo* type_info = nullptr;
+  if (OrtStatus* s = api.KernelInfo_GetInputTypeInfo(info, 0, &type_info)) {
+    api.ReleaseStatus(s);
+    return -1;
+  }
+  int64_t rank = -1;
+  const OrtTensorTypeAndShapeInfo* tensor_info = nullptr;
+  if (OrtStatus* s = api.CastTypeInfoToTensorInfo(type_info, &tensor_info)) {
+    api.ReleaseStatus(s);
+  } else if (tensor_info != nullptr) {
+    size_t count = 0;
+    if (OrtStatus* s2 = api.GetDimensionsCount(tensor_info, &count)) {
+      api.ReleaseStatus(s2);
+    } else if (count > 0) {
+      rank = static_cast<int64_t>(count);  // 0 may mean "unknown": only trust positive ranks
+    }
+  }
+  api.ReleaseTypeInfo(type_info);
+  return rank;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// ---------------------------------------------------------------------------
+// Running a body over tasks on ORT's intra-op pool.
+
+template <typename Body>
+void parallel_tasks(const Ort::KernelContext& ctx, size_t tasks, const Body& body) {
+  if (tasks <= 1) {
+    if (tasks == 1) body(0);
+    return;
+  }
+  struct Trampoline {
+    static void run(void* data, size_t task) { (*static_cast<const Body*>(data))(task); }
+  };
+  ctx.ParallelFor(&Trampoline::run, tasks, 0, const_cast<Body*>(&body));
+}
+
+// Converts a float16 span through float32 blocks around a float kernel.
+// `fn(in, out, count, offset)` works on float data; offset is the element
+// index of the block within the span.
+template <typename Fn>
+void through_float(const uint16_t* x, uint16_t* y, size_t n, const KernelTable& k, const Fn& fn) {
+  float in[kHalfBlock];
+  float out[kHalfBlock];
+  for (size_t done = 0; done < n; done += kHalfBlock) {
+    const size_t count = std::min(kHalfBlock, n - done);
+    k.f16_to_f32(x + done, in, count);
+    fn(in, out, count, done);
+    k.f32_to_f16(out, y + done, count);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Kernels.
+
+class QuakeKernel : public Kernel {
+ public:
+  QuakeKernel(const KernelTable* table, int order, ONNXTensorElementDataType type, std::string where)
+      : table_(table), kernels_(table->order[order - 1]), half_(type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16),
+        where_(std::move(where)) {}
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) override {
+    try {
+      Ort::KernelContext ctx(context);
+      return Run(ctx);
+    } catch (const Ort::Exception& e) {
+      return make_error(where_ + ": " + e.what());
+    } catch (const std::exception& e) {
+      return make_error(where_ + ": " + e.what());
+    }
+  }
+
+ protected:
+  virtual OrtStatusPtr Run(Ort::KernelContext& ctx) = 0;
+
+  const KernelTable* table_;
+  OrderKernels kernels_;
+  bool half_;
+  std::string where_;
+};
+
+// Exp, Sigmoid, Silu and Gelu: the same elementwise split, different bodies.
+class ElementwiseKernel : public QuakeKernel {
+ public:
+  ElementwiseKernel(OpKind kind, float alpha, const KernelTable* table, int order, ONNXTensorElementDataType type,
+                    std::string where)
+      : QuakeKernel(table, order, type, std::move(where)), kind_(kind), alpha_(alpha) {}
+
+ protected:
+  OrtStatusPtr Run(Ort::KernelContext& ctx) override {
+    Ort::ConstValue input = ctx.GetInput(0);
+    const std::vector<int64_t> shape = input.GetTensorTypeAndShapeInfo().GetShape();
+    Ort::UnownedValue output = ctx.GetOutput(0, shape);
+    const size_t n = input.GetTensorTypeAndShapeInfo().GetElementCount();
+
+    Ort::ConstValue bias_value{nullptr};
+    size_t row = n;  // the bias period; whole tensor when there is no bias
+    if (kind_ == OpKind::kGelu && ctx.GetInputCount() > 1) {
+      bias_value = ctx.GetInput(1);
+    }
+    if (bias_value) {
+      const std::vector<int64_t> bias_shape = bias_value.GetTensorTypeAndShapeInfo().GetShape();
+      if (shape.empty() || bias_shape.size() != 1 || bias_shape[0] != shape.back()) {
+        return make_error(where_ + ": B must be 1-D with X's last dimension; X is " + shape_text(shape) +
+                          ", B is " + shape_text(bias_shape));
+      }
+      row = static_cast<size_t>(shape.back());
+    }
+    if (n == 0) return nullptr;
+
+    // Tasks hold whole bias rows so each kernel call sees aligned bias.
+    const size_t rows_total = bias_value ? n / row : 1;
+    const size_t unit = bias_value ? row : 1;  // elements per schedulable unit
+    const size_t units = bias_value ? rows_total : n;
+    const size_t units_per_task = std::max<size_t>(1, kGrain / unit);
+    const size_t tasks = (units + units_per_task - 1) / units_per_task;
+
+    if (half_) {
+      const uint16_t* x = input.GetTensorData<uint16_t>();
+      uint16_t* y = output.GetTensorMutableData<uint16_t>();
+      std::vector<float> bias_f;
+      if (bias_value) {
+        bias_f.resize(row);
+        table_->f16_to_f32(bias_value.GetTensorData<uint16_t>(), bias_f.data(), row);
+      }
+      const float* bias = bias_value ? bias_f.data() : nullptr;
+      parallel_tasks(ctx, tasks, [&](size_t task) {
+        const size_t begin = task * units_per_task * unit;
+        const size_t end = std::min(n, begin + units_per_task * unit);
+        if (bias) {
+          for (size_t r = begin; r < end; r += row) {
+            through_float(x + r, y + r, row, *table_, [&](const float* in, float* out, size_t count, size_t off) {
+              kernels_.gelu(in, bias + off, out, count);
+            });
+          }
+        } else {
+          through_float(x + begin, y + begin, end - begin, *table_,
+                        [&](const float* in, float* out, size_t count, size_t) { apply(in, nullptr, out, count); });
+        }
+      });
+    } else {
+      const float* x = input.GetTensorData<float>();
+      float* y = output.GetTensorMutableData<float>();
+      const float* bias = bias_value ? bias_value.GetTensorData<float>() : nullptr;
+      parallel_tasks(ctx, tasks, [&](size_t task) {
+        const size_t begin = task * units_per_task * unit;
+        const size_t end = std::min(n, begin + units_per_task * unit);
+        if (bias) {
+          for (size_t r = begin; r < end; r += row) kernels_.gelu(x + r, bias, y + r, row);
+        } else {
+          apply(x + begin, nullptr, y + begin, end - begin);
+        }
+      });
+    }
+    return nullptr;
+  }
+
+ private:
+  void apply(const float* x, const float* bias, float* y, size_t n) const {
+    switch (kind_) {
+      case OpKind::kExp:
+        return kernels_.exp(x, y, n);
+      case OpKind::kSigmoid:
+        return kernels_.sigmoid(x, y, n);
+      case OpKind::kSilu:
+        return kernels_.silu(x, y, n, alpha_);
+      case OpKind::kGelu:
+        return kernels_.gelu(x, bias, y, n);
+      default:
+        return;
+    }
+  }
+
+  OpKind kind_;
+  float alpha_;
+};
+
+// Softmax and LogSoftmax over one axis (opset-13 semantics).
+class AxisKernel : public QuakeKernel {
+ public:
+  AxisKernel(RowFn OrderKernels::*row_fn, int64_t axis, const KernelTable* table, int order,
+             ONNXTensorElementDataType type, std::string where)
+      : QuakeKernel(table, order, type, std::move(where)), row_fn_(row_fn), axis_(axis) {}
+
+ protected:
+  OrtStatusPtr Run(Ort::KernelContext& ctx) override {
+    Ort::ConstValue input = ctx.GetInput(0);
+    const std::vector<int64_t> shape = input.GetTensorTypeAndShapeInfo().GetShape();
+    Ort::UnownedValue output = ctx.GetOutput(0, shape);
+    const int64_t rank = static_cast<int64_t>(shape.size());
+    if (axis_ < -rank || axis_ >= rank) {
+      return make_error(where_ + ": axis " + std::to_string(axis_) + " is out of range for input of shape " +
+                        shape_text(shape));
+    }
+    const size_t axis = static_cast<size_t>(axis_ < 0 ? axis_ + rank : axis_);
+    size_t outer = 1, inner = 1;
+    for (size_t i = 0; i < axis; ++i) outer *= static_cast<size_t>(shape[i]);
+    for (size_t i = axis + 1; i < shape.size(); ++i) inner *= static_cast<size_t>(shape[i]);
+    const size_t len = static_cast<size_t>(shape[axis]);
+    if (outer * len * inner == 0) return nullptr;
+
+    if (half_) {
+      Run<uint16_t>(ctx, input.GetTensorData<uint16_t>(), output.GetTensorMutableData<uint16_t>(), outer, len, inner);
+    } else {
+      Run<float>(ctx, input.GetTensorData<float>(), output.GetTensorMutableData<float>(), outer, len, inner);
+    }
+    return nullptr;
+  }
+
+ private:
+  // Loads `count` elements of T into float, stores float back to T.
+  void load(const float* x, float* y, size_t count) const { std::memcpy(y, x, count * sizeof(float)); }
+  void load(const uint16_t* x, float* y, size_t count) const { table_->f16_to_f32(x, y, count); }
+  void store(const float* x, float* y, size_t count) const {
+    if (x != y) std::memcpy(y, x, count * sizeof(float));
+  }
+  void store(const float* x, uint16_t* y, size_t count) const { table_->f32_to_f16(x, y, count); }
+
+  template <typename T>
+  void Run(Ort::KernelContext& ctx, const T* x, T* y, size_t outer, size_t len, size_t inner) const {
+    const RowFn row = kernels_.*row_fn_;
+    if (inner == 1) {
+      const size_t rows_per_task = std::max<size_t>(1, kGrain / len);
+      const size_t tasks = (outer + rows_per_task - 1) / rows_per_task;
+      parallel_tasks(ctx, tasks, [&](size_t task) {
+        const size_t begin = task * rows_per_task, end = std::min(outer, begin + rows_per_task);
+        if constexpr (std::is_same<T, float>::value) {
+          for (size_t r = begin; r < end; ++r) row(x + r * len, y + r * len, len);
+        } else {
+          std::vector<float> buf(len);
+          for (size_t r = begin; r < end; ++r) {
+            load(x + r * len, buf.data(), len);
+            row(buf.data(), buf.data(), len);
+            store(buf.data(), y + r * len, len);
+          }
+        }
+      });
+      return;
+    }
+    // Non-last axis: gather a tile of columns into contiguous rows, run the
+    // row kernel on each, scatter back. Reads stay within cache lines of the
+    // tile, so strided access costs little.
+    const size_t tiles_per_block = (inner + kColumnTile - 1) / kColumnTile;
+    const size_t tasks = outer * tiles_per_block;
+    parallel_tasks(ctx, tasks, [&](size_t task) {
+      const size_t o = task / tiles_per_block, c0 = (task % tiles_per_block) * kColumnTile;
+      const size_t cols = std::min(kColumnTile, inner - c0);
+      const T* xb = x + o * len * inner + c0;
+      T* yb = y + o * len * inner + c0;
+      std::vector<float> buf(cols * len);
+      float line[kColumnTile];
+      for (size_t k = 0; k < len; ++k) {
+        load(xb + k * inner, line, cols);
+        for (size_t c = 0; c < cols; ++c) buf[c * len + k] = line[c];
+      }
+      for (size_t c = 0; c < cols; ++c) row(&buf[c * len], &buf[c * len], len);
+      for (size_t k = 0; k < len; ++k) {
+        for (size_t c = 0; c < cols; ++c) line[c] = buf[c * len + k];
+        store(line, yb + k * inner, cols);
+      }
+    });
+  }
+
+  RowFn OrderKernels::*row_fn_;
+  int64_t axis_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Kernel creation: every attribute is checked here, so a bad model fails when
+// the session is created, naming the node.
+
+OrtStatusPtr OpDef::CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+  try {
+    const std::string where = describe_node(name_, info);
+    Attributes attrs(info, where);
+    std::string error;
+
+    const char* isa_error = nullptr;
+    const KernelTable* table = select_kernels(&isa_error);
+    if (table == nullptr) return make_error(where + ": " + isa_error);
+
+    int64_t order = 2;
+    if (!attrs.get_int("order", 2, &order, &error)) return make_error(error);
+    if (order < 1 || order > 3) {
+      return make_error(where + ": order must be 1, 2 or 3, got " + std::to_string(order));
+    }
+    const int ord = static_cast<int>(order);
+
+    switch (kind_) {
+      case OpKind::kExp:
+      case OpKind::kSigmoid:
+        *kernel = new ElementwiseKernel(kind_, 1.0f, table, ord, type_, where);
+        return nullptr;
+      case OpKind::kSilu: {
+        float alpha = 1.0f;
+        if (!attrs.get_float("alpha", 1.0f, &alpha, &error)) return make_error(error);
+        if (!(alpha > 0.0f) || !std::isfinite(alpha)) {
+          return make_error(where + ": alpha must be a positive finite float, got " + std::to_string(alpha));
+        }
+        *kernel = new ElementwiseKernel(kind_, alpha, table, ord, type_, where);
+        return nullptr;
+      }
+      case OpKind::kGelu: {
+        std::string approximate;
+        if (!attrs.get_string("approximate", "none", &approximate, &error)) return make_error(error);
+        if (approximate != "none" && approximate != "tanh") {
+          return make_error(where + ": approximate must be \"none\" or \"tanh\", got \"" + approximate + "\"");
+        }
+        *kernel = new ElementwiseKernel(kind_, 1.0f, table, ord, type_, where);
+        return nullptr;
+      }
+      case OpKind::kSoftmax:
+      case OpKind::kLogSoftmax: {
+        int64_t axis = -1;
+        if (!attrs.get_int("axis", -1, &axis, &error)) return make_error(error);
+        const int64_t rank = known_input_rank(info);
+        if (rank > 0 && (axis < -rank || axis >= rank)) {
+          return make_error(where + ": axis " + std::to_string(axis) + " is out of range for an input of rank " +
+                            std::to_string(rank));
+        }
+        if (kind_ == OpKind::kSoftmax) {
+          std::string method;
+          int64_t bits = 3;
+          float clip = 0.0f;
+          if (!attrs.get_string("method", "quake", &method, &error) || !attrs.get_int("bits", 3, &bits, &error) ||
+              !attrs.get_float("clip", 0.0f, &clip, &error)) {
+            return make_error(error);
+          }
+          if (method != "quake" && method != "exaq") {
+            return make_error(where + ": method must be \"quake\" or \"exaq\", got \"" + method + "\"");
+          }
+          if (bits < 2 || bits > 8) {
+            return make_error(where + ": bits must be in 2..8, got " + std::to_string(bits));
+          }
+          if (!(clip <= 0.0f) || !std::isfinite(clip)) {
+            return make_error(where + ": clip must be 0 (derive it) or a negative finite float, got " +
+                              std::to_string(clip));
+          }
+          if (method == "exaq") {
+            return make_error(where + ": method \"exaq\" is not implemented yet in this library; use \"quake\"");
+          }
+          *kernel = new AxisKernel(&OrderKernels::softmax, axis, table, ord, type_, where);
+        } else {
+          *kernel = new AxisKernel(&OrderKernels::logsoftmax, axis, table, ord, type_, where);
+        }
+        return nullptr;
+      }
+    }
+    return make_error(where + ": unknown operator kind");
+  } catch (const std::exception& e) {
+    return make_error(std::string("com.quake ") + name_ + ": " + e.what());
+  }
+}
+
+}  // namespace quake

@@ -1,0 +1,43 @@
+// The com.quake operators on top of the kernel table: attribute validation,
+// shapes, float16, and splitting work over ONNX Runtime's intra-op pool.
+#pragma once
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <string>
+
+namespace quake {
+
+enum class OpKind { kExp, kSigmoid, kSilu, kGelu, kSoftmax, kLogSoftmax };
+
+// Base of every kernel object ORT creates; CustomOpBase calls ComputeV2.
+struct Kernel {
+  virtual ~Kernel() = default;
+  virtual OrtStatusPtr ComputeV2(OrtKernelContext* context) = 0;
+};
+
+// One registered op: a kind and an element type (float or float16). The
+// registration table in register.cc holds one instance per pair.
+struct OpDef : Ort::CustomOpBase<OpDef, Kernel, /*WithStatus=*/true> {
+  OpDef(const char* name, OpKind kind, ONNXTensorElementDataType type) : name_(name), kind_(kind), type_(type) {}
+
+  const char* GetName() const { return name_; }
+  size_t GetInputTypeCount() const { return kind_ == OpKind::kGelu ? 2 : 1; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return type_; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return type_; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == 1 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                      : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  }
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+
+ private:
+  const char* name_;
+  OpKind kind_;
+  ONNXTensorElementDataType type_;
+};
+
+}  // namespace quake

@@ -1,0 +1,100 @@
+// Entry point ONNX Runtime calls from SessionOptions.register_custom_ops_library,
+// the one registration table of com.quake ops, and a tiny C API the Python
+// package reads with ctypes.
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "op_kernels.h"
+
+namespace quake {
+namespace {
+
+constexpr const char* kDomain = "com.quake";
+
+struct OpEntry {
+  const char* name;
+  OpKind kind;
+};
+// The registration table: every op of ops.md, each for float and float16.
+constexpr OpEntry kOps[] = {
+    {"Exp", OpKind::kExp},   {"Sigmoid", OpKind::kSigmoid}, {"Silu", OpKind::kSilu},
+    {"Gelu", OpKind::kGelu}, {"Softmax", OpKind::kSoftmax}, {"LogSoftmax", OpKind::kLogSoftmax},
+};
+constexpr ONNXTensorElementDataType kTypes[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
+                                                ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16};
+
+const std::vector<std::unique_ptr<OpDef>>& op_defs() {
+  static const std::vector<std::unique_ptr<OpDef>> defs = [] {
+    std::vector<std::unique_ptr<OpDef>> v;
+    for (const OpEntry& op : kOps) {
+      for (ONNXTensorElementDataType type : kTypes) v.push_back(std::make_unique<OpDef>(op.name, op.kind, type));
+    }
+    return v;
+  }();
+  return defs;
+}
+
+// ORT does not own a custom-op domain: each registration's domain is kept
+// alive here for the life of the process (sessions may outlive their options).
+std::mutex g_domains_mutex;
+std::vector<Ort::CustomOpDomain>& domains() {
+  static std::vector<Ort::CustomOpDomain> d;
+  return d;
+}
+
+}  // namespace
+}  // namespace quake
+
+extern "C" {
+
+__attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
+                                                                                 const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) {
+    // An ONNX Runtime older than our headers: API 1 still has CreateStatus.
+    const std::string message = std::string("quake-onnx needs ONNX Runtime >= 1.21 (C API version ") +
+                                std::to_string(ORT_API_VERSION) + "); this process runs ONNX Runtime " +
+                                api_base->GetVersionString();
+    const OrtApi* oldest = api_base->GetApi(1);
+    return oldest ? oldest->CreateStatus(ORT_FAIL, message.c_str()) : nullptr;
+  }
+  Ort::InitApi(api);
+  try {
+    const char* isa_error = nullptr;
+    if (quake::select_kernels(&isa_error) == nullptr) return api->CreateStatus(ORT_INVALID_ARGUMENT, isa_error);
+    Ort::CustomOpDomain domain(quake::kDomain);
+    for (const auto& def : quake::op_defs()) domain.Add(def.get());
+    Ort::UnownedSessionOptions session_options(options);
+    session_options.Add(domain);
+    std::lock_guard<std::mutex> lock(quake::g_domains_mutex);
+    quake::domains().push_back(std::move(domain));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return api->CreateStatus(ORT_FAIL, e.what());
+  }
+}
+
+// The kernel table a session created now would use ("scalar", "avx2", ...),
+// or the QUAKE_ISA error text.
+__attribute__((visibility("default"))) const char* QuakeSelectedIsa() {
+  const char* error = nullptr;
+  const quake::KernelTable* table = quake::select_kernels(&error);
+  return table ? table->name : error;
+}
+
+// Comma-separated ISAs this build and CPU can run, lowest first.
+__attribute__((visibility("default"))) const char* QuakeAvailableIsas() {
+  static const std::string names = [] {
+    std::string s;
+    for (quake::Isa isa : {quake::Isa::kScalar, quake::Isa::kNeon, quake::Isa::kAvx2, quake::Isa::kAvx512}) {
+      if (const quake::KernelTable* t = quake::kernels_for(isa)) s += (s.empty() ? "" : ",") + std::string(t->name);
+    }
+    return s;
+  }();
+  return names.c_str();
+}
+
+}  // extern "C"

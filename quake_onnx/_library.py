@@ -1,0 +1,44 @@
+"""Locating the compiled com.quake library and asking it what it runs."""
+from __future__ import annotations
+
+import ctypes
+import functools
+import sys
+from pathlib import Path
+
+import quake_onnx
+
+_NAMES = {"win32": "quake_ops.dll", "darwin": "libquake_ops.dylib"}
+LIBRARY_NAME = _NAMES.get(sys.platform, "libquake_ops.so")
+
+
+def get_library_path() -> str:
+    """Absolute path of the custom-op library, for SessionOptions.register_custom_ops_library."""
+    # An editable install may keep the compiled file apart from the sources:
+    # every folder of the package's __path__ is a candidate.
+    for folder in quake_onnx.__path__:
+        candidate = Path(folder) / LIBRARY_NAME
+        if candidate.is_file():
+            return str(candidate.resolve())
+    raise FileNotFoundError(
+        f"{LIBRARY_NAME} is not part of this quake_onnx installation; "
+        "reinstall with `pip install .` so the library is compiled"
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL:
+    lib = ctypes.CDLL(get_library_path())
+    for name in ("QuakeSelectedIsa", "QuakeAvailableIsas"):
+        getattr(lib, name).restype = ctypes.c_char_p
+    return lib
+
+
+def available_isas() -> list[str]:
+    """Kernel tables this build and CPU can run, lowest first (e.g. ['scalar', 'avx2', 'avx512'])."""
+    return _lib().QuakeAvailableIsas().decode().split(",")
+
+
+def selected_isa() -> str:
+    """The table a session created now would use (honours QUAKE_ISA)."""
+    return _lib().QuakeSelectedIsa().decode()
