@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,15 @@ LIBRARY_NAME = _NAMES.get(sys.platform, "libquake_ops.so")
 
 
 def get_library_path() -> str:
-    """Absolute path of the custom-op library, for SessionOptions.register_custom_ops_library."""
+    """Absolute path of the custom-op library, for SessionOptions.register_custom_ops_library.
+
+    QUAKE_ONNX_LIBRARY overrides it (e.g. a sanitizer build from CMake).
+    """
+    override = os.environ.get("QUAKE_ONNX_LIBRARY")
+    if override:
+        if not Path(override).is_file():
+            raise FileNotFoundError(f"QUAKE_ONNX_LIBRARY={override} is not a file")
+        return str(Path(override).resolve())
     # An editable install may keep the compiled file apart from the sources:
     # every folder of the package's __path__ is a candidate.
     for folder in quake_onnx.__path__:

@@ -1,0 +1,65 @@
+"""`python -m quake_onnx.bench ops ...`: the benchmark command line."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="quake-onnx benchmarks (not tests).")
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{name} takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"{name} values must be positive integers, got {text!r}")
+    return values
+
+
+def _shapes(specs: list[str]) -> list[tuple[int, ...]]:
+    return [tuple(_ints(s.replace("x", ","), "--shape")) for s in specs]
+
+
+@app.callback()
+def main() -> None:
+    """quake-onnx benchmarks."""
+
+
+@app.command()
+def ops(
+    threads: str = typer.Option("1,2", help="intra_op_num_threads values, comma-separated"),
+    orders: str = typer.Option("1,2,3", help="com.quake orders to time"),
+    shape: Optional[list[str]] = typer.Option(None, help="shapes like 12x128x128 (repeatable); default: the standard four"),
+    op: Optional[list[str]] = typer.Option(None, help="only baselines whose name starts with this (repeatable)"),
+    min_time: float = typer.Option(0.3, help="seconds of timed runs per measurement (at least 5 runs)"),
+    markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown to this file"),
+) -> None:
+    """Time every com.quake op against ONNX Runtime's own op, same process and thread count."""
+    from . import ops as bench_ops
+
+    order_list = _ints(orders, "--orders")
+    if any(o not in (1, 2, 3) for o in order_list):
+        raise typer.BadParameter(f"--orders takes values from 1, 2, 3, got {orders!r}")
+    baselines = [b for b in bench_ops.BASELINES if not op or any(b.name.lower().startswith(p.lower()) for p in op)]
+    if not baselines:
+        raise typer.BadParameter(f"--op {op} matches none of: {', '.join(b.name for b in bench_ops.BASELINES)}")
+    header = bench_ops.markdown([], order_list)
+    typer.echo(bench_ops.machine_line())
+    typer.echo(header)
+    rows = bench_ops.run(
+        shapes=_shapes(shape) if shape else bench_ops.SHAPES,
+        threads=_ints(threads, "--threads"),
+        orders=order_list,
+        baselines=baselines,
+        min_time=min_time,
+        progress=typer.echo,
+    )
+    if markdown:
+        markdown.write_text(bench_ops.machine_line() + "\n\n" + bench_ops.markdown(rows, order_list) + "\n")
+
+
+if __name__ == "__main__":
+    app()

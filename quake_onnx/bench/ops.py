@@ -1,0 +1,162 @@
+"""Operator benchmark: every com.quake op against ONNX Runtime's own op.
+
+    python -m quake_onnx.bench ops [--threads 1,2] [--orders 1,2,3] [--markdown FILE]
+
+Both sides run in this process, in sessions with the same intra_op_num_threads
+and ORT_ENABLE_ALL. Each timed model holds K independent nodes of the op, each
+reading its own graph input (all bound to one buffer through IOBinding) and
+writing a preallocated output, so per-call Python overhead is spread over K
+nodes and ORT cannot merge the nodes. Reported: Gelem/s (K * elements / median
+time) and the speed ratio quake / ORT.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+import quake_onnx
+
+SHAPES = [(12, 128, 128), (12, 512, 512), (128, 3072), (1, 32, 112, 112)]
+NODES_PER_MODEL = 8
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """ONNX Runtime's way of computing an op: a builder of one node's subgraph."""
+
+    name: str
+    quake_op: str
+    quake_attrs: dict
+    build: callable  # (input name, output name, index) -> (nodes, opset imports)
+
+
+def _single(op_type, domain="", **attrs):
+    def build(x, y, i):
+        return [helper.make_node(op_type, [x], [y], name=f"n{i}", domain=domain, **attrs)]
+
+    return build
+
+
+def _mul_sigmoid(x, y, i):
+    return [
+        helper.make_node("Sigmoid", [x], [f"s{i}"], name=f"sig{i}"),
+        helper.make_node("Mul", [x, f"s{i}"], [y], name=f"mul{i}"),
+    ]
+
+
+BASELINES = [
+    Baseline("Softmax", "Softmax", {}, _single("Softmax", axis=-1)),
+    Baseline("LogSoftmax", "LogSoftmax", {}, _single("LogSoftmax", axis=-1)),
+    Baseline("Gelu (erf)", "Gelu", {"approximate": "none"}, _single("Gelu", approximate="none")),
+    Baseline("Gelu (tanh)", "Gelu", {"approximate": "tanh"}, _single("Gelu", approximate="tanh")),
+    Baseline("Sigmoid", "Sigmoid", {}, _single("Sigmoid")),
+    Baseline("Silu vs QuickGelu", "Silu", {}, _single("QuickGelu", domain="com.microsoft", alpha=1.0)),
+    Baseline("Silu vs Mul-Sigmoid", "Silu", {}, _mul_sigmoid),
+    Baseline("Exp", "Exp", {}, _single("Exp")),
+]
+
+
+def _model(shape, build_node) -> bytes:
+    nodes, inputs, outputs = [], [], []
+    for i in range(NODES_PER_MODEL):
+        inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, list(shape)))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, list(shape)))
+        nodes += build_node(f"x{i}", f"y{i}", i)
+    graph = helper.make_graph(nodes, "bench", inputs, outputs)
+    opsets = [helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1), helper.make_opsetid("com.quake", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
+
+
+def _session(model: bytes, threads: int, with_library: bool) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if with_library:
+        so.register_custom_ops_library(quake_onnx.get_library_path())
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def _median_seconds(session: ort.InferenceSession, x: np.ndarray, min_time: float) -> float:
+    binding = session.io_binding()
+    x_value = ort.OrtValue.ortvalue_from_numpy(x)
+    for i in range(NODES_PER_MODEL):
+        binding.bind_ortvalue_input(f"x{i}", x_value)
+        binding.bind_ortvalue_output(f"y{i}", ort.OrtValue.ortvalue_from_numpy(np.empty_like(x)))
+    for _ in range(3):
+        session.run_with_iobinding(binding)
+    times, start = [], time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - start < min_time and len(times) < 200):
+        t0 = time.perf_counter()
+        session.run_with_iobinding(binding)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@dataclass
+class Row:
+    op: str
+    shape: tuple
+    threads: int
+    ort_gelems: float
+    quake_gelems: dict  # order -> Gelem/s
+
+    def ratio(self, order: int) -> float:
+        return self.quake_gelems[order] / self.ort_gelems
+
+
+def run(shapes=SHAPES, threads=(1, 2), orders=(1, 2, 3), baselines=BASELINES, min_time=0.3, seed=0, progress=print):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for shape in shapes:
+        # Activations of a typical scale; softmax inputs like attention logits.
+        x = (rng.standard_normal(shape) * 3).astype(np.float32)
+        elems = x.size * NODES_PER_MODEL / 1e9
+        for base in baselines:
+            for t in threads:
+                ort_s = _median_seconds(_session(_model(shape, base.build), t, False), x, min_time)
+                quake = {}
+                for order in orders:
+                    attrs = dict(base.quake_attrs, order=order)
+                    build = _single(base.quake_op, domain="com.quake", **attrs)
+                    quake[order] = elems / _median_seconds(_session(_model(shape, build), t, True), x, min_time)
+                row = Row(base.name, shape, t, elems / ort_s, quake)
+                rows.append(row)
+                progress(_format_row(row, orders))
+    return rows
+
+
+def _format_row(row: Row, orders) -> str:
+    cells = [row.op, "x".join(map(str, row.shape)), str(row.threads), f"{row.ort_gelems:.2f}"]
+    cells += [f"{row.quake_gelems[o]:.2f} ({row.ratio(o):.2f}x)" for o in orders]
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(rows, orders) -> str:
+    head = ["op (ORT baseline)", "shape", "threads", "ORT Gelem/s"] + [f"order {o} Gelem/s (ratio)" for o in orders]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += [_format_row(r, orders) for r in rows]
+    return "\n".join(lines)
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os
+
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores; onnxruntime {ort.__version__}, onnx {onnx.__version__}, "
+        f"quake-onnx {quake_onnx.__version__} kernels: {quake_onnx.selected_isa()}"
+    )

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets up a virtual environment (.venv), builds and installs quake-onnx with
+# its test extras, then runs the C++ kernel tests (CTest) and the Python tests.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet ".[test]"
+
+# C++ kernel tests: every ISA table of this CPU against the scalar definition.
+cmake -S . -B build/ctest -DQUAKE_BUILD_TESTS=ON >/dev/null
+cmake --build build/ctest --target test_kernels -j "$(nproc)" >/dev/null
+ctest --test-dir build/ctest --output-on-failure
+
+# Python tests against the installed package (not the source tree).
+cd tests && ../.venv/bin/python -m pytest -p no:cacheprovider "$@"
