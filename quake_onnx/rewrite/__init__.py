@@ -1,0 +1,1 @@
+"""The rewrite pass: finds exponential non-linearities and replaces them with com.quake nodes."""
