@@ -3,12 +3,21 @@
     import onnxruntime as ort, quake_onnx
     so = ort.SessionOptions()
     so.register_custom_ops_library(quake_onnx.get_library_path())
+
+or, to rewrite a model and run it:
+
+    model, report = quake_onnx.optimize("model.onnx", "model.quake.onnx")
+    session = quake_onnx.InferenceSession("model.quake.onnx")
 """
 from __future__ import annotations
 
 from ._library import available_isas, get_library_path, selected_isa
+# Bound after the submodule import so `quake_onnx.optimize` is the function.
+from .optimize import InferenceSession, optimize  # noqa: E402
 
 __version__ = "0.1.0"
 DOMAIN = "com.quake"
 
-__all__ = ["DOMAIN", "__version__", "available_isas", "get_library_path", "selected_isa"]
+__all__ = [
+    "DOMAIN", "InferenceSession", "__version__", "available_isas", "get_library_path", "optimize", "selected_isa",
+]

@@ -1,14 +1,59 @@
-"""The `quake-onnx` command line."""
+"""The `quake-onnx` command line.
+
+Every failure, typer's own usage errors included, ends as one `error: ...`
+line on stderr and a non-zero exit (2 for bad input or options), never a
+traceback: scripts and CI logs read the message, people read one line."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 import quake_onnx
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast approximate exponentials for ONNX Runtime.")
+
+class _OneLineErrors(TyperGroup):
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as e:  # click's ClickException and UsageError
+            if type(e).__name__ == "NoArgsIsHelpError":
+                typer.echo(e.format_message(), err=True)
+            else:
+                hint = ""
+                ctx = getattr(e, "ctx", None)
+                if ctx is not None and type(e).__name__ != "ClickException":
+                    hint = f" (see '{ctx.command_path} --help')"
+                typer.echo(f"error: {_one_line(e.format_message())}{hint}", err=True)
+            sys.exit(getattr(e, "exit_code", 2))
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            typer.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:  # a bug: still one line, with what to report
+            typer.echo(f"error: internal error ({type(e).__name__}: {_one_line(str(e))}); please report it", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fast approximate exponentials for ONNX Runtime.",
+)
 
 
 def _version(value: bool) -> None:
@@ -49,6 +94,107 @@ def demo(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
+
+
+def _parse_ops(value: Optional[str]) -> Optional[frozenset]:
+    if value is None:
+        return None
+    from .optimize import OptimizeError, parse_ops
+
+    try:
+        return parse_ops(value)
+    except OptimizeError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+_ORDER = typer.Option(2, "--order", min=1, max=3, help="1 fastest (~3% exp error), 2 default (~0.2%), 3 most accurate")
+_OPS = typer.Option(
+    None, "--ops", metavar="OP,OP", callback=_parse_ops,
+    help="comma-separated: softmax,logsoftmax,gelu,silu,sigmoid,exp (default: all)",
+)
+_SKIP = typer.Option(None, "--skip-nodes", metavar="NAME", help="node name to leave alone; repeat for several")
+_FUSIONS = typer.Option(
+    True, "--ort-fusions/--no-ort-fusions",
+    help="let ONNX Runtime fuse (Attention, SkipLayerNorm, BiasGelu...) offline before rewriting",
+)
+
+
+def _run_optimize(*args: Any, **kwargs: Any):
+    from .modelio import ModelFileError as OptimizeError
+    from .optimize import optimize
+
+    try:
+        return optimize(*args, **kwargs)
+    except OptimizeError as e:  # every input, option and write failure
+        typer.echo(f"error: {_one_line(str(e))}", err=True)
+        raise typer.Exit(e.exit_code) from None
+
+
+def _consoles():
+    from rich.console import Console
+
+    return Console(), Console(stderr=True)
+
+
+@app.command("optimize")
+def optimize_cmd(
+    src: Path = typer.Argument(..., metavar="IN", help="ONNX model to optimise"),
+    dest: Optional[Path] = typer.Argument(None, metavar="OUT", help="where to write the result (omit with --in-place)"),
+    order: int = _ORDER,
+    ops: Optional[str] = _OPS,
+    skip_nodes: Optional[List[str]] = _SKIP,
+    ort_fusions: bool = _FUSIONS,
+    explain: bool = typer.Option(False, "--explain", help="print every candidate node and why it was or wasn't replaced"),
+    report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="write the full report as JSON"),
+    in_place: bool = typer.Option(False, "--in-place", help="allow OUT to be IN (or omit OUT) and overwrite it"),
+) -> None:
+    """Replace Softmax, GELU, SiLU/Sigmoid, Exp... with com.quake ops and write OUT."""
+    from . import _cli_output, modelio
+
+    if dest is None and not in_place:
+        typer.echo("error: missing OUT (or pass --in-place to overwrite IN)", err=True)
+        raise typer.Exit(2)
+    if report is not None:
+        try:
+            modelio.check_output_path(report, "report")
+        except modelio.ModelFileError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+    out = dest if dest is not None else src
+    _, result = _run_optimize(
+        src, out, order=order, ops=ops, skip_nodes=skip_nodes or (), ort_fusions=ort_fusions, in_place=in_place
+    )
+    if report is not None:
+        try:
+            modelio.write_bytes_atomic(result.to_json().encode(), report)
+        except OSError as e:
+            typer.echo(f"error: wrote {out} but not the report {report}: {e.strerror or e}", err=True)
+            raise typer.Exit(1) from None
+    console, err = _consoles()
+    _cli_output.show(
+        console, err, result, title=f"{src}: com.quake order {order}", explain_nodes=explain, written=str(out)
+    )
+    if report is not None:
+        console.print(f"report {report}", soft_wrap=True, highlight=False)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    src: Path = typer.Argument(..., metavar="IN", help="ONNX model to look at"),
+    order: int = _ORDER,
+    ops: Optional[str] = _OPS,
+    skip_nodes: Optional[List[str]] = _SKIP,
+    ort_fusions: bool = _FUSIONS,
+) -> None:
+    """Show what `optimize` would replace and why, writing nothing."""
+    from . import _cli_output
+
+    _, result = _run_optimize(src, None, order=order, ops=ops, skip_nodes=skip_nodes or (), ort_fusions=ort_fusions)
+    console, err = _consoles()
+    _cli_output.show(
+        console, err, result, title=f"{src}: com.quake order {order} (nothing written)",
+        explain_nodes=True, dry_run=True,
+    )
 
 
 def run() -> None:

@@ -21,6 +21,9 @@ class Decision:
 @dataclass
 class Report:
     decisions: list[Decision] = field(default_factory=list)
+    # Things the user should know that are not about one node (e.g. ONNX
+    # Runtime's fusions failed and the original graph was rewritten).
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, decision: Decision) -> None:
         self.decisions.append(decision)
@@ -43,6 +46,7 @@ class Report:
             "skipped": len(self.skipped),
             "per_rule": self.counts(),
             "decisions": [asdict(d) for d in self.decisions],
+            "warnings": list(self.warnings),
         }
 
     def to_json(self) -> str:

@@ -1,0 +1,226 @@
+"""The model optimizer behind `quake-onnx optimize`: load, let ONNX Runtime
+fuse, rewrite exponential non-linearities to com.quake, write atomically."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import onnx
+import onnxruntime as ort
+
+from . import modelio
+from .modelio import ModelFileError
+from .ort_fusions import FusionError, apply_ort_fusions, session_options
+from .rewrite.report import Report
+
+# The pass's own list when it is importable; the same names otherwise, so
+# option checking works even where the pass cannot be loaded.
+_KNOWN_OPS = frozenset({"softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"})
+ORDERS = (1, 2, 3)
+
+ModelLike = Union[str, os.PathLike, onnx.ModelProto]
+
+
+class OptimizeError(ModelFileError):
+    """A failure the CLI reports as one line; exit_code 2 for bad input or
+    options, 1 for a failure while optimising or writing."""
+
+
+def all_ops() -> frozenset[str]:
+    try:
+        from .rewrite.passes import ALL_OPS
+    except ImportError:
+        return _KNOWN_OPS
+    return frozenset(ALL_OPS)
+
+
+def parse_ops(ops: Optional[Iterable[str]]) -> frozenset[str]:
+    """Op names, case-insensitive; a comma-separated string is accepted too."""
+    known = all_ops()
+    if ops is None:
+        return known
+    if isinstance(ops, str):
+        ops = ops.split(",")
+    chosen = {o.strip().lower() for o in ops if o.strip()}
+    unknown = sorted(chosen - known)
+    if unknown:
+        raise OptimizeError(f"unknown op {', '.join(unknown)} (choose from {', '.join(sorted(known))})")
+    if not chosen:
+        raise OptimizeError(f"no op selected (choose from {', '.join(sorted(known))})")
+    return frozenset(chosen)
+
+
+def _rewrite(model: onnx.ModelProto, order: int, ops: frozenset[str], skip: frozenset[str]):
+    try:
+        from .rewrite.passes import rewrite_model
+    except ImportError as e:
+        raise OptimizeError(f"the rewrite pass is not available: {e}", exit_code=1) from None
+    try:
+        from .schemas import register_schemas
+    except ImportError:
+        pass
+    else:
+        register_schemas()
+    return rewrite_model(model, order=order, ops=ops, skip_nodes=skip)
+
+
+def _node_names(model: onnx.ModelProto) -> set[str]:
+    names: set[str] = set()
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            names.add(node.name)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    visit(attr.g)
+                for g in attr.graphs:
+                    visit(g)
+
+    visit(model.graph)
+    return names
+
+
+def _verify(path: Path) -> None:
+    """The written model must open in ONNX Runtime with the library, as users will open it."""
+    try:
+        ort.InferenceSession(
+            str(path), session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL), providers=["CPUExecutionProvider"]
+        )
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise OptimizeError(f"the rewritten model does not load in ONNX Runtime: {first}", exit_code=1) from e
+
+
+def optimize(
+    model_or_path: ModelLike,
+    output: Optional[Union[str, os.PathLike]] = None,
+    *,
+    order: int = 2,
+    ops: Optional[Iterable[str]] = None,
+    skip_nodes: Iterable[str] = (),
+    ort_fusions: bool = True,
+    in_place: bool = False,
+) -> tuple[onnx.ModelProto, Report]:
+    """Replaces the exponential non-linearities of a model with com.quake ops.
+
+    model_or_path: a path or a ModelProto (with its external data loaded).
+    output: where to write the result (its external data, if any, goes to
+        `<output name>.data` next to it); None writes nothing, unless
+        `in_place` with a path input, which overwrites the input.
+    order: 1, 2 or 3, the accuracy/speed order of the exponential.
+    ops: the op families to replace (default: all of them).
+    skip_nodes: node names to leave alone.
+    ort_fusions: let ONNX Runtime fuse (Attention, SkipLayerNorm, BiasGelu...)
+        first, offline, and rewrite the fused graph; on failure the original
+        is rewritten and the report carries a warning.
+
+    Returns the rewritten model and the report of every candidate node.
+    Raises OptimizeError (nothing written) on bad input, options or failure.
+    """
+    if order not in ORDERS:
+        raise OptimizeError(f"order must be 1, 2 or 3, not {order!r}")
+    chosen_ops = parse_ops(ops)
+    skip = frozenset(skip_nodes)
+
+    src: Optional[Path] = None
+    if isinstance(model_or_path, onnx.ModelProto):
+        model = model_or_path
+        if not all(modelio.is_loaded(t) for t in modelio.iter_tensors(model)):
+            raise OptimizeError("the model's external data is not loaded; pass its path instead")
+    else:
+        src = Path(model_or_path)
+        model = modelio.load_graph(src)
+    dest = _destination(src, output, in_place)
+
+    had_external = modelio.has_external_data(model)
+    warnings: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="quake-onnx-") as tmp:
+        work = Path(tmp)
+        fused = None
+        if ort_fusions:
+            try:
+                fused = _fuse(model, src, work, had_external)
+            except FusionError as e:
+                warnings.append(f"{e}; rewrote the model without ONNX Runtime's fusions")
+        if fused is None:
+            if src is not None:
+                modelio.load_external_data(model, src)
+            fused = model
+        del model
+        shutil.rmtree(work / "ort", ignore_errors=True)  # free the disk before writing
+
+        missing = sorted(skip - _node_names(fused))
+        if missing:
+            where = " after ONNX Runtime's fusions (see `quake-onnx inspect`)" if ort_fusions else ""
+            warnings.append(f"--skip-nodes: no node named {', '.join(missing)}{where}")
+        rewritten, report = _rewrite(fused, order, chosen_ops, skip)
+        del fused
+
+    report.warnings.extend(warnings)
+    if dest is not None:
+        external = had_external or modelio.needs_external_data(rewritten)
+        try:
+            modelio.save_model_atomic(rewritten, dest, external=external, verify=_verify)
+        except ModelFileError:
+            raise
+        except OSError as e:
+            raise OptimizeError(f"cannot write {dest}: {e.strerror or e}", exit_code=1) from None
+    return rewritten, report
+
+
+def _destination(src: Optional[Path], output, in_place: bool) -> Optional[Path]:
+    if output is None:
+        if in_place and src is None:
+            raise OptimizeError("in_place needs a model path, not a ModelProto")
+        dest = src if in_place else None
+    else:
+        dest = Path(output)
+        if src is not None and not in_place and (modelio.same_file(src, dest) or src.resolve() == dest.resolve()):
+            raise OptimizeError(f"output {dest} is the input; pass --in-place to overwrite it")
+    if dest is not None:
+        modelio.check_output_path(dest)
+    return dest
+
+
+def _fuse(model: onnx.ModelProto, src: Optional[Path], work: Path, external: bool) -> onnx.ModelProto:
+    ort_dir = work / "ort"
+    ort_dir.mkdir()
+    if src is None:
+        # ORT needs a file to read and, for big models, a folder for the data.
+        src = ort_dir / "input.onnx"
+        external = external or modelio.needs_external_data(model)
+        if external:
+            _save_copy(model, src)
+        else:
+            onnx.save_model(model, str(src))
+    return apply_ort_fusions(src, ort_dir, external=external)
+
+
+def _save_copy(model: onnx.ModelProto, path: Path) -> None:
+    # onnx.save with external data empties the tensors it moves out; the
+    # caller's model must stay whole for the fallback and for the user.
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    onnx.save_model(
+        copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+        location=path.name + ".data", size_threshold=modelio.EXTERNAL_THRESHOLD,
+    )
+
+
+class InferenceSession(ort.InferenceSession):
+    """onnxruntime.InferenceSession with the com.quake library registered.
+
+    quake_onnx.InferenceSession("model.quake.onnx") runs a rewritten model;
+    sess_options and providers are passed on (CPU when not given)."""
+
+    def __init__(self, path_or_bytes, sess_options: Optional[ort.SessionOptions] = None, providers=None, **kw):
+        from ._library import get_library_path
+
+        so = sess_options if sess_options is not None else ort.SessionOptions()
+        so.register_custom_ops_library(get_library_path())
+        if isinstance(path_or_bytes, os.PathLike):
+            path_or_bytes = os.fspath(path_or_bytes)
+        super().__init__(path_or_bytes, so, providers=providers or ["CPUExecutionProvider"], **kw)

@@ -1,0 +1,111 @@
+"""ONNX Runtime's own graph fusions, applied offline before the rewrite.
+
+Attention, SkipLayerNorm, BiasGelu, FastGelu and QuickGelu fusions match the
+standard-op patterns the rewriter would otherwise break up; running them first
+keeps them, and the rewriter then replaces the fused com.microsoft nodes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import onnx
+import onnxruntime as ort
+
+from .modelio import load_external_data, load_graph
+
+# Session-config keys documented in onnxruntime_session_options_config_keys.h.
+_EXTERNAL_FILE = "session.optimized_model_external_initializers_file_name"
+_EXTERNAL_MIN = "session.optimized_model_external_initializers_min_size_in_bytes"
+
+
+class FusionError(Exception):
+    """ONNX Runtime could not optimise, save or reload the model."""
+
+
+def _library_path() -> Optional[str]:
+    from ._library import get_library_path
+
+    try:
+        return get_library_path()
+    except FileNotFoundError:
+        return None
+
+
+def session_options(level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # ORT's warnings would break the one-line error contract
+    library = _library_path()
+    if library:  # a model rewritten before may already hold com.quake nodes
+        so.register_custom_ops_library(library)
+    return so
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def apply_ort_fusions(src: Path, workdir: Path, *, external: bool) -> onnx.ModelProto:
+    """The model at `src` after ONNX Runtime's EXTENDED-level CPU optimisations,
+    loaded fully into memory. Raises FusionError when ORT refuses to optimise
+    it, to save it, or to load what it saved."""
+    optimized = workdir / "ort_optimized.onnx"
+    so = session_options(ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    so.optimized_model_filepath = str(optimized)
+    if external:  # without this ORT fails to save a model of 2 GB or more
+        so.add_session_config_entry(_EXTERNAL_FILE, optimized.name + ".data")
+        so.add_session_config_entry(_EXTERNAL_MIN, "1024")
+    try:
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise FusionError(f"ONNX Runtime could not optimise the model: {_first_line(e)}") from e
+    if not optimized.is_file():
+        raise FusionError("ONNX Runtime did not save an optimised model")
+    # ORT has written models it cannot load back (ops tied to its build);
+    # rewriting such a file would hand the user a broken model.
+    try:
+        ort.InferenceSession(
+            str(optimized),
+            session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as e:
+        raise FusionError(f"ONNX Runtime cannot reload its own optimised model: {_first_line(e)}") from e
+    try:
+        model = load_graph(optimized)
+        load_external_data(model, optimized)
+    except Exception as e:
+        raise FusionError(f"the optimised model does not load with onnx: {e}") from e
+    prune_opset_imports(model)
+    return model
+
+
+def used_domains(model: onnx.ModelProto) -> set[str]:
+    domains: set[str] = set()
+
+    def visit(nodes) -> None:
+        for node in nodes:
+            domains.add(node.domain)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    visit(attr.g.node)
+                for g in attr.graphs:
+                    visit(g.node)
+
+    visit(model.graph.node)
+    for function in model.functions:
+        visit(function.node)
+        domains.add(function.domain)
+    return domains
+
+
+def prune_opset_imports(model: onnx.ModelProto) -> None:
+    """ORT saves an import for every domain it knows (training, nchwc, aten...);
+    only the ones the graph uses stay, so the file reads like the input did."""
+    keep = used_domains(model) | {""}
+    keep_ops = [o for o in model.opset_import if o.domain in keep or (o.domain == "ai.onnx" and "" in keep)]
+    del model.opset_import[:]
+    model.opset_import.extend(keep_ops)
