@@ -1,0 +1,369 @@
+// AVX2 + FMA + F16C kernels: the algorithms of kernels_scalar.cc on 8 floats
+// per register. Compiled with those flags only for this file and called only
+// through the table after dispatch checked the CPU, so nothing here runs at
+// static initialisation (constants are broadcast inside the kernels).
+//
+// The exponential core is the scalar one operation for operation (floor,
+// subtract, FMA Horner, integer add into the exponent field), so Exp matches
+// the scalar table bit for bit. Differences elsewhere, all ~1e-7 relative:
+//  * 1 / (1 + e) is rcp_ps plus one Newton step (~2 ulp), not a division.
+//  * Softmax sums are accumulated in 32 lanes instead of one float.
+//  * Order 1 Sigmoid of NaN is NaN (ops.md); the scalar order-1 core turns
+//    NaN into -0 so the scalar Sigmoid returns 1 there.
+// Tails use vmaskmov loads/stores with the body's arithmetic; nothing past n
+// is written (masked-off lanes do not fault either).
+#include "kernels.h"
+
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "constants.h"
+
+namespace quake {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// All-ones in the first rem (1..7) lanes.
+inline __m256i tail_mask(size_t rem) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// e^z for z in the core's range (kExpUnderflow, kExpOverflow), no range
+// handling (out-of-range lanes are garbage the caller replaces). NegZ
+// computes e^-z; negated constants are exact, so it is the scalar core of -z.
+template <int Order, bool NegZ = false>
+inline __m256 exp_core(__m256 z) {
+  if (Order == 1) {
+    // Schraudolph: the float's bits are an affine function of z; cvtps rounds
+    // to nearest even like the scalar nearbyint.
+    const __m256 scale = _mm256_set1_ps(NegZ ? -kSchraudolphScale : kSchraudolphScale);
+    const __m256 a = _mm256_fmadd_ps(z, scale, _mm256_set1_ps(kSchraudolphOffset));
+    return _mm256_castsi256_ps(_mm256_cvtps_epi32(a));
+  }
+  const __m256 t = _mm256_mul_ps(z, _mm256_set1_ps(NegZ ? -kLog2e : kLog2e));
+  const __m256 fi = _mm256_round_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(t, fi);
+  __m256 p;
+  if (Order == 2) {
+    p = _mm256_fmadd_ps(_mm256_set1_ps(kExpPoly2[2]), f, _mm256_set1_ps(kExpPoly2[1]));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExpPoly2[0]));
+  } else {
+    p = _mm256_fmadd_ps(_mm256_set1_ps(kExpPoly3[3]), f, _mm256_set1_ps(kExpPoly3[2]));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExpPoly3[1]));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExpPoly3[0]));
+  }
+  // Adding floor(t) to the exponent field multiplies by 2^floor(t).
+  const __m256i shifted = _mm256_slli_epi32(_mm256_cvttps_epi32(fi), 23);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), shifted));
+}
+
+// Full range contract: z <= -87.3 (and -inf) -> +0; z >= 88.7, +inf -> +inf;
+// NaN -> NaN (z + inf keeps the NaN).
+template <int Order>
+inline __m256 exp_quake_vec(__m256 z) {
+  const __m256 keep = _mm256_cmp_ps(z, _mm256_set1_ps(kExpUnderflow), _CMP_NLE_UQ);
+  const __m256 big = _mm256_cmp_ps(z, _mm256_set1_ps(kExpOverflow), _CMP_NLT_UQ);
+  const __m256 e = _mm256_and_ps(exp_core<Order>(z), keep);
+  return _mm256_blendv_ps(e, _mm256_add_ps(z, _mm256_set1_ps(kInf)), big);
+}
+
+// 1 / d for d >= 1 (or NaN).
+inline __m256 recip(__m256 d) { return _mm256_div_ps(_mm256_set1_ps(1.0f), d); }
+
+// 1 / (1 + e^-v), v already clamped into [-kSigmoidClamp, kSigmoidClamp]
+// where the core needs no range fixups.
+template <int Order>
+inline __m256 inv_one_plus_exp_neg(__m256 v) {
+  return recip(_mm256_add_ps(_mm256_set1_ps(1.0f), exp_core<Order, true>(v)));
+}
+
+// NaN-propagating clamp: max/min return their second operand when either is
+// NaN, so the value goes second.
+inline __m256 clamp_keep_nan(__m256 v, __m256 lo, __m256 hi) {
+  return _mm256_min_ps(hi, _mm256_max_ps(lo, v));
+}
+
+// y[i] = f(x[i]); two registers per iteration, masked tail.
+template <typename F>
+inline void map_avx2(const float* x, float* y, size_t n, F f) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 a = _mm256_loadu_ps(x + i);
+    const __m256 b = _mm256_loadu_ps(x + i + 8);
+    _mm256_storeu_ps(y + i, f(a));
+    _mm256_storeu_ps(y + i + 8, f(b));
+  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, f(_mm256_loadu_ps(x + i)));
+  if (i < n) {
+    const __m256i k = tail_mask(n - i);
+    _mm256_maskstore_ps(y + i, k, f(_mm256_maskload_ps(x + i, k)));
+  }
+}
+
+// Exp: valid range and error as kernels.h (order 1/2/3: 2.99e-2 / 1.73e-3 /
+// 7.5e-5 relative plus the rounding of z * log2e near |z| = 88); -inf and
+// z <= -87.3 -> +0, z >= 88.7 and +inf -> +inf, NaN -> NaN.
+template <int Order>
+void exp_quake_avx2(const float* x, float* y, size_t n) {
+  map_avx2(x, y, n, [](__m256 v) { return exp_quake_vec<Order>(v); });
+}
+
+// Sigmoid: abs error <= about a quarter of the core's relative error.
+// +-inf -> 1 / ~1.6e-38 (1 and 0 to float precision); NaN -> NaN for every
+// order (the order-1 core maps NaN to -0, so NaN lanes are restored).
+template <int Order>
+void sigmoid_quake_avx2(const float* x, float* y, size_t n) {
+  map_avx2(x, y, n, [](__m256 v) {
+    const __m256 vc = clamp_keep_nan(v, _mm256_set1_ps(-kSigmoidClamp), _mm256_set1_ps(kSigmoidClamp));
+    const __m256 r = inv_one_plus_exp_neg<Order>(vc);
+    if (Order == 1) return _mm256_blendv_ps(r, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return r;
+  });
+}
+
+// Silu: x * sigmoid(alpha x). x below -87/alpha is raised to it (the result
+// is ~0 there) so -inf gives ~-0 instead of NaN; +inf -> +inf; NaN -> NaN.
+template <int Order>
+void silu_quake_avx2(const float* x, float* y, size_t n, float alpha) {
+  const float lo_s = -kSigmoidClamp / alpha;
+  map_avx2(x, y, n, [lo_s, alpha](__m256 xv) {
+    const __m256 v = _mm256_max_ps(_mm256_set1_ps(lo_s), xv);
+    const __m256 z = _mm256_mul_ps(v, _mm256_set1_ps(alpha));  // sigmoid(z) = 1 / (1 + e^-z)
+    const __m256 zc = clamp_keep_nan(z, _mm256_set1_ps(-kSigmoidClamp), _mm256_set1_ps(kSigmoidClamp));
+    return _mm256_mul_ps(v, inv_one_plus_exp_neg<Order>(zc));
+  });
+}
+
+template <int Order>
+inline __m256 gelu_vec(__m256 u) {
+  u = _mm256_max_ps(_mm256_set1_ps(kGeluLow), u);  // keeps u^3 finite: -inf -> ~-0
+  const __m256 v =
+      _mm256_mul_ps(u, _mm256_fmadd_ps(_mm256_set1_ps(kGeluK3), _mm256_mul_ps(u, u), _mm256_set1_ps(kGeluK1)));
+  const __m256 vc = clamp_keep_nan(v, _mm256_set1_ps(-kSigmoidClamp), _mm256_set1_ps(kSigmoidClamp));
+  return _mm256_mul_ps(u, inv_one_plus_exp_neg<Order>(vc));
+}
+
+// Gelu (tanh form) of x + bias, one pass: abs error about 0.17x the core's
+// relative error times |u| near the knee; +inf -> +inf, -inf -> ~-0, NaN -> NaN.
+template <int Order>
+void gelu_quake_avx2(const float* x, const float* bias, float* y, size_t n) {
+  if (bias == nullptr) return map_avx2(x, y, n, [](__m256 v) { return gelu_vec<Order>(v); });
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 a = _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(bias + i));
+    const __m256 b = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(bias + i + 8));
+    _mm256_storeu_ps(y + i, gelu_vec<Order>(a));
+    _mm256_storeu_ps(y + i + 8, gelu_vec<Order>(b));
+  }
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(y + i, gelu_vec<Order>(_mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(bias + i))));
+  }
+  if (i < n) {
+    const __m256i k = tail_mask(n - i);
+    const __m256 u = _mm256_add_ps(_mm256_maskload_ps(x + i, k), _mm256_maskload_ps(bias + i, k));
+    _mm256_maskstore_ps(y + i, k, gelu_vec<Order>(u));
+  }
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Row max that skips NaNs (the accumulator is max_ps's second operand, which
+// it returns when the element is NaN); NaNs are caught by the later passes.
+inline float row_max_skip_nan(const float* x, size_t n) {
+  const __m256 ninf = _mm256_set1_ps(-kInf);
+  __m256 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);
+    m1 = _mm256_max_ps(_mm256_loadu_ps(x + i + 8), m1);
+    m2 = _mm256_max_ps(_mm256_loadu_ps(x + i + 16), m2);
+    m3 = _mm256_max_ps(_mm256_loadu_ps(x + i + 24), m3);
+  }
+  for (; i + 8 <= n; i += 8) m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);
+  if (i < n) {
+    const __m256i k = tail_mask(n - i);
+    m1 = _mm256_max_ps(_mm256_blendv_ps(ninf, _mm256_maskload_ps(x + i, k), _mm256_castsi256_ps(k)), m1);
+  }
+  return hmax(_mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
+}
+
+inline bool row_has_nan(const float* x, size_t n) {
+  __m256 any = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    any = _mm256_or_ps(any, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  if (i < n) {
+    const __m256 v = _mm256_maskload_ps(x + i, tail_mask(n - i));  // masked-off lanes are 0
+    any = _mm256_or_ps(any, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  return _mm256_movemask_ps(any) != 0;
+}
+
+inline void fill(float* y, size_t n, float value) {
+  const __m256 v = _mm256_set1_ps(value);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, v);
+  if (i < n) _mm256_maskstore_ps(y + i, tail_mask(n - i), v);
+}
+
+// Sum of e^(x - m) over the row, optionally storing each term in y. z = x - m
+// is <= 0 and NaN only for a NaN element, so only the underflow fixup is
+// needed. Orders 2/3 carry a NaN z into the sum; the order-1 core maps NaN
+// to -0, so order 1 also sums z (finite or -inf unless some z is NaN).
+template <int Order, bool Store>
+inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
+  const __m256 vm = _mm256_set1_ps(m);
+  const __m256 under = _mm256_set1_ps(kExpUnderflow);
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, q = s0;
+  auto term = [&](__m256 xv, __m256& s) {
+    const __m256 z = _mm256_sub_ps(xv, vm);
+    const __m256 e = _mm256_and_ps(exp_core<Order>(z), _mm256_cmp_ps(z, under, _CMP_NLE_UQ));
+    s = _mm256_add_ps(s, e);
+    if (Order == 1) q = _mm256_add_ps(q, z);
+    return e;
+  };
+  // Blocks of 512 summed separately keep the float sum of a 50k row within
+  // ~1e-6 (one accumulator over the whole row drifts by ~1e-4).
+  __m256 total = _mm256_setzero_ps();
+  size_t i = 0;
+  const size_t body_end = n & ~static_cast<size_t>(31);
+  while (i < body_end) {
+    const size_t block_end = body_end - i > 512 ? i + 512 : body_end;
+    s0 = s1 = s2 = s3 = _mm256_setzero_ps();
+    for (; i < block_end; i += 32) {
+      const __m256 e0 = term(_mm256_loadu_ps(x + i), s0);
+      const __m256 e1 = term(_mm256_loadu_ps(x + i + 8), s1);
+      const __m256 e2 = term(_mm256_loadu_ps(x + i + 16), s2);
+      const __m256 e3 = term(_mm256_loadu_ps(x + i + 24), s3);
+      if (Store) {
+        _mm256_storeu_ps(y + i, e0);
+        _mm256_storeu_ps(y + i + 8, e1);
+        _mm256_storeu_ps(y + i + 16, e2);
+        _mm256_storeu_ps(y + i + 24, e3);
+      }
+    }
+    total = _mm256_add_ps(total, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  }
+  s0 = s1 = s2 = s3 = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = term(_mm256_loadu_ps(x + i), s0);
+    if (Store) _mm256_storeu_ps(y + i, e);
+  }
+  if (i < n) {
+    // Masked-off lanes load x = m: z = 0, e = e(0), removed before the sum.
+    const __m256i k = tail_mask(n - i);
+    const __m256 xv = _mm256_blendv_ps(vm, _mm256_maskload_ps(x + i, k), _mm256_castsi256_ps(k));
+    __m256 s = _mm256_setzero_ps();
+    const __m256 e = _mm256_and_ps(term(xv, s), _mm256_castsi256_ps(k));
+    s1 = _mm256_add_ps(s1, e);
+    if (Store) _mm256_maskstore_ps(y + i, k, e);
+  }
+  float sum = hsum(_mm256_add_ps(total, _mm256_add_ps(s0, s1)));
+  if (Order == 1 && std::isnan(hsum(q))) sum = kNaN;
+  return sum;
+}
+
+// Softmax row: abs error per element <= ~2x the core's relative error times
+// the element; rows sum to 1 within a few ulp per lane sum. All -inf -> 0;
+// a NaN or +inf anywhere -> NaN row. x and y may alias.
+template <int Order>
+void softmax_quake_avx2(const float* x, float* y, size_t n) {
+  const float m = row_max_skip_nan(x, n);
+  if (m == kInf) return fill(y, n, kNaN);
+  if (m == -kInf) return fill(y, n, row_has_nan(x, n) ? kNaN : 0.0f);
+  const float sum = sum_exp_shifted<Order, true>(x, y, n, m);
+  if (std::isnan(sum)) return fill(y, n, kNaN);
+  const __m256 inv = _mm256_set1_ps(1.0f / sum);  // sum >= e(0) ~ 1: the max element
+  map_avx2(y, y, n, [inv](__m256 v) { return _mm256_mul_ps(v, inv); });
+}
+
+// LogSoftmax row: (x - m) - log(sum); abs error <= ~the core's relative
+// error. All -inf -> -inf; a NaN or +inf -> NaN row. x and y may alias.
+template <int Order>
+void logsoftmax_quake_avx2(const float* x, float* y, size_t n) {
+  const float m = row_max_skip_nan(x, n);
+  if (m == kInf) return fill(y, n, kNaN);
+  if (m == -kInf) return fill(y, n, row_has_nan(x, n) ? kNaN : -kInf);
+  const float sum = sum_exp_shifted<Order, false>(x, y, n, m);  // y is not written
+  if (std::isnan(sum)) return fill(y, n, kNaN);
+  const __m256 vm = _mm256_set1_ps(m);
+  const __m256 log_sum = _mm256_set1_ps(std::log(sum));
+  map_avx2(x, y, n, [vm, log_sum](__m256 v) { return _mm256_sub_ps(_mm256_sub_ps(v, vm), log_sum); });
+}
+
+// F16C conversions. Round to nearest even; NaN stays NaN (a signalling NaN
+// half comes back quieted), overflow -> inf. The tail goes through a small
+// buffer so it uses the same instruction as the body.
+void f16_to_f32_avx2(const uint16_t* x, float* y, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
+  }
+  if (i < n) {
+    uint16_t hb[8] = {0};
+    float fb[8];
+    std::memcpy(hb, x + i, (n - i) * sizeof(uint16_t));
+    _mm256_storeu_ps(fb, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hb))));
+    std::memcpy(y + i, fb, (n - i) * sizeof(float));
+  }
+}
+
+void f32_to_f16_avx2(const float* x, uint16_t* y, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  if (i < n) {
+    const __m256i k = tail_mask(n - i);
+    uint16_t hb[8];
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(hb),
+                     _mm256_cvtps_ph(_mm256_maskload_ps(x + i, k), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    std::memcpy(y + i, hb, (n - i) * sizeof(uint16_t));
+  }
+}
+
+template <int Order>
+constexpr OrderKernels order_table() {
+  return {exp_quake_avx2<Order>,  sigmoid_quake_avx2<Order>,  silu_quake_avx2<Order>,
+          gelu_quake_avx2<Order>, softmax_quake_avx2<Order>, logsoftmax_quake_avx2<Order>};
+}
+
+}  // namespace
+
+const KernelTable* avx2_kernels() {
+  static const KernelTable table = {Isa::kAvx2, "avx2", {order_table<1>(), order_table<2>(), order_table<3>()},
+                                    f16_to_f32_avx2, f32_to_f16_avx2};
+  return &table;
+}
+
+}  // namespace quake
+
+#else  // !__x86_64__
+
+namespace quake {
+const KernelTable* avx2_kernels() { return nullptr; }
+}  // namespace quake
+
+#endif

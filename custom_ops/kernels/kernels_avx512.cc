@@ -1,0 +1,341 @@
+// AVX-512 (F/BW/DQ/VL) kernels: the algorithms of kernels_scalar.cc on 16
+// floats per register. This file is compiled with AVX-512 flags and runs only
+// after dispatch chose its table, so nothing here may execute at static
+// initialisation: constants are plain floats broadcast inside the kernels.
+//
+// Differences from the scalar definition, all below 1e-6 relative:
+//  * f = t - floor(t) comes from VREDUCEPS, whose subtraction rounds toward
+//    -inf; the scalar subtraction rounds to nearest. They differ by at most
+//    one ulp of f, only for t in (-1, 0).
+//  * 1 / (1 + e) is rcp14 plus one Newton step (<= ~1 ulp), not a division.
+//  * Softmax sums are accumulated in 64 lanes instead of one float.
+//  * Order 1 Sigmoid of NaN is NaN (ops.md); the scalar order-1 core turns
+//    NaN into -0 so the scalar Sigmoid returns 1 there.
+// Tails use masked loads and stores, so the tail runs the same arithmetic as
+// the body and nothing past n is read or written.
+#include "kernels.h"
+
+#if defined(__x86_64__)
+
+// GCC 12's AVX-512 headers self-initialise their _mm512_undefined_* values,
+// which -Wmaybe-uninitialized reports at every masked intrinsic.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <cmath>
+#include <limits>
+
+#include "constants.h"
+
+namespace quake {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+inline __mmask16 tail_mask(size_t rem) { return static_cast<__mmask16>((1u << rem) - 1u); }
+
+// e^z for z in the core's range (kExpUnderflow, kExpOverflow); lanes outside
+// `keep` come out as +0. Out-of-range lanes inside `keep` hold garbage the
+// caller overwrites. NegZ computes e^-z instead (negated constants are exact,
+// so this equals the scalar core applied to -z bit for bit).
+template <int Order, bool NegZ = false>
+inline __m512 exp_core_maskz(__mmask16 keep, __m512 z) {
+  if (Order == 1) {
+    // Schraudolph: the float's bits are an affine function of z; cvtps rounds
+    // to nearest even like the scalar nearbyint.
+    const __m512 scale = _mm512_set1_ps(NegZ ? -kSchraudolphScale : kSchraudolphScale);
+    const __m512 a = _mm512_fmadd_ps(z, scale, _mm512_set1_ps(kSchraudolphOffset));
+    return _mm512_castsi512_ps(_mm512_maskz_cvtps_epi32(keep, a));
+  }
+  const __m512 t = _mm512_mul_ps(z, _mm512_set1_ps(NegZ ? -kLog2e : kLog2e));
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);  // t - floor(t)
+  __m512 p;
+  if (Order == 2) {
+    p = _mm512_fmadd_ps(_mm512_set1_ps(kExpPoly2[2]), f, _mm512_set1_ps(kExpPoly2[1]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExpPoly2[0]));
+  } else {
+    p = _mm512_fmadd_ps(_mm512_set1_ps(kExpPoly3[3]), f, _mm512_set1_ps(kExpPoly3[2]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExpPoly3[1]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExpPoly3[0]));
+  }
+  // p in [1, 2) and 2^floor(t) normal in range, so p * 2^floor(t) is exactly
+  // the scalar's exponent-field addition.
+  return _mm512_maskz_scalef_ps(keep, p, t);
+}
+
+template <int Order, bool NegZ = false>
+inline __m512 exp_core(__m512 z) {
+  return exp_core_maskz<Order, NegZ>(static_cast<__mmask16>(0xffff), z);
+}
+
+// Full range contract: z <= -87.3 (and -inf) -> +0; z >= 88.7, +inf -> +inf;
+// NaN -> NaN (z + inf keeps the NaN).
+template <int Order>
+inline __m512 exp_quake_vec(__m512 z) {
+  const __mmask16 keep = _mm512_cmp_ps_mask(z, _mm512_set1_ps(kExpUnderflow), _CMP_NLE_UQ);
+  const __mmask16 big = _mm512_cmp_ps_mask(z, _mm512_set1_ps(kExpOverflow), _CMP_NLT_UQ);
+  const __m512 e = exp_core_maskz<Order>(keep, z);
+  return _mm512_mask_add_ps(e, big, z, _mm512_set1_ps(kInf));
+}
+
+// 1 / d for d >= 1 (or NaN): rcp14 then one Newton step, ~0.5 ulp + 2^-28.
+inline __m512 recip(__m512 d) {
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
+}
+
+// 1 / (1 + e^-v), v already clamped into [-kSigmoidClamp, kSigmoidClamp]
+// where the core needs no range fixups.
+template <int Order>
+inline __m512 inv_one_plus_exp_neg(__m512 v) {
+  return recip(_mm512_add_ps(_mm512_set1_ps(1.0f), exp_core<Order, true>(v)));
+}
+
+// NaN-propagating clamp: max/min return their second operand when either is
+// NaN, so the value goes second.
+inline __m512 clamp_keep_nan(__m512 v, __m512 lo, __m512 hi) {
+  return _mm512_min_ps(hi, _mm512_max_ps(lo, v));
+}
+
+// y[i] = f(x[i]); two registers per iteration, masked tail.
+template <typename F>
+inline void map_avx512(const float* x, float* y, size_t n, F f) {
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 a = _mm512_loadu_ps(x + i);
+    const __m512 b = _mm512_loadu_ps(x + i + 16);
+    _mm512_storeu_ps(y + i, f(a));
+    _mm512_storeu_ps(y + i + 16, f(b));
+  }
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, f(_mm512_loadu_ps(x + i)));
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, k, f(_mm512_maskz_loadu_ps(k, x + i)));
+  }
+}
+
+// Exp: valid range and error as kernels.h (order 1/2/3: 2.99e-2 / 1.73e-3 /
+// 7.5e-5 relative plus the rounding of z * log2e near |z| = 88); -inf and
+// z <= -87.3 -> +0, z >= 88.7 and +inf -> +inf, NaN -> NaN.
+template <int Order>
+void exp_quake_avx512(const float* x, float* y, size_t n) {
+  map_avx512(x, y, n, [](__m512 v) { return exp_quake_vec<Order>(v); });
+}
+
+// Sigmoid: abs error <= about a quarter of the core's relative error.
+// +-inf -> 1 / ~1.6e-38 (1 and 0 to float precision); NaN -> NaN for every
+// order (the order-1 core maps NaN to -0, so NaN lanes are restored).
+template <int Order>
+void sigmoid_quake_avx512(const float* x, float* y, size_t n) {
+  map_avx512(x, y, n, [](__m512 v) {
+    const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kSigmoidClamp), _mm512_set1_ps(kSigmoidClamp));
+    const __m512 r = inv_one_plus_exp_neg<Order>(vc);
+    if (Order == 1) return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+    return r;
+  });
+}
+
+// Silu: x * sigmoid(alpha x). x below -87/alpha is raised to it (the result
+// is ~0 there) so -inf gives ~-0 instead of NaN; +inf -> +inf; NaN -> NaN.
+template <int Order>
+void silu_quake_avx512(const float* x, float* y, size_t n, float alpha) {
+  const float lo_s = -kSigmoidClamp / alpha;
+  map_avx512(x, y, n, [lo_s, alpha](__m512 xv) {
+    const __m512 v = _mm512_max_ps(_mm512_set1_ps(lo_s), xv);
+    const __m512 z = _mm512_mul_ps(v, _mm512_set1_ps(alpha));  // sigmoid(z) = 1 / (1 + e^-z)
+    const __m512 zc = clamp_keep_nan(z, _mm512_set1_ps(-kSigmoidClamp), _mm512_set1_ps(kSigmoidClamp));
+    return _mm512_mul_ps(v, inv_one_plus_exp_neg<Order>(zc));
+  });
+}
+
+template <int Order>
+inline __m512 gelu_vec(__m512 u) {
+  u = _mm512_max_ps(_mm512_set1_ps(kGeluLow), u);  // keeps u^3 finite: -inf -> ~-0
+  const __m512 v =
+      _mm512_mul_ps(u, _mm512_fmadd_ps(_mm512_set1_ps(kGeluK3), _mm512_mul_ps(u, u), _mm512_set1_ps(kGeluK1)));
+  const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kSigmoidClamp), _mm512_set1_ps(kSigmoidClamp));
+  return _mm512_mul_ps(u, inv_one_plus_exp_neg<Order>(vc));
+}
+
+// Gelu (tanh form) of x + bias, one pass: abs error about 0.17x the core's
+// relative error times |u| near the knee; +inf -> +inf, -inf -> ~-0, NaN -> NaN.
+template <int Order>
+void gelu_quake_avx512(const float* x, const float* bias, float* y, size_t n) {
+  if (bias == nullptr) return map_avx512(x, y, n, [](__m512 v) { return gelu_vec<Order>(v); });
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 a = _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(bias + i));
+    const __m512 b = _mm512_add_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(bias + i + 16));
+    _mm512_storeu_ps(y + i, gelu_vec<Order>(a));
+    _mm512_storeu_ps(y + i + 16, gelu_vec<Order>(b));
+  }
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(y + i, gelu_vec<Order>(_mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(bias + i))));
+  }
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m512 u = _mm512_add_ps(_mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, bias + i));
+    _mm512_mask_storeu_ps(y + i, k, gelu_vec<Order>(u));
+  }
+}
+
+// Row max that skips NaNs (the accumulator is max_ps's second operand, which
+// it returns when the element is NaN); NaNs are caught by the later passes.
+inline float row_max_skip_nan(const float* x, size_t n) {
+  const __m512 ninf = _mm512_set1_ps(-kInf);
+  __m512 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    m0 = _mm512_max_ps(_mm512_loadu_ps(x + i), m0);
+    m1 = _mm512_max_ps(_mm512_loadu_ps(x + i + 16), m1);
+    m2 = _mm512_max_ps(_mm512_loadu_ps(x + i + 32), m2);
+    m3 = _mm512_max_ps(_mm512_loadu_ps(x + i + 48), m3);
+  }
+  for (; i + 16 <= n; i += 16) m0 = _mm512_max_ps(_mm512_loadu_ps(x + i), m0);
+  if (i < n) m1 = _mm512_max_ps(_mm512_mask_loadu_ps(ninf, tail_mask(n - i), x + i), m1);
+  return _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
+}
+
+inline bool row_has_nan(const float* x, size_t n) {
+  __mmask16 any = 0;
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    any |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  }
+  if (i < n) {
+    const __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - i), x + i);
+    any |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  }
+  return any != 0;
+}
+
+inline void fill(float* y, size_t n, float value) {
+  const __m512 v = _mm512_set1_ps(value);
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, v);
+  if (i < n) _mm512_mask_storeu_ps(y + i, tail_mask(n - i), v);
+}
+
+// Sum of e^(x - m) over the row, optionally storing each term in y. z = x - m
+// is <= 0 and NaN only for a NaN element, so only the underflow fixup is
+// needed. Orders 2/3 carry a NaN z into the sum; the order-1 core maps NaN
+// to -0, so order 1 also sums z (finite or -inf unless some z is NaN).
+template <int Order, bool Store>
+inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
+  const __m512 vm = _mm512_set1_ps(m);
+  const __m512 under = _mm512_set1_ps(kExpUnderflow);
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, q = s0;
+  auto term = [&](__mmask16 active, const float* px, float* py, __m512& s) {
+    const __m512 z = _mm512_sub_ps(_mm512_maskz_loadu_ps(active, px), vm);
+    const __mmask16 keep = _mm512_mask_cmp_ps_mask(active, z, under, _CMP_NLE_UQ);
+    const __m512 e = exp_core_maskz<Order>(keep, z);
+    if (Store) _mm512_mask_storeu_ps(py, active, e);
+    s = _mm512_add_ps(s, e);
+    if (Order == 1) q = _mm512_mask_add_ps(q, active, q, z);
+  };
+  const __mmask16 all = 0xffff;
+  // Blocks of 1024 summed separately keep the float sum of a 50k row within
+  // ~1e-6 (one accumulator over the whole row drifts by ~1e-4).
+  __m512 total = _mm512_setzero_ps();
+  size_t i = 0;
+  const size_t body_end = n & ~static_cast<size_t>(63);
+  while (i < body_end) {
+    const size_t block_end = body_end - i > 1024 ? i + 1024 : body_end;
+    s0 = s1 = s2 = s3 = _mm512_setzero_ps();
+    for (; i < block_end; i += 64) {
+      term(all, x + i, y + i, s0);
+      term(all, x + i + 16, y + i + 16, s1);
+      term(all, x + i + 32, y + i + 32, s2);
+      term(all, x + i + 48, y + i + 48, s3);
+    }
+    total = _mm512_add_ps(total, _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+  }
+  s0 = s1 = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) term(all, x + i, y + i, s0);
+  if (i < n) term(tail_mask(n - i), x + i, y + i, s1);
+  float sum = _mm512_reduce_add_ps(_mm512_add_ps(total, _mm512_add_ps(s0, s1)));
+  if (Order == 1 && std::isnan(_mm512_reduce_add_ps(q))) sum = kNaN;
+  return sum;
+}
+
+// Softmax row: abs error per element <= ~2x the core's relative error times
+// the element; rows sum to 1 within a few ulp per lane sum. All -inf -> 0;
+// a NaN or +inf anywhere -> NaN row. x and y may alias.
+template <int Order>
+void softmax_quake_avx512(const float* x, float* y, size_t n) {
+  const float m = row_max_skip_nan(x, n);
+  if (m == kInf) return fill(y, n, kNaN);
+  if (m == -kInf) return fill(y, n, row_has_nan(x, n) ? kNaN : 0.0f);
+  const float sum = sum_exp_shifted<Order, true>(x, y, n, m);
+  if (std::isnan(sum)) return fill(y, n, kNaN);
+  const __m512 inv = _mm512_set1_ps(1.0f / sum);  // sum >= e(0) ~ 1: the max element
+  map_avx512(y, y, n, [inv](__m512 v) { return _mm512_mul_ps(v, inv); });
+}
+
+// LogSoftmax row: (x - m) - log(sum); abs error <= ~the core's relative
+// error. All -inf -> -inf; a NaN or +inf -> NaN row. x and y may alias.
+template <int Order>
+void logsoftmax_quake_avx512(const float* x, float* y, size_t n) {
+  const float m = row_max_skip_nan(x, n);
+  if (m == kInf) return fill(y, n, kNaN);
+  if (m == -kInf) return fill(y, n, row_has_nan(x, n) ? kNaN : -kInf);
+  const float sum = sum_exp_shifted<Order, false>(x, y, n, m);  // y is not written
+  if (std::isnan(sum)) return fill(y, n, kNaN);
+  const __m512 vm = _mm512_set1_ps(m);
+  const __m512 log_sum = _mm512_set1_ps(std::log(sum));
+  map_avx512(x, y, n, [vm, log_sum](__m512 v) { return _mm512_sub_ps(_mm512_sub_ps(v, vm), log_sum); });
+}
+
+// F16C conversions, masked tails. Round to nearest even; NaN stays NaN
+// (a signalling NaN half comes back quieted), overflow -> inf.
+void f16_to_f32_avx512(const uint16_t* x, float* y, size_t n) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))));
+  }
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, x + i)));
+  }
+}
+
+void f32_to_f16_avx512(const float* x, uint16_t* y, size_t n) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    _mm256_mask_storeu_epi16(y + i, k,
+                             _mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+}
+
+template <int Order>
+constexpr OrderKernels order_table() {
+  return {exp_quake_avx512<Order>,  sigmoid_quake_avx512<Order>,  silu_quake_avx512<Order>,
+          gelu_quake_avx512<Order>, softmax_quake_avx512<Order>, logsoftmax_quake_avx512<Order>};
+}
+
+}  // namespace
+
+const KernelTable* avx512_kernels() {
+  static const KernelTable table = {Isa::kAvx512, "avx512", {order_table<1>(), order_table<2>(), order_table<3>()},
+                                    f16_to_f32_avx512, f32_to_f16_avx512};
+  return &table;
+}
+
+}  // namespace quake
+
+#else  // !__x86_64__
+
+namespace quake {
+const KernelTable* avx512_kernels() { return nullptr; }
+}  // namespace quake
+
+#endif

@@ -1,0 +1,307 @@
+// AArch64 ASIMD kernels: the algorithms of kernels_scalar.cc on 4 floats per
+// register. ASIMD is mandatory on AArch64, so this table is always usable
+// there; constants are still broadcast inside the kernels.
+//
+// The exponential core is the scalar one operation for operation (FRINTM
+// floor, subtract, FMA Horner, integer add into the exponent field), and
+// 1 / (1 + e) is a true division, so elementwise results match the scalar
+// table bit for bit except:
+//  * Order 1 Sigmoid of NaN is NaN (ops.md); the scalar order-1 core turns
+//    NaN into -0 (FCVTNS gives 0 here) so the scalar Sigmoid returns 1.
+//  * Softmax sums are accumulated in 16 lanes instead of one float.
+// FMAX/FMIN propagate NaN, so clamps and the row max keep NaNs without help.
+// Tails go through a 4-float buffer so they run the body's arithmetic and
+// nothing past n is read or written.
+#include "kernels.h"
+
+#if defined(__aarch64__)
+
+#include <arm_neon.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "constants.h"
+
+namespace quake {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+inline float32x4_t and_mask(float32x4_t v, uint32x4_t m) {
+  return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v), m));
+}
+
+// e^z for z in the core's range (kExpUnderflow, kExpOverflow), no range
+// handling (out-of-range lanes are garbage the caller replaces).
+template <int Order>
+inline float32x4_t exp_core(float32x4_t z) {
+  if (Order == 1) {
+    // Schraudolph: the float's bits are an affine function of z; FCVTNS
+    // rounds to nearest even like the scalar nearbyint.
+    const float32x4_t a = vfmaq_f32(vdupq_n_f32(kSchraudolphOffset), z, vdupq_n_f32(kSchraudolphScale));
+    return vreinterpretq_f32_s32(vcvtnq_s32_f32(a));
+  }
+  const float32x4_t t = vmulq_f32(z, vdupq_n_f32(kLog2e));
+  const float32x4_t fi = vrndmq_f32(t);
+  const float32x4_t f = vsubq_f32(t, fi);
+  float32x4_t p;
+  if (Order == 2) {
+    p = vfmaq_f32(vdupq_n_f32(kExpPoly2[1]), vdupq_n_f32(kExpPoly2[2]), f);
+    p = vfmaq_f32(vdupq_n_f32(kExpPoly2[0]), p, f);
+  } else {
+    p = vfmaq_f32(vdupq_n_f32(kExpPoly3[2]), vdupq_n_f32(kExpPoly3[3]), f);
+    p = vfmaq_f32(vdupq_n_f32(kExpPoly3[1]), p, f);
+    p = vfmaq_f32(vdupq_n_f32(kExpPoly3[0]), p, f);
+  }
+  // Adding floor(t) to the exponent field multiplies by 2^floor(t).
+  const int32x4_t shifted = vshlq_n_s32(vcvtq_s32_f32(fi), 23);
+  return vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), shifted));
+}
+
+// Full range contract: z <= -87.3 (and -inf) -> +0; z >= 88.7, +inf -> +inf;
+// NaN -> NaN (z + inf keeps the NaN).
+template <int Order>
+inline float32x4_t exp_quake_vec(float32x4_t z) {
+  const uint32x4_t keep = vmvnq_u32(vcleq_f32(z, vdupq_n_f32(kExpUnderflow)));
+  const uint32x4_t big = vmvnq_u32(vcltq_f32(z, vdupq_n_f32(kExpOverflow)));  // z >= 88.7 or NaN
+  const float32x4_t e = and_mask(exp_core<Order>(z), keep);
+  return vbslq_f32(big, vaddq_f32(z, vdupq_n_f32(kInf)), e);
+}
+
+// 1 / (1 + e^z), z already clamped into [-kSigmoidClamp, kSigmoidClamp].
+template <int Order>
+inline float32x4_t inv_one_plus_exp(float32x4_t z) {
+  const float32x4_t one = vdupq_n_f32(1.0f);
+  return vdivq_f32(one, vaddq_f32(one, exp_core<Order>(z)));
+}
+
+inline float32x4_t clamp_keep_nan(float32x4_t v, float lo, float hi) {
+  return vminq_f32(vdupq_n_f32(hi), vmaxq_f32(vdupq_n_f32(lo), v));  // FMAX/FMIN return NaN
+}
+
+// y[i] = f(x[i]); two registers per iteration; the tail is padded with `pad`.
+template <typename F>
+inline void map_neon(const float* x, float* y, size_t n, F f, float pad = 0.0f) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const float32x4_t a = vld1q_f32(x + i);
+    const float32x4_t b = vld1q_f32(x + i + 4);
+    vst1q_f32(y + i, f(a));
+    vst1q_f32(y + i + 4, f(b));
+  }
+  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, f(vld1q_f32(x + i)));
+  if (i < n) {
+    float buf[4] = {pad, pad, pad, pad};
+    std::memcpy(buf, x + i, (n - i) * sizeof(float));
+    vst1q_f32(buf, f(vld1q_f32(buf)));
+    std::memcpy(y + i, buf, (n - i) * sizeof(float));
+  }
+}
+
+// Exp: valid range and error as kernels.h; -inf and z <= -87.3 -> +0,
+// z >= 88.7 and +inf -> +inf, NaN -> NaN.
+template <int Order>
+void exp_quake_neon(const float* x, float* y, size_t n) {
+  map_neon(x, y, n, [](float32x4_t v) { return exp_quake_vec<Order>(v); });
+}
+
+// Sigmoid: abs error <= about a quarter of the core's relative error.
+// NaN -> NaN for every order (restored where the order-1 core drops it).
+template <int Order>
+void sigmoid_quake_neon(const float* x, float* y, size_t n) {
+  map_neon(x, y, n, [](float32x4_t v) {
+    const float32x4_t r = inv_one_plus_exp<Order>(clamp_keep_nan(vnegq_f32(v), -kSigmoidClamp, kSigmoidClamp));
+    if (Order == 1) return vbslq_f32(vceqq_f32(v, v), r, v);
+    return r;
+  });
+}
+
+// Silu: x * sigmoid(alpha x); x below -87/alpha is raised to it so -inf
+// gives ~-0; +inf -> +inf; NaN -> NaN.
+template <int Order>
+void silu_quake_neon(const float* x, float* y, size_t n, float alpha) {
+  const float lo = -kSigmoidClamp / alpha;
+  map_neon(x, y, n, [lo, alpha](float32x4_t xv) {
+    const float32x4_t v = vmaxq_f32(vdupq_n_f32(lo), xv);
+    const float32x4_t z = vmulq_f32(vdupq_n_f32(-alpha), v);
+    return vmulq_f32(v, inv_one_plus_exp<Order>(clamp_keep_nan(z, -kSigmoidClamp, kSigmoidClamp)));
+  });
+}
+
+template <int Order>
+inline float32x4_t gelu_vec(float32x4_t u) {
+  u = vmaxq_f32(vdupq_n_f32(kGeluLow), u);  // keeps u^3 finite: -inf -> ~-0
+  const float32x4_t v = vmulq_f32(u, vfmaq_f32(vdupq_n_f32(kGeluK1), vdupq_n_f32(kGeluK3), vmulq_f32(u, u)));
+  return vmulq_f32(u, inv_one_plus_exp<Order>(clamp_keep_nan(vnegq_f32(v), -kSigmoidClamp, kSigmoidClamp)));
+}
+
+// Gelu (tanh form) of x + bias in one pass; +inf -> +inf, -inf -> ~-0, NaN -> NaN.
+template <int Order>
+void gelu_quake_neon(const float* x, const float* bias, float* y, size_t n) {
+  if (bias == nullptr) return map_neon(x, y, n, [](float32x4_t v) { return gelu_vec<Order>(v); });
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, gelu_vec<Order>(vaddq_f32(vld1q_f32(x + i), vld1q_f32(bias + i))));
+  if (i < n) {
+    float xb[4] = {0, 0, 0, 0}, bb[4] = {0, 0, 0, 0};
+    std::memcpy(xb, x + i, (n - i) * sizeof(float));
+    std::memcpy(bb, bias + i, (n - i) * sizeof(float));
+    vst1q_f32(xb, gelu_vec<Order>(vaddq_f32(vld1q_f32(xb), vld1q_f32(bb))));
+    std::memcpy(y + i, xb, (n - i) * sizeof(float));
+  }
+}
+
+// Row max; FMAX propagates NaN, so a NaN anywhere makes the max NaN.
+inline float row_max(const float* x, size_t n) {
+  const float32x4_t ninf = vdupq_n_f32(-kInf);
+  float32x4_t m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    m0 = vmaxq_f32(m0, vld1q_f32(x + i));
+    m1 = vmaxq_f32(m1, vld1q_f32(x + i + 4));
+    m2 = vmaxq_f32(m2, vld1q_f32(x + i + 8));
+    m3 = vmaxq_f32(m3, vld1q_f32(x + i + 12));
+  }
+  for (; i + 4 <= n; i += 4) m0 = vmaxq_f32(m0, vld1q_f32(x + i));
+  if (i < n) {
+    float buf[4] = {-kInf, -kInf, -kInf, -kInf};
+    std::memcpy(buf, x + i, (n - i) * sizeof(float));
+    m1 = vmaxq_f32(m1, vld1q_f32(buf));
+  }
+  return vmaxvq_f32(vmaxq_f32(vmaxq_f32(m0, m1), vmaxq_f32(m2, m3)));
+}
+
+inline void fill(float* y, size_t n, float value) {
+  for (size_t i = 0; i < n; ++i) y[i] = value;
+}
+
+// Sum of e^(x - m) over a NaN-free row with finite max m, optionally storing
+// each term; z = x - m <= 0 so only the underflow fixup is needed.
+template <int Order, bool Store>
+inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
+  const float32x4_t vm = vdupq_n_f32(m);
+  const float32x4_t under = vdupq_n_f32(kExpUnderflow);
+  auto term = [&](float32x4_t xv) {
+    const float32x4_t z = vsubq_f32(xv, vm);
+    return and_mask(exp_core<Order>(z), vcgtq_f32(z, under));
+  };
+  const float32x4_t zero = vdupq_n_f32(0.0f);
+  float32x4_t s0 = zero, s1 = zero, s2 = zero, s3 = zero, total = zero;
+  // Blocks of 256 summed separately keep the float sum of a 50k row within
+  // ~1e-6 (one accumulator over the whole row drifts by ~1e-4).
+  size_t i = 0;
+  const size_t body_end = n & ~static_cast<size_t>(15);
+  while (i < body_end) {
+    const size_t block_end = body_end - i > 256 ? i + 256 : body_end;
+    s0 = s1 = s2 = s3 = zero;
+    for (; i < block_end; i += 16) {
+      const float32x4_t e0 = term(vld1q_f32(x + i)), e1 = term(vld1q_f32(x + i + 4));
+      const float32x4_t e2 = term(vld1q_f32(x + i + 8)), e3 = term(vld1q_f32(x + i + 12));
+      s0 = vaddq_f32(s0, e0);
+      s1 = vaddq_f32(s1, e1);
+      s2 = vaddq_f32(s2, e2);
+      s3 = vaddq_f32(s3, e3);
+      if (Store) {
+        vst1q_f32(y + i, e0);
+        vst1q_f32(y + i + 4, e1);
+        vst1q_f32(y + i + 8, e2);
+        vst1q_f32(y + i + 12, e3);
+      }
+    }
+    total = vaddq_f32(total, vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+  }
+  s0 = s1 = zero;
+  for (; i + 4 <= n; i += 4) {
+    const float32x4_t e = term(vld1q_f32(x + i));
+    s0 = vaddq_f32(s0, e);
+    if (Store) vst1q_f32(y + i, e);
+  }
+  if (i < n) {
+    float buf[4] = {-kInf, -kInf, -kInf, -kInf};  // e^-inf = 0 adds nothing
+    std::memcpy(buf, x + i, (n - i) * sizeof(float));
+    const float32x4_t e = term(vld1q_f32(buf));
+    s1 = vaddq_f32(s1, e);
+    if (Store) {
+      vst1q_f32(buf, e);
+      std::memcpy(y + i, buf, (n - i) * sizeof(float));
+    }
+  }
+  return vaddvq_f32(vaddq_f32(total, vaddq_f32(s0, s1)));
+}
+
+// Softmax row: all -inf -> 0; a NaN or +inf anywhere -> NaN row; x and y
+// may alias.
+template <int Order>
+void softmax_quake_neon(const float* x, float* y, size_t n) {
+  const float m = row_max(x, n);
+  if (std::isnan(m) || m == kInf) return fill(y, n, kNaN);
+  if (m == -kInf) return fill(y, n, 0.0f);
+  const float sum = sum_exp_shifted<Order, true>(x, y, n, m);
+  const float32x4_t inv = vdupq_n_f32(1.0f / sum);  // sum >= e(0) ~ 1: the max element
+  map_neon(y, y, n, [inv](float32x4_t v) { return vmulq_f32(v, inv); });
+}
+
+// LogSoftmax row: (x - m) - log(sum); all -inf -> -inf; a NaN or +inf ->
+// NaN row; x and y may alias.
+template <int Order>
+void logsoftmax_quake_neon(const float* x, float* y, size_t n) {
+  const float m = row_max(x, n);
+  if (std::isnan(m) || m == kInf) return fill(y, n, kNaN);
+  if (m == -kInf) return fill(y, n, -kInf);
+  const float sum = sum_exp_shifted<Order, false>(x, y, n, m);  // y is not written
+  const float32x4_t vm = vdupq_n_f32(m);
+  const float32x4_t log_sum = vdupq_n_f32(std::log(sum));
+  map_neon(x, y, n, [vm, log_sum](float32x4_t v) { return vsubq_f32(vsubq_f32(v, vm), log_sum); });
+}
+
+// FCVT conversions, round to nearest even (FPCR default); NaN stays NaN (a
+// signalling NaN half comes back quieted), overflow -> inf.
+void f16_to_f32_neon(const uint16_t* x, float* y, size_t n) {
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i))));
+  if (i < n) {
+    uint16_t hb[4] = {0, 0, 0, 0};
+    float fb[4];
+    std::memcpy(hb, x + i, (n - i) * sizeof(uint16_t));
+    vst1q_f32(fb, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(hb))));
+    std::memcpy(y + i, fb, (n - i) * sizeof(float));
+  }
+}
+
+void f32_to_f16_neon(const float* x, uint16_t* y, size_t n) {
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) vst1_u16(y + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(x + i))));
+  if (i < n) {
+    float fb[4] = {0, 0, 0, 0};
+    uint16_t hb[4];
+    std::memcpy(fb, x + i, (n - i) * sizeof(float));
+    vst1_u16(hb, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(fb))));
+    std::memcpy(y + i, hb, (n - i) * sizeof(uint16_t));
+  }
+}
+
+template <int Order>
+constexpr OrderKernels order_table() {
+  return {exp_quake_neon<Order>,  sigmoid_quake_neon<Order>,  silu_quake_neon<Order>,
+          gelu_quake_neon<Order>, softmax_quake_neon<Order>, logsoftmax_quake_neon<Order>};
+}
+
+}  // namespace
+
+const KernelTable* neon_kernels() {
+  static const KernelTable table = {Isa::kNeon, "neon", {order_table<1>(), order_table<2>(), order_table<3>()},
+                                    f16_to_f32_neon, f32_to_f16_neon};
+  return &table;
+}
+
+}  // namespace quake
+
+#else  // !__aarch64__
+
+namespace quake {
+const KernelTable* neon_kernels() { return nullptr; }
+}  // namespace quake
+
+#endif

@@ -1,0 +1,650 @@
+// Standalone test of every kernel table this machine can run (kernels_for):
+// each order 1..3 and entry against a long-double reference of ops.md, the
+// special values of kernels.h, tails, guards, alignment, row edge cases,
+// float16 conversions, and agreement of each SIMD table with the scalar one.
+// No framework: prints failures, a summary of measured errors, and
+// "N passed, M failed"; exits non-zero on any failure.
+#include <cfloat>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#define QUAKE_TEST_MMAP 1
+#endif
+
+#include "f16_scalar.h"
+#include "kernels.h"
+
+namespace {
+
+using namespace quake;
+
+// ---------------------------------------------------------------------------
+// Error bounds, index = order - 1. From ops.md: the order table for Exp, the
+// order-2 budgets of a replaced node, order 1 ~15x looser, order 3 ~20x
+// tighter. LogSoftmax is off by log(1 +- exp error).
+// ---------------------------------------------------------------------------
+constexpr double kExpRel[3] = {3.1e-2, 2.0e-3, 1.0e-4};         // relative, kExpUnderflow < z < kExpOverflow
+constexpr double kSigmoidAbs[3] = {1.5e-2, 1.0e-3, 5.0e-5};     // absolute
+constexpr double kSiluAbs[3] = {1.5e-2, 1.0e-3, 5.0e-5};        // absolute, times max(1, 1/alpha) (+ kRoundRel * |y|)
+constexpr double kGeluAbs[3] = {3.0e-2, 2.0e-3, 1.0e-4};        // absolute vs the tanh form (+ kRoundRel * |y|)
+constexpr double kSoftmaxAbs[3] = {3.0e-2, 2.0e-3, 1.0e-4};     // absolute per element
+constexpr double kRowSumAbs = 1.0e-5;                           // |sum(softmax row) - 1|
+constexpr double kLogSoftmaxAbs[3] = {3.2e-2, 2.0e-3, 1.0e-4};  // absolute (+ kRoundRel * |y|)
+constexpr double kRoundRel = 1.0e-6;  // float rounding of results that grow with x (y ~ x)
+// SIMD vs scalar: same algorithm; differences only from rcp + Newton (~2 ulp),
+// VREDUCEPS rounding of t - floor(t) (1 ulp of f) and summation order.
+constexpr double kAgreeRel = 1.0e-6;
+constexpr double kAgreeAbs = 1.0e-30;     // results near 0 (sigmoid(-87) ~ 1.6e-38)
+// Rows: a float sum of n terms in another order may differ by up to
+// 2 (n - 1) 2^-24 relative (recursive summation bound, Higham's gamma_{n-1}).
+double agree_row_sum(size_t n) { return 2.0 * static_cast<double>(n - 1) * 0x1p-24; }
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kSilAlphas[] = {1.0f, 1.702f, 0.37f, 4.0f};
+constexpr uint32_t kGuardBits = 0x7fb1f00du;  // a signalling NaN no kernel produces
+
+int g_passed = 0, g_failed = 0;
+std::map<std::string, double> g_max_err;  // "table op order" -> measured max error
+
+void note_err(const std::string& key, double err) {
+  double& m = g_max_err[key];
+  if (err > m) m = err;
+}
+
+uint32_t bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+}
+float from_bits(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+bool same(float a, float b) { return (std::isnan(a) && std::isnan(b)) || bits(a) == bits(b); }
+
+// One named test case: passes if no check failed; prints the first failures.
+class Case {
+ public:
+  explicit Case(std::string name) : name_(std::move(name)) {}
+  ~Case() {
+    if (bad_ == 0) {
+      ++g_passed;
+    } else {
+      ++g_failed;
+      std::printf("FAIL %s: %d bad\n", name_.c_str(), bad_);
+    }
+  }
+  bool check(bool ok, const char* fmt, ...) __attribute__((format(printf, 3, 4))) {
+    if (ok) return true;
+    if (bad_++ < 4) {
+      std::printf("  [%s] ", name_.c_str());
+      va_list ap;
+      va_start(ap, fmt);
+      std::vprintf(fmt, ap);
+      va_end(ap);
+      std::printf("\n");
+    }
+    return false;
+  }
+
+ private:
+  std::string name_;
+  int bad_ = 0;
+};
+
+// ------------------------------ references --------------------------------
+using LD = long double;
+const LD kK1 = 2.0L * std::sqrt(2.0L / 3.14159265358979323846264338327950288L);
+
+LD ref_sigmoid(LD v) { return 1.0L / (1.0L + std::exp(-v)); }
+LD ref_silu(LD x, LD a) { return std::isinf(x) ? (x > 0 ? x : -0.0L) : x * ref_sigmoid(a * x); }
+LD ref_gelu(LD u) { return std::isinf(u) ? (u > 0 ? u : -0.0L) : u * ref_sigmoid(kK1 * (u + 0.044715L * u * u * u)); }
+
+enum Op { kExp, kSigmoid, kSilu, kGelu, kGeluBias, kNumElementwise };
+const char* const kOpNames[] = {"exp", "sigmoid", "silu", "gelu", "gelu+bias"};
+
+void run_elementwise(const KernelTable* t, int order, Op op, const float* x, const float* bias, float* y, size_t n,
+                     float alpha) {
+  const OrderKernels& k = t->order[order - 1];
+  switch (op) {
+    case kExp: return k.exp(x, y, n);
+    case kSigmoid: return k.sigmoid(x, y, n);
+    case kSilu: return k.silu(x, y, n, alpha);
+    case kGelu: return k.gelu(x, nullptr, y, n);
+    case kGeluBias: return k.gelu(x, bias, y, n);
+    default: return;
+  }
+}
+
+// Checks one elementwise result against the contract; returns the error.
+bool check_elementwise(Case& c, Op op, int order, float x, float b, float alpha, float got, double* err) {
+  *err = 0;
+  if (op == kExp) {
+    if (std::isnan(x)) return c.check(std::isnan(got), "exp(NaN) = %a", got);
+    if (x <= -87.3f) return c.check(bits(got) == 0, "exp(%a) = %a, want +0", x, got);
+    if (x >= 88.7f) return c.check(got == kInf, "exp(%a) = %a, want +inf", x, got);
+    const LD ref = std::exp(static_cast<LD>(x));
+    *err = static_cast<double>(std::fabs((got - ref) / ref));
+    return c.check(std::isfinite(got) && *err <= kExpRel[order - 1], "order %d exp(%a) = %a, ref %Lg, rel err %g",
+                   order, x, got, ref, *err);
+  }
+  const float u = op == kGeluBias ? x + b : x;
+  if (std::isnan(u)) return c.check(std::isnan(got), "%s(NaN) = %a", kOpNames[op], got);
+  LD ref;
+  double bound;
+  switch (op) {
+    case kSigmoid: ref = ref_sigmoid(x); bound = kSigmoidAbs[order - 1]; break;
+    case kSilu:  // |d silu| <= 0.224 * exp error / alpha
+      ref = ref_silu(x, alpha);
+      bound = kSiluAbs[order - 1] * (alpha < 1.0f ? 1.0 / alpha : 1.0);
+      break;
+    default: ref = ref_gelu(u); bound = kGeluAbs[order - 1]; break;
+  }
+  const float ref_f = static_cast<float>(ref);
+  if (std::isinf(ref_f)) return c.check(got == ref_f, "%s(%a) = %a, want %a", kOpNames[op], u, got, ref_f);
+  *err = static_cast<double>(std::fabs(got - ref));
+  const double slack = op == kSigmoid ? 0.0 : kRoundRel * static_cast<double>(std::fabs(ref));
+  return c.check(std::isfinite(got) && *err <= bound + slack, "order %d %s(%a, alpha %g) = %a, ref %.9Lg, err %g",
+                 order, kOpNames[op], u, alpha, got, ref, *err);
+}
+
+// ------------------------------ input sets ---------------------------------
+std::vector<float> special_values() {
+  std::vector<float> v = {kNaN, -kNaN, from_bits(0x7f800001u), kInf, -kInf, 0.0f, -0.0f, FLT_MAX, -FLT_MAX, FLT_MIN,
+                          -FLT_MIN, from_bits(1), from_bits(0x80000001u), 1e-40f, -1e-40f, 1.0f, -1.0f,
+                          -87.3f, std::nextafter(-87.3f, 0.0f), std::nextafter(-87.3f, -100.0f), 88.7f,
+                          std::nextafter(88.7f, 0.0f), std::nextafter(88.7f, 100.0f), -87.0f, 87.0f, -88.0f,
+                          88.0f, -100.0f, 100.0f, -12.0f, 12.0f, -13.0f, 1e30f, -1e30f, 51.1f, -51.1f};
+  return v;
+}
+
+// Every exponent field of both signs, several mantissas each, plus specials.
+std::vector<float> band_inputs(std::mt19937& rng) {
+  std::vector<float> v = special_values();
+  for (uint32_t sign = 0; sign < 2; ++sign) {
+    for (uint32_t e = 0; e < 255; ++e) {
+      const uint32_t r0 = static_cast<uint32_t>(rng()), r1 = static_cast<uint32_t>(rng()), r2 = static_cast<uint32_t>(rng());
+      const uint32_t mants[] = {0u, 0x7fffffu, 0x400000u, r0 & 0x7fffffu, r1 & 0x7fffffu, r2 & 0x7fffffu};
+      for (uint32_t m : mants) v.push_back(from_bits((sign << 31) | (e << 23) | m));
+    }
+  }
+  return v;
+}
+
+std::vector<float> dense_inputs(Op op, std::mt19937& rng) {
+  std::vector<float> v;
+  auto uni = [&](float lo, float hi, int count) {
+    std::uniform_real_distribution<float> d(lo, hi);
+    for (int i = 0; i < count; ++i) v.push_back(d(rng));
+  };
+  if (op == kExp) {
+    uni(-87.3f, 88.7f, 150000);
+    uni(-2.0f, 2.0f, 50000);
+  } else {
+    uni(-40.0f, 40.0f, 60000);
+    uni(-4.0f, 4.0f, 100000);
+  }
+  return v;
+}
+
+std::string key(const KernelTable* t, const char* op, int order) {
+  return std::string(t->name) + " " + op + " " + std::to_string(order);
+}
+
+// ------------------------- elementwise accuracy ----------------------------
+void test_elementwise_accuracy(const KernelTable* t, const KernelTable* scalar, std::mt19937& rng) {
+  const std::vector<float> bands = band_inputs(rng);
+  for (int op_i = 0; op_i < kNumElementwise; ++op_i) {
+    const Op op = static_cast<Op>(op_i);
+    std::vector<float> x = bands;
+    const std::vector<float> dense = dense_inputs(op, rng);
+    x.insert(x.end(), dense.begin(), dense.end());
+    const size_t n = x.size();
+    std::vector<float> bias(n);
+    std::uniform_real_distribution<float> bd(-3.0f, 3.0f);
+    for (float& b : bias) b = bd(rng);
+    const size_t n_alpha = op == kSilu ? sizeof kSilAlphas / sizeof kSilAlphas[0] : 1;
+    for (size_t ai = 0; ai < n_alpha; ++ai) {
+      const float alpha = kSilAlphas[ai];
+      for (int order = 1; order <= 3; ++order) {
+        std::vector<float> y(n), ys(n);
+        run_elementwise(t, order, op, x.data(), bias.data(), y.data(), n, alpha);
+        char name[128];
+        std::snprintf(name, sizeof name, "%s order %d %s alpha %g: contract", t->name, order, kOpNames[op], alpha);
+        {
+          Case c(name);
+          for (size_t i = 0; i < n; ++i) {
+            double err;
+            if (check_elementwise(c, op, order, x[i], bias[i], alpha, y[i], &err)) note_err(key(t, kOpNames[op], order), err);
+          }
+        }
+        if (t == scalar) continue;
+        run_elementwise(scalar, order, op, x.data(), bias.data(), ys.data(), n, alpha);
+        std::snprintf(name, sizeof name, "%s order %d %s alpha %g: agrees with scalar", t->name, order, kOpNames[op],
+                      alpha);
+        Case c(name);
+        for (size_t i = 0; i < n; ++i) {
+          bool ok;
+          if (std::isnan(ys[i]) || std::isnan(y[i]) || std::isinf(ys[i])) {
+            ok = same(y[i], ys[i]);
+          } else {
+            const double d = std::fabs(static_cast<double>(y[i]) - ys[i]);
+            ok = d <= kAgreeRel * std::fabs(ys[i]) + kAgreeAbs;
+            if (ok && ys[i] != 0) note_err(key(t, "agree-rel", order), d / std::fabs(ys[i]));
+          }
+          c.check(ok, "x = %a: %a vs scalar %a", x[i], y[i], ys[i]);
+        }
+      }
+    }
+  }
+}
+
+// --------------------- tails, guards, alignment, aliasing -------------------
+constexpr size_t kMaxLen = 67;
+constexpr size_t kGuard = 16;
+constexpr size_t kOffsets[] = {0, 1, 2, 3, 5, 15};
+
+struct Guarded {
+  std::vector<float> buf;
+  explicit Guarded(size_t n) : buf(n + 2 * kGuard + 32, from_bits(kGuardBits)) {}
+  float* at(size_t off) { return buf.data() + kGuard + off; }
+  bool guards_ok(size_t off, size_t n) const {
+    for (size_t i = 0; i < buf.size(); ++i) {
+      const bool inside = i >= kGuard + off && i < kGuard + off + n;
+      if (!inside && bits(buf[i]) != kGuardBits) return false;
+    }
+    return true;
+  }
+};
+
+std::vector<float> mixed_row(std::mt19937& rng, size_t n, bool specials) {
+  std::normal_distribution<float> d(0.0f, 4.0f);
+  std::vector<float> v(n);
+  for (float& f : v) f = d(rng);
+  if (specials) {
+    const std::vector<float> s = special_values();
+    for (size_t i = 0; i < n; i += 3) v[i] = s[(i / 3) % s.size()];
+  }
+  return v;
+}
+
+void test_tails(const KernelTable* t, std::mt19937& rng) {
+  // Elementwise: an element gives the same bits wherever it lands (body or
+  // tail), nothing outside [0, n) is written, any alignment works.
+  const size_t kBody = 128;
+  const std::vector<float> base = mixed_row(rng, kBody, true);
+  std::vector<float> bias = mixed_row(rng, kBody, false);
+  for (int order = 1; order <= 3; ++order) {
+    for (int op_i = 0; op_i < kNumElementwise; ++op_i) {
+      const Op op = static_cast<Op>(op_i);
+      std::vector<float> full(kBody);
+      run_elementwise(t, order, op, base.data(), bias.data(), full.data(), kBody, 1.702f);
+      char name[128];
+      std::snprintf(name, sizeof name, "%s order %d %s: lengths 1..%zu, offsets, guards, in place", t->name, order,
+                    kOpNames[op], kMaxLen);
+      Case c(name);
+      for (size_t n = 1; n <= kMaxLen; ++n) {
+        for (size_t off : kOffsets) {
+          Guarded xb(n), yb(n), bb(n);
+          std::memcpy(xb.at(off), base.data(), n * 4);
+          std::memcpy(bb.at(off), bias.data(), n * 4);
+          run_elementwise(t, order, op, xb.at(off), bb.at(off), yb.at(off), n, 1.702f);
+          c.check(yb.guards_ok(off, n), "n %zu off %zu: wrote outside y", n, off);
+          for (size_t i = 0; i < n; ++i) {
+            c.check(same(yb.at(off)[i], full[i]), "n %zu off %zu i %zu: %a, body gives %a", n, off, i, yb.at(off)[i],
+                    full[i]);
+          }
+          run_elementwise(t, order, op, xb.at(off), bb.at(off), xb.at(off), n, 1.702f);  // x == y
+          c.check(xb.guards_ok(off, n), "n %zu off %zu: in place wrote outside", n, off);
+          for (size_t i = 0; i < n; ++i) {
+            c.check(same(xb.at(off)[i], full[i]), "in place n %zu off %zu i %zu: %a vs %a", n, off, i, xb.at(off)[i],
+                    full[i]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// ------------------------------ softmax rows -------------------------------
+enum RowOp { kSoftmax, kLogSoftmax };
+
+void run_row(const KernelTable* t, int order, RowOp op, const float* x, float* y, size_t n) {
+  if (op == kSoftmax) {
+    t->order[order - 1].softmax(x, y, n);
+  } else {
+    t->order[order - 1].logsoftmax(x, y, n);
+  }
+}
+
+// Checks one row against the long-double reference of ops.md.
+void check_row(Case& c, const KernelTable* t, int order, RowOp op, const float* x, const float* y, size_t n) {
+  bool has_nan = false, has_pinf = false;
+  LD m = -INFINITY;
+  for (size_t i = 0; i < n; ++i) {
+    has_nan |= std::isnan(x[i]);
+    has_pinf |= x[i] == kInf;
+    if (x[i] > m) m = x[i];
+  }
+  if (has_nan || has_pinf) {
+    for (size_t i = 0; i < n; ++i) c.check(std::isnan(y[i]), "n %zu: NaN/+inf row gives y[%zu] = %a", n, i, y[i]);
+    return;
+  }
+  if (m == -INFINITY) {
+    for (size_t i = 0; i < n; ++i) {
+      if (op == kSoftmax) {
+        c.check(bits(y[i]) == 0, "n %zu: all -inf row gives y[%zu] = %a, want +0", n, i, y[i]);
+      } else {
+        c.check(y[i] == -kInf, "n %zu: all -inf row gives y[%zu] = %a, want -inf", n, i, y[i]);
+      }
+    }
+    return;
+  }
+  LD s = 0;
+  for (size_t i = 0; i < n; ++i) s += std::exp(static_cast<LD>(x[i]) - m);
+  const LD log_s = std::log(s);
+  double row_sum = 0;
+  const char* opname = op == kSoftmax ? "softmax" : "logsoftmax";
+  for (size_t i = 0; i < n; ++i) {
+    if (op == kSoftmax) {
+      const LD ref = std::exp(static_cast<LD>(x[i]) - m) / s;
+      const double err = static_cast<double>(std::fabs(y[i] - ref));
+      note_err(key(t, opname, order), err);
+      c.check(err <= kSoftmaxAbs[order - 1] && y[i] >= 0, "order %d n %zu i %zu x %a: %a, ref %.9Lg", order, n, i,
+              x[i], y[i], ref);
+      row_sum += y[i];
+    } else {
+      const LD ref_ld = (static_cast<LD>(x[i]) - m) - log_s;
+      const float ref = static_cast<float>(ref_ld);  // -FLT_MAX - FLT_MAX overflows to -inf in float too
+      if (std::isinf(ref)) {
+        c.check(y[i] == ref, "order %d n %zu i %zu: %a, want %a", order, n, i, y[i], ref);
+        continue;
+      }
+      const double err = static_cast<double>(std::fabs(y[i] - ref_ld));
+      note_err(key(t, opname, order), err);
+      c.check(err <= kLogSoftmaxAbs[order - 1] + kRoundRel * std::fabs(ref), "order %d n %zu i %zu x %a: %a, ref %.9Lg",
+              order, n, i, x[i], y[i], ref_ld);
+    }
+  }
+  if (op == kSoftmax) {
+    note_err(key(t, "softmax-rowsum", order), std::fabs(row_sum - 1.0));
+    c.check(std::fabs(row_sum - 1.0) <= kRowSumAbs, "order %d n %zu: row sums to 1 %+g", order, n, row_sum - 1.0);
+  }
+}
+
+std::vector<std::vector<float>> row_cases(std::mt19937& rng) {
+  std::vector<std::vector<float>> rows;
+  const size_t lens[] = {1, 2, 3, 7, 15, 16, 17, 31, 33, 64, 65, 67, 100, 1000, 4099, 50257};
+  std::bernoulli_distribution half(0.5);
+  for (size_t n : lens) {
+    for (float scale : {1.0f, 10.0f, 60.0f}) {
+      std::normal_distribution<float> d(0.0f, scale);
+      std::vector<float> r(n);
+      for (float& f : r) f = d(rng);
+      rows.push_back(r);
+      std::vector<float> masked = r, lowest = r;  // attention masks
+      for (size_t i = 0; i + 1 < n; ++i) {
+        if (half(rng)) {
+          masked[i] = -kInf;
+          lowest[i] = -FLT_MAX;
+        }
+      }
+      rows.push_back(masked);
+      rows.push_back(lowest);
+    }
+    rows.push_back(std::vector<float>(n, -kInf));     // fully masked
+    rows.push_back(std::vector<float>(n, -FLT_MAX));  // fully masked with lowest: uniform
+    rows.push_back(std::vector<float>(n, 0.0f));
+    for (size_t pos : {size_t{0}, n / 2, n - 1}) {
+      std::vector<float> r = rows[rows.size() - 5];
+      r[pos] = kNaN;
+      rows.push_back(r);
+      r[pos] = kInf;
+      rows.push_back(r);
+      std::vector<float> m(n, -kInf);
+      m[pos] = kNaN;  // NaN in an otherwise fully masked row
+      rows.push_back(m);
+      m[pos] = -FLT_MAX;  // one live element
+      rows.push_back(m);
+      std::vector<float> big = rows[rows.size() - 9];
+      big[pos] = FLT_MAX;
+      big[n - 1 - pos] = -FLT_MAX;
+      rows.push_back(big);
+      std::vector<float> near = big;  // close to the underflow edge
+      for (size_t i = 0; i < n; ++i) near[i] = -87.0f - 0.01f * static_cast<float>(i % 100);
+      near[pos] = 0.0f;
+      rows.push_back(near);
+    }
+  }
+  return rows;
+}
+
+void test_rows(const KernelTable* t, const KernelTable* scalar, std::mt19937& rng) {
+  const std::vector<std::vector<float>> rows = row_cases(rng);
+  for (int order = 1; order <= 3; ++order) {
+    for (RowOp op : {kSoftmax, kLogSoftmax}) {
+      const char* opname = op == kSoftmax ? "softmax" : "logsoftmax";
+      char name[160];
+      std::snprintf(name, sizeof name, "%s order %d %s: %zu rows vs reference, in place, scalar", t->name, order,
+                    opname, rows.size());
+      Case c(name);
+      for (const std::vector<float>& x : rows) {
+        const size_t n = x.size();
+        std::vector<float> y(n), ys(n), inplace = x;
+        run_row(t, order, op, x.data(), y.data(), n);
+        check_row(c, t, order, op, x.data(), y.data(), n);
+        run_row(t, order, op, inplace.data(), inplace.data(), n);
+        for (size_t i = 0; i < n; ++i) c.check(same(inplace[i], y[i]), "in place n %zu i %zu: %a vs %a", n, i, inplace[i], y[i]);
+        if (t == scalar) continue;
+        run_row(scalar, order, op, x.data(), ys.data(), n);
+        for (size_t i = 0; i < n; ++i) {
+          bool ok;
+          if (!std::isfinite(ys[i]) || !std::isfinite(y[i])) {
+            ok = same(y[i], ys[i]);
+          } else {
+            const double d = std::fabs(static_cast<double>(y[i]) - ys[i]);
+            ok = op == kSoftmax ? d <= (kAgreeRel + agree_row_sum(n)) * std::fabs(ys[i]) + kAgreeAbs
+                                : d <= agree_row_sum(n) + kAgreeRel * (1.0 + std::fabs(ys[i]));
+          }
+          c.check(ok, "n %zu i %zu: %a vs scalar %a", n, i, y[i], ys[i]);
+        }
+      }
+    }
+  }
+  // Tails, offsets and guards for rows.
+  for (int order = 1; order <= 3; ++order) {
+    for (RowOp op : {kSoftmax, kLogSoftmax}) {
+      char name[160];
+      std::snprintf(name, sizeof name, "%s order %d %s: lengths 1..%zu, offsets, guards", t->name, order,
+                    op == kSoftmax ? "softmax" : "logsoftmax", kMaxLen);
+      Case c(name);
+      for (size_t n = 1; n <= kMaxLen; ++n) {
+        std::vector<float> x = mixed_row(rng, n, false);
+        if (n > 2) x[n / 3] = -kInf;
+        for (size_t off : kOffsets) {
+          Guarded xb(n), yb(n);
+          std::memcpy(xb.at(off), x.data(), n * 4);
+          run_row(t, order, op, xb.at(off), yb.at(off), n);
+          c.check(yb.guards_ok(off, n), "n %zu off %zu: wrote outside y", n, off);
+          check_row(c, t, order, op, xb.at(off), yb.at(off), n);
+          run_row(t, order, op, xb.at(off), xb.at(off), n);
+          c.check(xb.guards_ok(off, n), "n %zu off %zu: in place wrote outside", n, off);
+        }
+      }
+    }
+  }
+}
+
+// --------------------------- page-end accesses -----------------------------
+// Arrays that end right before an inaccessible page: reading or writing past
+// the end faults.
+void test_page_end(const KernelTable* t) {
+#ifdef QUAKE_TEST_MMAP
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  auto map_region = [&]() {
+    void* p = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return static_cast<char*>(nullptr);
+    mprotect(static_cast<char*>(p) + page, page, PROT_NONE);
+    return static_cast<char*>(p);
+  };
+  char* xr = map_region();
+  char* yr = map_region();
+  char* br = map_region();
+  char name[96];
+  std::snprintf(name, sizeof name, "%s: arrays ending at a protected page", t->name);
+  Case c(name);
+  if (!c.check(xr && yr && br, "mmap failed")) return;
+  for (size_t n = 1; n <= kMaxLen; ++n) {
+    float* x = reinterpret_cast<float*>(xr + page) - n;
+    float* y = reinterpret_cast<float*>(yr + page) - n;
+    float* b = reinterpret_cast<float*>(br + page) - n;
+    for (size_t i = 0; i < n; ++i) x[i] = b[i] = 0.25f * static_cast<float>(i) - 3.0f;
+    for (int order = 1; order <= 3; ++order) {
+      for (int op = 0; op < kNumElementwise; ++op) run_elementwise(t, order, static_cast<Op>(op), x, b, y, n, 1.0f);
+      run_row(t, order, kSoftmax, x, y, n);
+      run_row(t, order, kLogSoftmax, x, y, n);
+    }
+    uint16_t* h = reinterpret_cast<uint16_t*>(yr + page) - n;
+    t->f32_to_f16(x, h, n);
+    t->f16_to_f32(h, reinterpret_cast<float*>(xr + page) - n, n);
+  }
+  munmap(xr, 2 * page);
+  munmap(yr, 2 * page);
+  munmap(br, 2 * page);
+#else
+  (void)t;
+#endif
+}
+
+// -------------------------------- float16 -----------------------------------
+bool is_snan_half(uint16_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0 && (h & 0x200u) == 0; }
+
+void test_f16(const KernelTable* t, std::mt19937& rng) {
+  char name[128];
+  {
+    std::snprintf(name, sizeof name, "%s f16_to_f32: all 65536 halves bit-exact vs scalar", t->name);
+    Case c(name);
+    std::vector<uint16_t> h(65536);
+    for (size_t i = 0; i < h.size(); ++i) h[i] = static_cast<uint16_t>(i);
+    std::vector<float> y(h.size());
+    t->f16_to_f32(h.data(), y.data(), h.size());
+    for (size_t i = 0; i < h.size(); ++i) {
+      const uint32_t want = bits(scalar::half_to_float(h[i]));
+      // F16C and FCVT quiet a signalling NaN (set bit 22); the scalar
+      // converter keeps it signalling. Same sign and payload otherwise.
+      const bool ok = bits(y[i]) == want || (t->isa != Isa::kScalar && is_snan_half(h[i]) && bits(y[i]) == (want | 0x400000u));
+      c.check(ok, "half %04zx -> %08x, scalar %08x", i, bits(y[i]), want);
+    }
+  }
+  {
+    std::snprintf(name, sizeof name, "%s f32_to_f16: ties, subnormals, overflow, NaN, random bits", t->name);
+    Case c(name);
+    std::vector<float> x;
+    for (uint32_t hb = 0; hb < 0x7c00u; ++hb) {  // every finite half, the midpoints to the next and their neighbours
+      const float a = scalar::half_to_float(static_cast<uint16_t>(hb));
+      const float b = scalar::half_to_float(static_cast<uint16_t>(hb + 1));
+      const float mid = static_cast<float>((static_cast<double>(a) + b) / 2);
+      for (float s : {1.0f, -1.0f}) {
+        x.push_back(s * a);
+        x.push_back(s * mid);
+        x.push_back(s * std::nextafter(mid, 0.0f));
+        x.push_back(s * std::nextafter(mid, kInf));
+      }
+    }
+    for (float f : {65504.0f, 65519.0f, 65519.99f, 65520.0f, 65536.0f, 1e5f, FLT_MAX, kInf, -65520.0f, -kInf, kNaN,
+                    -kNaN, from_bits(0x7f800001u), from_bits(0xff800fffu), from_bits(0x7fc00001u),
+                    from_bits(0x7fbfe000u), 0x1p-25f, 0x1.000002p-25f, 0x1.8p-25f, 0x1.fffffep-26f, 0x1p-24f,
+                    0x1.8p-24f, 0x1p-14f, 0x1.ffcp-15f, from_bits(1), 1e-30f})
+      x.push_back(f);
+    for (int i = 0; i < 1000000; ++i) x.push_back(from_bits(static_cast<uint32_t>(rng())));
+    std::vector<uint16_t> h(x.size());
+    t->f32_to_f16(x.data(), h.data(), x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      const uint16_t want = scalar::float_to_half(x[i]);
+      c.check(h[i] == want, "float %a (%08x) -> %04x, scalar %04x", x[i], bits(x[i]), h[i], want);
+    }
+  }
+  {
+    std::snprintf(name, sizeof name, "%s f16 conversions: lengths 1..%zu, offsets, guards", t->name, kMaxLen);
+    Case c(name);
+    for (size_t n = 1; n <= kMaxLen; ++n) {
+      for (size_t off : kOffsets) {
+        std::vector<uint16_t> hb(n + 64, 0xbeefu), hin(n + 64);
+        for (size_t i = 0; i < n; ++i) hin[16 + off + i] = static_cast<uint16_t>(rng());
+        Guarded yb(n);
+        t->f16_to_f32(hin.data() + 16 + off, yb.at(off), n);
+        c.check(yb.guards_ok(off, n), "f16_to_f32 n %zu off %zu wrote outside", n, off);
+        for (size_t i = 0; i < n; ++i) {
+          const uint16_t hv = hin[16 + off + i];
+          const uint32_t want = bits(scalar::half_to_float(hv));
+          c.check(bits(yb.at(off)[i]) == want || (is_snan_half(hv) && bits(yb.at(off)[i]) == (want | 0x400000u)),
+                  "f16_to_f32 n %zu i %zu", n, i);
+        }
+        std::vector<float> x = mixed_row(rng, n, true);
+        t->f32_to_f16(x.data(), hb.data() + 16 + off, n);
+        for (size_t i = 0; i < hb.size(); ++i) {
+          const bool inside = i >= 16 + off && i < 16 + off + n;
+          if (inside) {
+            c.check(hb[i] == scalar::float_to_half(x[i - 16 - off]), "f32_to_f16 n %zu i %zu", n, i - 16 - off);
+          } else {
+            c.check(hb[i] == 0xbeefu, "f32_to_f16 n %zu off %zu wrote outside at %zu", n, off, i);
+          }
+        }
+      }
+    }
+  }
+}
+
+void print_errors() {
+  std::printf("\nmeasured max errors (exp: relative; sigmoid/silu/gelu/softmax/logsoftmax: absolute;\n"
+              "softmax-rowsum: |sum - 1|; agree-rel: relative difference to the scalar table)\n");
+  std::printf("%-28s %12s %12s %12s\n", "table op", "order 1", "order 2", "order 3");
+  std::map<std::string, double[3]> rows;
+  for (const auto& kv : g_max_err) {
+    const std::string& k = kv.first;
+    const size_t sp = k.rfind(' ');
+    double* r = rows[k.substr(0, sp)];
+    r[std::stoi(k.substr(sp + 1)) - 1] = kv.second;
+  }
+  for (const auto& kv : rows) std::printf("%-28s %12.4g %12.4g %12.4g\n", kv.first.c_str(), kv.second[0], kv.second[1], kv.second[2]);
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(20240917u);
+  const KernelTable* scalar = kernels_for(Isa::kScalar);
+  for (Isa isa : {Isa::kScalar, Isa::kNeon, Isa::kAvx2, Isa::kAvx512}) {
+    const KernelTable* t = kernels_for(isa);
+    if (t == nullptr) continue;
+    std::printf("== table %s\n", t->name);
+    {
+      Case c(std::string(t->name) + ": table is complete and of its ISA");
+      c.check(t->isa == isa && t->f16_to_f32 && t->f32_to_f16, "header");
+      for (const OrderKernels& k : t->order) {
+        c.check(k.exp && k.sigmoid && k.silu && k.gelu && k.softmax && k.logsoftmax, "missing entry");
+      }
+    }
+    test_elementwise_accuracy(t, scalar, rng);
+    test_tails(t, rng);
+    test_rows(t, scalar, rng);
+    test_page_end(t);
+    test_f16(t, rng);
+  }
+  print_errors();
+  std::printf("\n%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}
