@@ -1,0 +1,154 @@
+"""Float64 NumPy reference of the com.quake operators (docs: ops.md).
+
+Exact math of the contract, independent of `order`: what every kernel
+approximates. Special values follow custom_ops/kernels/kernels_scalar.cc, the
+readable definition of the library: exp is +0 for z <= -87.3 and +inf for
+z >= 88.7; silu and gelu take their limits at +-inf instead of inf * 0 = NaN;
+a softmax row holding NaN or +inf is NaN; an all -inf row is 0 (softmax) or
+-inf (logsoftmax).
+
+Inputs of any float dtype are widened to float64; results are float64 (round
+them to the tensor type yourself).
+"""
+
+import math
+
+import numpy as np
+
+# The kernels compare float32 values against these float32 constants; taking
+# the same float32 values keeps the cut-offs bit-exact for float32 inputs.
+EXP_UNDERFLOW = float(np.float32(-87.3))
+EXP_OVERFLOW = float(np.float32(88.7))
+
+GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
+GELU_CUBIC = 0.044715
+
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
+
+
+def _f64(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+def exp(x):
+    x = _f64(x)
+    with np.errstate(over="ignore"):
+        y = np.exp(x)
+    y = np.where(x <= EXP_UNDERFLOW, 0.0, y)
+    return np.where(x >= EXP_OVERFLOW, np.inf, y)  # NaN fails both tests
+
+
+def sigmoid(x):
+    x = _f64(x)
+    # Two branches so that neither overflows nor cancels.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def silu(x, alpha=1.0):
+    x = _f64(x)
+    with np.errstate(invalid="ignore"):
+        y = x * sigmoid(alpha * x)
+    return np.where(x == -np.inf, -0.0, y)  # the limit, not -inf * 0
+
+
+def _gelu_tanh(u):
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = u * sigmoid(GELU_K * (u + GELU_CUBIC * u * u * u))
+    return np.where(u == -np.inf, -0.0, y)
+
+
+def _gelu_erf(u):
+    # 0.5 u erfc(-u/sqrt2) == 0.5 u (1 + erf(u/sqrt2)) without the
+    # cancellation of 1 + erf for negative u.
+    with np.errstate(invalid="ignore"):
+        y = 0.5 * u * _erfc(-u / math.sqrt(2.0))
+    return np.where(u == -np.inf, -0.0, y)
+
+
+def gelu(x, bias=None, approximate="tanh"):
+    """GELU of u = x + bias. approximate="tanh" is what com.quake computes
+    (for both attribute values); "none" is the exact erf form, so tests can
+    state the gap between the two."""
+    u = _f64(x)
+    if bias is not None:
+        u = u + _f64(bias)  # broadcasts over the last axis
+    if approximate == "tanh":
+        return _gelu_tanh(u)
+    if approximate == "none":
+        return _gelu_erf(u)
+    raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def _rows(x, axis):
+    """x as float64 with `axis` moved last, and a function putting it back."""
+    x = _f64(x)
+    axis = int(axis)
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis {axis} out of range for rank {x.ndim}")
+    moved = np.moveaxis(x, axis, -1)
+    return moved, lambda y: np.moveaxis(y, -1, axis)
+
+
+def _row_max(r):
+    """Row maxima (keepdims); NaN for rows holding a NaN or +inf."""
+    bad = np.any(np.isnan(r) | (r == np.inf), axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        m = np.max(np.where(np.isnan(r), -np.inf, r), axis=-1, keepdims=True)
+    return np.where(bad, np.nan, m)
+
+
+def softmax(x, axis=-1):
+    r, back = _rows(x, axis)
+    if r.size == 0:
+        return back(r.copy())
+    m = _row_max(r)
+    dead = m == -np.inf  # all -inf: 0, not 0/0
+    with np.errstate(invalid="ignore"):
+        e = exp(r - np.where(dead, 0.0, m))
+        y = e / np.sum(e, axis=-1, keepdims=True)
+    y = np.where(dead, 0.0, y)
+    return back(np.where(np.isnan(m), np.nan, y))
+
+
+def logsoftmax(x, axis=-1):
+    r, back = _rows(x, axis)
+    if r.size == 0:
+        return back(r.copy())
+    m = _row_max(r)
+    dead = m == -np.inf
+    safe_m = np.where(dead | np.isnan(m), 0.0, m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = r - safe_m
+        y = z - np.log(np.sum(exp(z), axis=-1, keepdims=True))
+    y = np.where(dead, -np.inf, y)
+    return back(np.where(np.isnan(m), np.nan, y))
+
+
+def _f32(v):
+    # ONNX float attributes are float32; the kernels see the rounded value.
+    return float(np.float32(v))
+
+
+def _softmax_op(inputs, attrs):
+    method = attrs.get("method", "quake")
+    if method != "quake":
+        raise NotImplementedError(f"Softmax method {method!r} is not implemented")
+    return softmax(inputs[0], attrs.get("axis", -1))
+
+
+def _gelu_op(inputs, attrs):
+    bias = inputs[1] if len(inputs) > 1 else None
+    # The library computes the tanh formula for both attribute values.
+    return gelu(inputs[0], bias, approximate="tanh")
+
+
+# op_type -> f(inputs, attrs) -> float64 output; `order` never matters.
+REFERENCES = {
+    "Exp": lambda inputs, attrs: exp(inputs[0]),
+    "Sigmoid": lambda inputs, attrs: sigmoid(inputs[0]),
+    "Silu": lambda inputs, attrs: silu(inputs[0], _f32(attrs.get("alpha", 1.0))),
+    "Gelu": _gelu_op,
+    "Softmax": _softmax_op,
+    "LogSoftmax": lambda inputs, attrs: logsoftmax(inputs[0], attrs.get("axis", -1)),
+}

@@ -1,0 +1,119 @@
+"""Bad models fail with a clear ONNX Runtime error naming the node and the
+problem: attributes when the session is created, shapes when it runs. And
+every valid model is accepted."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from helpers import make_model, make_session, node_name, run, session_options
+
+ALL_OPS = ("Exp", "Sigmoid", "Silu", "Gelu", "Softmax", "LogSoftmax")
+
+
+def creation_error(model):
+    with pytest.raises(Exception) as info:
+        make_session(model)
+    return str(info.value)
+
+
+def assert_names(message, *needles):
+    for needle in needles:
+        assert re.search(re.escape(str(needle)), message, re.IGNORECASE), f"{needle!r} not in: {message}"
+
+
+@pytest.mark.parametrize("order", [0, 4, -1])
+@pytest.mark.parametrize("op", ALL_OPS)
+def test_bad_order(op, order):
+    message = creation_error(make_model(op, {"order": order}))
+    assert_names(message, node_name(op), "order", f"got {order}")
+
+
+BAD_ATTRS = [
+    ("Softmax", {"axis": 3}, ["axis", "3", "rank 3"]),
+    ("Softmax", {"axis": -4}, ["axis", "-4", "rank 3"]),
+    ("LogSoftmax", {"axis": 3}, ["axis", "3", "rank 3"]),
+    ("LogSoftmax", {"axis": -4}, ["axis", "-4", "rank 3"]),
+    ("Softmax", {"method": "foo"}, ["method", '"foo"']),
+    ("Softmax", {"method": "exaq"}, ["exaq", "not implemented"]),
+    ("Softmax", {"bits": 1}, ["bits", "got 1"]),
+    ("Softmax", {"bits": 9}, ["bits", "got 9"]),
+    ("Softmax", {"clip": 0.5}, ["clip", "0.5"]),
+    ("Softmax", {"clip": math.inf}, ["clip", "inf"]),
+    ("Silu", {"alpha": 0.0}, ["alpha", "got 0"]),
+    ("Silu", {"alpha": -1.0}, ["alpha", "got -1"]),
+    ("Silu", {"alpha": math.nan}, ["alpha", "nan"]),
+    ("Silu", {"alpha": math.inf}, ["alpha", "inf"]),
+    ("Gelu", {"approximate": "fast"}, ["approximate", '"fast"']),
+    # A wrong attribute type is not silently read as the default.
+    ("Exp", {"order": 2.0}, ["order", "an int"]),
+    ("Silu", {"alpha": 2}, ["alpha", "a float"]),
+    ("Gelu", {"approximate": 1}, ["approximate", "a string"]),
+]
+
+
+@pytest.mark.parametrize("op,attrs,needles", BAD_ATTRS, ids=[f"{o}-{a}" for o, a, _ in BAD_ATTRS])
+def test_bad_attribute(op, attrs, needles):
+    message = creation_error(make_model(op, attrs, ("A", "B", "C")))
+    assert_names(message, node_name(op), *needles)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_axis_out_of_range_at_run_time_when_rank_unknown(op):
+    # Without a stated rank the check moves to Run, with the actual shape.
+    sess = make_session(make_model(op, {"axis": 2}, None))
+    with pytest.raises(Exception) as info:
+        run(sess, np.zeros((2, 3), np.float32))
+    assert_names(str(info.value), node_name(op), "axis 2", "[2,3]")
+    assert run(sess, np.zeros((2, 3, 4), np.float32)).shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize("op", ALL_OPS)
+def test_double_input_refused_at_creation(op):
+    message = creation_error(make_model(op, {}, ("N",), np.float64))
+    assert_names(message, node_name(op))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("bias_shape,bad_shapes", [(["L"], [(4,), (6,), (0,)]), (["P", "Q"], [(1, 5), (5, 1)])])
+def test_gelu_bias_of_wrong_shape(dtype, bias_shape, bad_shapes):
+    sess = make_session(make_model("Gelu", {}, ("R", "C"), dtype, with_bias=True, bias_shape=bias_shape))
+    x = np.zeros((2, 5), dtype)
+    for bad in bad_shapes:
+        with pytest.raises(Exception) as info:
+            run(sess, x, np.zeros(bad, dtype))
+        assert_names(str(info.value), node_name("Gelu"), "B must be 1-D", "[2,5]", str(list(bad)).replace(" ", ""))
+    if len(bias_shape) == 1:
+        assert run(sess, x, np.zeros(5, dtype)).shape == (2, 5)
+
+
+def test_unknown_quake_isa_is_refused(monkeypatch):
+    monkeypatch.setenv("QUAKE_ISA", "mmx")
+    with pytest.raises(Exception) as info:
+        session_options()
+    assert_names(str(info.value), "QUAKE_ISA", "scalar")  # names the variable and the choices
+
+
+VALID = {
+    "Exp": [{}],
+    "Sigmoid": [{}],
+    "Silu": [{"alpha": a} for a in (1e-3, 1.0, 1.702, 100.0)],
+    "Gelu": [{"approximate": a} for a in ("none", "tanh")],
+    "Softmax": [{"axis": a} for a in range(-3, 3)]
+    + [{"method": "quake", "bits": b} for b in range(2, 9)]
+    + [{"clip": c} for c in (0.0, -1.5, -1e30)],
+    "LogSoftmax": [{"axis": a} for a in range(-3, 3)],
+}
+VALID_CASES = [(op, dict(a, order=o)) for op, attrs in VALID.items() for a in attrs for o in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("op,attrs", VALID_CASES, ids=[f"{o}-{a}" for o, a in VALID_CASES])
+def test_valid_models_are_accepted(op, attrs, dtype):
+    x = np.linspace(-3, 3, 2 * 3 * 4).reshape(2, 3, 4).astype(dtype)
+    for with_bias in (False, True) if op == "Gelu" else (False,):
+        sess = make_session(make_model(op, attrs, ("A", "B", "C"), dtype, with_bias=with_bias))
+        y = run(sess, x, np.ones(4, dtype) if with_bias else None)
+        assert y.shape == x.shape and y.dtype == dtype and np.isfinite(y).all()
