@@ -1,0 +1,84 @@
+"""Everything a rule may ask about the graph it is looking at."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import onnx_graphsurgeon as gs
+
+from .match import const_value, operands, scalar
+from .types import Dim, TypeTable
+
+
+@dataclass
+class Names:
+    """Node and tensor names already taken anywhere in the model, so new ones never collide."""
+
+    nodes: set[str] = field(default_factory=set)
+    tensors: set[str] = field(default_factory=set)
+
+    @staticmethod
+    def _claim(taken: set[str], base: str) -> str:
+        name, i = base, 1
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        return name
+
+    def node(self, base: str) -> str:
+        return self._claim(self.nodes, base)
+
+    def tensor(self, base: str) -> str:
+        return self._claim(self.tensors, base)
+
+
+@dataclass
+class Context:
+    graph: gs.Graph
+    path: str  # "main" or "main/If_3.then_branch"
+    opset: int  # of the default domain
+    order: int
+    types: TypeTable
+    names: Names
+    skip: frozenset[str] = frozenset()  # node names the user keeps as they are
+
+    def subgraph(self, graph: gs.Graph, path: str) -> "Context":
+        return replace(self, graph=graph, path=path)
+
+    def elem_type(self, tensor: gs.Tensor) -> Optional[int]:
+        return self.types.elem_type(tensor)
+
+    def shape(self, tensor: gs.Tensor) -> Optional[list[Dim]]:
+        return self.types.shape(tensor)
+
+    def rank(self, tensor: gs.Tensor) -> Optional[int]:
+        shape = self.shape(tensor)
+        return None if shape is None else len(shape)
+
+    def scalar_operand(self, node: gs.Node) -> Optional[tuple[float, gs.Tensor]]:
+        """(constant, other operand) of a commutative binary node with a one-element
+        constant operand that does not raise the other operand's rank (a [1,1,1]
+        constant would)."""
+        pair = operands(node, lambda t: scalar(t) is not None)
+        if pair is None:
+            return None
+        const, other = pair
+        if const_value(const).ndim > self._scalar_ndim_limit(other):
+            return None
+        return scalar(const), other
+
+    def scalar_divisor(self, node: gs.Node) -> Optional[float]:
+        """The constant c of Div(x, c), under the same rank rule."""
+        if len(node.inputs) != 2 or scalar(node.inputs[1]) is None:
+            return None
+        if const_value(node.inputs[1]).ndim > self._scalar_ndim_limit(node.inputs[0]):
+            return None
+        return scalar(node.inputs[1])
+
+    def _scalar_ndim_limit(self, x: gs.Tensor) -> int:
+        rank = self.rank(x)
+        return 1 if rank is None else max(rank, 1)
+
+    def variable(self, base: str) -> gs.Variable:
+        # No dtype on purpose: gs would export value_info for it, and the model had none.
+        return gs.Variable(self.names.tensor(base))

@@ -1,0 +1,128 @@
+"""Runs the rules over a graph and its subgraphs and applies the matches."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import onnx_graphsurgeon as gs
+
+from .context import Context
+from .match import DEFAULT_DOMAINS, first_other_consumer, is_op, producer
+from .report import Decision, Report
+from .rule import Match, Rule
+from .types import SUPPORTED, type_name
+
+SKIPPED = "skipped by --skip-nodes"
+
+
+def qualified(node: gs.Node) -> str:
+    domain = node.domain or ""
+    return node.op if domain in DEFAULT_DOMAINS else f"{domain}.{node.op}"
+
+
+class Engine:
+    def __init__(self, rules: Iterable[Rule], ops: frozenset[str], report: Report):
+        self.by_anchor: dict[tuple[str, str], list[Rule]] = {}
+        for rule in rules:  # list order is priority: composite patterns before the single ops they contain
+            for domain, op in rule.anchors:
+                self.by_anchor.setdefault((domain, op), []).append(rule)
+        self.ops = ops
+        self.report = report
+
+    def run(self, ctx: Context) -> None:
+        gone: set[int] = set()  # ids of nodes a replacement took out
+        for node in list(ctx.graph.nodes):
+            domain = "" if (node.domain or "") in DEFAULT_DOMAINS else node.domain
+            for rule in self.by_anchor.get((domain, node.op), []):
+                if id(node) in gone:
+                    break
+                self._try(ctx, rule, node, gone)
+        for node in list(ctx.graph.nodes):
+            for attr, value in node.attrs.items():
+                for index, sub in enumerate(value if isinstance(value, list) else [value]):
+                    if isinstance(sub, gs.Graph):
+                        suffix = f"[{index}]" if isinstance(value, list) else ""
+                        self.run(ctx.subgraph(sub, f"{ctx.path}/{node.name or node.op}.{attr}{suffix}"))
+
+    def _decide(self, ctx: Context, rule: Rule, node: gs.Node, replaced: bool, reason: str) -> None:
+        self.report.add(Decision(node.name, qualified(node), rule.name, replaced, reason, ctx.path))
+
+    def _try(self, ctx: Context, rule: Rule, node: gs.Node, gone: set[int]) -> None:
+        result = rule.match(ctx, node)
+        if result is None:
+            return
+        if isinstance(result, str):
+            self._decide(ctx, rule, node, False, result)
+            return
+        reason = self._refusal(ctx, rule, result)
+        if reason:
+            self._decide(ctx, rule, node, False, reason)
+            return
+        apply(ctx, node, result, gone)
+        self._decide(ctx, rule, node, True, f"replaced by {result.summary}")
+
+    def _refusal(self, ctx: Context, rule: Rule, match: Match) -> str:
+        if any(n.name in ctx.skip for n in match.remove):
+            return SKIPPED
+        if rule.family not in self.ops:
+            return f"{rule.family} is not among the selected ops"
+        elem = ctx.elem_type(match.x)
+        if elem is None:
+            return "element type unknown"
+        if elem not in SUPPORTED:
+            return f"element type {type_name(elem)} is not supported"
+        # Rules check this themselves with a precise message; this is the engine's guarantee.
+        inner = [t for n in match.remove for t in n.outputs if t is not match.output]
+        leak = first_other_consumer(inner, match.remove, ctx.graph)
+        if leak is not None:
+            return f"intermediate {leak.name} has other consumers"
+        return ""
+
+
+def apply(ctx: Context, anchor: gs.Node, match: Match, gone: set[int]) -> None:
+    """Replace match.remove by the built nodes, placed where the last removed node was (all
+    the pattern's inputs are computed before it, so the order stays topological)."""
+    graph = ctx.graph
+    removed = {id(n) for n in match.remove}
+    last = max(i for i, n in enumerate(graph.nodes) if id(n) in removed)
+    maybe_dead = list(match.prune)
+    for node in match.remove + match.prune:
+        for tensor in node.inputs:
+            if is_op(producer(tensor), "Constant"):
+                maybe_dead.append(producer(tensor))
+    for node in match.remove:
+        node.inputs.clear()
+        node.outputs.clear()
+    base = anchor.name or match.output.name  # ONNX allows unnamed nodes
+    created = [
+        gs.Node(spec.op, ctx.names.node(f"{base}/quake_{spec.op}"), spec.attrs, spec.inputs, spec.outputs, domain=spec.domain)
+        for spec in match.build(ctx)
+    ]
+    nodes = []
+    for i, node in enumerate(graph.nodes):
+        if id(node) not in removed:
+            nodes.append(node)
+        if i == last:
+            nodes.extend(created)
+    gone.update(removed)
+    gone.update(_prune(graph, maybe_dead, nodes))
+    graph.nodes = [n for n in nodes if id(n) not in gone]
+
+
+def _prune(graph: gs.Graph, candidates: list[gs.Node], nodes: list[gs.Node]) -> set[int]:
+    """Drop candidates nothing reads any more; repeats because dropping one can free its producer."""
+    alive = {id(n) for n in nodes}
+    outputs = {id(t) for t in graph.outputs}
+    dropped: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for node in candidates:
+            if id(node) in dropped or id(node) not in alive:
+                continue
+            if any(t.outputs or id(t) in outputs for t in node.outputs):
+                continue
+            node.inputs.clear()
+            node.outputs.clear()
+            dropped.add(id(node))
+            changed = True
+    return dropped

@@ -1,0 +1,74 @@
+"""The rewrite pass: `rewrite_model` replaces exponential non-linearities with com.quake nodes."""
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..schemas import DOMAIN, VERSION, register_schemas
+from . import preserve
+from .context import Context, Names
+from .engine import Engine
+from .report import Report
+from .rules import RULES
+from .types import TypeTable
+
+ALL_OPS = frozenset({"softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"})
+ORDERS = (1, 2, 3)
+
+
+def rewrite_model(
+    model: onnx.ModelProto,
+    *,
+    order: int = 2,
+    ops: frozenset[str] = ALL_OPS,
+    skip_nodes: frozenset[str] = frozenset(),
+) -> tuple[onnx.ModelProto, Report]:
+    """Return (rewritten copy of `model`, what was done to every candidate). `model` is not modified.
+
+    order: the com.quake `order` attribute of every new node (1, 2 or 3).
+    ops: which families to replace (a subset of ALL_OPS); the others are reported as not selected.
+    skip_nodes: names of nodes to leave alone; a pattern touching one is left whole.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    ops = frozenset(ops)
+    if ops - ALL_OPS:
+        raise ValueError(f"unknown ops {sorted(ops - ALL_OPS)}; choose from {sorted(ALL_OPS)}")
+    register_schemas()  # so shape inference sees through com.quake nodes of an earlier pass
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    report = Report()
+    context = Context(
+        graph=gs.import_onnx(work),
+        path="main",
+        opset=_default_opset(model),
+        order=order,
+        types=TypeTable(work),
+        names=_taken_names(model),
+        skip=frozenset(skip_nodes),
+    )
+    Engine(RULES, ops, report).run(context)
+
+    if not report.replaced:  # an unchanged model comes back byte for byte
+        return work, report
+    out = gs.export_onnx(context.graph, do_type_check=False)
+    has_quake = any(o.domain == DOMAIN for o in model.opset_import)
+    preserve.restore(model, out, [] if has_quake else [onnx.helper.make_opsetid(DOMAIN, VERSION)])
+    return out, report
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _taken_names(model: onnx.ModelProto) -> Names:
+    names = Names()
+    for graph in preserve.graphs(model.graph):
+        for node in graph.node:
+            names.nodes.add(node.name)
+            names.tensors.update(node.input)
+            names.tensors.update(node.output)
+        for group in (graph.input, graph.output, graph.value_info, graph.initializer):
+            names.tensors.update(t.name for t in group)
+    return names

@@ -1,0 +1,55 @@
+"""What a rule is: a pattern anchored at one node, checks that explain a refusal, and a rewrite.
+
+A rule's `match(ctx, node)` returns
+  None   - the pattern is not there at all (nothing to report),
+  str    - the pattern is there but cannot be replaced: the reason, for the report,
+  Match  - what to take out and how to build the replacement.
+The engine applies a Match only after the common checks (skip list, --ops,
+element type), so `build` runs only for replacements that happen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Optional, Union
+
+import onnx_graphsurgeon as gs
+
+if TYPE_CHECKING:
+    from .context import Context
+
+QUAKE = "com.quake"
+
+
+@dataclass
+class NodeSpec:
+    """A node to create; `outputs` may reuse the replaced pattern's output tensor."""
+
+    op: str
+    inputs: list[gs.Tensor]
+    outputs: list[gs.Tensor]
+    attrs: dict = field(default_factory=dict)
+    domain: str = QUAKE
+
+
+@dataclass
+class Match:
+    x: gs.Tensor  # the input whose element type decides whether to replace
+    remove: list[gs.Node]  # the pattern's nodes; nothing outside them reads their intermediates
+    output: gs.Tensor  # the pattern's result, which the replacement produces under the same name
+    build: Callable[["Context"], list[NodeSpec]]  # the replacement, in topological order
+    summary: str  # "com.quake Gelu (bias fused)"
+    # Pattern nodes that go only if nothing else reads them afterwards (a Sigmoid shared by a SiLU and others).
+    prune: list[gs.Node] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str  # reported as Decision.rule
+    family: str  # the --ops key that selects it: softmax, logsoftmax, gelu, silu, sigmoid, exp
+    anchors: tuple[tuple[str, str], ...]  # (domain, op type) of the node the pattern starts from
+    match: Callable[["Context", gs.Node], Optional[Union[Match, str]]]
+
+
+def quake(op: str, inputs: list[gs.Tensor], outputs: list[gs.Tensor], ctx: "Context", **attrs) -> NodeSpec:
+    """A com.quake node carrying the pass's `order` (every new node states it)."""
+    return NodeSpec(op, inputs, outputs, {**attrs, "order": ctx.order})

@@ -1,0 +1,18 @@
+"""The rules, in priority order: where two start from the same op, the composite pattern goes first."""
+from __future__ import annotations
+
+from ..rule import Rule
+from . import contrib_gelu, erf_gelu, exp, gelu, logsoftmax, quick_gelu, sigmoid, silu, softmax, tanh_gelu
+
+RULES: list[Rule] = [
+    erf_gelu.RULE,
+    tanh_gelu.RULE,
+    gelu.RULE,
+    contrib_gelu.RULE,
+    quick_gelu.RULE,
+    silu.RULE,  # before sigmoid: x * Sigmoid(x) takes its Sigmoid
+    sigmoid.RULE,
+    softmax.RULE,
+    logsoftmax.RULE,
+    exp.RULE,
+]

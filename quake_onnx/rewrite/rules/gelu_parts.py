@@ -1,0 +1,112 @@
+"""Pieces every GELU rule shares: the 0.5 * x * (1 + f) tail, the bias fusion and the replacement."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import onnx_graphsurgeon as gs
+
+from ..context import Context
+from ..match import close, const_value, first_other_consumer, is_op, operands, other_operand, producer, reader
+from ..rule import Match, quake
+
+HALF = 0.5
+
+
+def constant_reason(value: float, what: str, target: float) -> str:
+    return f"constant {value:.7g} is not {what} ({target:.7g}) within {1e-3:g} relative"
+
+
+def halving(ctx: Context, node: Optional[gs.Node], t: gs.Tensor) -> Optional[str]:
+    """None if node computes t * 0.5 (either order) or t / 2, else why not."""
+    if is_op(node, "Mul"):
+        found = ctx.scalar_operand(node)
+        if found is not None and found[1] is t:
+            return None if close(found[0], HALF) else constant_reason(found[0], "0.5", HALF)
+    if is_op(node, "Div") and node.inputs[0] is t:
+        divisor = ctx.scalar_divisor(node)
+        if divisor is not None:
+            return None if close(divisor, 2.0) else constant_reason(divisor, "2", 2.0)
+    return f"{t.name} is not multiplied by 0.5"
+
+
+def half_product(ctx: Context, p: gs.Tensor, x: gs.Tensor, what: str) -> Union[tuple[list[gs.Node], gs.Tensor], str]:
+    """Match y = 0.5 * x * p in the association exporters use, every operand order:
+    (x * p) * 0.5   PyTorch nn.GELU,  (x * 0.5) * p   TF/Keras and Hugging Face,
+    (p * 0.5) * x   (0.5 * (1 + erf)) * x.  Returns (nodes, y) or a reason."""
+    m1 = reader(p, "Mul")
+    if m1 is None:
+        return f"{what} is not multiplied by x"
+    other = other_operand(m1, p)
+    q = m1.outputs[0]
+    if other is x:
+        reasons = []
+        for m2 in q.outputs:
+            reason = halving(ctx, m2, q)
+            if not reason:
+                return [m1, m2], m2.outputs[0]
+            reasons.append(reason)
+        return reasons[0] if reasons else f"x * ({what}) is not multiplied by 0.5"
+    found = ctx.scalar_operand(m1)
+    if found is not None and found[1] is p:
+        if not close(found[0], HALF):
+            return constant_reason(found[0], "0.5", HALF)
+        m2 = reader(q, "Mul")
+        if m2 is None or other_operand(m2, q) is not x:
+            return f"0.5 * ({what}) is not multiplied by x"
+        return [m1, m2], m2.outputs[0]
+    half = producer(other) if other is not None else None
+    if half is not None and any(t is x for t in half.inputs):
+        reason = halving(ctx, half, x)
+        return reason if reason else ([half, m1], q)
+    return f"{what} is not multiplied by 0.5 * x"
+
+
+def _bias_for(ctx: Context, x: gs.Tensor, pattern: list[gs.Node]) -> Optional[tuple[gs.Tensor, gs.Tensor, gs.Node]]:
+    """(input, bias, Add) when x = Add(input, b) with b a 1-D constant as long as input's
+    last dim, read by nothing but the GELU: what ORT's BiasGelu fusion would fold in."""
+    add = producer(x)
+    if not is_op(add, "Add") or add.name in ctx.skip:
+        return None
+    pair = operands(add, lambda t: const_value(t) is not None and const_value(t).ndim == 1)
+    if pair is None:
+        return None
+    bias, h = pair
+    shape = ctx.shape(h)
+    # h's own last dim must match: with h [.., 1] the Add broadcasts, which B of com.quake Gelu cannot.
+    if not shape or shape[-1] != const_value(bias).shape[0]:
+        return None
+    if first_other_consumer([x], pattern, ctx.graph) is not None:
+        return None
+    return h, bias, add
+
+
+def gelu(
+    ctx: Context,
+    x: gs.Tensor,
+    pattern: list[gs.Node],
+    output: gs.Tensor,
+    approximate: str,
+    bias: Optional[gs.Tensor] = None,
+    what: str = "",
+) -> Match:
+    """The com.quake Gelu replacing `pattern`; folds a preceding bias Add in when there is no bias yet."""
+    fused = _bias_for(ctx, x, pattern) if bias is None else None
+    remove = list(pattern)
+    if fused is not None:
+        x, bias, add = fused
+        remove.insert(0, add)
+    inputs = [x] + ([bias] if bias is not None else [])
+    summary = f"com.quake Gelu (approximate={approximate}{', bias fused' if fused else ''})"
+    return Match(
+        x=x,
+        remove=remove,
+        output=output,
+        build=lambda ctx: [quake("Gelu", inputs, [output], ctx, approximate=approximate)],
+        summary=summary,
+    )
+
+
+SQRT2 = math.sqrt(2.0)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+TANH_CUBIC = 0.044715

@@ -1,0 +1,69 @@
+"""Element types and shapes of every tensor, from onnx shape inference on a copy of the model."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import TensorProto
+
+Dim = Union[int, str, None]
+SUPPORTED = (TensorProto.FLOAT, TensorProto.FLOAT16)
+
+
+def type_name(elem_type: int) -> str:
+    return TensorProto.DataType.Name(elem_type).lower()
+
+
+class TypeTable:
+    """Types by tensor name. Names are unique across a model and its subgraphs (ONNX
+    forbids shadowing), so one table serves every graph."""
+
+    def __init__(self, model: onnx.ModelProto):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception:  # e.g. > 2 GB protobufs, or an op whose inference raises: use what the model states
+            inferred = model
+        self._elem: dict[str, int] = {}
+        self._shape: dict[str, Optional[list[Dim]]] = {}
+        self._collect(inferred.graph)
+
+    def _collect(self, graph: onnx.GraphProto) -> None:
+        for info in list(graph.input) + list(graph.output) + list(graph.value_info):
+            tensor_type = info.type.tensor_type if info.type.HasField("tensor_type") else None
+            if tensor_type is None or not tensor_type.elem_type:
+                continue
+            self._elem[info.name] = tensor_type.elem_type
+            if tensor_type.HasField("shape"):
+                self._shape[info.name] = [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+                ]
+        for init in graph.initializer:
+            self._elem[init.name] = init.data_type
+            self._shape[init.name] = list(init.dims)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    self._collect(attr.g)
+                for sub in attr.graphs:
+                    self._collect(sub)
+
+    def elem_type(self, tensor: gs.Tensor) -> Optional[int]:
+        if isinstance(tensor, gs.Constant):
+            return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(tensor.values).dtype)
+        if tensor.name in self._elem:
+            return self._elem[tensor.name]
+        if tensor.dtype is not None:  # gs read it from the model's own value_info
+            try:
+                return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))
+            except TypeError:
+                return None
+        return None
+
+    def shape(self, tensor: gs.Tensor) -> Optional[list[Dim]]:
+        if isinstance(tensor, gs.Constant):
+            return list(np.asarray(tensor.values).shape)
+        if tensor.name in self._shape:
+            return self._shape[tensor.name]
+        return list(tensor.shape) if tensor.shape is not None else None

@@ -1,0 +1,92 @@
+"""ONNX schemas of the com.quake ops, so onnx.checker and shape inference accept rewritten models.
+
+ONNX Runtime never reads these (it takes the schemas from the compiled
+library); they exist for the Python side: `onnx.checker.check_model(...,
+full_check=True)` and `onnx.shape_inference` need to know every op they meet.
+The attributes and defaults mirror docs/ops.md (the operator contract).
+"""
+from __future__ import annotations
+
+import threading
+
+import onnx
+from onnx.defs import OpSchema
+
+DOMAIN = "com.quake"
+VERSION = 1
+_TYPES = ["tensor(float)", "tensor(float16)"]
+_lock = threading.Lock()
+
+
+def _same_as_input(ctx) -> None:
+    # Every com.quake op keeps X's element type and shape.
+    if ctx.has_input(0):
+        ctx.set_output_type(0, ctx.get_input_type(0))
+
+
+def _attr(name: str, default, doc: str) -> OpSchema.Attribute:
+    # The binding takes the default as an AttributeProto; its type becomes the attribute's type.
+    return OpSchema.Attribute(name, onnx.helper.make_attribute(name, default), doc)
+
+
+def _order() -> OpSchema.Attribute:
+    return _attr("order", 2, "Polynomial order of the exponential core: 1, 2 or 3.")
+
+
+def _axis() -> OpSchema.Attribute:
+    return _attr("axis", -1, "The single axis normalised over (opset-13 semantics).")
+
+
+def _schema(name: str, doc: str, attributes: list, with_bias: bool = False) -> OpSchema:
+    inputs = [OpSchema.FormalParameter("X", "T")]
+    if with_bias:
+        inputs.append(
+            OpSchema.FormalParameter("B", "T", "Bias over the last axis", param_option=OpSchema.FormalParameterOption.Optional)
+        )
+    schema = OpSchema(
+        name,
+        DOMAIN,
+        VERSION,
+        doc,
+        inputs=inputs,
+        outputs=[OpSchema.FormalParameter("Y", "T")],
+        type_constraints=[("T", _TYPES, "float or float16")],
+        attributes=attributes,
+    )
+    schema.set_type_and_shape_inference_function(_same_as_input)
+    return schema
+
+
+def _schemas() -> list[OpSchema]:
+    return [
+        _schema("Exp", "e^x", [_order()]),
+        _schema("Sigmoid", "1 / (1 + e^-x)", [_order()]),
+        _schema("Silu", "x * sigmoid(alpha * x)", [_attr("alpha", 1.0, "Slope inside the sigmoid."), _order()]),
+        _schema(
+            "Gelu",
+            "(x + b) * sigmoid(2 * sqrt(2/pi) * (u + 0.044715 u^3)), u = x + b",
+            [_attr("approximate", "none", "What the replaced node computed: none or tanh."), _order()],
+            with_bias=True,
+        ),
+        _schema(
+            "Softmax",
+            "Softmax over one axis, max-subtracted",
+            [
+                _axis(),
+                _order(),
+                _attr("method", "quake", "quake or exaq."),
+                _attr("bits", 3, "EXAQ quantisation bits, 2..8."),
+                _attr("clip", 0.0, "EXAQ clip; 0 derives it analytically."),
+            ],
+        ),
+        _schema("LogSoftmax", "x - max - log(sum(e^(x - max)))", [_axis(), _order()]),
+    ]
+
+
+def register_schemas() -> None:
+    """Register the com.quake schemas with onnx; calling it again is a no-op."""
+    with _lock:
+        for schema in _schemas():
+            # onnx refuses a second registration of the same (name, domain, version).
+            if not onnx.defs.has(schema.name, schema.domain):
+                onnx.defs.register_schema(schema)
