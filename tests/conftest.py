@@ -31,17 +31,3 @@ def session_cache():
         return cache[key]
 
     return get
-
-
-@pytest.fixture
-def session(monkeypatch):
-    """Uncached session with QUAKE_ISA set through monkeypatch."""
-
-    def make(model, isa=None, threads=1):
-        if isa is None:
-            monkeypatch.delenv("QUAKE_ISA", raising=False)
-        else:
-            monkeypatch.setenv("QUAKE_ISA", isa)
-        return helpers.make_session(model, None if isa is None else isa, threads)
-
-    return make
