@@ -3,6 +3,7 @@
 // comparing paths on one machine).
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "kernels.h"
 
@@ -100,7 +101,9 @@ const KernelTable* select_kernels(const char** error) {
   }
   Isa isa;
   if (!parse_isa(requested, &isa)) {
-    *error = "QUAKE_ISA must be one of auto, scalar, neon, avx2, avx512";
+    thread_local std::string message;  // lives until this thread's next call
+    message = std::string("QUAKE_ISA='") + requested + "' is not one of auto, scalar, neon, avx2, avx512";
+    *error = message.c_str();
     return nullptr;
   }
   return best_kernels(isa);

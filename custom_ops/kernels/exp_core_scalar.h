@@ -53,9 +53,11 @@ inline float exp_quake(float z) {
 // NaN-propagating clamp (std::fmin/fmax would drop the NaN).
 inline float clamp_keep_nan(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// 1 / (1 + e^z) with z clamped into the core's range.
+// 1 / (1 + e^z) with z clamped into the core's range. NaN is returned before
+// the core: converting it to an integer (order 1) is undefined behaviour.
 template <int Order>
 inline float inv_one_plus_exp(float z) {
+  if (std::isnan(z)) return z;
   z = clamp_keep_nan(z, -kSigmoidClamp, kSigmoidClamp);
   return 1.0f / (1.0f + exp_core<Order>(z));
 }

@@ -1,7 +1,8 @@
 // Scalar kernels: the readable definition every ISA file matches, and the
 // fallback on CPUs without a SIMD table. Valid ranges, errors and special
-// values are those of kernels.h; the SIMD files differ only in the order of
-// float summation inside softmax rows.
+// values are those of kernels.h; the SIMD files may differ by an ulp (fused
+// multiply-adds, reciprocal refinement) and in the order of summation inside
+// softmax rows.
 #include <cmath>
 #include <limits>
 
@@ -68,14 +69,16 @@ void softmax_quake_scalar(const float* x, float* y, size_t n) {
   const float m = row_max(x, n);
   if (std::isnan(m)) return fill(y, n, m);
   if (m == -std::numeric_limits<float>::infinity()) return fill(y, n, 0.0f);
-  float sum = 0.0f;
+  // A double sum keeps rows of 10^5 equal logits summing to 1 within 1e-6;
+  // a float running sum drifts by ~1e-3 there.
+  double sum = 0.0;
   for (size_t i = 0; i < n; ++i) {
     const float z = x[i] - m;  // in [-inf, 0]
     const float e = z <= kExpUnderflow ? 0.0f : exp_core<Order>(z);
     y[i] = e;
     sum += e;
   }
-  const float inv = 1.0f / sum;  // sum >= 1: the max element contributes e^0
+  const float inv = static_cast<float>(1.0 / sum);  // sum >= 1: the max element contributes e^0
   for (size_t i = 0; i < n; ++i) y[i] *= inv;
 }
 
@@ -84,12 +87,12 @@ void logsoftmax_quake_scalar(const float* x, float* y, size_t n) {
   const float m = row_max(x, n);
   if (std::isnan(m)) return fill(y, n, m);
   if (m == -std::numeric_limits<float>::infinity()) return fill(y, n, m);
-  float sum = 0.0f;
+  double sum = 0.0;
   for (size_t i = 0; i < n; ++i) {
     const float z = x[i] - m;
     sum += z <= kExpUnderflow ? 0.0f : exp_core<Order>(z);
   }
-  const float log_sum = std::log(sum);
+  const float log_sum = static_cast<float>(std::log(sum));
   for (size_t i = 0; i < n; ++i) y[i] = (x[i] - m) - log_sum;
 }
 
