@@ -85,6 +85,25 @@ def load_graph(path: Path) -> onnx.ModelProto:
     return model
 
 
+def check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Every external tensor's file exists and is long enough, without reading
+    it: bad input is refused before ONNX Runtime spends time on it."""
+    for tensor in iter_tensors(model):
+        if not ext.uses_external_data(tensor):
+            continue
+        info = ext.ExternalDataInfo(tensor)
+        file = path.parent / info.location
+        if not file.is_file():
+            raise ModelFileError(f"{path}: its external data file {info.location} is missing")
+        length = info.length if info.length else _expected_nbytes(tensor)
+        if length is not None and file.stat().st_size < (info.offset or 0) + length:
+            raise ModelFileError(
+                f"{path}: external data file {info.location} is truncated "
+                f"(tensor {tensor.name} needs bytes up to {(info.offset or 0) + length}, "
+                f"the file has {file.stat().st_size})"
+            )
+
+
 def load_external_data(model: onnx.ModelProto, path: Path) -> None:
     """Reads every external tensor of `model` (loaded from `path`) into memory,
     refusing missing or short data files instead of passing garbage on."""

@@ -133,6 +133,7 @@ def optimize(
     else:
         src = Path(model_or_path)
         model = modelio.load_graph(src)
+        modelio.check_external_data(model, src)
     dest = _destination(src, output, in_place)
 
     had_external = modelio.has_external_data(model)
@@ -196,7 +197,7 @@ def _fuse(model: onnx.ModelProto, src: Optional[Path], work: Path, external: boo
             _save_copy(model, src)
         else:
             onnx.save_model(model, str(src))
-    return apply_ort_fusions(src, ort_dir, external=external)
+    return apply_ort_fusions(src, ort_dir, external=external, original=model)
 
 
 def _save_copy(model: onnx.ModelProto, path: Path) -> None:

@@ -48,10 +48,14 @@ def _first_line(error: Exception) -> str:
     return text[0] if text else type(error).__name__
 
 
-def apply_ort_fusions(src: Path, workdir: Path, *, external: bool) -> onnx.ModelProto:
+def apply_ort_fusions(
+    src: Path, workdir: Path, *, external: bool, original: Optional[onnx.ModelProto] = None
+) -> onnx.ModelProto:
     """The model at `src` after ONNX Runtime's EXTENDED-level CPU optimisations,
-    loaded fully into memory. Raises FusionError when ORT refuses to optimise
-    it, to save it, or to load what it saved."""
+    loaded fully into memory. `original` (the model at `src`, external data
+    not needed) lends its inferred types to the tensors that survive. Raises
+    FusionError when ORT refuses to optimise it, to save it, or to load what
+    it saved."""
     optimized = workdir / "ort_optimized.onnx"
     so = session_options(ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
     so.optimized_model_filepath = str(optimized)
@@ -80,7 +84,44 @@ def apply_ort_fusions(src: Path, workdir: Path, *, external: bool) -> onnx.Model
     except Exception as e:
         raise FusionError(f"the optimised model does not load with onnx: {e}") from e
     prune_opset_imports(model)
+    typed = inferred(original) if original is not None else None
+    if typed is not None:
+        carry_value_info(typed.graph, model.graph)
     return model
+
+
+def inferred(model: onnx.ModelProto) -> Optional[onnx.ModelProto]:
+    """The model with onnx-inferred value_info, or None when inference fails
+    (a protobuf too big to pass to it, an op whose inference raises)."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return None
+
+
+def carry_value_info(source: onnx.GraphProto, target: onnx.GraphProto) -> None:
+    """Copies the types of `source`'s tensors onto the same-named tensors of
+    `target` that have none.
+
+    ORT saves no value_info, and onnx cannot infer through com.microsoft ops
+    (FusedMatMul, SkipLayerNormalization...), so without this the Softmax after
+    a fused MatMul has no known element type and the rewriter must keep it.
+    A tensor that survives ORT's fusions under its name is the same tensor."""
+    known = {v.name for v in list(target.value_info) + list(target.input) + list(target.output)}
+    known |= {t.name for t in target.initializer}
+    produced = {name for node in target.node for name in node.output}
+    for info in source.value_info:
+        if info.name in produced and info.name not in known:
+            target.value_info.append(info)
+    subgraphs = {}
+    for node in source.node:
+        for attr in node.attribute:
+            if attr.HasField("g") and node.name:
+                subgraphs[(node.name, attr.name)] = attr.g
+    for node in target.node:
+        for attr in node.attribute:
+            if attr.HasField("g") and (node.name, attr.name) in subgraphs:
+                carry_value_info(subgraphs[(node.name, attr.name)], attr.g)
 
 
 def used_domains(model: onnx.ModelProto) -> set[str]:
