@@ -56,3 +56,4 @@ def restore(original: onnx.ModelProto, out: onnx.ModelProto, extra_opsets: list[
             node.doc_string = source.doc_string
             del node.metadata_props[:]
             node.metadata_props.extend(source.metadata_props)
+            _reorder(node.attribute, [a.name for a in source.attribute])

@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+from onnx import helper
+
+from quake_onnx.rewrite import rewrite_model
+
+from .builders import F16, F64, GELU_ERF_ATOL, Graph, assert_untouched, check_rewrite, decision, sample
+from .gelu_forms import TAILS, erf_gelu, projected
+
+X = {"X": sample((4, 16))}
+BIAS = np.random.default_rng(2).standard_normal(24) * 0.5
+
+
+def model(dtype=None, bias=None, **form):
+    g = Graph(dtype) if dtype else Graph()
+    return g.model({"X": [4, 16]}, {erf_gelu(g, projected(g, bias), **form): [4, 24]})
+
+
+def approximate(model):
+    node = next(n for n in model.graph.node if n.op_type == "Gelu")
+    return helper.get_attribute_value(next(a for a in node.attribute if a.name == "approximate")).decode()
+
+
+@pytest.mark.parametrize("tail", TAILS)
+@pytest.mark.parametrize("scale", ["div", "mul"])
+@pytest.mark.parametrize("swap_add", [False, True])
+def test_every_ordering(tail, scale, swap_add):
+    out, report = check_rewrite(
+        model(tail=tail, scale=scale, swap_add=swap_add), ["MatMul", "com.quake.Gelu"], X, atol=GELU_ERF_ATOL
+    )
+    assert approximate(out) == "none"
+    d = decision(report, "erf_gelu")
+    assert d.replaced and d.node == "erf" and d.op_type == "Erf"
+    assert out.graph.node[1].name == "erf/quake_Gelu"
+    assert [i.name for i in out.graph.initializer] == ["W"]  # the pattern's constants left with it
+
+
+@pytest.mark.parametrize("bias_first", [False, True])
+def test_bias_is_fused(bias_first):
+    g = Graph()
+    y = erf_gelu(g, projected(g, BIAS, bias_first))
+    m = g.model({"X": [4, 16]}, {y: [4, 24]})
+    out, report = check_rewrite(m, ["MatMul", "com.quake.Gelu"], X, atol=GELU_ERF_ATOL)
+    assert list(out.graph.node[1].input) == ["matmul_out", "bias"]
+    assert "bias fused" in decision(report, "erf_gelu").reason
+
+
+def test_bias_read_elsewhere_is_not_fused():
+    g = Graph()
+    h = projected(g, BIAS)
+    y = erf_gelu(g, h)
+    m = g.model({"X": [4, 16]}, {y: [4, 24], h: [4, 24]})
+    out, _ = check_rewrite(m, ["MatMul", "Add", "com.quake.Gelu"], X, atol=GELU_ERF_ATOL)
+
+
+def test_constants_from_constant_nodes():
+    g = Graph()
+    y = erf_gelu(g, "X")
+    # Same model, every initializer turned into a Constant node (how torch.onnx often exports).
+    nodes = [helper.make_node("Constant", [], [t.name], value=t, name=f"const_{t.name}") for t in g.inits]
+    g.nodes[:0] = nodes
+    g.inits = []
+    out, _ = check_rewrite(g.model({"X": [4, 16]}, [y]), ["com.quake.Gelu"], X, atol=GELU_ERF_ATOL)
+
+
+def test_float16():
+    check_rewrite(model(F16), ["MatMul", "com.quake.Gelu"], {"X": sample((4, 16), np.float16)}, atol=GELU_ERF_ATOL + 4e-3)
+
+
+def test_wrong_constant():
+    assert_untouched(model(sqrt2=1.5), "erf_gelu", "constant 1.5 is not sqrt(2)")
+
+
+def test_wrong_half():
+    g = Graph()
+    from .gelu_forms import half_product
+
+    e = g.node("Erf", [g.node("Div", ["X", g.const(1.4142135)])], name="erf")
+    y = half_product(g, "X", g.node("Add", [e, g.const(1.0)]), "x*p*0.5", half=0.6)
+    assert_untouched(g.model({"X": [4, 16]}, [y]), "erf_gelu", "constant 0.6 is not 0.5")
+
+
+def test_extra_consumer_of_an_intermediate():
+    g = Graph()
+    y = erf_gelu(g, "X")
+    m = g.model({"X": [4, 16]}, [y, "erf_out"])  # the Erf's output is also a graph output
+    assert_untouched(m, "erf_gelu", "intermediate erf_out has other consumers")
+    g2 = Graph()
+    y = erf_gelu(g2, "X")
+    z = g2.node("Neg", ["erf_out"], name="neg")  # ... or read by another node
+    assert_untouched(g2.model({"X": [4, 16]}, [y, z]), "erf_gelu", "intermediate erf_out has other consumers")
+
+
+def test_double():
+    assert_untouched(model(F64), "erf_gelu", "element type double is not supported")
+
+
+def test_skip_any_node_of_the_pattern():
+    out, report = rewrite_model(model(), skip_nodes=frozenset({"erf"}))
+    assert decision(report, "erf_gelu").reason == "skipped by --skip-nodes"
+    assert "Erf" in [n.op_type for n in out.graph.node]
