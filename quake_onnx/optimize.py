@@ -83,6 +83,24 @@ def _node_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
+def annotate_shapes(model: onnx.ModelProto) -> None:
+    """Stores inferred types and shapes in the main graph's value_info.
+
+    The library's custom ops tell ONNX Runtime nothing about their output
+    shapes, so at session time every shape-dependent fusion downstream of a
+    com.quake node (SkipLayerNormalization, MatMul+Add into Gemm, NCHWc
+    layouts) would silently stop; ORT takes these shapes from value_info."""
+    try:
+        from .schemas import register_schemas
+
+        register_schemas()
+        typed = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # too big to serialise, or an op whose inference raises: ORT works without
+        return
+    known = {v.name for v in model.graph.value_info}
+    model.graph.value_info.extend(v for v in typed.graph.value_info if v.name not in known)
+
+
 def _verify(path: Path) -> None:
     """The written model must open in ONNX Runtime with the library, as users will open it."""
     try:
@@ -159,6 +177,7 @@ def optimize(
             warnings.append(f"--skip-nodes: no node named {', '.join(missing)}{where}")
         rewritten, report = _rewrite(fused, order, chosen_ops, skip)
         del fused
+    annotate_shapes(rewritten)
 
     report.warnings.extend(warnings)
     if dest is not None:

@@ -169,3 +169,14 @@ def test_ort_failure_falls_back_with_warning(tmp_path, encoder_block, monkeypatc
     assert "warning: ONNX Runtime could not optimise the model: cannot save optimized model" in result.stderr
     assert json.loads(report.read_text())["warnings"]
     assert not any(n.domain == "com.microsoft" for n in onnx.load(str(out)).graph.node)
+
+
+def test_output_shapes_are_stated(tmp_path, encoder_block):
+    """ORT cannot infer through com.quake nodes; without value_info it stops
+    fusing (SkipLayerNormalization, Gemm) after them at session time."""
+    out = tmp_path / "o.onnx"
+    assert cli("optimize", encoder_block, out, "--no-ort-fusions").exit_code == 0
+    model = onnx.load(str(out))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
+    for node in quake_nodes(model):
+        assert shapes.get(node.output[0]) == [1, 64, 64, 64] if node.op_type == "Softmax" else shapes.get(node.output[0])
