@@ -5,10 +5,9 @@
 // The exponential core is the scalar one operation for operation (FRINTM
 // floor, subtract, FMA Horner, integer add into the exponent field), and
 // 1 / (1 + e) is a true division, so elementwise results match the scalar
-// table bit for bit except:
-//  * Order 1 Sigmoid of NaN is NaN (ops.md); the scalar order-1 core turns
-//    NaN into -0 (FCVTNS gives 0 here) so the scalar Sigmoid returns 1.
-//  * Softmax sums are accumulated in 16 lanes instead of one float.
+// table bit for bit. Difference:
+//  * Softmax sums run in 16 lanes over blocks of 256, then across blocks;
+//    the scalar sums in double. Both stay within ~1e-6 of the exact sum.
 // FMAX/FMIN propagate NaN, so clamps and the row max keep NaNs without help.
 // Tails go through a 4-float buffer so they run the body's arithmetic and
 // nothing past n is read or written.
