@@ -6,7 +6,7 @@ from typing import Optional
 
 import onnx_graphsurgeon as gs
 
-from .match import const_value, operands, scalar
+from .match import const_shape, operands, scalar
 from .types import Dim, TypeTable
 
 
@@ -63,7 +63,7 @@ class Context:
         if pair is None:
             return None
         const, other = pair
-        if const_value(const).ndim > self._scalar_ndim_limit(other):
+        if len(const_shape(const)) > self._scalar_ndim_limit(other):
             return None
         return scalar(const), other
 
@@ -71,7 +71,7 @@ class Context:
         """The constant c of Div(x, c), under the same rank rule."""
         if len(node.inputs) != 2 or scalar(node.inputs[1]) is None:
             return None
-        if const_value(node.inputs[1]).ndim > self._scalar_ndim_limit(node.inputs[0]):
+        if len(const_shape(node.inputs[1])) > self._scalar_ndim_limit(node.inputs[0]):
             return None
         return scalar(node.inputs[1])
 

@@ -43,8 +43,24 @@ def const_value(tensor: gs.Tensor) -> Optional[np.ndarray]:
     return None
 
 
+def const_shape(tensor: gs.Tensor) -> Optional[tuple[int, ...]]:
+    """A constant's shape without loading its values (big weights may be lazy or set aside)."""
+    if isinstance(tensor, gs.Constant):
+        return tuple(tensor.shape)
+    node = producer(tensor)
+    if not is_op(node, "Constant"):
+        return None
+    if isinstance(node.attrs.get("value"), gs.Constant):
+        return tuple(node.attrs["value"].shape)
+    value = const_value(tensor)  # the small value_* attribute forms
+    return None if value is None else value.shape
+
+
 def scalar(tensor: gs.Tensor) -> Optional[float]:
     """A one-element numeric constant as a float (any rank: callers judge broadcasting)."""
+    shape = const_shape(tensor)
+    if shape is None or int(np.prod(shape)) != 1:
+        return None
     value = const_value(tensor)
     if value is None or value.size != 1:
         return None

@@ -99,3 +99,12 @@ def test_skip_any_node_of_the_pattern():
     out, report = rewrite_model(model(), skip_nodes=frozenset({"erf"}))
     assert decision(report, "erf_gelu").reason == "skipped by --skip-nodes"
     assert "Erf" in [n.op_type for n in out.graph.node]
+
+
+def test_constant_that_raises_the_rank_is_not_a_scalar():
+    # x / [[[sqrt2]]] is [1, 4, 16]: replacing it by a Gelu of x would drop the new axis.
+    g = Graph()
+    s = g.node("Div", ["X", g.const(np.full((1, 1, 1), 1.4142135))])
+    e = g.node("Erf", [s], name="erf")
+    y = g.node("Mul", [g.node("Mul", ["X", g.node("Add", [e, g.const(1.0)])]), g.const(0.5)])
+    assert_untouched(g.model({"X": [4, 16]}, {y: [1, 4, 16]}), "erf_gelu", "Erf input is not x / sqrt(2)")

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from .builders import F64, Graph, assert_untouched, check_rewrite, sample

@@ -1,7 +1,6 @@
 """What the pass guarantees whatever the rule: the model around the replaced nodes stays as it was."""
 import json
 
-import onnx
 import pytest
 from onnx import helper
 

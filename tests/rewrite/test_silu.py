@@ -1,8 +1,8 @@
-import numpy as np
 import pytest
 
-from .builders import F64, SIGMOID_ATOL, Graph, assert_untouched, check_rewrite, decision, sample
 from quake_onnx.rewrite import rewrite_model
+
+from .builders import F64, SIGMOID_ATOL, Graph, assert_untouched, check_rewrite, decision, sample
 
 X = {"X": sample((4, 32))}
 
@@ -63,7 +63,7 @@ def test_sigmoid_of_something_else_is_not_a_silu():
     s = g.node("Sigmoid", ["X"], name="sig")
     y = g.node("Mul", ["Y", s], name="mul")  # gates Y, not X
     model = g.model({"X": [4, 32], "Y": [4, 32]}, [y])
-    out, report = rewrite_model(model, ops=frozenset({"silu"}))
+    _, report = rewrite_model(model, ops=frozenset({"silu"}))
     assert not [d for d in report.decisions if d.rule == "silu"]
 
 

@@ -66,3 +66,31 @@ def test_outer_tensor_read_in_a_subgraph_counts_as_a_consumer():
     _, report = rewrite_model(model)
     (d,) = [d for d in report.decisions if d.rule == "erf_gelu"]
     assert not d.replaced and d.reason == "intermediate erf_out has other consumers"
+
+
+def test_loop_body():
+    # The body's Sigmoid reads the outer X; acc sums it N times.
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+            helper.make_node("Sigmoid", ["X"], ["s"], name="sig"),
+            helper.make_node("Add", ["acc_in", "s"], ["acc_out"], name="acc"),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [3, 8]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [3, 8]),
+        ],
+    )
+    g = Graph()
+    g.nodes.append(helper.make_node("Loop", ["N", "", "A"], ["Y"], name="loop", body=body))
+    model = g.model({"X": [3, 8], "A": [3, 8], "N": ([], TensorProto.INT64)}, {"Y": [3, 8]}, opset=17)
+    feeds = {"X": sample((3, 8)), "A": np.zeros((3, 8), np.float32), "N": np.array(3, np.int64)}
+    out, report = check_rewrite(model, ["Loop"], feeds, atol=3e-3)
+    (d,) = report.decisions
+    assert d.replaced and d.graph == "main/loop.body"

@@ -7,7 +7,7 @@ from typing import Optional, Union
 import onnx_graphsurgeon as gs
 
 from ..context import Context
-from ..match import close, const_value, first_other_consumer, is_op, operands, other_operand, producer, reader
+from ..match import close, const_shape, first_other_consumer, is_op, operands, other_operand, producer, reader
 from ..rule import Match, quake
 
 HALF = 0.5
@@ -68,13 +68,13 @@ def _bias_for(ctx: Context, x: gs.Tensor, pattern: list[gs.Node]) -> Optional[tu
     add = producer(x)
     if not is_op(add, "Add") or add.name in ctx.skip:
         return None
-    pair = operands(add, lambda t: const_value(t) is not None and const_value(t).ndim == 1)
+    pair = operands(add, lambda t: const_shape(t) is not None and len(const_shape(t)) == 1)
     if pair is None:
         return None
     bias, h = pair
     shape = ctx.shape(h)
     # h's own last dim must match: with h [.., 1] the Add broadcasts, which B of com.quake Gelu cannot.
-    if not shape or shape[-1] != const_value(bias).shape[0]:
+    if not shape or shape[-1] != const_shape(bias)[0]:
         return None
     if first_other_consumer([x], pattern, ctx.graph) is not None:
         return None
