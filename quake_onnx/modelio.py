@@ -289,3 +289,40 @@ def save_model_atomic(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ext.load_external_data_for_model(model, str(dest.parent))
+
+
+# Tensors at least this big travel through the rewrite without their bytes.
+STRIP_THRESHOLD = 16 * 2**20
+_STRIPPED = "quake-onnx-stripped"
+
+
+def strip_large_tensors(model: onnx.ModelProto, threshold: Optional[int] = None) -> dict[str, bytes]:
+    """Moves the bytes of big tensors out of `model` (they become external
+    references to a file that does not exist) and returns them by name.
+
+    The rewrite copies the model, rebuilds it through onnx-graphsurgeon and
+    runs shape inference: protobuf serialises for each, and fails outright on
+    one tensor or model of 2 GB or more. Weights are never what the rewrite
+    looks at; scalars and biases stay below the threshold."""
+    threshold = STRIP_THRESHOLD if threshold is None else threshold
+    stash: dict[str, bytes] = {}
+    for tensor in iter_tensors(model):
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= threshold and tensor.name not in stash:
+            stash[tensor.name] = tensor.raw_data
+    for tensor in iter_tensors(model):
+        if tensor.name in stash and tensor.HasField("raw_data"):
+            tensor.ClearField("raw_data")
+            del tensor.external_data[:]
+            entry = tensor.external_data.add()
+            entry.key, entry.value = "location", _STRIPPED
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+    return stash
+
+
+def restore_large_tensors(model: onnx.ModelProto, stash: dict[str, bytes]) -> None:
+    """Puts the bytes taken by strip_large_tensors back, by tensor name."""
+    for tensor in iter_tensors(model):
+        if ext.uses_external_data(tensor) and ext.ExternalDataInfo(tensor).location == _STRIPPED:
+            tensor.raw_data = stash[tensor.name]
+            tensor.ClearField("data_location")  # unset, as the weights of an export are
+            del tensor.external_data[:]

@@ -67,6 +67,30 @@ def _rewrite(model: onnx.ModelProto, order: int, ops: frozenset[str], skip: froz
     return rewrite_model(model, order=order, ops=ops, skip_nodes=skip)
 
 
+def _rewrite_light(model: onnx.ModelProto, order: int, ops: frozenset[str], skip: frozenset[str]):
+    """The rewrite with big tensors' bytes set aside (see strip_large_tensors),
+    and the inferred shapes stated on the result. `model` is as it was after."""
+    stash = modelio.strip_large_tensors(model)
+    try:
+        try:
+            rewritten, report = _rewrite(model, order, ops, skip)
+        except OptimizeError:
+            raise
+        except Exception as e:
+            # The pass may have wanted a stripped tensor's values: run it on the
+            # whole model, which protobuf can hold when it is under 2 GB.
+            modelio.restore_large_tensors(model, stash)
+            if not stash or modelio.needs_external_data(model):
+                raise OptimizeError(f"the rewrite failed: {type(e).__name__}: {e}", exit_code=1) from e
+            stash = {}
+            rewritten, report = _rewrite(model, order, ops, skip)
+        annotate_shapes(rewritten)
+        modelio.restore_large_tensors(rewritten, stash)
+    finally:
+        modelio.restore_large_tensors(model, stash)
+    return rewritten, report
+
+
 def _node_names(model: onnx.ModelProto) -> set[str]:
     names: set[str] = set()
 
@@ -175,9 +199,8 @@ def optimize(
         if missing:
             where = " after ONNX Runtime's fusions (see `quake-onnx inspect`)" if ort_fusions else ""
             warnings.append(f"--skip-nodes: no node named {', '.join(missing)}{where}")
-        rewritten, report = _rewrite(fused, order, chosen_ops, skip)
+        rewritten, report = _rewrite_light(fused, order, chosen_ops, skip)
         del fused
-    annotate_shapes(rewritten)
 
     report.warnings.extend(warnings)
     if dest is not None:

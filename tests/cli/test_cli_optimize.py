@@ -181,3 +181,21 @@ def test_output_shapes_are_stated(tmp_path, encoder_block):
     expected = {"Softmax": [1, 4, 64, 64], "Gelu": [1, 64, 512], "Silu": [1, 64, 128]}
     for node in quake_nodes(model):
         assert shapes.get(node.output[0]) == expected[node.op_type], node.op_type
+
+
+@pytest.mark.parametrize("fusions", [True, False])
+def test_big_tensors_bypass_the_rewrite(tmp_path, monkeypatch, fusions):
+    """Weights of 2 GB cannot go through protobuf copies; they are set aside
+    during the rewrite (threshold lowered here so a 1 MiB weight takes that path)."""
+    monkeypatch.setattr(quake_onnx.modelio, "STRIP_THRESHOLD", 1024)
+    model, feeds = wide_model(512)
+    before = model.SerializeToString()
+    out = tmp_path / "o.onnx"
+    rewritten, report = quake_onnx.optimize(model, out, ort_fusions=fusions)
+    assert model.SerializeToString() == before
+    assert report.replaced
+    weight = next(t for t in rewritten.graph.initializer if t.name == "W")
+    assert weight.HasField("raw_data") and len(weight.raw_data) == 512 * 512 * 4
+    src = tmp_path / "src.onnx"
+    onnx.save(model, str(src))
+    np.testing.assert_allclose(run_model(out, feeds), run_model(src, feeds), atol=3e-3)
