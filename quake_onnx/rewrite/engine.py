@@ -70,7 +70,7 @@ class Engine:
             return "element type unknown"
         if elem not in SUPPORTED:
             return f"element type {type_name(elem)} is not supported"
-        # Rules check this themselves with a precise message; this is the engine's guarantee.
+        # Rules follow a pattern through its fitting reader and leave other readers to this one check.
         inner = [t for n in match.remove for t in n.outputs if t is not match.output]
         leak = first_other_consumer(inner, match.remove, ctx.graph)
         if leak is not None:
