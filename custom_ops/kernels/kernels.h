@@ -22,16 +22,24 @@ using SiluFn = void (*)(const float* x, float* y, size_t n, float alpha);
 // y = u * sigmoid(2 sqrt(2/pi) (u + 0.044715 u^3)), u = x + bias; bias is
 // nullptr or n floats (one row of the last axis).
 using GeluFn = void (*)(const float* x, const float* bias, float* y, size_t n);
-// One contiguous row of length n >= 1. x and y may alias.
-using RowFn = void (*)(const float* x, float* y, size_t n);
+// `rows` contiguous rows of length n >= 1 each (row r at x + r * n). x and y
+// may alias. Kernels get many rows at once so they can overlap one row's
+// horizontal reductions with the next row's work.
+using RowsFn = void (*)(const float* x, float* y, size_t rows, size_t n);
+
+// Adapts a one-row kernel to RowsFn.
+template <void (*Row)(const float*, float*, size_t)>
+void each_row(const float* x, float* y, size_t rows, size_t n) {
+  for (size_t r = 0; r < rows; ++r) Row(x + r * n, y + r * n, n);
+}
 
 struct OrderKernels {
   UnaryFn exp;
   UnaryFn sigmoid;
   SiluFn silu;
   GeluFn gelu;
-  RowFn softmax;     // all -inf row -> 0; a NaN or +inf in the row -> NaN row
-  RowFn logsoftmax;  // all -inf row -> -inf; a NaN or +inf in the row -> NaN row
+  RowsFn softmax;     // all -inf row -> 0; a NaN or +inf in the row -> NaN row
+  RowsFn logsoftmax;  // all -inf row -> -inf; a NaN or +inf in the row -> NaN row
 };
 
 struct KernelTable {

@@ -348,7 +348,7 @@ void f32_to_f16_avx2(const float* x, uint16_t* y, size_t n) {
 template <int Order>
 constexpr OrderKernels order_table() {
   return {exp_quake_avx2<Order>,  sigmoid_quake_avx2<Order>,  silu_quake_avx2<Order>,
-          gelu_quake_avx2<Order>, softmax_quake_avx2<Order>, logsoftmax_quake_avx2<Order>};
+          gelu_quake_avx2<Order>, each_row<softmax_quake_avx2<Order>>, each_row<logsoftmax_quake_avx2<Order>>};
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #endif
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -124,29 +125,60 @@ void exp_quake_avx512(const float* x, float* y, size_t n) {
   map_avx512(x, y, n, [](__m512 v) { return exp_quake_vec<Order>(v); });
 }
 
+// 1 / (1 + e^-v) for any v, orders 2 and 3: VSCALEFPS saturates by itself
+// (2^t is +inf for t >= 128 and +0 for t <= -150, VREDUCEPS(+-inf) = 0), so
+// no clamp is needed: v = -inf -> 0, +inf -> 1, NaN -> NaN. Versus the scalar
+// definition (which clamps v to +-87) results differ only where they are
+// below 1.6e-38.
+template <int Order>
+inline __m512 inv_one_plus_exp_neg_any(__m512 v) {
+  static_assert(Order != 1, "order 1 needs the clamp: its integer conversion does not saturate");
+  return recip(_mm512_add_ps(_mm512_set1_ps(1.0f), exp_core<Order, true>(v)));
+}
+
+// num / (1 + e^-v): one division instead of a reciprocal and a product
+// (differs from num * (1 / (1 + e^-v)) by at most an ulp).
+template <int Order>
+inline __m512 div_one_plus_exp_neg(__m512 num, __m512 v) {
+  if (Order == 1) {
+    const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kSigmoidClamp), _mm512_set1_ps(kSigmoidClamp));
+    return _mm512_div_ps(num, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_core<1, true>(vc)));
+  }
+  return _mm512_div_ps(num, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_core<Order, true>(v)));
+}
+
 // Sigmoid: abs error <= about a quarter of the core's relative error.
-// +-inf -> 1 / ~1.6e-38 (1 and 0 to float precision); NaN -> NaN for every
-// order (the order-1 core maps NaN to -0, so NaN lanes are restored).
+// -inf -> 0, +inf -> 1 (order 1: 1 / ~1.6e-38 to float precision); NaN -> NaN
+// for every order (the order-1 core maps NaN to -0, so NaN lanes are restored).
 template <int Order>
 void sigmoid_quake_avx512(const float* x, float* y, size_t n) {
   map_avx512(x, y, n, [](__m512 v) {
-    const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kSigmoidClamp), _mm512_set1_ps(kSigmoidClamp));
-    const __m512 r = inv_one_plus_exp_neg<Order>(vc);
-    if (Order == 1) return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
-    return r;
+    if constexpr (Order != 1) {
+      return inv_one_plus_exp_neg_any<Order>(v);
+    } else {
+      const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kSigmoidClamp), _mm512_set1_ps(kSigmoidClamp));
+      const __m512 r = inv_one_plus_exp_neg<Order>(vc);
+      return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+    }
   });
 }
 
-// Silu: x * sigmoid(alpha x). x below -87/alpha is raised to it (the result
-// is ~0 there) so -inf gives ~-0 instead of NaN; +inf -> +inf; NaN -> NaN.
+// Silu: x / (1 + e^(-alpha x)). x below -87/alpha is raised to it (the
+// result is ~0 there) so -inf gives ~-0 instead of NaN; +inf -> +inf;
+// NaN -> NaN. alpha = 1 (SiLU proper) skips the product.
 template <int Order>
 void silu_quake_avx512(const float* x, float* y, size_t n, float alpha) {
-  const float lo_s = -kSigmoidClamp / alpha;
-  map_avx512(x, y, n, [lo_s, alpha](__m512 xv) {
-    const __m512 v = _mm512_max_ps(_mm512_set1_ps(lo_s), xv);
-    const __m512 z = _mm512_mul_ps(v, _mm512_set1_ps(alpha));  // sigmoid(z) = 1 / (1 + e^-z)
-    const __m512 zc = clamp_keep_nan(z, _mm512_set1_ps(-kSigmoidClamp), _mm512_set1_ps(kSigmoidClamp));
-    return _mm512_mul_ps(v, inv_one_plus_exp_neg<Order>(zc));
+  const __m512 lo = _mm512_set1_ps(-kSigmoidClamp / alpha);
+  if (alpha == 1.0f) {
+    return map_avx512(x, y, n, [lo](__m512 xv) {
+      const __m512 v = _mm512_max_ps(lo, xv);
+      return div_one_plus_exp_neg<Order>(v, v);
+    });
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+  map_avx512(x, y, n, [lo, va](__m512 xv) {
+    const __m512 v = _mm512_max_ps(lo, xv);
+    return div_one_plus_exp_neg<Order>(v, _mm512_mul_ps(v, va));
   });
 }
 
@@ -155,8 +187,7 @@ inline __m512 gelu_vec(__m512 u) {
   u = _mm512_max_ps(_mm512_set1_ps(kGeluLow), u);  // keeps u^3 finite: -inf -> ~-0
   const __m512 v =
       _mm512_mul_ps(u, _mm512_fmadd_ps(_mm512_set1_ps(kGeluK3), _mm512_mul_ps(u, u), _mm512_set1_ps(kGeluK1)));
-  const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kSigmoidClamp), _mm512_set1_ps(kSigmoidClamp));
-  return _mm512_mul_ps(u, inv_one_plus_exp_neg<Order>(vc));
+  return div_one_plus_exp_neg<Order>(u, v);
 }
 
 // Gelu (tanh form) of x + bias, one pass: abs error about 0.17x the core's
@@ -228,6 +259,16 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
   const __m512 vm = _mm512_set1_ps(m);
   const __m512 under = _mm512_set1_ps(kExpUnderflow);
   __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, q = s0;
+  // Full vectors use plain loads and stores: AMD cores run masked stores
+  // several times slower than plain ones.
+  auto term_full = [&](const float* px, float* py, __m512& s) {
+    const __m512 z = _mm512_sub_ps(_mm512_loadu_ps(px), vm);
+    const __mmask16 keep = _mm512_cmp_ps_mask(z, under, _CMP_NLE_UQ);
+    const __m512 e = exp_core_maskz<Order>(keep, z);
+    if (Store) _mm512_storeu_ps(py, e);
+    s = _mm512_add_ps(s, e);
+    if (Order == 1) q = _mm512_add_ps(q, z);
+  };
   auto term = [&](__mmask16 active, const float* px, float* py, __m512& s) {
     const __m512 z = _mm512_sub_ps(_mm512_maskz_loadu_ps(active, px), vm);
     const __mmask16 keep = _mm512_mask_cmp_ps_mask(active, z, under, _CMP_NLE_UQ);
@@ -236,7 +277,6 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
     s = _mm512_add_ps(s, e);
     if (Order == 1) q = _mm512_mask_add_ps(q, active, q, z);
   };
-  const __mmask16 all = 0xffff;
   // Blocks of 1024 summed separately keep the float sum of a 50k row within
   // ~1e-6 (one accumulator over the whole row drifts by ~1e-4).
   __m512 total = _mm512_setzero_ps();
@@ -246,47 +286,64 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
     const size_t block_end = body_end - i > 1024 ? i + 1024 : body_end;
     s0 = s1 = s2 = s3 = _mm512_setzero_ps();
     for (; i < block_end; i += 64) {
-      term(all, x + i, y + i, s0);
-      term(all, x + i + 16, y + i + 16, s1);
-      term(all, x + i + 32, y + i + 32, s2);
-      term(all, x + i + 48, y + i + 48, s3);
+      term_full(x + i, y + i, s0);
+      term_full(x + i + 16, y + i + 16, s1);
+      term_full(x + i + 32, y + i + 32, s2);
+      term_full(x + i + 48, y + i + 48, s3);
     }
     total = _mm512_add_ps(total, _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
   }
   s0 = s1 = _mm512_setzero_ps();
-  for (; i + 16 <= n; i += 16) term(all, x + i, y + i, s0);
+  for (; i + 16 <= n; i += 16) term_full(x + i, y + i, s0);
   if (i < n) term(tail_mask(n - i), x + i, y + i, s1);
   float sum = _mm512_reduce_add_ps(_mm512_add_ps(total, _mm512_add_ps(s0, s1)));
   if (Order == 1 && std::isnan(_mm512_reduce_add_ps(q))) sum = kNaN;
   return sum;
 }
 
-// Softmax row: abs error per element <= ~2x the core's relative error times
-// the element; rows sum to 1 within a few ulp per lane sum. All -inf -> 0;
-// a NaN or +inf anywhere -> NaN row. x and y may alias.
-template <int Order>
-void softmax_quake_avx512(const float* x, float* y, size_t n) {
-  const float m = row_max_skip_nan(x, n);
-  if (m == kInf) return fill(y, n, kNaN);
-  if (m == -kInf) return fill(y, n, row_has_nan(x, n) ? kNaN : 0.0f);
-  const float sum = sum_exp_shifted<Order, true>(x, y, n, m);
-  if (std::isnan(sum)) return fill(y, n, kNaN);
-  const __m512 inv = _mm512_set1_ps(1.0f / sum);  // sum >= e(0) ~ 1: the max element
-  map_avx512(y, y, n, [inv](__m512 v) { return _mm512_mul_ps(v, inv); });
-}
-
-// LogSoftmax row: (x - m) - log(sum); abs error <= ~the core's relative
-// error. All -inf -> -inf; a NaN or +inf -> NaN row. x and y may alias.
-template <int Order>
-void logsoftmax_quake_avx512(const float* x, float* y, size_t n) {
-  const float m = row_max_skip_nan(x, n);
-  if (m == kInf) return fill(y, n, kNaN);
-  if (m == -kInf) return fill(y, n, row_has_nan(x, n) ? kNaN : -kInf);
-  const float sum = sum_exp_shifted<Order, false>(x, y, n, m);  // y is not written
-  if (std::isnan(sum)) return fill(y, n, kNaN);
-  const __m512 vm = _mm512_set1_ps(m);
-  const __m512 log_sum = _mm512_set1_ps(std::log(sum));
-  map_avx512(x, y, n, [vm, log_sum](__m512 v) { return _mm512_sub_ps(_mm512_sub_ps(v, vm), log_sum); });
+// Softmax / LogSoftmax over `rows` rows of n. Softmax: abs error per element
+// <= ~2x the core's relative error times the element, rows sum to 1 within a
+// few ulp per lane sum. LogSoftmax: (x - m) - log(sum), abs error <= ~the
+// core's relative error. All -inf row -> 0 (LogSoftmax: -inf); a NaN or +inf
+// anywhere in a row -> NaN row. x and y may alias.
+//
+// Rows go in groups, pass by pass (every row's max, then every row's sum,
+// then every row's scaling): rows within a pass are independent, so one
+// row's horizontal reductions overlap the next row's loads and arithmetic,
+// which matters for the short rows of attention (n = 128). A group's output
+// stays in L1 between passes.
+template <int Order, bool Log>
+void softmax_rows_avx512(const float* x, float* y, size_t rows, size_t n) {
+  constexpr size_t kGroupFloats = 8192, kMaxGroup = 64;
+  const size_t group = std::min(kMaxGroup, std::max<size_t>(1, kGroupFloats / n));
+  float m[kMaxGroup], s[kMaxGroup];
+  for (size_t r0 = 0; r0 < rows; r0 += group) {
+    const size_t g = std::min(group, rows - r0);
+    const float* xg = x + r0 * n;
+    float* yg = y + r0 * n;
+    for (size_t i = 0; i < g; ++i) m[i] = row_max_skip_nan(xg + i * n, n);
+    for (size_t i = 0; i < g; ++i) {
+      // Rows whose max is infinite are finished from x alone in the last pass
+      // (pass 2 would overwrite x when it aliases y).
+      if (!std::isinf(m[i])) s[i] = sum_exp_shifted<Order, !Log>(xg + i * n, yg + i * n, n, m[i]);
+    }
+    for (size_t i = 0; i < g; ++i) {
+      const float* xr = xg + i * n;
+      float* yr = yg + i * n;
+      if (m[i] == kInf || (m[i] != -kInf && std::isnan(s[i]))) {
+        fill(yr, n, kNaN);
+      } else if (m[i] == -kInf) {
+        fill(yr, n, row_has_nan(xr, n) ? kNaN : (Log ? -kInf : 0.0f));
+      } else if (Log) {
+        const __m512 vm = _mm512_set1_ps(m[i]);
+        const __m512 log_sum = _mm512_set1_ps(std::log(s[i]));
+        map_avx512(xr, yr, n, [vm, log_sum](__m512 v) { return _mm512_sub_ps(_mm512_sub_ps(v, vm), log_sum); });
+      } else {
+        const __m512 inv = _mm512_set1_ps(1.0f / s[i]);  // s >= e(0) ~ 1: the max element
+        map_avx512(yr, yr, n, [inv](__m512 v) { return _mm512_mul_ps(v, inv); });
+      }
+    }
+  }
 }
 
 // F16C conversions, masked tails. Round to nearest even; NaN stays NaN
@@ -318,7 +375,7 @@ void f32_to_f16_avx512(const float* x, uint16_t* y, size_t n) {
 template <int Order>
 constexpr OrderKernels order_table() {
   return {exp_quake_avx512<Order>,  sigmoid_quake_avx512<Order>,  silu_quake_avx512<Order>,
-          gelu_quake_avx512<Order>, softmax_quake_avx512<Order>, logsoftmax_quake_avx512<Order>};
+          gelu_quake_avx512<Order>, softmax_rows_avx512<Order, false>, softmax_rows_avx512<Order, true>};
 }
 
 }  // namespace

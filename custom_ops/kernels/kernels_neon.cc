@@ -284,7 +284,7 @@ void f32_to_f16_neon(const float* x, uint16_t* y, size_t n) {
 template <int Order>
 constexpr OrderKernels order_table() {
   return {exp_quake_neon<Order>,  sigmoid_quake_neon<Order>,  silu_quake_neon<Order>,
-          gelu_quake_neon<Order>, softmax_quake_neon<Order>, logsoftmax_quake_neon<Order>};
+          gelu_quake_neon<Order>, each_row<softmax_quake_neon<Order>>, each_row<logsoftmax_quake_neon<Order>>};
 }
 
 }  // namespace

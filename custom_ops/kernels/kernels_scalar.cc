@@ -106,7 +106,7 @@ void f32_to_f16_scalar(const float* x, uint16_t* y, size_t n) {
 template <int Order>
 constexpr OrderKernels order_table() {
   return {exp_quake_scalar<Order>,    sigmoid_quake_scalar<Order>,  silu_quake_scalar<Order>,
-          gelu_quake_scalar<Order>,   softmax_quake_scalar<Order>, logsoftmax_quake_scalar<Order>};
+          gelu_quake_scalar<Order>,   each_row<softmax_quake_scalar<Order>>, each_row<logsoftmax_quake_scalar<Order>>};
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <exception>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -277,7 +278,7 @@ class ElementwiseKernel : public QuakeKernel {
 // Softmax and LogSoftmax over one axis (opset-13 semantics).
 class AxisKernel : public QuakeKernel {
  public:
-  AxisKernel(RowFn OrderKernels::*row_fn, int64_t axis, const KernelTable* table, int order,
+  AxisKernel(RowsFn OrderKernels::*row_fn, int64_t axis, const KernelTable* table, int order,
              ONNXTensorElementDataType type, std::string where)
       : QuakeKernel(table, order, type, std::move(where)), row_fn_(row_fn), axis_(axis) {}
 
@@ -317,21 +318,19 @@ class AxisKernel : public QuakeKernel {
 
   template <typename T>
   void Run(Ort::KernelContext& ctx, const T* x, T* y, size_t outer, size_t len, size_t inner) const {
-    const RowFn row = kernels_.*row_fn_;
+    const RowsFn rows_fn = kernels_.*row_fn_;
     if (inner == 1) {
       const size_t rows_per_task = std::max<size_t>(1, kGrain / len);
       const size_t tasks = (outer + rows_per_task - 1) / rows_per_task;
       parallel_tasks(ctx, tasks, [&](size_t task) {
         const size_t begin = task * rows_per_task, end = std::min(outer, begin + rows_per_task);
         if constexpr (std::is_same<T, float>::value) {
-          for (size_t r = begin; r < end; ++r) row(x + r * len, y + r * len, len);
+          rows_fn(x + begin * len, y + begin * len, end - begin, len);
         } else {
-          std::vector<float> buf(len);
-          for (size_t r = begin; r < end; ++r) {
-            load(x + r * len, buf.data(), len);
-            row(buf.data(), buf.data(), len);
-            store(buf.data(), y + r * len, len);
-          }
+          std::vector<float> buf((end - begin) * len);
+          load(x + begin * len, buf.data(), buf.size());
+          rows_fn(buf.data(), buf.data(), end - begin, len);
+          store(buf.data(), y + begin * len, buf.size());
         }
       });
       return;
@@ -352,7 +351,7 @@ class AxisKernel : public QuakeKernel {
         load(xb + k * inner, line, cols);
         for (size_t c = 0; c < cols; ++c) buf[c * len + k] = line[c];
       }
-      for (size_t c = 0; c < cols; ++c) row(&buf[c * len], &buf[c * len], len);
+      rows_fn(buf.data(), buf.data(), cols, len);
       for (size_t k = 0; k < len; ++k) {
         for (size_t c = 0; c < cols; ++c) line[c] = buf[c * len + k];
         store(line, yb + k * inner, cols);
@@ -360,7 +359,7 @@ class AxisKernel : public QuakeKernel {
     });
   }
 
-  RowFn OrderKernels::*row_fn_;
+  RowsFn OrderKernels::*row_fn_;
   int64_t axis_;
 };
 

@@ -324,9 +324,9 @@ enum RowOp { kSoftmax, kLogSoftmax };
 
 void run_row(const KernelTable* t, int order, RowOp op, const float* x, float* y, size_t n) {
   if (op == kSoftmax) {
-    t->order[order - 1].softmax(x, y, n);
+    t->order[order - 1].softmax(x, y, 1, n);
   } else {
-    t->order[order - 1].logsoftmax(x, y, n);
+    t->order[order - 1].logsoftmax(x, y, 1, n);
   }
 }
 
@@ -430,6 +430,41 @@ std::vector<std::vector<float>> row_cases(std::mt19937& rng) {
     }
   }
   return rows;
+}
+
+// Many rows in one call (as the op layer calls it) give each row exactly what a
+// one-row call gives, whatever its neighbours hold (masked, NaN, +inf rows).
+void test_row_batches(const KernelTable* t, std::mt19937& rng) {
+  for (int order = 1; order <= 3; ++order) {
+    for (RowOp op : {kSoftmax, kLogSoftmax}) {
+      char name[160];
+      std::snprintf(name, sizeof name, "%s order %d %s: row batches equal single rows", t->name, order,
+                    op == kSoftmax ? "softmax" : "logsoftmax");
+      Case c(name);
+      for (size_t n : {1, 2, 7, 16, 17, 31, 64, 65, 128, 333, 1024, 5000}) {
+        const size_t rows = n >= 1024 ? 3 : 37;
+        std::vector<float> x(rows * n);
+        for (size_t r = 0; r < rows; ++r) {
+          std::vector<float> row = mixed_row(rng, n, false);
+          switch (r % 6) {
+            case 1: std::fill(row.begin(), row.end(), -kInf); break;   // fully masked
+            case 2: row[(r * 7) % n] = kNaN; break;
+            case 3: row[(r * 5) % n] = kInf; break;
+            case 4: for (size_t i = 0; i < n; i += 2) row[i] = -FLT_MAX; break;  // float-lowest mask
+            default: break;
+          }
+          std::copy(row.begin(), row.end(), x.begin() + r * n);
+        }
+        std::vector<float> batch(rows * n), single(rows * n);
+        const RowsFn fn = op == kSoftmax ? t->order[order - 1].softmax : t->order[order - 1].logsoftmax;
+        fn(x.data(), batch.data(), rows, n);
+        for (size_t r = 0; r < rows; ++r) fn(x.data() + r * n, single.data() + r * n, 1, n);
+        for (size_t i = 0; i < rows * n; ++i) {
+          c.check(same(batch[i], single[i]), "n %zu row %zu i %zu: %a vs %a", n, i / n, i % n, batch[i], single[i]);
+        }
+      }
+    }
+  }
 }
 
 void test_rows(const KernelTable* t, const KernelTable* scalar, std::mt19937& rng) {
@@ -641,6 +676,7 @@ int main() {
     test_elementwise_accuracy(t, scalar, rng);
     test_tails(t, rng);
     test_rows(t, scalar, rng);
+    test_row_batches(t, rng);
     test_page_end(t);
     test_f16(t, rng);
   }
