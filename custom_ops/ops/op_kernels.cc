@@ -365,6 +365,17 @@ class AxisKernel : public QuakeKernel {
 
 }  // namespace
 
+OrtStatusPtr OpDef::InferShape(OrtShapeInferContext* context) const {
+  try {
+    Ort::ShapeInferContext ctx(&Ort::GetApi(), context);
+    const Ort::ShapeInferContext::Shape& shape = ctx.GetInputShape(0);
+    if (shape.empty()) return nullptr;  // unknown rank (or a scalar): nothing to add
+    return ctx.SetOutputShape(0, shape, type_).release();
+  } catch (const std::exception& e) {
+    return make_error(std::string("com.quake ") + name_ + " shape inference: " + e.what());
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Kernel creation: every attribute is checked here, so a bad model fails when
 // the session is created, naming the node.

@@ -21,7 +21,13 @@ struct Kernel {
 // One registered op: a kind and an element type (float or float16). The
 // registration table in register.cc holds one instance per pair.
 struct OpDef : Ort::CustomOpBase<OpDef, Kernel, /*WithStatus=*/true> {
-  OpDef(const char* name, OpKind kind, ONNXTensorElementDataType type) : name_(name), kind_(kind), type_(type) {}
+  OpDef(const char* name, OpKind kind, ONNXTensorElementDataType type) : name_(name), kind_(kind), type_(type) {
+    // Y has X's shape. Telling ORT so keeps its shape-dependent fusions
+    // (SkipLayerNorm, MatMul+Add) working downstream of com.quake nodes.
+    OrtCustomOp::InferOutputShapeFn = [](const OrtCustomOp* op, OrtShapeInferContext* ctx) -> OrtStatusPtr {
+      return static_cast<const OpDef*>(op)->InferShape(ctx);
+    };
+  }
 
   const char* GetName() const { return name_; }
   size_t GetInputTypeCount() const { return kind_ == OpKind::kGelu ? 2 : 1; }
@@ -33,6 +39,7 @@ struct OpDef : Ort::CustomOpBase<OpDef, Kernel, /*WithStatus=*/true> {
                       : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+  OrtStatusPtr InferShape(OrtShapeInferContext* context) const;
 
  private:
   const char* name_;
