@@ -368,9 +368,20 @@ class AxisKernel : public QuakeKernel {
 OrtStatusPtr OpDef::InferShape(OrtShapeInferContext* context) const {
   try {
     Ort::ShapeInferContext ctx(&Ort::GetApi(), context);
-    const Ort::ShapeInferContext::Shape& shape = ctx.GetInputShape(0);
+    Ort::ShapeInferContext::Shape shape = ctx.GetInputShape(0);
     if (shape.empty()) return nullptr;  // unknown rank (or a scalar): nothing to add
-    return ctx.SetOutputShape(0, shape, type_).release();
+    // Named dimensions go out as unknown ones: ORT 1.32 drops the whole
+    // inferred shape when it contains a name, and rank plus static dims are
+    // still worth having. (The optimizer also writes value_info for them.)
+    for (auto& d : shape) {
+      if (!d.IsInt()) d = Ort::ShapeInferContext::SymbolicInteger(int64_t{-1});
+    }
+    // ORT may ask the float registration about a float16 node: the element
+    // type comes from the input, not from this definition.
+    OrtTensorTypeAndShapeInfo* info = nullptr;
+    Ort::ThrowOnError(Ort::GetApi().ShapeInferContext_GetInputTypeShape(context, 0, &info));
+    const ONNXTensorElementDataType type = Ort::ConstTensorTypeAndShapeInfo(info).GetElementType();
+    return ctx.SetOutputShape(0, shape, type).release();
   } catch (const std::exception& e) {
     return make_error(std::string("com.quake ") + name_ + " shape inference: " + e.what());
   }
