@@ -314,7 +314,7 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
 // stays in L1 between passes.
 template <int Order, bool Log>
 void softmax_rows_avx512(const float* x, float* y, size_t rows, size_t n) {
-  constexpr size_t kGroupFloats = 8192, kMaxGroup = 64;
+  constexpr size_t kGroupFloats = 4096, kMaxGroup = 64;
   const size_t group = std::min(kMaxGroup, std::max<size_t>(1, kGroupFloats / n));
   float m[kMaxGroup], s[kMaxGroup];
   for (size_t r0 = 0; r0 < rows; r0 += group) {

@@ -34,7 +34,8 @@ def ops(
     orders: str = typer.Option("1,2,3", help="com.quake orders to time"),
     shape: Optional[list[str]] = typer.Option(None, help="shapes like 12x128x128 (repeatable); default: the standard four"),
     op: Optional[list[str]] = typer.Option(None, help="only baselines whose name starts with this (repeatable)"),
-    min_time: float = typer.Option(0.3, help="seconds of timed runs per measurement (at least 5 runs)"),
+    min_time: float = typer.Option(0.6, help="seconds of timed runs per configuration, split over the rounds"),
+    rounds: int = typer.Option(3, min=1, help="interleaved rounds per configuration; the fastest median is kept"),
     markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown to this file"),
 ) -> None:
     """Time every com.quake op against ONNX Runtime's own op, same process and thread count."""
@@ -55,6 +56,7 @@ def ops(
         orders=order_list,
         baselines=baselines,
         min_time=min_time,
+        rounds=rounds,
         progress=typer.echo,
     )
     if markdown:
