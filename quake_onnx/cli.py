@@ -84,12 +84,13 @@ def demo(
     threads: int = typer.Option(1, min=1, help="intra_op_num_threads for both sessions"),
     runs: int = typer.Option(50, min=1, help="timed runs per model"),
     models: Path = typer.Option(Path(__file__).resolve().parent.parent / "sample_models", help="folder of the sample models"),
+    optimized: Optional[Path] = typer.Option(None, help="an already optimized encoder_block (default: optimize it now)"),
 ) -> None:
-    """Run the bundled encoder block with ORT's own ops and with com.quake kernels; compare outputs and latency."""
+    """Optimize the bundled encoder block, run it with ORT's own ops and with com.quake kernels, compare."""
     from .demo import run_demo
 
     try:
-        code = run_demo(models, threads=threads, runs=runs)
+        code = run_demo(models, threads=threads, runs=runs, optimized=optimized)
     except (FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

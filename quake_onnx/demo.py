@@ -1,4 +1,4 @@
-"""The sample run behind `quake-onnx demo`: one model two ways, same process."""
+"""The sample run behind `quake-onnx demo`: one model optimized, both run in one process."""
 from __future__ import annotations
 
 import statistics
@@ -13,13 +13,13 @@ from rich.table import Table
 import quake_onnx
 
 
-def _session(path: Path, threads: int, with_library: bool) -> ort.InferenceSession:
+def _session(model: bytes, threads: int, with_library: bool) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if with_library:
         so.register_custom_ops_library(quake_onnx.get_library_path())
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
 def _median_ms(session: ort.InferenceSession, feeds: dict, runs: int) -> float:
@@ -33,18 +33,26 @@ def _median_ms(session: ort.InferenceSession, feeds: dict, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def run_demo(folder: Path, threads: int = 1, runs: int = 50) -> int:
-    original, quake = folder / "encoder_block.onnx", folder / "encoder_block.quake.onnx"
-    for path in (original, quake):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (build it with `python sample_models/build.py`)")
+def run_demo(folder: Path, threads: int = 1, runs: int = 50, optimized: Path | None = None) -> int:
+    original = folder / "encoder_block.onnx"
+    if not original.is_file():
+        raise FileNotFoundError(f"{original} not found (build it with `python sample_models/build.py`)")
+    if optimized is not None:
+        if not optimized.is_file():
+            raise FileNotFoundError(f"{optimized} not found")
+        quake_model = optimized.read_bytes()
+        summary = f"optimized model {optimized}"
+    else:
+        model, report = quake_onnx.optimize(str(original))
+        quake_model = model.SerializeToString()
+        summary = "optimized now: " + ", ".join(f"{rule} x{n}" for rule, n in sorted(report.counts().items()))
     rng = np.random.default_rng(1)
     mask = np.zeros((1, 1, 64, 64), np.float32)
     mask[..., 48:] = -np.inf  # padded key positions, as exporters mask them
     feeds = {"X": rng.standard_normal((1, 64, 128)).astype(np.float32), "MASK": mask}
 
-    base = _session(original, threads, with_library=False)
-    fast = _session(quake, threads, with_library=True)
+    base = _session(original.read_bytes(), threads, with_library=False)
+    fast = _session(quake_model, threads, with_library=True)
     y0, y1 = base.run(None, feeds)[0], fast.run(None, feeds)[0]
     max_abs = float(np.abs(y0 - y1).max())
     cosine = float(np.dot(y0.ravel(), y1.ravel()) / (np.linalg.norm(y0) * np.linalg.norm(y1)))
@@ -56,8 +64,9 @@ def run_demo(folder: Path, threads: int = 1, runs: int = 50) -> int:
     table.add_row("ONNX Runtime ops", f"{t0:.3f}", "-", "-")
     table.add_row("com.quake (order 2)", f"{t1:.3f}", f"{max_abs:.2e}", f"{cosine:.6f}")
     console = Console()
+    console.print(summary)
     console.print(table)
-    console.print(f"speedup {t0 / t1:.2f}x; library {quake_onnx.get_library_path()}")
+    console.print(f"speedup {t0 / t1:.2f}x; library {quake_onnx.get_library_path()}", soft_wrap=True)
     ok = bool(np.isfinite(y1).all()) and cosine > 0.9999
     console.print("PASS" if ok else "FAIL: outputs differ more than expected")
     return 0 if ok else 1
