@@ -13,5 +13,10 @@ cmake -S . -B build/ctest -DQUAKE_BUILD_TESTS=ON >/dev/null
 cmake --build build/ctest --target test_kernels -j "$(nproc)" >/dev/null
 ctest --test-dir build/ctest --output-on-failure
 
+# The same kernel tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+cmake -S . -B build/asan -DQUAKE_SANITIZE=ON -DQUAKE_BUILD_TESTS=ON >/dev/null
+cmake --build build/asan --target test_kernels -j "$(nproc)" >/dev/null
+ctest --test-dir build/asan --output-on-failure
+
 # Python tests against the installed package (not the source tree).
 cd tests && ../.venv/bin/python -m pytest -p no:cacheprovider "$@"
