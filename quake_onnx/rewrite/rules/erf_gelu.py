@@ -10,7 +10,7 @@ from typing import Optional, Union
 import onnx_graphsurgeon as gs
 
 from ..context import Context
-from ..match import close, is_op, producer, reader
+from ..match import close, is_op, producer
 from ..rule import Match, Rule
 from . import gelu_parts as parts
 
@@ -37,18 +37,11 @@ def match(ctx: Context, erf: gs.Node) -> Optional[Union[Match, str]]:
     if isinstance(scaled, str):
         return scaled
     scale, x = scaled
-    e = erf.outputs[0]
-    add = reader(e, "Add")
-    found = ctx.scalar_operand(add) if add is not None else None
-    if found is None or found[1] is not e:
-        return "Erf output is not added to 1"
-    if not close(found[0], 1.0):
-        return parts.constant_reason(found[0], "1", 1.0)
-    tail = parts.half_product(ctx, add.outputs[0], x, "1 + erf")
+    tail = parts.one_plus_half_product(ctx, erf.outputs[0], x, "Erf")
     if isinstance(tail, str):
         return tail
     nodes, y = tail
-    return parts.gelu(ctx, x, [scale, erf, add, *nodes], y, "none")
+    return parts.gelu(ctx, x, [scale, erf, *nodes], y, "none")
 
 
-RULE = Rule("erf_gelu", "gelu", (("", "Erf"),), match)
+RULE = Rule("erf_gelu", "gelu", (("", "Erf"),), match, conv_activation=True)

@@ -30,6 +30,24 @@ def halving(ctx: Context, node: Optional[gs.Node], t: gs.Tensor) -> Optional[str
     return f"{t.name} is not multiplied by 0.5"
 
 
+def one_plus_half_product(
+    ctx: Context, t: gs.Tensor, x: gs.Tensor, what: str
+) -> Union[tuple[list[gs.Node], gs.Tensor], str]:
+    """Match y = 0.5 * x * (1 + t), t the Erf or Tanh output; returns the
+    nodes from the Add on and y, or a reason."""
+    add = reader(t, "Add")
+    one = ctx.scalar_operand(add) if add is not None else None
+    if one is None or one[1] is not t:
+        return f"{what} output is not added to 1"
+    if not close(one[0], 1.0):
+        return constant_reason(one[0], "1", 1.0)
+    tail = half_product(ctx, add.outputs[0], x, f"1 + {what.lower()}")
+    if isinstance(tail, str):
+        return tail
+    nodes, y = tail
+    return [add, *nodes], y
+
+
 def half_product(ctx: Context, p: gs.Tensor, x: gs.Tensor, what: str) -> Union[tuple[list[gs.Node], gs.Tensor], str]:
     """Match y = 0.5 * x * p in the association exporters use, every operand order:
     (x * p) * 0.5   PyTorch nn.GELU,  (x * 0.5) * p   TF/Keras and Hugging Face,

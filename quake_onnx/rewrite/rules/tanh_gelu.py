@@ -11,7 +11,7 @@ from typing import Optional, Union
 import onnx_graphsurgeon as gs
 
 from ..context import Context
-from ..match import close, is_op, other_operand, producer, reader, scalar
+from ..match import close, is_op, other_operand, producer, scalar
 from ..rule import Match, Rule
 from . import gelu_parts as parts
 
@@ -60,18 +60,11 @@ def match(ctx: Context, tanh: gs.Node) -> Optional[Union[Match, str]]:
     x, inner_nodes = parsed
     if not close(coefficient, parts.SQRT_2_OVER_PI):
         return parts.constant_reason(coefficient, "sqrt(2/pi)", parts.SQRT_2_OVER_PI)
-    t = tanh.outputs[0]
-    add = reader(t, "Add")
-    one = ctx.scalar_operand(add) if add is not None else None
-    if one is None or one[1] is not t:
-        return "Tanh output is not added to 1"
-    if not close(one[0], 1.0):
-        return parts.constant_reason(one[0], "1", 1.0)
-    tail = parts.half_product(ctx, add.outputs[0], x, "1 + tanh")
+    tail = parts.one_plus_half_product(ctx, tanh.outputs[0], x, "Tanh")
     if isinstance(tail, str):
         return tail
     nodes, y = tail
-    return parts.gelu(ctx, x, [*inner_nodes, scale, tanh, add, *nodes], y, "tanh")
+    return parts.gelu(ctx, x, [*inner_nodes, scale, tanh, *nodes], y, "tanh")
 
 
-RULE = Rule("tanh_gelu", "gelu", (("", "Tanh"),), match)
+RULE = Rule("tanh_gelu", "gelu", (("", "Tanh"),), match, conv_activation=True)
