@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from . import modelio
 from .modelio import ModelFileError
-from .ort_fusions import FusionError, apply_ort_fusions, session_options
+from .ort_fusions import LEVELS, FusionError, apply_ort_fusions, has_nchwc_layout, session_options
 from .rewrite.report import Report
 
 # The pass's own list when it is importable; the same names otherwise, so
@@ -53,7 +53,14 @@ def parse_ops(ops: Optional[Iterable[str]]) -> frozenset[str]:
     return frozenset(chosen)
 
 
-def _rewrite(model: onnx.ModelProto, order: int, ops: frozenset[str], skip: frozenset[str]):
+NCHWC_WARNING = (
+    "ort_level 'all': the model holds ONNX Runtime's NCHWc conv layout (com.microsoft.nchwc ops), "
+    "blocked for this machine's CPU vector width and this ONNX Runtime; run it on the same kind of CPU "
+    "with the same ONNX Runtime, and re-optimise it for any other"
+)
+
+
+def _rewrite(model: onnx.ModelProto, order: int, ops: frozenset[str], skip: frozenset[str], keep_layout: bool = True):
     try:
         from .rewrite.passes import rewrite_model
     except ImportError as e:
@@ -64,16 +71,16 @@ def _rewrite(model: onnx.ModelProto, order: int, ops: frozenset[str], skip: froz
         pass
     else:
         register_schemas()
-    return rewrite_model(model, order=order, ops=ops, skip_nodes=skip)
+    return rewrite_model(model, order=order, ops=ops, skip_nodes=skip, keep_conv_layout=keep_layout)
 
 
-def _rewrite_light(model: onnx.ModelProto, order: int, ops: frozenset[str], skip: frozenset[str]):
+def _rewrite_light(model: onnx.ModelProto, order: int, ops: frozenset[str], skip: frozenset[str], keep_layout: bool):
     """The rewrite with big tensors' bytes set aside (see strip_large_tensors),
     and the inferred shapes stated on the result. `model` is as it was after."""
     stash = modelio.strip_large_tensors(model)
     try:
         try:
-            rewritten, report = _rewrite(model, order, ops, skip)
+            rewritten, report = _rewrite(model, order, ops, skip, keep_layout)
         except OptimizeError:
             raise
         except Exception as e:
@@ -83,7 +90,7 @@ def _rewrite_light(model: onnx.ModelProto, order: int, ops: frozenset[str], skip
             if not stash or modelio.needs_external_data(model):
                 raise OptimizeError(f"the rewrite failed: {type(e).__name__}: {e}", exit_code=1) from e
             stash = {}
-            rewritten, report = _rewrite(model, order, ops, skip)
+            rewritten, report = _rewrite(model, order, ops, skip, keep_layout)
         annotate_shapes(rewritten)
         modelio.restore_large_tensors(rewritten, stash)
     finally:
@@ -144,6 +151,7 @@ def optimize(
     ops: Optional[Iterable[str]] = None,
     skip_nodes: Iterable[str] = (),
     ort_fusions: bool = True,
+    ort_level: str = "extended",
     in_place: bool = False,
 ) -> tuple[onnx.ModelProto, Report]:
     """Replaces the exponential non-linearities of a model with com.quake ops.
@@ -158,6 +166,12 @@ def optimize(
     ort_fusions: let ONNX Runtime fuse (Attention, SkipLayerNorm, BiasGelu...)
         first, offline, and rewrite the fused graph; on failure the original
         is rewritten and the report carries a warning.
+    ort_level: how far ONNX Runtime optimises first. "extended" (default): its
+        fusions, portable; activations ORT would run in its NCHWc conv layout
+        or fuse into a Conv are then kept (replacing them would add reorders).
+        "all": also its NCHWc conv layout, fixed in the saved model for this
+        machine's CPU (a warning says so); the activations on blocked tensors
+        are then replaced, which is what makes SiLU CNNs faster.
 
     Returns the rewritten model and the report of every candidate node.
     Raises OptimizeError (nothing written) on bad input, options or failure.
@@ -166,6 +180,10 @@ def optimize(
         raise OptimizeError(f"order must be 1, 2 or 3, not {order!r}")
     chosen_ops = parse_ops(ops)
     skip = frozenset(skip_nodes)
+    if ort_level not in LEVELS:
+        raise OptimizeError(f"ort_level must be one of {', '.join(LEVELS)}, not {ort_level!r}")
+    if ort_level != "extended" and not ort_fusions:
+        raise OptimizeError(f"ort level {ort_level} needs ONNX Runtime's fusions (drop --no-ort-fusions)")
 
     src: Optional[Path] = None
     if isinstance(model_or_path, onnx.ModelProto):
@@ -185,7 +203,7 @@ def optimize(
         fused = None
         if ort_fusions:
             try:
-                fused = _fuse(model, src, work, had_external)
+                fused = _fuse(model, src, work, had_external, ort_level)
             except FusionError as e:
                 warnings.append(f"{e}; rewrote the model without ONNX Runtime's fusions")
         if fused is None:
@@ -199,7 +217,11 @@ def optimize(
         if missing:
             where = " after ONNX Runtime's fusions (see `quake-onnx inspect`)" if ort_fusions else ""
             warnings.append(f"--skip-nodes: no node named {', '.join(missing)}{where}")
-        rewritten, report = _rewrite_light(fused, order, chosen_ops, skip)
+        laid_out = has_nchwc_layout(fused)
+        if laid_out:
+            warnings.append(NCHWC_WARNING)
+        # Kept activations are the default's safety: a model ORT has laid out has none left to keep.
+        rewritten, report = _rewrite_light(fused, order, chosen_ops, skip, keep_layout=not laid_out)
         del fused
 
     report.warnings.extend(warnings)
@@ -228,7 +250,7 @@ def _destination(src: Optional[Path], output, in_place: bool) -> Optional[Path]:
     return dest
 
 
-def _fuse(model: onnx.ModelProto, src: Optional[Path], work: Path, external: bool) -> onnx.ModelProto:
+def _fuse(model: onnx.ModelProto, src: Optional[Path], work: Path, external: bool, level: str) -> onnx.ModelProto:
     ort_dir = work / "ort"
     ort_dir.mkdir()
     if src is None:
@@ -239,7 +261,7 @@ def _fuse(model: onnx.ModelProto, src: Optional[Path], work: Path, external: boo
             _save_copy(model, src)
         else:
             onnx.save_model(model, str(src))
-    return apply_ort_fusions(src, ort_dir, external=external, original=model)
+    return apply_ort_fusions(src, ort_dir, external=external, original=model, level=level)
 
 
 def _save_copy(model: onnx.ModelProto, path: Path) -> None:

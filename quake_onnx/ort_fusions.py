@@ -48,16 +48,21 @@ def _first_line(error: Exception) -> str:
     return text[0] if text else type(error).__name__
 
 
+LEVELS = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+
+
 def apply_ort_fusions(
-    src: Path, workdir: Path, *, external: bool, original: Optional[onnx.ModelProto] = None
+    src: Path, workdir: Path, *, external: bool, original: Optional[onnx.ModelProto] = None, level: str = "extended"
 ) -> onnx.ModelProto:
-    """The model at `src` after ONNX Runtime's EXTENDED-level CPU optimisations,
-    loaded fully into memory. `original` (the model at `src`, external data
-    not needed) lends its inferred types to the tensors that survive. Raises
-    FusionError when ORT refuses to optimise it, to save it, or to load what
-    it saved."""
+    """The model at `src` after ONNX Runtime's CPU optimisations of `level`
+    ("extended": the fusions; "all": plus the NCHWc conv layout, specific to
+    this machine's CPU), loaded fully into memory. `original` (the model at
+    `src`, external data not needed) lends its inferred types to the tensors
+    that survive. Raises FusionError when ORT refuses to optimise it, to save
+    it, or to load what it saved."""
     optimized = workdir / "ort_optimized.onnx"
-    so = session_options(ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    so = session_options(LEVELS[level])
     so.optimized_model_filepath = str(optimized)
     if external:  # without this ORT fails to save a model of 2 GB or more
         so.add_session_config_entry(_EXTERNAL_FILE, optimized.name + ".data")
@@ -87,7 +92,42 @@ def apply_ort_fusions(
     typed = inferred(original) if original is not None else None
     if typed is not None:
         carry_value_info(typed.graph, model.graph)
+    type_blocked_tensors(model.graph)
     return model
+
+
+def type_blocked_tensors(graph: onnx.GraphProto) -> None:
+    """States float as the element type of the tensors ORT's NCHWc layout creates.
+
+    Its com.microsoft.nchwc ops (Conv, pools, ReorderInput...) are float-only
+    and their outputs get new names ("reorder_token_7"), so neither the
+    original's types nor onnx inference reach them, nor the activations
+    after them (QuickGelu on a blocked tensor), which the rewriter would then
+    leave as "element type unknown". Elementwise ops pass their input's type on."""
+    from .rewrite.layout import LAYOUT_PRESERVING
+
+    float_types: set[str] = set()
+    known = {v.name for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    known |= {t.name for t in graph.initializer}
+    for node in graph.node:
+        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        if domain == NCHWC_DOMAIN:
+            outputs = list(node.output)
+        elif (domain, node.op_type) in LAYOUT_PRESERVING and any(i in float_types for i in node.input):
+            outputs = list(node.output[:1])
+        else:
+            continue
+        for name in outputs:
+            if name and name not in float_types:
+                float_types.add(name)
+                if name not in known:
+                    info = graph.value_info.add()
+                    info.name = name
+                    info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+
+
+def has_nchwc_layout(model: onnx.ModelProto) -> bool:
+    return any(node.domain == NCHWC_DOMAIN for node in model.graph.node)
 
 
 def inferred(model: onnx.ModelProto) -> Optional[onnx.ModelProto]:

@@ -41,6 +41,9 @@ class Context:
     types: TypeTable
     names: Names
     skip: frozenset[str] = frozenset()  # node names the user keeps as they are
+    # False for a model ONNX Runtime has already laid out (optimize(ort_level="all")): its
+    # conv activations then run blocked, and only plain elementwise replacements are valid there.
+    keep_conv_layout: bool = True
 
     def subgraph(self, graph: gs.Graph, path: str) -> "Context":
         return replace(self, graph=graph, path=path)

@@ -5,6 +5,7 @@ from typing import Iterable
 
 import onnx_graphsurgeon as gs
 
+from . import layout
 from .context import Context
 from .match import DEFAULT_DOMAINS, first_other_consumer, is_op, producer
 from .report import Decision, Report
@@ -35,7 +36,8 @@ class Engine:
             for rule in self.by_anchor.get((domain, node.op), []):
                 if id(node) in gone:
                     break
-                self._try(ctx, rule, node, gone)
+                if self._try(ctx, rule, node, gone) in layout.NODE_REASONS:
+                    break  # true of the node whatever the pattern: the next rule would say it again
         for node in list(ctx.graph.nodes):
             for attr, value in node.attrs.items():
                 for index, sub in enumerate(value if isinstance(value, list) else [value]):
@@ -46,21 +48,23 @@ class Engine:
     def _decide(self, ctx: Context, rule: Rule, node: gs.Node, replaced: bool, reason: str) -> None:
         self.report.add(Decision(node.name, qualified(node), rule.name, replaced, reason, ctx.path))
 
-    def _try(self, ctx: Context, rule: Rule, node: gs.Node, gone: set[int]) -> None:
+    def _try(self, ctx: Context, rule: Rule, node: gs.Node, gone: set[int]) -> str:
+        """Decides on one rule at one node; returns the reason for keeping it ("" otherwise)."""
         result = rule.match(ctx, node)
         if result is None:
-            return
+            return ""
         if isinstance(result, str):
             self._decide(ctx, rule, node, False, result)
-            return
-        reason = self._refusal(ctx, rule, result)
+            return result
+        reason = self._refusal(ctx, rule, node, result)
         if reason:
             self._decide(ctx, rule, node, False, reason)
-            return
+            return reason
         apply(ctx, node, result, gone)
         self._decide(ctx, rule, node, True, f"replaced by {result.summary}")
+        return ""
 
-    def _refusal(self, ctx: Context, rule: Rule, match: Match) -> str:
+    def _refusal(self, ctx: Context, rule: Rule, anchor: gs.Node, match: Match) -> str:
         if any(n.name in ctx.skip for n in match.remove):
             return SKIPPED
         if rule.family not in self.ops:
@@ -75,7 +79,26 @@ class Engine:
         leak = first_other_consumer(inner, match.remove, ctx.graph)
         if leak is not None:
             return f"intermediate {leak.name} has other consumers"
+        if ctx.keep_conv_layout:
+            if rule.conv_activation:
+                return layout.conv_layout_reason(ctx, rule, anchor, match.x, match.output) or ""
+        elif layout.is_blocked(match.x) and not _elementwise(rule, anchor, match):
+            return layout.BLOCKED_REASON
         return ""
+
+
+# Rules whose replacement of a single-input node (or of x * Sigmoid(x)) is one elementwise
+# com.quake op: valid on blocked NCHWc data, whose channel padding never reaches a result.
+_ELEMENTWISE_RULES = frozenset({"silu", "sigmoid", "quick_gelu", "exp", "gelu", "contrib_gelu"})
+
+
+def _elementwise(rule: Rule, anchor: gs.Node, match: Match) -> bool:
+    if rule.name not in _ELEMENTWISE_RULES:
+        return False
+    if rule.name == "silu":
+        return True
+    real_inputs = [t for t in anchor.inputs if t.name]
+    return len(match.remove) == 1 and len(real_inputs) == 1
 
 
 def apply(ctx: Context, anchor: gs.Node, match: Match, gone: set[int]) -> None:

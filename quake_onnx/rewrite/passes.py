@@ -22,12 +22,16 @@ def rewrite_model(
     order: int = 2,
     ops: frozenset[str] = ALL_OPS,
     skip_nodes: frozenset[str] = frozenset(),
+    keep_conv_layout: bool = True,
 ) -> tuple[onnx.ModelProto, Report]:
     """Return (rewritten copy of `model`, what was done to every candidate). `model` is not modified.
 
     order: the com.quake `order` attribute of every new node (1, 2 or 3).
     ops: which families to replace (a subset of ALL_OPS); the others are reported as not selected.
     skip_nodes: names of nodes to leave alone; a pattern touching one is left whole.
+    keep_conv_layout: leave the activations ONNX Runtime would run in its NCHWc conv layout or
+        fuse into a Conv (see layout.py); False for a model ORT has already laid out, whose
+        blocked activations are then replaced (elementwise ops only).
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -47,6 +51,7 @@ def rewrite_model(
         types=TypeTable(work),
         names=_taken_names(model),
         skip=frozenset(skip_nodes),
+        keep_conv_layout=keep_conv_layout,
     )
     Engine(RULES, ops, report).run(context)
 

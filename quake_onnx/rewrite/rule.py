@@ -48,6 +48,9 @@ class Rule:
     family: str  # the --ops key that selects it: softmax, logsoftmax, gelu, silu, sigmoid, exp
     anchors: tuple[tuple[str, str], ...]  # (domain, op type) of the node the pattern starts from
     match: Callable[["Context", gs.Node], Optional[Union[Match, str]]]
+    # An activation ONNX Runtime keeps inside its NCHWc conv layout or fuses into a Conv
+    # (Sigmoid, SiLU, GELU forms): left there unless the layout is already fixed (layout.py).
+    conv_activation: bool = False
 
 
 def quake(op: str, inputs: list[gs.Tensor], outputs: list[gs.Tensor], ctx: "Context", **attrs) -> NodeSpec:

@@ -166,7 +166,7 @@ def test_unloadable_result_is_not_written(work, monkeypatch):
 
     src = onnx.load(str(work / "in.onnx"))
 
-    def rewrite(model, order, ops, skip):
+    def rewrite(model, order, ops, skip, *_args, **_kwargs):
         from quake_onnx.rewrite.report import Report
 
         out = onnx.ModelProto()

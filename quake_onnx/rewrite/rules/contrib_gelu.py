@@ -18,4 +18,4 @@ def match(ctx, node):
     return parts.gelu(ctx, node.inputs[0], [node], node.outputs[0], APPROXIMATE[node.op], bias=bias)
 
 
-RULE = Rule("contrib_gelu", "gelu", tuple((MS, op) for op in APPROXIMATE), match)
+RULE = Rule("contrib_gelu", "gelu", tuple((MS, op) for op in APPROXIMATE), match, conv_activation=True)

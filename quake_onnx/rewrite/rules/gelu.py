@@ -12,4 +12,4 @@ def match(ctx, node):
     return parts.gelu(ctx, node.inputs[0], [node], node.outputs[0], approximate)
 
 
-RULE = Rule("gelu", "gelu", (("", "Gelu"),), match)
+RULE = Rule("gelu", "gelu", (("", "Gelu"),), match, conv_activation=True)

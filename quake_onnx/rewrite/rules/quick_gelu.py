@@ -14,4 +14,4 @@ def match(ctx, node):
     return one_for_one(node, "Silu", f"com.quake Silu (alpha={alpha:g})", alpha=alpha)
 
 
-RULE = Rule("quick_gelu", "gelu", (("com.microsoft", "QuickGelu"),), match)
+RULE = Rule("quick_gelu", "gelu", (("com.microsoft", "QuickGelu"),), match, conv_activation=True)

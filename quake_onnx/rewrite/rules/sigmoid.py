@@ -8,4 +8,6 @@ from __future__ import annotations
 from ..rule import Rule
 from .single import one_for_one
 
-RULE = Rule("sigmoid", "sigmoid", (("", "Sigmoid"),), lambda ctx, node: one_for_one(node, "Sigmoid"))
+RULE = Rule(
+    "sigmoid", "sigmoid", (("", "Sigmoid"),), lambda ctx, node: one_for_one(node, "Sigmoid"), conv_activation=True
+)

@@ -45,4 +45,4 @@ def _silu(mul: gs.Node, sigmoid: gs.Node, x: gs.Tensor, alpha: float, scale: lis
     )
 
 
-RULE = Rule("silu", "silu", (("", "Sigmoid"),), match)
+RULE = Rule("silu", "silu", (("", "Sigmoid"),), match, conv_activation=True)
