@@ -194,15 +194,18 @@ def _file_mode(dest: Path) -> int:
     return 0o666 & ~umask
 
 
-def write_bytes_atomic(data: bytes, dest: Path) -> None:
+def write_bytes_atomic(data: bytes, dest: Path, verify: Optional[Callable[[Path], None]] = None) -> None:
     """Writes `data` to `dest` through a temporary file in the same folder:
-    readers see the old file or the new one, never a partial one."""
+    readers see the old file or the new one, never a partial one. `verify`
+    runs on the finished temporary file; if it raises, `dest` is unchanged."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if verify is not None:
+            verify(Path(tmp))
         os.chmod(tmp, _file_mode(dest))
         os.replace(tmp, dest)
     except BaseException:
@@ -231,23 +234,7 @@ def save_model_atomic(
     With external data the model is left pointing at `dest`'s data file and
     its tensors are read back, so the caller keeps a complete model."""
     if not external:
-        data = model.SerializeToString()
-        if verify is None:
-            write_bytes_atomic(data, dest)
-            return
-        # Verify a temporary copy in the destination folder, then rename it.
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            verify(Path(tmp))
-            os.chmod(tmp, _file_mode(dest))
-            os.replace(tmp, dest)
-        except BaseException:
-            _unlink(Path(tmp))
-            raise
+        write_bytes_atomic(model.SerializeToString(), dest, verify)
         return
 
     data_name = f"{dest.name}.data"
