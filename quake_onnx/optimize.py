@@ -54,7 +54,7 @@ def parse_ops(ops: Optional[Iterable[str]]) -> frozenset[str]:
 
 
 NCHWC_WARNING = (
-    "ort_level 'all': the model holds ONNX Runtime's NCHWc conv layout (com.microsoft.nchwc ops), "
+    "ORT level 'all': the model holds ONNX Runtime's NCHWc conv layout (com.microsoft.nchwc ops), "
     "blocked for this machine's CPU vector width and this ONNX Runtime; run it on the same kind of CPU "
     "with the same ONNX Runtime, and re-optimise it for any other"
 )
