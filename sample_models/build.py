@@ -7,9 +7,15 @@ an additive mask, a GELU MLP and a SiLU-gated output) in standard ONNX ops,
 opset 20. encoder_block.quake.onnx: the same block with its Softmax, Gelu
 (bias folded in) and x*Sigmoid(x) as com.quake nodes, the form the rewriter
 produces. Both read X [1, 64, 128] and MASK [1, 1, 64, 64] (additive: 0 or -inf).
+
+zoo/<name>/: the models of zoo_models.py (BERT-style encoder, GPT-2-style
+decoder, ViT-style block, EfficientNet-style CNN, an opset-11 model) in the
+ONNX model-zoo layout, inputs and expected outputs beside each, for
+`quake-onnx check` and `quake-onnx zoo`.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +101,11 @@ def main() -> None:
             onnx.checker.check_model(model, full_check=True)
         onnx.save(model, HERE / name)
         print(f"wrote {HERE / name}")
+    sys.path.insert(0, str(HERE))
+    from zoo_models import write_zoo
+
+    for path in write_zoo(HERE / "zoo"):
+        print(f"wrote {path} and its test_data_set_0")
 
 
 if __name__ == "__main__":
