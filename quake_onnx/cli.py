@@ -220,6 +220,109 @@ def inspect_cmd(
     )
 
 
+_DIMS = typer.Option(None, "--dim", metavar="NAME=SIZE",
+                     help="size of a symbolic input dimension of generated inputs; repeat (--dim batch=1 --dim seq=128)")
+_VOCAB = typer.Option(None, "--vocab", min=1,
+                      help="generated integer ids are below this (default: the rows of the table they index, else 32)")
+_SEED = typer.Option(0, "--seed", help="seed of generated inputs")
+_THREADS = typer.Option(1, "--threads", min=1, help="intra_op_num_threads of both sessions")
+_RUNS = typer.Option(20, "--runs", min=1, help="timed runs of each model; the median is reported")
+_WARMUP = typer.Option(3, "--warmup", min=0, help="untimed runs of each model first")
+_TOP_K = typer.Option(5, "--top-k", min=1, help="k of the top-k agreement of class-score outputs")
+_MAX_ABS = typer.Option(None, "--max-abs-error", min=0.0, metavar="T", help="fail above this max abs error (any output)")
+_MIN_COS = typer.Option(0.999, "--min-cosine", max=1.0, help="fail below this cosine similarity (any output)")
+_MIN_TOP1 = typer.Option(None, "--min-top1-agreement", min=0.0, max=1.0,
+                         help="fail below this share of rows with the same argmax (class-score outputs)")
+_MIN_SPEEDUP = typer.Option(None, "--min-speedup", min=0.0, help="fail below this speedup (original / optimized median)")
+
+
+def _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level,
+                   max_abs_error, min_cosine, min_top1_agreement, min_speedup, **extra: Any):
+    from .check import CheckOptions, Thresholds
+    from .check.inputs import InputError, parse_dims
+
+    try:
+        dims = parse_dims(dim or [])
+    except InputError as e:
+        raise typer.BadParameter(str(e)) from None
+    return CheckOptions(
+        order=order, ops=ops, ort_level=ort_level, dims=dims, vocab=vocab, seed=seed, threads=threads, runs=runs,
+        warmup=warmup, top_k=top_k,
+        thresholds=Thresholds(max_abs_error, min_cosine, min_top1_agreement, min_speedup), **extra,
+    )
+
+
+@app.command("check")
+def check_cmd(
+    model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model, or a model-zoo folder holding model.onnx"),
+    optimized: Optional[Path] = typer.Option(None, "--optimized", metavar="OTHER.onnx",
+                                             help="compare this optimized model instead of optimizing MODEL now"),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", metavar="DATA.npz",
+                                          help="inputs by name (default: test_data_set_* beside MODEL, else generated)"),
+    dim: Optional[List[str]] = _DIMS,
+    vocab: Optional[int] = _VOCAB,
+    seed: int = _SEED,
+    order: int = _ORDER,
+    ops: Optional[str] = _OPS,
+    ort_level: str = _LEVEL,
+    threads: int = _THREADS,
+    runs: int = _RUNS,
+    warmup: int = _WARMUP,
+    top_k: int = _TOP_K,
+    max_abs_error: Optional[float] = _MAX_ABS,
+    min_cosine: Optional[float] = _MIN_COS,
+    min_top1_agreement: Optional[float] = _MIN_TOP1,
+    min_speedup: Optional[float] = _MIN_SPEEDUP,
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="write the result as JSON ('-': stdout)"),
+) -> None:
+    """Run MODEL with ONNX Runtime's ops and optimized with com.quake: output agreement, latency, thresholds."""
+    from .check.commands import check_command
+
+    options = _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level, max_abs_error,
+                             min_cosine, min_top1_agreement, min_speedup, optimized=optimized, inputs=inputs)
+    raise typer.Exit(check_command(model, options, json_out))
+
+
+@app.command("zoo")
+def zoo_cmd(
+    root: Path = typer.Argument(..., metavar="DIR", help="folder of models (*.onnx, model-zoo layout)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="write the report as JSON ('-': stdout)"),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", metavar="FILE",
+                                            help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY; '-': stdout)"),
+    junit: Optional[Path] = typer.Option(None, "--junit", metavar="FILE", help="write JUnit XML, one testcase per model"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="models checked at once, each in its own process"),
+    shard: str = typer.Option("1/1", "--shard", metavar="i/n", help="check the i-th of n deterministic slices (1-based)"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.0, metavar="SECONDS",
+                                            help="a model taking longer fails"),
+    list_only: bool = typer.Option(False, "--list", help="print the models this shard would check, run nothing"),
+    penalty: float = typer.Option(0.1, "--penalty", min=1e-6, help="speedup a model outside tolerance counts as in S(t)"),
+    min_score: Optional[float] = typer.Option(None, "--min-score", min=0.0, help="fail when S(t) is below this"),
+    dim: Optional[List[str]] = _DIMS,
+    vocab: Optional[int] = _VOCAB,
+    seed: int = _SEED,
+    order: int = _ORDER,
+    ops: Optional[str] = _OPS,
+    ort_level: str = _LEVEL,
+    threads: int = _THREADS,
+    runs: int = _RUNS,
+    warmup: int = _WARMUP,
+    top_k: int = _TOP_K,
+    max_abs_error: Optional[float] = _MAX_ABS,
+    min_cosine: Optional[float] = _MIN_COS,
+    min_top1_agreement: Optional[float] = _MIN_TOP1,
+    min_speedup: Optional[float] = _MIN_SPEEDUP,
+) -> None:
+    """Check every model under DIR: summary table, S(t) score, JSON / Markdown / JUnit reports."""
+    from .check.commands import zoo_command
+
+    options = _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level, max_abs_error,
+                             min_cosine, min_top1_agreement, min_speedup)
+    raise typer.Exit(zoo_command(
+        root, options, jobs=jobs, shard=shard, timeout=timeout, json_out=json_out, markdown=markdown, junit=junit,
+        list_only=list_only, penalty=penalty, min_score=min_score,
+    ))
+
+
 def run() -> None:
     app()
 

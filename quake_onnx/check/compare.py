@@ -1,0 +1,114 @@
+"""Per-output agreement between a reference run and a candidate run."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+# Names that mark an output as class scores or token logits.
+_SCORE_NAME = re.compile(r"logit|score|prob|class|cls|pred", re.IGNORECASE)
+# Elements smaller than this share of the output's largest magnitude are
+# compared against that share: a relative error near a zero is noise.
+REL_FLOOR = 1e-3
+
+
+@dataclass
+class OutputMetrics:
+    name: str
+    shape: list[int]
+    dtype: str
+    max_abs_error: float
+    max_rel_error: float
+    cosine: float
+    nonfinite_mismatch: int  # elements finite in one run and not (or not the same) in the other
+    scores: bool  # treated as class scores / token logits
+    top1_agreement: Optional[float] = None  # share of rows whose argmax agrees
+    topk_agreement: Optional[float] = None  # mean |topk(ref) & topk(out)| / k over rows
+    k: Optional[int] = None
+    rows: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+
+def _jsonable(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def looks_like_scores(name: str, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """Class scores or token logits: floating, a last axis of at least 2, and
+    either a telling name or the [batch, classes] shape of a classifier head."""
+    if dtype.kind != "f" or len(shape) < 1 or shape[-1] < 2:
+        return False
+    return bool(_SCORE_NAME.search(name)) or len(shape) == 2
+
+
+def compare(name: str, reference: np.ndarray, output: np.ndarray, top_k: int = 5,
+            scores: Optional[bool] = None) -> OutputMetrics:
+    if reference.shape != output.shape:
+        raise ValueError(f"output {name}: shape {list(output.shape)} differs from the reference's {list(reference.shape)}")
+    ref = np.asarray(reference, np.float64).ravel()
+    out = np.asarray(output, np.float64).ravel()
+    finite_ref, finite_out = np.isfinite(ref), np.isfinite(out)
+    both = finite_ref & finite_out
+    # inf against the same inf is agreement; NaN never is.
+    same_special = (~finite_ref & ~finite_out) & (ref == out)
+    mismatch = int(np.count_nonzero(~both & ~same_special))
+    if mismatch:
+        max_abs = max_rel = math.inf
+    elif both.any():
+        diff = np.abs(ref[both] - out[both])
+        mag = np.abs(ref[both])
+        floor = max(REL_FLOOR * float(mag.max()), np.finfo(np.float64).tiny)
+        max_abs = float(diff.max())
+        max_rel = float((diff / np.maximum(mag, floor)).max())
+    else:
+        max_abs = max_rel = 0.0
+    cosine = _cosine(ref[both], out[both]) if not mismatch else math.nan
+    is_scores = looks_like_scores(name, reference.shape, reference.dtype) if scores is None else scores
+    metrics = OutputMetrics(name, list(reference.shape), str(reference.dtype), max_abs, max_rel, cosine, mismatch,
+                            is_scores)
+    if is_scores:
+        classes = reference.shape[-1]
+        k = max(1, min(top_k, classes))
+        r2 = np.asarray(reference, np.float64).reshape(-1, classes)
+        o2 = np.asarray(output, np.float64).reshape(-1, classes)
+        metrics.top1_agreement = float(np.mean(np.argmax(r2, -1) == np.argmax(o2, -1)))
+        top_r = np.argsort(-r2, axis=-1, kind="stable")[:, :k]
+        top_o = np.argsort(-o2, axis=-1, kind="stable")[:, :k]
+        overlap = [len(set(a) & set(b)) / k for a, b in zip(top_r.tolist(), top_o.tolist())]
+        metrics.topk_agreement = float(np.mean(overlap))
+        metrics.k, metrics.rows = k, int(r2.shape[0])
+    return metrics
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def merge(runs: list[OutputMetrics]) -> OutputMetrics:
+    """One output over several input sets: the worst error and cosine, the
+    agreements pooled over all rows."""
+    first = runs[0]
+    if len(runs) == 1:
+        return first
+    merged = OutputMetrics(
+        first.name, first.shape, first.dtype,
+        max(r.max_abs_error for r in runs), max(r.max_rel_error for r in runs),
+        min(r.cosine for r in runs) if not any(math.isnan(r.cosine) for r in runs) else math.nan,
+        sum(r.nonfinite_mismatch for r in runs), first.scores,
+    )
+    if first.scores:
+        rows = sum(r.rows or 0 for r in runs)
+        merged.top1_agreement = sum((r.top1_agreement or 0) * (r.rows or 0) for r in runs) / rows
+        merged.topk_agreement = sum((r.topk_agreement or 0) * (r.rows or 0) for r in runs) / rows
+        merged.k, merged.rows = first.k, rows
+    return merged

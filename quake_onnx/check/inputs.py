@@ -1,0 +1,269 @@
+"""Where `check` gets the inputs of a model: an .npz file, the model-zoo data
+sets beside the model, or values generated from the model's input specs."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..modelio import ModelFileError
+
+# Integer inputs that feed no Gather we can read get ids below this.
+DEFAULT_ID_BOUND = 32
+
+
+class InputError(ModelFileError):
+    """Inputs that do not fit the model or cannot be read: exit 2."""
+
+
+@dataclass
+class InputSet:
+    """Feeds for one run, and the outputs recorded with them (model zoo)."""
+
+    feeds: dict[str, np.ndarray]
+    expected: dict[str, np.ndarray] = field(default_factory=dict)
+    name: str = "generated"
+
+
+@dataclass
+class Inputs:
+    source: str  # "npz", "test_data_set" or "generated"
+    sets: list[InputSet]
+    warnings: list[str] = field(default_factory=list)
+    seed: Optional[int] = None
+
+
+_ONNX_TO_NP = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT16: np.int16,
+    onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.UINT16: np.uint16,
+    onnx.TensorProto.UINT32: np.uint32, onnx.TensorProto.UINT64: np.uint64, onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+@dataclass
+class InputSpec:
+    name: str
+    dtype: Optional[type]  # None: a type check cannot generate (string, sequence...)
+    dims: list  # int, str (symbolic) or None (unknown)
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The inputs a caller must feed: graph inputs that are not initializers
+    (before IR 4 every initializer was listed as an input too)."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for info in model.graph.input:
+        if info.name in inits:
+            continue
+        t = info.type.tensor_type
+        dtype = _ONNX_TO_NP.get(t.elem_type) if info.type.HasField("tensor_type") else None
+        dims = []
+        if t.HasField("shape"):
+            for d in t.shape.dim:
+                dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        specs.append(InputSpec(info.name, dtype, dims))
+    return specs
+
+
+def parse_dims(values: Sequence[str]) -> dict[str, int]:
+    """`--dim batch=1 --dim seq=128` as {"batch": 1, "seq": 128}."""
+    dims = {}
+    for value in values:
+        name, eq, size = value.partition("=")
+        name = name.strip()
+        if not eq or not name or not size.strip().isdigit() or int(size) < 1:
+            raise InputError(f"--dim {value!r}: expected NAME=SIZE with a positive integer size, e.g. seq=128")
+        dims[name] = int(size)
+    return dims
+
+
+def load_inputs(
+    model: onnx.ModelProto,
+    model_path: Path,
+    *,
+    npz: Optional[Path] = None,
+    dims: Mapping[str, int] = {},
+    vocab: Optional[int] = None,
+    seed: int = 0,
+) -> Inputs:
+    """--inputs first, then test_data_set_* beside the model, then generated."""
+    specs = graph_inputs(model)
+    if npz is not None:
+        return Inputs("npz", [InputSet(_read_npz(npz, specs), name=npz.name)])
+    sets = sorted(model_path.parent.glob("test_data_set_*"), key=_natural)
+    sets = [s for s in sets if s.is_dir()]
+    if sets:
+        return Inputs("test_data_set", [_read_data_set(s, model, specs) for s in sets])
+    warnings: list[str] = []
+    feeds = generate(model, specs, dims=dims, vocab=vocab, seed=seed, warnings=warnings)
+    return Inputs("generated", [InputSet(feeds)], warnings, seed=seed)
+
+
+def _natural(path: Path):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name)]
+
+
+def _conform(name: str, value: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    if spec.dtype is not None and value.dtype != spec.dtype:
+        if not np.can_cast(value.dtype, spec.dtype, casting="same_kind"):
+            raise InputError(f"{where}: input {name} is {value.dtype}, the model takes {np.dtype(spec.dtype).name}")
+        value = value.astype(spec.dtype)
+    if spec.dims and len(spec.dims) != value.ndim:
+        raise InputError(f"{where}: input {name} has rank {value.ndim}, the model takes rank {len(spec.dims)}")
+    for axis, (want, got) in enumerate(zip(spec.dims, value.shape)):
+        if isinstance(want, int) and want > 0 and want != got:
+            raise InputError(f"{where}: input {name} has shape {list(value.shape)}, the model takes "
+                             f"{[d if d is not None else '?' for d in spec.dims]} (axis {axis})")
+    return value
+
+
+def _read_npz(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise InputError(f"--inputs {path} does not exist" if not path.exists() else f"--inputs {path} is not a file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as e:  # zipfile, pickle refusal, truncated array
+        raise InputError(f"--inputs {path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    missing = [s.name for s in specs if s.name not in arrays]
+    if missing:
+        raise InputError(f"--inputs {path} has no array for input {', '.join(missing)} "
+                         f"(it has {', '.join(sorted(arrays)) or 'none'})")
+    extra = sorted(set(arrays) - {s.name for s in specs})
+    if extra:
+        raise InputError(f"--inputs {path}: {', '.join(extra)} is not an input of the model "
+                         f"(inputs: {', '.join(s.name for s in specs)})")
+    return {s.name: _conform(s.name, arrays[s.name], s, str(path)) for s in specs}
+
+
+def _read_tensor(path: Path) -> onnx.TensorProto:
+    tensor = onnx.TensorProto()
+    try:
+        tensor.ParseFromString(path.read_bytes())
+        numpy_helper.to_array(tensor)
+    except Exception as e:
+        raise InputError(f"{path} is not a serialized ONNX tensor ({type(e).__name__})") from None
+    return tensor
+
+
+def _read_data_set(folder: Path, model: onnx.ModelProto, specs: list[InputSpec]) -> InputSet:
+    """input_<i>.pb / output_<i>.pb; tensors are matched by their stored name
+    when every name is a model input (output), by position otherwise, as the
+    model zoo's own test runner does."""
+    ins = [_read_tensor(p) for p in sorted(folder.glob("input_*.pb"), key=_natural)]
+    outs = [_read_tensor(p) for p in sorted(folder.glob("output_*.pb"), key=_natural)]
+    where = str(folder)
+    if len(ins) != len(specs):
+        raise InputError(f"{where} has {len(ins)} input_*.pb, the model takes {len(specs)} inputs")
+    by_name = {s.name: s for s in specs}
+    if all(t.name in by_name for t in ins) and len({t.name for t in ins}) == len(ins):
+        pairs = [(by_name[t.name], t) for t in ins]
+    else:
+        pairs = list(zip(specs, ins))
+    feeds = {s.name: _conform(s.name, numpy_helper.to_array(t), s, where) for s, t in pairs}
+    out_names = [o.name for o in model.graph.output]
+    expected = {}
+    if outs:
+        if len(outs) > len(out_names):
+            raise InputError(f"{where} has {len(outs)} output_*.pb, the model has {len(out_names)} outputs")
+        if all(t.name in out_names for t in outs):
+            expected = {t.name: numpy_helper.to_array(t) for t in outs}
+        else:
+            expected = {n: numpy_helper.to_array(t) for n, t in zip(out_names, outs)}
+    return InputSet(feeds, expected, name=folder.name)
+
+
+def _gather_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """For inputs used as Gather indices into an initializer: its size along
+    the gathered axis, the exclusive bound of a valid id."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:  # Constant nodes holding tables
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value" and a.HasField("t"):
+                    shapes[node.output[0]] = list(a.t.dims)
+    bounds: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2 or node.input[0] not in shapes:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        table = shapes[node.input[0]]
+        if table and -len(table) <= axis < len(table):
+            size = table[axis]
+            bounds[node.input[1]] = min(bounds.get(node.input[1], size), size)
+    return bounds
+
+
+def _shape(spec: InputSpec, dims: Mapping[str, int], warnings: list[str]) -> tuple[int, ...]:
+    shape = []
+    for axis, d in enumerate(spec.dims):
+        if isinstance(d, int) and d > 0:
+            shape.append(d)
+        elif isinstance(d, str) and d in dims:
+            shape.append(dims[d])
+        elif isinstance(d, str) and ("batch" in d.lower() or d in ("N", "B")):
+            shape.append(1)  # batch 1 is what latency checks mean when they say nothing
+        elif isinstance(d, str):
+            raise InputError(f"input {spec.name} has symbolic dimension {d!r}; set it with --dim {d}=SIZE")
+        else:
+            shape.append(1)
+            warnings.append(f"input {spec.name} axis {axis} has no size or name; used 1")
+    return tuple(shape)
+
+
+def generate(
+    model: onnx.ModelProto,
+    specs: list[InputSpec],
+    *,
+    dims: Mapping[str, int] = {},
+    vocab: Optional[int] = None,
+    seed: int = 0,
+    warnings: Optional[list[str]] = None,
+) -> dict[str, np.ndarray]:
+    """Inputs from the specs, reproducible from `seed`.
+
+    Names decide the integer ones, as transformer exports name them: masks are
+    ones (nothing padded), token_type / segment ids zeros, position ids
+    0..n-1 along the last axis, other integers uniform in [0, bound) with
+    bound = --vocab, else the row count of the embedding table they index,
+    else DEFAULT_ID_BOUND. Float masks are zeros (exports use them as
+    additive biases); other floats are standard normal."""
+    warnings = warnings if warnings is not None else []
+    rng = np.random.default_rng(seed)
+    bounds = _gather_bounds(model)
+    used = {d for s in specs for d in s.dims if isinstance(d, str)}
+    unused = sorted(set(dims) - used)
+    if unused:
+        warnings.append(f"--dim {', '.join(unused)}: no input has such a dimension")
+    feeds = {}
+    for spec in specs:
+        if spec.dtype is None:
+            raise InputError(f"input {spec.name} is not a numeric tensor; pass --inputs data.npz")
+        shape = _shape(spec, dims, warnings)
+        name = spec.name.lower()
+        kind = np.dtype(spec.dtype).kind
+        if "mask" in name:
+            value = np.zeros(shape, spec.dtype) if kind == "f" else np.ones(shape, spec.dtype)
+        elif kind == "b":
+            value = rng.integers(0, 2, shape).astype(bool)
+        elif kind in "iu":
+            if "token_type" in name or "segment" in name:
+                value = np.zeros(shape, spec.dtype)
+            elif "position" in name and shape:
+                value = np.broadcast_to(np.arange(shape[-1]), shape).astype(spec.dtype)
+            else:
+                bound = vocab or bounds.get(spec.name) or DEFAULT_ID_BOUND
+                if vocab and spec.name in bounds and vocab > bounds[spec.name]:
+                    warnings.append(f"--vocab {vocab} is above input {spec.name}'s table of {bounds[spec.name]} rows")
+                high = min(bound, np.iinfo(spec.dtype).max)
+                value = rng.integers(0, high, shape).astype(spec.dtype)
+        else:
+            value = rng.standard_normal(shape).astype(spec.dtype)
+        feeds[spec.name] = np.ascontiguousarray(value)
+    return feeds

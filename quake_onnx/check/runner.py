@@ -1,0 +1,331 @@
+"""One model: optimize it (or take an optimized copy), run both on the same
+inputs, compare every output, time both, hold the result to the thresholds."""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from ..modelio import ModelFileError
+from . import compare as cmp
+from .inputs import InputError, load_inputs
+from .timing import measure
+
+# np.testing.assert_allclose tolerances the ONNX model zoo checks outputs with,
+# used for the original run against the recorded outputs.
+ZOO_RTOL, ZOO_ATOL = 1e-3, 1e-5
+
+
+@dataclass
+class Thresholds:
+    max_abs_error: Optional[float] = None
+    min_cosine: Optional[float] = None
+    min_top1_agreement: Optional[float] = None
+    min_speedup: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def accuracy_only(self) -> "Thresholds":
+        return Thresholds(self.max_abs_error, self.min_cosine, self.min_top1_agreement, None)
+
+
+@dataclass
+class CheckOptions:
+    order: int = 2
+    ops: Optional[frozenset] = None
+    ort_level: str = "extended"
+    optimized: Optional[Path] = None
+    inputs: Optional[Path] = None
+    dims: Mapping[str, int] = field(default_factory=dict)
+    vocab: Optional[int] = None
+    seed: int = 0
+    threads: int = 1
+    warmup: int = 3
+    runs: int = 20
+    top_k: int = 5
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+class CheckError(ModelFileError):
+    """The check could not be done; `stage` says where. exit_code 2 for the
+    user's input (paths, inputs, options), 1 for a failure of the tool."""
+
+    def __init__(self, message: str, stage: str, exit_code: int = 2):
+        super().__init__(message, exit_code)
+        self.stage = stage
+
+
+def resolve_model(path: Path) -> Path:
+    """A model file, or a model-zoo folder holding model.onnx (or one *.onnx)."""
+    if path.is_dir():
+        if (path / "model.onnx").is_file():
+            return path / "model.onnx"
+        found = sorted(path.glob("*.onnx"))
+        if len(found) != 1:
+            raise CheckError(f"{path} is a folder with {len(found) or 'no'} .onnx files; name the model", "load")
+        return found[0]
+    return path
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return " ".join(lines[0].split()) if lines else type(e).__name__
+
+
+def _session(model: str, threads: int, library: bool):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # ORT's warnings would break the one-line output contract
+    if library:
+        from .._library import get_library_path
+
+        so.register_custom_ops_library(get_library_path())
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def summarize(outputs: list[dict]) -> dict:
+    """The figures thresholds and scores look at: worst over all outputs."""
+    def num(v):
+        return math.inf if v == "inf" else (math.nan if v == "nan" else v)
+
+    abs_errs = [num(o["max_abs_error"]) for o in outputs]
+    cosines = [num(o["cosine"]) for o in outputs]
+    top1 = [o["top1_agreement"] for o in outputs if o["scores"]]
+    return {
+        "max_abs_error": cmp._jsonable(max(abs_errs)) if abs_errs else None,
+        "min_cosine": cmp._jsonable(math.nan if any(map(math.isnan, cosines)) else min(cosines)) if cosines else None,
+        "min_top1_agreement": min(top1) if top1 else None,
+        "nonfinite_mismatch": sum(o["nonfinite_mismatch"] for o in outputs),
+    }
+
+
+def _worst(outputs: list[dict], key: str, largest: bool) -> str:
+    def num(o):
+        v = o[key]
+        return math.inf if v in ("inf", "nan") and largest else (-math.inf if v in ("inf", "nan") else v)
+
+    pick = max(outputs, key=num) if largest else min(outputs, key=num)
+    return pick["name"]
+
+
+def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
+    """Every threshold the result misses, one phrase each. Outputs that are
+    non-finite where the original's are not always fail."""
+    summary, outputs = result["summary"], result["outputs"]
+    failures = []
+    if summary["nonfinite_mismatch"]:
+        bad = [o["name"] for o in outputs if o["nonfinite_mismatch"]]
+        failures.append(f"{summary['nonfinite_mismatch']} non-finite values where the original has others "
+                        f"(output {', '.join(bad)})")
+    t = thresholds
+    worst_abs = summary["max_abs_error"]
+    if t.max_abs_error is not None and not summary["nonfinite_mismatch"] and worst_abs > t.max_abs_error:
+        failures.append(f"max abs error {worst_abs:.3g} > {t.max_abs_error:g} (output {_worst(outputs, 'max_abs_error', True)})")
+    cos = summary["min_cosine"]
+    if t.min_cosine is not None and not summary["nonfinite_mismatch"] and not cos >= t.min_cosine:
+        failures.append(f"cosine {cos:.6f} < {t.min_cosine:g} (output {_worst(outputs, 'cosine', False)})")
+    top1 = summary["min_top1_agreement"]
+    if t.min_top1_agreement is not None and top1 is not None and top1 < t.min_top1_agreement:
+        scores = [o for o in outputs if o["scores"]]
+        failures.append(f"top-1 agreement {top1:.3f} < {t.min_top1_agreement:g} "
+                        f"(output {_worst(scores, 'top1_agreement', False)})")
+    timing = result.get("timing")
+    if t.min_speedup is not None and timing is not None and timing["speedup"] < t.min_speedup:
+        failures.append(f"speedup {timing['speedup']:.2f}x < {t.min_speedup:g}x")
+    return failures
+
+
+def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = None) -> dict:
+    """The result of checking one model (see the JSON schema, `$defs/model`).
+
+    Raises CheckError when the check cannot be done at all; the result's
+    status is then decided by the caller ("error")."""
+    from ..modelio import load_graph
+    from ..optimize import optimize
+
+    started = time.perf_counter()
+    model_path = resolve_model(Path(model_path))
+    try:
+        graph = load_graph(model_path)
+    except ModelFileError as e:
+        raise CheckError(str(e), "load") from None
+    try:
+        inputs = load_inputs(graph, model_path, npz=options.inputs, dims=options.dims, vocab=options.vocab,
+                             seed=options.seed)
+    except InputError as e:
+        raise CheckError(str(e), "inputs") from None
+    warnings = list(inputs.warnings)
+    graph_outputs = [o.name for o in graph.graph.output]
+    del graph  # one model in memory at a time: the sessions hold their own copies
+
+    try:
+        original = _session(str(model_path), options.threads, library=False)
+    except Exception as e:
+        raise CheckError(f"ONNX Runtime cannot load {model_path}: {_first_line(e)}", "load") from None
+
+    optimized_info: dict[str, Any] = {"order": options.order}
+    with tempfile.TemporaryDirectory(prefix="quake-check-") as tmp:
+        if options.optimized is not None:
+            fast_path = options.optimized
+            if not fast_path.is_file():
+                raise CheckError(f"--optimized {fast_path} does not exist"
+                                 if not fast_path.exists() else f"--optimized {fast_path} is not a file", "load")
+            optimized_info.update(source=str(fast_path), order=None, replaced=None, kept=None, per_rule=None)
+        else:
+            fast_path = Path(tmp) / "model.quake.onnx"
+            try:
+                _, report = optimize(model_path, fast_path, order=options.order, ops=options.ops,
+                                     ort_level=options.ort_level)
+            except ModelFileError as e:
+                raise CheckError(f"optimize: {e}", "optimize", e.exit_code) from None
+            except Exception as e:
+                raise CheckError(f"optimize failed: {type(e).__name__}: {_first_line(e)}", "optimize", 1) from None
+            optimized_info.update(source="optimized now", replaced=len(report.replaced), kept=len(report.skipped),
+                                  per_rule=report.counts())
+            warnings.extend(report.warnings)
+            if not report.replaced:
+                warnings.append("nothing was replaced: the optimized model runs ONNX Runtime's own ops")
+        try:
+            fast = _session(str(fast_path), options.threads, library=True)
+        except Exception as e:
+            raise CheckError(f"the optimized model does not load: {_first_line(e)}", "load-optimized", 1) from None
+
+    names = [o.name for o in original.get_outputs()]
+    fast_names = {o.name for o in fast.get_outputs()}
+    missing = [n for n in names if n not in fast_names]
+    if missing:
+        raise CheckError(f"the optimized model lacks output {', '.join(missing)}", "compare", 1)
+
+    per_output: dict[str, list] = {n: [] for n in names}
+    expected_report: dict[str, dict] = {}
+    for data in inputs.sets:
+        try:
+            ref = original.run(names, data.feeds)
+        except Exception as e:
+            raise CheckError(f"the original model does not run on {data.name} inputs: {_first_line(e)}"
+                             + ("; set --vocab or --dim" if inputs.source == "generated" else ""), "run") from None
+        try:
+            out = fast.run(names, data.feeds)
+        except Exception as e:
+            raise CheckError(f"the optimized model fails to run: {_first_line(e)}", "run-optimized", 1) from None
+        for n, r, o in zip(names, ref, out):
+            try:
+                per_output[n].append(cmp.compare(n, r, o, options.top_k))
+            except ValueError as e:
+                raise CheckError(str(e), "compare", 1) from None
+            if n in data.expected:
+                _against_expected(n, data.expected[n], r, o, data.name, expected_report, warnings)
+    unlisted = [n for n in names if n not in graph_outputs]
+    if unlisted:
+        warnings.append(f"outputs not in the graph's list: {', '.join(unlisted)}")
+
+    outputs = []
+    for n in names:
+        entry = cmp.merge(per_output[n]).to_dict()
+        if n in expected_report:
+            entry["expected"] = expected_report[n]
+        outputs.append(entry)
+
+    timing = measure(original, fast, inputs.sets[0].feeds, threads=options.threads, warmup=options.warmup,
+                     runs=options.runs)
+    from .._library import selected_isa
+
+    result = {
+        "name": name or default_name(model_path),
+        "model": str(model_path),
+        "status": "pass",
+        "reason": None,
+        "failures": [],
+        "stage": None,
+        "inputs": {
+            "source": inputs.source,
+            "sets": len(inputs.sets),
+            "seed": inputs.seed,
+            "shapes": {k: list(v.shape) for k, v in inputs.sets[0].feeds.items()},
+        },
+        "optimized": optimized_info,
+        "isa": selected_isa(),
+        "outputs": outputs,
+        "timing": timing.to_dict(),
+        "warnings": warnings,
+    }
+    result["summary"] = summarize(outputs)
+    finish(result, options.thresholds)
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def finish(result: dict, thresholds: Thresholds) -> None:
+    """Sets status, failures, reason and `accurate` from the thresholds."""
+    result["thresholds"] = thresholds.to_dict()
+    result["failures"] = judge(result, thresholds)
+    result["accurate"] = not judge(result, thresholds.accuracy_only())
+    result["status"] = "fail" if result["failures"] else "pass"
+    result["reason"] = "; ".join(result["failures"]) or None
+
+
+def _against_expected(name, expected, ref, out, set_name, report, warnings) -> None:
+    if expected.shape != ref.shape:
+        warnings.append(f"{set_name}: recorded output {name} has shape {list(expected.shape)}, "
+                        f"the model gives {list(ref.shape)}")
+        return
+    e = np.asarray(expected, np.float64)
+    orig_err = float(np.nanmax(np.abs(np.asarray(ref, np.float64) - e))) if e.size else 0.0
+    opt_err = float(np.nanmax(np.abs(np.asarray(out, np.float64) - e))) if e.size else 0.0
+    entry = report.setdefault(name, {"original_max_abs_error": 0.0, "optimized_max_abs_error": 0.0,
+                                     "original_matches": True})
+    entry["original_max_abs_error"] = max(entry["original_max_abs_error"], orig_err)
+    entry["optimized_max_abs_error"] = max(entry["optimized_max_abs_error"], opt_err)
+    if not np.allclose(ref, expected, rtol=ZOO_RTOL, atol=ZOO_ATOL, equal_nan=True):
+        entry["original_matches"] = False
+        warnings.append(f"{set_name}: ONNX Runtime's own output {name} differs from the recorded one "
+                        f"(max abs {orig_err:.3g}); the data set may not belong to this model")
+
+
+def default_name(model_path: Path, root: Optional[Path] = None) -> str:
+    """The folder of a model-zoo `model.onnx`, else the file without .onnx;
+    relative to `root` when given."""
+    base = model_path.parent if model_path.name == "model.onnx" else model_path.with_suffix("")
+    if root is not None:
+        try:
+            rel = base.relative_to(root)
+            return rel.as_posix() if str(rel) != "." else root.name
+        except ValueError:
+            pass
+    return base.name
+
+
+def error_result(model_path: Path, name: str, stage: str, reason: str, status: str = "error",
+                 thresholds: Optional[Thresholds] = None, seconds: float = 0.0) -> dict:
+    return {
+        "name": name, "model": str(model_path), "status": status, "reason": reason, "failures": [reason],
+        "stage": stage, "inputs": None, "optimized": None, "isa": None, "outputs": [], "timing": None,
+        "warnings": [], "summary": None, "accurate": False,
+        "thresholds": (thresholds or Thresholds()).to_dict(), "seconds": round(seconds, 3),
+    }
+
+
+def check_safely(model_path: Path, options: CheckOptions, name: str) -> dict:
+    """check_model that never raises: what went wrong becomes an error result."""
+    started = time.perf_counter()
+    try:
+        return check_model(model_path, options, name)
+    except CheckError as e:
+        return error_result(model_path, name, e.stage, _first_line(e), thresholds=options.thresholds,
+                            seconds=time.perf_counter() - started)
+    except MemoryError:
+        return error_result(model_path, name, "run", "out of memory", thresholds=options.thresholds,
+                            seconds=time.perf_counter() - started)
+    except Exception as e:  # a bug or an ORT failure nobody foresaw: still a reported failure
+        return error_result(model_path, name, "internal", f"{type(e).__name__}: {_first_line(e)}",
+                            thresholds=options.thresholds, seconds=time.perf_counter() - started)
