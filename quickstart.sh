@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Sets up a virtual environment (.venv), builds and installs quake-onnx, and
-# runs the main job on the bundled sample model: optimize it (writing
-# build/sample/encoder_block.quake.onnx), then run the original with ONNX
-# Runtime's own ops and the optimized model with com.quake kernels, and
-# compare outputs and latency.
+# runs the main job on the bundled sample models: optimize the BERT-style
+# encoder (writing build/sample/bert_encoder.quake.onnx), check it (original
+# with ONNX Runtime's own ops against the optimized model with com.quake
+# kernels: outputs and latency), then check every sample model and write the
+# zoo reports to build/sample/ (zoo.json, zoo.md, zoo.xml). Arguments go to
+# the zoo command (e.g. --threads 2 --runs 50).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -11,5 +13,6 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet .
 mkdir -p build/sample
-.venv/bin/quake-onnx optimize sample_models/encoder_block.onnx build/sample/encoder_block.quake.onnx --explain
-.venv/bin/quake-onnx demo --models sample_models --optimized build/sample/encoder_block.quake.onnx "$@"
+.venv/bin/quake-onnx optimize sample_models/zoo/bert_encoder/model.onnx build/sample/bert_encoder.quake.onnx --explain
+.venv/bin/quake-onnx check sample_models/zoo/bert_encoder --optimized build/sample/bert_encoder.quake.onnx --max-abs-error 0.01 --min-cosine 0.9999
+.venv/bin/quake-onnx zoo sample_models --max-abs-error 0.05 --json build/sample/zoo.json --markdown build/sample/zoo.md --junit build/sample/zoo.xml "$@"

@@ -220,7 +220,17 @@ def inspect_cmd(
     )
 
 
-_DIMS = typer.Option(None, "--dim", metavar="NAME=SIZE",
+def _parse_dims(values: Optional[List[str]]) -> Optional[List[str]]:
+    from .check.inputs import InputError, parse_dims
+
+    try:
+        parse_dims(values or [])
+    except InputError as e:
+        raise typer.BadParameter(str(e)) from None
+    return values
+
+
+_DIMS = typer.Option(None, "--dim", metavar="NAME=SIZE", callback=_parse_dims,
                      help="size of a symbolic input dimension of generated inputs; repeat (--dim batch=1 --dim seq=128)")
 _VOCAB = typer.Option(None, "--vocab", min=1,
                       help="generated integer ids are below this (default: the rows of the table they index, else 32)")
@@ -239,14 +249,10 @@ _MIN_SPEEDUP = typer.Option(None, "--min-speedup", min=0.0, help="fail below thi
 def _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level,
                    max_abs_error, min_cosine, min_top1_agreement, min_speedup, **extra: Any):
     from .check import CheckOptions, Thresholds
-    from .check.inputs import InputError, parse_dims
+    from .check.inputs import parse_dims
 
-    try:
-        dims = parse_dims(dim or [])
-    except InputError as e:
-        raise typer.BadParameter(str(e)) from None
     return CheckOptions(
-        order=order, ops=ops, ort_level=ort_level, dims=dims, vocab=vocab, seed=seed, threads=threads, runs=runs,
+        order=order, ops=ops, ort_level=ort_level, dims=parse_dims(dim or []), vocab=vocab, seed=seed, threads=threads, runs=runs,
         warmup=warmup, top_k=top_k,
         thresholds=Thresholds(max_abs_error, min_cosine, min_top1_agreement, min_speedup), **extra,
     )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,19 +22,34 @@ def test_ci_runs_the_readme_test_command():
     assert "./run-tests.sh" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_main_command_steps_run_on_the_sample(tmp_path):
-    # quickstart.sh = install, then these two commands.
+def _quickstart_commands() -> list[list[str]]:
+    """The quake-onnx lines of quickstart.sh, as argument lists."""
     script = (ROOT / "quickstart.sh").read_text()
-    assert "quake-onnx optimize sample_models/encoder_block.onnx" in script and "quake-onnx demo" in script
-    out = tmp_path / "encoder_block.quake.onnx"
+    return [shlex.split(line)[1:] for line in script.splitlines() if line.startswith(".venv/bin/quake-onnx ")]
+
+
+def test_main_command_steps_run_on_the_sample(tmp_path):
+    # quickstart.sh = install, then optimize, check and zoo on the samples:
+    # run exactly its lines, with build/sample/ in tmp_path and fewer timed runs.
+    commands = _quickstart_commands()
+    assert [c[0] for c in commands] == ["optimize", "check", "zoo"]
+    assert commands[0][1] == "sample_models/zoo/bert_encoder/model.onnx"
+    assert commands[2][1] == "sample_models"
     cli = [str(Path(sys.executable).parent / "quake-onnx")]  # the entry point of the environment under test
-    subprocess.run(cli + ["optimize", str(ROOT / "sample_models/encoder_block.onnx"), str(out)], check=True,
-                   capture_output=True)
-    assert out.is_file()
-    done = subprocess.run(cli + ["demo", "--models", str(ROOT / "sample_models"), "--optimized", str(out), "--runs", "3"],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "PASS" in done.stdout
+    for args in commands:
+        args = [str(tmp_path / a[len("build/sample/"):]) if a.startswith("build/sample/") else a
+                for a in args if a != "$@"]
+        if args[0] in ("check", "zoo"):
+            args += ["--runs", "3", "--warmup", "1"]
+        done = subprocess.run(cli + args, cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        if args[0] == "optimize":
+            assert (tmp_path / "bert_encoder.quake.onnx").is_file()
+        else:
+            assert "PASS" in done.stdout, done.stdout
+    assert "S(t) = " in done.stdout
+    for report in ("zoo.json", "zoo.md", "zoo.xml"):
+        assert (tmp_path / report).stat().st_size > 0
 
 
 def test_usage_snippet_runs(tmp_path):

@@ -78,7 +78,7 @@ def parse_dims(values: Sequence[str]) -> dict[str, int]:
         name, eq, size = value.partition("=")
         name = name.strip()
         if not eq or not name or not size.strip().isdigit() or int(size) < 1:
-            raise InputError(f"--dim {value!r}: expected NAME=SIZE with a positive integer size, e.g. seq=128")
+            raise InputError(f"{value!r} is not NAME=SIZE with a positive integer size, e.g. seq=128")
         dims[name] = int(size)
     return dims
 
