@@ -143,6 +143,20 @@ def _verify(path: Path) -> None:
         raise OptimizeError(f"the rewritten model does not load in ONNX Runtime: {first}", exit_code=1) from e
 
 
+def _computes_in_float16(model: onnx.ModelProto) -> bool:
+    """True when a float16 tensor enters, leaves or is cast to in the main graph."""
+    graph = model.graph
+    values = list(graph.input) + list(graph.output) + list(graph.value_info)
+    if any(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for v in values):
+        return True
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+        return True
+    return any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
+        for n in graph.node
+    )
+
+
 def optimize(
     model_or_path: ModelLike,
     output: Optional[Union[str, os.PathLike]] = None,
@@ -201,7 +215,15 @@ def optimize(
     with tempfile.TemporaryDirectory(prefix="quake-onnx-") as tmp:
         work = Path(tmp)
         fused = None
-        if ort_fusions:
+        if ort_fusions and _computes_in_float16(model):
+            # ORT's offline CPU pass wraps float16 ops in float32 Casts and
+            # inlines Softmax/Gelu into their bodies, which the saved model
+            # keeps; com.quake ops take float16 directly.
+            warnings.append(
+                "float16 model: rewrote it without ONNX Runtime's offline fusions, which would wrap ops in float32 "
+                "Casts and decompose Softmax and Gelu"
+            )
+        elif ort_fusions:
             try:
                 fused = _fuse(model, src, work, had_external, ort_level)
             except FusionError as e:
