@@ -133,7 +133,7 @@ def zoo_command(
     err = _console(True)
     if list_only:
         for e in mine:
-            console.print(f"{escape(e.name)}\t{escape(str(e.path))}", soft_wrap=True, highlight=False)
+            typer.echo(f"{e.name}\t{e.path}")  # tab-separated for scripts; rich would expand the tab
         return 0
 
     started = time.perf_counter()

@@ -127,7 +127,7 @@ def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
     failures = []
     if summary["nonfinite_mismatch"]:
         bad = [o["name"] for o in outputs if o["nonfinite_mismatch"]]
-        failures.append(f"{summary['nonfinite_mismatch']} non-finite values where the original has others "
+        failures.append(f"non-finite values where the original's differ: {summary['nonfinite_mismatch']} "
                         f"(output {', '.join(bad)})")
     t = thresholds
     worst_abs = summary["max_abs_error"]

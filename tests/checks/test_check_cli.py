@@ -1,0 +1,154 @@
+"""`quake-onnx check`: thresholds and exit codes, input sources, one-line errors."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from checktools import FAST, SAMPLES, ZOO, cli, copy_models, one_line, validate
+from onnx import numpy_helper
+
+LEGACY = ZOO / "legacy_opset11"  # the smallest sample: fastest to check
+BERT = ZOO / "bert_encoder"
+
+
+def test_check_passes_and_reports_every_output(tmp_path):
+    out = tmp_path / "r.json"
+    r = cli("check", BERT, *FAST, "--max-abs-error", "0.05", "--min-top1-agreement", "0.5", "--json", out)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert r.stdout.rstrip().endswith("PASS")
+    assert "last_hidden_state" in r.stdout and "logits" in r.stdout and "speedup" in r.stdout
+    result = json.loads(out.read_text())
+    validate(result, ref="#/$defs/model")
+    assert result["status"] == "pass" and result["timing"]["threads"] == 1 and result["timing"]["runs"] == 3
+    assert [o["name"] for o in result["outputs"]] == ["last_hidden_state", "logits"]
+
+
+def test_min_speedup_100_fails_with_one_line():
+    r = cli("check", LEGACY, *FAST, "--min-speedup", "100")
+    line = one_line(r, 1, prefix="FAIL: ", contains="< 100x")
+    assert line.startswith("FAIL: speedup ")
+    assert "PASS" not in r.stdout
+
+
+def test_loose_thresholds_pass():
+    r = cli("check", LEGACY, *FAST, "--min-speedup", "0.01", "--max-abs-error", "1", "--min-cosine", "0.9")
+    assert r.exit_code == 0, r.stderr
+
+
+def test_tight_max_abs_error_fails_naming_the_output():
+    r = cli("check", LEGACY, *FAST, "--max-abs-error", "1e-9")
+    one_line(r, 1, prefix="FAIL: ", contains="max abs error")
+    assert "(output heatmap)" in r.stderr
+
+
+def test_wrong_optimized_model_fails_accuracy(tmp_path):
+    # An "optimized" model whose weights differ: the check must catch it.
+    model = onnx.load(LEGACY / "model.onnx")
+    w = next(t for t in model.graph.initializer if len(t.dims) == 2)
+    w.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(w), w.name))
+    onnx.save(model, tmp_path / "wrong.onnx")
+    r = cli("check", LEGACY, *FAST, "--optimized", tmp_path / "wrong.onnx")
+    one_line(r, 1, prefix="FAIL: ", contains="cosine")
+
+
+def test_top1_threshold_fails_when_the_argmax_moves(tmp_path):
+    model = onnx.load(ZOO / "vit_block" / "model.onnx")
+    bias = next(t for t in model.graph.initializer if t.name.startswith("head_b"))
+    b = numpy_helper.to_array(bias).copy()
+    b[:] = 0
+    b[0] = 1e3  # every row's argmax becomes class 0
+    bias.CopyFrom(numpy_helper.from_array(b, bias.name))
+    onnx.save(model, tmp_path / "biased.onnx")
+    r = cli("check", ZOO / "vit_block", *FAST, "--optimized", tmp_path / "biased.onnx", "--min-cosine", "-1",
+            "--min-top1-agreement", "1")
+    one_line(r, 1, prefix="FAIL: ", contains="top-1 agreement 0.000 < 1")
+
+
+def test_generated_inputs_with_dims_and_vocab(tmp_path):
+    model = tmp_path / "bert.onnx"  # no test_data_set beside it
+    model.write_bytes((BERT / "model.onnx").read_bytes())
+    r = cli("check", model, *FAST, "--dim", "batch=3", "--dim", "seq=16", "--vocab", "100", "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["inputs"] == {"source": "generated", "sets": 1, "seed": 0,
+                                "shapes": {"input_ids": [3, 16], "attention_mask": [3, 16]}}
+    logits = next(o for o in result["outputs"] if o["name"] == "logits")
+    assert logits["rows"] == 3
+
+
+def test_npz_inputs(tmp_path):
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "x.npz", features=rng.standard_normal((1, 16, 24)).astype(np.float32))
+    model = tmp_path / "m.onnx"
+    model.write_bytes((LEGACY / "model.onnx").read_bytes())
+    r = cli("check", model, *FAST, "--inputs", tmp_path / "x.npz", "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["inputs"]["source"] == "npz"
+
+
+def test_json_to_stdout_is_the_only_stdout(tmp_path):
+    r = cli("check", LEGACY, *FAST, "--json", "-")
+    assert r.exit_code == 0
+    validate(json.loads(r.stdout), ref="#/$defs/model")
+
+
+@pytest.fixture
+def bert_copy(tmp_path):
+    model = tmp_path / "bert.onnx"
+    model.write_bytes((BERT / "model.onnx").read_bytes())
+    return model
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("args, contains", [
+    (["missing.onnx"], "does not exist"),
+    (["{tmp}/garbage.onnx"], "is not an onnx model"),
+    (["{tmp}"], "no .onnx files"),
+    (["{bert}"], "--dim seq=SIZE"),
+    (["{bert}", "--dim", "seq"], "not NAME=SIZE"),
+    (["{bert}", "--dim", "seq=0"], "not NAME=SIZE"),
+    (["{bert}", "--dim", "seq=8", "--vocab", "100000"], "indices element out of data bounds"),
+    (["{bert}", "--inputs", "{tmp}/garbage.onnx"], "not a readable .npz"),
+    (["{bert}", "--inputs", "{tmp}/nothing.npz"], "does not exist"),
+    (["{bert}", "--inputs", "{tmp}/ids.npz"], "no array for input attention_mask"),
+    (["{bert}", "--inputs", "{tmp}/floats.npz"], "the model takes int64"),
+    (["{bert}", "--dim", "seq=8", "--optimized", "{tmp}/nothing.onnx"], "--optimized"),
+    (["{bert}", "--dim", "seq=8", "--json", "{tmp}/no/such/dir/r.json"], "does not exist"),
+    (["{bert}", "--runs", "0"], "--runs"),
+    (["{bert}", "--order", "7"], "--order"),
+])
+def test_usage_and_input_errors_are_one_line_exit_2(tmp_path, bert_copy, args, contains):
+    (tmp_path / "garbage.onnx").write_bytes(b"not a model at all")
+    _npz(tmp_path / "ids.npz", input_ids=np.zeros((1, 8), np.int64))
+    _npz(tmp_path / "floats.npz", input_ids=np.zeros((1, 8), np.float32), attention_mask=np.ones((1, 8), np.int64))
+    args = [a.format(tmp=tmp_path, bert=bert_copy) for a in args]
+    if args[0] == str(tmp_path):  # a folder with no model in it
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        args[0] = str(empty)
+    one_line(cli("check", *FAST, *args), 2, contains=contains)
+
+
+def test_check_takes_a_model_zoo_folder(tmp_path):
+    folder = copy_models(tmp_path, "legacy_opset11") / "legacy_opset11"
+    r = cli("check", folder, *FAST, "--json", tmp_path / "r.json")
+    assert r.exit_code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["inputs"]["source"] == "test_data_set" and result["model"].endswith("model.onnx")
+
+
+def test_recorded_outputs_that_do_not_match_warn(tmp_path):
+    folder = copy_models(tmp_path, "legacy_opset11") / "legacy_opset11"
+    out = folder / "test_data_set_0" / "output_0.pb"
+    tensor = onnx.TensorProto()
+    tensor.ParseFromString(out.read_bytes())
+    out.write_bytes(numpy_helper.from_array(numpy_helper.to_array(tensor) + 1, tensor.name).SerializeToString())
+    r = cli("check", folder, *FAST, "--json", tmp_path / "r.json")
+    assert r.exit_code == 0  # thresholds judge optimized against original
+    assert "differs from the recorded one" in r.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["outputs"][0]["expected"]["original_matches"] is False

@@ -1,0 +1,136 @@
+"""`quake-onnx zoo`: failures that do not stop the run, shards, jobs, timeouts, errors."""
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+from checktools import FAST, SAMPLES, cli, copy_models, one_line, validate
+
+
+@pytest.fixture(scope="module")
+def mixed_zoo(tmp_path_factory):
+    """Two good models, a corrupt one, one with a missing dimension, and an
+    already optimized *.quake.onnx that must be skipped."""
+    root = copy_models(tmp_path_factory.mktemp("mixed"), "legacy_opset11", "vit_block")
+    (root / "broken").mkdir()
+    (root / "broken" / "model.onnx").write_bytes(b"\x08\x07garbage that is not protobuf")
+    (root / "extra").mkdir()
+    (root / "extra" / "bert.onnx").write_bytes((SAMPLES / "zoo" / "bert_encoder" / "model.onnx").read_bytes())
+    (root / "vit_block" / "model.quake.onnx").write_bytes(b"skipped by name")
+    return root
+
+
+def _zoo(root, tmp_path, *args):
+    out = tmp_path / "r.json"
+    r = cli("zoo", root, *FAST, "--json", out, *args)
+    return r, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def _verdicts(report):
+    return [(m["name"], m["status"], m["stage"]) for m in report["models"]]
+
+
+def test_broken_models_are_reported_and_the_others_still_run(mixed_zoo, tmp_path):
+    r, report = _zoo(mixed_zoo, tmp_path, "--junit", tmp_path / "r.xml")
+    one_line(r, 1, prefix="FAIL: ", contains="2 of 4 models failed")
+    validate(report)
+    assert _verdicts(report) == [
+        ("broken", "error", "load"),
+        ("extra/bert", "error", "inputs"),
+        ("legacy_opset11", "pass", None),
+        ("vit_block", "pass", None),
+    ]
+    broken = report["models"][0]
+    assert "not an ONNX model" in broken["reason"]
+    assert "--dim seq=SIZE" in report["models"][1]["reason"]
+    # failures are penalties in S(t): 2 of 4 within tolerance
+    assert report["score"]["within"] == 2 and report["score"]["value"] < 1
+    cases = {c.get("name"): c for c in ET.parse(tmp_path / "r.xml").getroot().iter("testcase")}
+    assert cases["broken"].find("failure").get("message") == broken["reason"]
+    assert cases["broken"].find("failure").get("type") == "error"
+    assert cases["vit_block"].find("failure") is None
+
+
+def test_dim_option_reaches_every_model(mixed_zoo, tmp_path):
+    r, report = _zoo(mixed_zoo, tmp_path, "--dim", "seq=8")
+    assert _verdicts(report)[1] == ("extra/bert", "pass", None)
+
+
+def test_jobs_2_gives_the_verdicts_of_jobs_1(mixed_zoo, tmp_path):
+    r1, one = _zoo(mixed_zoo, tmp_path, "--jobs", "1")
+    r2, two = _zoo(mixed_zoo, tmp_path, "--jobs", "2")
+    assert r1.exit_code == r2.exit_code == 1
+    assert _verdicts(one) == _verdicts(two)
+    assert [m["reason"] for m in one["models"]] == [m["reason"] for m in two["models"]]
+    assert two["jobs"] == 2
+
+
+def test_timeout_is_a_reported_failure(mixed_zoo, tmp_path):
+    r, report = _zoo(mixed_zoo, tmp_path, "--timeout", "0.001", "--jobs", "2")
+    assert r.exit_code == 1
+    assert {m["status"] for m in report["models"]} == {"timeout"}
+    assert all(m["reason"] == "timed out after 0.001 s" for m in report["models"])
+    validate(report)
+
+
+def _listed(root, shard):
+    r = cli("zoo", root, "--list", "--shard", shard)
+    assert r.exit_code == 0, r.stderr
+    return [line.split("\t")[0] for line in r.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7])
+def test_shards_cover_every_model_exactly_once(tmp_path, n):
+    root = tmp_path / "many"
+    for i in range(10):  # listing loads nothing: empty files are enough
+        (root / f"m{i}").mkdir(parents=True)
+        (root / f"m{i}" / "model.onnx").write_bytes(b"")
+    (root / "loose.onnx").write_bytes(b"")
+    everything = _listed(root, "1/1")
+    assert len(everything) == 11
+    shards = [_listed(root, f"{i}/{n}") for i in range(1, n + 1)]
+    flat = [m for s in shards for m in s]
+    assert sorted(flat) == sorted(everything) and len(flat) == len(set(flat))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert shards == [_listed(root, f"{i}/{n}") for i in range(1, n + 1)]  # deterministic
+
+
+def test_a_shard_runs_only_its_models(mixed_zoo, tmp_path):
+    r, report = _zoo(mixed_zoo, tmp_path, "--shard", "2/2")
+    assert [m["name"] for m in report["models"]] == _listed(mixed_zoo, "2/2") == ["extra/bert", "vit_block"]
+    assert report["shard"] == {"index": 2, "count": 2}
+
+
+def test_min_score(tmp_path):
+    root = copy_models(tmp_path / "z", "legacy_opset11")
+    r, report = _zoo(root, tmp_path, "--min-score", "1000")
+    one_line(r, 1, prefix="FAIL: ", contains="< --min-score 1000")
+    assert report["counts"]["pass"] == 1
+
+
+def test_markdown_to_stdout(tmp_path):
+    root = copy_models(tmp_path / "z", "legacy_opset11")
+    r = cli("zoo", root, *FAST, "--markdown", "-")
+    assert r.exit_code == 0
+    assert r.stdout.startswith("## quake-onnx zoo: S(t) = ")
+    assert "PASS" not in r.stdout  # the human summary went to stderr
+
+
+@pytest.mark.parametrize("args, contains", [
+    (["{tmp}/nothing"], "does not exist"),
+    (["{tmp}/file.onnx"], "is not a folder"),
+    (["{tmp}/empty"], "no .onnx model"),
+    (["{tmp}/z", "--shard", "0/2"], "between 1 and n"),
+    (["{tmp}/z", "--shard", "3/2"], "between 1 and n"),
+    (["{tmp}/z", "--shard", "two"], "expected i/n"),
+    (["{tmp}/z", "--jobs", "0"], "--jobs"),
+    (["{tmp}/z", "--json", "{tmp}/no/dir/r.json"], "does not exist"),
+    (["{tmp}/z", "--json", "{tmp}/same", "--junit", "{tmp}/same"], "name the same file"),
+    (["{tmp}/z", "--json", "-", "--junit", "-"], "cannot both write to stdout"),
+    (["{tmp}/z", "--dim", "batch"], "not NAME=SIZE"),
+])
+def test_zoo_usage_errors_are_one_line_exit_2(tmp_path, args, contains):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "a.onnx").write_bytes(b"")
+    (tmp_path / "file.onnx").write_bytes(b"")
+    one_line(cli("zoo", *[a.format(tmp=tmp_path) for a in args]), 2, contains=contains)
