@@ -149,6 +149,8 @@ def zoo_command(
     report = reports.zoo_report(root, results, s, shard=(index, count), jobs=jobs, timeout=timeout,
                                 settings=settings, seconds=elapsed)
     console.print(reports.summary_table(report))
+    for line in reports.failure_lines(report):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
     console.print(reports.score_line(s), soft_wrap=True, highlight=False)
     for r in results:
         for w in r["warnings"]:

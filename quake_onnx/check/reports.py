@@ -127,6 +127,8 @@ def _row(r: dict) -> list[str]:
 
 
 _COLUMNS = ("model", "status", "max abs err", "cosine", "top-1", "ORT ms", "quake ms", "speedup", "replaced", "reason")
+# The terminal table's headers: short, so a model name and eight figures fit 100 columns.
+_SHORT = {"max abs err": "max abs", "replaced": "repl"}
 _STYLE = {"pass": "green", "fail": "red", "error": "red", "timeout": "red"}
 
 
@@ -134,14 +136,28 @@ def summary_table(report: dict) -> Table:
     env = report["environment"]
     table = Table(title=f"quake-onnx zoo {escape(report['root'])}: shard {report['shard']['index']}/"
                         f"{report['shard']['count']}, {env['threads']} thread(s), kernels {env['isa']}")
-    for c in _COLUMNS:
-        table.add_column(c, justify="right" if c not in ("model", "status", "reason") else "left",
-                         overflow="fold")
+    columns = _COLUMNS[:-1]  # reasons are long: failure_lines prints them under the table
+    longest = max((len(r["name"]) for r in report["models"]), default=5)
+    for c in columns:
+        # Names and figures stay whole on a narrow terminal; only the reason folds.
+        table.add_column(_SHORT.get(c, c), justify="right" if c not in ("model", "status", "reason") else "left",
+                         no_wrap=True, overflow="ellipsis",
+                         min_width=min(longest, 32) if c == "model" else None)
     for r in report["models"]:
-        row = [escape(x) for x in _row(r)]
+        row = [escape(x) for x in _row(r)][: len(columns)]
         row[1] = f"[{_STYLE[r['status']]}]{row[1]}[/]"
         table.add_row(*row)
     return table
+
+
+def failure_lines(report: dict) -> list[str]:
+    """One line per model that did not pass: name, status (and stage), reason."""
+    lines = []
+    for r in report["models"]:
+        if r["status"] != "pass":
+            stage = f" ({r['stage']})" if r.get("stage") and r["status"] == "error" else ""
+            lines.append(f"{r['name']}: {r['status']}{stage}: {r['reason']}")
+    return lines
 
 
 def check_table(result: dict) -> Table:

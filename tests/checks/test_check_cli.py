@@ -152,3 +152,10 @@ def test_recorded_outputs_that_do_not_match_warn(tmp_path):
     assert "differs from the recorded one" in r.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["outputs"][0]["expected"]["original_matches"] is False
+
+
+def test_demo_still_runs():
+    # quickstart.sh ran `demo` before `check` replaced it there; the command stays.
+    r = cli("demo", "--runs", "3")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert "PASS" in r.stdout

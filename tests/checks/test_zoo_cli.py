@@ -41,6 +41,7 @@ def test_broken_models_are_reported_and_the_others_still_run(mixed_zoo, tmp_path
     ]
     broken = report["models"][0]
     assert "not an ONNX model" in broken["reason"]
+    assert f"broken: error (load): {broken['reason']}" in r.stdout  # under the summary table
     assert "--dim seq=SIZE" in report["models"][1]["reason"]
     # failures are penalties in S(t): 2 of 4 within tolerance
     assert report["score"]["within"] == 2 and report["score"]["value"] < 1
