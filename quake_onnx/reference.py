@@ -125,6 +125,75 @@ def logsoftmax(x, axis=-1):
     return back(np.where(np.isnan(m), np.nan, y))
 
 
+# EXAQ (Softmax method "exaq", docs/ops.md): z = x - max is clipped to
+# [lo, 0] and rounded to one of 2^bits evenly spaced levels; e^z is the
+# level's exponential. C = slope * sigma + offset, the authors' fits for 2..4
+# bits and their least-squares lines for 5..8 (extrapolated).
+EXAQ_CLIP_FITS = {2: (-1.66, -1.85), 3: (-1.75, -2.06), 4: (-1.83, -2.27)}
+
+
+def exaq_clip(bits, sigma):
+    """C for `bits` and standard deviation `sigma` (what clip=0 uses per row)."""
+    bits = int(bits)
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    if bits in EXAQ_CLIP_FITS:
+        slope, offset = EXAQ_CLIP_FITS[bits]
+    else:
+        slope, offset = -5.24 / 3 - 0.085 * (bits - 3), -2.06 - 0.21 * (bits - 3)
+    return slope * np.asarray(sigma, dtype=np.float64) + offset
+
+
+def exaq_row_stats(x, axis=-1):
+    """(sigma, live count) of every row's live elements (z = x - max >
+    EXP_UNDERFLOW: masks are not data), population standard deviation; sigma
+    is NaN for rows holding a NaN or +inf and for fully masked rows."""
+    r, _ = _rows(x, axis)
+    m = _row_max(r)
+    ok = np.isfinite(m)
+    with np.errstate(invalid="ignore"):
+        z = r - np.where(ok, m, 0.0)
+        live = (z > EXP_UNDERFLOW) & ok
+        count = live.sum(-1)
+        zl = np.where(live, z, 0.0)
+        mean = zl.sum(-1) / np.maximum(count, 1)
+        var = np.maximum((zl * zl).sum(-1) / np.maximum(count, 1) - mean * mean, 0.0)
+    return np.where(count > 0, np.sqrt(var), np.nan), count
+
+
+def softmax_exaq(x, axis=-1, bits=3, clip=0.0, return_u=False):
+    """The exaq softmax in float64. clip < 0: lo = max(clip, -87.3) in every
+    row; clip = 0: lo = max(C(sigma of the row's live z), smallest live z).
+    return_u: also the code argument u = z (L - 1) / -lo + L - 1, whose
+    rounding picks the level (callers use it to spot rounding ties)."""
+    r, back = _rows(x, axis)
+    levels = 2 ** int(bits)
+    if r.size == 0:
+        return (back(r.copy()), back(r.copy())) if return_u else back(r.copy())
+    m = _row_max(r)
+    dead = m == -np.inf
+    bad = np.isnan(m)
+    with np.errstate(invalid="ignore"):
+        z = r - np.where(dead | bad, 0.0, m)
+        live = (z > EXP_UNDERFLOW) & ~(dead | bad)
+    if clip == 0:
+        sigma, _ = exaq_row_stats(r, -1)
+        c = np.float32(exaq_clip(bits, np.nan_to_num(sigma))).astype(np.float64)  # the kernels keep C as a float
+        zmin = np.where(live, z, 0.0).min(-1)
+        lo = np.maximum(c, zmin)[..., None]
+    else:
+        lo = np.full(m.shape, max(_f32(clip), EXP_UNDERFLOW))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = np.where(lo < 0, (levels - 1) / -lo, 0.0)
+        u = np.where(live, z * a + (levels - 1), 0.0)
+        code = np.clip(np.rint(u), 0, levels - 1)
+        e = np.where(live, np.exp(lo + code * (-lo / (levels - 1))), 0.0)
+        y = e / e.sum(-1, keepdims=True)
+    y = np.where(dead, 0.0, y)
+    y = back(np.where(bad, np.nan, y))
+    return (y, back(u)) if return_u else y
+
+
 def _f32(v):
     # ONNX float attributes are float32; the kernels see the rounded value.
     return float(np.float32(v))
@@ -132,6 +201,8 @@ def _f32(v):
 
 def _softmax_op(inputs, attrs):
     method = attrs.get("method", "quake")
+    if method == "exaq":
+        return softmax_exaq(inputs[0], attrs.get("axis", -1), attrs.get("bits", 3), _f32(attrs.get("clip", 0.0)))
     if method != "quake":
         raise NotImplementedError(f"Softmax method {method!r} is not implemented")
     return softmax(inputs[0], attrs.get("axis", -1))

@@ -37,11 +37,16 @@ BAD_ATTRS = [
     ("LogSoftmax", {"axis": 3}, ["axis", "3", "rank 3"]),
     ("LogSoftmax", {"axis": -4}, ["axis", "-4", "rank 3"]),
     ("Softmax", {"method": "foo"}, ["method", '"foo"']),
-    ("Softmax", {"method": "exaq"}, ["exaq", "not implemented"]),
     ("Softmax", {"bits": 1}, ["bits", "got 1"]),
     ("Softmax", {"bits": 9}, ["bits", "got 9"]),
     ("Softmax", {"clip": 0.5}, ["clip", "0.5"]),
     ("Softmax", {"clip": math.inf}, ["clip", "inf"]),
+    ("Softmax", {"method": "exaq", "bits": 1}, ["bits", "got 1"]),
+    ("Softmax", {"method": "exaq", "bits": 9}, ["bits", "got 9"]),
+    ("Softmax", {"method": "exaq", "clip": 0.5}, ["clip", "0.5"]),
+    ("Softmax", {"method": "exaq", "clip": -math.inf}, ["clip", "inf"]),
+    ("Softmax", {"method": "exaq", "clip": math.nan}, ["clip", "nan"]),
+    ("Softmax", {"method": "exaq", "bits": 3.0}, ["bits", "an int"]),
     ("Silu", {"alpha": 0.0}, ["alpha", "got 0"]),
     ("Silu", {"alpha": -1.0}, ["alpha", "got -1"]),
     ("Silu", {"alpha": math.nan}, ["alpha", "nan"]),
@@ -103,7 +108,9 @@ VALID = {
     "Gelu": [{"approximate": a} for a in ("none", "tanh")],
     "Softmax": [{"axis": a} for a in range(-3, 3)]
     + [{"method": "quake", "bits": b} for b in range(2, 9)]
-    + [{"clip": c} for c in (0.0, -1.5, -1e30)],
+    + [{"clip": c} for c in (0.0, -1.5, -1e30)]
+    + [{"method": "exaq", "bits": b} for b in range(2, 9)]
+    + [{"method": "exaq", "clip": c, "axis": a} for c in (0.0, -1.5, -1e30) for a in (0, -1)],
     "LogSoftmax": [{"axis": a} for a in range(-3, 3)],
 }
 VALID_CASES = [(op, dict(a, order=o)) for op, attrs in VALID.items() for a in attrs for o in (1, 2, 3)]

@@ -42,12 +42,24 @@ struct OrderKernels {
   RowsFn logsoftmax;  // all -inf row -> -inf; a NaN or +inf in the row -> NaN row
 };
 
+// EXAQ softmax (method "exaq", ops.md): bits in 2..8 and clip < 0 (a fixed
+// C) or 0 (C from each row's standard deviation), validated by the op layer.
+// The exponential core is not used, so there is no order.
+struct ExaqParams {
+  int bits;
+  float clip;
+};
+// Rows as RowsFn; all -inf row -> 0, a NaN or +inf in the row -> NaN row,
+// elements with x - max <= kExpUnderflow (-inf, float-lowest masks) -> 0.
+using ExaqRowsFn = void (*)(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p);
+
 struct KernelTable {
   Isa isa;
   const char* name;
   OrderKernels order[3];  // index = order - 1
   void (*f16_to_f32)(const uint16_t* x, float* y, size_t n);
   void (*f32_to_f16)(const float* x, uint16_t* y, size_t n);  // round to nearest even
+  ExaqRowsFn softmax_exaq;
 };
 
 // Tables of each ISA; nullptr where the build or the CPU lacks it.

@@ -355,7 +355,7 @@ constexpr OrderKernels order_table() {
 
 const KernelTable* avx2_kernels() {
   static const KernelTable table = {Isa::kAvx2, "avx2", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_avx2, f32_to_f16_avx2};
+                                    f16_to_f32_avx2, f32_to_f16_avx2, scalar_kernels()->softmax_exaq};
   return &table;
 }
 

@@ -382,7 +382,7 @@ constexpr OrderKernels order_table() {
 
 const KernelTable* avx512_kernels() {
   static const KernelTable table = {Isa::kAvx512, "avx512", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_avx512, f32_to_f16_avx512};
+                                    f16_to_f32_avx512, f32_to_f16_avx512, scalar_kernels()->softmax_exaq};
   return &table;
 }
 

@@ -291,7 +291,7 @@ constexpr OrderKernels order_table() {
 
 const KernelTable* neon_kernels() {
   static const KernelTable table = {Isa::kNeon, "neon", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_neon, f32_to_f16_neon};
+                                    f16_to_f32_neon, f32_to_f16_neon, scalar_kernels()->softmax_exaq};
   return &table;
 }
 

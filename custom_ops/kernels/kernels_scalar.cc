@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "exaq_scalar.h"
 #include "exp_core_scalar.h"
 #include "f16_scalar.h"
 #include "kernels.h"
@@ -96,6 +97,67 @@ void logsoftmax_quake_scalar(const float* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] = (x[i] - m) - log_sum;
 }
 
+// EXAQ softmax rows: the definition every ISA matches. Valid for any input.
+// Per row, m = max, z = x - m; live elements (z > kExpUnderflow = -87.3)
+// get e^level(code(z)) from the table, the others (-inf, float-lowest and
+// other additive masks) exactly 0; the row is divided by the sum of its
+// live terms. Error: a live z >= lo moves by at most step / 2 = -lo / (2 (L - 1))
+// in the exponent, z < lo is raised to lo; measured max abs errors against
+// the exact softmax are in docs/ops.md (e.g. 3 bits, Gaussian logits sigma 1:
+// ~0.04). All -inf row -> 0; a NaN or +inf in the row -> NaN row. The sum is
+// the dot product of the level counts with the table (exact counts, double):
+// it equals the sum of the stored terms, so rows sum to 1 within rounding.
+void softmax_exaq_scalar(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
+  const bool derived = p.clip == 0.0f;
+  exaq::Levels fixed, row_levels;
+  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &fixed);
+  uint32_t counts[exaq::kMaxLevels];
+  for (size_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    float* yr = y + r * n;
+    const float m = row_max(xr, n);
+    if (std::isnan(m)) {
+      fill(yr, n, m);
+      continue;
+    }
+    if (m == -std::numeric_limits<float>::infinity()) {
+      fill(yr, n, 0.0f);
+      continue;
+    }
+    const exaq::Levels* lv = &fixed;
+    if (derived) {
+      double count = 0.0, sum = 0.0, sum_sq = 0.0;
+      float zmin = 0.0f;
+      for (size_t i = 0; i < n; ++i) {
+        const float z = xr[i] - m;
+        if (z > kExpUnderflow) {
+          count += 1.0;
+          sum += z;
+          sum_sq += static_cast<double>(z) * z;
+          zmin = z < zmin ? z : zmin;
+        }
+      }
+      exaq::make_levels(p.bits, exaq::derived_lo(p.bits, count, sum, sum_sq, zmin), &row_levels);
+      lv = &row_levels;
+    }
+    for (int32_t k = 0; k < lv->levels; ++k) counts[k] = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const float z = xr[i] - m;
+      if (z > kExpUnderflow) {
+        const int32_t k = exaq::code(z, *lv);
+        ++counts[k];
+        yr[i] = lv->table[k];
+      } else {
+        yr[i] = 0.0f;
+      }
+    }
+    double sum = 0.0;  // >= 1: the max element has code L - 1, e^0
+    for (int32_t k = 0; k < lv->levels; ++k) sum += counts[k] * static_cast<double>(lv->table[k]);
+    const float inv = static_cast<float>(1.0 / sum);
+    for (size_t i = 0; i < n; ++i) yr[i] *= inv;
+  }
+}
+
 void f16_to_f32_scalar(const uint16_t* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] = scalar::half_to_float(x[i]);
 }
@@ -113,7 +175,7 @@ constexpr OrderKernels order_table() {
 
 const KernelTable* scalar_kernels() {
   static const KernelTable table = {Isa::kScalar, "scalar", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_scalar, f32_to_f16_scalar};
+                                    f16_to_f32_scalar, f32_to_f16_scalar, softmax_exaq_scalar};
   return &table;
 }
 

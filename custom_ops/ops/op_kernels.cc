@@ -281,6 +281,10 @@ class AxisKernel : public QuakeKernel {
   AxisKernel(RowsFn OrderKernels::*row_fn, int64_t axis, const KernelTable* table, int order,
              ONNXTensorElementDataType type, std::string where)
       : QuakeKernel(table, order, type, std::move(where)), row_fn_(row_fn), axis_(axis) {}
+  // Softmax with method "exaq".
+  AxisKernel(const ExaqParams& exaq, int64_t axis, const KernelTable* table, ONNXTensorElementDataType type,
+             std::string where)
+      : QuakeKernel(table, 2, type, std::move(where)), row_fn_(nullptr), axis_(axis), exaq_(true), exaq_params_(exaq) {}
 
  protected:
   OrtStatusPtr Run(Ort::KernelContext& ctx) override {
@@ -318,7 +322,13 @@ class AxisKernel : public QuakeKernel {
 
   template <typename T>
   void Run(Ort::KernelContext& ctx, const T* x, T* y, size_t outer, size_t len, size_t inner) const {
-    const RowsFn rows_fn = kernels_.*row_fn_;
+    const auto rows_fn = [this](const float* a, float* b, size_t rows, size_t n) {
+      if (exaq_) {
+        table_->softmax_exaq(a, b, rows, n, exaq_params_);
+      } else {
+        (kernels_.*row_fn_)(a, b, rows, n);
+      }
+    };
     if (inner == 1) {
       const size_t rows_per_task = std::max<size_t>(1, kGrain / len);
       const size_t tasks = (outer + rows_per_task - 1) / rows_per_task;
@@ -361,6 +371,8 @@ class AxisKernel : public QuakeKernel {
 
   RowsFn OrderKernels::*row_fn_;
   int64_t axis_;
+  bool exaq_ = false;
+  ExaqParams exaq_params_{3, 0.0f};
 };
 
 }  // namespace
@@ -368,13 +380,14 @@ class AxisKernel : public QuakeKernel {
 OrtStatusPtr OpDef::InferShape(OrtShapeInferContext* context) const {
   try {
     Ort::ShapeInferContext ctx(&Ort::GetApi(), context);
-    Ort::ShapeInferContext::Shape shape = ctx.GetInputShape(0);
+    const Ort::ShapeInferContext::Shape& shape = ctx.GetInputShape(0);
     if (shape.empty()) return nullptr;  // unknown rank (or a scalar): nothing to add
-    // Named dimensions go out as unknown ones: ORT 1.32 drops the whole
-    // inferred shape when it contains a name, and rank plus static dims are
-    // still worth having. (The optimizer also writes value_info for them.)
-    for (auto& d : shape) {
-      if (!d.IsInt()) d = Ort::ShapeInferContext::SymbolicInteger(int64_t{-1});
+    // Only fully static shapes are stated: ORT 1.32 drops an inferred shape
+    // holding a named dimension, and a -1 would be taken as a real size (ORT
+    // then warns at every run that the output does not match). The optimizer
+    // writes value_info for symbolic shapes instead.
+    for (const auto& d : shape) {
+      if (!d.IsInt() || d.AsInt() < 0) return nullptr;
     }
     // ORT may ask the float registration about a float16 node: the element
     // type comes from the input, not from this definition.
@@ -459,9 +472,10 @@ OrtStatusPtr OpDef::CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, voi
                               std::to_string(clip));
           }
           if (method == "exaq") {
-            return make_error(where + ": method \"exaq\" is not implemented yet in this library; use \"quake\"");
+            *kernel = new AxisKernel(ExaqParams{static_cast<int>(bits), clip}, axis, table, type_, where);
+          } else {
+            *kernel = new AxisKernel(&OrderKernels::softmax, axis, table, ord, type_, where);
           }
-          *kernel = new AxisKernel(&OrderKernels::softmax, axis, table, ord, type_, where);
         } else {
           *kernel = new AxisKernel(&OrderKernels::logsoftmax, axis, table, ord, type_, where);
         }

@@ -22,6 +22,7 @@
 #define QUAKE_TEST_MMAP 1
 #endif
 
+#include "exaq_scalar.h"
 #include "f16_scalar.h"
 #include "kernels.h"
 
@@ -643,6 +644,244 @@ void test_f16(const KernelTable* t, std::mt19937& rng) {
   }
 }
 
+// ------------------------------ EXAQ softmax ------------------------------
+// Each row is checked against the method's definition (ops.md), computed here
+// from x alone: live elements z = x - max > -87.3, lo = max(clip, -87.3) or
+// max(C(sigma), smallest live z), codes round(fma(z, a, L - 1)), y = the
+// level's e^level over the sum of the row's levels. Where the code's argument
+// is within kExaqTie of a rounding tie (x.5), either neighbour is accepted:
+// a derived lo may differ in its last bit between ISAs (summation order of the
+// statistics). The error against the exact softmax is bounded per bits for
+// N(0, 1) logits (the fixed clip is the formula's C at sigma = 1).
+constexpr double kExaqTie = 1e-4;
+constexpr int kExaqBitsLo = 2, kExaqBitsHi = 8;
+// max abs error per element vs the exact softmax, N(0,1) rows of 64..1000, bits 2..8
+// (measured on every table: 0.054 0.031 0.014 0.0086 0.0044 0.0023 0.0011 derived,
+// a little less with the fixed C(1)).
+constexpr double kExaqAbs[9] = {0, 0, 0.08, 0.05, 0.025, 0.014, 0.007, 0.0036, 0.0018};
+std::map<std::string, double> g_exaq_err;  // "table clip bits" -> max abs error vs exact (N(0,1) rows)
+
+const float kExaqClips[] = {0.0f, -3.81f, -0.75f, -200.0f};  // derived, C(1) at 3 bits, narrow, below the range
+
+void check_exaq_row(Case& c, const KernelTable* t, const ExaqParams& p, const float* x, const float* y, size_t n,
+                    bool gaussian) {
+  bool has_nan = false, has_pinf = false;
+  float m = -kInf;
+  for (size_t i = 0; i < n; ++i) {
+    has_nan |= std::isnan(x[i]);
+    has_pinf |= x[i] == kInf;
+    if (x[i] > m) m = x[i];
+  }
+  if (has_nan || has_pinf) {
+    for (size_t i = 0; i < n; ++i) c.check(std::isnan(y[i]), "n %zu: NaN/+inf row gives y[%zu] = %a", n, i, y[i]);
+    return;
+  }
+  if (m == -kInf) {
+    for (size_t i = 0; i < n; ++i) c.check(bits(y[i]) == 0, "n %zu: all -inf row gives y[%zu] = %a", n, i, y[i]);
+    return;
+  }
+  float lo = exaq::fixed_lo(p.clip);
+  if (p.clip == 0.0f) {
+    LD count = 0, sum = 0, sum_sq = 0;
+    float zmin = 0.0f;
+    for (size_t i = 0; i < n; ++i) {
+      const float z = x[i] - m;
+      if (z > kExpUnderflow) {
+        count += 1;
+        sum += z;
+        sum_sq += static_cast<LD>(z) * z;
+        zmin = std::min(zmin, z);
+      }
+    }
+    lo = exaq::derived_lo(p.bits, static_cast<double>(count), static_cast<double>(sum), static_cast<double>(sum_sq), zmin);
+  }
+  exaq::Levels lv;
+  exaq::make_levels(p.bits, lo, &lv);
+  std::vector<int> lo_code(n, -1), hi_code(n, -1);  // acceptable codes; -1: masked (y must be +0)
+  for (size_t i = 0; i < n; ++i) {
+    const float z = x[i] - m;
+    if (!(z > kExpUnderflow)) continue;
+    const double u = std::fma(static_cast<double>(z), lv.a, lv.top);
+    const int k = exaq::code(z, lv);
+    lo_code[i] = hi_code[i] = k;
+    if (std::fabs(u - std::floor(u) - 0.5) < kExaqTie && u > 0) {
+      lo_code[i] = std::max(0, static_cast<int>(std::floor(u)));
+      hi_code[i] = std::min(lv.levels - 1, static_cast<int>(std::floor(u)) + 1);
+    }
+  }
+  LD sum_y = 0, sum_lo = 0, sum_hi = 0, exact_sum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    sum_y += y[i];
+    if (lo_code[i] < 0) continue;
+    sum_lo += lv.table[lo_code[i]];
+    sum_hi += lv.table[hi_code[i]];
+    exact_sum += std::exp(static_cast<LD>(x[i]) - m);
+  }
+  c.check(std::fabs(static_cast<double>(sum_y) - 1.0) <= kRowSumAbs, "bits %d clip %g n %zu: row sums to 1 %+g", p.bits,
+          p.clip, n, static_cast<double>(sum_y - 1));
+  // Codes the kernel chose, read back from y: the row's scale is y(max) = 1 / sum.
+  double err = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (lo_code[i] < 0) {
+      c.check(bits(y[i]) == 0, "bits %d clip %g n %zu: masked x[%zu] = %a gives %a, want +0", p.bits, p.clip, n, i, x[i], y[i]);
+      continue;
+    }
+    // y within the rounding of one of the acceptable levels over a sum between the extremes.
+    const LD want_lo = lv.table[lo_code[i]] / sum_hi, want_hi = lv.table[hi_code[i]] / sum_lo;
+    const LD slack = (kAgreeRel + agree_row_sum(n)) * want_hi + 1e-30L;
+    c.check(y[i] >= want_lo - slack && y[i] <= want_hi + slack, "bits %d clip %g n %zu i %zu x %a (max %a): %a, want %.9Lg..%.9Lg",
+            p.bits, p.clip, n, i, x[i], m, y[i], want_lo, want_hi);
+    err = std::max(err, static_cast<double>(std::fabs(y[i] - std::exp(static_cast<LD>(x[i]) - m) / exact_sum)));
+  }
+  if (gaussian) {
+    char k[96];
+    if (p.clip == 0.0f) {
+      std::snprintf(k, sizeof k, "%s derived C", t->name);
+    } else if (p.clip == static_cast<float>(exaq::clip_from_sigma(p.bits, 1.0))) {
+      std::snprintf(k, sizeof k, "%s fixed C(sigma=1)", t->name);
+    } else {
+      std::snprintf(k, sizeof k, "%s fixed %g", t->name, p.clip);
+    }
+    double& e = g_exaq_err[std::string(k) + " " + std::to_string(p.bits)];
+    e = std::max(e, err);
+    if (p.clip == 0.0f || p.clip == -3.81f) {
+      c.check(err <= kExaqAbs[p.bits], "bits %d clip %g n %zu: max abs error vs exact %g > %g", p.bits, p.clip, n, err,
+              kExaqAbs[p.bits]);
+    }
+  }
+}
+
+void test_exaq(const KernelTable* t, const KernelTable* scalar) {
+  std::mt19937 rng(7u);  // every table sees the same rows
+  const std::vector<std::vector<float>> special_rows = row_cases(rng);
+  std::vector<std::vector<float>> gauss;
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (size_t n : {64, 128, 1000}) {
+    for (int r = 0; r < 20; ++r) {
+      std::vector<float> v(n);
+      for (float& f : v) f = nd(rng) + 3.0f;  // an offset: only x - max matters
+      gauss.push_back(v);
+    }
+  }
+  for (int b = kExaqBitsLo; b <= kExaqBitsHi; ++b) {
+    for (float clip : kExaqClips) {
+      // The fixed clip of the error bound is C(sigma = 1) of this bits.
+      const float fixed = clip == -3.81f ? static_cast<float>(exaq::clip_from_sigma(b, 1.0)) : clip;
+      const ExaqParams p{b, fixed};
+      char name[160];
+      std::snprintf(name, sizeof name, "%s exaq bits %d clip %g: definition, masks, specials, in place, vs scalar", t->name,
+                    b, fixed);
+      Case c(name);
+      size_t flips = 0, total = 0;
+      for (int set = 0; set < 2; ++set) {
+        for (const std::vector<float>& x : set ? gauss : special_rows) {
+          const size_t n = x.size();
+          std::vector<float> y(n), ys(n), inplace = x;
+          t->softmax_exaq(x.data(), y.data(), 1, n, p);
+          check_exaq_row(c, t, p, x.data(), y.data(), n, set == 1 && p.clip != -3.81f ? true : set == 1);
+          t->softmax_exaq(inplace.data(), inplace.data(), 1, n, p);
+          for (size_t i = 0; i < n; ++i) c.check(same(inplace[i], y[i]), "in place n %zu i %zu: %a vs %a", n, i, inplace[i], y[i]);
+          if (t == scalar) continue;
+          scalar->softmax_exaq(x.data(), ys.data(), 1, n, p);
+          for (size_t i = 0; i < n; ++i) {
+            ++total;
+            if (!std::isfinite(ys[i]) || !std::isfinite(y[i]) || ys[i] == 0 || y[i] == 0) {
+              c.check(same(y[i], ys[i]), "n %zu i %zu: %a vs scalar %a", n, i, y[i], ys[i]);
+            } else if (std::fabs(static_cast<double>(y[i]) - ys[i]) > (kAgreeRel + agree_row_sum(n)) * ys[i]) {
+              ++flips;  // a code at a tie of a derived lo; the definition check above bounds it
+            }
+          }
+        }
+      }
+      // A fixed clip gives every ISA the same codes; a derived one may flip a
+      // code at a rounding tie, rarely.
+      c.check(p.clip != 0.0f ? flips == 0 : flips * 10000 <= total, "%zu of %zu elements differ from scalar", flips, total);
+    }
+  }
+  // Tails, offsets, guards; row batches equal single rows.
+  for (int b : {2, 3, 4, 5, 8}) {
+    for (float clip : {0.0f, -4.0f}) {
+      const ExaqParams p{b, clip};
+      char name[160];
+      std::snprintf(name, sizeof name, "%s exaq bits %d clip %g: lengths 1..%zu, offsets, guards, batches", t->name, b,
+                    clip, kMaxLen);
+      Case c(name);
+      for (size_t n = 1; n <= kMaxLen; ++n) {
+        std::vector<float> x = mixed_row(rng, n, false);
+        if (n > 2) x[n / 3] = -kInf;
+        if (n > 4) x[n - 1] = -FLT_MAX;
+        for (size_t off : kOffsets) {
+          Guarded xb(n), yb(n);
+          std::memcpy(xb.at(off), x.data(), n * 4);
+          t->softmax_exaq(xb.at(off), yb.at(off), 1, n, p);
+          c.check(yb.guards_ok(off, n), "n %zu off %zu: wrote outside y", n, off);
+          check_exaq_row(c, t, p, xb.at(off), yb.at(off), n, false);
+          t->softmax_exaq(xb.at(off), xb.at(off), 1, n, p);
+          c.check(xb.guards_ok(off, n), "n %zu off %zu: in place wrote outside", n, off);
+        }
+      }
+      for (size_t n : {1, 2, 7, 16, 17, 31, 64, 65, 128, 333, 1024, 5000}) {
+        const size_t rows = n >= 1024 ? 3 : 37;
+        std::vector<float> x(rows * n);
+        for (size_t r = 0; r < rows; ++r) {
+          std::vector<float> row = mixed_row(rng, n, false);
+          switch (r % 6) {
+            case 1: std::fill(row.begin(), row.end(), -kInf); break;
+            case 2: row[(r * 7) % n] = kNaN; break;
+            case 3: row[(r * 5) % n] = kInf; break;
+            case 4: for (size_t i = 0; i < n; i += 2) row[i] = -FLT_MAX; break;
+            default: break;
+          }
+          std::copy(row.begin(), row.end(), x.begin() + r * n);
+        }
+        std::vector<float> batch(rows * n), single(rows * n);
+        t->softmax_exaq(x.data(), batch.data(), rows, n, p);
+        for (size_t r = 0; r < rows; ++r) t->softmax_exaq(x.data() + r * n, single.data() + r * n, 1, n, p);
+        for (size_t i = 0; i < rows * n; ++i) {
+          c.check(same(batch[i], single[i]), "batch n %zu row %zu i %zu: %a vs %a", n, i / n, i % n, batch[i], single[i]);
+        }
+      }
+    }
+  }
+#ifdef QUAKE_TEST_MMAP
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  char* xr = static_cast<char*>(mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  char* yr = static_cast<char*>(mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  Case c(std::string(t->name) + " exaq: arrays ending at a protected page");
+  if (c.check(xr != MAP_FAILED && yr != MAP_FAILED, "mmap failed")) {
+    mprotect(xr + page, page, PROT_NONE);
+    mprotect(yr + page, page, PROT_NONE);
+    for (size_t n = 1; n <= kMaxLen; ++n) {
+      float* x = reinterpret_cast<float*>(xr + page) - n;
+      float* y = reinterpret_cast<float*>(yr + page) - n;
+      for (size_t i = 0; i < n; ++i) x[i] = 0.25f * static_cast<float>(i) - 3.0f;
+      for (int b : {2, 4, 5, 8}) {
+        t->softmax_exaq(x, y, 1, n, ExaqParams{b, 0.0f});
+        t->softmax_exaq(x, y, 1, n, ExaqParams{b, -5.0f});
+      }
+    }
+    munmap(xr, 2 * page);
+    munmap(yr, 2 * page);
+  }
+#endif
+}
+
+void print_exaq_errors() {
+  std::printf("\nexaq: max abs error vs the exact softmax, N(0,1) rows of 64..1000\n%-28s", "table clip");
+  for (int b = kExaqBitsLo; b <= kExaqBitsHi; ++b) std::printf(" %8s%d", "bits ", b);
+  std::printf("\n");
+  std::map<std::string, std::map<int, double>> rows;
+  for (const auto& kv : g_exaq_err) {
+    const size_t sp = kv.first.rfind(' ');
+    rows[kv.first.substr(0, sp)][std::stoi(kv.first.substr(sp + 1))] = kv.second;
+  }
+  for (const auto& kv : rows) {
+    std::printf("%-28s", kv.first.c_str());
+    for (int b = kExaqBitsLo; b <= kExaqBitsHi; ++b) std::printf(" %9.3g", kv.second.count(b) ? kv.second.at(b) : 0.0);
+    std::printf("\n");
+  }
+}
+
 void print_errors() {
   std::printf("\nmeasured max errors (exp: relative; sigmoid/silu/gelu/softmax/logsoftmax: absolute;\n"
               "softmax-rowsum: |sum - 1|; agree-rel: relative difference to the scalar table)\n");
@@ -672,6 +911,7 @@ int main() {
       for (const OrderKernels& k : t->order) {
         c.check(k.exp && k.sigmoid && k.silu && k.gelu && k.softmax && k.logsoftmax, "missing entry");
       }
+      c.check(t->softmax_exaq != nullptr, "missing softmax_exaq");
     }
     test_elementwise_accuracy(t, scalar, rng);
     test_tails(t, rng);
@@ -679,8 +919,10 @@ int main() {
     test_row_batches(t, rng);
     test_page_end(t);
     test_f16(t, rng);
+    test_exaq(t, scalar);
   }
   print_errors();
+  print_exaq_errors();
   std::printf("\n%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
