@@ -6,7 +6,8 @@ from typing import Optional
 
 import onnx_graphsurgeon as gs
 
-from .match import const_shape, operands, scalar
+from .constants import scalar_value
+from .match import operands
 from .types import Dim, TypeTable
 
 
@@ -60,27 +61,27 @@ class Context:
 
     def scalar_operand(self, node: gs.Node) -> Optional[tuple[float, gs.Tensor]]:
         """(constant, other operand) of a commutative binary node with a one-element
-        constant operand that does not raise the other operand's rank (a [1,1,1]
-        constant would)."""
-        pair = operands(node, lambda t: scalar(t) is not None)
+        constant operand (stored or computed, constants.py) that does not raise the other
+        operand's rank (a [1,1,1] constant would)."""
+        pair = operands(node, lambda t: scalar_value(t) is not None)
         if pair is None:
             return None
         const, other = pair
-        if len(const_shape(const)) > self._scalar_ndim_limit(other):
-            return None
-        return scalar(const), other
+        value = self._within_rank(scalar_value(const), other)
+        return None if value is None else (value, other)
 
     def scalar_divisor(self, node: gs.Node) -> Optional[float]:
         """The constant c of Div(x, c), under the same rank rule."""
-        if len(node.inputs) != 2 or scalar(node.inputs[1]) is None:
+        if len(node.inputs) != 2:
             return None
-        if len(const_shape(node.inputs[1])) > self._scalar_ndim_limit(node.inputs[0]):
-            return None
-        return scalar(node.inputs[1])
+        value = scalar_value(node.inputs[1])
+        return None if value is None else self._within_rank(value, node.inputs[0])
 
-    def _scalar_ndim_limit(self, x: gs.Tensor) -> int:
+    def _within_rank(self, value, x: gs.Tensor) -> Optional[float]:
         rank = self.rank(x)
-        return 1 if rank is None else max(rank, 1)
+        if value.ndim > (1 if rank is None else max(rank, 1)):
+            return None
+        return float(value.reshape(()))
 
     def variable(self, base: str) -> gs.Variable:
         # No dtype on purpose: gs would export value_info for it, and the model had none.

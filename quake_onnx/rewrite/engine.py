@@ -6,6 +6,7 @@ from typing import Iterable
 import onnx_graphsurgeon as gs
 
 from . import layout
+from .constants import computation
 from .context import Context
 from .match import DEFAULT_DOMAINS, first_other_consumer, is_op, producer
 from .report import Decision, Report
@@ -89,7 +90,7 @@ class Engine:
 
 # Rules whose replacement of a single-input node (or of x * Sigmoid(x)) is one elementwise
 # com.quake op: valid on blocked NCHWc data, whose channel padding never reaches a result.
-_ELEMENTWISE_RULES = frozenset({"silu", "sigmoid", "quick_gelu", "exp", "gelu", "contrib_gelu"})
+_ELEMENTWISE_RULES = frozenset({"silu", "swish", "sigmoid", "quick_gelu", "exp", "gelu", "contrib_gelu"})
 
 
 def _elementwise(rule: Rule, anchor: gs.Node, match: Match) -> bool:
@@ -112,6 +113,10 @@ def apply(ctx: Context, anchor: gs.Node, match: Match, gone: set[int]) -> None:
         for tensor in node.inputs:
             if is_op(producer(tensor), "Constant"):
                 maybe_dead.append(producer(tensor))
+            # A computed constant (Sqrt(CastLike(c))) goes with the pattern unless something else reads it.
+            computed = computation(tensor)
+            if computed is not None:
+                maybe_dead.extend(n for n in computed[1] if n.name not in ctx.skip)
     for node in match.remove:
         node.inputs.clear()
         node.outputs.clear()

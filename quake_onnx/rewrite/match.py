@@ -1,4 +1,4 @@
-"""Small structural matcher: constants with tolerance, commutative operand order, producers and consumers.
+"""Small structural matcher: stored constants, tolerance, commutative operand order, producers and consumers.
 
 onnx-graphsurgeon gives the graph; these helpers answer the questions every
 rule asks of it, so the rules read as the pattern they match.
@@ -16,6 +16,11 @@ REL_TOL = 1e-3  # exporters write sqrt(2) etc. in float32 or round them to a few
 
 def is_op(node: Optional[gs.Node], op: str, domains: Iterable[str] = DEFAULT_DOMAINS) -> bool:
     return node is not None and node.op == op and (node.domain or "") in domains
+
+
+def is_add(node: Optional[gs.Node]) -> bool:
+    """Add, or a Sum of two inputs: ONNX's function bodies (Gelu's) write Sum where exporters write Add."""
+    return is_op(node, "Add") or (is_op(node, "Sum") and len(node.inputs) == 2)
 
 
 def producer(tensor: gs.Tensor) -> Optional[gs.Node]:
@@ -56,19 +61,6 @@ def const_shape(tensor: gs.Tensor) -> Optional[tuple[int, ...]]:
     return None if value is None else value.shape
 
 
-def scalar(tensor: gs.Tensor) -> Optional[float]:
-    """A one-element numeric constant as a float (any rank: callers judge broadcasting)."""
-    shape = const_shape(tensor)
-    if shape is None or int(np.prod(shape)) != 1:
-        return None
-    value = const_value(tensor)
-    if value is None or value.size != 1:
-        return None
-    if not np.issubdtype(value.dtype, np.floating) and not np.issubdtype(value.dtype, np.integer):
-        return None
-    return float(value.reshape(()))
-
-
 def close(value: Optional[float], target: float, rel: float = REL_TOL) -> bool:
     return value is not None and abs(value - target) <= rel * abs(target)
 
@@ -99,6 +91,11 @@ def reader(tensor: gs.Tensor, op: str) -> Optional[gs.Node]:
     """The first node of type `op` reading `tensor`. Patterns are followed forward through
     it; other readers of the tensor are the engine's business (it refuses the match)."""
     return next((n for n in consumers(tensor) if is_op(n, op)), None)
+
+
+def add_reader(tensor: gs.Tensor) -> Optional[gs.Node]:
+    """The first Add (or two-input Sum) reading `tensor`, as `reader`."""
+    return next((n for n in consumers(tensor) if is_add(n)), None)
 
 
 def first_other_consumer(tensors: Iterable[gs.Tensor], inside: Iterable[gs.Node], graph: gs.Graph) -> Optional[gs.Tensor]:

@@ -141,19 +141,9 @@ SINGLE = {"Softmax": "com.quake.Softmax", "LogSoftmax": "com.quake.LogSoftmax", 
 # Cases where the rewriter neither does the expected replacement nor says why.
 # Not wrong results (the outputs tests below pass for them): coverage gaps,
 # kept visible as strict xfails so fixing one turns the suite red until the
-# mark goes.
-GAPS = {
-    "test_swish": "ONNX Swish (opset 24) is not a rewrite anchor: with ort_fusions=False it is left with no report "
-                  "entry; with ORT's fusions it is inlined to x * Sigmoid(Cast(alpha) * x) and only the Sigmoid is "
-                  "replaced (the Silu rule wants a constant alpha, not a Cast of one)",
-    "test_swish_expanded": "Swish function body x * Sigmoid(CastLike(alpha) * x): the Silu rule wants a constant "
-                           "alpha, so only the Sigmoid becomes com.quake Sigmoid and the report does not say why "
-                           "the SiLU was not taken",
-    "test_gelu_tanh_1_expanded": "tanh-GELU in ONNX's function-body form (Sum instead of Add, sqrt(2/pi) computed by "
-                                 "Sqrt(CastLike(const))) is neither replaced nor reported: the tanh_gelu rule returns "
-                                 "'no candidate' when the Tanh's input is not const * Add",
-    "test_gelu_tanh_2_expanded": "same as test_gelu_tanh_1_expanded",
-}
+# mark goes. None open: Swish (its own rule), the function bodies' computed
+# constants (Sqrt(CastLike(c))) and Sum for Add were the last ones.
+GAPS: dict[str, str] = {}
 
 
 def expectation(case: dict) -> tuple[str, ...]:
@@ -169,7 +159,7 @@ def expectation(case: dict) -> tuple[str, ...]:
     if fam == "silu":
         return ("com.quake.Silu",)
     if fam == "gelu":
-        return ()  # computed constants (Sqrt(CastLike(2))): may be left, but with a reason
+        return ("com.quake.Gelu",)  # the function body, with Sum and computed constants
     raise AssertionError(f"no expectation for {case['name']}: {ops}")
 
 
@@ -233,10 +223,10 @@ def test_rewrite(backend_dir, name, fusions):
         assert got == want, f"{name}: com.quake ops {got}, expected {want}; report {report.decisions}"
         replaced = [d for d in report.decisions if d.replaced]
         assert len(replaced) == len(want) and all(d.reason.startswith("replaced by com.quake") for d in replaced)
-        if len(case["ops"]) == 1 and SINGLE[case["ops"][0]] == "com.quake.Gelu":
+        if want == ("com.quake.Gelu",):
             node = next(n for n in out.graph.node if n.domain == "com.quake")
             approximate = onnx.helper.get_attribute_value(next(a for a in node.attribute if a.name == "approximate"))
-            assert approximate.decode() == case["attrs"].get("approximate", "none")
+            assert approximate.decode() == CASES[base_name(name)]["attrs"].get("approximate", "none")
     else:
         assert got == (), f"{name}: replaced {got} where the expectation is 'left'"
         left = [d for d in report.decisions if not d.replaced]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..rule import Rule
-from . import contrib_gelu, erf_gelu, exp, gelu, logsoftmax, quick_gelu, sigmoid, silu, softmax, tanh_gelu
+from . import contrib_gelu, erf_gelu, exp, gelu, logsoftmax, quick_gelu, sigmoid, silu, softmax, swish, tanh_gelu
 
 RULES: list[Rule] = [
     erf_gelu.RULE,
@@ -10,6 +10,7 @@ RULES: list[Rule] = [
     gelu.RULE,
     contrib_gelu.RULE,
     quick_gelu.RULE,
+    swish.RULE,
     silu.RULE,  # before sigmoid: x * Sigmoid(x) takes its Sigmoid
     sigmoid.RULE,
     softmax.RULE,

@@ -1,7 +1,9 @@
 """x * 0.5 * (1 + Erf(x / sqrt(2))) -> com.quake Gelu(approximate="none"), anchored at the Erf.
 
-Covers x / 1.4142135 and x * 0.70710678, the 1 + erf sum in either order and
-every association of the final products (see gelu_parts.half_product).
+Covers x / 1.4142135 and x * 0.70710678 (or a computed x / Sqrt(CastLike(2)),
+ONNX's own function body; constants.py), the 1 + erf sum in either order, as
+Add or a two-input Sum, and every association of the final products (see
+gelu_parts.half_product).
 """
 from __future__ import annotations
 

@@ -7,7 +7,9 @@ from typing import Optional, Union
 import onnx_graphsurgeon as gs
 
 from ..context import Context
-from ..match import close, const_shape, first_other_consumer, is_op, operands, other_operand, producer, reader
+from ..match import (
+    add_reader, close, const_shape, first_other_consumer, is_add, is_op, operands, other_operand, producer, reader,
+)
 from ..rule import Match, quake
 
 HALF = 0.5
@@ -35,7 +37,7 @@ def one_plus_half_product(
 ) -> Union[tuple[list[gs.Node], gs.Tensor], str]:
     """Match y = 0.5 * x * (1 + t), t the Erf or Tanh output; returns the
     nodes from the Add on and y, or a reason."""
-    add = reader(t, "Add")
+    add = add_reader(t)
     one = ctx.scalar_operand(add) if add is not None else None
     if one is None or one[1] is not t:
         return f"{what} output is not added to 1"
@@ -84,7 +86,7 @@ def _bias_for(ctx: Context, x: gs.Tensor, pattern: list[gs.Node]) -> Optional[tu
     """(input, bias, Add) when x = Add(input, b) with b a 1-D constant as long as input's
     last dim, read by nothing but the GELU: what ORT's BiasGelu fusion would fold in."""
     add = producer(x)
-    if not is_op(add, "Add") or add.name in ctx.skip:
+    if not is_add(add) or add.name in ctx.skip:
         return None
     pair = operands(add, lambda t: const_shape(t) is not None and len(const_shape(t)) == 1)
     if pair is None:

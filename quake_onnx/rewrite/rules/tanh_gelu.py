@@ -1,8 +1,10 @@
 """0.5 * x * (1 + Tanh(sqrt(2/pi) * (x + 0.044715 * x^3))) -> com.quake Gelu(approximate="tanh").
 
 The GPT-2 / Hugging Face NewGELU form, anchored at the Tanh; x^3 as Pow(x, 3),
-x * x * x or x * Pow(x, 2). A Tanh whose input is not const * (a + b) is not
-a candidate (plain tanh activations are not reported).
+x * x * x or x * Pow(x, 2); the sums as Add or as a two-input Sum (ONNX's own
+Gelu function body), the constants stored or computed (constants.py). A Tanh
+whose input is not const * (a + b) is not a candidate (plain tanh activations
+are not reported).
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from typing import Optional, Union
 import onnx_graphsurgeon as gs
 
 from ..context import Context
-from ..match import close, is_op, other_operand, producer, scalar
+from ..constants import scalar
+from ..match import close, is_add, is_op, other_operand, producer
 from ..rule import Match, Rule
 from . import gelu_parts as parts
 
@@ -51,7 +54,7 @@ def _inner(ctx: Context, inner: gs.Tensor) -> Union[tuple[gs.Tensor, list[gs.Nod
 def match(ctx: Context, tanh: gs.Node) -> Optional[Union[Match, str]]:
     scale = producer(tanh.inputs[0])
     found = ctx.scalar_operand(scale) if is_op(scale, "Mul") else None
-    if found is None or not is_op(producer(found[1]), "Add") or len(producer(found[1]).inputs) != 2:
+    if found is None or not is_add(producer(found[1])) or len(producer(found[1]).inputs) != 2:
         return None
     coefficient, inner = found
     parsed = _inner(ctx, inner)
