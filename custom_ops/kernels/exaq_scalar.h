@@ -38,34 +38,38 @@ inline double clip_from_sigma(int bits, double sigma) {
   return slope * sigma + offset;
 }
 
-// The levels of one row (or of every row, for a fixed clip).
+// The levels of one row (or of every row, for a fixed clip). With
+// j = L - 1 - code (steps below the top level) the entry is
+// e^(-j step) = P[j / 16] * Q[j % 16], P[h] = e^(-16 h step) and
+// Q[r] = e^(-r step) computed in double and rounded to float, their product
+// rounded once more (within 1.5 ulp of e^level). The SIMD kernels look up P
+// and Q in registers (two 16-entry permutes serve 256 levels) and multiply;
+// table[] holds the same products for the scalar code and the 16-level path.
 struct Levels {
   float a;    // codes per unit of z
   float top;  // L - 1
   int32_t levels;
-  alignas(64) float table[kMaxLevels];  // e^(lo + k (-lo) / (L - 1)); table[L - 1] = 1
+  alignas(64) float p[16];
+  alignas(64) float q[16];
+  alignas(64) float table[kMaxLevels];  // table[L - 1] = 1
 };
 
-// lo in [kExpUnderflow, 0]. The table is e^level in double rounded once:
-// q = e^-step to the power j, from the top level down, as q^(16 i) * q^r so
-// the 256-level table costs no long dependent chain.
+// lo in [kExpUnderflow, 0].
 inline void make_levels(int bits, float lo, Levels* lv) {
   const int n = 1 << bits;
   lv->levels = n;
   lv->top = static_cast<float>(n - 1);
   lv->a = lo < 0.0f ? static_cast<float>(n - 1) / -lo : 0.0f;  // lo = 0: every live z is 0, code L - 1
   const double step = -static_cast<double>(lo) / (n - 1);
-  const double q = std::exp(-step);
-  double small[16];
-  small[0] = 1.0;
-  for (int r = 1; r < 16; ++r) small[r] = small[r - 1] * q;
-  const double q16 = small[15] * q;
+  const double r = std::exp(-step);
+  double power = 1.0;
+  for (int i = 0; i < 16; ++i, power *= r) lv->q[i] = static_cast<float>(power);  // power = r^16 after the loop
   double big = 1.0;
-  for (int j0 = 0; j0 < n; j0 += 16) {
-    for (int r = 0; r < 16 && j0 + r < n; ++r) lv->table[n - 1 - (j0 + r)] = static_cast<float>(big * small[r]);
-    big *= q16;
+  for (int i = 0; i < 16; ++i, big *= power) lv->p[i] = static_cast<float>(big);
+  for (int k = 0; k < n; ++k) {
+    const int j = n - 1 - k;
+    lv->table[k] = lv->p[j >> 4] * lv->q[j & 15];
   }
-  lv->table[n - 1] = 1.0f;
 }
 
 // The clip of a fixed-C call: C itself, kept inside the exponential's range.

@@ -27,6 +27,7 @@
 #include <limits>
 
 #include "constants.h"
+#include "exaq_scalar.h"
 
 namespace quake {
 namespace {
@@ -346,6 +347,162 @@ void softmax_rows_avx512(const float* x, float* y, size_t rows, size_t n) {
   }
 }
 
+// ----------------------------------------------------------------------------
+// EXAQ softmax. The table lookup is a register permute: up to 16 levels
+// (bits 2..4) one VPERMPS of the table; more levels (bits 5..8) VPERMPS of
+// P by j / 16 and of Q by j % 16 (VPERMPS reads the low 4 bits of the
+// index), multiplied: 3 instructions where a 256-entry gather was measured
+// 2.5x slower on Zen 5.
+template <bool Small>
+struct ExaqLookup {
+  __m512 t, p, q;
+  __m512i top;
+  explicit ExaqLookup(const exaq::Levels& lv)
+      : t(_mm512_load_ps(lv.table)), p(_mm512_load_ps(lv.p)), q(_mm512_load_ps(lv.q)),
+        top(_mm512_set1_epi32(lv.levels - 1)) {}
+  // Entries of the live lanes; the others +0.
+  inline __m512 operator()(__mmask16 live, __m512i code) const {
+    if (Small) return _mm512_maskz_permutexvar_ps(live, code, t);
+    const __m512i j = _mm512_sub_epi32(top, code);
+    return _mm512_maskz_mul_ps(live, _mm512_permutexvar_ps(_mm512_srli_epi32(j, 4), p), _mm512_permutexvar_ps(j, q));
+  }
+};
+
+// Terms table[code(x - m)] of one row, stored to y, and their sum; NaN when
+// the row holds a NaN (its z is summed aside: only NaN survives that sum as
+// NaN, -inf stays -inf). Live lanes: z > kExpUnderflow (NaN is not live).
+template <bool Small>
+inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq::Levels& lv) {
+  const ExaqLookup<Small> lookup(lv);
+  const __m512 vm = _mm512_set1_ps(m), under = _mm512_set1_ps(kExpUnderflow), zero = _mm512_setzero_ps();
+  const __m512 va = _mm512_set1_ps(lv.a), vtop = _mm512_set1_ps(lv.top);
+  __m512 s0 = zero, s1 = zero, s2 = zero, s3 = zero, q = zero;
+  auto term = [&](__mmask16 active, __m512 xv) {
+    const __m512 z = _mm512_sub_ps(xv, vm);
+    const __mmask16 live = _mm512_mask_cmp_ps_mask(active, z, under, _CMP_GT_OQ);
+    // max(u, 0) sends NaN u (z = -inf with a = 0) to code 0; the lane is not live anyway.
+    const __m512i code = _mm512_cvtps_epi32(_mm512_max_ps(_mm512_fmadd_ps(z, va, vtop), zero));
+    q = _mm512_mask_add_ps(q, active, q, z);
+    return lookup(live, code);
+  };
+  // Blocks of 1024 summed separately, as sum_exp_shifted.
+  __m512 total = zero;
+  size_t i = 0;
+  const size_t body_end = n & ~static_cast<size_t>(63);
+  while (i < body_end) {
+    const size_t block_end = body_end - i > 1024 ? i + 1024 : body_end;
+    s0 = s1 = s2 = s3 = zero;
+    for (; i < block_end; i += 64) {
+      const __m512 e0 = term(0xffff, _mm512_loadu_ps(x + i)), e1 = term(0xffff, _mm512_loadu_ps(x + i + 16));
+      const __m512 e2 = term(0xffff, _mm512_loadu_ps(x + i + 32)), e3 = term(0xffff, _mm512_loadu_ps(x + i + 48));
+      _mm512_storeu_ps(y + i, e0);
+      _mm512_storeu_ps(y + i + 16, e1);
+      _mm512_storeu_ps(y + i + 32, e2);
+      _mm512_storeu_ps(y + i + 48, e3);
+      s0 = _mm512_add_ps(s0, e0);
+      s1 = _mm512_add_ps(s1, e1);
+      s2 = _mm512_add_ps(s2, e2);
+      s3 = _mm512_add_ps(s3, e3);
+    }
+    total = _mm512_add_ps(total, _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+  }
+  s0 = s1 = zero;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 e = term(0xffff, _mm512_loadu_ps(x + i));
+    _mm512_storeu_ps(y + i, e);
+    s0 = _mm512_add_ps(s0, e);
+  }
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m512 e = term(k, _mm512_maskz_loadu_ps(k, x + i));
+    _mm512_mask_storeu_ps(y + i, k, e);
+    s1 = _mm512_add_ps(s1, e);
+  }
+  const float sum = _mm512_reduce_add_ps(_mm512_add_ps(total, _mm512_add_ps(s0, s1)));
+  return std::isnan(_mm512_reduce_add_ps(q)) ? kNaN : sum;
+}
+
+// lo of a derived-C row: statistics of the live z in double (so every ISA
+// gets the same lo up to the last bits of a double sum), then exaq::derived_lo.
+inline float exaq_derived_lo(const float* x, size_t n, float m, int bits) {
+  const __m512 vm = _mm512_set1_ps(m), under = _mm512_set1_ps(kExpUnderflow);
+  __m512d s_lo = _mm512_setzero_pd(), s_hi = s_lo, q_lo = s_lo, q_hi = s_lo;
+  __m512 zmin = _mm512_setzero_ps();
+  uint64_t count = 0;
+  auto add = [&](__mmask16 active, __m512 xv) {
+    const __m512 z = _mm512_sub_ps(xv, vm);
+    const __mmask16 live = _mm512_mask_cmp_ps_mask(active, z, under, _CMP_GT_OQ);
+    zmin = _mm512_mask_min_ps(zmin, live, zmin, z);
+    const __mmask8 k_lo = static_cast<__mmask8>(live), k_hi = static_cast<__mmask8>(live >> 8);
+    const __m512d d_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(z));
+    const __m512d d_hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
+    s_lo = _mm512_mask_add_pd(s_lo, k_lo, s_lo, d_lo);
+    s_hi = _mm512_mask_add_pd(s_hi, k_hi, s_hi, d_hi);
+    q_lo = _mm512_mask3_fmadd_pd(d_lo, d_lo, q_lo, k_lo);
+    q_hi = _mm512_mask3_fmadd_pd(d_hi, d_hi, q_hi, k_hi);
+    count += static_cast<uint64_t>(__builtin_popcount(live));
+  };
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) add(0xffff, _mm512_loadu_ps(x + i));
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    add(k, _mm512_maskz_loadu_ps(k, x + i));
+  }
+  const double sum = _mm512_reduce_add_pd(_mm512_add_pd(s_lo, s_hi));
+  const double sum_sq = _mm512_reduce_add_pd(_mm512_add_pd(q_lo, q_hi));
+  return exaq::derived_lo(bits, static_cast<double>(count), sum, sum_sq, _mm512_reduce_min_ps(zmin));
+}
+
+// EXAQ softmax rows: the scalar definition (kernels_scalar.cc) with the sum
+// of the stored terms in 64 float lanes instead of counts times the table
+// (measured faster, BENCHMARKS.md) -- both are the same sum up to float
+// rounding (rows sum to 1 within 1e-5). Valid for any input; codes equal the
+// scalar ones bit for bit (same FMA, round to nearest even); errors, masks
+// (z <= -87.3 -> exactly 0) and special rows (all -inf -> 0, NaN/+inf -> NaN)
+// as the scalar definition. Rows go in groups as in softmax_rows_avx512.
+template <bool Small>
+void exaq_rows_avx512(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
+  constexpr size_t kGroupFloats = 4096, kMaxGroup = 64;
+  const size_t group = std::min(kMaxGroup, std::max<size_t>(1, kGroupFloats / n));
+  const bool derived = p.clip == 0.0f;
+  exaq::Levels lv{};
+  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv);
+  float m[kMaxGroup], s[kMaxGroup], lo[kMaxGroup];
+  for (size_t r0 = 0; r0 < rows; r0 += group) {
+    const size_t g = std::min(group, rows - r0);
+    const float* xg = x + r0 * n;
+    float* yg = y + r0 * n;
+    for (size_t i = 0; i < g; ++i) m[i] = row_max_skip_nan(xg + i * n, n);
+    if (derived) {
+      for (size_t i = 0; i < g; ++i) {
+        if (!std::isinf(m[i])) lo[i] = exaq_derived_lo(xg + i * n, n, m[i], p.bits);
+      }
+    }
+    for (size_t i = 0; i < g; ++i) {
+      if (std::isinf(m[i])) continue;  // finished from x alone below (y may alias x)
+      if (derived) exaq::make_levels(p.bits, lo[i], &lv);
+      s[i] = exaq_terms<Small>(xg + i * n, yg + i * n, n, m[i], lv);
+    }
+    for (size_t i = 0; i < g; ++i) {
+      const float* xr = xg + i * n;
+      float* yr = yg + i * n;
+      if (m[i] == kInf || (m[i] != -kInf && std::isnan(s[i]))) {
+        fill(yr, n, kNaN);
+      } else if (m[i] == -kInf) {
+        fill(yr, n, row_has_nan(xr, n) ? kNaN : 0.0f);
+      } else {
+        const __m512 inv = _mm512_set1_ps(1.0f / s[i]);  // s >= 1: the max element's entry is e^0
+        map_avx512(yr, yr, n, [inv](__m512 v) { return _mm512_mul_ps(v, inv); });
+      }
+    }
+  }
+}
+
+void softmax_exaq_avx512(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
+  if (p.bits <= 4) return exaq_rows_avx512<true>(x, y, rows, n, p);
+  exaq_rows_avx512<false>(x, y, rows, n, p);
+}
+
 // F16C conversions, masked tails. Round to nearest even; NaN stays NaN
 // (a signalling NaN half comes back quieted), overflow -> inf.
 void f16_to_f32_avx512(const uint16_t* x, float* y, size_t n) {
@@ -382,7 +539,7 @@ constexpr OrderKernels order_table() {
 
 const KernelTable* avx512_kernels() {
   static const KernelTable table = {Isa::kAvx512, "avx512", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_avx512, f32_to_f16_avx512, scalar_kernels()->softmax_exaq};
+                                    f16_to_f32_avx512, f32_to_f16_avx512, softmax_exaq_avx512};
   return &table;
 }
 

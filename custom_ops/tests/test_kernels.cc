@@ -751,6 +751,27 @@ void check_exaq_row(Case& c, const KernelTable* t, const ExaqParams& p, const fl
   }
 }
 
+void test_exaq_levels() {
+  Case c("exaq levels: table within 1.5 ulp of e^level, top entry 1, codes clamp");
+  for (int b = kExaqBitsLo; b <= kExaqBitsHi; ++b) {
+    for (float lo : {-87.3f, -20.0f, -5.28f, -3.51f, -1.0f, -1e-3f, 0.0f}) {
+      exaq::Levels lv;
+      exaq::make_levels(b, lo, &lv);
+      const int n = 1 << b;
+      c.check(lv.table[n - 1] == 1.0f, "bits %d lo %g: top entry %a", b, lo, lv.table[n - 1]);
+      for (int k = 0; k < n; ++k) {
+        const LD level = static_cast<LD>(lo) * (n - 1 - k) / (n - 1);
+        const LD want = std::exp(level);
+        c.check(std::fabs(lv.table[k] - want) <= 1.5L * 0x1p-23L * want, "bits %d lo %g k %d: %a vs %.9Lg", b, lo, k,
+                lv.table[k], want);
+      }
+      c.check(exaq::code(0.0f, lv) == n - 1 && exaq::code(-86.0f, lv) >= 0 &&
+                  (lo == 0.0f || (exaq::code(lo, lv) == 0 && exaq::code(lo - 5.0f, lv) == 0)),
+              "bits %d lo %g: codes of 0, lo, below lo", b, lo);
+    }
+  }
+}
+
 void test_exaq(const KernelTable* t, const KernelTable* scalar) {
   std::mt19937 rng(7u);  // every table sees the same rows
   const std::vector<std::vector<float>> special_rows = row_cases(rng);
@@ -921,6 +942,7 @@ int main() {
     test_f16(t, rng);
     test_exaq(t, scalar);
   }
+  test_exaq_levels();
   print_errors();
   print_exaq_errors();
   std::printf("\n%d passed, %d failed\n", g_passed, g_failed);
