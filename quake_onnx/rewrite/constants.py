@@ -161,7 +161,8 @@ def _reshaped(node: gs.Node, value: Optional[np.ndarray], depth: int, nodes: lis
     try:
         if node.op == "Reshape":
             copy = not node.attrs.get("allowzero", 0)  # 0 copies the input's dim unless allowzero
-            return value.reshape([value.shape[i] if copy and d == 0 and i < value.ndim else d for i, d in enumerate(arg)])
+            dims = [value.shape[i] if copy and d == 0 and i < value.ndim else d for i, d in enumerate(arg)]
+            return value.reshape(dims)
         if node.op == "Unsqueeze":
             return None if arg is None else np.expand_dims(value, tuple(arg))
         return np.squeeze(value, axis=None if arg is None else tuple(arg))
