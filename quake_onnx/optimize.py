@@ -2,6 +2,7 @@
 fuse, rewrite exponential non-linearities to com.quake, write atomically."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -115,12 +116,17 @@ def _node_names(model: onnx.ModelProto) -> set[str]:
 
 
 def annotate_shapes(model: onnx.ModelProto) -> None:
-    """Stores inferred types and shapes in the main graph's value_info.
+    """States the inferred types and shapes of com.quake outputs in the main
+    graph's value_info.
 
-    The library's custom ops tell ONNX Runtime nothing about their output
-    shapes, so at session time every shape-dependent fusion downstream of a
+    The library's custom ops tell ONNX Runtime only fully static output
+    shapes, so at session time a shape-dependent fusion downstream of a
     com.quake node (SkipLayerNormalization, MatMul+Add into Gemm, NCHWc
-    layouts) would silently stop; ORT takes these shapes from value_info."""
+    layouts) would stop; ORT takes these shapes from value_info. Only the
+    replaced nodes' outputs are stated: ORT then knows what it knew for its
+    own ops, no more, and makes the fusions it would have made on the
+    original (more shapes let it make others, which are not always faster:
+    SkipLayerNormalization is slower than LayerNormalization + Add here)."""
     try:
         from .schemas import register_schemas
 
@@ -129,7 +135,8 @@ def annotate_shapes(model: onnx.ModelProto) -> None:
     except Exception:  # too big to serialise, or an op whose inference raises: ORT works without
         return
     known = {v.name for v in model.graph.value_info}
-    model.graph.value_info.extend(v for v in typed.graph.value_info if v.name not in known)
+    outputs = {o for n in model.graph.node if n.domain == "com.quake" for o in n.output}
+    model.graph.value_info.extend(v for v in typed.graph.value_info if v.name in outputs and v.name not in known)
 
 
 def _verify(path: Path) -> None:
@@ -143,18 +150,49 @@ def _verify(path: Path) -> None:
         raise OptimizeError(f"the rewritten model does not load in ONNX Runtime: {first}", exit_code=1) from e
 
 
-def _computes_in_float16(model: onnx.ModelProto) -> bool:
-    """True when a float16 tensor enters, leaves or is cast to in the main graph."""
-    graph = model.graph
-    values = list(graph.input) + list(graph.output) + list(graph.value_info)
-    if any(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for v in values):
-        return True
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
-        return True
-    return any(
-        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
-        for n in graph.node
-    )
+# ORT's fused attention kernels compute their softmax inside; replacing the
+# Softmax would break the pattern and cost the whole fused kernel.
+ATTENTION_OPS = frozenset({
+    "Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "PackedMultiHeadAttention",
+    "DecoderAttention", "DecoderMaskedMultiHeadAttention", "DecoderMaskedSelfAttention", "LongformerAttention",
+    "QAttention", "SparseAttention",
+})
+
+
+def absorbed_by_ort(original: onnx.ModelProto, fused: onnx.ModelProto) -> dict[str, str]:
+    """Softmax/LogSoftmax nodes of the original's main graph that ONNX Runtime
+    fuses into an attention kernel: output names of the original gone from
+    ORT's graph while ORT's graph holds an attention op. Maps each such
+    node's output name to that op's type."""
+    attention = sorted({n.op_type for n in fused.graph.node if n.domain == "com.microsoft"} & ATTENTION_OPS)
+    if not attention:
+        return {}
+    alive = {t for n in fused.graph.node for t in (*n.input, *n.output)} | {o.name for o in fused.graph.output}
+    return {
+        n.output[0]: attention[0]
+        for n in original.graph.node
+        if n.op_type in ("Softmax", "LogSoftmax") and n.domain in ("", "ai.onnx") and n.output[0] not in alive
+    }
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _keep_absorbed(model: onnx.ModelProto, absorbed: dict[str, str]) -> dict[str, str]:
+    """Names the absorbed nodes (naming unnamed ones in `model`) so the pass
+    can skip them; returns node name -> attention op type."""
+    kept: dict[str, str] = {}
+    used = {n.name for n in model.graph.node}
+    for i, node in enumerate(model.graph.node):
+        if node.output and node.output[0] in absorbed:
+            if not node.name:
+                node.name = next(f"{node.op_type}_{i}_{k}" for k in range(len(used) + 1) if f"{node.op_type}_{i}_{k}" not in used)
+                used.add(node.name)
+            kept[node.name] = absorbed[node.output[0]]
+    return kept
 
 
 def optimize(
@@ -177,15 +215,18 @@ def optimize(
     order: 1, 2 or 3, the accuracy/speed order of the exponential.
     ops: the op families to replace (default: all of them).
     skip_nodes: node names to leave alone.
-    ort_fusions: let ONNX Runtime fuse (Attention, SkipLayerNorm, BiasGelu...)
-        first, offline, and rewrite the fused graph; on failure the original
-        is rewritten and the report carries a warning.
+    ort_fusions: let ONNX Runtime optimise a copy first, offline, as the
+        oracle of what it fuses: a Softmax it folds into a fused attention
+        kernel is kept; everything else is rewritten on the original, and ORT
+        makes its other fusions when it loads the result. On failure the
+        report carries a warning and nothing is kept for ORT.
     ort_level: how far ONNX Runtime optimises first. "extended" (default): its
         fusions, portable; activations ORT would run in its NCHWc conv layout
         or fuse into a Conv are then kept (replacing them would add reorders).
-        "all": also its NCHWc conv layout, fixed in the saved model for this
-        machine's CPU (a warning says so); the activations on blocked tensors
-        are then replaced, which is what makes SiLU CNNs faster.
+        "all": ORT's graph at ENABLE_ALL, NCHWc conv layout included, is what
+        gets rewritten (fixed for this machine's CPU; a warning says so); the
+        activations on blocked tensors are then replaced, which is what makes
+        SiLU CNNs faster.
 
     Returns the rewritten model and the report of every candidate node.
     Raises OptimizeError (nothing written) on bad input, options or failure.
@@ -215,36 +256,45 @@ def optimize(
     with tempfile.TemporaryDirectory(prefix="quake-onnx-") as tmp:
         work = Path(tmp)
         fused = None
-        if ort_fusions and _computes_in_float16(model):
-            # ORT's offline CPU pass wraps float16 ops in float32 Casts and
-            # inlines Softmax/Gelu into their bodies, which the saved model
-            # keeps; com.quake ops take float16 directly.
-            warnings.append(
-                "float16 model: rewrote it without ONNX Runtime's offline fusions, which would wrap ops in float32 "
-                "Casts and decompose Softmax and Gelu"
-            )
-        elif ort_fusions:
+        if ort_fusions:
             try:
                 fused = _fuse(model, src, work, had_external, ort_level)
             except FusionError as e:
                 warnings.append(f"{e}; rewrote the model without ONNX Runtime's fusions")
+        shutil.rmtree(work / "ort", ignore_errors=True)  # free the disk before writing
+        if fused is not None and ort_level == "extended":
+            # ORT's fused graph is the oracle, the original what is rewritten:
+            # ORT redoes its fusions when it loads the result, the output stays
+            # standard ONNX plus com.quake, and a second load of ORT's own
+            # output cannot trigger fusions ORT did not make on the original
+            # (measured: SkipLayerNormalization, slower than LayerNorm + Add here).
+            absorbed = absorbed_by_ort(model, fused)
+            if any(not n.name for n in model.graph.node if n.output and n.output[0] in absorbed):
+                model = _copy(model)  # naming them must not touch the caller's model
+            kept = _keep_absorbed(model, absorbed)
+            fused = None
+        else:
+            kept = {}
         if fused is None:
             if src is not None:
                 modelio.load_external_data(model, src)
             fused = model
         del model
-        shutil.rmtree(work / "ort", ignore_errors=True)  # free the disk before writing
 
         missing = sorted(skip - _node_names(fused))
         if missing:
-            where = " after ONNX Runtime's fusions (see `quake-onnx inspect`)" if ort_fusions else ""
-            warnings.append(f"--skip-nodes: no node named {', '.join(missing)}{where}")
+            warnings.append(f"--skip-nodes: no node named {', '.join(missing)}")
         laid_out = has_nchwc_layout(fused)
         if laid_out:
             warnings.append(NCHWC_WARNING)
         # Kept activations are the default's safety: a model ORT has laid out has none left to keep.
-        rewritten, report = _rewrite_light(fused, order, chosen_ops, skip, keep_layout=not laid_out)
+        rewritten, report = _rewrite_light(fused, order, chosen_ops, skip | frozenset(kept), keep_layout=not laid_out)
         del fused
+        report.decisions[:] = [
+            dataclasses.replace(d, reason=f"kept: ONNX Runtime fuses it into com.microsoft.{kept[d.node]}")
+            if d.node in kept and not d.replaced and d.node not in skip else d
+            for d in report.decisions
+        ]
 
     report.warnings.extend(warnings)
     if dest is not None:
@@ -289,10 +339,8 @@ def _fuse(model: onnx.ModelProto, src: Optional[Path], work: Path, external: boo
 def _save_copy(model: onnx.ModelProto, path: Path) -> None:
     # onnx.save with external data empties the tensors it moves out; the
     # caller's model must stay whole for the fallback and for the user.
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
     onnx.save_model(
-        copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+        _copy(model), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
         location=path.name + ".data", size_threshold=modelio.EXTERNAL_THRESHOLD,
     )
 
