@@ -24,6 +24,7 @@
 #include <limits>
 
 #include "constants.h"
+#include "exaq_scalar.h"
 
 namespace quake {
 namespace {
@@ -313,6 +314,161 @@ void logsoftmax_quake_avx2(const float* x, float* y, size_t n) {
   map_avx2(x, y, n, [vm, log_sum](__m256 v) { return _mm256_sub_ps(_mm256_sub_ps(v, vm), log_sum); });
 }
 
+// ----------------------------------------------------------------------------
+// EXAQ softmax. Lookups are VPERMPS over 8 entries: 8 levels (bits 2, 3)
+// one permute; 16 (bits 4) two permutes and a blend on bit 3 of the code;
+// more (bits 5..8) the P/Q factoring of exaq::Levels: a 16-entry lookup of P
+// by j / 16 and of Q by j % 16, multiplied.
+inline __m256 lookup16(__m256 low, __m256 high, __m256i index) {
+  const __m256 a = _mm256_permutevar8x32_ps(low, index), b = _mm256_permutevar8x32_ps(high, index);
+  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(index, 28)));  // bit 3 to the sign
+}
+
+template <int Levels>  // 8, 16, or 0 for P/Q
+struct ExaqLookup {
+  __m256 t0, t1, p0, p1, q0, q1;
+  __m256i top;
+  explicit ExaqLookup(const exaq::Levels& lv)
+      : t0(_mm256_load_ps(lv.table)), t1(_mm256_load_ps(lv.table + 8)), p0(_mm256_load_ps(lv.p)),
+        p1(_mm256_load_ps(lv.p + 8)), q0(_mm256_load_ps(lv.q)), q1(_mm256_load_ps(lv.q + 8)),
+        top(_mm256_set1_epi32(lv.levels - 1)) {}
+  inline __m256 operator()(__m256i code) const {
+    if (Levels == 8) return _mm256_permutevar8x32_ps(t0, code);
+    if (Levels == 16) return lookup16(t0, t1, code);
+    const __m256i j = _mm256_sub_epi32(top, code);
+    return _mm256_mul_ps(lookup16(p0, p1, _mm256_srli_epi32(j, 4)), lookup16(q0, q1, j));
+  }
+};
+
+// Terms of one row stored to y and their sum (NaN if the row holds a NaN;
+// see the AVX-512 file). Masked-off tail lanes load x = m (z = 0) and are
+// cleared before the store and the sum.
+template <int Levels>
+inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq::Levels& lv) {
+  const ExaqLookup<Levels> lookup(lv);
+  const __m256 vm = _mm256_set1_ps(m), under = _mm256_set1_ps(kExpUnderflow), zero = _mm256_setzero_ps();
+  const __m256 va = _mm256_set1_ps(lv.a), vtop = _mm256_set1_ps(lv.top);
+  __m256 s0 = zero, s1 = zero, s2 = zero, s3 = zero, q = zero;
+  auto term = [&](__m256 xv) {
+    const __m256 z = _mm256_sub_ps(xv, vm);
+    const __m256 live = _mm256_cmp_ps(z, under, _CMP_GT_OQ);
+    const __m256i code = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_fmadd_ps(z, va, vtop), zero));
+    q = _mm256_add_ps(q, z);
+    return _mm256_and_ps(lookup(code), live);
+  };
+  __m256 total = zero;
+  size_t i = 0;
+  const size_t body_end = n & ~static_cast<size_t>(31);
+  while (i < body_end) {
+    const size_t block_end = body_end - i > 512 ? i + 512 : body_end;
+    s0 = s1 = s2 = s3 = zero;
+    for (; i < block_end; i += 32) {
+      const __m256 e0 = term(_mm256_loadu_ps(x + i)), e1 = term(_mm256_loadu_ps(x + i + 8));
+      const __m256 e2 = term(_mm256_loadu_ps(x + i + 16)), e3 = term(_mm256_loadu_ps(x + i + 24));
+      _mm256_storeu_ps(y + i, e0);
+      _mm256_storeu_ps(y + i + 8, e1);
+      _mm256_storeu_ps(y + i + 16, e2);
+      _mm256_storeu_ps(y + i + 24, e3);
+      s0 = _mm256_add_ps(s0, e0);
+      s1 = _mm256_add_ps(s1, e1);
+      s2 = _mm256_add_ps(s2, e2);
+      s3 = _mm256_add_ps(s3, e3);
+    }
+    total = _mm256_add_ps(total, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  }
+  s0 = s1 = zero;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = term(_mm256_loadu_ps(x + i));
+    _mm256_storeu_ps(y + i, e);
+    s0 = _mm256_add_ps(s0, e);
+  }
+  if (i < n) {
+    const __m256i k = tail_mask(n - i);
+    const __m256 e = _mm256_and_ps(term(_mm256_blendv_ps(vm, _mm256_maskload_ps(x + i, k), _mm256_castsi256_ps(k))),
+                                   _mm256_castsi256_ps(k));
+    _mm256_maskstore_ps(y + i, k, e);
+    s1 = _mm256_add_ps(s1, e);
+  }
+  const float sum = hsum(_mm256_add_ps(total, _mm256_add_ps(s0, s1)));
+  return std::isnan(hsum(q)) ? kNaN : sum;
+}
+
+// lo of a derived-C row from its live z, statistics in double: non-live
+// lanes are zeroed, which adds nothing to the sums and keeps zmin (from 0).
+inline float exaq_derived_lo(const float* x, size_t n, float m, int bits) {
+  const __m256 vm = _mm256_set1_ps(m), under = _mm256_set1_ps(kExpUnderflow);
+  __m256d s_lo = _mm256_setzero_pd(), s_hi = s_lo, q_lo = s_lo, q_hi = s_lo;
+  __m256 zmin = _mm256_setzero_ps();
+  uint64_t count = 0;
+  auto add = [&](__m256 z, __m256 live) {
+    const __m256 zl = _mm256_and_ps(z, live);
+    zmin = _mm256_min_ps(zmin, zl);
+    const __m256d d_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(zl)), d_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(zl, 1));
+    s_lo = _mm256_add_pd(s_lo, d_lo);
+    s_hi = _mm256_add_pd(s_hi, d_hi);
+    q_lo = _mm256_fmadd_pd(d_lo, d_lo, q_lo);
+    q_hi = _mm256_fmadd_pd(d_hi, d_hi, q_hi);
+    count += static_cast<uint64_t>(__builtin_popcount(_mm256_movemask_ps(live)));
+  };
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 z = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
+    add(z, _mm256_cmp_ps(z, under, _CMP_GT_OQ));
+  }
+  if (i < n) {
+    const __m256i k = tail_mask(n - i);
+    const __m256 z = _mm256_sub_ps(_mm256_maskload_ps(x + i, k), vm);
+    add(z, _mm256_and_ps(_mm256_cmp_ps(z, under, _CMP_GT_OQ), _mm256_castsi256_ps(k)));
+  }
+  __m256d s = _mm256_add_pd(s_lo, s_hi), q = _mm256_add_pd(q_lo, q_hi);
+  alignas(32) double sv[4], qv[4];
+  _mm256_store_pd(sv, s);
+  _mm256_store_pd(qv, q);
+  __m128 mn = _mm_min_ps(_mm256_castps256_ps128(zmin), _mm256_extractf128_ps(zmin, 1));
+  mn = _mm_min_ps(mn, _mm_movehl_ps(mn, mn));
+  mn = _mm_min_ss(mn, _mm_movehdup_ps(mn));
+  return exaq::derived_lo(bits, static_cast<double>(count), (sv[0] + sv[1]) + (sv[2] + sv[3]),
+                          (qv[0] + qv[1]) + (qv[2] + qv[3]), _mm_cvtss_f32(mn));
+}
+
+// EXAQ softmax rows: the scalar definition (kernels_scalar.cc), terms summed
+// in 32 float lanes; codes equal the scalar ones bit for bit (FMA, round to
+// nearest even). Valid for any input; masks (z <= -87.3) -> exactly 0, all
+// -inf row -> 0, NaN/+inf row -> NaN. x and y may alias.
+template <int Levels>
+void exaq_rows_avx2(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
+  const bool derived = p.clip == 0.0f;
+  exaq::Levels lv{};
+  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv);
+  for (size_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    float* yr = y + r * n;
+    const float m = row_max_skip_nan(xr, n);
+    if (m == kInf) {
+      fill(yr, n, kNaN);
+      continue;
+    }
+    if (m == -kInf) {
+      fill(yr, n, row_has_nan(xr, n) ? kNaN : 0.0f);
+      continue;
+    }
+    if (derived) exaq::make_levels(p.bits, exaq_derived_lo(xr, n, m, p.bits), &lv);
+    const float sum = exaq_terms<Levels>(xr, yr, n, m, lv);
+    if (std::isnan(sum)) {
+      fill(yr, n, kNaN);
+      continue;
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / sum);  // sum >= 1: the max element's entry is e^0
+    map_avx2(yr, yr, n, [inv](__m256 v) { return _mm256_mul_ps(v, inv); });
+  }
+}
+
+void softmax_exaq_avx2(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
+  if (p.bits <= 3) return exaq_rows_avx2<8>(x, y, rows, n, p);
+  if (p.bits == 4) return exaq_rows_avx2<16>(x, y, rows, n, p);
+  exaq_rows_avx2<0>(x, y, rows, n, p);
+}
+
 // F16C conversions. Round to nearest even; NaN stays NaN (a signalling NaN
 // half comes back quieted), overflow -> inf. The tail goes through a small
 // buffer so it uses the same instruction as the body.
@@ -355,7 +511,7 @@ constexpr OrderKernels order_table() {
 
 const KernelTable* avx2_kernels() {
   static const KernelTable table = {Isa::kAvx2, "avx2", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_avx2, f32_to_f16_avx2, scalar_kernels()->softmax_exaq};
+                                    f16_to_f32_avx2, f32_to_f16_avx2, softmax_exaq_avx2};
   return &table;
 }
 
