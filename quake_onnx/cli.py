@@ -137,6 +137,13 @@ _LEVEL = typer.Option(
 )
 
 
+_MIN_ELEMENTS = typer.Option(
+    None, "--min-elements", min=0, metavar="N",
+    help="leave nodes whose input has a fully static shape of fewer than N elements to ONNX Runtime "
+    "(default: the measured break-even of a custom-op call, 2048 elements, Exp 8192; 0 replaces any size)",
+)
+
+
 def _run_optimize(*args: Any, **kwargs: Any):
     from .modelio import ModelFileError as OptimizeError
     from .optimize import optimize
@@ -163,6 +170,7 @@ def optimize_cmd(
     skip_nodes: Optional[List[str]] = _SKIP,
     ort_fusions: bool = _FUSIONS,
     ort_level: str = _LEVEL,
+    min_elements: Optional[int] = _MIN_ELEMENTS,
     explain: bool = typer.Option(False, "--explain", help="print every candidate node and why it was or wasn't replaced"),
     report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="write the full report as JSON"),
     in_place: bool = typer.Option(False, "--in-place", help="allow OUT to be IN (or omit OUT) and overwrite it"),
@@ -182,7 +190,7 @@ def optimize_cmd(
     out = dest if dest is not None else src
     _, result = _run_optimize(
         src, out, order=order, ops=ops, skip_nodes=skip_nodes or (), ort_fusions=ort_fusions, ort_level=ort_level,
-        in_place=in_place,
+        in_place=in_place, min_elements=min_elements,
     )
     if report is not None:
         try:
@@ -206,12 +214,14 @@ def inspect_cmd(
     skip_nodes: Optional[List[str]] = _SKIP,
     ort_fusions: bool = _FUSIONS,
     ort_level: str = _LEVEL,
+    min_elements: Optional[int] = _MIN_ELEMENTS,
 ) -> None:
     """Show what `optimize` would replace and why, writing nothing."""
     from . import _cli_output
 
     _, result = _run_optimize(
-        src, None, order=order, ops=ops, skip_nodes=skip_nodes or (), ort_fusions=ort_fusions, ort_level=ort_level
+        src, None, order=order, ops=ops, skip_nodes=skip_nodes or (), ort_fusions=ort_fusions, ort_level=ort_level,
+        min_elements=min_elements,
     )
     console, err = _consoles()
     _cli_output.show(
@@ -271,6 +281,7 @@ def check_cmd(
     order: int = _ORDER,
     ops: Optional[str] = _OPS,
     ort_level: str = _LEVEL,
+    min_elements: Optional[int] = _MIN_ELEMENTS,
     threads: int = _THREADS,
     runs: int = _RUNS,
     warmup: int = _WARMUP,
@@ -285,7 +296,8 @@ def check_cmd(
     from .check.commands import check_command
 
     options = _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level, max_abs_error,
-                             min_cosine, min_top1_agreement, min_speedup, optimized=optimized, inputs=inputs)
+                             min_cosine, min_top1_agreement, min_speedup, optimized=optimized, inputs=inputs,
+                             min_elements=min_elements)
     raise typer.Exit(check_command(model, options, json_out))
 
 
@@ -309,6 +321,7 @@ def zoo_cmd(
     order: int = _ORDER,
     ops: Optional[str] = _OPS,
     ort_level: str = _LEVEL,
+    min_elements: Optional[int] = _MIN_ELEMENTS,
     threads: int = _THREADS,
     runs: int = _RUNS,
     warmup: int = _WARMUP,
@@ -322,7 +335,7 @@ def zoo_cmd(
     from .check.commands import zoo_command
 
     options = _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level, max_abs_error,
-                             min_cosine, min_top1_agreement, min_speedup)
+                             min_cosine, min_top1_agreement, min_speedup, min_elements=min_elements)
     raise typer.Exit(zoo_command(
         root, options, jobs=jobs, shard=shard, timeout=timeout, json_out=json_out, markdown=markdown, junit=junit,
         list_only=list_only, penalty=penalty, min_score=min_score,

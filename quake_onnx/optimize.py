@@ -61,7 +61,10 @@ NCHWC_WARNING = (
 )
 
 
-def _rewrite(model: onnx.ModelProto, order: int, ops: frozenset[str], skip: frozenset[str], keep_layout: bool = True):
+def _rewrite(
+    model: onnx.ModelProto, order: int, ops: frozenset[str], skip: frozenset[str], keep_layout: bool = True,
+    min_elements: Optional[dict] = None,
+):
     try:
         from .rewrite.passes import rewrite_model
     except ImportError as e:
@@ -72,16 +75,21 @@ def _rewrite(model: onnx.ModelProto, order: int, ops: frozenset[str], skip: froz
         pass
     else:
         register_schemas()
-    return rewrite_model(model, order=order, ops=ops, skip_nodes=skip, keep_conv_layout=keep_layout)
+    return rewrite_model(
+        model, order=order, ops=ops, skip_nodes=skip, keep_conv_layout=keep_layout, min_elements=min_elements or {}
+    )
 
 
-def _rewrite_light(model: onnx.ModelProto, order: int, ops: frozenset[str], skip: frozenset[str], keep_layout: bool):
+def _rewrite_light(
+    model: onnx.ModelProto, order: int, ops: frozenset[str], skip: frozenset[str], keep_layout: bool,
+    min_elements: Optional[dict] = None,
+):
     """The rewrite with big tensors' bytes set aside (see strip_large_tensors),
     and the inferred shapes stated on the result. `model` is as it was after."""
     stash = modelio.strip_large_tensors(model)
     try:
         try:
-            rewritten, report = _rewrite(model, order, ops, skip, keep_layout)
+            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements=min_elements)
         except OptimizeError:
             raise
         except Exception as e:
@@ -91,7 +99,7 @@ def _rewrite_light(model: onnx.ModelProto, order: int, ops: frozenset[str], skip
             if not stash or modelio.needs_external_data(model):
                 raise OptimizeError(f"the rewrite failed: {type(e).__name__}: {e}", exit_code=1) from e
             stash = {}
-            rewritten, report = _rewrite(model, order, ops, skip, keep_layout)
+            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements=min_elements)
         annotate_shapes(rewritten)
         modelio.restore_large_tensors(rewritten, stash)
     finally:
@@ -175,6 +183,16 @@ def absorbed_by_ort(original: onnx.ModelProto, fused: onnx.ModelProto) -> dict[s
     }
 
 
+def _floors(min_elements: Optional[int]) -> dict:
+    if min_elements is None:
+        from .rewrite.engine import BREAK_EVEN
+
+        return dict(BREAK_EVEN)
+    if isinstance(min_elements, bool) or not isinstance(min_elements, int) or min_elements < 0:
+        raise OptimizeError(f"min_elements must be a whole number >= 0, not {min_elements!r}")
+    return {family: min_elements for family in all_ops()}
+
+
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -205,6 +223,7 @@ def optimize(
     ort_fusions: bool = True,
     ort_level: str = "extended",
     in_place: bool = False,
+    min_elements: Optional[int] = None,
 ) -> tuple[onnx.ModelProto, Report]:
     """Replaces the exponential non-linearities of a model with com.quake ops.
 
@@ -228,6 +247,11 @@ def optimize(
         activations on blocked tensors are then replaced, which is what makes
         SiLU CNNs faster.
 
+    min_elements: nodes whose input shape is fully static and smaller than
+        this are left to ONNX Runtime; None (default) uses the measured
+        break-even of a custom-op call per op (2048 elements, Exp 8192), 0
+        replaces whatever the size. Symbolic shapes are always replaced.
+
     Returns the rewritten model and the report of every candidate node.
     Raises OptimizeError (nothing written) on bad input, options or failure.
     """
@@ -237,6 +261,7 @@ def optimize(
     skip = frozenset(skip_nodes)
     if ort_level not in LEVELS:
         raise OptimizeError(f"ort_level must be one of {', '.join(LEVELS)}, not {ort_level!r}")
+    floors = _floors(min_elements)
     if ort_level != "extended" and not ort_fusions:
         raise OptimizeError(f"ort level {ort_level} needs ONNX Runtime's fusions (drop --no-ort-fusions)")
 
@@ -288,7 +313,9 @@ def optimize(
         if laid_out:
             warnings.append(NCHWC_WARNING)
         # Kept activations are the default's safety: a model ORT has laid out has none left to keep.
-        rewritten, report = _rewrite_light(fused, order, chosen_ops, skip | frozenset(kept), keep_layout=not laid_out)
+        rewritten, report = _rewrite_light(
+            fused, order, chosen_ops, skip | frozenset(kept), keep_layout=not laid_out, min_elements=floors
+        )
         del fused
         report.decisions[:] = [
             dataclasses.replace(d, reason=f"kept: ONNX Runtime fuses it into com.microsoft.{kept[d.node]}")

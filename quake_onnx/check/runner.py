@@ -40,6 +40,7 @@ class CheckOptions:
     order: int = 2
     ops: Optional[frozenset] = None
     ort_level: str = "extended"
+    min_elements: Optional[int] = None
     optimized: Optional[Path] = None
     inputs: Optional[Path] = None
     dims: Mapping[str, int] = field(default_factory=dict)
@@ -187,7 +188,7 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
             fast_path = Path(tmp) / "model.quake.onnx"
             try:
                 _, report = optimize(model_path, fast_path, order=options.order, ops=options.ops,
-                                     ort_level=options.ort_level)
+                                     ort_level=options.ort_level, min_elements=options.min_elements)
             except ModelFileError as e:
                 raise CheckError(f"optimize: {e}", "optimize", e.exit_code) from None
             except Exception as e:

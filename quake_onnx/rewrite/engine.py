@@ -1,7 +1,7 @@
 """Runs the rules over a graph and its subgraphs and applies the matches."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import onnx_graphsurgeon as gs
 
@@ -15,6 +15,11 @@ from .types import SUPPORTED, type_name
 
 SKIPPED = "skipped by --skip-nodes"
 
+# Below these element counts a com.quake node is no faster than ONNX Runtime's
+# own op: the custom-op call costs about as much as the exponentials it saves
+# (BENCHMARKS.md, "Small tensors"). Exp's ORT kernel is the fastest of all.
+BREAK_EVEN = {"softmax": 2048, "logsoftmax": 2048, "gelu": 2048, "silu": 2048, "sigmoid": 2048, "exp": 8192}
+
 
 def qualified(node: gs.Node) -> str:
     domain = node.domain or ""
@@ -22,13 +27,14 @@ def qualified(node: gs.Node) -> str:
 
 
 class Engine:
-    def __init__(self, rules: Iterable[Rule], ops: frozenset[str], report: Report):
+    def __init__(self, rules: Iterable[Rule], ops: frozenset[str], report: Report, min_elements: Mapping[str, int] = {}):
         self.by_anchor: dict[tuple[str, str], list[Rule]] = {}
         for rule in rules:  # list order is priority: composite patterns before the single ops they contain
             for domain, op in rule.anchors:
                 self.by_anchor.setdefault((domain, op), []).append(rule)
         self.ops = ops
         self.report = report
+        self.min_elements = dict(min_elements)
 
     def run(self, ctx: Context) -> None:
         gone: set[int] = set()  # ids of nodes a replacement took out
@@ -75,6 +81,10 @@ class Engine:
             return "element type unknown"
         if elem not in SUPPORTED:
             return f"element type {type_name(elem)} is not supported"
+        size = _static_size(ctx.shape(match.x))
+        floor = self.min_elements.get(rule.family, 0)
+        if size is not None and size < floor:
+            return f"{size} elements: below the {floor}-element break-even of a custom-op call"
         # Rules follow a pattern through its fitting reader and leave other readers to this one check.
         inner = [t for n in match.remove for t in n.outputs if t is not match.output]
         leak = first_other_consumer(inner, match.remove, ctx.graph)
@@ -86,6 +96,17 @@ class Engine:
         elif layout.is_blocked(match.x) and not _elementwise(rule, anchor, match):
             return layout.BLOCKED_REASON
         return ""
+
+
+def _static_size(shape) -> "int | None":
+    """Element count of a fully static shape, else None (symbolic sizes are
+    taken to be large: that is what they are in deployed models)."""
+    if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape):
+        return None
+    size = 1
+    for d in shape:
+        size *= d
+    return size
 
 
 # Rules whose replacement of a single-input node (or of x * Sigmoid(x)) is one elementwise

@@ -1,6 +1,8 @@
 """The rewrite pass: `rewrite_model` replaces exponential non-linearities with com.quake nodes."""
 from __future__ import annotations
 
+from typing import Mapping
+
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -23,6 +25,7 @@ def rewrite_model(
     ops: frozenset[str] = ALL_OPS,
     skip_nodes: frozenset[str] = frozenset(),
     keep_conv_layout: bool = True,
+    min_elements: Mapping[str, int] = {},
 ) -> tuple[onnx.ModelProto, Report]:
     """Return (rewritten copy of `model`, what was done to every candidate). `model` is not modified.
 
@@ -32,6 +35,9 @@ def rewrite_model(
     keep_conv_layout: leave the activations ONNX Runtime would run in its NCHWc conv layout or
         fuse into a Conv (see layout.py); False for a model ORT has already laid out, whose
         blocked activations are then replaced (elementwise ops only).
+    min_elements: per op family, the element count below which a node whose
+        input shape is fully static is left (engine.BREAK_EVEN holds the
+        measured break-even of a custom-op call; `optimize` applies it).
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -53,7 +59,7 @@ def rewrite_model(
         skip=frozenset(skip_nodes),
         keep_conv_layout=keep_conv_layout,
     )
-    Engine(RULES, ops, report).run(context)
+    Engine(RULES, ops, report, min_elements).run(context)
 
     if not report.replaced:  # an unchanged model comes back byte for byte
         return work, report

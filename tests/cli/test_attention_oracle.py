@@ -44,7 +44,7 @@ def _fake_ort(model_has_attention: bool):
 def test_softmax_folded_into_attention_is_kept(monkeypatch):
     monkeypatch.setattr(optimize_module, "_fuse", _fake_ort(True))
     original = _model()
-    out, report = quake_onnx.optimize(original)
+    out, report = quake_onnx.optimize(original, min_elements=0)
     assert [f"{n.domain}.{n.op_type}".lstrip(".") for n in out.graph.node] == ["Softmax", "MatMul", "com.quake.Gelu"]
     (softmax,) = [d for d in report.decisions if d.node == "attn_softmax"]
     assert not softmax.replaced and softmax.reason == "kept: ONNX Runtime fuses it into com.microsoft.Attention"
@@ -54,14 +54,14 @@ def test_softmax_folded_into_attention_is_kept(monkeypatch):
 def test_unnamed_softmax_is_named_on_a_copy(monkeypatch):
     monkeypatch.setattr(optimize_module, "_fuse", _fake_ort(True))
     original = _model(name_softmax=False)
-    out, report = quake_onnx.optimize(original)
+    out, report = quake_onnx.optimize(original, min_elements=0)
     assert out.graph.node[0].op_type == "Softmax" and out.graph.node[0].name
     assert original.graph.node[0].name == ""  # the caller's model is untouched
 
 
 def test_without_attention_the_softmax_is_replaced(monkeypatch):
     monkeypatch.setattr(optimize_module, "_fuse", _fake_ort(False))
-    out, _ = quake_onnx.optimize(_model())
+    out, _ = quake_onnx.optimize(_model(), min_elements=0)
     assert [n.op_type for n in out.graph.node] == ["Softmax", "MatMul", "Gelu"]
     assert [n.domain for n in out.graph.node] == ["com.quake", "", "com.quake"]
 
@@ -82,6 +82,6 @@ def test_result_is_the_original_rewritten_not_ort_graph():
         nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 8])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 8])], initializer=[w, b],
     )
-    out, report = quake_onnx.optimize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    out, report = quake_onnx.optimize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), min_elements=0)
     assert {n.domain for n in out.graph.node} <= {"", "com.quake"}
     assert [n.op_type for n in out.graph.node] == ["MatMul", "Add", "Silu"]

@@ -113,7 +113,7 @@ def test_external_data_round_trip(tmp_path):
     ref = run_model(src, feeds)
     for fusions in ("--ort-fusions", "--no-ort-fusions"):
         out = out_dir / f"wide{fusions}.onnx"
-        result = cli("optimize", src, out, fusions)
+        result = cli("optimize", src, out, fusions, "--min-elements", "0")
         assert result.exit_code == 0, result.stderr
         data = out_dir / f"{out.name}.data"
         assert data.is_file() and data.stat().st_size >= 512 * 512 * 4
@@ -125,7 +125,7 @@ def test_external_data_round_trip(tmp_path):
         np.testing.assert_allclose(run_model(out, feeds), ref, atol=3e-3)
 
     # In place: the new data file sits next to the model, the model still runs.
-    result = cli("optimize", src, "--in-place", "--no-ort-fusions")
+    result = cli("optimize", src, "--in-place", "--no-ort-fusions", "--min-elements", "0")
     assert result.exit_code == 0, result.stderr
     assert (src_dir / "wide.onnx.data").is_file()
     np.testing.assert_allclose(run_model(src, feeds), ref, atol=3e-3)
@@ -191,7 +191,7 @@ def test_big_tensors_bypass_the_rewrite(tmp_path, monkeypatch, fusions):
     model, feeds = wide_model(512)
     before = model.SerializeToString()
     out = tmp_path / "o.onnx"
-    rewritten, report = quake_onnx.optimize(model, out, ort_fusions=fusions)
+    rewritten, report = quake_onnx.optimize(model, out, ort_fusions=fusions, min_elements=0)
     assert model.SerializeToString() == before
     assert report.replaced
     weight = next(t for t in rewritten.graph.initializer if t.name == "W")

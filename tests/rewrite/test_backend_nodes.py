@@ -193,7 +193,7 @@ def optimized(backend_dir: Path, name: str, order: int, fusions: bool):
     key = (name, order, fusions)
     if key not in _OPTIMIZED:
         model, _ = load_case(backend_dir, name)
-        _OPTIMIZED[key] = quake_onnx.optimize(model, order=order, ort_fusions=fusions)
+        _OPTIMIZED[key] = quake_onnx.optimize(model, order=order, ort_fusions=fusions, min_elements=0)
     return _OPTIMIZED[key]
 
 
@@ -375,7 +375,7 @@ def test_opset11_flattened_axis(op, order, fusions, shape, axis, runs):
     g = Graph()
     y = g.node(op, ["X"], name="norm", axis=axis)
     model = g.model({"X": shape}, [y], opset=11)
-    out, report = quake_onnx.optimize(model, order=order, ort_fusions=fusions)
+    out, report = quake_onnx.optimize(model, order=order, ort_fusions=fusions, min_elements=0)
 
     register_schemas()
     onnx.checker.check_model(out, full_check=True)
@@ -431,7 +431,7 @@ def as_float16(model: onnx.ModelProto) -> onnx.ModelProto:
 def test_float16_single_op(backend_dir, name, fusions):
     model, data_sets = load_case(backend_dir, name)
     fp16 = as_float16(model)
-    out, report = quake_onnx.optimize(fp16, ort_fusions=fusions)
+    out, report = quake_onnx.optimize(fp16, ort_fusions=fusions, min_elements=0)
     assert [f"{n.domain}.{n.op_type}" for n in out.graph.node] == [SINGLE[CASES[name]["ops"][0]]], report.decisions
     # It runs on float16 and stays within the float32 outputs' bound plus the half rounding of its input
     # (|x| 2^-11, moving these outputs by at most 2 max|x| 2^-11: softmax's log-probabilities move by
