@@ -22,6 +22,7 @@
 #include <limits>
 
 #include "constants.h"
+#include "exaq_scalar.h"
 
 namespace quake {
 namespace {
@@ -255,6 +256,151 @@ void logsoftmax_quake_neon(const float* x, float* y, size_t n) {
   map_neon(x, y, n, [vm, log_sum](float32x4_t v) { return vsubq_f32(vsubq_f32(v, vm), log_sum); });
 }
 
+// ----------------------------------------------------------------------------
+// EXAQ softmax. A 16-float table is 64 bytes, four registers: TBL with byte
+// indices 4 k + {0, 1, 2, 3} reads entry k in every lane. Up to 16 levels
+// (bits 2..4) one lookup of the table; bits 5..8 the P/Q factoring of
+// exaq::Levels (P by j / 16, Q by j % 16, multiplied).
+struct Table16 {
+  uint8x16x4_t bytes;
+  explicit Table16(const float* t) {
+    bytes.val[0] = vreinterpretq_u8_f32(vld1q_f32(t));
+    bytes.val[1] = vreinterpretq_u8_f32(vld1q_f32(t + 4));
+    bytes.val[2] = vreinterpretq_u8_f32(vld1q_f32(t + 8));
+    bytes.val[3] = vreinterpretq_u8_f32(vld1q_f32(t + 12));
+  }
+  // index in 0..15 per lane.
+  inline float32x4_t operator()(uint32x4_t index) const {
+    const uint32x4_t b = vmlaq_u32(vdupq_n_u32(0x03020100u), index, vdupq_n_u32(0x04040404u));
+    return vreinterpretq_f32_u8(vqtbl4q_u8(bytes, vreinterpretq_u8_u32(b)));
+  }
+};
+
+template <bool Small>
+struct ExaqLookup {
+  Table16 t, p, q;
+  uint32x4_t top;
+  explicit ExaqLookup(const exaq::Levels& lv)
+      : t(lv.table), p(lv.p), q(lv.q), top(vdupq_n_u32(static_cast<uint32_t>(lv.levels - 1))) {}
+  inline float32x4_t operator()(uint32x4_t code) const {
+    if (Small) return t(code);
+    const uint32x4_t j = vsubq_u32(top, code);
+    return vmulq_f32(p(vshrq_n_u32(j, 4)), q(vandq_u32(j, vdupq_n_u32(15))));
+  }
+};
+
+// Terms of a NaN-free row with finite max m, stored to y, and their sum.
+// The tail goes through a buffer of -inf (masked, so +0).
+template <bool Small>
+inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq::Levels& lv) {
+  const ExaqLookup<Small> lookup(lv);
+  const float32x4_t vm = vdupq_n_f32(m), under = vdupq_n_f32(kExpUnderflow), zero = vdupq_n_f32(0.0f);
+  const float32x4_t va = vdupq_n_f32(lv.a), vtop = vdupq_n_f32(lv.top);
+  auto term = [&](float32x4_t xv) {
+    const float32x4_t z = vsubq_f32(xv, vm);
+    // FCVTNS rounds to nearest even and sends NaN (z = -inf with a = 0) to 0.
+    const uint32x4_t code = vreinterpretq_u32_s32(vcvtnq_s32_f32(vmaxq_f32(vfmaq_f32(vtop, z, va), zero)));
+    return and_mask(lookup(code), vcgtq_f32(z, under));
+  };
+  float32x4_t s0 = zero, s1 = zero, s2 = zero, s3 = zero, total = zero;
+  size_t i = 0;
+  const size_t body_end = n & ~static_cast<size_t>(15);
+  while (i < body_end) {
+    const size_t block_end = body_end - i > 256 ? i + 256 : body_end;
+    s0 = s1 = s2 = s3 = zero;
+    for (; i < block_end; i += 16) {
+      const float32x4_t e0 = term(vld1q_f32(x + i)), e1 = term(vld1q_f32(x + i + 4));
+      const float32x4_t e2 = term(vld1q_f32(x + i + 8)), e3 = term(vld1q_f32(x + i + 12));
+      vst1q_f32(y + i, e0);
+      vst1q_f32(y + i + 4, e1);
+      vst1q_f32(y + i + 8, e2);
+      vst1q_f32(y + i + 12, e3);
+      s0 = vaddq_f32(s0, e0);
+      s1 = vaddq_f32(s1, e1);
+      s2 = vaddq_f32(s2, e2);
+      s3 = vaddq_f32(s3, e3);
+    }
+    total = vaddq_f32(total, vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+  }
+  s0 = s1 = zero;
+  for (; i + 4 <= n; i += 4) {
+    const float32x4_t e = term(vld1q_f32(x + i));
+    vst1q_f32(y + i, e);
+    s0 = vaddq_f32(s0, e);
+  }
+  if (i < n) {
+    float buf[4] = {-kInf, -kInf, -kInf, -kInf};
+    std::memcpy(buf, x + i, (n - i) * sizeof(float));
+    const float32x4_t e = term(vld1q_f32(buf));
+    s1 = vaddq_f32(s1, e);
+    vst1q_f32(buf, e);
+    std::memcpy(y + i, buf, (n - i) * sizeof(float));
+  }
+  return vaddvq_f32(vaddq_f32(total, vaddq_f32(s0, s1)));
+}
+
+// lo of a derived-C row, statistics of the live z in double; non-live lanes
+// are zeroed (they add nothing and keep zmin, which starts at 0).
+inline float exaq_derived_lo(const float* x, size_t n, float m, int bits) {
+  const float32x4_t vm = vdupq_n_f32(m), under = vdupq_n_f32(kExpUnderflow);
+  float64x2_t s_lo = vdupq_n_f64(0.0), s_hi = s_lo, q_lo = s_lo, q_hi = s_lo;
+  float32x4_t zmin = vdupq_n_f32(0.0f);
+  uint32x4_t count = vdupq_n_u32(0);
+  auto add = [&](float32x4_t xv) {
+    const float32x4_t z = vsubq_f32(xv, vm);
+    const uint32x4_t live = vcgtq_f32(z, under);
+    const float32x4_t zl = and_mask(z, live);
+    zmin = vminq_f32(zmin, zl);
+    const float64x2_t d_lo = vcvt_f64_f32(vget_low_f32(zl)), d_hi = vcvt_high_f64_f32(zl);
+    s_lo = vaddq_f64(s_lo, d_lo);
+    s_hi = vaddq_f64(s_hi, d_hi);
+    q_lo = vfmaq_f64(q_lo, d_lo, d_lo);
+    q_hi = vfmaq_f64(q_hi, d_hi, d_hi);
+    count = vsubq_u32(count, live);  // live lanes are all ones: -1
+  };
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) add(vld1q_f32(x + i));
+  if (i < n) {
+    float buf[4] = {-kInf, -kInf, -kInf, -kInf};
+    std::memcpy(buf, x + i, (n - i) * sizeof(float));
+    add(vld1q_f32(buf));
+  }
+  return exaq::derived_lo(bits, static_cast<double>(vaddvq_u32(count)), vaddvq_f64(vaddq_f64(s_lo, s_hi)),
+                          vaddvq_f64(vaddq_f64(q_lo, q_hi)), vminvq_f32(zmin));
+}
+
+// EXAQ softmax rows: the scalar definition (kernels_scalar.cc), terms summed
+// in 16 float lanes; codes equal the scalar ones bit for bit (FMA, FCVTNS).
+// Valid for any input; masks (z <= -87.3) -> exactly 0, all -inf row -> 0,
+// NaN/+inf row -> NaN (FMAX makes the row max NaN). x and y may alias.
+template <bool Small>
+void exaq_rows_neon(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
+  const bool derived = p.clip == 0.0f;
+  exaq::Levels lv{};
+  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv);
+  for (size_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    float* yr = y + r * n;
+    const float m = row_max(xr, n);
+    if (std::isnan(m) || m == kInf) {
+      fill(yr, n, kNaN);
+      continue;
+    }
+    if (m == -kInf) {
+      fill(yr, n, 0.0f);
+      continue;
+    }
+    if (derived) exaq::make_levels(p.bits, exaq_derived_lo(xr, n, m, p.bits), &lv);
+    const float32x4_t inv = vdupq_n_f32(1.0f / exaq_terms<Small>(xr, yr, n, m, lv));  // sum >= 1: e^0 of the max
+    map_neon(yr, yr, n, [inv](float32x4_t v) { return vmulq_f32(v, inv); });
+  }
+}
+
+void softmax_exaq_neon(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
+  if (p.bits <= 4) return exaq_rows_neon<true>(x, y, rows, n, p);
+  exaq_rows_neon<false>(x, y, rows, n, p);
+}
+
 // FCVT conversions, round to nearest even (FPCR default); NaN stays NaN (a
 // signalling NaN half comes back quieted), overflow -> inf.
 void f16_to_f32_neon(const uint16_t* x, float* y, size_t n) {
@@ -291,7 +437,7 @@ constexpr OrderKernels order_table() {
 
 const KernelTable* neon_kernels() {
   static const KernelTable table = {Isa::kNeon, "neon", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_neon, f32_to_f16_neon, scalar_kernels()->softmax_exaq};
+                                    f16_to_f32_neon, f32_to_f16_neon, softmax_exaq_neon};
   return &table;
 }
 
