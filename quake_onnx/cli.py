@@ -144,6 +144,25 @@ _MIN_ELEMENTS = typer.Option(
 )
 
 
+def _parse_method(value: str) -> str:
+    method = value.strip().lower()
+    if method not in ("quake", "exaq"):
+        raise typer.BadParameter(f"{value!r} is not one of quake, exaq")
+    return method
+
+
+_SOFTMAX_METHOD = typer.Option(
+    "quake", "--softmax-method", metavar="quake|exaq", callback=_parse_method,
+    help="method of the com.quake Softmax nodes: 'quake' (default, polynomial exponential) or 'exaq' "
+    "(exponent quantized to --bits bits, table lookup; fix its clip with `quake-onnx calibrate`)",
+)
+_BITS = typer.Option(3, "--bits", min=2, max=8, help="exaq quantization bits, 2..8 (with --softmax-method exaq)")
+
+
+def _method_title(order: int, softmax_method: str, bits: int) -> str:
+    return f"com.quake order {order}" + (f", softmax exaq {bits} bits" if softmax_method == "exaq" else "")
+
+
 def _run_optimize(*args: Any, **kwargs: Any):
     from .modelio import ModelFileError as OptimizeError
     from .optimize import optimize
@@ -171,6 +190,8 @@ def optimize_cmd(
     ort_fusions: bool = _FUSIONS,
     ort_level: str = _LEVEL,
     min_elements: Optional[int] = _MIN_ELEMENTS,
+    softmax_method: str = _SOFTMAX_METHOD,
+    bits: int = _BITS,
     explain: bool = typer.Option(False, "--explain", help="print every candidate node and why it was or wasn't replaced"),
     report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="write the full report as JSON"),
     in_place: bool = typer.Option(False, "--in-place", help="allow OUT to be IN (or omit OUT) and overwrite it"),
@@ -190,7 +211,7 @@ def optimize_cmd(
     out = dest if dest is not None else src
     _, result = _run_optimize(
         src, out, order=order, ops=ops, skip_nodes=skip_nodes or (), ort_fusions=ort_fusions, ort_level=ort_level,
-        in_place=in_place, min_elements=min_elements,
+        in_place=in_place, min_elements=min_elements, softmax_method=softmax_method, bits=bits,
     )
     if report is not None:
         try:
@@ -200,7 +221,8 @@ def optimize_cmd(
             raise typer.Exit(1) from None
     console, err = _consoles()
     _cli_output.show(
-        console, err, result, title=f"{src}: com.quake order {order}", explain_nodes=explain, written=str(out)
+        console, err, result, title=f"{src}: {_method_title(order, softmax_method, bits)}", explain_nodes=explain,
+        written=str(out),
     )
     if report is not None:
         console.print(f"report {report}", soft_wrap=True, highlight=False)
@@ -215,17 +237,19 @@ def inspect_cmd(
     ort_fusions: bool = _FUSIONS,
     ort_level: str = _LEVEL,
     min_elements: Optional[int] = _MIN_ELEMENTS,
+    softmax_method: str = _SOFTMAX_METHOD,
+    bits: int = _BITS,
 ) -> None:
     """Show what `optimize` would replace and why, writing nothing."""
     from . import _cli_output
 
     _, result = _run_optimize(
         src, None, order=order, ops=ops, skip_nodes=skip_nodes or (), ort_fusions=ort_fusions, ort_level=ort_level,
-        min_elements=min_elements,
+        min_elements=min_elements, softmax_method=softmax_method, bits=bits,
     )
     console, err = _consoles()
     _cli_output.show(
-        console, err, result, title=f"{src}: com.quake order {order} (nothing written)",
+        console, err, result, title=f"{src}: {_method_title(order, softmax_method, bits)} (nothing written)",
         explain_nodes=True, dry_run=True,
     )
 
@@ -340,6 +364,57 @@ def zoo_cmd(
         root, options, jobs=jobs, shard=shard, timeout=timeout, json_out=json_out, markdown=markdown, junit=junit,
         list_only=list_only, penalty=penalty, min_score=min_score,
     ))
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    src: Path = typer.Argument(..., metavar="MODEL", help="a model with exaq Softmax nodes (optimize --softmax-method exaq)"),
+    dest: Path = typer.Argument(..., metavar="OUT", help="where to write the calibrated model"),
+    inputs: Optional[List[Path]] = typer.Option(None, "--inputs", metavar="DATA.npz",
+                                                help="sample inputs by name, one run per file; repeat "
+                                                "(default: test_data_set_* beside MODEL, else --samples generated)"),
+    samples: int = typer.Option(4, "--samples", min=1, help="generated runs when no --inputs and no test data sets"),
+    dim: Optional[List[str]] = _DIMS,
+    vocab: Optional[int] = _VOCAB,
+    seed: int = _SEED,
+    recalibrate: bool = typer.Option(False, "--recalibrate", help="also recompute nodes whose clip is already fixed"),
+) -> None:
+    """Fix the clip of every exaq Softmax from sample inputs: C = slope * sigma + offset, sigma measured per node."""
+    from .calibrate import CalibrateError, calibrate, exaq_nodes
+    from .check.inputs import load_inputs, parse_dims
+    from .modelio import ModelFileError, load_graph
+
+    console, err = _consoles()
+    try:
+        graph = load_graph(src)
+        if not exaq_nodes(graph):
+            raise CalibrateError("no com.quake Softmax node with method \"exaq\" in the main graph "
+                                 "(make them with `quake-onnx optimize --softmax-method exaq`)")
+        feeds = []
+        if inputs:
+            for path in inputs:
+                feeds += [s.feeds for s in load_inputs(graph, src, npz=path).sets]
+        else:
+            for i in range(samples):
+                loaded = load_inputs(graph, src, dims=parse_dims(dim or []), vocab=vocab, seed=seed + i)
+                feeds += [s.feeds for s in loaded.sets]
+                for w in loaded.warnings:
+                    err.print(f"warning: {w}", soft_wrap=True, highlight=False)
+                if loaded.source != "generated":
+                    break  # the data sets beside the model, once
+                if i == 0:
+                    err.print("warning: calibrating on generated inputs; real samples (--inputs) give the clip the "
+                              "model needs", soft_wrap=True, highlight=False)
+        _, results = calibrate(src, feeds, dest, recalibrate=recalibrate)
+    except ModelFileError as e:
+        typer.echo(f"error: {_one_line(str(e))}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    console.print(f"{src}: {len(feeds)} runs", soft_wrap=True, highlight=False)
+    for r in results:
+        what = (f"sigma {r.sigma:.4g} over {r.rows} rows -> clip {r.clip:.4g}" if r.written
+                else f"kept clip {r.old_clip:.4g}" + (" (no live rows)" if r.rows == 0 and r.old_clip == 0 else ""))
+        console.print(f"  {r.node}: {r.bits} bits, {what}", soft_wrap=True, highlight=False)
+    console.print(f"wrote {dest}", soft_wrap=True, highlight=False)
 
 
 def run() -> None:

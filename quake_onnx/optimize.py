@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Union
 import onnx
 import onnxruntime as ort
 
-from . import modelio
+from . import exaq, modelio
 from .modelio import ModelFileError
 from .ort_fusions import LEVELS, FusionError, apply_ort_fusions, has_nchwc_layout, session_options
 from .rewrite.report import Report
@@ -224,6 +224,8 @@ def optimize(
     ort_level: str = "extended",
     in_place: bool = False,
     min_elements: Optional[int] = None,
+    softmax_method: str = "quake",
+    bits: int = 3,
 ) -> tuple[onnx.ModelProto, Report]:
     """Replaces the exponential non-linearities of a model with com.quake ops.
 
@@ -251,12 +253,19 @@ def optimize(
         this are left to ONNX Runtime; None (default) uses the measured
         break-even of a custom-op call per op (2048 elements, Exp 8192), 0
         replaces whatever the size. Symbolic shapes are always replaced.
+    softmax_method: "quake" (default) or "exaq": the method of the com.quake
+        Softmax nodes made (docs/ops.md); exaq nodes quantize the exponent to
+        `bits` (2..8) bits with C derived per row until `calibrate` fixes it.
 
     Returns the rewritten model and the report of every candidate node.
     Raises OptimizeError (nothing written) on bad input, options or failure.
     """
     if order not in ORDERS:
         raise OptimizeError(f"order must be 1, 2 or 3, not {order!r}")
+    if softmax_method not in exaq.METHODS:
+        raise OptimizeError(f"softmax_method must be one of {', '.join(exaq.METHODS)}, not {softmax_method!r}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in exaq.BITS:
+        raise OptimizeError(f"bits must be in 2..8, not {bits!r}")
     chosen_ops = parse_ops(ops)
     skip = frozenset(skip_nodes)
     if ort_level not in LEVELS:
@@ -313,9 +322,12 @@ def optimize(
         if laid_out:
             warnings.append(NCHWC_WARNING)
         # Kept activations are the default's safety: a model ORT has laid out has none left to keep.
+        existing_softmax = exaq.quake_softmax_outputs(fused)
         rewritten, report = _rewrite_light(
             fused, order, chosen_ops, skip | frozenset(kept), keep_layout=not laid_out, min_elements=floors
         )
+        if softmax_method == "exaq":
+            exaq.use_exaq(rewritten, report, bits, existing_softmax)
         del fused
         report.decisions[:] = [
             dataclasses.replace(d, reason=f"kept: ONNX Runtime fuses it into com.microsoft.{kept[d.node]}")

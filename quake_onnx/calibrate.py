@@ -1,0 +1,192 @@
+"""EXAQ clip calibration behind `quake-onnx calibrate` (docs/ops.md).
+
+The exaq softmax clips z = x - max at C. With clip = 0 each call derives C
+from each row's standard deviation, which costs a statistics pass over the
+row and a level table per row. The authors instead fix C per layer after the
+first calls; this does the same offline: run sample inputs, measure sigma of
+every exaq Softmax node's input (the mean over all rows and calls of the
+per-row sigma of the live elements, as the kernels measure it), and write
+C = slope(bits) * sigma + offset(bits) into the node's clip.
+
+Only com.quake Softmax nodes with method "exaq" in the main graph are
+calibrated (nodes inside If/Loop bodies keep their clip); `optimize
+--softmax-method exaq` makes them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Union
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from . import modelio, reference
+from .modelio import ModelFileError
+
+QUAKE = "com.quake"
+ModelLike = Union[str, os.PathLike, onnx.ModelProto]
+
+
+class CalibrateError(ModelFileError):
+    """Bad model, inputs or options (exit 2), or a failed run (exit 1)."""
+
+
+@dataclasses.dataclass
+class NodeCalibration:
+    node: str
+    bits: int
+    rows: int  # rows (softmax slices) measured over all calls
+    sigma: float  # mean per-row sigma of the live elements; NaN if no row was live
+    clip: float  # the clip written (the old one when nothing was measured)
+    old_clip: float
+    written: bool
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def exaq_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """com.quake Softmax nodes of the main graph with method "exaq"."""
+    out = []
+    for node in model.graph.node:
+        method = _attr(node, "method", b"quake")
+        method = method.decode() if isinstance(method, bytes) else method
+        if node.domain == QUAKE and node.op_type == "Softmax" and method == "exaq":
+            out.append(node)
+    return out
+
+
+def _probe(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of the model that also outputs `tensors` (the nodes' inputs)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output} | {i.name for i in probe.graph.input}  # inputs come from the feed
+    types = {}
+    for vi in list(probe.graph.input) + list(probe.graph.value_info) + list(probe.graph.output):
+        if vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for name in tensors:
+        if name not in outputs:
+            # The element type is the node's (float or float16); ORT checks it.
+            probe.graph.output.append(helper.make_tensor_value_info(name, types.get(name, 0), None))
+            outputs.add(name)
+    return probe
+
+
+def _session(model: onnx.ModelProto, threads: Optional[int]) -> ort.InferenceSession:
+    from ._library import get_library_path
+
+    so = ort.SessionOptions()
+    # The probed tensors must stay what the graph computes: no fusions.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    so.register_custom_ops_library(get_library_path())
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        from .schemas import register_schemas
+
+        register_schemas()
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return model
+
+
+def calibrate(
+    model_or_path: ModelLike,
+    inputs: Iterable[Mapping[str, np.ndarray]],
+    output: Optional[Union[str, os.PathLike]] = None,
+    *,
+    recalibrate: bool = False,
+    threads: Optional[int] = None,
+) -> tuple[onnx.ModelProto, list[NodeCalibration]]:
+    """Fixes the clip of every exaq Softmax node from sample inputs.
+
+    model_or_path: a model with com.quake Softmax nodes of method "exaq"
+        (a path, or a ModelProto with its external data loaded).
+    inputs: feeds, one dict (input name -> array) per run; the mean sigma over
+        all rows of all runs is what the clip is computed from.
+    output: where to write the calibrated model (None: write nothing).
+    recalibrate: also recompute nodes whose clip is already fixed (non-zero);
+        by default only clip = 0 nodes are calibrated.
+
+    Returns the calibrated model and one NodeCalibration per exaq node.
+    """
+    if isinstance(model_or_path, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(model_or_path)
+        src = None
+    else:
+        src = Path(model_or_path)
+        model = modelio.load_graph(src)
+        modelio.check_external_data(model, src)
+        modelio.load_external_data(model, src)
+    nodes = exaq_nodes(model)
+    if not nodes:
+        raise CalibrateError("no com.quake Softmax node with method \"exaq\" in the main graph "
+                             "(make them with `quake-onnx optimize --softmax-method exaq`)")
+    chosen = [n for n in nodes if recalibrate or float(_attr(n, "clip", 0.0)) == 0.0]
+    results = {id(n): NodeCalibration(n.name, int(_attr(n, "bits", 3)), 0, float("nan"), float(_attr(n, "clip", 0.0)),
+                                      float(_attr(n, "clip", 0.0)), False) for n in nodes}
+    if chosen:
+        sums = {id(n): 0.0 for n in chosen}
+        rows = {id(n): 0 for n in chosen}
+        probe = _probe(_infer_types(model), [n.input[0] for n in chosen])
+        try:
+            sess = _session(probe, threads)
+        except Exception as e:
+            raise CalibrateError(f"the model does not load in ONNX Runtime: {str(e).strip().splitlines()[0]}",
+                                 exit_code=1) from e
+        names = [o.name for o in sess.get_outputs()]
+        runs = 0
+        for feed in inputs:
+            try:
+                values = dict(zip(names, sess.run(None, dict(feed))))
+            except Exception as e:
+                raise CalibrateError(f"run {runs + 1} failed: {str(e).strip().splitlines()[0]}") from e
+            runs += 1
+            for n in chosen:
+                x = values.get(n.input[0], feed.get(n.input[0]) if hasattr(feed, "get") else None)
+                sigma, count = reference.exaq_row_stats(np.asarray(x), int(_attr(n, "axis", -1)))
+                live = count > 0
+                sums[id(n)] += float(np.sum(sigma[live]))
+                rows[id(n)] += int(np.count_nonzero(live))
+        if runs == 0:
+            raise CalibrateError("no inputs: give at least one sample")
+        for n in chosen:
+            r = results[id(n)]
+            r.rows = rows[id(n)]
+            if r.rows:
+                r.sigma = sums[id(n)] / r.rows
+                # ONNX float attributes are float32; a clip that rounds to 0 would mean "derive".
+                r.clip = min(float(np.float32(reference.exaq_clip(r.bits, r.sigma))), -1e-6)
+                _set_attr(n, "clip", r.clip)
+                r.written = True
+    if output is not None:
+        dest = Path(output)
+        modelio.check_output_path(dest)
+        external = modelio.has_external_data(model) or modelio.needs_external_data(model)
+        try:
+            modelio.save_model_atomic(model, dest, external=external)
+        except OSError as e:
+            raise CalibrateError(f"cannot write {dest}: {e.strerror or e}", exit_code=1) from None
+    return model, [results[id(n)] for n in nodes]
