@@ -17,6 +17,9 @@
 
 namespace quake {
 namespace exaq {
+// Internal linkage: each kernel file compiles these with its own ISA flags,
+// and a merged out-of-line copy must never run on a CPU without them.
+namespace {
 
 constexpr int kMaxLevels = 256;
 
@@ -54,19 +57,33 @@ struct Levels {
   alignas(64) float table[kMaxLevels];  // table[L - 1] = 1
 };
 
-// lo in [kExpUnderflow, 0].
-inline void make_levels(int bits, float lo, Levels* lv) {
+// v[i] = base^i for i < count (count <= 16) by doubling: depth 4 instead of a
+// chain of 15 dependent multiplies (this runs once per row when C is derived).
+inline void powers(double base, int count, double* v) {
+  v[0] = 1.0;
+  double b = base;
+  for (int have = 1; have < count; have *= 2, b *= b) {
+    for (int i = 0; i < have && have + i < count; ++i) v[have + i] = v[i] * b;
+  }
+}
+
+// lo in [kExpUnderflow, 0]. Only the entries a kernel can read are set: q up
+// to min(L, 16), p up to L / 16, table[] up to L when full_table (the scalar
+// kernel) and up to 16 levels otherwise (the SIMD kernels use p and q beyond).
+inline void make_levels(int bits, float lo, Levels* lv, bool full_table = true) {
   const int n = 1 << bits;
   lv->levels = n;
   lv->top = static_cast<float>(n - 1);
   lv->a = lo < 0.0f ? static_cast<float>(n - 1) / -lo : 0.0f;  // lo = 0: every live z is 0, code L - 1
-  const double step = -static_cast<double>(lo) / (n - 1);
-  const double r = std::exp(-step);
-  double power = 1.0;
-  for (int i = 0; i < 16; ++i, power *= r) lv->q[i] = static_cast<float>(power);  // power = r^16 after the loop
-  double big = 1.0;
-  for (int i = 0; i < 16; ++i, big *= power) lv->p[i] = static_cast<float>(big);
-  for (int k = 0; k < n; ++k) {
+  const double r = std::exp(static_cast<double>(lo) / (n - 1));  // e^-step
+  const int nq = n < 16 ? n : 16, np = n > 16 ? n / 16 : 1;
+  double q[16], p[16];
+  powers(r, nq, q);
+  powers(np > 1 ? q[15] * r : 1.0, np, p);  // e^(-16 step)
+  for (int i = 0; i < nq; ++i) lv->q[i] = static_cast<float>(q[i]);
+  for (int i = 0; i < np; ++i) lv->p[i] = static_cast<float>(p[i]);
+  const int filled = full_table || n <= 16 ? n : 0;
+  for (int k = 0; k < filled; ++k) {
     const int j = n - 1 - k;
     lv->table[k] = lv->p[j >> 4] * lv->q[j & 15];
   }
@@ -93,5 +110,6 @@ inline int32_t code(float z, const Levels& lv) {
   return u > 0.0f ? static_cast<int32_t>(std::nearbyint(u)) : 0;
 }
 
+}  // namespace
 }  // namespace exaq
 }  // namespace quake
