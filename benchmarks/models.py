@@ -289,6 +289,7 @@ class SpeedRow:
     runs: dict  # variant -> runs timed
     max_abs: dict  # variant -> max |y - y_base|
     replaced: dict = field(default_factory=dict)
+    load: float = 0.0  # 1-minute load average when the row was measured (this process included)
 
     def speedup(self, v) -> float:
         return self.base_ms / self.ms[v]
@@ -331,7 +332,7 @@ def speed(spec: Spec, precision: str, paths: dict, infos: dict, seqs, threads_li
             ms, runs = time_variants(sessions, feeds, rounds, min_time, min_runs)
             row = SpeedRow(spec.name, precision, seq, threads, spec.ort_level, ms["base"],
                            {v: ms[v] for v in ms if v != "base"}, runs, max_abs,
-                           {v: infos[v]["counts"] for v in infos})
+                           {v: infos[v]["counts"] for v in infos}, round(os.getloadavg()[0], 2))
             rows.append(row)
             log("  " + format_speed_row(row, spec))
         del sessions
