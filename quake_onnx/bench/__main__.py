@@ -1,4 +1,4 @@
-"""`python -m quake_onnx.bench ops ...`: the benchmark command line."""
+"""`python -m quake_onnx.bench ops|exaq ...`: the benchmark command line."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,6 +61,28 @@ def ops(
     )
     if markdown:
         markdown.write_text(bench_ops.machine_line() + "\n\n" + bench_ops.markdown(rows, order_list) + "\n")
+
+
+@app.command()
+def exaq(
+    threads: str = typer.Option("1,2", help="intra_op_num_threads values, comma-separated"),
+    shape: Optional[list[str]] = typer.Option(None, help="shapes like 12x128x128 (repeatable); default: the three of the EXAQ section"),
+    min_time: float = typer.Option(0.6, help="seconds of timed runs per configuration, split over the rounds"),
+    rounds: int = typer.Option(3, min=1, help="interleaved rounds per configuration; the fastest median is kept"),
+    markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown to this file"),
+) -> None:
+    """Time the exaq Softmax against the quake method and ONNX Runtime's Softmax."""
+    from . import exaq as bench_exaq
+    from . import ops as bench_ops
+
+    typer.echo(bench_ops.machine_line())
+    typer.echo(bench_exaq.HEADER)
+    rows = bench_exaq.run(
+        shapes=_shapes(shape) if shape else bench_exaq.SHAPES, threads=_ints(threads, "--threads"),
+        min_time=min_time, rounds=rounds, progress=typer.echo,
+    )
+    if markdown:
+        markdown.write_text(bench_ops.machine_line() + "\n\n" + bench_exaq.markdown(rows) + "\n")
 
 
 if __name__ == "__main__":
