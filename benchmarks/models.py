@@ -290,37 +290,64 @@ class SpeedRow:
     max_abs: dict  # variant -> max |y - y_base|
     replaced: dict = field(default_factory=dict)
     load: float = 0.0  # 1-minute load average when the row was measured (this process included)
+    discarded: int = 0  # blocks thrown away because other processes were using the CPU
 
     def speedup(self, v) -> float:
         return self.base_ms / self.ms[v]
 
 
-def time_variants(sessions: dict, feeds: dict, rounds: int, min_time: float, min_runs: int) -> tuple[dict, dict]:
+def _busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+def _foreign_load(t_wall, t_busy, t_own) -> float:
+    """Cores' worth of CPU used by other processes since the marks."""
+    wall = time.perf_counter() - t_wall
+    return max(0.0, (_busy_seconds() - t_busy) - (time.process_time() - t_own)) / wall if wall > 0 else 0.0
+
+
+def time_variants(sessions: dict, feeds: dict, rounds: int, min_time: float, min_runs: int,
+                  max_foreign: float = 0.1, retries: int = 4) -> tuple[dict, dict, int]:
     """Interleaved rounds: per round a block of runs of every variant (the
     variant order rotated each round so none always follows the same one);
-    per variant the fastest of its round medians."""
+    per variant the fastest of its round medians. A block during which other
+    processes used more than `max_foreign` of a core (from /proc/stat less this
+    process's CPU time) is thrown away and run again after a pause, up to
+    `retries` times per block; the number thrown away is returned."""
     keys = list(sessions)
     for k in keys:  # warm-up: arena growth, prepacking, page faults
         for _ in range(2):
             sessions[k].run(None, feeds)
     medians = {k: [] for k in keys}
     count = {k: 0 for k in keys}
+    discarded = 0
     clock = time.perf_counter
+    proc_stat = Path("/proc/stat").exists()
     for r in range(rounds):
         for k in keys[r % len(keys):] + keys[:r % len(keys)]:
             s = sessions[k]
-            times, start = [], clock()
-            while len(times) < min_runs or clock() - start < min_time:
-                t0 = clock()
-                s.run(None, feeds)
-                times.append(clock() - t0)
+            for attempt in range(retries + 1):
+                marks = (clock(), _busy_seconds(), time.process_time()) if proc_stat else None
+                times, start = [], clock()
+                while len(times) < min_runs or clock() - start < min_time:
+                    t0 = clock()
+                    s.run(None, feeds)
+                    times.append(clock() - t0)
+                if not marks or attempt == retries or _foreign_load(*marks) <= max_foreign:
+                    break
+                discarded += 1
+                time.sleep(1.0 + attempt)
             medians[k].append(statistics.median(times))
             count[k] += len(times)
             time.sleep(0.02)  # let this session's pool threads stop spinning
-    return {k: min(v) * 1e3 for k, v in medians.items()}, count
+    return {k: min(v) * 1e3 for k, v in medians.items()}, count, discarded
 
 
-def speed(spec: Spec, precision: str, paths: dict, infos: dict, seqs, threads_list, rounds, min_time, min_runs):
+def speed(spec: Spec, precision: str, paths: dict, infos: dict, seqs, threads_list, rounds, min_time, min_runs,
+          retries=4):
     rows = []
     for threads in threads_list:
         sessions = {v: session(p, threads, v != "base") for v, p in paths.items()}
@@ -329,10 +356,11 @@ def speed(spec: Spec, precision: str, paths: dict, infos: dict, seqs, threads_li
             ref = sessions["base"].run(None, feeds)[0]
             max_abs = {v: float(np.abs(s.run(None, feeds)[0].astype(np.float64) - ref).max())
                        for v, s in sessions.items() if v != "base"}
-            ms, runs = time_variants(sessions, feeds, rounds, min_time, min_runs)
+            ms, runs, discarded = time_variants(sessions, feeds, rounds, min_time, min_runs, retries=retries)
             row = SpeedRow(spec.name, precision, seq, threads, spec.ort_level, ms["base"],
                            {v: ms[v] for v in ms if v != "base"}, runs, max_abs,
-                           {v: infos[v]["counts"] for v in infos}, round(os.getloadavg()[0], 2))
+                           {v: infos[v]["counts"] for v in infos}, round(os.getloadavg()[0], 2),
+                           discarded)
             rows.append(row)
             log("  " + format_speed_row(row, spec))
         del sessions
@@ -463,8 +491,9 @@ def minilm_accuracy(paths: dict, n_sentences: int) -> dict:
     for v in paths:
         if v == "base":
             continue
-        ref = "int8" if v.startswith("int8-") else "base"
-        result["variants"][v] = versus(ref, v)
+        result["variants"][v] = versus("base", v)
+        if v.startswith("int8-"):  # against the int8 model it came from, too
+            result["variants"][v + " vs int8"] = versus("int8", v)
     return result
 
 
@@ -756,6 +785,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=0.6, help="seconds per variant per round")
     ap.add_argument("--min-runs", type=int, default=3)
+    ap.add_argument("--retries", type=int, default=4,
+                    help="times a block is run again when other processes took the CPU during it")
     ap.add_argument("--no-int8", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-accuracy", action="store_true")
@@ -774,7 +805,7 @@ def main(argv=None) -> int:
     seqs = [int(s) for s in args.seqs.split(",")]
     if args.quick:
         threads, seqs = [1], [32]
-        args.rounds, args.min_time, args.min_runs = 2, 0.05, 3
+        args.rounds, args.min_time, args.min_runs, args.retries = 2, 0.05, 3, 0
     args.cache.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -806,7 +837,7 @@ def main(argv=None) -> int:
             spec = SPECS[name]
             log(f"{name} {prec}: speed")
             rows = speed(spec, prec, paths, infos, seqs if spec.kind == "text" else [None], threads, args.rounds,
-                         args.min_time, args.min_runs)
+                         args.min_time, args.min_runs, args.retries)
             results["speed"] += [r.__dict__ for r in rows]
         for (name, prec), (paths, infos) in prepared.items():
             feeds = feeds_for(paths["base"], 128 if SPECS[name].kind == "text" else None)
@@ -831,7 +862,8 @@ def main(argv=None) -> int:
                 paths = dict(prepared[("minilm", "fp32")][0])
                 if ("minilm", "int8") in prepared:
                     paths["int8"] = prepared[("minilm", "int8")][0]["base"]
-                    paths["int8-o2"] = prepared[("minilm", "int8")][0]["o2"]
+                    for o in ORDERS:
+                        paths[f"int8-o{o}"] = prepared[("minilm", "int8")][0][f"o{o}"]
                 results["accuracy"]["minilm"] = minilm_accuracy(paths, args.sentences)
             log("accuracy: digits ViT")
             results["accuracy"]["digits"] = digits_accuracy(args.cache, args.train_seconds, args.rebuild)
