@@ -47,15 +47,21 @@ inline double clip_from_sigma(int bits, double sigma) {
 // Q[r] = e^(-r step) computed in double and rounded to float, their product
 // rounded once more (within 1.5 ulp of e^level). The SIMD kernels look up P
 // and Q in registers (two 16-entry permutes serve 256 levels) and multiply;
-// table[] holds the same products for the scalar code and the 16-level path.
+// table[] holds the entries of up to 16 levels, entry() any of them. Small
+// (~200 bytes) so the SIMD kernels keep one per row of a group.
 struct Levels {
   float a;    // codes per unit of z
   float top;  // L - 1
   int32_t levels;
   alignas(64) float p[16];
   alignas(64) float q[16];
-  alignas(64) float table[kMaxLevels];  // table[L - 1] = 1
+  alignas(64) float table[16];  // table[L - 1] = 1
 };
+
+inline float entry(const Levels& lv, int code) {
+  const int j = lv.levels - 1 - code;
+  return lv.p[j >> 4] * lv.q[j & 15];
+}
 
 // v[i] = base^i for i < count (count <= 16) by doubling: depth 4 instead of a
 // chain of 15 dependent multiplies (this runs once per row when C is derived).
@@ -68,9 +74,8 @@ inline void powers(double base, int count, double* v) {
 }
 
 // lo in [kExpUnderflow, 0]. Only the entries a kernel can read are set: q up
-// to min(L, 16), p up to L / 16, table[] up to L when full_table (the scalar
-// kernel) and up to 16 levels otherwise (the SIMD kernels use p and q beyond).
-inline void make_levels(int bits, float lo, Levels* lv, bool full_table = true) {
+// to min(L, 16), p up to L / 16 and table[] up to min(L, 16).
+inline void make_levels(int bits, float lo, Levels* lv) {
   const int n = 1 << bits;
   lv->levels = n;
   lv->top = static_cast<float>(n - 1);
@@ -82,11 +87,7 @@ inline void make_levels(int bits, float lo, Levels* lv, bool full_table = true) 
   powers(np > 1 ? q[15] * r : 1.0, np, p);  // e^(-16 step)
   for (int i = 0; i < nq; ++i) lv->q[i] = static_cast<float>(q[i]);
   for (int i = 0; i < np; ++i) lv->p[i] = static_cast<float>(p[i]);
-  const int filled = full_table || n <= 16 ? n : 0;
-  for (int k = 0; k < filled; ++k) {
-    const int j = n - 1 - k;
-    lv->table[k] = lv->p[j >> 4] * lv->q[j & 15];
-  }
+  for (int k = 0; k < nq; ++k) lv->table[k] = entry(*lv, k);
 }
 
 // The clip of a fixed-C call: C itself, kept inside the exponential's range.

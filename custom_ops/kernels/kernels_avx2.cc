@@ -439,7 +439,7 @@ template <int Levels>
 void exaq_rows_avx2(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
   const bool derived = p.clip == 0.0f;
   exaq::Levels lv{};
-  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv, false);
+  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv);
   for (size_t r = 0; r < rows; ++r) {
     const float* xr = x + r * n;
     float* yr = y + r * n;
@@ -452,7 +452,7 @@ void exaq_rows_avx2(const float* x, float* y, size_t rows, size_t n, const ExaqP
       fill(yr, n, row_has_nan(xr, n) ? kNaN : 0.0f);
       continue;
     }
-    if (derived) exaq::make_levels(p.bits, exaq_derived_lo(xr, n, m, p.bits), &lv, false);
+    if (derived) exaq::make_levels(p.bits, exaq_derived_lo(xr, n, m, p.bits), &lv);
     const float sum = exaq_terms<Levels>(xr, yr, n, m, lv);
     if (std::isnan(sum)) {
       fill(yr, n, kNaN);

@@ -466,7 +466,7 @@ void exaq_rows_avx512(const float* x, float* y, size_t rows, size_t n, const Exa
   const size_t group = std::min(kMaxGroup, std::max<size_t>(1, kGroupFloats / n));
   const bool derived = p.clip == 0.0f;
   exaq::Levels lv{};
-  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv, false);
+  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv);
   float m[kMaxGroup], s[kMaxGroup], lo[kMaxGroup];
   for (size_t r0 = 0; r0 < rows; r0 += group) {
     const size_t g = std::min(group, rows - r0);
@@ -480,7 +480,7 @@ void exaq_rows_avx512(const float* x, float* y, size_t rows, size_t n, const Exa
     }
     for (size_t i = 0; i < g; ++i) {
       if (std::isinf(m[i])) continue;  // finished from x alone below (y may alias x)
-      if (derived) exaq::make_levels(p.bits, lo[i], &lv, false);
+      if (derived) exaq::make_levels(p.bits, lo[i], &lv);
       s[i] = exaq_terms<Small>(xg + i * n, yg + i * n, n, m[i], lv);
     }
     for (size_t i = 0; i < g; ++i) {

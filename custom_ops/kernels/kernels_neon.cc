@@ -377,7 +377,7 @@ template <bool Small>
 void exaq_rows_neon(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
   const bool derived = p.clip == 0.0f;
   exaq::Levels lv{};
-  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv, false);
+  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv);
   for (size_t r = 0; r < rows; ++r) {
     const float* xr = x + r * n;
     float* yr = y + r * n;
@@ -390,7 +390,7 @@ void exaq_rows_neon(const float* x, float* y, size_t rows, size_t n, const ExaqP
       fill(yr, n, 0.0f);
       continue;
     }
-    if (derived) exaq::make_levels(p.bits, exaq_derived_lo(xr, n, m, p.bits), &lv, false);
+    if (derived) exaq::make_levels(p.bits, exaq_derived_lo(xr, n, m, p.bits), &lv);
     const float32x4_t inv = vdupq_n_f32(1.0f / exaq_terms<Small>(xr, yr, n, m, lv));  // sum >= 1: e^0 of the max
     map_neon(yr, yr, n, [inv](float32x4_t v) { return vmulq_f32(v, inv); });
   }

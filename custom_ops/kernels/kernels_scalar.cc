@@ -140,19 +140,23 @@ void softmax_exaq_scalar(const float* x, float* y, size_t rows, size_t n, const 
       exaq::make_levels(p.bits, exaq::derived_lo(p.bits, count, sum, sum_sq, zmin), &row_levels);
       lv = &row_levels;
     }
-    for (int32_t k = 0; k < lv->levels; ++k) counts[k] = 0;
+    float table[exaq::kMaxLevels];
+    for (int32_t k = 0; k < lv->levels; ++k) {
+      counts[k] = 0;
+      table[k] = exaq::entry(*lv, k);
+    }
     for (size_t i = 0; i < n; ++i) {
       const float z = xr[i] - m;
       if (z > kExpUnderflow) {
         const int32_t k = exaq::code(z, *lv);
         ++counts[k];
-        yr[i] = lv->table[k];
+        yr[i] = table[k];
       } else {
         yr[i] = 0.0f;
       }
     }
     double sum = 0.0;  // >= 1: the max element has code L - 1, e^0
-    for (int32_t k = 0; k < lv->levels; ++k) sum += counts[k] * static_cast<double>(lv->table[k]);
+    for (int32_t k = 0; k < lv->levels; ++k) sum += counts[k] * static_cast<double>(table[k]);
     const float inv = static_cast<float>(1.0 / sum);
     for (size_t i = 0; i < n; ++i) yr[i] *= inv;
   }
