@@ -83,7 +83,7 @@ def lib_path() -> None:
 def demo(
     threads: int = typer.Option(1, min=1, help="intra_op_num_threads for both sessions"),
     runs: int = typer.Option(50, min=1, help="timed runs per model"),
-    models: Path = typer.Option(Path(__file__).resolve().parent.parent / "sample_models", help="folder of the sample models"),
+    models: Optional[Path] = typer.Option(None, help="folder holding encoder_block.onnx (default: the copy installed with the package)"),
     optimized: Optional[Path] = typer.Option(None, help="an already optimized encoder_block (default: optimize it now)"),
 ) -> None:
     """Optimize the bundled encoder block, run it with ORT's own ops and with com.quake kernels, compare."""

@@ -33,8 +33,19 @@ def _median_ms(session: ort.InferenceSession, feeds: dict, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def run_demo(folder: Path, threads: int = 1, runs: int = 50, optimized: Path | None = None) -> int:
-    original = folder / "encoder_block.onnx"
+def _installed_sample() -> Path:
+    # pip install puts the model in quake_onnx/samples; an editable install or
+    # a source checkout without one still has sample_models/ beside the package.
+    candidates = [Path(folder) / "samples" for folder in quake_onnx.__path__]
+    candidates.append(Path(__file__).resolve().parent.parent / "sample_models")
+    for folder in candidates:
+        if (folder / "encoder_block.onnx").is_file():
+            return folder
+    return candidates[0]
+
+
+def run_demo(folder: Path | None = None, threads: int = 1, runs: int = 50, optimized: Path | None = None) -> int:
+    original = (folder if folder is not None else _installed_sample()) / "encoder_block.onnx"
     if not original.is_file():
         raise FileNotFoundError(f"{original} not found (build it with `python sample_models/build.py`)")
     if optimized is not None:

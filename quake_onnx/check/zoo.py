@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -68,9 +70,23 @@ def shard(entries: Sequence[Entry], index: int, count: int) -> list[Entry]:
 def _context():
     # forkserver: children fork from a server that imported the checker once
     # (cheap), not from this process with its progress-bar thread (unsafe).
-    if "forkserver" in mp.get_all_start_methods():
+    # The server starts as `python -c ...`, which puts the working directory
+    # first on sys.path (Python 3.11 drops the sys.path it is handed), so run
+    # from a source checkout it would import that checkout's quake_onnx, which
+    # has no compiled library. PYTHONSAFEPATH (3.11+) keeps the directory off;
+    # before 3.11, spawn, which restores this process's sys.path in the child.
+    if "forkserver" in mp.get_all_start_methods() and sys.version_info >= (3, 11):
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["quake_onnx.check.runner"])
+        saved = os.environ.get("PYTHONSAFEPATH")
+        os.environ["PYTHONSAFEPATH"] = "1"
+        try:
+            forkserver.ensure_running()
+        finally:
+            if saved is None:
+                del os.environ["PYTHONSAFEPATH"]
+            else:
+                os.environ["PYTHONSAFEPATH"] = saved
         return ctx
     return mp.get_context("spawn")
 

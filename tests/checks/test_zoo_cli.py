@@ -68,8 +68,12 @@ def test_jobs_2_gives_the_verdicts_of_jobs_1(mixed_zoo, tmp_path):
 def test_timeout_is_a_reported_failure(mixed_zoo, tmp_path):
     r, report = _zoo(mixed_zoo, tmp_path, "--timeout", "0.001", "--jobs", "2")
     assert r.exit_code == 1
-    assert {m["status"] for m in report["models"]} == {"timeout"}
-    assert all(m["reason"] == "timed out after 0.001 s" for m in report["models"])
+    # Models that load take far longer than 1 ms; the corrupt one fails within
+    # microseconds of the fork, so its own error may arrive first.
+    status = {m["name"]: (m["status"], m["reason"]) for m in report["models"]}
+    loadable = [name for name in status if not name.startswith("broken")]
+    assert len(loadable) == 3
+    assert all(status[name] == ("timeout", "timed out after 0.001 s") for name in loadable), status
     validate(report)
 
 
