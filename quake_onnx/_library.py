@@ -29,9 +29,12 @@ def get_library_path() -> str:
         candidate = Path(folder) / LIBRARY_NAME
         if candidate.is_file():
             return str(candidate.resolve())
+    # The usual way here: `python -m ...` run inside a source checkout imports
+    # the checkout's quake_onnx (the working directory comes first on sys.path)
+    # instead of the installed one, so say where the package came from.
     raise FileNotFoundError(
-        f"{LIBRARY_NAME} is not part of this quake_onnx installation; "
-        "reinstall with `pip install .` so the library is compiled"
+        f"{LIBRARY_NAME} is not part of the quake_onnx in {Path(quake_onnx.__path__[0]).resolve()}; "
+        "reinstall with `pip install .` so the library is compiled, or run from outside a source checkout"
     )
 
 
