@@ -27,6 +27,21 @@ struct OpDef : Ort::CustomOpBase<OpDef, Kernel, /*WithStatus=*/true> {
     OrtCustomOp::InferOutputShapeFn = [](const OrtCustomOp* op, OrtShapeInferContext* ctx) -> OrtStatusPtr {
       return static_cast<const OpDef*>(op)->InferShape(ctx);
     };
+    // Y may take X's buffer when X has no other use, as ORT lets its own
+    // Softmax and elementwise ops do. On rows beyond the caches this is what
+    // decides the speed: out of place, every output line is first read from
+    // memory (54 MB more per Whisper attention softmax) and the arena holds
+    // one more large buffer. Every kernel reads an element before it writes
+    // it (kernels.h; in-place results are tested equal to out-of-place ones).
+    OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
+      *input_index = new int[1]{0};
+      *output_index = new int[1]{0};
+      return 1;
+    };
+    OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
+      delete[] input_index;
+      delete[] output_index;
+    };
   }
 
   const char* GetName() const { return name_; }

@@ -439,7 +439,7 @@ void test_row_batches(const KernelTable* t, std::mt19937& rng) {
   for (int order = 1; order <= 3; ++order) {
     for (RowOp op : {kSoftmax, kLogSoftmax}) {
       char name[160];
-      std::snprintf(name, sizeof name, "%s order %d %s: row batches equal single rows", t->name, order,
+      std::snprintf(name, sizeof name, "%s order %d %s: row batches equal single rows, in place too", t->name, order,
                     op == kSoftmax ? "softmax" : "logsoftmax");
       Case c(name);
       for (size_t n : {1, 2, 7, 16, 17, 31, 64, 65, 128, 333, 1024, 5000}) {
@@ -456,12 +456,15 @@ void test_row_batches(const KernelTable* t, std::mt19937& rng) {
           }
           std::copy(row.begin(), row.end(), x.begin() + r * n);
         }
-        std::vector<float> batch(rows * n), single(rows * n);
+        std::vector<float> batch(rows * n), single(rows * n), inplace = x;
         const RowsFn fn = op == kSoftmax ? t->order[order - 1].softmax : t->order[order - 1].logsoftmax;
         fn(x.data(), batch.data(), rows, n);
         for (size_t r = 0; r < rows; ++r) fn(x.data() + r * n, single.data() + r * n, 1, n);
+        fn(inplace.data(), inplace.data(), rows, n);  // ORT may hand a node its input as output
         for (size_t i = 0; i < rows * n; ++i) {
           c.check(same(batch[i], single[i]), "n %zu row %zu i %zu: %a vs %a", n, i / n, i % n, batch[i], single[i]);
+          c.check(same(inplace[i], batch[i]), "in place n %zu row %zu i %zu: %a vs %a", n, i / n, i % n, inplace[i],
+                  batch[i]);
         }
       }
     }
@@ -825,7 +828,7 @@ void test_exaq(const KernelTable* t, const KernelTable* scalar) {
     for (float clip : {0.0f, -4.0f}) {
       const ExaqParams p{b, clip};
       char name[160];
-      std::snprintf(name, sizeof name, "%s exaq bits %d clip %g: lengths 1..%zu, offsets, guards, batches", t->name, b,
+      std::snprintf(name, sizeof name, "%s exaq bits %d clip %g: lengths 1..%zu, offsets, guards, batches, in place", t->name, b,
                     clip, kMaxLen);
       Case c(name);
       for (size_t n = 1; n <= kMaxLen; ++n) {
@@ -856,11 +859,14 @@ void test_exaq(const KernelTable* t, const KernelTable* scalar) {
           }
           std::copy(row.begin(), row.end(), x.begin() + r * n);
         }
-        std::vector<float> batch(rows * n), single(rows * n);
+        std::vector<float> batch(rows * n), single(rows * n), inplace = x;
         t->softmax_exaq(x.data(), batch.data(), rows, n, p);
         for (size_t r = 0; r < rows; ++r) t->softmax_exaq(x.data() + r * n, single.data() + r * n, 1, n, p);
+        t->softmax_exaq(inplace.data(), inplace.data(), rows, n, p);
         for (size_t i = 0; i < rows * n; ++i) {
           c.check(same(batch[i], single[i]), "batch n %zu row %zu i %zu: %a vs %a", n, i / n, i % n, batch[i], single[i]);
+          c.check(same(inplace[i], batch[i]), "in place batch n %zu row %zu i %zu: %a vs %a", n, i / n, i % n,
+                  inplace[i], batch[i]);
         }
       }
     }
