@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
@@ -68,3 +69,26 @@ def test_usage_snippet_runs(tmp_path):
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["session"].get_outputs()[0].name == "Y"
     assert quake_onnx.get_library_path().endswith(".so")
+
+
+def test_exaq_commands_of_docs_optimize_run(tmp_path):
+    # docs/optimize.md, "EXAQ softmax": its two commands as written, with the
+    # sample encoder block for model.onnx and generated sample inputs.
+    section = (ROOT / "docs" / "optimize.md").read_text().split("## EXAQ softmax")[1]
+    commands = [shlex.split(line.strip())[1:] for line in section.splitlines() if line.startswith("    quake-onnx ")]
+    assert [c[0] for c in commands] == ["optimize", "calibrate"]
+    rng = np.random.default_rng(0)
+    for name in ("sample1.npz", "sample2.npz"):
+        np.savez(tmp_path / name, X=rng.standard_normal((1, 64, 128)).astype(np.float32),
+                 MASK=np.zeros((1, 1, 64, 64), np.float32))
+    (tmp_path / "model.onnx").write_bytes((ROOT / "sample_models" / "encoder_block.onnx").read_bytes())
+    cli = [str(Path(sys.executable).parent / "quake-onnx")]
+    for args in commands:
+        done = subprocess.run(cli + args, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    calibrated = onnx.load(tmp_path / "model.exaq.cal.onnx")
+    softmax = [n for n in calibrated.graph.node if n.domain == "com.quake" and n.op_type == "Softmax"]
+    assert softmax
+    for node in softmax:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["method"] == b"exaq" and attrs["bits"] == 3 and attrs["clip"] < 0
