@@ -16,11 +16,17 @@ exported model (the baseline), and quake_onnx.optimize(order=1|2|3) of it
 (ort_level "all" for conv nets, "extended" otherwise; conv nets also get the
 order-2 "extended" rewrite as a control). Batch 1; sequence 128 and 512 for
 text models. Variants are timed in interleaved rounds (a block of runs of each
-variant per round, the order rotated each round); a variant's figure is its
-fastest round median, as in `python -m quake_onnx.bench ops`.
+variant per round, the order rotated each round). Each variant has
+--instances sessions (default 2), round r timing instance r mod K, because
+two sessions of the same model can differ by 2-4 % for their whole life
+(buffer placement) on this VM. The speedup is paired: per round the ratio of
+the baseline's block median to the variant's, then the median of those ratios
+over rounds (with their quartiles), so a drift of the machine's speed between
+rounds cancels; the latency shown is the variant's fastest round median, as
+in `python -m quake_onnx.bench ops`.
 
 Profiles. ORT's profiler (enable_profiling) on the baseline and on order 2,
-sequence 128, 1 thread: kernel time per op type and the share spent in
+sequence 128 (--profile-seqs), 1 thread: kernel time per op type and the share spent in
 exponential ops (Softmax, GELU forms, Sigmoid/SiLU/QuickGelu, Erf, Exp, Tanh
 and their com.quake replacements).
 
@@ -291,9 +297,20 @@ class SpeedRow:
     replaced: dict = field(default_factory=dict)
     load: float = 0.0  # 1-minute load average when the row was measured (this process included)
     discarded: int = 0  # blocks thrown away because other processes were using the CPU
+    ratios: dict = field(default_factory=dict)  # variant -> per-round base/variant block-median ratios
+    instances: int = 1
 
     def speedup(self, v) -> float:
-        return self.base_ms / self.ms[v]
+        """The median paired ratio (older results without ratios: the ratio of fastest medians)."""
+        r = self.ratios.get(v)
+        return statistics.median(r) if r else self.base_ms / self.ms[v]
+
+    def quartiles(self, v) -> tuple[float, float]:
+        r = self.ratios.get(v)
+        if not r or len(r) < 4:
+            return self.speedup(v), self.speedup(v)
+        q = statistics.quantiles(r, n=4)
+        return q[0], q[2]
 
 
 def _busy_seconds() -> float:
@@ -310,17 +327,21 @@ def _foreign_load(t_wall, t_busy, t_own) -> float:
 
 
 def time_variants(sessions: dict, feeds: dict, rounds: int, min_time: float, min_runs: int,
-                  max_foreign: float = 0.1, retries: int = 4) -> tuple[dict, dict, int]:
+                  max_foreign: float = 0.1, retries: int = 4) -> tuple[dict, dict, int, dict]:
     """Interleaved rounds: per round a block of runs of every variant (the
-    variant order rotated each round so none always follows the same one);
-    per variant the fastest of its round medians. A block during which other
-    processes used more than `max_foreign` of a core (from /proc/stat less this
-    process's CPU time) is thrown away and run again after a pause, up to
-    `retries` times per block; the number thrown away is returned."""
+    variant order rotated each round so none always follows the same one).
+    sessions: variant -> one session or a list of instances; round r runs
+    instance r mod K. Returns per variant the fastest of its round medians
+    (ms), the runs timed, the blocks thrown away, and the round medians (ms).
+    A block during which other processes used more than `max_foreign` of a
+    core (from /proc/stat less this process's CPU time) is thrown away and run
+    again after a pause, up to `retries` times per block."""
     keys = list(sessions)
+    sessions = {k: v if isinstance(v, list) else [v] for k, v in sessions.items()}
     for k in keys:  # warm-up: arena growth, prepacking, page faults
-        for _ in range(2):
-            sessions[k].run(None, feeds)
+        for inst in sessions[k]:
+            for _ in range(2):
+                inst.run(None, feeds)
     medians = {k: [] for k in keys}
     count = {k: 0 for k in keys}
     discarded = 0
@@ -328,7 +349,7 @@ def time_variants(sessions: dict, feeds: dict, rounds: int, min_time: float, min
     proc_stat = Path("/proc/stat").exists()
     for r in range(rounds):
         for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            s = sessions[k]
+            s = sessions[k][r % len(sessions[k])]
             for attempt in range(retries + 1):
                 marks = (clock(), _busy_seconds(), time.process_time()) if proc_stat else None
                 times, start = [], clock()
@@ -343,24 +364,31 @@ def time_variants(sessions: dict, feeds: dict, rounds: int, min_time: float, min
             medians[k].append(statistics.median(times))
             count[k] += len(times)
             time.sleep(0.02)  # let this session's pool threads stop spinning
-    return {k: min(v) * 1e3 for k, v in medians.items()}, count, discarded
+    return ({k: min(v) * 1e3 for k, v in medians.items()}, count, discarded,
+            {k: [t * 1e3 for t in v] for k, v in medians.items()})
 
 
 def speed(spec: Spec, precision: str, paths: dict, infos: dict, seqs, threads_list, rounds, min_time, min_runs,
-          retries=4):
+          retries=4, instances=2):
     rows = []
     for threads in threads_list:
-        sessions = {v: session(p, threads, v != "base") for v, p in paths.items()}
+        # Instances interleaved by variant, so no variant's sessions are all the first created.
+        sessions = {v: [] for v in paths}
+        for _ in range(instances):
+            for v, p in paths.items():
+                sessions[v].append(session(p, threads, v != "base"))
         for seq in seqs:
             feeds = feeds_for(paths["base"], seq)
-            ref = sessions["base"].run(None, feeds)[0]
-            max_abs = {v: float(np.abs(s.run(None, feeds)[0].astype(np.float64) - ref).max())
-                       for v, s in sessions.items() if v != "base"}
-            ms, runs, discarded = time_variants(sessions, feeds, rounds, min_time, min_runs, retries=retries)
+            ref = sessions["base"][0].run(None, feeds)[0]
+            max_abs = {v: max(float(np.abs(s.run(None, feeds)[0].astype(np.float64) - ref).max()) for s in inst)
+                       for v, inst in sessions.items() if v != "base"}
+            ms, runs, discarded, per_round = time_variants(sessions, feeds, rounds, min_time, min_runs,
+                                                           retries=retries)
+            ratios = {v: [b / x for b, x in zip(per_round["base"], per_round[v])] for v in ms if v != "base"}
             row = SpeedRow(spec.name, precision, seq, threads, spec.ort_level, ms["base"],
                            {v: ms[v] for v in ms if v != "base"}, runs, max_abs,
                            {v: infos[v]["counts"] for v in infos}, round(os.getloadavg()[0], 2),
-                           discarded)
+                           discarded, ratios, instances)
             rows.append(row)
             log("  " + format_speed_row(row, spec))
         del sessions
@@ -378,8 +406,9 @@ def variant_names(spec: Spec) -> list[str]:
 def format_speed_row(row: SpeedRow, spec: Spec) -> str:
     cells = [SPECS[row.model].label, row.precision, str(row.seq or "-"), str(row.threads),
              f"{row.base_ms:.2f}"]
-    for v in variant_names(spec):
-        cells.append(f"{row.ms[v]:.2f} ({row.speedup(v):.3f}x)")
+    for v in row.ms:
+        lo, hi = row.quartiles(v)
+        cells.append(f"{row.ms[v]:.2f} ({row.speedup(v):.3f}x, {lo:.2f}-{hi:.2f})")
     if spec.ort_level != "all":
         cells.append("")
     return "| " + " | ".join(cells) + " |"
@@ -643,22 +672,24 @@ def machine() -> dict:
 
 def markdown(results: dict) -> str:
     lines = []
-    lines.append("| model | precision | seq | threads | ORT ENABLE_ALL ms | order 1 ms (speedup) | order 2 ms (speedup) "
-                 "| order 3 ms (speedup) | order 2, level extended (conv nets) |")
+    lines.append("| model | precision | seq | threads | ORT ENABLE_ALL ms | order 1 ms (speedup, quartiles) "
+                 "| order 2 ms (speedup, quartiles) | order 3 ms (speedup, quartiles) "
+                 "| order 2, level extended (conv nets) |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for r in results["speed"]:
         row = SpeedRow(**r)
         lines.append(format_speed_row(row, SPECS[row.model]))
     lines.append("")
     if results.get("profiles"):
-        lines.append("| model | precision | ORT kernels ms (exp ops ms, share) | order 2 kernels ms (exp ops ms, share) "
-                     "| exp ops before -> after |")
-        lines.append("|---|---|---|---|---|")
+        lines.append("| model | precision | seq | ORT kernels ms (exp ops ms, share) "
+                     "| order 2 kernels ms (exp ops ms, share) | exp ops before -> after |")
+        lines.append("|---|---|---|---|---|---|")
         for p in results["profiles"]:
             b, a = p["base"], p["o2"]
             ops = ", ".join(f"{k} {v:.2f}" for k, v in sorted(b["exp_ops"].items(), key=lambda kv: -kv[1]))
             ops_a = ", ".join(f"{k} {v:.2f}" for k, v in sorted(a["exp_ops"].items(), key=lambda kv: -kv[1]))
-            lines.append(f"| {SPECS[p['model']].label} | {p['precision']} | {b['node_ms_per_run']:.2f} "
+            lines.append(f"| {SPECS[p['model']].label} | {p['precision']} | {p.get('seq') or '-'} "
+                         f"| {b['node_ms_per_run']:.2f} "
                          f"({b['exp_ms_per_run']:.2f}, {100 * b['exp_share']:.1f} %) | {a['node_ms_per_run']:.2f} "
                          f"({a['exp_ms_per_run']:.2f}, {100 * a['exp_share']:.1f} %) | {ops} -> {ops_a} |")
         lines.append("")
@@ -721,13 +752,17 @@ def plots(results: dict, folder: Path, curves: Optional[dict]) -> list[Path]:
             labels = [f"{r.model}{'-int8' if r.precision == 'int8' else ''}{'/' + str(r.seq) if r.seq else ''}" for r in sel]
             xs = np.arange(len(sel))
             for i, o in enumerate(ORDERS):
-                ax.bar(xs + (i - 1) * 0.27, [r.speedup(f"o{o}") for r in sel], 0.27, label=f"order {o}")
+                v = f"o{o}"
+                mid = np.array([r.speedup(v) for r in sel])
+                q = np.array([r.quartiles(v) for r in sel]).T  # the quartiles of the paired ratios
+                ax.bar(xs + (i - 1) * 0.27, mid, 0.27, label=f"order {o}",
+                       yerr=np.abs(q - mid), error_kw={"lw": 0.6, "capsize": 0})
             ax.axhline(1.0, color="k", lw=0.8)
             ax.set_xticks(xs, labels, rotation=70, fontsize=7, ha="right")
             ax.set_title(f"{t} thread{'s' if t > 1 else ''}", fontsize=9)
             lo = min(min(r.speedup(f"o{o}") for o in ORDERS) for r in sel)
             ax.set_ylim(min(0.95, lo - 0.01), None)
-        axes[0][0].set_ylabel("speedup vs ORT ENABLE_ALL")
+        axes[0][0].set_ylabel("speedup vs ORT ENABLE_ALL\n(median, quartiles of paired rounds)")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         p = folder / "models_speedup.png"
@@ -755,13 +790,14 @@ def plots(results: dict, folder: Path, curves: Optional[dict]) -> list[Path]:
     profs = results.get("profiles") or []
     if profs:
         fig, ax = plt.subplots(figsize=(6, 0.35 * len(profs) + 1.2))
-        labels = [f"{p['model']}{' int8' if p['precision'] == 'int8' else ''}" for p in profs]
+        labels = [f"{p['model']}{' int8' if p['precision'] == 'int8' else ''}"
+                  f"{'/' + str(p['seq']) if p.get('seq') not in (None, 128) else ''}" for p in profs]
         ys = np.arange(len(profs))
         ax.barh(ys + 0.2, [100 * p["base"]["exp_share"] for p in profs], 0.4, label="ORT ENABLE_ALL")
         ax.barh(ys - 0.2, [100 * p["o2"]["exp_share"] for p in profs], 0.4, label="quake order 2")
         ax.set_yticks(ys, labels, fontsize=7)
         ax.invert_yaxis()
-        ax.set_xlabel("% of kernel time in exponential ops (seq 128, 1 thread)")
+        ax.set_xlabel("% of kernel time in exponential ops (seq 128 unless marked, 1 thread)")
         ax.legend(fontsize=7)
         fig.tight_layout()
         p = folder / "models_exp_share.png"
@@ -782,14 +818,17 @@ def main(argv=None) -> int:
     ap.add_argument("--plots", type=Path, default=None, help="folder for the PNGs (default: --out)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--seqs", default="128,512")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--min-time", type=float, default=0.6, help="seconds per variant per round")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--min-time", type=float, default=0.3, help="seconds per variant per round")
+    ap.add_argument("--instances", type=int, default=2, help="sessions per variant, taking turns by round")
     ap.add_argument("--min-runs", type=int, default=3)
     ap.add_argument("--retries", type=int, default=4,
                     help="times a block is run again when other processes took the CPU during it")
     ap.add_argument("--no-int8", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-accuracy", action="store_true")
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--profile-seqs", default="128", help="sequence lengths profiled (text models)")
     ap.add_argument("--sentences", type=int, default=300)
     ap.add_argument("--train-seconds", type=float, default=90)
     ap.add_argument("--rebuild", action="store_true", help="export, quantize and optimize again")
@@ -803,6 +842,7 @@ def main(argv=None) -> int:
             ap.error(f"unknown model {', '.join(unknown)} (choose from {', '.join(SPECS)})")
     threads = [int(t) for t in args.threads.split(",")]
     seqs = [int(s) for s in args.seqs.split(",")]
+    profile_seqs = [int(s) for s in args.profile_seqs.split(",")]
     if args.quick:
         threads, seqs = [1], [32]
         args.rounds, args.min_time, args.min_runs, args.retries = 2, 0.05, 3, 0
@@ -837,19 +877,22 @@ def main(argv=None) -> int:
             spec = SPECS[name]
             log(f"{name} {prec}: speed")
             rows = speed(spec, prec, paths, infos, seqs if spec.kind == "text" else [None], threads, args.rounds,
-                         args.min_time, args.min_runs, args.retries)
+                         args.min_time, args.min_runs, args.retries, args.instances)
             results["speed"] += [r.__dict__ for r in rows]
+    if not args.no_profile:
         for (name, prec), (paths, infos) in prepared.items():
-            feeds = feeds_for(paths["base"], 128 if SPECS[name].kind == "text" else None)
-            runs = 3 if args.quick else 10
-            folder = args.out / "profiles"
-            p = {"model": name, "precision": prec,
-                 "base": profile(paths["base"], feeds, False, runs, f"{name}-{prec}-base", folder),
-                 "o2": profile(paths["o2"], feeds, True, runs, f"{name}-{prec}-o2", folder)}
-            results["profiles"].append(p)
-            log(f"  profile {name} {prec}: exp share {100 * p['base']['exp_share']:.1f} % -> "
-                f"{100 * p['o2']['exp_share']:.1f} %, kernels {p['base']['node_ms_per_run']:.2f} -> "
-                f"{p['o2']['node_ms_per_run']:.2f} ms")
+            for seq in (profile_seqs if SPECS[name].kind == "text" else [None]):
+                feeds = feeds_for(paths["base"], seq)
+                runs = 3 if args.quick else 10
+                folder = args.out / "profiles"
+                tag = f"{name}-{prec}-{seq or 'fixed'}"
+                p = {"model": name, "precision": prec, "seq": seq,
+                     "base": profile(paths["base"], feeds, False, runs, f"{tag}-base", folder),
+                     "o2": profile(paths["o2"], feeds, True, runs, f"{tag}-o2", folder)}
+                results["profiles"].append(p)
+                log(f"  profile {name} {prec} {seq or ''}: exp share {100 * p['base']['exp_share']:.1f} % -> "
+                    f"{100 * p['o2']['exp_share']:.1f} %, kernels {p['base']['node_ms_per_run']:.2f} -> "
+                    f"{p['o2']['node_ms_per_run']:.2f} ms")
 
     if not args.no_accuracy:
         if args.quick:

@@ -1,5 +1,8 @@
-"""Smoke test of benchmarks/models.py --quick: one tiny BERT exported with
-torch, optimized at orders 1-3, timed, profiled and compared.
+"""Smoke tests of the end-to-end benchmarks' --quick modes: one tiny BERT
+exported with torch, then benchmarks/models.py (optimized at orders 1-3,
+timed, profiled, compared) and benchmarks/exaq_models.py (softmaxes made exaq
+at 2, 3 and 4 bits and calibrated, compared and timed against ORT and the
+quake method).
 
 Needs torch and transformers, which CI does not install: there it is skipped."""
 import json
@@ -12,21 +15,28 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "models.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+pytestmark = pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="benchmarks/ is not beside the tests")
 
 
-@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not beside the tests")
-def test_models_quick(tmp_path):
+def run_quick(script: str, tmp_path: Path) -> Path:
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--cache", str(tmp_path / "cache"), "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, str(BENCHMARKS / script), "--quick", "--cache", str(tmp_path / "cache"), "--out", str(out)],
+        capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return out
+
+
+def test_models_quick(tmp_path):
+    out = run_quick("models.py", tmp_path)
     results = json.loads((out / "results.json").read_text())
     (row,) = results["speed"]
     assert row["model"] == "tiny-bert" and row["precision"] == "fp32"
     assert set(row["ms"]) == {"o1", "o2", "o3"} and all(v > 0 for v in row["ms"].values())
+    # Paired speedups: one ratio per round, the two sessions per variant taking turns.
+    assert row["instances"] == 2 and all(len(r) == 2 and min(r) > 0 for r in row["ratios"].values()), row
     # Every variant rewrote the 2 softmaxes and the 2 GELUs.
     for counts in row["replaced"].values():
         assert sum(counts.values()) == 4, counts
@@ -41,3 +51,24 @@ def test_models_quick(tmp_path):
         assert err <= bounds[str(order)] * 1.01, (order, err)
     assert (out / "results.md").read_text().startswith("| model |")
     assert (out / "models_speedup.png").stat().st_size > 0
+
+
+def test_exaq_models_quick(tmp_path):
+    out = run_quick("exaq_models.py", tmp_path)
+    res = json.loads((out / "results.json").read_text())
+    cal = res["calibration"]["tiny-bert"]
+    fit = {2: (-1.66, -1.85), 3: (-1.75, -2.06), 4: (-1.83, -2.27)}  # docs/ops.md
+    for b, (slope, offset) in fit.items():
+        c = cal[f"exaq{b}"]
+        assert c["counts"]["softmax"] == 2, c
+        # calibrate wrote C = slope * sigma + offset into both nodes (sigma as measured, rounded to 3 places).
+        assert len(c["clips"]) == 2 and set(c["clips"]) == set(c["sigmas"]), c
+        for node, clip in c["clips"].items():
+            assert c["sigmas"][node] > 0 and abs(clip - (slope * c["sigmas"][node] + offset)) < 2e-3, (b, c)
+    acc = res["accuracy"]["tiny-bert"]
+    # The random tiny BERT's attention is nearly uniform (sigma ~0.02): every exaq width is far
+    # looser than quake order 2 but still close to the original.
+    assert all(acc["o2"]["max_abs"] < acc[f"exaq{b}"]["max_abs"] < 0.05 for b in fit), acc
+    (row,) = res["speed"]
+    assert set(row["ms"]) == {"o2", "exaq2", "exaq3", "exaq4"} and all(v > 0 for v in row["ms"].values())
+    assert "| tiny-bert | exaq3 |" in (out / "results.md").read_text()
