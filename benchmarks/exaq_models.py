@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+import models as M  # benchmarks/models.py: a script's own folder is first on sys.path
 import numpy as np
 
 import quake_onnx
-
-import models as M
 
 BITS = (2, 3, 4)
 MODELS = ("minilm", "gpt2")
@@ -74,8 +72,8 @@ def exaq_variant(src: Path, bits: int, feeds: list[dict], rebuild: bool) -> tupl
 
 def markdown(res: dict) -> str:
     out = [f"Command: `{res['command']}`", "",
-           f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} vCPUs; onnxruntime "
-           f"{res['machine']['onnxruntime']}; {res['seconds']:.0f} s.", ""]
+           (f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} vCPUs; onnxruntime "
+            f"{res['machine']['onnxruntime']}; {res['seconds']:.0f} s."), ""]
     for name, cal in res["calibration"].items():
         clips = [c for b in BITS for c in cal[f"exaq{b}"]["clips"].values()]
         sig = list(cal["exaq2"]["sigmas"].values())
@@ -94,8 +92,8 @@ def markdown(res: dict) -> str:
         for v, a in g["variants"].items():
             out.append(f"| GPT-2 ({g['positions']} positions, median top-2 margin {g['median_top2_margin']:.3g}) | {v} | argmax agreement; top-5 overlap; max abs logit"
                        f" | {a['argmax_agreement']:.4f}; {a['top5_overlap']:.4f}; {a['max_abs_logit']:.3g} |")
-    out += ["", "Speed (ORT ENABLE_ALL's fastest round median in ms; each variant's paired speedup over it, "
-            "median and quartiles of the per-round ratios):", "",
+    out += ["", ("Speed (ORT ENABLE_ALL's fastest round median in ms; each variant's paired speedup over it, "
+                 "median and quartiles of the per-round ratios):"), "",
             "| model | seq | threads | ORT ms | " + " | ".join(res["variants"]) + " |",
             "|---|---|---|---|" + "---|" * len(res["variants"])]
     for r in res["speed"]:
@@ -153,12 +151,12 @@ def main(argv=None) -> int:
             paths[f"exaq{b}"], infos[f"exaq{b}"] = exaq_variant(src, b, feeds, args.rebuild)
         res["calibration"][name] = {v: {k: i[k] for k in ("counts", "clips", "sigmas")}
                                     for v, i in infos.items() if v.startswith("exaq")}
-        M.log(f"  accuracy")
+        M.log("  accuracy")
         res["accuracy"][name] = (M.minilm_accuracy(paths, args.sentences) if name == "minilm"
                                  else M.gpt2_accuracy(paths) if name == "gpt2"
                                  else M.generic_accuracy(paths, 32))
         if not args.no_speed:
-            M.log(f"  speed")
+            M.log("  speed")
             rows = M.speed(spec, "fp32", paths, infos, seqs, threads, args.rounds, args.min_time, 3,
                            instances=args.instances)
             res["speed"] += [r.__dict__ for r in rows]
