@@ -60,9 +60,11 @@ def exaq_variant(src: Path, bits: int, feeds: list[dict], rebuild: bool) -> tupl
         return dst, json.loads(meta.read_text())
     t0 = time.time()
     raw = dst.with_name(f"{src.stem}.exaq{bits}-clip0.onnx")
-    _, report = quake_onnx.optimize(str(src), str(raw), order=2, softmax_method="exaq", bits=bits)
-    _, nodes = quake_onnx.calibrate(str(raw), feeds, str(dst), threads=2)
-    raw.unlink()
+    try:
+        _, report = quake_onnx.optimize(str(src), str(raw), order=2, softmax_method="exaq", bits=bits)
+        _, nodes = quake_onnx.calibrate(str(raw), feeds, str(dst), threads=2)
+    finally:
+        raw.unlink(missing_ok=True)
     info = {"counts": report.counts(), "warnings": list(report.warnings), "seconds": round(time.time() - t0, 1),
             "clips": {n.node: round(n.clip, 3) for n in nodes},
             "sigmas": {n.node: round(n.sigma, 3) for n in nodes}}

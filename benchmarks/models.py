@@ -330,14 +330,13 @@ def time_variants(sessions: dict, feeds: dict, rounds: int, min_time: float, min
                   max_foreign: float = 0.1, retries: int = 4) -> tuple[dict, dict, int, dict]:
     """Interleaved rounds: per round a block of runs of every variant (the
     variant order rotated each round so none always follows the same one).
-    sessions: variant -> one session or a list of instances; round r runs
+    sessions: variant -> list of instances (sessions); round r runs
     instance r mod K. Returns per variant the fastest of its round medians
     (ms), the runs timed, the blocks thrown away, and the round medians (ms).
     A block during which other processes used more than `max_foreign` of a
     core (from /proc/stat less this process's CPU time) is thrown away and run
     again after a pause, up to `retries` times per block."""
     keys = list(sessions)
-    sessions = {k: v if isinstance(v, list) else [v] for k, v in sessions.items()}
     for k in keys:  # warm-up: arena growth, prepacking, page faults
         for inst in sessions[k]:
             for _ in range(2):
@@ -394,13 +393,6 @@ def speed(spec: Spec, precision: str, paths: dict, infos: dict, seqs, threads_li
         del sessions
         gc.collect()
     return rows
-
-
-def variant_names(spec: Spec) -> list[str]:
-    names = [f"o{o}" for o in ORDERS]
-    if spec.ort_level == "all":
-        names.append("o2-ext")
-    return names
 
 
 def format_speed_row(row: SpeedRow, spec: Spec) -> str:
@@ -880,11 +872,11 @@ def main(argv=None) -> int:
                          args.min_time, args.min_runs, args.retries, args.instances)
             results["speed"] += [r.__dict__ for r in rows]
     if not args.no_profile:
+        runs = 3 if args.quick else 10
+        folder = args.out / "profiles"
         for (name, prec), (paths, infos) in prepared.items():
             for seq in (profile_seqs if SPECS[name].kind == "text" else [None]):
                 feeds = feeds_for(paths["base"], seq)
-                runs = 3 if args.quick else 10
-                folder = args.out / "profiles"
                 tag = f"{name}-{prec}-{seq or 'fixed'}"
                 p = {"model": name, "precision": prec, "seq": seq,
                      "base": profile(paths["base"], feeds, False, runs, f"{tag}-base", folder),
