@@ -120,20 +120,20 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=M.DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, default=Path("build/exaq-models"))
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--seqs", default="128,512")
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--threads", type=M.positive_ints, default=[1, 2])
+    ap.add_argument("--seqs", type=M.positive_ints, default=[128, 512])
+    ap.add_argument("--rounds", type=M.positive_int, default=10)
     ap.add_argument("--min-time", type=float, default=0.3)
-    ap.add_argument("--instances", type=int, default=2, help="sessions per variant (models.py --instances)")
-    ap.add_argument("--sentences", type=int, default=300)
-    ap.add_argument("--calibration-samples", type=int, default=64)
+    ap.add_argument("--instances", type=M.positive_int, default=2, help="sessions per variant (models.py --instances)")
+    ap.add_argument("--sentences", type=M.positive_int, default=300)
+    ap.add_argument("--calibration-samples", type=M.positive_int, default=64)
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--rebuild", action="store_true")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if any(n not in MODELS for n in names):
         ap.error(f"models are {', '.join(MODELS)}")
-    seqs, threads = [int(s) for s in args.seqs.split(",")], [int(t) for t in args.threads.split(",")]
+    seqs, threads = args.seqs, args.threads
     if args.quick:
         names, seqs, threads, args.rounds, args.min_time = [QUICK], [32], [1], 2, 0.05
     args.cache.mkdir(parents=True, exist_ok=True)

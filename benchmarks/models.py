@@ -801,6 +801,22 @@ def plots(results: dict, folder: Path, curves: Optional[dict]) -> list[Path]:
 
 # --------------------------------------------------------------------------- main
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (rounds, instances, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """argparse type: comma-separated integers >= 1 (threads, sequence lengths)."""
+    return [positive_int(t.strip()) for t in text.split(",") if t.strip()] or [positive_int(text)]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one tiny model, few runs (smoke test)")
@@ -808,20 +824,20 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, default=Path("build/models"))
     ap.add_argument("--plots", type=Path, default=None, help="folder for the PNGs (default: --out)")
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--seqs", default="128,512")
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--threads", type=positive_ints, default=[1, 2])
+    ap.add_argument("--seqs", type=positive_ints, default=[128, 512])
+    ap.add_argument("--rounds", type=positive_int, default=10)
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per variant per round")
-    ap.add_argument("--instances", type=int, default=2, help="sessions per variant, taking turns by round")
-    ap.add_argument("--min-runs", type=int, default=3)
+    ap.add_argument("--instances", type=positive_int, default=2, help="sessions per variant, taking turns by round")
+    ap.add_argument("--min-runs", type=positive_int, default=3)
     ap.add_argument("--retries", type=int, default=4,
                     help="times a block is run again when other processes took the CPU during it")
     ap.add_argument("--no-int8", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--no-profile", action="store_true")
-    ap.add_argument("--profile-seqs", default="128", help="sequence lengths profiled (text models)")
-    ap.add_argument("--sentences", type=int, default=300)
+    ap.add_argument("--profile-seqs", type=positive_ints, default=[128], help="sequence lengths profiled (text models)")
+    ap.add_argument("--sentences", type=positive_int, default=300)
     ap.add_argument("--train-seconds", type=float, default=90)
     ap.add_argument("--rebuild", action="store_true", help="export, quantize and optimize again")
     args = ap.parse_args(argv)
@@ -832,9 +848,7 @@ def main(argv=None) -> int:
         unknown = [n for n in names if n not in SPECS]
         if unknown:
             ap.error(f"unknown model {', '.join(unknown)} (choose from {', '.join(SPECS)})")
-    threads = [int(t) for t in args.threads.split(",")]
-    seqs = [int(s) for s in args.seqs.split(",")]
-    profile_seqs = [int(s) for s in args.profile_seqs.split(",")]
+    threads, seqs, profile_seqs = args.threads, args.seqs, args.profile_seqs
     if args.quick:
         threads, seqs = [1], [32]
         args.rounds, args.min_time, args.min_runs, args.retries = 2, 0.05, 3, 0
