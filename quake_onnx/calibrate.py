@@ -24,7 +24,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from . import modelio, reference
+from . import modelio, reference, sessions, writes
 from .modelio import ModelFileError
 
 QUAKE = "com.quake"
@@ -83,22 +83,18 @@ def _probe(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
             types[vi.name] = vi.type.tensor_type.elem_type
     for name in tensors:
         if name not in outputs:
-            # The element type is the node's (float or float16); ORT checks it.
-            probe.graph.output.append(helper.make_tensor_value_info(name, types.get(name, 0), None))
+            # The element type is the node's (float or float16); ORT checks it,
+            # and states it itself for an output given without a type.
+            info = helper.make_tensor_value_info(name, types[name], None) if name in types else onnx.ValueInfoProto(name=name)
+            probe.graph.output.append(info)
             outputs.add(name)
     return probe
 
 
-def _session(model: onnx.ModelProto, threads: Optional[int]) -> ort.InferenceSession:
-    from ._library import get_library_path
-
-    so = ort.SessionOptions()
+def _session(model: onnx.ModelProto, threads: Optional[int], libraries) -> ort.InferenceSession:
     # The probed tensors must stay what the graph computes: no fusions.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        so.intra_op_num_threads = threads
-    so.register_custom_ops_library(get_library_path())
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    so = sessions.options(libraries, threads=threads or 0)
+    return sessions.open_session(model.SerializeToString(), so)
 
 
 def _infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -118,6 +114,8 @@ def calibrate(
     *,
     recalibrate: bool = False,
     threads: Optional[int] = None,
+    custom_ops_libraries: Iterable[Union[str, os.PathLike]] = (),
+    protect: Iterable[Union[str, os.PathLike]] = (),
 ) -> tuple[onnx.ModelProto, list[NodeCalibration]]:
     """Fixes the clip of every exaq Softmax node from sample inputs.
 
@@ -128,18 +126,34 @@ def calibrate(
     output: where to write the calibrated model (None: write nothing).
     recalibrate: also recompute nodes whose clip is already fixed (non-zero);
         by default only clip = 0 nodes are calibrated.
+    custom_ops_libraries: libraries the model's other nodes need
+        (onnxruntime-extensions' is registered by itself for ai.onnx.contrib).
+    protect: other files the caller read (input sets): `output` may be none
+        of them, nor the input model or its external data.
+
+    Raises CalibrateError (nothing written): exit_code 2 for bad input, 1
+    for a failed run of the tool's own.
 
     Returns the calibrated model and one NodeCalibration per exaq node.
     """
+    libraries = sessions.user_libraries(custom_ops_libraries)
+    protected = writes.InputFiles()
+    for path in protect:
+        protected.add(path, "an input file of this command")
+    had_external = False
     if isinstance(model_or_path, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(model_or_path)
-        src = None
     else:
-        src = Path(model_or_path)
+        src = writes.absolute(model_or_path)
         model = modelio.load_graph(src)
         modelio.check_external_data(model, src)
+        protected.add_model(model, src)
+        had_external = modelio.has_external_data(model)
         modelio.load_external_data(model, src)
+    dest = writes.absolute(output) if output is not None else None
+    if dest is not None:
+        writes.check_output_path(dest, inputs=protected)
     nodes = exaq_nodes(model)
     if not nodes:
         raise CalibrateError("no com.quake Softmax node with method \"exaq\" in the main graph "
@@ -152,17 +166,18 @@ def calibrate(
         rows = {id(n): 0 for n in chosen}
         probe = _probe(_infer_types(model), [n.input[0] for n in chosen])
         try:
-            sess = _session(probe, threads)
+            sess = _session(probe, threads, sessions.libraries_for(model, libraries))
+        except sessions.LibraryError:
+            raise
         except Exception as e:
-            raise CalibrateError(f"the model does not load in ONNX Runtime: {str(e).strip().splitlines()[0]}",
-                                 exit_code=1) from e
+            raise CalibrateError(f"the input model does not load in ONNX Runtime: {sessions.first_line(e)}") from e
         names = [o.name for o in sess.get_outputs()]
         runs = 0
         for feed in inputs:
             try:
                 values = dict(zip(names, sess.run(None, dict(feed))))
             except Exception as e:
-                raise CalibrateError(f"run {runs + 1} failed: {str(e).strip().splitlines()[0]}") from e
+                raise CalibrateError(f"run {runs + 1} failed: {sessions.first_line(e)}") from e
             runs += 1
             for n in chosen:
                 x = values.get(n.input[0], feed.get(n.input[0]) if hasattr(feed, "get") else None)
@@ -181,12 +196,10 @@ def calibrate(
                 r.clip = min(float(np.float32(reference.exaq_clip(r.bits, r.sigma))), -1e-6)
                 _set_attr(n, "clip", r.clip)
                 r.written = True
-    if output is not None:
-        dest = Path(output)
-        modelio.check_output_path(dest)
-        external = modelio.has_external_data(model) or modelio.needs_external_data(model)
+    if dest is not None:
+        external = had_external or modelio.needs_external_data(model)
         try:
-            modelio.save_model_atomic(model, dest, external=external)
+            writes.save_model_atomic(model, dest, external=external, keep=protected)
         except OSError as e:
             raise CalibrateError(f"cannot write {dest}: {e.strerror or e}", exit_code=1) from None
     return model, [results[id(n)] for n in nodes]

@@ -157,6 +157,11 @@ _SOFTMAX_METHOD = typer.Option(
     "(exponent quantized to --bits bits, table lookup; fix its clip with `quake-onnx calibrate`)",
 )
 _BITS = typer.Option(3, "--bits", min=2, max=8, help="exaq quantization bits, 2..8 (with --softmax-method exaq)")
+_LIBRARIES = typer.Option(
+    None, "--custom-ops-library", metavar="PATH",
+    help="a custom-op library the model's other nodes need, registered on every ONNX Runtime session the "
+    "command opens; repeat for several (onnxruntime-extensions' is registered by itself for ai.onnx.contrib)",
+)
 
 
 def _method_title(order: int, softmax_method: str, bits: int) -> str:
@@ -192,30 +197,26 @@ def optimize_cmd(
     min_elements: Optional[int] = _MIN_ELEMENTS,
     softmax_method: str = _SOFTMAX_METHOD,
     bits: int = _BITS,
+    custom_ops_library: Optional[List[Path]] = _LIBRARIES,
     explain: bool = typer.Option(False, "--explain", help="print every candidate node and why it was or wasn't replaced"),
     report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="write the full report as JSON"),
     in_place: bool = typer.Option(False, "--in-place", help="allow OUT to be IN (or omit OUT) and overwrite it"),
 ) -> None:
     """Replace Softmax, GELU, SiLU/Sigmoid, Exp... with com.quake ops and write OUT."""
-    from . import _cli_output, modelio
+    from . import _cli_output, writes
 
     if dest is None and not in_place:
         typer.echo("error: missing OUT (or pass --in-place to overwrite IN)", err=True)
         raise typer.Exit(2)
-    if report is not None:
-        try:
-            modelio.check_output_path(report, "report")
-        except modelio.ModelFileError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
     out = dest if dest is not None else src
     _, result = _run_optimize(
         src, out, order=order, ops=ops, skip_nodes=skip_nodes or (), ort_fusions=ort_fusions, ort_level=ort_level,
         in_place=in_place, min_elements=min_elements, softmax_method=softmax_method, bits=bits,
+        custom_ops_libraries=custom_ops_library or (), also_written=[("report", report)] if report is not None else (),
     )
     if report is not None:
         try:
-            modelio.write_bytes_atomic(result.to_json().encode(), report)
+            writes.write_bytes_atomic(result.to_json().encode(), report)
         except OSError as e:
             typer.echo(f"error: wrote {out} but not the report {report}: {e.strerror or e}", err=True)
             raise typer.Exit(1) from None
@@ -239,6 +240,7 @@ def inspect_cmd(
     min_elements: Optional[int] = _MIN_ELEMENTS,
     softmax_method: str = _SOFTMAX_METHOD,
     bits: int = _BITS,
+    custom_ops_library: Optional[List[Path]] = _LIBRARIES,
 ) -> None:
     """Show what `optimize` would replace and why, writing nothing."""
     from . import _cli_output
@@ -246,6 +248,7 @@ def inspect_cmd(
     _, result = _run_optimize(
         src, None, order=order, ops=ops, skip_nodes=skip_nodes or (), ort_fusions=ort_fusions, ort_level=ort_level,
         min_elements=min_elements, softmax_method=softmax_method, bits=bits,
+        custom_ops_libraries=custom_ops_library or (),
     )
     console, err = _consoles()
     _cli_output.show(
@@ -281,11 +284,17 @@ _MIN_SPEEDUP = typer.Option(None, "--min-speedup", min=0.0, help="fail below thi
 
 
 def _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level,
-                   max_abs_error, min_cosine, min_top1_agreement, min_speedup, **extra: Any):
+                   max_abs_error, min_cosine, min_top1_agreement, min_speedup, custom_ops_library=None, **extra: Any):
     from .check import CheckOptions, Thresholds
     from .check.inputs import parse_dims
+    from .sessions import LibraryError, user_libraries
 
+    try:
+        libraries = user_libraries(custom_ops_library)
+    except LibraryError as e:
+        raise typer.BadParameter(str(e), param_hint="'--custom-ops-library'") from None
     return CheckOptions(
+        custom_ops_libraries=libraries,
         order=order, ops=ops, ort_level=ort_level, dims=parse_dims(dim or []), vocab=vocab, seed=seed, threads=threads, runs=runs,
         warmup=warmup, top_k=top_k,
         thresholds=Thresholds(max_abs_error, min_cosine, min_top1_agreement, min_speedup), **extra,
@@ -314,14 +323,15 @@ def check_cmd(
     min_cosine: Optional[float] = _MIN_COS,
     min_top1_agreement: Optional[float] = _MIN_TOP1,
     min_speedup: Optional[float] = _MIN_SPEEDUP,
+    custom_ops_library: Optional[List[Path]] = _LIBRARIES,
     json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="write the result as JSON ('-': stdout)"),
 ) -> None:
     """Run MODEL with ONNX Runtime's ops and optimized with com.quake: output agreement, latency, thresholds."""
     from .check.commands import check_command
 
     options = _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level, max_abs_error,
-                             min_cosine, min_top1_agreement, min_speedup, optimized=optimized, inputs=inputs,
-                             min_elements=min_elements)
+                             min_cosine, min_top1_agreement, min_speedup, custom_ops_library, optimized=optimized,
+                             inputs=inputs, min_elements=min_elements)
     raise typer.Exit(check_command(model, options, json_out))
 
 
@@ -354,12 +364,13 @@ def zoo_cmd(
     min_cosine: Optional[float] = _MIN_COS,
     min_top1_agreement: Optional[float] = _MIN_TOP1,
     min_speedup: Optional[float] = _MIN_SPEEDUP,
+    custom_ops_library: Optional[List[Path]] = _LIBRARIES,
 ) -> None:
     """Check every model under DIR: summary table, S(t) score, JSON / Markdown / JUnit reports."""
     from .check.commands import zoo_command
 
     options = _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level, max_abs_error,
-                             min_cosine, min_top1_agreement, min_speedup, min_elements=min_elements)
+                             min_cosine, min_top1_agreement, min_speedup, custom_ops_library, min_elements=min_elements)
     raise typer.Exit(zoo_command(
         root, options, jobs=jobs, shard=shard, timeout=timeout, json_out=json_out, markdown=markdown, junit=junit,
         list_only=list_only, penalty=penalty, min_score=min_score,
@@ -378,14 +389,17 @@ def calibrate_cmd(
     vocab: Optional[int] = _VOCAB,
     seed: int = _SEED,
     recalibrate: bool = typer.Option(False, "--recalibrate", help="also recompute nodes whose clip is already fixed"),
+    custom_ops_library: Optional[List[Path]] = _LIBRARIES,
 ) -> None:
     """Fix the clip of every exaq Softmax from sample inputs: C = slope * sigma + offset, sigma measured per node."""
     from .calibrate import CalibrateError, calibrate, exaq_nodes
     from .check.inputs import load_inputs, parse_dims
     from .modelio import ModelFileError, load_graph
+    from .sessions import user_libraries
 
     console, err = _consoles()
     try:
+        libraries = user_libraries(custom_ops_library)
         graph = load_graph(src)
         if not exaq_nodes(graph):
             raise CalibrateError("no com.quake Softmax node with method \"exaq\" in the main graph "
@@ -405,7 +419,8 @@ def calibrate_cmd(
                 if i == 0:
                     err.print("warning: calibrating on generated inputs; real samples (--inputs) give the clip the "
                               "model needs", soft_wrap=True, highlight=False)
-        _, results = calibrate(src, feeds, dest, recalibrate=recalibrate)
+        _, results = calibrate(src, feeds, dest, recalibrate=recalibrate,
+                               custom_ops_libraries=libraries, protect=inputs or ())
     except ModelFileError as e:
         typer.echo(f"error: {_one_line(str(e))}", err=True)
         raise typer.Exit(e.exit_code) from None

@@ -1,10 +1,9 @@
-"""Reading and writing ONNX files for the optimizer: clear errors on bad input,
-external data in and out, and writes that replace the destination atomically."""
+"""Reading ONNX files for the tool: clear errors on bad input, external data
+checked and loaded, and the files a model references (writes.py never
+writes over them)."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -104,6 +103,25 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> None:
             )
 
 
+def external_data_files(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """The files `model` (read from `path`) keeps tensor data in, as absolute
+    paths, each once, in first-use order; whether they exist is not checked."""
+    folder = Path(os.path.abspath(path)).parent
+    files: dict[str, Path] = {}
+    for tensor in iter_tensors(model):
+        if ext.uses_external_data(tensor):
+            location = ext.ExternalDataInfo(tensor).location
+            if location:
+                file = Path(os.path.normpath(folder / location))
+                files.setdefault(str(file), file)
+    return list(files.values())
+
+
+def model_files(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """The model file and every external data file it references (absolute)."""
+    return [Path(os.path.abspath(path)), *external_data_files(model, path)]
+
+
 def load_external_data(model: onnx.ModelProto, path: Path) -> None:
     """Reads every external tensor of `model` (loaded from `path`) into memory,
     refusing missing or short data files instead of passing garbage on."""
@@ -157,125 +175,6 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
         return model.ByteSize() > PROTOBUF_LIMIT
     except Exception:
         return True
-
-
-def check_output_path(path: Path, what: str = "output") -> None:
-    """Refuses a destination that cannot be written, before any work is done."""
-    if path.is_dir():
-        raise ModelFileError(f"{what} {path} is a directory")
-    parent = path.parent
-    if not parent.exists():
-        raise ModelFileError(f"cannot write {what} {path}: folder {parent} does not exist")
-    if not parent.is_dir():
-        raise ModelFileError(f"cannot write {what} {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ModelFileError(f"cannot write {what} {path}: permission denied")
-    # os.access says yes to root and knows nothing of read-only mounts: probe.
-    try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
-    except OSError as e:
-        raise ModelFileError(f"cannot write {what} {path}: {e.strerror or e}") from None
-    os.close(fd)
-    _unlink(Path(probe))
-
-
-def same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _file_mode(dest: Path) -> int:
-    if dest.exists():
-        return dest.stat().st_mode & 0o7777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_bytes_atomic(data: bytes, dest: Path, verify: Optional[Callable[[Path], None]] = None) -> None:
-    """Writes `data` to `dest` through a temporary file in the same folder:
-    readers see the old file or the new one, never a partial one. `verify`
-    runs on the finished temporary file; if it raises, `dest` is unchanged."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if verify is not None:
-            verify(Path(tmp))
-        os.chmod(tmp, _file_mode(dest))
-        os.replace(tmp, dest)
-    except BaseException:
-        _unlink(Path(tmp))
-        raise
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def save_model_atomic(
-    model: onnx.ModelProto,
-    dest: Path,
-    *,
-    external: bool,
-    verify: Optional[Callable[[Path], None]] = None,
-) -> None:
-    """Saves `model` at `dest`; with `external`, tensor data goes to
-    `<dest name>.data` next to it. `verify(path)` runs on the finished
-    temporary copy; if anything raises, `dest` (and its data file) is unchanged.
-
-    With external data the model is left pointing at `dest`'s data file and
-    its tensors are read back, so the caller keeps a complete model."""
-    if not external:
-        write_bytes_atomic(model.SerializeToString(), dest, verify)
-        return
-
-    data_name = f"{dest.name}.data"
-    data_dest = dest.parent / data_name
-    # A fresh folder: onnx appends to an existing data file instead of replacing it.
-    work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    mode = _file_mode(dest)
-    try:
-        onnx.save_model(
-            model,
-            str(work / dest.name),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_name,
-            size_threshold=EXTERNAL_THRESHOLD,
-        )
-        if verify is not None:
-            verify(work / dest.name)
-        new_data = work / data_name
-        backup = work / "previous.data"
-        if new_data.exists():
-            for f in (work / dest.name, new_data):
-                os.chmod(f, mode)
-            if data_dest.exists():
-                os.replace(data_dest, backup)
-            try:
-                os.replace(new_data, data_dest)
-                os.replace(work / dest.name, dest)
-            except BaseException:
-                # Put the old pair back so `dest` still matches its data file.
-                if backup.exists():
-                    os.replace(backup, data_dest)
-                else:
-                    _unlink(data_dest)
-                raise
-        else:  # every tensor was below the threshold
-            os.chmod(work / dest.name, mode)
-            os.replace(work / dest.name, dest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    ext.load_external_data_for_model(model, str(dest.parent))
 
 
 # Tensors at least this big travel through the rewrite without their bytes.

@@ -7,14 +7,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import onnx
 import onnxruntime as ort
 
-from . import exaq, modelio
+from . import exaq, modelio, sessions, writes
 from .modelio import ModelFileError
-from .ort_fusions import LEVELS, FusionError, apply_ort_fusions, has_nchwc_layout, session_options
+from .ort_fusions import LEVELS, FusionError, apply_ort_fusions, has_nchwc_layout
 from .rewrite.report import Report
 
 # The pass's own list when it is importable; the same names otherwise, so
@@ -63,7 +63,7 @@ NCHWC_WARNING = (
 
 def _rewrite(
     model: onnx.ModelProto, order: int, ops: frozenset[str], skip: frozenset[str], keep_layout: bool = True,
-    min_elements: Optional[dict] = None,
+    min_elements: Optional[dict] = None, type_hints: Sequence[onnx.ValueInfoProto] = (),
 ):
     try:
         from .rewrite.passes import rewrite_model
@@ -76,20 +76,21 @@ def _rewrite(
     else:
         register_schemas()
     return rewrite_model(
-        model, order=order, ops=ops, skip_nodes=skip, keep_conv_layout=keep_layout, min_elements=min_elements or {}
+        model, order=order, ops=ops, skip_nodes=skip, keep_conv_layout=keep_layout, min_elements=min_elements or {},
+        type_hints=type_hints,
     )
 
 
 def _rewrite_light(
     model: onnx.ModelProto, order: int, ops: frozenset[str], skip: frozenset[str], keep_layout: bool,
-    min_elements: Optional[dict] = None,
+    min_elements: Optional[dict] = None, type_hints: Sequence[onnx.ValueInfoProto] = (),
 ):
     """The rewrite with big tensors' bytes set aside (see strip_large_tensors),
     and the inferred shapes stated on the result. `model` is as it was after."""
     stash = modelio.strip_large_tensors(model)
     try:
         try:
-            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements=min_elements)
+            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements=min_elements, type_hints=type_hints)
         except OptimizeError:
             raise
         except Exception as e:
@@ -99,7 +100,7 @@ def _rewrite_light(
             if not stash or modelio.needs_external_data(model):
                 raise OptimizeError(f"the rewrite failed: {type(e).__name__}: {e}", exit_code=1) from e
             stash = {}
-            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements=min_elements)
+            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements=min_elements, type_hints=type_hints)
         annotate_shapes(rewritten)
         modelio.restore_large_tensors(rewritten, stash)
     finally:
@@ -147,15 +148,33 @@ def annotate_shapes(model: onnx.ModelProto) -> None:
     model.graph.value_info.extend(v for v in typed.graph.value_info if v.name in outputs and v.name not in known)
 
 
-def _verify(path: Path) -> None:
+def _verify(path: Path, libraries: Sequence[str]) -> None:
     """The written model must open in ONNX Runtime with the library, as users will open it."""
     try:
-        ort.InferenceSession(
-            str(path), session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL), providers=["CPUExecutionProvider"]
-        )
+        sessions.open_session(path, sessions.options(libraries))
+    except sessions.LibraryError:
+        raise
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise OptimizeError(f"the rewritten model does not load in ONNX Runtime: {first}", exit_code=1) from e
+        raise OptimizeError(f"the rewritten model does not load in ONNX Runtime: {sessions.first_line(e)}",
+                            exit_code=1) from e
+
+
+def _refusal_of_input(model: onnx.ModelProto, src: Optional[Path], libraries: Sequence[str]) -> Optional[str]:
+    """ONNX Runtime's complaint about the input model as given, None when it loads."""
+    if src is None and modelio.needs_external_data(model):
+        return None  # no file to open, and too big for bytes: ORT's verdict on the result must do
+    try:
+        sessions.open_session(src if src is not None else model.SerializeToString(), sessions.options(libraries))
+    except Exception as e:
+        return sessions.first_line(e)
+    return None
+
+
+def _bad_input(model: onnx.ModelProto, src: Optional[Path], libraries: Sequence[str]) -> None:
+    """Raises the exit-2 error when ONNX Runtime refuses the input itself."""
+    complaint = _refusal_of_input(model, src, libraries)
+    if complaint is not None:
+        raise OptimizeError(f"the input model does not load in ONNX Runtime: {complaint}")
 
 
 # ORT's fused attention kernels compute their softmax inside; replacing the
@@ -226,6 +245,8 @@ def optimize(
     min_elements: Optional[int] = None,
     softmax_method: str = "quake",
     bits: int = 3,
+    custom_ops_libraries: Iterable[Union[str, os.PathLike]] = (),
+    also_written: Sequence[tuple[str, Union[str, os.PathLike]]] = (),
 ) -> tuple[onnx.ModelProto, Report]:
     """Replaces the exponential non-linearities of a model with com.quake ops.
 
@@ -256,9 +277,23 @@ def optimize(
     softmax_method: "quake" (default) or "exaq": the method of the com.quake
         Softmax nodes made (docs/ops.md); exaq nodes quantize the exponent to
         `bits` (2..8) bits with C derived per row until `calibrate` fixes it.
+    custom_ops_libraries: paths of custom-op libraries the model's other
+        nodes need, registered on every session this opens (the library of
+        onnxruntime-extensions is registered by itself for a model that
+        imports ai.onnx.contrib).
+    also_written: (what, path) of other files the caller will write after
+        this returns (a report): refused before any work, like `output`,
+        when one is an input file or `output`'s own.
+
+    Nothing written is ever the input model or a file it references; the
+    input's bytes are never changed except by `in_place`, which replaces
+    the model and its data together (docs/optimize.md, "Which files a
+    command writes").
 
     Returns the rewritten model and the report of every candidate node.
-    Raises OptimizeError (nothing written) on bad input, options or failure.
+    Raises OptimizeError (nothing written) on bad input, options or failure:
+    exit_code 2 for the user's input (an input model ONNX Runtime itself
+    refuses included), 1 for a failure of the tool.
     """
     if order not in ORDERS:
         raise OptimizeError(f"order must be 1, 2 or 3, not {order!r}")
@@ -274,16 +309,21 @@ def optimize(
     if ort_level != "extended" and not ort_fusions:
         raise OptimizeError(f"ort level {ort_level} needs ONNX Runtime's fusions (drop --no-ort-fusions)")
 
+    user_libraries = sessions.user_libraries(custom_ops_libraries)
     src: Optional[Path] = None
+    inputs = writes.InputFiles()
     if isinstance(model_or_path, onnx.ModelProto):
         model = model_or_path
         if not all(modelio.is_loaded(t) for t in modelio.iter_tensors(model)):
             raise OptimizeError("the model's external data is not loaded; pass its path instead")
     else:
-        src = Path(model_or_path)
+        src = writes.absolute(model_or_path)
         model = modelio.load_graph(src)
         modelio.check_external_data(model, src)
-    dest = _destination(src, output, in_place)
+        inputs.add_model(model, src)
+    dest = _destination(src, output, in_place, inputs)
+    _check_also_written(also_written, dest, inputs)
+    libraries = sessions.libraries_for(model, user_libraries)
 
     had_external = modelio.has_external_data(model)
     warnings: list[str] = []
@@ -292,8 +332,9 @@ def optimize(
         fused = None
         if ort_fusions:
             try:
-                fused = _fuse(model, src, work, had_external, ort_level)
+                fused = _fuse(model, src, work, had_external, ort_level, libraries)
             except FusionError as e:
+                _bad_input(model, src, libraries)
                 warnings.append(f"{e}; rewrote the model without ONNX Runtime's fusions")
         shutil.rmtree(work / "ort", ignore_errors=True)  # free the disk before writing
         if fused is not None and ort_level == "extended":
@@ -306,9 +347,11 @@ def optimize(
             if any(not n.name for n in model.graph.node if n.output and n.output[0] in absorbed):
                 model = _copy(model)  # naming them must not touch the caller's model
             kept = _keep_absorbed(model, absorbed)
+            # ORT's types of what follows ops onnx cannot infer (ort_fusions.ort_types).
+            type_hints = list(fused.graph.value_info)
             fused = None
         else:
-            kept = {}
+            kept, type_hints = {}, []
         if fused is None:
             if src is not None:
                 modelio.load_external_data(model, src)
@@ -324,7 +367,8 @@ def optimize(
         # Kept activations are the default's safety: a model ORT has laid out has none left to keep.
         existing_softmax = exaq.quake_softmax_outputs(fused)
         rewritten, report = _rewrite_light(
-            fused, order, chosen_ops, skip | frozenset(kept), keep_layout=not laid_out, min_elements=floors
+            fused, order, chosen_ops, skip | frozenset(kept), keep_layout=not laid_out, min_elements=floors,
+            type_hints=type_hints,
         )
         if softmax_method == "exaq":
             exaq.use_exaq(rewritten, report, bits, existing_softmax)
@@ -338,8 +382,15 @@ def optimize(
     report.warnings.extend(warnings)
     if dest is not None:
         external = had_external or modelio.needs_external_data(rewritten)
+        # In place, the input is what gets replaced, its data files with it.
+        keep = None if in_place and src is not None and dest == src else inputs
         try:
-            modelio.save_model_atomic(rewritten, dest, external=external, verify=_verify)
+            writes.save_model_atomic(rewritten, dest, external=external,
+                                     verify=lambda path: _verify(path, libraries), keep=keep)
+        except OptimizeError as e:
+            if e.exit_code == 1 and not ort_fusions:  # the oracle would have tried the input first
+                _bad_input(model_or_path if src is None else modelio.load_graph(src), src, libraries)
+            raise
         except ModelFileError:
             raise
         except OSError as e:
@@ -347,21 +398,36 @@ def optimize(
     return rewritten, report
 
 
-def _destination(src: Optional[Path], output, in_place: bool) -> Optional[Path]:
+def _destination(src: Optional[Path], output, in_place: bool, inputs: writes.InputFiles) -> Optional[Path]:
     if output is None:
         if in_place and src is None:
             raise OptimizeError("in_place needs a model path, not a ModelProto")
-        dest = src if in_place else None
-    else:
-        dest = Path(output)
-        if src is not None and not in_place and (modelio.same_file(src, dest) or src.resolve() == dest.resolve()):
-            raise OptimizeError(f"output {dest} is the input; pass --in-place to overwrite it")
-    if dest is not None:
-        modelio.check_output_path(dest)
+        return src if in_place else None
+    dest = writes.absolute(output)
+    is_src = src is not None and (os.path.realpath(src) == os.path.realpath(dest) or _same_inode(src, dest))
+    if is_src and not in_place:
+        raise OptimizeError(f"output {output} is the input; pass --in-place to overwrite it")
+    # In place, OUT may be the input model, never one of its data files.
+    writes.check_output_path(dest, inputs=None if is_src else inputs)
     return dest
 
 
-def _fuse(model: onnx.ModelProto, src: Optional[Path], work: Path, external: bool, level: str) -> onnx.ModelProto:
+def _same_inode(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_also_written(also_written, dest: Optional[Path], inputs: writes.InputFiles) -> None:
+    for what, path in also_written:
+        if dest is not None and writes.belongs_to_pair(Path(path), dest):
+            raise OptimizeError(f"{what} {path} would be written over the output model or its data file")
+        writes.check_output_path(Path(path), what, inputs)
+
+
+def _fuse(model: onnx.ModelProto, src: Optional[Path], work: Path, external: bool, level: str,
+          libraries: Sequence[str]) -> onnx.ModelProto:
     ort_dir = work / "ort"
     ort_dir.mkdir()
     if src is None:
@@ -372,7 +438,7 @@ def _fuse(model: onnx.ModelProto, src: Optional[Path], work: Path, external: boo
             _save_copy(model, src)
         else:
             onnx.save_model(model, str(src))
-    return apply_ort_fusions(src, ort_dir, external=external, original=model, level=level)
+    return apply_ort_fusions(src, ort_dir, external=external, original=model, level=level, libraries=libraries)
 
 
 def _save_copy(model: onnx.ModelProto, path: Path) -> None:
@@ -380,7 +446,7 @@ def _save_copy(model: onnx.ModelProto, path: Path) -> None:
     # caller's model must stay whole for the fallback and for the user.
     onnx.save_model(
         _copy(model), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-        location=path.name + ".data", size_threshold=modelio.EXTERNAL_THRESHOLD,
+        location=path.name + ".data", size_threshold=writes.EXTERNAL_THRESHOLD,
     )
 
 
@@ -388,13 +454,19 @@ class InferenceSession(ort.InferenceSession):
     """onnxruntime.InferenceSession with the com.quake library registered.
 
     quake_onnx.InferenceSession("model.quake.onnx") runs a rewritten model;
-    sess_options and providers are passed on (CPU when not given)."""
+    sess_options and providers are passed on (CPU when not given). The
+    library of onnxruntime-extensions is registered too when the model
+    imports ai.onnx.contrib, and every path in `custom_ops_libraries`
+    (raises sessions.LibraryError, a ModelFileError, for one that does not
+    exist or load)."""
 
-    def __init__(self, path_or_bytes, sess_options: Optional[ort.SessionOptions] = None, providers=None, **kw):
-        from ._library import get_library_path
-
-        so = sess_options if sess_options is not None else ort.SessionOptions()
-        so.register_custom_ops_library(get_library_path())
+    def __init__(self, path_or_bytes, sess_options: Optional[ort.SessionOptions] = None, providers=None,
+                 custom_ops_libraries: Iterable[Union[str, os.PathLike]] = (), **kw):
         if isinstance(path_or_bytes, os.PathLike):
             path_or_bytes = os.fspath(path_or_bytes)
+        libraries = sessions.libraries_for(sessions.graph_of(path_or_bytes),
+                                           sessions.user_libraries(custom_ops_libraries))
+        so = sess_options if sess_options is not None else ort.SessionOptions()
+        for lib in libraries:
+            so.register_custom_ops_library(lib)
         super().__init__(path_or_bytes, so, providers=providers or ["CPUExecutionProvider"], **kw)

@@ -6,11 +6,12 @@ keeps them, and the rewriter then replaces the fused com.microsoft nodes."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import onnx
 import onnxruntime as ort
 
+from . import sessions
 from .modelio import load_external_data, load_graph
 
 # Session-config keys documented in onnxruntime_session_options_config_keys.h.
@@ -22,25 +23,10 @@ class FusionError(Exception):
     """ONNX Runtime could not optimise, save or reload the model."""
 
 
-def _library_path() -> Optional[str]:
-    from ._library import get_library_path
-
-    try:
-        return get_library_path()
-    except FileNotFoundError:
-        return None
-
-
-def session_options(level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = level
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3  # ORT's warnings would break the one-line error contract
-    library = _library_path()
-    if library:  # a model rewritten before may already hold com.quake nodes
-        so.register_custom_ops_library(library)
-    return so
+def session_options(level: ort.GraphOptimizationLevel, libraries: Sequence[str] = ()) -> ort.SessionOptions:
+    """One thread, ORT's logging silenced (its lines would break the one-line
+    error contract), `libraries` registered (sessions.libraries_for)."""
+    return sessions.options(libraries, level=level)
 
 
 def _first_line(error: Exception) -> str:
@@ -53,16 +39,18 @@ NCHWC_DOMAIN = "com.microsoft.nchwc"
 
 
 def apply_ort_fusions(
-    src: Path, workdir: Path, *, external: bool, original: Optional[onnx.ModelProto] = None, level: str = "extended"
+    src: Path, workdir: Path, *, external: bool, original: Optional[onnx.ModelProto] = None, level: str = "extended",
+    libraries: Sequence[str] = (),
 ) -> onnx.ModelProto:
     """The model at `src` after ONNX Runtime's CPU optimisations of `level`
     ("extended": the fusions; "all": plus the NCHWc conv layout, specific to
     this machine's CPU), loaded fully into memory. `original` (the model at
     `src`, external data not needed) lends its inferred types to the tensors
-    that survive. Raises FusionError when ORT refuses to optimise it, to save
+    that survive. `libraries`: the custom-op libraries its sessions need.
+    Raises FusionError when ORT refuses to optimise it, to save
     it, or to load what it saved."""
     optimized = workdir / "ort_optimized.onnx"
-    so = session_options(LEVELS[level])
+    so = session_options(LEVELS[level], libraries)
     so.optimized_model_filepath = str(optimized)
     if external:  # without this ORT fails to save a model of 2 GB or more
         so.add_session_config_entry(_EXTERNAL_FILE, optimized.name + ".data")
@@ -78,22 +66,74 @@ def apply_ort_fusions(
     try:
         ort.InferenceSession(
             str(optimized),
-            session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+            session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL, libraries),
             providers=["CPUExecutionProvider"],
         )
     except Exception as e:
         raise FusionError(f"ONNX Runtime cannot reload its own optimised model: {_first_line(e)}") from e
     try:
         model = load_graph(optimized)
-        load_external_data(model, optimized)
     except Exception as e:
         raise FusionError(f"the optimised model does not load with onnx: {e}") from e
     prune_opset_imports(model)
     typed = inferred(original) if original is not None else None
     if typed is not None:
         carry_value_info(typed.graph, model.graph)
+    if original is not None and uninferable_domains(original):
+        model.graph.value_info.extend(ort_types(model, optimized, libraries))
     type_blocked_tensors(model.graph)
+    try:
+        load_external_data(model, optimized)
+    except Exception as e:
+        raise FusionError(f"the optimised model does not load with onnx: {e}") from e
     return model
+
+
+# Domains whose ops onnx's shape inference knows (com.microsoft and com.quake
+# through the schemas this package and onnxruntime register).
+_INFERABLE = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "com.quake"})
+_T = onnx.TensorProto
+# ONNX Runtime's names of element types (NodeArg.type).
+_ORT_TYPES = {
+    "tensor(float)": _T.FLOAT, "tensor(float16)": _T.FLOAT16, "tensor(bfloat16)": _T.BFLOAT16,
+    "tensor(double)": _T.DOUBLE, "tensor(bool)": _T.BOOL, "tensor(int8)": _T.INT8, "tensor(uint8)": _T.UINT8,
+    "tensor(int16)": _T.INT16, "tensor(uint16)": _T.UINT16, "tensor(int32)": _T.INT32, "tensor(uint32)": _T.UINT32,
+    "tensor(int64)": _T.INT64, "tensor(uint64)": _T.UINT64,
+}
+
+
+def uninferable_domains(model: onnx.ModelProto) -> set[str]:
+    """Domains of the model's nodes that onnx's shape inference cannot see through."""
+    return sessions.domains(model) - _INFERABLE
+
+
+def ort_types(model: onnx.ModelProto, path: Path, libraries: Sequence[str]) -> list[onnx.ValueInfoProto]:
+    """ONNX Runtime's element types and shapes of the main graph's untyped
+    tensors (what follows another library's custom op, which onnx cannot
+    infer): a copy of `model` (saved at `path`, data beside it) lists them
+    as outputs and ORT states their types. Empty when ORT cannot say."""
+    known = {v.name for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    known |= {t.name for t in model.graph.initializer}
+    wanted = [o for n in model.graph.node for o in n.output if o and o not in known]
+    if not wanted:
+        return []
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted)  # no type: ORT states it
+    probe_path = path.with_name("types_probe.onnx")  # beside `path`: its data file resolves the same
+    try:
+        probe_path.write_bytes(probe.SerializeToString())
+        outputs = sessions.open_session(probe_path, session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                                                    libraries)).get_outputs()
+    except Exception:
+        return []
+    finally:
+        probe_path.unlink(missing_ok=True)
+    # Element types only: ORT states [] for a shape it does not know, which
+    # would read as a scalar (and below every size floor).
+    wanted_set = set(wanted)
+    return [onnx.helper.make_tensor_value_info(out.name, _ORT_TYPES[out.type], None)
+            for out in outputs if out.name in wanted_set and out.type in _ORT_TYPES]
 
 
 def type_blocked_tensors(graph: onnx.GraphProto) -> None:

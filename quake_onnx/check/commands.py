@@ -12,9 +12,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .. import modelio
+from .. import modelio, writes
 from . import reports
-from .runner import CheckError, CheckOptions, check_model
+from .runner import CheckError, CheckOptions, check_model, resolve_model
 from .zoo import DEFAULT_PENALTY, discover, parse_shard, run_models, score, shard as take_shard
 
 
@@ -28,14 +28,31 @@ def _console(stderr: bool = False) -> Console:
     return console if console.is_terminal else Console(stderr=stderr, width=160)
 
 
-def _check_outputs(paths: dict[str, Optional[Path]]) -> Optional[str]:
+def _input_files(models: list[Path], others: list[Optional[Path]]) -> writes.InputFiles:
+    """The models, the files they reference and the other files read: no report may be one."""
+    inputs = writes.InputFiles()
+    for path in models:
+        if not path.is_file():
+            continue
+        inputs.add(path, "a model this command checks")
+        try:
+            inputs.add_model(modelio.load_graph(path), path, whose="a checked")
+        except modelio.ModelFileError:
+            pass  # not a model: its check reports that; its own path is protected
+    for path in others:
+        if path is not None:
+            inputs.add(path, "an input file of this command")
+    return inputs
+
+
+def _check_outputs(paths: dict[str, Optional[Path]], inputs: writes.InputFiles) -> Optional[str]:
     """The first report path that cannot be written, as an error message."""
     seen = {}
     for option, path in paths.items():
         if path is None or str(path) == "-":
             continue
         try:
-            modelio.check_output_path(path, f"{option} file")
+            writes.check_output_path(path, f"{option} file", inputs)
         except modelio.ModelFileError as e:
             return str(e)
         key = str(path.resolve())
@@ -51,14 +68,21 @@ def _write(path: Path, text: str) -> Optional[str]:
         sys.stdout.flush()
         return None
     try:
-        modelio.write_bytes_atomic(text.encode(), path)
+        writes.write_bytes_atomic(text.encode(), path)
     except OSError as e:
         return f"cannot write {path}: {e.strerror or e}"
     return None
 
 
 def check_command(model: Path, options: CheckOptions, json_out: Optional[Path]) -> int:
-    problem = _check_outputs({"--json": json_out})
+    problem = None
+    if json_out is not None:
+        try:
+            model_files = [resolve_model(model)]
+        except CheckError:
+            model_files = []  # the check itself says what is wrong with it
+        inputs = _input_files(model_files + ([options.optimized] if options.optimized else []), [options.inputs])
+        problem = _check_outputs({"--json": json_out}, inputs)
     if problem:
         _error(problem)
         return 2
@@ -120,13 +144,15 @@ def zoo_command(
     if len(dashes) > 1:
         _error(f"{' and '.join(dashes)} cannot both write to stdout")
         return 2
-    problem = _check_outputs({"--json": json_out, "--markdown": markdown, "--junit": junit})
-    if problem:
-        _error(problem)
-        return 2
     entries = discover(root)
     if not entries:
         _error(f"no .onnx model under {root}")
+        return 2
+    reports_out = {"--json": json_out, "--markdown": markdown, "--junit": junit}
+    inputs = _input_files([e.path for e in entries], []) if any(reports_out.values()) else writes.InputFiles()
+    problem = _check_outputs(reports_out, inputs)
+    if problem:
+        _error(problem)
         return 2
     mine = take_shard(entries, index, count)
     console = _console(bool(dashes))

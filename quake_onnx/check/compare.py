@@ -52,6 +52,8 @@ def compare(name: str, reference: np.ndarray, output: np.ndarray, top_k: int = 5
             scores: Optional[bool] = None) -> OutputMetrics:
     if reference.shape != output.shape:
         raise ValueError(f"output {name}: shape {list(output.shape)} differs from the reference's {list(reference.shape)}")
+    if np.asarray(reference).dtype.kind not in "biuf":
+        return _compare_exact(name, np.asarray(reference), np.asarray(output))
     ref = np.asarray(reference, np.float64).ravel()
     out = np.asarray(output, np.float64).ravel()
     finite_ref, finite_out = np.isfinite(ref), np.isfinite(out)
@@ -85,6 +87,13 @@ def compare(name: str, reference: np.ndarray, output: np.ndarray, top_k: int = 5
         metrics.topk_agreement = float(np.mean(overlap))
         metrics.k, metrics.rows = k, int(r2.shape[0])
     return metrics
+
+
+def _compare_exact(name: str, reference: np.ndarray, output: np.ndarray) -> OutputMetrics:
+    """Strings and other non-numeric outputs: equal, or as far apart as can be."""
+    same = reference.size == 0 or bool(np.all(reference == output))
+    return OutputMetrics(name, list(reference.shape), str(reference.dtype), 0.0 if same else math.inf,
+                         0.0 if same else math.inf, 1.0 if same else 0.0, 0, False)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

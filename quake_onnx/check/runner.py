@@ -51,6 +51,7 @@ class CheckOptions:
     runs: int = 20
     top_k: int = 5
     thresholds: Thresholds = field(default_factory=Thresholds)
+    custom_ops_libraries: tuple[str, ...] = ()  # absolute paths (sessions.user_libraries)
 
 
 class CheckError(ModelFileError):
@@ -79,21 +80,16 @@ def _first_line(e: BaseException) -> str:
     return " ".join(lines[0].split()) if lines else type(e).__name__
 
 
-def _session(model: str, threads: int, library: bool):
+def _session(model: str, graph, threads: int, library: bool, extra: tuple[str, ...]):
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
+    from .. import sessions
+
     # ORT logs a failing run as an error line of its own; the exception carries
     # the same text and becomes the one-line report.
-    so.log_severity_level = 4
-    if library:
-        from .._library import get_library_path
-
-        so.register_custom_ops_library(get_library_path())
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    so = sessions.options(sessions.libraries_for(graph, extra, quake=library),
+                          level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, threads=threads)
+    return sessions.open_session(model, so)
 
 
 def summarize(outputs: list[dict]) -> dict:
@@ -169,10 +165,11 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
         raise CheckError(str(e), "inputs") from None
     warnings = list(inputs.warnings)
     graph_outputs = [o.name for o in graph.graph.output]
-    del graph  # one model in memory at a time: the sessions hold their own copies
-
+    libraries = options.custom_ops_libraries
     try:
-        original = _session(str(model_path), options.threads, library=False)
+        original = _session(str(model_path), graph, options.threads, False, libraries)
+    except ModelFileError as e:  # a --custom-ops-library that does not load
+        raise CheckError(str(e), "load") from None
     except Exception as e:
         raise CheckError(f"ONNX Runtime cannot load {model_path}: {_first_line(e)}", "load") from None
 
@@ -188,7 +185,8 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
             fast_path = Path(tmp) / "model.quake.onnx"
             try:
                 _, report = optimize(model_path, fast_path, order=options.order, ops=options.ops,
-                                     ort_level=options.ort_level, min_elements=options.min_elements)
+                                     ort_level=options.ort_level, min_elements=options.min_elements,
+                                     custom_ops_libraries=libraries)
             except ModelFileError as e:
                 raise CheckError(f"optimize: {e}", "optimize", e.exit_code) from None
             except Exception as e:
@@ -199,10 +197,12 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
             if not report.replaced:
                 warnings.append("nothing was replaced: the optimized model runs ONNX Runtime's own ops")
         try:
-            fast = _session(str(fast_path), options.threads, library=True)
+            # A given optimized model may use domains the original does not: register every library.
+            fast = _session(str(fast_path), None if options.optimized else graph, options.threads, True, libraries)
         except Exception as e:
             raise CheckError(f"the optimized model does not load: {_first_line(e)}", "load-optimized", 1) from None
 
+    del graph  # one model in memory at a time: the sessions hold their own copies
     names = [o.name for o in original.get_outputs()]
     fast_names = {o.name for o in fast.get_outputs()}
     missing = [n for n in names if n not in fast_names]

@@ -1,7 +1,7 @@
 """The rewrite pass: `rewrite_model` replaces exponential non-linearities with com.quake nodes."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -26,6 +26,7 @@ def rewrite_model(
     skip_nodes: frozenset[str] = frozenset(),
     keep_conv_layout: bool = True,
     min_elements: Mapping[str, int] = {},
+    type_hints: Iterable[onnx.ValueInfoProto] = (),
 ) -> tuple[onnx.ModelProto, Report]:
     """Return (rewritten copy of `model`, what was done to every candidate). `model` is not modified.
 
@@ -38,6 +39,9 @@ def rewrite_model(
     min_elements: per op family, the element count below which a node whose
         input shape is fully static is left (engine.BREAK_EVEN holds the
         measured break-even of a custom-op call; `optimize` applies it).
+    type_hints: types of tensors onnx cannot infer (after another library's
+        custom ops), e.g. ONNX Runtime's (ort_fusions.ort_types); not written
+        into the result.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -54,7 +58,7 @@ def rewrite_model(
         path="main",
         opset=_default_opset(model),
         order=order,
-        types=TypeTable(work),
+        types=TypeTable(work, type_hints),
         names=_taken_names(model),
         skip=frozenset(skip_nodes),
         keep_conv_layout=keep_conv_layout,

@@ -1,7 +1,7 @@
 """Element types and shapes of every tensor, from onnx shape inference on a copy of the model."""
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Iterable, Optional, Union
 
 import numpy as np
 import onnx
@@ -20,7 +20,10 @@ class TypeTable:
     """Types by tensor name. Names are unique across a model and its subgraphs (ONNX
     forbids shadowing), so one table serves every graph."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, hints: Iterable[onnx.ValueInfoProto] = ()):
+        """hints: types known from elsewhere (ONNX Runtime's, for tensors after
+        ops onnx cannot infer, such as another library's custom ops), used
+        for the tensors inference leaves untyped."""
         try:
             inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
         except Exception:  # e.g. > 2 GB protobufs, or an op whose inference raises: use what the model states
@@ -28,17 +31,13 @@ class TypeTable:
         self._elem: dict[str, int] = {}
         self._shape: dict[str, Optional[list[Dim]]] = {}
         self._collect(inferred.graph)
+        for info in hints:
+            if info.name not in self._elem:
+                self._add(info)
 
     def _collect(self, graph: onnx.GraphProto) -> None:
         for info in list(graph.input) + list(graph.output) + list(graph.value_info):
-            tensor_type = info.type.tensor_type if info.type.HasField("tensor_type") else None
-            if tensor_type is None or not tensor_type.elem_type:
-                continue
-            self._elem[info.name] = tensor_type.elem_type
-            if tensor_type.HasField("shape"):
-                self._shape[info.name] = [
-                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
-                ]
+            self._add(info)
         for init in graph.initializer:
             self._elem[init.name] = init.data_type
             self._shape[init.name] = list(init.dims)
@@ -48,6 +47,16 @@ class TypeTable:
                     self._collect(attr.g)
                 for sub in attr.graphs:
                     self._collect(sub)
+
+    def _add(self, info: onnx.ValueInfoProto) -> None:
+        tensor_type = info.type.tensor_type if info.type.HasField("tensor_type") else None
+        if tensor_type is None or not tensor_type.elem_type:
+            return
+        self._elem[info.name] = tensor_type.elem_type
+        if tensor_type.HasField("shape"):
+            self._shape[info.name] = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+            ]
 
     def elem_type(self, tensor: gs.Tensor) -> Optional[int]:
         if isinstance(tensor, gs.Constant):

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +82,34 @@ def encoder_feeds() -> dict:
     mask = np.zeros((1, 1, 64, 64), np.float32)
     mask[..., 48:] = -np.inf
     return {"X": rng.standard_normal((1, 64, 128)).astype(np.float32), "MASK": mask}
+
+
+def entry_point() -> list[str]:
+    """The installed `quake-onnx` command (beside this Python)."""
+    exe = shutil.which("quake-onnx", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "quake_onnx.cli"]
+
+
+def run_real(*args: object, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The command in a process of its own: its real stderr, ONNX Runtime's
+    C++ log lines included, which CliRunner cannot see."""
+    import quake_onnx
+
+    env = dict(os.environ, PYTHONPATH=str(Path(quake_onnx.__file__).parent.parent))
+    return subprocess.run(entry_point() + [str(a) for a in args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=cwd)
+
+
+def assert_one_line_error_real(proc: subprocess.CompletedProcess, code: int = 2, contains: str = "") -> str:
+    """As assert_one_line_error, for run_real."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert contains.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+def file_bytes(*paths: Path) -> dict:
+    """Contents by path: "the input is unchanged" means equal dicts."""
+    return {str(p): p.read_bytes() for p in paths}

@@ -30,7 +30,7 @@ def _model(name_softmax: bool = True) -> onnx.ModelProto:
 def _fake_ort(model_has_attention: bool):
     """What ORT would hand back: the Softmax gone into com.microsoft.Attention (or not)."""
 
-    def fuse(model, src, work, external, level):
+    def fuse(model, src, work, external, level, libraries):
         fused = onnx.ModelProto()
         fused.CopyFrom(model)
         if model_has_attention:

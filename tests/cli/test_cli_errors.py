@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 import quake_onnx
-from clitools import assert_one_line_error, cli, folder_state, wide_model
+from clitools import assert_one_line_error, cli, entry_point, folder_state, wide_model
 
 SENTINEL = b"previous output, must survive"
 
@@ -199,11 +199,6 @@ def test_external_data_missing_or_short(tmp_path):
     assert not (tmp_path / "o.onnx").exists()
 
 
-def _entry_point() -> list[str]:
-    exe = shutil.which("quake-onnx", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "quake_onnx.cli"]
-
-
 @pytest.mark.parametrize(
     "args, code",
     [(["optimize", "{bad}", "{out}"], 2), (["optimize", "{good}", "{out}", "--order", "4"], 2), (["inspect"], 2)],
@@ -215,7 +210,7 @@ def test_real_process_prints_one_line(tmp_path, encoder_block, args, code):
     out = tmp_path / "out.onnx"
     args = [a.format(bad=bad, out=out, good=encoder_block) for a in args]
     env = dict(os.environ, PYTHONPATH=str(Path(quake_onnx.__file__).parent.parent))
-    proc = subprocess.run(_entry_point() + args, capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(entry_point() + args, capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == code, proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -1,0 +1,139 @@
+"""Every ONNX Runtime session the tool opens: quiet, with the libraries the model needs.
+
+Which custom-op libraries are registered (docs/optimize.md, "Custom-op
+libraries"):
+- the com.quake library, on sessions that may meet com.quake nodes;
+- onnxruntime-extensions' library, on a session of any model that imports
+  the `ai.onnx.contrib` domain (it is a dependency of this package);
+- every library the user names (`--custom-ops-library PATH`, repeatable;
+  `custom_ops_libraries=[...]` in Python), on every session.
+Sessions opened for the tool's own work log nothing below ORT's fatal level:
+what ORT has to say reaches the user as the tool's one `error:` line.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import onnx
+import onnxruntime as ort
+
+from .modelio import ModelFileError
+
+CONTRIB_DOMAIN = "ai.onnx.contrib"
+QUIET = 4  # ORT's fatal level: its error lines would come before ours
+ModelSource = Union[str, os.PathLike, bytes]
+
+
+class LibraryError(ModelFileError):
+    """A custom-op library the user named that does not exist or does not load (exit 2)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an ORT exception, whitespace folded."""
+    lines = str(error).strip().splitlines()
+    return " ".join(lines[0].split()) if lines else type(error).__name__
+
+
+def user_libraries(paths: Optional[Iterable[Union[str, os.PathLike]]]) -> tuple[str, ...]:
+    """The user's library paths made absolute (the result must not depend on
+    the working folder), each checked to load before any work; raises
+    LibraryError for one that is not a file or that ONNX Runtime cannot register."""
+    out = []
+    for p in paths or ():
+        path = Path(os.path.abspath(os.fspath(p)))
+        if not path.is_file():
+            raise LibraryError(f"custom-op library {p} " + ("is not a file" if path.exists() else "does not exist"))
+        out.append(str(path))
+    out = list(dict.fromkeys(out))
+    options(out)  # registers each once: a file that is no library fails here, not after minutes of work
+    return tuple(out)
+
+
+def domains(model: onnx.ModelProto) -> set[str]:
+    """Every domain the model imports or its nodes (subgraphs and functions included) use."""
+    found = {o.domain for o in model.opset_import}
+
+    def visit(nodes) -> None:
+        for node in nodes:
+            found.add(node.domain)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    visit(attr.g.node)
+                for g in attr.graphs:
+                    visit(g.node)
+
+    visit(model.graph.node)
+    for function in model.functions:
+        visit(function.node)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def extensions_library() -> Optional[str]:
+    try:
+        from onnxruntime_extensions import get_library_path
+    except ImportError:
+        return None
+    return get_library_path()
+
+
+def libraries_for(model: Optional[onnx.ModelProto], extra: Sequence[str] = (), quake: bool = True) -> list[str]:
+    """The libraries a session of `model` needs (None: the model is unknown,
+    so onnxruntime-extensions is registered in case)."""
+    libs = []
+    if quake:
+        from ._library import get_library_path
+
+        try:
+            libs.append(get_library_path())
+        except FileNotFoundError:
+            pass  # a model without com.quake nodes still loads; one with them says what is missing
+    if model is None or CONTRIB_DOMAIN in domains(model):
+        ext_lib = extensions_library()
+        if ext_lib:
+            libs.append(ext_lib)
+    libs.extend(extra)
+    return list(dict.fromkeys(libs))
+
+
+def options(
+    libraries: Sequence[str] = (),
+    *,
+    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    threads: int = 1,
+    quiet: bool = True,
+) -> ort.SessionOptions:
+    """SessionOptions with `libraries` registered; raises LibraryError when one does not load."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    if quiet:
+        so.log_severity_level = QUIET
+    for lib in libraries:
+        try:
+            so.register_custom_ops_library(lib)
+        except Exception as e:
+            raise LibraryError(f"custom-op library {lib} does not load: {first_line(e)}") from None
+    return so
+
+
+def open_session(source: ModelSource, so: ort.SessionOptions) -> ort.InferenceSession:
+    """An InferenceSession on the CPU provider."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+
+
+def graph_of(source: ModelSource) -> Optional[onnx.ModelProto]:
+    """The model's graph without external data, to see which domains it uses;
+    None when it cannot be read (ORT will then say why)."""
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            return onnx.load_from_string(bytes(source))
+        return onnx.load(os.fspath(source), load_external_data=False)
+    except Exception:
+        return None

@@ -1,0 +1,283 @@
+"""Writing the files a command produces, so that nothing the user has is lost.
+
+The guarantees (docs/optimize.md, "Which files a command writes"):
+- nothing written (an output model, its external data file, a report, a
+  temporary) is ever the input model or a file it references: `InputFiles`
+  holds those, compared by resolved path and by inode, and
+  `check_output_path` refuses a destination among them before any work;
+- every write goes through a temporary in the destination's folder and
+  `os.replace`: a reader sees the old file or the new one, never a partial one;
+- a model with external data is written as a pair: the data file first,
+  under a name no existing file has (never over another model's data), then
+  the model that points at it; the data files the replaced model used are
+  removed only once the new pair is in place. The data file is named
+  `<OUT name>.data`; while a file of that name is still in use (by the model
+  being replaced, or by any other file), the pair is first written under
+  `<OUT name>.1.data` (.2, ...) and renamed once the old file is gone;
+- every path is made absolute first: the result is the same from any
+  working folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Callable, Optional
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper as ext
+
+from . import modelio
+from .modelio import ModelFileError
+
+# Tensors smaller than this stay inside the .onnx file when data goes external.
+EXTERNAL_THRESHOLD = 1024
+
+
+def absolute(path: os.PathLike | str) -> Path:
+    """`path` made absolute against the working folder, symlinks kept."""
+    return Path(os.path.abspath(os.fspath(path)))
+
+
+class InputFiles:
+    """The files a command reads (models, their external data, input sets):
+    nothing it writes may be one of them."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[str, str] = {}
+        self._by_inode: dict[tuple[int, int], str] = {}
+
+    def add(self, path: os.PathLike | str, role: str) -> None:
+        """Protects `path`; `role` says what it is ("the input model")."""
+        real = os.path.realpath(os.fspath(path))
+        self._by_path.setdefault(real, role)
+        try:
+            st = os.stat(real)
+        except OSError:
+            return
+        self._by_inode.setdefault((st.st_dev, st.st_ino), role)
+
+    def add_model(self, model: onnx.ModelProto, path: os.PathLike | str, whose: str = "the input") -> None:
+        """Protects a model file and every external data file it references."""
+        files = modelio.model_files(model, Path(path))
+        self.add(files[0], f"{whose} model")
+        for data in files[1:]:
+            self.add(data, f"an external data file of {whose} model")
+
+    def role_of(self, path: os.PathLike | str) -> Optional[str]:
+        """What `path` is among the protected files, or None."""
+        real = os.path.realpath(os.fspath(path))
+        if real in self._by_path:
+            return self._by_path[real]
+        try:
+            st = os.stat(real)
+        except OSError:
+            return None
+        return self._by_inode.get((st.st_dev, st.st_ino))
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, (str, os.PathLike)) and self.role_of(path) is not None
+
+
+def check_output_path(path: Path, what: str = "output", inputs: Optional[InputFiles] = None) -> None:
+    """Refuses, before any work, a destination that is one of `inputs` or
+    that cannot be written. Raises ModelFileError (exit code 2)."""
+    role = inputs.role_of(path) if inputs is not None else None
+    if role is not None:
+        raise ModelFileError(f"{what} {path} is {role}; writing it would destroy it (choose another path)")
+    if path.is_dir():
+        raise ModelFileError(f"{what} {path} is a directory")
+    parent = absolute(path).parent
+    if not parent.exists():
+        raise ModelFileError(f"cannot write {what} {path}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise ModelFileError(f"cannot write {what} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ModelFileError(f"cannot write {what} {path}: permission denied")
+    # os.access says yes to root and knows nothing of read-only mounts: probe.
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+    except OSError as e:
+        raise ModelFileError(f"cannot write {what} {path}: {e.strerror or e}") from None
+    os.close(fd)
+    _unlink(Path(probe))
+
+
+def _file_mode(dest: Path) -> int:
+    if dest.exists():
+        return dest.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def write_bytes_atomic(data: bytes, dest: Path, verify: Optional[Callable[[Path], None]] = None) -> None:
+    """Writes `data` to `dest` through a temporary file in the same folder:
+    readers see the old file or the new one, never a partial one. `verify`
+    runs on the finished temporary file; if it raises, `dest` is unchanged."""
+    dest = absolute(dest)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if verify is not None:
+            verify(Path(tmp))
+        os.chmod(tmp, _file_mode(dest))
+        os.replace(tmp, dest)
+    except BaseException:
+        _unlink(Path(tmp))
+        raise
+
+
+def data_file_name(dest: Path, k: int = 0) -> str:
+    """The k-th name the external data of a model written at `dest` may take."""
+    return f"{dest.name}.data" if k == 0 else f"{dest.name}.{k}.data"
+
+
+def _referenced_data(dest: Path) -> list[Path]:
+    """The external data files of the model now at `dest` (none if it is not one)."""
+    if not dest.is_file():
+        return []
+    try:
+        model = onnx.load(str(dest), load_external_data=False)
+    except (DecodeError, OSError, ValueError):
+        return []
+    return modelio.external_data_files(model, dest)
+
+
+def _point_at(model: onnx.ModelProto, old: str, new: str) -> None:
+    for tensor in modelio.iter_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+
+
+def _claim(source: Path, folder: Path, dest: Path) -> Path:
+    """Gives `source` the first free data-file name of `dest` in `folder`,
+    without ever replacing an existing file: os.link fails if the name exists."""
+    k = 0
+    while True:
+        target = folder / data_file_name(dest, k)
+        if not os.path.lexists(target):
+            try:
+                os.link(source, target)
+                return target
+            except FileExistsError:
+                pass  # taken since we looked: try the next name
+            except OSError:  # a filesystem without hard links
+                if not os.path.lexists(target):
+                    os.rename(source, target)
+                    return target
+        k += 1
+
+
+def save_model_atomic(
+    model: onnx.ModelProto,
+    dest: Path,
+    *,
+    external: bool,
+    verify: Optional[Callable[[Path], None]] = None,
+    keep: Optional[InputFiles] = None,
+) -> None:
+    """Saves `model` at `dest`; with `external`, tensor data of 1 KiB or more
+    goes to a data file next to it (`<dest name>.data`, see the module).
+    `verify(path)` runs on the finished temporary model, which already points
+    at its data file; if anything raises, `dest` and every existing file are
+    as they were. The data files the replaced `dest` referenced are removed
+    afterwards, except those in `keep` (the input's, when `dest` is not the
+    input). With external data the model is left pointing at `dest`'s data
+    file with its tensors read back, so the caller keeps a complete model."""
+    dest = absolute(dest)
+    old_data = _referenced_data(dest)
+    if not external:
+        write_bytes_atomic(model.SerializeToString(), dest, verify)
+        _remove_replaced(old_data, None, dest.parent, keep)
+        return
+    data = _write_pair(model, dest, verify)
+    _remove_replaced(old_data, data, dest.parent, keep)
+    if data is not None:
+        _take_plain_name(model, dest, data)
+    ext.load_external_data_for_model(model, str(dest.parent))
+
+
+def _write_pair(model: onnx.ModelProto, dest: Path, verify: Optional[Callable[[Path], None]]) -> Optional[Path]:
+    """Writes the data file under a free name, then the model over `dest`.
+    Returns the data file (None when every tensor stayed inside the model)."""
+    folder = dest.parent
+    # A fresh folder: onnx appends to an existing data file instead of replacing it.
+    work = Path(tempfile.mkdtemp(dir=folder, prefix=f".{dest.name}."))
+    data: Optional[Path] = None
+    try:
+        # onnx refuses a location that exists relative to the *working folder*:
+        # a name nothing can have there keeps the result independent of it.
+        staged = f".quake-{uuid.uuid4().hex}.data"
+        onnx.save_model(model, str(work / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=staged, size_threshold=EXTERNAL_THRESHOLD)
+        if (work / staged).exists():
+            os.chmod(work / staged, _file_mode(dest))
+            data = _claim(work / staged, folder, dest)
+            _point_at(model, staged, data.name)
+        try:
+            write_bytes_atomic(model.SerializeToString(), dest, verify)
+        except BaseException:
+            if data is not None:
+                _unlink(data)
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return data
+
+
+def _remove_replaced(old_data: list[Path], new_data: Optional[Path], folder: Path, keep: Optional[InputFiles]) -> None:
+    """Deletes the data files of the model just replaced: not the new pair's,
+    not one in `keep`, and nothing outside `folder` (ONNX never reads there)."""
+    root = os.path.realpath(folder)
+    for file in old_data:
+        real = os.path.realpath(file)
+        if new_data is not None and real == os.path.realpath(new_data):
+            continue
+        if (keep is not None and file in keep) or os.path.commonpath([real, root]) != root:
+            continue
+        _unlink(file)
+
+
+def _take_plain_name(model: onnx.ModelProto, dest: Path, data: Path) -> None:
+    """Moves a pair written under `<dest>.k.data` to `<dest>.data` once that
+    name is free, the model always pointing at a complete file: link the
+    plain name, point the model at it, then drop the numbered name."""
+    plain = dest.parent / data_file_name(dest)
+    if data == plain or os.path.lexists(plain):
+        return
+    try:
+        os.link(data, plain)
+    except OSError:
+        return  # taken meanwhile, or no hard links: the numbered name stays, and is valid
+    _point_at(model, data.name, plain.name)
+    try:
+        write_bytes_atomic(model.SerializeToString(), dest)
+    except BaseException:
+        _point_at(model, plain.name, data.name)
+        _unlink(plain)
+        raise
+    _unlink(data)
+
+
+def belongs_to_pair(path: Path, dest: Path) -> bool:
+    """True when `path` is `dest` or a name `dest`'s data file may take."""
+    p, d = absolute(path), absolute(dest)
+    if os.path.realpath(p) == os.path.realpath(d):
+        return True
+    return p.parent == d.parent and re.fullmatch(re.escape(d.name) + r"(\.\d+)?\.data", p.name) is not None

@@ -1,0 +1,204 @@
+"""No command ever writes over the input model or a file it references, and
+the result is the same from any working folder (issue: a user's weights
+were overwritten). Every case runs from two working folders: the models'
+own folder (paths given as bare names) and its parent (paths through the
+folder), and asserts the input's bytes, model and data, are unchanged."""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from clitools import assert_one_line_error, cli, file_bytes, quake_nodes, run_model, wide_model
+
+N = 64  # a 16 KiB weight: external with size_threshold 0
+
+
+@pytest.fixture(params=["inside", "outside"])
+def place(request, tmp_path, monkeypatch):
+    """(folder holding the models, function naming a file in it as the command line should)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    if request.param == "inside":
+        monkeypatch.chdir(folder)
+        return folder, lambda name: name
+    monkeypatch.chdir(tmp_path)
+    return folder, lambda name: f"models/{name}"
+
+
+def save_external(folder: Path, name: str, location: str) -> tuple[Path, dict, np.ndarray]:
+    """The wide model at folder/name with its weight in folder/location; its
+    feeds and its output through plain ONNX Runtime."""
+    model, feeds = wide_model(N)
+    path = folder / name
+    # onnx resolves `location` against the working folder when it checks for an existing file.
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        onnx.save(model, name, save_as_external_data=True, location=location, size_threshold=0)
+    finally:
+        os.chdir(cwd)
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    return path, feeds, ref
+
+
+def locations(path: Path) -> set[str]:
+    stored = onnx.load(str(path), load_external_data=False)
+    return {e.value for t in stored.graph.initializer for e in t.external_data if e.key == "location"}
+
+
+def test_output_named_after_the_inputs_data_file(place):
+    # a.onnx keeps its weight in b.onnx.data: writing b.onnx must not take that name.
+    folder, name = place
+    src, feeds, ref = save_external(folder, "a.onnx", "b.onnx.data")
+    before = file_bytes(src, folder / "b.onnx.data")
+    result = cli("optimize", name("a.onnx"), name("b.onnx"), "--min-elements", "0")
+    assert result.exit_code == 0, result.stderr
+    assert file_bytes(src, folder / "b.onnx.data") == before
+    assert locations(folder / "b.onnx") == {"b.onnx.1.data"}
+    np.testing.assert_allclose(run_model(folder / "b.onnx", feeds), ref, atol=3e-3)
+    np.testing.assert_allclose(run_model(src, feeds), ref, rtol=0, atol=0)
+    # Again over the existing output: the old pair goes, the input's file stays.
+    result = cli("optimize", name("a.onnx"), name("b.onnx"), "--min-elements", "0")
+    assert result.exit_code == 0, result.stderr
+    assert file_bytes(src, folder / "b.onnx.data") == before
+    assert sorted(p.name for p in folder.iterdir()) == ["a.onnx", "b.onnx", "b.onnx.2.data", "b.onnx.data"]
+    np.testing.assert_allclose(run_model(folder / "b.onnx", feeds), ref, atol=3e-3)
+
+
+def test_another_models_data_file_is_never_replaced(place):
+    # c.onnx (not the input) keeps its weight in out.onnx.data.
+    folder, name = place
+    src, feeds, ref = save_external(folder, "a.onnx", "a.onnx.data")
+    other, other_feeds, other_ref = save_external(folder, "c.onnx", "out.onnx.data")
+    before = file_bytes(src, folder / "a.onnx.data", other, folder / "out.onnx.data")
+    result = cli("optimize", name("a.onnx"), name("out.onnx"), "--min-elements", "0")
+    assert result.exit_code == 0, result.stderr
+    assert file_bytes(src, folder / "a.onnx.data", other, folder / "out.onnx.data") == before
+    np.testing.assert_allclose(run_model(other, other_feeds), other_ref, rtol=0, atol=0)
+    np.testing.assert_allclose(run_model(folder / "out.onnx", feeds), ref, atol=3e-3)
+
+
+@pytest.mark.parametrize("target", ["m.onnx.data", "hardlink.bin", "symlink.onnx", "m.onnx"])
+def test_output_that_is_an_input_file_is_refused(place, target):
+    folder, name = place
+    src, _, _ = save_external(folder, "m.onnx", "m.onnx.data")
+    os.link(folder / "m.onnx.data", folder / "hardlink.bin")
+    os.symlink("m.onnx", folder / "symlink.onnx")
+    before = file_bytes(src, folder / "m.onnx.data")
+    listing = sorted(p.name for p in folder.iterdir())
+    words = "is the input" if target in ("m.onnx", "symlink.onnx") else "external data file of the input"
+    assert_one_line_error(cli("optimize", name("m.onnx"), name(target)), 2, words)
+    # Not even with --in-place when OUT is one of the input's data files.
+    if target in ("m.onnx.data", "hardlink.bin"):
+        assert_one_line_error(cli("optimize", name("m.onnx"), name(target), "--in-place"), 2, words)
+    assert file_bytes(src, folder / "m.onnx.data") == before
+    assert sorted(p.name for p in folder.iterdir()) == listing
+
+
+def test_in_place_replaces_model_and_data_together(place):
+    folder, name = place
+    src, feeds, ref = save_external(folder, "m.onnx", "weights.bin")
+    result = cli("optimize", name("m.onnx"), "--in-place", "--min-elements", "0")
+    assert result.exit_code == 0, result.stderr
+    # The old data file is gone only because the new pair is in place.
+    assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert locations(src) == {"m.onnx.data"} and quake_nodes(onnx.load(str(src), load_external_data=False))
+    np.testing.assert_allclose(run_model(src, feeds), ref, atol=3e-3)
+    # In place again: the data file keeps its name.
+    result = cli("optimize", name("m.onnx"), name("m.onnx"), "--in-place", "--min-elements", "0")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "m.onnx.data"]
+    np.testing.assert_allclose(run_model(src, feeds), ref, atol=3e-3)
+
+
+def test_rerun_into_an_existing_output(place):
+    folder, name = place
+    src, feeds, ref = save_external(folder, "m.onnx", "m.onnx.data")
+    before = file_bytes(src, folder / "m.onnx.data")
+    for _ in range(3):
+        result = cli("optimize", name("m.onnx"), name("o.onnx"), "--min-elements", "0")
+        assert result.exit_code == 0, result.stderr
+        assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "m.onnx.data", "o.onnx", "o.onnx.data"]
+        np.testing.assert_allclose(run_model(folder / "o.onnx", feeds), ref, atol=3e-3)
+    assert file_bytes(src, folder / "m.onnx.data") == before
+
+
+def test_same_result_from_either_working_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    save_external(folder, "m.onnx", "m.onnx.data")
+    assert cli("optimize", "models/m.onnx", "models/outside.onnx").exit_code == 0
+    monkeypatch.chdir(folder)
+    assert cli("optimize", "m.onnx", "inside.onnx").exit_code == 0
+    assert (folder / "inside.onnx.data").read_bytes() == (folder / "outside.onnx.data").read_bytes()
+    inside, outside = (onnx.load(str(folder / f), load_external_data=False) for f in ("inside.onnx", "outside.onnx"))
+    for t in [*inside.graph.initializer, *outside.graph.initializer]:  # only the data file's name differs
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "DATA"
+    assert inside.SerializeToString() == outside.SerializeToString()
+
+
+def test_failed_in_place_write_leaves_the_pair(place, monkeypatch):
+    optimize_module = importlib.import_module("quake_onnx.optimize")
+    folder, name = place
+    src, feeds, ref = save_external(folder, "m.onnx", "m.onnx.data")
+    before = file_bytes(src, folder / "m.onnx.data")
+
+    def refuse(path, libraries):
+        raise optimize_module.OptimizeError("the rewritten model does not load in ONNX Runtime: planted", exit_code=1)
+
+    monkeypatch.setattr(optimize_module, "_verify", refuse)
+    assert_one_line_error(cli("optimize", name("m.onnx"), "--in-place"), 1, "planted")
+    assert file_bytes(src, folder / "m.onnx.data") == before
+    assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "m.onnx.data"]  # no temporary left
+
+
+@pytest.mark.parametrize("report", ["m.onnx.data", "m.onnx", "o.onnx", "o.onnx.data", "o.onnx.3.data"])
+def test_report_never_lands_on_a_model_or_data_file(place, report):
+    folder, name = place
+    src, _, _ = save_external(folder, "m.onnx", "m.onnx.data")
+    before = file_bytes(src, folder / "m.onnx.data")
+    result = cli("optimize", name("m.onnx"), name("o.onnx"), "--report", name(report))
+    assert_one_line_error(result, 2, report)
+    assert file_bytes(src, folder / "m.onnx.data") == before
+    assert not (folder / "o.onnx").exists()
+
+
+def test_calibrate_never_writes_over_its_inputs(place):
+    folder, name = place
+    src, feeds, _ = save_external(folder, "m.onnx", "m.onnx.data")
+    exaq = folder / "m.exaq.onnx"
+    assert cli("optimize", name("m.onnx"), name("m.exaq.onnx"), "--softmax-method", "exaq",
+               "--min-elements", "0").exit_code == 0
+    np.savez(folder / "samples.npz", **feeds)
+    files = [exaq, *(folder / n for n in os.listdir(folder) if n.startswith("m.exaq.onnx") and n.endswith(".data")),
+             folder / "samples.npz", src, folder / "m.onnx.data"]
+    before = file_bytes(*files)
+    for target in ("m.exaq.onnx", "m.exaq.onnx.data", "samples.npz"):
+        result = cli("calibrate", name("m.exaq.onnx"), name(target), "--inputs", name("samples.npz"))
+        assert_one_line_error(result, 2, target)
+    assert file_bytes(*files) == before
+    result = cli("calibrate", name("m.exaq.onnx"), name("cal.onnx"), "--inputs", name("samples.npz"))
+    assert result.exit_code == 0, result.stderr
+    assert file_bytes(*files) == before
+    assert locations(folder / "cal.onnx") == {"cal.onnx.data"}
+
+
+def test_check_and_zoo_reports_never_land_on_a_model_file(place):
+    folder, name = place
+    src, _, _ = save_external(folder, "m.onnx", "m.onnx.data")
+    before = file_bytes(src, folder / "m.onnx.data")
+    for target in ("m.onnx", "m.onnx.data"):
+        assert_one_line_error(cli("check", name("m.onnx"), "--json", name(target)), 2, target)
+        for option in ("--json", "--markdown", "--junit"):
+            assert_one_line_error(cli("zoo", name("."), option, name(target)), 2, target)
+    assert file_bytes(src, folder / "m.onnx.data") == before
