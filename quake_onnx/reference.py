@@ -2,8 +2,9 @@
 
 Exact math of the contract, independent of `order`: what every kernel
 approximates. Special values follow custom_ops/kernels/kernels_scalar.cc, the
-readable definition of the library: exp is +0 for z <= -87.3 and +inf for
-z >= 88.7; silu and gelu take their limits at +-inf instead of inf * 0 = NaN;
+readable definition of the library: exp is +0 for z <= -87.336555 (where
+e^z is below FLT_MIN, a subnormal the kernels flush) and +inf for
+z >= 88.72284 (where e^z rounds to +inf in float32); silu and gelu take their limits at +-inf instead of inf * 0 = NaN;
 a softmax row holding NaN or +inf is NaN; an all -inf row is 0 (softmax) or
 -inf (logsoftmax).
 
@@ -17,8 +18,8 @@ import numpy as np
 
 # The kernels compare float32 values against these float32 constants; taking
 # the same float32 values keeps the cut-offs bit-exact for float32 inputs.
-EXP_UNDERFLOW = float(np.float32(-87.3))
-EXP_OVERFLOW = float(np.float32(88.7))
+EXP_UNDERFLOW = float(np.float32(-87.336555))
+EXP_OVERFLOW = float(np.float32(88.72284))
 
 GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715

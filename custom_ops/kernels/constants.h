@@ -8,15 +8,34 @@ namespace quake {
 
 constexpr float kLog2e = 1.44269504088896341f;
 
-// Range of the exponential core (ops.md): z <= kExpUnderflow gives +0,
-// z >= kExpOverflow gives +inf. Between them 2^floor(t) is a normal float.
-constexpr float kExpUnderflow = -87.3f;
-constexpr float kExpOverflow = 88.7f;
+// Range of the exponential core (ops.md), exact at both ends in float32:
+// with t = fl(z * kLog2e), the core is valid for -126 <= t < 128, where
+// 2^floor(t) is a normal float and p(f) * 2^floor(t) is finite.
+//  * z <= kExpUnderflow gives +0. -87.336555f is the largest float with
+//    t < -126: e^z < FLT_MIN there (a subnormal, flushed); every z above it
+//    has e^z >= FLT_MIN (the next float, -87.33655f, has t = -126 exactly).
+//  * z >= kExpOverflow gives +inf. 88.72284f is the smallest float whose e^z
+//    rounds to +inf (e^z > FLT_MAX + ulp/2) and the smallest with t >= 128;
+//    e^88.72283f = 3.40280e38 is finite, and so is the core's result there.
+constexpr float kExpUnderflow = -87.336555f;
+constexpr float kExpOverflow = 88.72284f;
+// Exponent arguments the core computes without range fixups: the smallest
+// float with t >= -126 and the largest with t < 128. Sigmoid-based ops clamp
+// the argument of their e^z into [kExpMinArg, kExpMaxArg], the core's whole
+// range: every normal result keeps the core's error, 1 / (1 + e^88.72283) =
+// 2.9e-39 is already below FLT_MIN, and 1 / (1 + e^-87.33655) = 1 exactly.
+constexpr float kExpMinArg = -87.33655f;
+constexpr float kExpMaxArg = 88.72283f;
 
 // order 1 (QuAKE / Schraudolph): bits = round(z * scale + offset),
 // shift = 0.043678, max relative error 2.9821e-02.
 constexpr float kSchraudolphScale = 12102203.0f;     // 2^23 * log2(e)
 constexpr float kSchraudolphOffset = 1064986816.0f;  // 2^23 * (127 - shift)
+// The bits of FLT_MIN. Schraudolph's bits fall below it for z < -87.306
+// (t < -126 + shift) although e^z >= FLT_MIN down to kExpUnderflow; raising
+// the bits to it there gives FLT_MIN, within the order's error (at most
+// 1 - 2^-shift = 2.98e-2, at z = -87.306), instead of a subnormal pattern.
+constexpr float kSchraudolphMinBits = 8388608.0f;  // 2^23
 
 // orders 2 and 3 (QuAKE2, cubic): p(f) ~ 2^f on [0, 1), minimax relative
 // error, coefficients lowest degree first.
@@ -25,11 +44,10 @@ constexpr float kExpPoly2[3] = {1.0017247200012207f, 0.657636284828186f, 0.33718
 // order 3: max relative error 7.4862e-05 (float32 Horner)
 constexpr float kExpPoly3[4] = {0.9999251961708069f, 0.695833683013916f, 0.22606660425662994f,
                                 0.07802491635084152f};
-
-// Sigmoid-based ops clamp the exponent argument into [-kSigmoidClamp,
-// kSigmoidClamp]: inside the exact-core range, and sigmoid is 0 or 1 to
-// float precision outside it.
-constexpr float kSigmoidClamp = 87.0f;
+// Order 3 takes max(p(f), 1): p(0) = 0.99993 < 1 would make t = -126 + tiny
+// (e^z just above FLT_MIN) a subnormal bit pattern that loses p's leading
+// bit (error 1.5e-4). On f < 1.1e-4, where p < 1, 1 is within 7.6e-5 of 2^f.
+constexpr float kExpPoly3Floor = 1.0f;
 
 // GELU (tanh form as sigmoid): x * sigmoid(kGeluK1 * x + kGeluK3 * x^3).
 constexpr float kGeluK1 = 1.5957691216057308f;                 // 2 * sqrt(2 / pi)

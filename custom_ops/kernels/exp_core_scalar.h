@@ -25,7 +25,8 @@ inline int32_t float_to_bits(float f) {
 template <int Order>
 inline float exp_core(float z) {
   if (Order == 1) {
-    return bits_to_float(static_cast<int32_t>(std::nearbyint(std::fma(z, kSchraudolphScale, kSchraudolphOffset))));
+    const float a = std::fma(z, kSchraudolphScale, kSchraudolphOffset);
+    return bits_to_float(static_cast<int32_t>(std::nearbyint(a < kSchraudolphMinBits ? kSchraudolphMinBits : a)));
   }
   const float t = z * kLog2e;
   const float fi = std::floor(t);
@@ -35,6 +36,7 @@ inline float exp_core(float z) {
     p = std::fma(std::fma(kExpPoly2[2], f, kExpPoly2[1]), f, kExpPoly2[0]);
   } else {
     p = std::fma(std::fma(std::fma(kExpPoly3[3], f, kExpPoly3[2]), f, kExpPoly3[1]), f, kExpPoly3[0]);
+    p = p < kExpPoly3Floor ? kExpPoly3Floor : p;  // see constants.h; a NaN p stays NaN
   }
   // Adding i to the exponent field multiplies by 2^i.
   const uint32_t shifted = static_cast<uint32_t>(static_cast<int32_t>(fi)) << 23;
@@ -58,7 +60,7 @@ inline float clamp_keep_nan(float v, float lo, float hi) { return v < lo ? lo : 
 template <int Order>
 inline float inv_one_plus_exp(float z) {
   if (std::isnan(z)) return z;
-  z = clamp_keep_nan(z, -kSigmoidClamp, kSigmoidClamp);
+  z = clamp_keep_nan(z, kExpMinArg, kExpMaxArg);
   return 1.0f / (1.0f + exp_core<Order>(z));
 }
 

@@ -5,8 +5,11 @@
 // definition (and the fallback).
 //
 // Shared contract of the exponential core (ops.md), per order k in {1,2,3}:
-//   e^z for -87.3 < z < 88.7 with max relative error 2.99e-2 / 1.73e-3 / 7.5e-5,
-//   z <= -87.3 (and -inf) -> +0, z >= 88.7 (and +inf) -> +inf, NaN -> NaN.
+//   e^z for kExpUnderflow < z < kExpOverflow (-87.336555 < z < 88.72284: every
+//   z whose e^z is a normal float) with max relative error 2.99e-2 / 1.73e-3 /
+//   7.5e-5 (plus ~3e-6 from rounding z * log2(e) near |z| = 88);
+//   z <= kExpUnderflow (and -inf) -> +0 (e^z is subnormal there), z >= kExpOverflow
+//   (and +inf) -> +inf (exactly where e^z rounds to inf in float), NaN -> NaN.
 #pragma once
 
 #include <cstddef>

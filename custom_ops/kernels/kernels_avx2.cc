@@ -47,7 +47,8 @@ inline __m256 exp_core(__m256 z) {
     // to nearest even like the scalar nearbyint.
     const __m256 scale = _mm256_set1_ps(NegZ ? -kSchraudolphScale : kSchraudolphScale);
     const __m256 a = _mm256_fmadd_ps(z, scale, _mm256_set1_ps(kSchraudolphOffset));
-    return _mm256_castsi256_ps(_mm256_cvtps_epi32(a));
+    // At least FLT_MIN's bits (constants.h); a NaN a stays NaN (max returns its second operand).
+    return _mm256_castsi256_ps(_mm256_cvtps_epi32(_mm256_max_ps(_mm256_set1_ps(kSchraudolphMinBits), a)));
   }
   const __m256 t = _mm256_mul_ps(z, _mm256_set1_ps(NegZ ? -kLog2e : kLog2e));
   const __m256 fi = _mm256_round_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
@@ -60,14 +61,15 @@ inline __m256 exp_core(__m256 z) {
     p = _mm256_fmadd_ps(_mm256_set1_ps(kExpPoly3[3]), f, _mm256_set1_ps(kExpPoly3[2]));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExpPoly3[1]));
     p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExpPoly3[0]));
+    p = _mm256_max_ps(_mm256_set1_ps(kExpPoly3Floor), p);  // kExpPoly3Floor: see constants.h
   }
   // Adding floor(t) to the exponent field multiplies by 2^floor(t).
   const __m256i shifted = _mm256_slli_epi32(_mm256_cvttps_epi32(fi), 23);
   return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), shifted));
 }
 
-// Full range contract: z <= -87.3 (and -inf) -> +0; z >= 88.7, +inf -> +inf;
-// NaN -> NaN (z + inf keeps the NaN).
+// Full range contract: z <= kExpUnderflow (and -inf) -> +0; z >= kExpOverflow,
+// +inf -> +inf; NaN -> NaN (z + inf keeps the NaN).
 template <int Order>
 inline __m256 exp_quake_vec(__m256 z) {
   const __m256 keep = _mm256_cmp_ps(z, _mm256_set1_ps(kExpUnderflow), _CMP_NLE_UQ);
@@ -79,7 +81,7 @@ inline __m256 exp_quake_vec(__m256 z) {
 // 1 / d for d >= 1 (or NaN).
 inline __m256 recip(__m256 d) { return _mm256_div_ps(_mm256_set1_ps(1.0f), d); }
 
-// 1 / (1 + e^-v), v already clamped into [-kSigmoidClamp, kSigmoidClamp]
+// 1 / (1 + e^-v), v already clamped into [-kExpMaxArg, -kExpMinArg]
 // where the core needs no range fixups.
 template <int Order>
 inline __m256 inv_one_plus_exp_neg(__m256 v) {
@@ -111,7 +113,7 @@ inline void map_avx2(const float* x, float* y, size_t n, F f) {
 
 // Exp: valid range and error as kernels.h (order 1/2/3: 2.99e-2 / 1.73e-3 /
 // 7.5e-5 relative plus the rounding of z * log2e near |z| = 88); -inf and
-// z <= -87.3 -> +0, z >= 88.7 and +inf -> +inf, NaN -> NaN.
+// z <= kExpUnderflow -> +0, z >= kExpOverflow and +inf -> +inf, NaN -> NaN.
 template <int Order>
 void exp_quake_avx2(const float* x, float* y, size_t n) {
   map_avx2(x, y, n, [](__m256 v) { return exp_quake_vec<Order>(v); });
@@ -123,22 +125,22 @@ void exp_quake_avx2(const float* x, float* y, size_t n) {
 template <int Order>
 void sigmoid_quake_avx2(const float* x, float* y, size_t n) {
   map_avx2(x, y, n, [](__m256 v) {
-    const __m256 vc = clamp_keep_nan(v, _mm256_set1_ps(-kSigmoidClamp), _mm256_set1_ps(kSigmoidClamp));
+    const __m256 vc = clamp_keep_nan(v, _mm256_set1_ps(-kExpMaxArg), _mm256_set1_ps(-kExpMinArg));
     const __m256 r = inv_one_plus_exp_neg<Order>(vc);
     if (Order == 1) return _mm256_blendv_ps(r, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     return r;
   });
 }
 
-// Silu: x * sigmoid(alpha x). x below -87/alpha is raised to it (the result
+// Silu: x * sigmoid(alpha x). x below -88.72/alpha is raised to it (the result
 // is ~0 there) so -inf gives ~-0 instead of NaN; +inf -> +inf; NaN -> NaN.
 template <int Order>
 void silu_quake_avx2(const float* x, float* y, size_t n, float alpha) {
-  const float lo_s = -kSigmoidClamp / alpha;
+  const float lo_s = -kExpMaxArg / alpha;
   map_avx2(x, y, n, [lo_s, alpha](__m256 xv) {
     const __m256 v = _mm256_max_ps(_mm256_set1_ps(lo_s), xv);
     const __m256 z = _mm256_mul_ps(v, _mm256_set1_ps(alpha));  // sigmoid(z) = 1 / (1 + e^-z)
-    const __m256 zc = clamp_keep_nan(z, _mm256_set1_ps(-kSigmoidClamp), _mm256_set1_ps(kSigmoidClamp));
+    const __m256 zc = clamp_keep_nan(z, _mm256_set1_ps(-kExpMaxArg), _mm256_set1_ps(-kExpMinArg));
     return _mm256_mul_ps(v, inv_one_plus_exp_neg<Order>(zc));
   });
 }
@@ -148,7 +150,7 @@ inline __m256 gelu_vec(__m256 u) {
   u = _mm256_max_ps(_mm256_set1_ps(kGeluLow), u);  // keeps u^3 finite: -inf -> ~-0
   const __m256 v =
       _mm256_mul_ps(u, _mm256_fmadd_ps(_mm256_set1_ps(kGeluK3), _mm256_mul_ps(u, u), _mm256_set1_ps(kGeluK1)));
-  const __m256 vc = clamp_keep_nan(v, _mm256_set1_ps(-kSigmoidClamp), _mm256_set1_ps(kSigmoidClamp));
+  const __m256 vc = clamp_keep_nan(v, _mm256_set1_ps(-kExpMaxArg), _mm256_set1_ps(-kExpMinArg));
   return _mm256_mul_ps(u, inv_one_plus_exp_neg<Order>(vc));
 }
 
@@ -433,7 +435,7 @@ inline float exaq_derived_lo(const float* x, size_t n, float m, int bits) {
 
 // EXAQ softmax rows: the scalar definition (kernels_scalar.cc), terms summed
 // in 32 float lanes; codes equal the scalar ones bit for bit (FMA, round to
-// nearest even). Valid for any input; masks (z <= -87.3) -> exactly 0, all
+// nearest even). Valid for any input; masks (z <= kExpUnderflow) -> exactly 0, all
 // -inf row -> 0, NaN/+inf row -> NaN. x and y may alias.
 template <int Levels>
 void exaq_rows_avx2(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {

@@ -48,7 +48,8 @@ inline __m512 exp_core_maskz(__mmask16 keep, __m512 z) {
     // to nearest even like the scalar nearbyint.
     const __m512 scale = _mm512_set1_ps(NegZ ? -kSchraudolphScale : kSchraudolphScale);
     const __m512 a = _mm512_fmadd_ps(z, scale, _mm512_set1_ps(kSchraudolphOffset));
-    return _mm512_castsi512_ps(_mm512_maskz_cvtps_epi32(keep, a));
+    // At least FLT_MIN's bits (constants.h); a NaN a stays NaN (max returns its second operand).
+    return _mm512_castsi512_ps(_mm512_maskz_cvtps_epi32(keep, _mm512_max_ps(_mm512_set1_ps(kSchraudolphMinBits), a)));
   }
   const __m512 t = _mm512_mul_ps(z, _mm512_set1_ps(NegZ ? -kLog2e : kLog2e));
   const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);  // t - floor(t)
@@ -60,6 +61,7 @@ inline __m512 exp_core_maskz(__mmask16 keep, __m512 z) {
     p = _mm512_fmadd_ps(_mm512_set1_ps(kExpPoly3[3]), f, _mm512_set1_ps(kExpPoly3[2]));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExpPoly3[1]));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExpPoly3[0]));
+    p = _mm512_max_ps(_mm512_set1_ps(kExpPoly3Floor), p);  // kExpPoly3Floor: see constants.h
   }
   // p in [1, 2) and 2^floor(t) normal in range, so p * 2^floor(t) is exactly
   // the scalar's exponent-field addition.
@@ -71,8 +73,8 @@ inline __m512 exp_core(__m512 z) {
   return exp_core_maskz<Order, NegZ>(static_cast<__mmask16>(0xffff), z);
 }
 
-// Full range contract: z <= -87.3 (and -inf) -> +0; z >= 88.7, +inf -> +inf;
-// NaN -> NaN (z + inf keeps the NaN).
+// Full range contract: z <= kExpUnderflow (and -inf) -> +0; z >= kExpOverflow,
+// +inf -> +inf; NaN -> NaN (z + inf keeps the NaN).
 template <int Order>
 inline __m512 exp_quake_vec(__m512 z) {
   const __mmask16 keep = _mm512_cmp_ps_mask(z, _mm512_set1_ps(kExpUnderflow), _CMP_NLE_UQ);
@@ -88,7 +90,7 @@ inline __m512 exp_quake_vec(__m512 z) {
 // faster choice.
 inline __m512 recip(__m512 d) { return _mm512_div_ps(_mm512_set1_ps(1.0f), d); }
 
-// 1 / (1 + e^-v), v already clamped into [-kSigmoidClamp, kSigmoidClamp]
+// 1 / (1 + e^-v), v already clamped into [-kExpMaxArg, -kExpMinArg]
 // where the core needs no range fixups.
 template <int Order>
 inline __m512 inv_one_plus_exp_neg(__m512 v) {
@@ -120,7 +122,7 @@ inline void map_avx512(const float* x, float* y, size_t n, F f) {
 
 // Exp: valid range and error as kernels.h (order 1/2/3: 2.99e-2 / 1.73e-3 /
 // 7.5e-5 relative plus the rounding of z * log2e near |z| = 88); -inf and
-// z <= -87.3 -> +0, z >= 88.7 and +inf -> +inf, NaN -> NaN.
+// z <= kExpUnderflow -> +0, z >= kExpOverflow and +inf -> +inf, NaN -> NaN.
 template <int Order>
 void exp_quake_avx512(const float* x, float* y, size_t n) {
   map_avx512(x, y, n, [](__m512 v) { return exp_quake_vec<Order>(v); });
@@ -129,7 +131,7 @@ void exp_quake_avx512(const float* x, float* y, size_t n) {
 // 1 / (1 + e^-v) for any v, orders 2 and 3: VSCALEFPS saturates by itself
 // (2^t is +inf for t >= 128 and +0 for t <= -150, VREDUCEPS(+-inf) = 0), so
 // no clamp is needed: v = -inf -> 0, +inf -> 1, NaN -> NaN. Versus the scalar
-// definition (which clamps v to +-87) results differ only where they are
+// definition (which clamps v to [-88.72, 87.34]) results differ only where they are
 // below 1.6e-38.
 template <int Order>
 inline __m512 inv_one_plus_exp_neg_any(__m512 v) {
@@ -142,7 +144,7 @@ inline __m512 inv_one_plus_exp_neg_any(__m512 v) {
 template <int Order>
 inline __m512 div_one_plus_exp_neg(__m512 num, __m512 v) {
   if (Order == 1) {
-    const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kSigmoidClamp), _mm512_set1_ps(kSigmoidClamp));
+    const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kExpMaxArg), _mm512_set1_ps(-kExpMinArg));
     return _mm512_div_ps(num, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_core<1, true>(vc)));
   }
   return _mm512_div_ps(num, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_core<Order, true>(v)));
@@ -157,19 +159,19 @@ void sigmoid_quake_avx512(const float* x, float* y, size_t n) {
     if constexpr (Order != 1) {
       return inv_one_plus_exp_neg_any<Order>(v);
     } else {
-      const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kSigmoidClamp), _mm512_set1_ps(kSigmoidClamp));
+      const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kExpMaxArg), _mm512_set1_ps(-kExpMinArg));
       const __m512 r = inv_one_plus_exp_neg<Order>(vc);
       return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
     }
   });
 }
 
-// Silu: x / (1 + e^(-alpha x)). x below -87/alpha is raised to it (the
+// Silu: x / (1 + e^(-alpha x)). x below -88.72/alpha is raised to it (the
 // result is ~0 there) so -inf gives ~-0 instead of NaN; +inf -> +inf;
 // NaN -> NaN. alpha = 1 (SiLU proper) skips the product.
 template <int Order>
 void silu_quake_avx512(const float* x, float* y, size_t n, float alpha) {
-  const __m512 lo = _mm512_set1_ps(-kSigmoidClamp / alpha);
+  const __m512 lo = _mm512_set1_ps(-kExpMaxArg / alpha);
   if (alpha == 1.0f) {
     return map_avx512(x, y, n, [lo](__m512 xv) {
       const __m512 v = _mm512_max_ps(lo, xv);
@@ -458,7 +460,7 @@ inline float exaq_derived_lo(const float* x, size_t n, float m, int bits) {
 // (measured faster, BENCHMARKS.md) -- both are the same sum up to float
 // rounding (rows sum to 1 within 1e-5). Valid for any input; codes equal the
 // scalar ones bit for bit (same FMA, round to nearest even); errors, masks
-// (z <= -87.3 -> exactly 0) and special rows (all -inf -> 0, NaN/+inf -> NaN)
+// (z <= kExpUnderflow -> exactly 0) and special rows (all -inf -> 0, NaN/+inf -> NaN)
 // as the scalar definition. Rows go in groups as in softmax_rows_avx512.
 template <bool Small>
 void exaq_rows_avx512(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {

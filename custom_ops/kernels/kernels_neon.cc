@@ -42,7 +42,8 @@ inline float32x4_t exp_core(float32x4_t z) {
     // Schraudolph: the float's bits are an affine function of z; FCVTNS
     // rounds to nearest even like the scalar nearbyint.
     const float32x4_t a = vfmaq_f32(vdupq_n_f32(kSchraudolphOffset), z, vdupq_n_f32(kSchraudolphScale));
-    return vreinterpretq_f32_s32(vcvtnq_s32_f32(a));
+    // At least FLT_MIN's bits (constants.h); FMAX keeps a NaN a NaN.
+    return vreinterpretq_f32_s32(vcvtnq_s32_f32(vmaxq_f32(a, vdupq_n_f32(kSchraudolphMinBits))));
   }
   const float32x4_t t = vmulq_f32(z, vdupq_n_f32(kLog2e));
   const float32x4_t fi = vrndmq_f32(t);
@@ -55,23 +56,24 @@ inline float32x4_t exp_core(float32x4_t z) {
     p = vfmaq_f32(vdupq_n_f32(kExpPoly3[2]), vdupq_n_f32(kExpPoly3[3]), f);
     p = vfmaq_f32(vdupq_n_f32(kExpPoly3[1]), p, f);
     p = vfmaq_f32(vdupq_n_f32(kExpPoly3[0]), p, f);
+    p = vmaxq_f32(p, vdupq_n_f32(kExpPoly3Floor));  // see constants.h
   }
   // Adding floor(t) to the exponent field multiplies by 2^floor(t).
   const int32x4_t shifted = vshlq_n_s32(vcvtq_s32_f32(fi), 23);
   return vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), shifted));
 }
 
-// Full range contract: z <= -87.3 (and -inf) -> +0; z >= 88.7, +inf -> +inf;
-// NaN -> NaN (z + inf keeps the NaN).
+// Full range contract: z <= kExpUnderflow (and -inf) -> +0; z >= kExpOverflow,
+// +inf -> +inf; NaN -> NaN (z + inf keeps the NaN).
 template <int Order>
 inline float32x4_t exp_quake_vec(float32x4_t z) {
   const uint32x4_t keep = vmvnq_u32(vcleq_f32(z, vdupq_n_f32(kExpUnderflow)));
-  const uint32x4_t big = vmvnq_u32(vcltq_f32(z, vdupq_n_f32(kExpOverflow)));  // z >= 88.7 or NaN
+  const uint32x4_t big = vmvnq_u32(vcltq_f32(z, vdupq_n_f32(kExpOverflow)));  // z >= kExpOverflow or NaN
   const float32x4_t e = and_mask(exp_core<Order>(z), keep);
   return vbslq_f32(big, vaddq_f32(z, vdupq_n_f32(kInf)), e);
 }
 
-// 1 / (1 + e^z), z already clamped into [-kSigmoidClamp, kSigmoidClamp].
+// 1 / (1 + e^z), z already clamped into [kExpMinArg, kExpMaxArg].
 template <int Order>
 inline float32x4_t inv_one_plus_exp(float32x4_t z) {
   const float32x4_t one = vdupq_n_f32(1.0f);
@@ -101,8 +103,8 @@ inline void map_neon(const float* x, float* y, size_t n, F f, float pad = 0.0f) 
   }
 }
 
-// Exp: valid range and error as kernels.h; -inf and z <= -87.3 -> +0,
-// z >= 88.7 and +inf -> +inf, NaN -> NaN.
+// Exp: valid range and error as kernels.h; -inf and z <= kExpUnderflow -> +0,
+// z >= kExpOverflow and +inf -> +inf, NaN -> NaN.
 template <int Order>
 void exp_quake_neon(const float* x, float* y, size_t n) {
   map_neon(x, y, n, [](float32x4_t v) { return exp_quake_vec<Order>(v); });
@@ -113,21 +115,21 @@ void exp_quake_neon(const float* x, float* y, size_t n) {
 template <int Order>
 void sigmoid_quake_neon(const float* x, float* y, size_t n) {
   map_neon(x, y, n, [](float32x4_t v) {
-    const float32x4_t r = inv_one_plus_exp<Order>(clamp_keep_nan(vnegq_f32(v), -kSigmoidClamp, kSigmoidClamp));
+    const float32x4_t r = inv_one_plus_exp<Order>(clamp_keep_nan(vnegq_f32(v), kExpMinArg, kExpMaxArg));
     if (Order == 1) return vbslq_f32(vceqq_f32(v, v), r, v);
     return r;
   });
 }
 
-// Silu: x * sigmoid(alpha x); x below -87/alpha is raised to it so -inf
+// Silu: x * sigmoid(alpha x); x below -88.72/alpha is raised to it so -inf
 // gives ~-0; +inf -> +inf; NaN -> NaN.
 template <int Order>
 void silu_quake_neon(const float* x, float* y, size_t n, float alpha) {
-  const float lo = -kSigmoidClamp / alpha;
+  const float lo = -kExpMaxArg / alpha;
   map_neon(x, y, n, [lo, alpha](float32x4_t xv) {
     const float32x4_t v = vmaxq_f32(vdupq_n_f32(lo), xv);
     const float32x4_t z = vmulq_f32(vdupq_n_f32(-alpha), v);
-    return vmulq_f32(v, inv_one_plus_exp<Order>(clamp_keep_nan(z, -kSigmoidClamp, kSigmoidClamp)));
+    return vmulq_f32(v, inv_one_plus_exp<Order>(clamp_keep_nan(z, kExpMinArg, kExpMaxArg)));
   });
 }
 
@@ -135,7 +137,7 @@ template <int Order>
 inline float32x4_t gelu_vec(float32x4_t u) {
   u = vmaxq_f32(vdupq_n_f32(kGeluLow), u);  // keeps u^3 finite: -inf -> ~-0
   const float32x4_t v = vmulq_f32(u, vfmaq_f32(vdupq_n_f32(kGeluK1), vdupq_n_f32(kGeluK3), vmulq_f32(u, u)));
-  return vmulq_f32(u, inv_one_plus_exp<Order>(clamp_keep_nan(vnegq_f32(v), -kSigmoidClamp, kSigmoidClamp)));
+  return vmulq_f32(u, inv_one_plus_exp<Order>(clamp_keep_nan(vnegq_f32(v), kExpMinArg, kExpMaxArg)));
 }
 
 // Gelu (tanh form) of x + bias in one pass; +inf -> +inf, -inf -> ~-0, NaN -> NaN.
@@ -371,7 +373,7 @@ inline float exaq_derived_lo(const float* x, size_t n, float m, int bits) {
 
 // EXAQ softmax rows: the scalar definition (kernels_scalar.cc), terms summed
 // in 16 float lanes; codes equal the scalar ones bit for bit (FMA, FCVTNS).
-// Valid for any input; masks (z <= -87.3) -> exactly 0, all -inf row -> 0,
+// Valid for any input; masks (z <= kExpUnderflow) -> exactly 0, all -inf row -> 0,
 // NaN/+inf row -> NaN (FMAX makes the row max NaN). x and y may alias.
 template <bool Small>
 void exaq_rows_neon(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {

@@ -33,7 +33,7 @@ template <int Order>
 void silu_quake_scalar(const float* x, float* y, size_t n, float alpha) {
   // Below lo the result is 0 to float precision; clamping x there keeps
   // -inf * sigmoid(-inf) from becoming NaN.
-  const float lo = -kSigmoidClamp / alpha;
+  const float lo = -kExpMaxArg / alpha;
   for (size_t i = 0; i < n; ++i) {
     const float v = x[i] < lo ? lo : x[i];
     y[i] = v * inv_one_plus_exp<Order>(-alpha * v);
@@ -98,7 +98,7 @@ void logsoftmax_quake_scalar(const float* x, float* y, size_t n) {
 }
 
 // EXAQ softmax rows: the definition every ISA matches. Valid for any input.
-// Per row, m = max, z = x - m; live elements (z > kExpUnderflow = -87.3)
+// Per row, m = max, z = x - m; live elements (z > kExpUnderflow = -87.336555)
 // get e^level(code(z)) from the table, the others (-inf, float-lowest and
 // other additive masks) exactly 0; the row is divided by the sum of its
 // live terms. Error: a live z >= lo moves by at most step / 2 = -lo / (2 (L - 1))

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -150,6 +151,24 @@ void through_float(const uint16_t* x, uint16_t* y, size_t n, const KernelTable& 
   }
 }
 
+// float16 Exp: the float32 core's relative error must not move a result
+// across float16's overflow. e^x rounds to +inf in float16 from
+// x = 11.09375 on (the first half above ln(65520) = 11.0902) and stays finite
+// up to 11.0859375 (e^x = 65237): results below are capped at 65504, inputs
+// from it on give +inf, exactly as the true value rounds.
+constexpr float kHalfExpInfFrom = 11.09375f;
+constexpr float kHalfMax = 65504.0f;
+
+void fit_exp_to_half(const float* x, float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    if (x[i] >= kHalfExpInfFrom) {
+      y[i] = std::numeric_limits<float>::infinity();
+    } else if (y[i] > kHalfMax) {
+      y[i] = kHalfMax;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Kernels.
 
@@ -234,8 +253,10 @@ class ElementwiseKernel : public QuakeKernel {
             });
           }
         } else {
-          through_float(x + begin, y + begin, end - begin, *table_,
-                        [&](const float* in, float* out, size_t count, size_t) { apply(in, nullptr, out, count); });
+          through_float(x + begin, y + begin, end - begin, *table_, [&](const float* in, float* out, size_t count, size_t) {
+            apply(in, nullptr, out, count);
+            if (kind_ == OpKind::kExp) fit_exp_to_half(in, out, count);
+          });
         }
       });
     } else {
