@@ -1,6 +1,7 @@
 // Chooses the kernel table: CPU features are read once per process; the
 // QUAKE_ISA environment variable may lower the level (for tests and for
 // comparing paths on one machine).
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -107,6 +108,18 @@ const KernelTable* select_kernels(const char** error) {
     return nullptr;
   }
   return best_kernels(isa);
+}
+
+RowStats combine_stats(const RowStats& a, const RowStats& b) {
+  const float max = a.max > b.max ? a.max : b.max;  // never NaN
+  if (a.nan || b.nan) return RowStats{max, 0.0, 0.0, true};
+  if (a.sum == 0.0) return RowStats{max, b.k, b.sum, false};  // a chunk without terms adds nothing
+  if (b.sum == 0.0) return RowStats{max, a.k, a.sum, false};
+  const RowStats& hi = a.k >= b.k ? a : b;
+  const RowStats& lo = a.k >= b.k ? b : a;
+  // lo's terms are 2^(lo.k - hi.k) times smaller relative to hi.k: exact in double.
+  const double gap = lo.k - hi.k;
+  return RowStats{max, hi.k, hi.sum + (gap < -1100.0 ? 0.0 : std::ldexp(lo.sum, static_cast<int>(gap))), false};
 }
 
 }  // namespace quake

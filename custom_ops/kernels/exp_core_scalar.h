@@ -21,14 +21,16 @@ inline int32_t float_to_bits(float f) {
   return b;
 }
 
-// e^z without range handling; valid for kExpUnderflow < z < kExpOverflow.
+// Schraudolph's float from a = 2^23 (t + 127 - shift), its bits raised to
+// FLT_MIN's at least (constants.h).
+inline float schraudolph(float a) {
+  return bits_to_float(static_cast<int32_t>(std::nearbyint(a < kSchraudolphMinBits ? kSchraudolphMinBits : a)));
+}
+
+// 2^t with the mantissa polynomial of order 2 or 3, t = z log2(e) given;
+// valid for -126 <= t < 128.
 template <int Order>
-inline float exp_core(float z) {
-  if (Order == 1) {
-    const float a = std::fma(z, kSchraudolphScale, kSchraudolphOffset);
-    return bits_to_float(static_cast<int32_t>(std::nearbyint(a < kSchraudolphMinBits ? kSchraudolphMinBits : a)));
-  }
-  const float t = z * kLog2e;
+inline float exp2_poly(float t) {
   const float fi = std::floor(t);
   const float f = t - fi;
   float p;
@@ -41,6 +43,21 @@ inline float exp_core(float z) {
   // Adding i to the exponent field multiplies by 2^i.
   const uint32_t shifted = static_cast<uint32_t>(static_cast<int32_t>(fi)) << 23;
   return bits_to_float(static_cast<int32_t>(static_cast<uint32_t>(float_to_bits(p)) + shifted));
+}
+
+// e^z without range handling; valid for kExpUnderflow < z < kExpOverflow.
+template <int Order>
+inline float exp_core(float z) {
+  if (Order == 1) return schraudolph(std::fma(z, kSchraudolphScale, kSchraudolphOffset));
+  return exp2_poly<Order>(z * kLog2e);
+}
+
+// 2^t with the order's mantissa, valid for -126 <= t < 128: the base-2 terms
+// of softmax_long.h (order 1: Schraudolph's bits of t directly).
+template <int Order>
+inline float exp2_core(float t) {
+  if (Order == 1) return schraudolph(std::fma(t, 0x1p23f, kSchraudolphOffset));
+  return exp2_poly<Order>(t);
 }
 
 // e^z with the full range contract of ops.md.

@@ -36,6 +36,32 @@ void each_row(const float* x, float* y, size_t rows, size_t n) {
   for (size_t r = 0; r < rows; ++r) Row(x + r * n, y + r * n, n);
 }
 
+// Softmax statistics of a row, or of a chunk of one, in base 2: the row's
+// terms are 2^t_i with t_i = fl(x_i log2(e) - k) for one integer k, and
+// sum = sum_i 2^t_i (softmax_long.h). Chunks combine exactly (powers of two),
+// in any order, so one row can be split over threads.
+struct RowStats {
+  float max;    // the largest element, NaN skipped; -inf when there is none
+  double k;     // the integer the terms are relative to: floor(fl(max log2(e)))
+  double sum;   // sum of the terms; 0 when max is -inf
+  bool nan;     // a NaN or +inf in the row: the result is a NaN row
+};
+
+// The stats of a row from those of two of its chunks (dispatch.cc: compiled
+// without ISA flags, so no ISA-flagged copy can reach the op layer).
+RowStats combine_stats(const RowStats& a, const RowStats& b);
+
+// Rows whose max magnitude exceeds this cannot use the base-2 terms
+// (x log2(e) leaves float): the op layer redoes them with the one-row kernel.
+constexpr float kRowStatsLimit = 0x1p125f;
+
+// Stats of x[0, n), read in blocks of `block` floats (each block twice, the
+// second time from L1).
+using RowStatsFn = void (*)(const float* x, size_t n, size_t block, RowStats* out);
+// Softmax (or LogSoftmax) of x[0, n), a chunk of a row whose stats are `row`;
+// x and y may alias.
+using RowFinishFn = void (*)(const float* x, float* y, size_t n, size_t block, const RowStats& row);
+
 struct OrderKernels {
   UnaryFn exp;
   UnaryFn sigmoid;
@@ -43,6 +69,11 @@ struct OrderKernels {
   GeluFn gelu;
   RowsFn softmax;     // all -inf row -> 0; a NaN or +inf in the row -> NaN row
   RowsFn logsoftmax;  // all -inf row -> -inf; a NaN or +inf in the row -> NaN row
+  // The same results in two passes over memory, for rows beyond the caches
+  // and single rows split over threads (softmax_long.h).
+  RowStatsFn softmax_stats;
+  RowFinishFn softmax_finish;
+  RowFinishFn logsoftmax_finish;
 };
 
 // EXAQ softmax (method "exaq", ops.md): bits in 2..8 and clip < 0 (a fixed

@@ -25,6 +25,7 @@
 
 #include "constants.h"
 #include "exaq_scalar.h"
+#include "softmax_long.h"
 
 namespace quake {
 namespace {
@@ -37,20 +38,10 @@ inline __m256i tail_mask(size_t rem) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-// e^z for z in the core's range (kExpUnderflow, kExpOverflow), no range
-// handling (out-of-range lanes are garbage the caller replaces). NegZ
-// computes e^-z; negated constants are exact, so it is the scalar core of -z.
-template <int Order, bool NegZ = false>
-inline __m256 exp_core(__m256 z) {
-  if (Order == 1) {
-    // Schraudolph: the float's bits are an affine function of z; cvtps rounds
-    // to nearest even like the scalar nearbyint.
-    const __m256 scale = _mm256_set1_ps(NegZ ? -kSchraudolphScale : kSchraudolphScale);
-    const __m256 a = _mm256_fmadd_ps(z, scale, _mm256_set1_ps(kSchraudolphOffset));
-    // At least FLT_MIN's bits (constants.h); a NaN a stays NaN (max returns its second operand).
-    return _mm256_castsi256_ps(_mm256_cvtps_epi32(_mm256_max_ps(_mm256_set1_ps(kSchraudolphMinBits), a)));
-  }
-  const __m256 t = _mm256_mul_ps(z, _mm256_set1_ps(NegZ ? -kLog2e : kLog2e));
+// 2^t * (the mantissa polynomial), t = z * log2(e) already computed: the
+// core of orders 2 and 3 for -126 <= t < 128, no range handling.
+template <int Order>
+inline __m256 exp2_poly(__m256 t) {
   const __m256 fi = _mm256_round_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(t, fi);
   __m256 p;
@@ -66,6 +57,33 @@ inline __m256 exp_core(__m256 z) {
   // Adding floor(t) to the exponent field multiplies by 2^floor(t).
   const __m256i shifted = _mm256_slli_epi32(_mm256_cvttps_epi32(fi), 23);
   return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), shifted));
+}
+
+// Schraudolph's bits from a = 2^23 (t + 127 - shift): cvtps rounds to
+// nearest even like the scalar nearbyint; at least FLT_MIN's bits
+// (constants.h); a NaN a stays NaN (max returns its second operand).
+inline __m256 schraudolph(__m256 a) {
+  return _mm256_castsi256_ps(_mm256_cvtps_epi32(_mm256_max_ps(_mm256_set1_ps(kSchraudolphMinBits), a)));
+}
+
+// e^z for z in the core's range (kExpUnderflow, kExpOverflow), no range
+// handling (out-of-range lanes are garbage the caller replaces). NegZ
+// computes e^-z; negated constants are exact, so it is the scalar core of -z.
+template <int Order, bool NegZ = false>
+inline __m256 exp_core(__m256 z) {
+  if (Order == 1) {
+    const __m256 scale = _mm256_set1_ps(NegZ ? -kSchraudolphScale : kSchraudolphScale);
+    return schraudolph(_mm256_fmadd_ps(z, scale, _mm256_set1_ps(kSchraudolphOffset)));
+  }
+  return exp2_poly<Order>(_mm256_mul_ps(z, _mm256_set1_ps(NegZ ? -kLog2e : kLog2e)));
+}
+
+// 2^t with the order's mantissa for -126 <= t < 128 (softmax_long.h's
+// base-2 terms), no range handling.
+template <int Order>
+inline __m256 exp2_core(__m256 t) {
+  if (Order == 1) return schraudolph(_mm256_fmadd_ps(t, _mm256_set1_ps(0x1p23f), _mm256_set1_ps(kSchraudolphOffset)));
+  return exp2_poly<Order>(t);
 }
 
 // Full range contract: z <= kExpUnderflow (and -inf) -> +0; z >= kExpOverflow,
@@ -235,18 +253,29 @@ inline void fill(float* y, size_t n, float value) {
 // is <= 0 and NaN only for a NaN element, so only the underflow fixup is
 // needed. Orders 2/3 carry a NaN z into the sum; the order-1 core maps NaN
 // to -0, so order 1 also sums z (finite or -inf unless some z is NaN).
-template <int Order, bool Store>
-inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
-  const __m256 vm = _mm256_set1_ps(m);
-  const __m256 under = _mm256_set1_ps(kExpUnderflow);
+// Base2 (softmax_long.h): m is an integer k and the terms are 2^t with
+// t = fl(x log2(e) - k), 0 below t = -126; stored terms are multiplied by
+// `scale` (the sum is of the unscaled terms).
+template <int Order, bool Store, bool Base2 = false>
+inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float scale = 1.0f) {
+  const __m256 vm = _mm256_set1_ps(m), log2e = _mm256_set1_ps(kLog2e), vscale = _mm256_set1_ps(scale);
+  const __m256 under = _mm256_set1_ps(Base2 ? -126.0f : kExpUnderflow);
   __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, q = s0;
   auto term = [&](__m256 xv, __m256& s) {
-    const __m256 z = _mm256_sub_ps(xv, vm);
-    const __m256 e = _mm256_and_ps(exp_core<Order>(z), _mm256_cmp_ps(z, under, _CMP_NLE_UQ));
+    __m256 e;
+    if (Base2) {
+      const __m256 t = _mm256_fmsub_ps(xv, log2e, vm);
+      e = _mm256_and_ps(exp2_core<Order>(t), _mm256_cmp_ps(t, under, _CMP_NLT_UQ));
+      if (Order == 1) q = _mm256_add_ps(q, t);
+    } else {
+      const __m256 z = _mm256_sub_ps(xv, vm);
+      e = _mm256_and_ps(exp_core<Order>(z), _mm256_cmp_ps(z, under, _CMP_NLE_UQ));
+      if (Order == 1) q = _mm256_add_ps(q, z);
+    }
     s = _mm256_add_ps(s, e);
-    if (Order == 1) q = _mm256_add_ps(q, z);
     return e;
   };
+  auto stored = [&](__m256 e) { return Base2 ? _mm256_mul_ps(e, vscale) : e; };
   // Blocks of 512 summed separately keep the float sum of a 50k row within
   // ~1e-6 (one accumulator over the whole row drifts by ~1e-4).
   __m256 total = _mm256_setzero_ps();
@@ -261,10 +290,10 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
       const __m256 e2 = term(_mm256_loadu_ps(x + i + 16), s2);
       const __m256 e3 = term(_mm256_loadu_ps(x + i + 24), s3);
       if (Store) {
-        _mm256_storeu_ps(y + i, e0);
-        _mm256_storeu_ps(y + i + 8, e1);
-        _mm256_storeu_ps(y + i + 16, e2);
-        _mm256_storeu_ps(y + i + 24, e3);
+        _mm256_storeu_ps(y + i, stored(e0));
+        _mm256_storeu_ps(y + i + 8, stored(e1));
+        _mm256_storeu_ps(y + i + 16, stored(e2));
+        _mm256_storeu_ps(y + i + 24, stored(e3));
       }
     }
     total = _mm256_add_ps(total, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
@@ -272,16 +301,16 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
   s0 = s1 = s2 = s3 = _mm256_setzero_ps();
   for (; i + 8 <= n; i += 8) {
     const __m256 e = term(_mm256_loadu_ps(x + i), s0);
-    if (Store) _mm256_storeu_ps(y + i, e);
+    if (Store) _mm256_storeu_ps(y + i, stored(e));
   }
   if (i < n) {
-    // Masked-off lanes load x = m: z = 0, e = e(0), removed before the sum.
+    // Masked-off lanes load x = m: a finite term, removed before the sum.
     const __m256i k = tail_mask(n - i);
     const __m256 xv = _mm256_blendv_ps(vm, _mm256_maskload_ps(x + i, k), _mm256_castsi256_ps(k));
     __m256 s = _mm256_setzero_ps();
     const __m256 e = _mm256_and_ps(term(xv, s), _mm256_castsi256_ps(k));
     s1 = _mm256_add_ps(s1, e);
-    if (Store) _mm256_maskstore_ps(y + i, k, e);
+    if (Store) _mm256_maskstore_ps(y + i, k, stored(e));
   }
   float sum = hsum(_mm256_add_ps(total, _mm256_add_ps(s0, s1)));
   if (Order == 1 && std::isnan(hsum(q))) sum = kNaN;
@@ -503,10 +532,27 @@ void f32_to_f16_avx2(const float* x, uint16_t* y, size_t n) {
   }
 }
 
+// The layer softmax_long.h is written over.
+struct LongRowLayer {
+  static float max_skip_nan(const float* x, size_t n) { return row_max_skip_nan(x, n); }
+  static bool has_nan(const float* x, size_t n) { return row_has_nan(x, n); }
+  template <int Order, bool Store>
+  static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
+    return sum_exp_shifted<Order, Store, true>(x, y, n, k, scale);
+  }
+  static void sub2(const float* x, float* y, size_t n, float a, float b) {
+    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+    map_avx2(x, y, n, [va, vb](__m256 v) { return _mm256_sub_ps(_mm256_sub_ps(v, va), vb); });
+  }
+  static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
+};
+
 template <int Order>
 constexpr OrderKernels order_table() {
   return {exp_quake_avx2<Order>,  sigmoid_quake_avx2<Order>,  silu_quake_avx2<Order>,
-          gelu_quake_avx2<Order>, each_row<softmax_quake_avx2<Order>>, each_row<logsoftmax_quake_avx2<Order>>};
+          gelu_quake_avx2<Order>, each_row<softmax_quake_avx2<Order>>, each_row<logsoftmax_quake_avx2<Order>>,
+          longrow::stats<LongRowLayer, Order>, longrow::softmax_finish<LongRowLayer, Order>,
+          longrow::logsoftmax_finish<LongRowLayer>};
 }
 
 }  // namespace

@@ -28,6 +28,7 @@
 
 #include "constants.h"
 #include "exaq_scalar.h"
+#include "softmax_long.h"
 
 namespace quake {
 namespace {
@@ -37,21 +38,10 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 inline __mmask16 tail_mask(size_t rem) { return static_cast<__mmask16>((1u << rem) - 1u); }
 
-// e^z for z in the core's range (kExpUnderflow, kExpOverflow); lanes outside
-// `keep` come out as +0. Out-of-range lanes inside `keep` hold garbage the
-// caller overwrites. NegZ computes e^-z instead (negated constants are exact,
-// so this equals the scalar core applied to -z bit for bit).
-template <int Order, bool NegZ = false>
-inline __m512 exp_core_maskz(__mmask16 keep, __m512 z) {
-  if (Order == 1) {
-    // Schraudolph: the float's bits are an affine function of z; cvtps rounds
-    // to nearest even like the scalar nearbyint.
-    const __m512 scale = _mm512_set1_ps(NegZ ? -kSchraudolphScale : kSchraudolphScale);
-    const __m512 a = _mm512_fmadd_ps(z, scale, _mm512_set1_ps(kSchraudolphOffset));
-    // At least FLT_MIN's bits (constants.h); a NaN a stays NaN (max returns its second operand).
-    return _mm512_castsi512_ps(_mm512_maskz_cvtps_epi32(keep, _mm512_max_ps(_mm512_set1_ps(kSchraudolphMinBits), a)));
-  }
-  const __m512 t = _mm512_mul_ps(z, _mm512_set1_ps(NegZ ? -kLog2e : kLog2e));
+// 2^t * (the mantissa polynomial), t = z * log2(e) already computed: the
+// core of orders 2 and 3 for -126 <= t < 128; lanes outside `keep` are +0.
+template <int Order>
+inline __m512 exp2_poly_maskz(__mmask16 keep, __m512 t) {
   const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);  // t - floor(t)
   __m512 p;
   if (Order == 2) {
@@ -66,6 +56,34 @@ inline __m512 exp_core_maskz(__mmask16 keep, __m512 z) {
   // p in [1, 2) and 2^floor(t) normal in range, so p * 2^floor(t) is exactly
   // the scalar's exponent-field addition.
   return _mm512_maskz_scalef_ps(keep, p, t);
+}
+
+// Schraudolph's bits from a = 2^23 (t + 127 - shift): cvtps rounds to
+// nearest even like the scalar nearbyint; at least FLT_MIN's bits
+// (constants.h); a NaN a stays NaN (max returns its second operand).
+inline __m512 schraudolph_maskz(__mmask16 keep, __m512 a) {
+  return _mm512_castsi512_ps(_mm512_maskz_cvtps_epi32(keep, _mm512_max_ps(_mm512_set1_ps(kSchraudolphMinBits), a)));
+}
+
+// e^z for z in the core's range (kExpUnderflow, kExpOverflow); lanes outside
+// `keep` come out as +0. Out-of-range lanes inside `keep` hold garbage the
+// caller overwrites. NegZ computes e^-z instead (negated constants are exact,
+// so this equals the scalar core applied to -z bit for bit).
+template <int Order, bool NegZ = false>
+inline __m512 exp_core_maskz(__mmask16 keep, __m512 z) {
+  if (Order == 1) {
+    const __m512 scale = _mm512_set1_ps(NegZ ? -kSchraudolphScale : kSchraudolphScale);
+    return schraudolph_maskz(keep, _mm512_fmadd_ps(z, scale, _mm512_set1_ps(kSchraudolphOffset)));
+  }
+  return exp2_poly_maskz<Order>(keep, _mm512_mul_ps(z, _mm512_set1_ps(NegZ ? -kLog2e : kLog2e)));
+}
+
+// 2^t with the order's mantissa for -126 <= t < 128 (softmax_long.h's base-2
+// terms); lanes outside `keep` are +0.
+template <int Order>
+inline __m512 exp2_core_maskz(__mmask16 keep, __m512 t) {
+  if (Order == 1) return schraudolph_maskz(keep, _mm512_fmadd_ps(t, _mm512_set1_ps(0x1p23f), _mm512_set1_ps(kSchraudolphOffset)));
+  return exp2_poly_maskz<Order>(keep, t);
 }
 
 template <int Order, bool NegZ = false>
@@ -257,26 +275,36 @@ inline void fill(float* y, size_t n, float value) {
 // is <= 0 and NaN only for a NaN element, so only the underflow fixup is
 // needed. Orders 2/3 carry a NaN z into the sum; the order-1 core maps NaN
 // to -0, so order 1 also sums z (finite or -inf unless some z is NaN).
-template <int Order, bool Store>
-inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
-  const __m512 vm = _mm512_set1_ps(m);
-  const __m512 under = _mm512_set1_ps(kExpUnderflow);
+// Base2 (softmax_long.h): m is an integer k and the terms are 2^t with
+// t = fl(x log2(e) - k), 0 below t = -126; stored terms are multiplied by
+// `scale` (the sum is of the unscaled terms).
+template <int Order, bool Store, bool Base2 = false>
+inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float scale = 1.0f) {
+  const __m512 vm = _mm512_set1_ps(m), log2e = _mm512_set1_ps(kLog2e), vscale = _mm512_set1_ps(scale);
+  const __m512 under = _mm512_set1_ps(Base2 ? -126.0f : kExpUnderflow);
   __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, q = s0;
+  auto exp_term = [&](__mmask16 active, __m512 xv, __m512& z) {
+    if (Base2) {
+      z = _mm512_fmsub_ps(xv, log2e, vm);
+      return exp2_core_maskz<Order>(_mm512_mask_cmp_ps_mask(active, z, under, _CMP_NLT_UQ), z);
+    }
+    z = _mm512_sub_ps(xv, vm);
+    return exp_core_maskz<Order>(_mm512_mask_cmp_ps_mask(active, z, under, _CMP_NLE_UQ), z);
+  };
+  auto stored = [&](__m512 e) { return Base2 ? _mm512_mul_ps(e, vscale) : e; };
   // Full vectors use plain loads and stores: AMD cores run masked stores
   // several times slower than plain ones.
   auto term_full = [&](const float* px, float* py, __m512& s) {
-    const __m512 z = _mm512_sub_ps(_mm512_loadu_ps(px), vm);
-    const __mmask16 keep = _mm512_cmp_ps_mask(z, under, _CMP_NLE_UQ);
-    const __m512 e = exp_core_maskz<Order>(keep, z);
-    if (Store) _mm512_storeu_ps(py, e);
+    __m512 z;
+    const __m512 e = exp_term(0xffff, _mm512_loadu_ps(px), z);
+    if (Store) _mm512_storeu_ps(py, stored(e));
     s = _mm512_add_ps(s, e);
     if (Order == 1) q = _mm512_add_ps(q, z);
   };
   auto term = [&](__mmask16 active, const float* px, float* py, __m512& s) {
-    const __m512 z = _mm512_sub_ps(_mm512_maskz_loadu_ps(active, px), vm);
-    const __mmask16 keep = _mm512_mask_cmp_ps_mask(active, z, under, _CMP_NLE_UQ);
-    const __m512 e = exp_core_maskz<Order>(keep, z);
-    if (Store) _mm512_mask_storeu_ps(py, active, e);
+    __m512 z;
+    const __m512 e = exp_term(active, _mm512_maskz_loadu_ps(active, px), z);
+    if (Store) _mm512_mask_storeu_ps(py, active, stored(e));
     s = _mm512_add_ps(s, e);
     if (Order == 1) q = _mm512_mask_add_ps(q, active, q, z);
   };
@@ -313,12 +341,13 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
 // Rows go in groups, pass by pass (every row's max, then every row's sum,
 // then every row's scaling): rows within a pass are independent, so one
 // row's horizontal reductions overlap the next row's loads and arithmetic,
-// which matters for the short rows of attention (n = 128). A group's output
-// stays in L1 between passes.
+// which matters for the short rows of attention (n = 128). The rows of one
+// call form the group (up to 64): the op layer sizes calls from the L1 size
+// so that a group's output stays in L1 between passes.
 template <int Order, bool Log>
 void softmax_rows_avx512(const float* x, float* y, size_t rows, size_t n) {
-  constexpr size_t kGroupFloats = 4096, kMaxGroup = 64;
-  const size_t group = std::min(kMaxGroup, std::max<size_t>(1, kGroupFloats / n));
+  constexpr size_t kMaxGroup = 64;
+  const size_t group = std::min(kMaxGroup, rows);
   float m[kMaxGroup], s[kMaxGroup];
   for (size_t r0 = 0; r0 < rows; r0 += group) {
     const size_t g = std::min(group, rows - r0);
@@ -464,8 +493,8 @@ inline float exaq_derived_lo(const float* x, size_t n, float m, int bits) {
 // as the scalar definition. Rows go in groups as in softmax_rows_avx512.
 template <bool Small>
 void exaq_rows_avx512(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
-  constexpr size_t kGroupFloats = 4096, kMaxGroup = 64;
-  const size_t group = std::min(kMaxGroup, std::max<size_t>(1, kGroupFloats / n));
+  constexpr size_t kMaxGroup = 64;
+  const size_t group = std::min(kMaxGroup, rows);
   const bool derived = p.clip == 0.0f;
   exaq::Levels lv{};
   if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv);
@@ -531,10 +560,32 @@ void f32_to_f16_avx512(const float* x, uint16_t* y, size_t n) {
   }
 }
 
+// The layer softmax_long.h is written over.
+struct LongRowLayer {
+  static float max_skip_nan(const float* x, size_t n) { return row_max_skip_nan(x, n); }
+  static bool has_nan(const float* x, size_t n) { return row_has_nan(x, n); }
+  template <int Order, bool Store>
+  static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
+    return sum_exp_shifted<Order, Store, true>(x, y, n, k, scale);
+  }
+  static void sub2(const float* x, float* y, size_t n, float a, float b) {
+    const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+    map_avx512(x, y, n, [va, vb](__m512 v) { return _mm512_sub_ps(_mm512_sub_ps(v, va), vb); });
+  }
+  static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
+};
+
 template <int Order>
 constexpr OrderKernels order_table() {
-  return {exp_quake_avx512<Order>,  sigmoid_quake_avx512<Order>,  silu_quake_avx512<Order>,
-          gelu_quake_avx512<Order>, softmax_rows_avx512<Order, false>, softmax_rows_avx512<Order, true>};
+  return {exp_quake_avx512<Order>,
+          sigmoid_quake_avx512<Order>,
+          silu_quake_avx512<Order>,
+          gelu_quake_avx512<Order>,
+          softmax_rows_avx512<Order, false>,
+          softmax_rows_avx512<Order, true>,
+          longrow::stats<LongRowLayer, Order>,
+          longrow::softmax_finish<LongRowLayer, Order>,
+          longrow::logsoftmax_finish<LongRowLayer>};
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 
 #include "constants.h"
 #include "exaq_scalar.h"
+#include "softmax_long.h"
 
 namespace quake {
 namespace {
@@ -34,18 +35,10 @@ inline float32x4_t and_mask(float32x4_t v, uint32x4_t m) {
   return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v), m));
 }
 
-// e^z for z in the core's range (kExpUnderflow, kExpOverflow), no range
-// handling (out-of-range lanes are garbage the caller replaces).
+// 2^t * (the mantissa polynomial), t = z * log2(e) already computed: the
+// core of orders 2 and 3 for -126 <= t < 128, no range handling.
 template <int Order>
-inline float32x4_t exp_core(float32x4_t z) {
-  if (Order == 1) {
-    // Schraudolph: the float's bits are an affine function of z; FCVTNS
-    // rounds to nearest even like the scalar nearbyint.
-    const float32x4_t a = vfmaq_f32(vdupq_n_f32(kSchraudolphOffset), z, vdupq_n_f32(kSchraudolphScale));
-    // At least FLT_MIN's bits (constants.h); FMAX keeps a NaN a NaN.
-    return vreinterpretq_f32_s32(vcvtnq_s32_f32(vmaxq_f32(a, vdupq_n_f32(kSchraudolphMinBits))));
-  }
-  const float32x4_t t = vmulq_f32(z, vdupq_n_f32(kLog2e));
+inline float32x4_t exp2_poly(float32x4_t t) {
   const float32x4_t fi = vrndmq_f32(t);
   const float32x4_t f = vsubq_f32(t, fi);
   float32x4_t p;
@@ -61,6 +54,31 @@ inline float32x4_t exp_core(float32x4_t z) {
   // Adding floor(t) to the exponent field multiplies by 2^floor(t).
   const int32x4_t shifted = vshlq_n_s32(vcvtq_s32_f32(fi), 23);
   return vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), shifted));
+}
+
+// Schraudolph's bits from a = 2^23 (t + 127 - shift): FCVTNS rounds to
+// nearest even like the scalar nearbyint; at least FLT_MIN's bits
+// (constants.h); FMAX keeps a NaN a NaN.
+inline float32x4_t schraudolph(float32x4_t a) {
+  return vreinterpretq_f32_s32(vcvtnq_s32_f32(vmaxq_f32(a, vdupq_n_f32(kSchraudolphMinBits))));
+}
+
+// e^z for z in the core's range (kExpUnderflow, kExpOverflow), no range
+// handling (out-of-range lanes are garbage the caller replaces).
+template <int Order>
+inline float32x4_t exp_core(float32x4_t z) {
+  if (Order == 1) {
+    return schraudolph(vfmaq_f32(vdupq_n_f32(kSchraudolphOffset), z, vdupq_n_f32(kSchraudolphScale)));
+  }
+  return exp2_poly<Order>(vmulq_f32(z, vdupq_n_f32(kLog2e)));
+}
+
+// 2^t with the order's mantissa for -126 <= t < 128 (softmax_long.h's
+// base-2 terms), no range handling.
+template <int Order>
+inline float32x4_t exp2_core(float32x4_t t) {
+  if (Order == 1) return schraudolph(vfmaq_f32(vdupq_n_f32(kSchraudolphOffset), t, vdupq_n_f32(0x1p23f)));
+  return exp2_poly<Order>(t);
 }
 
 // Full range contract: z <= kExpUnderflow (and -inf) -> +0; z >= kExpOverflow,
@@ -180,15 +198,23 @@ inline void fill(float* y, size_t n, float value) {
 }
 
 // Sum of e^(x - m) over a NaN-free row with finite max m, optionally storing
-// each term; z = x - m <= 0 so only the underflow fixup is needed.
-template <int Order, bool Store>
-inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
-  const float32x4_t vm = vdupq_n_f32(m);
-  const float32x4_t under = vdupq_n_f32(kExpUnderflow);
+// each term; z = x - m <= 0 so only the underflow fixup is needed. Base2
+// (softmax_long.h): m is an integer k and the terms are 2^t with
+// t = fl(x log2(e) - k), 0 below t = -126; stored terms are multiplied by
+// `scale` (the sum is of the unscaled terms).
+template <int Order, bool Store, bool Base2 = false>
+inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float scale = 1.0f) {
+  const float32x4_t vm = vdupq_n_f32(m), log2e = vdupq_n_f32(kLog2e), vscale = vdupq_n_f32(scale);
+  const float32x4_t under = vdupq_n_f32(Base2 ? -126.0f : kExpUnderflow);
   auto term = [&](float32x4_t xv) {
+    if (Base2) {
+      const float32x4_t t = vfmaq_f32(vnegq_f32(vm), xv, log2e);  // x log2e - k in one rounding
+      return and_mask(exp2_core<Order>(t), vcgeq_f32(t, under));
+    }
     const float32x4_t z = vsubq_f32(xv, vm);
     return and_mask(exp_core<Order>(z), vcgtq_f32(z, under));
   };
+  auto stored = [&](float32x4_t e) { return Base2 ? vmulq_f32(e, vscale) : e; };
   const float32x4_t zero = vdupq_n_f32(0.0f);
   float32x4_t s0 = zero, s1 = zero, s2 = zero, s3 = zero, total = zero;
   // Blocks of 256 summed separately keep the float sum of a 50k row within
@@ -206,10 +232,10 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
       s2 = vaddq_f32(s2, e2);
       s3 = vaddq_f32(s3, e3);
       if (Store) {
-        vst1q_f32(y + i, e0);
-        vst1q_f32(y + i + 4, e1);
-        vst1q_f32(y + i + 8, e2);
-        vst1q_f32(y + i + 12, e3);
+        vst1q_f32(y + i, stored(e0));
+        vst1q_f32(y + i + 4, stored(e1));
+        vst1q_f32(y + i + 8, stored(e2));
+        vst1q_f32(y + i + 12, stored(e3));
       }
     }
     total = vaddq_f32(total, vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
@@ -218,7 +244,7 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
   for (; i + 4 <= n; i += 4) {
     const float32x4_t e = term(vld1q_f32(x + i));
     s0 = vaddq_f32(s0, e);
-    if (Store) vst1q_f32(y + i, e);
+    if (Store) vst1q_f32(y + i, stored(e));
   }
   if (i < n) {
     float buf[4] = {-kInf, -kInf, -kInf, -kInf};  // e^-inf = 0 adds nothing
@@ -226,7 +252,7 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m) {
     const float32x4_t e = term(vld1q_f32(buf));
     s1 = vaddq_f32(s1, e);
     if (Store) {
-      vst1q_f32(buf, e);
+      vst1q_f32(buf, stored(e));
       std::memcpy(y + i, buf, (n - i) * sizeof(float));
     }
   }
@@ -429,10 +455,28 @@ void f32_to_f16_neon(const float* x, uint16_t* y, size_t n) {
   }
 }
 
+// The layer softmax_long.h is written over. FMAX propagates NaN, so a
+// block holding one has a NaN max (stats take it for a NaN row).
+struct LongRowLayer {
+  static float max_skip_nan(const float* x, size_t n) { return row_max(x, n); }
+  static bool has_nan(const float*, size_t) { return false; }  // a NaN would have made the max NaN
+  template <int Order, bool Store>
+  static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
+    return sum_exp_shifted<Order, Store, true>(x, y, n, k, scale);
+  }
+  static void sub2(const float* x, float* y, size_t n, float a, float b) {
+    const float32x4_t va = vdupq_n_f32(a), vb = vdupq_n_f32(b);
+    map_neon(x, y, n, [va, vb](float32x4_t v) { return vsubq_f32(vsubq_f32(v, va), vb); });
+  }
+  static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
+};
+
 template <int Order>
 constexpr OrderKernels order_table() {
   return {exp_quake_neon<Order>,  sigmoid_quake_neon<Order>,  silu_quake_neon<Order>,
-          gelu_quake_neon<Order>, each_row<softmax_quake_neon<Order>>, each_row<logsoftmax_quake_neon<Order>>};
+          gelu_quake_neon<Order>, each_row<softmax_quake_neon<Order>>, each_row<logsoftmax_quake_neon<Order>>,
+          longrow::stats<LongRowLayer, Order>, longrow::softmax_finish<LongRowLayer, Order>,
+          longrow::logsoftmax_finish<LongRowLayer>};
 }
 
 }  // namespace

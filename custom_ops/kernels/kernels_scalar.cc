@@ -10,6 +10,7 @@
 #include "exp_core_scalar.h"
 #include "f16_scalar.h"
 #include "kernels.h"
+#include "softmax_long.h"
 
 namespace quake {
 namespace {
@@ -162,6 +163,36 @@ void softmax_exaq_scalar(const float* x, float* y, size_t rows, size_t n, const 
   }
 }
 
+// The layer softmax_long.h is written over; sums in double, as the one-row kernels.
+struct LongRowLayer {
+  static float max_skip_nan(const float* x, size_t n) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (size_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;  // NaN compares false: skipped
+    return m;
+  }
+  static bool has_nan(const float* x, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      if (std::isnan(x[i])) return true;
+    }
+    return false;
+  }
+  template <int Order, bool Store>
+  static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
+    double sum = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+      const float t = std::fma(x[i], kLog2e, -k);
+      const float e = t >= -126.0f ? scalar::exp2_core<Order>(t) : (std::isnan(t) ? t : 0.0f);
+      if (Store) y[i] = e * scale;
+      sum += e;
+    }
+    return static_cast<float>(sum);
+  }
+  static void sub2(const float* x, float* y, size_t n, float a, float b) {
+    for (size_t i = 0; i < n; ++i) y[i] = (x[i] - a) - b;
+  }
+  static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
+};
+
 void f16_to_f32_scalar(const uint16_t* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] = scalar::half_to_float(x[i]);
 }
@@ -171,8 +202,15 @@ void f32_to_f16_scalar(const float* x, uint16_t* y, size_t n) {
 
 template <int Order>
 constexpr OrderKernels order_table() {
-  return {exp_quake_scalar<Order>,    sigmoid_quake_scalar<Order>,  silu_quake_scalar<Order>,
-          gelu_quake_scalar<Order>,   each_row<softmax_quake_scalar<Order>>, each_row<logsoftmax_quake_scalar<Order>>};
+  return {exp_quake_scalar<Order>,
+          sigmoid_quake_scalar<Order>,
+          silu_quake_scalar<Order>,
+          gelu_quake_scalar<Order>,
+          each_row<softmax_quake_scalar<Order>>,
+          each_row<logsoftmax_quake_scalar<Order>>,
+          longrow::stats<LongRowLayer, Order>,
+          longrow::softmax_finish<LongRowLayer, Order>,
+          longrow::logsoftmax_finish<LongRowLayer>};
 }
 
 }  // namespace

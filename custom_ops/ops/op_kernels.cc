@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -10,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_caches.h"
 #include "kernels.h"
 
 namespace quake {
@@ -167,6 +169,48 @@ void fit_exp_to_half(const float* x, float* y, size_t n) {
       y[i] = kHalfMax;
     }
   }
+}
+
+// ---------------------------------------------------------------------------
+// How Softmax and LogSoftmax rows (the last axis) are cut, from this machine's
+// cache sizes (cpu_caches.h) rather than constants tuned on one machine.
+struct RowPlan {
+  size_t group_rows;      // rows that go through the one-pass kernel together, filling half of L1
+  size_t chunks_per_row;  // > 0: the two-pass path, each row cut in this many chunks
+  size_t block;           // floats per stats block of the two-pass path: a quarter of L1
+};
+
+// A row beyond this share of L2 no longer stays there across the one-pass
+// kernel's three passes (max, exp-and-store, scale): the two-pass path reads
+// it twice and writes it once instead of three reads and two writes.
+constexpr size_t kLongRowL2Fraction = 2;
+// One long row alone (rows < kFewRows) is cut in chunks of at least this many
+// elements, so every thread gets a part of it.
+constexpr size_t kFewRows = 4, kMinChunk = 16384, kMaxChunksPerRow = 16;
+
+// QUAKE_SPLIT_ROWS=0 keeps a few long rows whole (one thread each), to
+// compare; read once.
+bool split_single_rows() {
+  static const bool on = [] {
+    const char* v = std::getenv("QUAKE_SPLIT_ROWS");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+RowPlan plan_rows(size_t rows, size_t len) {
+  const CacheSizes& caches = cache_sizes();
+  const size_t row_bytes = len * sizeof(float);
+  RowPlan plan;
+  plan.group_rows = std::min<size_t>(64, std::max<size_t>(1, caches.l1d / 2 / row_bytes));
+  plan.block = std::max<size_t>(1024, caches.l1d / 4 / sizeof(float));
+  const bool beyond_l2 = row_bytes > caches.l2 / kLongRowL2Fraction;
+  const bool few_long_rows = rows < kFewRows && len >= 2 * kMinChunk && split_single_rows();
+  plan.chunks_per_row = 0;
+  if (beyond_l2 || few_long_rows) {
+    plan.chunks_per_row = few_long_rows ? std::min(kMaxChunksPerRow, len / kMinChunk) : 1;
+  }
+  return plan;
 }
 
 // ---------------------------------------------------------------------------
@@ -343,14 +387,22 @@ class AxisKernel : public QuakeKernel {
 
   template <typename T>
   void Run(Ort::KernelContext& ctx, const T* x, T* y, size_t outer, size_t len, size_t inner) const {
-    const auto rows_fn = [this](const float* a, float* b, size_t rows, size_t n) {
-      if (exaq_) {
-        table_->softmax_exaq(a, b, rows, n, exaq_params_);
-      } else {
-        (kernels_.*row_fn_)(a, b, rows, n);
+    const RowPlan plan = plan_rows(outer, len);
+    // In groups that fit L1: a group goes through the kernel's passes while in cache.
+    const auto rows_fn = [this, &plan](const float* a, float* b, size_t rows, size_t n) {
+      for (size_t r = 0; r < rows; r += plan.group_rows) {
+        const size_t g = std::min(plan.group_rows, rows - r);
+        if (exaq_) {
+          table_->softmax_exaq(a + r * n, b + r * n, g, n, exaq_params_);
+        } else {
+          (kernels_.*row_fn_)(a + r * n, b + r * n, g, n);
+        }
       }
     };
     if (inner == 1) {
+      if constexpr (std::is_same<T, float>::value) {
+        if (plan.chunks_per_row > 0) return RunTwoPass(ctx, x, y, outer, len, plan, rows_fn);
+      }
       const size_t rows_per_task = std::max<size_t>(1, kGrain / len);
       const size_t tasks = (outer + rows_per_task - 1) / rows_per_task;
       parallel_tasks(ctx, tasks, [&](size_t task) {
@@ -387,6 +439,37 @@ class AxisKernel : public QuakeKernel {
         for (size_t c = 0; c < cols; ++c) line[c] = buf[c * len + k];
         store(line, yb + k * inner, cols);
       }
+    });
+  }
+
+  // Rows in two passes over memory (softmax_long.h): every row cut into
+  // `chunks_per_row` chunks; phase 1 takes each chunk's stats, phase 2 combines
+  // a row's stats and finishes each chunk. Rows whose max is beyond
+  // kRowStatsLimit are redone with the one-row kernel.
+  template <typename RowsFnT>
+  void RunTwoPass(Ort::KernelContext& ctx, const float* x, float* y, size_t rows, size_t len, const RowPlan& plan,
+                  const RowsFnT& rows_fn) const {
+    const size_t per_row = plan.chunks_per_row, chunk = (len + per_row - 1) / per_row;
+    std::vector<RowStats> stats(rows * per_row);
+    parallel_tasks(ctx, rows * per_row, [&](size_t task) {
+      const size_t r = task / per_row, begin = (task % per_row) * chunk;
+      const size_t n = begin < len ? std::min(chunk, len - begin) : 0;
+      stats[task] = RowStats{-std::numeric_limits<float>::infinity(), 0.0, 0.0, false};  // an empty chunk
+      if (n) kernels_.softmax_stats(x + r * len + begin, n, plan.block, &stats[task]);
+    });
+    const bool log = row_fn_ == &OrderKernels::logsoftmax;
+    parallel_tasks(ctx, rows * per_row, [&](size_t task) {
+      const size_t r = task / per_row, begin = (task % per_row) * chunk;
+      if (begin >= len) return;
+      RowStats row = stats[r * per_row];
+      for (size_t c = 1; c < per_row; ++c) row = combine_stats(row, stats[r * per_row + c]);
+      if (!row.nan && row.max != -std::numeric_limits<float>::infinity() && !(std::fabs(row.max) <= kRowStatsLimit)) {
+        if (begin == 0) rows_fn(x + r * len, y + r * len, 1, len);  // the whole row, once
+        return;
+      }
+      const size_t n = std::min(chunk, len - begin);
+      (log ? kernels_.logsoftmax_finish : kernels_.softmax_finish)(x + r * len + begin, y + r * len + begin, n,
+                                                                    plan.block, row);
     });
   }
 

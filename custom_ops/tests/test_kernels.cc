@@ -4,6 +4,7 @@
 // float16 conversions, and agreement of each SIMD table with the scalar one.
 // No framework: prints failures, a summary of measured errors, and
 // "N passed, M failed"; exits non-zero on any failure.
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdarg>
@@ -557,6 +558,63 @@ void test_rows(const KernelTable* t, const KernelTable* scalar, std::mt19937& rn
   }
 }
 
+// ------------------- two-pass rows (softmax_long.h) -------------------------
+// stats + finish give what ops.md asks of a row (check_row: the reference,
+// the bounds, rows summing to 1), whole or split into chunks whose stats are
+// combined in any order (as the op layer splits one long row over threads),
+// with any block size, in place too. Rows whose max is beyond kRowStatsLimit
+// are the op layer's to redo with the one-row kernel: the stats must say so.
+void run_two_pass(const KernelTable* t, int order, RowOp op, const float* x, float* y, const std::vector<size_t>& cuts,
+                  size_t block, bool reverse) {
+  const OrderKernels& k = t->order[order - 1];
+  std::vector<RowStats> parts;
+  for (size_t c = 0; c + 1 < cuts.size(); ++c) {
+    RowStats st;
+    k.softmax_stats(x + cuts[c], cuts[c + 1] - cuts[c], block, &st);
+    parts.push_back(st);
+  }
+  if (reverse) std::reverse(parts.begin(), parts.end());
+  RowStats row = parts[0];
+  for (size_t c = 1; c < parts.size(); ++c) row = combine_stats(row, parts[c]);
+  const RowFinishFn finish = op == kSoftmax ? k.softmax_finish : k.logsoftmax_finish;
+  for (size_t c = 0; c + 1 < cuts.size(); ++c) finish(x + cuts[c], y + cuts[c], cuts[c + 1] - cuts[c], block, row);
+}
+
+void test_two_pass_rows(const KernelTable* t, std::mt19937& rng) {
+  const std::vector<std::vector<float>> rows = row_cases(rng);
+  for (int order = 1; order <= 3; ++order) {
+    for (RowOp op : {kSoftmax, kLogSoftmax}) {
+      char name[160];
+      std::snprintf(name, sizeof name, "%s order %d %s: two passes, whole and in chunks, in place", t->name, order,
+                    op == kSoftmax ? "softmax" : "logsoftmax");
+      Case c(name);
+      for (const std::vector<float>& x : rows) {
+        const size_t n = x.size();
+        RowStats whole;
+        t->order[order - 1].softmax_stats(x.data(), n, 1024, &whole);
+        bool nan = false;
+        for (float v : x) nan |= std::isnan(v) || v == kInf;
+        c.check(whole.nan == nan, "n %zu: stats say nan=%d", n, whole.nan);
+        if (!whole.nan && std::fabs(whole.max) > kRowStatsLimit) continue;  // the op layer redoes these
+        std::uniform_int_distribution<size_t> cut(0, n);
+        std::vector<size_t> a = {0, n}, b = {0, cut(rng), n}, d = {0, cut(rng), cut(rng), cut(rng), n};
+        std::sort(b.begin(), b.end());
+        std::sort(d.begin(), d.end());
+        const struct { const std::vector<size_t>* cuts; size_t block; bool reverse; } ways[] = {
+            {&a, 1024, false}, {&a, 64, false}, {&b, 4096, true}, {&d, 100, false}, {&d, 1024, true}};
+        for (const auto& w : ways) {
+          if (n > 5000 && w.block != 1024) continue;  // long rows: two ways are enough (run time)
+          std::vector<float> y(n), inplace = x;
+          run_two_pass(t, order, op, x.data(), y.data(), *w.cuts, w.block, w.reverse);
+          check_row(c, t, order, op, x.data(), y.data(), n);
+          run_two_pass(t, order, op, inplace.data(), inplace.data(), *w.cuts, w.block, w.reverse);
+          for (size_t i = 0; i < n; ++i) c.check(same(inplace[i], y[i]), "in place n %zu i %zu: %a vs %a", n, i, inplace[i], y[i]);
+        }
+      }
+    }
+  }
+}
+
 // --------------------------- page-end accesses -----------------------------
 // Arrays that end right before an inaccessible page: reading or writing past
 // the end faults.
@@ -967,7 +1025,9 @@ int main() {
       Case c(std::string(t->name) + ": table is complete and of its ISA");
       c.check(t->isa == isa && t->f16_to_f32 && t->f32_to_f16, "header");
       for (const OrderKernels& k : t->order) {
-        c.check(k.exp && k.sigmoid && k.silu && k.gelu && k.softmax && k.logsoftmax, "missing entry");
+        c.check(k.exp && k.sigmoid && k.silu && k.gelu && k.softmax && k.logsoftmax && k.softmax_stats &&
+                    k.softmax_finish && k.logsoftmax_finish,
+                "missing entry");
       }
       c.check(t->softmax_exaq != nullptr, "missing softmax_exaq");
     }
@@ -975,6 +1035,7 @@ int main() {
     test_tails(t, rng);
     test_rows(t, scalar, rng);
     test_row_batches(t, rng);
+    test_two_pass_rows(t, rng);
     test_page_end(t);
     test_f16(t, rng);
     test_exaq(t, scalar);

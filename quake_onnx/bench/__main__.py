@@ -37,8 +37,11 @@ def ops(
     min_time: float = typer.Option(0.6, help="seconds of timed runs per configuration, split over the rounds"),
     rounds: int = typer.Option(3, min=1, help="interleaved rounds per configuration; the fastest median is kept"),
     markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown to this file"),
+    denormal: bool = typer.Option(True, "--denormal/--no-denormal",
+                                  help="also time denormal inputs (128x3072, 1 thread, order 2), reported apart"),
 ) -> None:
-    """Time every com.quake op against ONNX Runtime's own op, same process and thread count."""
+    """Time every com.quake op against ONNX Runtime's own op, same process and thread count,
+    with the rate of a plain copy of each tensor (the memory roofline) beside them."""
     from . import ops as bench_ops
 
     order_list = _ints(orders, "--orders")
@@ -59,8 +62,14 @@ def ops(
         rounds=rounds,
         progress=typer.echo,
     )
+    text = bench_ops.machine_line() + "\n\n" + bench_ops.markdown(rows, order_list) + "\n"
+    if denormal:
+        typer.echo("\ndenormal inputs (|x| < 1.2e-38), reported apart:")
+        typer.echo(bench_ops.markdown([], (2,)))
+        dn = bench_ops.denormal_rows(baselines=baselines, min_time=min_time, rounds=rounds, progress=typer.echo)
+        text += "\nDenormal inputs (|x| < 1.2e-38):\n\n" + bench_ops.markdown(dn, (2,)) + "\n"
     if markdown:
-        markdown.write_text(bench_ops.machine_line() + "\n\n" + bench_ops.markdown(rows, order_list) + "\n")
+        markdown.write_text(text)
 
 
 @app.command()

@@ -8,12 +8,18 @@ fastest median kept). Each timed model holds K independent nodes of the op, each
 reading its own graph input (all bound to one buffer through IOBinding) and
 writing a preallocated output, so per-call Python overhead is spread over K
 nodes and ORT cannot merge the nodes. Reported: Gelem/s (K * elements / median
-time) and the speed ratio quake / ORT.
+time), the speed ratio quake / ORT, and the roofline share: Gelem/s over the
+rate of a plain copy of the same tensor (read + write, K copies per sample,
+the same number of threads), measured in the same rounds. An elementwise op
+cannot beat the copy; Softmax reads its input more than once.
+
+Denormal inputs are timed apart (`denormal_rows`): Intel cores run float
+arithmetic on denormals through slow microcode, where bit-level kernels win
+by far, which says nothing about normal data.
 """
 from __future__ import annotations
 
 import gc
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -24,6 +30,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 import quake_onnx
+
+from . import machine
 
 SHAPES = [(12, 128, 128), (12, 512, 512), (128, 3072), (1, 32, 112, 112)]
 NODES_PER_MODEL = 8
@@ -118,9 +126,14 @@ class Row:
     threads: int
     ort_gelems: float
     quake_gelems: dict  # order -> Gelem/s
+    copy_gelems: float = float("nan")  # a plain copy of the same tensor, same threads
 
     def ratio(self, order: int) -> float:
         return self.quake_gelems[order] / self.ort_gelems
+
+    def share(self, order: int) -> float:
+        """Of the copy rate: 1.0 is the memory roofline of an elementwise op."""
+        return self.quake_gelems[order] / self.copy_gelems
 
 
 def run(shapes=SHAPES, threads=(1, 2), orders=(1, 2, 3), baselines=BASELINES, min_time=0.3, rounds=3, seed=0,
@@ -133,46 +146,58 @@ def run(shapes=SHAPES, threads=(1, 2), orders=(1, 2, 3), baselines=BASELINES, mi
     for shape in shapes:
         # Activations of a typical scale; softmax inputs like attention logits.
         x = (rng.standard_normal(shape) * 3).astype(np.float32)
-        elems = x.size * NODES_PER_MODEL / 1e9
-        for base in baselines:
-            models = {"ort": (_model(shape, base.build), False)}
-            for order in orders:
-                build = _single(base.quake_op, domain="com.quake", **dict(base.quake_attrs, order=order))
-                models[order] = (_model(shape, build), True)
-            for t in threads:
-                best = {key: float("inf") for key in models}
-                for _ in range(rounds):
-                    for key, (model, with_library) in models.items():
-                        best[key] = min(best[key], _median_seconds(model, t, with_library, x, min_time / rounds))
-                row = Row(base.name, shape, t, elems / best["ort"], {o: elems / best[o] for o in orders})
-                rows.append(row)
-                progress(_format_row(row, orders))
+        rows += _time_shape(x, threads, orders, baselines, min_time, rounds, progress)
+    return rows
+
+
+def denormal_rows(shape=(128, 3072), threads=(1,), orders=(2,), baselines=BASELINES, min_time=0.3, rounds=3,
+                  seed=0, progress=print):
+    """The same measurement on denormal inputs (|x| < 1.2e-38), reported apart."""
+    rng = np.random.default_rng(seed)
+    x = (rng.uniform(-1.0, 1.0, shape) * np.finfo(np.float32).tiny).astype(np.float32)
+    return _time_shape(x, threads, orders, baselines, min_time, rounds, progress)
+
+
+def _time_shape(x, threads, orders, baselines, min_time, rounds, progress) -> list[Row]:
+    rows = []
+    elems = x.size * NODES_PER_MODEL / 1e9
+    y = np.empty_like(x)
+    for base in baselines:
+        models = {"ort": (_model(x.shape, base.build), False)}
+        for order in orders:
+            build = _single(base.quake_op, domain="com.quake", **dict(base.quake_attrs, order=order))
+            models[order] = (_model(x.shape, build), True)
+        for t in threads:
+            best = {key: float("inf") for key in [*models, "copy"]}
+            for _ in range(rounds):
+                for key, (model, with_library) in models.items():
+                    best[key] = min(best[key], _median_seconds(model, t, with_library, x, min_time / rounds))
+                best["copy"] = min(best["copy"],
+                                   machine.copy_seconds(x, y, t, NODES_PER_MODEL, min_time / rounds))
+            row = Row(base.name, x.shape, t, elems / best["ort"], {o: elems / best[o] for o in orders},
+                      elems / best["copy"])
+            rows.append(row)
+            progress(_format_row(row, orders))
     return rows
 
 
 def _format_row(row: Row, orders) -> str:
-    cells = [row.op, "x".join(map(str, row.shape)), str(row.threads), f"{row.ort_gelems:.2f}"]
-    cells += [f"{row.quake_gelems[o]:.2f} ({row.ratio(o):.2f}x)" for o in orders]
+    cells = [row.op, "x".join(map(str, row.shape)), str(row.threads), f"{row.copy_gelems:.2f}",
+             f"{row.ort_gelems:.2f} ({row.ort_gelems / row.copy_gelems:.0%})"]
+    cells += [f"{row.quake_gelems[o]:.2f} ({row.ratio(o):.2f}x, {row.share(o):.0%})" for o in orders]
     return "| " + " | ".join(cells) + " |"
 
 
 def markdown(rows, orders) -> str:
-    head = ["op (ORT baseline)", "shape", "threads", "ORT Gelem/s"] + [f"order {o} Gelem/s (ratio)" for o in orders]
+    head = ["op (ORT baseline)", "shape", "threads", "copy Gelem/s", "ORT Gelem/s (of copy)"]
+    head += [f"order {o} Gelem/s (ratio, of copy)" for o in orders]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += [_format_row(r, orders) for r in rows]
     return "\n".join(lines)
 
 
 def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import os
-
     return (
-        f"{cpu}, {os.cpu_count()} logical cores; onnxruntime {ort.__version__}, onnx {onnx.__version__}, "
+        f"{machine.describe()}; onnxruntime {ort.__version__}, onnx {onnx.__version__}, "
         f"quake-onnx {quake_onnx.__version__} kernels: {quake_onnx.selected_isa()}"
     )

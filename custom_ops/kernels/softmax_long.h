@@ -1,0 +1,112 @@
+// Softmax and LogSoftmax of rows too long to stay in cache between passes,
+// written once over a per-ISA layer and instantiated by each ISA file.
+//
+// Two passes over memory instead of three. Pass 1 (stats) reads the row once
+// for its max and the sum of its terms, block by block, each block read a
+// second time from L1; pass 2 (finish) reads the row again and writes the
+// result: 2 reads + 1 write of the row where max / exp-and-store / scale cost
+// 3 reads + 2 writes once the row no longer stays in cache between passes,
+// at the price of a second exponential per element. This is the two-pass
+// softmax of Dukhan & Ablavatski (arXiv 2001.04438), which keeps the terms
+// in base 2 so that partial sums rescale exactly: a term is 2^t with
+// t = fl(x log2(e) - k) for an integer k (floor of the block's max times
+// log2(e)), and sums relative to different k combine by powers of two
+// (combine_stats in kernels.h). Pass 2 uses the row's k, so it computes
+// the same fractions of t as pass 1 up to the rounding of t (relative
+// 2^-24 |t|): rows sum to 1 within 1e-5 as with the one-pass kernels, where
+// stats taken against a block max with a float subtraction would not (the
+// core's error pattern differs between x - m_b and x - m). Stats of chunks of
+// one row combine the same way, so a single long row can be split over
+// threads: stats per chunk in parallel, one combine, finish per chunk.
+//
+// Results are those of the one-row kernels up to summation order and the
+// rounding of t: a NaN or +inf anywhere in the row -> NaN row; all -inf -> 0
+// (LogSoftmax: -inf); a term below 2^-126 (a result below FLT_MIN) -> 0;
+// error bounds as the one-row kernels (kernels.h). Rows whose max is beyond
+// +-2^125 (where x log2(e) leaves float) are not for this path: the caller
+// checks kRowStatsLimit (kernels.h) and uses the one-row kernel.
+//
+// The layer L (a struct of static functions of one ISA file) provides:
+//   float max_skip_nan(const float* x, size_t n);   // -inf when no number (or NaN: taken as a NaN row)
+//   bool has_nan(const float* x, size_t n);
+//   template <int Order, bool Store>
+//   float sum_exp2(const float* x, float* y, size_t n, float k, float scale);  // sum of 2^(x log2 e - k), y = terms * scale
+//   void sub2(const float* x, float* y, size_t n, float a, float b);  // y = (x - a) - b
+//   void fill(float* y, size_t n, float value);
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+
+#include "constants.h"
+#include "kernels.h"
+
+namespace quake {
+namespace longrow {
+// Internal linkage: each ISA file compiles its own copy with its own flags.
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// The integer a row's terms are taken relative to: the max's t lies in [0, 1).
+inline float base2_k(float max) { return std::floor(max * kLog2e); }
+
+// Whether a row with this max can use the base-2 terms: x log2(e) stays a
+// finite float. Rows beyond (all elements near +-FLT_MAX) take the one-row kernel.
+inline bool fits_base2(float max) { return !(std::fabs(max) > kRowStatsLimit); }
+
+template <class L, int Order>
+void stats(const float* x, size_t n, size_t block, RowStats* out) {
+  RowStats acc{-kInf, 0.0, 0.0, false};
+  for (size_t b = 0; b < n; b += block) {
+    const size_t len = std::min(block, n - b);
+    const float m = L::max_skip_nan(x + b, len);
+    RowStats part{m, 0.0, 0.0, false};
+    if (std::isnan(m) || m == kInf) {
+      part.nan = true;  // a NaN (where the max propagates it) or +inf: a NaN row, as the one-row kernels give
+    } else if (m == -kInf) {
+      part.nan = L::has_nan(x + b, len);  // all -inf (or NaN): no terms
+    } else if (!fits_base2(m)) {
+      // No terms here: the row's max decides (below it they vanish, and a row
+      // whose max is this far out is the caller's to redo with the one-row kernel).
+      part.nan = L::has_nan(x + b, len);
+    } else {
+      const float k = base2_k(m);
+      const float s = L::template sum_exp2<Order, false>(x + b, nullptr, len, k, 1.0f);
+      part.nan = std::isnan(s);
+      part.k = k;
+      part.sum = s;
+    }
+    acc = combine_stats(acc, part);
+  }
+  *out = acc;
+}
+
+template <class L, int Order>
+void softmax_finish(const float* x, float* y, size_t n, size_t block, const RowStats& row) {
+  if (row.nan) return L::fill(y, n, std::numeric_limits<float>::quiet_NaN());
+  if (row.max == -kInf) return L::fill(y, n, 0.0f);
+  const float inv = static_cast<float>(1.0 / row.sum);  // sum >= 1: the max element's term
+  const float k = static_cast<float>(row.k);
+  for (size_t b = 0; b < n; b += block) {
+    const size_t len = std::min(block, n - b);
+    L::template sum_exp2<Order, true>(x + b, y + b, len, k, inv);
+  }
+}
+
+template <class L>
+void logsoftmax_finish(const float* x, float* y, size_t n, size_t, const RowStats& row) {
+  if (row.nan) return L::fill(y, n, std::numeric_limits<float>::quiet_NaN());
+  if (row.max == -kInf) return L::fill(y, n, -kInf);
+  // log(sum e^(x - max)) = ln(sum) + (k - max log2(e)) ln 2, small: x - max
+  // stays exact near the max, as in the one-row kernels.
+  const double log_sum = std::log(row.sum) + (row.k - static_cast<double>(row.max) * 1.4426950408889634) *
+                                                 0.6931471805599453;
+  L::sub2(x, y, n, row.max, static_cast<float>(log_sum));
+}
+
+}  // namespace
+}  // namespace longrow
+}  // namespace quake

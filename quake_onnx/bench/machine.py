@@ -1,0 +1,110 @@
+"""What the machine is and what it can do: CPU model, cache sizes, and the
+rate of a plain memory copy (the roofline of elementwise ops).
+
+Cache sizes come from Linux's /sys/devices/system/cpu/cpu0/cache (what the
+kernel read from CPUID); sysconf's _SC_LEVEL*_CACHE_SIZE is not used because
+glibc misreads some virtual CPUs (320 MB of L3 on a 32 MB EPYC VM).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+@dataclass(frozen=True)
+class Caches:
+    """Per-core data cache sizes in bytes (L3: the whole shared cache); 0 when unknown."""
+
+    l1d: int = 0
+    l2: int = 0
+    l3: int = 0
+
+    def text(self) -> str:
+        def size(b: int) -> str:
+            return "?" if not b else (f"{b // 2**20} MB" if b >= 2**20 else f"{b // 2**10} KB")
+
+        return f"L1D {size(self.l1d)}, L2 {size(self.l2)}, L3 {size(self.l3)}"
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG") or 0) * scale
+
+
+def caches() -> Caches:
+    found = {}
+    for index in sorted(_CACHE.glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            size = _parse_size((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        if kind in ("Data", "Unified"):
+            found[level] = size
+    return Caches(found.get(1, 0), found.get(2, 0), found.get(3, 0))
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    info = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    name = info.get("model name") or platform.machine()
+    if "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']} model {info['model']})"
+    return name
+
+
+def describe() -> str:
+    """One line: CPU model, cache sizes, logical cores."""
+    return f"{cpu_model()}, {caches().text()}, {os.cpu_count()} logical cores"
+
+
+def copy_seconds(src: np.ndarray, dst: np.ndarray, threads: int, repeats: int, min_time: float) -> float:
+    """Median seconds of `repeats` plain copies src -> dst, split over `threads`
+    Python threads (numpy releases the GIL while it copies)."""
+    flat_src, flat_dst = src.reshape(-1), dst.reshape(-1)
+    bounds = np.linspace(0, flat_src.size, threads + 1).astype(int)
+    parts = [(flat_dst[a:b], flat_src[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def copy_part(part) -> None:
+        d, s = part
+        for _ in range(repeats):
+            np.copyto(d, s)
+
+    pool: Optional[ThreadPoolExecutor] = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        def once() -> None:
+            if pool is None:
+                copy_part(parts[0])
+            else:
+                list(pool.map(copy_part, parts))
+
+        for _ in range(2):
+            once()
+        times, start = [], time.perf_counter()
+        while len(times) < 5 or (time.perf_counter() - start < min_time and len(times) < 500):
+            t0 = time.perf_counter()
+            once()
+            times.append(time.perf_counter() - t0)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return statistics.median(times)

@@ -1,0 +1,78 @@
+"""Softmax and LogSoftmax rows that take the two-pass path (softmax_long.h):
+a few long rows cut into chunks over the threads ([1, 50257]: one vocabulary
+row), and rows beyond half the L2 (300001 floats, 1.2 MB). Against the
+float64 reference within the bounds of test_accuracy, rows summing to 1,
+the special rows exact, and 1 and 2 threads agreeing within the summation
+bound."""
+
+import numpy as np
+import pytest
+
+from helpers import make_model, make_session, run
+from quake_onnx import reference
+from test_accuracy import ROW_SUM, bound, check_special_rows
+
+F32 = np.float32
+SHAPES = [(1, 50257), (3, 70001), (2, 300001)]
+
+
+def rows(shape, seed):
+    """Logits, a causal-style -inf mask, float-lowest, a NaN row, a +inf row,
+    all -inf, uniform: as many as the shape has rows, cycling."""
+    r, n = shape
+    rng = np.random.default_rng(seed)
+    kinds = []
+    for i in range(r):
+        x = rng.standard_normal(n) * 4
+        kind = (seed + i) % 7
+        if kind == 1:
+            x[rng.random(n) < 0.9] = -np.inf
+        elif kind == 2:
+            x[rng.random(n) < 0.5] = np.finfo(F32).min
+        elif kind == 3:
+            x[rng.integers(n)] = np.nan
+        elif kind == 4:
+            x[rng.integers(n)] = np.inf
+        elif kind == 5:
+            x[:] = -np.inf
+        elif kind == 6:
+            x[:] = 0.5
+        kinds.append(x)
+    return np.array(kinds, dtype=F32)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("order", (1, 2, 3))
+@pytest.mark.parametrize("op", ("Softmax", "LogSoftmax"))
+def test_two_pass_rows(session_cache, isa, op, order, shape):
+    model = make_model(op, {"order": order}, ("R", "N"), F32)
+    for seed in range(0, 7, 1 if shape[0] == 1 else shape[0]):
+        x = rows(shape, seed)
+        y1 = run(session_cache(model, isa, 1), x)
+        y2 = run(session_cache(model, isa, 2), x)
+        ref = reference.REFERENCES[op]([x], {})
+        abs_tol, rel_tol = bound(op, order, F32)
+        live = np.isfinite(ref)
+        err = np.abs(y1[live].astype(np.float64) - ref[live])
+        assert (err <= abs_tol + rel_tol * np.abs(ref[live])).all(), f"{op} {shape} seed {seed}: {err.max():.3g}"
+        check_special_rows(op, x, y1)
+        check_special_rows(op, x, y2)
+        if op == "Softmax":
+            sums = y1.astype(np.float64).sum(-1)
+            ok = np.isfinite(sums) & (sums != 0)
+            assert (np.abs(sums[ok] - 1) <= ROW_SUM[F32]).all(), sums
+        # Threads change only the summation order.
+        same = np.isfinite(y1) & np.isfinite(y2)
+        assert (np.isnan(y1) == np.isnan(y2)).all()
+        if same.any():
+            scale = max(1.0, float(np.abs(y1[same]).max()))
+            assert np.abs(y1[same].astype(np.float64) - y2[same]).max() <= 1e-6 * scale
+
+
+def test_in_place_and_single_thread_equal(isa):
+    # One node whose input has no other reader: ORT may hand it the input buffer.
+    x = rows((1, 50257), 0)
+    sess = make_session(make_model("Softmax", {"order": 2}, ("R", "N"), F32), isa, 2)
+    y = run(sess, x.copy())
+    ref = reference.softmax(x)
+    assert np.abs(y - ref).max() <= bound("Softmax", 2, F32)[0]
