@@ -432,3 +432,28 @@ def test_sibling_branch_reusing_an_intermediates_name_is_no_reader():
         atol=GELU_ERF_ATOL,
     )
     assert decision(report, "erf_gelu").replaced
+
+
+# --- what gs's export does to initializers -----------------------------------------------------
+
+
+def test_outer_initializers_stay_in_their_graph():
+    """gs writes a constant into every graph that reads it: W, read in main and in the branch,
+    would come back twice, and V, read only in the branch, moved into it."""
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W")
+    v = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "V")
+    then = branch("then", [node("MatMul", ["X", "W"], "a", "mm_w"), node("MatMul", ["a", "V"], "t", "mm_v")], ["t"])
+    m = model(
+        [node("MatMul", ["X", "W"], "h", "mm"), node("Softmax", ["h"], "Z", "sm", axis=-1),
+         if_node("if", then, branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"])],
+        ["Z", "Y"], inits=[w, v],
+    )
+    out, _ = check_nested(
+        m,
+        {"main": ["MatMul", "com.quake.Softmax", "If"], "main/if.then_branch": ["MatMul", "MatMul"],
+         "main/if.else_branch": ["Neg"]},
+        BOTH, atol=2e-3,
+    )
+    assert [t.name for t in out.graph.initializer] == ["W", "V"]
+    assert not subgraph(out, "main/if.then_branch").initializer
