@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Iterable, Optional
 
 import onnx_graphsurgeon as gs
 
 from .constants import scalar_value
-from .match import operands
+from .match import first_other_consumer, operands
+from .scopes import Scope, Scopes
 from .types import Dim, TypeTable
 
 
@@ -35,8 +36,8 @@ class Names:
 
 @dataclass
 class Context:
-    graph: gs.Graph
-    path: str  # "main" or "main/If_3.then_branch"
+    scope: Scope  # the graph being visited
+    scopes: Scopes  # every graph of the model
     opset: int  # of the default domain
     order: int
     types: TypeTable
@@ -46,8 +47,25 @@ class Context:
     # conv activations then run blocked, and only plain elementwise replacements are valid there.
     keep_conv_layout: bool = True
 
-    def subgraph(self, graph: gs.Graph, path: str) -> "Context":
-        return replace(self, graph=graph, path=path)
+    @property
+    def graph(self) -> gs.Graph:
+        return self.scope.graph
+
+    @property
+    def path(self) -> str:
+        return self.scope.path
+
+    def subgraph(self, scope: Scope) -> "Context":
+        return replace(self, scope=scope)
+
+    def local(self, node: gs.Node) -> bool:
+        """Whether `node` lives in the graph being visited (a tensor's readers and producer may not)."""
+        return self.scopes.of(node) is self.scope
+
+    def first_other_consumer(self, tensors: Iterable[gs.Tensor], inside: Iterable[gs.Node]) -> Optional[gs.Tensor]:
+        """The first of `tensors` read by a node outside `inside`, in any graph, or
+        an output of any graph; None when only `inside` reads them."""
+        return first_other_consumer(tensors, inside, self.scopes.is_output)
 
     def elem_type(self, tensor: gs.Tensor) -> Optional[int]:
         return self.types.elem_type(tensor)

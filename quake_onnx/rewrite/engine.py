@@ -1,16 +1,17 @@
 """Runs the rules over a graph and its subgraphs and applies the matches."""
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Union
 
 import onnx_graphsurgeon as gs
 
 from . import layout
 from .constants import computation
 from .context import Context
-from .match import DEFAULT_DOMAINS, first_other_consumer, is_op, producer
+from .match import DEFAULT_DOMAINS, is_op, producer
 from .report import Decision, Report
 from .rule import Match, Rule
+from .scopes import Scope, Scopes
 from .types import SUPPORTED, type_name
 
 SKIPPED = "skipped by --skip-nodes"
@@ -37,7 +38,13 @@ class Engine:
         self.min_elements = dict(min_elements)
 
     def run(self, ctx: Context) -> None:
-        gone: set[int] = set()  # ids of nodes a replacement took out
+        """Visits every graph, each before the graphs nested in it: a replacement found from
+        an anchor may go into a nested graph, which is then visited as rewritten."""
+        for scope in ctx.scopes.all:
+            self._visit(ctx.subgraph(scope))
+
+    def _visit(self, ctx: Context) -> None:
+        gone: set[int] = set()  # ids of nodes a replacement took out (the list below keeps them alive)
         for node in list(ctx.graph.nodes):
             domain = "" if (node.domain or "") in DEFAULT_DOMAINS else node.domain
             for rule in self.by_anchor.get((domain, node.op), []):
@@ -45,12 +52,6 @@ class Engine:
                     break
                 if self._try(ctx, rule, node, gone) in layout.NODE_REASONS:
                     break  # true of the node whatever the pattern: the next rule would say it again
-        for node in list(ctx.graph.nodes):
-            for attr, value in node.attrs.items():
-                for index, sub in enumerate(value if isinstance(value, list) else [value]):
-                    if isinstance(sub, gs.Graph):
-                        suffix = f"[{index}]" if isinstance(value, list) else ""
-                        self.run(ctx.subgraph(sub, f"{ctx.path}/{node.name or node.op}.{attr}{suffix}"))
 
     def _decide(self, ctx: Context, rule: Rule, node: gs.Node, replaced: bool, reason: str) -> None:
         self.report.add(Decision(node.name, qualified(node), rule.name, replaced, reason, ctx.path))
@@ -63,19 +64,56 @@ class Engine:
         if isinstance(result, str):
             self._decide(ctx, rule, node, False, result)
             return result
-        reason = self._refusal(ctx, rule, node, result)
-        if reason:
-            self._decide(ctx, rule, node, False, reason)
-            return reason
-        apply(ctx, node, result, gone)
-        self._decide(ctx, rule, node, True, f"replaced by {result.summary}")
+        home = self._verdict(ctx, rule, node, result)
+        if isinstance(home, str):
+            self._decide(ctx, rule, node, False, home)
+            return home
+        gone.update(id(n) for n in apply(ctx, node, result, home))
+        where = "" if home is ctx.scope else f" in {home.path}"
+        self._decide(ctx, rule, node, True, f"replaced by {result.summary}{where}")
         return ""
 
-    def _refusal(self, ctx: Context, rule: Rule, anchor: gs.Node, match: Match) -> str:
+    def _placement(self, ctx: Context, anchor: gs.Node, match: Match) -> Union[Scope, str]:
+        """The graph the replacement goes in: the one holding every node it replaces, which
+        must be the anchor's or nested in it and see the pattern's inputs. Else why not."""
+        homes: list[Scope] = []
+        for node in match.remove:
+            home = ctx.scopes.of(node)
+            if home is None:
+                return f"pattern node {node.name or node.op} is in no graph of the model"
+            if home not in homes:
+                homes.append(home)
+        if len(homes) > 1:
+            homes.sort(key=ctx.scopes.all.index)  # outer graphs first
+            return f"pattern spans graphs {_listed([h.path for h in homes])}"
+        (home,) = homes
+        if not home.inside(ctx.scope):
+            return f"pattern lies in {home.path}, outside the anchor's graph {ctx.path}"
+        loop = home.loop_below(ctx.scope)
+        if loop is not None:
+            # An If branch runs at most once; a body once per iteration, while the pattern's part
+            # outside it (the Sigmoid of x * Sigmoid(x)) ran once for all of them.
+            what = f"{anchor.op} {anchor.name}" if anchor.name else anchor.op
+            return (
+                f"{what} is outside the {loop.holder.op} body {loop.path}: "
+                "the replacement there would compute it on every iteration"
+            )
+        # The replacement reads what the pattern read (its x included), now from `home`.
+        for node in match.remove:
+            for tensor in node.inputs:
+                if tensor.name and not ctx.scopes.visible(tensor, home):
+                    return f"input {tensor.name} is not visible in {home.path}"
+        return home
+
+    def _verdict(self, ctx: Context, rule: Rule, anchor: gs.Node, match: Match) -> Union[Scope, str]:
+        """The checks every match goes through: the graph its replacement goes in, or why it stays."""
         if any(n.name in ctx.skip for n in match.remove):
             return SKIPPED
         if rule.family not in self.ops:
             return f"{rule.family} is not among the selected ops"
+        home = self._placement(ctx, anchor, match)
+        if isinstance(home, str):
+            return home
         elem = ctx.elem_type(match.x)
         if elem is None:
             return "element type unknown"
@@ -87,15 +125,15 @@ class Engine:
             return f"{size} elements: below the {floor}-element break-even of a custom-op call"
         # Rules follow a pattern through its fitting reader and leave other readers to this one check.
         inner = [t for n in match.remove for t in n.outputs if t is not match.output]
-        leak = first_other_consumer(inner, match.remove, ctx.graph)
+        leak = ctx.first_other_consumer(inner, match.remove)
         if leak is not None:
             return f"intermediate {leak.name} has other consumers"
         if ctx.keep_conv_layout:
             if rule.conv_activation:
-                return layout.conv_layout_reason(ctx, rule, anchor, match.x, match.output) or ""
+                return layout.conv_layout_reason(ctx, rule, anchor, match.x, match.output) or home
         elif layout.is_blocked(match.x) and not _elementwise(rule, anchor, match):
             return layout.BLOCKED_REASON
-        return ""
+        return home
 
 
 def _static_size(shape) -> "int | None":
@@ -123,10 +161,16 @@ def _elementwise(rule: Rule, anchor: gs.Node, match: Match) -> bool:
     return len(match.remove) == 1 and len(real_inputs) == 1
 
 
-def apply(ctx: Context, anchor: gs.Node, match: Match, gone: set[int]) -> None:
-    """Replace match.remove by the built nodes, placed where the last removed node was (all
-    the pattern's inputs are computed before it, so the order stays topological)."""
-    graph = ctx.graph
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def apply(ctx: Context, anchor: gs.Node, match: Match, home: Scope) -> list[gs.Node]:
+    """Replace match.remove, all in `home`'s graph, by the built nodes, placed where the last
+    removed node was (all the pattern's inputs are computed before it, so the order stays
+    topological); then drop what only the pattern read, in whichever graph it lives.
+    Returns every node taken out."""
+    graph = home.graph
     removed = {id(n) for n in match.remove}
     last = max(i for i, n in enumerate(graph.nodes) if id(n) in removed)
     maybe_dead = list(match.prune)
@@ -152,26 +196,31 @@ def apply(ctx: Context, anchor: gs.Node, match: Match, gone: set[int]) -> None:
             nodes.append(node)
         if i == last:
             nodes.extend(created)
-    gone.update(removed)
-    gone.update(_prune(graph, maybe_dead, nodes))
-    graph.nodes = [n for n in nodes if id(n) not in gone]
+    graph.nodes = nodes
+    ctx.scopes.forget(match.remove)
+    ctx.scopes.place(created, home)
+    return list(match.remove) + _prune(ctx.scopes, maybe_dead)
 
 
-def _prune(graph: gs.Graph, candidates: list[gs.Node], nodes: list[gs.Node]) -> set[int]:
-    """Drop candidates nothing reads any more; repeats because dropping one can free its producer."""
-    alive = {id(n) for n in nodes}
-    outputs = {id(t) for t in graph.outputs}
-    dropped: set[int] = set()
+def _prune(scopes: Scopes, candidates: list[gs.Node]) -> list[gs.Node]:
+    """Drop candidates nothing reads any more, in any graph (a reader in a nested graph,
+    at any depth, or a graph output keeps one); repeats because dropping one can free
+    its producer. Returns the dropped nodes."""
+    dropped: dict[int, tuple[gs.Node, Scope]] = {}
     changed = True
     while changed:
         changed = False
         for node in candidates:
-            if id(node) in dropped or id(node) not in alive:
+            home = scopes.of(node)
+            if home is None or id(node) in dropped:  # gone already (with this pattern or an earlier one)
                 continue
-            if any(t.outputs or id(t) in outputs for t in node.outputs):
+            if any(t.outputs or scopes.is_output(t) for t in node.outputs):
                 continue
             node.inputs.clear()
             node.outputs.clear()
-            dropped.add(id(node))
+            dropped[id(node)] = (node, home)
             changed = True
-    return dropped
+    for home in {id(h): h for _, h in dropped.values()}.values():
+        home.graph.nodes = [n for n in home.graph.nodes if id(n) not in dropped]
+    scopes.forget(n for n, _ in dropped.values())
+    return [n for n, _ in dropped.values()]

@@ -145,20 +145,21 @@ def feeds_layout(tensor: gs.Tensor, graph: gs.Graph) -> bool:
     return False
 
 
-def conv_fusion_target(x: gs.Tensor, graph: gs.Graph) -> bool:
-    """x is the only reader's input straight from a Conv / FusedConv without an activation:
-    ORT's ConvActivationFusion would fold a Sigmoid here (in any layout)."""
+def conv_fusion_target(x: gs.Tensor, ctx) -> bool:
+    """x is the only reader's input straight from a Conv / FusedConv without an activation, in
+    the graph being visited: ORT's ConvActivationFusion would fold a Sigmoid here (in any
+    layout). ORT fuses within one graph: a Conv outside an If branch or a Loop body is not one."""
     node = producer(x)
-    if node is None or _key(node) not in {("", "Conv"), (MS, "FusedConv")}:
+    if node is None or _key(node) not in {("", "Conv"), (MS, "FusedConv")} or not ctx.local(node):
         return False
     if node.attrs.get("activation"):
         return False
-    return len(consumers(x)) == 1 and all(t is not x for t in graph.outputs)
+    return len(consumers(x)) == 1 and not ctx.scopes.is_output(x)
 
 
 def conv_layout_reason(ctx, rule, anchor: gs.Node, x: gs.Tensor, y: gs.Tensor) -> Optional[str]:
     """Why a rule that replaces an activation ORT keeps in conv layouts must leave it, or None."""
-    if rule.name == "sigmoid" and conv_fusion_target(anchor.inputs[0], ctx.graph):
+    if rule.name == "sigmoid" and conv_fusion_target(anchor.inputs[0], ctx):
         return FUSION_REASON
     if ctx.elem_type(x) != onnx.TensorProto.FLOAT:  # ORT blocks float32 only
         return None

@@ -98,11 +98,12 @@ def add_reader(tensor: gs.Tensor) -> Optional[gs.Node]:
     return next((n for n in consumers(tensor) if is_add(n)), None)
 
 
-def first_other_consumer(tensors: Iterable[gs.Tensor], inside: Iterable[gs.Node], graph: gs.Graph) -> Optional[gs.Tensor]:
-    """The first tensor read by something outside `inside` (or being a graph output)."""
+def first_other_consumer(
+    tensors: Iterable[gs.Tensor], inside: Iterable[gs.Node], is_output: Callable[[gs.Tensor], bool]
+) -> Optional[gs.Tensor]:
+    """The first tensor read by something outside `inside` (or being a graph output: `is_output`)."""
     members = {id(n) for n in inside}
-    outputs = {id(t) for t in graph.outputs}
     for tensor in tensors:
-        if id(tensor) in outputs or any(id(n) not in members for n in tensor.outputs):
+        if is_output(tensor) or any(id(n) not in members for n in tensor.outputs):
             return tensor
     return None

@@ -12,6 +12,7 @@ from .context import Context, Names
 from .engine import Engine
 from .report import Report
 from .rules import RULES
+from .scopes import Scopes
 from .types import TypeTable
 
 ALL_OPS = frozenset({"softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"})
@@ -53,9 +54,10 @@ def rewrite_model(
     work = onnx.ModelProto()
     work.CopyFrom(model)
     report = Report()
+    scopes = Scopes(gs.import_onnx(work))
     context = Context(
-        graph=gs.import_onnx(work),
-        path="main",
+        scope=scopes.main,
+        scopes=scopes,
         opset=_default_opset(model),
         order=order,
         types=TypeTable(work, type_hints),

@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 
 from ..context import Context
 from ..match import (
-    add_reader, close, const_shape, first_other_consumer, is_add, is_op, operands, other_operand, producer, reader,
+    add_reader, close, const_shape, is_add, is_op, operands, other_operand, producer, reader,
 )
 from ..rule import Match, quake
 
@@ -86,7 +86,8 @@ def _bias_for(ctx: Context, x: gs.Tensor, pattern: list[gs.Node]) -> Optional[tu
     """(input, bias, Add) when x = Add(input, b) with b a 1-D constant as long as input's
     last dim, read by nothing but the GELU: what ORT's BiasGelu fusion would fold in."""
     add = producer(x)
-    if not is_add(add) or add.name in ctx.skip:
+    # An Add in an outer graph stays there: folding it in would make the pattern span two graphs.
+    if not is_add(add) or add.name in ctx.skip or not ctx.local(add):
         return None
     pair = operands(add, lambda t: const_shape(t) is not None and len(const_shape(t)) == 1)
     if pair is None:
@@ -96,7 +97,7 @@ def _bias_for(ctx: Context, x: gs.Tensor, pattern: list[gs.Node]) -> Optional[tu
     # h's own last dim must match: with h [.., 1] the Add broadcasts, which B of com.quake Gelu cannot.
     if not shape or shape[-1] != const_shape(bias)[0]:
         return None
-    if first_other_consumer([x], pattern, ctx.graph) is not None:
+    if ctx.first_other_consumer([x], pattern) is not None:
         return None
     return h, bias, add
 

@@ -19,7 +19,9 @@ def match(ctx: Context, sigmoid: gs.Node) -> Optional[Union[Match, str]]:
     a, gate = sigmoid.inputs[0], sigmoid.outputs[0]
     scale = producer(a)
     scaled = ctx.scalar_operand(scale) if is_op(scale, "Mul") else None
-    for mul in consumers(gate):
+    # A Mul in the Sigmoid's own graph first: one in a nested graph may be refused (a Loop
+    # body) and leaves the Sigmoid to the others anyway.
+    for mul in sorted(consumers(gate), key=lambda n: not ctx.local(n)):
         if not is_op(mul, "Mul"):
             continue
         x = other_operand(mul, gate)
