@@ -107,7 +107,8 @@ class Engine:
 
     def _verdict(self, ctx: Context, rule: Rule, anchor: gs.Node, match: Match) -> Union[Scope, str]:
         """The checks every match goes through: the graph its replacement goes in, or why it stays."""
-        if any(n.name in ctx.skip for n in match.remove):
+        # A skipped node stays as it is, also when the pattern would only prune it (SiLU's Sigmoid).
+        if any(n.name in ctx.skip for n in (*match.remove, *match.prune)):
             return SKIPPED
         if rule.family not in self.ops:
             return f"{rule.family} is not among the selected ops"

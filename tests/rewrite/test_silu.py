@@ -69,3 +69,11 @@ def test_sigmoid_of_something_else_is_not_a_silu():
 
 def test_double():
     assert_untouched(silu_model(dtype=F64), "silu", "element type double is not supported")
+
+
+@pytest.mark.parametrize("skipped", ["sig", "mul"])
+def test_skipping_either_node_keeps_the_silu(skipped):
+    # The Sigmoid is only pruned by the SiLU rule, but a skipped node stays whatever the rule.
+    out, report = rewrite_model(silu_model(), skip_nodes=frozenset({skipped}))
+    assert [n.op_type for n in out.graph.node] == ["Sigmoid", "Mul"]
+    assert decision(report, "silu").reason == "skipped by --skip-nodes"
