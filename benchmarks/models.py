@@ -268,6 +268,10 @@ def session(path: Path, threads: int, quake: bool, profile: Optional[str] = None
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3  # the NCHWc "hardware specific" notice of ort_level="all" models
+    # Denormals as zero in both sessions: randomly initialised CNNs (EfficientNet-B0 here)
+    # decay into denormal activations, which Intel cores run through slow microcode (265 ms
+    # instead of 6 ms measured), and a kernel's speed on them says nothing about real models.
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = profile

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import quake_onnx
 
-optimize_module = sys.modules["quake_onnx.optimize"]
+oracle_module = sys.modules["quake_onnx.pipeline.oracle"]
 
 
 def _model(name_softmax: bool = True) -> onnx.ModelProto:
@@ -42,7 +42,7 @@ def _fake_ort(model_has_attention: bool):
 
 
 def test_softmax_folded_into_attention_is_kept(monkeypatch):
-    monkeypatch.setattr(optimize_module, "_fuse", _fake_ort(True))
+    monkeypatch.setattr(oracle_module, "ort_optimized", _fake_ort(True))
     original = _model()
     out, report = quake_onnx.optimize(original, min_elements=0)
     assert [f"{n.domain}.{n.op_type}".lstrip(".") for n in out.graph.node] == ["Softmax", "MatMul", "com.quake.Gelu"]
@@ -52,7 +52,7 @@ def test_softmax_folded_into_attention_is_kept(monkeypatch):
 
 
 def test_unnamed_softmax_is_named_on_a_copy(monkeypatch):
-    monkeypatch.setattr(optimize_module, "_fuse", _fake_ort(True))
+    monkeypatch.setattr(oracle_module, "ort_optimized", _fake_ort(True))
     original = _model(name_softmax=False)
     out, report = quake_onnx.optimize(original, min_elements=0)
     assert out.graph.node[0].op_type == "Softmax" and out.graph.node[0].name
@@ -60,7 +60,7 @@ def test_unnamed_softmax_is_named_on_a_copy(monkeypatch):
 
 
 def test_without_attention_the_softmax_is_replaced(monkeypatch):
-    monkeypatch.setattr(optimize_module, "_fuse", _fake_ort(False))
+    monkeypatch.setattr(oracle_module, "ort_optimized", _fake_ort(False))
     out, _ = quake_onnx.optimize(_model(), min_elements=0)
     assert [n.op_type for n in out.graph.node] == ["Softmax", "MatMul", "Gelu"]
     assert [n.domain for n in out.graph.node] == ["com.quake", "", "com.quake"]

@@ -148,15 +148,15 @@ def test_same_result_from_either_working_folder(tmp_path, monkeypatch):
 
 
 def test_failed_in_place_write_leaves_the_pair(place, monkeypatch):
-    optimize_module = importlib.import_module("quake_onnx.optimize")
+    save_module = importlib.import_module("quake_onnx.pipeline.save")
     folder, name = place
     src, feeds, ref = save_external(folder, "m.onnx", "m.onnx.data")
     before = file_bytes(src, folder / "m.onnx.data")
 
     def refuse(path, libraries):
-        raise optimize_module.OptimizeError("the rewritten model does not load in ONNX Runtime: planted", exit_code=1)
+        raise save_module.OptimizeError("the rewritten model does not load in ONNX Runtime: planted", exit_code=1)
 
-    monkeypatch.setattr(optimize_module, "_verify", refuse)
+    monkeypatch.setattr(save_module, "verify_written", refuse)
     assert_one_line_error(cli("optimize", name("m.onnx"), "--in-place"), 1, "planted")
     assert file_bytes(src, folder / "m.onnx.data") == before
     assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "m.onnx.data"]  # no temporary left
