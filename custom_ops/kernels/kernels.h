@@ -12,6 +12,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "attention.h"
+
 namespace quake {
 
 enum class Isa : int { kScalar = 0, kNeon = 1, kAvx2 = 2, kAvx512 = 3 };
@@ -40,6 +42,7 @@ struct OrderKernels {
   GeluFn gelu;
   RowsFn softmax;     // all -inf row -> 0; a NaN or +inf in the row -> NaN row
   RowsFn logsoftmax;  // all -inf row -> -inf; a NaN or +inf in the row -> NaN row
+  OnlineSoftmaxFn online_softmax;  // one tile step of com.quake Attention (attention.h)
 };
 
 // EXAQ softmax (method "exaq", ops.md): bits in 2..8 and clip < 0 (a fixed
@@ -60,6 +63,7 @@ struct KernelTable {
   void (*f16_to_f32)(const uint16_t* x, float* y, size_t n);
   void (*f32_to_f16)(const float* x, uint16_t* y, size_t n);  // round to nearest even
   ExaqRowsFn softmax_exaq;
+  AttentionBlockFn attention_block;  // FlashAttention-2 task of com.quake Attention (attention.h)
 };
 
 // Tables of each ISA; nullptr where the build or the CPU lacks it.
