@@ -10,12 +10,12 @@ PYTHON=${PYTHON:-python3}
 
 # C++ kernel tests: every ISA table of this CPU against the scalar definition.
 cmake -S . -B build/ctest -DQUAKE_BUILD_TESTS=ON >/dev/null
-cmake --build build/ctest --target test_kernels -j "$(nproc)" >/dev/null
+cmake --build build/ctest --target test_kernels test_attention -j "$(nproc)" >/dev/null
 ctest --test-dir build/ctest --output-on-failure
 
 # The same kernel tests under AddressSanitizer + UndefinedBehaviorSanitizer.
 cmake -S . -B build/asan -DQUAKE_SANITIZE=ON -DQUAKE_BUILD_TESTS=ON >/dev/null
-cmake --build build/asan --target test_kernels -j "$(nproc)" >/dev/null
+cmake --build build/asan --target test_kernels test_attention -j "$(nproc)" >/dev/null
 ctest --test-dir build/asan --output-on-failure
 
 # Python tests against the installed package (not the source tree).

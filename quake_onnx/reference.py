@@ -195,6 +195,48 @@ def softmax_exaq(x, axis=-1, bits=3, clip=0.0, return_u=False):
     return (y, back(u)) if return_u else y
 
 
+def attention(q, k, v, mask=None, scale=1.0, causal=0, k_transposed=0):
+    """com.quake Attention in float64: softmax(scale * Q K^T + M, causal) V
+    over the last axis. K is [..., Skv, D] (or [..., D, Skv] with
+    k_transposed); K's and V's heads (axis -3) divide Q's, query head h using
+    key/value head h // (H / H_kv); every other leading axis and the mask
+    broadcast numpy-style. causal: key j > i + (Skv - Sq) is masked. The
+    softmax rules apply per row (fully masked rows give 0, a NaN or +inf
+    score makes the row NaN); a weight of 0 times a NaN in V is NaN here, as
+    in the unfused graph."""
+    q, k, v = _f64(q), _f64(k), _f64(v)
+    if k_transposed:
+        k = np.swapaxes(k, -1, -2)
+    heads = q.shape[-3] if q.ndim >= 3 else 1
+
+    def repeat_heads(x):
+        if x.ndim >= 3 and x.shape[-3] not in (1, heads):
+            if x.shape[-3] == 0 or heads % x.shape[-3]:
+                raise ValueError(f"{x.shape[-3]} key/value heads do not divide {heads} query heads")
+            return np.repeat(x, heads // x.shape[-3], axis=-3)
+        return x
+
+    k, v = repeat_heads(k), repeat_heads(v)
+    with np.errstate(invalid="ignore", over="ignore"):
+        scores = np.matmul(q, np.swapaxes(k, -1, -2)) * float(np.float32(scale))
+        if mask is not None:
+            scores = scores + _f64(mask)
+    sq, skv = scores.shape[-2], scores.shape[-1]
+    if causal:
+        i = np.arange(sq)[:, None]
+        j = np.arange(skv)[None, :]
+        scores = np.where(j > i + (skv - sq), -np.inf, scores)
+    weights = softmax(scores, axis=-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.matmul(weights, v)  # no keys (Skv = 0): zeros, as fully masked rows
+
+
+def _attention_op(inputs, attrs):
+    mask = inputs[3] if len(inputs) > 3 else None
+    return attention(inputs[0], inputs[1], inputs[2], mask, _f32(attrs["scale"]), attrs.get("causal", 0),
+                     attrs.get("k_transposed", 0))
+
+
 def _f32(v):
     # ONNX float attributes are float32; the kernels see the rounded value.
     return float(np.float32(v))
@@ -223,4 +265,5 @@ REFERENCES = {
     "Gelu": _gelu_op,
     "Softmax": _softmax_op,
     "LogSoftmax": lambda inputs, attrs: logsoftmax(inputs[0], attrs.get("axis", -1)),
+    "Attention": _attention_op,
 }

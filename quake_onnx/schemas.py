@@ -24,6 +24,41 @@ def _same_as_input(ctx) -> None:
         ctx.set_output_type(0, ctx.get_input_type(0))
 
 
+def _same_element_type(ctx) -> None:
+    # Attention's Y has Q's element type; its shape ([..., Sq, Dv]) is left to ONNX Runtime.
+    if ctx.has_input(0):
+        elem = ctx.get_input_type(0).tensor_type.elem_type
+        ctx.set_output_type(0, onnx.helper.make_tensor_type_proto(elem, shape=None))
+
+
+def _attention_schema() -> OpSchema:
+    param = OpSchema.FormalParameter
+    schema = OpSchema(
+        "Attention",
+        DOMAIN,
+        VERSION,
+        "softmax(scale * Q K^T + M, causal) V (FlashAttention-2 with the quake exponential)",
+        inputs=[
+            param("Q", "T", "[..., Sq, D]"),
+            param("K", "T", "[..., Skv, D], or [..., D, Skv] with k_transposed=1"),
+            param("V", "T", "[..., Skv, Dv]"),
+            param("M", "T", "additive mask broadcastable to [..., Sq, Skv]",
+                  param_option=OpSchema.FormalParameterOption.Optional),
+        ],
+        outputs=[param("Y", "T", "[..., Sq, Dv]")],
+        type_constraints=[("T", _TYPES, "float or float16")],
+        attributes=[
+            OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "Multiplies Q K^T (required).", required=True),
+            _attr("causal", 0, "1: key j > query i + (Skv - Sq) is masked."),
+            _attr("k_transposed", 0, "1: K is given as [..., D, Skv]."),
+            _order(),
+            _attr("precision", "float32", "Tile product precision; only float32 is implemented."),
+        ],
+    )
+    schema.set_type_and_shape_inference_function(_same_element_type)
+    return schema
+
+
 def _attr(name: str, default, doc: str) -> OpSchema.Attribute:
     # The binding takes the default as an AttributeProto; its type becomes the attribute's type.
     return OpSchema.Attribute(name, onnx.helper.make_attribute(name, default), doc)
@@ -80,6 +115,7 @@ def _schemas() -> list[OpSchema]:
             ],
         ),
         _schema("LogSoftmax", "x - max - log(sum(e^(x - max)))", [_axis(), _order()]),
+        _attention_schema(),
     ]
 
 

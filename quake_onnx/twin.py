@@ -8,7 +8,7 @@ can be run by the library and by the reference and the outputs compared.
 Limits of PyOps (onnxruntime-extensions 0.15) that shape this module:
 - they live in one domain ("ai.onnx.contrib") and are registered globally,
   one signature per op_type, hence the private "QuakeTwin*" op types (and a
-  separate one for Gelu with a bias);
+  separate one for Gelu with a bias and for Attention with a mask);
 - tensor(float16) is not supported, so inputs are cast to float, and the
   result leaves as float64 and is cast to the node's type; for float16 the
   PyOp rounds it to half itself, as ORT's Cast from double goes through float
@@ -42,12 +42,18 @@ _ATTRS = {
     "Gelu": {"approximate": (_STR, "none"), "order": (_INT, 2)},
     "Softmax": {"axis": (_INT, -1), "order": (_INT, 2), "method": (_STR, "quake"), "bits": (_INT, 3), "clip": (_FLOAT, 0.0)},
     "LogSoftmax": {"axis": (_INT, -1), "order": (_INT, 2)},
+    # scale is required on the node; the default here only completes the signature.
+    "Attention": {"scale": (_FLOAT, 1.0), "causal": (_INT, 0), "k_transposed": (_INT, 0), "order": (_INT, 2),
+                  "precision": (_STR, "float32")},
 }
+# Input counts each op is registered with (optional inputs last).
+_INPUT_COUNTS = {"Gelu": (1, 2), "Attention": (3, 4)}
+_SUFFIX = {("Gelu", 2): "Bias", ("Attention", 4): "Mask"}
 _TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 
 def _twin_type(op_type, n_inputs, half):
-    return f"QuakeTwin{op_type}" + ("Bias" if n_inputs == 2 else "") + ("Half" if half else "")
+    return f"QuakeTwin{op_type}" + _SUFFIX.get((op_type, n_inputs), "") + ("Half" if half else "")
 
 
 def _register(op_type, n_inputs, half):
@@ -74,8 +80,8 @@ def _register(op_type, n_inputs, half):
 # Registration is process-wide; this module is imported once.
 for _half in (False, True):
     for _op in _ATTRS:
-        _register(_op, 1, _half)
-    _register("Gelu", 2, _half)
+        for _n in _INPUT_COUNTS.get(_op, (1,)):
+            _register(_op, _n, _half)
 
 
 def _elem_types(model):

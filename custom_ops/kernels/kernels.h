@@ -15,6 +15,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "attention.h"
+
 namespace quake {
 
 enum class Isa : int { kScalar = 0, kNeon = 1, kAvx2 = 2, kAvx512 = 3 };
@@ -74,6 +76,7 @@ struct OrderKernels {
   RowStatsFn softmax_stats;
   RowFinishFn softmax_finish;
   RowFinishFn logsoftmax_finish;
+  OnlineSoftmaxFn online_softmax;  // one tile step of com.quake Attention (attention.h)
 };
 
 // EXAQ softmax (method "exaq", ops.md): bits in 2..8 and clip < 0 (a fixed
@@ -94,6 +97,7 @@ struct KernelTable {
   void (*f16_to_f32)(const uint16_t* x, float* y, size_t n);
   void (*f32_to_f16)(const float* x, uint16_t* y, size_t n);  // round to nearest even
   ExaqRowsFn softmax_exaq;
+  AttentionBlockFn attention_block;  // FlashAttention-2 task of com.quake Attention (attention.h)
 };
 
 // Tables of each ISA; nullptr where the build or the CPU lacks it.

@@ -500,6 +500,63 @@ void softmax_exaq_avx2(const float* x, float* y, size_t rows, size_t n, const Ex
   exaq_rows_avx2<0>(x, y, rows, n, p);
 }
 
+// ----------------------------------------------------------------------------
+// Online-softmax step of com.quake Attention: the scalar definition
+// (kernels_scalar.cc) on 8 lanes, two passes over each row of the tile (scale,
+// mask and max; then e^(s - m_new) with the row sum in 8 float lanes). Tail
+// lanes outside the row are -inf in the max and removed from the sum; columns
+// past the live ones are zeroed.
+template <int Order>
+void online_softmax_avx2(float* s, size_t ld_s, size_t rows, size_t cols, ptrdiff_t diag, float scale,
+                         const float* mask, size_t ld_mask, float* m, float* l, float* rescale) {
+  const __m256 vscale = _mm256_set1_ps(scale), under = _mm256_set1_ps(kExpUnderflow);
+  const __m256 pinf = _mm256_set1_ps(kInf), ninf = _mm256_set1_ps(-kInf);
+  const __m256i all = _mm256_set1_epi32(-1);
+  for (size_t r = 0; r < rows; ++r) {
+    float* sr = s + r * ld_s;
+    const float* mr = mask ? mask + r * ld_mask : nullptr;
+    const size_t live = live_columns(r, cols, diag);
+    __m256 vmax = ninf, bad = _mm256_setzero_ps();  // bad: NaN or +inf lanes
+    auto scaled = [&](__m256i k, size_t j) {
+      const __m256 x = _mm256_maskload_ps(sr + j, k);
+      const __m256 v = mr ? _mm256_fmadd_ps(x, vscale, _mm256_maskload_ps(mr + j, k)) : _mm256_mul_ps(x, vscale);
+      const __m256 in = _mm256_castsi256_ps(k);
+      bad = _mm256_or_ps(bad, _mm256_and_ps(in, _mm256_cmp_ps(v, pinf, _CMP_NLT_UQ)));
+      vmax = _mm256_max_ps(_mm256_blendv_ps(ninf, v, in), vmax);
+      return v;
+    };
+    size_t j = 0;
+    for (; j + 8 <= live; j += 8) _mm256_storeu_ps(sr + j, scaled(all, j));
+    if (j < live) _mm256_maskstore_ps(sr + j, tail_mask(live - j), scaled(tail_mask(live - j), j));
+    const float m_old = m[r];
+    const float tile_max = hmax(vmax);
+    const float m_new = m_old > tile_max ? m_old : tile_max;
+    const bool poisoned = _mm256_movemask_ps(bad) != 0 || std::isnan(m_old);
+    rescale[r] = 1.0f;
+    if (poisoned || m_new == -kInf) {  // NaN row, or nothing live yet
+      if (poisoned) m[r] = l[r] = kNaN;
+      fill(sr, cols, 0.0f);
+      continue;
+    }
+    const __m256 vm = _mm256_set1_ps(m_new);
+    __m256 sum = _mm256_setzero_ps();
+    auto term = [&](__m256i k, size_t i) {
+      const __m256 z = _mm256_sub_ps(_mm256_maskload_ps(sr + i, k), vm);
+      const __m256 keep = _mm256_and_ps(_mm256_castsi256_ps(k), _mm256_cmp_ps(z, under, _CMP_NLE_UQ));
+      const __m256 e = _mm256_and_ps(exp_core<Order>(z), keep);
+      sum = _mm256_add_ps(sum, e);
+      return e;
+    };
+    j = 0;
+    for (; j + 8 <= live; j += 8) _mm256_storeu_ps(sr + j, term(all, j));
+    if (j < live) _mm256_maskstore_ps(sr + j, tail_mask(live - j), term(tail_mask(live - j), j));
+    fill(sr + live, cols - live, 0.0f);
+    if (m_new > m_old) rescale[r] = std::exp(m_old - m_new);  // m_old = -inf: 0
+    l[r] = l[r] * rescale[r] + hsum(sum);
+    m[r] = m_new;
+  }
+}
+
 // F16C conversions. Round to nearest even; NaN stays NaN (a signalling NaN
 // half comes back quieted), overflow -> inf. The tail goes through a small
 // buffer so it uses the same instruction as the body.
@@ -552,14 +609,15 @@ constexpr OrderKernels order_table() {
   return {exp_quake_avx2<Order>,  sigmoid_quake_avx2<Order>,  silu_quake_avx2<Order>,
           gelu_quake_avx2<Order>, each_row<softmax_quake_avx2<Order>>, each_row<logsoftmax_quake_avx2<Order>>,
           longrow::stats<LongRowLayer, Order>, longrow::softmax_finish<LongRowLayer, Order>,
-          longrow::logsoftmax_finish<LongRowLayer>};
+          longrow::logsoftmax_finish<LongRowLayer>,
+          online_softmax_avx2<Order>};
 }
 
 }  // namespace
 
 const KernelTable* avx2_kernels() {
   static const KernelTable table = {Isa::kAvx2, "avx2", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_avx2, f32_to_f16_avx2, softmax_exaq_avx2};
+                                    f16_to_f32_avx2, f32_to_f16_avx2, softmax_exaq_avx2, attention_block_avx2};
   return &table;
 }
 

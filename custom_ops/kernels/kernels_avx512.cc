@@ -534,6 +534,61 @@ void softmax_exaq_avx512(const float* x, float* y, size_t rows, size_t n, const 
   exaq_rows_avx512<false>(x, y, rows, n, p);
 }
 
+// ----------------------------------------------------------------------------
+// Online-softmax step of com.quake Attention: the scalar definition
+// (kernels_scalar.cc) on 16 lanes, two passes over each row of the tile (scale,
+// mask and max; then e^(s - m_new) with the row sum in 16 float lanes: a tile
+// row has at most a few thousand columns, within ~1e-6 of the double sum).
+// Masked tails; columns past the live ones are zeroed.
+template <int Order>
+void online_softmax_avx512(float* s, size_t ld_s, size_t rows, size_t cols, ptrdiff_t diag, float scale,
+                           const float* mask, size_t ld_mask, float* m, float* l, float* rescale) {
+  const __m512 vscale = _mm512_set1_ps(scale), under = _mm512_set1_ps(kExpUnderflow);
+  const __m512 pinf = _mm512_set1_ps(kInf), ninf = _mm512_set1_ps(-kInf);
+  for (size_t r = 0; r < rows; ++r) {
+    float* sr = s + r * ld_s;
+    const float* mr = mask ? mask + r * ld_mask : nullptr;
+    const size_t live = live_columns(r, cols, diag);
+    __m512 vmax = ninf;
+    __mmask16 bad = 0;  // NaN or +inf lanes
+    auto scaled = [&](__mmask16 k, size_t j) {
+      const __m512 x = _mm512_maskz_loadu_ps(k, sr + j);
+      const __m512 v = mr ? _mm512_fmadd_ps(x, vscale, _mm512_maskz_loadu_ps(k, mr + j)) : _mm512_mul_ps(x, vscale);
+      bad |= _mm512_mask_cmp_ps_mask(k, v, pinf, _CMP_NLT_UQ);
+      vmax = _mm512_mask_max_ps(vmax, k, v, vmax);
+      return v;
+    };
+    size_t j = 0;
+    for (; j + 16 <= live; j += 16) _mm512_storeu_ps(sr + j, scaled(0xffff, j));
+    if (j < live) _mm512_mask_storeu_ps(sr + j, tail_mask(live - j), scaled(tail_mask(live - j), j));
+    const float m_old = m[r];
+    const float tile_max = _mm512_reduce_max_ps(vmax);
+    const float m_new = m_old > tile_max ? m_old : tile_max;
+    const bool poisoned = bad != 0 || std::isnan(m_old);
+    rescale[r] = 1.0f;
+    if (poisoned || m_new == -kInf) {  // NaN row, or nothing live yet
+      if (poisoned) m[r] = l[r] = kNaN;
+      fill(sr, cols, 0.0f);
+      continue;
+    }
+    const __m512 vm = _mm512_set1_ps(m_new);
+    __m512 sum = _mm512_setzero_ps();
+    auto term = [&](__mmask16 k, size_t i) {
+      const __m512 z = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, sr + i), vm);
+      const __m512 e = exp_core_maskz<Order>(_mm512_mask_cmp_ps_mask(k, z, under, _CMP_NLE_UQ), z);
+      sum = _mm512_add_ps(sum, e);
+      return e;
+    };
+    j = 0;
+    for (; j + 16 <= live; j += 16) _mm512_storeu_ps(sr + j, term(0xffff, j));
+    if (j < live) _mm512_mask_storeu_ps(sr + j, tail_mask(live - j), term(tail_mask(live - j), j));
+    fill(sr + live, cols - live, 0.0f);
+    if (m_new > m_old) rescale[r] = std::exp(m_old - m_new);  // m_old = -inf: 0
+    l[r] = l[r] * rescale[r] + _mm512_reduce_add_ps(sum);
+    m[r] = m_new;
+  }
+}
+
 // F16C conversions, masked tails. Round to nearest even; NaN stays NaN
 // (a signalling NaN half comes back quieted), overflow -> inf.
 void f16_to_f32_avx512(const uint16_t* x, float* y, size_t n) {
@@ -585,14 +640,15 @@ constexpr OrderKernels order_table() {
           softmax_rows_avx512<Order, true>,
           longrow::stats<LongRowLayer, Order>,
           longrow::softmax_finish<LongRowLayer, Order>,
-          longrow::logsoftmax_finish<LongRowLayer>};
+          longrow::logsoftmax_finish<LongRowLayer>,
+          online_softmax_avx512<Order>};
 }
 
 }  // namespace
 
 const KernelTable* avx512_kernels() {
   static const KernelTable table = {Isa::kAvx512, "avx512", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_avx512, f32_to_f16_avx512, softmax_exaq_avx512};
+                                    f16_to_f32_avx512, f32_to_f16_avx512, softmax_exaq_avx512, attention_block_avx512};
   return &table;
 }
 

@@ -470,20 +470,81 @@ struct LongRowLayer {
   }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
 };
+// ----------------------------------------------------------------------------
+// Online-softmax step of com.quake Attention: the scalar definition
+// (kernels_scalar.cc) on 4 lanes, two passes over each row of the tile (scale,
+// mask and max; then e^(s - m_new) with the row sum in 4 float lanes); the
+// tail runs scalar code with the same operations. Columns past the live ones
+// are zeroed.
+template <int Order>
+void online_softmax_neon(float* s, size_t ld_s, size_t rows, size_t cols, ptrdiff_t diag, float scale,
+                         const float* mask, size_t ld_mask, float* m, float* l, float* rescale) {
+  const float32x4_t vscale = vdupq_n_f32(scale), under = vdupq_n_f32(kExpUnderflow);
+  for (size_t r = 0; r < rows; ++r) {
+    float* sr = s + r * ld_s;
+    const float* mr = mask ? mask + r * ld_mask : nullptr;
+    const size_t live = live_columns(r, cols, diag);
+    // FMAX propagates NaN, so a NaN score makes the max NaN; +inf makes it +inf.
+    float32x4_t vmax = vdupq_n_f32(-kInf);
+    size_t j = 0;
+    for (; j + 4 <= live; j += 4) {
+      const float32x4_t x = vld1q_f32(sr + j);
+      const float32x4_t v = mr ? vfmaq_f32(vld1q_f32(mr + j), x, vscale) : vmulq_f32(x, vscale);
+      vst1q_f32(sr + j, v);
+      vmax = vmaxq_f32(vmax, v);
+    }
+    float tile_max = vmaxvq_f32(vmax);
+    for (; j < live; ++j) {
+      const float v = mr ? std::fma(sr[j], scale, mr[j]) : sr[j] * scale;
+      sr[j] = v;
+      tile_max = std::isnan(v) || std::isnan(tile_max) ? kNaN : (v > tile_max ? v : tile_max);
+    }
+    const float m_old = m[r];
+    const bool poisoned = std::isnan(tile_max) || tile_max == kInf || std::isnan(m_old);
+    const float m_new = m_old > tile_max ? m_old : tile_max;
+    rescale[r] = 1.0f;
+    if (poisoned || m_new == -kInf) {  // NaN row, or nothing live yet
+      if (poisoned) m[r] = l[r] = kNaN;
+      fill(sr, cols, 0.0f);
+      continue;
+    }
+    const float32x4_t vm = vdupq_n_f32(m_new);
+    float32x4_t sum = vdupq_n_f32(0.0f);
+    j = 0;
+    for (; j + 4 <= live; j += 4) {
+      const float32x4_t z = vsubq_f32(vld1q_f32(sr + j), vm);
+      const float32x4_t e = and_mask(exp_core<Order>(z), vcgtq_f32(z, under));
+      vst1q_f32(sr + j, e);
+      sum = vaddq_f32(sum, e);
+    }
+    float total = vaddvq_f32(sum);
+    for (; j < live; ++j) {
+      const float z = sr[j] - m_new;
+      const float e = z > kExpUnderflow ? vgetq_lane_f32(exp_core<Order>(vdupq_n_f32(z)), 0) : 0.0f;
+      sr[j] = e;
+      total += e;
+    }
+    fill(sr + live, cols - live, 0.0f);
+    if (m_new > m_old) rescale[r] = std::exp(m_old - m_new);  // m_old = -inf: 0
+    l[r] = l[r] * rescale[r] + total;
+    m[r] = m_new;
+  }
+}
 
 template <int Order>
 constexpr OrderKernels order_table() {
   return {exp_quake_neon<Order>,  sigmoid_quake_neon<Order>,  silu_quake_neon<Order>,
           gelu_quake_neon<Order>, each_row<softmax_quake_neon<Order>>, each_row<logsoftmax_quake_neon<Order>>,
           longrow::stats<LongRowLayer, Order>, longrow::softmax_finish<LongRowLayer, Order>,
-          longrow::logsoftmax_finish<LongRowLayer>};
+          longrow::logsoftmax_finish<LongRowLayer>,
+          online_softmax_neon<Order>};
 }
 
 }  // namespace
 
 const KernelTable* neon_kernels() {
   static const KernelTable table = {Isa::kNeon, "neon", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_neon, f32_to_f16_neon, softmax_exaq_neon};
+                                    f16_to_f32_neon, f32_to_f16_neon, softmax_exaq_neon, attention_block_neon};
   return &table;
 }
 

@@ -192,6 +192,49 @@ struct LongRowLayer {
   }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
 };
+// One online-softmax step of com.quake Attention (attention.h): the
+// definition every ISA matches. Valid for any input; per element the quake
+// core's relative error (order 1/2/3: 2.99e-2 / 1.73e-3 / 7.5e-5); the
+// rescale factor is std::exp, so the accumulated output's error does not grow
+// with the number of tiles. The row sum is taken in double.
+template <int Order>
+void online_softmax_scalar(float* s, size_t ld_s, size_t rows, size_t cols, ptrdiff_t diag, float scale,
+                           const float* mask, size_t ld_mask, float* m, float* l, float* rescale) {
+  for (size_t r = 0; r < rows; ++r) {
+    float* sr = s + r * ld_s;
+    const size_t live = live_columns(r, cols, diag);
+    float tile_max = -std::numeric_limits<float>::infinity();
+    bool poisoned = std::isnan(m[r]);
+    for (size_t j = 0; j < live; ++j) {
+      const float v = mask ? std::fma(scale, sr[j], mask[r * ld_mask + j]) : scale * sr[j];
+      sr[j] = v;
+      poisoned |= std::isnan(v) || v == std::numeric_limits<float>::infinity();
+      tile_max = v > tile_max ? v : tile_max;
+    }
+    const float m_new = m[r] > tile_max ? m[r] : tile_max;
+    rescale[r] = 1.0f;
+    if (poisoned) {
+      m[r] = l[r] = std::numeric_limits<float>::quiet_NaN();
+      fill(sr, cols, 0.0f);
+      continue;
+    }
+    if (m_new == -std::numeric_limits<float>::infinity()) {  // nothing live yet
+      fill(sr, cols, 0.0f);
+      continue;
+    }
+    double sum = 0.0;
+    for (size_t j = 0; j < live; ++j) {
+      const float z = sr[j] - m_new;  // in [-inf, 0]
+      const float e = z <= kExpUnderflow ? 0.0f : exp_core<Order>(z);
+      sr[j] = e;
+      sum += e;
+    }
+    fill(sr + live, cols - live, 0.0f);
+    if (m_new > m[r]) rescale[r] = std::exp(m[r] - m_new);  // m = -inf: 0
+    l[r] = static_cast<float>(static_cast<double>(l[r]) * rescale[r] + sum);
+    m[r] = m_new;
+  }
+}
 
 void f16_to_f32_scalar(const uint16_t* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] = scalar::half_to_float(x[i]);
@@ -210,14 +253,15 @@ constexpr OrderKernels order_table() {
           each_row<logsoftmax_quake_scalar<Order>>,
           longrow::stats<LongRowLayer, Order>,
           longrow::softmax_finish<LongRowLayer, Order>,
-          longrow::logsoftmax_finish<LongRowLayer>};
+          longrow::logsoftmax_finish<LongRowLayer>,
+          online_softmax_scalar<Order>};
 }
 
 }  // namespace
 
 const KernelTable* scalar_kernels() {
   static const KernelTable table = {Isa::kScalar, "scalar", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_scalar, f32_to_f16_scalar, softmax_exaq_scalar};
+                                    f16_to_f32_scalar, f32_to_f16_scalar, softmax_exaq_scalar, attention_block_scalar};
   return &table;
 }
 

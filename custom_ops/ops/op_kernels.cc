@@ -1,6 +1,7 @@
 #include "op_kernels.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -8,10 +9,12 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "cpu_caches.h"
+#include "attention.h"
 #include "kernels.h"
 
 namespace quake {
@@ -479,9 +482,102 @@ class AxisKernel : public QuakeKernel {
   ExaqParams exaq_params_{3, 0.0f};
 };
 
+// Attention (FlashAttention-2, attention.h): the op layer resolves the
+// broadcast, sizes the tiles from the caches, and runs the tasks on ORT's
+// pool, then the combination of split rows when decode shapes were split.
+class AttentionKernel : public QuakeKernel {
+ public:
+  AttentionKernel(float scale, bool causal, bool k_transposed, const KernelTable* table, int order,
+                  ONNXTensorElementDataType type, std::string where)
+      : QuakeKernel(table, order, type, std::move(where)),
+        scale_(scale),
+        causal_(causal),
+        k_transposed_(k_transposed) {}
+
+ protected:
+  OrtStatusPtr Run(Ort::KernelContext& ctx) override {
+    Ort::ConstValue q = ctx.GetInput(0), k = ctx.GetInput(1), v = ctx.GetInput(2);
+    Ort::ConstValue mask{nullptr};
+    if (ctx.GetInputCount() > 3) mask = ctx.GetInput(3);
+    AttentionShapes shapes;
+    shapes.q = q.GetTensorTypeAndShapeInfo().GetShape();
+    shapes.k = k.GetTensorTypeAndShapeInfo().GetShape();
+    shapes.v = v.GetTensorTypeAndShapeInfo().GetShape();
+    shapes.has_mask = static_cast<bool>(mask);
+    if (mask) shapes.mask = mask.GetTensorTypeAndShapeInfo().GetShape();
+    shapes.k_transposed = k_transposed_;
+    AttentionLayout layout;
+    const std::string error = plan_attention_layout(shapes, &layout);
+    if (!error.empty()) return make_error(where_ + ": " + error);
+    Ort::UnownedValue output = ctx.GetOutput(0, layout.out_shape);
+    if (output.GetTensorTypeAndShapeInfo().GetElementCount() == 0) return nullptr;
+
+    AttentionParams p{};
+    p.sq = layout.sq;
+    p.skv = layout.skv;
+    p.d = layout.d;
+    p.dv = layout.dv;
+    p.scale = scale_;
+    p.causal = causal_;
+    p.k_transposed = k_transposed_;
+    p.half = half_;
+    p.mask_row_stride = layout.mask_row_stride;
+    p.mask_col_broadcast = layout.mask_col_broadcast;
+    p.tiles = choose_attention_tiles(cache_sizes(), p.sq, p.skv, p.d, p.dv);
+    p.online_softmax = kernels_.online_softmax;
+    p.f16_to_f32 = table_->f16_to_f32;
+    p.f32_to_f16 = table_->f32_to_f16;
+
+    const size_t elem = half_ ? sizeof(uint16_t) : sizeof(float);
+    const char* qb = static_cast<const char*>(q.GetTensorRawData());
+    const char* kb = static_cast<const char*>(k.GetTensorRawData());
+    const char* vb = static_cast<const char*>(v.GetTensorRawData());
+    const char* mb = mask ? static_cast<const char*>(mask.GetTensorRawData()) : nullptr;
+    char* yb = static_cast<char*>(output.GetTensorMutableRawData());
+    std::vector<AttentionHead> heads(layout.q_off.size());
+    for (size_t h = 0; h < heads.size(); ++h) {
+      heads[h] = {qb + layout.q_off[h] * elem, kb + layout.k_off[h] * elem, vb + layout.v_off[h] * elem,
+                  mb ? mb + layout.mask_off[h] * elem : nullptr, yb + h * p.sq * p.dv * elem};
+    }
+
+    AttentionTaskPlan plan;
+    const size_t parallelism = kSplitTasksPerCore * std::max(1u, std::thread::hardware_concurrency());
+    plan_attention_tasks(p, heads.size(), parallelism, &plan);
+    const size_t scratch_floats = attention_scratch_floats(p);
+    std::atomic<bool> failed{false};
+    parallel_tasks(ctx, plan.tasks.size(), [&](size_t i) {
+      // Per pool thread, reused across calls: O(threads x tile) in all.
+      thread_local std::vector<float> scratch;
+      try {
+        if (scratch.size() < scratch_floats) scratch.resize(scratch_floats);
+      } catch (const std::bad_alloc&) {
+        failed = true;
+        return;
+      }
+      const AttentionTask& task = plan.tasks[i];
+      table_->attention_block(p, heads[task.head], task, scratch.data());
+    });
+    if (failed) return make_error(where_ + ": out of memory for the attention tiles");
+    if (plan.chunks > 1) {
+      parallel_tasks(ctx, plan.blocks, [&](size_t b) { combine_attention_partials(p, heads.data(), plan, b); });
+    }
+    return nullptr;
+  }
+
+ private:
+  // Decode shapes (fewer (head, query block) pairs than this many per core)
+  // get their keys split, so a single query row still uses every thread.
+  static constexpr unsigned kSplitTasksPerCore = 4;
+
+  float scale_;
+  bool causal_;
+  bool k_transposed_;
+};
+
 }  // namespace
 
 OrtStatusPtr OpDef::InferShape(OrtShapeInferContext* context) const {
+  if (kind_ == OpKind::kAttention) return InferAttentionShape(context);
   try {
     Ort::ShapeInferContext ctx(&Ort::GetApi(), context);
     const Ort::ShapeInferContext::Shape& shape = ctx.GetInputShape(0);
@@ -499,6 +595,42 @@ OrtStatusPtr OpDef::InferShape(OrtShapeInferContext* context) const {
     Ort::ThrowOnError(Ort::GetApi().ShapeInferContext_GetInputTypeShape(context, 0, &info));
     const ONNXTensorElementDataType type = Ort::ConstTensorTypeAndShapeInfo(info).GetElementType();
     return ctx.SetOutputShape(0, shape, type).release();
+  } catch (const std::exception& e) {
+    return make_error(std::string("com.quake ") + name_ + " shape inference: " + e.what());
+  }
+}
+
+// Y = [broadcast leading dims, Sq, Dv], stated only when every input's shape
+// is fully static (as InferShape, for the same reasons); a shape the op would
+// refuse is left to the run, which names it.
+OrtStatusPtr OpDef::InferAttentionShape(OrtShapeInferContext* context) const {
+  try {
+    Ort::ShapeInferContext ctx(&Ort::GetApi(), context);
+    const size_t inputs = ctx.GetInputCount();
+    std::vector<int64_t> dims[4];
+    for (size_t i = 0; i < inputs && i < 4; ++i) {
+      const Ort::ShapeInferContext::Shape& shape = ctx.GetInputShape(i);
+      if (shape.empty() && i < 3) return nullptr;  // unknown rank
+      for (const auto& d : shape) {
+        if (!d.IsInt() || d.AsInt() < 0) return nullptr;
+        dims[i].push_back(d.AsInt());
+      }
+    }
+    if (inputs == 4 && dims[3].empty()) return nullptr;  // a scalar mask and an unknown one look alike
+    bool k_transposed = false;
+    try {
+      k_transposed = ctx.GetAttrInt("k_transposed") == 1;
+    } catch (const Ort::Exception&) {  // absent: the default 0
+    }
+    AttentionShapes shapes{dims[0], dims[1], dims[2], dims[3], inputs == 4, k_transposed};
+    AttentionLayout layout;
+    if (!plan_attention_layout(shapes, &layout).empty()) return nullptr;
+    OrtTensorTypeAndShapeInfo* info = nullptr;
+    Ort::ThrowOnError(Ort::GetApi().ShapeInferContext_GetInputTypeShape(context, 0, &info));
+    const ONNXTensorElementDataType type = Ort::ConstTensorTypeAndShapeInfo(info).GetElementType();
+    Ort::ShapeInferContext::Shape out;
+    for (int64_t d : layout.out_shape) out.emplace_back(d);
+    return ctx.SetOutputShape(0, out, type).release();
   } catch (const std::exception& e) {
     return make_error(std::string("com.quake ") + name_ + " shape inference: " + e.what());
   }
@@ -583,6 +715,35 @@ OrtStatusPtr OpDef::CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, voi
         } else {
           *kernel = new AxisKernel(&OrderKernels::logsoftmax, axis, table, ord, type_, where);
         }
+        return nullptr;
+      }
+      case OpKind::kAttention: {
+        float scale = std::numeric_limits<float>::quiet_NaN();
+        int64_t causal = 0, k_transposed = 0;
+        std::string precision;
+        if (!attrs.get_float("scale", scale, &scale, &error) || !attrs.get_int("causal", 0, &causal, &error) ||
+            !attrs.get_int("k_transposed", 0, &k_transposed, &error) ||
+            !attrs.get_string("precision", "float32", &precision, &error)) {
+          return make_error(error);
+        }
+        if (!std::isfinite(scale)) {
+          return make_error(where + ": attribute 'scale' is required and must be a finite float, got " +
+                            std::to_string(scale));
+        }
+        if (causal != 0 && causal != 1) {
+          return make_error(where + ": causal must be 0 or 1, got " + std::to_string(causal));
+        }
+        if (k_transposed != 0 && k_transposed != 1) {
+          return make_error(where + ": k_transposed must be 0 or 1, got " + std::to_string(k_transposed));
+        }
+        if (precision == "bfloat16") {
+          return make_error(where + ": precision \"bfloat16\" is not implemented yet; use \"float32\"");
+        }
+        if (precision != "float32") {
+          return make_error(where + ": precision must be \"float32\" (or, later, \"bfloat16\"), got \"" + precision +
+                            "\"");
+        }
+        *kernel = new AttentionKernel(scale, causal == 1, k_transposed == 1, table, ord, type_, where);
         return nullptr;
       }
     }

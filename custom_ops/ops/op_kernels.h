@@ -10,7 +10,7 @@
 
 namespace quake {
 
-enum class OpKind { kExp, kSigmoid, kSilu, kGelu, kSoftmax, kLogSoftmax };
+enum class OpKind { kExp, kSigmoid, kSilu, kGelu, kSoftmax, kLogSoftmax, kAttention };
 
 // Base of every kernel object ORT creates; CustomOpBase calls ComputeV2.
 struct Kernel {
@@ -38,6 +38,15 @@ struct OpDef : Ort::CustomOpBase<OpDef, Kernel, /*WithStatus=*/true> {
       *output_index = new int[1]{0};
       return 1;
     };
+    // Attention's Y is not Q's shape in general, and its rows are written
+    // while other tasks still read Q and K: never in place.
+    if (kind == OpKind::kAttention) {
+      OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
+        *input_index = nullptr;
+        *output_index = nullptr;
+        return 0;
+      };
+    }
     OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
       delete[] input_index;
       delete[] output_index;
@@ -45,16 +54,18 @@ struct OpDef : Ort::CustomOpBase<OpDef, Kernel, /*WithStatus=*/true> {
   }
 
   const char* GetName() const { return name_; }
-  size_t GetInputTypeCount() const { return kind_ == OpKind::kGelu ? 2 : 1; }
+  // Gelu: X, optional B. Attention: Q, K, V, optional M.
+  size_t GetInputTypeCount() const { return kind_ == OpKind::kAttention ? 4 : (kind_ == OpKind::kGelu ? 2 : 1); }
   ONNXTensorElementDataType GetInputType(size_t) const { return type_; }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return type_; }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index == 1 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
-                      : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+    return index + 1 == GetInputTypeCount() && index > 0 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                                                         : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   OrtStatusPtr InferShape(OrtShapeInferContext* context) const;
+  OrtStatusPtr InferAttentionShape(OrtShapeInferContext* context) const;
 
  private:
   const char* name_;

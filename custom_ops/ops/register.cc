@@ -22,6 +22,7 @@ struct OpEntry {
 constexpr OpEntry kOps[] = {
     {"Exp", OpKind::kExp},   {"Sigmoid", OpKind::kSigmoid}, {"Silu", OpKind::kSilu},
     {"Gelu", OpKind::kGelu}, {"Softmax", OpKind::kSoftmax}, {"LogSoftmax", OpKind::kLogSoftmax},
+    {"Attention", OpKind::kAttention},
 };
 constexpr ONNXTensorElementDataType kTypes[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
                                                 ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16};

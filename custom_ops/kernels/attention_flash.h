@@ -1,0 +1,252 @@
+// FlashAttention-2 forward of one task (attention.h: query rows [q0, q1) of
+// one head against keys [k0, k1)), compiled once per ISA: attention_<isa>.cc
+// defines QUAKE_ATTENTION_BLOCK (the function's name) and QUAKE_EIGEN (a
+// namespace name for Eigen of its own, so no Eigen instantiation is shared
+// between ISA objects: cmake/CheckIsaObjects.cmake), then includes this file.
+// Eigen's GEMM then runs on that file's ISA flags.
+//
+// Per key tile of bk keys (Dao 2023, Algorithm 1 with the FA-2 loop order):
+//   S = Q_block K_tile^T                              (Eigen GEMM)
+//   online step: S <- scale S + M, causal limit, row max m, P = e^(S - m)
+//                (the table's quake core), row sums l, rescale = e^(m_old - m)
+//   O <- rescale O (only rows whose max grew) + P V_tile   (Eigen GEMM)
+// then one division per row: Y = O / l. Tiles entirely beyond the causal limit
+// are never visited; tiles whose mask is -inf for every row of the block are
+// skipped before their GEMM. Error per element of Y: the core's relative error
+// times max|V| (the weights' relative errors), plus float summation; Y of a
+// row with no live key is 0; a NaN or +inf score makes the row NaN; NaN or inf
+// in V reaches every row whose tile read it (as 0 * NaN in the unfused graph),
+// but skipped tiles are never read.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#define Eigen QUAKE_EIGEN
+#define EIGEN_DONT_PARALLELIZE  // tasks already run on ORT's pool
+#define EIGEN_MPL2_ONLY
+#include <Eigen/Core>
+#undef Eigen
+
+#include "attention.h"
+
+namespace quake {
+namespace {
+
+using RowMajor = QUAKE_EIGEN::Matrix<float, QUAKE_EIGEN::Dynamic, QUAKE_EIGEN::Dynamic, QUAKE_EIGEN::RowMajor>;
+using Stride = QUAKE_EIGEN::OuterStride<>;
+using ConstTile = QUAKE_EIGEN::Map<const RowMajor, QUAKE_EIGEN::Unaligned, Stride>;
+using Tile = QUAKE_EIGEN::Map<RowMajor, QUAKE_EIGEN::Unaligned, Stride>;
+
+constexpr uint16_t kHalfNegInf = 0xfc00u;
+
+ConstTile const_tile(const float* p, size_t rows, size_t cols, size_t ld) {
+  return ConstTile(p, static_cast<ptrdiff_t>(rows), static_cast<ptrdiff_t>(cols), Stride(static_cast<ptrdiff_t>(ld)));
+}
+Tile tile(float* p, size_t rows, size_t cols, size_t ld) {
+  return Tile(p, static_cast<ptrdiff_t>(rows), static_cast<ptrdiff_t>(cols), Stride(static_cast<ptrdiff_t>(ld)));
+}
+
+// The task's work memory, carved as attention_scratch_floats counts it.
+struct Scratch {
+  float *s, *o, *m, *l, *rescale, *mask, *q, *k, *v;
+};
+
+Scratch carve(const AttentionParams& p, float* base) {
+  const size_t bq = p.tiles.bq, bk = p.tiles.bk;
+  Scratch w{};
+  w.s = base;
+  w.o = w.s + bq * bk;
+  w.m = w.o + bq * p.dv;
+  w.l = w.m + bq;
+  w.rescale = w.l + bq;
+  float* next = w.rescale + bq;
+  if (p.half || p.mask_col_broadcast) {
+    w.mask = next;
+    next += bq * bk;
+  }
+  if (p.half) {
+    w.q = next;
+    w.k = w.q + bq * p.d;
+    w.v = w.k + bk * p.d;
+  }
+  return w;
+}
+
+// Converts rows x cols halves (row stride ld) into contiguous floats.
+void halves_to_floats(const AttentionParams& p, const uint16_t* x, size_t rows, size_t cols, size_t ld, float* y) {
+  for (size_t r = 0; r < rows; ++r) p.f16_to_f32(x + r * ld, y + r * cols, cols);
+}
+
+// True when every mask value of the tile is -inf: the tile adds nothing to any
+// of its rows and is skipped. Stops at the first other value, so a live tile
+// costs one comparison.
+bool mask_tile_dead(const AttentionParams& p, const void* mask, size_t q0, size_t rows, size_t k0, size_t cols) {
+  const size_t check_rows = p.mask_row_stride == 0 ? 1 : rows;
+  const size_t col_step = p.mask_col_broadcast ? 0 : 1;
+  const size_t check_cols = p.mask_col_broadcast ? 1 : cols;
+  for (size_t r = 0; r < check_rows; ++r) {
+    const size_t at = (q0 + r) * p.mask_row_stride + k0 * col_step;
+    if (p.half) {
+      const uint16_t* row = static_cast<const uint16_t*>(mask) + at;
+      for (size_t j = 0; j < check_cols; ++j) {
+        if (row[j] != kHalfNegInf) return false;
+      }
+    } else {
+      const float* row = static_cast<const float*>(mask) + at;
+      for (size_t j = 0; j < check_cols; ++j) {
+        if (row[j] != -std::numeric_limits<float>::infinity()) return false;
+      }
+    }
+  }
+  return true;
+}
+
+// The mask rows of a tile as the online step reads them: a pointer and a row
+// stride (0: one row for all queries). float masks with a column per key are
+// read in place; float16 masks and one-column masks are expanded into `buf`.
+const float* mask_tile(const AttentionParams& p, const void* mask, size_t q0, size_t rows, size_t k0, size_t cols,
+                       float* buf, size_t* ld) {
+  if (mask == nullptr) {
+    *ld = 0;
+    return nullptr;
+  }
+  const size_t mask_rows = p.mask_row_stride == 0 ? 1 : rows;
+  *ld = p.mask_row_stride == 0 ? 0 : p.tiles.bk;
+  if (!p.half && !p.mask_col_broadcast) {
+    *ld = p.mask_row_stride;
+    return static_cast<const float*>(mask) + q0 * p.mask_row_stride + k0;
+  }
+  for (size_t r = 0; r < mask_rows; ++r) {
+    float* out = buf + r * p.tiles.bk;
+    const size_t at = (q0 + r) * p.mask_row_stride;
+    if (p.mask_col_broadcast) {
+      float value;
+      if (p.half) {
+        p.f16_to_f32(static_cast<const uint16_t*>(mask) + at, &value, 1);
+      } else {
+        value = static_cast<const float*>(mask)[at];
+      }
+      for (size_t j = 0; j < cols; ++j) out[j] = value;
+    } else {
+      p.f16_to_f32(static_cast<const uint16_t*>(mask) + at + k0, out, cols);
+    }
+  }
+  return buf;
+}
+
+// Writes the task's rows: Y = O / l (0 for rows without a live key), or the
+// partial (m, l, O) rows of a split task.
+void finish_rows(const AttentionParams& p, const AttentionHead& head, const AttentionTask& t, const Scratch& w) {
+  const size_t rows = t.q1 - t.q0, dv = p.dv;
+  if (t.partial != nullptr) {
+    for (size_t r = 0; r < rows; ++r) {
+      float* out = t.partial + r * (dv + 2);
+      out[0] = w.m[r];
+      out[1] = w.l[r];
+      std::memcpy(out + 2, w.o + r * dv, dv * sizeof(float));
+    }
+    return;
+  }
+  for (size_t r = 0; r < rows; ++r) {
+    float* o = w.o + r * dv;
+    if (w.l[r] == 0.0f) {
+      for (size_t j = 0; j < dv; ++j) o[j] = 0.0f;
+    } else {
+      const float inv = 1.0f / w.l[r];  // NaN rows stay NaN
+      for (size_t j = 0; j < dv; ++j) o[j] *= inv;
+    }
+    const size_t at = (t.q0 + r) * dv;
+    if (p.half) {
+      p.f32_to_f16(o, static_cast<uint16_t*>(head.out) + at, dv);
+    } else {
+      std::memcpy(static_cast<float*>(head.out) + at, o, dv * sizeof(float));
+    }
+  }
+}
+
+void flash_attention_block(const AttentionParams& p, const AttentionHead& head, const AttentionTask& t,
+                           float* scratch) {
+  const size_t rows = t.q1 - t.q0, d = p.d, dv = p.dv, bk = p.tiles.bk;
+  const Scratch w = carve(p, scratch);
+  for (size_t r = 0; r < rows; ++r) {
+    w.m[r] = -std::numeric_limits<float>::infinity();
+    w.l[r] = 0.0f;
+  }
+  Tile o = tile(w.o, rows, dv, dv);
+  o.setZero();
+
+  // The causal limit: query i sees keys j <= i + (skv - sq); the block's last
+  // row sees the most.
+  size_t k_end = t.k1;
+  if (p.causal) {
+    const ptrdiff_t last = static_cast<ptrdiff_t>(t.q1) + static_cast<ptrdiff_t>(p.skv) - static_cast<ptrdiff_t>(p.sq);
+    k_end = last <= static_cast<ptrdiff_t>(t.k0) ? t.k0 : std::min(t.k1, static_cast<size_t>(last));
+  }
+
+  const float* q = p.half ? w.q : static_cast<const float*>(head.q) + t.q0 * d;
+  if (p.half && k_end > t.k0) halves_to_floats(p, static_cast<const uint16_t*>(head.q) + t.q0 * d, rows, d, d, w.q);
+  const ConstTile q_block = const_tile(q, rows, d, d);
+
+  bool first = true;
+  for (size_t kb = t.k0; kb < k_end; kb += bk) {
+    const size_t cols = std::min(bk, k_end - kb);
+    if (head.mask != nullptr && mask_tile_dead(p, head.mask, t.q0, rows, kb, cols)) continue;
+
+    // S = Q K^T
+    Tile s = tile(w.s, rows, cols, bk);
+    if (d == 0) {
+      s.setZero();
+    } else if (p.k_transposed) {
+      const float* k = static_cast<const float*>(head.k) + kb;
+      size_t ld = p.skv;
+      if (p.half) {
+        halves_to_floats(p, static_cast<const uint16_t*>(head.k) + kb, d, cols, p.skv, w.k);
+        k = w.k;
+        ld = cols;
+      }
+      s.noalias() = q_block * const_tile(k, d, cols, ld);
+    } else {
+      const float* k = static_cast<const float*>(head.k) + kb * d;
+      if (p.half) {
+        halves_to_floats(p, static_cast<const uint16_t*>(head.k) + kb * d, cols, d, d, w.k);
+        k = w.k;
+      }
+      s.noalias() = q_block * const_tile(k, cols, d, d).transpose();
+    }
+
+    // Scale, mask, causal limit, running max, P = e^(S - m), row sums.
+    size_t mask_ld = 0;
+    const float* mask = mask_tile(p, head.mask, t.q0, rows, kb, cols, w.mask, &mask_ld);
+    const ptrdiff_t diag = p.causal ? static_cast<ptrdiff_t>(t.q0 + p.skv) - static_cast<ptrdiff_t>(p.sq) -
+                                          static_cast<ptrdiff_t>(kb)
+                                    : static_cast<ptrdiff_t>(cols);
+    p.online_softmax(w.s, bk, rows, cols, diag, p.scale, mask, mask_ld, w.m, w.l, w.rescale);
+
+    // O = rescale O + P V; rows whose max did not grow keep their scale.
+    if (!first) {
+      for (size_t r = 0; r < rows; ++r) {
+        if (w.rescale[r] != 1.0f) o.row(static_cast<ptrdiff_t>(r)) *= w.rescale[r];
+      }
+    }
+    first = false;
+    const float* v = static_cast<const float*>(head.v) + kb * dv;
+    if (p.half) {
+      halves_to_floats(p, static_cast<const uint16_t*>(head.v) + kb * dv, cols, dv, dv, w.v);
+      v = w.v;
+    }
+    o.noalias() += const_tile(w.s, rows, cols, bk) * const_tile(v, cols, dv, dv);
+  }
+  finish_rows(p, head, t, w);
+}
+
+}  // namespace
+
+void QUAKE_ATTENTION_BLOCK(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
+                           float* scratch) {
+  flash_attention_block(p, head, task, scratch);
+}
+
+}  // namespace quake
