@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a virtual environment (.venv), builds and installs quake-onnx with
-# its test extras, then runs the C++ kernel tests (CTest) and the Python tests.
+# its test extras, then runs the C++ kernel tests (CTest: native, sanitized,
+# and cross-compiled for AArch64 under qemu-user) and the Python tests.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -17,6 +18,11 @@ ctest --test-dir build/ctest --output-on-failure
 cmake -S . -B build/asan -DQUAKE_SANITIZE=ON -DQUAKE_BUILD_TESTS=ON >/dev/null
 cmake --build build/asan --target test_kernels test_attention -j "$(nproc)" >/dev/null
 ctest --test-dir build/asan --output-on-failure
+
+# The same kernel tests cross-compiled for AArch64 and run under qemu-user
+# (the NEON table); installs g++-aarch64-linux-gnu and qemu-user with apt-get
+# when missing, or prints why it skipped them (QUAKE_REQUIRE_AARCH64=1: fail).
+tools/test-aarch64.sh
 
 # Python tests against the installed package (not the source tree).
 cd tests && ../.venv/bin/python -m pytest -p no:cacheprovider "$@"
