@@ -57,13 +57,15 @@ fi
 cmake --no-warn-unused-cli -S . -B "$build" -DCMAKE_TOOLCHAIN_FILE=cmake/toolchain-aarch64-linux-gnu.cmake \
       -DQUAKE_KERNELS_ONLY=ON -DQUAKE_BUILD_TESTS=ON >/dev/null
 cmake --build "$build" --target test_kernels test_attention -j "$(nproc)" >/dev/null
-ctest --test-dir "$build" --output-on-failure
+# Both test programs at once: each is single-threaded under qemu.
+ctest --test-dir "$build" --output-on-failure -j 2
 
-# One line with what ran: the test's own "N passed, M failed" and the tables
-# it saw (a build where dispatch found no NEON table would pass on scalar alone).
+# One line with what ran: each program's own "N passed, M failed" and the
+# tables test_kernels saw (a build where dispatch found no NEON table would
+# pass on scalar alone).
 log="$build/Testing/Temporary/LastTest.log"
-tables=$(sed -n 's/^== table //p' "$log" | paste -sd, -)
-counts=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+tables=$(sed -n 's/^== table //p' "$log" | sort -u | paste -sd, -)
+counts=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | paste -sd ';' - | sed 's/;/ + /')
 case ",$tables," in
   *,neon,*) ;;
   *) echo "aarch64 kernel tests: FAILED, the NEON table did not run (tables: ${tables:-none})" >&2; exit 1 ;;
