@@ -1,6 +1,6 @@
-"""Softmax and LogSoftmax rows that take the two-pass path (softmax_long.h):
+"""Softmax and LogSoftmax rows that take the long-row paths (softmax_long.h):
 a few long rows cut into chunks over the threads ([1, 50257]: one vocabulary
-row), and rows beyond half the L2 (300001 floats, 1.2 MB). Against the
+row), and rows beyond half the L2 in two passes ([4, 140001]: 560 KB rows). Against the
 float64 reference within the bounds of test_accuracy, rows summing to 1,
 the special rows exact, and 1 and 2 threads agreeing within the summation
 bound."""
@@ -13,7 +13,9 @@ from quake_onnx import reference
 from test_accuracy import ROW_SUM, bound, check_special_rows
 
 F32 = np.float32
-SHAPES = [(1, 50257), (3, 70001), (2, 300001)]
+# Cut over the threads (fewer than 4 rows): one vocabulary row, three longer
+# ones, two beyond half the L2; four rows beyond half the L2: two passes.
+SHAPES = [(1, 50257), (3, 70001), (2, 300001), (4, 140001)]
 
 
 def rows(shape, seed):

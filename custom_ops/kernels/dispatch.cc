@@ -122,4 +122,14 @@ RowStats combine_stats(const RowStats& a, const RowStats& b) {
   return RowStats{max, hi.k, hi.sum + (gap < -1100.0 ? 0.0 : std::ldexp(lo.sum, static_cast<int>(gap))), false};
 }
 
+ChunkStats combine_chunks(const ChunkStats& a, const ChunkStats& b) {
+  const float max = a.max > b.max ? a.max : b.max;  // never NaN
+  if (a.nan || b.nan) return ChunkStats{max, 0.0, true};
+  if (a.sum == 0.0) return ChunkStats{max, b.sum, false};  // a chunk without terms adds nothing
+  if (b.sum == 0.0) return ChunkStats{max, a.sum, false};
+  // Each sum moves to the common max by an exact-enough e^(its max - max).
+  return ChunkStats{max, a.sum * std::exp(static_cast<double>(a.max) - max) +
+                             b.sum * std::exp(static_cast<double>(b.max) - max), false};
+}
+
 }  // namespace quake

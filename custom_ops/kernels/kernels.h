@@ -64,6 +64,21 @@ using RowStatsFn = void (*)(const float* x, size_t n, size_t block, RowStats* ou
 // x and y may alias.
 using RowFinishFn = void (*)(const float* x, float* y, size_t n, size_t block, const RowStats& row);
 
+// One long row cut over threads, without a second exponential
+// (softmax_long.h): each chunk's max and the sum of e^(x - its max), the
+// terms stored to y when y is not null (Softmax; LogSoftmax needs only the
+// sum); then each chunk's y scaled by e^(its max - the row's) / the row's
+// sum (Softmax), or y = (x - max) - log(sum) (LogSoftmax).
+struct ChunkStats {
+  float max;   // NaN skipped; -inf when the chunk holds no number
+  double sum;  // of e^(x - max), the order's exponential
+  bool nan;    // a NaN or +inf in the chunk
+};
+ChunkStats combine_chunks(const ChunkStats& a, const ChunkStats& b);  // dispatch.cc, as combine_stats
+using ChunkPartialFn = void (*)(const float* x, float* y, size_t n, ChunkStats* out);
+using ScaleFn = void (*)(float* y, size_t n, float c);                       // y *= c
+using ShiftFn = void (*)(const float* x, float* y, size_t n, float a, float b);  // y = (x - a) - b
+
 struct OrderKernels {
   UnaryFn exp;
   UnaryFn sigmoid;
@@ -77,6 +92,10 @@ struct OrderKernels {
   RowFinishFn softmax_finish;
   RowFinishFn logsoftmax_finish;
   OnlineSoftmaxFn online_softmax;  // one tile step of com.quake Attention (attention.h)
+  // A long row over threads without a second exponential (ChunkStats).
+  ChunkPartialFn softmax_partial;
+  ScaleFn scale;
+  ShiftFn shift;
 };
 
 // EXAQ softmax (method "exaq", ops.md): bits in 2..8 and clip < 0 (a fixed

@@ -602,6 +602,14 @@ struct LongRowLayer {
     map_avx2(x, y, n, [va, vb](__m256 v) { return _mm256_sub_ps(_mm256_sub_ps(v, va), vb); });
   }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
+  template <int Order, bool Store>
+  static float sum_exp(const float* x, float* y, size_t n, float m) {
+    return sum_exp_shifted<Order, Store>(x, y, n, m);
+  }
+  static void scale(float* y, size_t n, float c) {
+    const __m256 vc = _mm256_set1_ps(c);
+    map_avx2(y, y, n, [vc](__m256 v) { return _mm256_mul_ps(v, vc); });
+  }
 };
 
 template <int Order>
@@ -610,7 +618,10 @@ constexpr OrderKernels order_table() {
           gelu_quake_avx2<Order>, each_row<softmax_quake_avx2<Order>>, each_row<logsoftmax_quake_avx2<Order>>,
           longrow::stats<LongRowLayer, Order>, longrow::softmax_finish<LongRowLayer, Order>,
           longrow::logsoftmax_finish<LongRowLayer>,
-          online_softmax_avx2<Order>};
+          online_softmax_avx2<Order>,
+          longrow::partial<LongRowLayer, Order>,
+          longrow::scale<LongRowLayer>,
+          longrow::shift<LongRowLayer>};
 }
 
 }  // namespace

@@ -16,9 +16,10 @@
 #if defined(__x86_64__)
 
 // GCC 12's AVX-512 headers self-initialise their _mm512_undefined_* values,
-// which -Wmaybe-uninitialized reports at every masked intrinsic.
+// which -W(maybe-)uninitialized reports at masked and rounding intrinsics.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 
@@ -628,6 +629,14 @@ struct LongRowLayer {
     map_avx512(x, y, n, [va, vb](__m512 v) { return _mm512_sub_ps(_mm512_sub_ps(v, va), vb); });
   }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
+  template <int Order, bool Store>
+  static float sum_exp(const float* x, float* y, size_t n, float m) {
+    return sum_exp_shifted<Order, Store>(x, y, n, m);
+  }
+  static void scale(float* y, size_t n, float c) {
+    const __m512 vc = _mm512_set1_ps(c);
+    map_avx512(y, y, n, [vc](__m512 v) { return _mm512_mul_ps(v, vc); });
+  }
 };
 
 template <int Order>
@@ -641,7 +650,10 @@ constexpr OrderKernels order_table() {
           longrow::stats<LongRowLayer, Order>,
           longrow::softmax_finish<LongRowLayer, Order>,
           longrow::logsoftmax_finish<LongRowLayer>,
-          online_softmax_avx512<Order>};
+          online_softmax_avx512<Order>,
+          longrow::partial<LongRowLayer, Order>,
+          longrow::scale<LongRowLayer>,
+          longrow::shift<LongRowLayer>};
 }
 
 }  // namespace

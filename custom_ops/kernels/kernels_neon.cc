@@ -469,6 +469,14 @@ struct LongRowLayer {
     map_neon(x, y, n, [va, vb](float32x4_t v) { return vsubq_f32(vsubq_f32(v, va), vb); });
   }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
+  template <int Order, bool Store>
+  static float sum_exp(const float* x, float* y, size_t n, float m) {
+    return sum_exp_shifted<Order, Store>(x, y, n, m);
+  }
+  static void scale(float* y, size_t n, float c) {
+    const float32x4_t vc = vdupq_n_f32(c);
+    map_neon(y, y, n, [vc](float32x4_t v) { return vmulq_f32(v, vc); });
+  }
 };
 // ----------------------------------------------------------------------------
 // Online-softmax step of com.quake Attention: the scalar definition
@@ -537,7 +545,10 @@ constexpr OrderKernels order_table() {
           gelu_quake_neon<Order>, each_row<softmax_quake_neon<Order>>, each_row<logsoftmax_quake_neon<Order>>,
           longrow::stats<LongRowLayer, Order>, longrow::softmax_finish<LongRowLayer, Order>,
           longrow::logsoftmax_finish<LongRowLayer>,
-          online_softmax_neon<Order>};
+          online_softmax_neon<Order>,
+          longrow::partial<LongRowLayer, Order>,
+          longrow::scale<LongRowLayer>,
+          longrow::shift<LongRowLayer>};
 }
 
 }  // namespace

@@ -191,6 +191,20 @@ struct LongRowLayer {
     for (size_t i = 0; i < n; ++i) y[i] = (x[i] - a) - b;
   }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
+  template <int Order, bool Store>
+  static float sum_exp(const float* x, float* y, size_t n, float m) {
+    double sum = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+      const float z = x[i] - m;
+      const float e = z <= kExpUnderflow ? 0.0f : exp_core<Order>(z);  // NaN: exp_core keeps it (orders 2, 3)
+      if (Store) y[i] = e;
+      sum += std::isnan(z) ? z : e;
+    }
+    return static_cast<float>(sum);
+  }
+  static void scale(float* y, size_t n, float c) {
+    for (size_t i = 0; i < n; ++i) y[i] *= c;
+  }
 };
 // One online-softmax step of com.quake Attention (attention.h): the
 // definition every ISA matches. Valid for any input; per element the quake
@@ -254,7 +268,10 @@ constexpr OrderKernels order_table() {
           longrow::stats<LongRowLayer, Order>,
           longrow::softmax_finish<LongRowLayer, Order>,
           longrow::logsoftmax_finish<LongRowLayer>,
-          online_softmax_scalar<Order>};
+          online_softmax_scalar<Order>,
+          longrow::partial<LongRowLayer, Order>,
+          longrow::scale<LongRowLayer>,
+          longrow::shift<LongRowLayer>};
 }
 
 }  // namespace

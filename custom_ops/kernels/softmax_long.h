@@ -31,7 +31,10 @@
 //   bool has_nan(const float* x, size_t n);
 //   template <int Order, bool Store>
 //   float sum_exp2(const float* x, float* y, size_t n, float k, float scale);  // sum of 2^(x log2 e - k), y = terms * scale
+//   template <int Order, bool Store>
+//   float sum_exp(const float* x, float* y, size_t n, float m);  // sum of e^(x - m), y = terms
 //   void sub2(const float* x, float* y, size_t n, float a, float b);  // y = (x - a) - b
+//   void scale(float* y, size_t n, float c);                          // y *= c
 //   void fill(float* y, size_t n, float value);
 #pragma once
 
@@ -105,6 +108,33 @@ void logsoftmax_finish(const float* x, float* y, size_t n, size_t, const RowStat
   const double log_sum = std::log(row.sum) + (row.k - static_cast<double>(row.max) * 1.4426950408889634) *
                                                  0.6931471805599453;
   L::sub2(x, y, n, row.max, static_cast<float>(log_sum));
+}
+
+// The chunk phase of a long row over threads (ChunkStats in kernels.h): the
+// one-row kernel's first two passes on the chunk, against the chunk's own max.
+template <class L, int Order>
+void partial(const float* x, float* y, size_t n, ChunkStats* out) {
+  const float m = L::max_skip_nan(x, n);
+  *out = ChunkStats{m, 0.0, false};
+  if (std::isnan(m) || m == kInf) {
+    out->nan = true;
+  } else if (m == -kInf) {
+    out->nan = L::has_nan(x, n);  // no terms; the row's pass writes the zeros
+  } else {
+    const float s = y ? L::template sum_exp<Order, true>(x, y, n, m) : L::template sum_exp<Order, false>(x, nullptr, n, m);
+    out->nan = std::isnan(s);
+    out->sum = s;
+  }
+}
+
+template <class L>
+void scale(float* y, size_t n, float c) {
+  L::scale(y, n, c);
+}
+
+template <class L>
+void shift(const float* x, float* y, size_t n, float a, float b) {
+  L::sub2(x, y, n, a, b);
 }
 
 }  // namespace

@@ -178,17 +178,23 @@ void fit_exp_to_half(const float* x, float* y, size_t n) {
 // How Softmax and LogSoftmax rows (the last axis) are cut, from this machine's
 // cache sizes (cpu_caches.h) rather than constants tuned on one machine.
 struct RowPlan {
-  size_t group_rows;      // rows that go through the one-pass kernel together, filling half of L1
-  size_t chunks_per_row;  // > 0: the two-pass path, each row cut in this many chunks
-  size_t block;           // floats per stats block of the two-pass path: a quarter of L1
+  enum class Path {
+    kOnePass,  // the one-row kernels, rows in groups
+    kSplit,    // each row cut in chunks over the threads, one exponential per element (ChunkStats)
+    kTwoPass,  // 2 reads + 1 write per row in chunks (RowStats, softmax_long.h)
+  };
+  Path path;
+  size_t group_rows;      // rows through the one-pass kernel together, filling half of L1
+  size_t chunks_per_row;  // kSplit, kTwoPass: the cut of each row
+  size_t block;           // floats per stats block of kTwoPass: a quarter of L1
 };
 
 // A row beyond this share of L2 no longer stays there across the one-pass
 // kernel's three passes (max, exp-and-store, scale): the two-pass path reads
 // it twice and writes it once instead of three reads and two writes.
 constexpr size_t kLongRowL2Fraction = 2;
-// One long row alone (rows < kFewRows) is cut in chunks of at least this many
-// elements, so every thread gets a part of it.
+// Fewer rows than this, each of at least 2 kMinChunk elements, are cut in
+// chunks of at least kMinChunk, so every thread gets a part of one row.
 constexpr size_t kFewRows = 4, kMinChunk = 16384, kMaxChunksPerRow = 16;
 
 // QUAKE_SPLIT_ROWS=0 keeps a few long rows whole (one thread each), to
@@ -204,14 +210,18 @@ bool split_single_rows() {
 RowPlan plan_rows(size_t rows, size_t len) {
   const CacheSizes& caches = cache_sizes();
   const size_t row_bytes = len * sizeof(float);
-  RowPlan plan;
+  RowPlan plan{RowPlan::Path::kOnePass, 0, 1, 0};
   plan.group_rows = std::min<size_t>(64, std::max<size_t>(1, caches.l1d / 2 / row_bytes));
   plan.block = std::max<size_t>(1024, caches.l1d / 4 / sizeof(float));
-  const bool beyond_l2 = row_bytes > caches.l2 / kLongRowL2Fraction;
-  const bool few_long_rows = rows < kFewRows && len >= 2 * kMinChunk && split_single_rows();
-  plan.chunks_per_row = 0;
-  if (beyond_l2 || few_long_rows) {
-    plan.chunks_per_row = few_long_rows ? std::min(kMaxChunksPerRow, len / kMinChunk) : 1;
+  // A power of two: pools of 2, 4, 8 threads get equal shares (3 chunks on 2 threads cap the gain at 1.5x).
+  size_t chunks = 1;
+  while (chunks * 2 <= std::min(kMaxChunksPerRow, len / kMinChunk)) chunks *= 2;
+  if (rows < kFewRows && chunks > 1 && split_single_rows()) {
+    plan.path = RowPlan::Path::kSplit;
+    plan.chunks_per_row = chunks;
+  } else if (row_bytes > caches.l2 / kLongRowL2Fraction) {
+    plan.path = RowPlan::Path::kTwoPass;
+    plan.chunks_per_row = rows < kFewRows ? chunks : 1;
   }
   return plan;
 }
@@ -404,7 +414,8 @@ class AxisKernel : public QuakeKernel {
     };
     if (inner == 1) {
       if constexpr (std::is_same<T, float>::value) {
-        if (plan.chunks_per_row > 0) return RunTwoPass(ctx, x, y, outer, len, plan, rows_fn);
+        if (plan.path == RowPlan::Path::kSplit) return RunSplit(ctx, x, y, outer, len, plan.chunks_per_row);
+        if (plan.path == RowPlan::Path::kTwoPass) return RunTwoPass(ctx, x, y, outer, len, plan, rows_fn);
       }
       const size_t rows_per_task = std::max<size_t>(1, kGrain / len);
       const size_t tasks = (outer + rows_per_task - 1) / rows_per_task;
@@ -444,6 +455,44 @@ class AxisKernel : public QuakeKernel {
       }
     });
   }
+
+  // A few long rows, each cut in `per_row` chunks over the threads: phase 1
+  // runs the one-row kernel's first passes on each chunk against the
+  // chunk's own max (Softmax stores the terms); phase 2 combines a row's
+  // chunks and scales each chunk's terms by e^(chunk max - row max) / sum
+  // (LogSoftmax: (x - max) - log sum). One exponential per element, so one
+  // thread is as fast as the one-row kernel; rows sum to 1 within rounding
+  // (the same terms are summed and scaled).
+  void RunSplit(Ort::KernelContext& ctx, const float* x, float* y, size_t rows, size_t len, size_t per_row) const {
+    const size_t chunk = (len + per_row - 1) / per_row;
+    const bool log = row_fn_ == &OrderKernels::logsoftmax;
+    constexpr float kInf = std::numeric_limits<float>::infinity();
+    std::vector<ChunkStats> stats(rows * per_row, ChunkStats{-kInf, 0.0, false});
+    parallel_tasks(ctx, rows * per_row, [&](size_t task) {
+      const size_t r = task / per_row, begin = (task % per_row) * chunk;
+      if (begin >= len) return;
+      const size_t at = r * len + begin;
+      kernels_.softmax_partial(x + at, log ? nullptr : y + at, std::min(chunk, len - begin), &stats[task]);
+    });
+    parallel_tasks(ctx, rows * per_row, [&](size_t task) {
+      const size_t r = task / per_row, begin = (task % per_row) * chunk;
+      if (begin >= len) return;
+      const size_t at = r * len + begin, n = std::min(chunk, len - begin);
+      ChunkStats row = stats[r * per_row];
+      for (size_t c = 1; c < per_row; ++c) row = combine_chunks(row, stats[r * per_row + c]);
+      const ChunkStats& mine = stats[task];
+      if (row.nan) return fill_value(y + at, n, std::numeric_limits<float>::quiet_NaN());
+      if (row.max == -kInf) return fill_value(y + at, n, log ? -kInf : 0.0f);
+      if (log) {
+        const double log_sum = std::log(row.sum);
+        return kernels_.shift(x + at, y + at, n, row.max, static_cast<float>(log_sum));
+      }
+      if (mine.max == -kInf) return fill_value(y + at, n, 0.0f);  // a fully masked chunk: no terms stored
+      kernels_.scale(y + at, n, static_cast<float>(std::exp(static_cast<double>(mine.max) - row.max) / row.sum));
+    });
+  }
+
+  static void fill_value(float* y, size_t n, float v) { std::fill(y, y + n, v); }
 
   // Rows in two passes over memory (softmax_long.h): every row cut into
   // `chunks_per_row` chunks; phase 1 takes each chunk's stats, phase 2 combines

@@ -581,12 +581,44 @@ void run_two_pass(const KernelTable* t, int order, RowOp op, const float* x, flo
   for (size_t c = 0; c + 1 < cuts.size(); ++c) finish(x + cuts[c], y + cuts[c], cuts[c + 1] - cuts[c], block, row);
 }
 
+// The split of one row over threads (ChunkStats): each chunk's partial, the
+// chunks combined in any order, then each chunk scaled (Softmax) or shifted
+// (LogSoftmax), as the op layer's RunSplit does.
+void run_split(const KernelTable* t, int order, RowOp op, const float* x, float* y, const std::vector<size_t>& cuts,
+               bool reverse) {
+  const OrderKernels& k = t->order[order - 1];
+  std::vector<ChunkStats> parts;
+  for (size_t c = 0; c + 1 < cuts.size(); ++c) {
+    ChunkStats st;
+    k.softmax_partial(x + cuts[c], op == kSoftmax ? y + cuts[c] : nullptr, cuts[c + 1] - cuts[c], &st);
+    parts.push_back(st);
+  }
+  std::vector<ChunkStats> order_of = parts;
+  if (reverse) std::reverse(order_of.begin(), order_of.end());
+  ChunkStats row = order_of[0];
+  for (size_t c = 1; c < order_of.size(); ++c) row = combine_chunks(row, order_of[c]);
+  for (size_t c = 0; c + 1 < cuts.size(); ++c) {
+    const size_t a = cuts[c], n = cuts[c + 1] - cuts[c];
+    if (row.nan) {
+      std::fill(y + a, y + a + n, kNaN);
+    } else if (row.max == -kInf) {
+      std::fill(y + a, y + a + n, op == kSoftmax ? 0.0f : -kInf);
+    } else if (op == kLogSoftmax) {
+      k.shift(x + a, y + a, n, row.max, static_cast<float>(std::log(row.sum)));
+    } else if (parts[c].max == -kInf) {
+      std::fill(y + a, y + a + n, 0.0f);
+    } else {
+      k.scale(y + a, n, static_cast<float>(std::exp(static_cast<double>(parts[c].max) - row.max) / row.sum));
+    }
+  }
+}
+
 void test_two_pass_rows(const KernelTable* t, std::mt19937& rng) {
   const std::vector<std::vector<float>> rows = row_cases(rng);
   for (int order = 1; order <= 3; ++order) {
     for (RowOp op : {kSoftmax, kLogSoftmax}) {
       char name[160];
-      std::snprintf(name, sizeof name, "%s order %d %s: two passes, whole and in chunks, in place", t->name, order,
+      std::snprintf(name, sizeof name, "%s order %d %s: two passes and splits, whole and in chunks, in place", t->name, order,
                     op == kSoftmax ? "softmax" : "logsoftmax");
       Case c(name);
       for (const std::vector<float>& x : rows) {
@@ -610,6 +642,12 @@ void test_two_pass_rows(const KernelTable* t, std::mt19937& rng) {
           check_row(c, t, order, op, x.data(), y.data(), n);
           run_two_pass(t, order, op, inplace.data(), inplace.data(), *w.cuts, w.block, w.reverse);
           for (size_t i = 0; i < n; ++i) c.check(same(inplace[i], y[i]), "in place n %zu i %zu: %a vs %a", n, i, inplace[i], y[i]);
+          if (w.block != 1024) continue;  // the split has no blocks: once per cut
+          std::vector<float> ys(n), split_inplace = x;
+          run_split(t, order, op, x.data(), ys.data(), *w.cuts, w.reverse);
+          check_row(c, t, order, op, x.data(), ys.data(), n);
+          run_split(t, order, op, split_inplace.data(), split_inplace.data(), *w.cuts, w.reverse);
+          for (size_t i = 0; i < n; ++i) c.check(same(split_inplace[i], ys[i]), "split in place n %zu i %zu", n, i);
         }
       }
     }
@@ -1032,7 +1070,7 @@ int main() {
       c.check(t->isa == isa && t->f16_to_f32 && t->f32_to_f16, "header");
       for (const OrderKernels& k : t->order) {
         c.check(k.exp && k.sigmoid && k.silu && k.gelu && k.softmax && k.logsoftmax && k.softmax_stats &&
-                    k.softmax_finish && k.logsoftmax_finish,
+                    k.softmax_finish && k.logsoftmax_finish && k.softmax_partial && k.scale && k.shift,
                 "missing entry");
       }
       c.check(t->softmax_exaq != nullptr, "missing softmax_exaq");
