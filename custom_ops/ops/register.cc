@@ -1,9 +1,12 @@
 // Entry point ONNX Runtime calls from SessionOptions.register_custom_ops_library,
 // the one registration table of com.quake ops, and a tiny C API the Python
 // package reads with ctypes.
+#include <chrono>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels.h"
@@ -96,6 +99,27 @@ __attribute__((visibility("default"))) const char* QuakeAvailableIsas() {
     return s;
   }();
   return names.c_str();
+}
+
+// The memory roofline of the op benchmark (quake_onnx/bench/machine.py): the
+// seconds `threads` threads take to copy src to dst `repeats` times, each
+// thread copying its contiguous share. Threads are started once per call,
+// and each repeats its own copies without waiting for the others, so that
+// starting them is spread over all the copies.
+__attribute__((visibility("default"))) double QuakeCopySeconds(const float* src, float* dst, size_t n, int threads,
+                                                               int repeats) {
+  if (threads < 1) threads = 1;
+  const auto start = std::chrono::steady_clock::now();
+  auto copy_share = [=](int t) {
+    const size_t begin = n * static_cast<size_t>(t) / static_cast<size_t>(threads);
+    const size_t end = n * static_cast<size_t>(t + 1) / static_cast<size_t>(threads);
+    for (int r = 0; r < repeats; ++r) std::memcpy(dst + begin, src + begin, (end - begin) * sizeof(float));
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(copy_share, t);
+  copy_share(0);
+  for (std::thread& th : pool) th.join();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // extern "C"
