@@ -7,6 +7,8 @@
 namespace quake {
 
 constexpr float kLog2e = 1.44269504088896341f;
+constexpr double kLog2eD = 1.4426950408889634;
+constexpr double kLn2D = 0.6931471805599453;
 
 // Range of the exponential core (ops.md), exact at both ends in float32:
 // with t = fl(z * kLog2e), the core is valid for -126 <= t < 128, where

@@ -105,8 +105,7 @@ void logsoftmax_finish(const float* x, float* y, size_t n, size_t, const RowStat
   if (row.max == -kInf) return L::fill(y, n, -kInf);
   // log(sum e^(x - max)) = ln(sum) + (k - max log2(e)) ln 2, small: x - max
   // stays exact near the max, as in the one-row kernels.
-  const double log_sum = std::log(row.sum) + (row.k - static_cast<double>(row.max) * 1.4426950408889634) *
-                                                 0.6931471805599453;
+  const double log_sum = std::log(row.sum) + (row.k - static_cast<double>(row.max) * kLog2eD) * kLn2D;
   L::sub2(x, y, n, row.max, static_cast<float>(log_sum));
 }
 
