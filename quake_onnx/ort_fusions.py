@@ -204,29 +204,10 @@ def carry_value_info(source: onnx.GraphProto, target: onnx.GraphProto) -> None:
                 carry_value_info(subgraphs[(node.name, attr.name)], attr.g)
 
 
-def used_domains(model: onnx.ModelProto) -> set[str]:
-    domains: set[str] = set()
-
-    def visit(nodes) -> None:
-        for node in nodes:
-            domains.add(node.domain)
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    visit(attr.g.node)
-                for g in attr.graphs:
-                    visit(g.node)
-
-    visit(model.graph.node)
-    for function in model.functions:
-        visit(function.node)
-        domains.add(function.domain)
-    return domains
-
-
 def prune_opset_imports(model: onnx.ModelProto) -> None:
     """ORT saves an import for every domain it knows (training, nchwc, aten...);
     only the ones the graph uses stay, so the file reads like the input did."""
-    keep = used_domains(model) | {""}
+    keep = sessions.domains(model, imports=False) | {""}
     keep_ops = [o for o in model.opset_import if o.domain in keep or (o.domain == "ai.onnx" and "" in keep)]
     del model.opset_import[:]
     model.opset_import.extend(keep_ops)

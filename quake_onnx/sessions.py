@@ -52,9 +52,10 @@ def user_libraries(paths: Optional[Iterable[Union[str, os.PathLike]]]) -> tuple[
     return tuple(out)
 
 
-def domains(model: onnx.ModelProto) -> set[str]:
-    """Every domain the model imports or its nodes (subgraphs and functions included) use."""
-    found = {o.domain for o in model.opset_import}
+def domains(model: onnx.ModelProto, imports: bool = True) -> set[str]:
+    """Every domain the model's nodes (subgraphs and functions included) use,
+    and, with `imports`, every domain it imports."""
+    found = {o.domain for o in model.opset_import} if imports else set()
 
     def visit(nodes) -> None:
         for node in nodes:
@@ -68,6 +69,7 @@ def domains(model: onnx.ModelProto) -> set[str]:
     visit(model.graph.node)
     for function in model.functions:
         visit(function.node)
+        found.add(function.domain)
     return found
 
 

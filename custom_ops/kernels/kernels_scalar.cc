@@ -66,20 +66,27 @@ inline void fill(float* y, size_t n, float v) {
   for (size_t i = 0; i < n; ++i) y[i] = v;
 }
 
+// Sum of e^(x - m) over x[0, n), each term stored to y when Store; a NaN
+// element makes the sum NaN. A double sum keeps rows of 10^5 equal logits
+// summing to 1 within 1e-6; a float running sum drifts by ~1e-3 there.
+template <int Order, bool Store>
+double sum_exp_shifted(const float* x, float* y, size_t n, float m) {
+  double sum = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    const float z = x[i] - m;  // in [-inf, 0] or NaN; the core never sees NaN (order 1 converts to int)
+    const float e = z > kExpUnderflow ? exp_core<Order>(z) : (std::isnan(z) ? z : 0.0f);
+    if (Store) y[i] = e;
+    sum += e;
+  }
+  return sum;
+}
+
 template <int Order>
 void softmax_quake_scalar(const float* x, float* y, size_t n) {
   const float m = row_max(x, n);
   if (std::isnan(m)) return fill(y, n, m);
   if (m == -std::numeric_limits<float>::infinity()) return fill(y, n, 0.0f);
-  // A double sum keeps rows of 10^5 equal logits summing to 1 within 1e-6;
-  // a float running sum drifts by ~1e-3 there.
-  double sum = 0.0;
-  for (size_t i = 0; i < n; ++i) {
-    const float z = x[i] - m;  // in [-inf, 0]
-    const float e = z <= kExpUnderflow ? 0.0f : exp_core<Order>(z);
-    y[i] = e;
-    sum += e;
-  }
+  const double sum = sum_exp_shifted<Order, true>(x, y, n, m);
   const float inv = static_cast<float>(1.0 / sum);  // sum >= 1: the max element contributes e^0
   for (size_t i = 0; i < n; ++i) y[i] *= inv;
 }
@@ -89,12 +96,7 @@ void logsoftmax_quake_scalar(const float* x, float* y, size_t n) {
   const float m = row_max(x, n);
   if (std::isnan(m)) return fill(y, n, m);
   if (m == -std::numeric_limits<float>::infinity()) return fill(y, n, m);
-  double sum = 0.0;
-  for (size_t i = 0; i < n; ++i) {
-    const float z = x[i] - m;
-    sum += z <= kExpUnderflow ? 0.0f : exp_core<Order>(z);
-  }
-  const float log_sum = static_cast<float>(std::log(sum));
+  const float log_sum = static_cast<float>(std::log(sum_exp_shifted<Order, false>(x, nullptr, n, m)));
   for (size_t i = 0; i < n; ++i) y[i] = (x[i] - m) - log_sum;
 }
 
@@ -193,14 +195,7 @@ struct LongRowLayer {
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
   template <int Order, bool Store>
   static float sum_exp(const float* x, float* y, size_t n, float m) {
-    double sum = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-      const float z = x[i] - m;
-      const float e = z <= kExpUnderflow ? 0.0f : exp_core<Order>(z);  // NaN: exp_core keeps it (orders 2, 3)
-      if (Store) y[i] = e;
-      sum += std::isnan(z) ? z : e;
-    }
-    return static_cast<float>(sum);
+    return static_cast<float>(sum_exp_shifted<Order, Store>(x, y, n, m));
   }
   static void scale(float* y, size_t n, float c) {
     for (size_t i = 0; i < n; ++i) y[i] *= c;
