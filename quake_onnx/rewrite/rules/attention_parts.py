@@ -306,6 +306,19 @@ def masked_pattern(live: np.ndarray, sq: Dim, skv: Dim) -> Optional[str]:
     return "causal" if np.array_equal(plane, causal_triangle(sq, skv)) else None
 
 
+def _may_fit(m: Dim, s: Dim) -> bool:
+    """Whether a mask dim m may be 1 or the scores' dim s. Symbolic or unknown
+    dims are given the benefit of the doubt: shape inference often loses the
+    sequence length's name through an exporter's Reshape, and where such a dim
+    turns out not to fit, com.quake Attention refuses the run with an error
+    naming the shapes (it never computes with a wrong mask)."""
+    if m == 1 or same_dim(m, s):
+        return True
+    if isinstance(m, int) and isinstance(s, int):
+        return False
+    return s != 1  # a mask of length > 1 on an axis of 1 would make the scores bigger
+
+
 def broadcast_reason(mask_shape: Optional[list[Dim]], scores: list[Dim], q_heads: Dim) -> Optional[str]:
     """None when a mask of `mask_shape` adds to scores [..., Sq, Skv] without
     making them bigger, as com.quake Attention's M must (its head axis 1 or Q's
@@ -315,14 +328,12 @@ def broadcast_reason(mask_shape: Optional[list[Dim]], scores: list[Dim], q_heads
     if len(mask_shape) > len(scores):
         return f"the mask (rank {len(mask_shape)}) has more axes than the scores (rank {len(scores)})"
     for axis in range(1, len(mask_shape) + 1):
-        m, s = dim_from_end(mask_shape, axis), dim_from_end(scores, axis)
-        if m == 1 or same_dim(m, s):
-            continue
-        return (
-            f"the mask {_shape_text(mask_shape)} is not additive-broadcastable to the scores "
-            f"{_shape_text(scores)} (axis {-axis})"
-        )
-    if len(mask_shape) >= 3 and mask_shape[-3] != 1 and not same_dim(mask_shape[-3], q_heads):
+        if not _may_fit(dim_from_end(mask_shape, axis), dim_from_end(scores, axis)):
+            return (
+                f"the mask {_shape_text(mask_shape)} is not additive-broadcastable to the scores "
+                f"{_shape_text(scores)} (axis {-axis})"
+            )
+    if len(mask_shape) >= 3 and not _may_fit(mask_shape[-3], q_heads):
         return f"the mask's head axis ({mask_shape[-3]}) is neither 1 nor Q's head count ({q_heads})"
     return None
 
