@@ -19,7 +19,13 @@ SKIPPED = "skipped by --skip-nodes"
 # Below these element counts a com.quake node is no faster than ONNX Runtime's
 # own op: the custom-op call costs about as much as the exponentials it saves
 # (BENCHMARKS.md, "Small tensors"). Exp's ORT kernel is the fastest of all.
-BREAK_EVEN = {"attention": 0, "softmax": 2048, "logsoftmax": 2048, "gelu": 2048, "silu": 2048, "sigmoid": 2048, "exp": 8192}
+# Attention counts score elements (B*H*Sq*Skv): below H12 S192 the fused op
+# was not faster than the block rewritten per op (docs/optimize.md, "Attention
+# fusion"; benchmarks/attention_break_even.py).
+BREAK_EVEN = {
+    "attention": 12 * 192 * 192, "softmax": 2048, "logsoftmax": 2048, "gelu": 2048, "silu": 2048, "sigmoid": 2048,
+    "exp": 8192,
+}
 
 
 def qualified(node: gs.Node) -> str:
