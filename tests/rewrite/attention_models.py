@@ -74,7 +74,7 @@ def whisper_encoder(seq: int = 24, hidden: int = 32, heads: int = 4):
 
 def llama_decoder(seq: int = 6, past: int = 10, hidden: int = 48, heads: int = 6, kv_heads: int = 2):
     """A Llama decoder layer with a KV cache: RMSNorm, q/k/v projections without bias,
-    K/V = Concat(past, new), repeat_kv as Unsqueeze -> Expand -> Reshape, scores * d^-0.5
+    rotary embeddings on Q and the new K, K/V = Concat(past, new), repeat_kv as Unsqueeze -> Expand -> Reshape, scores * d^-0.5
     plus the additive causal bias [1, 1, Sq, Skv] (0 / float-lowest, shifted by the past),
     softmax in float, SiLU-gated MLP. Outputs the hidden state and the present K/V."""
     g = zoo.Graph(13)
@@ -95,9 +95,21 @@ def llama_decoder(seq: int = 6, past: int = 10, hidden: int = 48, heads: int = 6
         e = g.op("Expand", u, g.i64(1, kv_heads, n, rows, cols))
         return g.op("Reshape", e, g.i64(1, heads, rows, cols))
 
+    # Rotary embeddings of positions past .. past + seq - 1, left as they are before the attention.
+    inv = 1.0 / (10000 ** (np.arange(0, d, 2) / d))
+    angles = np.outer(np.arange(past, past + seq), inv)
+    angles = np.concatenate([angles, angles], axis=-1)[None, None].astype(np.float32)
+    cos, sin = g.const("rope_cos", np.cos(angles)), g.const("rope_sin", np.sin(angles))
+
+    def rotary(x):
+        first = g.op("Slice", x, g.i64(0), g.i64(d // 2), g.i64(-1))
+        second = g.op("Slice", x, g.i64(d // 2), g.i64(d), g.i64(-1))
+        rotated = g.op("Concat", g.op("Neg", second), first, axis=-1)
+        return g.op("Add", g.op("Mul", x, cos), g.op("Mul", rotated, sin))
+
     h = rms_norm("hidden")
-    q = heads_of(g.linear(h, hidden, hidden, bias=False), heads)
-    k_new = heads_of(g.linear(h, hidden, kv_heads * d, bias=False), kv_heads)
+    q = rotary(heads_of(g.linear(h, hidden, hidden, bias=False), heads))
+    k_new = rotary(heads_of(g.linear(h, hidden, kv_heads * d, bias=False), kv_heads))
     v_new = heads_of(g.linear(h, hidden, kv_heads * d, bias=False), kv_heads)
     g.nodes.append(helper.make_node("Concat", ["past_key", k_new], ["present_key"], name="cache_k", axis=2))
     g.nodes.append(helper.make_node("Concat", ["past_value", v_new], ["present_value"], name="cache_v", axis=2))
