@@ -111,7 +111,7 @@ def _parse_ops(value: Optional[str]) -> Optional[frozenset]:
 _ORDER = typer.Option(2, "--order", min=1, max=3, help="1 fastest (~3% exp error), 2 default (~0.2%), 3 most accurate")
 _OPS = typer.Option(
     None, "--ops", metavar="OP,OP", callback=_parse_ops,
-    help="comma-separated: softmax,logsoftmax,gelu,silu,sigmoid,exp (default: all)",
+    help="comma-separated: attention,softmax,logsoftmax,gelu,silu,sigmoid,exp (default: all)",
 )
 _SKIP = typer.Option(None, "--skip-nodes", metavar="NAME", help="node name to leave alone; repeat for several")
 _FUSIONS = typer.Option(
@@ -139,8 +139,9 @@ _LEVEL = typer.Option(
 
 _MIN_ELEMENTS = typer.Option(
     None, "--min-elements", min=0, metavar="N",
-    help="leave nodes whose input has a fully static shape of fewer than N elements to ONNX Runtime "
-    "(default: the measured break-even of a custom-op call, 2048 elements, Exp 8192; 0 replaces any size)",
+    help="leave nodes whose input has a fully static shape of fewer than N elements to ONNX Runtime, and "
+    "attention blocks of fewer than N score elements (B*H*Sq*Skv) unfused (default: the measured break-evens, "
+    "2048 elements, Exp 8192, attention see docs/optimize.md; 0 replaces and fuses any size)",
 )
 
 
@@ -202,7 +203,7 @@ def optimize_cmd(
     report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="write the full report as JSON"),
     in_place: bool = typer.Option(False, "--in-place", help="allow OUT to be IN (or omit OUT) and overwrite it"),
 ) -> None:
-    """Replace Softmax, GELU, SiLU/Sigmoid, Exp... with com.quake ops and write OUT."""
+    """Fuse attention blocks and replace Softmax, GELU, SiLU/Sigmoid, Exp... with com.quake ops; write OUT."""
     from . import _cli_output, writes
 
     if dest is None and not in_place:

@@ -23,7 +23,7 @@ from .rewrite.report import Report
 
 # The pass's own list when it is importable; the same names otherwise, so
 # option checking works even where the pass cannot be loaded.
-_KNOWN_OPS = frozenset({"softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"})
+_KNOWN_OPS = frozenset({"attention", "softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"})
 ORDERS = (1, 2, 3)
 
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]
@@ -77,7 +77,8 @@ def optimize(
         `<output name>.data` next to it); None writes nothing, unless
         `in_place` with a path input, which overwrites the input.
     order: 1, 2 or 3, the accuracy/speed order of the exponential.
-    ops: the op families to replace (default: all of them).
+    ops: the op families to replace (default: all of them); "attention" fuses
+        attention blocks into com.quake Attention (docs/optimize.md).
     skip_nodes: node names to leave alone.
     ort_fusions: let ONNX Runtime optimise a copy first, offline, as the
         oracle of what it fuses: a Softmax it folds into a fused attention
@@ -94,8 +95,10 @@ def optimize(
 
     min_elements: nodes whose input shape is fully static and smaller than
         this are left to ONNX Runtime; None (default) uses the measured
-        break-even of a custom-op call per op (2048 elements, Exp 8192), 0
-        replaces whatever the size. Symbolic shapes are always replaced.
+        break-even of a custom-op call per op (2048 elements, Exp 8192; for
+        attention blocks, counted in score elements B*H*Sq*Skv, the measured
+        break-even of the fused op, engine.BREAK_EVEN), 0 replaces and fuses
+        whatever the size. Symbolic shapes are always replaced.
     softmax_method: "quake" (default) or "exaq": the method of the com.quake
         Softmax nodes made (docs/ops.md); exaq nodes quantize the exponent to
         `bits` (2..8) bits with C derived per row until `calibrate` fixes it.

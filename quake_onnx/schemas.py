@@ -24,11 +24,41 @@ def _same_as_input(ctx) -> None:
         ctx.set_output_type(0, ctx.get_input_type(0))
 
 
-def _same_element_type(ctx) -> None:
-    # Attention's Y has Q's element type; its shape ([..., Sq, Dv]) is left to ONNX Runtime.
-    if ctx.has_input(0):
-        elem = ctx.get_input_type(0).tensor_type.elem_type
-        ctx.set_output_type(0, onnx.helper.make_tensor_type_proto(elem, shape=None))
+def _dims(ctx, i: int):
+    """Input i's dims (int, name or None each), None when absent or of unknown rank."""
+    if i >= ctx.get_num_inputs() or not ctx.has_input(i):
+        return None
+    tensor = ctx.get_input_type(i).tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+
+
+def _attention_shape(ctx) -> None:
+    # Y has Q's element type and the shape [broadcast leading dims, Sq, Dv]; the
+    # head axis (-3) is Q's (K/V heads divide it, M's is 1 or it). Stated so the
+    # optimizer's value_info tells ONNX Runtime what it knew of the MatMul the
+    # op replaced (its MatMul+Add -> Gemm fusion after the block needs the rank).
+    if not ctx.has_input(0):
+        return
+    elem = ctx.get_input_type(0).tensor_type.elem_type
+    q, v = _dims(ctx, 0), _dims(ctx, 2)
+    shape = None
+    if q is not None and v is not None and len(q) >= 2 and len(v) >= 2:
+        others = [d for d in (_dims(ctx, 1), v, _dims(ctx, 3)) if d is not None]
+        if len(others) == 2 + (ctx.get_num_inputs() > 3 and ctx.has_input(3)):
+            lead = max(len(d) for d in [q] + others) - 2
+            shape = []
+            for axis in range(lead, 0, -1):  # counted from the right of the leading dims
+                mine = q[len(q) - 2 - axis] if axis <= len(q) - 2 else 1
+                if axis == 1 or mine != 1:
+                    shape.append(mine)
+                    continue
+                found = [o[len(o) - 2 - axis] for o in others if axis <= len(o) - 2]
+                found = [d for d in found if d != 1]
+                shape.append(found[0] if len(set(found)) == 1 else (1 if not found else None))
+            shape += [q[-2], v[-1]]
+    ctx.set_output_type(0, onnx.helper.make_tensor_type_proto(elem, shape=shape))
 
 
 def _attention_schema() -> OpSchema:
@@ -55,7 +85,7 @@ def _attention_schema() -> OpSchema:
             _attr("precision", "float32", "Tile product precision; only float32 is implemented."),
         ],
     )
-    schema.set_type_and_shape_inference_function(_same_element_type)
+    schema.set_type_and_shape_inference_function(_attention_shape)
     return schema
 
 

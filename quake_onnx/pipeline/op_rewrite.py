@@ -1,5 +1,6 @@
 """Stage 4: replace Softmax, GELU, SiLU/Sigmoid, Exp ... with com.quake nodes
-(rewrite/passes.py), with big tensors' bytes set aside while the pass runs."""
+(rewrite/passes.py with the per-op rules, rewrite/rules OP_RULES), with big
+tensors' bytes set aside while the pass runs."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,8 @@ def rewrite_ops(job: Job) -> Job:
         job.warnings.append(f"--skip-nodes: no node named {', '.join(missing)}")
     job.existing_softmax = frozenset(exaq.quake_softmax_outputs(job.model))
     # Kept activations are the default's safety: a model ORT has laid out has none left to keep.
-    rewritten, report = _rewrite_light(job.model, s.order, s.ops, s.skip | frozenset(job.kept), not job.laid_out,
-                                       dict(s.floors), job.type_hints)
+    rewritten, report = rewrite_light(job.model, s.order, s.ops, s.skip | frozenset(job.kept), not job.laid_out,
+                                      dict(s.floors), job.type_hints, _op_rules())
     report.decisions[:] = [
         dataclasses.replace(d, reason=f"kept: ONNX Runtime fuses it into com.microsoft.{job.kept[d.node]}")
         if d.node in job.kept and not d.replaced and d.node not in s.skip else d
@@ -32,23 +33,31 @@ def rewrite_ops(job: Job) -> Job:
     return job
 
 
+def _op_rules():
+    try:
+        from ..rewrite.rules import OP_RULES
+    except ImportError as e:
+        raise OptimizeError(f"the rewrite pass is not available: {e}", exit_code=1) from None
+    return OP_RULES
+
+
 def _rewrite(model: onnx.ModelProto, order: int, ops: frozenset, skip: frozenset, keep_layout: bool,
-             min_elements: dict, type_hints: Sequence[onnx.ValueInfoProto]):
+             min_elements: dict, type_hints: Sequence[onnx.ValueInfoProto], rules):
     try:
         from ..rewrite.passes import rewrite_model
     except ImportError as e:
         raise OptimizeError(f"the rewrite pass is not available: {e}", exit_code=1) from None
     return rewrite_model(model, order=order, ops=ops, skip_nodes=skip, keep_conv_layout=keep_layout,
-                         min_elements=min_elements, type_hints=type_hints)
+                         min_elements=min_elements, type_hints=type_hints, rules=rules)
 
 
-def _rewrite_light(model, order, ops, skip, keep_layout, min_elements, type_hints):
-    """The rewrite with big tensors' bytes set aside (see strip_large_tensors).
-    `model` is as it was after."""
+def rewrite_light(model, order, ops, skip, keep_layout, min_elements, type_hints, rules):
+    """rewrite_model with `rules` and big tensors' bytes set aside (see
+    strip_large_tensors). `model` is as it was after."""
     stash = modelio.strip_large_tensors(model)
     try:
         try:
-            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements, type_hints)
+            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements, type_hints, rules)
         except OptimizeError:
             raise
         except Exception as e:
@@ -58,7 +67,7 @@ def _rewrite_light(model, order, ops, skip, keep_layout, min_elements, type_hint
             if not stash or modelio.needs_external_data(model):
                 raise OptimizeError(f"the rewrite failed: {type(e).__name__}: {e}", exit_code=1) from e
             stash = {}
-            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements, type_hints)
+            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements, type_hints, rules)
         modelio.restore_large_tensors(rewritten, stash)
     finally:
         modelio.restore_large_tensors(model, stash)

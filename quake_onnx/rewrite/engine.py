@@ -19,7 +19,13 @@ SKIPPED = "skipped by --skip-nodes"
 # Below these element counts a com.quake node is no faster than ONNX Runtime's
 # own op: the custom-op call costs about as much as the exponentials it saves
 # (BENCHMARKS.md, "Small tensors"). Exp's ORT kernel is the fastest of all.
-BREAK_EVEN = {"softmax": 2048, "logsoftmax": 2048, "gelu": 2048, "silu": 2048, "sigmoid": 2048, "exp": 8192}
+# Attention counts score elements (B*H*Sq*Skv): below H12 S192 the fused op
+# was not faster than the block rewritten per op (docs/optimize.md, "Attention
+# fusion"; benchmarks/attention_break_even.py).
+BREAK_EVEN = {
+    "attention": 12 * 192 * 192, "softmax": 2048, "logsoftmax": 2048, "gelu": 2048, "silu": 2048, "sigmoid": 2048,
+    "exp": 8192,
+}
 
 
 def qualified(node: gs.Node) -> str:
@@ -120,10 +126,10 @@ class Engine:
             return "element type unknown"
         if elem not in SUPPORTED:
             return f"element type {type_name(elem)} is not supported"
-        size = _static_size(ctx.shape(match.x))
+        size = match.size(ctx) if match.size is not None else static_size(ctx.shape(match.x))
         floor = self.min_elements.get(rule.family, 0)
         if size is not None and size < floor:
-            return f"{size} elements: below the {floor}-element break-even of a custom-op call"
+            return f"{size} {match.size_what}: below the {floor}-element break-even of {match.cost}"
         # Rules follow a pattern through its fitting reader and leave other readers to this one check.
         inner = [t for n in match.remove for t in n.outputs if t is not match.output]
         leak = ctx.first_other_consumer(inner, match.remove)
@@ -137,7 +143,7 @@ class Engine:
         return home
 
 
-def _static_size(shape) -> "int | None":
+def static_size(shape) -> "int | None":
     """Element count of a fully static shape, else None (symbolic sizes are
     taken to be large: that is what they are in deployed models)."""
     if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape):

@@ -1,7 +1,7 @@
 """The rewrite pass: `rewrite_model` replaces exponential non-linearities with com.quake nodes."""
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional, Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -11,11 +11,12 @@ from . import preserve
 from .context import Context, Names
 from .engine import Engine
 from .report import Report
+from .rule import Rule
 from .rules import RULES
 from .scopes import Scopes
 from .types import TypeTable
 
-ALL_OPS = frozenset({"softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"})
+ALL_OPS = frozenset({"attention", "softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"})
 ORDERS = (1, 2, 3)
 
 
@@ -28,6 +29,7 @@ def rewrite_model(
     keep_conv_layout: bool = True,
     min_elements: Mapping[str, int] = {},
     type_hints: Iterable[onnx.ValueInfoProto] = (),
+    rules: Optional[Sequence[Rule]] = None,
 ) -> tuple[onnx.ModelProto, Report]:
     """Return (rewritten copy of `model`, what was done to every candidate). `model` is not modified.
 
@@ -43,6 +45,8 @@ def rewrite_model(
     type_hints: types of tensors onnx cannot infer (after another library's
         custom ops), e.g. ONNX Runtime's (ort_fusions.ort_types); not written
         into the result.
+    rules: the rules to run (rules/__init__.py), None for all of them, attention
+        fusion first; the optimizer runs ATTENTION_RULES and OP_RULES as two stages.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -65,7 +69,7 @@ def rewrite_model(
         skip=frozenset(skip_nodes),
         keep_conv_layout=keep_conv_layout,
     )
-    Engine(RULES, ops, report, min_elements).run(context)
+    Engine(RULES if rules is None else rules, ops, report, min_elements).run(context)
 
     if not report.replaced:  # an unchanged model comes back byte for byte
         return work, report

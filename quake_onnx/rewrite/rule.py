@@ -40,12 +40,17 @@ class Match:
     summary: str  # "com.quake Gelu (bias fused)"
     # Pattern nodes that go only if nothing else reads them afterwards (a Sigmoid shared by a SiLU and others).
     prune: list[gs.Node] = field(default_factory=list)
+    # What the break-even (--min-elements) is compared with, for a fused op whose cost is not x's size:
+    # the element count (None when symbolic: taken as large), what those elements are, and whose break-even.
+    size: Optional[Callable[["Context"], Optional[int]]] = None
+    size_what: str = "elements"
+    cost: str = "a custom-op call"
 
 
 @dataclass(frozen=True)
 class Rule:
     name: str  # reported as Decision.rule
-    family: str  # the --ops key that selects it: softmax, logsoftmax, gelu, silu, sigmoid, exp
+    family: str  # the --ops key that selects it: attention, softmax, logsoftmax, gelu, silu, sigmoid, exp
     anchors: tuple[tuple[str, str], ...]  # (domain, op type) of the node the pattern starts from
     match: Callable[["Context", gs.Node], Optional[Union[Match, str]]]
     # An activation ONNX Runtime keeps inside its NCHWc conv layout or fuses into a Conv

@@ -29,8 +29,11 @@ def test_optimize_encoder_block(tmp_path, encoder_block, fusions):
     replaced = [d for d in data["decisions"] if d["replaced"]]
     assert data["replaced"] == len(replaced) == sum(data["per_rule"].values())
     assert data["skipped"] == len(data["decisions"]) - len(replaced)
-    # Softmax, GELU and the SiLU gate of the block are all rewritten.
-    assert data["replaced"] >= 3 and data["skipped"] == 0
+    # Softmax, GELU and the SiLU gate of the block are all rewritten; the attention block
+    # (4 heads x 64 x 64 scores) is below the fusion's break-even and left to them.
+    assert data["replaced"] >= 3
+    skipped = [d for d in data["decisions"] if not d["replaced"]]
+    assert [(d["rule"], "break-even" in d["reason"]) for d in skipped] == [("attention", True)]
     model = onnx.load(str(out))
     assert len(quake_nodes(model)) == data["replaced"]
     assert {n.op_type for n in quake_nodes(model)} >= {"Softmax", "Gelu"}
@@ -40,7 +43,8 @@ def test_optimize_encoder_block(tmp_path, encoder_block, fusions):
 
     # --explain names every candidate and says what happened to it.
     for d in data["decisions"]:
-        line = next((ln for ln in result.stdout.splitlines() if d["node"] in ln), None)
+        # (a Softmax has two lines: the attention rule's and the softmax rule's)
+        line = next((ln for ln in result.stdout.splitlines() if d["node"] in ln and d["reason"] in ln), None)
         assert line is not None, d["node"]
         assert ("replaced" if d["replaced"] else "kept") in line and d["reason"] in line
     # The summary table's total row matches the report.

@@ -1,10 +1,24 @@
-"""The rules, in priority order: where two start from the same op, the composite pattern goes first."""
+"""The rules, in priority order: where two start from the same op, the composite pattern goes first.
+
+ATTENTION_RULES fuse whole attention blocks (the optimizer's fuse_attention
+stage runs them alone, before the per-op stage runs OP_RULES); RULES is both,
+attention first, for a one-pass rewrite_model.
+"""
 from __future__ import annotations
 
 from ..rule import Rule
-from . import contrib_gelu, erf_gelu, exp, gelu, logsoftmax, quick_gelu, sigmoid, silu, softmax, swish, tanh_gelu
+from . import (
+    attention, contrib_gelu, erf_gelu, exp, gelu, logsoftmax, mha, onnx_attention, quick_gelu, sigmoid, silu, softmax, swish,
+    tanh_gelu,
+)
 
-RULES: list[Rule] = [
+ATTENTION_RULES: list[Rule] = [
+    attention.RULE,  # anchored at the Softmax: before the softmax rule, which takes what it refuses
+    mha.RULE,
+    onnx_attention.RULE,
+]
+
+OP_RULES: list[Rule] = [
     erf_gelu.RULE,
     tanh_gelu.RULE,
     gelu.RULE,
@@ -17,3 +31,5 @@ RULES: list[Rule] = [
     logsoftmax.RULE,
     exp.RULE,
 ]
+
+RULES: list[Rule] = ATTENTION_RULES + OP_RULES

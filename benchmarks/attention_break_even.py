@@ -1,0 +1,147 @@
+"""Break-even of the attention fusion: com.quake Attention against the same
+block rewritten per op (MatMul -> Div -> Add(mask) -> com.quake Softmax ->
+MatMul), both under ONNX Runtime at ORT_ENABLE_ALL with the library, at small
+sizes where the fused op's fixed costs may not pay.
+
+Each size is one BERT-style block with Q, K, V [1, H, S, D] as inputs (K
+transposed by a Transpose in the graph, a [1, 1, 1, S] padding mask), the two
+models made by `rewrite_model` (all families; all but attention). Timing is
+paired and interleaved: per round, a batch of runs of one model then of the
+other (the order alternating by round), so drifts of a shared machine hit both;
+the ratio is taken per round and its median reported with the quartiles.
+
+    python benchmarks/attention_break_even.py --heads 12 --dim 64 --seqs 16,32,64,128,256 --rounds 15
+
+Prints a Markdown table: S, score elements (H S^2), per-op and fused median
+times, and fused speed-up (per-op time / fused time) median [q1, q3]. The
+break-even is the smallest score-element count from which every larger size's
+lower quartile is >= 1.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+import quake_onnx
+from quake_onnx.rewrite import ALL_OPS, rewrite_model
+
+
+def positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of whole numbers") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers > 0")
+    return values
+
+
+def block(heads: int, seq: int, dim: int) -> onnx.ModelProto:
+    shape = [1, heads, seq, dim]
+    nodes = [
+        helper.make_node("Transpose", ["K"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["Q", "kt"], ["s"]),
+        helper.make_node("Div", ["s", "sqrt_d"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "M"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "V"], ["Y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "attention",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "QKV"]
+        + [helper.make_tensor_value_info("M", TensorProto.FLOAT, [1, 1, 1, seq])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
+        initializer=[numpy_helper.from_array(np.array(np.sqrt(dim), np.float32), "sqrt_d")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.register_custom_ops_library(quake_onnx.get_library_path())
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def timed(sess: ort.InferenceSession, feeds: dict, runs: int) -> float:
+    start = time.perf_counter()
+    for _ in range(runs):
+        sess.run(None, feeds)
+    return (time.perf_counter() - start) / runs
+
+
+def measure(heads: int, seq: int, dim: int, rounds: int, threads: int, budget: float) -> dict:
+    model = block(heads, seq, dim)
+    fused, report = rewrite_model(model, min_elements={})
+    assert any(n.op_type == "Attention" for n in fused.graph.node), report.decisions
+    per_op, _ = rewrite_model(model, ops=ALL_OPS - {"attention"})
+    rng = np.random.default_rng(seq)
+    feeds = {n: rng.standard_normal((1, heads, seq, dim)).astype(np.float32) for n in "QKV"}
+    mask = np.zeros((1, 1, 1, seq), np.float32)
+    mask[..., seq - seq // 8:] = -np.inf  # a few padded keys, as a batch of sentences has
+    feeds["M"] = mask
+    sessions = {"per_op": session(per_op, threads), "fused": session(fused, threads)}
+    got = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
+    error = float(np.abs(got["fused"] - got["per_op"]).max())
+    for s in sessions.values():  # warm up, and size the batch of runs to about `budget` seconds
+        timed(s, feeds, 3)
+    runs = max(3, int(budget / max(timed(sessions["per_op"], feeds, 5), 1e-6)))
+    times = {k: [] for k in sessions}
+    ratios = []
+    for r in range(rounds):
+        order = ["per_op", "fused"] if r % 2 == 0 else ["fused", "per_op"]
+        this = {k: timed(sessions[k], feeds, runs) for k in order}
+        for k, t in this.items():
+            times[k].append(t)
+        ratios.append(this["per_op"] / this["fused"])
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return {
+        "seq": seq, "elements": heads * seq * seq, "per_op_us": statistics.median(times["per_op"]) * 1e6,
+        "fused_us": statistics.median(times["fused"]) * 1e6, "ratio": statistics.median(ratios), "q1": q1, "q3": q3,
+        "runs": runs, "max_abs_diff": error,
+    }
+
+
+def break_even(rows: list[dict]) -> int | None:
+    """The smallest score-element count from which every row's lower quartile is >= 1."""
+    found = None
+    for row in sorted(rows, key=lambda r: r["elements"], reverse=True):
+        if row["q1"] < 1.0:
+            break
+        found = row["elements"]
+    return found
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--seqs", type=positive_ints, default=positive_ints("16,24,32,48,64,96,128,192,256"))
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--budget", type=float, default=0.05, help="seconds per batch of runs of one model")
+    args = ap.parse_args()
+    print(f"H{args.heads} D{args.dim}, {args.threads} thread(s), {args.rounds} interleaved rounds, "
+          f"ORT {ort.__version__}, kernels {quake_onnx.selected_isa()}")
+    print("| S | score elements | per-op (us) | fused (us) | fused speed-up median [q1, q3] | runs/round | max abs diff |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for seq in args.seqs:
+        row = measure(args.heads, seq, args.dim, args.rounds, args.threads, args.budget)
+        rows.append(row)
+        print(f"| {row['seq']} | {row['elements']} | {row['per_op_us']:.1f} | {row['fused_us']:.1f} | "
+              f"{row['ratio']:.3f} [{row['q1']:.3f}, {row['q3']:.3f}] | {row['runs']} | {row['max_abs_diff']:.1e} |",
+              flush=True)
+    print(f"break-even: {break_even(rows)} score elements")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,487 @@
+"""Pieces shared by the attention rules: what feeds Q, K and V (scales, K's
+transpose, the repeat of K/V heads), masks (causal proof, additive
+broadcasting, bool to additive) and the com.quake Attention node.
+
+Shapes follow com.quake Attention (docs/ops.md, "Attention"): Q [..., Sq, D],
+K [..., Skv, D] or [..., D, Skv] (k_transposed), V [..., Skv, Dv], axis -3 the
+heads (K/V may have fewer: query head h reads key/value head h // (H / Hkv)),
+M additive and broadcastable to [..., Sq, Skv].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..constants import _evaluate
+from ..context import Context
+from ..match import const_shape, const_value, consumers, is_op, producer
+from ..rule import Match, NodeSpec, quake
+from ..types import Dim
+
+FAMILY = "attention"
+# A masked score: -inf, float-lowest (Hugging Face's finfo.min), float16's -65504, BERT's -10000.
+# Below this a key's weight e^(s - max) is 0 in float32 for any score an attention computes.
+MASKED = -1e4
+MAX_MASK_ELEMENTS = 1 << 24  # a constant mask evaluated for the causal proof (GPT-2's bias is 1024 x 1024)
+COST = "the fused attention"
+
+
+def same_dim(a: Dim, b: Dim) -> bool:
+    """Equal and known: the same int, or the same symbolic name."""
+    return a is not None and a == b
+
+
+def dim_from_end(shape: list[Dim], axis: int) -> Dim:
+    """Dimension `axis` counted from the end (1 = last); 1 where the shape is shorter (numpy broadcasting)."""
+    return shape[-axis] if axis <= len(shape) else 1
+
+
+# ---------------------------------------------------------------------------
+# Scales.
+
+
+def scalar_factor(ctx: Context, node: Optional[gs.Node], t: gs.Tensor) -> Optional[float]:
+    """The factor of t = x * c or x / c (c a constant scalar that does not raise x's rank),
+    as a multiplier; None when `node` (t's producer) is not such a scaling."""
+    if is_op(node, "Mul"):
+        found = ctx.scalar_operand(node)
+        return None if found is None else found[0]
+    if is_op(node, "Div"):
+        divisor = ctx.scalar_divisor(node)
+        return None if divisor is None or divisor == 0 else 1.0 / divisor
+    return None
+
+
+def unscaled(ctx: Context, t: gs.Tensor) -> tuple[gs.Tensor, float, list[gs.Node]]:
+    """Strips x * c and x / c (c a constant scalar) off t: (x, the product of the factors, the scaling nodes)."""
+    factor, nodes = 1.0, []
+    while True:
+        node = producer(t)
+        c = scalar_factor(ctx, node, t)
+        if c is None:
+            return t, factor, nodes
+        factor *= c
+        nodes.append(node)
+        t = ctx.scalar_operand(node)[1] if is_op(node, "Mul") else node.inputs[0]
+
+
+# ---------------------------------------------------------------------------
+# K's transpose and the repeat of K/V heads.
+
+
+def swaps_last_two(node: gs.Node) -> bool:
+    """A Transpose exchanging the last two axes and nothing else."""
+    perm = node.attrs.get("perm")
+    if perm is None:
+        return False
+    perm = [int(p) for p in perm]
+    n = len(perm)
+    return n >= 2 and perm == list(range(n - 2)) + [n - 1, n - 2]
+
+
+@dataclass
+class Operand:
+    """Q, K or V as the fused op reads it: the tensor, the nodes stripped off it
+    (pruned when nothing else reads them), and what they did."""
+
+    tensor: gs.Tensor
+    nodes: list[gs.Node] = field(default_factory=list)
+    factor: float = 1.0
+    transposed: bool = False  # K: swapped back to [..., Skv, D] by a stripped Transpose
+    repeat: int = 1  # K/V: heads repeated this many times by a stripped Unsqueeze/Expand/Reshape
+
+
+def _axes(node: gs.Node) -> Optional[list[int]]:
+    """Unsqueeze's axes (attribute before opset 13, input after)."""
+    if "axes" in node.attrs:
+        return [int(a) for a in node.attrs["axes"]]
+    if len(node.inputs) > 1:
+        value = const_value(node.inputs[1])
+        return None if value is None else [int(a) for a in np.asarray(value).reshape(-1)]
+    return None
+
+
+def repeated_heads(ctx: Context, t: gs.Tensor) -> Union[None, str, tuple[gs.Tensor, int, list[gs.Node]]]:
+    """The K/V of grouped-query attention before the exporter repeated its heads:
+    Reshape(Expand|Tile(Unsqueeze(x, axis=heads+1))) of x [..., Hkv, S, D] to
+    [..., Hkv * n, S, D] (Hugging Face's repeat_kv), each key/value head then
+    serving n consecutive query heads, as com.quake Attention groups them. Returns
+    (x, n, nodes), a reason when the repeat is there in another order, None when
+    t is not repeated this way."""
+    reshape = producer(t)
+    if not is_op(reshape, "Reshape"):
+        return None
+    spread = producer(reshape.inputs[0])
+    if not (is_op(spread, "Expand") or is_op(spread, "Tile")):
+        return None
+    unsqueeze = producer(spread.inputs[0])
+    if not is_op(unsqueeze, "Unsqueeze"):
+        return None
+    x = unsqueeze.inputs[0]
+    shape, out, spread_shape = ctx.shape(x), ctx.shape(t), ctx.shape(spread.outputs[0])
+    axes = _axes(unsqueeze)
+    if shape is None or out is None or axes is None or len(axes) != 1 or len(shape) < 3 or len(out) != len(shape):
+        return "cannot tell how the K/V heads are repeated (shapes unknown)"
+    rank = len(shape)
+    if axes[0] % (rank + 1) != rank - 2:
+        # Repeating with the new axis before the heads interleaves them (h % Hkv), not the grouping of the op.
+        return "K/V heads are repeated in an order com.quake Attention's grouping does not follow"
+    if is_op(spread, "Tile"):
+        reps = const_value(spread.inputs[1])
+        if reps is None or [int(r) for i, r in enumerate(np.asarray(reps).reshape(-1)) if i != rank - 2] != [1] * rank:
+            return "K/V heads are tiled along other axes than the repeat"
+    h_kv, h = shape[-3], out[-3]
+    if not (isinstance(h_kv, int) and isinstance(h, int) and h_kv > 0 and h % h_kv == 0):
+        return "cannot tell how the K/V heads are repeated (head counts not static)"
+    if spread_shape is not None and len(spread_shape) == rank + 1:
+        # The repeat axis right after the heads, every other axis of x kept as it is.
+        others = [d for i, d in enumerate(spread_shape) if i != rank - 2]
+        if not all(same_dim(a, b) or a == b == 1 for a, b in zip(others[-3:], shape[-3:])):
+            return "the K/V repeat changes more than the head count"
+    if not all(same_dim(a, b) for a, b in zip(out[-2:], shape[-2:])):
+        return "the K/V repeat changes more than the head count"
+    return x, h // h_kv, [reshape, spread, unsqueeze]
+
+
+def operand_kv(ctx: Context, t: gs.Tensor, is_key: bool) -> Union[str, Operand]:
+    """K (is_key: also its scales and last-two-axes transposes) or V, with the
+    exporter's repeat of heads stripped off."""
+    op = Operand(t)
+    while True:
+        node = producer(op.tensor)
+        c = scalar_factor(ctx, node, op.tensor) if is_key else None
+        if c is not None:
+            op.factor *= c
+            op.nodes.append(node)
+            op.tensor = ctx.scalar_operand(node)[1] if is_op(node, "Mul") else node.inputs[0]
+            continue
+        if is_key and is_op(node, "Transpose") and swaps_last_two(node):
+            op.transposed = not op.transposed
+            op.nodes.append(node)
+            op.tensor = node.inputs[0]
+            continue
+        if op.repeat == 1:
+            found = repeated_heads(ctx, op.tensor)
+            if isinstance(found, str):
+                return found
+            if found is not None:
+                op.tensor, op.repeat, nodes = found
+                op.nodes.extend(nodes)
+                continue
+        return op
+
+
+def exclusive_upstream(tensors: list[gs.Tensor], members: list[gs.Node], depth: int = 12) -> list[gs.Node]:
+    """Producers (to `depth` steps back) whose every output is read only by `members` or
+    by each other: what computes the pattern's shape inputs (Shape -> Gather -> Concat),
+    dead once the pattern goes."""
+    inside = {id(n) for n in members}
+    found: list[gs.Node] = []
+    frontier = list(tensors)
+    for _ in range(depth):
+        nxt = []
+        for t in frontier:
+            node = producer(t)
+            if node is None or id(node) in inside:
+                continue
+            if all(all(id(r) in inside for r in consumers(o)) for o in node.outputs):
+                inside.add(id(node))
+                found.append(node)
+                nxt.extend(node.inputs)
+        frontier = nxt
+    return found
+
+
+# ---------------------------------------------------------------------------
+# Masks.
+
+
+@dataclass
+class Mask:
+    """One masking step of the scores: an additive term, or a Where keeping the
+    scores where `live` says and putting `fill` elsewhere."""
+
+    tensor: gs.Tensor  # the additive term, or the Where's condition
+    node: gs.Node  # the Add / Sub / Where
+    where: bool = False
+    live_if: bool = True  # Where: the condition value that keeps the score
+    fill: float = 0.0  # Where: the value of a masked score
+    negate: bool = False  # Sub: scores - m
+    elem: Optional[int] = None  # element type of the masked scores (the replacement runs after the node is gone)
+
+
+def static_value(t: gs.Tensor, depth: int = 6) -> Optional[np.ndarray]:
+    """The value of a constant mask, through the ops exporters put between the
+    stored mask and its use (Cast, Slice with constant bounds, Not, Unsqueeze,
+    Reshape, Identity); None when it is computed at run time or too big."""
+    node = producer(t)
+    if isinstance(t, gs.Constant) or is_op(node, "Constant"):
+        shape = const_shape(t)
+        if shape is None or int(np.prod(shape)) > MAX_MASK_ELEMENTS:
+            return None
+        value = const_value(t)
+        return None if value is None else np.asarray(value)
+    if node is None or depth == 0 or len(node.outputs) != 1:
+        return None
+    x = static_value(node.inputs[0], depth - 1) if node.inputs else None
+    if x is None:
+        return None
+
+    def ints(i: int) -> Optional[list[int]]:
+        if len(node.inputs) <= i or not node.inputs[i].name:
+            return None
+        v = _evaluate(node.inputs[i], 4, [], scalar=False)
+        return None if v is None or v.dtype.kind != "i" else [int(a) for a in v.reshape(-1)]
+
+    try:
+        if is_op(node, "Identity"):
+            return x
+        if is_op(node, "Not"):
+            return np.logical_not(x)
+        if is_op(node, "Cast"):
+            return x.astype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"])))
+        if is_op(node, "Unsqueeze"):
+            axes = _axes(node)
+            return None if axes is None else np.expand_dims(x, tuple(axes))
+        if is_op(node, "Reshape"):
+            shape = ints(1)
+            return None if shape is None else x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(shape)])
+        if is_op(node, "Slice"):
+            starts, ends = ints(1), ints(2)
+            if starts is None or ends is None:
+                return None
+            axes = ints(3) or list(range(len(starts)))
+            steps = ints(4) or [1] * len(starts)
+            index = [slice(None)] * x.ndim
+            for a, s, e, st in zip(axes, starts, ends, steps):
+                index[a] = slice(s, e, st)
+            return x[tuple(index)]
+    except (ValueError, IndexError, KeyError, TypeError):
+        return None
+    return None
+
+
+def causal_triangle(sq: int, skv: int) -> np.ndarray:
+    """True where query i may see key j under com.quake Attention's causal=1: j <= i + (Skv - Sq)."""
+    return np.arange(skv)[None, :] <= np.arange(sq)[:, None] + (skv - sq)
+
+
+def live_keys(mask: Mask) -> Optional[np.ndarray]:
+    """Where the mask keeps the score (a bool array), when it is a constant that
+    only keeps or masks (additive: 0 or <= MASKED); None otherwise."""
+    value = static_value(mask.tensor)
+    if value is None or value.ndim < 1:
+        return None
+    if mask.where:
+        return value.astype(bool) == mask.live_if
+    value = -value.astype(np.float64) if mask.negate else value.astype(np.float64)
+    if not np.all((value == 0) | (value <= MASKED)):
+        return None
+    return value == 0
+
+
+def masked_pattern(live: np.ndarray, sq: Dim, skv: Dim) -> Optional[str]:
+    """'none' when every key is live, 'causal' when the live keys are exactly the
+    causal triangle (with the past: Sq < Skv), None otherwise (or when unknown).
+    Every leading slice of the mask must be the same [Sq, Skv] pattern."""
+    if live.ndim < 2:
+        live = live.reshape((1,) * (2 - live.ndim) + live.shape)
+    rows = live.reshape((-1,) + live.shape[-2:])
+    if not np.all(rows == rows[0]):
+        return None
+    plane = rows[0]
+    if plane.all():
+        return "none"
+    if not (isinstance(sq, int) and isinstance(skv, int)):
+        return None
+    try:
+        plane = np.broadcast_to(plane, (sq, skv))
+    except ValueError:
+        return None
+    return "causal" if np.array_equal(plane, causal_triangle(sq, skv)) else None
+
+
+def _may_fit(m: Dim, s: Dim) -> bool:
+    """Whether a mask dim m may be 1 or the scores' dim s. Symbolic or unknown
+    dims are given the benefit of the doubt: shape inference often loses the
+    sequence length's name through an exporter's Reshape, and where such a dim
+    turns out not to fit, com.quake Attention refuses the run with an error
+    naming the shapes (it never computes with a wrong mask)."""
+    if m == 1 or same_dim(m, s):
+        return True
+    if isinstance(m, int) and isinstance(s, int):
+        return False
+    return s != 1  # a mask of length > 1 on an axis of 1 would make the scores bigger
+
+
+def broadcast_reason(mask_shape: Optional[list[Dim]], scores: list[Dim], q_heads: Dim) -> Optional[str]:
+    """None when a mask of `mask_shape` adds to scores [..., Sq, Skv] without
+    making them bigger, as com.quake Attention's M must (its head axis 1 or Q's
+    heads); else the reason."""
+    if mask_shape is None:
+        return "the mask's shape is unknown"
+    if len(mask_shape) > len(scores):
+        return f"the mask (rank {len(mask_shape)}) has more axes than the scores (rank {len(scores)})"
+    for axis in range(1, len(mask_shape) + 1):
+        if not _may_fit(dim_from_end(mask_shape, axis), dim_from_end(scores, axis)):
+            return (
+                f"the mask {_shape_text(mask_shape)} is not additive-broadcastable to the scores "
+                f"{_shape_text(scores)} (axis {-axis})"
+            )
+    if len(mask_shape) >= 3 and not _may_fit(mask_shape[-3], q_heads):
+        return f"the mask's head axis ({mask_shape[-3]}) is neither 1 nor Q's head count ({q_heads})"
+    return None
+
+
+def _shape_text(shape: list[Dim]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+# ---------------------------------------------------------------------------
+# The replacement.
+
+
+@dataclass
+class Plan:
+    """Everything the com.quake Attention node needs, decided by a rule's checks."""
+
+    q: gs.Tensor
+    k: gs.Tensor
+    v: gs.Tensor
+    output: gs.Tensor
+    scale: float
+    causal: bool
+    k_transposed: bool
+    elem: int  # Q's element type: M is cast to it when a mask is of another
+    masks: list[Mask] = field(default_factory=list)  # additive terms and Where masks to turn into one M
+
+
+def mask_specs(ctx: Context, plan: Plan, base: str) -> tuple[list[NodeSpec], Optional[gs.Tensor]]:
+    """The nodes computing the one additive M from the plan's masks: a Where
+    mask becomes Where(cond, 0, fill), a Sub's term Neg(m), several are summed,
+    and M is cast to Q's element type when it is another (a mask added after
+    the Softmax's upcast to float)."""
+    specs: list[NodeSpec] = []
+    terms: list[tuple[gs.Tensor, int]] = []
+    for mask in plan.masks:
+        elem = mask.elem or plan.elem
+        if mask.where:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+            zero = gs.Constant(ctx.names.tensor(f"{base}/quake_mask_zero"), np.zeros((), dtype))
+            fill = gs.Constant(ctx.names.tensor(f"{base}/quake_mask_fill"), np.asarray(mask.fill, dtype))
+            out = ctx.variable(f"{base}/quake_mask")
+            pair = [zero, fill] if mask.live_if else [fill, zero]
+            specs.append(NodeSpec("Where", [mask.tensor, *pair], [out], domain=""))
+            terms.append((out, elem))
+        elif mask.negate:
+            out = ctx.variable(f"{base}/quake_mask")
+            specs.append(NodeSpec("Neg", [mask.tensor], [out], domain=""))
+            terms.append((out, elem))
+        else:
+            terms.append((mask.tensor, elem))
+    if not terms:
+        return specs, None
+    m, elem = terms[0]
+    for other, other_elem in terms[1:]:
+        if other_elem != elem:
+            cast = ctx.variable(f"{base}/quake_mask")
+            specs.append(NodeSpec("Cast", [other], [cast], {"to": elem}, domain=""))
+            other = cast
+        total = ctx.variable(f"{base}/quake_mask")
+        specs.append(NodeSpec("Add", [m, other], [total], domain=""))
+        m = total
+    if elem != plan.elem:
+        cast = ctx.variable(f"{base}/quake_mask")
+        specs.append(NodeSpec("Cast", [m], [cast], {"to": plan.elem}, domain=""))
+        m = cast
+    return specs, m
+
+
+def attention_match(plan: Plan, remove: list[gs.Node], prune: list[gs.Node], size) -> Match:
+    """The Match replacing `remove` by one com.quake Attention (after the mask nodes it needs)."""
+    scale = float(np.float32(plan.scale))
+
+    def build(ctx: Context) -> list[NodeSpec]:
+        specs, m = mask_specs(ctx, plan, plan.output.name)
+        inputs = [plan.q, plan.k, plan.v] + ([m] if m is not None else [])
+        specs.append(quake("Attention", inputs, [plan.output], ctx, scale=scale, causal=int(plan.causal),
+                           k_transposed=int(plan.k_transposed)))
+        return specs
+
+    extras = [f"scale={scale:.6g}"]
+    if plan.causal:
+        extras.append("causal")
+    if plan.k_transposed:
+        extras.append("k_transposed")
+    if plan.masks:
+        extras.append("mask")
+    return Match(x=plan.q, remove=remove, output=plan.output, build=build,
+                 summary=f"com.quake Attention ({', '.join(extras)})", prune=prune, size=size,
+                 size_what="score elements", cost=COST)
+
+
+def finite_scale(scale: float) -> Optional[str]:
+    if not math.isfinite(scale) or not math.isfinite(float(np.float32(scale))):
+        return f"scale {scale:g} is not a finite float"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Attention ops with the heads packed into the last axis ([B, S, N * H]):
+# com.microsoft.MultiHeadAttention, ONNX Attention with 3-D inputs.
+
+
+def extra_outputs_used(ctx: Context, node: gs.Node) -> Optional[str]:
+    """The name of an output after the first that something reads, or None."""
+    for out in node.outputs[1:]:
+        if out.name and (out.outputs or ctx.scopes.is_output(out)):
+            return out.name
+    return None
+
+
+def optional_input(node: gs.Node, i: int) -> Optional[gs.Tensor]:
+    return node.inputs[i] if len(node.inputs) > i and node.inputs[i].name else None
+
+
+def split_heads(ctx: Context, t: gs.Tensor, heads: int, base: str, specs: list[NodeSpec]) -> gs.Tensor:
+    """[B, S, N * H] -> [B, N, S, H] (Reshape, Transpose), appended to specs."""
+    shape = gs.Constant(ctx.names.tensor(f"{base}/quake_heads_shape"), np.array([0, 0, heads, -1], np.int64))
+    split = ctx.variable(f"{base}/quake_heads")
+    specs.append(NodeSpec("Reshape", [t, shape], [split], domain=""))
+    out = ctx.variable(f"{base}/quake_heads_first")
+    specs.append(NodeSpec("Transpose", [split], [out], {"perm": [0, 2, 1, 3]}, domain=""))
+    return out
+
+
+def merge_heads(ctx: Context, y: gs.Tensor, out: gs.Tensor, base: str, specs: list[NodeSpec]) -> None:
+    """[B, N, S, Hv] -> out [B, S, N * Hv] (Transpose, Reshape), appended to specs."""
+    moved = ctx.variable(f"{base}/quake_heads_last")
+    specs.append(NodeSpec("Transpose", [y], [moved], {"perm": [0, 2, 1, 3]}, domain=""))
+    shape = gs.Constant(ctx.names.tensor(f"{base}/quake_merged_shape"), np.array([0, 0, -1], np.int64))
+    specs.append(NodeSpec("Reshape", [moved, shape], [out], domain=""))
+
+
+def head_size(shape: Optional[list[Dim]], heads: int, what: str) -> Union[int, str]:
+    """The per-head size of a [B, S, N * H] input with N = heads, or a reason."""
+    if shape is None or not isinstance(shape[-1], int):
+        return f"{what}'s hidden size is not static"
+    if heads <= 0 or shape[-1] % heads:
+        return f"{what}'s hidden size {shape[-1]} is not a multiple of {heads} heads"
+    return shape[-1] // heads
+
+
+def scores_size(ctx: Context, batch: Dim, heads: int, sq: Dim, skv: Dim):
+    """The break-even's measure of an attention op: B * N * Sq * Skv, None when symbolic."""
+    dims = [batch, heads, sq, skv]
+    return (lambda _: int(np.prod(dims))) if all(isinstance(d, int) for d in dims) else (lambda _: None)
+
+
+def fused_match(node: gs.Node, x: gs.Tensor, build, summary: str, size) -> Match:
+    """The Match replacing an attention op by the nodes `build` makes."""
+    return Match(x=x, remove=[node], output=node.outputs[0], build=build, summary=summary, size=size,
+                 size_what="score elements", cost=COST)

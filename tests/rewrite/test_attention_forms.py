@@ -1,0 +1,142 @@
+"""The attention rule on every form it matches: exact node types after the pass,
+the full onnx check, idempotence, and outputs through ONNX Runtime within the
+op's bound (2e-3 x max|V| at order 2), float32 and float16."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from .attention_forms import block, bound
+from .builders import F16, F32, check_rewrite, decision
+
+ATTENTION = "com.quake.Attention"
+
+
+def attrs(model) -> dict:
+    node = next(n for n in model.graph.node if n.op_type == "Attention")
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def fused(model, feeds, expected, dtype=F32, order=2):
+    out, report = check_rewrite(model, expected, feeds, atol=bound(feeds, dtype, order), order=order)
+    assert decision(report, "attention").replaced
+    return out, attrs(out)
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+@pytest.mark.parametrize("scale", ["div", "mul", "q", "split", "none"])
+def test_scale_forms(scale, dtype):
+    model, feeds = block(dtype, scale=scale)
+    out, a = fused(model, feeds, [ATTENTION], dtype)
+    assert a["scale"] == pytest.approx(1.0 if scale == "none" else 1 / np.sqrt(8), rel=1e-6 if dtype == F32 else 1e-3)
+    assert a["k_transposed"] == 0 and a["causal"] == 0  # K read as it was before its Transpose
+    assert [i for i in out.graph.node[0].input] == ["Q", "K", "V"]
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+def test_k_already_transposed(dtype):
+    model, feeds = block(dtype, k_form="pre")
+    _, a = fused(model, feeds, [ATTENTION], dtype)
+    assert a["k_transposed"] == 1
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+@pytest.mark.parametrize("mask_value", [None, -np.inf, -1e4])
+def test_where_causal_mask_becomes_causal(dtype, mask_value):
+    # GPT-2: a stored lower-triangular bool mask, Sliced to [.., Sq, Skv], in a Where.
+    fill = mask_value if mask_value is not None else (-65504.0 if dtype == F16 else None)
+    model, feeds = block(dtype, mask="causal_where", mask_value=fill)
+    out, a = fused(model, feeds, [ATTENTION], dtype)
+    assert a["causal"] == 1 and len(out.graph.node[0].input) == 3
+    assert not out.graph.initializer or all(t.name != "bias" for t in out.graph.initializer)  # the mask is gone
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+def test_additive_triangular_bias_becomes_causal(dtype):
+    # Llama: a constant 0 / -inf bias above the diagonal.
+    model, feeds = block(dtype, mask="causal_add")
+    _, a = fused(model, feeds, [ATTENTION], dtype)
+    assert a["causal"] == 1
+
+
+def test_additive_causal_bias_with_lowest_becomes_causal():
+    model, feeds = block(mask="causal_add", mask_value=float(np.finfo(np.float32).min))
+    assert fused(model, feeds, [ATTENTION])[1]["causal"] == 1
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+def test_kv_cache_with_causal_mask(dtype):
+    # Decoder with a past: K/V = Concat(past, new), Sq < Skv, the triangle shifted by the past.
+    model, feeds = block(dtype, sq=4, skv=20, past=16, mask="causal_where")
+    out, a = fused(model, feeds, ["Concat", "Concat", ATTENTION], dtype)
+    assert a["causal"] == 1
+    assert list(out.graph.node[2].input) == ["Q", "cache_k_out", "cache_v_out"]
+
+
+def test_decode_row_against_the_past_needs_no_mask():
+    # Sq = 1: the causal triangle's one row sees every key, so the mask goes entirely.
+    model, feeds = block(sq=1, skv=17, past=16, mask="causal_where")
+    _, a = fused(model, feeds, ["Concat", "Concat", ATTENTION])
+    assert a["causal"] == 0
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+@pytest.mark.parametrize("mask", ["add", "sub", "sdpa_bool"])
+def test_additive_masks_are_the_mask_input(mask, dtype):
+    model, feeds = block(dtype, mask=mask)
+    expected = {"add": [ATTENTION], "sub": ["Neg", ATTENTION], "sdpa_bool": ["Where", ATTENTION]}[mask]
+    out, a = fused(model, feeds, expected, dtype)
+    assert len(out.graph.node[-1].input) == 4 and a["causal"] == 0
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+def test_runtime_where_mask_becomes_additive(dtype):
+    model, feeds = block(dtype, mask="where")
+    out, _ = fused(model, feeds, ["Where", ATTENTION], dtype)
+    where = out.graph.node[0]
+    assert where.input[0] == "C"  # Where(C, 0, lowest): the kept scores get 0
+
+
+def test_causal_where_and_padding_add():
+    model, feeds = block(mask="causal_where+add")
+    out, a = fused(model, feeds, [ATTENTION])
+    assert a["causal"] == 1 and out.graph.node[0].input[3] == "M"
+
+
+def test_float16_softmax_in_float32():
+    # Cast(float16 -> float) -> Softmax -> Cast(float -> float16), the padding mask added in float.
+    model, feeds = block(F16, mask="causal_add", softmax_cast=True)
+    _, a = fused(model, feeds, [ATTENTION], F16)
+    assert a["causal"] == 1
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+@pytest.mark.parametrize("repeat", ["expand", "tile"])
+def test_grouped_query_heads_are_absorbed(repeat, dtype):
+    model, feeds = block(dtype, h=6, h_kv=2, repeat=repeat)
+    out, _ = fused(model, feeds, [ATTENTION], dtype)
+    assert list(out.graph.node[0].input) == ["Q", "K", "V"]  # K/V with 2 heads for 6 query heads
+
+
+def test_grouped_query_with_kv_cache_and_k_transposed():
+    model, feeds = block(h=8, h_kv=2, sq=3, skv=11, past=8, k_form="pre", mask="causal_add")
+    _, a = fused(model, feeds, ["Concat", "Concat", ATTENTION])
+    assert a["causal"] == 1 and a["k_transposed"] == 1
+
+
+def test_multi_query_attention():
+    model, feeds = block(h=4, h_kv=1, mask="add")
+    fused(model, feeds, [ATTENTION])
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_order_is_set(order):
+    model, feeds = block(mask="add")
+    _, a = fused(model, feeds, [ATTENTION], order=order)
+    assert a["order"] == order
+
+
+def test_dv_differs_from_d():
+    model, feeds = block(d=8, dv=12, mask="add")
+    fused(model, feeds, [ATTENTION])

@@ -1,0 +1,115 @@
+"""The attention fusion as a stage of quake_onnx.optimize: the measured
+break-even and --min-elements, --ops, the ORT oracle's kept Softmax, and the
+CLI's --explain."""
+from __future__ import annotations
+
+import sys
+
+import onnx
+import pytest
+from onnx import helper
+
+import quake_onnx
+from quake_onnx.rewrite.engine import BREAK_EVEN
+
+from .attention_forms import block
+from .builders import op_types
+
+oracle_module = sys.modules["quake_onnx.pipeline.oracle"]
+
+
+def big_block():
+    """A block above the break-even: H12 S256, 786432 score elements."""
+    return block(b=1, h=12, sq=256, d=64, mask="add")[0]
+
+
+def small_block():
+    return block(b=1, h=2, sq=16, d=8, mask="add")[0]  # 512 score elements
+
+
+def attention_decision(report):
+    (d,) = [d for d in report.decisions if d.rule == "attention"]
+    return d
+
+
+def test_break_even_leaves_small_blocks_to_the_per_op_rewrite():
+    out, report = quake_onnx.optimize(small_block(), ort_fusions=False)
+    d = attention_decision(report)
+    floor = BREAK_EVEN["attention"]
+    assert not d.replaced and d.reason == f"512 score elements: below the {floor}-element break-even of the fused attention"
+    assert "com.quake.Attention" not in op_types(out)
+
+
+def test_above_the_break_even_the_block_is_fused():
+    out, report = quake_onnx.optimize(big_block(), ort_fusions=False)
+    assert attention_decision(report).replaced and op_types(out) == ["com.quake.Attention"]
+    assert BREAK_EVEN["attention"] <= 12 * 256 * 256
+
+
+def test_min_elements_zero_fuses_every_block():
+    out, report = quake_onnx.optimize(small_block(), ort_fusions=False, min_elements=0)
+    assert op_types(out) == ["com.quake.Attention"]
+    out, report = quake_onnx.optimize(small_block(), ort_fusions=False, min_elements=513)
+    assert "com.quake.Attention" not in op_types(out)
+    assert attention_decision(report).reason.startswith("512 score elements: below the 513-element")
+
+
+def test_ops_without_attention():
+    out, report = quake_onnx.optimize(big_block(), ort_fusions=False, ops="softmax,gelu")
+    assert attention_decision(report).reason == "attention is not among the selected ops"
+    assert "com.quake.Softmax" in op_types(out)
+    out, _ = quake_onnx.optimize(big_block(), ort_fusions=False, ops="attention")
+    assert op_types(out) == ["com.quake.Attention"]
+
+
+def test_decisions_come_in_stage_order():
+    _, report = quake_onnx.optimize(small_block(), ort_fusions=False, min_elements=1000)
+    assert [d.rule for d in report.decisions] == ["attention", "softmax"]
+    assert report.decisions[1].replaced is False or report.decisions[1].reason.startswith("replaced")
+
+
+def _fake_ort(model, src, work, external, level, libraries):
+    """ORT's graph as it would be had it fused the block into com.microsoft.Attention."""
+    fused = onnx.ModelProto()
+    fused.CopyFrom(model)
+    del fused.graph.node[:]
+    fused.graph.node.append(helper.make_node("Attention", ["Q", "K", "V", "M"], [model.graph.output[0].name],
+                                             name="Attention_0", domain="com.microsoft"))
+    return fused
+
+
+def test_our_fusion_wins_over_ort_attention(monkeypatch):
+    # The oracle would keep the Softmax for ORT's com.microsoft.Attention (unfused on the CPU):
+    # above the break-even the block becomes com.quake Attention all the same.
+    monkeypatch.setattr(oracle_module, "ort_optimized", _fake_ort)
+    out, report = quake_onnx.optimize(big_block())
+    assert op_types(out) == ["com.quake.Attention"] and attention_decision(report).replaced
+
+
+def test_below_the_break_even_ort_keeps_its_attention(monkeypatch):
+    monkeypatch.setattr(oracle_module, "ort_optimized", _fake_ort)
+    out, report = quake_onnx.optimize(small_block())
+    assert "Softmax" in op_types(out)
+    (softmax,) = [d for d in report.decisions if d.rule == "softmax"]
+    assert softmax.reason == "kept: ONNX Runtime fuses it into com.microsoft.Attention"
+
+
+def test_cli_explain_and_help(tmp_path):
+    from typer.testing import CliRunner
+
+    from quake_onnx.cli import app
+
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(small_block(), src)
+    runner = CliRunner()
+    result = runner.invoke(app, ["optimize", str(src), str(out), "--explain", "--no-ort-fusions", "--min-elements", "0"])
+    assert result.exit_code == 0, result.stdout
+    assert "replaced by com.quake Attention (scale=0.353553, mask)" in result.stdout
+    from quake_onnx.cli import _MIN_ELEMENTS, _OPS
+
+    assert "attention,softmax" in _OPS.help and "attention" in _MIN_ELEMENTS.help
+
+
+@pytest.mark.parametrize("ops", ["attention", "ATTENTION,softmax"])
+def test_ops_parse(ops):
+    assert "attention" in quake_onnx.optimize.__globals__["parse_ops"](ops)
