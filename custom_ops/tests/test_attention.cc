@@ -506,9 +506,9 @@ void test_tiles() {
   for (CacheSizes cs : {c, CacheSizes{32 << 10, 1 << 20}, CacheSizes{48 << 10, 2 << 20}, CacheSizes{64 << 10, 512 << 10}}) {
     for (size_t d : {32, 64, 80, 128, 256}) {
       const AttentionTiles t = choose_attention_tiles(cs, 4096, 4096, d, d);
-      const size_t working = 4 * (t.bq * t.bk + t.bq * 2 * d + 2 * t.bk * 2 * d);
+      const size_t working = 4 * (2 * t.bq * t.bk + t.bq * 3 * d + 2 * t.bk * 2 * d);
       check(t.bq >= 16 && t.bq <= 128 && (t.bq & (t.bq - 1)) == 0 && t.bk % 16 == 0 && t.bk >= 16 &&
-                (working <= cs.l2 / 2 || t.bk == 16),
+                (working <= cs.l2 / 2 || t.bk == 16) && 4 * t.bq * 3 * d <= cs.l2 / 4,
             "L1 %zu L2 %zu d %zu: tiles %zu x %zu, working set %zu", cs.l1d, cs.l2, d, t.bq, t.bk, working);
       if (cs.l1d == c.l1d && cs.l2 == c.l2) std::printf("tiles for d = dv = %zu: %zu x %zu\n", d, t.bq, t.bk);
     }
