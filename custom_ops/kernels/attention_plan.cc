@@ -218,10 +218,10 @@ std::string plan_attention_layout(const AttentionShapes& in, AttentionLayout* ou
 AttentionTiles choose_attention_tiles(const CacheSizes& caches, size_t sq, size_t skv, size_t d, size_t dv) {
   const size_t width = std::max<size_t>(1, d + dv), l2_floats = caches.l2 / sizeof(float);
   size_t bq = std::clamp<size_t>(floor_pow2(l2_floats / 4 / std::max<size_t>(1, 2 * d + dv)), 16, 128);
+  bq = std::max<size_t>(1, std::min(bq, sq));  // decode: one row leaves L2 to the keys
   const size_t resident = bq * (2 * d + dv);
   size_t bk = l2_floats / 2 > resident ? (l2_floats / 2 - resident) / (2 * bq + 2 * width) : 0;
   bk = std::clamp<size_t>(bk / 16 * 16, 16, 1024);
-  bq = std::max<size_t>(1, std::min(bq, sq));
   bk = std::max<size_t>(1, std::min(bk, skv));
   return {bq, bk};
 }

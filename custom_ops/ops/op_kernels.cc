@@ -444,15 +444,16 @@ class AttentionKernel : public QuakeKernel {
     std::atomic<bool> failed{false};
     parallel_tasks(ctx, plan.tasks.size(), [&](size_t i) {
       // Per pool thread, reused across calls: O(threads x tile) in all.
+      // No exception may leave a pool thread: out of memory (here or in the
+      // GEMM's packing buffers) fails the run instead.
       thread_local std::vector<float> scratch;
       try {
         if (scratch.size() < scratch_floats) scratch.resize(scratch_floats);
-      } catch (const std::bad_alloc&) {
+        const AttentionTask& task = plan.tasks[i];
+        table_->attention_block(p, heads[task.head], task, scratch.data());
+      } catch (const std::exception&) {
         failed = true;
-        return;
       }
-      const AttentionTask& task = plan.tasks[i];
-      table_->attention_block(p, heads[task.head], task, scratch.data());
     });
     if (failed) return make_error(where_ + ": out of memory for the attention tiles");
     if (plan.chunks > 1) {
