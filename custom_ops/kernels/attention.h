@@ -130,6 +130,15 @@ struct AttentionLayout {
 // every other leading axis broadcasts numpy-style.
 std::string plan_attention_layout(const AttentionShapes& shapes, AttentionLayout* layout);
 
+// Decode with grouped heads (Sq = 1, GQA/MQA): the G query heads that share a
+// key/value head become the G query rows of one head of the layout, so every
+// key tile is read once per group instead of once per query head (decode is
+// bound by reading K and V). Applies when every group's Q rows and output rows
+// are contiguous and its mask rows are one row or evenly spaced; returns
+// whether it folded (sq becomes G, mask_row_stride the spacing; causal is a
+// no-op at Sq = 1). Y's layout is unchanged: head h's row is row h.
+bool fold_decode_groups(AttentionLayout* layout);
+
 // Cache sizes of the core this runs on, in bytes: sysconf, else
 // /sys/devices/system/cpu/cpu0/cache, else 32 KiB / 1 MiB. Read once.
 struct CacheSizes {

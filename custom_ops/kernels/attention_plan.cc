@@ -205,6 +205,33 @@ std::string plan_attention_layout(const AttentionShapes& in, AttentionLayout* ou
   return "";
 }
 
+bool fold_decode_groups(AttentionLayout* l) {
+  const size_t heads = l->q_off.size();
+  if (l->sq != 1 || heads < 2) return false;
+  size_t g = 1;
+  while (g < heads && l->k_off[g] == l->k_off[0] && l->v_off[g] == l->v_off[0]) ++g;
+  if (g < 2 || heads % g != 0) return false;
+  const bool masked = !l->mask_off.empty() && heads == l->mask_off.size();
+  const size_t mask_step = masked ? l->mask_off[1] - l->mask_off[0] : 0;
+  for (size_t h0 = 0; h0 < heads; h0 += g) {
+    for (size_t r = 1; r < g; ++r) {
+      const size_t h = h0 + r;
+      if (l->k_off[h] != l->k_off[h0] || l->v_off[h] != l->v_off[h0] || l->q_off[h] != l->q_off[h0] + r * l->d) {
+        return false;
+      }
+      if (masked && l->mask_off[h] != l->mask_off[h0] + r * mask_step) return false;
+    }
+  }
+  for (auto* off : {&l->q_off, &l->k_off, &l->v_off, &l->mask_off}) {
+    if (off->empty()) continue;
+    for (size_t v = 0; v < heads / g; ++v) (*off)[v] = (*off)[v * g];
+    off->resize(heads / g);
+  }
+  l->sq = g;
+  l->mask_row_stride = mask_step;
+  return true;
+}
+
 // ---------------------------------------------------------------------------
 // Tiles. Every key tile re-packs its K and V rows for the GEMMs, so the more
 // query rows share a tile the less packing per flop: bq is the largest power

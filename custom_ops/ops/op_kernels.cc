@@ -408,6 +408,8 @@ class AttentionKernel : public QuakeKernel {
     if (!error.empty()) return make_error(where_ + ": " + error);
     Ort::UnownedValue output = ctx.GetOutput(0, layout.out_shape);
     if (output.GetTensorTypeAndShapeInfo().GetElementCount() == 0) return nullptr;
+    // Decode with GQA/MQA: a group's query heads share each K/V tile read.
+    const bool folded = fold_decode_groups(&layout);
 
     AttentionParams p{};
     p.sq = layout.sq;
@@ -415,7 +417,7 @@ class AttentionKernel : public QuakeKernel {
     p.d = layout.d;
     p.dv = layout.dv;
     p.scale = scale_;
-    p.causal = causal_;
+    p.causal = causal_ && !folded;  // at Sq = 1 causal masks nothing
     p.k_transposed = k_transposed_;
     p.half = half_;
     p.mask_row_stride = layout.mask_row_stride;
