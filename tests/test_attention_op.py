@@ -91,6 +91,8 @@ SHAPES = [
     (1, 2, 1, 63, 257, 128, 128, 1),  # causal with a past
     (1, 3, 3, 257, 64, 32, 16, 1),  # more queries than keys
     (1, 2, 2, 1, 1500, 64, 64, 0),  # decode: the keys are split
+    (2, 8, 2, 1, 700, 64, 64, 1),  # GQA decode: a group's heads become the rows of one task
+    (1, 6, 1, 1, 300, 32, 32, 0),  # MQA decode
 ]
 
 
@@ -184,6 +186,27 @@ def test_masks(session_cache, isa, mask_shape, kind, dtype):
     y = run_attention(sess, q, k, v, m)
     ref = reference.attention(q, k, v, m, 0.2)
     check(y, ref, 2, dtype, v, scores_mag=1e4 if kind == "-1e4" else 20.0, what=f"{kind} {mask_shape}")
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+@pytest.mark.parametrize("mask_shape", [None, (2, 1, 1, 500), (2, 8, 1, 500), (500,), (2, 8, 1, 1)],
+                         ids=lambda s: "none" if s is None else "x".join(map(str, s)))
+@pytest.mark.parametrize("k_transposed", [0, 1])
+def test_gqa_decode(session_cache, isa, mask_shape, k_transposed, dtype):
+    # Sq = 1 with 4 query heads per key/value head: the kernel takes each
+    # group's heads as the rows of one task (one read of K and V per group).
+    rng = np.random.default_rng(7 + k_transposed)
+    q, k, v = rand(rng, (2, 8, 1, 64), 1, dtype), rand(rng, (2, 2, 500, 64), 1, dtype), rand(rng, (2, 2, 500, 48), 1, dtype)
+    m = None if mask_shape is None else mask_values("-inf", mask_shape, rng, dtype)
+    if m is not None and m.shape[-1] == 1:
+        m[:, 3] = -np.inf  # head 3 sees no key: its row is 0
+    model = attention_model({"scale": 0.125, "causal": 1, "k_transposed": k_transposed}, dtype,
+                            mask_rank=None if m is None else m.ndim)
+    kk = np.ascontiguousarray(np.swapaxes(k, -1, -2)) if k_transposed else k
+    y = run_attention(session_cache(model, isa), q, kk, v, m)
+    check(y, reference.attention(q, k, v, m, 0.125, causal=1), 2, dtype, v, what=f"GQA decode mask {mask_shape}")
+    if m is not None and m.shape[-1] == 1:
+        assert (y[:, 3] == 0).all()
 
 
 @pytest.mark.parametrize("dtype", [F32, F16])

@@ -132,6 +132,15 @@ struct AttentionLayout {
 // every other leading axis broadcasts numpy-style.
 std::string plan_attention_layout(const AttentionShapes& shapes, AttentionLayout* layout);
 
+// Decode with grouped heads (Sq = 1, GQA/MQA): the G query heads that share a
+// key/value head become the G query rows of one head of the layout, so every
+// key tile is read once per group instead of once per query head (decode is
+// bound by reading K and V). Applies when every group's Q rows and output rows
+// are contiguous and its mask rows are one row or evenly spaced; returns
+// whether it folded (sq becomes G, mask_row_stride the spacing; causal is a
+// no-op at Sq = 1). Y's layout is unchanged: head h's row is row h.
+bool fold_decode_groups(AttentionLayout* layout);
+
 // Tile sizes for head dims d, dv from the caches (attention_plan.cc says why).
 AttentionTiles choose_attention_tiles(const CacheSizes& caches, size_t sq, size_t skv, size_t d, size_t dv);
 

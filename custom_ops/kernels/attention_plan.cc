@@ -146,21 +146,50 @@ std::string plan_attention_layout(const AttentionShapes& in, AttentionLayout* ou
   return "";
 }
 
+bool fold_decode_groups(AttentionLayout* l) {
+  const size_t heads = l->q_off.size();
+  if (l->sq != 1 || heads < 2) return false;
+  size_t g = 1;
+  while (g < heads && l->k_off[g] == l->k_off[0] && l->v_off[g] == l->v_off[0]) ++g;
+  if (g < 2 || heads % g != 0) return false;
+  const bool masked = !l->mask_off.empty() && heads == l->mask_off.size();
+  const size_t mask_step = masked ? l->mask_off[1] - l->mask_off[0] : 0;
+  for (size_t h0 = 0; h0 < heads; h0 += g) {
+    for (size_t r = 1; r < g; ++r) {
+      const size_t h = h0 + r;
+      if (l->k_off[h] != l->k_off[h0] || l->v_off[h] != l->v_off[h0] || l->q_off[h] != l->q_off[h0] + r * l->d) {
+        return false;
+      }
+      if (masked && l->mask_off[h] != l->mask_off[h0] + r * mask_step) return false;
+    }
+  }
+  for (auto* off : {&l->q_off, &l->k_off, &l->v_off, &l->mask_off}) {
+    if (off->empty()) continue;
+    for (size_t v = 0; v < heads / g; ++v) (*off)[v] = (*off)[v * g];
+    off->resize(heads / g);
+  }
+  l->sq = g;
+  l->mask_row_stride = mask_step;
+  return true;
+}
+
 // ---------------------------------------------------------------------------
-// Tiles. Both sides of a step stay in cache: the block's Q rows and output
-// accumulators (bq (d + dv) floats) in L1, read again by every key tile; the
-// score tile and the key/value tile with Eigen's packed copies of them
-// (bq bk + 2 bk (d + dv) floats) in half of L2, leaving the other half for
-// the next tile's operands. Powers of two and multiples of 16 keep the GEMM
-// micro-kernels' panels full.
+// Tiles. Every key tile re-packs its K and V rows for the GEMMs, so the more
+// query rows share a tile the less packing per flop: bq is the largest power
+// of two up to 128 whose Q rows (with Eigen's packed copy) and output rows,
+// bq (2 d + dv) floats, take at most a quarter of L2, where they stay for the
+// whole key loop. bk fills the rest of half of L2 with one step's data: the
+// score tile and its packed copy (2 bq bk) and the K and V tiles with theirs
+// (2 bk (d + dv)); the other half holds the next tile's operands as they
+// arrive. Multiples of 16 keep the GEMM micro-kernels' panels full. L1 is
+// left to the GEMM, which blocks for it itself.
 AttentionTiles choose_attention_tiles(const CacheSizes& caches, size_t sq, size_t skv, size_t d, size_t dv) {
-  const size_t width = std::max<size_t>(1, d + dv);
-  size_t bq = std::clamp<size_t>(floor_pow2(caches.l1d / (sizeof(float) * width)), 16, 128);
-  const size_t l2_floats = caches.l2 / 2 / sizeof(float);
-  const size_t fixed = bq * width;
-  size_t bk = l2_floats > fixed ? (l2_floats - fixed) / (bq + 2 * width) : 0;
+  const size_t width = std::max<size_t>(1, d + dv), l2_floats = caches.l2 / sizeof(float);
+  size_t bq = std::clamp<size_t>(floor_pow2(l2_floats / 4 / std::max<size_t>(1, 2 * d + dv)), 16, 128);
+  bq = std::max<size_t>(1, std::min(bq, sq));  // decode: one row leaves L2 to the keys
+  const size_t resident = bq * (2 * d + dv);
+  size_t bk = l2_floats / 2 > resident ? (l2_floats / 2 - resident) / (2 * bq + 2 * width) : 0;
   bk = std::clamp<size_t>(bk / 16 * 16, 16, 1024);
-  bq = std::max<size_t>(1, std::min(bq, sq));
   bk = std::max<size_t>(1, std::min(bk, skv));
   return {bq, bk};
 }

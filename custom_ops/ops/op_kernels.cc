@@ -560,6 +560,8 @@ class AttentionKernel : public QuakeKernel {
     if (!error.empty()) return make_error(where_ + ": " + error);
     Ort::UnownedValue output = ctx.GetOutput(0, layout.out_shape);
     if (output.GetTensorTypeAndShapeInfo().GetElementCount() == 0) return nullptr;
+    // Decode with GQA/MQA: a group's query heads share each K/V tile read.
+    const bool folded = fold_decode_groups(&layout);
 
     AttentionParams p{};
     p.sq = layout.sq;
@@ -567,7 +569,7 @@ class AttentionKernel : public QuakeKernel {
     p.d = layout.d;
     p.dv = layout.dv;
     p.scale = scale_;
-    p.causal = causal_;
+    p.causal = causal_ && !folded;  // at Sq = 1 causal masks nothing
     p.k_transposed = k_transposed_;
     p.half = half_;
     p.mask_row_stride = layout.mask_row_stride;
@@ -596,15 +598,16 @@ class AttentionKernel : public QuakeKernel {
     std::atomic<bool> failed{false};
     parallel_tasks(ctx, plan.tasks.size(), [&](size_t i) {
       // Per pool thread, reused across calls: O(threads x tile) in all.
+      // No exception may leave a pool thread: out of memory (here or in the
+      // GEMM's packing buffers) fails the run instead.
       thread_local std::vector<float> scratch;
       try {
         if (scratch.size() < scratch_floats) scratch.resize(scratch_floats);
-      } catch (const std::bad_alloc&) {
+        const AttentionTask& task = plan.tasks[i];
+        table_->attention_block(p, heads[task.head], task, scratch.data());
+      } catch (const std::exception&) {
         failed = true;
-        return;
       }
-      const AttentionTask& task = plan.tasks[i];
-      table_->attention_block(p, heads[task.head], task, scratch.data());
     });
     if (failed) return make_error(where_ + ": out of memory for the attention tiles");
     if (plan.chunks > 1) {

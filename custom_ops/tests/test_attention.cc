@@ -484,6 +484,22 @@ void test_layout() {
   s = {{2, 4, 8}, {2, 8, 9}, {2, 9, 3}, {}, false, true};
   check(plan_attention_layout(s, &l).empty() && l.skv == 9 && l.out_shape == std::vector<int64_t>({2, 4, 3}),
         "k_transposed");
+  // Decode with GQA folds each group's query heads into the rows of one head.
+  s = {{2, 8, 1, 16}, {2, 2, 7, 16}, {2, 2, 7, 16}, {2, 1, 1, 7}, true, false};
+  check(plan_attention_layout(s, &l).empty() && fold_decode_groups(&l), "GQA decode not folded");
+  check(l.sq == 4 && l.q_off.size() == 4 && l.q_off[1] == 4 * 16 && l.q_off[3] == 12 * 16 && l.k_off[1] == 7 * 16 &&
+            l.k_off[2] == 2 * 7 * 16 && l.mask_off[1] == 0 && l.mask_off[2] == 7 && l.mask_row_stride == 0 &&
+            l.out_shape == std::vector<int64_t>({2, 8, 1, 16}),
+        "GQA decode fold: sq %zu heads %zu", l.sq, l.q_off.size());
+  s = {{1, 6, 1, 8}, {1, 1, 9, 8}, {1, 1, 9, 8}, {1, 6, 1, 9}, true, false};  // MQA, a mask row per head
+  check(plan_attention_layout(s, &l).empty() && fold_decode_groups(&l) && l.sq == 6 && l.q_off.size() == 1 &&
+            l.mask_row_stride == 9,
+        "MQA decode with per-head mask rows");
+  for (const AttentionShapes& no : {AttentionShapes{{1, 4, 1, 8}, {1, 4, 9, 8}, {1, 4, 9, 8}, {}, false, false},
+                                    AttentionShapes{{1, 4, 2, 8}, {1, 2, 9, 8}, {1, 2, 9, 8}, {}, false, false}}) {
+    check(plan_attention_layout(no, &l).empty() && !fold_decode_groups(&l) && l.q_off.size() == 4,
+          "folded without shared K/V heads or with Sq > 1");
+  }
   const AttentionShapes bad[] = {
       {{2, 4, 8}, {2, 9, 7}, {2, 9, 3}, {}, false, false},          // D differs
       {{2, 4, 8}, {2, 9, 8}, {2, 10, 3}, {}, false, false},         // Skv differs
@@ -506,9 +522,9 @@ void test_tiles() {
   for (CacheSizes cs : {c, CacheSizes{32 << 10, 1 << 20, 0}, CacheSizes{48 << 10, 2 << 20, 0}, CacheSizes{64 << 10, 512 << 10, 0}}) {
     for (size_t d : {32, 64, 80, 128, 256}) {
       const AttentionTiles t = choose_attention_tiles(cs, 4096, 4096, d, d);
-      const size_t working = 4 * (t.bq * t.bk + t.bq * 2 * d + 2 * t.bk * 2 * d);
+      const size_t working = 4 * (2 * t.bq * t.bk + t.bq * 3 * d + 2 * t.bk * 2 * d);
       check(t.bq >= 16 && t.bq <= 128 && (t.bq & (t.bq - 1)) == 0 && t.bk % 16 == 0 && t.bk >= 16 &&
-                (working <= cs.l2 / 2 || t.bk == 16),
+                (working <= cs.l2 / 2 || t.bk == 16) && 4 * t.bq * 3 * d <= cs.l2 / 4,
             "L1 %zu L2 %zu d %zu: tiles %zu x %zu, working set %zu", cs.l1d, cs.l2, d, t.bq, t.bk, working);
       if (cs.l1d == c.l1d && cs.l2 == c.l2) std::printf("tiles for d = dv = %zu: %zu x %zu\n", d, t.bq, t.bk);
     }

@@ -1,4 +1,4 @@
-"""`python -m quake_onnx.bench ops|exaq ...`: the benchmark command line."""
+"""`python -m quake_onnx.bench ops|exaq|attention ...`: the benchmark command line."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -92,6 +92,39 @@ def exaq(
     )
     if markdown:
         markdown.write_text(bench_ops.machine_line() + "\n\n" + bench_exaq.markdown(rows) + "\n")
+
+
+@app.command()
+def attention(
+    threads: str = typer.Option("1,2", help="intra_op_num_threads values, comma-separated"),
+    shape: Optional[list[str]] = typer.Option(None, help="only shapes whose name starts with this (repeatable), "
+                                                         "e.g. 'H12 S2048'; default: all seven"),
+    rounds: int = typer.Option(5, min=1, help="paired, interleaved rounds per shape and thread count"),
+    min_time: float = typer.Option(1.0, help="seconds of timed runs per variant, split over the rounds"),
+    order: int = typer.Option(2, min=1, max=3, help="com.quake order"),
+    rss: bool = typer.Option(True, help="also measure the peak RSS of one H12 S4096 block per variant"),
+    markdown: Optional[Path] = typer.Option(None, help="also write the tables as Markdown to this file"),
+) -> None:
+    """Time com.quake Attention against the unfused ORT block and com.microsoft.MultiHeadAttention."""
+    from . import attention as bench_attention
+    from . import ops as bench_ops
+
+    shapes = [s for s in bench_attention.SHAPES if not shape or any(s.name.startswith(p) for p in shape)]
+    if not shapes:
+        names = ", ".join(s.name for s in bench_attention.SHAPES)
+        raise typer.BadParameter(f"--shape {shape} matches none of: {names}")
+    typer.echo(bench_ops.machine_line())
+    typer.echo(bench_attention.HEADER)
+    rows = bench_attention.run(shapes=shapes, threads=_ints(threads, "--threads"), rounds=rounds, min_time=min_time,
+                               order=order, progress=typer.echo)
+    text = bench_ops.machine_line() + "\n\n" + bench_attention.markdown(rows) + "\n"
+    if rss:
+        big = bench_attention.SHAPES[4]
+        table = bench_attention.rss_markdown(big, bench_attention.peak_rss(big))
+        typer.echo("\n" + table)
+        text += "\n" + table + "\n"
+    if markdown:
+        markdown.write_text(text)
 
 
 if __name__ == "__main__":
