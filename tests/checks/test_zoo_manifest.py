@@ -2,12 +2,13 @@
 and the one line about a --dim no model used."""
 
 import json
+import re
 import shutil
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from checktools import FAST, ZOO, cli, copy_models, one_line, validate
+from checktools import FAST, ROOT, ZOO, cli, copy_models, one_line, validate
 
 from quake_onnx.check import manifest
 from quake_onnx.check.commands import apply_settings
@@ -233,3 +234,14 @@ def test_an_unset_dimension_names_model_input_and_axis(small_zoo, tmp_path):
     assert r.exit_code == 1
     reason = report["models"][0]["reason"]
     assert "input input_ids of model gen/bert" in reason and "(axis 1)" in reason and "--dim seq=SIZE" in reason
+
+
+def test_the_example_manifest_of_docs_zoo_md_parses(tmp_path):
+    text = re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / "zoo.md").read_text(), re.DOTALL)[0]
+    (tmp_path / "vad_inputs.npz").write_bytes(b"")
+    m = manifest.load(_write(tmp_path / "quake-zoo.toml", text))
+    assert m.settings_for("vad/silero").max_abs_error == 0.01
+    assert m.settings_for("vad/silero").inputs == tmp_path / "vad_inputs.npz"
+    assert m.settings_for("ocr/det_small").dims == {"batch": 1, "DynamicDimension.1": 640, "DynamicDimension.2": 640}
+    assert m.settings_for("big/llm").skip == "needs 30 GB of memory"
+    assert m.settings_for("text/encoder").dims == {"batch": 1, "sequence": 128, "input_ids:0": 4}
