@@ -397,8 +397,9 @@ def zoo_cmd(
 ) -> None:
     """Check every model under DIR: summary table, S(t) score, JSON / Markdown / JUnit reports.
 
-    Per-model settings come from DIR/quake-zoo.toml (or --config); options passed on the command line
-    beat it. Shard reports combine with `quake-onnx zoo merge shard-*.json --json all.json` (docs/zoo.md)."""
+    Per-model settings come from DIR/quake-zoo.toml (or --config); options passed on the command line beat it.
+
+    Shard reports combine with `quake-onnx zoo merge shard-*.json --json all.json` (docs/zoo.md)."""
     from .check.commands import zoo_command
 
     options = _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level, max_abs_error,
@@ -412,15 +413,16 @@ def zoo_cmd(
 
 @app.command("zoo-merge", hidden=True)
 def zoo_merge_cmd(
-    reports: List[Path] = typer.Argument(..., metavar="SHARD.json...", help="the --json reports of every shard"),
+    reports: List[Path] = typer.Argument(..., metavar="SHARD.json", help="the --json reports of every shard"),
     json_out: Optional[Path] = _REPORTS["json"],
     markdown: Optional[Path] = _REPORTS["markdown"],
     junit: Optional[Path] = _REPORTS["junit"],
 ) -> None:
     """Merge the --json reports of `quake-onnx zoo --shard i/n` into the report of one unsharded run.
 
-    Run as `quake-onnx zoo merge shard-*.json --json all.json --markdown all.md --junit all.xml`. Every shard
-    of the run is needed once; reports of other settings, thresholds or tool versions are refused."""
+    Every shard of the run is needed, once; reports of other settings or tool versions are refused.
+
+    Example: quake-onnx zoo merge shard-*.json --json all.json --markdown all.md --junit all.xml"""
     from .check.commands import merge_command
 
     raise typer.Exit(merge_command(list(reports), json_out=json_out, markdown=markdown, junit=junit))

@@ -119,10 +119,6 @@ def check_command(model: Path, options: CheckOptions, json_out: Optional[Path]) 
     return 0
 
 
-# Options of `zoo` a manifest may also set: the command line wins only when they were passed on it.
-MANIFEST_OPTIONS = ("dim", "vocab", "image_size", "max_abs_error", "min_cosine", "min_top1_agreement", "min_speedup")
-
-
 def apply_settings(options: CheckOptions, settings: manifest.Settings, explicit: frozenset = frozenset()) -> CheckOptions:
     """`options` (the command line, typer's defaults included) with a manifest's
     settings for one model: a setting replaces an option unless the option was
