@@ -16,6 +16,12 @@ import quake_onnx
 
 
 class _OneLineErrors(TyperGroup):
+    def resolve_command(self, ctx: Any, args: List[str]) -> Any:
+        # `quake-onnx zoo merge ...` is a command of its own (zoo's first argument is otherwise a folder).
+        if len(args) >= 2 and args[0] == "zoo" and args[1] == "merge":
+            return "zoo merge", self.get_command(ctx, "zoo-merge"), args[2:]
+        return super().resolve_command(ctx, args)
+
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
@@ -282,6 +288,16 @@ _MIN_COS = typer.Option(0.999, "--min-cosine", max=1.0, help="fail below this co
 _MIN_TOP1 = typer.Option(None, "--min-top1-agreement", min=0.0, max=1.0,
                          help="fail below this share of rows with the same argmax (class-score outputs)")
 _MIN_SPEEDUP = typer.Option(None, "--min-speedup", min=0.0, help="fail below this speedup (original / optimized median)")
+_IMAGE_SIZE = typer.Option(224, "--image-size", min=1, metavar="PIXELS",
+                           help="height and width of generated image-like inputs ([N,C,H,W] / [N,H,W,C], C <= 4) "
+                           "whose spatial dimensions have no size or name (their batch gets 1)")
+
+
+def _explicit(ctx: typer.Context) -> frozenset:
+    """The parameters passed on the command line, not left at typer's defaults
+    (by the enum's name: typer vendors click in some versions and imports it in others)."""
+    return frozenset(name for name in ctx.params
+                     if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE")
 
 
 def _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level,
@@ -324,6 +340,7 @@ def check_cmd(
     min_cosine: Optional[float] = _MIN_COS,
     min_top1_agreement: Optional[float] = _MIN_TOP1,
     min_speedup: Optional[float] = _MIN_SPEEDUP,
+    image_size: int = _IMAGE_SIZE,
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
     json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="write the result as JSON ('-': stdout)"),
 ) -> None:
@@ -332,17 +349,25 @@ def check_cmd(
 
     options = _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level, max_abs_error,
                              min_cosine, min_top1_agreement, min_speedup, custom_ops_library, optimized=optimized,
-                             inputs=inputs, min_elements=min_elements)
+                             inputs=inputs, min_elements=min_elements, image_size=image_size)
     raise typer.Exit(check_command(model, options, json_out))
+
+
+_REPORTS = {
+    "json": typer.Option(None, "--json", metavar="FILE", help="write the report as JSON ('-': stdout)"),
+    "markdown": typer.Option(None, "--markdown", metavar="FILE",
+                             help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY; '-': stdout)"),
+    "junit": typer.Option(None, "--junit", metavar="FILE", help="write JUnit XML, one testcase per model"),
+}
 
 
 @app.command("zoo")
 def zoo_cmd(
+    ctx: typer.Context,
     root: Path = typer.Argument(..., metavar="DIR", help="folder of models (*.onnx, model-zoo layout)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="write the report as JSON ('-': stdout)"),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", metavar="FILE",
-                                            help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY; '-': stdout)"),
-    junit: Optional[Path] = typer.Option(None, "--junit", metavar="FILE", help="write JUnit XML, one testcase per model"),
+    json_out: Optional[Path] = _REPORTS["json"],
+    markdown: Optional[Path] = _REPORTS["markdown"],
+    junit: Optional[Path] = _REPORTS["junit"],
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="models checked at once, each in its own process"),
     shard: str = typer.Option("1/1", "--shard", metavar="i/n", help="check the i-th of n deterministic slices (1-based)"),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.0, metavar="SECONDS",
@@ -365,17 +390,43 @@ def zoo_cmd(
     min_cosine: Optional[float] = _MIN_COS,
     min_top1_agreement: Optional[float] = _MIN_TOP1,
     min_speedup: Optional[float] = _MIN_SPEEDUP,
+    image_size: int = _IMAGE_SIZE,
+    config: Optional[Path] = typer.Option(None, "--config", metavar="FILE",
+                                          help="the zoo manifest (default: DIR/quake-zoo.toml when it exists): "
+                                          "per-model dims, inputs, ranges, thresholds, skip"),
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
 ) -> None:
-    """Check every model under DIR: summary table, S(t) score, JSON / Markdown / JUnit reports."""
+    """Check every model under DIR: summary table, S(t) score, JSON / Markdown / JUnit reports.
+
+    Per-model settings come from DIR/quake-zoo.toml (or --config); options passed on the command line beat it.
+
+    Shard reports combine with `quake-onnx zoo merge shard-*.json --json all.json` (docs/zoo.md)."""
     from .check.commands import zoo_command
 
     options = _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level, max_abs_error,
-                             min_cosine, min_top1_agreement, min_speedup, custom_ops_library, min_elements=min_elements)
+                             min_cosine, min_top1_agreement, min_speedup, custom_ops_library, min_elements=min_elements,
+                             image_size=image_size)
     raise typer.Exit(zoo_command(
         root, options, jobs=jobs, shard=shard, timeout=timeout, json_out=json_out, markdown=markdown, junit=junit,
-        list_only=list_only, penalty=penalty, min_score=min_score,
+        list_only=list_only, penalty=penalty, min_score=min_score, config=config, explicit=_explicit(ctx),
     ))
+
+
+@app.command("zoo-merge", hidden=True)
+def zoo_merge_cmd(
+    reports: List[Path] = typer.Argument(..., metavar="SHARD.json", help="the --json reports of every shard"),
+    json_out: Optional[Path] = _REPORTS["json"],
+    markdown: Optional[Path] = _REPORTS["markdown"],
+    junit: Optional[Path] = _REPORTS["junit"],
+) -> None:
+    """Merge the --json reports of `quake-onnx zoo --shard i/n` into the report of one unsharded run.
+
+    Every shard of the run is needed, once; reports of other settings or tool versions are refused.
+
+    Example: quake-onnx zoo merge shard-*.json --json all.json --markdown all.md --junit all.xml"""
+    from .check.commands import merge_command
+
+    raise typer.Exit(merge_command(list(reports), json_out=json_out, markdown=markdown, junit=junit))
 
 
 @app.command("calibrate")

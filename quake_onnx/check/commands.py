@@ -3,6 +3,7 @@ options. Both return the exit code: 0 every threshold holds, 1 one fails
 (or a model could not be checked, in a zoo), 2 bad usage or input."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -13,8 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import modelio, writes
-from . import reports
-from .runner import CheckError, CheckOptions, check_model, resolve_model
+from . import manifest, reports
+from .runner import CheckError, CheckOptions, Thresholds, check_model, resolve_model
 from .zoo import DEFAULT_PENALTY, discover, parse_shard, run_models, score, shard as take_shard
 
 
@@ -28,15 +29,16 @@ def _console(stderr: bool = False) -> Console:
     return console if console.is_terminal else Console(stderr=stderr, width=160)
 
 
-def _input_files(models: list[Path], others: list[Optional[Path]]) -> writes.InputFiles:
+def _input_files(models: list[Path], others: list[Optional[Path]], role: str = "a model this command checks",
+                 whose: str = "a checked") -> writes.InputFiles:
     """The models, the files they reference and the other files read: no report may be one."""
     inputs = writes.InputFiles()
     for path in models:
         if not path.is_file():
             continue
-        inputs.add(path, "a model this command checks")
+        inputs.add(path, role)
         try:
-            inputs.add_model(modelio.load_graph(path), path, whose="a checked")
+            inputs.add_model(modelio.load_graph(path), path, whose=whose)
         except modelio.ModelFileError:
             pass  # not a model: its check reports that; its own path is protected
     for path in others:
@@ -99,6 +101,8 @@ def check_command(model: Path, options: CheckOptions, json_out: Optional[Path]) 
         console.print(f"optimized now (order {opt['order']}): replaced {rules}", soft_wrap=True, highlight=False)
     else:
         console.print(f"optimized model {escape(opt['source'])}", soft_wrap=True, highlight=False)
+    for note in result["inputs"]["notes"]:
+        console.print(f"note: {escape(note)}", soft_wrap=True, highlight=False)
     console.print(reports.check_table(result))
     console.print(reports.timing_line(result), soft_wrap=True, highlight=False)
     for w in result["warnings"]:
@@ -115,6 +119,25 @@ def check_command(model: Path, options: CheckOptions, json_out: Optional[Path]) 
     return 0
 
 
+def apply_settings(options: CheckOptions, settings: manifest.Settings, explicit: frozenset = frozenset()) -> CheckOptions:
+    """`options` (the command line, typer's defaults included) with a manifest's
+    settings for one model: a setting replaces an option unless the option was
+    passed on the command line (`explicit`, parameter names); dims merge name
+    by name, the command line's (all passed on it) over the manifest's."""
+    def pick(name: str, option, setting):
+        return option if name in explicit or setting is None else setting
+
+    th = options.thresholds
+    thresholds = Thresholds(*(pick(k, getattr(th, k), getattr(settings, k)) for k in manifest.THRESHOLD_KEYS))
+    return dataclasses.replace(
+        options, thresholds=thresholds, dims={**settings.dims, **options.dims},
+        vocab=pick("vocab", options.vocab, settings.vocab),
+        image_size=pick("image_size", options.image_size, settings.image_size),
+        inputs=settings.inputs if settings.inputs is not None else options.inputs,
+        ranges={**options.ranges, **settings.ranges},
+    )
+
+
 def zoo_command(
     root: Path,
     options: CheckOptions,
@@ -128,6 +151,8 @@ def zoo_command(
     list_only: bool,
     penalty: float = DEFAULT_PENALTY,
     min_score: Optional[float] = None,
+    config: Optional[Path] = None,
+    explicit: frozenset = frozenset(),
 ) -> int:
     if not root.exists():
         _error(f"{root} does not exist")
@@ -140,7 +165,7 @@ def zoo_command(
     except ValueError as e:
         _error(str(e))
         return 2
-    dashes = [o for o, p in (("--json", json_out), ("--markdown", markdown), ("--junit", junit)) if p and str(p) == "-"]
+    dashes = _dashes(json_out, markdown, junit)
     if len(dashes) > 1:
         _error(f"{' and '.join(dashes)} cannot both write to stdout")
         return 2
@@ -148,8 +173,17 @@ def zoo_command(
     if not entries:
         _error(f"no .onnx model under {root}")
         return 2
+    try:
+        found = manifest.find(root, config)
+        plan = manifest.load(found) if found is not None else None
+        if plan is not None:
+            plan.check_matches([e.name for e in entries], root)
+    except manifest.ManifestError as e:
+        _error(str(e))
+        return 2
     reports_out = {"--json": json_out, "--markdown": markdown, "--junit": junit}
-    inputs = _input_files([e.path for e in entries], []) if any(reports_out.values()) else writes.InputFiles()
+    read = [found] + ([s.inputs for _, s in plan.models] + [plan.defaults.inputs] if plan else [])
+    inputs = _input_files([e.path for e in entries], read) if any(reports_out.values()) else writes.InputFiles()
     problem = _check_outputs(reports_out, inputs)
     if problem:
         _error(problem)
@@ -162,18 +196,46 @@ def zoo_command(
             typer.echo(f"{e.name}\t{e.path}")  # tab-separated for scripts; rich would expand the tab
         return 0
 
+    options = dataclasses.replace(options, warn_unused_dims=False)
+    run_options = apply_settings(options, plan.defaults, explicit) if plan else options
+    per_model, skip = {}, {}
+    if plan is not None:
+        for e in mine:
+            settings = plan.settings_for(e.name)
+            per_model[e.name] = apply_settings(options, settings, explicit)
+            if settings.skip:
+                skip[e.name] = settings.skip
     started = time.perf_counter()
-    results = _run_with_progress(mine, options, jobs, timeout, err, len(entries), (index, count))
+    results = _run_with_progress(mine, run_options, jobs, timeout, err, len(entries), (index, count), per_model, skip)
     elapsed = time.perf_counter() - started
-    s = score(results, options.thresholds, penalty)
+    s = score(results, run_options.thresholds, penalty)
     settings = {
         "threads": options.threads, "runs": options.runs, "warmup": options.warmup, "order": options.order,
-        "seed": options.seed, "vocab": options.vocab, "dims": dict(options.dims), "top_k": options.top_k,
-        "ort_level": options.ort_level, "thresholds": options.thresholds.to_dict(), "penalty": penalty,
-        "min_score": min_score,
+        "seed": options.seed, "vocab": run_options.vocab, "dims": dict(run_options.dims), "top_k": options.top_k,
+        "ort_level": options.ort_level, "thresholds": run_options.thresholds.to_dict(), "penalty": penalty,
+        "min_score": min_score, "image_size": run_options.image_size,
+        "manifest": plan.describe() if plan else None,
     }
     report = reports.zoo_report(root, results, s, shard=(index, count), jobs=jobs, timeout=timeout,
                                 settings=settings, seconds=elapsed)
+    used = {k for r in results for k in ((r.get("inputs") or {}).get("dims") or {})}
+    unused = [k for k in options.dims if k not in used]
+    tail = []
+    if unused:
+        tail.append(f"--dim {', '.join(f'{k}={options.dims[k]}' for k in unused)}: no model of this run has "
+                    f"such a dimension")
+    return _finish(report, console, err, {"--json": json_out, "--markdown": markdown, "--junit": junit}, tail)
+
+
+def _dashes(*paths: Optional[Path]) -> list[str]:
+    names = ("--json", "--markdown", "--junit")
+    return [o for o, p in zip(names, paths) if p and str(p) == "-"]
+
+
+def _finish(report: dict, console: Console, err: Console, outputs: dict, warnings: list[str]) -> int:
+    """Prints the summary, writes the reports; the exit code of a zoo run."""
+    results, s = report["models"], report["score"]
+    min_score = report["settings"].get("min_score")
     console.print(reports.summary_table(report))
     for line in reports.failure_lines(report):
         console.print(line, soft_wrap=True, highlight=False, markup=False)
@@ -181,16 +243,20 @@ def zoo_command(
     for r in results:
         for w in r["warnings"]:
             err.print(f"warning: {escape(r['name'])}: {escape(w)}", soft_wrap=True, highlight=False)
-    for path, text in ((json_out, reports.to_json), (markdown, reports.to_markdown), (junit, reports.to_junit)):
+    for w in warnings:
+        err.print(f"warning: {escape(w)}", soft_wrap=True, highlight=False)
+    writers = {"--json": reports.to_json, "--markdown": reports.to_markdown, "--junit": reports.to_junit}
+    for option, path in outputs.items():
         if path is not None:
-            problem = _write(path, text(report))
+            problem = _write(path, writers[option](report))
             if problem:
                 _error(problem)
                 return 1
-    failed = [r for r in results if r["status"] != "pass"]
+    failed = [r for r in results if r["status"] not in ("pass", "skipped")]
+    skipped = sum(r["status"] == "skipped" for r in results)
     low_score = min_score is not None and s is not None and s["value"] < min_score
     if failed or low_score:
-        parts = [f"{len(failed)} of {len(results)} models failed"] if failed else []
+        parts = [f"{len(failed)} of {len(results) - skipped} models failed"] if failed else []
         parts += [f"{r['name']} ({r['reason']})" for r in failed[:3]]
         if len(failed) > 3:
             parts.append("...")
@@ -198,11 +264,42 @@ def zoo_command(
             parts.append(f"S(t) {s['value']:.3f} < --min-score {min_score:g}")
         typer.echo("FAIL: " + "; ".join(parts), err=True)
         return 1
-    console.print(f"PASS: {len(results)} model(s)", highlight=False)
+    console.print(f"PASS: {len(results) - skipped} model(s)" + (f", {skipped} skipped" if skipped else ""),
+                  highlight=False)
     return 0
 
 
-def _run_with_progress(entries, options, jobs, timeout, err: Console, total_models: int, shard) -> list[dict]:
+def merge_command(paths: list[Path], *, json_out: Optional[Path], markdown: Optional[Path],
+                  junit: Optional[Path]) -> int:
+    """`quake-onnx zoo merge`: shard reports in, the report of the whole run out."""
+    from .merge import MergeError, merge_reports, read_report
+
+    dashes = _dashes(json_out, markdown, junit)
+    if len(dashes) > 1:
+        _error(f"{' and '.join(dashes)} cannot both write to stdout")
+        return 2
+    try:
+        named = [(p, read_report(p)) for p in paths]
+        report, warnings = merge_reports(named)
+    except MergeError as e:
+        _error(str(e))
+        return 2
+    outputs = {"--json": json_out, "--markdown": markdown, "--junit": junit}
+    inputs = writes.InputFiles()
+    if any(outputs.values()):
+        inputs = _input_files([Path(m["model"]) for m in report["models"]], [],
+                              role="a model the merged reports checked", whose="a merged report's")
+        for p in paths:
+            inputs.add(p, "a shard report this command merges")
+    problem = _check_outputs(outputs, inputs)
+    if problem:
+        _error(problem)
+        return 2
+    return _finish(report, _console(bool(dashes)), _console(True), outputs, warnings)
+
+
+def _run_with_progress(entries, options, jobs, timeout, err: Console, total_models: int, shard,
+                       per_model=None, skip=None) -> list[dict]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     n = len(entries)
@@ -216,7 +313,7 @@ def _run_with_progress(entries, options, jobs, timeout, err: Console, total_mode
             err.print(f"[{next(counter)}/{n}] {entry.name} {result['status']}{speed}{reason}",
                       soft_wrap=True, highlight=False, markup=False)
 
-        return run_models(entries, options, jobs=jobs, timeout=timeout, on_done=line)
+        return run_models(entries, options, jobs=jobs, timeout=timeout, on_done=line, per_model=per_model, skip=skip)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
         task = progress.add_task(f"zoo shard {shard[0]}/{shard[1]} ({n} of {total_models} models)", total=n)
@@ -228,4 +325,5 @@ def _run_with_progress(entries, options, jobs, timeout, err: Console, total_mode
             progress.advance(task)
             progress.console.print(f"{escape(entry.name)}: {result['status']}", highlight=False)
 
-        return run_models(entries, options, jobs=jobs, timeout=timeout, on_start=started, on_done=finished)
+        return run_models(entries, options, jobs=jobs, timeout=timeout, on_start=started, on_done=finished,
+                          per_model=per_model, skip=skip)

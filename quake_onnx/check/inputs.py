@@ -2,6 +2,7 @@
 sets beside the model, or values generated from the model's input specs."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from ..modelio import ModelFileError
 
 # Integer inputs that feed no Gather we can read get ids below this.
 DEFAULT_ID_BOUND = 32
+# Height and width of an image-like input whose spatial dimensions have no size or name.
+DEFAULT_IMAGE_SIZE = 224
 
 
 class InputError(ModelFileError):
@@ -36,6 +39,8 @@ class Inputs:
     sets: list[InputSet]
     warnings: list[str] = field(default_factory=list)
     seed: Optional[int] = None
+    notes: list[str] = field(default_factory=list)  # what generation chose by itself (image sizes)
+    dims: dict[str, int] = field(default_factory=dict)  # the --dim keys generation used, with their sizes
 
 
 _ONNX_TO_NP = {
@@ -91,6 +96,10 @@ def load_inputs(
     dims: Mapping[str, int] = {},
     vocab: Optional[int] = None,
     seed: int = 0,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    ranges: Mapping[str, tuple[float, float]] = {},
+    model_name: Optional[str] = None,
+    warn_unused_dims: bool = True,
 ) -> Inputs:
     """--inputs first, then test_data_set_* beside the model, then generated."""
     specs = graph_inputs(model)
@@ -100,9 +109,12 @@ def load_inputs(
     sets = [s for s in sets if s.is_dir()]
     if sets:
         return Inputs("test_data_set", [_read_data_set(s, model, specs) for s in sets])
-    warnings: list[str] = []
-    feeds = generate(model, specs, dims=dims, vocab=vocab, seed=seed, warnings=warnings)
-    return Inputs("generated", [InputSet(feeds)], warnings, seed=seed)
+    inputs = Inputs("generated", [], seed=seed)
+    feeds = generate(model, specs, dims=dims, vocab=vocab, seed=seed, warnings=inputs.warnings,
+                     image_size=image_size, ranges=ranges, model_name=model_name, notes=inputs.notes,
+                     used=inputs.dims, warn_unused_dims=warn_unused_dims)
+    inputs.sets.append(InputSet(feeds))
+    return inputs
 
 
 def _natural(path: Path):
@@ -200,21 +212,69 @@ def _gather_bounds(model: onnx.ModelProto) -> dict[str, int]:
     return bounds
 
 
-def _shape(spec: InputSpec, dims: Mapping[str, int], warnings: list[str]) -> tuple[int, ...]:
-    shape = []
+def _unnamed(d) -> bool:
+    """No size and no name: a missing dim, a negative size, or the name "?" some exporters write."""
+    return d is None or d == "?" or (isinstance(d, int) and d < 0)
+
+
+def image_axes(spec: InputSpec) -> Optional[tuple[int, tuple[int, int]]]:
+    """(channel axis, (height axis, width axis)) of an image-like input: rank 4,
+    float or uint8, not a mask, and [N, C, H, W] or [N, H, W, C] with a static
+    C in 1..4 (NCHW when both could be)."""
+    if len(spec.dims) != 4 or spec.dtype is None or "mask" in spec.name.lower():
+        return None
+    if np.dtype(spec.dtype).kind not in "fu":
+        return None
+    for channel, spatial in ((1, (2, 3)), (3, (1, 2))):
+        d = spec.dims[channel]
+        if isinstance(d, int) and 1 <= d <= 4:
+            return channel, spatial
+    return None
+
+
+def _shape(spec: InputSpec, dims: Mapping[str, int], image_size: int, used: dict, notes: list[str],
+           model_name: Optional[str]) -> tuple[int, ...]:
+    """The generated shape: a static size, else "INPUT:AXIS" from dims, else
+    the dimension's name from dims, else a batch name's 1, else an image-like input's defaults
+    (batch 1, height and width `image_size`), else an input error."""
+    image = image_axes(spec)
+    whose = f"input {spec.name}" + (f" of model {model_name}" if model_name else "")
+    shape, defaulted = [], []
     for axis, d in enumerate(spec.dims):
+        key = f"{spec.name}:{axis}"
         if isinstance(d, int) and d > 0:
             shape.append(d)
+        elif key in dims:
+            used[key] = dims[key]
+            shape.append(dims[key])
         elif isinstance(d, str) and d in dims:
+            used[d] = dims[d]
             shape.append(dims[d])
-        elif isinstance(d, str) and ("batch" in d.lower() or d in ("N", "B")):
+        elif isinstance(d, str) and d != "?" and ("batch" in d.lower() or d in ("N", "B")):
             shape.append(1)  # batch 1 is what latency checks mean when they say nothing
-        elif isinstance(d, str):
-            raise InputError(f"input {spec.name} has symbolic dimension {d!r}; set it with --dim {d}=SIZE")
+        elif image is not None and (_unnamed(d) or d == 0) and axis != image[0]:
+            # Static 0 on an image's batch or spatial axis is an exporter's "unknown" (an empty image
+            # runs nothing); elsewhere a static 0 is kept (an empty past, say).
+            size = 1 if axis == 0 else image_size
+            defaulted.append((axis, size))
+            shape.append(size)
+        elif isinstance(d, str) and d != "?":
+            raise InputError(f"{whose} has symbolic dimension {d!r} (axis {axis}); set it with --dim {d}=SIZE "
+                             f"or dims in {_MANIFEST}")
+        elif isinstance(d, int) and d == 0:
+            shape.append(0)
         else:
-            shape.append(1)
-            warnings.append(f"input {spec.name} axis {axis} has no size or name; used 1")
+            raise InputError(f"{whose} axis {axis} has no size or name; set it with --dim {key}=SIZE "
+                             f"or dims in {_MANIFEST}")
+    if defaulted:
+        layout = "[N, C, H, W]" if image[0] == 1 else "[N, H, W, C]"
+        parts = [f"axis {a} {'(batch) = 1' if a == 0 else f'= {s} (--image-size)'}" for a, s in defaulted]
+        notes.append(f"input {spec.name} looks like an image {layout}; its dimensions without a size took "
+                     f"defaults: {', '.join(parts)}")
     return tuple(shape)
+
+
+_MANIFEST = "quake-zoo.toml"
 
 
 def generate(
@@ -225,30 +285,64 @@ def generate(
     vocab: Optional[int] = None,
     seed: int = 0,
     warnings: Optional[list[str]] = None,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    ranges: Mapping[str, tuple[float, float]] = {},
+    model_name: Optional[str] = None,
+    notes: Optional[list[str]] = None,
+    used: Optional[dict] = None,
+    warn_unused_dims: bool = True,
 ) -> dict[str, np.ndarray]:
     """Inputs from the specs, reproducible from `seed`.
 
-    Names decide the integer ones, as transformer exports name them: masks are
-    ones (nothing padded), token_type / segment ids zeros, position ids
-    0..n-1 along the last axis, other integers uniform in [0, bound) with
-    bound = --vocab, else the row count of the embedding table they index,
-    else DEFAULT_ID_BOUND. Float masks are zeros (exports use them as
-    additive biases); other floats are standard normal."""
+    `ranges` (input name -> (low, high)) comes first: integers uniform in
+    low..high inclusive, floats uniform in [low, high). Otherwise names decide
+    the integer ones, as transformer exports name them: masks are ones
+    (nothing padded), token_type / segment ids zeros, position ids 0..n-1
+    along the last axis, other integers uniform in [0, bound) with bound =
+    --vocab, else the row count of the embedding table they index, else
+    DEFAULT_ID_BOUND. Float masks are zeros (exports use them as additive
+    biases); other floats are standard normal.
+
+    `used` receives the `dims` keys that sized something, `notes` what was
+    chosen without being asked (image sizes); a `dims` key nothing used is a
+    warning when `warn_unused_dims` (a zoo reports those once for the run)."""
     warnings = warnings if warnings is not None else []
+    notes = notes if notes is not None else []
+    used = used if used is not None else {}
     rng = np.random.default_rng(seed)
     bounds = _gather_bounds(model)
-    used = {d for s in specs for d in s.dims if isinstance(d, str)}
-    unused = sorted(set(dims) - used)
-    if unused:
-        warnings.append(f"--dim {', '.join(unused)}: no input has such a dimension")
     feeds = {}
-    for spec in specs:
+    # Image-like inputs first: a name they share with another input is then
+    # already sized when that input's turn comes.
+    order = sorted(specs, key=lambda s: image_axes(s) is None)
+    shapes = {}
+    for spec in order:
         if spec.dtype is None:
-            raise InputError(f"input {spec.name} is not a numeric tensor; pass --inputs data.npz")
-        shape = _shape(spec, dims, warnings)
+            raise InputError(f"input {spec.name}" + (f" of model {model_name}" if model_name else "")
+                             + " is not a numeric tensor; pass --inputs data.npz")
+        shapes[spec.name] = _shape(spec, dims, image_size, used, notes, model_name)
+    if warn_unused_dims:
+        unused = sorted(set(dims) - set(used))
+        if unused:
+            warnings.append(f"--dim {', '.join(unused)}: no input has such a dimension")
+    for spec in specs:
+        shape = shapes[spec.name]
         name = spec.name.lower()
         kind = np.dtype(spec.dtype).kind
-        if "mask" in name:
+        if spec.name in ranges:
+            low, high = ranges[spec.name]
+            if kind in "iub":
+                info = np.iinfo(spec.dtype) if kind != "b" else None
+                lo, hi = int(math.ceil(low)), int(math.floor(high))
+                if info is not None:
+                    lo, hi = max(lo, int(info.min)), min(hi, int(info.max))
+                if lo > hi:
+                    raise InputError(f"range [{low:g}, {high:g}] of input {spec.name} holds no "
+                                     f"{np.dtype(spec.dtype).name} value")
+                value = rng.integers(lo, hi, shape, endpoint=True).astype(spec.dtype)
+            else:
+                value = (rng.uniform(low, high, shape) if high > low else np.full(shape, low)).astype(spec.dtype)
+        elif "mask" in name:
             value = np.zeros(shape, spec.dtype) if kind == "f" else np.ones(shape, spec.dtype)
         elif kind == "b":
             value = rng.integers(0, 2, shape).astype(bool)
@@ -265,5 +359,5 @@ def generate(
                 value = rng.integers(0, high, shape).astype(spec.dtype)
         else:
             value = rng.standard_normal(shape).astype(spec.dtype)
-        feeds[spec.name] = np.ascontiguousarray(value)
+        feeds[spec.name] = np.array(value, order="C")  # ascontiguousarray would make a scalar 1-D
     return feeds

@@ -46,10 +46,16 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def zoo_report(root: Path, results: list[dict], score: Optional[dict], *, shard: tuple[int, int], jobs: int,
-               timeout: Optional[float], settings: dict, seconds: float) -> dict:
-    counts = {s: sum(r["status"] == s for r in results) for s in ("pass", "fail", "error", "timeout")}
-    return {
+STATUSES = ("pass", "fail", "error", "timeout", "skipped")
+
+
+def zoo_report(root: Path | str, results: list[dict], score: Optional[dict], *, shard: tuple[int, int], jobs: int,
+               timeout: Optional[float], settings: dict, seconds: float, env: Optional[dict] = None,
+               merged: Optional[list[dict]] = None) -> dict:
+    """The zoo report; `env` is this machine's unless given (a merge keeps the shards'),
+    `merged` lists the shard reports a merge combined."""
+    counts = {s: sum(r["status"] == s for r in results) for s in STATUSES}
+    report = {
         "schema": SCHEMA_ID,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "root": str(root),
@@ -57,13 +63,16 @@ def zoo_report(root: Path, results: list[dict], score: Optional[dict], *, shard:
         "jobs": jobs,
         "timeout": timeout,
         "settings": settings,
-        "environment": environment(settings["threads"]),
+        "environment": env if env is not None else environment(settings["threads"]),
         "score": score,
         "counts": counts,
-        "passed": counts["pass"] == len(results),
+        "passed": counts["pass"] + counts["skipped"] == len(results),
         "seconds": round(seconds, 3),
         "models": results,
     }
+    if merged is not None:
+        report["merged"] = merged
+    return report
 
 
 def _clean(value: Any) -> Any:
@@ -129,7 +138,7 @@ def _row(r: dict) -> list[str]:
 _COLUMNS = ("model", "status", "max abs err", "cosine", "top-1", "ORT ms", "quake ms", "speedup", "replaced", "reason")
 # The terminal table's headers: short, so a model name and eight figures fit 100 columns.
 _SHORT = {"max abs err": "max abs", "replaced": "repl"}
-_STYLE = {"pass": "green", "fail": "red", "error": "red", "timeout": "red"}
+_STYLE = {"pass": "green", "fail": "red", "error": "red", "timeout": "red", "skipped": "yellow"}
 
 
 def summary_table(report: dict) -> Table:
@@ -188,18 +197,22 @@ def to_markdown(report: dict) -> str:
     counts = report["counts"]
     head = "passed" if report["passed"] else "FAILED"
     value = "-" if score is None else f"{score['value']:.3f}"
+    skipped = f", {counts['skipped']} skipped" if counts.get("skipped") else ""
+    merged = report.get("merged")
+    origin = (f"Merged from {len(merged)} shard reports" if merged else
+              f"Shard {report['shard']['index']}/{report['shard']['count']}")
     lines = [
         f"## quake-onnx zoo: S(t) = {value} ({head})",
         "",
         f"{score_line(score)}. {counts['pass']} passed, {counts['fail']} failed a threshold, "
-        f"{counts['error']} errors, {counts['timeout']} timed out. Shard {report['shard']['index']}/"
-        f"{report['shard']['count']}, {env['threads']} thread(s), {report['settings']['runs']} timed runs, kernels "
+        f"{counts['error']} errors, {counts['timeout']} timed out{skipped}. {origin}, "
+        f"{env['threads']} thread(s), {report['settings']['runs']} timed runs, kernels "
         f"{env['isa']}, ONNX Runtime {env['onnxruntime']}, {env['cpu_count']} CPU(s).",
         "",
         "| " + " | ".join(_COLUMNS) + " |",
         "|" + "|".join("---" if c in ("model", "status", "reason") else "---:" for c in _COLUMNS) + "|",
     ]
-    marks = {"pass": "✅ pass", "fail": "❌ fail", "error": "❌ error", "timeout": "⏱️ timeout"}
+    marks = {"pass": "✅ pass", "fail": "❌ fail", "error": "❌ error", "timeout": "⏱️ timeout", "skipped": "⏭️ skipped"}
     for r in report["models"]:
         row = _row(r)
         row[1] = marks[r["status"]]
@@ -208,9 +221,9 @@ def to_markdown(report: dict) -> str:
         lines += ["", "| t (max abs error) | " + " | ".join(f"{c['max_abs_error']:g}" for c in score["curve"]) + " |",
                   "|---|" + "---:|" * len(score["curve"]),
                   "| S(t) | " + " | ".join(f"{c['value']:.3f}" for c in score["curve"]) + " |"]
-    lines += ["", "S(t): geometric mean over the N models of the speedup of each model within tolerance t, "
-                  "a model outside it (or that failed to load, optimize, run or finish) counting as the penalty "
-                  "(docs/zoo.md).", ""]
+    lines += ["", "S(t): geometric mean over the N models (skipped ones aside) of the speedup of each model within "
+                  "tolerance t, a model outside it (or that failed to load, optimize, run or finish) counting as the "
+                  "penalty (docs/zoo.md).", ""]
     return "\n".join(lines)
 
 
@@ -225,14 +238,15 @@ def to_junit(report: dict) -> str:
     """One testcase per model; a model that failed a threshold, errored or
     timed out carries a <failure> whose message is the reason."""
     models = report["models"]
-    failed = sum(r["status"] != "pass" for r in models)
+    failed = sum(r["status"] not in ("pass", "skipped") for r in models)
+    skipped = sum(r["status"] == "skipped" for r in models)
     total_time = f"{sum(r['seconds'] for r in models):.3f}"
     suites = ET.Element("testsuites", name="quake-onnx zoo", tests=str(len(models)), failures=str(failed),
-                        errors="0", time=total_time)
+                        errors="0", skipped=str(skipped), time=total_time)
     suite = ET.SubElement(suites, "testsuite", name=f"quake-onnx zoo {_x(report['root'])} "
                           f"(shard {report['shard']['index']}/{report['shard']['count']})",
-                          tests=str(len(models)), failures=str(failed), errors="0", skipped="0", time=total_time,
-                          timestamp=report["created"])
+                          tests=str(len(models)), failures=str(failed), errors="0", skipped=str(skipped),
+                          time=total_time, timestamp=report["created"])
     props = ET.SubElement(suite, "properties")
     score = report["score"]
     for key, value in (("score", "-" if score is None else f"{score['value']:.4f}"),
@@ -242,7 +256,9 @@ def to_junit(report: dict) -> str:
     for r in models:
         case = ET.SubElement(suite, "testcase", classname="quake-onnx.zoo", name=_x(r["name"]),
                              file=_x(r["model"]), time=f"{r['seconds']:.3f}")
-        if r["status"] != "pass":
+        if r["status"] == "skipped":
+            ET.SubElement(case, "skipped", message=_x(r["reason"] or "skipped"))
+        elif r["status"] != "pass":
             kind = {"fail": "threshold"}.get(r["status"], r["status"])
             failure = ET.SubElement(case, "failure", message=_x(r["reason"] or r["status"]), type=kind)
             failure.text = _x("\n".join(r["failures"]) + (f"\nstage: {r['stage']}" if r.get("stage") else ""))
@@ -260,5 +276,6 @@ def _case_text(r: dict) -> str:
                      + (f", top-1 {o['top1_agreement']:.3f}, top-{o['k']} {o['topk_agreement']:.3f}" if o["scores"] else ""))
     if r.get("timing"):
         lines.append(timing_line(r))
+    lines += [f"note: {n}" for n in (r.get("inputs") or {}).get("notes", [])]
     lines += [f"warning: {w}" for w in r.get("warnings", [])]
     return "\n".join(lines)

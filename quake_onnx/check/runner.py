@@ -13,7 +13,7 @@ import numpy as np
 
 from ..modelio import ModelFileError
 from . import compare as cmp
-from .inputs import InputError, load_inputs
+from .inputs import DEFAULT_IMAGE_SIZE, InputError, load_inputs
 from .timing import measure
 
 # np.testing.assert_allclose tolerances the ONNX model zoo checks outputs with,
@@ -52,6 +52,9 @@ class CheckOptions:
     top_k: int = 5
     thresholds: Thresholds = field(default_factory=Thresholds)
     custom_ops_libraries: tuple[str, ...] = ()  # absolute paths (sessions.user_libraries)
+    image_size: int = DEFAULT_IMAGE_SIZE
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    warn_unused_dims: bool = True  # a zoo names the --dim no model used once, not per model
 
 
 class CheckError(ModelFileError):
@@ -154,13 +157,15 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
 
     started = time.perf_counter()
     model_path = resolve_model(Path(model_path))
+    name = name or default_name(model_path)
     try:
         graph = load_graph(model_path)
     except ModelFileError as e:
         raise CheckError(str(e), "load") from None
     try:
         inputs = load_inputs(graph, model_path, npz=options.inputs, dims=options.dims, vocab=options.vocab,
-                             seed=options.seed)
+                             seed=options.seed, image_size=options.image_size, ranges=options.ranges,
+                             model_name=name, warn_unused_dims=options.warn_unused_dims)
     except InputError as e:
         raise CheckError(str(e), "inputs") from None
     warnings = list(inputs.warnings)
@@ -244,7 +249,7 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
     from .._library import selected_isa
 
     result = {
-        "name": name or default_name(model_path),
+        "name": name,
         "model": str(model_path),
         "status": "pass",
         "reason": None,
@@ -255,6 +260,8 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
             "sets": len(inputs.sets),
             "seed": inputs.seed,
             "shapes": {k: list(v.shape) for k, v in inputs.sets[0].feeds.items()},
+            "dims": dict(inputs.dims),
+            "notes": list(inputs.notes),
         },
         "optimized": optimized_info,
         "isa": selected_isa(),
@@ -308,7 +315,7 @@ def default_name(model_path: Path, root: Optional[Path] = None) -> str:
     return base.name
 
 
-def error_result(model_path: Path, name: str, stage: str, reason: str, status: str = "error",
+def error_result(model_path: Path, name: str, stage: Optional[str], reason: str, status: str = "error",
                  thresholds: Optional[Thresholds] = None, seconds: float = 0.0) -> dict:
     return {
         "name": name, "model": str(model_path), "status": status, "reason": reason, "failures": [reason],
@@ -316,6 +323,13 @@ def error_result(model_path: Path, name: str, stage: str, reason: str, status: s
         "warnings": [], "summary": None, "accurate": False,
         "thresholds": (thresholds or Thresholds()).to_dict(), "seconds": round(seconds, 3),
     }
+
+
+def skipped_result(model_path: Path, name: str, reason: str, thresholds: Optional[Thresholds] = None) -> dict:
+    """A model the manifest skips (`skip = "reason"`): listed, not run, not in S(t)."""
+    result = error_result(model_path, name, None, reason, status="skipped", thresholds=thresholds)
+    result["failures"] = []
+    return result
 
 
 def check_safely(model_path: Path, options: CheckOptions, name: str) -> dict:

@@ -13,7 +13,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .runner import CheckOptions, Thresholds, default_name, error_result, judge
+from .runner import CheckOptions, Thresholds, default_name, error_result, judge, skipped_result
 
 # GraphNet's S(t) counts a sample that fails or is wrong at tolerance t as
 # this speedup; the same default here.
@@ -108,10 +108,15 @@ def run_models(
     timeout: Optional[float] = None,
     on_start: Callable[[Entry], None] = lambda e: None,
     on_done: Callable[[Entry, dict], None] = lambda e, r: None,
+    per_model: Optional[dict[str, CheckOptions]] = None,
+    skip: Optional[dict[str, str]] = None,
 ) -> list[dict]:
     """Results in the order of `entries`. Each model runs in a fresh process
     (so one model is in memory per process and a crash or a hang takes only
-    its own result down), at most `jobs` at a time."""
+    its own result down), at most `jobs` at a time. `per_model` (by name)
+    replaces `options` for a model; a model in `skip` (name -> reason) is
+    reported as skipped without running."""
+    per_model, skip = per_model or {}, skip or {}
     ctx = _context()
     pending = list(entries)
     running: dict = {}  # conn -> (entry, process, start)
@@ -121,12 +126,19 @@ def run_models(
         results[entry] = result
         on_done(entry, result)
 
+    def options_of(entry: Entry) -> CheckOptions:
+        return per_model.get(entry.name, options)
+
+    for entry in [e for e in pending if e.name in skip]:
+        pending.remove(entry)
+        done(entry, skipped_result(entry.path, entry.name, skip[entry.name], options_of(entry).thresholds))
     try:
         while pending or running:
             while pending and len(running) < max(1, jobs):
                 entry = pending.pop(0)
                 parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_child, args=(child, str(entry.path), entry.name, options), daemon=True)
+                proc = ctx.Process(target=_child, args=(child, str(entry.path), entry.name, options_of(entry)),
+                                   daemon=True)
                 proc.start()
                 child.close()
                 running[parent] = (entry, proc, time.monotonic())
@@ -144,13 +156,14 @@ def run_models(
                     except EOFError:  # the process died before it sent anything
                         proc.join()
                         result = error_result(entry.path, entry.name, "crash", _death(proc.exitcode),
-                                              thresholds=options.thresholds, seconds=elapsed)
+                                              thresholds=options_of(entry).thresholds, seconds=elapsed)
                     proc.join()
                 elif timeout and elapsed >= timeout:
                     proc.kill()
                     proc.join()
                     result = error_result(entry.path, entry.name, "timeout", f"timed out after {timeout:g} s",
-                                          status="timeout", thresholds=options.thresholds, seconds=elapsed)
+                                          status="timeout", thresholds=options_of(entry).thresholds,
+                                          seconds=elapsed)
                 else:
                     continue
                 conn.close()
@@ -175,37 +188,56 @@ def _death(exitcode: Optional[int]) -> str:
     return f"the check process exited with code {exitcode} without a result"
 
 
-def within(result: dict, thresholds: Thresholds) -> bool:
-    """The model ran and its outputs hold every accuracy threshold."""
-    if result["status"] in ("error", "timeout") or result.get("summary") is None:
+def within(result: dict, thresholds: Optional[Thresholds] = None) -> bool:
+    """The model ran and its outputs hold every accuracy threshold: its own
+    (a manifest may set them per model) unless `thresholds` is given."""
+    if result["status"] in ("error", "timeout", "skipped") or result.get("summary") is None:
         return False
-    return not judge(result, thresholds.accuracy_only())
+    th = thresholds if thresholds is not None else own_thresholds(result)
+    return not judge(result, th.accuracy_only())
+
+
+def own_thresholds(result: dict, run: Optional[Thresholds] = None) -> Thresholds:
+    """The thresholds the model was held to (the run's when it records none)."""
+    recorded = result.get("thresholds")
+    return Thresholds(**recorded) if recorded else (run or Thresholds())
+
+
+def scored(results: Sequence[dict]) -> list[dict]:
+    """The results S(t) counts: every model but the skipped ones."""
+    return [r for r in results if r["status"] != "skipped"]
 
 
 def score(results: Sequence[dict], thresholds: Thresholds, penalty: float = DEFAULT_PENALTY) -> Optional[dict]:
     """S(t) = exp((1/N) * sum_i log s_i), s_i = model i's speedup when it is
-    within tolerance t, else `penalty` (docs/zoo.md). None for no models."""
+    within tolerance t, else `penalty` (docs/zoo.md); skipped models are not
+    among the N. t is each model's own accuracy thresholds (`thresholds`,
+    the run's, unless a manifest set others for it); the curve replaces the
+    max abs error of every model by each of CURVE. None for no models."""
+    results = scored(results)
     n = len(results)
     if n == 0:
         return None
 
-    def value(th: Thresholds) -> tuple:
+    def value(max_abs: Optional[float] = None, replace: bool = False) -> tuple:
         logs, ok, ok_logs = [], 0, []
         for r in results:
-            if within(r, th) and r["timing"] and r["timing"]["speedup"] > 0:
+            own = own_thresholds(r, thresholds)
+            th = Thresholds(max_abs, own.min_cosine, own.min_top1_agreement) if replace else own
+            speedup = r["timing"]["speedup"] if r["timing"] else None
+            if within(r, th) and isinstance(speedup, (int, float)) and speedup > 0 and math.isfinite(speedup):
                 ok += 1
-                logs.append(math.log(r["timing"]["speedup"]))
+                logs.append(math.log(speedup))
                 ok_logs.append(logs[-1])
             else:
                 logs.append(math.log(penalty))
         geo_ok = math.exp(sum(ok_logs) / len(ok_logs)) if ok_logs else None
         return math.exp(sum(logs) / n), ok, sum(logs), geo_ok
 
-    s, ok, log_sum, geo_ok = value(thresholds)
+    s, ok, log_sum, geo_ok = value()
     curve = []
     for t in CURVE:
-        th = Thresholds(t, thresholds.min_cosine, thresholds.min_top1_agreement)
-        v = value(th)
+        v = value(t, replace=True)
         curve.append({"max_abs_error": t, "value": v[0], "within": v[1]})
     return {
         "value": s,

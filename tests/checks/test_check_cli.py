@@ -71,7 +71,8 @@ def test_generated_inputs_with_dims_and_vocab(tmp_path):
     assert r.exit_code == 0, r.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["inputs"] == {"source": "generated", "sets": 1, "seed": 0,
-                                "shapes": {"input_ids": [3, 16], "attention_mask": [3, 16]}}
+                                "shapes": {"input_ids": [3, 16], "attention_mask": [3, 16]},
+                                "dims": {"batch": 3, "seq": 16}, "notes": []}
     logits = next(o for o in result["outputs"] if o["name"] == "logits")
     assert logits["rows"] == 3
 
