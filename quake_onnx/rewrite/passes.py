@@ -15,7 +15,7 @@ from .rules import RULES
 from .scopes import Scopes
 from .types import TypeTable
 
-ALL_OPS = frozenset({"softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"})
+ALL_OPS = frozenset({"softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp", "glu"})
 ORDERS = (1, 2, 3)
 
 

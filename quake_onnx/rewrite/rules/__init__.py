@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from ..rule import Rule
 from . import contrib_gelu, erf_gelu, exp, gelu, logsoftmax, quick_gelu, sigmoid, silu, softmax, swish, tanh_gelu
+from . import glu
 
 RULES: list[Rule] = [
+    glu.RULE,  # before every activation rule: act(gate) * up takes their pattern whole
     erf_gelu.RULE,
     tanh_gelu.RULE,
     gelu.RULE,
