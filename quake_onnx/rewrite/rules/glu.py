@@ -119,17 +119,19 @@ def _last_axis(ctx: Context, h: gs.Tensor, axis: int) -> bool:
 
 def _split_halves(ctx: Context, split: gs.Node, h: gs.Tensor) -> Union[bool, str]:
     """Whether a two-output Split of the last axis cuts h in equal halves (True), is
-    no halves form (False: another axis), or why its parts are unequal."""
+    no halves form (False: another axis, computed sizes), or why its parts are unequal."""
     if not _last_axis(ctx, h, int(split.attrs.get("axis", 0))):
         return False
     sizes = split.attrs.get("split")  # opset < 13
     if len(split.inputs) > 1 and split.inputs[1].name:
         sizes = const_value(split.inputs[1])
         if sizes is None:
-            return "Split sizes are computed, not constants: equal halves cannot be told"
+            return False  # the parts' shapes decide
     if sizes is not None:
         sizes = [int(s) for s in np.asarray(sizes).ravel()]
-        return True if sizes[0] == sizes[1] else f"Split of {h.name} cuts the last axis into {sizes[0]} + {sizes[1]}, not two equal halves"
+        if sizes[0] != sizes[1]:
+            return f"Split of {h.name} cuts the last axis into {sizes[0]} + {sizes[1]}, not two equal halves"
+        return True
     last = (ctx.shape(h) or [None])[-1]
     if isinstance(last, int) and last % 2:
         return f"Split of {h.name} cuts an odd last axis ({last}) into unequal parts"
@@ -165,7 +167,9 @@ def _slice_halves(ctx: Context, first: gs.Node, second: gs.Node, h: gs.Tensor) -
     a, b = _slice_bounds(ctx, first, size), _slice_bounds(ctx, second, size)
     if a is None or b is None or a[0] != 0 or a[1] != b[0] or b[1] != size:
         return False
-    return True if 2 * a[1] == size else f"Slices of {h.name} cut the last axis into {a[1]} + {size - a[1]}, not two equal halves"
+    if 2 * a[1] != size:
+        return f"Slices of {h.name} cut the last axis into {a[1]} + {size - a[1]}, not two equal halves"
+    return True
 
 
 def _halves(ctx: Context, g: gs.Tensor, u: gs.Tensor) -> Union[None, str, tuple[gs.Tensor, list[gs.Node]]]:
