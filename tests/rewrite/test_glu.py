@@ -195,6 +195,41 @@ def test_phi3_halves(cut, act):
     assert "halves of one tensor" in decision(report, "glu").reason
 
 
+def torch_chunk_mlp(size=2 * INTER):
+    """Phi-3's `gate, up = gate_up_proj(x).chunk(2, dim=-1)` as torch.onnx (opset 17) writes it
+    with dynamic batch and sequence: the Slice bounds computed from Shape(h)[-1],
+    chunk = (size + 1) / 2, Slices [0, chunk) and [chunk, 2 chunk) of axis -1."""
+    g = Graph()
+    h = g.node("MatMul", ["X", g.const(weights(HIDDEN, size, 4), "W_gate_up")], name="gate_up_proj")
+    last = g.node("Gather", [g.node("Shape", [h], name="shape"), g.const([-1], "minus1", dtype=np.int64)],
+                  name="gather", axis=0)
+    chunk = g.node("Div", [g.node("Add", [last, g.const([1], "one", dtype=np.int64)], name="add1"),
+                           g.const([2], "two", dtype=np.int64)], name="div2")
+    end0 = g.node("Mul", [chunk, g.const([1], "k1", dtype=np.int64)], name="mul1")
+    end1 = g.node("Mul", [chunk, g.const([2], "k2", dtype=np.int64)], name="mul2")
+    gate = g.node("Slice", [h, g.const([0], "zero", dtype=np.int64), end0, "minus1"], name="slice_gate")
+    up = g.node("Slice", [h, end0, end1, "minus1"], name="slice_up")
+    hidden = g.node("Mul", [up, silu(g, gate)], name="gated")
+    y = g.node("MatMul", [hidden, g.const(weights(size // 2, HIDDEN, 3), "W_down")], name="down_proj")
+    return g.model({"X": ["batch", "seq", HIDDEN]}, {y: ["batch", "seq", HIDDEN]}, opset=17)
+
+
+def test_torch_chunk_export_is_the_halves_form():
+    # The bounds are evaluated from the static last dimension; the nodes computing them go too.
+    x = feeds()
+    h = x["X"].astype(np.float64) @ weights(HIDDEN, 2 * INTER, 4)
+    atol = GATE["silu"] * np.abs(h[..., INTER:]).max() * np.abs(weights(INTER, HIDDEN, 3)).sum(axis=0).max()
+    out, report = check_rewrite(torch_chunk_mlp(), ["MatMul", "com.quake.Glu", "MatMul"], x, atol=atol)
+    assert list(glu_node(out)[0].input) == ["gate_up_proj_out"]
+    assert not out.graph.initializer or all(i.name.startswith("W_") for i in out.graph.initializer)
+
+
+def test_torch_chunk_of_an_odd_axis_is_refused():
+    # chunk(2) of 175: 88 + 87, which the Mul cannot even multiply; said as unequal halves.
+    assert_untouched(torch_chunk_mlp(2 * INTER - 1), "glu", "cut the last axis into 88 + 87, not two equal halves",
+                     ops=frozenset({"glu"}))
+
+
 def test_phi3_float16():
     x = feeds(F16)
     check_rewrite(phi3_mlp("split13", "silu", F16), ["MatMul", "com.quake.Glu", "MatMul"], x,

@@ -12,7 +12,9 @@ a gate). Forms:
 
   act(g) * u, u of g's shape          -> Glu(g, u)
   act(h[..., :H]) * h[..., H:]        -> Glu(h)   (the halves form: a Split or two
-                                          Slices cut h's last axis in two equal halves)
+                                          Slices cut h's last axis in two equal halves;
+                                          Slice bounds computed from h's static last
+                                          dimension, as torch exports chunk(2), count)
   BiasGelu(x, bias) * u (FastGelu with a bias likewise)
                                       -> Add(x, bias), Glu(Add, u)
 
@@ -138,17 +140,64 @@ def _split_halves(ctx: Context, split: gs.Node, h: gs.Tensor) -> Union[bool, str
     return True
 
 
-def _slice_bounds(ctx: Context, node: gs.Node, size: int) -> Optional[tuple[int, int]]:
-    """[start, end) of a Slice of the last axis with step 1 and constant bounds, clamped to
-    the axis (`size`), or None."""
+# Integer ops of the slice bounds exporters compute from a shape (torch's chunk:
+# (Shape(h)[-1] + 1) / 2 * k); ONNX integer Div truncates toward zero.
+_INDEX_BINARY = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
+                 "Div": lambda a, b: int(a / b) if b else None}
+_INDEX_PASS = ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape")
+_INDEX_DEPTH = 8
+
+
+def _index_value(ctx: Context, t: gs.Tensor, nodes: list[gs.Node], depth: int = _INDEX_DEPTH) -> Optional[int]:
+    """A one-element integer: a constant, or computed from constants and static dimensions
+    of a Shape (the nodes computing it are appended to `nodes`); None otherwise."""
+    value = const_value(t)
+    if value is not None:
+        value = np.asarray(value)
+        return int(value.ravel()[0]) if value.size == 1 and value.dtype.kind in "iu" else None
+    node = producer(t)
+    if node is None or depth == 0 or (node.domain or "") not in ("", "ai.onnx"):
+        return None
+    if node.op in _INDEX_PASS:
+        found = _index_value(ctx, node.inputs[0], nodes, depth - 1)
+    elif node.op in _INDEX_BINARY and len(node.inputs) == 2:
+        a, b = (_index_value(ctx, x, nodes, depth - 1) for x in node.inputs)
+        found = None if a is None or b is None else _INDEX_BINARY[node.op](a, b)
+    elif node.op == "Gather" and int(node.attrs.get("axis", 0)) == 0 and is_op(producer(node.inputs[0]), "Shape"):
+        found = _shape_dim(ctx, producer(node.inputs[0]), _index_value(ctx, node.inputs[1], nodes, depth - 1))
+        if found is not None:
+            nodes.append(producer(node.inputs[0]))
+    else:
+        return None
+    if found is not None:
+        nodes.append(node)
+    return found
+
+
+def _shape_dim(ctx: Context, shape_node: gs.Node, index: Optional[int]) -> Optional[int]:
+    """Element `index` of Shape(x) (opset 15's start / end included) when that dimension is static."""
+    dims = ctx.shape(shape_node.inputs[0])
+    if dims is None or index is None:
+        return None
+    dims = dims[int(shape_node.attrs.get("start", 0)):shape_node.attrs.get("end")]
+    if not -len(dims) <= index < len(dims):
+        return None
+    dim = dims[index]
+    return dim if isinstance(dim, int) else None
+
+
+def _slice_bounds(ctx: Context, node: gs.Node, size: int, nodes: list[gs.Node]) -> Optional[tuple[int, int]]:
+    """[start, end) of a Slice of the last axis with step 1 and known bounds (constants, or
+    computed from static dimensions), clamped to the axis (`size`), or None."""
     if len(node.inputs) < 3:
+        return None  # opset < 10: bounds as attributes, which exporters of gated MLPs do not write
+    present = [t if t.name else None for t in node.inputs[1:5]]
+    values = [None if t is None else _index_value(ctx, t, nodes) for t in present]
+    if any(v is None and t is not None for v, t in zip(values, present)):
         return None
-    values = [const_value(t) if t.name else None for t in node.inputs[1:5]]
-    if any(v is None for v in values[:2]) or any(v is not None and np.asarray(v).size != 1 for v in values):
-        return None
-    starts, ends = (int(np.asarray(v).ravel()[0]) for v in values[:2])
-    axis = int(np.asarray(values[2]).ravel()[0]) if len(values) > 2 and values[2] is not None else 0
-    step = int(np.asarray(values[3]).ravel()[0]) if len(values) > 3 and values[3] is not None else 1
+    starts, ends = values[0], values[1]
+    axis = values[2] if len(values) > 2 and values[2] is not None else 0
+    step = values[3] if len(values) > 3 and values[3] is not None else 1
     if step != 1 or not _last_axis(ctx, node.inputs[0], axis):
         return None
 
@@ -158,13 +207,14 @@ def _slice_bounds(ctx: Context, node: gs.Node, size: int) -> Optional[tuple[int,
     return clamp(starts), clamp(ends)
 
 
-def _slice_halves(ctx: Context, first: gs.Node, second: gs.Node, h: gs.Tensor) -> Union[bool, str]:
+def _slice_halves(ctx: Context, first: gs.Node, second: gs.Node, h: gs.Tensor,
+                  nodes: list[gs.Node]) -> Union[bool, str]:
     """Whether two Slices of h are h[..., :H/2] and h[..., H/2:] (True), not of that kind
-    (False: another axis, a step, computed bounds), or why their halves are unequal."""
+    (False: another axis, a step, unknown bounds), or why their halves are unequal."""
     size = (ctx.shape(h) or [None])[-1]
     if not isinstance(size, int):
-        return False  # symbolic: exporters then compute the bounds, and the shapes decide
-    a, b = _slice_bounds(ctx, first, size), _slice_bounds(ctx, second, size)
+        return False  # a symbolic last axis: the parts' shapes decide
+    a, b = _slice_bounds(ctx, first, size, nodes), _slice_bounds(ctx, second, size, nodes)
     if a is None or b is None or a[0] != 0 or a[1] != b[0] or b[1] != size:
         return False
     if 2 * a[1] != size:
@@ -172,21 +222,29 @@ def _slice_halves(ctx: Context, first: gs.Node, second: gs.Node, h: gs.Tensor) -
     return True
 
 
-def _halves(ctx: Context, g: gs.Tensor, u: gs.Tensor) -> Union[None, str, tuple[gs.Tensor, list[gs.Node]]]:
-    """(h, the cutting nodes) when g and u are the first and second half of h's last axis;
-    a reason when they are unequal parts of it; None when they are no halves form."""
+@dataclass
+class Halves:
+    h: gs.Tensor  # the tensor cut in two
+    cut: list[gs.Node]  # the Split, or the two Slices
+    bounds: list[gs.Node]  # nodes computing the Slices' bounds: dropped when nothing else reads them
+
+
+def _halves(ctx: Context, g: gs.Tensor, u: gs.Tensor) -> Union[None, str, Halves]:
+    """The cut when g and u are the first and second half of h's last axis; a reason when
+    they are unequal parts of it; None when they are no halves form."""
     pg, pu = producer(g), producer(u)
     if pg is None or pu is None:
         return None
+    bounds: list[gs.Node] = []
     if pg is pu and is_op(pg, "Split") and list(pg.outputs) == [g, u]:
-        verdict, h, nodes = _split_halves(ctx, pg, pg.inputs[0]), pg.inputs[0], [pg]
+        verdict, h, cut = _split_halves(ctx, pg, pg.inputs[0]), pg.inputs[0], [pg]
     elif is_op(pg, "Slice") and is_op(pu, "Slice") and pg.inputs[0] is pu.inputs[0]:
-        verdict, h, nodes = _slice_halves(ctx, pg, pu, pg.inputs[0]), pg.inputs[0], [pg, pu]
+        verdict, h, cut = _slice_halves(ctx, pg, pu, pg.inputs[0], bounds), pg.inputs[0], [pg, pu]
     else:
         return None
     if isinstance(verdict, str):
         return verdict
-    return (h, nodes) if verdict else None
+    return Halves(h, cut, list({id(n): n for n in bounds}.values())) if verdict else None
 
 
 def match(ctx: Context, anchor: gs.Node) -> Optional[Union[Match, str]]:
@@ -207,8 +265,8 @@ def match(ctx: Context, anchor: gs.Node) -> Optional[Union[Match, str]]:
     if halves is not None and gate.bias is None and ctx.first_other_consumer(
         [gate.x, up, *(t for n in gate.prune for t in n.outputs)], pattern
     ) is None:
-        h, cut = halves
-        return _glu(ctx, gate, mul, [h], h, [*cut, *pattern], [], "halves of one tensor")
+        return _glu(ctx, gate, mul, [halves.h], halves.h, [*halves.cut, *pattern], halves.bounds,
+                    "halves of one tensor")
     g_shape, u_shape = ctx.shape(gate.x), ctx.shape(up)
     if not _same_shape(g_shape, u_shape):
         return _shape_reason(gate.x, g_shape, up, u_shape)
