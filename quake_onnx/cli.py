@@ -117,7 +117,7 @@ def _parse_ops(value: Optional[str]) -> Optional[frozenset]:
 _ORDER = typer.Option(2, "--order", min=1, max=3, help="1 fastest (~3% exp error), 2 default (~0.2%), 3 most accurate")
 _OPS = typer.Option(
     None, "--ops", metavar="OP,OP", callback=_parse_ops,
-    help="comma-separated: attention,softmax,logsoftmax,gelu,silu,sigmoid,exp (default: all)",
+    help="comma-separated: attention,glu,softmax,logsoftmax,gelu,silu,sigmoid,exp (default: all)",
 )
 _SKIP = typer.Option(None, "--skip-nodes", metavar="NAME", help="node name to leave alone; repeat for several")
 _FUSIONS = typer.Option(

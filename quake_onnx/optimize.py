@@ -23,7 +23,7 @@ from .rewrite.report import Report
 
 # The pass's own list when it is importable; the same names otherwise, so
 # option checking works even where the pass cannot be loaded.
-_KNOWN_OPS = frozenset({"attention", "softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"})
+_KNOWN_OPS = frozenset({"attention", "glu", "softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"})
 ORDERS = (1, 2, 3)
 
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]

@@ -81,6 +81,34 @@ def gelu(x, bias=None, approximate="tanh"):
     raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
+GLU_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
+
+
+def glu(a, b=None, activation="silu", alpha=1.0, gelu_form="tanh"):
+    """com.quake Glu: act(a) * b; without b, a's last axis is cut in two
+    halves and act(first) * second is returned. activation "silu" is
+    a * sigmoid(alpha a); "gelu" and "gelu_tanh" are the GELU of `gelu_form`:
+    "tanh" is what the library computes for both, "none" (the erf form) lets
+    tests state the gap to what an erf-GELU graph computed. The activations
+    take their limits at +-inf (silu(-inf) = -0), so act(-inf) * inf is NaN
+    here; the library's gate keeps a tiny nonzero value there (docs/ops.md)."""
+    if activation not in GLU_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {GLU_ACTIVATIONS}, got {activation!r}")
+    a = _f64(a)
+    if b is None:
+        n = a.shape[-1] if a.ndim else 1
+        if a.ndim == 0 or n % 2:
+            raise ValueError(f"without b, a's last dimension must be even, got shape {a.shape}")
+        a, b = a[..., : n // 2], a[..., n // 2:]
+    else:
+        b = _f64(b)
+        if b.shape != a.shape:
+            raise ValueError(f"b must have a's shape {a.shape}, got {b.shape}")
+    gate = silu(a, alpha) if activation == "silu" else gelu(a, approximate=gelu_form)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return gate * b
+
+
 def _rows(x, axis):
     """x as float64 with `axis` moved last, and a function putting it back."""
     x = _f64(x)
@@ -257,6 +285,11 @@ def _gelu_op(inputs, attrs):
     return gelu(inputs[0], bias, approximate="tanh")
 
 
+def _glu_op(inputs, attrs):
+    b = inputs[1] if len(inputs) > 1 else None
+    return glu(inputs[0], b, attrs["activation"], _f32(attrs.get("alpha", 1.0)))
+
+
 # op_type -> f(inputs, attrs) -> float64 output; `order` never matters.
 REFERENCES = {
     "Exp": lambda inputs, attrs: exp(inputs[0]),
@@ -266,4 +299,5 @@ REFERENCES = {
     "Softmax": _softmax_op,
     "LogSoftmax": lambda inputs, attrs: logsoftmax(inputs[0], attrs.get("axis", -1)),
     "Attention": _attention_op,
+    "Glu": _glu_op,
 }

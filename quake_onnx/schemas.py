@@ -89,6 +89,48 @@ def _attention_schema() -> OpSchema:
     return schema
 
 
+def _glu_shape(ctx) -> None:
+    # With B, Y is A's shape; without it A's last dimension is cut in two: a
+    # known even size halves, anything else leaves that dimension unknown.
+    if not ctx.has_input(0):
+        return
+    out = onnx.TypeProto()
+    out.CopyFrom(ctx.get_input_type(0))
+    halves = not (ctx.get_num_inputs() > 1 and ctx.has_input(1))
+    shape = out.tensor_type.shape if out.tensor_type.HasField("shape") else None
+    if halves and shape is not None and len(shape.dim):
+        last = shape.dim[-1]
+        size = last.dim_value if last.HasField("dim_value") else None
+        last.Clear()
+        if size is not None and size % 2 == 0:
+            last.dim_value = size // 2
+    ctx.set_output_type(0, out)
+
+
+def _glu_schema() -> OpSchema:
+    param = OpSchema.FormalParameter
+    schema = OpSchema(
+        "Glu",
+        DOMAIN,
+        VERSION,
+        "act(A) * B; without B, act(first half) * second half of A's last axis",
+        inputs=[
+            param("A", "T", "the gate's input"),
+            param("B", "T", "multiplies the gate, A's shape", param_option=OpSchema.FormalParameterOption.Optional),
+        ],
+        outputs=[param("Y", "T", "A's shape with B; A's with the last dimension halved without")],
+        type_constraints=[("T", _TYPES, "float or float16")],
+        attributes=[
+            OpSchema.Attribute("activation", OpSchema.AttrType.STRING, "silu, gelu or gelu_tanh (required).",
+                               required=True),
+            _attr("alpha", 1.0, "silu only: a * sigmoid(alpha a)."),
+            _order(),
+        ],
+    )
+    schema.set_type_and_shape_inference_function(_glu_shape)
+    return schema
+
+
 def _attr(name: str, default, doc: str) -> OpSchema.Attribute:
     # The binding takes the default as an AttributeProto; its type becomes the attribute's type.
     return OpSchema.Attribute(name, onnx.helper.make_attribute(name, default), doc)
@@ -146,6 +188,7 @@ def _schemas() -> list[OpSchema]:
         ),
         _schema("LogSoftmax", "x - max - log(sum(e^(x - max)))", [_axis(), _order()]),
         _attention_schema(),
+        _glu_schema(),
     ]
 
 

@@ -45,10 +45,12 @@ _ATTRS = {
     # scale is required on the node; the default here only completes the signature.
     "Attention": {"scale": (_FLOAT, 1.0), "causal": (_INT, 0), "k_transposed": (_INT, 0), "order": (_INT, 2),
                   "precision": (_STR, "float32")},
+    # activation is required on the node; the default here only completes the signature.
+    "Glu": {"activation": (_STR, "silu"), "alpha": (_FLOAT, 1.0), "order": (_INT, 2)},
 }
 # Input counts each op is registered with (optional inputs last).
-_INPUT_COUNTS = {"Gelu": (1, 2), "Attention": (3, 4)}
-_SUFFIX = {("Gelu", 2): "Bias", ("Attention", 4): "Mask"}
+_INPUT_COUNTS = {"Gelu": (1, 2), "Attention": (3, 4), "Glu": (1, 2)}
+_SUFFIX = {("Gelu", 2): "Bias", ("Attention", 4): "Mask", ("Glu", 1): "Halves"}
 _TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 

@@ -27,6 +27,12 @@ using SiluFn = void (*)(const float* x, float* y, size_t n, float alpha);
 // y = u * sigmoid(2 sqrt(2/pi) (u + 0.044715 u^3)), u = x + bias; bias is
 // nullptr or n floats (one row of the last axis).
 using GeluFn = void (*)(const float* x, const float* bias, float* y, size_t n);
+// Gated activation of com.quake Glu: y = act(a) * b, one pass (a and b read
+// once, y written once); y may alias a or b. kSilu: act(a) = a sigmoid(alpha a),
+// alpha > 0 (validated by the op layer); kGelu: the tanh-form GELU of GeluFn
+// (alpha unused).
+enum class GluActivation : int { kSilu = 0, kGelu = 1 };
+using GluFn = void (*)(const float* a, const float* b, float* y, size_t n, GluActivation act, float alpha);
 // `rows` contiguous rows of length n >= 1 each (row r at x + r * n). x and y
 // may alias. Kernels get many rows at once so they can overlap one row's
 // horizontal reductions with the next row's work.
@@ -96,6 +102,7 @@ struct OrderKernels {
   ChunkPartialFn softmax_partial;
   ScaleFn scale;
   ShiftFn shift;
+  GluFn glu;  // com.quake Glu: act(a) * b in one pass
 };
 
 // EXAQ softmax (method "exaq", ops.md): bits in 2..8 and clip < 0 (a fixed

@@ -194,6 +194,50 @@ void gelu_quake_avx2(const float* x, const float* bias, float* y, size_t n) {
   }
 }
 
+// y[i] = f(a[i], b[i]); two registers per iteration, masked tail.
+template <typename F>
+inline void map2_avx2(const float* a, const float* b, float* y, size_t n, F f) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 r0 = f(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
+    const __m256 r1 = f(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8));
+    _mm256_storeu_ps(y + i, r0);
+    _mm256_storeu_ps(y + i + 8, r1);
+  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, f(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+  if (i < n) {
+    const __m256i k = tail_mask(n - i);
+    _mm256_maskstore_ps(y + i, k, f(_mm256_maskload_ps(a + i, k), _mm256_maskload_ps(b + i, k)));
+  }
+}
+
+// v / (1 + e^-z), z clamped into [-kExpMaxArg, -kExpMinArg]: one division.
+template <int Order>
+inline __m256 div_one_plus_exp_neg(__m256 v, __m256 z) {
+  const __m256 zc = clamp_keep_nan(z, _mm256_set1_ps(-kExpMaxArg), _mm256_set1_ps(-kExpMinArg));
+  return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_core<Order, true>(zc)));
+}
+
+// Glu: y = act(a) * b, the scalar definition (kernels_scalar.cc: range, error,
+// special values) operation for operation, so it matches the scalar table bit
+// for bit: the gate v / (1 + e^-z) with one division, then the product.
+template <int Order>
+void glu_quake_avx2(const float* a, const float* b, float* y, size_t n, GluActivation act, float alpha) {
+  if (act == GluActivation::kSilu) {
+    const __m256 lo = _mm256_set1_ps(-kExpMaxArg / alpha), va = _mm256_set1_ps(alpha);
+    return map2_avx2(a, b, y, n, [lo, va](__m256 av, __m256 bv) {
+      const __m256 v = _mm256_max_ps(lo, av);
+      return _mm256_mul_ps(div_one_plus_exp_neg<Order>(v, _mm256_mul_ps(v, va)), bv);
+    });
+  }
+  map2_avx2(a, b, y, n, [](__m256 av, __m256 bv) {
+    const __m256 u = _mm256_max_ps(_mm256_set1_ps(kGeluLow), av);  // keeps u^3 finite: -inf -> the tiny limit
+    const __m256 v =
+        _mm256_mul_ps(u, _mm256_fmadd_ps(_mm256_set1_ps(kGeluK3), _mm256_mul_ps(u, u), _mm256_set1_ps(kGeluK1)));
+    return _mm256_mul_ps(div_one_plus_exp_neg<Order>(u, v), bv);
+  });
+}
+
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -621,7 +665,8 @@ constexpr OrderKernels order_table() {
           online_softmax_avx2<Order>,
           longrow::partial<LongRowLayer, Order>,
           longrow::scale<LongRowLayer>,
-          longrow::shift<LongRowLayer>};
+          longrow::shift<LongRowLayer>,
+          glu_quake_avx2<Order>};
 }
 
 }  // namespace

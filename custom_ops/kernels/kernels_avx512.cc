@@ -234,6 +234,48 @@ void gelu_quake_avx512(const float* x, const float* bias, float* y, size_t n) {
   }
 }
 
+// y[i] = f(a[i], b[i]); two registers per iteration, masked tail.
+template <typename F>
+inline void map2_avx512(const float* a, const float* b, float* y, size_t n, F f) {
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 r0 = f(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
+    const __m512 r1 = f(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16));
+    _mm512_storeu_ps(y + i, r0);
+    _mm512_storeu_ps(y + i + 16, r1);
+  }
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, f(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i)));
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, k, f(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i)));
+  }
+}
+
+// Glu: y = act(a) * b, the scalar definition (kernels_scalar.cc: range, error,
+// special values) with the gate as the Silu/Gelu kernels compute it: one
+// division, then the product. Gelu's exponent is clamped here although
+// VSCALEFPS would saturate: the gate then stays the scalar's tiny -3.5e-38
+// below u = -9.9 instead of -0, so an infinite b gives the same infinity on
+// every table (not NaN on this one only). Differs from the scalar table by
+// VREDUCEPS's ulp of f (see the top of this file).
+template <int Order>
+void glu_quake_avx512(const float* a, const float* b, float* y, size_t n, GluActivation act, float alpha) {
+  if (act == GluActivation::kSilu) {
+    const __m512 lo = _mm512_set1_ps(-kExpMaxArg / alpha), va = _mm512_set1_ps(alpha);
+    return map2_avx512(a, b, y, n, [lo, va](__m512 av, __m512 bv) {
+      const __m512 v = _mm512_max_ps(lo, av);
+      return _mm512_mul_ps(div_one_plus_exp_neg<Order>(v, _mm512_mul_ps(v, va)), bv);
+    });
+  }
+  map2_avx512(a, b, y, n, [](__m512 av, __m512 bv) {
+    const __m512 u = _mm512_max_ps(_mm512_set1_ps(kGeluLow), av);  // keeps u^3 finite: -inf -> the tiny limit
+    const __m512 v =
+        _mm512_mul_ps(u, _mm512_fmadd_ps(_mm512_set1_ps(kGeluK3), _mm512_mul_ps(u, u), _mm512_set1_ps(kGeluK1)));
+    const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kExpMaxArg), _mm512_set1_ps(-kExpMinArg));
+    return _mm512_mul_ps(div_one_plus_exp_neg<Order>(u, vc), bv);
+  });
+}
+
 // Row max that skips NaNs (the accumulator is max_ps's second operand, which
 // it returns when the element is NaN); NaNs are caught by the later passes.
 inline float row_max_skip_nan(const float* x, size_t n) {
@@ -653,7 +695,8 @@ constexpr OrderKernels order_table() {
           online_softmax_avx512<Order>,
           longrow::partial<LongRowLayer, Order>,
           longrow::scale<LongRowLayer>,
-          longrow::shift<LongRowLayer>};
+          longrow::shift<LongRowLayer>,
+          glu_quake_avx512<Order>};
 }
 
 }  // namespace

@@ -173,6 +173,52 @@ void gelu_quake_neon(const float* x, const float* bias, float* y, size_t n) {
   }
 }
 
+// y[i] = f(a[i], b[i]); two registers per iteration; the tail goes through
+// 4-float buffers (padded with 0) so nothing past n is read or written.
+template <typename F>
+inline void map2_neon(const float* a, const float* b, float* y, size_t n, F f) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const float32x4_t r0 = f(vld1q_f32(a + i), vld1q_f32(b + i));
+    const float32x4_t r1 = f(vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+    vst1q_f32(y + i, r0);
+    vst1q_f32(y + i + 4, r1);
+  }
+  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, f(vld1q_f32(a + i), vld1q_f32(b + i)));
+  if (i < n) {
+    float ab[4] = {0, 0, 0, 0}, bb[4] = {0, 0, 0, 0};
+    std::memcpy(ab, a + i, (n - i) * sizeof(float));
+    std::memcpy(bb, b + i, (n - i) * sizeof(float));
+    vst1q_f32(ab, f(vld1q_f32(ab), vld1q_f32(bb)));
+    std::memcpy(y + i, ab, (n - i) * sizeof(float));
+  }
+}
+
+// v / (1 + e^z), z clamped into [kExpMinArg, kExpMaxArg]: one division.
+template <int Order>
+inline float32x4_t div_one_plus_exp(float32x4_t v, float32x4_t z) {
+  return vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0f), exp_core<Order>(clamp_keep_nan(z, kExpMinArg, kExpMaxArg))));
+}
+
+// Glu: y = act(a) * b, the scalar definition (kernels_scalar.cc: range, error,
+// special values) operation for operation, so it matches the scalar table bit
+// for bit: the gate v / (1 + e^-z) with one division, then the product.
+template <int Order>
+void glu_quake_neon(const float* a, const float* b, float* y, size_t n, GluActivation act, float alpha) {
+  if (act == GluActivation::kSilu) {
+    const float lo = -kExpMaxArg / alpha;
+    return map2_neon(a, b, y, n, [lo, alpha](float32x4_t av, float32x4_t bv) {
+      const float32x4_t v = vmaxq_f32(vdupq_n_f32(lo), av);
+      return vmulq_f32(div_one_plus_exp<Order>(v, vmulq_f32(vdupq_n_f32(-alpha), v)), bv);
+    });
+  }
+  map2_neon(a, b, y, n, [](float32x4_t av, float32x4_t bv) {
+    const float32x4_t u = vmaxq_f32(vdupq_n_f32(kGeluLow), av);  // keeps u^3 finite: -inf -> the tiny limit
+    const float32x4_t v = vmulq_f32(u, vfmaq_f32(vdupq_n_f32(kGeluK1), vdupq_n_f32(kGeluK3), vmulq_f32(u, u)));
+    return vmulq_f32(div_one_plus_exp<Order>(u, vnegq_f32(v)), bv);
+  });
+}
+
 // Row max; FMAX propagates NaN, so a NaN anywhere makes the max NaN.
 inline float row_max(const float* x, size_t n) {
   const float32x4_t ninf = vdupq_n_f32(-kInf);
@@ -548,7 +594,8 @@ constexpr OrderKernels order_table() {
           online_softmax_neon<Order>,
           longrow::partial<LongRowLayer, Order>,
           longrow::scale<LongRowLayer>,
-          longrow::shift<LongRowLayer>};
+          longrow::shift<LongRowLayer>,
+          glu_quake_neon<Order>};
 }
 
 }  // namespace

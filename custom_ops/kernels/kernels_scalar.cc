@@ -51,6 +51,51 @@ void gelu_quake_scalar(const float* x, const float* bias, float* y, size_t n) {
   }
 }
 
+// ---------------------------------------------------------------------------
+// Glu: y = act(a) * b in one pass, act(a) = v / (1 + e^-z) with one division:
+//   silu: v = max(a, -88.72283 / alpha), z = alpha v
+//   gelu: v = max(a, -12), z = v (K1 + K3 v^2)   (the tanh form, as Gelu)
+// act(a) is formed before the product, so a large |b| cannot overflow an
+// a * b whose result is finite. Valid for any input.
+// Error: act(a) keeps the Silu / Gelu kernels' absolute bound (order 1/2/3,
+// measured in custom_ops/tests/test_kernels.cc, docs/ops.md), so
+// |y - act_exact(a) b| <= that bound times |b|, plus two roundings of y.
+// Special values: NaN in a or b -> NaN; a = +inf -> +inf * b (NaN for b = 0);
+// a = -inf, and any a below the clamp, -> the gate's tiny limit
+// (-2.6e-37 / alpha for silu, -3.5e-38 for gelu) times b: ~-0 for finite b,
+// -inf * sign(b) for infinite b (exact math has NaN there only at a = -inf).
+// In place: y may be a or b (each element is read before it is written).
+
+// 1 + e^z with z clamped into the core's range; NaN is returned before the
+// core, whose order-1 integer conversion of NaN is undefined behaviour.
+template <int Order>
+inline float one_plus_exp(float z) {
+  if (std::isnan(z)) return z;
+  return 1.0f + exp_core<Order>(clamp_keep_nan(z, kExpMinArg, kExpMaxArg));
+}
+
+template <int Order>
+inline float silu_gate(float a, float alpha, float lo) {
+  const float v = a < lo ? lo : a;  // below lo the gate is ~0; -inf would give -inf * 0
+  return v / one_plus_exp<Order>(-alpha * v);
+}
+
+template <int Order>
+inline float gelu_gate(float a) {
+  const float u = a < kGeluLow ? kGeluLow : a;  // keeps u^3 finite
+  return u / one_plus_exp<Order>(-u * std::fma(kGeluK3, u * u, kGeluK1));
+}
+
+template <int Order>
+void glu_quake_scalar(const float* a, const float* b, float* y, size_t n, GluActivation act, float alpha) {
+  if (act == GluActivation::kSilu) {
+    const float lo = -kExpMaxArg / alpha;
+    for (size_t i = 0; i < n; ++i) y[i] = silu_gate<Order>(a[i], alpha, lo) * b[i];
+  } else {
+    for (size_t i = 0; i < n; ++i) y[i] = gelu_gate<Order>(a[i]) * b[i];
+  }
+}
+
 // Returns the row max, or NaN if the row holds a NaN or +inf (then the row
 // result is NaN everywhere).
 inline float row_max(const float* x, size_t n) {
@@ -266,7 +311,8 @@ constexpr OrderKernels order_table() {
           online_softmax_scalar<Order>,
           longrow::partial<LongRowLayer, Order>,
           longrow::scale<LongRowLayer>,
-          longrow::shift<LongRowLayer>};
+          longrow::shift<LongRowLayer>,
+          glu_quake_scalar<Order>};
 }
 
 }  // namespace

@@ -626,10 +626,110 @@ class AttentionKernel : public QuakeKernel {
   bool k_transposed_;
 };
 
+// Glu: act(A) * B elementwise, B of A's shape; without B, act(first half) *
+// second half of each row of A's last axis (Y's last dimension is half A's).
+class GluKernel : public QuakeKernel {
+ public:
+  GluKernel(GluActivation act, float alpha, const KernelTable* table, int order, ONNXTensorElementDataType type,
+            std::string where)
+      : QuakeKernel(table, order, type, std::move(where)), act_(act), alpha_(alpha) {}
+
+ protected:
+  OrtStatusPtr Run(Ort::KernelContext& ctx) override {
+    Ort::ConstValue a = ctx.GetInput(0);
+    Ort::ConstValue b{nullptr};
+    if (ctx.GetInputCount() > 1) b = ctx.GetInput(1);
+    const std::vector<int64_t> shape = a.GetTensorTypeAndShapeInfo().GetShape();
+    if (b) {
+      const std::vector<int64_t> b_shape = b.GetTensorTypeAndShapeInfo().GetShape();
+      if (b_shape != shape) {
+        return make_error(where_ + ": B must have A's shape; A is " + shape_text(shape) + ", B is " +
+                          shape_text(b_shape));
+      }
+      Ort::UnownedValue y = ctx.GetOutput(0, shape);
+      RunPaired(ctx, a.GetTensorRawData(), b.GetTensorRawData(), y.GetTensorMutableRawData(),
+                a.GetTensorTypeAndShapeInfo().GetElementCount());
+      return nullptr;
+    }
+    if (shape.empty() || shape.back() % 2 != 0) {
+      return make_error(where_ + ": without B, A's last dimension must be even (it is cut in two halves); A is " +
+                        shape_text(shape));
+    }
+    std::vector<int64_t> out_shape = shape;
+    out_shape.back() /= 2;
+    Ort::UnownedValue y = ctx.GetOutput(0, out_shape);
+    RunHalves(ctx, a.GetTensorRawData(), y.GetTensorMutableRawData(), a.GetTensorTypeAndShapeInfo().GetElementCount(),
+              static_cast<size_t>(out_shape.back()));
+    return nullptr;
+  }
+
+ private:
+  size_t ElementBytes() const { return half_ ? sizeof(uint16_t) : sizeof(float); }
+
+  // y[0, n) = act(a) * b from raw buffers of the op's element type; float16
+  // goes through float32 blocks.
+  void Span(const void* a, const void* b, void* y, size_t n) const {
+    if (!half_) {
+      return kernels_.glu(static_cast<const float*>(a), static_cast<const float*>(b), static_cast<float*>(y), n, act_,
+                          alpha_);
+    }
+    const uint16_t* ah = static_cast<const uint16_t*>(a);
+    const uint16_t* bh = static_cast<const uint16_t*>(b);
+    uint16_t* yh = static_cast<uint16_t*>(y);
+    float af[kHalfBlock], bf[kHalfBlock];
+    for (size_t done = 0; done < n; done += kHalfBlock) {
+      const size_t count = std::min(kHalfBlock, n - done);
+      table_->f16_to_f32(ah + done, af, count);
+      table_->f16_to_f32(bh + done, bf, count);
+      kernels_.glu(af, bf, af, count, act_, alpha_);
+      table_->f32_to_f16(af, yh + done, count);
+    }
+  }
+
+  // B given: n elements in tasks of kGrain.
+  void RunPaired(const Ort::KernelContext& ctx, const void* a, const void* b, void* y, size_t n) const {
+    const char* ac = static_cast<const char*>(a);
+    const char* bc = static_cast<const char*>(b);
+    char* yc = static_cast<char*>(y);
+    const size_t bytes = ElementBytes();
+    parallel_tasks(ctx, (n + kGrain - 1) / kGrain, [&](size_t task) {
+      const size_t begin = task * kGrain, count = std::min(kGrain, n - begin);
+      Span(ac + begin * bytes, bc + begin * bytes, yc + begin * bytes, count);
+    });
+  }
+
+  // Halves: rows of 2 h elements of A give rows of h of Y, whole rows per task.
+  void RunHalves(const Ort::KernelContext& ctx, const void* a, void* y, size_t n, size_t h) const {
+    if (n == 0) return;
+    const size_t rows = n / (2 * h);
+    const char* ac = static_cast<const char*>(a);
+    char* yc = static_cast<char*>(y);
+    const size_t bytes = ElementBytes();
+    const size_t rows_per_task = std::max<size_t>(1, kGrain / (2 * h));
+    // Y never shares A's buffer here (ORT reuses an input only for an output of
+    // the same shape). Were it to, row r of Y would overwrite rows r / 2 ..
+    // of A that other tasks still read; in row order on one thread every
+    // element is read before it is written.
+    const size_t tasks = y == a ? 1 : (rows + rows_per_task - 1) / rows_per_task;
+    const size_t per_task = y == a ? rows : rows_per_task;
+    parallel_tasks(ctx, tasks, [&](size_t task) {
+      const size_t end = std::min(rows, (task + 1) * per_task);
+      for (size_t r = task * per_task; r < end; ++r) {
+        const char* row = ac + r * 2 * h * bytes;
+        Span(row, row + h * bytes, yc + r * h * bytes, h);
+      }
+    });
+  }
+
+  GluActivation act_;
+  float alpha_;
+};
+
 }  // namespace
 
 OrtStatusPtr OpDef::InferShape(OrtShapeInferContext* context) const {
   if (kind_ == OpKind::kAttention) return InferAttentionShape(context);
+  if (kind_ == OpKind::kGlu) return InferGluShape(context);
   try {
     Ort::ShapeInferContext ctx(&Ort::GetApi(), context);
     const Ort::ShapeInferContext::Shape& shape = ctx.GetInputShape(0);
@@ -682,6 +782,38 @@ OrtStatusPtr OpDef::InferAttentionShape(OrtShapeInferContext* context) const {
     const ONNXTensorElementDataType type = Ort::ConstTensorTypeAndShapeInfo(info).GetElementType();
     Ort::ShapeInferContext::Shape out;
     for (int64_t d : layout.out_shape) out.emplace_back(d);
+    return ctx.SetOutputShape(0, out, type).release();
+  } catch (const std::exception& e) {
+    return make_error(std::string("com.quake ") + name_ + " shape inference: " + e.what());
+  }
+}
+
+// Y = A's shape with B, A's shape with the last dimension halved without it;
+// stated only for fully static shapes (as InferShape). A shape the op would
+// refuse (B not A's shape, an odd last dimension) is left to the run, which
+// names it.
+OrtStatusPtr OpDef::InferGluShape(OrtShapeInferContext* context) const {
+  try {
+    Ort::ShapeInferContext ctx(&Ort::GetApi(), context);
+    const Ort::ShapeInferContext::Shape& shape = ctx.GetInputShape(0);
+    if (shape.empty()) return nullptr;
+    for (const auto& d : shape) {
+      if (!d.IsInt() || d.AsInt() < 0) return nullptr;
+    }
+    Ort::ShapeInferContext::Shape out = shape;
+    if (ctx.GetInputCount() > 1) {
+      const Ort::ShapeInferContext::Shape& b = ctx.GetInputShape(1);
+      if (b.size() != shape.size()) return nullptr;
+      for (size_t i = 0; i < b.size(); ++i) {
+        if (!b[i].IsInt() || b[i].AsInt() != shape[i].AsInt()) return nullptr;
+      }
+    } else {
+      if (shape.back().AsInt() % 2 != 0) return nullptr;
+      out.back() = Ort::ShapeInferContext::SymbolicInteger(shape.back().AsInt() / 2);
+    }
+    OrtTensorTypeAndShapeInfo* info = nullptr;
+    Ort::ThrowOnError(Ort::GetApi().ShapeInferContext_GetInputTypeShape(context, 0, &info));
+    const ONNXTensorElementDataType type = Ort::ConstTensorTypeAndShapeInfo(info).GetElementType();
     return ctx.SetOutputShape(0, out, type).release();
   } catch (const std::exception& e) {
     return make_error(std::string("com.quake ") + name_ + " shape inference: " + e.what());
@@ -767,6 +899,28 @@ OrtStatusPtr OpDef::CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, voi
         } else {
           *kernel = new AxisKernel(&OrderKernels::logsoftmax, axis, table, ord, type_, where);
         }
+        return nullptr;
+      }
+      case OpKind::kGlu: {
+        std::string activation;
+        if (!attrs.get_string("activation", "", &activation, &error)) return make_error(error);
+        if (activation != "silu" && activation != "gelu" && activation != "gelu_tanh") {
+          return make_error(where + ": attribute 'activation' must be \"silu\", \"gelu\" or \"gelu_tanh\", got " +
+                            (activation.empty() ? std::string("none") : "\"" + activation + "\""));
+        }
+        // NaN marks an absent alpha: it belongs to silu only.
+        float alpha = std::numeric_limits<float>::quiet_NaN();
+        if (!attrs.get_float("alpha", alpha, &alpha, &error)) return make_error(error);
+        const bool silu = activation == "silu";
+        if (!silu && !std::isnan(alpha)) {
+          return make_error(where + ": alpha applies to activation \"silu\" only, not \"" + activation + "\"");
+        }
+        if (std::isnan(alpha)) alpha = 1.0f;
+        if (!(alpha > 0.0f) || !std::isfinite(alpha)) {
+          return make_error(where + ": alpha must be a positive finite float, got " + std::to_string(alpha));
+        }
+        // Both GELU forms compute the tanh form, as com.quake Gelu does.
+        *kernel = new GluKernel(silu ? GluActivation::kSilu : GluActivation::kGelu, alpha, table, ord, type_, where);
         return nullptr;
       }
       case OpKind::kAttention: {

@@ -10,7 +10,7 @@
 
 namespace quake {
 
-enum class OpKind { kExp, kSigmoid, kSilu, kGelu, kSoftmax, kLogSoftmax, kAttention };
+enum class OpKind { kExp, kSigmoid, kSilu, kGelu, kSoftmax, kLogSoftmax, kAttention, kGlu };
 
 // Base of every kernel object ORT creates; CustomOpBase calls ComputeV2.
 struct Kernel {
@@ -47,6 +47,16 @@ struct OpDef : Ort::CustomOpBase<OpDef, Kernel, /*WithStatus=*/true> {
         return 0;
       };
     }
+    // Glu's Y may take A's or B's buffer (same shape when B is given). ORT
+    // reuses one only when its static shape equals Y's, never in the halves
+    // form, whose Y is half of A.
+    if (kind == OpKind::kGlu) {
+      OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
+        *input_index = new int[2]{0, 1};
+        *output_index = new int[2]{0, 0};
+        return 2;
+      };
+    }
     OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
       delete[] input_index;
       delete[] output_index;
@@ -54,8 +64,10 @@ struct OpDef : Ort::CustomOpBase<OpDef, Kernel, /*WithStatus=*/true> {
   }
 
   const char* GetName() const { return name_; }
-  // Gelu: X, optional B. Attention: Q, K, V, optional M.
-  size_t GetInputTypeCount() const { return kind_ == OpKind::kAttention ? 4 : (kind_ == OpKind::kGelu ? 2 : 1); }
+  // Gelu: X, optional B. Glu: A, optional B. Attention: Q, K, V, optional M.
+  size_t GetInputTypeCount() const {
+    return kind_ == OpKind::kAttention ? 4 : (kind_ == OpKind::kGelu || kind_ == OpKind::kGlu ? 2 : 1);
+  }
   ONNXTensorElementDataType GetInputType(size_t) const { return type_; }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return type_; }
@@ -66,6 +78,7 @@ struct OpDef : Ort::CustomOpBase<OpDef, Kernel, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   OrtStatusPtr InferShape(OrtShapeInferContext* context) const;
   OrtStatusPtr InferAttentionShape(OrtShapeInferContext* context) const;
+  OrtStatusPtr InferGluShape(OrtShapeInferContext* context) const;
 
  private:
   const char* name_;

@@ -26,6 +26,7 @@ constexpr OpEntry kOps[] = {
     {"Exp", OpKind::kExp},   {"Sigmoid", OpKind::kSigmoid}, {"Silu", OpKind::kSilu},
     {"Gelu", OpKind::kGelu}, {"Softmax", OpKind::kSoftmax}, {"LogSoftmax", OpKind::kLogSoftmax},
     {"Attention", OpKind::kAttention},
+    {"Glu", OpKind::kGlu},
 };
 constexpr ONNXTensorElementDataType kTypes[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
                                                 ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16};

@@ -695,6 +695,182 @@ void test_page_end(const KernelTable* t) {
 #endif
 }
 
+// ---------------------------------- Glu -------------------------------------
+// y = act(a) * b (kernels_scalar.cc): the gate's absolute bound (Silu / Gelu
+// above) times |b|, plus the rounding of y; the special values the scalar
+// definition states; tails, offsets, guards, in place over a and over b;
+// arrays ending at a protected page; the scalar table's results.
+struct GluCase {
+  GluActivation act;
+  float alpha;
+};
+const GluCase kGluCases[] = {{GluActivation::kSilu, 1.0f},   {GluActivation::kSilu, 1.702f},
+                             {GluActivation::kSilu, 0.37f},  {GluActivation::kSilu, 4.0f},
+                             {GluActivation::kGelu, 1.0f}};
+
+const char* glu_name(GluActivation act) { return act == GluActivation::kSilu ? "glu-silu" : "glu-gelu"; }
+
+LD ref_gate(const GluCase& g, float a) { return g.act == GluActivation::kSilu ? ref_silu(a, g.alpha) : ref_gelu(a); }
+
+double gate_bound(const GluCase& g, int order) {
+  if (g.act == GluActivation::kGelu) return kGeluAbs[order - 1];
+  return kSiluAbs[order - 1] * (g.alpha < 1.0f ? 1.0 / g.alpha : 1.0);
+}
+
+// b: N(0, 3) with a special value at every 7th position.
+std::vector<float> glu_b(std::mt19937& rng, size_t n) {
+  const float specials[] = {kNaN, kInf, -kInf, 0.0f, -0.0f, FLT_MAX, -FLT_MAX, FLT_MIN, 1e-40f, 1e30f, -1e30f, 1.0f};
+  std::normal_distribution<float> d(0.0f, 3.0f);
+  std::vector<float> b(n);
+  for (size_t i = 0; i < n; ++i) b[i] = i % 7 == 3 ? specials[(i / 7) % (sizeof specials / sizeof specials[0])] : d(rng);
+  return b;
+}
+
+// One Glu element against the contract; *gate_err is |y - ref| / |b| where
+// that measures the gate's error (|a| <= 64, |b| >= 1/4), else 0.
+bool check_glu(Case& c, const GluCase& g, int order, float a, float b, float got, double* gate_err) {
+  *gate_err = 0;
+  const char* name = glu_name(g.act);
+  if (std::isnan(a) || std::isnan(b)) return c.check(std::isnan(got), "%s(%a, %a) = %a, want NaN", name, a, b, got);
+  const LD gate = ref_gate(g, a);  // the limits at +-inf: +inf, -0
+  if (std::isinf(b)) {
+    // A gate below FLT_MIN (a = 0, or a tiny limit the kernels hold at
+    // ~-1e-37 where the truth is smaller still) times inf: NaN or an infinity.
+    if (std::fabs(gate) < static_cast<LD>(FLT_MIN)) {
+      return c.check(std::isnan(got) || std::isinf(got), "%s(%a, %a) = %a, want inf or NaN", name, a, b, got);
+    }
+    const float want = static_cast<float>(gate * b);
+    return c.check(got == want, "%s(%a, %a) = %a, want %a", name, a, b, got, want);
+  }
+  const LD ref = gate * b;
+  if (std::isnan(ref)) return c.check(std::isnan(got), "%s(%a, %a) = %a, want NaN (+inf * 0)", name, a, b, got);
+  const double tol = gate_bound(g, order) * std::fabs(b) + kRoundRel * static_cast<double>(std::fabs(ref)) + 0x1p-149;
+  if (std::isinf(got)) {  // only where a value within tol rounds to it
+    const bool ok = (got > 0) == (ref > 0) && std::fabs(ref) + tol >= kFloatOverflow;
+    return c.check(ok, "%s(%a, %a) = %a, ref %Lg", name, a, b, got, ref);
+  }
+  const double err = static_cast<double>(std::fabs(got - ref));
+  if (std::fabs(a) <= 64.0f && std::fabs(b) >= 0.25f) *gate_err = err / std::fabs(b);
+  return c.check(!std::isnan(got) && err <= tol, "order %d %s(%a, %a, alpha %g) = %a, ref %.9Lg, err %g, tol %g",
+                 order, name, a, b, g.alpha, got, ref, err, tol);
+}
+
+void test_glu_accuracy(const KernelTable* t, const KernelTable* scalar, std::mt19937& rng) {
+  std::vector<float> a = band_inputs(rng);
+  const std::vector<float> dense = dense_inputs(kSilu, rng);
+  a.insert(a.end(), dense.begin(), dense.end());
+  const size_t n = a.size();
+  const std::vector<float> b = glu_b(rng, n);
+  for (const GluCase& g : kGluCases) {
+    for (int order = 1; order <= 3; ++order) {
+      std::vector<float> y(n), ys(n);
+      t->order[order - 1].glu(a.data(), b.data(), y.data(), n, g.act, g.alpha);
+      char name[128];
+      std::snprintf(name, sizeof name, "%s order %d %s alpha %g: contract", t->name, order, glu_name(g.act), g.alpha);
+      {
+        Case c(name);
+        for (size_t i = 0; i < n; ++i) {
+          double err;
+          if (check_glu(c, g, order, a[i], b[i], y[i], &err)) note_err(key(t, glu_name(g.act), order), err);
+        }
+      }
+      if (t == scalar) continue;
+      scalar->order[order - 1].glu(a.data(), b.data(), ys.data(), n, g.act, g.alpha);
+      // AVX2 and NEON run the scalar operations one for one: bit for bit.
+      // AVX-512's VREDUCEPS may move f by an ulp (the top of kernels_avx512.cc).
+      const bool exact = t->isa != Isa::kAvx512;
+      std::snprintf(name, sizeof name, "%s order %d %s alpha %g: agrees with scalar%s", t->name, order,
+                    glu_name(g.act), g.alpha, exact ? " bit for bit" : "");
+      Case c(name);
+      for (size_t i = 0; i < n; ++i) {
+        bool ok;
+        if (exact || std::isnan(ys[i]) || std::isnan(y[i]) || std::isinf(ys[i])) {
+          ok = same(y[i], ys[i]);
+        } else {
+          const double d = std::fabs(static_cast<double>(y[i]) - ys[i]);
+          ok = d <= kAgreeRel * std::fabs(ys[i]) + kAgreeAbs;
+          if (ok && ys[i] != 0) note_err(key(t, "agree-rel", order), d / std::fabs(ys[i]));
+        }
+        c.check(ok, "a = %a, b = %a: %a vs scalar %a", a[i], b[i], y[i], ys[i]);
+      }
+    }
+  }
+}
+
+void test_glu_tails(const KernelTable* t, std::mt19937& rng) {
+  // Every element gives the same bits wherever it lands (body or tail, any
+  // alignment), nothing outside [0, n) is written, and y may be a or b.
+  const size_t kBody = 128;
+  const std::vector<float> base_a = mixed_row(rng, kBody, true);
+  const std::vector<float> base_b = glu_b(rng, kBody);
+  for (int order = 1; order <= 3; ++order) {
+    for (const GluCase& g : {kGluCases[1], kGluCases[4]}) {
+      const GluFn glu = t->order[order - 1].glu;
+      std::vector<float> full(kBody);
+      glu(base_a.data(), base_b.data(), full.data(), kBody, g.act, g.alpha);
+      char name[128];
+      std::snprintf(name, sizeof name, "%s order %d %s: lengths 1..%zu, offsets, guards, in place over a and b",
+                    t->name, order, glu_name(g.act), kMaxLen);
+      Case c(name);
+      for (size_t n = 1; n <= kMaxLen; ++n) {
+        for (size_t off : kOffsets) {
+          Guarded ab(n), bb(n), yb(n);
+          auto reset = [&] {
+            std::memcpy(ab.at(off), base_a.data(), n * 4);
+            std::memcpy(bb.at(off), base_b.data(), n * 4);
+          };
+          auto expect = [&](Guarded& out, const char* how) {
+            c.check(out.guards_ok(off, n), "%s n %zu off %zu: wrote outside", how, n, off);
+            for (size_t i = 0; i < n; ++i) {
+              c.check(same(out.at(off)[i], full[i]), "%s n %zu off %zu i %zu: %a, body gives %a", how, n, off, i,
+                      out.at(off)[i], full[i]);
+            }
+          };
+          reset();
+          glu(ab.at(off), bb.at(off), yb.at(off), n, g.act, g.alpha);
+          expect(yb, "out of place");
+          glu(ab.at(off), bb.at(off), ab.at(off), n, g.act, g.alpha);  // y == a
+          expect(ab, "y == a");
+          reset();
+          glu(ab.at(off), bb.at(off), bb.at(off), n, g.act, g.alpha);  // y == b
+          expect(bb, "y == b");
+        }
+      }
+    }
+  }
+}
+
+void test_glu_page_end(const KernelTable* t) {
+#ifdef QUAKE_TEST_MMAP
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  char* regions[3];
+  for (char*& r : regions) {
+    void* p = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    r = p == MAP_FAILED ? nullptr : static_cast<char*>(p);
+    if (r) mprotect(r + page, page, PROT_NONE);
+  }
+  char name[96];
+  std::snprintf(name, sizeof name, "%s glu: arrays ending at a protected page", t->name);
+  Case c(name);
+  if (c.check(regions[0] && regions[1] && regions[2], "mmap failed")) {
+    for (size_t n = 1; n <= kMaxLen; ++n) {
+      float* a = reinterpret_cast<float*>(regions[0] + page) - n;
+      float* b = reinterpret_cast<float*>(regions[1] + page) - n;
+      float* y = reinterpret_cast<float*>(regions[2] + page) - n;
+      for (size_t i = 0; i < n; ++i) a[i] = b[i] = 0.25f * static_cast<float>(i) - 3.0f;
+      for (int order = 1; order <= 3; ++order) {
+        for (const GluCase& g : kGluCases) t->order[order - 1].glu(a, b, y, n, g.act, g.alpha);
+      }
+    }
+  }
+  for (char* r : regions) {
+    if (r) munmap(r, 2 * page);
+  }
+#else
+  (void)t;
+#endif
+}
+
 // -------------------------------- float16 -----------------------------------
 bool is_snan_half(uint16_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0 && (h & 0x200u) == 0; }
 
@@ -1044,7 +1220,8 @@ void print_exaq_errors() {
 
 void print_errors() {
   std::printf("\nmeasured max errors (exp: relative; sigmoid/silu/gelu/softmax/logsoftmax: absolute;\n"
-              "softmax-rowsum: |sum - 1|; agree-rel: relative difference to the scalar table)\n");
+              "softmax-rowsum: |sum - 1|; glu-silu/glu-gelu: |y - ref| / |b|, |a| <= 64;\n"
+              "agree-rel: relative difference to the scalar table)\n");
   std::printf("%-28s %12s %12s %12s\n", "table op", "order 1", "order 2", "order 3");
   std::map<std::string, double[3]> rows;
   for (const auto& kv : g_max_err) {
@@ -1060,6 +1237,7 @@ void print_errors() {
 
 int main() {
   std::mt19937 rng(20240917u);
+  std::mt19937 glu_rng(15u);  // its own stream: the other tests' inputs stay as they were
   const KernelTable* scalar = kernels_for(Isa::kScalar);
   for (Isa isa : {Isa::kScalar, Isa::kNeon, Isa::kAvx2, Isa::kAvx512}) {
     const KernelTable* t = kernels_for(isa);
@@ -1070,7 +1248,7 @@ int main() {
       c.check(t->isa == isa && t->f16_to_f32 && t->f32_to_f16, "header");
       for (const OrderKernels& k : t->order) {
         c.check(k.exp && k.sigmoid && k.silu && k.gelu && k.softmax && k.logsoftmax && k.softmax_stats &&
-                    k.softmax_finish && k.logsoftmax_finish && k.softmax_partial && k.scale && k.shift,
+                    k.softmax_finish && k.logsoftmax_finish && k.softmax_partial && k.scale && k.shift && k.glu,
                 "missing entry");
       }
       c.check(t->softmax_exaq != nullptr, "missing softmax_exaq");
@@ -1081,6 +1259,9 @@ int main() {
     test_row_batches(t, rng);
     test_two_pass_rows(t, rng);
     test_page_end(t);
+    test_glu_accuracy(t, scalar, glu_rng);
+    test_glu_tails(t, glu_rng);
+    test_glu_page_end(t);
     test_f16(t, rng);
     test_exaq(t, scalar);
   }

@@ -16,7 +16,7 @@ from .rules import RULES
 from .scopes import Scopes
 from .types import TypeTable
 
-ALL_OPS = frozenset({"attention", "softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"})
+ALL_OPS = frozenset({"attention", "glu", "softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"})
 ORDERS = (1, 2, 3)
 
 

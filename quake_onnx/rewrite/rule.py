@@ -50,7 +50,7 @@ class Match:
 @dataclass(frozen=True)
 class Rule:
     name: str  # reported as Decision.rule
-    family: str  # the --ops key that selects it: attention, softmax, logsoftmax, gelu, silu, sigmoid, exp
+    family: str  # the --ops key that selects it: attention, glu, softmax, logsoftmax, gelu, silu, sigmoid, exp
     anchors: tuple[tuple[str, str], ...]  # (domain, op type) of the node the pattern starts from
     match: Callable[["Context", gs.Node], Optional[Union[Match, str]]]
     # An activation ONNX Runtime keeps inside its NCHWc conv layout or fuses into a Conv

@@ -94,4 +94,4 @@ def test_report_serialises():
     data = json.loads(report.to_json())
     assert data["replaced"] == 1 and data["skipped"] == 1
     assert data["decisions"][0]["reason"] == "skipped by --skip-nodes"
-    assert set(ALL_OPS) == {"attention", "softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"}
+    assert set(ALL_OPS) == {"attention", "glu", "softmax", "logsoftmax", "gelu", "silu", "sigmoid", "exp"}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from ..rule import Rule
 from . import (
-    attention, contrib_gelu, erf_gelu, exp, gelu, logsoftmax, mha, onnx_attention, quick_gelu, sigmoid, silu, softmax, swish,
-    tanh_gelu,
+    attention, contrib_gelu, erf_gelu, exp, gelu, glu, logsoftmax, mha, onnx_attention, quick_gelu, sigmoid, silu,
+    softmax, swish, tanh_gelu,
 )
 
 ATTENTION_RULES: list[Rule] = [
@@ -19,6 +19,7 @@ ATTENTION_RULES: list[Rule] = [
 ]
 
 OP_RULES: list[Rule] = [
+    glu.RULE,  # before every activation rule: act(gate) * up takes their pattern whole
     erf_gelu.RULE,
     tanh_gelu.RULE,
     gelu.RULE,
