@@ -107,7 +107,7 @@ def test_cli_explain_and_help(tmp_path):
     assert "replaced by com.quake Attention (scale=0.353553, mask)" in result.stdout
     from quake_onnx.cli import _MIN_ELEMENTS, _OPS
 
-    assert "attention,softmax" in _OPS.help and "attention" in _MIN_ELEMENTS.help
+    assert "attention,glu,softmax" in _OPS.help and "attention" in _MIN_ELEMENTS.help
 
 
 @pytest.mark.parametrize("ops", ["attention", "ATTENTION,softmax"])
