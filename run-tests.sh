@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Sets up a virtual environment (.venv), builds and installs quake-onnx with
-# its test extras, then runs the C++ kernel tests (CTest: native, sanitized,
-# and cross-compiled for AArch64 under qemu-user) and the Python tests.
+# its test extras, checks the lint (ruff, clang-format), then runs the C++
+# kernel tests (CTest: native, sanitized, and cross-compiled for AArch64 under
+# qemu-user) and the Python tests.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet ".[test]"
+
+# Lint: ruff (lint and format, pyproject.toml) over the Python, clang-format
+# (.clang-format) over the C++; the versions are pinned in the test extras.
+.venv/bin/ruff check --quiet . && .venv/bin/ruff format --check --quiet .
+find custom_ops tests/oplib tools \( -name '*.cc' -o -name '*.h' \) -print0 |
+  xargs -0 .venv/bin/clang-format --dry-run --Werror
 
 # C++ kernel tests: every ISA table of this CPU against the scalar definition.
 cmake -S . -B build/ctest -DQUAKE_BUILD_TESTS=ON >/dev/null

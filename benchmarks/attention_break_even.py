@@ -17,6 +17,7 @@ times, and fused speed-up (per-op time / fused time) median [q1, q3]. The
 break-even is the smallest score-element count from which every larger size's
 lower quartile is >= 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,8 @@ def block(heads: int, seq: int, dim: int) -> onnx.ModelProto:
         helper.make_node("MatMul", ["p", "V"], ["Y"]),
     ]
     graph = helper.make_graph(
-        nodes, "attention",
+        nodes,
+        "attention",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "QKV"]
         + [helper.make_tensor_value_info("M", TensorProto.FLOAT, [1, 1, 1, seq])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
@@ -86,7 +88,7 @@ def measure(heads: int, seq: int, dim: int, rounds: int, threads: int, budget: f
     rng = np.random.default_rng(seq)
     feeds = {n: rng.standard_normal((1, heads, seq, dim)).astype(np.float32) for n in "QKV"}
     mask = np.zeros((1, 1, 1, seq), np.float32)
-    mask[..., seq - seq // 8:] = -np.inf  # a few padded keys, as a batch of sentences has
+    mask[..., seq - seq // 8 :] = -np.inf  # a few padded keys, as a batch of sentences has
     feeds["M"] = mask
     sessions = {"per_op": session(per_op, threads), "fused": session(fused, threads)}
     got = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
@@ -104,9 +106,15 @@ def measure(heads: int, seq: int, dim: int, rounds: int, threads: int, budget: f
         ratios.append(this["per_op"] / this["fused"])
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     return {
-        "seq": seq, "elements": heads * seq * seq, "per_op_us": statistics.median(times["per_op"]) * 1e6,
-        "fused_us": statistics.median(times["fused"]) * 1e6, "ratio": statistics.median(ratios), "q1": q1, "q3": q3,
-        "runs": runs, "max_abs_diff": error,
+        "seq": seq,
+        "elements": heads * seq * seq,
+        "per_op_us": statistics.median(times["per_op"]) * 1e6,
+        "fused_us": statistics.median(times["fused"]) * 1e6,
+        "ratio": statistics.median(ratios),
+        "q1": q1,
+        "q3": q3,
+        "runs": runs,
+        "max_abs_diff": error,
     }
 
 
@@ -129,17 +137,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--budget", type=float, default=0.05, help="seconds per batch of runs of one model")
     args = ap.parse_args()
-    print(f"H{args.heads} D{args.dim}, {args.threads} thread(s), {args.rounds} interleaved rounds, "
-          f"ORT {ort.__version__}, kernels {quake_onnx.selected_isa()}")
-    print("| S | score elements | per-op (us) | fused (us) | fused speed-up median [q1, q3] | runs/round | max abs diff |")
+    print(
+        f"H{args.heads} D{args.dim}, {args.threads} thread(s), {args.rounds} interleaved rounds, "
+        f"ORT {ort.__version__}, kernels {quake_onnx.selected_isa()}"
+    )
+    print(
+        "| S | score elements | per-op (us) | fused (us) | fused speed-up median [q1, q3] | runs/round | max abs diff |"
+    )
     print("|---|---|---|---|---|---|---|")
     rows = []
     for seq in args.seqs:
         row = measure(args.heads, seq, args.dim, args.rounds, args.threads, args.budget)
         rows.append(row)
-        print(f"| {row['seq']} | {row['elements']} | {row['per_op_us']:.1f} | {row['fused_us']:.1f} | "
-              f"{row['ratio']:.3f} [{row['q1']:.3f}, {row['q3']:.3f}] | {row['runs']} | {row['max_abs_diff']:.1e} |",
-              flush=True)
+        print(
+            f"| {row['seq']} | {row['elements']} | {row['per_op_us']:.1f} | {row['fused_us']:.1f} | "
+            f"{row['ratio']:.3f} [{row['q1']:.3f}, {row['q3']:.3f}] | {row['runs']} | {row['max_abs_diff']:.1e} |",
+            flush=True,
+        )
     print(f"break-even: {break_even(rows)} score elements")
 
 

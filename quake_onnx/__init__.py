@@ -9,17 +9,25 @@ or, to rewrite a model and run it:
     model, report = quake_onnx.optimize("model.onnx", "model.quake.onnx")
     session = quake_onnx.InferenceSession("model.quake.onnx")
 """
+
 from __future__ import annotations
 
 from ._library import available_isas, get_library_path, selected_isa
+from .calibrate import calibrate  # noqa: E402  (exaq clips from sample inputs)
+
 # Bound after the submodule import so `quake_onnx.optimize` is the function.
 from .optimize import InferenceSession, optimize  # noqa: E402
-from .calibrate import calibrate  # noqa: E402  (exaq clips from sample inputs)
 
 __version__ = "0.1.0"
 DOMAIN = "com.quake"
 
 __all__ = [
-    "DOMAIN", "InferenceSession", "__version__", "available_isas", "calibrate", "get_library_path", "optimize",
+    "DOMAIN",
+    "InferenceSession",
+    "__version__",
+    "available_isas",
+    "calibrate",
+    "get_library_path",
+    "optimize",
     "selected_isa",
 ]

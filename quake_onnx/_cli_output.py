@@ -1,4 +1,5 @@
 """What `quake-onnx optimize` and `inspect` print."""
+
 from __future__ import annotations
 
 from collections import Counter

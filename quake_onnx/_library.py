@@ -1,4 +1,5 @@
 """Locating the compiled com.quake library and asking it what it runs."""
+
 from __future__ import annotations
 
 import ctypes

@@ -12,11 +12,11 @@ Only com.quake Softmax nodes with method "exaq" in the main graph are
 calibrated (nodes inside If/Loop bodies keep their clip); `optimize
 --softmax-method exaq` makes them.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
 import numpy as np
@@ -85,7 +85,11 @@ def _probe(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
         if name not in outputs:
             # The element type is the node's (float or float16); ORT checks it,
             # and states it itself for an output given without a type.
-            info = helper.make_tensor_value_info(name, types[name], None) if name in types else onnx.ValueInfoProto(name=name)
+            info = (
+                helper.make_tensor_value_info(name, types[name], None)
+                if name in types
+                else onnx.ValueInfoProto(name=name)
+            )
             probe.graph.output.append(info)
             outputs.add(name)
     return probe
@@ -156,11 +160,23 @@ def calibrate(
         writes.check_output_path(dest, inputs=protected)
     nodes = exaq_nodes(model)
     if not nodes:
-        raise CalibrateError("no com.quake Softmax node with method \"exaq\" in the main graph "
-                             "(make them with `quake-onnx optimize --softmax-method exaq`)")
+        raise CalibrateError(
+            'no com.quake Softmax node with method "exaq" in the main graph '
+            "(make them with `quake-onnx optimize --softmax-method exaq`)"
+        )
     chosen = [n for n in nodes if recalibrate or float(_attr(n, "clip", 0.0)) == 0.0]
-    results = {id(n): NodeCalibration(n.name, int(_attr(n, "bits", 3)), 0, float("nan"), float(_attr(n, "clip", 0.0)),
-                                      float(_attr(n, "clip", 0.0)), False) for n in nodes}
+    results = {
+        id(n): NodeCalibration(
+            n.name,
+            int(_attr(n, "bits", 3)),
+            0,
+            float("nan"),
+            float(_attr(n, "clip", 0.0)),
+            float(_attr(n, "clip", 0.0)),
+            False,
+        )
+        for n in nodes
+    }
     if chosen:
         sums = {id(n): 0.0 for n in chosen}
         rows = {id(n): 0 for n in chosen}

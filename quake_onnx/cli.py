@@ -3,6 +3,7 @@
 Every failure, typer's own usage errors included, ends as one `error: ...`
 line on stderr and a non-zero exit (2 for bad input or options), never a
 traceback: scripts and CI logs read the message, people read one line."""
+
 from __future__ import annotations
 
 import sys
@@ -70,7 +71,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """quake-onnx: com.quake kernels for ONNX Runtime."""
 
@@ -89,8 +92,12 @@ def lib_path() -> None:
 def demo(
     threads: int = typer.Option(1, min=1, help="intra_op_num_threads for both sessions"),
     runs: int = typer.Option(50, min=1, help="timed runs per model"),
-    models: Optional[Path] = typer.Option(None, help="folder holding encoder_block.onnx (default: the copy installed with the package)"),
-    optimized: Optional[Path] = typer.Option(None, help="an already optimized encoder_block (default: optimize it now)"),
+    models: Optional[Path] = typer.Option(
+        None, help="folder holding encoder_block.onnx (default: the copy installed with the package)"
+    ),
+    optimized: Optional[Path] = typer.Option(
+        None, help="an already optimized encoder_block (default: optimize it now)"
+    ),
 ) -> None:
     """Optimize the bundled encoder block, run it with ORT's own ops and with com.quake kernels, compare."""
     from .demo import run_demo
@@ -116,12 +123,16 @@ def _parse_ops(value: Optional[str]) -> Optional[frozenset]:
 
 _ORDER = typer.Option(2, "--order", min=1, max=3, help="1 fastest (~3% exp error), 2 default (~0.2%), 3 most accurate")
 _OPS = typer.Option(
-    None, "--ops", metavar="OP,OP", callback=_parse_ops,
+    None,
+    "--ops",
+    metavar="OP,OP",
+    callback=_parse_ops,
     help="comma-separated: attention,glu,softmax,logsoftmax,gelu,silu,sigmoid,exp (default: all)",
 )
 _SKIP = typer.Option(None, "--skip-nodes", metavar="NAME", help="node name to leave alone; repeat for several")
 _FUSIONS = typer.Option(
-    True, "--ort-fusions/--no-ort-fusions",
+    True,
+    "--ort-fusions/--no-ort-fusions",
     help="let ONNX Runtime fuse (Attention, SkipLayerNorm, BiasGelu...) offline before rewriting",
 )
 
@@ -136,7 +147,10 @@ def _parse_level(value: str) -> str:
 
 
 _LEVEL = typer.Option(
-    "extended", "--ort-level", metavar="extended|all", callback=_parse_level,
+    "extended",
+    "--ort-level",
+    metavar="extended|all",
+    callback=_parse_level,
     help="how far ONNX Runtime optimises first: 'extended' (default, portable; keeps conv activations "
     "ORT runs in its NCHWc layout) or 'all' (also lays out convs in NCHWc for THIS machine's CPU, "
     "then replaces their SiLU/Sigmoid: faster CNNs, model tied to this CPU and ORT)",
@@ -144,7 +158,10 @@ _LEVEL = typer.Option(
 
 
 _MIN_ELEMENTS = typer.Option(
-    None, "--min-elements", min=0, metavar="N",
+    None,
+    "--min-elements",
+    min=0,
+    metavar="N",
     help="leave nodes whose input has a fully static shape of fewer than N elements to ONNX Runtime, and "
     "attention blocks of fewer than N score elements (B*H*Sq*Skv) unfused (default: the measured break-evens, "
     "2048 elements, Exp 8192, attention see docs/optimize.md; 0 replaces and fuses any size)",
@@ -159,13 +176,18 @@ def _parse_method(value: str) -> str:
 
 
 _SOFTMAX_METHOD = typer.Option(
-    "quake", "--softmax-method", metavar="quake|exaq", callback=_parse_method,
+    "quake",
+    "--softmax-method",
+    metavar="quake|exaq",
+    callback=_parse_method,
     help="method of the com.quake Softmax nodes: 'quake' (default, polynomial exponential) or 'exaq' "
     "(exponent quantized to --bits bits, table lookup; fix its clip with `quake-onnx calibrate`)",
 )
 _BITS = typer.Option(3, "--bits", min=2, max=8, help="exaq quantization bits, 2..8 (with --softmax-method exaq)")
 _LIBRARIES = typer.Option(
-    None, "--custom-ops-library", metavar="PATH",
+    None,
+    "--custom-ops-library",
+    metavar="PATH",
     help="a custom-op library the model's other nodes need, registered on every ONNX Runtime session the "
     "command opens; repeat for several (onnxruntime-extensions' is registered by itself for ai.onnx.contrib)",
 )
@@ -205,7 +227,9 @@ def optimize_cmd(
     softmax_method: str = _SOFTMAX_METHOD,
     bits: int = _BITS,
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
-    explain: bool = typer.Option(False, "--explain", help="print every candidate node and why it was or wasn't replaced"),
+    explain: bool = typer.Option(
+        False, "--explain", help="print every candidate node and why it was or wasn't replaced"
+    ),
     report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="write the full report as JSON"),
     in_place: bool = typer.Option(False, "--in-place", help="allow OUT to be IN (or omit OUT) and overwrite it"),
 ) -> None:
@@ -217,9 +241,19 @@ def optimize_cmd(
         raise typer.Exit(2)
     out = dest if dest is not None else src
     _, result = _run_optimize(
-        src, out, order=order, ops=ops, skip_nodes=skip_nodes or (), ort_fusions=ort_fusions, ort_level=ort_level,
-        in_place=in_place, min_elements=min_elements, softmax_method=softmax_method, bits=bits,
-        custom_ops_libraries=custom_ops_library or (), also_written=[("report", report)] if report is not None else (),
+        src,
+        out,
+        order=order,
+        ops=ops,
+        skip_nodes=skip_nodes or (),
+        ort_fusions=ort_fusions,
+        ort_level=ort_level,
+        in_place=in_place,
+        min_elements=min_elements,
+        softmax_method=softmax_method,
+        bits=bits,
+        custom_ops_libraries=custom_ops_library or (),
+        also_written=[("report", report)] if report is not None else (),
     )
     if report is not None:
         try:
@@ -229,7 +263,11 @@ def optimize_cmd(
             raise typer.Exit(1) from None
     console, err = _consoles()
     _cli_output.show(
-        console, err, result, title=f"{src}: {_method_title(order, softmax_method, bits)}", explain_nodes=explain,
+        console,
+        err,
+        result,
+        title=f"{src}: {_method_title(order, softmax_method, bits)}",
+        explain_nodes=explain,
         written=str(out),
     )
     if report is not None:
@@ -253,14 +291,26 @@ def inspect_cmd(
     from . import _cli_output
 
     _, result = _run_optimize(
-        src, None, order=order, ops=ops, skip_nodes=skip_nodes or (), ort_fusions=ort_fusions, ort_level=ort_level,
-        min_elements=min_elements, softmax_method=softmax_method, bits=bits,
+        src,
+        None,
+        order=order,
+        ops=ops,
+        skip_nodes=skip_nodes or (),
+        ort_fusions=ort_fusions,
+        ort_level=ort_level,
+        min_elements=min_elements,
+        softmax_method=softmax_method,
+        bits=bits,
         custom_ops_libraries=custom_ops_library or (),
     )
     console, err = _consoles()
     _cli_output.show(
-        console, err, result, title=f"{src}: {_method_title(order, softmax_method, bits)} (nothing written)",
-        explain_nodes=True, dry_run=True,
+        console,
+        err,
+        result,
+        title=f"{src}: {_method_title(order, softmax_method, bits)} (nothing written)",
+        explain_nodes=True,
+        dry_run=True,
     )
 
 
@@ -274,34 +324,74 @@ def _parse_dims(values: Optional[List[str]]) -> Optional[List[str]]:
     return values
 
 
-_DIMS = typer.Option(None, "--dim", metavar="NAME=SIZE", callback=_parse_dims,
-                     help="size of a symbolic input dimension of generated inputs; repeat (--dim batch=1 --dim seq=128)")
-_VOCAB = typer.Option(None, "--vocab", min=1,
-                      help="generated integer ids are below this (default: the rows of the table they index, else 32)")
+_DIMS = typer.Option(
+    None,
+    "--dim",
+    metavar="NAME=SIZE",
+    callback=_parse_dims,
+    help="size of a symbolic input dimension of generated inputs; repeat (--dim batch=1 --dim seq=128)",
+)
+_VOCAB = typer.Option(
+    None,
+    "--vocab",
+    min=1,
+    help="generated integer ids are below this (default: the rows of the table they index, else 32)",
+)
 _SEED = typer.Option(0, "--seed", help="seed of generated inputs")
 _THREADS = typer.Option(1, "--threads", min=1, help="intra_op_num_threads of both sessions")
 _RUNS = typer.Option(20, "--runs", min=1, help="timed runs of each model; the median is reported")
 _WARMUP = typer.Option(3, "--warmup", min=0, help="untimed runs of each model first")
 _TOP_K = typer.Option(5, "--top-k", min=1, help="k of the top-k agreement of class-score outputs")
-_MAX_ABS = typer.Option(None, "--max-abs-error", min=0.0, metavar="T", help="fail above this max abs error (any output)")
+_MAX_ABS = typer.Option(
+    None, "--max-abs-error", min=0.0, metavar="T", help="fail above this max abs error (any output)"
+)
 _MIN_COS = typer.Option(0.999, "--min-cosine", max=1.0, help="fail below this cosine similarity (any output)")
-_MIN_TOP1 = typer.Option(None, "--min-top1-agreement", min=0.0, max=1.0,
-                         help="fail below this share of rows with the same argmax (class-score outputs)")
-_MIN_SPEEDUP = typer.Option(None, "--min-speedup", min=0.0, help="fail below this speedup (original / optimized median)")
-_IMAGE_SIZE = typer.Option(224, "--image-size", min=1, metavar="PIXELS",
-                           help="height and width of generated image-like inputs ([N,C,H,W] / [N,H,W,C], C <= 4) "
-                           "whose spatial dimensions have no size or name (their batch gets 1)")
+_MIN_TOP1 = typer.Option(
+    None,
+    "--min-top1-agreement",
+    min=0.0,
+    max=1.0,
+    help="fail below this share of rows with the same argmax (class-score outputs)",
+)
+_MIN_SPEEDUP = typer.Option(
+    None, "--min-speedup", min=0.0, help="fail below this speedup (original / optimized median)"
+)
+_IMAGE_SIZE = typer.Option(
+    224,
+    "--image-size",
+    min=1,
+    metavar="PIXELS",
+    help="height and width of generated image-like inputs ([N,C,H,W] / [N,H,W,C], C <= 4) "
+    "whose spatial dimensions have no size or name (their batch gets 1)",
+)
 
 
 def _explicit(ctx: typer.Context) -> frozenset:
     """The parameters passed on the command line, not left at typer's defaults
     (by the enum's name: typer vendors click in some versions and imports it in others)."""
-    return frozenset(name for name in ctx.params
-                     if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE")
+    return frozenset(
+        name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+    )
 
 
-def _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level,
-                   max_abs_error, min_cosine, min_top1_agreement, min_speedup, custom_ops_library=None, **extra: Any):
+def _check_options(
+    dim,
+    vocab,
+    seed,
+    threads,
+    runs,
+    warmup,
+    top_k,
+    order,
+    ops,
+    ort_level,
+    max_abs_error,
+    min_cosine,
+    min_top1_agreement,
+    min_speedup,
+    custom_ops_library=None,
+    **extra: Any,
+):
     from .check import CheckOptions, Thresholds
     from .check.inputs import parse_dims
     from .sessions import LibraryError, user_libraries
@@ -312,19 +402,33 @@ def _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, o
         raise typer.BadParameter(str(e), param_hint="'--custom-ops-library'") from None
     return CheckOptions(
         custom_ops_libraries=libraries,
-        order=order, ops=ops, ort_level=ort_level, dims=parse_dims(dim or []), vocab=vocab, seed=seed, threads=threads, runs=runs,
-        warmup=warmup, top_k=top_k,
-        thresholds=Thresholds(max_abs_error, min_cosine, min_top1_agreement, min_speedup), **extra,
+        order=order,
+        ops=ops,
+        ort_level=ort_level,
+        dims=parse_dims(dim or []),
+        vocab=vocab,
+        seed=seed,
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        top_k=top_k,
+        thresholds=Thresholds(max_abs_error, min_cosine, min_top1_agreement, min_speedup),
+        **extra,
     )
 
 
 @app.command("check")
 def check_cmd(
     model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model, or a model-zoo folder holding model.onnx"),
-    optimized: Optional[Path] = typer.Option(None, "--optimized", metavar="OTHER.onnx",
-                                             help="compare this optimized model instead of optimizing MODEL now"),
-    inputs: Optional[Path] = typer.Option(None, "--inputs", metavar="DATA.npz",
-                                          help="inputs by name (default: test_data_set_* beside MODEL, else generated)"),
+    optimized: Optional[Path] = typer.Option(
+        None, "--optimized", metavar="OTHER.onnx", help="compare this optimized model instead of optimizing MODEL now"
+    ),
+    inputs: Optional[Path] = typer.Option(
+        None,
+        "--inputs",
+        metavar="DATA.npz",
+        help="inputs by name (default: test_data_set_* beside MODEL, else generated)",
+    ),
     dim: Optional[List[str]] = _DIMS,
     vocab: Optional[int] = _VOCAB,
     seed: int = _SEED,
@@ -342,21 +446,42 @@ def check_cmd(
     min_speedup: Optional[float] = _MIN_SPEEDUP,
     image_size: int = _IMAGE_SIZE,
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
-    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="write the result as JSON ('-': stdout)"),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", metavar="FILE", help="write the result as JSON ('-': stdout)"
+    ),
 ) -> None:
     """Run MODEL with ONNX Runtime's ops and optimized with com.quake: output agreement, latency, thresholds."""
     from .check.commands import check_command
 
-    options = _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level, max_abs_error,
-                             min_cosine, min_top1_agreement, min_speedup, custom_ops_library, optimized=optimized,
-                             inputs=inputs, min_elements=min_elements, image_size=image_size)
+    options = _check_options(
+        dim,
+        vocab,
+        seed,
+        threads,
+        runs,
+        warmup,
+        top_k,
+        order,
+        ops,
+        ort_level,
+        max_abs_error,
+        min_cosine,
+        min_top1_agreement,
+        min_speedup,
+        custom_ops_library,
+        optimized=optimized,
+        inputs=inputs,
+        min_elements=min_elements,
+        image_size=image_size,
+    )
     raise typer.Exit(check_command(model, options, json_out))
 
 
 _REPORTS = {
     "json": typer.Option(None, "--json", metavar="FILE", help="write the report as JSON ('-': stdout)"),
-    "markdown": typer.Option(None, "--markdown", metavar="FILE",
-                             help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY; '-': stdout)"),
+    "markdown": typer.Option(
+        None, "--markdown", metavar="FILE", help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY; '-': stdout)"
+    ),
     "junit": typer.Option(None, "--junit", metavar="FILE", help="write JUnit XML, one testcase per model"),
 }
 
@@ -369,11 +494,16 @@ def zoo_cmd(
     markdown: Optional[Path] = _REPORTS["markdown"],
     junit: Optional[Path] = _REPORTS["junit"],
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="models checked at once, each in its own process"),
-    shard: str = typer.Option("1/1", "--shard", metavar="i/n", help="check the i-th of n deterministic slices (1-based)"),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.0, metavar="SECONDS",
-                                            help="a model taking longer fails"),
+    shard: str = typer.Option(
+        "1/1", "--shard", metavar="i/n", help="check the i-th of n deterministic slices (1-based)"
+    ),
+    timeout: Optional[float] = typer.Option(
+        None, "--timeout", min=0.0, metavar="SECONDS", help="a model taking longer fails"
+    ),
     list_only: bool = typer.Option(False, "--list", help="print the models this shard would check, run nothing"),
-    penalty: float = typer.Option(0.1, "--penalty", min=1e-6, help="speedup a model outside tolerance counts as in S(t)"),
+    penalty: float = typer.Option(
+        0.1, "--penalty", min=1e-6, help="speedup a model outside tolerance counts as in S(t)"
+    ),
     min_score: Optional[float] = typer.Option(None, "--min-score", min=0.0, help="fail when S(t) is below this"),
     dim: Optional[List[str]] = _DIMS,
     vocab: Optional[int] = _VOCAB,
@@ -391,9 +521,13 @@ def zoo_cmd(
     min_top1_agreement: Optional[float] = _MIN_TOP1,
     min_speedup: Optional[float] = _MIN_SPEEDUP,
     image_size: int = _IMAGE_SIZE,
-    config: Optional[Path] = typer.Option(None, "--config", metavar="FILE",
-                                          help="the zoo manifest (default: DIR/quake-zoo.toml when it exists): "
-                                          "per-model dims, inputs, ranges, thresholds, skip"),
+    config: Optional[Path] = typer.Option(
+        None,
+        "--config",
+        metavar="FILE",
+        help="the zoo manifest (default: DIR/quake-zoo.toml when it exists): "
+        "per-model dims, inputs, ranges, thresholds, skip",
+    ),
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
 ) -> None:
     """Check every model under DIR: summary table, S(t) score, JSON / Markdown / JUnit reports.
@@ -403,13 +537,42 @@ def zoo_cmd(
     Shard reports combine with `quake-onnx zoo merge shard-*.json --json all.json` (docs/zoo.md)."""
     from .check.commands import zoo_command
 
-    options = _check_options(dim, vocab, seed, threads, runs, warmup, top_k, order, ops, ort_level, max_abs_error,
-                             min_cosine, min_top1_agreement, min_speedup, custom_ops_library, min_elements=min_elements,
-                             image_size=image_size)
-    raise typer.Exit(zoo_command(
-        root, options, jobs=jobs, shard=shard, timeout=timeout, json_out=json_out, markdown=markdown, junit=junit,
-        list_only=list_only, penalty=penalty, min_score=min_score, config=config, explicit=_explicit(ctx),
-    ))
+    options = _check_options(
+        dim,
+        vocab,
+        seed,
+        threads,
+        runs,
+        warmup,
+        top_k,
+        order,
+        ops,
+        ort_level,
+        max_abs_error,
+        min_cosine,
+        min_top1_agreement,
+        min_speedup,
+        custom_ops_library,
+        min_elements=min_elements,
+        image_size=image_size,
+    )
+    raise typer.Exit(
+        zoo_command(
+            root,
+            options,
+            jobs=jobs,
+            shard=shard,
+            timeout=timeout,
+            json_out=json_out,
+            markdown=markdown,
+            junit=junit,
+            list_only=list_only,
+            penalty=penalty,
+            min_score=min_score,
+            config=config,
+            explicit=_explicit(ctx),
+        )
+    )
 
 
 @app.command("zoo-merge", hidden=True)
@@ -431,11 +594,17 @@ def zoo_merge_cmd(
 
 @app.command("calibrate")
 def calibrate_cmd(
-    src: Path = typer.Argument(..., metavar="MODEL", help="a model with exaq Softmax nodes (optimize --softmax-method exaq)"),
+    src: Path = typer.Argument(
+        ..., metavar="MODEL", help="a model with exaq Softmax nodes (optimize --softmax-method exaq)"
+    ),
     dest: Path = typer.Argument(..., metavar="OUT", help="where to write the calibrated model"),
-    inputs: Optional[List[Path]] = typer.Option(None, "--inputs", metavar="DATA.npz",
-                                                help="sample inputs by name, one run per file; repeat "
-                                                "(default: test_data_set_* beside MODEL, else --samples generated)"),
+    inputs: Optional[List[Path]] = typer.Option(
+        None,
+        "--inputs",
+        metavar="DATA.npz",
+        help="sample inputs by name, one run per file; repeat "
+        "(default: test_data_set_* beside MODEL, else --samples generated)",
+    ),
     samples: int = typer.Option(4, "--samples", min=1, help="generated runs when no --inputs and no test data sets"),
     dim: Optional[List[str]] = _DIMS,
     vocab: Optional[int] = _VOCAB,
@@ -454,8 +623,10 @@ def calibrate_cmd(
         libraries = user_libraries(custom_ops_library)
         graph = load_graph(src)
         if not exaq_nodes(graph):
-            raise CalibrateError("no com.quake Softmax node with method \"exaq\" in the main graph "
-                                 "(make them with `quake-onnx optimize --softmax-method exaq`)")
+            raise CalibrateError(
+                'no com.quake Softmax node with method "exaq" in the main graph '
+                "(make them with `quake-onnx optimize --softmax-method exaq`)"
+            )
         feeds = []
         if inputs:
             for path in inputs:
@@ -469,17 +640,25 @@ def calibrate_cmd(
                 if loaded.source != "generated":
                     break  # the data sets beside the model, once
                 if i == 0:
-                    err.print("warning: calibrating on generated inputs; real samples (--inputs) give the clip the "
-                              "model needs", soft_wrap=True, highlight=False)
-        _, results = calibrate(src, feeds, dest, recalibrate=recalibrate,
-                               custom_ops_libraries=libraries, protect=inputs or ())
+                    err.print(
+                        "warning: calibrating on generated inputs; real samples (--inputs) give the clip the "
+                        "model needs",
+                        soft_wrap=True,
+                        highlight=False,
+                    )
+        _, results = calibrate(
+            src, feeds, dest, recalibrate=recalibrate, custom_ops_libraries=libraries, protect=inputs or ()
+        )
     except ModelFileError as e:
         typer.echo(f"error: {_one_line(str(e))}", err=True)
         raise typer.Exit(e.exit_code) from None
     console.print(f"{src}: {len(feeds)} runs", soft_wrap=True, highlight=False)
     for r in results:
-        what = (f"sigma {r.sigma:.4g} over {r.rows} rows -> clip {r.clip:.4g}" if r.written
-                else f"kept clip {r.old_clip:.4g}" + (" (no live rows)" if r.rows == 0 and r.old_clip == 0 else ""))
+        what = (
+            f"sigma {r.sigma:.4g} over {r.rows} rows -> clip {r.clip:.4g}"
+            if r.written
+            else f"kept clip {r.old_clip:.4g}" + (" (no live rows)" if r.rows == 0 and r.old_clip == 0 else "")
+        )
         console.print(f"  {r.node}: {r.bits} bits, {what}", soft_wrap=True, highlight=False)
     console.print(f"wrote {dest}", soft_wrap=True, highlight=False)
 

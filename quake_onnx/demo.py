@@ -1,4 +1,5 @@
 """The sample run behind `quake-onnx demo`: one model optimized, both run in one process."""
+
 from __future__ import annotations
 
 import statistics

@@ -6,6 +6,7 @@ The pass itself stays method-agnostic: it replaces Softmax nodes as for the
 quake method, and this step sets method/bits on exactly the nodes it created
 (com.quake Softmax nodes already in the input keep their attributes), in
 every graph, and says so in the report."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,17 +53,24 @@ def use_exaq(model: onnx.ModelProto, report: Report, bits: int, existing: frozen
         keep = [a for a in node.attribute if a.name not in ("method", "bits", "clip")]
         del node.attribute[:]
         node.attribute.extend(keep)
-        node.attribute.extend([helper.make_attribute("method", "exaq"), helper.make_attribute("bits", int(bits)),
-                               helper.make_attribute("clip", 0.0)])
+        node.attribute.extend(
+            [
+                helper.make_attribute("method", "exaq"),
+                helper.make_attribute("bits", int(bits)),
+                helper.make_attribute("clip", 0.0),
+            ]
+        )
         changed += 1
     if changed:
         report.warnings.append(
             f"{changed} Softmax node(s) use exaq with clip 0 (C derived per row, about 3x slower than a fixed clip on "
-            "rows of 128); fix it from sample inputs with `quake-onnx calibrate`")
+            "rows of 128); fix it from sample inputs with `quake-onnx calibrate`"
+        )
     label = f"com.quake Softmax (exaq, {bits} bits)"
     report.decisions[:] = [
         dataclasses.replace(d, reason=d.reason.replace("com.quake Softmax", label, 1))
-        if d.replaced and d.rule == "softmax" else d
+        if d.replaced and d.rule == "softmax"
+        else d
         for d in report.decisions
     ]
     return changed

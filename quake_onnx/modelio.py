@@ -1,11 +1,12 @@
 """Reading ONNX files for the tool: clear errors on bad input, external data
 checked and loaded, and the files a model references (writes.py never
 writes over them)."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import onnx
@@ -153,9 +154,21 @@ def load_external_data(model: onnx.ModelProto, path: Path) -> None:
 _T = onnx.TensorProto
 # Fixed-width types only: strings and packed sub-byte types are not checked.
 _ITEMSIZE = {
-    _T.FLOAT: 4, _T.DOUBLE: 8, _T.FLOAT16: 2, _T.BFLOAT16: 2, _T.BOOL: 1,
-    _T.INT8: 1, _T.UINT8: 1, _T.INT16: 2, _T.UINT16: 2, _T.INT32: 4, _T.UINT32: 4,
-    _T.INT64: 8, _T.UINT64: 8, _T.COMPLEX64: 8, _T.COMPLEX128: 16,
+    _T.FLOAT: 4,
+    _T.DOUBLE: 8,
+    _T.FLOAT16: 2,
+    _T.BFLOAT16: 2,
+    _T.BOOL: 1,
+    _T.INT8: 1,
+    _T.UINT8: 1,
+    _T.INT16: 2,
+    _T.UINT16: 2,
+    _T.INT32: 4,
+    _T.UINT32: 4,
+    _T.INT64: 8,
+    _T.UINT64: 8,
+    _T.COMPLEX64: 8,
+    _T.COMPLEX128: 16,
 }
 
 

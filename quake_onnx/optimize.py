@@ -1,6 +1,7 @@
 """The model optimizer behind `quake-onnx optimize`: the options checked, then
 the stages of quake_onnx/pipeline/ in order (each takes the Job of the one
 before and returns it)."""
+
 from __future__ import annotations
 
 import os
@@ -120,8 +121,9 @@ def optimize(
     exit_code 2 for the user's input (an input model ONNX Runtime itself
     refuses included), 1 for a failure of the tool.
     """
-    settings = _settings(order, ops, skip_nodes, ort_fusions, ort_level, min_elements, softmax_method, bits,
-                         custom_ops_libraries)
+    settings = _settings(
+        order, ops, skip_nodes, ort_fusions, ort_level, min_elements, softmax_method, bits, custom_ops_libraries
+    )
     job = load(model_or_path, output, in_place, settings, also_written)
     job = ort_oracle(job)
     job = fuse_attention(job)
@@ -132,8 +134,9 @@ def optimize(
     return job.model, job.report
 
 
-def _settings(order, ops, skip_nodes, ort_fusions, ort_level, min_elements, softmax_method, bits,
-              libraries) -> Settings:
+def _settings(
+    order, ops, skip_nodes, ort_fusions, ort_level, min_elements, softmax_method, bits, libraries
+) -> Settings:
     """The options checked: OptimizeError (exit 2) names the first bad one."""
     if order not in ORDERS:
         raise OptimizeError(f"order must be 1, 2 or 3, not {order!r}")
@@ -147,9 +150,17 @@ def _settings(order, ops, skip_nodes, ort_fusions, ort_level, min_elements, soft
     floors = _floors(min_elements)
     if ort_level != "extended" and not ort_fusions:
         raise OptimizeError(f"ort level {ort_level} needs ONNX Runtime's fusions (drop --no-ort-fusions)")
-    return Settings(order=order, ops=chosen_ops, skip=frozenset(skip_nodes), ort_fusions=ort_fusions,
-                    ort_level=ort_level, floors=tuple(sorted(floors.items())), softmax_method=softmax_method,
-                    bits=bits, user_libraries=sessions.user_libraries(libraries))
+    return Settings(
+        order=order,
+        ops=chosen_ops,
+        skip=frozenset(skip_nodes),
+        ort_fusions=ort_fusions,
+        ort_level=ort_level,
+        floors=tuple(sorted(floors.items())),
+        softmax_method=softmax_method,
+        bits=bits,
+        user_libraries=sessions.user_libraries(libraries),
+    )
 
 
 def _floors(min_elements: Optional[int]) -> dict:
@@ -172,12 +183,19 @@ class InferenceSession(ort.InferenceSession):
     (raises sessions.LibraryError, a ModelFileError, for one that does not
     exist or load)."""
 
-    def __init__(self, path_or_bytes, sess_options: Optional[ort.SessionOptions] = None, providers=None,
-                 custom_ops_libraries: Iterable[Union[str, os.PathLike]] = (), **kw):
+    def __init__(
+        self,
+        path_or_bytes,
+        sess_options: Optional[ort.SessionOptions] = None,
+        providers=None,
+        custom_ops_libraries: Iterable[Union[str, os.PathLike]] = (),
+        **kw,
+    ):
         if isinstance(path_or_bytes, os.PathLike):
             path_or_bytes = os.fspath(path_or_bytes)
-        libraries = sessions.libraries_for(sessions.graph_of(path_or_bytes),
-                                           sessions.user_libraries(custom_ops_libraries))
+        libraries = sessions.libraries_for(
+            sessions.graph_of(path_or_bytes), sessions.user_libraries(custom_ops_libraries)
+        )
         so = sess_options if sess_options is not None else ort.SessionOptions()
         for lib in libraries:
             so.register_custom_ops_library(lib)

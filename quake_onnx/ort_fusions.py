@@ -3,6 +3,7 @@
 Attention, SkipLayerNorm, BiasGelu, FastGelu and QuickGelu fusions match the
 standard-op patterns the rewriter would otherwise break up; running them first
 keeps them, and the rewriter then replaces the fused com.microsoft nodes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +40,12 @@ NCHWC_DOMAIN = "com.microsoft.nchwc"
 
 
 def apply_ort_fusions(
-    src: Path, workdir: Path, *, external: bool, original: Optional[onnx.ModelProto] = None, level: str = "extended",
+    src: Path,
+    workdir: Path,
+    *,
+    external: bool,
+    original: Optional[onnx.ModelProto] = None,
+    level: str = "extended",
     libraries: Sequence[str] = (),
 ) -> onnx.ModelProto:
     """The model at `src` after ONNX Runtime's CPU optimisations of `level`
@@ -95,10 +101,19 @@ _INFERABLE = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.micro
 _T = onnx.TensorProto
 # ONNX Runtime's names of element types (NodeArg.type).
 _ORT_TYPES = {
-    "tensor(float)": _T.FLOAT, "tensor(float16)": _T.FLOAT16, "tensor(bfloat16)": _T.BFLOAT16,
-    "tensor(double)": _T.DOUBLE, "tensor(bool)": _T.BOOL, "tensor(int8)": _T.INT8, "tensor(uint8)": _T.UINT8,
-    "tensor(int16)": _T.INT16, "tensor(uint16)": _T.UINT16, "tensor(int32)": _T.INT32, "tensor(uint32)": _T.UINT32,
-    "tensor(int64)": _T.INT64, "tensor(uint64)": _T.UINT64,
+    "tensor(float)": _T.FLOAT,
+    "tensor(float16)": _T.FLOAT16,
+    "tensor(bfloat16)": _T.BFLOAT16,
+    "tensor(double)": _T.DOUBLE,
+    "tensor(bool)": _T.BOOL,
+    "tensor(int8)": _T.INT8,
+    "tensor(uint8)": _T.UINT8,
+    "tensor(int16)": _T.INT16,
+    "tensor(uint16)": _T.UINT16,
+    "tensor(int32)": _T.INT32,
+    "tensor(uint32)": _T.UINT32,
+    "tensor(int64)": _T.INT64,
+    "tensor(uint64)": _T.UINT64,
 }
 
 
@@ -123,8 +138,9 @@ def ort_types(model: onnx.ModelProto, path: Path, libraries: Sequence[str]) -> l
     probe_path = path.with_name("types_probe.onnx")  # beside `path`: its data file resolves the same
     try:
         probe_path.write_bytes(probe.SerializeToString())
-        outputs = sessions.open_session(probe_path, session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                                                                    libraries)).get_outputs()
+        outputs = sessions.open_session(
+            probe_path, session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL, libraries)
+        ).get_outputs()
     except Exception:
         return []
     finally:
@@ -132,8 +148,11 @@ def ort_types(model: onnx.ModelProto, path: Path, libraries: Sequence[str]) -> l
     # Element types only: ORT states [] for a shape it does not know, which
     # would read as a scalar (and below every size floor).
     wanted_set = set(wanted)
-    return [onnx.helper.make_tensor_value_info(out.name, _ORT_TYPES[out.type], None)
-            for out in outputs if out.name in wanted_set and out.type in _ORT_TYPES]
+    return [
+        onnx.helper.make_tensor_value_info(out.name, _ORT_TYPES[out.type], None)
+        for out in outputs
+        if out.name in wanted_set and out.type in _ORT_TYPES
+    ]
 
 
 def type_blocked_tensors(graph: onnx.GraphProto) -> None:

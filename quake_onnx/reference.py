@@ -99,7 +99,7 @@ def glu(a, b=None, activation="silu", alpha=1.0, gelu_form="tanh"):
         n = a.shape[-1] if a.ndim else 1
         if a.ndim == 0 or n % 2:
             raise ValueError(f"without b, a's last dimension must be even, got shape {a.shape}")
-        a, b = a[..., : n // 2], a[..., n // 2:]
+        a, b = a[..., : n // 2], a[..., n // 2 :]
     else:
         b = _f64(b)
         if b.shape != a.shape:
@@ -261,8 +261,15 @@ def attention(q, k, v, mask=None, scale=1.0, causal=0, k_transposed=0):
 
 def _attention_op(inputs, attrs):
     mask = inputs[3] if len(inputs) > 3 else None
-    return attention(inputs[0], inputs[1], inputs[2], mask, _f32(attrs["scale"]), attrs.get("causal", 0),
-                     attrs.get("k_transposed", 0))
+    return attention(
+        inputs[0],
+        inputs[1],
+        inputs[2],
+        mask,
+        _f32(attrs["scale"]),
+        attrs.get("causal", 0),
+        attrs.get("k_transposed", 0),
+    )
 
 
 def _f32(v):

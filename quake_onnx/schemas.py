@@ -5,6 +5,7 @@ library); they exist for the Python side: `onnx.checker.check_model(...,
 full_check=True)` and `onnx.shape_inference` need to know every op they meet.
 The attributes and defaults mirror docs/ops.md (the operator contract).
 """
+
 from __future__ import annotations
 
 import threading
@@ -72,8 +73,12 @@ def _attention_schema() -> OpSchema:
             param("Q", "T", "[..., Sq, D]"),
             param("K", "T", "[..., Skv, D], or [..., D, Skv] with k_transposed=1"),
             param("V", "T", "[..., Skv, Dv]"),
-            param("M", "T", "additive mask broadcastable to [..., Sq, Skv]",
-                  param_option=OpSchema.FormalParameterOption.Optional),
+            param(
+                "M",
+                "T",
+                "additive mask broadcastable to [..., Sq, Skv]",
+                param_option=OpSchema.FormalParameterOption.Optional,
+            ),
         ],
         outputs=[param("Y", "T", "[..., Sq, Dv]")],
         type_constraints=[("T", _TYPES, "float or float16")],
@@ -121,8 +126,9 @@ def _glu_schema() -> OpSchema:
         outputs=[param("Y", "T", "A's shape with B; A's with the last dimension halved without")],
         type_constraints=[("T", _TYPES, "float or float16")],
         attributes=[
-            OpSchema.Attribute("activation", OpSchema.AttrType.STRING, "silu, gelu or gelu_tanh (required).",
-                               required=True),
+            OpSchema.Attribute(
+                "activation", OpSchema.AttrType.STRING, "silu, gelu or gelu_tanh (required).", required=True
+            ),
             _attr("alpha", 1.0, "silu only: a * sigmoid(alpha a)."),
             _order(),
         ],
@@ -148,7 +154,9 @@ def _schema(name: str, doc: str, attributes: list, with_bias: bool = False) -> O
     inputs = [OpSchema.FormalParameter("X", "T")]
     if with_bias:
         inputs.append(
-            OpSchema.FormalParameter("B", "T", "Bias over the last axis", param_option=OpSchema.FormalParameterOption.Optional)
+            OpSchema.FormalParameter(
+                "B", "T", "Bias over the last axis", param_option=OpSchema.FormalParameterOption.Optional
+            )
         )
     schema = OpSchema(
         name,

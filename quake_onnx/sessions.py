@@ -10,6 +10,7 @@ libraries"):
 Sessions opened for the tool's own work log nothing below ORT's fatal level:
 what ORT has to say reaches the user as the tool's one `error:` line.
 """
+
 from __future__ import annotations
 
 import functools

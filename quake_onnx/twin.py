@@ -40,11 +40,22 @@ _ATTRS = {
     "Sigmoid": {"order": (_INT, 2)},
     "Silu": {"alpha": (_FLOAT, 1.0), "order": (_INT, 2)},
     "Gelu": {"approximate": (_STR, "none"), "order": (_INT, 2)},
-    "Softmax": {"axis": (_INT, -1), "order": (_INT, 2), "method": (_STR, "quake"), "bits": (_INT, 3), "clip": (_FLOAT, 0.0)},
+    "Softmax": {
+        "axis": (_INT, -1),
+        "order": (_INT, 2),
+        "method": (_STR, "quake"),
+        "bits": (_INT, 3),
+        "clip": (_FLOAT, 0.0),
+    },
     "LogSoftmax": {"axis": (_INT, -1), "order": (_INT, 2)},
     # scale is required on the node; the default here only completes the signature.
-    "Attention": {"scale": (_FLOAT, 1.0), "causal": (_INT, 0), "k_transposed": (_INT, 0), "order": (_INT, 2),
-                  "precision": (_STR, "float32")},
+    "Attention": {
+        "scale": (_FLOAT, 1.0),
+        "causal": (_INT, 0),
+        "k_transposed": (_INT, 0),
+        "order": (_INT, 2),
+        "precision": (_STR, "float32"),
+    },
     # activation is required on the node; the default here only completes the signature.
     "Glu": {"activation": (_STR, "silu"), "alpha": (_FLOAT, 1.0), "order": (_INT, 2)},
 }

@@ -17,6 +17,7 @@ The guarantees (docs/optimize.md, "Which files a command writes"):
 - every path is made absolute first: the result is the same from any
   working folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -224,8 +225,14 @@ def _write_pair(model: onnx.ModelProto, dest: Path, verify: Optional[Callable[[P
         # onnx refuses a location that exists relative to the *working folder*:
         # a name nothing can have there keeps the result independent of it.
         staged = f".quake-{uuid.uuid4().hex}.data"
-        onnx.save_model(model, str(work / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=staged, size_threshold=EXTERNAL_THRESHOLD)
+        onnx.save_model(
+            model,
+            str(work / "model.onnx"),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=staged,
+            size_threshold=EXTERNAL_THRESHOLD,
+        )
         if (work / staged).exists():
             os.chmod(work / staged, _file_mode(dest))
             data = _claim(work / staged, folder, dest)

@@ -13,6 +13,7 @@ decoder, ViT-style block, EfficientNet-style CNN, an opset-11 model) in the
 ONNX model-zoo layout, inputs and expected outputs beside each, for
 `quake-onnx check` and `quake-onnx zoo`.
 """
+
 from __future__ import annotations
 
 import sys

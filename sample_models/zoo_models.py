@@ -10,6 +10,7 @@ with onnx.helper in the node patterns torch.onnx / Hugging Face exports emit
 the outputs being ONNX Runtime's own (graph optimizations off) on the inputs.
 Hidden sizes are small so the committed files stay well under a few MB.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -77,7 +78,9 @@ class Graph:
     def erf_gelu(self, x: str, by_mul: bool = False) -> str:
         if by_mul:  # timm / HF GELUActivation: x * 0.5 * (1 + erf(x * 1/sqrt2))
             scaled = self.op("Mul", x, self.f32(1 / np.sqrt(2)))
-            return self.op("Mul", self.op("Mul", x, self.f32(0.5)), self.op("Add", self.op("Erf", scaled), self.f32(1.0)))
+            return self.op(
+                "Mul", self.op("Mul", x, self.f32(0.5)), self.op("Add", self.op("Erf", scaled), self.f32(1.0))
+            )
         # torch.onnx's nn.GELU (opset < 20): Div, Erf, Add 1, Mul x, Mul 0.5
         erf = self.op("Erf", self.op("Div", x, self.f32(np.sqrt(2))))
         return self.op("Mul", self.op("Mul", x, self.op("Add", erf, self.f32(1.0))), self.f32(0.5))
@@ -92,8 +95,15 @@ class Graph:
     def silu(self, x: str) -> str:
         return self.op("Mul", x, self.op("Sigmoid", x))
 
-    def attention(self, x: str, hidden: int, heads: int, bias: str | None = None, causal: str | None = None,
-                  softmax_axis: int = -1) -> str:
+    def attention(
+        self,
+        x: str,
+        hidden: int,
+        heads: int,
+        bias: str | None = None,
+        causal: str | None = None,
+        softmax_axis: int = -1,
+    ) -> str:
         """Multi-head self-attention on x [B, S, H], heads split with Reshape(0, 0, h, d)."""
         d = hidden // heads
         split = self.i64(0, 0, heads, d)
@@ -112,8 +122,9 @@ class Graph:
 
     def model(self, name: str, inputs, outputs, opset: int, ir_version: int = 8) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version,
-                                  producer_name=PRODUCER)
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version, producer_name=PRODUCER
+        )
         onnx.checker.check_model(model, full_check=True)
         return model
 
@@ -139,14 +150,24 @@ def bert_encoder(seed: int = 1) -> tuple[onnx.ModelProto, dict]:
     g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="out_hidden"))
     cls = g.op("Gather", x, g.const("first", np.array(0, np.int64)), axis=1)
     pooled = g.op("Tanh", g.linear(cls, hidden, hidden))
-    g.nodes.append(helper.make_node("Add", [g.op("MatMul", pooled, g.weight("cls_w", hidden, classes)),
-                                            g.weight("cls_b", classes, scale=0.02)], ["logits"], name="head"))
+    g.nodes.append(
+        helper.make_node(
+            "Add",
+            [g.op("MatMul", pooled, g.weight("cls_w", hidden, classes)), g.weight("cls_b", classes, scale=0.02)],
+            ["logits"],
+            name="head",
+        )
+    )
     model = g.model(
         "bert_encoder",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", hidden]),
-         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
+        [
+            helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", hidden]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes]),
+        ],
         opset=17,
     )
     rng = np.random.default_rng(seed + 100)
@@ -189,8 +210,14 @@ def vit_block(seed: int = 3) -> tuple[onnx.ModelProto, dict]:
     tokens = (image // patch) ** 2
     g = Graph(seed)
     w = g.weight("patch_w", hidden, 3, patch, patch, scale=1 / np.sqrt(3 * patch * patch))
-    emb = g.op("Conv", "pixel_values", w, g.weight("patch_b", hidden, scale=0.02), kernel_shape=[patch, patch],
-               strides=[patch, patch])
+    emb = g.op(
+        "Conv",
+        "pixel_values",
+        w,
+        g.weight("patch_b", hidden, scale=0.02),
+        kernel_shape=[patch, patch],
+        strides=[patch, patch],
+    )
     seq = g.op("Transpose", g.op("Reshape", emb, g.i64(1, hidden, tokens)), perm=[0, 2, 1])
     x = g.op("Concat", g.weight("cls_token", 1, 1, hidden, scale=0.5), seq, axis=1)
     x = g.op("Add", x, g.weight("pos_emb", 1, tokens + 1, hidden, scale=0.5))
@@ -198,8 +225,14 @@ def vit_block(seed: int = 3) -> tuple[onnx.ModelProto, dict]:
     mlp = g.linear(g.erf_gelu(g.linear(g.layer_norm(x, hidden), hidden, 4 * hidden), by_mul=True), 4 * hidden, hidden)
     x = g.layer_norm(g.op("Add", x, mlp), hidden)
     cls = g.op("Gather", x, g.const("first", np.array(0, np.int64)), axis=1)
-    g.nodes.append(helper.make_node("Add", [g.op("MatMul", cls, g.weight("head_w", hidden, classes)),
-                                            g.weight("head_b", classes, scale=0.02)], ["logits"], name="head"))
+    g.nodes.append(
+        helper.make_node(
+            "Add",
+            [g.op("MatMul", cls, g.weight("head_w", hidden, classes)), g.weight("head_b", classes, scale=0.02)],
+            ["logits"],
+            name="head",
+        )
+    )
     model = g.model(
         "vit_block",
         [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [1, 3, image, image])],
@@ -219,8 +252,16 @@ def efficientnet_cnn(seed: int = 4) -> tuple[onnx.ModelProto, dict]:
 
     def conv(x, c_in, c_out, k, stride=1, group=1):
         w = g.weight("conv_w", c_out, c_in // group, k, k, scale=np.sqrt(2.0 / (c_in // group * k * k)))
-        return g.op("Conv", x, w, g.weight("conv_b", c_out, scale=0.02), kernel_shape=[k, k], strides=[stride, stride],
-                    pads=[k // 2] * 4, group=group)
+        return g.op(
+            "Conv",
+            x,
+            w,
+            g.weight("conv_b", c_out, scale=0.02),
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=[k // 2] * 4,
+            group=group,
+        )
 
     def mbconv(x, c, expand=4):
         h = g.silu(conv(x, c, c * expand, 1))
@@ -233,8 +274,14 @@ def efficientnet_cnn(seed: int = 4) -> tuple[onnx.ModelProto, dict]:
     x = mbconv(mbconv(x, 16), 16)
     x = g.silu(conv(x, 16, 64, 1))
     pooled = g.op("Flatten", g.op("GlobalAveragePool", x), axis=1)
-    g.nodes.append(helper.make_node("Gemm", [pooled, g.weight("fc_w", 64, classes), g.weight("fc_b", classes, scale=0.02)],
-                                    ["logits"], name="classifier"))
+    g.nodes.append(
+        helper.make_node(
+            "Gemm",
+            [pooled, g.weight("fc_w", 64, classes), g.weight("fc_b", classes, scale=0.02)],
+            ["logits"],
+            name="classifier",
+        )
+    )
     model = g.model(
         "efficientnet_cnn",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
@@ -255,8 +302,11 @@ def legacy_opset11(seed: int = 5) -> tuple[onnx.ModelProto, dict]:
     d = hidden // heads
     split = g.i64(1, seq, heads, d)
     q, k, v = (g.op("Reshape", g.linear(x, hidden, hidden), split) for _ in range(3))
-    scores = g.op("Div", g.op("MatMul", g.op("Transpose", q, perm=[0, 2, 1, 3]), g.op("Transpose", k, perm=[0, 2, 3, 1])),
-                  g.f32(np.sqrt(d)))
+    scores = g.op(
+        "Div",
+        g.op("MatMul", g.op("Transpose", q, perm=[0, 2, 1, 3]), g.op("Transpose", k, perm=[0, 2, 3, 1])),
+        g.f32(np.sqrt(d)),
+    )
     probs = g.op("Softmax", scores, axis=3)
     context = g.op("Transpose", g.op("MatMul", probs, g.op("Transpose", v, perm=[0, 2, 1, 3])), perm=[0, 2, 1, 3])
     h = g.op("Add", x, g.linear(g.op("Reshape", context, g.i64(1, seq, hidden)), hidden, hidden))
@@ -265,7 +315,8 @@ def legacy_opset11(seed: int = 5) -> tuple[onnx.ModelProto, dict]:
         "legacy_opset11",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, seq, hidden])],
         [helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, [1, seq, hidden])],
-        opset=11, ir_version=6,
+        opset=11,
+        ir_version=6,
     )
     rng = np.random.default_rng(seed + 100)
     return model, {"features": rng.standard_normal((1, seq, hidden)).astype(np.float32)}

@@ -5,9 +5,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import helpers`
 
-import quake_onnx  # noqa: E402
-
 import helpers  # noqa: E402
+
+import quake_onnx  # noqa: E402
 
 ISAS = quake_onnx.available_isas()
 

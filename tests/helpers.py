@@ -99,11 +99,27 @@ def special_values(dtype=np.float32):
     float neighbours (where the type can hold them)."""
     dtype = np.dtype(dtype).type
     info = np.finfo(dtype)
-    v = [np.nan, np.inf, -np.inf, 0.0, -0.0, info.max, info.min, info.tiny, -info.tiny,
-         info.smallest_subnormal, -info.smallest_subnormal, 1.0, -1.0, 0.5, -0.5]
+    v = [
+        np.nan,
+        np.inf,
+        -np.inf,
+        0.0,
+        -0.0,
+        info.max,
+        info.min,
+        info.tiny,
+        -info.tiny,
+        info.smallest_subnormal,
+        -info.smallest_subnormal,
+        1.0,
+        -1.0,
+        0.5,
+        -0.5,
+    ]
     v = np.array(v, dtype=dtype)
-    cut = np.array([-87.336555, 88.72284, -87.3, 88.7, -88.72283, 87.33655, -12.0, 11.0, 11.1],
-                   dtype=np.float32).astype(dtype)
+    cut = np.array(
+        [-87.336555, 88.72284, -87.3, 88.7, -88.72283, 87.33655, -12.0, 11.0, 11.1], dtype=np.float32
+    ).astype(dtype)
     near = np.concatenate([cut, np.nextafter(cut, dtype(np.inf)), np.nextafter(cut, dtype(-np.inf))])
     return np.concatenate([v, near[np.isfinite(near)]]).astype(dtype)
 

@@ -3,8 +3,8 @@ kernel table this CPU has (QUAKE_ISA), every order, float and float16."""
 
 import numpy as np
 import pytest
-
 from helpers import assert_close, band_samples, logits, make_model, run, special_values
+
 from quake_onnx import reference
 from quake_onnx.twin import twin_session
 
@@ -25,21 +25,21 @@ ROWWISE = ("Softmax", "LogSoftmax")
 # Gelu 2e-3, Exp rel 0.2 %; order 1 ~15x looser, order 3 ~20x tighter.
 BOUNDS = {
     #  op           order  float32             float16
-    ("Exp", 1):        {F32: (0, 3.0e-2),     F16: (3.0e-8, 3.05e-2)},
-    ("Exp", 2):        {F32: (0, 1.8e-3),     F16: (3.0e-8, 2.3e-3)},
-    ("Exp", 3):        {F32: (0, 8.0e-5),     F16: (3.0e-8, 5.8e-4)},
-    ("Sigmoid", 1):    {F32: (8.0e-3, 0),     F16: (8.3e-3, 0)},
-    ("Sigmoid", 2):    {F32: (4.6e-4, 0),     F16: (7.1e-4, 0)},
-    ("Sigmoid", 3):    {F32: (2.0e-5, 0),     F16: (2.7e-4, 0)},
-    ("Silu", 1):       {F32: (7.2e-3, 1.2e-7), F16: (7.5e-3, 4.9e-4)},
-    ("Silu", 2):       {F32: (4.2e-4, 1.2e-7), F16: (6.7e-4, 4.9e-4)},
-    ("Silu", 3):       {F32: (1.8e-5, 1.2e-7), F16: (2.7e-4, 4.9e-4)},
-    ("Gelu", 1):       {F32: (4.4e-3, 1.2e-7), F16: (4.7e-3, 4.9e-4)},
-    ("Gelu", 2):       {F32: (2.6e-4, 1.2e-7), F16: (5.1e-4, 4.9e-4)},
-    ("Gelu", 3):       {F32: (1.2e-5, 1.2e-7), F16: (2.6e-4, 4.9e-4)},
-    ("Softmax", 1):    {F32: (1.6e-2, 0),     F16: (1.63e-2, 0)},
-    ("Softmax", 2):    {F32: (9.0e-4, 0),     F16: (1.15e-3, 0)},
-    ("Softmax", 3):    {F32: (4.0e-5, 0),     F16: (2.9e-4, 0)},
+    ("Exp", 1): {F32: (0, 3.0e-2), F16: (3.0e-8, 3.05e-2)},
+    ("Exp", 2): {F32: (0, 1.8e-3), F16: (3.0e-8, 2.3e-3)},
+    ("Exp", 3): {F32: (0, 8.0e-5), F16: (3.0e-8, 5.8e-4)},
+    ("Sigmoid", 1): {F32: (8.0e-3, 0), F16: (8.3e-3, 0)},
+    ("Sigmoid", 2): {F32: (4.6e-4, 0), F16: (7.1e-4, 0)},
+    ("Sigmoid", 3): {F32: (2.0e-5, 0), F16: (2.7e-4, 0)},
+    ("Silu", 1): {F32: (7.2e-3, 1.2e-7), F16: (7.5e-3, 4.9e-4)},
+    ("Silu", 2): {F32: (4.2e-4, 1.2e-7), F16: (6.7e-4, 4.9e-4)},
+    ("Silu", 3): {F32: (1.8e-5, 1.2e-7), F16: (2.7e-4, 4.9e-4)},
+    ("Gelu", 1): {F32: (4.4e-3, 1.2e-7), F16: (4.7e-3, 4.9e-4)},
+    ("Gelu", 2): {F32: (2.6e-4, 1.2e-7), F16: (5.1e-4, 4.9e-4)},
+    ("Gelu", 3): {F32: (1.2e-5, 1.2e-7), F16: (2.6e-4, 4.9e-4)},
+    ("Softmax", 1): {F32: (1.6e-2, 0), F16: (1.63e-2, 0)},
+    ("Softmax", 2): {F32: (9.0e-4, 0), F16: (1.15e-3, 0)},
+    ("Softmax", 3): {F32: (4.0e-5, 0), F16: (2.9e-4, 0)},
     ("LogSoftmax", 1): {F32: (3.1e-2, 1.2e-7), F16: (3.13e-2, 4.9e-4)},
     ("LogSoftmax", 2): {F32: (1.8e-3, 1.2e-7), F16: (2.2e-3, 4.9e-4)},
     ("LogSoftmax", 3): {F32: (1.0e-4, 1.2e-7), F16: (3.6e-4, 4.9e-4)},
@@ -74,8 +74,14 @@ def check(sess, op, order, dtype, x, bias=None, attrs=None, what=""):
     y = run(sess, x, bias)
     inputs = [x] if bias is None else [x, bias]
     ref = reference.REFERENCES[op](inputs, attrs)
-    assert_close(y, ref, dtype, *bound(op, order, dtype, attrs.get("alpha", 1.0)), x=x,
-                 what=f"{op} order {order} {np.dtype(dtype).name} {what}")
+    assert_close(
+        y,
+        ref,
+        dtype,
+        *bound(op, order, dtype, attrs.get("alpha", 1.0)),
+        x=x,
+        what=f"{op} order {order} {np.dtype(dtype).name} {what}",
+    )
     return y
 
 
@@ -127,8 +133,15 @@ def test_gelu_tanh_and_erf_forms(session_cache, isa, dtype):
     ys = [run(session_cache(make_model("Gelu", {"approximate": a}, ("N",), dtype), isa), x) for a in ("none", "tanh")]
     np.testing.assert_array_equal(ys[0], ys[1])
     abs_tol, rel_tol = bound("Gelu", 2, dtype)
-    assert_close(ys[0], reference.gelu(x, approximate="none"), dtype, abs_tol + GELU_ERF_GAP, rel_tol, x=x,
-                 what="Gelu vs the erf form")
+    assert_close(
+        ys[0],
+        reference.gelu(x, approximate="none"),
+        dtype,
+        abs_tol + GELU_ERF_GAP,
+        rel_tol,
+        x=x,
+        what="Gelu vs the erf form",
+    )
     grid = np.linspace(-10, 10, 200001)
     gap = np.abs(reference.gelu(grid, approximate="tanh") - reference.gelu(grid, approximate="none")).max()
     assert 4.5e-4 < gap <= GELU_ERF_GAP  # the stated gap is the real one
@@ -183,16 +196,21 @@ def softmax_rows(n, dtype, seed=0):
     rng = np.random.default_rng(seed)
     lowest = np.finfo(dtype).min
     rows = [rng.standard_normal(n) * 4 for _ in range(2)]
-    peak = rng.standard_normal(n); peak[-1] = 20.0
+    peak = rng.standard_normal(n)
+    peak[-1] = 20.0
     rows.append(peak)
     for special in (np.nan, np.inf):
-        r = rng.standard_normal(n); r[-1] = special
+        r = rng.standard_normal(n)
+        r[-1] = special
         rows.append(r)
     for mask in (-np.inf, lowest):
-        r = rng.standard_normal(n) * 4; r[rng.random(n) < 0.5] = mask; r[0] = 1.0
+        r = rng.standard_normal(n) * 4
+        r[rng.random(n) < 0.5] = mask
+        r[0] = 1.0
         rows.append(r)
         rows.append(np.full(n, mask))
-    survivor = np.full(n, -np.inf); survivor[-1] = -3.0
+    survivor = np.full(n, -np.inf)
+    survivor[-1] = -3.0
     rows.append(survivor)
     rows.append(np.full(n, 7.5))
     return np.array(rows).astype(dtype)
@@ -305,11 +323,14 @@ def test_elementwise_tails(session_cache, isa, op, order, dtype):
     rng = np.random.default_rng(7)
     pool = np.concatenate([np.linspace(-20, 20, 400), special_values(dtype).astype(np.float64)])
     sess = session_cache(make_model(op, {"order": order}, ("N",), dtype), isa)
-    bias_sess = session_cache(make_model(op, {"order": order}, ("R", "N"), dtype, with_bias=True), isa) \
-        if op == "Gelu" else None
+    bias_sess = (
+        session_cache(make_model(op, {"order": order}, ("R", "N"), dtype, with_bias=True), isa)
+        if op == "Gelu"
+        else None
+    )
     for n in range(1, 68):
         x = rng.choice(pool, n).astype(dtype)
-        x[-min(n, 3):] = rng.choice(special_values(dtype), min(n, 3))
+        x[-min(n, 3) :] = rng.choice(special_values(dtype), min(n, 3))
         check(sess, op, order, dtype, x, what=f"length {n}")
         if bias_sess is not None:
             xb = rng.choice(pool, (3, n)).astype(dtype)
@@ -360,8 +381,15 @@ def test_library_matches_twin(session_cache, isa, op, attrs, with_bias, dtype):
     twin = run(twin_session(model), x, bias)
     assert twin.dtype == dtype and twin.shape == x.shape
     abs_tol, rel_tol = bound(op, attrs.get("order", 2), dtype, attrs.get("alpha", 1.0))
-    assert_close(got, twin, dtype, abs_tol + ROUNDING[dtype][0], rel_tol + ROUNDING[dtype][1], x=x,
-                 what=f"{op} {attrs} library vs twin")
+    assert_close(
+        got,
+        twin,
+        dtype,
+        abs_tol + ROUNDING[dtype][0],
+        rel_tol + ROUNDING[dtype][1],
+        x=x,
+        what=f"{op} {attrs} library vs twin",
+    )
     # Cross-check the twin itself: a different order of the library would
     # still pass above, the reference must not.
     inputs = [x] if bias is None else [x, bias]
@@ -382,8 +410,12 @@ def test_twin_of_a_chain(session_cache, dtype):
         helper.make_node("Add", ["s", "s"], ["t"], name="add"),
         helper.make_node("Softmax", ["t"], ["Y"], name="soft", domain="com.quake", axis=0),
     ]
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("X", elem, ["A", "B"])],
-                              [helper.make_tensor_value_info("Y", elem, None)])
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("X", elem, ["A", "B"])],
+        [helper.make_tensor_value_info("Y", elem, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.quake", 1)])
     model.ir_version = 8
     x = np.linspace(-6, 6, 60).reshape(6, 10).astype(dtype)

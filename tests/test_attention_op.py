@@ -11,9 +11,9 @@ import threading
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers import ONNX_TYPE, make_session, session_options
 from onnx import TensorProto, helper
 
-from helpers import ONNX_TYPE, make_session, session_options
 from quake_onnx import reference
 from quake_onnx.twin import twin_session
 
@@ -102,7 +102,11 @@ SHAPES = [
 def test_accuracy(session_cache, isa, shape, order, dtype):
     b, h, hkv, sq, skv, d, dv, causal = shape
     rng = np.random.default_rng(sum(shape))
-    q, k, v = rand(rng, (b, h, sq, d), 1.5, dtype), rand(rng, (b, hkv, skv, d), 1.5, dtype), rand(rng, (b, hkv, skv, dv), 2, dtype)
+    q, k, v = (
+        rand(rng, (b, h, sq, d), 1.5, dtype),
+        rand(rng, (b, hkv, skv, d), 1.5, dtype),
+        rand(rng, (b, hkv, skv, dv), 2, dtype),
+    )
     attrs = {"scale": 1.0 / np.sqrt(d), "causal": causal, "order": order}
     sess = session_cache(attention_model(attrs, dtype), isa)
     y = run_attention(sess, q, k, v)
@@ -128,13 +132,21 @@ def test_worst_case_pairs(session_cache, isa, order):
 @pytest.mark.parametrize("dtype", [F32, F16])
 def test_k_transposed_equals_k(session_cache, isa, dtype):
     rng = np.random.default_rng(3)
-    q, k, v = rand(rng, (2, 3, 33, 64), 1, dtype), rand(rng, (2, 3, 70, 64), 1, dtype), rand(rng, (2, 3, 70, 40), 1, dtype)
+    q, k, v = (
+        rand(rng, (2, 3, 33, 64), 1, dtype),
+        rand(rng, (2, 3, 70, 64), 1, dtype),
+        rand(rng, (2, 3, 70, 40), 1, dtype),
+    )
     plain = session_cache(attention_model({"scale": 0.125}, dtype), isa)
     transposed = session_cache(attention_model({"scale": 0.125, "k_transposed": 1}, dtype), isa)
     y = run_attention(plain, q, k, v)
     yt = run_attention(transposed, q, np.ascontiguousarray(np.swapaxes(k, -1, -2)), v)
-    np.testing.assert_allclose(yt.astype(np.float64), y.astype(np.float64), rtol=1e-5 if dtype is F32 else 2e-3,
-                               atol=1e-6 if dtype is F32 else 1e-3)
+    np.testing.assert_allclose(
+        yt.astype(np.float64),
+        y.astype(np.float64),
+        rtol=1e-5 if dtype is F32 else 2e-3,
+        atol=1e-6 if dtype is F32 else 1e-3,
+    )
     check(yt, reference.attention(q, k, v, None, 0.125), 2, dtype, v, what="k_transposed")
 
 
@@ -149,7 +161,9 @@ GQA_AND_BROADCAST = [
 ]
 
 
-@pytest.mark.parametrize("shapes", GQA_AND_BROADCAST, ids=lambda s: "x".join(map(str, s[0])) + "-" + "x".join(map(str, s[1])))
+@pytest.mark.parametrize(
+    "shapes", GQA_AND_BROADCAST, ids=lambda s: "x".join(map(str, s[0])) + "-" + "x".join(map(str, s[1]))
+)
 def test_gqa_and_broadcast(session_cache, isa, shapes):
     rng = np.random.default_rng(len(shapes[0]))
     q, k, v = (rand(rng, s) for s in shapes)
@@ -172,7 +186,16 @@ def mask_values(kind, shape, rng, dtype=F32):
     raise ValueError(kind)
 
 
-MASK_SHAPES = [(1, 1, 1, 70), (2, 1, 1, 70), (2, 1, 33, 70), (2, 4, 33, 70), (33, 70), (70,), (2, 4, 33, 1), (1, 1, 1, 1)]
+MASK_SHAPES = [
+    (1, 1, 1, 70),
+    (2, 1, 1, 70),
+    (2, 1, 33, 70),
+    (2, 4, 33, 70),
+    (33, 70),
+    (70,),
+    (2, 4, 33, 1),
+    (1, 1, 1, 1),
+]
 
 
 @pytest.mark.parametrize("kind", ["-inf", "lowest", "-1e4", "bias"])
@@ -180,7 +203,11 @@ MASK_SHAPES = [(1, 1, 1, 70), (2, 1, 1, 70), (2, 1, 33, 70), (2, 4, 33, 70), (33
 @pytest.mark.parametrize("dtype", [F32, F16])
 def test_masks(session_cache, isa, mask_shape, kind, dtype):
     rng = np.random.default_rng(len(mask_shape) + len(kind))
-    q, k, v = rand(rng, (2, 4, 33, 32), 1, dtype), rand(rng, (2, 4, 70, 32), 1, dtype), rand(rng, (2, 4, 70, 24), 1, dtype)
+    q, k, v = (
+        rand(rng, (2, 4, 33, 32), 1, dtype),
+        rand(rng, (2, 4, 70, 32), 1, dtype),
+        rand(rng, (2, 4, 70, 24), 1, dtype),
+    )
     m = mask_values(kind, mask_shape, rng, dtype)
     sess = session_cache(attention_model({"scale": 0.2}, dtype, mask_rank=len(mask_shape)), isa)
     y = run_attention(sess, q, k, v, m)
@@ -189,19 +216,27 @@ def test_masks(session_cache, isa, mask_shape, kind, dtype):
 
 
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("mask_shape", [None, (2, 1, 1, 500), (2, 8, 1, 500), (500,), (2, 8, 1, 1)],
-                         ids=lambda s: "none" if s is None else "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "mask_shape",
+    [None, (2, 1, 1, 500), (2, 8, 1, 500), (500,), (2, 8, 1, 1)],
+    ids=lambda s: "none" if s is None else "x".join(map(str, s)),
+)
 @pytest.mark.parametrize("k_transposed", [0, 1])
 def test_gqa_decode(session_cache, isa, mask_shape, k_transposed, dtype):
     # Sq = 1 with 4 query heads per key/value head: the kernel takes each
     # group's heads as the rows of one task (one read of K and V per group).
     rng = np.random.default_rng(7 + k_transposed)
-    q, k, v = rand(rng, (2, 8, 1, 64), 1, dtype), rand(rng, (2, 2, 500, 64), 1, dtype), rand(rng, (2, 2, 500, 48), 1, dtype)
+    q, k, v = (
+        rand(rng, (2, 8, 1, 64), 1, dtype),
+        rand(rng, (2, 2, 500, 64), 1, dtype),
+        rand(rng, (2, 2, 500, 48), 1, dtype),
+    )
     m = None if mask_shape is None else mask_values("-inf", mask_shape, rng, dtype)
     if m is not None and m.shape[-1] == 1:
         m[:, 3] = -np.inf  # head 3 sees no key: its row is 0
-    model = attention_model({"scale": 0.125, "causal": 1, "k_transposed": k_transposed}, dtype,
-                            mask_rank=None if m is None else m.ndim)
+    model = attention_model(
+        {"scale": 0.125, "causal": 1, "k_transposed": k_transposed}, dtype, mask_rank=None if m is None else m.ndim
+    )
     kk = np.ascontiguousarray(np.swapaxes(k, -1, -2)) if k_transposed else k
     y = run_attention(session_cache(model, isa), q, kk, v, m)
     check(y, reference.attention(q, k, v, m, 0.125, causal=1), 2, dtype, v, what=f"GQA decode mask {mask_shape}")
@@ -216,7 +251,11 @@ def test_mask_special_rows(session_cache, isa, order, dtype):
     # with one live key (that key's V row), a padding mask on whole tiles.
     rng = np.random.default_rng(order)
     sq, skv = 40, 600
-    q, k, v = rand(rng, (1, 2, sq, 64), 1, dtype), rand(rng, (1, 2, skv, 64), 1, dtype), rand(rng, (1, 2, skv, 64), 1, dtype)
+    q, k, v = (
+        rand(rng, (1, 2, sq, 64), 1, dtype),
+        rand(rng, (1, 2, skv, 64), 1, dtype),
+        rand(rng, (1, 2, skv, 64), 1, dtype),
+    )
     m = np.zeros((1, 2, sq, skv), F32)
     m[..., 300:] = -np.inf  # padding: whole key tiles
     m[:, :, 3] = -np.inf  # fully masked
@@ -302,7 +341,10 @@ def test_one_vs_two_threads(session_cache, isa, shape, causal):
 def test_concurrent_runs_on_one_session(session_cache, isa):
     sess = session_cache(attention_model({"scale": 0.125, "causal": 1}), isa, threads=2)
     rng = np.random.default_rng(11)
-    cases = [(rand(rng, (1, 4, s, 64)), rand(rng, (1, 4, s + 9, 64)), rand(rng, (1, 4, s + 9, 32))) for s in (1, 40, 130, 257)]
+    cases = [
+        (rand(rng, (1, 4, s, 64)), rand(rng, (1, 4, s + 9, 64)), rand(rng, (1, 4, s + 9, 32)))
+        for s in (1, 40, 130, 257)
+    ]
     expected = [run_attention(sess, *c) for c in cases]
     failures = []
 
@@ -328,8 +370,17 @@ def test_concurrent_runs_on_one_session(session_cache, isa):
 
 
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("q_shape,kv_len,dv", [((0, 2, 5, 8), 7, 8), ((1, 2, 0, 8), 7, 8), ((1, 2, 5, 8), 0, 8),
-                                               ((1, 2, 5, 0), 7, 8), ((1, 2, 5, 8), 7, 0), ((1, 0, 5, 8), 7, 8)])
+@pytest.mark.parametrize(
+    "q_shape,kv_len,dv",
+    [
+        ((0, 2, 5, 8), 7, 8),
+        ((1, 2, 0, 8), 7, 8),
+        ((1, 2, 5, 8), 0, 8),
+        ((1, 2, 5, 0), 7, 8),
+        ((1, 2, 5, 8), 7, 0),
+        ((1, 0, 5, 8), 7, 8),
+    ],
+)
 def test_empty_tensors(session_cache, isa, q_shape, kv_len, dv, dtype):
     b, h, sq, d = q_shape
     q = np.ones(q_shape, dtype)
@@ -424,6 +475,14 @@ def test_valid_attribute_combinations_are_accepted():
         for order in ORDERS:
             for extra in ({}, {"precision": "float32"}, {"scale": -0.5}, {"scale": 0.0}):
                 attrs = {"scale": 0.5, "causal": causal, "order": order, **extra}
-                y = run_attention(ort.InferenceSession(attention_model(attrs).SerializeToString(), session_options(),
-                                                       providers=["CPUExecutionProvider"]), q, k, v)
+                y = run_attention(
+                    ort.InferenceSession(
+                        attention_model(attrs).SerializeToString(),
+                        session_options(),
+                        providers=["CPUExecutionProvider"],
+                    ),
+                    q,
+                    k,
+                    v,
+                )
                 assert y.shape == (1, 2, 5, 8) and np.isfinite(y).all()

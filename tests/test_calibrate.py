@@ -1,6 +1,7 @@
 """optimize(..., softmax_method="exaq", bits=...) and `quake-onnx calibrate`:
 which nodes become exaq, what the report says, and that the calibrated clip
 is the formula's C at the measured sigma (synthetic data of known sigma)."""
+
 import sys
 from pathlib import Path
 
@@ -11,8 +12,9 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cli"))
 
-import quake_onnx  # noqa: E402
 from clitools import assert_one_line_error, cli  # noqa: E402
+
+import quake_onnx  # noqa: E402
 from quake_onnx import reference  # noqa: E402
 from quake_onnx.calibrate import CalibrateError, calibrate  # noqa: E402
 from quake_onnx.optimize import OptimizeError, optimize  # noqa: E402
@@ -28,8 +30,10 @@ def softmax_model(opset=17, scale=1.0, extra_quake=False):
     """X [R, N] -> Mul(scale) -> Softmax (named "sm"); extra_quake adds a
     com.quake Softmax of method quake that must stay as it is."""
     x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["R", N])
-    nodes = [helper.make_node("Mul", ["X", "scale"], ["s"], name="mul"),
-             helper.make_node("Softmax", ["s"], ["Y"], axis=-1, name="sm")]
+    nodes = [
+        helper.make_node("Mul", ["X", "scale"], ["s"], name="mul"),
+        helper.make_node("Softmax", ["s"], ["Y"], axis=-1, name="sm"),
+    ]
     outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)]
     opsets = [helper.make_opsetid("", opset)]
     if extra_quake:
@@ -74,8 +78,15 @@ def test_optimize_pre_opset_13_softmax_becomes_exaq_too():
     assert attrs(node)["method"] == b"exaq" and attrs(node)["bits"] == 4
 
 
-@pytest.mark.parametrize("kwargs,needle", [({"softmax_method": "fast"}, "softmax_method"), ({"bits": 1}, "bits"),
-                                           ({"bits": 9}, "bits"), ({"softmax_method": "exaq", "bits": 3.0}, "bits")])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"softmax_method": "fast"}, "softmax_method"),
+        ({"bits": 1}, "bits"),
+        ({"bits": 9}, "bits"),
+        ({"softmax_method": "exaq", "bits": 3.0}, "bits"),
+    ],
+)
 def test_optimize_bad_options(kwargs, needle):
     with pytest.raises(OptimizeError, match=needle):
         optimize(softmax_model(), **kwargs)
@@ -108,7 +119,7 @@ def test_calibrated_clip_matches_the_formula(bits, sigma):
     x = gaussian_feeds(sigma, runs=1, seed=9)[0]["X"]
     y = quake_onnx.InferenceSession(calibrated.SerializeToString()).run(None, {"X": x})[0]
     ref = reference.softmax_exaq(2 * x.astype(np.float64), -1, bits, attrs(node)["clip"])
-    assert np.abs(y - ref).max() < 0.05 / 2 ** bits + 1e-6  # a rare code tie aside, the same values
+    assert np.abs(y - ref).max() < 0.05 / 2**bits + 1e-6  # a rare code tie aside, the same values
 
 
 def test_calibrate_softmax_on_a_graph_input_and_recalibrate():
@@ -159,6 +170,7 @@ def test_cli_errors(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(softmax_model(), src)
     assert_one_line_error(cli("optimize", src, tmp_path / "o.onnx", "--softmax-method", "fast"), 2, "softmax-method")
-    assert_one_line_error(cli("optimize", src, tmp_path / "o.onnx", "--softmax-method", "exaq", "--bits", "9"), 2,
-                          "bits")
+    assert_one_line_error(
+        cli("optimize", src, tmp_path / "o.onnx", "--softmax-method", "exaq", "--bits", "9"), 2, "bits"
+    )
     assert_one_line_error(cli("calibrate", src, tmp_path / "o.onnx"), 2, "exaq")

@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-
 from helpers import make_model, make_session, node_name, run, session_options
 
 ALL_OPS = ("Exp", "Sigmoid", "Silu", "Gelu", "Softmax", "LogSoftmax")

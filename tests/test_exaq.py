@@ -5,8 +5,8 @@ for masks and special values; every kernel table, float and float16."""
 
 import numpy as np
 import pytest
-
 from helpers import make_model, run
+
 from quake_onnx import reference
 from quake_onnx.twin import twin_session
 
@@ -67,8 +67,10 @@ def assert_matches_reference(y, x, bits, clip, dtype, axis=-1):
     both_nan = np.isnan(y) & np.isnan(ref)
     ok = both_nan | (np.abs(y - ref) <= abs_tol + rel_tol * np.abs(ref))
     bad = np.argwhere(~ok & ~tie[:, None])
-    assert bad.size == 0, f"bits {bits} clip {clip}: {len(bad)} elements off the definition, first at {bad[0]}: " \
-                          f"{y[tuple(bad[0])]!r} vs {ref[tuple(bad[0])]!r}"
+    assert bad.size == 0, (
+        f"bits {bits} clip {clip}: {len(bad)} elements off the definition, first at {bad[0]}: "
+        f"{y[tuple(bad[0])]!r} vs {ref[tuple(bad[0])]!r}"
+    )
     assert tie.mean() < 0.5, "most rows hold a tie: the comparison checks too little"
 
 
@@ -85,8 +87,11 @@ def test_matches_definition(session_cache, isa, bits, dtype):
 def error_table(isa_sessions, dtype):
     """Max abs error vs the exact softmax per kind and bits (clip 0)."""
     table = {}
-    for kind, x in (("gaussian", gaussian(1, dtype)), ("attention", attention(1, dtype)),
-                    ("peaky", attention(1, dtype, peaky=True))):
+    for kind, x in (
+        ("gaussian", gaussian(1, dtype)),
+        ("attention", attention(1, dtype)),
+        ("peaky", attention(1, dtype, peaky=True)),
+    ):
         exact = reference.softmax(x)
         for bits in BITS:
             y = run(isa_sessions(bits, x.ndim), x).astype(np.float64)

@@ -6,9 +6,9 @@ threads, in place, shape inference and errors."""
 import numpy as np
 import onnx
 import pytest
+from helpers import ONNX_TYPE, band_samples, make_session, special_values
 from onnx import TensorProto, helper
 
-from helpers import ONNX_TYPE, band_samples, make_session, special_values
 from quake_onnx import reference
 from quake_onnx.schemas import register_schemas
 from quake_onnx.twin import twin_session
@@ -28,8 +28,12 @@ NODE = "quake_Glu"
 # |y - ref| / |b| are those of Silu / Gelu (custom_ops/tests/test_kernels.cc
 # prints them per table).
 GATE_ABS = {
-    ("silu", 1): 7.2e-3, ("silu", 2): 4.2e-4, ("silu", 3): 1.8e-5,
-    ("gelu", 1): 4.4e-3, ("gelu", 2): 2.6e-4, ("gelu", 3): 1.2e-5,
+    ("silu", 1): 7.2e-3,
+    ("silu", 2): 4.2e-4,
+    ("silu", 3): 1.8e-5,
+    ("gelu", 1): 4.4e-3,
+    ("gelu", 2): 2.6e-4,
+    ("gelu", 3): 1.2e-5,
 }
 ROUNDING = {F32: (0.0, 2.4e-7), F16: (2**-25, 2**-11 + 2.4e-7)}
 # Against the erf form, "gelu" also carries the tanh form's own gap (ops.md).
@@ -80,7 +84,7 @@ def assert_glu_close(y, a, b, activation, order, dtype, alpha=1.0, gelu_form="ta
         ok |= np.isinf(g) & np.isfinite(ref) & (edge == g)
     if not ok.all():
         bad = np.flatnonzero(~ok.ravel())
-        ga, gb = (halves(a) if b is None else (a, b))
+        ga, gb = halves(a) if b is None else (a, b)
         lines = [f"Glu {activation} order {order} {np.dtype(dtype).name} {what}: {bad.size} of {ok.size} off"]
         for i in bad[:8]:
             idx = np.unravel_index(i, ok.shape)
@@ -91,8 +95,9 @@ def assert_glu_close(y, a, b, activation, order, dtype, alpha=1.0, gelu_form="ta
 def gate_inputs(dtype):
     """a over every exponent band and the busy range; b ~ N(0, 2) (finite:
     infinite b is tested with the special values)."""
-    a = np.concatenate([band_samples(dtype, per_band=8, specials=False),
-                        np.linspace(-20, 20, 20001), np.linspace(-90, 90, 3001)]).astype(dtype)
+    a = np.concatenate(
+        [band_samples(dtype, per_band=8, specials=False), np.linspace(-20, 20, 20001), np.linspace(-90, 90, 3001)]
+    ).astype(dtype)
     b = (np.random.default_rng(3).standard_normal(a.size) * 2).astype(dtype)
     return a, b
 
@@ -113,8 +118,9 @@ def test_accuracy_halves(session_cache, isa, activation, order, dtype):
     a, b = gate_inputs(dtype)
     n = a.size // 64 * 64
     a2 = np.concatenate([a[:n].reshape(-1, 32), b[:n].reshape(-1, 32)], axis=1)  # rows: [gate 32 | up 32]
-    y = run(session_cache(glu_model({"activation": activation, "order": order}, ("R", "C"), dtype, with_b=False), isa),
-            a2)
+    y = run(
+        session_cache(glu_model({"activation": activation, "order": order}, ("R", "C"), dtype, with_b=False), isa), a2
+    )
     assert y.shape == (a2.shape[0], 32)
     assert_glu_close(y, a2, None, activation, order, dtype, what="halves")
 
@@ -150,7 +156,7 @@ def test_tails_both_forms(session_cache, isa, activation, order, dtype):
     halves_sess = session_cache(glu_model(attrs, ("R", "C"), dtype, with_b=False), isa)
     for n in range(1, 68):
         a = rng.choice(pool, n).astype(dtype)
-        a[-min(n, 3):] = rng.choice(special_values(dtype), min(n, 3))
+        a[-min(n, 3) :] = rng.choice(special_values(dtype), min(n, 3))
         b = rng.standard_normal(n).astype(dtype)
         assert_glu_close(run(with_b, a, b), a, b, activation, order, dtype, what=f"length {n}")
         a2 = np.concatenate([rng.choice(pool, (3, n)), rng.standard_normal((3, n))], axis=1).astype(dtype)
@@ -171,9 +177,9 @@ def test_special_values(session_cache, isa, activation, order, dtype):
         if np.isnan(ai) or np.isnan(bi):
             assert np.isnan(yi), what
         elif ai == np.inf:
-            assert (np.isnan(yi) if bi == 0 else yi == np.inf * bi), what  # inf * 0 is NaN
+            assert np.isnan(yi) if bi == 0 else yi == np.inf * bi, what  # inf * 0 is NaN
         elif ai == 0:
-            assert (np.isnan(yi) if np.isinf(bi) else yi == 0), what
+            assert np.isnan(yi) if np.isinf(bi) else yi == 0, what
         elif ai == -np.inf or ai == info.min:
             # The gate's tiny limit (not 0): ~-0 times finite b, an infinity
             # times infinite b (exact math: NaN at a = -inf, -inf * sign(b) below).
@@ -203,8 +209,10 @@ def test_threads(session_cache, isa, threads, dtype):
     a2 = (rng.standard_normal((29, 2 * 1031)) * 3).astype(dtype)
     got = {}
     for t in (1, threads):
-        got[t] = (run(session_cache(glu_model({"activation": "silu"}, ("R", "C"), dtype), isa, t), a, b),
-                  run(session_cache(glu_model({"activation": "gelu"}, ("R", "C"), dtype, with_b=False), isa, t), a2))
+        got[t] = (
+            run(session_cache(glu_model({"activation": "silu"}, ("R", "C"), dtype), isa, t), a, b),
+            run(session_cache(glu_model({"activation": "gelu"}, ("R", "C"), dtype, with_b=False), isa, t), a2),
+        )
     assert_glu_close(got[threads][0], a, b, "silu", 2, dtype, what=f"{threads} threads")
     assert_glu_close(got[threads][1], a2, None, "gelu", 2, dtype, what=f"halves, {threads} threads")
     for x, y in zip(got[1], got[threads]):
@@ -227,8 +235,12 @@ def _producer_model(with_b, dtype=F32):
     where Y is half of A)."""
     elem = ONNX_TYPE[np.dtype(dtype).type]
     shape = [48, 1024]
-    nodes = [helper.make_node("Neg", ["X"], ["nx"]), helper.make_node("Neg", ["nx"], ["A"]),
-             helper.make_node("Neg", ["U"], ["nu"]), helper.make_node("Neg", ["nu"], ["B"])]
+    nodes = [
+        helper.make_node("Neg", ["X"], ["nx"]),
+        helper.make_node("Neg", ["nx"], ["A"]),
+        helper.make_node("Neg", ["U"], ["nu"]),
+        helper.make_node("Neg", ["nu"], ["B"]),
+    ]
     glu_inputs = ["A", "B"] if with_b else ["A"]
     nodes.append(helper.make_node("Glu", glu_inputs, ["Y"], domain="com.quake", activation="silu"))
     inputs = [helper.make_tensor_value_info(n, elem, shape) for n in ("X", "U")]
@@ -249,10 +261,12 @@ def test_results_with_buffer_reuse(isa, threads, with_b):
     assert_glu_close(y, x, u if with_b else None, "silu", 2, F32, what="computed inputs")
 
 
-TWIN_CASES = [({"activation": "silu", "alpha": 1.2345678, "order": 3}, True),
-              ({"activation": "gelu", "order": 1}, True),
-              ({"activation": "gelu_tanh"}, False),
-              ({"activation": "silu"}, False)]
+TWIN_CASES = [
+    ({"activation": "silu", "alpha": 1.2345678, "order": 3}, True),
+    ({"activation": "gelu", "order": 1}, True),
+    ({"activation": "gelu_tanh"}, False),
+    ({"activation": "silu"}, False),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -275,10 +289,10 @@ def test_library_matches_twin(session_cache, isa, attrs, with_b, dtype):
 @pytest.mark.parametrize(
     "attrs,message",
     [
-        ({}, "attribute 'activation' must be \"silu\", \"gelu\" or \"gelu_tanh\", got none"),
-        ({"activation": "relu"}, "got \"relu\""),
+        ({}, 'attribute \'activation\' must be "silu", "gelu" or "gelu_tanh", got none'),
+        ({"activation": "relu"}, 'got "relu"'),
         ({"activation": 3}, "attribute 'activation' must be a string"),
-        ({"activation": "gelu", "alpha": 2.0}, "alpha applies to activation \"silu\" only, not \"gelu\""),
+        ({"activation": "gelu", "alpha": 2.0}, 'alpha applies to activation "silu" only, not "gelu"'),
         ({"activation": "silu", "alpha": 0.0}, "alpha must be a positive finite float"),
         ({"activation": "silu", "alpha": float("inf")}, "alpha must be a positive finite float"),
         ({"activation": "silu", "order": 4}, "order must be 1, 2 or 3, got 4"),
@@ -327,6 +341,7 @@ def test_static_shapes_are_inferred(elem):
 def test_checker_accepts_both_forms():
     register_schemas()
     for with_b in (True, False):
-        model = glu_model({"activation": "gelu_tanh", "order": 1}, (2, 8), with_b=with_b,
-                          out_shape=[2, 8 if with_b else 4])
+        model = glu_model(
+            {"activation": "gelu_tanh", "order": 1}, (2, 8), with_b=with_b, out_shape=[2, 8 if with_b else 4]
+        )
         onnx.checker.check_model(model, full_check=True)

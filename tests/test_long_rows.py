@@ -7,10 +7,10 @@ bound."""
 
 import numpy as np
 import pytest
-
 from helpers import make_model, make_session, run
-from quake_onnx import reference
 from test_accuracy import ROW_SUM, bound, check_special_rows
+
+from quake_onnx import reference
 
 F32 = np.float32
 # Cut over the threads (fewer than 4 rows): one vocabulary row, three longer

@@ -5,6 +5,7 @@ at 2, 3 and 4 bits and calibrated, compared and timed against ORT and the
 quake method).
 
 Needs torch and transformers, which CI does not install: there it is skipped."""
+
 import json
 import subprocess
 import sys
@@ -23,7 +24,9 @@ def run_quick(script: str, tmp_path: Path) -> Path:
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--quick", "--cache", str(tmp_path / "cache"), "--out", str(out)],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return out

@@ -9,14 +9,14 @@ the type; every true value that is a normal number of the type is met
 within the op's bound (relative for Exp, Softmax and Sigmoid's left tail,
 absolute for the others, ops.md); a true value below the type's smallest
 normal (a subnormal) may come back as 0 (flushed), as any value below the
-smallest normal, or within the bound, never as a larger normal. Inputs: every float within a few hundred ulp of each range
-end, and float16's own ends (e^x finite up to 65504)."""
+smallest normal, or within the bound, never as a larger normal. Inputs:
+every float within a few hundred ulp of each range end, and float16's own
+ends (e^x finite up to 65504)."""
 
 import math
 
 import numpy as np
 import pytest
-
 from helpers import make_model, run
 from test_accuracy import BOUNDS, bound
 
@@ -82,8 +82,10 @@ def test_exp_range_ends(session_cache, isa, order, dtype):
     check_exp_like(x, y, truth, EXP_REL[(order, dtype)], dtype, f"Exp order {order} {np.dtype(dtype).name}")
     # The issue's two examples, by name.
     if dtype is F32:
-        named = run(session_cache(make_model("Exp", {"order": order}, ("N",), dtype), isa),
-                    np.array([88.70, 88.72283, -87.32, -87.336548], F32))
+        named = run(
+            session_cache(make_model("Exp", {"order": order}, ("N",), dtype), isa),
+            np.array([88.70, 88.72283, -87.32, -87.336548], F32),
+        )
         assert np.isfinite(named).all() and (named > 3e38)[:2].all() and (named[2:] >= np.finfo(F32).tiny).all()
 
 
@@ -110,8 +112,12 @@ def test_silu_gelu_range_ends(session_cache, isa, op, alpha, order, dtype):
     attrs = {"order": order} if alpha is None else {"order": order, "alpha": alpha}
     a = 1.0 if alpha is None else alpha
     ends = [-87.3365 / a, -88.7228 / a, -92.8 / a, 88.7228 / a, -12.0, -10.2, 11.09, -11.09]
-    x = np.concatenate([around([e for e in ends if abs(e) < float(np.finfo(dtype).max)], dtype, 100),
-                        np.array([-np.inf, np.inf, np.finfo(dtype).max, np.finfo(dtype).min], dtype)])
+    x = np.concatenate(
+        [
+            around([e for e in ends if abs(e) < float(np.finfo(dtype).max)], dtype, 100),
+            np.array([-np.inf, np.inf, np.finfo(dtype).max, np.finfo(dtype).min], dtype),
+        ]
+    )
     y = run(session_cache(make_model(op, attrs, ("N",), dtype), isa), x)
     from quake_onnx import reference
 
@@ -144,8 +150,7 @@ def test_softmax_row_differences_near_the_ends(session_cache, isa, order, dtype)
     z = x64 - x64.max(axis=1, keepdims=True)
     truth = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     # Per element e^z / S: the exponential's error twice (term and sum).
-    check_exp_like(x.ravel(), y.ravel(), truth.ravel(), 2 * EXP_REL[(order, dtype)], dtype,
-                   f"Softmax order {order}")
+    check_exp_like(x.ravel(), y.ravel(), truth.ravel(), 2 * EXP_REL[(order, dtype)], dtype, f"Softmax order {order}")
     ly = run(session_cache(make_model("LogSoftmax", {"order": order}, ("R", "N"), dtype), isa), x)
     ltruth = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     abs_tol, rel_tol = bound("LogSoftmax", order, dtype)

@@ -1,4 +1,5 @@
 """The README's commands and snippets, run as a user would run them."""
+
 from __future__ import annotations
 
 import re
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
 import quake_onnx
@@ -38,8 +38,9 @@ def test_main_command_steps_run_on_the_sample(tmp_path):
     assert commands[2][1] == "sample_models"
     cli = [str(Path(sys.executable).parent / "quake-onnx")]  # the entry point of the environment under test
     for args in commands:
-        args = [str(tmp_path / a[len("build/sample/"):]) if a.startswith("build/sample/") else a
-                for a in args if a != "$@"]
+        args = [
+            str(tmp_path / a[len("build/sample/") :]) if a.startswith("build/sample/") else a for a in args if a != "$@"
+        ]
         if args[0] in ("check", "zoo"):
             args += ["--runs", "3", "--warmup", "1"]
         done = subprocess.run(cli + args, cwd=ROOT, capture_output=True, text=True)
@@ -57,7 +58,8 @@ def test_usage_snippet_runs(tmp_path):
     snippet = re.search(r"## Using the library\n\n((?:    .*\n|\n)+)", README).group(1)
     code = "\n".join(line[4:] for line in snippet.splitlines())
     graph = helper.make_graph(
-        [helper.make_node("Softmax", ["X"], ["Y"], domain="com.quake")], "g",
+        [helper.make_node("Softmax", ["X"], ["Y"], domain="com.quake")],
+        "g",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 3])],
     )
@@ -79,8 +81,11 @@ def test_exaq_commands_of_docs_optimize_run(tmp_path):
     assert [c[0] for c in commands] == ["optimize", "calibrate"]
     rng = np.random.default_rng(0)
     for name in ("sample1.npz", "sample2.npz"):
-        np.savez(tmp_path / name, X=rng.standard_normal((1, 64, 128)).astype(np.float32),
-                 MASK=np.zeros((1, 1, 64, 64), np.float32))
+        np.savez(
+            tmp_path / name,
+            X=rng.standard_normal((1, 64, 128)).astype(np.float32),
+            MASK=np.zeros((1, 1, 64, 64), np.float32),
+        )
     (tmp_path / "model.onnx").write_bytes((ROOT / "sample_models" / "encoder_block.onnx").read_bytes())
     cli = [str(Path(sys.executable).parent / "quake-onnx")]
     for args in commands:
@@ -108,9 +113,13 @@ def test_attention_commands_of_docs_optimize_run(tmp_path):
         helper.make_node("Softmax", ["scaled"], ["p"], axis=-1),
         helper.make_node("MatMul", ["p", "V"], ["Y"]),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "QKV"],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
-                              initializer=[helper.make_tensor("c", TensorProto.FLOAT, [], [8.0])])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "QKV"],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
+        initializer=[helper.make_tensor("c", TensorProto.FLOAT, [], [8.0])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "model.onnx")
     cli = [str(Path(sys.executable).parent / "quake-onnx")]
     outputs = []

@@ -1,5 +1,6 @@
 """The library tells ORT that Y has X's shape (so ORT's shape-dependent fusions
 still apply downstream of com.quake nodes)."""
+
 import onnx
 import onnxruntime as ort
 import pytest
@@ -13,7 +14,10 @@ OPS = ["Exp", "Sigmoid", "Silu", "Gelu", "Softmax", "LogSoftmax"]
 def _shape_of_output_model(op, dtype, dims):
     nodes = [helper.make_node(op, ["X"], ["H"], domain="com.quake"), helper.make_node("Shape", ["H"], ["S"])]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("X", dtype, dims)], [helper.make_tensor_value_info("S", TensorProto.INT64, None)]
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("X", dtype, dims)],
+        [helper.make_tensor_value_info("S", TensorProto.INT64, None)],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.quake", 1)])
 
@@ -36,7 +40,8 @@ def test_symbolic_shape_is_left_to_the_model(op, capfd):
     # A named dimension must not reach ORT as a size: ORT would then warn at
     # every run that the real output does not match.
     graph = helper.make_graph(
-        [helper.make_node(op, ["X"], ["Y"], domain="com.quake")], "g",
+        [helper.make_node(op, ["X"], ["Y"], domain="com.quake")],
+        "g",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 8])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 8])],
     )
@@ -67,8 +72,11 @@ def test_static_shape_enables_skip_layernorm_fusion(tmp_path):
     ]
     io = [1, 4, hidden]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, io)],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, io)], initializer=inits,
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, io)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, io)],
+        initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.quake", 1)])
     so = ort.SessionOptions()

@@ -5,7 +5,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from helpers import logits, make_model, run
 
 # Softmax rows are computed by one task each today, so 1 and 2 threads agree

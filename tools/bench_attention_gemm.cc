@@ -6,9 +6,9 @@
 // tools/bench_attention_gemm.py, which times ONNX Runtime's MatMul in the same
 // process; not part of the library.
 #define EIGEN_DONT_PARALLELIZE
-#include <Eigen/Core>
 #include <dlfcn.h>
 
+#include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
 #include <vector>

@@ -8,6 +8,7 @@ in interleaved rounds (best of the rounds kept).
     pip install scipy-openblas32
     python tools/bench_attention_gemm.py --eigen build/ctest/_eigen_headers/root/usr/include/eigen3
 """
+
 import argparse
 import ctypes
 import subprocess
@@ -28,8 +29,23 @@ ISA_FLAGS = {
 
 def build(eigen, isa, out_dir):
     lib = Path(out_dir) / f"bench_gemm_{isa}.so"
-    subprocess.run(["g++", "-O3", "-std=c++17", "-DNDEBUG", "-fPIC", "-shared", *ISA_FLAGS[isa], f"-I{eigen}",
-                    str(HERE / "bench_attention_gemm.cc"), "-o", str(lib), "-ldl"], check=True)
+    subprocess.run(
+        [
+            "g++",
+            "-O3",
+            "-std=c++17",
+            "-DNDEBUG",
+            "-fPIC",
+            "-shared",
+            *ISA_FLAGS[isa],
+            f"-I{eigen}",
+            str(HERE / "bench_attention_gemm.cc"),
+            "-o",
+            str(lib),
+            "-ldl",
+        ],
+        check=True,
+    )
     dll = ctypes.CDLL(str(lib))
     dll.eigen_gflops.restype = ctypes.c_double
     dll.eigen_gflops.argtypes = [ctypes.c_int] * 5 + [ctypes.c_double]
@@ -40,9 +56,11 @@ def build(eigen, isa, out_dir):
 
 def ort_matmul_gflops(n=512, seconds=1.0):
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["A", "B"], ["C"])], "mm",
+        [helper.make_node("MatMul", ["A", "B"], ["C"])],
+        "mm",
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "AB"],
-        [helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])])
+        [helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -60,7 +78,7 @@ def ort_matmul_gflops(n=512, seconds=1.0):
         t0 = time.perf_counter()
         sess.run_with_iobinding(binding)
         times.append(time.perf_counter() - t0)
-    return 2.0 * n ** 3 / np.median(times) * 1e-9
+    return 2.0 * n**3 / np.median(times) * 1e-9
 
 
 def shapes(bq_list, bk_list, dims):
@@ -85,6 +103,7 @@ def main():
     args = p.parse_args()
     try:
         import scipy_openblas32
+
         blas = str(next(Path(scipy_openblas32.get_lib_dir()).glob("libscipy_openblas*.so"))).encode()
         prefix = "scipy_"  # scipy-openblas32 prefixes every symbol
     except ImportError:
@@ -103,15 +122,23 @@ def main():
                     best[key] = max(best.get(key, 0), dll.eigen_gflops(m, n, k, bt, acc, args.seconds))
                 if blas:
                     key = (label, "openblas")
-                    rate = libs["avx512"].blas_gflops(blas, f"{prefix}cblas_sgemm".encode(),
-                                                      f"{prefix}openblas_set_num_threads".encode(), m, n, k, bt, acc,
-                                                      args.seconds)
+                    rate = libs["avx512"].blas_gflops(
+                        blas,
+                        f"{prefix}cblas_sgemm".encode(),
+                        f"{prefix}openblas_set_num_threads".encode(),
+                        m,
+                        n,
+                        k,
+                        bt,
+                        acc,
+                        args.seconds,
+                    )
                     best[key] = max(best.get(key, 0), rate)
         libs_cols = [f"eigen {isa}" for isa in ISA_FLAGS] + (["openblas"] if blas else [])
         print(f"ORT MatMul 512x512x512, 1 thread: {ort_rate:.1f} GFLOP/s")
         print("| product (M x N x K) | " + " | ".join(libs_cols) + " |")
         print("|---|" + "---|" * len(libs_cols))
-        for label, m, n, k, bt, acc in cases:
+        for label, m, n, k, _bt, _acc in cases:
             cells = [f"{best[(label, c)]:.1f} ({best[(label, c)] / ort_rate:.0%})" for c in libs_cols]
             print(f"| {label} ({m}x{n}x{k}) | " + " | ".join(cells) + " |")
 

@@ -79,16 +79,22 @@ void run(size_t n, const std::vector<float>& x, std::vector<float>& y) {
   alignas(64) float table[16] = {};
   const float lo = -4.0f;
   for (int k = 0; k < Levels; ++k) table[k] = std::exp(lo * (Levels - 1 - k) / (Levels - 1));
-  Setup s{_mm512_load_ps(table), _mm512_set1_ps((Levels - 1) / -lo), _mm512_set1_ps(Levels - 1.0f),
-          _mm512_set1_ps(3.0f), _mm512_set1_ps(-87.3f), _mm512_setzero_ps()};
+  Setup s{_mm512_load_ps(table),         _mm512_set1_ps((Levels - 1) / -lo),
+          _mm512_set1_ps(Levels - 1.0f), _mm512_set1_ps(3.0f),
+          _mm512_set1_ps(-87.3f),        _mm512_setzero_ps()};
   const size_t rows = x.size() / n;
   volatile float sink = 0;
-  const double a = ns_per_element([&] {
-    for (size_t r = 0; r < rows; ++r) sink = sink + row_sum_entries(s, x.data() + r * n, y.data() + r * n, n);
-  }, x.size());
-  const double b = ns_per_element([&] {
-    for (size_t r = 0; r < rows; ++r) sink = sink + row_sum_counts<Levels>(s, table, x.data() + r * n, y.data() + r * n, n);
-  }, x.size());
+  const double a = ns_per_element(
+      [&] {
+        for (size_t r = 0; r < rows; ++r) sink = sink + row_sum_entries(s, x.data() + r * n, y.data() + r * n, n);
+      },
+      x.size());
+  const double b = ns_per_element(
+      [&] {
+        for (size_t r = 0; r < rows; ++r)
+          sink = sink + row_sum_counts<Levels>(s, table, x.data() + r * n, y.data() + r * n, n);
+      },
+      x.size());
   std::printf("| %d | %zu | %.3f | %.3f | %.2fx |\n", Levels, n, a, b, b / a);
 }
 

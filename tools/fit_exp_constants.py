@@ -18,6 +18,7 @@ orders 2 and 3 (QuAKE2 and the cubic): the mantissa polynomial p(f) ~ 2^f,
 
 The output is the block pasted into custom_ops/kernels/constants.h.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -225,9 +225,9 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
     // Scale, mask, causal limit, running max, P = e^(S - m), row sums.
     size_t mask_ld = 0;
     const float* mask = mask_tile(p, head.mask, t.q0, rows, kb, cols, w.mask, &mask_ld);
-    const ptrdiff_t diag = p.causal ? static_cast<ptrdiff_t>(t.q0 + p.skv) - static_cast<ptrdiff_t>(p.sq) -
-                                          static_cast<ptrdiff_t>(kb)
-                                    : static_cast<ptrdiff_t>(cols);
+    const ptrdiff_t diag =
+        p.causal ? static_cast<ptrdiff_t>(t.q0 + p.skv) - static_cast<ptrdiff_t>(p.sq) - static_cast<ptrdiff_t>(kb)
+                 : static_cast<ptrdiff_t>(cols);
     p.online_softmax(w.s, bk, rows, cols, diag, p.scale, mask, mask_ld, w.m, w.l, w.rescale);
 
     // O = rescale O + P V; rows whose max did not grow keep their scale.

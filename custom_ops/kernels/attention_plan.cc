@@ -238,8 +238,8 @@ void plan_attention_tasks(const AttentionParams& p, size_t heads, size_t paralle
     for (size_t b = 0; b < q_blocks; ++b) {
       for (size_t c = 0; c < plan->chunks; ++c) {
         float* partial = plan->partials.data() + plan->tasks.size() * bq * row_floats;
-        plan->tasks.push_back({h, b * bq, std::min(p.sq, (b + 1) * bq), c * chunk_keys,
-                               std::min(p.skv, (c + 1) * chunk_keys), partial});
+        plan->tasks.push_back(
+            {h, b * bq, std::min(p.sq, (b + 1) * bq), c * chunk_keys, std::min(p.skv, (c + 1) * chunk_keys), partial});
       }
     }
   }

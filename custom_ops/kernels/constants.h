@@ -44,16 +44,15 @@ constexpr float kSchraudolphMinBits = 8388608.0f;  // 2^23
 // order 2: max relative error 1.7248e-03 (float32 Horner)
 constexpr float kExpPoly2[3] = {1.0017247200012207f, 0.657636284828186f, 0.3371894359588623f};
 // order 3: max relative error 7.4862e-05 (float32 Horner)
-constexpr float kExpPoly3[4] = {0.9999251961708069f, 0.695833683013916f, 0.22606660425662994f,
-                                0.07802491635084152f};
+constexpr float kExpPoly3[4] = {0.9999251961708069f, 0.695833683013916f, 0.22606660425662994f, 0.07802491635084152f};
 // Order 3 takes max(p(f), 1): p(0) = 0.99993 < 1 would make t = -126 + tiny
 // (e^z just above FLT_MIN) a subnormal bit pattern that loses p's leading
 // bit (error 1.5e-4). On f < 1.1e-4, where p < 1, 1 is within 7.6e-5 of 2^f.
 constexpr float kExpPoly3Floor = 1.0f;
 
 // GELU (tanh form as sigmoid): x * sigmoid(kGeluK1 * x + kGeluK3 * x^3).
-constexpr float kGeluK1 = 1.5957691216057308f;                 // 2 * sqrt(2 / pi)
-constexpr float kGeluK3 = 1.5957691216057308f * 0.044715f;     // 2 * sqrt(2 / pi) * 0.044715
+constexpr float kGeluK1 = 1.5957691216057308f;              // 2 * sqrt(2 / pi)
+constexpr float kGeluK3 = 1.5957691216057308f * 0.044715f;  // 2 * sqrt(2 / pi) * 0.044715
 // Below this the GELU is 0 to float precision; clamping u keeps u^3 and the
 // product finite so -inf gives -0 rather than NaN.
 constexpr float kGeluLow = -12.0f;

@@ -128,8 +128,9 @@ ChunkStats combine_chunks(const ChunkStats& a, const ChunkStats& b) {
   if (a.sum == 0.0) return ChunkStats{max, b.sum, false};  // a chunk without terms adds nothing
   if (b.sum == 0.0) return ChunkStats{max, a.sum, false};
   // Each sum moves to the common max by an exact-enough e^(its max - max).
-  return ChunkStats{max, a.sum * std::exp(static_cast<double>(a.max) - max) +
-                             b.sum * std::exp(static_cast<double>(b.max) - max), false};
+  return ChunkStats{
+      max, a.sum * std::exp(static_cast<double>(a.max) - max) + b.sum * std::exp(static_cast<double>(b.max) - max),
+      false};
 }
 
 }  // namespace quake

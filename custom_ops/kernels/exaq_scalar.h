@@ -30,9 +30,18 @@ constexpr int kMaxLevels = 256;
 inline double clip_from_sigma(int bits, double sigma) {
   double slope, offset;
   switch (bits) {
-    case 2: slope = -1.66; offset = -1.85; break;
-    case 3: slope = -1.75; offset = -2.06; break;
-    case 4: slope = -1.83; offset = -2.27; break;
+    case 2:
+      slope = -1.66;
+      offset = -1.85;
+      break;
+    case 3:
+      slope = -1.75;
+      offset = -2.06;
+      break;
+    case 4:
+      slope = -1.83;
+      offset = -2.27;
+      break;
     default:
       slope = -5.24 / 3.0 - 0.085 * (bits - 3);
       offset = -2.06 - 0.21 * (bits - 3);
@@ -79,7 +88,7 @@ inline void make_levels(int bits, float lo, Levels* lv) {
   const int n = 1 << bits;
   lv->levels = n;
   lv->top = static_cast<float>(n - 1);
-  lv->a = lo < 0.0f ? static_cast<float>(n - 1) / -lo : 0.0f;  // lo = 0: every live z is 0, code L - 1
+  lv->a = lo < 0.0f ? static_cast<float>(n - 1) / -lo : 0.0f;    // lo = 0: every live z is 0, code L - 1
   const double r = std::exp(static_cast<double>(lo) / (n - 1));  // e^-step
   const int nq = n < 16 ? n : 16, np = n > 16 ? n / 16 : 1;
   double q[16], p[16];

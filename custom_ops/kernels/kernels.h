@@ -49,10 +49,10 @@ void each_row(const float* x, float* y, size_t rows, size_t n) {
 // sum = sum_i 2^t_i (softmax_long.h). Chunks combine exactly (powers of two),
 // in any order, so one row can be split over threads.
 struct RowStats {
-  float max;    // the largest element, NaN skipped; -inf when there is none
-  double k;     // the integer the terms are relative to: floor(fl(max log2(e)))
-  double sum;   // sum of the terms; 0 when max is -inf
-  bool nan;     // a NaN or +inf in the row: the result is a NaN row
+  float max;   // the largest element, NaN skipped; -inf when there is none
+  double k;    // the integer the terms are relative to: floor(fl(max log2(e)))
+  double sum;  // sum of the terms; 0 when max is -inf
+  bool nan;    // a NaN or +inf in the row: the result is a NaN row
 };
 
 // The stats of a row from those of two of its chunks (dispatch.cc: compiled
@@ -82,7 +82,7 @@ struct ChunkStats {
 };
 ChunkStats combine_chunks(const ChunkStats& a, const ChunkStats& b);  // dispatch.cc, as combine_stats
 using ChunkPartialFn = void (*)(const float* x, float* y, size_t n, ChunkStats* out);
-using ScaleFn = void (*)(float* y, size_t n, float c);                       // y *= c
+using ScaleFn = void (*)(float* y, size_t n, float c);                           // y *= c
 using ShiftFn = void (*)(const float* x, float* y, size_t n, float a, float b);  // y = (x - a) - b
 
 struct OrderKernels {

@@ -108,9 +108,7 @@ inline __m256 inv_one_plus_exp_neg(__m256 v) {
 
 // NaN-propagating clamp: max/min return their second operand when either is
 // NaN, so the value goes second.
-inline __m256 clamp_keep_nan(__m256 v, __m256 lo, __m256 hi) {
-  return _mm256_min_ps(hi, _mm256_max_ps(lo, v));
-}
+inline __m256 clamp_keep_nan(__m256 v, __m256 lo, __m256 hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
 
 // y[i] = f(x[i]); two registers per iteration, masked tail.
 template <typename F>
@@ -404,8 +402,12 @@ struct ExaqLookup {
   __m256 t0, t1, p0, p1, q0, q1;
   __m256i top;
   explicit ExaqLookup(const exaq::Levels& lv)
-      : t0(_mm256_load_ps(lv.table)), t1(_mm256_load_ps(lv.table + 8)), p0(_mm256_load_ps(lv.p)),
-        p1(_mm256_load_ps(lv.p + 8)), q0(_mm256_load_ps(lv.q)), q1(_mm256_load_ps(lv.q + 8)),
+      : t0(_mm256_load_ps(lv.table)),
+        t1(_mm256_load_ps(lv.table + 8)),
+        p0(_mm256_load_ps(lv.p)),
+        p1(_mm256_load_ps(lv.p + 8)),
+        q0(_mm256_load_ps(lv.q)),
+        q1(_mm256_load_ps(lv.q + 8)),
         top(_mm256_set1_epi32(lv.levels - 1)) {}
   inline __m256 operator()(__m256i code) const {
     if (Levels == 8) return _mm256_permutevar8x32_ps(t0, code);
@@ -478,7 +480,8 @@ inline float exaq_derived_lo(const float* x, size_t n, float m, int bits) {
   auto add = [&](__m256 z, __m256 live) {
     const __m256 zl = _mm256_and_ps(z, live);
     zmin = _mm256_min_ps(zmin, zl);
-    const __m256d d_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(zl)), d_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(zl, 1));
+    const __m256d d_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(zl)),
+                  d_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(zl, 1));
     s_lo = _mm256_add_pd(s_lo, d_lo);
     s_hi = _mm256_add_pd(s_hi, d_hi);
     q_lo = _mm256_fmadd_pd(d_lo, d_lo, q_lo);
@@ -658,9 +661,14 @@ struct LongRowLayer {
 
 template <int Order>
 constexpr OrderKernels order_table() {
-  return {exp_quake_avx2<Order>,  sigmoid_quake_avx2<Order>,  silu_quake_avx2<Order>,
-          gelu_quake_avx2<Order>, each_row<softmax_quake_avx2<Order>>, each_row<logsoftmax_quake_avx2<Order>>,
-          longrow::stats<LongRowLayer, Order>, longrow::softmax_finish<LongRowLayer, Order>,
+  return {exp_quake_avx2<Order>,
+          sigmoid_quake_avx2<Order>,
+          silu_quake_avx2<Order>,
+          gelu_quake_avx2<Order>,
+          each_row<softmax_quake_avx2<Order>>,
+          each_row<logsoftmax_quake_avx2<Order>>,
+          longrow::stats<LongRowLayer, Order>,
+          longrow::softmax_finish<LongRowLayer, Order>,
           longrow::logsoftmax_finish<LongRowLayer>,
           online_softmax_avx2<Order>,
           longrow::partial<LongRowLayer, Order>,
@@ -672,8 +680,10 @@ constexpr OrderKernels order_table() {
 }  // namespace
 
 const KernelTable* avx2_kernels() {
-  static const KernelTable table = {Isa::kAvx2, "avx2", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_avx2, f32_to_f16_avx2, softmax_exaq_avx2, attention_block_avx2};
+  static const KernelTable table = {
+      Isa::kAvx2,          "avx2",          {order_table<1>(), order_table<2>(), order_table<3>()},
+      f16_to_f32_avx2,     f32_to_f16_avx2, softmax_exaq_avx2,
+      attention_block_avx2};
   return &table;
 }
 

@@ -83,7 +83,8 @@ inline __m512 exp_core_maskz(__mmask16 keep, __m512 z) {
 // terms); lanes outside `keep` are +0.
 template <int Order>
 inline __m512 exp2_core_maskz(__mmask16 keep, __m512 t) {
-  if (Order == 1) return schraudolph_maskz(keep, _mm512_fmadd_ps(t, _mm512_set1_ps(0x1p23f), _mm512_set1_ps(kSchraudolphOffset)));
+  if (Order == 1)
+    return schraudolph_maskz(keep, _mm512_fmadd_ps(t, _mm512_set1_ps(0x1p23f), _mm512_set1_ps(kSchraudolphOffset)));
   return exp2_poly_maskz<Order>(keep, t);
 }
 
@@ -118,9 +119,7 @@ inline __m512 inv_one_plus_exp_neg(__m512 v) {
 
 // NaN-propagating clamp: max/min return their second operand when either is
 // NaN, so the value goes second.
-inline __m512 clamp_keep_nan(__m512 v, __m512 lo, __m512 hi) {
-  return _mm512_min_ps(hi, _mm512_max_ps(lo, v));
-}
+inline __m512 clamp_keep_nan(__m512 v, __m512 lo, __m512 hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
 
 // y[i] = f(x[i]); two registers per iteration, masked tail.
 template <typename F>
@@ -432,7 +431,9 @@ struct ExaqLookup {
   __m512 t, p, q;
   __m512i top;
   explicit ExaqLookup(const exaq::Levels& lv)
-      : t(_mm512_load_ps(lv.table)), p(_mm512_load_ps(lv.p)), q(_mm512_load_ps(lv.q)),
+      : t(_mm512_load_ps(lv.table)),
+        p(_mm512_load_ps(lv.p)),
+        q(_mm512_load_ps(lv.q)),
         top(_mm512_set1_epi32(lv.levels - 1)) {}
   // Entries of the live lanes; the others +0.
   inline __m512 operator()(__mmask16 live, __m512i code) const {
@@ -653,8 +654,8 @@ void f32_to_f16_avx512(const float* x, uint16_t* y, size_t n) {
   }
   if (i < n) {
     const __mmask16 k = tail_mask(n - i);
-    _mm256_mask_storeu_epi16(y + i, k,
-                             _mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm256_mask_storeu_epi16(
+        y + i, k, _mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
 }
 
@@ -702,8 +703,10 @@ constexpr OrderKernels order_table() {
 }  // namespace
 
 const KernelTable* avx512_kernels() {
-  static const KernelTable table = {Isa::kAvx512, "avx512", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_avx512, f32_to_f16_avx512, softmax_exaq_avx512, attention_block_avx512};
+  static const KernelTable table = {
+      Isa::kAvx512,          "avx512",          {order_table<1>(), order_table<2>(), order_table<3>()},
+      f16_to_f32_avx512,     f32_to_f16_avx512, softmax_exaq_avx512,
+      attention_block_avx512};
   return &table;
 }
 

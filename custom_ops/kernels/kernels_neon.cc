@@ -587,9 +587,14 @@ void online_softmax_neon(float* s, size_t ld_s, size_t rows, size_t cols, ptrdif
 
 template <int Order>
 constexpr OrderKernels order_table() {
-  return {exp_quake_neon<Order>,  sigmoid_quake_neon<Order>,  silu_quake_neon<Order>,
-          gelu_quake_neon<Order>, each_row<softmax_quake_neon<Order>>, each_row<logsoftmax_quake_neon<Order>>,
-          longrow::stats<LongRowLayer, Order>, longrow::softmax_finish<LongRowLayer, Order>,
+  return {exp_quake_neon<Order>,
+          sigmoid_quake_neon<Order>,
+          silu_quake_neon<Order>,
+          gelu_quake_neon<Order>,
+          each_row<softmax_quake_neon<Order>>,
+          each_row<logsoftmax_quake_neon<Order>>,
+          longrow::stats<LongRowLayer, Order>,
+          longrow::softmax_finish<LongRowLayer, Order>,
           longrow::logsoftmax_finish<LongRowLayer>,
           online_softmax_neon<Order>,
           longrow::partial<LongRowLayer, Order>,
@@ -601,8 +606,10 @@ constexpr OrderKernels order_table() {
 }  // namespace
 
 const KernelTable* neon_kernels() {
-  static const KernelTable table = {Isa::kNeon, "neon", {order_table<1>(), order_table<2>(), order_table<3>()},
-                                    f16_to_f32_neon, f32_to_f16_neon, softmax_exaq_neon, attention_block_neon};
+  static const KernelTable table = {
+      Isa::kNeon,          "neon",          {order_table<1>(), order_table<2>(), order_table<3>()},
+      f16_to_f32_neon,     f32_to_f16_neon, softmax_exaq_neon,
+      attention_block_neon};
   return &table;
 }
 

@@ -30,12 +30,10 @@
 //   float max_skip_nan(const float* x, size_t n);   // -inf when no number (or NaN: taken as a NaN row)
 //   bool has_nan(const float* x, size_t n);
 //   template <int Order, bool Store>
-//   float sum_exp2(const float* x, float* y, size_t n, float k, float scale);  // sum of 2^(x log2 e - k), y = terms * scale
-//   template <int Order, bool Store>
-//   float sum_exp(const float* x, float* y, size_t n, float m);  // sum of e^(x - m), y = terms
-//   void sub2(const float* x, float* y, size_t n, float a, float b);  // y = (x - a) - b
-//   void scale(float* y, size_t n, float c);                          // y *= c
-//   void fill(float* y, size_t n, float value);
+//   float sum_exp2(const float* x, float* y, size_t n, float k, float scale);  // sum of 2^(x log2 e - k), y = terms *
+//   scale template <int Order, bool Store> float sum_exp(const float* x, float* y, size_t n, float m);  // sum of e^(x
+//   - m), y = terms void sub2(const float* x, float* y, size_t n, float a, float b);  // y = (x - a) - b void
+//   scale(float* y, size_t n, float c);                          // y *= c void fill(float* y, size_t n, float value);
 #pragma once
 
 #include <algorithm>
@@ -120,7 +118,8 @@ void partial(const float* x, float* y, size_t n, ChunkStats* out) {
   } else if (m == -kInf) {
     out->nan = L::has_nan(x, n);  // no terms; the row's pass writes the zeros
   } else {
-    const float s = y ? L::template sum_exp<Order, true>(x, y, n, m) : L::template sum_exp<Order, false>(x, nullptr, n, m);
+    const float s =
+        y ? L::template sum_exp<Order, true>(x, y, n, m) : L::template sum_exp<Order, false>(x, nullptr, n, m);
     out->nan = std::isnan(s);
     out->sum = s;
   }

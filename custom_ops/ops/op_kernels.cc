@@ -13,8 +13,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu_caches.h"
 #include "attention.h"
+#include "cpu_caches.h"
 #include "kernels.h"
 
 namespace quake {
@@ -232,7 +232,9 @@ RowPlan plan_rows(size_t rows, size_t len) {
 class QuakeKernel : public Kernel {
  public:
   QuakeKernel(const KernelTable* table, int order, ONNXTensorElementDataType type, std::string where)
-      : table_(table), kernels_(table->order[order - 1]), half_(type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16),
+      : table_(table),
+        kernels_(table->order[order - 1]),
+        half_(type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16),
         where_(std::move(where)) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) override {
@@ -277,8 +279,8 @@ class ElementwiseKernel : public QuakeKernel {
     if (bias_value) {
       const std::vector<int64_t> bias_shape = bias_value.GetTensorTypeAndShapeInfo().GetShape();
       if (shape.empty() || bias_shape.size() != 1 || bias_shape[0] != shape.back()) {
-        return make_error(where_ + ": B must be 1-D with X's last dimension; X is " + shape_text(shape) +
-                          ", B is " + shape_text(bias_shape));
+        return make_error(where_ + ": B must be 1-D with X's last dimension; X is " + shape_text(shape) + ", B is " +
+                          shape_text(bias_shape));
       }
       row = static_cast<size_t>(shape.back());
     }
@@ -310,10 +312,11 @@ class ElementwiseKernel : public QuakeKernel {
             });
           }
         } else {
-          through_float(x + begin, y + begin, end - begin, *table_, [&](const float* in, float* out, size_t count, size_t) {
-            apply(in, nullptr, out, count);
-            if (kind_ == OpKind::kExp) fit_exp_to_half(in, out, count);
-          });
+          through_float(x + begin, y + begin, end - begin, *table_,
+                        [&](const float* in, float* out, size_t count, size_t) {
+                          apply(in, nullptr, out, count);
+                          if (kind_ == OpKind::kExp) fit_exp_to_half(in, out, count);
+                        });
         }
       });
     } else {
@@ -356,7 +359,7 @@ class ElementwiseKernel : public QuakeKernel {
 // Softmax and LogSoftmax over one axis (opset-13 semantics).
 class AxisKernel : public QuakeKernel {
  public:
-  AxisKernel(RowsFn OrderKernels::*row_fn, int64_t axis, const KernelTable* table, int order,
+  AxisKernel(RowsFn OrderKernels::* row_fn, int64_t axis, const KernelTable* table, int order,
              ONNXTensorElementDataType type, std::string where)
       : QuakeKernel(table, order, type, std::move(where)), row_fn_(row_fn), axis_(axis) {}
   // Softmax with method "exaq".
@@ -521,11 +524,11 @@ class AxisKernel : public QuakeKernel {
       }
       const size_t n = std::min(chunk, len - begin);
       (log ? kernels_.logsoftmax_finish : kernels_.softmax_finish)(x + r * len + begin, y + r * len + begin, n,
-                                                                    plan.block, row);
+                                                                   plan.block, row);
     });
   }
 
-  RowsFn OrderKernels::*row_fn_;
+  RowsFn OrderKernels::* row_fn_;
   int64_t axis_;
   bool exaq_ = false;
   ExaqParams exaq_params_{3, 0.0f};

@@ -23,8 +23,12 @@ struct OpEntry {
 };
 // The registration table: every op of ops.md, each for float and float16.
 constexpr OpEntry kOps[] = {
-    {"Exp", OpKind::kExp},   {"Sigmoid", OpKind::kSigmoid}, {"Silu", OpKind::kSilu},
-    {"Gelu", OpKind::kGelu}, {"Softmax", OpKind::kSoftmax}, {"LogSoftmax", OpKind::kLogSoftmax},
+    {"Exp", OpKind::kExp},
+    {"Sigmoid", OpKind::kSigmoid},
+    {"Silu", OpKind::kSilu},
+    {"Gelu", OpKind::kGelu},
+    {"Softmax", OpKind::kSoftmax},
+    {"LogSoftmax", OpKind::kLogSoftmax},
     {"Attention", OpKind::kAttention},
     {"Glu", OpKind::kGlu},
 };

@@ -296,8 +296,9 @@ void check_result(Check& check, const KernelTable* t, int order, const Problem& 
       const LD ref = p.y[i * p.dv + c];
       const double err = static_cast<double>(std::fabs(got - ref));
       if (p.v_max > 0 && p.s_mag[i] < 1e3) worst = std::max(worst, err / p.v_max);
-      check(err <= bound(p, i, order, half, static_cast<double>(ref)), "%s %s: Y[%zu][%zu] = %.9g, ref %.9Lg, err %g > %g",
-            p.name.c_str(), variant, i, c, got, ref, err, bound(p, i, order, half, static_cast<double>(ref)));
+      check(err <= bound(p, i, order, half, static_cast<double>(ref)),
+            "%s %s: Y[%zu][%zu] = %.9g, ref %.9Lg, err %g > %g", p.name.c_str(), variant, i, c, got, ref, err,
+            bound(p, i, order, half, static_cast<double>(ref)));
     }
   }
   double& m = g_max_err[std::string(t->name) + (half ? " half" : " float") + " order " + std::to_string(order)];
@@ -312,15 +313,24 @@ std::vector<Problem> problems(std::mt19937& rng) {
     MaskKind mask;
   };
   const Spec specs[] = {
-      {1, 1, 32, 32, false, MaskKind::kNone},        {1, 7, 64, 64, false, MaskKind::kNone},
-      {7, 7, 80, 48, true, MaskKind::kNone},         {1, 1500, 64, 64, false, MaskKind::kNone},
-      {1, 1500, 128, 128, false, MaskKind::kPadding}, {7, 1500, 32, 64, true, MaskKind::kNone},
-      {63, 65, 64, 64, false, MaskKind::kRandomNegInf}, {65, 63, 128, 96, true, MaskKind::kNone},
-      {64, 64, 64, 64, true, MaskKind::kNone},       {65, 257, 80, 80, true, MaskKind::kPadding},
-      {257, 257, 64, 64, false, MaskKind::kRandomLowest}, {63, 257, 32, 32, false, MaskKind::kRandom1e4},
-      {257, 63, 64, 32, true, MaskKind::kNone},      {64, 1500, 64, 64, false, MaskKind::kRowsDead},
-      {65, 65, 128, 128, false, MaskKind::kOneLive}, {7, 65, 32, 16, true, MaskKind::kColumn},
-      {257, 1500, 64, 64, true, MaskKind::kNone},    {65, 64, 64, 64, false, MaskKind::kPadding},
+      {1, 1, 32, 32, false, MaskKind::kNone},
+      {1, 7, 64, 64, false, MaskKind::kNone},
+      {7, 7, 80, 48, true, MaskKind::kNone},
+      {1, 1500, 64, 64, false, MaskKind::kNone},
+      {1, 1500, 128, 128, false, MaskKind::kPadding},
+      {7, 1500, 32, 64, true, MaskKind::kNone},
+      {63, 65, 64, 64, false, MaskKind::kRandomNegInf},
+      {65, 63, 128, 96, true, MaskKind::kNone},
+      {64, 64, 64, 64, true, MaskKind::kNone},
+      {65, 257, 80, 80, true, MaskKind::kPadding},
+      {257, 257, 64, 64, false, MaskKind::kRandomLowest},
+      {63, 257, 32, 32, false, MaskKind::kRandom1e4},
+      {257, 63, 64, 32, true, MaskKind::kNone},
+      {64, 1500, 64, 64, false, MaskKind::kRowsDead},
+      {65, 65, 128, 128, false, MaskKind::kOneLive},
+      {7, 65, 32, 16, true, MaskKind::kColumn},
+      {257, 1500, 64, 64, true, MaskKind::kNone},
+      {65, 64, 64, 64, false, MaskKind::kPadding},
   };
   for (const Spec& s : specs) {
     char name[128];
@@ -372,18 +382,18 @@ std::vector<Problem> half_images(const std::vector<Problem>& ps) {
 
 void test_block(const KernelTable* t, const std::vector<Problem>& ps, const std::vector<Problem>& half_ps) {
   const RunOptions variants[] = {
-      {},                                      // tiles from the caches
-      {{16, 48}, 1, false, false},             // small tiles: every length straddles blocks
-      {{16, 32}, 64, false, true},             // decode split, K transposed
-      {{0, 0}, 1, true, false},                // float16
-      {{32, 16}, 16, true, true},              // float16, split, K transposed
+      {},                           // tiles from the caches
+      {{16, 48}, 1, false, false},  // small tiles: every length straddles blocks
+      {{16, 32}, 64, false, true},  // decode split, K transposed
+      {{0, 0}, 1, true, false},     // float16
+      {{32, 16}, 16, true, true},   // float16, split, K transposed
   };
   const char* const names[] = {"cache tiles", "tiles 16x48", "split, K^T", "float16", "float16 split K^T"};
   for (int order = 1; order <= 3; ++order) {
     for (size_t vi = 0; vi < sizeof variants / sizeof variants[0]; ++vi) {
       char name[160];
-      std::snprintf(name, sizeof name, "%s order %d attention, %s: %zu problems vs reference", t->name, order, names[vi],
-                    ps.size());
+      std::snprintf(name, sizeof name, "%s order %d attention, %s: %zu problems vs reference", t->name, order,
+                    names[vi], ps.size());
       Check check(name);
       size_t split = 0;
       for (const Problem& p : variants[vi].half ? half_ps : ps) {
@@ -428,10 +438,10 @@ void test_online_step(const KernelTable* t, const KernelTable* scalar, std::mt19
       std::vector<float> s(rows * ld), mask(rows * cols);
       for (float& f : s) f = nd(rng);
       for (float& f : mask) f = nd(rng) > 3.0f ? -kInf : 0.0f;
-      s[2 * ld + cols / 2] = kNaN;               // row 2: NaN score
-      s[3 * ld + cols - 1] = kInf;               // row 3: +inf score
+      s[2 * ld + cols / 2] = kNaN;                                   // row 2: NaN score
+      s[3 * ld + cols - 1] = kInf;                                   // row 3: +inf score
       for (size_t j = 0; j < cols; ++j) mask[4 * cols + j] = -kInf;  // row 4: nothing live
-      mask[5 * cols + cols - 1] = -FLT_MAX;      // row 5: a lowest mask
+      mask[5 * cols + cols - 1] = -FLT_MAX;                          // row 5: a lowest mask
       for (ptrdiff_t diag : {static_cast<ptrdiff_t>(cols), static_cast<ptrdiff_t>(cols / 2) - 4}) {
         for (bool with_mask : {false, true}) {
           std::vector<float> a = s, b = s;
@@ -501,12 +511,12 @@ void test_layout() {
           "folded without shared K/V heads or with Sq > 1");
   }
   const AttentionShapes bad[] = {
-      {{2, 4, 8}, {2, 9, 7}, {2, 9, 3}, {}, false, false},          // D differs
-      {{2, 4, 8}, {2, 9, 8}, {2, 10, 3}, {}, false, false},         // Skv differs
-      {{6, 4, 8}, {4, 9, 8}, {4, 9, 3}, {}, false, false},          // 4 heads do not divide 6
-      {{3, 2, 4, 8}, {2, 2, 9, 8}, {2, 2, 9, 3}, {}, false, false}, // batch 3 vs 2
-      {{2, 4, 8}, {2, 9, 8}, {2, 9, 3}, {4, 5}, true, false},       // mask columns
-      {{8}, {9, 8}, {9, 3}, {}, false, false},                      // Q rank 1
+      {{2, 4, 8}, {2, 9, 7}, {2, 9, 3}, {}, false, false},           // D differs
+      {{2, 4, 8}, {2, 9, 8}, {2, 10, 3}, {}, false, false},          // Skv differs
+      {{6, 4, 8}, {4, 9, 8}, {4, 9, 3}, {}, false, false},           // 4 heads do not divide 6
+      {{3, 2, 4, 8}, {2, 2, 9, 8}, {2, 2, 9, 3}, {}, false, false},  // batch 3 vs 2
+      {{2, 4, 8}, {2, 9, 8}, {2, 9, 3}, {4, 5}, true, false},        // mask columns
+      {{8}, {9, 8}, {9, 3}, {}, false, false},                       // Q rank 1
   };
   for (const AttentionShapes& b : bad) {
     const std::string e = plan_attention_layout(b, &l);
@@ -519,7 +529,8 @@ void test_tiles() {
   const CacheSizes& c = cache_sizes();
   check(c.l1d >= 4096 && c.l2 >= c.l1d, "cache sizes %zu / %zu", c.l1d, c.l2);
   std::printf("caches: L1d %zu KiB, L2 %zu KiB\n", c.l1d >> 10, c.l2 >> 10);
-  for (CacheSizes cs : {c, CacheSizes{32 << 10, 1 << 20, 0}, CacheSizes{48 << 10, 2 << 20, 0}, CacheSizes{64 << 10, 512 << 10, 0}}) {
+  for (CacheSizes cs :
+       {c, CacheSizes{32 << 10, 1 << 20, 0}, CacheSizes{48 << 10, 2 << 20, 0}, CacheSizes{64 << 10, 512 << 10, 0}}) {
     for (size_t d : {32, 64, 80, 128, 256}) {
       const AttentionTiles t = choose_attention_tiles(cs, 4096, 4096, d, d);
       const size_t working = 4 * (2 * t.bq * t.bk + t.bq * 3 * d + 2 * t.bk * 2 * d);

@@ -43,11 +43,11 @@ constexpr double kGeluAbs[3] = {3.0e-2, 2.0e-3, 1.0e-4};        // absolute vs t
 constexpr double kSoftmaxAbs[3] = {3.0e-2, 2.0e-3, 1.0e-4};     // absolute per element
 constexpr double kRowSumAbs = 1.0e-5;                           // |sum(softmax row) - 1|
 constexpr double kLogSoftmaxAbs[3] = {3.2e-2, 2.0e-3, 1.0e-4};  // absolute (+ kRoundRel * |y|)
-constexpr double kRoundRel = 1.0e-6;  // float rounding of results that grow with x (y ~ x)
+constexpr double kRoundRel = 1.0e-6;                            // float rounding of results that grow with x (y ~ x)
 // SIMD vs scalar: same algorithm; differences only from rcp + Newton (~2 ulp),
 // VREDUCEPS rounding of t - floor(t) (1 ulp of f) and summation order.
 constexpr double kAgreeRel = 1.0e-6;
-constexpr double kAgreeAbs = 1.0e-30;     // results near 0 (sigmoid(-87) ~ 1.6e-38)
+constexpr double kAgreeAbs = 1.0e-30;  // results near 0 (sigmoid(-87) ~ 1.6e-38)
 // Rows: a float sum of n terms in another order may differ by up to
 // 2 (n - 1) 2^-24 relative (recursive summation bound, Higham's gamma_{n-1}).
 double agree_row_sum(size_t n) { return 2.0 * static_cast<double>(n - 1) * 0x1p-24; }
@@ -124,12 +124,18 @@ void run_elementwise(const KernelTable* t, int order, Op op, const float* x, con
                      float alpha) {
   const OrderKernels& k = t->order[order - 1];
   switch (op) {
-    case kExp: return k.exp(x, y, n);
-    case kSigmoid: return k.sigmoid(x, y, n);
-    case kSilu: return k.silu(x, y, n, alpha);
-    case kGelu: return k.gelu(x, nullptr, y, n);
-    case kGeluBias: return k.gelu(x, bias, y, n);
-    default: return;
+    case kExp:
+      return k.exp(x, y, n);
+    case kSigmoid:
+      return k.sigmoid(x, y, n);
+    case kSilu:
+      return k.silu(x, y, n, alpha);
+    case kGelu:
+      return k.gelu(x, nullptr, y, n);
+    case kGeluBias:
+      return k.gelu(x, bias, y, n);
+    default:
+      return;
   }
 }
 
@@ -172,7 +178,10 @@ bool check_elementwise(Case& c, Op op, int order, float x, float b, float alpha,
       ref = ref_silu(x, alpha);
       bound = kSiluAbs[order - 1] * (alpha < 1.0f ? 1.0 / alpha : 1.0);
       break;
-    default: ref = ref_gelu(u); bound = kGeluAbs[order - 1]; break;
+    default:
+      ref = ref_gelu(u);
+      bound = kGeluAbs[order - 1];
+      break;
   }
   const float ref_f = static_cast<float>(ref);
   if (std::isinf(ref_f)) return c.check(got == ref_f, "%s(%a) = %a, want %a", kOpNames[op], u, got, ref_f);
@@ -184,11 +193,47 @@ bool check_elementwise(Case& c, Op op, int order, float x, float b, float alpha,
 
 // ------------------------------ input sets ---------------------------------
 std::vector<float> special_values() {
-  std::vector<float> v = {kNaN, -kNaN, from_bits(0x7f800001u), kInf, -kInf, 0.0f, -0.0f, FLT_MAX, -FLT_MAX, FLT_MIN,
-                          -FLT_MIN, from_bits(1), from_bits(0x80000001u), 1e-40f, -1e-40f, 1.0f, -1.0f,
-                          -87.3f, -87.306f, -87.33655f, -87.336555f, 88.7f, 88.72283f, 88.72284f, -87.0f, 87.0f,
-                          -88.0f, 88.0f, -88.72283f, -88.72284f, 87.33655f, 87.336555f, -100.0f, 100.0f, -12.0f,
-                          12.0f, -13.0f, 1e30f, -1e30f, 51.1f, -51.1f};
+  std::vector<float> v = {kNaN,
+                          -kNaN,
+                          from_bits(0x7f800001u),
+                          kInf,
+                          -kInf,
+                          0.0f,
+                          -0.0f,
+                          FLT_MAX,
+                          -FLT_MAX,
+                          FLT_MIN,
+                          -FLT_MIN,
+                          from_bits(1),
+                          from_bits(0x80000001u),
+                          1e-40f,
+                          -1e-40f,
+                          1.0f,
+                          -1.0f,
+                          -87.3f,
+                          -87.306f,
+                          -87.33655f,
+                          -87.336555f,
+                          88.7f,
+                          88.72283f,
+                          88.72284f,
+                          -87.0f,
+                          87.0f,
+                          -88.0f,
+                          88.0f,
+                          -88.72283f,
+                          -88.72284f,
+                          87.33655f,
+                          87.336555f,
+                          -100.0f,
+                          100.0f,
+                          -12.0f,
+                          12.0f,
+                          -13.0f,
+                          1e30f,
+                          -1e30f,
+                          51.1f,
+                          -51.1f};
   // Every float within 300 ulp of the range ends of the exponential (and of
   // their negatives, where sigmoid-based ops meet them), and across order 1's
   // low window (-87.3366, -87.306), where Schraudolph's bits fall below FLT_MIN's.
@@ -208,7 +253,8 @@ std::vector<float> band_inputs(std::mt19937& rng) {
   std::vector<float> v = special_values();
   for (uint32_t sign = 0; sign < 2; ++sign) {
     for (uint32_t e = 0; e < 255; ++e) {
-      const uint32_t r0 = static_cast<uint32_t>(rng()), r1 = static_cast<uint32_t>(rng()), r2 = static_cast<uint32_t>(rng());
+      const uint32_t r0 = static_cast<uint32_t>(rng()), r1 = static_cast<uint32_t>(rng()),
+                     r2 = static_cast<uint32_t>(rng());
       const uint32_t mants[] = {0u, 0x7fffffu, 0x400000u, r0 & 0x7fffffu, r1 & 0x7fffffu, r2 & 0x7fffffu};
       for (uint32_t m : mants) v.push_back(from_bits((sign << 31) | (e << 23) | m));
     }
@@ -260,7 +306,8 @@ void test_elementwise_accuracy(const KernelTable* t, const KernelTable* scalar, 
           Case c(name);
           for (size_t i = 0; i < n; ++i) {
             double err;
-            if (check_elementwise(c, op, order, x[i], bias[i], alpha, y[i], &err)) note_err(key(t, kOpNames[op], order), err);
+            if (check_elementwise(c, op, order, x[i], bias[i], alpha, y[i], &err))
+              note_err(key(t, kOpNames[op], order), err);
           }
         }
         if (t == scalar) continue;
@@ -396,8 +443,8 @@ void check_row(Case& c, const KernelTable* t, int order, RowOp op, const float* 
       const LD ref = e[i] / s;
       const double err = static_cast<double>(std::fabs(y[i] - ref));
       note_err(key(t, opname, order), err);
-      c.check(err <= kSoftmaxAbs[order - 1] && y[i] >= 0, "order %d n %zu i %zu x %a: %a, ref %.9Lg", order, n, i,
-              x[i], y[i], ref);
+      c.check(err <= kSoftmaxAbs[order - 1] && y[i] >= 0, "order %d n %zu i %zu x %a: %a, ref %.9Lg", order, n, i, x[i],
+              y[i], ref);
       row_sum += y[i];
     } else {
       const LD ref_ld = (static_cast<LD>(x[i]) - m) - log_s;
@@ -480,11 +527,20 @@ void test_row_batches(const KernelTable* t, std::mt19937& rng) {
         for (size_t r = 0; r < rows; ++r) {
           std::vector<float> row = mixed_row(rng, n, false);
           switch (r % 6) {
-            case 1: std::fill(row.begin(), row.end(), -kInf); break;   // fully masked
-            case 2: row[(r * 7) % n] = kNaN; break;
-            case 3: row[(r * 5) % n] = kInf; break;
-            case 4: for (size_t i = 0; i < n; i += 2) row[i] = -FLT_MAX; break;  // float-lowest mask
-            default: break;
+            case 1:
+              std::fill(row.begin(), row.end(), -kInf);
+              break;  // fully masked
+            case 2:
+              row[(r * 7) % n] = kNaN;
+              break;
+            case 3:
+              row[(r * 5) % n] = kInf;
+              break;
+            case 4:
+              for (size_t i = 0; i < n; i += 2) row[i] = -FLT_MAX;
+              break;  // float-lowest mask
+            default:
+              break;
           }
           std::copy(row.begin(), row.end(), x.begin() + r * n);
         }
@@ -518,7 +574,8 @@ void test_rows(const KernelTable* t, const KernelTable* scalar, std::mt19937& rn
         run_row(t, order, op, x.data(), y.data(), n);
         check_row(c, t, order, op, x.data(), y.data(), n);
         run_row(t, order, op, inplace.data(), inplace.data(), n);
-        for (size_t i = 0; i < n; ++i) c.check(same(inplace[i], y[i]), "in place n %zu i %zu: %a vs %a", n, i, inplace[i], y[i]);
+        for (size_t i = 0; i < n; ++i)
+          c.check(same(inplace[i], y[i]), "in place n %zu i %zu: %a vs %a", n, i, inplace[i], y[i]);
         if (t == scalar) continue;
         run_row(scalar, order, op, x.data(), ys.data(), n);
         for (size_t i = 0; i < n; ++i) {
@@ -618,8 +675,8 @@ void test_two_pass_rows(const KernelTable* t, std::mt19937& rng) {
   for (int order = 1; order <= 3; ++order) {
     for (RowOp op : {kSoftmax, kLogSoftmax}) {
       char name[160];
-      std::snprintf(name, sizeof name, "%s order %d %s: two passes and splits, whole and in chunks, in place", t->name, order,
-                    op == kSoftmax ? "softmax" : "logsoftmax");
+      std::snprintf(name, sizeof name, "%s order %d %s: two passes and splits, whole and in chunks, in place", t->name,
+                    order, op == kSoftmax ? "softmax" : "logsoftmax");
       Case c(name);
       for (const std::vector<float>& x : rows) {
         const size_t n = x.size();
@@ -633,15 +690,19 @@ void test_two_pass_rows(const KernelTable* t, std::mt19937& rng) {
         std::vector<size_t> a = {0, n}, b = {0, cut(rng), n}, d = {0, cut(rng), cut(rng), cut(rng), n};
         std::sort(b.begin(), b.end());
         std::sort(d.begin(), d.end());
-        const struct { const std::vector<size_t>* cuts; size_t block; bool reverse; } ways[] = {
-            {&a, 1024, false}, {&a, 64, false}, {&b, 4096, true}, {&d, 100, false}, {&d, 1024, true}};
+        const struct {
+          const std::vector<size_t>* cuts;
+          size_t block;
+          bool reverse;
+        } ways[] = {{&a, 1024, false}, {&a, 64, false}, {&b, 4096, true}, {&d, 100, false}, {&d, 1024, true}};
         for (const auto& w : ways) {
           if (n > 5000 && w.block != 1024) continue;  // long rows: two ways are enough (run time)
           std::vector<float> y(n), inplace = x;
           run_two_pass(t, order, op, x.data(), y.data(), *w.cuts, w.block, w.reverse);
           check_row(c, t, order, op, x.data(), y.data(), n);
           run_two_pass(t, order, op, inplace.data(), inplace.data(), *w.cuts, w.block, w.reverse);
-          for (size_t i = 0; i < n; ++i) c.check(same(inplace[i], y[i]), "in place n %zu i %zu: %a vs %a", n, i, inplace[i], y[i]);
+          for (size_t i = 0; i < n; ++i)
+            c.check(same(inplace[i], y[i]), "in place n %zu i %zu: %a vs %a", n, i, inplace[i], y[i]);
           if (w.block != 1024) continue;  // the split has no blocks: once per cut
           std::vector<float> ys(n), split_inplace = x;
           run_split(t, order, op, x.data(), ys.data(), *w.cuts, w.reverse);
@@ -704,8 +765,10 @@ struct GluCase {
   GluActivation act;
   float alpha;
 };
-const GluCase kGluCases[] = {{GluActivation::kSilu, 1.0f},   {GluActivation::kSilu, 1.702f},
-                             {GluActivation::kSilu, 0.37f},  {GluActivation::kSilu, 4.0f},
+const GluCase kGluCases[] = {{GluActivation::kSilu, 1.0f},
+                             {GluActivation::kSilu, 1.702f},
+                             {GluActivation::kSilu, 0.37f},
+                             {GluActivation::kSilu, 4.0f},
                              {GluActivation::kGelu, 1.0f}};
 
 const char* glu_name(GluActivation act) { return act == GluActivation::kSilu ? "glu-silu" : "glu-gelu"; }
@@ -722,7 +785,8 @@ std::vector<float> glu_b(std::mt19937& rng, size_t n) {
   const float specials[] = {kNaN, kInf, -kInf, 0.0f, -0.0f, FLT_MAX, -FLT_MAX, FLT_MIN, 1e-40f, 1e30f, -1e30f, 1.0f};
   std::normal_distribution<float> d(0.0f, 3.0f);
   std::vector<float> b(n);
-  for (size_t i = 0; i < n; ++i) b[i] = i % 7 == 3 ? specials[(i / 7) % (sizeof specials / sizeof specials[0])] : d(rng);
+  for (size_t i = 0; i < n; ++i)
+    b[i] = i % 7 == 3 ? specials[(i / 7) % (sizeof specials / sizeof specials[0])] : d(rng);
   return b;
 }
 
@@ -751,8 +815,8 @@ bool check_glu(Case& c, const GluCase& g, int order, float a, float b, float got
   }
   const double err = static_cast<double>(std::fabs(got - ref));
   if (std::fabs(a) <= 64.0f && std::fabs(b) >= 0.25f) *gate_err = err / std::fabs(b);
-  return c.check(!std::isnan(got) && err <= tol, "order %d %s(%a, %a, alpha %g) = %a, ref %.9Lg, err %g, tol %g",
-                 order, name, a, b, g.alpha, got, ref, err, tol);
+  return c.check(!std::isnan(got) && err <= tol, "order %d %s(%a, %a, alpha %g) = %a, ref %.9Lg, err %g, tol %g", order,
+                 name, a, b, g.alpha, got, ref, err, tol);
 }
 
 void test_glu_accuracy(const KernelTable* t, const KernelTable* scalar, std::mt19937& rng) {
@@ -779,8 +843,8 @@ void test_glu_accuracy(const KernelTable* t, const KernelTable* scalar, std::mt1
       // AVX2 and NEON run the scalar operations one for one: bit for bit.
       // AVX-512's VREDUCEPS may move f by an ulp (the top of kernels_avx512.cc).
       const bool exact = t->isa != Isa::kAvx512;
-      std::snprintf(name, sizeof name, "%s order %d %s alpha %g: agrees with scalar%s", t->name, order,
-                    glu_name(g.act), g.alpha, exact ? " bit for bit" : "");
+      std::snprintf(name, sizeof name, "%s order %d %s alpha %g: agrees with scalar%s", t->name, order, glu_name(g.act),
+                    g.alpha, exact ? " bit for bit" : "");
       Case c(name);
       for (size_t i = 0; i < n; ++i) {
         bool ok;
@@ -887,7 +951,8 @@ void test_f16(const KernelTable* t, std::mt19937& rng) {
       const uint32_t want = bits(scalar::half_to_float(h[i]));
       // F16C and FCVT quiet a signalling NaN (set bit 22); the scalar
       // converter keeps it signalling. Same sign and payload otherwise.
-      const bool ok = bits(y[i]) == want || (t->isa != Isa::kScalar && is_snan_half(h[i]) && bits(y[i]) == (want | 0x400000u));
+      const bool ok =
+          bits(y[i]) == want || (t->isa != Isa::kScalar && is_snan_half(h[i]) && bits(y[i]) == (want | 0x400000u));
       c.check(ok, "half %04zx -> %08x, scalar %08x", i, bits(y[i]), want);
     }
   }
@@ -906,10 +971,32 @@ void test_f16(const KernelTable* t, std::mt19937& rng) {
         x.push_back(s * std::nextafter(mid, kInf));
       }
     }
-    for (float f : {65504.0f, 65519.0f, 65519.99f, 65520.0f, 65536.0f, 1e5f, FLT_MAX, kInf, -65520.0f, -kInf, kNaN,
-                    -kNaN, from_bits(0x7f800001u), from_bits(0xff800fffu), from_bits(0x7fc00001u),
-                    from_bits(0x7fbfe000u), 0x1p-25f, 0x1.000002p-25f, 0x1.8p-25f, 0x1.fffffep-26f, 0x1p-24f,
-                    0x1.8p-24f, 0x1p-14f, 0x1.ffcp-15f, from_bits(1), 1e-30f})
+    for (float f : {65504.0f,
+                    65519.0f,
+                    65519.99f,
+                    65520.0f,
+                    65536.0f,
+                    1e5f,
+                    FLT_MAX,
+                    kInf,
+                    -65520.0f,
+                    -kInf,
+                    kNaN,
+                    -kNaN,
+                    from_bits(0x7f800001u),
+                    from_bits(0xff800fffu),
+                    from_bits(0x7fc00001u),
+                    from_bits(0x7fbfe000u),
+                    0x1p-25f,
+                    0x1.000002p-25f,
+                    0x1.8p-25f,
+                    0x1.fffffep-26f,
+                    0x1p-24f,
+                    0x1.8p-24f,
+                    0x1p-14f,
+                    0x1.ffcp-15f,
+                    from_bits(1),
+                    1e-30f})
       x.push_back(f);
     for (int i = 0; i < 1000000; ++i) x.push_back(from_bits(static_cast<uint32_t>(rng())));
     std::vector<uint16_t> h(x.size());
@@ -999,7 +1086,8 @@ void check_exaq_row(Case& c, const KernelTable* t, const ExaqParams& p, const fl
         zmin = std::min(zmin, z);
       }
     }
-    lo = exaq::derived_lo(p.bits, static_cast<double>(count), static_cast<double>(sum), static_cast<double>(sum_sq), zmin);
+    lo = exaq::derived_lo(p.bits, static_cast<double>(count), static_cast<double>(sum), static_cast<double>(sum_sq),
+                          zmin);
   }
   exaq::Levels lv;
   exaq::make_levels(p.bits, lo, &lv);
@@ -1034,14 +1122,16 @@ void check_exaq_row(Case& c, const KernelTable* t, const ExaqParams& p, const fl
   double err = 0;
   for (size_t i = 0; i < n; ++i) {
     if (lo_code[i] < 0) {
-      c.check(bits(y[i]) == 0, "bits %d clip %g n %zu: masked x[%zu] = %a gives %a, want +0", p.bits, p.clip, n, i, x[i], y[i]);
+      c.check(bits(y[i]) == 0, "bits %d clip %g n %zu: masked x[%zu] = %a gives %a, want +0", p.bits, p.clip, n, i,
+              x[i], y[i]);
       continue;
     }
     // y within the rounding of one of the acceptable levels over a sum between the extremes.
     const LD want_lo = exaq::entry(lv, lo_code[i]) / sum_hi, want_hi = exaq::entry(lv, hi_code[i]) / sum_lo;
     const LD slack = (kAgreeRel + agree_row_sum(n)) * want_hi + 1e-30L;
-    c.check(y[i] >= want_lo - slack && y[i] <= want_hi + slack, "bits %d clip %g n %zu i %zu x %a (max %a): %a, want %.9Lg..%.9Lg",
-            p.bits, p.clip, n, i, x[i], m, y[i], want_lo, want_hi);
+    c.check(y[i] >= want_lo - slack && y[i] <= want_hi + slack,
+            "bits %d clip %g n %zu i %zu x %a (max %a): %a, want %.9Lg..%.9Lg", p.bits, p.clip, n, i, x[i], m, y[i],
+            want_lo, want_hi);
     if (gaussian) err = std::max(err, static_cast<double>(std::fabs(y[i] - exact[i] / exact_sum)));
   }
   if (gaussian) {
@@ -1102,8 +1192,8 @@ void test_exaq(const KernelTable* t, const KernelTable* scalar) {
       const float fixed = clip == -3.81f ? static_cast<float>(exaq::clip_from_sigma(b, 1.0)) : clip;
       const ExaqParams p{b, fixed};
       char name[160];
-      std::snprintf(name, sizeof name, "%s exaq bits %d clip %g: definition, masks, specials, in place, vs scalar", t->name,
-                    b, fixed);
+      std::snprintf(name, sizeof name, "%s exaq bits %d clip %g: definition, masks, specials, in place, vs scalar",
+                    t->name, b, fixed);
       Case c(name);
       size_t flips = 0, total = 0;
       for (int set = 0; set < 2; ++set) {
@@ -1113,7 +1203,8 @@ void test_exaq(const KernelTable* t, const KernelTable* scalar) {
           t->softmax_exaq(x.data(), y.data(), 1, n, p);
           check_exaq_row(c, t, p, x.data(), y.data(), n, set == 1 && p.clip != -3.81f ? true : set == 1);
           t->softmax_exaq(inplace.data(), inplace.data(), 1, n, p);
-          for (size_t i = 0; i < n; ++i) c.check(same(inplace[i], y[i]), "in place n %zu i %zu: %a vs %a", n, i, inplace[i], y[i]);
+          for (size_t i = 0; i < n; ++i)
+            c.check(same(inplace[i], y[i]), "in place n %zu i %zu: %a vs %a", n, i, inplace[i], y[i]);
           if (t == scalar) continue;
           scalar->softmax_exaq(x.data(), ys.data(), 1, n, p);
           for (size_t i = 0; i < n; ++i) {
@@ -1128,7 +1219,8 @@ void test_exaq(const KernelTable* t, const KernelTable* scalar) {
       }
       // A fixed clip gives every ISA the same codes; a derived one may flip a
       // code at a rounding tie, rarely.
-      c.check(p.clip != 0.0f ? flips == 0 : flips * 10000 <= total, "%zu of %zu elements differ from scalar", flips, total);
+      c.check(p.clip != 0.0f ? flips == 0 : flips * 10000 <= total, "%zu of %zu elements differ from scalar", flips,
+              total);
     }
   }
   // Tails, offsets, guards; row batches equal single rows.
@@ -1136,8 +1228,8 @@ void test_exaq(const KernelTable* t, const KernelTable* scalar) {
     for (float clip : {0.0f, -4.0f}) {
       const ExaqParams p{b, clip};
       char name[160];
-      std::snprintf(name, sizeof name, "%s exaq bits %d clip %g: lengths 1..%zu, offsets, guards, batches, in place", t->name, b,
-                    clip, kMaxLen);
+      std::snprintf(name, sizeof name, "%s exaq bits %d clip %g: lengths 1..%zu, offsets, guards, batches, in place",
+                    t->name, b, clip, kMaxLen);
       Case c(name);
       for (size_t n = 1; n <= kMaxLen; ++n) {
         std::vector<float> x = mixed_row(rng, n, false);
@@ -1159,11 +1251,20 @@ void test_exaq(const KernelTable* t, const KernelTable* scalar) {
         for (size_t r = 0; r < rows; ++r) {
           std::vector<float> row = mixed_row(rng, n, false);
           switch (r % 6) {
-            case 1: std::fill(row.begin(), row.end(), -kInf); break;
-            case 2: row[(r * 7) % n] = kNaN; break;
-            case 3: row[(r * 5) % n] = kInf; break;
-            case 4: for (size_t i = 0; i < n; i += 2) row[i] = -FLT_MAX; break;
-            default: break;
+            case 1:
+              std::fill(row.begin(), row.end(), -kInf);
+              break;
+            case 2:
+              row[(r * 7) % n] = kNaN;
+              break;
+            case 3:
+              row[(r * 5) % n] = kInf;
+              break;
+            case 4:
+              for (size_t i = 0; i < n; i += 2) row[i] = -FLT_MAX;
+              break;
+            default:
+              break;
           }
           std::copy(row.begin(), row.end(), x.begin() + r * n);
         }
@@ -1172,7 +1273,8 @@ void test_exaq(const KernelTable* t, const KernelTable* scalar) {
         for (size_t r = 0; r < rows; ++r) t->softmax_exaq(x.data() + r * n, single.data() + r * n, 1, n, p);
         t->softmax_exaq(inplace.data(), inplace.data(), rows, n, p);
         for (size_t i = 0; i < rows * n; ++i) {
-          c.check(same(batch[i], single[i]), "batch n %zu row %zu i %zu: %a vs %a", n, i / n, i % n, batch[i], single[i]);
+          c.check(same(batch[i], single[i]), "batch n %zu row %zu i %zu: %a vs %a", n, i / n, i % n, batch[i],
+                  single[i]);
           c.check(same(inplace[i], batch[i]), "in place batch n %zu row %zu i %zu: %a vs %a", n, i / n, i % n,
                   inplace[i], batch[i]);
         }
@@ -1219,9 +1321,10 @@ void print_exaq_errors() {
 }
 
 void print_errors() {
-  std::printf("\nmeasured max errors (exp: relative; sigmoid/silu/gelu/softmax/logsoftmax: absolute;\n"
-              "softmax-rowsum: |sum - 1|; glu-silu/glu-gelu: |y - ref| / |b|, |a| <= 64;\n"
-              "agree-rel: relative difference to the scalar table)\n");
+  std::printf(
+      "\nmeasured max errors (exp: relative; sigmoid/silu/gelu/softmax/logsoftmax: absolute;\n"
+      "softmax-rowsum: |sum - 1|; glu-silu/glu-gelu: |y - ref| / |b|, |a| <= 64;\n"
+      "agree-rel: relative difference to the scalar table)\n");
   std::printf("%-28s %12s %12s %12s\n", "table op", "order 1", "order 2", "order 3");
   std::map<std::string, double[3]> rows;
   for (const auto& kv : g_max_err) {
@@ -1230,7 +1333,8 @@ void print_errors() {
     double* r = rows[k.substr(0, sp)];
     r[std::stoi(k.substr(sp + 1)) - 1] = kv.second;
   }
-  for (const auto& kv : rows) std::printf("%-28s %12.4g %12.4g %12.4g\n", kv.first.c_str(), kv.second[0], kv.second[1], kv.second[2]);
+  for (const auto& kv : rows)
+    std::printf("%-28s %12.4g %12.4g %12.4g\n", kv.first.c_str(), kv.second[0], kv.second[1], kv.second[2]);
 }
 
 }  // namespace

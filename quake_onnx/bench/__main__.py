@@ -1,4 +1,5 @@
 """`python -m quake_onnx.bench ops|exaq|attention ...`: the benchmark command line."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,13 +33,16 @@ def main() -> None:
 def ops(
     threads: str = typer.Option("1,2", help="intra_op_num_threads values, comma-separated"),
     orders: str = typer.Option("1,2,3", help="com.quake orders to time"),
-    shape: Optional[list[str]] = typer.Option(None, help="shapes like 12x128x128 (repeatable); default: the standard four"),
+    shape: Optional[list[str]] = typer.Option(
+        None, help="shapes like 12x128x128 (repeatable); default: the standard four"
+    ),
     op: Optional[list[str]] = typer.Option(None, help="only baselines whose name starts with this (repeatable)"),
     min_time: float = typer.Option(0.6, help="seconds of timed runs per configuration, split over the rounds"),
     rounds: int = typer.Option(3, min=1, help="interleaved rounds per configuration; the fastest median is kept"),
     markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown to this file"),
-    denormal: bool = typer.Option(True, "--denormal/--no-denormal",
-                                  help="also time denormal inputs (128x3072, 1 thread, order 2), reported apart"),
+    denormal: bool = typer.Option(
+        True, "--denormal/--no-denormal", help="also time denormal inputs (128x3072, 1 thread, order 2), reported apart"
+    ),
 ) -> None:
     """Time every com.quake op against ONNX Runtime's own op, same process and thread count,
     with the rate of a plain copy of each tensor (the memory roofline) beside them."""
@@ -75,7 +79,9 @@ def ops(
 @app.command()
 def exaq(
     threads: str = typer.Option("1,2", help="intra_op_num_threads values, comma-separated"),
-    shape: Optional[list[str]] = typer.Option(None, help="shapes like 12x128x128 (repeatable); default: the three of the EXAQ section"),
+    shape: Optional[list[str]] = typer.Option(
+        None, help="shapes like 12x128x128 (repeatable); default: the three of the EXAQ section"
+    ),
     min_time: float = typer.Option(0.6, help="seconds of timed runs per configuration, split over the rounds"),
     rounds: int = typer.Option(3, min=1, help="interleaved rounds per configuration; the fastest median is kept"),
     markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown to this file"),
@@ -87,8 +93,11 @@ def exaq(
     typer.echo(bench_ops.machine_line())
     typer.echo(bench_exaq.HEADER)
     rows = bench_exaq.run(
-        shapes=_shapes(shape) if shape else bench_exaq.SHAPES, threads=_ints(threads, "--threads"),
-        min_time=min_time, rounds=rounds, progress=typer.echo,
+        shapes=_shapes(shape) if shape else bench_exaq.SHAPES,
+        threads=_ints(threads, "--threads"),
+        min_time=min_time,
+        rounds=rounds,
+        progress=typer.echo,
     )
     if markdown:
         markdown.write_text(bench_ops.machine_line() + "\n\n" + bench_exaq.markdown(rows) + "\n")
@@ -97,8 +106,9 @@ def exaq(
 @app.command()
 def attention(
     threads: str = typer.Option("1,2", help="intra_op_num_threads values, comma-separated"),
-    shape: Optional[list[str]] = typer.Option(None, help="only shapes whose name starts with this (repeatable), "
-                                                         "e.g. 'H12 S2048'; default: all seven"),
+    shape: Optional[list[str]] = typer.Option(
+        None, help="only shapes whose name starts with this (repeatable), e.g. 'H12 S2048'; default: all seven"
+    ),
     rounds: int = typer.Option(5, min=1, help="paired, interleaved rounds per shape and thread count"),
     min_time: float = typer.Option(1.0, help="seconds of timed runs per variant, split over the rounds"),
     order: int = typer.Option(2, min=1, max=3, help="com.quake order"),
@@ -115,8 +125,14 @@ def attention(
         raise typer.BadParameter(f"--shape {shape} matches none of: {names}")
     typer.echo(bench_ops.machine_line())
     typer.echo(bench_attention.HEADER)
-    rows = bench_attention.run(shapes=shapes, threads=_ints(threads, "--threads"), rounds=rounds, min_time=min_time,
-                               order=order, progress=typer.echo)
+    rows = bench_attention.run(
+        shapes=shapes,
+        threads=_ints(threads, "--threads"),
+        rounds=rounds,
+        min_time=min_time,
+        order=order,
+        progress=typer.echo,
+    )
     text = bench_ops.machine_line() + "\n\n" + bench_attention.markdown(rows) + "\n"
     if rss:
         big = bench_attention.SHAPES[4]

@@ -18,6 +18,7 @@ median ms, median of the per-round ratios (with the quartiles over rounds), and
 GFLOP/s of the useful work (4 D per visible query-key pair: causal counts half).
 Peak RSS of one H12 S4096 block per variant comes from a fresh process each.
 """
+
 from __future__ import annotations
 
 import gc
@@ -83,14 +84,21 @@ def build(variant: str, s: Shape, order: int = 2):
     q, kt, v, y = (1, h, sq, d), (1, h, d, skv), (1, h, skv, d), (1, h, sq, d)
     masked = s.causal  # the unfused block adds the causal mask; quake takes causal=1
     if variant == "quake":
-        node = helper.make_node("Attention", ["Q", "Kt", "V"], ["Y"], domain="com.quake", scale=float(scale),
-                                causal=int(s.causal), k_transposed=1, order=order)
+        node = helper.make_node(
+            "Attention",
+            ["Q", "Kt", "V"],
+            ["Y"],
+            domain="com.quake",
+            scale=float(scale),
+            causal=int(s.causal),
+            k_transposed=1,
+            order=order,
+        )
         shapes = {"Q": q, "Kt": kt, "V": v}
         return _model([node], [_info(n, sh) for n, sh in shapes.items()], [_info("Y", y)]), shapes, y
     if variant == "unfused":
         shapes = {"Q": q, "Kt": kt, "V": v}
-        nodes = [helper.make_node("MatMul", ["Q", "Kt"], ["S"]),
-                 helper.make_node("Mul", ["S", "scale"], ["T"])]
+        nodes = [helper.make_node("MatMul", ["Q", "Kt"], ["S"]), helper.make_node("Mul", ["S", "scale"], ["T"])]
         last = "T"
         if masked:
             shapes["M"] = (1, 1, sq, skv)
@@ -103,8 +111,9 @@ def build(variant: str, s: Shape, order: int = 2):
         if s.causal:
             return None
         shapes = {"query": (1, sq, h * d), "key": (1, skv, h * d), "value": (1, skv, h * d)}
-        node = helper.make_node("MultiHeadAttention", list(shapes), ["Y"], domain="com.microsoft", num_heads=h,
-                                scale=float(scale))
+        node = helper.make_node(
+            "MultiHeadAttention", list(shapes), ["Y"], domain="com.microsoft", num_heads=h, scale=float(scale)
+        )
         out = (1, sq, h * d)
         return _model([node], [_info(n, sh) for n, sh in shapes.items()], [_info("Y", out)]), shapes, out
     raise ValueError(variant)
@@ -201,8 +210,10 @@ def run(shapes=SHAPES, threads=(1, 2), rounds=5, min_time=0.4, order=2, seed=0, 
     return rows
 
 
-HEADER = ("| shape | threads | quake ms (GFLOP/s) | unfused ms (GFLOP/s) | speed-up vs unfused [q1, q3] | "
-          "MHA ms | speed-up vs MHA [q1, q3] | ORT MatMul GFLOP/s |\n|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| shape | threads | quake ms (GFLOP/s) | unfused ms (GFLOP/s) | speed-up vs unfused [q1, q3] | "
+    "MHA ms | speed-up vs MHA [q1, q3] | ORT MatMul GFLOP/s |\n|---|---|---|---|---|---|---|---|"
+)
 
 
 def format_row(r: Row) -> str:
@@ -216,8 +227,10 @@ def format_row(r: Row) -> str:
         return f"{med:.2f}x [{q1:.2f}, {q3:.2f}]"
 
     mha = f"{r.ms['mha']:.2f}" if "mha" in r.ms else "-"
-    return (f"| {r.shape.name} | {r.threads} | {cell('quake')} | {cell('unfused')} | {speed('unfused')} | {mha} | "
-            f"{speed('mha')} | {r.matmul_gflops:.0f} |")
+    return (
+        f"| {r.shape.name} | {r.threads} | {cell('quake')} | {cell('unfused')} | {speed('unfused')} | {mha} | "
+        f"{speed('mha')} | {r.matmul_gflops:.0f} |"
+    )
 
 
 def markdown(rows) -> str:
@@ -271,9 +284,13 @@ def peak_rss(shape: Shape = SHAPES[4], threads: int = 1, variants=VARIANTS) -> d
 
 
 def rss_markdown(shape: Shape, result: dict) -> str:
-    lines = [f"Peak RSS of one {shape.name} block (fresh process each; inputs and output are allocated before the "
-             "session, so the growth is the session's and the run's):", "",
-             "| variant | inputs + output MB | RSS growth MB | peak RSS MB |", "|---|---|---|---|"]
+    lines = [
+        f"Peak RSS of one {shape.name} block (fresh process each; inputs and output are allocated before the "
+        "session, so the growth is the session's and the run's):",
+        "",
+        "| variant | inputs + output MB | RSS growth MB | peak RSS MB |",
+        "|---|---|---|---|",
+    ]
     for v, (io, growth, peak) in result.items():
         lines.append(f"| {v} | {io:.0f} | {growth:.0f} | {peak:.0f} |")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ independent nodes per model bound to one input and one output buffer, three
 interleaved rounds with the fastest median kept. Input N(0, 3^2); the fixed
 clips are the formula's C at sigma 3 (what `calibrate` writes for such data).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,14 @@ def run(shapes=SHAPES, threads=(1, 2), min_time=0.6, rounds=3, seed=0, progress=
                 for label, (model, with_library) in models.items():
                     best[label] = min(best[label], ops._median_seconds(model, t, with_library, x, min_time / rounds))
             for label in models:
-                row = (label, shape, t, elems / best[label], best["ORT Softmax"] / best[label],
-                       best["quake order 2"] / best[label])
+                row = (
+                    label,
+                    shape,
+                    t,
+                    elems / best[label],
+                    best["ORT Softmax"] / best[label],
+                    best["quake order 2"] / best[label],
+                )
                 rows.append(row)
                 progress(_format(row))
     return rows
@@ -61,8 +68,7 @@ def _format(row) -> str:
     return f"| {label} | {'x'.join(map(str, shape))} | {t} | {gelems:.2f} | {vs_ort:.2f}x | {vs_quake:.2f}x |"
 
 
-HEADER = ("| softmax | shape | threads | Gelem/s | vs ORT | vs quake order 2 |\n"
-          "|---|---|---|---|---|---|")
+HEADER = "| softmax | shape | threads | Gelem/s | vs ORT | vs quake order 2 |\n|---|---|---|---|---|---|"
 
 
 def markdown(rows) -> str:

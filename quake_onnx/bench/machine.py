@@ -5,6 +5,7 @@ Cache sizes come from Linux's /sys/devices/system/cpu/cpu0/cache (what the
 kernel read from CPUID); sysconf's _SC_LEVEL*_CACHE_SIZE is not used because
 glibc misreads some virtual CPUs (320 MB of L3 on a 32 MB EPYC VM).
 """
+
 from __future__ import annotations
 
 import os

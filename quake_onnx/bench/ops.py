@@ -31,6 +31,7 @@ same (a write first reads its line unless the store streams), so the share
 of the copy is a guide, not an exact bound. GLU_SHAPES adds an LLM MLP's
 [tokens, intermediate] (512 x 5632) to the standard shapes for these rows.
 """
+
 from __future__ import annotations
 
 import gc
@@ -97,13 +98,24 @@ BASELINES = [
     Baseline("Silu vs QuickGelu", "Silu", {}, _single("QuickGelu", domain="com.microsoft", alpha=1.0)),
     Baseline("Silu vs Mul-Sigmoid", "Silu", {}, _mul_sigmoid),
     Baseline("Exp", "Exp", {}, _single("Exp")),
-    Baseline("Glu silu vs QuickGelu*Mul", "Glu", {"activation": "silu"},
-             _gated(_single("QuickGelu", domain="com.microsoft", alpha=1.0)), inputs=2),
+    Baseline(
+        "Glu silu vs QuickGelu*Mul",
+        "Glu",
+        {"activation": "silu"},
+        _gated(_single("QuickGelu", domain="com.microsoft", alpha=1.0)),
+        inputs=2,
+    ),
     Baseline("Glu silu vs Sigmoid/Mul/Mul", "Glu", {"activation": "silu"}, _gated(_mul_sigmoid), inputs=2),
-    Baseline("Glu gelu vs Gelu*Mul", "Glu", {"activation": "gelu"}, _gated(_single("Gelu", approximate="none")),
-             inputs=2),
-    Baseline("Glu gelu_tanh vs Gelu(tanh)*Mul", "Glu", {"activation": "gelu_tanh"},
-             _gated(_single("Gelu", approximate="tanh")), inputs=2),
+    Baseline(
+        "Glu gelu vs Gelu*Mul", "Glu", {"activation": "gelu"}, _gated(_single("Gelu", approximate="none")), inputs=2
+    ),
+    Baseline(
+        "Glu gelu_tanh vs Gelu(tanh)*Mul",
+        "Glu",
+        {"activation": "gelu_tanh"},
+        _gated(_single("Gelu", approximate="tanh")),
+        inputs=2,
+    ),
 ]
 
 
@@ -145,8 +157,9 @@ def _session(model: bytes, threads: int, with_library: bool) -> ort.InferenceSes
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def _median_seconds(model: bytes, threads: int, with_library: bool, x: np.ndarray, min_time: float,
-                    up: np.ndarray = None) -> float:
+def _median_seconds(
+    model: bytes, threads: int, with_library: bool, x: np.ndarray, min_time: float, up: np.ndarray = None
+) -> float:
     """Median time of one run in a fresh session, which is destroyed afterwards
     so its pool threads cannot spin against the next measurement. `up`: the
     second input of two-input nodes (u0, u1, ...), one buffer for all."""
@@ -191,8 +204,9 @@ class Row:
         return self.quake_gelems[order] / self.copy_gelems
 
 
-def run(shapes=SHAPES, threads=(1, 2), orders=(1, 2, 3), baselines=BASELINES, min_time=0.3, rounds=3, seed=0,
-        progress=print):
+def run(
+    shapes=SHAPES, threads=(1, 2), orders=(1, 2, 3), baselines=BASELINES, min_time=0.3, rounds=3, seed=0, progress=print
+):
     """Each configuration is measured `rounds` times, interleaved with the
     others of its row, and the fastest median kept: a transient disturbance
     of the machine then cannot decide a ratio."""
@@ -207,8 +221,9 @@ def run(shapes=SHAPES, threads=(1, 2), orders=(1, 2, 3), baselines=BASELINES, mi
     return rows
 
 
-def denormal_rows(shape=(128, 3072), threads=(1,), orders=(2,), baselines=BASELINES, min_time=0.3, rounds=3,
-                  seed=0, progress=print):
+def denormal_rows(
+    shape=(128, 3072), threads=(1,), orders=(2,), baselines=BASELINES, min_time=0.3, rounds=3, seed=0, progress=print
+):
     """The same measurement on denormal inputs (|x| < 1.2e-38), reported apart."""
     rng = np.random.default_rng(seed)
     x = (rng.uniform(-1.0, 1.0, shape) * np.finfo(np.float32).tiny).astype(np.float32)
@@ -235,18 +250,23 @@ def _time_shape(x, threads, orders, baselines, min_time, rounds, progress) -> li
             for _ in range(rounds):
                 for key, (model, with_library) in models.items():
                     best[key] = min(best[key], _median_seconds(model, t, with_library, x, min_time / rounds, second))
-                best["copy"] = min(best["copy"],
-                                   machine.copy_seconds(src, dst, t, NODES_PER_MODEL, min_time / rounds))
-            row = Row(base.name, x.shape, t, elems / best["ort"], {o: elems / best[o] for o in orders},
-                      elems / best["copy"])
+                best["copy"] = min(best["copy"], machine.copy_seconds(src, dst, t, NODES_PER_MODEL, min_time / rounds))
+            row = Row(
+                base.name, x.shape, t, elems / best["ort"], {o: elems / best[o] for o in orders}, elems / best["copy"]
+            )
             rows.append(row)
             progress(_format_row(row, orders))
     return rows
 
 
 def _format_row(row: Row, orders) -> str:
-    cells = [row.op, "x".join(map(str, row.shape)), str(row.threads), f"{row.copy_gelems:.2f}",
-             f"{row.ort_gelems:.2f} ({row.ort_gelems / row.copy_gelems:.0%})"]
+    cells = [
+        row.op,
+        "x".join(map(str, row.shape)),
+        str(row.threads),
+        f"{row.copy_gelems:.2f}",
+        f"{row.ort_gelems:.2f} ({row.ort_gelems / row.copy_gelems:.0%})",
+    ]
     cells += [f"{row.quake_gelems[o]:.2f} ({row.ratio(o):.2f}x, {row.share(o):.0%})" for o in orders]
     return "| " + " | ".join(cells) + " |"
 

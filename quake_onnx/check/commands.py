@@ -1,6 +1,7 @@
 """The bodies of `quake-onnx check` and `quake-onnx zoo`; cli.py declares the
 options. Both return the exit code: 0 every threshold holds, 1 one fails
 (or a model could not be checked, in a zoo), 2 bad usage or input."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,8 @@ from rich.markup import escape
 from .. import modelio, writes
 from . import manifest, reports
 from .runner import CheckError, CheckOptions, Thresholds, check_model, resolve_model
-from .zoo import DEFAULT_PENALTY, discover, parse_shard, run_models, score, shard as take_shard
+from .zoo import DEFAULT_PENALTY, discover, parse_shard, run_models, score
+from .zoo import shard as take_shard
 
 
 def _error(message: str) -> None:
@@ -29,8 +31,12 @@ def _console(stderr: bool = False) -> Console:
     return console if console.is_terminal else Console(stderr=stderr, width=160)
 
 
-def _input_files(models: list[Path], others: list[Optional[Path]], role: str = "a model this command checks",
-                 whose: str = "a checked") -> writes.InputFiles:
+def _input_files(
+    models: list[Path],
+    others: list[Optional[Path]],
+    role: str = "a model this command checks",
+    whose: str = "a checked",
+) -> writes.InputFiles:
     """The models, the files they reference and the other files read: no report may be one."""
     inputs = writes.InputFiles()
     for path in models:
@@ -119,18 +125,23 @@ def check_command(model: Path, options: CheckOptions, json_out: Optional[Path]) 
     return 0
 
 
-def apply_settings(options: CheckOptions, settings: manifest.Settings, explicit: frozenset = frozenset()) -> CheckOptions:
+def apply_settings(
+    options: CheckOptions, settings: manifest.Settings, explicit: frozenset = frozenset()
+) -> CheckOptions:
     """`options` (the command line, typer's defaults included) with a manifest's
     settings for one model: a setting replaces an option unless the option was
     passed on the command line (`explicit`, parameter names); dims merge name
     by name, the command line's (all passed on it) over the manifest's."""
+
     def pick(name: str, option, setting):
         return option if name in explicit or setting is None else setting
 
     th = options.thresholds
     thresholds = Thresholds(*(pick(k, getattr(th, k), getattr(settings, k)) for k in manifest.THRESHOLD_KEYS))
     return dataclasses.replace(
-        options, thresholds=thresholds, dims={**settings.dims, **options.dims},
+        options,
+        thresholds=thresholds,
+        dims={**settings.dims, **options.dims},
         vocab=pick("vocab", options.vocab, settings.vocab),
         image_size=pick("image_size", options.image_size, settings.image_size),
         inputs=settings.inputs if settings.inputs is not None else options.inputs,
@@ -210,20 +221,31 @@ def zoo_command(
     elapsed = time.perf_counter() - started
     s = score(results, run_options.thresholds, penalty)
     settings = {
-        "threads": options.threads, "runs": options.runs, "warmup": options.warmup, "order": options.order,
-        "seed": options.seed, "vocab": run_options.vocab, "dims": dict(run_options.dims), "top_k": options.top_k,
-        "ort_level": options.ort_level, "thresholds": run_options.thresholds.to_dict(), "penalty": penalty,
-        "min_score": min_score, "image_size": run_options.image_size,
+        "threads": options.threads,
+        "runs": options.runs,
+        "warmup": options.warmup,
+        "order": options.order,
+        "seed": options.seed,
+        "vocab": run_options.vocab,
+        "dims": dict(run_options.dims),
+        "top_k": options.top_k,
+        "ort_level": options.ort_level,
+        "thresholds": run_options.thresholds.to_dict(),
+        "penalty": penalty,
+        "min_score": min_score,
+        "image_size": run_options.image_size,
         "manifest": plan.describe() if plan else None,
     }
-    report = reports.zoo_report(root, results, s, shard=(index, count), jobs=jobs, timeout=timeout,
-                                settings=settings, seconds=elapsed)
+    report = reports.zoo_report(
+        root, results, s, shard=(index, count), jobs=jobs, timeout=timeout, settings=settings, seconds=elapsed
+    )
     used = {k for r in results for k in ((r.get("inputs") or {}).get("dims") or {})}
     unused = [k for k in options.dims if k not in used]
     tail = []
     if unused:
-        tail.append(f"--dim {', '.join(f'{k}={options.dims[k]}' for k in unused)}: no model of this run has "
-                    f"such a dimension")
+        tail.append(
+            f"--dim {', '.join(f'{k}={options.dims[k]}' for k in unused)}: no model of this run has such a dimension"
+        )
     return _finish(report, console, err, {"--json": json_out, "--markdown": markdown, "--junit": junit}, tail)
 
 
@@ -264,13 +286,15 @@ def _finish(report: dict, console: Console, err: Console, outputs: dict, warning
             parts.append(f"S(t) {s['value']:.3f} < --min-score {min_score:g}")
         typer.echo("FAIL: " + "; ".join(parts), err=True)
         return 1
-    console.print(f"PASS: {len(results) - skipped} model(s)" + (f", {skipped} skipped" if skipped else ""),
-                  highlight=False)
+    console.print(
+        f"PASS: {len(results) - skipped} model(s)" + (f", {skipped} skipped" if skipped else ""), highlight=False
+    )
     return 0
 
 
-def merge_command(paths: list[Path], *, json_out: Optional[Path], markdown: Optional[Path],
-                  junit: Optional[Path]) -> int:
+def merge_command(
+    paths: list[Path], *, json_out: Optional[Path], markdown: Optional[Path], junit: Optional[Path]
+) -> int:
     """`quake-onnx zoo merge`: shard reports in, the report of the whole run out."""
     from .merge import MergeError, merge_reports, read_report
 
@@ -287,8 +311,12 @@ def merge_command(paths: list[Path], *, json_out: Optional[Path], markdown: Opti
     outputs = {"--json": json_out, "--markdown": markdown, "--junit": junit}
     inputs = writes.InputFiles()
     if any(outputs.values()):
-        inputs = _input_files([Path(m["model"]) for m in report["models"]], [],
-                              role="a model the merged reports checked", whose="a merged report's")
+        inputs = _input_files(
+            [Path(m["model"]) for m in report["models"]],
+            [],
+            role="a model the merged reports checked",
+            whose="a merged report's",
+        )
         for p in paths:
             inputs.add(p, "a shard report this command merges")
     problem = _check_outputs(outputs, inputs)
@@ -298,8 +326,9 @@ def merge_command(paths: list[Path], *, json_out: Optional[Path], markdown: Opti
     return _finish(report, _console(bool(dashes)), _console(True), outputs, warnings)
 
 
-def _run_with_progress(entries, options, jobs, timeout, err: Console, total_models: int, shard,
-                       per_model=None, skip=None) -> list[dict]:
+def _run_with_progress(
+    entries, options, jobs, timeout, err: Console, total_models: int, shard, per_model=None, skip=None
+) -> list[dict]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     n = len(entries)
@@ -310,12 +339,22 @@ def _run_with_progress(entries, options, jobs, timeout, err: Console, total_mode
         def line(entry, result):
             speed = f", {result['timing']['speedup']:.2f}x" if result.get("timing") else ""
             reason = f": {result['reason']}" if result["reason"] else ""
-            err.print(f"[{next(counter)}/{n}] {entry.name} {result['status']}{speed}{reason}",
-                      soft_wrap=True, highlight=False, markup=False)
+            err.print(
+                f"[{next(counter)}/{n}] {entry.name} {result['status']}{speed}{reason}",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
 
         return run_models(entries, options, jobs=jobs, timeout=timeout, on_done=line, per_model=per_model, skip=skip)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
         task = progress.add_task(f"zoo shard {shard[0]}/{shard[1]} ({n} of {total_models} models)", total=n)
 
         def started(entry):
@@ -325,5 +364,13 @@ def _run_with_progress(entries, options, jobs, timeout, err: Console, total_mode
             progress.advance(task)
             progress.console.print(f"{escape(entry.name)}: {result['status']}", highlight=False)
 
-        return run_models(entries, options, jobs=jobs, timeout=timeout, on_start=started, on_done=finished,
-                          per_model=per_model, skip=skip)
+        return run_models(
+            entries,
+            options,
+            jobs=jobs,
+            timeout=timeout,
+            on_start=started,
+            on_done=finished,
+            per_model=per_model,
+            skip=skip,
+        )

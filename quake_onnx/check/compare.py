@@ -1,4 +1,5 @@
 """Per-output agreement between a reference run and a candidate run."""
+
 from __future__ import annotations
 
 import math
@@ -48,10 +49,13 @@ def looks_like_scores(name: str, shape: tuple[int, ...], dtype: np.dtype) -> boo
     return bool(_SCORE_NAME.search(name)) or len(shape) == 2
 
 
-def compare(name: str, reference: np.ndarray, output: np.ndarray, top_k: int = 5,
-            scores: Optional[bool] = None) -> OutputMetrics:
+def compare(
+    name: str, reference: np.ndarray, output: np.ndarray, top_k: int = 5, scores: Optional[bool] = None
+) -> OutputMetrics:
     if reference.shape != output.shape:
-        raise ValueError(f"output {name}: shape {list(output.shape)} differs from the reference's {list(reference.shape)}")
+        raise ValueError(
+            f"output {name}: shape {list(output.shape)} differs from the reference's {list(reference.shape)}"
+        )
     if np.asarray(reference).dtype.kind not in "biuf":
         return _compare_exact(name, np.asarray(reference), np.asarray(output))
     ref = np.asarray(reference, np.float64).ravel()
@@ -73,8 +77,9 @@ def compare(name: str, reference: np.ndarray, output: np.ndarray, top_k: int = 5
         max_abs = max_rel = 0.0
     cosine = _cosine(ref[both], out[both]) if not mismatch else math.nan
     is_scores = looks_like_scores(name, reference.shape, reference.dtype) if scores is None else scores
-    metrics = OutputMetrics(name, list(reference.shape), str(reference.dtype), max_abs, max_rel, cosine, mismatch,
-                            is_scores)
+    metrics = OutputMetrics(
+        name, list(reference.shape), str(reference.dtype), max_abs, max_rel, cosine, mismatch, is_scores
+    )
     if is_scores:
         classes = reference.shape[-1]
         k = max(1, min(top_k, classes))
@@ -92,8 +97,16 @@ def compare(name: str, reference: np.ndarray, output: np.ndarray, top_k: int = 5
 def _compare_exact(name: str, reference: np.ndarray, output: np.ndarray) -> OutputMetrics:
     """Strings and other non-numeric outputs: equal, or as far apart as can be."""
     same = reference.size == 0 or bool(np.all(reference == output))
-    return OutputMetrics(name, list(reference.shape), str(reference.dtype), 0.0 if same else math.inf,
-                         0.0 if same else math.inf, 1.0 if same else 0.0, 0, False)
+    return OutputMetrics(
+        name,
+        list(reference.shape),
+        str(reference.dtype),
+        0.0 if same else math.inf,
+        0.0 if same else math.inf,
+        1.0 if same else 0.0,
+        0,
+        False,
+    )
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -110,10 +123,14 @@ def merge(runs: list[OutputMetrics]) -> OutputMetrics:
     if len(runs) == 1:
         return first
     merged = OutputMetrics(
-        first.name, first.shape, first.dtype,
-        max(r.max_abs_error for r in runs), max(r.max_rel_error for r in runs),
+        first.name,
+        first.shape,
+        first.dtype,
+        max(r.max_abs_error for r in runs),
+        max(r.max_rel_error for r in runs),
         min(r.cosine for r in runs) if not any(math.isnan(r.cosine) for r in runs) else math.nan,
-        sum(r.nonfinite_mismatch for r in runs), first.scores,
+        sum(r.nonfinite_mismatch for r in runs),
+        first.scores,
     )
     if first.scores:
         rows = sum(r.rows or 0 for r in runs)

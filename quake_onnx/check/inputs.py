@@ -1,5 +1,6 @@
 """Where `check` gets the inputs of a model: an .npz file, the model-zoo data
 sets beside the model, or values generated from the model's input specs."""
+
 from __future__ import annotations
 
 import math
@@ -44,10 +45,18 @@ class Inputs:
 
 
 _ONNX_TO_NP = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64,
-    onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT16: np.int16,
-    onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.UINT16: np.uint16,
-    onnx.TensorProto.UINT32: np.uint32, onnx.TensorProto.UINT64: np.uint64, onnx.TensorProto.BOOL: np.bool_,
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT16: np.int16,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.UINT16: np.uint16,
+    onnx.TensorProto.UINT32: np.uint32,
+    onnx.TensorProto.UINT64: np.uint64,
+    onnx.TensorProto.BOOL: np.bool_,
 }
 
 
@@ -110,9 +119,20 @@ def load_inputs(
     if sets:
         return Inputs("test_data_set", [_read_data_set(s, model, specs) for s in sets])
     inputs = Inputs("generated", [], seed=seed)
-    feeds = generate(model, specs, dims=dims, vocab=vocab, seed=seed, warnings=inputs.warnings,
-                     image_size=image_size, ranges=ranges, model_name=model_name, notes=inputs.notes,
-                     used=inputs.dims, warn_unused_dims=warn_unused_dims)
+    feeds = generate(
+        model,
+        specs,
+        dims=dims,
+        vocab=vocab,
+        seed=seed,
+        warnings=inputs.warnings,
+        image_size=image_size,
+        ranges=ranges,
+        model_name=model_name,
+        notes=inputs.notes,
+        used=inputs.dims,
+        warn_unused_dims=warn_unused_dims,
+    )
     inputs.sets.append(InputSet(feeds))
     return inputs
 
@@ -130,8 +150,10 @@ def _conform(name: str, value: np.ndarray, spec: InputSpec, where: str) -> np.nd
         raise InputError(f"{where}: input {name} has rank {value.ndim}, the model takes rank {len(spec.dims)}")
     for axis, (want, got) in enumerate(zip(spec.dims, value.shape)):
         if isinstance(want, int) and want > 0 and want != got:
-            raise InputError(f"{where}: input {name} has shape {list(value.shape)}, the model takes "
-                             f"{[d if d is not None else '?' for d in spec.dims]} (axis {axis})")
+            raise InputError(
+                f"{where}: input {name} has shape {list(value.shape)}, the model takes "
+                f"{[d if d is not None else '?' for d in spec.dims]} (axis {axis})"
+            )
     return value
 
 
@@ -145,12 +167,16 @@ def _read_npz(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
         raise InputError(f"--inputs {path} is not a readable .npz file ({type(e).__name__}: {e})") from None
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
-        raise InputError(f"--inputs {path} has no array for input {', '.join(missing)} "
-                         f"(it has {', '.join(sorted(arrays)) or 'none'})")
+        raise InputError(
+            f"--inputs {path} has no array for input {', '.join(missing)} "
+            f"(it has {', '.join(sorted(arrays)) or 'none'})"
+        )
     extra = sorted(set(arrays) - {s.name for s in specs})
     if extra:
-        raise InputError(f"--inputs {path}: {', '.join(extra)} is not an input of the model "
-                         f"(inputs: {', '.join(s.name for s in specs)})")
+        raise InputError(
+            f"--inputs {path}: {', '.join(extra)} is not an input of the model "
+            f"(inputs: {', '.join(s.name for s in specs)})"
+        )
     return {s.name: _conform(s.name, arrays[s.name], s, str(path)) for s in specs}
 
 
@@ -232,8 +258,9 @@ def image_axes(spec: InputSpec) -> Optional[tuple[int, tuple[int, int]]]:
     return None
 
 
-def _shape(spec: InputSpec, dims: Mapping[str, int], image_size: int, used: dict, notes: list[str],
-           model_name: Optional[str]) -> tuple[int, ...]:
+def _shape(
+    spec: InputSpec, dims: Mapping[str, int], image_size: int, used: dict, notes: list[str], model_name: Optional[str]
+) -> tuple[int, ...]:
     """The generated shape: a static size, else "INPUT:AXIS" from dims, else
     the dimension's name from dims, else a batch name's 1, else an image-like input's defaults
     (batch 1, height and width `image_size`), else an input error."""
@@ -259,18 +286,22 @@ def _shape(spec: InputSpec, dims: Mapping[str, int], image_size: int, used: dict
             defaulted.append((axis, size))
             shape.append(size)
         elif isinstance(d, str) and d != "?":
-            raise InputError(f"{whose} has symbolic dimension {d!r} (axis {axis}); set it with --dim {d}=SIZE "
-                             f"or dims in {_MANIFEST}")
+            raise InputError(
+                f"{whose} has symbolic dimension {d!r} (axis {axis}); set it with --dim {d}=SIZE or dims in {_MANIFEST}"
+            )
         elif isinstance(d, int) and d == 0:
             shape.append(0)
         else:
-            raise InputError(f"{whose} axis {axis} has no size or name; set it with --dim {key}=SIZE "
-                             f"or dims in {_MANIFEST}")
+            raise InputError(
+                f"{whose} axis {axis} has no size or name; set it with --dim {key}=SIZE or dims in {_MANIFEST}"
+            )
     if defaulted:
         layout = "[N, C, H, W]" if image[0] == 1 else "[N, H, W, C]"
         parts = [f"axis {a} {'(batch) = 1' if a == 0 else f'= {s} (--image-size)'}" for a, s in defaulted]
-        notes.append(f"input {spec.name} looks like an image {layout}; its dimensions without a size took "
-                     f"defaults: {', '.join(parts)}")
+        notes.append(
+            f"input {spec.name} looks like an image {layout}; its dimensions without a size took "
+            f"defaults: {', '.join(parts)}"
+        )
     return tuple(shape)
 
 
@@ -318,8 +349,11 @@ def generate(
     shapes = {}
     for spec in order:
         if spec.dtype is None:
-            raise InputError(f"input {spec.name}" + (f" of model {model_name}" if model_name else "")
-                             + " is not a numeric tensor; pass --inputs data.npz")
+            raise InputError(
+                f"input {spec.name}"
+                + (f" of model {model_name}" if model_name else "")
+                + " is not a numeric tensor; pass --inputs data.npz"
+            )
         shapes[spec.name] = _shape(spec, dims, image_size, used, notes, model_name)
     if warn_unused_dims:
         unused = sorted(set(dims) - set(used))
@@ -337,8 +371,9 @@ def generate(
                 if info is not None:
                     lo, hi = max(lo, int(info.min)), min(hi, int(info.max))
                 if lo > hi:
-                    raise InputError(f"range [{low:g}, {high:g}] of input {spec.name} holds no "
-                                     f"{np.dtype(spec.dtype).name} value")
+                    raise InputError(
+                        f"range [{low:g}, {high:g}] of input {spec.name} holds no {np.dtype(spec.dtype).name} value"
+                    )
                 value = rng.integers(lo, hi, shape, endpoint=True).astype(spec.dtype)
             else:
                 value = (rng.uniform(low, high, shape) if high > low else np.full(shape, low)).astype(spec.dtype)

@@ -1,4 +1,5 @@
 """What `check` and `zoo` print and write: rich tables, JSON, Markdown, JUnit XML."""
+
 from __future__ import annotations
 
 import json
@@ -49,9 +50,19 @@ def _cpu_count() -> int:
 STATUSES = ("pass", "fail", "error", "timeout", "skipped")
 
 
-def zoo_report(root: Path | str, results: list[dict], score: Optional[dict], *, shard: tuple[int, int], jobs: int,
-               timeout: Optional[float], settings: dict, seconds: float, env: Optional[dict] = None,
-               merged: Optional[list[dict]] = None) -> dict:
+def zoo_report(
+    root: Path | str,
+    results: list[dict],
+    score: Optional[dict],
+    *,
+    shard: tuple[int, int],
+    jobs: int,
+    timeout: Optional[float],
+    settings: dict,
+    seconds: float,
+    env: Optional[dict] = None,
+    merged: Optional[list[dict]] = None,
+) -> dict:
     """The zoo report; `env` is this machine's unless given (a merge keeps the shards'),
     `merged` lists the shard reports a merge combined."""
     counts = {s: sum(r["status"] == s for r in results) for s in STATUSES}
@@ -120,17 +131,25 @@ def tolerance_text(tolerance: dict) -> str:
 def score_line(score: Optional[dict]) -> str:
     if score is None:
         return "S(t): no models"
-    return (f"S(t) = {score['value']:.3f} over {score['models']} model(s), {score['within']} within tolerance "
-            f"(t: {tolerance_text(score['tolerance'])}; penalty {score['penalty']:g})")
+    return (
+        f"S(t) = {score['value']:.3f} over {score['models']} model(s), {score['within']} within tolerance "
+        f"(t: {tolerance_text(score['tolerance'])}; penalty {score['penalty']:g})"
+    )
 
 
 def _row(r: dict) -> list[str]:
     s = r.get("summary") or {}
     replaced = (r.get("optimized") or {}).get("replaced")
     return [
-        r["name"], r["status"],
-        _num(s.get("max_abs_error"), ".2e"), _num(s.get("min_cosine"), ".6f"), _num(s.get("min_top1_agreement"), ".3f"),
-        _ms(r, "original_ms"), _ms(r, "optimized_ms"), _speedup(r), "-" if replaced is None else str(replaced),
+        r["name"],
+        r["status"],
+        _num(s.get("max_abs_error"), ".2e"),
+        _num(s.get("min_cosine"), ".6f"),
+        _num(s.get("min_top1_agreement"), ".3f"),
+        _ms(r, "original_ms"),
+        _ms(r, "optimized_ms"),
+        _speedup(r),
+        "-" if replaced is None else str(replaced),
         r["reason"] or "",
     ]
 
@@ -143,15 +162,21 @@ _STYLE = {"pass": "green", "fail": "red", "error": "red", "timeout": "red", "ski
 
 def summary_table(report: dict) -> Table:
     env = report["environment"]
-    table = Table(title=f"quake-onnx zoo {escape(report['root'])}: shard {report['shard']['index']}/"
-                        f"{report['shard']['count']}, {env['threads']} thread(s), kernels {env['isa']}")
+    table = Table(
+        title=f"quake-onnx zoo {escape(report['root'])}: shard {report['shard']['index']}/"
+        f"{report['shard']['count']}, {env['threads']} thread(s), kernels {env['isa']}"
+    )
     columns = _COLUMNS[:-1]  # reasons are long: failure_lines prints them under the table
     longest = max((len(r["name"]) for r in report["models"]), default=5)
     for c in columns:
         # Names and figures stay whole on a narrow terminal; only the reason folds.
-        table.add_column(_SHORT.get(c, c), justify="right" if c not in ("model", "status", "reason") else "left",
-                         no_wrap=True, overflow="ellipsis",
-                         min_width=min(longest, 32) if c == "model" else None)
+        table.add_column(
+            _SHORT.get(c, c),
+            justify="right" if c not in ("model", "status", "reason") else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=min(longest, 32) if c == "model" else None,
+        )
     for r in report["models"]:
         row = [escape(x) for x in _row(r)][: len(columns)]
         row[1] = f"[{_STYLE[r['status']]}]{row[1]}[/]"
@@ -171,21 +196,32 @@ def failure_lines(report: dict) -> list[str]:
 
 def check_table(result: dict) -> Table:
     t = result["timing"]
-    table = Table(title=f"{escape(result['model'])}: {result['inputs']['source']} inputs, "
-                        f"{t['threads']} thread(s), kernels {result['isa']}")
+    table = Table(
+        title=f"{escape(result['model'])}: {result['inputs']['source']} inputs, "
+        f"{t['threads']} thread(s), kernels {result['isa']}"
+    )
     for c in ("output", "shape", "max abs err", "max rel err", "cosine", "top-1", "top-k"):
         table.add_column(c, justify="left" if c in ("output", "shape") else "right")
     for o in result["outputs"]:
         topk = "-" if o["topk_agreement"] is None else f"{o['topk_agreement']:.3f} (k={o['k']})"
-        table.add_row(escape(o["name"]), escape(str(o["shape"])), _num(o["max_abs_error"], ".2e"),
-                      _num(o["max_rel_error"], ".2e"), _num(o["cosine"], ".6f"), _num(o["top1_agreement"], ".3f"), topk)
+        table.add_row(
+            escape(o["name"]),
+            escape(str(o["shape"])),
+            _num(o["max_abs_error"], ".2e"),
+            _num(o["max_rel_error"], ".2e"),
+            _num(o["cosine"], ".6f"),
+            _num(o["top1_agreement"], ".3f"),
+            topk,
+        )
     return table
 
 
 def timing_line(result: dict) -> str:
     t = result["timing"]
-    return (f"latency (median of {t['runs']} runs after {t['warmup']} warm-up, {t['threads']} thread(s)): "
-            f"ONNX Runtime {t['original_ms']:.3f} ms, com.quake {t['optimized_ms']:.3f} ms, speedup {t['speedup']:.2f}x")
+    return (
+        f"latency (median of {t['runs']} runs after {t['warmup']} warm-up, {t['threads']} thread(s)): "
+        f"ONNX Runtime {t['original_ms']:.3f} ms, com.quake {t['optimized_ms']:.3f} ms, speedup {t['speedup']:.2f}x"
+    )
 
 
 def _md(text: str) -> str:
@@ -199,8 +235,11 @@ def to_markdown(report: dict) -> str:
     value = "-" if score is None else f"{score['value']:.3f}"
     skipped = f", {counts['skipped']} skipped" if counts.get("skipped") else ""
     merged = report.get("merged")
-    origin = (f"Merged from {len(merged)} shard reports" if merged else
-              f"Shard {report['shard']['index']}/{report['shard']['count']}")
+    origin = (
+        f"Merged from {len(merged)} shard reports"
+        if merged
+        else f"Shard {report['shard']['index']}/{report['shard']['count']}"
+    )
     lines = [
         f"## quake-onnx zoo: S(t) = {value} ({head})",
         "",
@@ -218,12 +257,19 @@ def to_markdown(report: dict) -> str:
         row[1] = marks[r["status"]]
         lines.append("| " + " | ".join(_md(x) for x in row) + " |")
     if score is not None:
-        lines += ["", "| t (max abs error) | " + " | ".join(f"{c['max_abs_error']:g}" for c in score["curve"]) + " |",
-                  "|---|" + "---:|" * len(score["curve"]),
-                  "| S(t) | " + " | ".join(f"{c['value']:.3f}" for c in score["curve"]) + " |"]
-    lines += ["", "S(t): geometric mean over the N models (skipped ones aside) of the speedup of each model within "
-                  "tolerance t, a model outside it (or that failed to load, optimize, run or finish) counting as the "
-                  "penalty (docs/zoo.md).", ""]
+        lines += [
+            "",
+            "| t (max abs error) | " + " | ".join(f"{c['max_abs_error']:g}" for c in score["curve"]) + " |",
+            "|---|" + "---:|" * len(score["curve"]),
+            "| S(t) | " + " | ".join(f"{c['value']:.3f}" for c in score["curve"]) + " |",
+        ]
+    lines += [
+        "",
+        "S(t): geometric mean over the N models (skipped ones aside) of the speedup of each model within "
+        "tolerance t, a model outside it (or that failed to load, optimize, run or finish) counting as the "
+        "penalty (docs/zoo.md).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -241,21 +287,44 @@ def to_junit(report: dict) -> str:
     failed = sum(r["status"] not in ("pass", "skipped") for r in models)
     skipped = sum(r["status"] == "skipped" for r in models)
     total_time = f"{sum(r['seconds'] for r in models):.3f}"
-    suites = ET.Element("testsuites", name="quake-onnx zoo", tests=str(len(models)), failures=str(failed),
-                        errors="0", skipped=str(skipped), time=total_time)
-    suite = ET.SubElement(suites, "testsuite", name=f"quake-onnx zoo {_x(report['root'])} "
-                          f"(shard {report['shard']['index']}/{report['shard']['count']})",
-                          tests=str(len(models)), failures=str(failed), errors="0", skipped=str(skipped),
-                          time=total_time, timestamp=report["created"])
+    suites = ET.Element(
+        "testsuites",
+        name="quake-onnx zoo",
+        tests=str(len(models)),
+        failures=str(failed),
+        errors="0",
+        skipped=str(skipped),
+        time=total_time,
+    )
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name=f"quake-onnx zoo {_x(report['root'])} (shard {report['shard']['index']}/{report['shard']['count']})",
+        tests=str(len(models)),
+        failures=str(failed),
+        errors="0",
+        skipped=str(skipped),
+        time=total_time,
+        timestamp=report["created"],
+    )
     props = ET.SubElement(suite, "properties")
     score = report["score"]
-    for key, value in (("score", "-" if score is None else f"{score['value']:.4f}"),
-                       ("tolerance", tolerance_text(score["tolerance"]) if score else "-"),
-                       ("isa", str(report["environment"]["isa"])), ("threads", str(report["environment"]["threads"]))):
+    for key, value in (
+        ("score", "-" if score is None else f"{score['value']:.4f}"),
+        ("tolerance", tolerance_text(score["tolerance"]) if score else "-"),
+        ("isa", str(report["environment"]["isa"])),
+        ("threads", str(report["environment"]["threads"])),
+    ):
         ET.SubElement(props, "property", name=key, value=value)
     for r in models:
-        case = ET.SubElement(suite, "testcase", classname="quake-onnx.zoo", name=_x(r["name"]),
-                             file=_x(r["model"]), time=f"{r['seconds']:.3f}")
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname="quake-onnx.zoo",
+            name=_x(r["name"]),
+            file=_x(r["model"]),
+            time=f"{r['seconds']:.3f}",
+        )
         if r["status"] == "skipped":
             ET.SubElement(case, "skipped", message=_x(r["reason"] or "skipped"))
         elif r["status"] != "pass":
@@ -271,9 +340,11 @@ def to_junit(report: dict) -> str:
 def _case_text(r: dict) -> str:
     lines = []
     for o in r["outputs"]:
-        lines.append(f"{o['name']}: max abs {_num(o['max_abs_error'], '.3e')}, max rel {_num(o['max_rel_error'], '.3e')}, "
-                     f"cosine {_num(o['cosine'], '.6f')}"
-                     + (f", top-1 {o['top1_agreement']:.3f}, top-{o['k']} {o['topk_agreement']:.3f}" if o["scores"] else ""))
+        lines.append(
+            f"{o['name']}: max abs {_num(o['max_abs_error'], '.3e')}, max rel {_num(o['max_rel_error'], '.3e')}, "
+            f"cosine {_num(o['cosine'], '.6f')}"
+            + (f", top-1 {o['top1_agreement']:.3f}, top-{o['k']} {o['topk_agreement']:.3f}" if o["scores"] else "")
+        )
     if r.get("timing"):
         lines.append(timing_line(r))
     lines += [f"note: {n}" for n in (r.get("inputs") or {}).get("notes", [])]

@@ -1,5 +1,6 @@
 """One model: optimize it (or take an optimized copy), run both on the same
 inputs, compare every output, time both, hold the result to the thresholds."""
+
 from __future__ import annotations
 
 import math
@@ -90,13 +91,17 @@ def _session(model: str, graph, threads: int, library: bool, extra: tuple[str, .
 
     # ORT logs a failing run as an error line of its own; the exception carries
     # the same text and becomes the one-line report.
-    so = sessions.options(sessions.libraries_for(graph, extra, quake=library),
-                          level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, threads=threads)
+    so = sessions.options(
+        sessions.libraries_for(graph, extra, quake=library),
+        level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        threads=threads,
+    )
     return sessions.open_session(model, so)
 
 
 def summarize(outputs: list[dict]) -> dict:
     """The figures thresholds and scores look at: worst over all outputs."""
+
     def num(v):
         return math.inf if v == "inf" else (math.nan if v == "nan" else v)
 
@@ -127,20 +132,24 @@ def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
     failures = []
     if summary["nonfinite_mismatch"]:
         bad = [o["name"] for o in outputs if o["nonfinite_mismatch"]]
-        failures.append(f"non-finite values where the original's differ: {summary['nonfinite_mismatch']} "
-                        f"(output {', '.join(bad)})")
+        failures.append(
+            f"non-finite values where the original's differ: {summary['nonfinite_mismatch']} (output {', '.join(bad)})"
+        )
     t = thresholds
     worst_abs = summary["max_abs_error"]
     if t.max_abs_error is not None and not summary["nonfinite_mismatch"] and worst_abs > t.max_abs_error:
-        failures.append(f"max abs error {worst_abs:.3g} > {t.max_abs_error:g} (output {_worst(outputs, 'max_abs_error', True)})")
+        failures.append(
+            f"max abs error {worst_abs:.3g} > {t.max_abs_error:g} (output {_worst(outputs, 'max_abs_error', True)})"
+        )
     cos = summary["min_cosine"]
     if t.min_cosine is not None and not summary["nonfinite_mismatch"] and not cos >= t.min_cosine:
         failures.append(f"cosine {cos:.6f} < {t.min_cosine:g} (output {_worst(outputs, 'cosine', False)})")
     top1 = summary["min_top1_agreement"]
     if t.min_top1_agreement is not None and top1 is not None and top1 < t.min_top1_agreement:
         scores = [o for o in outputs if o["scores"]]
-        failures.append(f"top-1 agreement {top1:.3f} < {t.min_top1_agreement:g} "
-                        f"(output {_worst(scores, 'top1_agreement', False)})")
+        failures.append(
+            f"top-1 agreement {top1:.3f} < {t.min_top1_agreement:g} (output {_worst(scores, 'top1_agreement', False)})"
+        )
     timing = result.get("timing")
     if t.min_speedup is not None and timing is not None and timing["speedup"] < t.min_speedup:
         failures.append(f"speedup {timing['speedup']:.2f}x < {t.min_speedup:g}x")
@@ -163,9 +172,18 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
     except ModelFileError as e:
         raise CheckError(str(e), "load") from None
     try:
-        inputs = load_inputs(graph, model_path, npz=options.inputs, dims=options.dims, vocab=options.vocab,
-                             seed=options.seed, image_size=options.image_size, ranges=options.ranges,
-                             model_name=name, warn_unused_dims=options.warn_unused_dims)
+        inputs = load_inputs(
+            graph,
+            model_path,
+            npz=options.inputs,
+            dims=options.dims,
+            vocab=options.vocab,
+            seed=options.seed,
+            image_size=options.image_size,
+            ranges=options.ranges,
+            model_name=name,
+            warn_unused_dims=options.warn_unused_dims,
+        )
     except InputError as e:
         raise CheckError(str(e), "inputs") from None
     warnings = list(inputs.warnings)
@@ -183,21 +201,35 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
         if options.optimized is not None:
             fast_path = options.optimized
             if not fast_path.is_file():
-                raise CheckError(f"--optimized {fast_path} does not exist"
-                                 if not fast_path.exists() else f"--optimized {fast_path} is not a file", "load")
+                raise CheckError(
+                    f"--optimized {fast_path} does not exist"
+                    if not fast_path.exists()
+                    else f"--optimized {fast_path} is not a file",
+                    "load",
+                )
             optimized_info.update(source=str(fast_path), order=None, replaced=None, kept=None, per_rule=None)
         else:
             fast_path = Path(tmp) / "model.quake.onnx"
             try:
-                _, report = optimize(model_path, fast_path, order=options.order, ops=options.ops,
-                                     ort_level=options.ort_level, min_elements=options.min_elements,
-                                     custom_ops_libraries=libraries)
+                _, report = optimize(
+                    model_path,
+                    fast_path,
+                    order=options.order,
+                    ops=options.ops,
+                    ort_level=options.ort_level,
+                    min_elements=options.min_elements,
+                    custom_ops_libraries=libraries,
+                )
             except ModelFileError as e:
                 raise CheckError(f"optimize: {e}", "optimize", e.exit_code) from None
             except Exception as e:
                 raise CheckError(f"optimize failed: {type(e).__name__}: {_first_line(e)}", "optimize", 1) from None
-            optimized_info.update(source="optimized now", replaced=len(report.replaced), kept=len(report.skipped),
-                                  per_rule=report.counts())
+            optimized_info.update(
+                source="optimized now",
+                replaced=len(report.replaced),
+                kept=len(report.skipped),
+                per_rule=report.counts(),
+            )
             warnings.extend(report.warnings)
             if not report.replaced:
                 warnings.append("nothing was replaced: the optimized model runs ONNX Runtime's own ops")
@@ -220,8 +252,11 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
         try:
             ref = original.run(names, data.feeds)
         except Exception as e:
-            raise CheckError(f"the original model does not run on {data.name} inputs: {_first_line(e)}"
-                             + ("; set --vocab or --dim" if inputs.source == "generated" else ""), "run") from None
+            raise CheckError(
+                f"the original model does not run on {data.name} inputs: {_first_line(e)}"
+                + ("; set --vocab or --dim" if inputs.source == "generated" else ""),
+                "run",
+            ) from None
         try:
             out = fast.run(names, data.feeds)
         except Exception as e:
@@ -244,8 +279,9 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
             entry["expected"] = expected_report[n]
         outputs.append(entry)
 
-    timing = measure(original, fast, inputs.sets[0].feeds, threads=options.threads, warmup=options.warmup,
-                     runs=options.runs)
+    timing = measure(
+        original, fast, inputs.sets[0].feeds, threads=options.threads, warmup=options.warmup, runs=options.runs
+    )
     from .._library import selected_isa
 
     result = {
@@ -286,20 +322,24 @@ def finish(result: dict, thresholds: Thresholds) -> None:
 
 def _against_expected(name, expected, ref, out, set_name, report, warnings) -> None:
     if expected.shape != ref.shape:
-        warnings.append(f"{set_name}: recorded output {name} has shape {list(expected.shape)}, "
-                        f"the model gives {list(ref.shape)}")
+        warnings.append(
+            f"{set_name}: recorded output {name} has shape {list(expected.shape)}, the model gives {list(ref.shape)}"
+        )
         return
     e = np.asarray(expected, np.float64)
     orig_err = float(np.nanmax(np.abs(np.asarray(ref, np.float64) - e))) if e.size else 0.0
     opt_err = float(np.nanmax(np.abs(np.asarray(out, np.float64) - e))) if e.size else 0.0
-    entry = report.setdefault(name, {"original_max_abs_error": 0.0, "optimized_max_abs_error": 0.0,
-                                     "original_matches": True})
+    entry = report.setdefault(
+        name, {"original_max_abs_error": 0.0, "optimized_max_abs_error": 0.0, "original_matches": True}
+    )
     entry["original_max_abs_error"] = max(entry["original_max_abs_error"], orig_err)
     entry["optimized_max_abs_error"] = max(entry["optimized_max_abs_error"], opt_err)
     if not np.allclose(ref, expected, rtol=ZOO_RTOL, atol=ZOO_ATOL, equal_nan=True):
         entry["original_matches"] = False
-        warnings.append(f"{set_name}: ONNX Runtime's own output {name} differs from the recorded one "
-                        f"(max abs {orig_err:.3g}); the data set may not belong to this model")
+        warnings.append(
+            f"{set_name}: ONNX Runtime's own output {name} differs from the recorded one "
+            f"(max abs {orig_err:.3g}); the data set may not belong to this model"
+        )
 
 
 def default_name(model_path: Path, root: Optional[Path] = None) -> str:
@@ -315,13 +355,32 @@ def default_name(model_path: Path, root: Optional[Path] = None) -> str:
     return base.name
 
 
-def error_result(model_path: Path, name: str, stage: Optional[str], reason: str, status: str = "error",
-                 thresholds: Optional[Thresholds] = None, seconds: float = 0.0) -> dict:
+def error_result(
+    model_path: Path,
+    name: str,
+    stage: Optional[str],
+    reason: str,
+    status: str = "error",
+    thresholds: Optional[Thresholds] = None,
+    seconds: float = 0.0,
+) -> dict:
     return {
-        "name": name, "model": str(model_path), "status": status, "reason": reason, "failures": [reason],
-        "stage": stage, "inputs": None, "optimized": None, "isa": None, "outputs": [], "timing": None,
-        "warnings": [], "summary": None, "accurate": False,
-        "thresholds": (thresholds or Thresholds()).to_dict(), "seconds": round(seconds, 3),
+        "name": name,
+        "model": str(model_path),
+        "status": status,
+        "reason": reason,
+        "failures": [reason],
+        "stage": stage,
+        "inputs": None,
+        "optimized": None,
+        "isa": None,
+        "outputs": [],
+        "timing": None,
+        "warnings": [],
+        "summary": None,
+        "accurate": False,
+        "thresholds": (thresholds or Thresholds()).to_dict(),
+        "seconds": round(seconds, 3),
     }
 
 
@@ -338,11 +397,29 @@ def check_safely(model_path: Path, options: CheckOptions, name: str) -> dict:
     try:
         return check_model(model_path, options, name)
     except CheckError as e:
-        return error_result(model_path, name, e.stage, _first_line(e), thresholds=options.thresholds,
-                            seconds=time.perf_counter() - started)
+        return error_result(
+            model_path,
+            name,
+            e.stage,
+            _first_line(e),
+            thresholds=options.thresholds,
+            seconds=time.perf_counter() - started,
+        )
     except MemoryError:
-        return error_result(model_path, name, "run", "out of memory", thresholds=options.thresholds,
-                            seconds=time.perf_counter() - started)
+        return error_result(
+            model_path,
+            name,
+            "run",
+            "out of memory",
+            thresholds=options.thresholds,
+            seconds=time.perf_counter() - started,
+        )
     except Exception as e:  # a bug or an ORT failure nobody foresaw: still a reported failure
-        return error_result(model_path, name, "internal", f"{type(e).__name__}: {_first_line(e)}",
-                            thresholds=options.thresholds, seconds=time.perf_counter() - started)
+        return error_result(
+            model_path,
+            name,
+            "internal",
+            f"{type(e).__name__}: {_first_line(e)}",
+            thresholds=options.thresholds,
+            seconds=time.perf_counter() - started,
+        )

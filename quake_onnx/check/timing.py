@@ -1,4 +1,5 @@
 """Latency of the original and the optimized session on the same feeds."""
+
 from __future__ import annotations
 
 import statistics

@@ -1,5 +1,6 @@
 """`quake-onnx zoo`: every model under a folder, each checked in a process of
 its own, with a shard of the list per CI job and a headline score."""
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,7 @@ def discover(root: Path) -> list[Entry]:
 
 
 def parse_shard(value: str) -> tuple[int, int]:
-    """"i/n" with 1 <= i <= n, as CI matrices count."""
+    """ "i/n" with 1 <= i <= n, as CI matrices count."""
     i, slash, n = value.partition("/")
     if not slash or not i.strip().isdigit() or not n.strip().isdigit():
         raise ValueError(f"--shard {value!r}: expected i/n, e.g. 2/4")
@@ -137,8 +138,9 @@ def run_models(
             while pending and len(running) < max(1, jobs):
                 entry = pending.pop(0)
                 parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_child, args=(child, str(entry.path), entry.name, options_of(entry)),
-                                   daemon=True)
+                proc = ctx.Process(
+                    target=_child, args=(child, str(entry.path), entry.name, options_of(entry)), daemon=True
+                )
                 proc.start()
                 child.close()
                 running[parent] = (entry, proc, time.monotonic())
@@ -155,15 +157,27 @@ def run_models(
                         result = conn.recv()
                     except EOFError:  # the process died before it sent anything
                         proc.join()
-                        result = error_result(entry.path, entry.name, "crash", _death(proc.exitcode),
-                                              thresholds=options_of(entry).thresholds, seconds=elapsed)
+                        result = error_result(
+                            entry.path,
+                            entry.name,
+                            "crash",
+                            _death(proc.exitcode),
+                            thresholds=options_of(entry).thresholds,
+                            seconds=elapsed,
+                        )
                     proc.join()
                 elif timeout and elapsed >= timeout:
                     proc.kill()
                     proc.join()
-                    result = error_result(entry.path, entry.name, "timeout", f"timed out after {timeout:g} s",
-                                          status="timeout", thresholds=options_of(entry).thresholds,
-                                          seconds=elapsed)
+                    result = error_result(
+                        entry.path,
+                        entry.name,
+                        "timeout",
+                        f"timed out after {timeout:g} s",
+                        status="timeout",
+                        thresholds=options_of(entry).thresholds,
+                        seconds=elapsed,
+                    )
                 else:
                     continue
                 conn.close()

@@ -11,6 +11,7 @@ com.microsoft.Attention is fused here all the same: ORT's CPU Attention
 computes the block unfused (scores written out, as in the original graph),
 ours does not, and above the break-even ours is faster. Below it the block is
 left, and the per-op stage keeps that Softmax for ORT as before."""
+
 from __future__ import annotations
 
 import onnx
@@ -28,8 +29,9 @@ def fuse_attention(job: Job) -> Job:
     if not _has_anchor(job.model.graph):
         return job  # most models without attention: no second pass over the graph
     s = job.settings
-    rewritten, report = rewrite_light(job.model, s.order, s.ops, s.skip, not job.laid_out, dict(s.floors),
-                                      job.type_hints, _attention_rules())
+    rewritten, report = rewrite_light(
+        job.model, s.order, s.ops, s.skip, not job.laid_out, dict(s.floors), job.type_hints, _attention_rules()
+    )
     job.model = rewritten
     job.report.decisions.extend(report.decisions)
     return job

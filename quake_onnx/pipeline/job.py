@@ -1,5 +1,6 @@
 """What flows between the stages of the optimizer: the settings, fixed once,
 and the Job, which each stage takes and hands on."""
+
 from __future__ import annotations
 
 import dataclasses

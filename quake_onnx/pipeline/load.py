@@ -1,5 +1,6 @@
 """Stage 1: read the input (its graph; external data checked, read later) and
 decide every file the call will write before any work is done."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,14 @@ def load(model_or_path, output, in_place: bool, settings: Settings, also_written
             raise OptimizeError(f"{what} {path} would be written over the output model or its data file")
         writes.check_output_path(Path(path), what, inputs)
     return Job(
-        settings=settings, model=model, src=src, dest=dest, in_place=in_place, inputs=inputs,
-        libraries=sessions.libraries_for(model, settings.user_libraries), had_external=modelio.has_external_data(model),
+        settings=settings,
+        model=model,
+        src=src,
+        dest=dest,
+        in_place=in_place,
+        inputs=inputs,
+        libraries=sessions.libraries_for(model, settings.user_libraries),
+        had_external=modelio.has_external_data(model),
     )
 
 

@@ -1,5 +1,6 @@
 """Stage 5: the method of the com.quake Softmax nodes the rewrite made:
 "quake" (the polynomial exponential, as made) or "exaq" (EXAQ, exaq.py)."""
+
 from __future__ import annotations
 
 from .. import exaq

@@ -1,6 +1,7 @@
 """Stage 4: replace Softmax, GELU, SiLU/Sigmoid, Exp ... with com.quake nodes
 (rewrite/passes.py with the per-op rules, rewrite/rules OP_RULES), with big
 tensors' bytes set aside while the pass runs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,11 +22,20 @@ def rewrite_ops(job: Job) -> Job:
         job.warnings.append(f"--skip-nodes: no node named {', '.join(missing)}")
     job.existing_softmax = frozenset(exaq.quake_softmax_outputs(job.model))
     # Kept activations are the default's safety: a model ORT has laid out has none left to keep.
-    rewritten, report = rewrite_light(job.model, s.order, s.ops, s.skip | frozenset(job.kept), not job.laid_out,
-                                      dict(s.floors), job.type_hints, _op_rules())
+    rewritten, report = rewrite_light(
+        job.model,
+        s.order,
+        s.ops,
+        s.skip | frozenset(job.kept),
+        not job.laid_out,
+        dict(s.floors),
+        job.type_hints,
+        _op_rules(),
+    )
     report.decisions[:] = [
         dataclasses.replace(d, reason=f"kept: ONNX Runtime fuses it into com.microsoft.{job.kept[d.node]}")
-        if d.node in job.kept and not d.replaced and d.node not in s.skip else d
+        if d.node in job.kept and not d.replaced and d.node not in s.skip
+        else d
         for d in report.decisions
     ]
     report.decisions[:0] = job.report.decisions  # an earlier stage's (attention fusion) come first
@@ -41,14 +51,30 @@ def _op_rules():
     return OP_RULES
 
 
-def _rewrite(model: onnx.ModelProto, order: int, ops: frozenset, skip: frozenset, keep_layout: bool,
-             min_elements: dict, type_hints: Sequence[onnx.ValueInfoProto], rules):
+def _rewrite(
+    model: onnx.ModelProto,
+    order: int,
+    ops: frozenset,
+    skip: frozenset,
+    keep_layout: bool,
+    min_elements: dict,
+    type_hints: Sequence[onnx.ValueInfoProto],
+    rules,
+):
     try:
         from ..rewrite.passes import rewrite_model
     except ImportError as e:
         raise OptimizeError(f"the rewrite pass is not available: {e}", exit_code=1) from None
-    return rewrite_model(model, order=order, ops=ops, skip_nodes=skip, keep_conv_layout=keep_layout,
-                         min_elements=min_elements, type_hints=type_hints, rules=rules)
+    return rewrite_model(
+        model,
+        order=order,
+        ops=ops,
+        skip_nodes=skip,
+        keep_conv_layout=keep_layout,
+        min_elements=min_elements,
+        type_hints=type_hints,
+        rules=rules,
+    )
 
 
 def rewrite_light(model, order, ops, skip, keep_layout, min_elements, type_hints, rules):

@@ -7,6 +7,7 @@ its element types of tensors onnx cannot infer are lent to the rewrite; the
 original is rewritten, so ORT redoes its fusions when it loads the result
 and the output stays standard ONNX plus com.quake. At level "all" ORT's
 graph (with its NCHWc conv layout, tied to this CPU) is what gets rewritten."""
+
 from __future__ import annotations
 
 import tempfile
@@ -27,11 +28,21 @@ NCHWC_WARNING = (
 
 # ORT's fused attention kernels compute their softmax inside; replacing the
 # Softmax would break the pattern and cost the whole fused kernel.
-ATTENTION_OPS = frozenset({
-    "Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "PackedMultiHeadAttention",
-    "DecoderAttention", "DecoderMaskedMultiHeadAttention", "DecoderMaskedSelfAttention", "LongformerAttention",
-    "QAttention", "SparseAttention",
-})
+ATTENTION_OPS = frozenset(
+    {
+        "Attention",
+        "MultiHeadAttention",
+        "GroupQueryAttention",
+        "PackedAttention",
+        "PackedMultiHeadAttention",
+        "DecoderAttention",
+        "DecoderMaskedMultiHeadAttention",
+        "DecoderMaskedSelfAttention",
+        "LongformerAttention",
+        "QAttention",
+        "SparseAttention",
+    }
+)
 
 
 def ort_oracle(job: Job) -> Job:
@@ -43,8 +54,9 @@ def ort_oracle(job: Job) -> Job:
     if job.settings.ort_fusions:
         with tempfile.TemporaryDirectory(prefix="quake-onnx-") as tmp:
             try:
-                fused = ort_optimized(job.model, job.src, Path(tmp), job.had_external, job.settings.ort_level,
-                                      job.libraries)
+                fused = ort_optimized(
+                    job.model, job.src, Path(tmp), job.had_external, job.settings.ort_level, job.libraries
+                )
             except FusionError as e:
                 refuse_bad_input(job.model, job.src, job.libraries)
                 job.warnings.append(f"{e}; rewrote the model without ONNX Runtime's fusions")
@@ -66,8 +78,9 @@ def ort_oracle(job: Job) -> Job:
     return job
 
 
-def ort_optimized(model: onnx.ModelProto, src: Optional[Path], work: Path, external: bool, level: str,
-                  libraries: Sequence[str]) -> onnx.ModelProto:
+def ort_optimized(
+    model: onnx.ModelProto, src: Optional[Path], work: Path, external: bool, level: str, libraries: Sequence[str]
+) -> onnx.ModelProto:
     """ORT's optimised graph of `model` (read from `src` when there is a file)."""
     ort_dir = work / "ort"
     ort_dir.mkdir()
@@ -122,7 +135,9 @@ def _keep_absorbed(model: onnx.ModelProto, absorbed: dict[str, str]) -> dict[str
     for i, node in enumerate(model.graph.node):
         if node.output and node.output[0] in absorbed:
             if not node.name:
-                node.name = next(f"{node.op_type}_{i}_{k}" for k in range(len(used) + 1) if f"{node.op_type}_{i}_{k}" not in used)
+                node.name = next(
+                    f"{node.op_type}_{i}_{k}" for k in range(len(used) + 1) if f"{node.op_type}_{i}_{k}" not in used
+                )
                 used.add(node.name)
             kept[node.name] = absorbed[node.output[0]]
     return kept
@@ -134,6 +149,10 @@ def _save_copy(model: onnx.ModelProto, path: Path) -> None:
     # onnx.save with external data empties the tensors it moves out; the
     # caller's model must stay whole for the fallback and for the user.
     onnx.save_model(
-        _copy(model), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-        location=path.name + ".data", size_threshold=EXTERNAL_THRESHOLD,
+        _copy(model),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+        size_threshold=EXTERNAL_THRESHOLD,
     )

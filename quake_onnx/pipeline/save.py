@@ -1,6 +1,7 @@
 """Stage 7: write the result (writes.py: atomically, never over an input
 file, model and data together), checked by opening it in ONNX Runtime with
 the libraries it needs, as users will."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,9 @@ def save(job: Job) -> Job:
     # In place, the input is what gets replaced, its data files with it.
     keep = None if job.in_place and job.src is not None and job.dest == job.src else job.inputs
     try:
-        writes.save_model_atomic(job.model, job.dest, external=external,
-                                 verify=lambda path: verify_written(path, job.libraries), keep=keep)
+        writes.save_model_atomic(
+            job.model, job.dest, external=external, verify=lambda path: verify_written(path, job.libraries), keep=keep
+        )
     except OptimizeError as e:
         if e.exit_code == 1 and not job.settings.ort_fusions and job.src is not None:
             refuse_bad_input(modelio.load_graph(job.src), job.src, job.libraries)  # the oracle did not try it
@@ -43,5 +45,6 @@ def verify_written(path: Path, libraries: Sequence[str]) -> None:
     except sessions.LibraryError:
         raise
     except Exception as e:
-        raise OptimizeError(f"the rewritten model does not load in ONNX Runtime: {sessions.first_line(e)}",
-                            exit_code=1) from e
+        raise OptimizeError(
+            f"the rewritten model does not load in ONNX Runtime: {sessions.first_line(e)}", exit_code=1
+        ) from e

@@ -9,6 +9,7 @@ stated: ORT then knows what it knew for its own ops, no more, and makes the
 fusions it would have made on the original (more shapes let it make others,
 which are not always faster: SkipLayerNormalization is slower than
 LayerNormalization + Add here)."""
+
 from __future__ import annotations
 
 import onnx

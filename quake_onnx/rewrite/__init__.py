@@ -1,4 +1,5 @@
 """The rewrite pass: finds exponential non-linearities and replaces them with com.quake nodes."""
+
 from .passes import ALL_OPS, rewrite_model
 from .report import Decision, Report
 

@@ -8,6 +8,7 @@ data inputs are constant scalars themselves; it is evaluated here with numpy
 (float64, or int64 where ONNX would compute in integers). The nodes computing
 it are returned too, so a replacement can drop those nothing else reads.
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -1,4 +1,5 @@
 """Everything a rule may ask about the graph it is looking at."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace

@@ -1,4 +1,5 @@
 """Runs the rules over a graph and its subgraphs and applies the matches."""
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Union
@@ -24,8 +25,14 @@ SKIPPED = "skipped by --skip-nodes"
 # fusion"; benchmarks/attention_break_even.py). Glu is not measured on its own:
 # it replaces an activation and a Mul, so its activations' floor is on the safe side.
 BREAK_EVEN = {
-    "attention": 12 * 192 * 192, "glu": 2048, "softmax": 2048, "logsoftmax": 2048, "gelu": 2048, "silu": 2048,
-    "sigmoid": 2048, "exp": 8192,
+    "attention": 12 * 192 * 192,
+    "glu": 2048,
+    "softmax": 2048,
+    "logsoftmax": 2048,
+    "gelu": 2048,
+    "silu": 2048,
+    "sigmoid": 2048,
+    "exp": 8192,
 }
 
 
@@ -35,7 +42,9 @@ def qualified(node: gs.Node) -> str:
 
 
 class Engine:
-    def __init__(self, rules: Iterable[Rule], ops: frozenset[str], report: Report, min_elements: Mapping[str, int] = {}):
+    def __init__(
+        self, rules: Iterable[Rule], ops: frozenset[str], report: Report, min_elements: Mapping[str, int] = {}
+    ):
         self.by_anchor: dict[tuple[str, str], list[Rule]] = {}
         for rule in rules:  # list order is priority: composite patterns before the single ops they contain
             for domain, op in rule.anchors:
@@ -195,7 +204,14 @@ def apply(ctx: Context, anchor: gs.Node, match: Match, home: Scope) -> list[gs.N
         node.outputs.clear()
     base = anchor.name or match.output.name  # ONNX allows unnamed nodes
     created = [
-        gs.Node(spec.op, ctx.names.node(f"{base}/quake_{spec.op}"), spec.attrs, spec.inputs, spec.outputs, domain=spec.domain)
+        gs.Node(
+            spec.op,
+            ctx.names.node(f"{base}/quake_{spec.op}"),
+            spec.attrs,
+            spec.inputs,
+            spec.outputs,
+            domain=spec.domain,
+        )
         for spec in match.build(ctx)
     ]
     nodes = []

@@ -21,6 +21,7 @@ anyway, so replacing them costs no extra pass.
 The checks lean towards "blocked": a node kept for nothing costs its speed-up,
 a node replaced wrongly costs more than it saves.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -28,7 +29,7 @@ from typing import Optional
 import onnx
 import onnx_graphsurgeon as gs
 
-from .match import DEFAULT_DOMAINS, const_shape, consumers, const_value, producer
+from .match import DEFAULT_DOMAINS, const_shape, const_value, consumers, producer
 
 MS = "com.microsoft"
 NCHWC_DOMAIN = "com.microsoft.nchwc"
@@ -45,8 +46,21 @@ _SOURCES = {("", "Conv"), (MS, "FusedConv"), ("", "MaxPool"), ("", "AveragePool"
 _UNARY = {
     ("", op)
     for op in (
-        "Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish", "Clip", "Gelu",
-        "BatchNormalization", "GlobalAveragePool", "GlobalMaxPool", "Resize", "Upsample", "Identity", "Dropout",
+        "Relu",
+        "Sigmoid",
+        "Tanh",
+        "LeakyRelu",
+        "HardSigmoid",
+        "HardSwish",
+        "Clip",
+        "Gelu",
+        "BatchNormalization",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "Resize",
+        "Upsample",
+        "Identity",
+        "Dropout",
     )
 } | {(MS, "QuickGelu"), (MS, "Gelu")}
 _ELEMENTWISE_BINARY = {("", "Add"), ("", "Sum"), ("", "Mul")}
@@ -54,9 +68,12 @@ _CONCAT = ("", "Concat")
 
 # Elementwise ops whose output keeps their input's layout: what a blocked tensor may flow through
 # in a model ORT has already laid out (ort_level="all"), com.quake's own included.
-LAYOUT_PRESERVING = _UNARY | _ELEMENTWISE_BINARY | {("com.quake", op) for op in ("Silu", "Sigmoid", "Gelu", "Exp")} | {
-    ("", op) for op in ("Exp", "Erf", "Neg", "Abs", "Sqrt", "Div", "Sub", "Elu", "Softplus")
-}
+LAYOUT_PRESERVING = (
+    _UNARY
+    | _ELEMENTWISE_BINARY
+    | {("com.quake", op) for op in ("Silu", "Sigmoid", "Gelu", "Exp")}
+    | {("", op) for op in ("Exp", "Erf", "Neg", "Abs", "Sqrt", "Div", "Sub", "Elu", "Softplus")}
+)
 
 
 def _key(node: gs.Node) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 onnx-graphsurgeon gives the graph; these helpers answer the questions every
 rule asks of it, so the rules read as the pattern they match.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterable, Optional

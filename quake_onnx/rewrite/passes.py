@@ -1,4 +1,5 @@
 """The rewrite pass: `rewrite_model` replaces exponential non-linearities with com.quake nodes."""
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Optional, Sequence

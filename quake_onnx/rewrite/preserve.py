@@ -6,6 +6,7 @@ the order of initializers and value_info, and the graph an initializer is in
 and a rewritten model should differ from its source only where nodes were
 replaced.
 """
+
 from __future__ import annotations
 
 from typing import Iterator

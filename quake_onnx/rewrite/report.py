@@ -1,4 +1,5 @@
 """What a rewrite pass did, node by node: the data behind --explain and --report."""
+
 from __future__ import annotations
 
 import json

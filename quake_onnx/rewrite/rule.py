@@ -7,6 +7,7 @@ A rule's `match(ctx, node)` returns
 The engine applies a Match only after the common checks (skip list, --ops,
 element type), so `build` runs only for replacements that happen.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

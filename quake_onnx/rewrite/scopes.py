@@ -7,6 +7,7 @@ asks this index where a match's nodes live before it changes any graph.
 Built once per rewrite; the engine tells it about the nodes it adds and takes
 out (no pass adds or removes a graph).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Element types and shapes of every tensor, from onnx shape inference on a copy of the model."""
+
 from __future__ import annotations
 
 from typing import Iterable, Optional, Union

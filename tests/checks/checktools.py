@@ -1,5 +1,6 @@
 """Shared by the tests of `quake-onnx check` and `zoo`: the CLI in-process,
 the sample models, and the report schema with a validator."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def one_line(result, code: int, prefix: str = "error: ", contains: str = "") -> 
     """Exit `code` and exactly one line on stderr, starting with `prefix`, no
     traceback (warnings and the zoo's "[k/n] model status" progress lines aside)."""
     assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ") and not _PROGRESS.match(line)]
+    lines = [
+        line for line in result.stderr.splitlines() if not line.startswith("warning: ") and not _PROGRESS.match(line)
+    ]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(prefix), lines[0]
     assert "Traceback" not in result.stderr + result.stdout

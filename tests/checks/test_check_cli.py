@@ -1,10 +1,11 @@
 """`quake-onnx check`: thresholds and exit codes, input sources, one-line errors."""
+
 import json
 
 import numpy as np
 import onnx
 import pytest
-from checktools import FAST, SAMPLES, ZOO, cli, copy_models, one_line, validate
+from checktools import FAST, ZOO, cli, copy_models, one_line, validate
 from onnx import numpy_helper
 
 LEGACY = ZOO / "legacy_opset11"  # the smallest sample: fastest to check
@@ -59,20 +60,36 @@ def test_top1_threshold_fails_when_the_argmax_moves(tmp_path):
     b[0] = 1e3  # every row's argmax becomes class 0
     bias.CopyFrom(numpy_helper.from_array(b, bias.name))
     onnx.save(model, tmp_path / "biased.onnx")
-    r = cli("check", ZOO / "vit_block", *FAST, "--optimized", tmp_path / "biased.onnx", "--min-cosine", "-1",
-            "--min-top1-agreement", "1")
+    r = cli(
+        "check",
+        ZOO / "vit_block",
+        *FAST,
+        "--optimized",
+        tmp_path / "biased.onnx",
+        "--min-cosine",
+        "-1",
+        "--min-top1-agreement",
+        "1",
+    )
     one_line(r, 1, prefix="FAIL: ", contains="top-1 agreement 0.000 < 1")
 
 
 def test_generated_inputs_with_dims_and_vocab(tmp_path):
     model = tmp_path / "bert.onnx"  # no test_data_set beside it
     model.write_bytes((BERT / "model.onnx").read_bytes())
-    r = cli("check", model, *FAST, "--dim", "batch=3", "--dim", "seq=16", "--vocab", "100", "--json", tmp_path / "r.json")
+    r = cli(
+        "check", model, *FAST, "--dim", "batch=3", "--dim", "seq=16", "--vocab", "100", "--json", tmp_path / "r.json"
+    )
     assert r.exit_code == 0, r.stderr
     result = json.loads((tmp_path / "r.json").read_text())
-    assert result["inputs"] == {"source": "generated", "sets": 1, "seed": 0,
-                                "shapes": {"input_ids": [3, 16], "attention_mask": [3, 16]},
-                                "dims": {"batch": 3, "seq": 16}, "notes": []}
+    assert result["inputs"] == {
+        "source": "generated",
+        "sets": 1,
+        "seed": 0,
+        "shapes": {"input_ids": [3, 16], "attention_mask": [3, 16]},
+        "dims": {"batch": 3, "seq": 16},
+        "notes": [],
+    }
     logits = next(o for o in result["outputs"] if o["name"] == "logits")
     assert logits["rows"] == 3
 
@@ -105,23 +122,26 @@ def _npz(path, **arrays):
     return path
 
 
-@pytest.mark.parametrize("args, contains", [
-    (["missing.onnx"], "does not exist"),
-    (["{tmp}/garbage.onnx"], "is not an onnx model"),
-    (["{tmp}"], "no .onnx files"),
-    (["{bert}"], "--dim seq=SIZE"),
-    (["{bert}", "--dim", "seq"], "not NAME=SIZE"),
-    (["{bert}", "--dim", "seq=0"], "not NAME=SIZE"),
-    (["{bert}", "--dim", "seq=8", "--vocab", "100000"], "indices element out of data bounds"),
-    (["{bert}", "--inputs", "{tmp}/garbage.onnx"], "not a readable .npz"),
-    (["{bert}", "--inputs", "{tmp}/nothing.npz"], "does not exist"),
-    (["{bert}", "--inputs", "{tmp}/ids.npz"], "no array for input attention_mask"),
-    (["{bert}", "--inputs", "{tmp}/floats.npz"], "the model takes int64"),
-    (["{bert}", "--dim", "seq=8", "--optimized", "{tmp}/nothing.onnx"], "--optimized"),
-    (["{bert}", "--dim", "seq=8", "--json", "{tmp}/no/such/dir/r.json"], "does not exist"),
-    (["{bert}", "--runs", "0"], "--runs"),
-    (["{bert}", "--order", "7"], "--order"),
-])
+@pytest.mark.parametrize(
+    "args, contains",
+    [
+        (["missing.onnx"], "does not exist"),
+        (["{tmp}/garbage.onnx"], "is not an onnx model"),
+        (["{tmp}"], "no .onnx files"),
+        (["{bert}"], "--dim seq=SIZE"),
+        (["{bert}", "--dim", "seq"], "not NAME=SIZE"),
+        (["{bert}", "--dim", "seq=0"], "not NAME=SIZE"),
+        (["{bert}", "--dim", "seq=8", "--vocab", "100000"], "indices element out of data bounds"),
+        (["{bert}", "--inputs", "{tmp}/garbage.onnx"], "not a readable .npz"),
+        (["{bert}", "--inputs", "{tmp}/nothing.npz"], "does not exist"),
+        (["{bert}", "--inputs", "{tmp}/ids.npz"], "no array for input attention_mask"),
+        (["{bert}", "--inputs", "{tmp}/floats.npz"], "the model takes int64"),
+        (["{bert}", "--dim", "seq=8", "--optimized", "{tmp}/nothing.onnx"], "--optimized"),
+        (["{bert}", "--dim", "seq=8", "--json", "{tmp}/no/such/dir/r.json"], "does not exist"),
+        (["{bert}", "--runs", "0"], "--runs"),
+        (["{bert}", "--order", "7"], "--order"),
+    ],
+)
 def test_usage_and_input_errors_are_one_line_exit_2(tmp_path, bert_copy, args, contains):
     (tmp_path / "garbage.onnx").write_bytes(b"not a model at all")
     _npz(tmp_path / "ids.npz", input_ids=np.zeros((1, 8), np.int64))

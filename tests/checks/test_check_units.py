@@ -1,4 +1,5 @@
 """The pieces of check: metrics, input generation and data sets, S(t), thresholds."""
+
 import math
 
 import numpy as np
@@ -12,8 +13,8 @@ from quake_onnx.check.inputs import InputError, generate, graph_inputs, load_inp
 from quake_onnx.check.runner import Thresholds, error_result, finish, summarize
 from quake_onnx.check.zoo import Entry, discover, score, shard
 
-
 # -- compare -----------------------------------------------------------------
+
 
 def test_metrics_of_a_known_difference():
     ref = np.array([[1.0, -2.0, 0.0, 4.0]], np.float32)
@@ -44,13 +45,16 @@ def test_top1_and_topk_agreement_per_row():
     assert m.topk_agreement == pytest.approx(2 / 3)
 
 
-@pytest.mark.parametrize("name, shape, dtype, expected", [
-    ("logits", (1, 32, 256), np.float32, True),
-    ("output", (1, 1000), np.float32, True),  # a classifier head's [batch, classes]
-    ("last_hidden_state", (1, 32, 64), np.float32, False),
-    ("probs", (4, 1), np.float32, False),  # one class: no argmax to compare
-    ("labels", (1, 10), np.int64, False),
-])
+@pytest.mark.parametrize(
+    "name, shape, dtype, expected",
+    [
+        ("logits", (1, 32, 256), np.float32, True),
+        ("output", (1, 1000), np.float32, True),  # a classifier head's [batch, classes]
+        ("last_hidden_state", (1, 32, 64), np.float32, False),
+        ("probs", (4, 1), np.float32, False),  # one class: no argmax to compare
+        ("labels", (1, 10), np.int64, False),
+    ],
+)
 def test_looks_like_scores(name, shape, dtype, expected):
     assert cmp.looks_like_scores(name, shape, np.dtype(dtype)) is expected
 
@@ -80,23 +84,34 @@ def test_merge_takes_the_worst_and_pools_rows():
 
 # -- thresholds --------------------------------------------------------------
 
+
 def _result(max_abs=1e-3, cosine=0.9999, top1=1.0, speedup=1.2, nonfinite=0):
-    out = {"name": "logits", "max_abs_error": max_abs, "max_rel_error": 0.0, "cosine": cosine,
-           "nonfinite_mismatch": nonfinite, "scores": True, "top1_agreement": top1}
+    out = {
+        "name": "logits",
+        "max_abs_error": max_abs,
+        "max_rel_error": 0.0,
+        "cosine": cosine,
+        "nonfinite_mismatch": nonfinite,
+        "scores": True,
+        "top1_agreement": top1,
+    }
     r = {"status": "pass", "outputs": [out], "timing": {"speedup": speedup}}
     r["summary"] = summarize(r["outputs"])
     return r
 
 
-@pytest.mark.parametrize("thresholds, result_kw, failing", [
-    (Thresholds(1e-2, 0.999, 0.9, 1.1), {}, []),
-    (Thresholds(max_abs_error=1e-4), {}, ["max abs error"]),
-    (Thresholds(min_cosine=0.99999), {}, ["cosine"]),
-    (Thresholds(min_top1_agreement=0.95), {"top1": 0.9}, ["top-1 agreement"]),
-    (Thresholds(min_speedup=2), {}, ["speedup"]),
-    (Thresholds(), {"nonfinite": 3, "max_abs": "inf", "cosine": "nan"}, ["non-finite"]),
-    (Thresholds(1e-4, 0.99999, None, 2), {}, ["max abs error", "cosine", "speedup"]),
-])
+@pytest.mark.parametrize(
+    "thresholds, result_kw, failing",
+    [
+        (Thresholds(1e-2, 0.999, 0.9, 1.1), {}, []),
+        (Thresholds(max_abs_error=1e-4), {}, ["max abs error"]),
+        (Thresholds(min_cosine=0.99999), {}, ["cosine"]),
+        (Thresholds(min_top1_agreement=0.95), {"top1": 0.9}, ["top-1 agreement"]),
+        (Thresholds(min_speedup=2), {}, ["speedup"]),
+        (Thresholds(), {"nonfinite": 3, "max_abs": "inf", "cosine": "nan"}, ["non-finite"]),
+        (Thresholds(1e-4, 0.99999, None, 2), {}, ["max abs error", "cosine", "speedup"]),
+    ],
+)
 def test_each_threshold_fails_on_its_own(thresholds, result_kw, failing):
     r = _result(**result_kw)
     finish(r, thresholds)
@@ -106,6 +121,7 @@ def test_each_threshold_fails_on_its_own(thresholds, result_kw, failing):
 
 
 # -- S(t) --------------------------------------------------------------------
+
 
 def _scored(speedup, accurate=True):
     r = _result(max_abs=1e-3 if accurate else 1.0, speedup=speedup)
@@ -151,6 +167,7 @@ def test_score_curve_tightens():
 
 # -- shards and discovery ----------------------------------------------------
 
+
 def test_shard_is_round_robin_over_the_sorted_list():
     entries = [Entry(f"m{i}", None) for i in range(7)]
     assert [e.name for e in shard(entries, 1, 3)] == ["m0", "m3", "m6"]
@@ -166,22 +183,31 @@ def test_discovery_names_and_skips(tmp_path):
 
 # -- inputs ------------------------------------------------------------------
 
+
 def _ids_model(vocab=50):
     table = numpy_helper.from_array(np.zeros((vocab, 4), np.float32), "emb")
-    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["e"]),
-             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
-             helper.make_node("Identity", ["token_type_ids"], ["t"]),
-             helper.make_node("Identity", ["position_ids"], ["p"]),
-             helper.make_node("Identity", ["pixel"], ["x"])]
-    graph = helper.make_graph(nodes, "g", [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "seq"]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "seq"]),
-        helper.make_tensor_value_info("token_type_ids", TensorProto.INT32, ["batch_size", "seq"]),
-        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "seq"]),
-        helper.make_tensor_value_info("pixel", TensorProto.FLOAT, [1, 3]),
-    ], [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("e", "m", "x")] +
-       [helper.make_tensor_value_info(n, TensorProto.INT64, None) for n in ("p",)] +
-       [helper.make_tensor_value_info("t", TensorProto.INT32, None)], initializer=[table])
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["e"]),
+        helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Identity", ["token_type_ids"], ["t"]),
+        helper.make_node("Identity", ["position_ids"], ["p"]),
+        helper.make_node("Identity", ["pixel"], ["x"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "seq"]),
+            helper.make_tensor_value_info("token_type_ids", TensorProto.INT32, ["batch_size", "seq"]),
+            helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "seq"]),
+            helper.make_tensor_value_info("pixel", TensorProto.FLOAT, [1, 3]),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("e", "m", "x")]
+        + [helper.make_tensor_value_info(n, TensorProto.INT64, None) for n in ("p",)]
+        + [helper.make_tensor_value_info("t", TensorProto.INT32, None)],
+        initializer=[table],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -228,8 +254,12 @@ def test_data_set_tensors_match_by_name_or_position(tmp_path):
     ids = np.arange(8, dtype=np.int64).reshape(1, 8)
     mask = np.ones((1, 8), np.int64)
     # stored in reverse order with names: matched by name
-    (tmp_path / "test_data_set_0" / "input_0.pb").write_bytes(numpy_helper.from_array(mask, "attention_mask").SerializeToString())
-    (tmp_path / "test_data_set_0" / "input_1.pb").write_bytes(numpy_helper.from_array(ids, "input_ids").SerializeToString())
+    (tmp_path / "test_data_set_0" / "input_0.pb").write_bytes(
+        numpy_helper.from_array(mask, "attention_mask").SerializeToString()
+    )
+    (tmp_path / "test_data_set_0" / "input_1.pb").write_bytes(
+        numpy_helper.from_array(ids, "input_ids").SerializeToString()
+    )
     (tmp_path / "test_data_set_10").mkdir()  # sorted naturally: after test_data_set_2
     (tmp_path / "test_data_set_2").mkdir()
     for d, arrays in (("test_data_set_10", (ids, mask)), ("test_data_set_2", (ids + 1, mask))):
@@ -237,7 +267,10 @@ def test_data_set_tensors_match_by_name_or_position(tmp_path):
             (tmp_path / d / f"input_{i}.pb").write_bytes(numpy_helper.from_array(a).SerializeToString())
     got = load_inputs(model, tmp_path / "model.onnx")
     assert got.source == "test_data_set" and [s.name for s in got.sets] == [
-        "test_data_set_0", "test_data_set_2", "test_data_set_10"]
+        "test_data_set_0",
+        "test_data_set_2",
+        "test_data_set_10",
+    ]
     assert np.array_equal(got.sets[0].feeds["input_ids"], ids)
     assert np.array_equal(got.sets[1].feeds["input_ids"], ids + 1)
 
@@ -245,6 +278,8 @@ def test_data_set_tensors_match_by_name_or_position(tmp_path):
 def test_data_set_with_the_wrong_input_count_is_an_input_error(tmp_path):
     model = onnx.load(ZOO / "bert_encoder" / "model.onnx")
     (tmp_path / "test_data_set_0").mkdir()
-    (tmp_path / "test_data_set_0" / "input_0.pb").write_bytes(numpy_helper.from_array(np.zeros((1, 2), np.int64)).SerializeToString())
+    (tmp_path / "test_data_set_0" / "input_0.pb").write_bytes(
+        numpy_helper.from_array(np.zeros((1, 2), np.int64)).SerializeToString()
+    )
     with pytest.raises(InputError, match="has 1 input_"):
         load_inputs(model, tmp_path / "model.onnx")

@@ -1,4 +1,5 @@
 """`quake-onnx zoo`: failures that do not stop the run, shards, jobs, timeouts, errors."""
+
 import json
 import xml.etree.ElementTree as ET
 
@@ -120,19 +121,22 @@ def test_markdown_to_stdout(tmp_path):
     assert "PASS" not in r.stdout  # the human summary went to stderr
 
 
-@pytest.mark.parametrize("args, contains", [
-    (["{tmp}/nothing"], "does not exist"),
-    (["{tmp}/file.onnx"], "is not a folder"),
-    (["{tmp}/empty"], "no .onnx model"),
-    (["{tmp}/z", "--shard", "0/2"], "between 1 and n"),
-    (["{tmp}/z", "--shard", "3/2"], "between 1 and n"),
-    (["{tmp}/z", "--shard", "two"], "expected i/n"),
-    (["{tmp}/z", "--jobs", "0"], "--jobs"),
-    (["{tmp}/z", "--json", "{tmp}/no/dir/r.json"], "does not exist"),
-    (["{tmp}/z", "--json", "{tmp}/same", "--junit", "{tmp}/same"], "name the same file"),
-    (["{tmp}/z", "--json", "-", "--junit", "-"], "cannot both write to stdout"),
-    (["{tmp}/z", "--dim", "batch"], "not NAME=SIZE"),
-])
+@pytest.mark.parametrize(
+    "args, contains",
+    [
+        (["{tmp}/nothing"], "does not exist"),
+        (["{tmp}/file.onnx"], "is not a folder"),
+        (["{tmp}/empty"], "no .onnx model"),
+        (["{tmp}/z", "--shard", "0/2"], "between 1 and n"),
+        (["{tmp}/z", "--shard", "3/2"], "between 1 and n"),
+        (["{tmp}/z", "--shard", "two"], "expected i/n"),
+        (["{tmp}/z", "--jobs", "0"], "--jobs"),
+        (["{tmp}/z", "--json", "{tmp}/no/dir/r.json"], "does not exist"),
+        (["{tmp}/z", "--json", "{tmp}/same", "--junit", "{tmp}/same"], "name the same file"),
+        (["{tmp}/z", "--json", "-", "--junit", "-"], "cannot both write to stdout"),
+        (["{tmp}/z", "--dim", "batch"], "not NAME=SIZE"),
+    ],
+)
 def test_zoo_usage_errors_are_one_line_exit_2(tmp_path, args, contains):
     (tmp_path / "empty").mkdir()
     (tmp_path / "z").mkdir()

@@ -1,4 +1,5 @@
 """The reports of one zoo run over sample_models/: schema, JUnit, Markdown, table."""
+
 import copy
 import math
 import xml.etree.ElementTree as ET
@@ -23,14 +24,17 @@ def test_json_report_matches_the_schema(sample_zoo):
     validate(sample_zoo["json"])
 
 
-@pytest.mark.parametrize("breakage", [
-    lambda r: r.pop("score"),
-    lambda r: r["models"][0].update(status="passed"),
-    lambda r: r["models"][0]["outputs"][0].update(cosine=float("nan")),
-    lambda r: r["models"][0]["timing"].pop("speedup"),
-    lambda r: r["models"][0].update(surprise=1),
-    lambda r: r["counts"].update(fail=-1),
-])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda r: r.pop("score"),
+        lambda r: r["models"][0].update(status="passed"),
+        lambda r: r["models"][0]["outputs"][0].update(cosine=float("nan")),
+        lambda r: r["models"][0]["timing"].pop("speedup"),
+        lambda r: r["models"][0].update(surprise=1),
+        lambda r: r["counts"].update(fail=-1),
+    ],
+)
 def test_schema_check_rejects_broken_reports(sample_zoo, breakage):
     report = copy.deepcopy(sample_zoo["json"])
     breakage(report)

@@ -1,4 +1,5 @@
 """Running the CLI in-process and small models for its tests."""
+
 from __future__ import annotations
 
 import os
@@ -36,10 +37,7 @@ def assert_one_line_error(result, code: int = 2, contains: str = "") -> str:
 
 def folder_state(folder: Path) -> dict:
     """Names, sizes and mtimes of every file: "nothing changed" means equal states."""
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-    }
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
 
 
 def quake_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -57,7 +55,8 @@ def wide_model(n: int = 512) -> tuple[onnx.ModelProto, dict]:
         helper.make_node("Softmax", ["silu"], ["Y"], name="sm", axis=-1),
     ]
     graph = helper.make_graph(
-        nodes, "wide",
+        nodes,
+        "wide",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, n])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, n])],
         initializer=[w],
@@ -96,8 +95,9 @@ def run_real(*args: object, cwd: Path | None = None, timeout: float = 120) -> su
     import quake_onnx
 
     env = dict(os.environ, PYTHONPATH=str(Path(quake_onnx.__file__).parent.parent))
-    return subprocess.run(entry_point() + [str(a) for a in args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        entry_point() + [str(a) for a in args], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd
+    )
 
 
 def assert_one_line_error_real(proc: subprocess.CompletedProcess, code: int = 2, contains: str = "") -> str:

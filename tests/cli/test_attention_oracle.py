@@ -1,6 +1,7 @@
 """optimize consults ONNX Runtime's fused graph and keeps the Softmax ORT
 folds into a fused attention kernel; everything else is rewritten on the
 original (standard ONNX plus com.quake)."""
+
 from __future__ import annotations
 
 import sys
@@ -21,7 +22,9 @@ def _model(name_softmax: bool = True) -> onnx.ModelProto:
         helper.make_node("Gelu", ["C"], ["Y"], name="act"),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("S", TensorProto.FLOAT, [1, 4, 4])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("S", TensorProto.FLOAT, [1, 4, 4])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 4, 4])],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
@@ -35,7 +38,9 @@ def _fake_ort(model_has_attention: bool):
         fused.CopyFrom(model)
         if model_has_attention:
             del fused.graph.node[0:2]
-            fused.graph.node.insert(0, helper.make_node("Attention", ["S"], ["C"], name="Attention_0", domain="com.microsoft"))
+            fused.graph.node.insert(
+                0, helper.make_node("Attention", ["S"], ["C"], name="Attention_0", domain="com.microsoft")
+            )
         return fused
 
     return fuse
@@ -79,9 +84,14 @@ def test_result_is_the_original_rewritten_not_ort_graph():
         helper.make_node("Mul", ["A", "G"], ["Y"]),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 8])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 8])], initializer=[w, b],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 8])],
+        initializer=[w, b],
     )
-    out, report = quake_onnx.optimize(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), min_elements=0)
+    out, report = quake_onnx.optimize(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), min_elements=0
+    )
     assert {n.domain for n in out.graph.node} <= {"", "com.quake"}
     assert [n.op_type for n in out.graph.node] == ["MatMul", "Add", "Silu"]

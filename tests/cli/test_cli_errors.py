@@ -1,5 +1,6 @@
 """Every way `quake-onnx optimize` / `inspect` can be misused: one error line,
 the right exit code, no traceback, and nothing written or overwritten."""
+
 from __future__ import annotations
 
 import errno
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import onnx
 import pytest
+from clitools import assert_one_line_error, cli, entry_point, folder_state, wide_model
 
 import quake_onnx
-from clitools import assert_one_line_error, cli, entry_point, folder_state, wide_model
 
 SENTINEL = b"previous output, must survive"
 
@@ -43,9 +44,13 @@ def _bad_inputs(folder: Path, encoder_block: Path) -> dict:
 def test_bad_input_files(tmp_path, encoder_block, command):
     bad = _bad_inputs(tmp_path, encoder_block)
     expected = {
-        "text.onnx": "not an ONNX model", "truncated.onnx": "not an ONNX model",
-        "truncated_tail.onnx": "not an ONNX model", "empty.onnx": "not an ONNX model",
-        "png.onnx": "not an ONNX model", "missing": "does not exist", "directory": "is a directory",
+        "text.onnx": "not an ONNX model",
+        "truncated.onnx": "not an ONNX model",
+        "truncated_tail.onnx": "not an ONNX model",
+        "empty.onnx": "not an ONNX model",
+        "png.onnx": "not an ONNX model",
+        "missing": "does not exist",
+        "directory": "is a directory",
     }
     for key, path in bad.items():
         out = tmp_path / f"out_{key}.onnx"

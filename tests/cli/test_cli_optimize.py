@@ -1,4 +1,5 @@
 """`quake-onnx optimize` / `inspect` doing their job, and quake_onnx.optimize()."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from clitools import cli, encoder_feeds, folder_state, quake_nodes, run_model, wide_model
 
 import quake_onnx
-from clitools import cli, encoder_feeds, folder_state, quake_nodes, run_model, wide_model
 
 
 def _cosine(a, b):
@@ -37,7 +38,9 @@ def test_optimize_encoder_block(tmp_path, encoder_block, fusions):
     model = onnx.load(str(out))
     assert len(quake_nodes(model)) == data["replaced"]
     assert {n.op_type for n in quake_nodes(model)} >= {"Softmax", "Gelu"}
-    assert not any(n.op_type in ("Softmax", "Gelu", "Sigmoid") and n.domain in ("", "ai.onnx") for n in model.graph.node)
+    assert not any(
+        n.op_type in ("Softmax", "Gelu", "Sigmoid") and n.domain in ("", "ai.onnx") for n in model.graph.node
+    )
     if fusions == "--no-ort-fusions":
         assert not any(n.domain == "com.microsoft" for n in model.graph.node)
 

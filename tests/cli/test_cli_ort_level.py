@@ -1,4 +1,5 @@
 """`--ort-level extended|all` of `quake-onnx optimize` / `inspect` on a small SiLU CNN."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from clitools import assert_one_line_error, cli, folder_state, quake_nodes, run_model
+from onnx import TensorProto, helper, numpy_helper
 
 C = 32
 SHAPE = [1, C, 12, 12]
@@ -27,8 +27,11 @@ def _cnn(path):
             nodes.append(helper.make_node("Mul", [x, f"s{i}"], [f"a{i}"], name=f"mul{i}"))
             x = f"a{i}"
     graph = helper.make_graph(
-        nodes, "cnn", [helper.make_tensor_value_info("X", TensorProto.FLOAT, SHAPE)],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, SHAPE)], initializer=inits,
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, SHAPE)],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, SHAPE)],
+        initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     onnx.save(model, str(path))

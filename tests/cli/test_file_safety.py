@@ -3,6 +3,7 @@ the result is the same from any working folder (issue: a user's weights
 were overwritten). Every case runs from two working folders: the models'
 own folder (paths given as bare names) and its parent (paths through the
 folder), and asserts the input's bytes, model and data, are unchanged."""
+
 from __future__ import annotations
 
 import importlib
@@ -12,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from clitools import assert_one_line_error, cli, file_bytes, quake_nodes, run_model, wide_model
 
 N = 64  # a 16 KiB weight: external with size_threshold 0
@@ -177,11 +177,20 @@ def test_calibrate_never_writes_over_its_inputs(place):
     folder, name = place
     src, feeds, _ = save_external(folder, "m.onnx", "m.onnx.data")
     exaq = folder / "m.exaq.onnx"
-    assert cli("optimize", name("m.onnx"), name("m.exaq.onnx"), "--softmax-method", "exaq",
-               "--min-elements", "0").exit_code == 0
+    assert (
+        cli(
+            "optimize", name("m.onnx"), name("m.exaq.onnx"), "--softmax-method", "exaq", "--min-elements", "0"
+        ).exit_code
+        == 0
+    )
     np.savez(folder / "samples.npz", **feeds)
-    files = [exaq, *(folder / n for n in os.listdir(folder) if n.startswith("m.exaq.onnx") and n.endswith(".data")),
-             folder / "samples.npz", src, folder / "m.onnx.data"]
+    files = [
+        exaq,
+        *(folder / n for n in os.listdir(folder) if n.startswith("m.exaq.onnx") and n.endswith(".data")),
+        folder / "samples.npz",
+        src,
+        folder / "m.onnx.data",
+    ]
     before = file_bytes(*files)
     for target in ("m.exaq.onnx", "m.exaq.onnx.data", "samples.npz"):
         result = cli("calibrate", name("m.exaq.onnx"), name(target), "--inputs", name("samples.npz"))

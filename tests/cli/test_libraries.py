@@ -4,6 +4,7 @@ ai.onnx.contrib domain, registered by itself) and any other one, named with
 Every session the tool opens gets them: optimize's oracle and verification,
 inspect, check, zoo, calibrate and quake_onnx.InferenceSession; inspect and
 optimize agree on every decision."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,10 +13,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from clitools import assert_one_line_error, cli, quake_nodes
 from onnx import TensorProto, helper
 
 import quake_onnx
-from clitools import assert_one_line_error, cli, quake_nodes
 
 SOFTMAX_ATOL = 2e-3  # ops.md, order 2
 N = 48  # X is [N, N]: 2304 elements, above the Softmax break-even, square for Inverse
@@ -34,31 +35,48 @@ def contrib_model(where: str) -> onnx.ModelProto:
     inside an If branch (only a subgraph uses the domain)."""
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [N, N])
     if where == "before":
-        nodes = [helper.make_node("Inverse", ["X"], ["inv"], name="inverse", domain="ai.onnx.contrib"),
-                 helper.make_node("Softmax", ["inv"], ["Y"], name="sm", axis=-1)]
+        nodes = [
+            helper.make_node("Inverse", ["X"], ["inv"], name="inverse", domain="ai.onnx.contrib"),
+            helper.make_node("Softmax", ["inv"], ["Y"], name="sm", axis=-1),
+        ]
         return _graph_model(nodes, [y], extra_opsets=["ai.onnx.contrib"])
     if where == "after":
-        nodes = [helper.make_node("Softmax", ["X"], ["p"], name="sm", axis=-1),
-                 helper.make_node("Inverse", ["p"], ["Y"], name="inverse", domain="ai.onnx.contrib")]
+        nodes = [
+            helper.make_node("Softmax", ["X"], ["p"], name="sm", axis=-1),
+            helper.make_node("Inverse", ["p"], ["Y"], name="inverse", domain="ai.onnx.contrib"),
+        ]
         return _graph_model(nodes, [y], extra_opsets=["ai.onnx.contrib"])
     text = helper.make_tensor_value_info
-    then = helper.make_graph([helper.make_node("StringLower", ["names"], ["t"], name="lower", domain="ai.onnx.contrib")],
-                             "then", [], [text("t", TensorProto.STRING, [1])])
-    other = helper.make_graph([helper.make_node("Identity", ["names"], ["e"], name="id")],
-                              "else", [], [text("e", TensorProto.STRING, [1])])
-    nodes = [helper.make_node("Softmax", ["X"], ["Y"], name="sm", axis=-1),
-             helper.make_node("If", ["flag"], ["S"], name="if", then_branch=then, else_branch=other)]
-    inits = [helper.make_tensor("names", TensorProto.STRING, [1], [b"Quake"]),
-             helper.make_tensor("flag", TensorProto.BOOL, [], [True])]
+    then = helper.make_graph(
+        [helper.make_node("StringLower", ["names"], ["t"], name="lower", domain="ai.onnx.contrib")],
+        "then",
+        [],
+        [text("t", TensorProto.STRING, [1])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["names"], ["e"], name="id")], "else", [], [text("e", TensorProto.STRING, [1])]
+    )
+    nodes = [
+        helper.make_node("Softmax", ["X"], ["Y"], name="sm", axis=-1),
+        helper.make_node("If", ["flag"], ["S"], name="if", then_branch=then, else_branch=other),
+    ]
+    inits = [
+        helper.make_tensor("names", TensorProto.STRING, [1], [b"Quake"]),
+        helper.make_tensor("flag", TensorProto.BOOL, [], [True]),
+    ]
     return _graph_model(nodes, [y, text("S", TensorProto.STRING, [1])], inits, extra_opsets=["ai.onnx.contrib"])
 
 
 def twice_model() -> onnx.ModelProto:
     """test.quake.Twice before and after a Softmax."""
-    nodes = [helper.make_node("Twice", ["X"], ["a"], name="twice_in", domain="test.quake"),
-             helper.make_node("Softmax", ["a"], ["p"], name="sm", axis=-1),
-             helper.make_node("Twice", ["p"], ["Y"], name="twice_out", domain="test.quake")]
-    return _graph_model(nodes, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [N, N])], extra_opsets=["test.quake"])
+    nodes = [
+        helper.make_node("Twice", ["X"], ["a"], name="twice_in", domain="test.quake"),
+        helper.make_node("Softmax", ["a"], ["p"], name="sm", axis=-1),
+        helper.make_node("Twice", ["p"], ["Y"], name="twice_out", domain="test.quake"),
+    ]
+    return _graph_model(
+        nodes, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [N, N])], extra_opsets=["test.quake"]
+    )
 
 
 def feeds() -> dict:
@@ -154,10 +172,18 @@ def test_bad_library_paths(tmp_path, command):
     src = tmp_path / "m.onnx"
     onnx.save(contrib_model("after"), str(src))
     (tmp_path / "text.so").write_text("not a library\n")
-    for path, words in ((tmp_path / "missing.so", "does not exist"), (tmp_path, "is not a file"),
-                        (tmp_path / "text.so", "does not load")):
-        args = {"optimize": [src, tmp_path / "o.onnx"], "inspect": [src], "check": [src],
-                "zoo": [tmp_path], "calibrate": [src, tmp_path / "o.onnx"]}[command]
+    for path, words in (
+        (tmp_path / "missing.so", "does not exist"),
+        (tmp_path, "is not a file"),
+        (tmp_path / "text.so", "does not load"),
+    ):
+        args = {
+            "optimize": [src, tmp_path / "o.onnx"],
+            "inspect": [src],
+            "check": [src],
+            "zoo": [tmp_path],
+            "calibrate": [src, tmp_path / "o.onnx"],
+        }[command]
         result = cli(command, *args, "--custom-ops-library", path)
         assert_one_line_error(result, 2, words)
     assert not (tmp_path / "o.onnx").exists()

@@ -3,19 +3,20 @@
 (`[E:onnxruntime:...]`), which the sessions the tool opens must not print.
 Run in real processes: ORT writes its log to the C++ stderr, which only a
 process of its own shows."""
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
-
 from clitools import assert_one_line_error_real, run_real
+from onnx import TensorProto, helper
 
 
 def _model(nodes, inputs, extra_opsets=(), inits=()) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-                              list(inits))
+    graph = helper.make_graph(
+        nodes, "g", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], list(inits)
+    )
     opsets = [helper.make_opsetid("", 17)] + [helper.make_opsetid(d, 1) for d in extra_opsets]
     return helper.make_model(graph, opset_imports=opsets, ir_version=9)
 
@@ -25,11 +26,25 @@ REFUSED = {
     # Softmax's axis out of range for the rank: ORT's shape inference says so.
     "axis": (_model([helper.make_node("Softmax", ["X"], ["Y"], axis=5)], [X]), "axis"),
     # A type mismatch ONNX's checker would catch, ORT's loader does.
-    "types": (_model([helper.make_node("Add", ["X", "I"], ["s"]), helper.make_node("Softmax", ["s"], ["Y"])],
-                     [X, helper.make_tensor_value_info("I", TensorProto.INT64, [32, 64])]), "type"),
+    "types": (
+        _model(
+            [helper.make_node("Add", ["X", "I"], ["s"]), helper.make_node("Softmax", ["s"], ["Y"])],
+            [X, helper.make_tensor_value_info("I", TensorProto.INT64, [32, 64])],
+        ),
+        "type",
+    ),
     # An op of no library ONNX Runtime has.
-    "domain": (_model([helper.make_node("Frobnicate", ["X"], ["f"], domain="no.such.domain"),
-                       helper.make_node("Softmax", ["f"], ["Y"])], [X], ["no.such.domain"]), "Frobnicate"),
+    "domain": (
+        _model(
+            [
+                helper.make_node("Frobnicate", ["X"], ["f"], domain="no.such.domain"),
+                helper.make_node("Softmax", ["f"], ["Y"]),
+            ],
+            [X],
+            ["no.such.domain"],
+        ),
+        "Frobnicate",
+    ),
     # An op name the default domain does not have.
     "op": (_model([helper.make_node("Softmaxx", ["X"], ["Y"])], [X]), "Softmaxx"),
 }
@@ -42,8 +57,10 @@ def test_model_ort_refuses_is_bad_input(tmp_path, case, command):
     src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
     onnx.save(model, str(src))
     args = {
-        "optimize": ["optimize", src, out], "optimize-no-fusions": ["optimize", src, out, "--no-ort-fusions"],
-        "inspect": ["inspect", src], "check": ["check", src],
+        "optimize": ["optimize", src, out],
+        "optimize-no-fusions": ["optimize", src, out, "--no-ort-fusions"],
+        "inspect": ["inspect", src],
+        "check": ["check", src],
     }[command]
     proc = run_real(*args)
     prefix = "ONNX Runtime cannot load" if command == "check" else "the input model does not load in ONNX Runtime"
@@ -55,8 +72,10 @@ def test_model_ort_refuses_is_bad_input(tmp_path, case, command):
 
 def test_calibrate_of_a_refused_model(tmp_path):
     # An exaq Softmax behind an op no library has.
-    nodes = [helper.make_node("Frobnicate", ["X"], ["f"], domain="no.such.domain"),
-             helper.make_node("Softmax", ["f"], ["Y"], domain="com.quake", method="exaq", bits=3, order=2)]
+    nodes = [
+        helper.make_node("Frobnicate", ["X"], ["f"], domain="no.such.domain"),
+        helper.make_node("Softmax", ["f"], ["Y"], domain="com.quake", method="exaq", bits=3, order=2),
+    ]
     model = _model(nodes, [X], ["no.such.domain", "com.quake"])
     src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
     onnx.save(model, str(src))

@@ -40,8 +40,8 @@ std::vector<Ort::CustomOpDomain> g_domains;  // ORT does not own a custom-op dom
 
 }  // namespace
 
-extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(
-    OrtSessionOptions* options, const OrtApiBase* api_base) {
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
   if (api == nullptr) return nullptr;
   Ort::InitApi(api);

@@ -4,6 +4,7 @@
 [B, H, Sq, D], K [B, Hkv, S, D] (or KT [B, Hkv, D, S]), V [B, Hkv, S, Dv]
 (plus PK/PV, the past, for a KV cache) in one of the forms below, and the
 feeds to run it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,25 @@ def _repeat_heads(g: Graph, x: str, b: int, h_kv: int, n: int, rows: int, cols: 
     return g.node("Reshape", [e, g.const(np.array([b, h_kv * n, rows, cols]), dtype=np.int64)])
 
 
-def block(dtype=F32, b=2, h=4, h_kv=None, sq=16, skv=None, d=8, dv=None, scale="div", k_form="transpose",
-          mask=None, softmax_cast=False, past=0, repeat="expand", axis=-1, seed=0, mask_value=None):
+def block(
+    dtype=F32,
+    b=2,
+    h=4,
+    h_kv=None,
+    sq=16,
+    skv=None,
+    d=8,
+    dv=None,
+    scale="div",
+    k_form="transpose",
+    mask=None,
+    softmax_cast=False,
+    past=0,
+    repeat="expand",
+    axis=-1,
+    seed=0,
+    mask_value=None,
+):
     """(model, feeds). scale: "div" | "mul" (on the scores) | "q" (on Q) | "split" (sqrt on Q and K) | "none".
     k_form: "transpose" (MatMul(Q, Transpose(K))) | "pre" (K given as [B, Hkv, D, S]).
     mask: None | "add" (input M [B, 1, 1, Skv]) | "sub" | "where" (input bool C [B, 1, Sq, Skv]) |
@@ -82,14 +100,21 @@ def block(dtype=F32, b=2, h=4, h_kv=None, sq=16, skv=None, d=8, dv=None, scale="
     if mask in ("causal_where", "causal_where+add"):
         big = max(skv, 8) + 3
         bias = g.const(np.tril(np.ones((1, 1, big, big), bool)), name="bias", dtype=bool)
-        sliced = g.node("Slice", [bias, g.const(np.array([skv - sq, 0]), dtype=np.int64),
-                                  g.const(np.array([skv, skv]), dtype=np.int64),
-                                  g.const(np.array([2, 3]), dtype=np.int64)], name="bias_slice")
+        sliced = g.node(
+            "Slice",
+            [
+                bias,
+                g.const(np.array([skv - sq, 0]), dtype=np.int64),
+                g.const(np.array([skv, skv]), dtype=np.int64),
+                g.const(np.array([2, 3]), dtype=np.int64),
+            ],
+            name="bias_slice",
+        )
         s = g.node("Where", [sliced, s, g.const(fill)], name="causal")
     if mask in ("add", "causal_where+add"):
         inputs["M"] = [b, 1, 1, skv]
         m = np.zeros((b, 1, 1, skv), np_t)
-        m[0, ..., skv - max(1, skv // 4):] = fill if mask_value is not None else -np.inf  # padded keys of batch 0
+        m[0, ..., skv - max(1, skv // 4) :] = fill if mask_value is not None else -np.inf  # padded keys of batch 0
         feeds["M"] = m
         s = g.node("Add", [s, "M"], name="mask")
     if mask == "sub":

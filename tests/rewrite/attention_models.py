@@ -4,6 +4,7 @@ BERT (post-LN, the additive padding mask ORT's own attention fusion knows),
 GPT-2 and ViT (the zoo samples), a Whisper encoder layer (scale on Q and K),
 a Llama decoder layer (GQA repeat_kv, additive causal bias, a KV cache).
 Each builder returns (model, feeds, attention blocks it holds)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,7 +14,8 @@ import numpy as np
 from onnx import TensorProto, helper
 
 _spec = importlib.util.spec_from_file_location(
-    "zoo_models", Path(__file__).resolve().parents[2] / "sample_models" / "zoo_models.py")
+    "zoo_models", Path(__file__).resolve().parents[2] / "sample_models" / "zoo_models.py"
+)
 zoo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(zoo)
 
@@ -39,12 +41,18 @@ def bert_post_ln(seq: int = 16, hidden: int = 32, heads: int = 4, ff: int = 64, 
         x = g.layer_norm(g.op("Add", attn, x), hidden)
         x = g.layer_norm(g.op("Add", g.linear(g.erf_gelu(g.linear(x, hidden, ff)), ff, hidden), x), hidden)
     g.nodes.append(helper.make_node("Identity", [x], ["output"], name="out"))
-    model = g.model("bert_post_ln", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, seq, hidden]),
-                                     helper.make_tensor_value_info("mask", TensorProto.FLOAT, [2, seq])],
-                    [helper.make_tensor_value_info("output", TensorProto.FLOAT, [2, seq, hidden])], opset=17)
+    model = g.model(
+        "bert_post_ln",
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, seq, hidden]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, [2, seq]),
+        ],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [2, seq, hidden])],
+        opset=17,
+    )
     rng = np.random.default_rng(0)
     mask = np.ones((2, seq), np.float32)
-    mask[1, seq - 5:] = 0
+    mask[1, seq - 5 :] = 0
     return model, {"input": rng.standard_normal((2, seq, hidden)).astype(np.float32), "mask": mask}, layers
 
 
@@ -55,7 +63,7 @@ def whisper_encoder(seq: int = 24, hidden: int = 32, heads: int = 4):
     d = hidden // heads
     h = g.layer_norm("input_features", hidden)
     split = g.i64(0, 0, heads, d)
-    root = g.f32(d ** -0.25)
+    root = g.f32(d**-0.25)
     q = g.op("Transpose", g.op("Reshape", g.linear(h, hidden, hidden), split), perm=[0, 2, 1, 3])
     k = g.op("Transpose", g.op("Reshape", g.linear(h, hidden, hidden, bias=False), split), perm=[0, 2, 1, 3])
     v = g.op("Transpose", g.op("Reshape", g.linear(h, hidden, hidden), split), perm=[0, 2, 1, 3])
@@ -65,16 +73,20 @@ def whisper_encoder(seq: int = 24, hidden: int = 32, heads: int = 4):
     x = g.op("Add", "input_features", g.linear(context, hidden, hidden))
     x = g.op("Add", x, g.linear(g.erf_gelu(g.linear(g.layer_norm(x, hidden), hidden, 4 * hidden)), 4 * hidden, hidden))
     g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="out"))
-    model = g.model("whisper_encoder",
-                    [helper.make_tensor_value_info("input_features", TensorProto.FLOAT, [1, seq, hidden])],
-                    [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [1, seq, hidden])], opset=17)
+    model = g.model(
+        "whisper_encoder",
+        [helper.make_tensor_value_info("input_features", TensorProto.FLOAT, [1, seq, hidden])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [1, seq, hidden])],
+        opset=17,
+    )
     rng = np.random.default_rng(1)
     return model, {"input_features": rng.standard_normal((1, seq, hidden)).astype(np.float32)}, 1
 
 
 def llama_decoder(seq: int = 6, past: int = 10, hidden: int = 48, heads: int = 6, kv_heads: int = 2):
     """A Llama decoder layer with a KV cache: RMSNorm, q/k/v projections without bias,
-    rotary embeddings on Q and the new K, K/V = Concat(past, new), repeat_kv as Unsqueeze -> Expand -> Reshape, scores * d^-0.5
+    rotary embeddings on Q and the new K, K/V = Concat(past, new), repeat_kv as Unsqueeze -> Expand -> Reshape,
+    scores * d^-0.5
     plus the additive causal bias [1, 1, Sq, Skv] (0 / float-lowest, shifted by the past),
     softmax in float, SiLU-gated MLP. Outputs the hidden state and the present K/V."""
     g = zoo.Graph(13)
@@ -84,8 +96,11 @@ def llama_decoder(seq: int = 6, past: int = 10, hidden: int = 48, heads: int = 6
 
     def rms_norm(x):
         ms = g.op("ReduceMean", g.op("Pow", x, g.f32(2.0)), axes=[-1])
-        return g.op("Mul", g.op("Mul", x, g.op("Reciprocal", g.op("Sqrt", g.op("Add", ms, g.f32(1e-6))))),
-                    g.weight("rms", hidden, scale=0.1))
+        return g.op(
+            "Mul",
+            g.op("Mul", x, g.op("Reciprocal", g.op("Sqrt", g.op("Add", ms, g.f32(1e-6))))),
+            g.weight("rms", hidden, scale=0.1),
+        )
 
     def heads_of(x, count):
         return g.op("Transpose", g.op("Reshape", x, g.i64(0, 0, count, d)), perm=[0, 2, 1, 3])
@@ -115,7 +130,7 @@ def llama_decoder(seq: int = 6, past: int = 10, hidden: int = 48, heads: int = 6
     g.nodes.append(helper.make_node("Concat", ["past_value", v_new], ["present_value"], name="cache_v", axis=2))
     k = repeat_kv("present_key", total, d)
     v = repeat_kv("present_value", total, d)
-    scores = g.op("Mul", g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2])), g.f32(d ** -0.5))
+    scores = g.op("Mul", g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2])), g.f32(d**-0.5))
     lowest = np.finfo(np.float32).min
     causal = np.where(np.arange(total)[None, :] <= np.arange(seq)[:, None] + past, 0.0, lowest)
     scores = g.op("Add", scores, g.const("causal_mask", causal[None, None].astype(np.float32)))
@@ -125,21 +140,33 @@ def llama_decoder(seq: int = 6, past: int = 10, hidden: int = 48, heads: int = 6
     m = rms_norm(x)
     gate = g.linear(m, hidden, 2 * hidden, bias=False)
     act = g.op("Mul", gate, g.op("Sigmoid", gate))
-    x = g.op("Add", x, g.linear(g.op("Mul", act, g.linear(m, hidden, 2 * hidden, bias=False)), 2 * hidden, hidden,
-                                bias=False))
+    x = g.op(
+        "Add",
+        x,
+        g.linear(g.op("Mul", act, g.linear(m, hidden, 2 * hidden, bias=False)), 2 * hidden, hidden, bias=False),
+    )
     g.nodes.append(helper.make_node("Identity", [x], ["out_hidden"], name="out"))
     f = TensorProto.FLOAT
-    model = g.model("llama_decoder",
-                    [helper.make_tensor_value_info("hidden", f, [1, seq, hidden]),
-                     helper.make_tensor_value_info("past_key", f, [1, kv_heads, past, d]),
-                     helper.make_tensor_value_info("past_value", f, [1, kv_heads, past, d])],
-                    [helper.make_tensor_value_info("out_hidden", f, [1, seq, hidden]),
-                     helper.make_tensor_value_info("present_key", f, [1, kv_heads, total, d]),
-                     helper.make_tensor_value_info("present_value", f, [1, kv_heads, total, d])], opset=17)
+    model = g.model(
+        "llama_decoder",
+        [
+            helper.make_tensor_value_info("hidden", f, [1, seq, hidden]),
+            helper.make_tensor_value_info("past_key", f, [1, kv_heads, past, d]),
+            helper.make_tensor_value_info("past_value", f, [1, kv_heads, past, d]),
+        ],
+        [
+            helper.make_tensor_value_info("out_hidden", f, [1, seq, hidden]),
+            helper.make_tensor_value_info("present_key", f, [1, kv_heads, total, d]),
+            helper.make_tensor_value_info("present_value", f, [1, kv_heads, total, d]),
+        ],
+        opset=17,
+    )
     rng = np.random.default_rng(2)
-    feeds = {"hidden": rng.standard_normal((1, seq, hidden)).astype(np.float32),
-             "past_key": rng.standard_normal((1, kv_heads, past, d)).astype(np.float32),
-             "past_value": rng.standard_normal((1, kv_heads, past, d)).astype(np.float32)}
+    feeds = {
+        "hidden": rng.standard_normal((1, seq, hidden)).astype(np.float32),
+        "past_key": rng.standard_normal((1, kv_heads, past, d)).astype(np.float32),
+        "past_value": rng.standard_normal((1, kv_heads, past, d)).astype(np.float32),
+    }
     return model, feeds, 1
 
 
@@ -158,5 +185,11 @@ def bert_zoo():
     return model, feeds, 2
 
 
-FRAGMENTS = {"bert_post_ln": bert_post_ln, "bert_zoo": bert_zoo, "gpt2": gpt2, "whisper_encoder": whisper_encoder,
-             "llama_decoder": llama_decoder, "vit": vit}
+FRAGMENTS = {
+    "bert_post_ln": bert_post_ln,
+    "bert_zoo": bert_zoo,
+    "gpt2": gpt2,
+    "whisper_encoder": whisper_encoder,
+    "llama_decoder": llama_decoder,
+    "vit": vit,
+}

@@ -1,4 +1,5 @@
 """Tiny models for the rewrite tests, ONNX Runtime sessions, and the checks every rule's test repeats."""
+
 from __future__ import annotations
 
 import functools
@@ -38,7 +39,9 @@ class Graph:
         self.inits.append(numpy_helper.from_array(array, name))
         return name
 
-    def node(self, op: str, inputs: Sequence[str], name: Optional[str] = None, domain: str = "", outputs=None, **attrs) -> str:
+    def node(
+        self, op: str, inputs: Sequence[str], name: Optional[str] = None, domain: str = "", outputs=None, **attrs
+    ) -> str:
         name = f"{op.lower()}_{len(self.nodes)}" if name is None else name
         outputs = outputs or [f"{name}_out"]
         self.nodes.append(helper.make_node(op, list(inputs), outputs, name=name, domain=domain, **attrs))

@@ -1,4 +1,5 @@
 """Decomposed GELUs as exporters write them, for the erf/tanh GELU tests."""
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,9 @@ def half_product(g: Graph, x: str, p: str, tail: str, half: float = 0.5) -> str:
     raise ValueError(tail)
 
 
-def erf_gelu(g: Graph, x: str, tail: str = "x*p*0.5", scale: str = "div", swap_add: bool = False, sqrt2=1.4142135) -> str:
+def erf_gelu(
+    g: Graph, x: str, tail: str = "x*p*0.5", scale: str = "div", swap_add: bool = False, sqrt2=1.4142135
+) -> str:
     if scale == "div":
         s = g.node("Div", [x, g.const(sqrt2)])
     else:

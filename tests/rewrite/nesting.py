@@ -5,6 +5,7 @@ graph, the rest go into the body of a control-flow node, which reads the outer
 values it needs (ONNX's implicit outer-scope references) and returns what the
 pattern computes. Paths name graphs as the report does ("main/if.then_branch").
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -52,7 +53,9 @@ def subgraph(model: onnx.ModelProto, path: str) -> onnx.GraphProto:
     return graph
 
 
-def if_node(name: str, then: onnx.GraphProto, other: onnx.GraphProto, outputs: Sequence[str], cond: str = "C") -> onnx.NodeProto:
+def if_node(
+    name: str, then: onnx.GraphProto, other: onnx.GraphProto, outputs: Sequence[str], cond: str = "C"
+) -> onnx.NodeProto:
     return helper.make_node("If", [cond], list(outputs), name=name, then_branch=then, else_branch=other)
 
 
@@ -62,14 +65,23 @@ def branch(name: str, nodes: Sequence[onnx.NodeProto], outputs: Sequence[str], s
     return helper.make_graph(list(nodes), name, [], [info(o, s) for o, s in zip(outputs, shapes)])
 
 
-def loop_node(name: str, body_nodes: Sequence[onnx.NodeProto], outputs: Sequence[str], initial: str,
-              carried: str = "v_in", trips: str = "trips") -> tuple[onnx.NodeProto, list[str]]:
+def loop_node(
+    name: str,
+    body_nodes: Sequence[onnx.NodeProto],
+    outputs: Sequence[str],
+    initial: str,
+    carried: str = "v_in",
+    trips: str = "trips",
+) -> tuple[onnx.NodeProto, list[str]]:
     """A Loop running TRIPS times: `carried` starts as `initial` and stays unchanged, each of
     `outputs` (computed by `body_nodes`) is stacked over the iterations. Returns the node and
     its outputs: the final carried value, then the stacked outputs."""
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name=f"{name}_cond"),
-         helper.make_node("Identity", [carried], [f"{carried}_out"], name=f"{name}_carry"), *body_nodes],
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name=f"{name}_cond"),
+            helper.make_node("Identity", [carried], [f"{carried}_out"], name=f"{name}_carry"),
+            *body_nodes,
+        ],
         f"{name}_body",
         [info("iter", [], TensorProto.INT64), info("cond_in", [], TensorProto.BOOL), info(carried)],
         [info("cond_out", [], TensorProto.BOOL), info(f"{carried}_out"), *[info(o) for o in outputs]],
@@ -78,8 +90,9 @@ def loop_node(name: str, body_nodes: Sequence[onnx.NodeProto], outputs: Sequence
     return helper.make_node("Loop", [trips, "", initial], results, name=name, body=body), results
 
 
-def scan_node(name: str, body_nodes: Sequence[onnx.NodeProto], outputs: Sequence[str], stacked: str,
-              slice_name: str = "x_i") -> tuple[onnx.NodeProto, list[str]]:
+def scan_node(
+    name: str, body_nodes: Sequence[onnx.NodeProto], outputs: Sequence[str], stacked: str, slice_name: str = "x_i"
+) -> tuple[onnx.NodeProto, list[str]]:
     """A Scan over the first axis of `stacked` (TRIPS copies of a SHAPE tensor): the body sees
     one copy as `slice_name`; each of `outputs` is stacked over the iterations."""
     body = helper.make_graph(list(body_nodes), f"{name}_body", [info(slice_name)], [info(o) for o in outputs])
@@ -91,8 +104,10 @@ def stack(x: str, out: str, prefix: str) -> list[onnx.NodeProto]:
     """Nodes making `out` = TRIPS copies of `x` along a new first axis (a Scan's input); reads
     the int64 initializer "axis0" = [0]."""
     copy = f"{prefix}_copy"
-    return [helper.make_node("Unsqueeze", [x, "axis0"], [copy], name=f"{prefix}_unsqueeze"),
-            helper.make_node("Concat", [copy] * TRIPS, [out], name=f"{prefix}_concat", axis=0)]
+    return [
+        helper.make_node("Unsqueeze", [x, "axis0"], [copy], name=f"{prefix}_unsqueeze"),
+        helper.make_node("Concat", [copy] * TRIPS, [out], name=f"{prefix}_concat", axis=0),
+    ]
 
 
 def compare(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: dict, atol, rtol: float = 0.0) -> None:
@@ -105,8 +120,14 @@ def compare(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: dict, 
         np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), atol=bound, rtol=rtol)
 
 
-def check_nested(model: onnx.ModelProto, expected: dict[str, list[str]], feeds: Sequence[dict], atol=0.0,
-                 rtol: float = 0.0, **options):
+def check_nested(
+    model: onnx.ModelProto,
+    expected: dict[str, list[str]],
+    feeds: Sequence[dict],
+    atol=0.0,
+    rtol: float = 0.0,
+    **options,
+):
     """check_rewrite (main graph ops, full check, outputs, input untouched, idempotent) plus
     the op types of every graph and the outputs for every feeds (e.g. both If conditions)."""
     first = atol if not isinstance(atol, (list, tuple)) else max(atol)

@@ -7,6 +7,7 @@ correct (an If branch reading the outer x), and otherwise leaves it with the
 reason. The reported case: Sigmoid(x) in the main graph, Mul(x, s) in an If
 branch, which stopped `quake-onnx optimize` with "max() arg is an empty sequence".
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,16 @@ from quake_onnx.rewrite.layout import FUSION_REASON
 from .builders import GELU_ERF_ATOL, SIGMOID_ATOL, Graph, decision, op_types
 from .gelu_forms import erf_gelu
 from .nesting import (
-    SHAPE, branch, check_nested, graph_ops, if_node, info, loop_node, scan_node, stack, subgraph,
+    SHAPE,
+    branch,
+    check_nested,
+    graph_ops,
+    if_node,
+    info,
+    loop_node,
+    scan_node,
+    stack,
+    subgraph,
 )
 
 X = np.random.default_rng(0).uniform(-3, 3, SHAPE).astype(np.float32)
@@ -54,13 +64,21 @@ def scalar(name, value, dtype=np.float32):
 @pytest.mark.parametrize("operands", [["X", "s"], ["s", "X"]])
 def test_reported_sigmoid_in_main_mul_in_if_branch(operands):
     m = model(
-        [node("Sigmoid", ["X"], "s", "sig"),
-         if_node("if", branch("then", [node("Mul", operands, "t", "mul")], ["t"]),
-                 branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"])],
+        [
+            node("Sigmoid", ["X"], "s", "sig"),
+            if_node(
+                "if",
+                branch("then", [node("Mul", operands, "t", "mul")], ["t"]),
+                branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]),
+                ["Y"],
+            ),
+        ],
         ["Y"],
     )
     out, report = check_nested(
-        m, {"main": ["If"], "main/if.then_branch": ["com.quake.Silu"], "main/if.else_branch": ["Neg"]}, BOTH,
+        m,
+        {"main": ["If"], "main/if.then_branch": ["com.quake.Silu"], "main/if.else_branch": ["Neg"]},
+        BOTH,
         atol=SIGMOID_ATOL,
     )
     (d,) = report.decisions
@@ -72,46 +90,75 @@ def test_reported_sigmoid_in_main_mul_in_if_branch(operands):
 def test_gate_read_in_another_branch_stays_for_it():
     """The Sigmoid goes only when nothing reads it in any graph: here the else branch does."""
     m = model(
-        [node("Sigmoid", ["X"], "s", "sig"),
-         if_node("if", branch("then", [node("Mul", ["X", "s"], "t", "mul")], ["t"]),
-                 branch("else", [node("Neg", ["s"], "e", "neg")], ["e"]), ["Y"])],
+        [
+            node("Sigmoid", ["X"], "s", "sig"),
+            if_node(
+                "if",
+                branch("then", [node("Mul", ["X", "s"], "t", "mul")], ["t"]),
+                branch("else", [node("Neg", ["s"], "e", "neg")], ["e"]),
+                ["Y"],
+            ),
+        ],
         ["Y"],
     )
     _, report = check_nested(
         m,
-        {"main": ["com.quake.Sigmoid", "If"], "main/if.then_branch": ["com.quake.Silu"], "main/if.else_branch": ["Neg"]},
-        BOTH, atol=SIGMOID_ATOL,
+        {
+            "main": ["com.quake.Sigmoid", "If"],
+            "main/if.then_branch": ["com.quake.Silu"],
+            "main/if.else_branch": ["Neg"],
+        },
+        BOTH,
+        atol=SIGMOID_ATOL,
     )
     assert [(d.rule, d.replaced) for d in report.decisions] == [("silu", True), ("sigmoid", True)]
 
 
 def test_mul_in_the_sigmoids_own_graph_is_taken_first():
     m = model(
-        [node("Sigmoid", ["X"], "s", "sig"),
-         if_node("if", branch("then", [node("Mul", ["X", "s"], "t", "mul_in_branch")], ["t"]),
-                 branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"]),
-         node("Mul", ["X", "s"], "Z", "mul_in_main")],
+        [
+            node("Sigmoid", ["X"], "s", "sig"),
+            if_node(
+                "if",
+                branch("then", [node("Mul", ["X", "s"], "t", "mul_in_branch")], ["t"]),
+                branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]),
+                ["Y"],
+            ),
+            node("Mul", ["X", "s"], "Z", "mul_in_main"),
+        ],
         ["Y", "Z"],
     )
     check_nested(
         m,
-        {"main": ["com.quake.Sigmoid", "If", "com.quake.Silu"], "main/if.then_branch": ["Mul"],
-         "main/if.else_branch": ["Neg"]},
-        BOTH, atol=[GATE_ONLY, SIGMOID_ATOL],
+        {
+            "main": ["com.quake.Sigmoid", "If", "com.quake.Silu"],
+            "main/if.then_branch": ["Mul"],
+            "main/if.else_branch": ["Neg"],
+        },
+        BOTH,
+        atol=[GATE_ONLY, SIGMOID_ATOL],
     )
 
 
 def test_reverse_sigmoid_in_branch_mul_in_main_is_no_silu():
     """Data flows out of a branch only through the If's outputs: Mul(x, If(...)) is not x * Sigmoid(x)."""
     m = model(
-        [if_node("if", branch("then", [node("Sigmoid", ["X"], "s", "sig")], ["s"]),
-                 branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"]),
-         node("Mul", ["X", "Y"], "Z", "mul")],
+        [
+            if_node(
+                "if",
+                branch("then", [node("Sigmoid", ["X"], "s", "sig")], ["s"]),
+                branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]),
+                ["Y"],
+            ),
+            node("Mul", ["X", "Y"], "Z", "mul"),
+        ],
         ["Z"],
     )
     _, report = check_nested(
-        m, {"main": ["If", "Mul"], "main/if.then_branch": ["com.quake.Sigmoid"], "main/if.else_branch": ["Neg"]},
-        BOTH, atol=GATE_ONLY,
+        m,
+        {"main": ["If", "Mul"], "main/if.then_branch": ["com.quake.Sigmoid"], "main/if.else_branch": ["Neg"]},
+        BOTH,
+        atol=GATE_ONLY,
     )
     assert [(d.rule, d.graph, d.replaced) for d in report.decisions] == [("sigmoid", "main/if.then_branch", True)]
 
@@ -120,13 +167,22 @@ def test_reverse_swish_scale_in_main_sigmoid_and_mul_in_branch():
     """The pattern's first node (beta * x) outside, the anchor inside: replaced in the branch,
     and the scale, read by nothing else, leaves the main graph."""
     m = model(
-        [node("Mul", ["X", "beta"], "a", "scale"),
-         if_node("if", branch("then", [node("Sigmoid", ["a"], "s", "sig"), node("Mul", ["X", "s"], "t", "mul")], ["t"]),
-                 branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"])],
-        ["Y"], inits=[scalar("beta", 1.702)],
+        [
+            node("Mul", ["X", "beta"], "a", "scale"),
+            if_node(
+                "if",
+                branch("then", [node("Sigmoid", ["a"], "s", "sig"), node("Mul", ["X", "s"], "t", "mul")], ["t"]),
+                branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]),
+                ["Y"],
+            ),
+        ],
+        ["Y"],
+        inits=[scalar("beta", 1.702)],
     )
     out, report = check_nested(
-        m, {"main": ["If"], "main/if.then_branch": ["com.quake.Silu"], "main/if.else_branch": ["Neg"]}, BOTH,
+        m,
+        {"main": ["If"], "main/if.then_branch": ["com.quake.Silu"], "main/if.else_branch": ["Neg"]},
+        BOTH,
         atol=SIGMOID_ATOL,
     )
     (d,) = report.decisions
@@ -138,27 +194,44 @@ def test_nested_if():
     deeper = branch("deeper", [node("Mul", ["X", "s"], "d", "mul")], ["d"])
     plain = branch("plain", [node("Neg", ["X"], "p", "neg")], ["p"])
     m = model(
-        [node("Sigmoid", ["X"], "s", "sig"),
-         if_node("if", branch("then", [if_node("inner", deeper, plain, ["t"])], ["t"]),
-                 branch("else", [node("Abs", ["X"], "e", "abs")], ["e"]), ["Y"])],
+        [
+            node("Sigmoid", ["X"], "s", "sig"),
+            if_node(
+                "if",
+                branch("then", [if_node("inner", deeper, plain, ["t"])], ["t"]),
+                branch("else", [node("Abs", ["X"], "e", "abs")], ["e"]),
+                ["Y"],
+            ),
+        ],
         ["Y"],
     )
     inner = "main/if.then_branch/inner"
     _, report = check_nested(
         m,
-        {"main": ["If"], "main/if.then_branch": ["If"], f"{inner}.then_branch": ["com.quake.Silu"],
-         f"{inner}.else_branch": ["Neg"], "main/if.else_branch": ["Abs"]},
-        BOTH, atol=SIGMOID_ATOL,
+        {
+            "main": ["If"],
+            "main/if.then_branch": ["If"],
+            f"{inner}.then_branch": ["com.quake.Silu"],
+            f"{inner}.else_branch": ["Neg"],
+            "main/if.else_branch": ["Abs"],
+        },
+        BOTH,
+        atol=SIGMOID_ATOL,
     )
     assert decision(report, "silu").reason == f"replaced by com.quake Silu (alpha=1) in {inner}.then_branch"
 
 
 def test_new_names_stay_unique_across_graphs():
     m = model(
-        [node("Sigmoid", ["X"], "s", "sig"),
-         if_node("if", branch("then", [node("Mul", ["X", "s"], "t", "mul")], ["t"]),
-                 branch("else", [node("Neg", ["X"], "sig/quake_Silu_out", "sig/quake_Silu")], ["sig/quake_Silu_out"]),
-                 ["Y"])],
+        [
+            node("Sigmoid", ["X"], "s", "sig"),
+            if_node(
+                "if",
+                branch("then", [node("Mul", ["X", "s"], "t", "mul")], ["t"]),
+                branch("else", [node("Neg", ["X"], "sig/quake_Silu_out", "sig/quake_Silu")], ["sig/quake_Silu_out"]),
+                ["Y"],
+            ),
+        ],
         ["Y"],
     )
     out, _ = rewrite_model(m)
@@ -180,7 +253,9 @@ def test_loop_body_mul_of_an_outer_sigmoid_is_left_with_the_reason():
     it once: the SiLU is left, the Sigmoid replaced on its own."""
     m = loop_model([node("Mul", ["X", "s"], "t", "mul")], outer=[node("Sigmoid", ["X"], "s", "sig")])
     _, report = check_nested(
-        m, {"main": ["com.quake.Sigmoid", "Loop"], "main/loop.body": ["Identity", "Identity", "Mul"]}, BOTH[:1],
+        m,
+        {"main": ["com.quake.Sigmoid", "Loop"], "main/loop.body": ["Identity", "Identity", "Mul"]},
+        BOTH[:1],
         atol=GATE_ONLY,
     )
     silu = decision(report, "silu")
@@ -193,7 +268,9 @@ def test_loop_body_mul_of_an_outer_sigmoid_is_left_with_the_reason():
 def test_silu_inside_a_loop_body_on_the_carried_value():
     m = loop_model([node("Sigmoid", ["v_in"], "s", "sig"), node("Mul", ["v_in", "s"], "t", "mul")])
     _, report = check_nested(
-        m, {"main": ["Loop"], "main/loop.body": ["Identity", "Identity", "com.quake.Silu"]}, BOTH[:1],
+        m,
+        {"main": ["Loop"], "main/loop.body": ["Identity", "Identity", "com.quake.Silu"]},
+        BOTH[:1],
         atol=SIGMOID_ATOL,
     )
     assert decision(report, "silu").graph == "main/loop.body"
@@ -203,7 +280,9 @@ def test_loop_carried_input_is_not_the_outer_value():
     """v_in starts as X and equals it on every iteration, but it is the body's own value."""
     m = loop_model([node("Mul", ["v_in", "s"], "t", "mul")], outer=[node("Sigmoid", ["X"], "s", "sig")])
     _, report = check_nested(
-        m, {"main": ["com.quake.Sigmoid", "Loop"], "main/loop.body": ["Identity", "Identity", "Mul"]}, BOTH[:1],
+        m,
+        {"main": ["com.quake.Sigmoid", "Loop"], "main/loop.body": ["Identity", "Identity", "Mul"]},
+        BOTH[:1],
         atol=GATE_ONLY,
     )
     assert [d.rule for d in report.decisions] == ["sigmoid"]
@@ -211,14 +290,23 @@ def test_loop_carried_input_is_not_the_outer_value():
 
 def test_if_inside_a_loop_body_takes_the_bodys_sigmoid():
     """Within one iteration an If branch runs at most once: the Silu goes into it."""
-    inner = if_node("inner", branch("then", [node("Mul", ["v_in", "s"], "d", "mul")], ["d"]),
-                    branch("else", [node("Neg", ["v_in"], "p", "neg")], ["p"]), ["t"])
+    inner = if_node(
+        "inner",
+        branch("then", [node("Mul", ["v_in", "s"], "d", "mul")], ["d"]),
+        branch("else", [node("Neg", ["v_in"], "p", "neg")], ["p"]),
+        ["t"],
+    )
     m = loop_model([node("Sigmoid", ["v_in"], "s", "sig"), inner])
     _, report = check_nested(
         m,
-        {"main": ["Loop"], "main/loop.body": ["Identity", "Identity", "If"],
-         "main/loop.body/inner.then_branch": ["com.quake.Silu"], "main/loop.body/inner.else_branch": ["Neg"]},
-        BOTH, atol=SIGMOID_ATOL,
+        {
+            "main": ["Loop"],
+            "main/loop.body": ["Identity", "Identity", "If"],
+            "main/loop.body/inner.then_branch": ["com.quake.Silu"],
+            "main/loop.body/inner.else_branch": ["Neg"],
+        },
+        BOTH,
+        atol=SIGMOID_ATOL,
     )
     assert decision(report, "silu").reason == "replaced by com.quake Silu (alpha=1) in main/loop.body/inner.then_branch"
 
@@ -227,27 +315,43 @@ def test_loop_inside_an_if_branch_is_still_a_loop():
     loop, results = loop_node("loop", [node("Mul", ["X", "s"], "t", "mul")], ["t"], "X")
     then = branch("then", [node("Sigmoid", ["X"], "s", "sig"), loop], [results[1]], shapes=[[2, *SHAPE]])
     other = branch("else", [*stack("X", "e", "other")], ["e"], shapes=[[2, *SHAPE]])
-    m = model([if_node("if", then, other, ["Y"])], [("Y", [2, *SHAPE])],
-              inits=[numpy_helper.from_array(np.array(2, np.int64), "trips"), numpy_helper.from_array(np.array([0]), "axis0")])
+    m = model(
+        [if_node("if", then, other, ["Y"])],
+        [("Y", [2, *SHAPE])],
+        inits=[
+            numpy_helper.from_array(np.array(2, np.int64), "trips"),
+            numpy_helper.from_array(np.array([0]), "axis0"),
+        ],
+    )
     _, report = check_nested(
         m,
-        {"main": ["If"], "main/if.then_branch": ["com.quake.Sigmoid", "Loop"],
-         "main/if.then_branch/loop.body": ["Identity", "Identity", "Mul"], "main/if.else_branch": ["Unsqueeze", "Concat"]},
-        BOTH, atol=GATE_ONLY,
+        {
+            "main": ["If"],
+            "main/if.then_branch": ["com.quake.Sigmoid", "Loop"],
+            "main/if.then_branch/loop.body": ["Identity", "Identity", "Mul"],
+            "main/if.else_branch": ["Unsqueeze", "Concat"],
+        },
+        BOTH,
+        atol=GATE_ONLY,
     )
     assert "outside the Loop body main/if.then_branch/loop.body" in decision(report, "silu").reason
 
 
 def scan_model(body_nodes, outer=()):
     scan, results = scan_node("scan", body_nodes, ["t"], "stacked")
-    return model([*outer, *stack("X", "stacked", "x"), scan], [(results[0], [2, *SHAPE])],
-                 inits=[numpy_helper.from_array(np.array([0]), "axis0")])
+    return model(
+        [*outer, *stack("X", "stacked", "x"), scan],
+        [(results[0], [2, *SHAPE])],
+        inits=[numpy_helper.from_array(np.array([0]), "axis0")],
+    )
 
 
 def test_scan_body_mul_of_an_outer_sigmoid_is_left_with_the_reason():
     m = scan_model([node("Mul", ["X", "s"], "t", "mul")], outer=[node("Sigmoid", ["X"], "s", "sig")])
     _, report = check_nested(
-        m, {"main": ["com.quake.Sigmoid", "Unsqueeze", "Concat", "Scan"], "main/scan.body": ["Mul"]}, BOTH[:1],
+        m,
+        {"main": ["com.quake.Sigmoid", "Unsqueeze", "Concat", "Scan"], "main/scan.body": ["Mul"]},
+        BOTH[:1],
         atol=GATE_ONLY,
     )
     assert "outside the Scan body main/scan.body" in decision(report, "silu").reason
@@ -256,7 +360,9 @@ def test_scan_body_mul_of_an_outer_sigmoid_is_left_with_the_reason():
 def test_scan_slice_is_not_the_outer_value():
     m = scan_model([node("Mul", ["x_i", "s"], "t", "mul")], outer=[node("Sigmoid", ["X"], "s", "sig")])
     _, report = check_nested(
-        m, {"main": ["com.quake.Sigmoid", "Unsqueeze", "Concat", "Scan"], "main/scan.body": ["Mul"]}, BOTH[:1],
+        m,
+        {"main": ["com.quake.Sigmoid", "Unsqueeze", "Concat", "Scan"], "main/scan.body": ["Mul"]},
+        BOTH[:1],
         atol=GATE_ONLY,
     )
     assert [d.rule for d in report.decisions] == ["sigmoid"]
@@ -294,10 +400,13 @@ def test_erf_gelu_split_across_an_if_is_left_with_the_reason(cut):
     onnx.checker.check_model(out, full_check=True)
 
 
-@pytest.mark.parametrize("cut,expected", [
-    (0, {"main": ["If"], "main/if.then_branch": ["com.quake.Gelu"], "main/if.else_branch": ["Neg"]}),
-    (5, {"main": ["com.quake.Gelu", "If"], "main/if.then_branch": ["Identity"], "main/if.else_branch": ["Neg"]}),
-])
+@pytest.mark.parametrize(
+    "cut,expected",
+    [
+        (0, {"main": ["If"], "main/if.then_branch": ["com.quake.Gelu"], "main/if.else_branch": ["Neg"]}),
+        (5, {"main": ["com.quake.Gelu", "If"], "main/if.then_branch": ["Identity"], "main/if.else_branch": ["Neg"]}),
+    ],
+)
 def test_erf_gelu_whole_in_either_graph_is_replaced(cut, expected):
     _, report = check_nested(erf_gelu_cut(cut), expected, BOTH, atol=GELU_ERF_ATOL)
     assert decision(report, "erf_gelu").replaced
@@ -307,13 +416,22 @@ def test_bias_add_in_main_stays_out_of_a_branch_gelu():
     """A Gelu in a branch whose bias Add is in the main graph: the Add stays where it is."""
     bias = numpy_helper.from_array(np.linspace(-0.5, 0.5, SHAPE[-1]).astype(np.float32), "bias")
     m = model(
-        [node("Add", ["X", "bias"], "h", "bias_add"),
-         if_node("if", branch("then", [node("Gelu", ["h"], "t", "gelu")], ["t"]),
-                 branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"])],
-        ["Y"], inits=[bias],
+        [
+            node("Add", ["X", "bias"], "h", "bias_add"),
+            if_node(
+                "if",
+                branch("then", [node("Gelu", ["h"], "t", "gelu")], ["t"]),
+                branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]),
+                ["Y"],
+            ),
+        ],
+        ["Y"],
+        inits=[bias],
     )
     out, _ = check_nested(
-        m, {"main": ["Add", "If"], "main/if.then_branch": ["com.quake.Gelu"], "main/if.else_branch": ["Neg"]}, BOTH,
+        m,
+        {"main": ["Add", "If"], "main/if.then_branch": ["com.quake.Gelu"], "main/if.else_branch": ["Neg"]},
+        BOTH,
         atol=GELU_ERF_ATOL,
     )
     assert list(subgraph(out, "main/if.then_branch").node[0].input) == ["h"]
@@ -326,8 +444,11 @@ def test_branch_returning_an_intermediate_keeps_the_pattern():
     g = Graph()
     y = erf_gelu(g, "X")
     read = branch("then", [node("Identity", ["erf_out"], "t", "read")], ["t"])
-    m = model([*g.nodes, if_node("if", read, branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"])],
-              ["Y", y], inits=g.inits)
+    m = model(
+        [*g.nodes, if_node("if", read, branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"])],
+        ["Y", y],
+        inits=g.inits,
+    )
     out, report = rewrite_model(m)
     assert decision(report, "erf_gelu").reason == "intermediate erf_out has other consumers"
     assert out.SerializeToString() == m.SerializeToString()
@@ -338,25 +459,46 @@ def test_reader_two_graphs_down_keeps_the_pattern():
     y = erf_gelu(g, "X")
     deeper = branch("deeper", [node("Identity", ["erf_out"], "d", "read")], ["d"])
     plain = branch("plain", [node("Neg", ["X"], "p", "neg")], ["p"])
-    m = model([*g.nodes, if_node("if", branch("then", [if_node("inner", deeper, plain, ["t"])], ["t"]),
-                                 branch("else", [node("Abs", ["X"], "e", "abs")], ["e"]), ["Y"])],
-              ["Y", y], inits=g.inits)
+    m = model(
+        [
+            *g.nodes,
+            if_node(
+                "if",
+                branch("then", [if_node("inner", deeper, plain, ["t"])], ["t"]),
+                branch("else", [node("Abs", ["X"], "e", "abs")], ["e"]),
+                ["Y"],
+            ),
+        ],
+        ["Y", y],
+        inits=g.inits,
+    )
     _, report = rewrite_model(m)
     assert decision(report, "erf_gelu").reason == "intermediate erf_out has other consumers"
 
 
 def test_branch_returning_the_gate_keeps_the_sigmoid():
     m = model(
-        [node("Sigmoid", ["X"], "s", "sig"), node("Mul", ["X", "s"], "Z", "mul"),
-         if_node("if", branch("then", [node("Identity", ["s"], "t", "read")], ["t"]),
-                 branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"])],
+        [
+            node("Sigmoid", ["X"], "s", "sig"),
+            node("Mul", ["X", "s"], "Z", "mul"),
+            if_node(
+                "if",
+                branch("then", [node("Identity", ["s"], "t", "read")], ["t"]),
+                branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]),
+                ["Y"],
+            ),
+        ],
         ["Y", "Z"],
     )
     check_nested(
         m,
-        {"main": ["com.quake.Sigmoid", "com.quake.Silu", "If"], "main/if.then_branch": ["Identity"],
-         "main/if.else_branch": ["Neg"]},
-        BOTH, atol=SIGMOID_ATOL,
+        {
+            "main": ["com.quake.Sigmoid", "com.quake.Silu", "If"],
+            "main/if.then_branch": ["Identity"],
+            "main/if.else_branch": ["Neg"],
+        },
+        BOTH,
+        atol=SIGMOID_ATOL,
     )
 
 
@@ -366,9 +508,16 @@ def test_branch_returning_an_outer_value_directly():
     reads. The pass still counts it as a reader: the intermediate it names stays defined."""
     g = Graph()
     y = erf_gelu(g, "X")
-    m = model([*g.nodes, if_node("if", branch("then", [], ["erf_out"]),
-                                 branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"])],
-              ["Y", y], inits=g.inits)
+    m = model(
+        [
+            *g.nodes,
+            if_node(
+                "if", branch("then", [], ["erf_out"]), branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"]
+            ),
+        ],
+        ["Y", y],
+        inits=g.inits,
+    )
     with pytest.raises(onnx.checker.ValidationError, match="erf_out"):
         onnx.checker.check_model(m)
     with pytest.raises(Exception, match="outer scope value being returned directly"):
@@ -387,10 +536,18 @@ def test_conv_in_main_sigmoid_in_branch_is_no_fusion_target(tmp_path):
     shape = [1, 8, 4, 4]
     w = numpy_helper.from_array(np.random.default_rng(2).standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.2, "w")
     m = model(
-        [node("Conv", ["X", "w"], "c", "conv", kernel_shape=[1, 1]),
-         if_node("if", branch("then", [node("Sigmoid", ["c"], "s", "sig")], ["s"], shapes=[shape]),
-                 branch("else", [node("Neg", ["X"], "e", "neg")], ["e"], shapes=[shape]), ["Y"])],
-        [("Y", shape)], inits=[w], opset=17,
+        [
+            node("Conv", ["X", "w"], "c", "conv", kernel_shape=[1, 1]),
+            if_node(
+                "if",
+                branch("then", [node("Sigmoid", ["c"], "s", "sig")], ["s"], shapes=[shape]),
+                branch("else", [node("Neg", ["X"], "e", "neg")], ["e"], shapes=[shape]),
+                ["Y"],
+            ),
+        ],
+        [("Y", shape)],
+        inits=[w],
+        opset=17,
     )
     m.graph.input[0].CopyFrom(info("X", shape))
     so = ort.SessionOptions()
@@ -399,10 +556,15 @@ def test_conv_in_main_sigmoid_in_branch_is_no_fusion_target(tmp_path):
     ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     assert "FusedConv" not in str(graph_ops(onnx.load(so.optimized_model_filepath)))
 
-    feeds = [{"X": np.random.default_rng(3).uniform(-3, 3, shape).astype(np.float32), "C": np.array(c)} for c in (True, False)]
+    feeds = [
+        {"X": np.random.default_rng(3).uniform(-3, 3, shape).astype(np.float32), "C": np.array(c)}
+        for c in (True, False)
+    ]
     _, report = check_nested(
-        m, {"main": ["Conv", "If"], "main/if.then_branch": ["com.quake.Sigmoid"], "main/if.else_branch": ["Neg"]},
-        feeds, atol=SIGMOID_ATOL,
+        m,
+        {"main": ["Conv", "If"], "main/if.then_branch": ["com.quake.Sigmoid"], "main/if.else_branch": ["Neg"]},
+        feeds,
+        atol=SIGMOID_ATOL,
     )
     assert decision(report, "sigmoid").reason != FUSION_REASON
 
@@ -410,9 +572,15 @@ def test_conv_in_main_sigmoid_in_branch_is_no_fusion_target(tmp_path):
 def test_optimize_takes_the_reported_model(tmp_path):
     """quake_onnx.optimize, ORT's fusions included, as `quake-onnx optimize` runs it."""
     m = model(
-        [node("Sigmoid", ["X"], "s", "sig"),
-         if_node("if", branch("then", [node("Mul", ["X", "s"], "t", "mul")], ["t"]),
-                 branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"])],
+        [
+            node("Sigmoid", ["X"], "s", "sig"),
+            if_node(
+                "if",
+                branch("then", [node("Mul", ["X", "s"], "t", "mul")], ["t"]),
+                branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]),
+                ["Y"],
+            ),
+        ],
         ["Y"],
     )
     out, report = quake_onnx.optimize(m, tmp_path / "out.onnx", min_elements=0)
@@ -428,7 +596,9 @@ def test_sibling_branch_reusing_an_intermediates_name_is_no_reader():
     then = helper.make_graph(g.nodes, "then", [], [info(y)], initializer=g.inits)
     m = model([if_node("if", then, branch("else", [node("Neg", ["X"], "erf_out", "neg")], ["erf_out"]), ["Y"])], ["Y"])
     _, report = check_nested(
-        m, {"main": ["If"], "main/if.then_branch": ["com.quake.Gelu"], "main/if.else_branch": ["Neg"]}, BOTH,
+        m,
+        {"main": ["If"], "main/if.then_branch": ["com.quake.Gelu"], "main/if.else_branch": ["Neg"]},
+        BOTH,
         atol=GELU_ERF_ATOL,
     )
     assert decision(report, "erf_gelu").replaced
@@ -445,15 +615,23 @@ def test_outer_initializers_stay_in_their_graph():
     v = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "V")
     then = branch("then", [node("MatMul", ["X", "W"], "a", "mm_w"), node("MatMul", ["a", "V"], "t", "mm_v")], ["t"])
     m = model(
-        [node("MatMul", ["X", "W"], "h", "mm"), node("Softmax", ["h"], "Z", "sm", axis=-1),
-         if_node("if", then, branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"])],
-        ["Z", "Y"], inits=[w, v],
+        [
+            node("MatMul", ["X", "W"], "h", "mm"),
+            node("Softmax", ["h"], "Z", "sm", axis=-1),
+            if_node("if", then, branch("else", [node("Neg", ["X"], "e", "neg")], ["e"]), ["Y"]),
+        ],
+        ["Z", "Y"],
+        inits=[w, v],
     )
     out, _ = check_nested(
         m,
-        {"main": ["MatMul", "com.quake.Softmax", "If"], "main/if.then_branch": ["MatMul", "MatMul"],
-         "main/if.else_branch": ["Neg"]},
-        BOTH, atol=2e-3,
+        {
+            "main": ["MatMul", "com.quake.Softmax", "If"],
+            "main/if.then_branch": ["MatMul", "MatMul"],
+            "main/if.else_branch": ["Neg"],
+        },
+        BOTH,
+        atol=2e-3,
     )
     assert [t.name for t in out.graph.initializer] == ["W", "V"]
     assert not subgraph(out, "main/if.then_branch").initializer

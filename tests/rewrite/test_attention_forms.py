@@ -1,6 +1,7 @@
 """The attention rule on every form it matches: exact node types after the pass,
 the full onnx check, idempotence, and outputs through ONNX Runtime within the
 op's bound (2e-3 x max|V| at order 2), float32 and float16."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@ GPT-2, Whisper encoder, Llama with GQA and a KV cache, ViT), through
 quake_onnx.optimize: fusions per rule, outputs, and ONNX Runtime's graphs
 of the result: every fusion ORT makes on the per-op rewrite it still makes
 with the attention fused; what differs is the attention block alone."""
+
 from __future__ import annotations
 
 import collections
@@ -23,12 +24,34 @@ from .builders import op_types, run
 
 # What ORT makes of an unfused attention block (the block's MatMuls, scale, mask, Softmax, the K/V head
 # repeat) and so what may differ between its graphs of the per-op rewrite and of the fused one.
-BLOCK_OPS = {"MatMul", "com.microsoft.FusedMatMul", "Add", "Mul", "Div", "Where", "Softmax", "com.quake.Softmax",
-             "Cast", "Transpose", "Unsqueeze", "Expand", "Tile", "Reshape"}
+BLOCK_OPS = {
+    "MatMul",
+    "com.microsoft.FusedMatMul",
+    "Add",
+    "Mul",
+    "Div",
+    "Where",
+    "Softmax",
+    "com.quake.Softmax",
+    "Cast",
+    "Transpose",
+    "Unsqueeze",
+    "Expand",
+    "Tile",
+    "Reshape",
+}
 # ORT's fusions that must survive.
-FUSIONS = {"Gemm", "LayerNormalization", "com.microsoft.SkipLayerNormalization", "com.microsoft.FusedGemm",
-           "com.microsoft.BiasGelu", "com.microsoft.FastGelu", "com.microsoft.Gelu", "com.microsoft.QuickGelu",
-           "com.microsoft.BiasSoftmax"}
+FUSIONS = {
+    "Gemm",
+    "LayerNormalization",
+    "com.microsoft.SkipLayerNormalization",
+    "com.microsoft.FusedGemm",
+    "com.microsoft.BiasGelu",
+    "com.microsoft.FastGelu",
+    "com.microsoft.Gelu",
+    "com.microsoft.QuickGelu",
+    "com.microsoft.BiasSoftmax",
+}
 
 
 def ort_types(model: onnx.ModelProto) -> collections.Counter:
@@ -78,7 +101,9 @@ def test_ort_makes_its_other_fusions(fragment):
     original, with_attention, without = ort_types(model), ort_types(fused), ort_types(per_op)
     assert with_attention - without == collections.Counter({"com.quake.Attention": blocks}), name
     assert set(without - with_attention) <= BLOCK_OPS, name
-    assert {k: v for k, v in with_attention.items() if k in FUSIONS} == {k: v for k, v in without.items() if k in FUSIONS}
+    assert {k: v for k, v in with_attention.items() if k in FUSIONS} == {
+        k: v for k, v in without.items() if k in FUSIONS
+    }
     for norm in ("LayerNormalization", "com.microsoft.SkipLayerNormalization"):
         assert with_attention[norm] == original[norm], (name, norm)
     assert not {"com.microsoft.Attention", "com.microsoft.MultiHeadAttention"} & set(with_attention)

@@ -1,6 +1,7 @@
 """com.microsoft.MultiHeadAttention and ONNX Attention (opset 23) -> com.quake
 Attention where their inputs and attributes map; kept with the reason where not.
 Outputs are compared with ONNX Runtime's own kernels for those ops."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,7 +39,7 @@ def mha(dtype=F32, sq=5, skv=7, heads=2, hidden=16, bnsh=False, padding=False, b
     feeds = _feeds(shapes, dtype)
     if padding:
         feeds["KPM"] = np.ones((2, skv), np.int32)
-        feeds["KPM"][0, skv - 2:] = 0
+        feeds["KPM"][0, skv - 2 :] = 0
     if bias:
         feeds["AB"] = sample((1, heads, sq, skv), NP[dtype], scale=1.0, seed=9)
     return g.model(spec, {y: [2, sq, hidden]}, extra_opsets=MS), feeds
@@ -70,19 +71,37 @@ def test_mha_unidirectional_is_causal():
     assert "causal" in decision(report, "mha").reason
 
 
-@pytest.mark.parametrize("case,reason", [
-    ("bias", "a bias input is not mapped"),
-    ("past", "past key/value"),
-    ("unidirectional", "unidirectional with Sq and Skv not provably equal"),
-    ("present", "its output present_k (present key/value or qk) is read"),
-])
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("bias", "a bias input is not mapped"),
+        ("past", "past key/value"),
+        ("unidirectional", "unidirectional with Sq and Skv not provably equal"),
+        ("present", "its output present_k (present key/value or qk) is read"),
+    ],
+)
 def test_mha_refusals(case, reason):
     g = Graph()
-    inputs = ["Q", "K", "V", "B" if case == "bias" else "", "", "", "PK" if case == "past" else "",
-              "PV" if case == "past" else ""]
+    inputs = [
+        "Q",
+        "K",
+        "V",
+        "B" if case == "bias" else "",
+        "",
+        "",
+        "PK" if case == "past" else "",
+        "PV" if case == "past" else "",
+    ]
     outputs = ["y", "present_k", "present_v"] if case == "present" else ["y"]
-    g.node("MultiHeadAttention", inputs, name="mha", domain="com.microsoft", outputs=outputs, num_heads=2,
-           unidirectional=int(case == "unidirectional"))
+    g.node(
+        "MultiHeadAttention",
+        inputs,
+        name="mha",
+        domain="com.microsoft",
+        outputs=outputs,
+        num_heads=2,
+        unidirectional=int(case == "unidirectional"),
+    )
     spec = {"Q": [1, 5, 16], "K": [1, 7, 16], "V": [1, 7, 16], "B": [48], "PK": [1, 2, 3, 8], "PV": [1, 2, 3, 8]}
     spec = {k: v for k, v in spec.items() if k in inputs}
     result = {"y": [1, 5, 16]} | ({"present_k": [1, 2, 7, 8]} if case == "present" else {})
@@ -133,10 +152,13 @@ def test_onnx_attention_3d_inputs():
     check_rewrite(model, SPLIT * 3 + ["com.quake.Attention"] + MERGE, feeds, atol=_bound(feeds, F32))
 
 
-@pytest.mark.parametrize("attrs,reason", [
-    ({"softcap": 30.0}, "softcap is not mapped"),
-    ({"is_causal": 1}, "is_causal with Sq and Skv not provably equal"),
-])
+@pytest.mark.parametrize(
+    "attrs,reason",
+    [
+        ({"softcap": 30.0}, "softcap is not mapped"),
+        ({"is_causal": 1}, "is_causal with Sq and Skv not provably equal"),
+    ],
+)
 def test_onnx_attention_refusals(attrs, reason):
     model, _ = onnx_attention(**attrs)
     out, report = rewrite_model(model)

@@ -1,6 +1,7 @@
 """The attention fusion as a stage of quake_onnx.optimize: the measured
 break-even and --min-elements, --ops, the ORT oracle's kept Softmax, and the
 CLI's --explain."""
+
 from __future__ import annotations
 
 import sys
@@ -36,7 +37,10 @@ def test_break_even_leaves_small_blocks_to_the_per_op_rewrite():
     out, report = quake_onnx.optimize(small_block(), ort_fusions=False)
     d = attention_decision(report)
     floor = BREAK_EVEN["attention"]
-    assert not d.replaced and d.reason == f"512 score elements: below the {floor}-element break-even of the fused attention"
+    assert (
+        not d.replaced
+        and d.reason == f"512 score elements: below the {floor}-element break-even of the fused attention"
+    )
     assert "com.quake.Attention" not in op_types(out)
 
 
@@ -73,8 +77,11 @@ def _fake_ort(model, src, work, external, level, libraries):
     fused = onnx.ModelProto()
     fused.CopyFrom(model)
     del fused.graph.node[:]
-    fused.graph.node.append(helper.make_node("Attention", ["Q", "K", "V", "M"], [model.graph.output[0].name],
-                                             name="Attention_0", domain="com.microsoft"))
+    fused.graph.node.append(
+        helper.make_node(
+            "Attention", ["Q", "K", "V", "M"], [model.graph.output[0].name], name="Attention_0", domain="com.microsoft"
+        )
+    )
     return fused
 
 
@@ -102,7 +109,9 @@ def test_cli_explain_and_help(tmp_path):
     src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
     onnx.save(small_block(), src)
     runner = CliRunner()
-    result = runner.invoke(app, ["optimize", str(src), str(out), "--explain", "--no-ort-fusions", "--min-elements", "0"])
+    result = runner.invoke(
+        app, ["optimize", str(src), str(out), "--explain", "--no-ort-fusions", "--min-elements", "0"]
+    )
     assert result.exit_code == 0, result.stdout
     assert "replaced by com.quake Attention (scale=0.353553, mask)" in result.stdout
     from quake_onnx.cli import _MIN_ELEMENTS, _OPS

@@ -1,14 +1,16 @@
 """Forms the attention rule must leave, each with its reason; the Softmax then
 goes to the per-op Softmax rule, which replaces it alone as it always has."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from onnx import helper
 
-from .attention_forms import block
-from .builders import F32, SOFTMAX_ATOL, Graph, check_rewrite, op_types, run
 from quake_onnx.rewrite import rewrite_model
+
+from .attention_forms import block
+from .builders import F32, SOFTMAX_ATOL, Graph, check_rewrite, op_types
 
 
 def refused(model, reason: str, feeds=None):

@@ -18,6 +18,7 @@ file adds those (opset 11, axis 1/0/-2, static and symbolic shapes) against
 a numpy reference with the opset-11 semantics; and, at the end, one case per
 op retyped to float16, optimized with and without ORT's fusions.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
@@ -40,7 +40,14 @@ from quake_onnx.schemas import register_schemas
 from .builders import Graph
 
 # onnx.backend.test.case.node modules -> the operator family their cases test.
-MODULES = {"softmax": "softmax", "logsoftmax": "logsoftmax", "gelu": "gelu", "sigmoid": "sigmoid", "exp": "exp", "swish": "silu"}
+MODULES = {
+    "softmax": "softmax",
+    "logsoftmax": "logsoftmax",
+    "gelu": "gelu",
+    "sigmoid": "sigmoid",
+    "exp": "exp",
+    "swish": "silu",
+}
 # The suite must not shrink silently (an onnx upgrade renaming a module, an
 # import error in the generator): cases per family onnx 1.23 defines.
 MIN_CASES = {"softmax": 21, "logsoftmax": 21, "gelu": 8, "sigmoid": 2, "exp": 2, "silu": 2}
@@ -98,7 +105,9 @@ else:
 def _run_generator(out: str, write: bool) -> list[dict]:
     done = subprocess.run(
         [sys.executable, "-c", _GENERATOR, out, json.dumps(list(MODULES)), "write" if write else "list"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, f"generating ONNX's backend node cases failed:\n{done.stderr[-3000:]}"
     return json.loads(done.stdout) if not write else json.loads((Path(out) / "cases.json").read_text())
@@ -135,8 +144,14 @@ def is_expanded(case: dict) -> bool:
 # What the rewrite must do with each case.
 
 # The single op each family's (non-expanded) case holds, and its replacement.
-SINGLE = {"Softmax": "com.quake.Softmax", "LogSoftmax": "com.quake.LogSoftmax", "Sigmoid": "com.quake.Sigmoid",
-          "Exp": "com.quake.Exp", "Gelu": "com.quake.Gelu", "Swish": "com.quake.Silu"}
+SINGLE = {
+    "Softmax": "com.quake.Softmax",
+    "LogSoftmax": "com.quake.LogSoftmax",
+    "Sigmoid": "com.quake.Sigmoid",
+    "Exp": "com.quake.Exp",
+    "Gelu": "com.quake.Gelu",
+    "Swish": "com.quake.Silu",
+}
 
 # Cases where the rewriter neither does the expected replacement nor says why.
 # Not wrong results (the outputs tests below pass for them): coverage gaps,
@@ -275,7 +290,9 @@ def softmax_axis(case: dict) -> int:
 
 
 def assert_within(got, want, abs_tol, rel_tol, what):
-    assert got.shape == want.shape and got.dtype == want.dtype, f"{what}: {got.shape} {got.dtype} vs {want.shape} {want.dtype}"
+    assert got.shape == want.shape and got.dtype == want.dtype, (
+        f"{what}: {got.shape} {got.dtype} vs {want.shape} {want.dtype}"
+    )
     g, w = got.astype(np.float64), want.astype(np.float64)
     err = np.abs(g - w)
     tol = abs_tol + rel_tol * np.abs(w)
@@ -369,7 +386,9 @@ OPSET11 = [
 
 
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
-@pytest.mark.parametrize("order,fusions", [(2, False), (2, True), (1, False)], ids=["order2-nofusions", "order2-fusions", "order1-nofusions"])
+@pytest.mark.parametrize(
+    "order,fusions", [(2, False), (2, True), (1, False)], ids=["order2-nofusions", "order2-fusions", "order1-nofusions"]
+)
 @pytest.mark.parametrize("shape,axis,runs", [pytest.param(*c[1:], id=c[0]) for c in OPSET11])
 def test_opset11_flattened_axis(op, order, fusions, shape, axis, runs):
     g = Graph()
@@ -402,7 +421,7 @@ def test_opset11_flattened_axis(op, order, fusions, shape, axis, runs):
             sums = got.astype(np.float64).reshape(int(np.prod(run_shape[:k], dtype=np.int64)), -1).sum(axis=1)
             assert np.abs(sums - 1).max() <= ROW_SUM
             # Not merely a softmax over `axis` alone, which the single-axis op would give.
-            if np.prod(run_shape[k + 1:]) > 1:
+            if np.prod(run_shape[k + 1 :]) > 1:
                 assert np.abs(got.astype(np.float64).sum(axis=k) - 1).max() > 0.1
 
 
@@ -412,8 +431,16 @@ def test_opset11_flattened_axis(op, order, fusions, shape, axis, runs):
 # inlining Softmax-13 and Gelu-20), but optimize only consults ORT's graph and
 # rewrites the original, so com.quake ops take float16 directly.
 
-FP16_CASES = ["test_softmax_axis_1", "test_logsoftmax_axis_1", "test_sigmoid", "test_exp", "test_gelu_default_2",
-              "test_gelu_tanh_2"]
+FP16_CASES = [
+    "test_softmax_axis_1",
+    "test_logsoftmax_axis_1",
+    "test_sigmoid",
+    "test_exp",
+    "test_gelu_default_2",
+    "test_gelu_tanh_2",
+]
+
+
 def as_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     fp16 = onnx.ModelProto()
     fp16.CopyFrom(model)
@@ -450,4 +477,6 @@ def test_float16_single_op(backend_dir, name, fusions):
         else:
             tol = abs_tol + moved + np.abs(want) * (rel_tol + 2.0**-11)
         err = np.abs(got.astype(np.float64) - want)
-        assert (err <= tol + 2.0**-24).all(), f"{name} float16: max error {err.max():.3g}, worst margin {(err - tol).max():.3g}"
+        assert (err <= tol + 2.0**-24).all(), (
+            f"{name} float16: max error {err.max():.3g}, worst margin {(err - tol).max():.3g}"
+        )

@@ -1,5 +1,6 @@
 """optimize leaves ops on small static tensors to ONNX Runtime: below the
 measured break-even a custom-op call costs more than it saves."""
+
 from __future__ import annotations
 
 import onnx
@@ -13,7 +14,8 @@ from quake_onnx.rewrite.passes import rewrite_model
 
 def _model(op: str, shape) -> onnx.ModelProto:
     graph = helper.make_graph(
-        [helper.make_node(op, ["X"], ["Y"], name="n")], "g",
+        [helper.make_node(op, ["X"], ["Y"], name="n")],
+        "g",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
     )
@@ -25,7 +27,9 @@ def test_threshold_is_the_break_even(op, family):
     floor = BREAK_EVEN[family]
     below, report = quake_onnx.optimize(_model(op, [1, floor - 1]), ort_fusions=False)
     assert below.graph.node[0].domain == ""
-    assert report.decisions[0].reason == f"{floor - 1} elements: below the {floor}-element break-even of a custom-op call"
+    assert (
+        report.decisions[0].reason == f"{floor - 1} elements: below the {floor}-element break-even of a custom-op call"
+    )
     at, _ = quake_onnx.optimize(_model(op, [1, floor]), ort_fusions=False)
     assert at.graph.node[0].domain == "com.quake"
 

@@ -1,5 +1,6 @@
 """Constants computed in the graph (ONNX function bodies: CastLike, Sqrt, ...): recognised
 by the matcher, removed with the pattern when nothing else reads them, kept when something does."""
+
 import math
 
 import numpy as np
@@ -11,7 +12,15 @@ from quake_onnx.rewrite import rewrite_model
 from quake_onnx.rewrite.constants import MAX_DEPTH, computation, scalar, scalar_value
 
 from .builders import (
-    GELU_ERF_ATOL, SIGMOID_ATOL, Graph, assert_untouched, check_rewrite, decision, op_types, run, sample,
+    GELU_ERF_ATOL,
+    SIGMOID_ATOL,
+    Graph,
+    assert_untouched,
+    check_rewrite,
+    decision,
+    op_types,
+    run,
+    sample,
 )
 
 X = {"X": sample((4, 32))}
@@ -68,18 +77,37 @@ def tensor(graph: gs.Graph, name: str) -> gs.Tensor:
         (lambda g: g.node("Sqrt", [cast_like(g, 2.0, "t")], name="v"), math.sqrt(2), 0),
         (lambda g: g.node("Reciprocal", [g.node("Sqrt", [g.const(2.0)])], name="v"), 1 / math.sqrt(2), 0),
         (lambda g: g.node("Div", [g.const(1.0), g.node("Neg", [g.const(-2.0)])], name="v"), 0.5, 0),
-        (lambda g: g.node("Sub", [g.node("Mul", [g.const(3.0), g.const(0.5)]), g.node("Identity", [g.const(0.25)])],
-                          name="v"), 1.25, 0),
+        (
+            lambda g: g.node(
+                "Sub", [g.node("Mul", [g.const(3.0), g.const(0.5)]), g.node("Identity", [g.const(0.25)])], name="v"
+            ),
+            1.25,
+            0,
+        ),
         (lambda g: g.node("Add", [g.const(1.0), g.const(2.0)], name="v"), 3.0, 0),
         # ONNX computes integer Div in integers: Cast(7 -> int) / 2 is 3.
-        (lambda g: g.node("Div", [g.node("Cast", [g.const(7.9)], to=TensorProto.INT64), g.const(2, dtype=np.int64)],
-                          name="v"), 3.0, 0),
+        (
+            lambda g: g.node(
+                "Div", [g.node("Cast", [g.const(7.9)], to=TensorProto.INT64), g.const(2, dtype=np.int64)], name="v"
+            ),
+            3.0,
+            0,
+        ),
         (lambda g: g.node("Unsqueeze", [g.const(2.0), g.const([0, 1], dtype=np.int64)], name="v"), 2.0, 2),
         (lambda g: g.node("Reshape", [g.const([2.0]), g.const([1, 1, 1], dtype=np.int64)], name="v"), 2.0, 3),
         (lambda g: g.node("Squeeze", [g.const([[2.0]])], name="v"), 2.0, 0),
     ],
-    ids=["sqrt-castlike", "reciprocal", "div-neg", "sub-mul-identity", "add", "int-div", "unsqueeze", "reshape",
-         "squeeze"],
+    ids=[
+        "sqrt-castlike",
+        "reciprocal",
+        "div-neg",
+        "sub-mul-identity",
+        "add",
+        "int-div",
+        "unsqueeze",
+        "reshape",
+        "squeeze",
+    ],
 )
 def test_evaluates(build, value, ndim):
     graph = graph_of(build)
@@ -111,6 +139,7 @@ def test_depth_limit():
             for i in range(n):
                 t = g.node("Identity", [t], name="v" if i == n - 1 else None)
             return t
+
         return build
 
     assert scalar(tensor(graph_of(chain(MAX_DEPTH)), "v_out")) == 2.0

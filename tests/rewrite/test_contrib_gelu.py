@@ -45,7 +45,10 @@ def test_upstream_bias_is_fused_when_the_op_has_none(op):
 
 def test_own_bias_wins_over_upstream_add():
     out, _ = check_rewrite(
-        contrib("FastGelu", with_bias=True, upstream_bias=True), ["MatMul", "Add", "com.quake.Gelu"], X, atol=GELU_TANH_ATOL
+        contrib("FastGelu", with_bias=True, upstream_bias=True),
+        ["MatMul", "Add", "com.quake.Gelu"],
+        X,
+        atol=GELU_TANH_ATOL,
     )
 
 

@@ -5,6 +5,7 @@ out with ORT first and replaces them.
 The ORT-backed tests check the rule against what ORT really does: the reorders
 in the graph it runs at ORT_ENABLE_ALL (they skip where ORT lays out nothing,
 e.g. a CPU without MLAS NCHWc kernels)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -164,7 +165,9 @@ def test_transformer_gelu_is_still_replaced():
     out, report = rewrite_model(g.model({"X": [1, 8, 64]}, [y], opset=20))
     assert op_types(out) == ["MatMul", "com.quake.Gelu"]
     feeds = {"X": sample((1, 8, 64), scale=1.0)}
-    np.testing.assert_allclose(run(out, feeds)[0], run(g.model({"X": [1, 8, 64]}, [y], opset=20), feeds)[0], atol=GELU_ERF_ATOL)
+    np.testing.assert_allclose(
+        run(out, feeds)[0], run(g.model({"X": [1, 8, 64]}, [y], opset=20), feeds)[0], atol=GELU_ERF_ATOL
+    )
 
 
 # --- optimize(): the default keeps ORT's layout, ort_level="all" replaces inside it ---------

@@ -1,4 +1,5 @@
 """The bundled sample model: the pass must reproduce encoder_block.quake.onnx from encoder_block.onnx."""
+
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +37,25 @@ def test_encoder_block(models):
     np.testing.assert_array_equal(run(out, feeds)[0], run(expected, feeds)[0])
 
 
-
 def test_encoder_block_with_attention_fused(models):
     # By default the attention block (K given as [B, H, D, S]) becomes one com.quake Attention.
     model, _ = models
     mask = np.zeros((1, 1, 64, 64), np.float32)
     mask[..., 48:] = -np.inf
     feeds = {"X": sample((1, 64, 128), scale=1.0), "MASK": mask}
-    expected = ["MatMul", "Reshape", "Transpose"] * 3 + ["com.quake.Attention", "Transpose", "Reshape", "MatMul", "Add",
-                                                        "MatMul", "com.quake.Gelu", "MatMul", "com.quake.Silu", "Add"]
+    expected = ["MatMul", "Reshape", "Transpose"] * 3 + [
+        "com.quake.Attention",
+        "Transpose",
+        "Reshape",
+        "MatMul",
+        "Add",
+        "MatMul",
+        "com.quake.Gelu",
+        "MatMul",
+        "com.quake.Silu",
+        "Add",
+    ]
     _, report = check_rewrite(model, expected, feeds, atol=1e-2)
-    assert [d.reason for d in report.decisions][0] == "replaced by com.quake Attention (scale=0.176777, k_transposed, mask)"
+    assert [d.reason for d in report.decisions][
+        0
+    ] == "replaced by com.quake Attention (scale=0.176777, k_transposed, mask)"

@@ -64,7 +64,9 @@ def test_constants_from_constant_nodes():
 
 
 def test_float16():
-    check_rewrite(model(F16), ["MatMul", "com.quake.Gelu"], {"X": sample((4, 16), np.float16)}, atol=GELU_ERF_ATOL + 4e-3)
+    check_rewrite(
+        model(F16), ["MatMul", "com.quake.Gelu"], {"X": sample((4, 16), np.float16)}, atol=GELU_ERF_ATOL + 4e-3
+    )
 
 
 def test_wrong_constant():

@@ -57,7 +57,11 @@ def test_bias_add_read_elsewhere_is_not_fused():
 
 def test_skipped_bias_add_is_not_fused():
     out, _ = check_rewrite(
-        model("none", BIAS), ["MatMul", "Add", "com.quake.Gelu"], X, atol=GELU_ERF_ATOL, skip_nodes=frozenset({"bias_add"})
+        model("none", BIAS),
+        ["MatMul", "Add", "com.quake.Gelu"],
+        X,
+        atol=GELU_ERF_ATOL,
+        skip_nodes=frozenset({"bias_add"}),
     )
 
 

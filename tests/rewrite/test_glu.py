@@ -1,5 +1,6 @@
 """act(gate) * up -> com.quake Glu: SwiGLU (Llama), GeGLU (Gemma, T5 v1.1), the halves of one
 MatMul (Phi-3), ORT's fused activations; refusals; never SiLU's own x * sigmoid(x)."""
+
 from __future__ import annotations
 
 import math
@@ -113,8 +114,9 @@ def glu_node(model):
 def test_gated_mlp_every_activation(act):
     _, activation, alpha, opset, anchor = ACTIVATIONS[act]
     x = feeds()
-    out, report = check_rewrite(llama_mlp(act), ["MatMul", "MatMul", "com.quake.Glu", "MatMul"], x,
-                                atol=down_atol(act, x["X"]))
+    out, report = check_rewrite(
+        llama_mlp(act), ["MatMul", "MatMul", "com.quake.Glu", "MatMul"], x, atol=down_atol(act, x["X"])
+    )
     node, attrs = glu_node(out)
     assert attrs["activation"].decode() == activation and attrs["order"] == 2
     assert list(node.input) == ["gate_proj_out", "up_proj_out"] and list(node.output) == ["gated_out"]
@@ -132,8 +134,13 @@ def test_gated_mlp_every_activation(act):
 @pytest.mark.parametrize("dtype", [F32, F16])
 def test_llama_mlp(dtype, up_first):
     x = feeds(dtype)
-    check_rewrite(llama_mlp("silu", dtype, up_first), ["MatMul", "MatMul", "com.quake.Glu", "MatMul"], x,
-                  atol=down_atol("silu", x["X"]) + (3e-3 if dtype == F16 else 0.0), rtol=2e-3 if dtype == F16 else 0)
+    check_rewrite(
+        llama_mlp("silu", dtype, up_first),
+        ["MatMul", "MatMul", "com.quake.Glu", "MatMul"],
+        x,
+        atol=down_atol("silu", x["X"]) + (3e-3 if dtype == F16 else 0.0),
+        rtol=2e-3 if dtype == F16 else 0,
+    )
 
 
 @pytest.mark.parametrize("order", [1, 3])
@@ -157,18 +164,41 @@ def phi3_mlp(cut="split13", act="silu", dtype=F32, reverse=False, extra_reader=F
     g = Graph(dtype)
     h = project(g, "X", 2 * INTER, 4, "gate_up_proj")
     if cut == "split13":  # sizes as an input (opset 13+)
-        parts = g.node("Split", [h, g.const([INTER, INTER], "sizes", dtype=np.int64)], name="split",
-                       outputs=["first", "second"], axis=-1)
+        g.node(
+            "Split",
+            [h, g.const([INTER, INTER], "sizes", dtype=np.int64)],
+            name="split",
+            outputs=["first", "second"],
+            axis=-1,
+        )
         opset = max(opset, 13)
     elif cut == "split18":  # num_outputs (opset 18+)
         g.node("Split", [h], name="split", outputs=["first", "second"], axis=2, num_outputs=2)
         opset = max(opset, 18)
     else:  # two Slices of the last axis
-        g.node("Slice", [h, g.const([0], "s0", dtype=np.int64), g.const([INTER], "e0", dtype=np.int64),
-                         g.const([-1], "ax", dtype=np.int64)], name="slice_gate", outputs=["first"])
-        g.node("Slice", [h, g.const([INTER], "s1", dtype=np.int64), g.const([2**62], "e1", dtype=np.int64),
-                         g.const([2], "ax2", dtype=np.int64), g.const([1], "st", dtype=np.int64)],
-               name="slice_up", outputs=["second"])
+        g.node(
+            "Slice",
+            [
+                h,
+                g.const([0], "s0", dtype=np.int64),
+                g.const([INTER], "e0", dtype=np.int64),
+                g.const([-1], "ax", dtype=np.int64),
+            ],
+            name="slice_gate",
+            outputs=["first"],
+        )
+        g.node(
+            "Slice",
+            [
+                h,
+                g.const([INTER], "s1", dtype=np.int64),
+                g.const([2**62], "e1", dtype=np.int64),
+                g.const([2], "ax2", dtype=np.int64),
+                g.const([1], "st", dtype=np.int64),
+            ],
+            name="slice_up",
+            outputs=["second"],
+        )
     gate, up = ("second", "first") if reverse else ("first", "second")
     hidden = g.node("Mul", [build(g, gate), up], name="gated")
     y = g.node("MatMul", [hidden, g.const(weights(INTER, HIDDEN, 3), "W_down")], name="down_proj")
@@ -188,8 +218,9 @@ def halves_atol(act, x, reverse=False):
 @pytest.mark.parametrize("cut", ["split13", "split18", "slices"])
 def test_phi3_halves(cut, act):
     x = feeds()
-    out, report = check_rewrite(phi3_mlp(cut, act), ["MatMul", "com.quake.Glu", "MatMul"], x,
-                                atol=halves_atol(act, x["X"]))
+    out, report = check_rewrite(
+        phi3_mlp(cut, act), ["MatMul", "com.quake.Glu", "MatMul"], x, atol=halves_atol(act, x["X"])
+    )
     node, _ = glu_node(out)
     assert list(node.input) == ["gate_up_proj_out"]  # A only: act(first half) * second half
     assert "halves of one tensor" in decision(report, "glu").reason
@@ -201,10 +232,14 @@ def torch_chunk_mlp(size=2 * INTER):
     chunk = (size + 1) / 2, Slices [0, chunk) and [chunk, 2 chunk) of axis -1."""
     g = Graph()
     h = g.node("MatMul", ["X", g.const(weights(HIDDEN, size, 4), "W_gate_up")], name="gate_up_proj")
-    last = g.node("Gather", [g.node("Shape", [h], name="shape"), g.const([-1], "minus1", dtype=np.int64)],
-                  name="gather", axis=0)
-    chunk = g.node("Div", [g.node("Add", [last, g.const([1], "one", dtype=np.int64)], name="add1"),
-                           g.const([2], "two", dtype=np.int64)], name="div2")
+    last = g.node(
+        "Gather", [g.node("Shape", [h], name="shape"), g.const([-1], "minus1", dtype=np.int64)], name="gather", axis=0
+    )
+    chunk = g.node(
+        "Div",
+        [g.node("Add", [last, g.const([1], "one", dtype=np.int64)], name="add1"), g.const([2], "two", dtype=np.int64)],
+        name="div2",
+    )
     end0 = g.node("Mul", [chunk, g.const([1], "k1", dtype=np.int64)], name="mul1")
     end1 = g.node("Mul", [chunk, g.const([2], "k2", dtype=np.int64)], name="mul2")
     gate = g.node("Slice", [h, g.const([0], "zero", dtype=np.int64), end0, "minus1"], name="slice_gate")
@@ -226,28 +261,45 @@ def test_torch_chunk_export_is_the_halves_form():
 
 def test_torch_chunk_of_an_odd_axis_is_refused():
     # chunk(2) of 175: 88 + 87, which the Mul cannot even multiply; said as unequal halves.
-    assert_untouched(torch_chunk_mlp(2 * INTER - 1), "glu", "cut the last axis into 88 + 87, not two equal halves",
-                     ops=frozenset({"glu"}))
+    assert_untouched(
+        torch_chunk_mlp(2 * INTER - 1),
+        "glu",
+        "cut the last axis into 88 + 87, not two equal halves",
+        ops=frozenset({"glu"}),
+    )
 
 
 def test_phi3_float16():
     x = feeds(F16)
-    check_rewrite(phi3_mlp("split13", "silu", F16), ["MatMul", "com.quake.Glu", "MatMul"], x,
-                  atol=halves_atol("silu", x["X"]) + 3e-3, rtol=2e-3)
+    check_rewrite(
+        phi3_mlp("split13", "silu", F16),
+        ["MatMul", "com.quake.Glu", "MatMul"],
+        x,
+        atol=halves_atol("silu", x["X"]) + 3e-3,
+        rtol=2e-3,
+    )
 
 
 def test_halves_in_the_other_order_keep_the_split():
     # act(second) * first: no halves form of the contract, but a gate and an up.
     x = feeds()
-    out, _ = check_rewrite(phi3_mlp("split13", reverse=True), ["MatMul", "Split", "com.quake.Glu", "MatMul"], x,
-                           atol=halves_atol("silu", x["X"], reverse=True))
+    out, _ = check_rewrite(
+        phi3_mlp("split13", reverse=True),
+        ["MatMul", "Split", "com.quake.Glu", "MatMul"],
+        x,
+        atol=halves_atol("silu", x["X"], reverse=True),
+    )
     assert list(glu_node(out)[0].input) == ["second", "first"]
 
 
 def test_a_half_read_elsewhere_keeps_the_split():
     x = feeds()
-    check_rewrite(phi3_mlp("split13", extra_reader=True), ["MatMul", "Split", "com.quake.Glu", "MatMul"], x,
-                  atol=halves_atol("silu", x["X"]))
+    check_rewrite(
+        phi3_mlp("split13", extra_reader=True),
+        ["MatMul", "Split", "com.quake.Glu", "MatMul"],
+        x,
+        atol=halves_atol("silu", x["X"]),
+    )
 
 
 def test_split_of_another_axis_is_a_gate_and_an_up():
@@ -264,8 +316,13 @@ def test_unequal_split_is_refused():
     # [1, 175]: the Mul broadcasts the 1-wide part; no halves, no equal shapes.
     g = Graph()
     h = project(g, "X", 2 * INTER, 4, "proj")
-    g.node("Split", [h, g.const([1, 2 * INTER - 1], "sizes", dtype=np.int64)], name="split",
-           outputs=["first", "second"], axis=-1)
+    g.node(
+        "Split",
+        [h, g.const([1, 2 * INTER - 1], "sizes", dtype=np.int64)],
+        name="split",
+        outputs=["first", "second"],
+        axis=-1,
+    )
     y = g.node("Mul", [silu(g, "first"), "second"], name="gated")
     model = model_of(g, {y: X_SHAPE[:2] + [2 * INTER - 1]}, 17)
     assert_untouched(model, "glu", "cuts the last axis into 1 + 175, not two equal halves", ops=frozenset({"glu"}))
@@ -276,10 +333,28 @@ def test_unequal_split_is_refused():
 def test_unequal_slices_are_refused():
     g = Graph()
     h = project(g, "X", 2 * INTER, 4, "proj")
-    g.node("Slice", [h, g.const([0], "s0", dtype=np.int64), g.const([1], "e0", dtype=np.int64),
-                     g.const([-1], "ax", dtype=np.int64)], name="sl0", outputs=["first"])
-    g.node("Slice", [h, g.const([1], "s1", dtype=np.int64), g.const([2 * INTER], "e1", dtype=np.int64),
-                     g.const([-1], "ax1", dtype=np.int64)], name="sl1", outputs=["second"])
+    g.node(
+        "Slice",
+        [
+            h,
+            g.const([0], "s0", dtype=np.int64),
+            g.const([1], "e0", dtype=np.int64),
+            g.const([-1], "ax", dtype=np.int64),
+        ],
+        name="sl0",
+        outputs=["first"],
+    )
+    g.node(
+        "Slice",
+        [
+            h,
+            g.const([1], "s1", dtype=np.int64),
+            g.const([2 * INTER], "e1", dtype=np.int64),
+            g.const([-1], "ax1", dtype=np.int64),
+        ],
+        name="sl1",
+        outputs=["second"],
+    )
     y = g.node("Mul", [silu(g, "first"), "second"], name="gated")
     model = model_of(g, {y: X_SHAPE[:2] + [2 * INTER - 1]}, 17)
     assert_untouched(model, "glu", "cut the last axis into 1 + 175, not two equal halves", ops=frozenset({"glu"}))
@@ -299,8 +374,7 @@ def test_bias_gelu_becomes_add_and_glu(op, activation):
     model = model_of(g, {y: X_SHAPE[:2] + [INTER]}, 17)
     x = feeds()
     up_max = np.abs(x["X"].astype(np.float64) @ weights(HIDDEN, INTER, 2)).max()
-    out, report = check_rewrite(model, ["MatMul", "MatMul", "Add", "com.quake.Glu"], x,
-                                atol=GATE[activation] * up_max)
+    out, report = check_rewrite(model, ["MatMul", "MatMul", "Add", "com.quake.Glu"], x, atol=GATE[activation] * up_max)
     add = next(n for n in out.graph.node if n.op_type == "Add")
     assert list(add.input) == ["gate_proj_out", "bias"]
     assert list(glu_node(out)[0].input) == [add.output[0], "up_proj_out"]
@@ -310,8 +384,9 @@ def test_bias_gelu_becomes_add_and_glu(op, activation):
 def test_bias_add_before_a_decomposed_gelu_stays():
     # What the GELU rules would fold into com.quake Gelu's B stays an Add: Glu has no bias.
     g = Graph()
-    gate = g.node("Add", [project(g, "X", INTER, 1, "gate_proj"), g.const(np.full(INTER, 0.3), "bias")],
-                  name="bias_add")
+    gate = g.node(
+        "Add", [project(g, "X", INTER, 1, "gate_proj"), g.const(np.full(INTER, 0.3), "bias")], name="bias_add"
+    )
     up = project(g, "X", INTER, 2, "up_proj")
     y = g.node("Mul", [erf_gelu(g, gate), up], name="gated")
     model = model_of(g, {y: X_SHAPE[:2] + [INTER]}, 17)
@@ -327,8 +402,9 @@ def test_bias_add_before_a_decomposed_gelu_stays():
 def test_silu_alone_stays_a_silu():
     g = Graph()
     y = silu(g, project(g, "X", INTER, 1, "proj"))
-    out, report = check_rewrite(model_of(g, {y: X_SHAPE[:2] + [INTER]}, 17), ["MatMul", "com.quake.Silu"], feeds(),
-                                atol=1e-3 * 10)
+    out, report = check_rewrite(
+        model_of(g, {y: X_SHAPE[:2] + [INTER]}, 17), ["MatMul", "com.quake.Silu"], feeds(), atol=1e-3 * 10
+    )
     assert [d.rule for d in report.decisions] == ["silu"]  # the glu rule saw no pattern
 
 
@@ -353,15 +429,17 @@ def test_silu_of_x_times_x_is_a_glu_of_x_and_x():
     g = Graph()
     p = project(g, "X", INTER, 1, "proj")
     y = g.node("Mul", [silu(g, p), p], name="gated")
-    out, _ = check_rewrite(model_of(g, {y: X_SHAPE[:2] + [INTER]}, 17), ["MatMul", "com.quake.Glu"], feeds(),
-                           atol=1e-3 * 20)
+    out, _ = check_rewrite(
+        model_of(g, {y: X_SHAPE[:2] + [INTER]}, 17), ["MatMul", "com.quake.Glu"], feeds(), atol=1e-3 * 20
+    )
     assert list(glu_node(out)[0].input) == ["proj_out", "proj_out"]
 
 
 def test_scaling_by_a_constant_is_no_gate():
     g = Graph()
-    y = g.node("Mul", [silu(g, project(g, "X", INTER, 1, "proj")), g.const(np.full(INTER, 0.5), "scale")],
-               name="scaled")
+    y = g.node(
+        "Mul", [silu(g, project(g, "X", INTER, 1, "proj")), g.const(np.full(INTER, 0.5), "scale")], name="scaled"
+    )
     out, report = rewrite_model(model_of(g, {y: X_SHAPE[:2] + [INTER]}, 17))
     assert op_types(out) == ["MatMul", "com.quake.Silu", "Mul"]
     assert [d.rule for d in report.decisions] == ["silu"]
@@ -381,8 +459,12 @@ def test_broadcast_up_is_refused():
     up = g.node("ReduceMean", [project(g, "X", INTER, 2, "up_proj")], name="mean", axes=[1], keepdims=1)
     y = g.node("Mul", [silu(g, gate), up], name="gated")
     model = model_of(g, {y: X_SHAPE[:2] + [INTER]}, 17)
-    assert_untouched(model, "glu", "up mean_out [2, 1, 88] and gate gate_proj_out [2, 8, 88] differ: "
-                     "com.quake Glu takes equal shapes", ops=frozenset({"glu"}))
+    assert_untouched(
+        model,
+        "glu",
+        "up mean_out [2, 1, 88] and gate gate_proj_out [2, 8, 88] differ: com.quake Glu takes equal shapes",
+        ops=frozenset({"glu"}),
+    )
     out, _ = check_rewrite(model, ["MatMul", "MatMul", "ReduceMean", "com.quake.Silu", "Mul"], feeds(), atol=0.05)
 
 
@@ -390,8 +472,9 @@ def test_unknown_shapes_are_refused():
     g = Graph()
     y = g.node("Mul", [silu(g, "G"), "U"], name="gated")
     model = g.model({"G": ["n", 8], "U": ["m", 8]}, {y: ["n", 8]}, opset=17)
-    assert_untouched(model, "glu", "shapes of gate G [n, 8] and up U [m, 8] are not known to be equal",
-                     ops=frozenset({"glu"}))
+    assert_untouched(
+        model, "glu", "shapes of gate G [n, 8] and up U [m, 8] are not known to be equal", ops=frozenset({"glu"})
+    )
 
 
 def test_symbolic_equal_shapes_are_fused():
@@ -429,14 +512,14 @@ def test_a_shared_sigmoid_in_the_halves_form_keeps_the_split():
     extra = helper.make_node("Add", ["sig_out", "sig_out"], ["twice"], name="other")
     model.graph.node.insert(len(g_nodes), extra)
     model.graph.output.append(helper.make_tensor_value_info("twice", 1, X_SHAPE[:2] + [INTER]))
-    check_rewrite(model, ["MatMul", "Split", "com.quake.Sigmoid", "com.quake.Glu", "MatMul", "Add"], feeds(),
-                  atol=0.05)
+    check_rewrite(model, ["MatMul", "Split", "com.quake.Sigmoid", "com.quake.Glu", "MatMul", "Add"], feeds(), atol=0.05)
 
 
 def test_not_selected():
     model = llama_mlp("silu")
-    out, report = check_rewrite(model, ["MatMul", "MatMul", "com.quake.Silu", "Mul", "MatMul"], feeds(), atol=0.05,
-                                ops=frozenset({"silu"}))
+    out, report = check_rewrite(
+        model, ["MatMul", "MatMul", "com.quake.Silu", "Mul", "MatMul"], feeds(), atol=0.05, ops=frozenset({"silu"})
+    )
     assert decision(report, "glu").reason == "glu is not among the selected ops"
     out, _ = rewrite_model(model, ops=frozenset({"glu"}))
     assert op_types(out) == ["MatMul", "MatMul", "com.quake.Glu", "MatMul"]

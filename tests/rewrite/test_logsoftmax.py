@@ -20,7 +20,10 @@ def test_direct(opset):
 
 def test_opset11_inner_axis_is_flattened():
     check_rewrite(
-        model([2, 3, 4], 11, axis=1), ["Flatten", "com.quake.LogSoftmax", "Reshape"], {"X": sample((2, 3, 4))}, atol=LOGSOFTMAX_ATOL
+        model([2, 3, 4], 11, axis=1),
+        ["Flatten", "com.quake.LogSoftmax", "Reshape"],
+        {"X": sample((2, 3, 4))},
+        atol=LOGSOFTMAX_ATOL,
     )
 
 

@@ -1,4 +1,5 @@
 """What the pass guarantees whatever the rule: the model around the replaced nodes stays as it was."""
+
 import json
 
 import pytest
@@ -31,12 +32,17 @@ def decorated():
 
 def test_model_level_fields_survive():
     m = decorated()
-    out, report = check_rewrite(m, ["com.quake.Sigmoid", "Relu", "com.quake.Sigmoid"], {"X": sample((2, 5))}, atol=SIGMOID_ATOL)
+    out, report = check_rewrite(
+        m, ["com.quake.Sigmoid", "Relu", "com.quake.Sigmoid"], {"X": sample((2, 5))}, atol=SIGMOID_ATOL
+    )
     for name in ("ir_version", "producer_name", "producer_version", "model_version", "domain", "doc_string"):
         assert getattr(out, name) == getattr(m, name), name
     assert out.metadata_props == m.metadata_props
     assert out.graph.doc_string == "graph doc"
-    assert out.graph.node[1].doc_string == "relu doc" and out.graph.node[1].metadata_props == m.graph.node[1].metadata_props
+    assert (
+        out.graph.node[1].doc_string == "relu doc"
+        and out.graph.node[1].metadata_props == m.graph.node[1].metadata_props
+    )
     assert list(out.graph.value_info) == list(m.graph.value_info)
     assert out.graph.input == m.graph.input and out.graph.output == m.graph.output
     assert [(o.domain, o.version) for o in out.opset_import] == [("", 20), ("com.quake", 1)]

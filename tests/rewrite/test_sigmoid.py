@@ -14,7 +14,9 @@ def test_sigmoid():
 
 
 def test_float16():
-    check_rewrite(sigmoid_model(F16), ["com.quake.Sigmoid"], {"X": sample((4, 32), "float16")}, atol=SIGMOID_ATOL + 5e-4)
+    check_rewrite(
+        sigmoid_model(F16), ["com.quake.Sigmoid"], {"X": sample((4, 32), "float16")}, atol=SIGMOID_ATOL + 5e-4
+    )
 
 
 def test_not_selected():

@@ -56,7 +56,9 @@ def test_opset11_inner_axis_is_flattened_with_static_shape():
 
 def test_opset11_inner_axis_with_symbolic_dims_reads_the_shape_at_run_time():
     model = softmax_model(["N", 3, "K"], 11, axis=1)
-    check_rewrite(model, ["Flatten", "com.quake.Softmax", "Shape", "Reshape"], {"X": sample((2, 3, 4))}, atol=SOFTMAX_ATOL)
+    check_rewrite(
+        model, ["Flatten", "com.quake.Softmax", "Shape", "Reshape"], {"X": sample((2, 3, 4))}, atol=SOFTMAX_ATOL
+    )
 
 
 @pytest.mark.parametrize("axis", [1, -2])

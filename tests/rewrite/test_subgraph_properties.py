@@ -45,6 +45,7 @@ Examples: 24 for each of the 4 composite families, 10 for each of the 12
 single-op ones, 216 in all (derandomize=True: the same ones every run);
 15-25 s wall clock (about 16 s of CPU) on the shared 2-core test machine.
 """
+
 from __future__ import annotations
 
 import math
@@ -91,6 +92,7 @@ def _contrib(op, **attrs):
         own_bias = op == "BiasGelu" or op == "FastGelu" and draw(st.booleans())
         inputs = [x, g.const(BIAS, "gelu_bias")] if own_bias else [x]
         return g.node(op, inputs, name="contrib", domain="com.microsoft", **attrs)
+
     return make
 
 
@@ -111,7 +113,9 @@ def _erf(g, x, draw):
 
 
 def _tanh(g, x, draw):
-    return tanh_gelu(g, x, draw(st.sampled_from(TAILS)), draw(st.sampled_from(["pow", "mul", "mulpow"])), draw(st.booleans()))
+    return tanh_gelu(
+        g, x, draw(st.sampled_from(TAILS)), draw(st.sampled_from(["pow", "mul", "mulpow"])), draw(st.booleans())
+    )
 
 
 def _single(op, **attrs):
@@ -185,8 +189,10 @@ def _stacked(x: str, out: str, prefix: str, copies: int, opset: int) -> list[onn
     for i in range(copies):
         one, many = f"{prefix}_u{i}", (out if i == copies - 1 else f"{prefix}_c{i}")
         axes = {"inputs": [current, "axis0"]} if opset >= 13 else {"inputs": [current], "axes": [0]}
-        nodes += [helper.make_node("Unsqueeze", outputs=[one], name=f"{prefix}_unsqueeze{i}", **axes),
-                  helper.make_node("Concat", [one] * TRIPS, [many], name=f"{prefix}_concat{i}", axis=0)]
+        nodes += [
+            helper.make_node("Unsqueeze", outputs=[one], name=f"{prefix}_unsqueeze{i}", **axes),
+            helper.make_node("Concat", [one] * TRIPS, [many], name=f"{prefix}_concat{i}", axis=0),
+        ]
         current = many
     if not copies:
         nodes.append(helper.make_node("Identity", [x], [out], name=f"{prefix}_identity"))
@@ -222,8 +228,10 @@ def build(family: Family, draw) -> Case:
     b = Bounds(F32, order)
     m = 3.5 if family.bound.startswith("gelu") else 3.0  # a GELU's x may carry a bias in [-0.5, 0.5]
     gate = {n.output[0] for n in ops if n.op_type == "Sigmoid"}
-    bounds = [_bound(family, b, m) if sources[name] == y else b.own("sigmoid") + b.r(1.0) if sources[name] in gate
-              else 1e-5 for name, _ in outs]
+    bounds = [
+        _bound(family, b, m) if sources[name] == y else b.own("sigmoid") + b.r(1.0) if sources[name] in gate else 1e-5
+        for name, _ in outs
+    ]
     where = [level_of[n.output[0]] for n in ops]
     return Case(model, feeds, order, bounds, _expectation(family, levels, ops, where, exposed, bias))
 
@@ -314,10 +322,13 @@ def _if(name, i, nodes, outs, results, x, opset) -> list[onnx.NodeProto]:
 def _loop(name, i, nodes, outs, results, x, opset) -> list[onnx.NodeProto]:
     """TRIPS iterations carrying v{i} = x unchanged; `outs` are the scan outputs."""
     carried = f"v{i}"
-    keep = [helper.make_node("Identity", [f"cond{i}"], [f"cond{i}_out"], name=f"{name}_cond"),
-            helper.make_node("Identity", [carried], [f"{carried}_out"], name=f"{name}_carry")]
+    keep = [
+        helper.make_node("Identity", [f"cond{i}"], [f"cond{i}_out"], name=f"{name}_cond"),
+        helper.make_node("Identity", [carried], [f"{carried}_out"], name=f"{name}_carry"),
+    ]
     graph = helper.make_graph(
-        keep + nodes, f"{name}_body",
+        keep + nodes,
+        f"{name}_body",
         [info(f"iter{i}", [], TensorProto.INT64), info(f"cond{i}", [], TensorProto.BOOL), info(carried)],
         [info(f"cond{i}_out", [], TensorProto.BOOL), info(f"{carried}_out"), *[info(n, s) for n, s in outs]],
     )
@@ -366,15 +377,18 @@ def _expectation(family: Family, levels: list[Level], ops: list, where: list[int
 
     if family.silu:
         sig, mul = core_levels[-2], core_levels[-1]
-        crossed = {lv.kind for lv in levels[sig + 1:mul + 1]}
+        crossed = {lv.kind for lv in levels[sig + 1 : mul + 1]}
 
         def check(d):
             if mul == sig:
                 assert d.replaced, d
             elif crossed & {"Loop", "Scan"}:
-                assert not d.replaced and d.reason.endswith("the replacement there would compute it on every iteration"), d
+                assert not d.replaced and d.reason.endswith(
+                    "the replacement there would compute it on every iteration"
+                ), d
             else:
                 assert d.replaced and d.reason.endswith(f" in {levels[mul].path}"), d
+
         return check
 
     def check(d):
@@ -384,6 +398,7 @@ def _expectation(family: Family, levels: list[Level], ops: list, where: list[int
             assert not d.replaced and d.reason.endswith("has other consumers"), d
         else:
             assert d.replaced, d
+
     return check
 
 
@@ -418,8 +433,13 @@ def check(family: Family, draw) -> None:
     assert again.SerializeToString() == out.SerializeToString()
 
 
-SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @pytest.mark.parametrize("name", COMPOSITE)

@@ -18,15 +18,22 @@ def if_model(inner_if=False):
     if inner_if:  # an If inside the else branch, whose then branch holds a Sigmoid
         deeper = branch("deeper", [helper.make_node("Sigmoid", ["X"], ["d"], name="sig")], "d")
         plain = branch("plain", [helper.make_node("Identity", ["X"], ["p"], name="id")], "p")
-        other = branch("else", [helper.make_node("If", ["C"], ["e"], name="inner", then_branch=deeper, else_branch=plain)], "e")
+        other = branch(
+            "else", [helper.make_node("If", ["C"], ["e"], name="inner", then_branch=deeper, else_branch=plain)], "e"
+        )
     else:
         g = Graph()
         y = erf_gelu(g, "X")
-        other = helper.make_graph(g.nodes, "else", [], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [3, 8])], initializer=g.inits)
+        other = helper.make_graph(
+            g.nodes, "else", [], [helper.make_tensor_value_info(y, TensorProto.FLOAT, [3, 8])], initializer=g.inits
+        )
     graph = helper.make_graph(
         [helper.make_node("If", ["C"], ["Y"], name="if", then_branch=then, else_branch=other)],
         "main",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [3, 8]), helper.make_tensor_value_info("C", TensorProto.BOOL, [])],
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, [3, 8]),
+            helper.make_tensor_value_info("C", TensorProto.BOOL, []),
+        ],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [3, 8])],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)

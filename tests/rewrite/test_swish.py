@@ -1,4 +1,5 @@
 """ONNX Swish (opset 24) -> com.quake Silu(alpha)."""
+
 import numpy as np
 import pytest
 from onnx import helper

@@ -21,7 +21,9 @@ def model(dtype=None, bias=None, **form):
 @pytest.mark.parametrize("cube", ["pow", "mul", "mul_pow2"])
 @pytest.mark.parametrize("swap", [False, True])
 def test_every_ordering(tail, cube, swap):
-    out, report = check_rewrite(model(tail=tail, cube=cube, swap=swap), ["MatMul", "com.quake.Gelu"], X, atol=GELU_TANH_ATOL)
+    out, report = check_rewrite(
+        model(tail=tail, cube=cube, swap=swap), ["MatMul", "com.quake.Gelu"], X, atol=GELU_TANH_ATOL
+    )
     node = out.graph.node[1]
     assert helper.get_attribute_value(node.attribute[0]) == b"tanh"
     d = decision(report, "tanh_gelu")
@@ -29,12 +31,16 @@ def test_every_ordering(tail, cube, swap):
 
 
 def test_bias_is_fused():
-    out, report = check_rewrite(model(bias=np.linspace(-1, 1, 24)), ["MatMul", "com.quake.Gelu"], X, atol=GELU_TANH_ATOL)
+    out, report = check_rewrite(
+        model(bias=np.linspace(-1, 1, 24)), ["MatMul", "com.quake.Gelu"], X, atol=GELU_TANH_ATOL
+    )
     assert list(out.graph.node[1].input) == ["matmul_out", "bias"]
 
 
 def test_float16():
-    check_rewrite(model(F16), ["MatMul", "com.quake.Gelu"], {"X": sample((4, 16), np.float16)}, atol=GELU_TANH_ATOL + 4e-3)
+    check_rewrite(
+        model(F16), ["MatMul", "com.quake.Gelu"], {"X": sample((4, 16), np.float16)}, atol=GELU_TANH_ATOL + 4e-3
+    )
 
 
 def test_wrong_constant():

@@ -4,12 +4,26 @@ ATTENTION_RULES fuse whole attention blocks (the optimizer's fuse_attention
 stage runs them alone, before the per-op stage runs OP_RULES); RULES is both,
 attention first, for a one-pass rewrite_model.
 """
+
 from __future__ import annotations
 
 from ..rule import Rule
 from . import (
-    attention, contrib_gelu, erf_gelu, exp, gelu, glu, logsoftmax, mha, onnx_attention, quick_gelu, sigmoid, silu,
-    softmax, swish, tanh_gelu,
+    attention,
+    contrib_gelu,
+    erf_gelu,
+    exp,
+    gelu,
+    glu,
+    logsoftmax,
+    mha,
+    onnx_attention,
+    quick_gelu,
+    sigmoid,
+    silu,
+    softmax,
+    swish,
+    tanh_gelu,
 )
 
 ATTENTION_RULES: list[Rule] = [

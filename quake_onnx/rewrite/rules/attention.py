@@ -17,6 +17,7 @@ exporters write (torch.onnx, Hugging Face eager attention):
 - K/V heads repeated by Unsqueeze -> Expand|Tile -> Reshape (GQA) taken
   with their fewer heads; a KV cache's Concat(past, new) is simply K/V.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -223,8 +224,17 @@ def match(ctx: Context, softmax: gs.Node) -> Optional[Union[Match, str]]:
     if elem not in SUPPORTED:  # the engine's own check says it too, but M's type is built from it
         return "element type unknown" if elem is None else f"element type {_type(elem)} is not supported"
 
-    plan = parts.Plan(q=q, k=k.tensor, v=v.tensor, output=pv.outputs[0], scale=scale, causal=causal,
-                      k_transposed=not k.transposed, elem=elem, masks=masks)
+    plan = parts.Plan(
+        q=q,
+        k=k.tensor,
+        v=v.tensor,
+        output=pv.outputs[0],
+        scale=scale,
+        causal=causal,
+        k_transposed=not k.transposed,
+        elem=elem,
+        masks=masks,
+    )
     remove = [qk, *reversed(walk.nodes), softmax, *after, pv]
     prune = [*q_nodes, *k.nodes, *v.nodes]
     prune += parts.exclusive_upstream([i for n in remove + prune for i in n.inputs], remove + prune)

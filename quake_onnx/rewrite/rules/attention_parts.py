@@ -7,6 +7,7 @@ K [..., Skv, D] or [..., D, Skv] (k_transposed), V [..., Skv, Dv], axis -3 the
 heads (K/V may have fewer: query head h reads key/value head h // (H / Hkv)),
 M additive and broadcastable to [..., Sq, Skv].
 """
+
 from __future__ import annotations
 
 import math
@@ -409,8 +410,17 @@ def attention_match(plan: Plan, remove: list[gs.Node], prune: list[gs.Node], siz
     def build(ctx: Context) -> list[NodeSpec]:
         specs, m = mask_specs(ctx, plan, plan.output.name)
         inputs = [plan.q, plan.k, plan.v] + ([m] if m is not None else [])
-        specs.append(quake("Attention", inputs, [plan.output], ctx, scale=scale, causal=int(plan.causal),
-                           k_transposed=int(plan.k_transposed)))
+        specs.append(
+            quake(
+                "Attention",
+                inputs,
+                [plan.output],
+                ctx,
+                scale=scale,
+                causal=int(plan.causal),
+                k_transposed=int(plan.k_transposed),
+            )
+        )
         return specs
 
     extras = [f"scale={scale:.6g}"]
@@ -420,9 +430,17 @@ def attention_match(plan: Plan, remove: list[gs.Node], prune: list[gs.Node], siz
         extras.append("k_transposed")
     if plan.masks:
         extras.append("mask")
-    return Match(x=plan.q, remove=remove, output=plan.output, build=build,
-                 summary=f"com.quake Attention ({', '.join(extras)})", prune=prune, size=size,
-                 size_what="score elements", cost=COST)
+    return Match(
+        x=plan.q,
+        remove=remove,
+        output=plan.output,
+        build=build,
+        summary=f"com.quake Attention ({', '.join(extras)})",
+        prune=prune,
+        size=size,
+        size_what="score elements",
+        cost=COST,
+    )
 
 
 def finite_scale(scale: float) -> Optional[str]:
@@ -483,5 +501,13 @@ def scores_size(ctx: Context, batch: Dim, heads: int, sq: Dim, skv: Dim):
 
 def fused_match(node: gs.Node, x: gs.Tensor, build, summary: str, size) -> Match:
     """The Match replacing an attention op by the nodes `build` makes."""
-    return Match(x=x, remove=[node], output=node.outputs[0], build=build, summary=summary, size=size,
-                 size_what="score elements", cost=COST)
+    return Match(
+        x=x,
+        remove=[node],
+        output=node.outputs[0],
+        build=build,
+        summary=summary,
+        size=size,
+        size_what="score elements",
+        cost=COST,
+    )

@@ -4,6 +4,7 @@ Gelu is the erf form; BiasGelu is Gelu(A + B); FastGelu is the tanh form with
 an optional bias. A bias they carry becomes com.quake Gelu's B; without one,
 a preceding bias Add is folded in as for the other GELU forms.
 """
+
 from __future__ import annotations
 
 from ..rule import Rule

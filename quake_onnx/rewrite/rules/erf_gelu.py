@@ -5,6 +5,7 @@ ONNX's own function body; constants.py), the 1 + erf sum in either order, as
 Add or a two-input Sum, and every association of the final products (see
 gelu_parts.half_product).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union

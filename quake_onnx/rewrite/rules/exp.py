@@ -1,4 +1,5 @@
 """Exp -> com.quake Exp."""
+
 from __future__ import annotations
 
 from ..rule import Rule

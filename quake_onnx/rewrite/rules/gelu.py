@@ -1,4 +1,5 @@
 """ONNX Gelu (opset 20, approximate "none" or "tanh") -> com.quake Gelu, with a preceding bias Add folded in."""
+
 from __future__ import annotations
 
 from ..rule import Rule

@@ -1,4 +1,5 @@
 """Pieces every GELU rule shares: the 0.5 * x * (1 + f) tail, the bias fusion and the replacement."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,15 @@ import onnx_graphsurgeon as gs
 
 from ..context import Context
 from ..match import (
-    add_reader, close, const_shape, is_add, is_op, operands, other_operand, producer, reader,
+    add_reader,
+    close,
+    const_shape,
+    is_add,
+    is_op,
+    operands,
+    other_operand,
+    producer,
+    reader,
 )
 from ..rule import Match, quake
 

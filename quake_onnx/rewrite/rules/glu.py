@@ -35,6 +35,7 @@ halves form: its outputs are a gate and an up like any other (Glu with B, the
 Split kept). SiLU's own x * Sigmoid(x) is never a gate by itself: it needs a
 second Mul by a computed up.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -96,9 +97,7 @@ def _gate(ctx: Context, anchor: gs.Node) -> Optional[Gate]:
 
 
 def _same_shape(a: Optional[list], b: Optional[list]) -> bool:
-    return a is not None and b is not None and len(a) == len(b) and all(
-        d is not None and d == e for d, e in zip(a, b)
-    )
+    return a is not None and b is not None and len(a) == len(b) and all(d is not None and d == e for d, e in zip(a, b))
 
 
 def _shape_text(shape: Optional[list]) -> str:
@@ -108,10 +107,14 @@ def _shape_text(shape: Optional[list]) -> str:
 def _shape_reason(g: gs.Tensor, g_shape: Optional[list], u: gs.Tensor, u_shape: Optional[list]) -> str:
     static = g_shape is not None and u_shape is not None and all(isinstance(d, int) for d in [*g_shape, *u_shape])
     if static:
-        return (f"up {u.name} {_shape_text(u_shape)} and gate {g.name} {_shape_text(g_shape)} differ: "
-                "com.quake Glu takes equal shapes (no broadcasting)")
-    return (f"shapes of gate {g.name} {_shape_text(g_shape)} and up {u.name} {_shape_text(u_shape)} "
-            "are not known to be equal (com.quake Glu takes equal shapes)")
+        return (
+            f"up {u.name} {_shape_text(u_shape)} and gate {g.name} {_shape_text(g_shape)} differ: "
+            "com.quake Glu takes equal shapes (no broadcasting)"
+        )
+    return (
+        f"shapes of gate {g.name} {_shape_text(g_shape)} and up {u.name} {_shape_text(u_shape)} "
+        "are not known to be equal (com.quake Glu takes equal shapes)"
+    )
 
 
 def _last_axis(ctx: Context, h: gs.Tensor, axis: int) -> bool:
@@ -142,8 +145,12 @@ def _split_halves(ctx: Context, split: gs.Node, h: gs.Tensor) -> Union[bool, str
 
 # Integer ops of the slice bounds exporters compute from a shape (torch's chunk:
 # (Shape(h)[-1] + 1) / 2 * k); ONNX integer Div truncates toward zero.
-_INDEX_BINARY = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
-                 "Div": lambda a, b: int(a / b) if b else None}
+_INDEX_BINARY = {
+    "Add": lambda a, b: a + b,
+    "Sub": lambda a, b: a - b,
+    "Mul": lambda a, b: a * b,
+    "Div": lambda a, b: int(a / b) if b else None,
+}
 _INDEX_PASS = ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape")
 _INDEX_DEPTH = 8
 
@@ -179,7 +186,7 @@ def _shape_dim(ctx: Context, shape_node: gs.Node, index: Optional[int]) -> Optio
     dims = ctx.shape(shape_node.inputs[0])
     if dims is None or index is None:
         return None
-    dims = dims[int(shape_node.attrs.get("start", 0)):shape_node.attrs.get("end")]
+    dims = dims[int(shape_node.attrs.get("start", 0)) : shape_node.attrs.get("end")]
     if not -len(dims) <= index < len(dims):
         return None
     dim = dims[index]
@@ -207,8 +214,9 @@ def _slice_bounds(ctx: Context, node: gs.Node, size: int, nodes: list[gs.Node]) 
     return clamp(starts), clamp(ends)
 
 
-def _slice_halves(ctx: Context, first: gs.Node, second: gs.Node, h: gs.Tensor,
-                  nodes: list[gs.Node]) -> Union[bool, str]:
+def _slice_halves(
+    ctx: Context, first: gs.Node, second: gs.Node, h: gs.Tensor, nodes: list[gs.Node]
+) -> Union[bool, str]:
     """Whether two Slices of h are h[..., :H/2] and h[..., H/2:] (True), not of that kind
     (False: another axis, a step, unknown bounds), or why their halves are unequal."""
     size = (ctx.shape(h) or [None])[-1]
@@ -262,19 +270,30 @@ def match(ctx: Context, anchor: gs.Node) -> Optional[Union[Match, str]]:
         return halves
     # The halves form takes the cut out too: only when nothing else reads the halves (or a
     # shared Sigmoid); otherwise they are a gate and an up like any other.
-    if halves is not None and gate.bias is None and ctx.first_other_consumer(
-        [gate.x, up, *(t for n in gate.prune for t in n.outputs)], pattern
-    ) is None:
-        return _glu(ctx, gate, mul, [halves.h], halves.h, [*halves.cut, *pattern], halves.bounds,
-                    "halves of one tensor")
+    if (
+        halves is not None
+        and gate.bias is None
+        and ctx.first_other_consumer([gate.x, up, *(t for n in gate.prune for t in n.outputs)], pattern) is None
+    ):
+        return _glu(
+            ctx, gate, mul, [halves.h], halves.h, [*halves.cut, *pattern], halves.bounds, "halves of one tensor"
+        )
     g_shape, u_shape = ctx.shape(gate.x), ctx.shape(up)
     if not _same_shape(g_shape, u_shape):
         return _shape_reason(gate.x, g_shape, up, u_shape)
     return _glu(ctx, gate, mul, [gate.x, up], gate.x, [*gate.nodes, mul], gate.prune, "gate and up")
 
 
-def _glu(ctx: Context, gate: Gate, mul: gs.Node, inputs: list[gs.Tensor], x: gs.Tensor, remove: list[gs.Node],
-         prune: list[gs.Node], form: str) -> Match:
+def _glu(
+    ctx: Context,
+    gate: Gate,
+    mul: gs.Node,
+    inputs: list[gs.Tensor],
+    x: gs.Tensor,
+    remove: list[gs.Node],
+    prune: list[gs.Node],
+    form: str,
+) -> Match:
     y = mul.outputs[0]
     attrs = {"activation": gate.activation, **gate.attrs}
     bias = gate.bias
@@ -283,8 +302,10 @@ def _glu(ctx: Context, gate: Gate, mul: gs.Node, inputs: list[gs.Tensor], x: gs.
         if bias is None:
             return [quake("Glu", inputs, [y], ctx, **attrs)]
         biased = ctx.variable(f"{gate.x.name}_biased")
-        return [NodeSpec("Add", [gate.x, bias], [biased], domain=""),
-                quake("Glu", [biased, *inputs[1:]], [y], ctx, **attrs)]
+        return [
+            NodeSpec("Add", [gate.x, bias], [biased], domain=""),
+            quake("Glu", [biased, *inputs[1:]], [y], ctx, **attrs),
+        ]
 
     alpha = f", alpha={gate.attrs['alpha']:g}" if "alpha" in gate.attrs else ""
     summary = f"com.quake Glu ({gate.activation}{alpha}, {form}{', bias Add kept' if bias is not None else ''})"

@@ -1,4 +1,5 @@
 """LogSoftmax -> com.quake LogSoftmax (pre-opset-13 axis handling as for Softmax)."""
+
 from __future__ import annotations
 
 from ..rule import Rule

@@ -9,6 +9,7 @@ unidirectional=1 becomes causal=1 where Sq = Skv. Kept, with the reason: packed
 QKV or KV, a bias input, a past, other key_padding_mask forms (lengths),
 present or qk outputs that are read.
 """
+
 from __future__ import annotations
 
 import math
@@ -83,18 +84,39 @@ def match(ctx: Context, node: gs.Node) -> Optional[Union[Match, str]]:
         vh = parts.split_heads(ctx, v, heads, base, specs) if kv_split else v
         m = _mask(ctx, padding, bias, fill, elem, base, specs)
         y = ctx.variable(f"{base}/quake_attention")
-        specs.append(quake("Attention", [qh, kh, vh] + ([m] if m is not None else []), [y], ctx,
-                           scale=float(np.float32(scale)), causal=int(causal), k_transposed=0))
+        specs.append(
+            quake(
+                "Attention",
+                [qh, kh, vh] + ([m] if m is not None else []),
+                [y],
+                ctx,
+                scale=float(np.float32(scale)),
+                causal=int(causal),
+                k_transposed=0,
+            )
+        )
         parts.merge_heads(ctx, y, out, base, specs)
         return specs
 
     extras = [f"scale={scale:.6g}"] + (["causal"] if causal else []) + (["mask"] if padding or bias else [])
-    return parts.fused_match(node, q, build, f"com.quake Attention ({', '.join(extras)}) between head reshapes",
-                             parts.scores_size(ctx, q_shape[0], heads, q_shape[1], skv))
+    return parts.fused_match(
+        node,
+        q,
+        build,
+        f"com.quake Attention ({', '.join(extras)}) between head reshapes",
+        parts.scores_size(ctx, q_shape[0], heads, q_shape[1], skv),
+    )
 
 
-def _mask(ctx: Context, padding: Optional[gs.Tensor], bias: Optional[gs.Tensor], fill: float, elem: int, base: str,
-          specs: list[NodeSpec]) -> Optional[gs.Tensor]:
+def _mask(
+    ctx: Context,
+    padding: Optional[gs.Tensor],
+    bias: Optional[gs.Tensor],
+    fill: float,
+    elem: int,
+    base: str,
+    specs: list[NodeSpec],
+) -> Optional[gs.Tensor]:
     """M = Reshape(Where(key_padding_mask > 0, 0, fill), [B, 1, 1, Skv]) [+ attention_bias]."""
     m = None
     if padding is not None:

@@ -10,6 +10,7 @@ its triangle top-left without a past, causal=1 bottom-right: the same only
 then). Kept, with the reason: past_key/past_value, softcap, nonpad_kv_seqlen,
 sliding windows, present or qk outputs that are read.
 """
+
 from __future__ import annotations
 
 import math
@@ -95,15 +96,29 @@ def match(ctx: Context, node: gs.Node) -> Optional[Union[Match, str]]:
             m = ctx.variable(f"{base}/quake_mask")
             specs.append(NodeSpec("Where", [mask, zero, fill], [m], domain=""))
         y = ctx.variable(f"{base}/quake_attention") if split else out
-        specs.append(quake("Attention", [qh, kh, vh] + ([m] if m is not None else []), [y], ctx,
-                           scale=float(np.float32(scale)), causal=int(causal), k_transposed=0))
+        specs.append(
+            quake(
+                "Attention",
+                [qh, kh, vh] + ([m] if m is not None else []),
+                [y],
+                ctx,
+                scale=float(np.float32(scale)),
+                causal=int(causal),
+                k_transposed=0,
+            )
+        )
         if split:
             parts.merge_heads(ctx, y, out, base, specs)
         return specs
 
     extras = [f"scale={scale:.6g}"] + (["causal"] if causal else []) + (["mask"] if mask is not None else [])
-    return parts.fused_match(node, q, build, f"com.quake Attention ({', '.join(extras)})",
-                             parts.scores_size(ctx, q_shape[0], q_heads, sq, skv))
+    return parts.fused_match(
+        node,
+        q,
+        build,
+        f"com.quake Attention ({', '.join(extras)})",
+        parts.scores_size(ctx, q_shape[0], q_heads, sq, skv),
+    )
 
 
 RULE = Rule("onnx_attention", parts.FAMILY, (("", "Attention"),), match)

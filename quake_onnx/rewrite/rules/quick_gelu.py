@@ -1,4 +1,5 @@
 """com.microsoft QuickGelu, x * sigmoid(alpha * x) -> com.quake Silu(alpha)."""
+
 from __future__ import annotations
 
 from ..rule import Rule

@@ -3,6 +3,7 @@
 Runs after the SiLU rule on the same node: a Sigmoid that only fed x*Sigmoid(x)
 is gone by then; one with other readers is still here and is replaced for them.
 """
+
 from __future__ import annotations
 
 from ..rule import Rule

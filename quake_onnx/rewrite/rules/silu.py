@@ -4,6 +4,7 @@ Anchored at the Sigmoid, tried before the plain Sigmoid rule. The Mul is
 replaced; the Sigmoid (and beta * x) go only when nothing else reads them, so
 a gate shared with other consumers stays for them.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union

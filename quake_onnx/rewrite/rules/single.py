@@ -1,4 +1,5 @@
 """The replacement shared by rules that swap one node for one com.quake node."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -7,6 +7,7 @@ axis (or every dim after a is 1); otherwise the rule reproduces the coercion:
 Flatten(axis=a) -> com.quake Softmax(axis=-1) -> Reshape back to X's shape.
 LogSoftmax has the same history and shares this rule's logic.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union

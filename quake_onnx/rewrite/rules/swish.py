@@ -1,4 +1,5 @@
 """ONNX Swish (opset 24), x * sigmoid(alpha * x) -> com.quake Silu(alpha)."""
+
 from __future__ import annotations
 
 import math

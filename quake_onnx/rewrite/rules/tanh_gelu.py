@@ -6,14 +6,15 @@ Gelu function body), the constants stored or computed (constants.py). A Tanh
 whose input is not const * (a + b) is not a candidate (plain tanh activations
 are not reported).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union
 
 import onnx_graphsurgeon as gs
 
-from ..context import Context
 from ..constants import scalar
+from ..context import Context
 from ..match import close, is_add, is_op, other_operand, producer
 from ..rule import Match, Rule
 from . import gelu_parts as parts
