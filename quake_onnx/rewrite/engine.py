@@ -20,12 +20,12 @@ SKIPPED = "skipped by --skip-nodes"
 # Below these element counts a com.quake node is no faster than ONNX Runtime's
 # own op: the custom-op call costs about as much as the exponentials it saves
 # (BENCHMARKS.md, "Small tensors"). Exp's ORT kernel is the fastest of all.
-# Attention counts score elements (B*H*Sq*Skv): below H12 S192 the fused op
+# Attention counts score elements (B*H*Sq*Skv): below H12 S384 the fused op
 # was not faster than the block rewritten per op (docs/optimize.md, "Attention
-# fusion"; benchmarks/attention_break_even.py). Glu is not measured on its own:
+# fusion"; benchmarks/attention_break_even.py, Zen 4, quiet). Glu is not measured on its own:
 # it replaces an activation and a Mul, so its activations' floor is on the safe side.
 BREAK_EVEN = {
-    "attention": 12 * 192 * 192,
+    "attention": 12 * 384 * 384,
     "glu": 2048,
     "softmax": 2048,
     "logsoftmax": 2048,

@@ -20,8 +20,8 @@ oracle_module = sys.modules["quake_onnx.pipeline.oracle"]
 
 
 def big_block():
-    """A block above the break-even: H12 S256, 786432 score elements."""
-    return block(b=1, h=12, sq=256, d=64, mask="add")[0]
+    """A block at the break-even: H12 S384, 1769472 score elements."""
+    return block(b=1, h=12, sq=384, d=64, mask="add")[0]
 
 
 def small_block():
@@ -47,7 +47,7 @@ def test_break_even_leaves_small_blocks_to_the_per_op_rewrite():
 def test_above_the_break_even_the_block_is_fused():
     out, report = quake_onnx.optimize(big_block(), ort_fusions=False)
     assert attention_decision(report).replaced and op_types(out) == ["com.quake.Attention"]
-    assert BREAK_EVEN["attention"] <= 12 * 256 * 256
+    assert BREAK_EVEN["attention"] <= 12 * 384 * 384
 
 
 def test_min_elements_zero_fuses_every_block():
