@@ -140,6 +140,8 @@ class Engine:
         floor = self.min_elements.get(rule.family, 0)
         if size is not None and size < floor:
             return f"{size} {match.size_what}: below the {floor}-element break-even of {match.cost}"
+        if size is None and floor > 0 and match.unknown_size_reason:
+            return match.unknown_size_reason
         # Rules follow a pattern through its fitting reader and leave other readers to this one check.
         inner = [t for n in match.remove for t in n.outputs if t is not match.output]
         leak = ctx.first_other_consumer(inner, match.remove)

@@ -46,6 +46,9 @@ class Match:
     size: Optional[Callable[["Context"], Optional[int]]] = None
     size_what: str = "elements"
     cost: str = "a custom-op call"
+    # A symbolic size is taken as large (replaced) unless this says why not;
+    # --min-elements 0 replaces it all the same.
+    unknown_size_reason: Optional[str] = None
 
 
 @dataclass(frozen=True)

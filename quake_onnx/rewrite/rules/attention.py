@@ -199,9 +199,10 @@ def match(ctx: Context, softmax: gs.Node) -> Optional[Union[Match, str]]:
     elem = elems["Q"]
     if ctx.elem_type(pv.outputs[0]) != elem:
         return f"the attention output is {_type(ctx.elem_type(pv.outputs[0]))}, Q is {_type(elem)}"
-    q_heads = parts.dim_from_end(shapes["Q"], 3)
+    q_heads = parts.traced_dim(ctx, q, 3)
+    kv_tensors = {"K": k.tensor, "V": v.tensor}
     for what in ("K", "V"):
-        reason = _heads_reason(q_heads, parts.dim_from_end(shapes[what], 3), what)
+        reason = _heads_reason(q_heads, parts.traced_dim(ctx, kv_tensors[what], 3), what)
         if reason:
             return reason
 
@@ -234,6 +235,7 @@ def match(ctx: Context, softmax: gs.Node) -> Optional[Union[Match, str]]:
         k_transposed=not k.transposed,
         elem=elem,
         masks=masks,
+        sq=sq,
     )
     remove = [qk, *reversed(walk.nodes), softmax, *after, pv]
     prune = [*q_nodes, *k.nodes, *v.nodes]
