@@ -322,3 +322,48 @@ def test_the_callers_model_is_left_alone(tmp_path):
     assert report["model"] is None and report["output"] is None and report["result"] == "tuned"
     assert any(n.domain == "com.quake" for n in result.graph.node)
     assert any("given a name" in n for n in report["notes"])
+
+
+def llama_mlp(path):
+    """down(silu(gate(x)) * up(x)): a SwiGLU MLP, gate [2, 16, 128] (above the break-even)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def w(name, rows, cols):
+        return onnx.numpy_helper.from_array((rng.standard_normal((rows, cols)) / rows**0.5).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("MatMul", ["X", "Wg"], ["gate"], name="gate_proj"),
+        helper.make_node("MatMul", ["X", "Wu"], ["up"], name="up_proj"),
+        helper.make_node("Sigmoid", ["gate"], ["sig"], name="sig"),
+        helper.make_node("Mul", ["gate", "sig"], ["act"], name="silu_mul"),
+        helper.make_node("Mul", ["act", "up"], ["h"], name="gated"),
+        helper.make_node("MatMul", ["h", "Wd"], ["Y"], name="down_proj"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [2, 16, 64])],
+        [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [2, 16, 64])],
+        initializer=[w("Wg", 64, 128), w("Wu", 64, 128), w("Wd", 128, 64)],
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+@pytest.mark.parametrize("glu_faster", [True, False])
+def test_glu_fusion_on_or_off(tmp_path, glu_faster):
+    llama_mlp(tmp_path / "mlp.onnx")
+
+    def factor(group, choice, config):
+        if group.rule == "glu":
+            return 0.8 if glu_faster else 0.97
+        return 0.9
+
+    out = tmp_path / "out.onnx"
+    _, report = quake_onnx.tune(tmp_path / "mlp.onnx", out, bench=fake(factor=factor), clock=FakeClock())
+    validate(report)
+    assert [(c["glu"], c["status"]) for c in report["configurations"]] == [(True, "measured"), (False, "measured")]
+    assert report["configuration"]["glu"] is glu_faster
+    ops = [n.op_type for n in onnx.load(out).graph.node if n.domain == "com.quake"]
+    assert ops == (["Glu"] if glu_faster else ["Silu"])
