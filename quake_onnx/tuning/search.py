@@ -104,7 +104,6 @@ class Outcome:
     configs: list  # ConfigResult, in the order tried
     not_tried: list  # what the budget left out, one phrase each
     budget_exhausted: bool
-    measured_variant: Optional[Variant] = None  # the variant the final comparison measured
 
 
 class Search:
@@ -334,7 +333,6 @@ class Search:
         speedup: Optional[Paired] = None
         outputs: Optional[list] = None
         reason = ""
-        measured = None
         if current.is_original:
             if best is not None:
                 reason = "no group's gain is beyond the round-to-round spread"
@@ -366,7 +364,6 @@ class Search:
                     self.not_tried.append("the final model: the result is the best configuration as measured")
                 else:
                     self.not_tried.append("a fresh final comparison: the result's figure is from its first measurement")
-            measured = current
             if not speedup.faster:
                 reason = (
                     "the tuned model is not faster than the original beyond the round-to-round spread "
@@ -386,7 +383,6 @@ class Search:
             configs=self.config_results,
             not_tried=self.not_tried,
             budget_exhausted=self.exhausted,
-            measured_variant=measured,
         )
 
     def _settle(self, result: Variant, chosen: Optional[ConfigResult], reason: str) -> None:

@@ -215,3 +215,15 @@ def test_help_lists_the_options():
         "--require-speedup",
     ):
         assert option in result.stdout, option
+
+
+def test_check_tune_cannot_go_with_optimized(work):
+    assert_one_line_error(
+        cli("check", work / "in.onnx", "--tune", "--optimized", work / "in.onnx"), 2, "cannot go with --optimized"
+    )
+
+
+@pytest.mark.parametrize("command", ["check", "zoo"])
+def test_tune_budget_must_be_positive(work, command):
+    target = work / "in.onnx" if command == "check" else work
+    assert_one_line_error(cli(command, target, "--tune", "--tune-budget", "0"), 2, "--tune-budget")

@@ -112,12 +112,12 @@ def test_zoo_tune(tmp_path):
     zoo.mkdir()
     (zoo / "m.onnx").write_bytes(ENCODER.read_bytes())
     report = tmp_path / "zoo.json"
-    result = cli("zoo", zoo, "--tune", "--tune-budget", "10", "--runs", "3", "--warmup", "1", "--json", report)
+    result = cli("zoo", zoo, "--tune", "--tune-budget", "5", "--runs", "3", "--warmup", "1", "--json", report)
     assert result.exit_code == 0, (result.stdout, result.stderr)
     data = json.loads(report.read_text())
     (model,) = data["models"]
-    assert data["settings"]["tune"] == 10
-    assert model["optimized"]["source"] == "tuned now" and model["optimized"]["tune"]["budget"] == 10
+    assert data["settings"]["tune"] == 5
+    assert model["optimized"]["source"] == "tuned now" and model["optimized"]["tune"]["budget"] == 5
     assert model["status"] == "pass"
     from checktools import validate as validate_zoo
 
