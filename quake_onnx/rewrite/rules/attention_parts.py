@@ -22,6 +22,7 @@ from ..constants import _evaluate
 from ..context import Context
 from ..match import const_shape, const_value, consumers, is_op, producer
 from ..rule import Match, NodeSpec, quake
+from ..symbolic import Sizes
 from ..types import Dim
 
 FAMILY = "attention"
@@ -40,6 +41,16 @@ def same_dim(a: Dim, b: Dim) -> bool:
 def dim_from_end(shape: list[Dim], axis: int) -> Dim:
     """Dimension `axis` counted from the end (1 = last); 1 where the shape is shorter (numpy broadcasting)."""
     return shape[-axis] if axis <= len(shape) else 1
+
+
+def heads(ctx: Context, t: gs.Tensor, shape: list[Dim]) -> Dim:
+    """The head count of Q, K or V (axis -3): from shape inference, or where it left a
+    fresh name (an exporter's Reshape to [B, S, -1, D]), derived from the sizes."""
+    h = dim_from_end(shape, 3)
+    if isinstance(h, int) or len(shape) < 3:
+        return h
+    derived = Sizes(ctx).dim(t, -3)
+    return derived.const if derived is not None and derived.is_const else h
 
 
 # ---------------------------------------------------------------------------
@@ -139,12 +150,26 @@ def repeated_heads(ctx: Context, t: gs.Tensor) -> Union[None, str, tuple[gs.Tens
     h_kv, h = shape[-3], out[-3]
     if not (isinstance(h_kv, int) and isinstance(h, int) and h_kv > 0 and h % h_kv == 0):
         return "cannot tell how the K/V heads are repeated (head counts not static)"
+    sizes = None
+
+    def same(a_t: gs.Tensor, a: int, b_t: gs.Tensor, b: int) -> bool:
+        """Dimension a of a_t equals dimension b of b_t: the same name or number, or, where
+        shape inference lost the names (the exporter computes the Expand and Reshape targets
+        from Shape nodes), the same size derived from the model's inputs."""
+        nonlocal sizes
+        da, db = ctx.shape(a_t)[a], ctx.shape(b_t)[b]
+        if same_dim(da, db):
+            return True
+        sizes = sizes or Sizes(ctx)
+        ea, eb = sizes.dim(a_t, a), sizes.dim(b_t, b)
+        return ea is not None and ea == eb
+
     if spread_shape is not None and len(spread_shape) == rank + 1:
         # The repeat axis right after the heads, every other axis of x kept as it is.
-        others = [d for i, d in enumerate(spread_shape) if i != rank - 2]
-        if not all(same_dim(a, b) or a == b == 1 for a, b in zip(others[-3:], shape[-3:])):
+        others = [i for i in range(rank + 1) if i != rank - 2]
+        if not all(same(spread.outputs[0], i, x, j) for i, j in zip(others[-3:], range(rank - 3, rank))):
             return "the K/V repeat changes more than the head count"
-    if not all(same_dim(a, b) for a, b in zip(out[-2:], shape[-2:])):
+    if not all(same(t, i, x, i) for i in (-2, -1)):
         return "the K/V repeat changes more than the head count"
     return x, h // h_kv, [reshape, spread, unsqueeze]
 
