@@ -294,10 +294,14 @@ def quantize(src: Path, rebuild: bool = False) -> Path:
 
 
 def quake_variant(src: Path, order: int, level: str, rebuild: bool = False) -> tuple[Path, dict]:
+    """src optimized at `order` (cached next to it) and its metadata: the replacement counts,
+    the nodes kept per rule and reason, the optimizer's warnings and seconds."""
     dst = src.with_name(f"{src.stem}.quake{order}{'' if level == 'extended' else '-' + level}.onnx")
     meta = dst.with_suffix(".json")
     if dst.exists() and meta.exists() and not rebuild and dst.stat().st_mtime >= src.stat().st_mtime:
-        return dst, json.loads(meta.read_text())
+        info = json.loads(meta.read_text())
+        if "kept" in info:  # older metadata lacks the reasons of kept nodes: optimized again
+            return dst, info
     t0 = time.time()
     _, report = quake_onnx.optimize(str(src), str(dst), order=order, ort_level=level)
     kept = collections.defaultdict(collections.Counter)  # rule -> reason -> nodes kept for it
