@@ -68,6 +68,7 @@ import onnxruntime as ort
 import quake_onnx
 from quake_onnx.check import compare as cmp
 from quake_onnx.check.inputs import generate, graph_inputs
+from quake_onnx.check.paired import time_rounds
 
 ORDERS = (1, 2, 3)
 # Op types (as ORT's profiler names them) whose time is the exponential's:
@@ -377,62 +378,20 @@ class SpeedRow:
         return q[0], q[2]
 
 
-def _busy_seconds() -> float:
-    """CPU time the whole machine has spent busy (all cores), from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-
-
-def _foreign_load(t_wall, t_busy, t_own) -> float:
-    """Cores' worth of CPU used by other processes since the marks."""
-    wall = time.perf_counter() - t_wall
-    return max(0.0, (_busy_seconds() - t_busy) - (time.process_time() - t_own)) / wall if wall > 0 else 0.0
-
-
 def time_variants(
     sessions: dict, feeds: dict, rounds: int, min_time: float, min_runs: int, max_foreign: float = 0.1, retries: int = 4
 ) -> tuple[dict, dict, int, dict]:
-    """Interleaved rounds: per round a block of runs of every variant (the
-    variant order rotated each round so none always follows the same one).
-    sessions: variant -> list of instances (sessions); round r runs
-    instance r mod K. Returns per variant the fastest of its round medians
-    (ms), the runs timed, the blocks thrown away, and the round medians (ms).
-    A block during which other processes used more than `max_foreign` of a
-    core (from /proc/stat less this process's CPU time) is thrown away and run
-    again after a pause, up to `retries` times per block."""
-    keys = list(sessions)
-    for k in keys:  # warm-up: arena growth, prepacking, page faults
-        for inst in sessions[k]:
-            for _ in range(2):
-                inst.run(None, feeds)
-    medians = {k: [] for k in keys}
-    count = {k: 0 for k in keys}
-    discarded = 0
-    clock = time.perf_counter
-    proc_stat = Path("/proc/stat").exists()
-    for r in range(rounds):
-        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
-            s = sessions[k][r % len(sessions[k])]
-            for attempt in range(retries + 1):
-                marks = (clock(), _busy_seconds(), time.process_time()) if proc_stat else None
-                times, start = [], clock()
-                while len(times) < min_runs or clock() - start < min_time:
-                    t0 = clock()
-                    s.run(None, feeds)
-                    times.append(clock() - t0)
-                if not marks or attempt == retries or _foreign_load(*marks) <= max_foreign:
-                    break
-                discarded += 1
-                time.sleep(1.0 + attempt)
-            medians[k].append(statistics.median(times))
-            count[k] += len(times)
-            time.sleep(0.02)  # let this session's pool threads stop spinning
+    """Interleaved rounds (quake_onnx.check.paired.time_rounds: per round a
+    block of runs of every variant, the order rotated, instance r mod K;
+    blocks disturbed by other processes run again). Returns per variant the
+    fastest of its round medians (ms), the runs timed, the blocks thrown
+    away, and the round medians (ms)."""
+    measured = time_rounds(sessions, feeds, rounds, min_time, min_runs, max_foreign=max_foreign, retries=retries)
     return (
-        {k: min(v) * 1e3 for k, v in medians.items()},
-        count,
-        discarded,
-        {k: [t * 1e3 for t in v] for k, v in medians.items()},
+        measured.fastest_ms(),
+        measured.runs,
+        measured.discarded,
+        {k: [t * 1e3 for t in v] for k, v in measured.medians.items()},
     )
 
 

@@ -8,6 +8,10 @@ or, to rewrite a model and run it:
 
     model, report = quake_onnx.optimize("model.onnx", "model.quake.onnx")
     session = quake_onnx.InferenceSession("model.quake.onnx")
+
+or let it measure what to replace, on this machine and your inputs:
+
+    model, report = quake_onnx.tune("model.onnx", "model.tuned.onnx", inputs="data.npz")
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from .calibrate import calibrate  # noqa: E402  (exaq clips from sample inputs)
 
 # Bound after the submodule import so `quake_onnx.optimize` is the function.
 from .optimize import InferenceSession, optimize  # noqa: E402
+from .tuning import tune  # noqa: E402  (quake-onnx tune: choices measured here)
 
 __version__ = "0.1.0"
 DOMAIN = "com.quake"
@@ -30,4 +35,5 @@ __all__ = [
     "get_library_path",
     "optimize",
     "selected_isa",
+    "tune",
 ]

@@ -366,6 +366,22 @@ _IMAGE_SIZE = typer.Option(
 )
 
 
+_TUNE = typer.Option(
+    False, "--tune", help="tune each model (`quake-onnx tune`, to these thresholds) instead of optimizing it"
+)
+
+
+def _tune_budget(value: float) -> float:
+    if not value > 0 or value == float("inf"):
+        raise typer.BadParameter(f"{value:g} is not a number of seconds > 0")
+    return value
+
+
+_TUNE_BUDGET = typer.Option(
+    120.0, "--tune-budget", callback=_tune_budget, metavar="SECONDS", help="with --tune: seconds per model"
+)
+
+
 def _explicit(ctx: typer.Context) -> frozenset:
     """The parameters passed on the command line, not left at typer's defaults
     (by the enum's name: typer vendors click in some versions and imports it in others)."""
@@ -445,6 +461,8 @@ def check_cmd(
     min_top1_agreement: Optional[float] = _MIN_TOP1,
     min_speedup: Optional[float] = _MIN_SPEEDUP,
     image_size: int = _IMAGE_SIZE,
+    tune: bool = _TUNE,
+    tune_budget: float = _TUNE_BUDGET,
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
     json_out: Optional[Path] = typer.Option(
         None, "--json", metavar="FILE", help="write the result as JSON ('-': stdout)"
@@ -473,7 +491,11 @@ def check_cmd(
         inputs=inputs,
         min_elements=min_elements,
         image_size=image_size,
+        tune=tune,
+        tune_budget=tune_budget,
     )
+    if tune and optimized is not None:
+        raise typer.BadParameter("--tune tunes MODEL now; it cannot go with --optimized", param_hint="'--tune'")
     raise typer.Exit(check_command(model, options, json_out))
 
 
@@ -528,6 +550,8 @@ def zoo_cmd(
         help="the zoo manifest (default: DIR/quake-zoo.toml when it exists): "
         "per-model dims, inputs, ranges, thresholds, skip",
     ),
+    tune: bool = _TUNE,
+    tune_budget: float = _TUNE_BUDGET,
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
 ) -> None:
     """Check every model under DIR: summary table, S(t) score, JSON / Markdown / JUnit reports.
@@ -555,6 +579,8 @@ def zoo_cmd(
         custom_ops_library,
         min_elements=min_elements,
         image_size=image_size,
+        tune=tune,
+        tune_budget=tune_budget,
     )
     raise typer.Exit(
         zoo_command(
@@ -590,6 +616,162 @@ def zoo_merge_cmd(
     from .check.commands import merge_command
 
     raise typer.Exit(merge_command(list(reports), json_out=json_out, markdown=markdown, junit=junit))
+
+
+def _positive_seconds(value: float) -> float:
+    if not value > 0 or value == float("inf"):
+        raise typer.BadParameter(f"{value:g} is not a number of seconds > 0")
+    return value
+
+
+class _TuneProgress:
+    """tune's estimate on stdout; a progress bar on stderr when it is a terminal."""
+
+    def __init__(self, console, err):
+        self.console, self.err = console, err
+        self.bar = None
+
+    def start(self, estimate: float, budget: float, plan: str) -> None:
+        self.console.print(
+            f"estimate: ~{estimate:.0f} s for {plan} (budget {budget:g} s"
+            + ("; the search stops at the budget with the best measured so far)" if estimate > budget else ")"),
+            soft_wrap=True,
+            highlight=False,
+        )
+        if self.err.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=self.err, transient=True
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("tuning", total=max(1.0, min(estimate, budget)))
+
+    def step(self, text: str, elapsed: float) -> None:
+        if self.bar is not None:
+            from rich.markup import escape
+
+            self.bar.update(self.task, completed=elapsed, description=escape(text))
+
+    def done(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+@app.command("tune")
+def tune_cmd(
+    src: Path = typer.Argument(..., metavar="IN", help="ONNX model to tune"),
+    dest: Path = typer.Argument(..., metavar="OUT", help="where to write the result"),
+    inputs: Optional[Path] = typer.Option(
+        None,
+        "--inputs",
+        metavar="DATA.npz",
+        help="inputs by name (default: test_data_set_* beside IN, else generated)",
+    ),
+    dim: Optional[List[str]] = _DIMS,
+    vocab: Optional[int] = _VOCAB,
+    seed: int = _SEED,
+    image_size: int = _IMAGE_SIZE,
+    min_cosine: Optional[float] = typer.Option(
+        0.9999, "--min-cosine", min=-1.0, max=1.0, help="every output's cosine with the original at least this"
+    ),
+    max_abs_error: Optional[float] = typer.Option(
+        None, "--max-abs-error", min=0.0, metavar="T", help="every output's max abs error at most this"
+    ),
+    min_top1_agreement: Optional[float] = typer.Option(
+        None, "--min-top1-agreement", min=0.0, max=1.0, help="class-score outputs' top-1 agreement at least this"
+    ),
+    threads: int = _THREADS,
+    budget: float = typer.Option(
+        120.0, "--budget", callback=_positive_seconds, metavar="SECONDS", help="time allowed for the whole search"
+    ),
+    allow_exaq: bool = typer.Option(False, "--allow-exaq", help="let Softmax groups use EXAQ (2-4 bits, calibrated)"),
+    require_speedup: Optional[float] = typer.Option(
+        None, "--require-speedup", min=0.0, metavar="S", help="exit 1 when the result's speedup is below S"
+    ),
+    custom_ops_library: Optional[List[Path]] = _LIBRARIES,
+    report: Optional[Path] = typer.Option(None, "--report", metavar="FILE.json", help="write the report as JSON"),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", metavar="FILE", help="write the report as Markdown"),
+) -> None:
+    """Measure on this machine and these inputs what to replace, at which order, with which ORT level and fusions;
+    write the fastest model within tolerance to OUT (the original when nothing is faster beyond the noise)."""
+    from rich.markup import escape
+
+    from . import writes
+    from .check.inputs import parse_dims
+    from .modelio import ModelFileError
+    from .tuning import report as tune_report
+    from .tuning import tune
+
+    console, err = _consoles()
+    if not console.is_terminal:  # a CI log or a file: wide enough that the table does not fold
+        from rich.console import Console
+
+        console = Console(width=160)
+    also = [(what, path) for what, path in (("report", report), ("markdown", markdown)) if path is not None]
+    if report is not None and markdown is not None and writes.absolute(report) == writes.absolute(markdown):
+        typer.echo(f"error: --report and --markdown name the same file {report}", err=True)
+        raise typer.Exit(2)
+    try:
+        model, result = tune(
+            src,
+            dest,
+            inputs=inputs,
+            dims=parse_dims(dim or []),
+            vocab=vocab,
+            seed=seed,
+            image_size=image_size,
+            min_cosine=min_cosine,
+            max_abs_error=max_abs_error,
+            min_top1_agreement=min_top1_agreement,
+            threads=threads,
+            budget=budget,
+            allow_exaq=allow_exaq,
+            custom_ops_libraries=custom_ops_library or (),
+            also_written=also,
+            progress=_TuneProgress(console, err),
+        )
+    except ModelFileError as e:  # every input, option and write failure
+        typer.echo(f"error: {_one_line(str(e))}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    for what, path, text in (
+        ("report", report, lambda: tune_report.to_json(result)),
+        ("markdown", markdown, lambda: tune_report.to_markdown(result)),
+    ):
+        if path is not None:
+            try:
+                writes.write_bytes_atomic(text().encode(), path)
+            except OSError as e:
+                typer.echo(f"error: wrote {dest} but not the {what} {path}: {e.strerror or e}", err=True)
+                raise typer.Exit(1) from None
+    console.print(tune_report.groups_table(result))
+    for note in result["notes"]:
+        console.print(f"note: {escape(note)}", soft_wrap=True, highlight=False)
+    console.print(tune_report.headline(result), soft_wrap=True, highlight=False, markup=False)
+    if result["budget"]["not_tried"]:
+        console.print(
+            "not tried within the budget: " + "; ".join(result["budget"]["not_tried"]),
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
+    for w in result["warnings"]:
+        err.print(f"warning: {escape(w)}", soft_wrap=True, highlight=False)
+    console.print(
+        f"wrote {escape(str(dest))}" + (" (the original)" if result["result"] == "original" else ""),
+        soft_wrap=True,
+        highlight=False,
+    )
+    for path in (report, markdown):
+        if path is not None:
+            console.print(f"report {escape(str(path))}", soft_wrap=True, highlight=False)
+    if require_speedup is not None:
+        final = result["final"]["speedup"]
+        speedup = final["median"] if result["result"] == "tuned" and final else 1.0
+        if speedup < require_speedup:
+            typer.echo(f"FAIL: speedup {speedup:.3f}x < --require-speedup {require_speedup:g}x", err=True)
+            raise typer.Exit(1)
 
 
 @app.command("calibrate")

@@ -102,7 +102,16 @@ def check_command(model: Path, options: CheckOptions, json_out: Optional[Path]) 
         _error(str(e))
         return e.exit_code
     opt = result["optimized"]
-    if opt["source"] == "optimized now":
+    if opt["source"] == "tuned now":
+        t = opt["tune"]
+        speed = f" ({t['speedup']['median']:.3f}x in tune's paired rounds)" if t["speedup"] else ""
+        rules = ", ".join(f"{k} x{v}" for k, v in sorted(opt["per_rule"].items())) or "nothing"
+        console.print(
+            f"tuned now: {'the original kept' if t['result'] == 'original' else 'replaced ' + rules}{speed}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    elif opt["source"] == "optimized now":
         rules = ", ".join(f"{k} x{v}" for k, v in sorted(opt["per_rule"].items())) or "nothing"
         console.print(f"optimized now (order {opt['order']}): replaced {rules}", soft_wrap=True, highlight=False)
     else:
@@ -234,6 +243,7 @@ def zoo_command(
         "penalty": penalty,
         "min_score": min_score,
         "image_size": run_options.image_size,
+        "tune": options.tune_budget if options.tune else None,
         "manifest": plan.describe() if plan else None,
     }
     report = reports.zoo_report(

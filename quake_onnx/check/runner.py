@@ -56,6 +56,8 @@ class CheckOptions:
     image_size: int = DEFAULT_IMAGE_SIZE
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     warn_unused_dims: bool = True  # a zoo names the --dim no model used once, not per model
+    tune: bool = False  # `quake-onnx tune` the model (within tune_budget seconds) instead of optimizing it
+    tune_budget: float = 120.0
 
 
 class CheckError(ModelFileError):
@@ -187,6 +189,7 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
     except InputError as e:
         raise CheckError(str(e), "inputs") from None
     warnings = list(inputs.warnings)
+    warnings += tuned_elsewhere(graph, "the model")
     graph_outputs = [o.name for o in graph.graph.output]
     libraries = options.custom_ops_libraries
     try:
@@ -208,6 +211,13 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
                     "load",
                 )
             optimized_info.update(source=str(fast_path), order=None, replaced=None, kept=None, per_rule=None)
+            try:
+                warnings += tuned_elsewhere(load_graph(fast_path), "the optimized model")
+            except ModelFileError:
+                pass  # opening it below says what is wrong
+        elif options.tune:
+            fast_path = Path(tmp) / "model.tuned.onnx"
+            optimized_info.update(_tune(model_path, fast_path, options, warnings))
         else:
             fast_path = Path(tmp) / "model.quake.onnx"
             try:
@@ -309,6 +319,74 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
     finish(result, options.thresholds)
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def tuned_elsewhere(model, what: str) -> list[str]:
+    """A warning when `model` was tuned (quake_onnx.tuned_on) on another CPU model than this one."""
+    from ..bench.machine import cpu_model
+    from ..tuning.report import TUNED_ON
+
+    tuned_on = next((p.value for p in model.metadata_props if p.key == TUNED_ON), None)
+    here = cpu_model()
+    if tuned_on is None or tuned_on == here:
+        return []
+    return [
+        f"{what} was tuned on {tuned_on}, this CPU is {here}: its choices were measured there "
+        "(re-tune the original here with `quake-onnx tune`)"
+    ]
+
+
+def _tune(model_path: Path, dest: Path, options: CheckOptions, warnings: list) -> dict:
+    """`quake-onnx tune` into `dest`, on the inputs the check uses, to the check's accuracy thresholds."""
+    from ..tuning import tune
+
+    th = options.thresholds
+    tolerance = {"min_cosine": th.min_cosine, "max_abs_error": th.max_abs_error}
+    tolerance["min_top1_agreement"] = th.min_top1_agreement
+    if all(v is None for v in tolerance.values()):
+        tolerance = {}  # tune's default
+    try:
+        _, report = tune(
+            model_path,
+            dest,
+            inputs=options.inputs,
+            dims=options.dims,
+            vocab=options.vocab,
+            seed=options.seed,
+            image_size=options.image_size,
+            ranges=options.ranges,
+            threads=options.threads,
+            budget=options.tune_budget,
+            custom_ops_libraries=options.custom_ops_libraries,
+            **tolerance,
+        )
+    except ModelFileError as e:
+        raise CheckError(f"tune: {e}", "tune", e.exit_code) from None
+    except Exception as e:
+        raise CheckError(f"tune failed: {type(e).__name__}: {_first_line(e)}", "tune", 1) from None
+    warnings.extend(report["warnings"])
+    replaced = [n for n in report["nodes"] if n["decision"] == "replaced"]
+    per_rule: dict = {}
+    for n in replaced:
+        per_rule[n["rule"]] = per_rule.get(n["rule"], 0) + 1
+    speedup = report["final"]["speedup"]
+    if report["result"] == "original":
+        warnings.append(f"tune kept the original: {report['reason']}")
+    return {
+        "source": "tuned now",
+        "order": None,
+        "replaced": len(replaced),
+        "kept": len(report["nodes"]) - len(replaced),
+        "per_rule": per_rule,
+        "tune": {
+            "result": report["result"],
+            "reason": report["reason"],
+            "configuration": report["configuration"],
+            "speedup": speedup,
+            "budget": report["budget"]["seconds"],
+            "seconds": report["seconds"],
+        },
+    }
 
 
 def finish(result: dict, thresholds: Thresholds) -> None:

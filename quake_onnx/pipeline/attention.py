@@ -30,7 +30,15 @@ def fuse_attention(job: Job) -> Job:
         return job  # most models without attention: no second pass over the graph
     s = job.settings
     rewritten, report = rewrite_light(
-        job.model, s.order, s.ops, s.skip, not job.laid_out, dict(s.floors), job.type_hints, _attention_rules()
+        job.model,
+        s.order,
+        s.ops,
+        s.skip,
+        not job.laid_out,
+        dict(s.floors),
+        job.type_hints,
+        _attention_rules(),
+        select=s.select,
     )
     job.model = rewritten
     job.report.decisions.extend(report.decisions)

@@ -32,6 +32,9 @@ class Settings:
     softmax_method: str = "quake"
     bits: int = 3
     user_libraries: tuple = ()  # absolute paths (sessions.user_libraries)
+    # tune's variants: (anchor node name, rewrite.context.Pick) pairs, only those
+    # anchors replaced; None (optimize) replaces every candidate at `order`.
+    select: Optional[tuple] = None
 
 
 @dataclasses.dataclass

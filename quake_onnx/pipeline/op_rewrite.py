@@ -31,6 +31,7 @@ def rewrite_ops(job: Job) -> Job:
         dict(s.floors),
         job.type_hints,
         _op_rules(),
+        select=s.select,
     )
     report.decisions[:] = [
         dataclasses.replace(d, reason=f"kept: ONNX Runtime fuses it into com.microsoft.{job.kept[d.node]}")
@@ -60,6 +61,7 @@ def _rewrite(
     min_elements: dict,
     type_hints: Sequence[onnx.ValueInfoProto],
     rules,
+    select=None,
 ):
     try:
         from ..rewrite.passes import rewrite_model
@@ -74,16 +76,18 @@ def _rewrite(
         min_elements=min_elements,
         type_hints=type_hints,
         rules=rules,
+        select=dict(select) if select is not None else None,
     )
 
 
-def rewrite_light(model, order, ops, skip, keep_layout, min_elements, type_hints, rules):
+def rewrite_light(model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select=None):
     """rewrite_model with `rules` and big tensors' bytes set aside (see
-    strip_large_tensors). `model` is as it was after."""
+    strip_large_tensors). `model` is as it was after. `select`: (anchor
+    name, Pick) pairs, see Settings.select."""
     stash = modelio.strip_large_tensors(model)
     try:
         try:
-            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements, type_hints, rules)
+            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select)
         except OptimizeError:
             raise
         except Exception as e:
@@ -93,7 +97,7 @@ def rewrite_light(model, order, ops, skip, keep_layout, min_elements, type_hints
             if not stash or modelio.needs_external_data(model):
                 raise OptimizeError(f"the rewrite failed: {type(e).__name__}: {e}", exit_code=1) from e
             stash = {}
-            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements, type_hints, rules)
+            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select)
         modelio.restore_large_tensors(rewritten, stash)
     finally:
         modelio.restore_large_tensors(model, stash)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 import onnx_graphsurgeon as gs
 
@@ -35,6 +35,16 @@ class Names:
         return self._claim(self.tensors, base)
 
 
+@dataclass(frozen=True)
+class Pick:
+    """What `quake-onnx tune` chose for one anchor node (rewrite_model's
+    `select`): the order of every com.quake node made from it, and attributes
+    set on its com.quake Softmax ((name, value) pairs: the exaq method)."""
+
+    order: int
+    softmax: tuple = ()
+
+
 @dataclass
 class Context:
     scope: Scope  # the graph being visited
@@ -47,6 +57,9 @@ class Context:
     # False for a model ONNX Runtime has already laid out (optimize(ort_level="all")): its
     # conv activations then run blocked, and only plain elementwise replacements are valid there.
     keep_conv_layout: bool = True
+    # When set, only these anchor nodes (by name) are replaced, each as its Pick says.
+    select: Optional[Mapping[str, Pick]] = None
+    softmax_attrs: tuple = ()  # (name, value) pairs every com.quake Softmax made now gets
 
     @property
     def graph(self) -> gs.Graph:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable, Mapping, Union
 
 import onnx_graphsurgeon as gs
@@ -16,6 +17,7 @@ from .scopes import Scope, Scopes
 from .types import SUPPORTED, type_name
 
 SKIPPED = "skipped by --skip-nodes"
+NOT_SELECTED = "not selected (tune leaves it to ONNX Runtime)"
 
 # Below these element counts a com.quake node is no faster than ONNX Runtime's
 # own op: the custom-op call costs about as much as the exponentials it saves
@@ -34,6 +36,9 @@ BREAK_EVEN = {
     "sigmoid": 2048,
     "exp": 8192,
 }
+
+
+_NODE_REASONS = layout.NODE_REASONS | {NOT_SELECTED}
 
 
 def qualified(node: gs.Node) -> str:
@@ -66,7 +71,7 @@ class Engine:
             for rule in self.by_anchor.get((domain, node.op), []):
                 if id(node) in gone:
                     break
-                if self._try(ctx, rule, node, gone) in layout.NODE_REASONS:
+                if self._try(ctx, rule, node, gone) in _NODE_REASONS:
                     break  # true of the node whatever the pattern: the next rule would say it again
 
     def _decide(self, ctx: Context, rule: Rule, node: gs.Node, replaced: bool, reason: str) -> None:
@@ -84,6 +89,9 @@ class Engine:
         if isinstance(home, str):
             self._decide(ctx, rule, node, False, home)
             return home
+        if ctx.select is not None:  # tune's choice for this anchor: the order (and Softmax method) of its nodes
+            pick = ctx.select[node.name]
+            ctx = replace(ctx, order=pick.order, softmax_attrs=pick.softmax)
         gone.update(id(n) for n in apply(ctx, node, result, home))
         where = "" if home is ctx.scope else f" in {home.path}"
         self._decide(ctx, rule, node, True, f"replaced by {result.summary}{where}")
@@ -126,6 +134,8 @@ class Engine:
         # A skipped node stays as it is, also when the pattern would only prune it (SiLU's Sigmoid).
         if any(n.name in ctx.skip for n in (*match.remove, *match.prune)):
             return SKIPPED
+        if ctx.select is not None and anchor.name not in ctx.select:
+            return NOT_SELECTED
         if rule.family not in self.ops:
             return f"{rule.family} is not among the selected ops"
         home = self._placement(ctx, anchor, match)
@@ -140,6 +150,8 @@ class Engine:
         floor = self.min_elements.get(rule.family, 0)
         if size is not None and size < floor:
             return f"{size} {match.size_what}: below the {floor}-element break-even of {match.cost}"
+        if size is None and floor > 0 and match.unknown_size_reason:
+            return match.unknown_size_reason
         # Rules follow a pattern through its fitting reader and leave other readers to this one check.
         inner = [t for n in match.remove for t in n.outputs if t is not match.output]
         leak = ctx.first_other_consumer(inner, match.remove)

@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from ..schemas import DOMAIN, VERSION, register_schemas
 from . import preserve
-from .context import Context, Names
+from .context import Context, Names, Pick
 from .engine import Engine
 from .report import Report
 from .rule import Rule
@@ -31,6 +31,7 @@ def rewrite_model(
     min_elements: Mapping[str, int] = {},
     type_hints: Iterable[onnx.ValueInfoProto] = (),
     rules: Optional[Sequence[Rule]] = None,
+    select: Optional[Mapping[str, Pick]] = None,
 ) -> tuple[onnx.ModelProto, Report]:
     """Return (rewritten copy of `model`, what was done to every candidate). `model` is not modified.
 
@@ -48,6 +49,9 @@ def rewrite_model(
         into the result.
     rules: the rules to run (rules/__init__.py), None for all of them, attention
         fusion first; the optimizer runs ATTENTION_RULES and OP_RULES as two stages.
+    select: when given, only the anchor nodes named in it are replaced (the
+        others are kept, "not selected"), each with its Pick's order (and
+        Softmax attributes) instead of `order`: `quake-onnx tune`'s variants.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -69,6 +73,7 @@ def rewrite_model(
         names=_taken_names(model),
         skip=frozenset(skip_nodes),
         keep_conv_layout=keep_conv_layout,
+        select=select,
     )
     Engine(RULES if rules is None else rules, ops, report, min_elements).run(context)
 

@@ -46,6 +46,9 @@ class Match:
     size: Optional[Callable[["Context"], Optional[int]]] = None
     size_what: str = "elements"
     cost: str = "a custom-op call"
+    # A symbolic size is taken as large (replaced) unless this says why not;
+    # --min-elements 0 replaces it all the same.
+    unknown_size_reason: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -60,5 +63,9 @@ class Rule:
 
 
 def quake(op: str, inputs: list[gs.Tensor], outputs: list[gs.Tensor], ctx: "Context", **attrs) -> NodeSpec:
-    """A com.quake node carrying the pass's `order` (every new node states it)."""
-    return NodeSpec(op, inputs, outputs, {**attrs, "order": ctx.order})
+    """A com.quake node carrying the pass's `order` (every new node states it);
+    a Softmax also gets the context's softmax_attrs (tune's exaq choice)."""
+    attrs = {**attrs, "order": ctx.order}
+    if op == "Softmax":
+        attrs.update(dict(ctx.softmax_attrs))
+    return NodeSpec(op, inputs, outputs, attrs)

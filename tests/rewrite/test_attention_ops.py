@@ -47,14 +47,28 @@ def mha(dtype=F32, sq=5, skv=7, heads=2, hidden=16, bnsh=False, padding=False, b
 
 @pytest.mark.parametrize("dtype", [F32, F16])
 def test_mha_separate_qkv(dtype):
-    model, feeds = mha(dtype)
-    out, report = check_rewrite(model, SPLIT * 3 + ["com.quake.Attention"] + MERGE, feeds, atol=_bound(feeds, dtype))
+    # With a mask ORT's MultiHeadAttention falls back to unfused products: ours replaces it.
+    model, feeds = mha(dtype, padding=True)
+    masks = ["Greater", "Where", "Reshape"]
+    out, report = check_rewrite(
+        model, SPLIT * 3 + masks + ["com.quake.Attention"] + MERGE, feeds, atol=_bound(feeds, dtype)
+    )
     assert "scale=0.353553" in decision(report, "mha").reason
 
 
+def test_mha_without_mask_stays_on_orts_flash_kernel():
+    model, _ = mha()
+    out, report = rewrite_model(model)
+    assert [n.op_type for n in out.graph.node] == ["MultiHeadAttention"]
+    assert decision(report, "mha").reason == (
+        "ORT's own flash attention runs this MultiHeadAttention (no mask, bias or causal flag)"
+    )
+
+
 def test_mha_bnsh_key_value_and_custom_scale():
-    model, feeds = mha(bnsh=True, scale=0.2)
-    out, report = check_rewrite(model, SPLIT + ["com.quake.Attention"] + MERGE, feeds, atol=_bound(feeds, F32))
+    model, feeds = mha(bnsh=True, scale=0.2, padding=True)
+    masks = ["Greater", "Where", "Reshape"]
+    out, report = check_rewrite(model, SPLIT + masks + ["com.quake.Attention"] + MERGE, feeds, atol=_bound(feeds, F32))
     assert "scale=0.2" in decision(report, "mha").reason
 
 

@@ -202,9 +202,9 @@ def match(ctx: Context, softmax: gs.Node) -> Optional[Union[Match, str]]:
     elem = elems["Q"]
     if ctx.elem_type(pv.outputs[0]) != elem:
         return f"the attention output is {_type(ctx.elem_type(pv.outputs[0]))}, Q is {_type(elem)}"
-    q_heads = parts.heads(ctx, q, shapes["Q"])
+    q_heads = parts.heads(ctx, q)
     for what, t in (("K", k.tensor), ("V", v.tensor)):
-        reason = _heads_reason(q_heads, parts.heads(ctx, t, shapes[what]), what)
+        reason = _heads_reason(q_heads, parts.heads(ctx, t), what)
         if reason:
             return reason
 
@@ -239,6 +239,7 @@ def match(ctx: Context, softmax: gs.Node) -> Optional[Union[Match, str]]:
         k_transposed=not k.transposed,
         elem=elem,
         masks=masks,
+        sq=sq,
     )
     remove = [qk, *reversed(walk.nodes), softmax, *after, pv]
     prune = [*q_nodes, *k.nodes, *v.nodes]

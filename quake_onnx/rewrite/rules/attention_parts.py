@@ -43,11 +43,109 @@ def dim_from_end(shape: list[Dim], axis: int) -> Dim:
     return shape[-axis] if axis <= len(shape) else 1
 
 
-def heads(ctx: Context, t: gs.Tensor, shape: list[Dim]) -> Dim:
-    """The head count of Q, K or V (axis -3): from shape inference, or where it left a
-    fresh name (an exporter's Reshape to [B, S, -1, D]), derived from the sizes."""
-    h = dim_from_end(shape, 3)
-    if isinstance(h, int) or len(shape) < 3:
+# Ops that keep their first input's shape: followed back when a dimension is traced.
+_SHAPE_KEEPING = frozenset({"Cast", "Identity", "Mul", "Div", "Add", "Sub", "Neg", "Sqrt", "CastLike"})
+
+
+def traced_dim(ctx: Context, tensor: gs.Tensor, axis_from_end: int, depth: int = 8) -> Dim:
+    """Dimension `axis_from_end` of `tensor` (1 = last): the inferred one when
+    it is a number, else read off the graph that made the tensor. Exports
+    split heads with Reshape(x, Concat(batch, seq, H, D)) whose batch and seq
+    come from Shape at run time, so onnx's inference names every head count
+    anew (unk__18, unk__19) although H is a constant; following Transposes
+    and elementwise steps back to that Reshape's constant finds it."""
+    shape = ctx.shape(tensor)
+    dim = dim_from_end(shape, axis_from_end) if shape is not None else None
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    node = producer(tensor)
+    if node is None or depth == 0 or shape is None:
+        return dim
+    rank = len(shape)
+    axis = rank - axis_from_end
+    if is_op(node, "Transpose"):
+        perm = node.attrs.get("perm")
+        if perm is None or len(perm) != rank or not 0 <= axis < rank:
+            return dim
+        source = perm[axis]
+        in_shape = ctx.shape(node.inputs[0])
+        if in_shape is None or len(in_shape) != rank:
+            return dim
+        found = traced_dim(ctx, node.inputs[0], rank - source, depth - 1)
+        return found if isinstance(found, int) else dim
+    if is_op(node, "Reshape") and len(node.inputs) == 2:
+        value = _reshape_target(node.inputs[1])
+        if value is None or len(value) != rank or not 0 <= axis < rank:
+            return dim
+        if value[axis] > 0:
+            return int(value[axis])
+        if value[axis] == -1:
+            inferred = _inferred_entry(value, ctx.shape(node.inputs[0]))
+            return inferred if inferred is not None else dim
+        return dim
+    if node.op in _SHAPE_KEEPING and (node.domain or "") in ("", "ai.onnx") and node.inputs:
+        found = traced_dim(ctx, node.inputs[0], axis_from_end, depth - 1)
+        return found if isinstance(found, int) else dim
+    return dim
+
+
+def _inferred_entry(target: list[int], data_shape: Optional[list[Dim]]) -> Optional[int]:
+    """The -1 of a Reshape target such as [B, S, -1, 32] applied to [B, S, 384]:
+    the entries read at run time (-2) are taken to be the data's leading
+    dimensions they stand for (exports take them from Shape of the same
+    activations), so -1 is the product of the data's other dimensions over
+    the target's constants (384 / 32 = 12 heads). None when that does not
+    come out a whole number or the data's other dimensions are not static."""
+    lead = 0
+    while lead < len(target) and target[lead] == -2:
+        lead += 1
+    if data_shape is None or lead > len(data_shape) or target.count(-1) != 1 or -2 in target[lead:]:
+        return None
+    rest = data_shape[lead:]
+    if any(not isinstance(d, int) or d <= 0 for d in rest):
+        return None
+    known = [t for t in target[lead:] if t > 0]
+    numerator, denominator = math.prod(rest), math.prod(known)
+    if denominator <= 0 or numerator % denominator:
+        return None
+    return numerator // denominator
+
+
+def _reshape_target(shape: gs.Tensor) -> Optional[list[int]]:
+    """A Reshape's target with every constant entry as its value and the
+    others as -2 (unknown): a stored constant, or a Concat of one-element
+    pieces (Unsqueeze of a scalar read at run time, constants)."""
+    value = const_value(shape)
+    if value is not None:
+        return [int(v) for v in np.asarray(value).reshape(-1)]
+    node = producer(shape)
+    if not is_op(node, "Concat"):
+        return None
+    out: list[int] = []
+    for piece in node.inputs:
+        v = const_value(piece)
+        if v is not None:
+            out.extend(int(x) for x in np.asarray(v).reshape(-1))
+            continue
+        piece_shape = const_shape(piece)
+        if piece_shape is None:
+            maker = producer(piece)
+            one = is_op(maker, "Unsqueeze") or is_op(maker, "Reshape")
+            if not one:
+                return None
+        out.append(-2)  # read at run time: a size, not a head count we need
+    return out
+
+
+def heads(ctx: Context, t: gs.Tensor) -> Dim:
+    """The head count of Q, K or V (axis -3): the inferred one when it is a
+    number; else read off the Reshape that split the heads (traced_dim); else,
+    where onnx's inference left a fresh name and the Reshape's entry is not a
+    constant, derived from the model's input sizes (..symbolic: sound, through
+    Shape / Gather / Concat computations). The inferred name when none tells."""
+    h = traced_dim(ctx, t, 3)
+    shape = ctx.shape(t)
+    if isinstance(h, int) or shape is None or len(shape) < 3:
         return h
     derived = Sizes(ctx).dim(t, -3)
     return derived.const if derived is not None and derived.is_const else h
@@ -385,6 +483,7 @@ class Plan:
     k_transposed: bool
     elem: int  # Q's element type: M is cast to it when a mask is of another
     masks: list[Mask] = field(default_factory=list)  # additive terms and Where masks to turn into one M
+    sq: Dim = None  # query rows, for the break-even of a symbolic size (symbolic_size_reason)
 
 
 def mask_specs(ctx: Context, plan: Plan, base: str) -> tuple[list[NodeSpec], Optional[gs.Tensor]]:
@@ -465,6 +564,28 @@ def attention_match(plan: Plan, remove: list[gs.Node], prune: list[gs.Node], siz
         size=size,
         size_what="score elements",
         cost=COST,
+        unknown_size_reason=symbolic_size_reason(plan),
+    )
+
+
+# A query block this short is a decode step (or a few): the fused op reads
+# K and V once per group of heads and splits the keys over the threads,
+# 1.8x the unfused block at any cache length (BENCHMARKS.md, "Zen 4: attention").
+DECODE_ROWS = 16
+
+
+def symbolic_size_reason(plan: Optional["Plan"], sq: Dim = None) -> Optional[str]:
+    """Why a block whose score count is symbolic is left to the per-op rewrite,
+    or None to fuse it. Below the break-even (H12 S384) the fused op is
+    slower than the per-op rewrite (0.91x at S128), and an encoder exported
+    with a symbolic sequence length runs at whatever length it is given; a
+    decode step (a short static query block) gains at every length."""
+    rows = sq if sq is not None or plan is None else plan.sq
+    if isinstance(rows, int) and 0 < rows <= DECODE_ROWS:
+        return None
+    return (
+        "the score size is symbolic: below the break-even the fused attention is slower than the per-op "
+        "rewrite (--min-elements 0 fuses it)"
     )
 
 
@@ -524,7 +645,7 @@ def scores_size(ctx: Context, batch: Dim, heads: int, sq: Dim, skv: Dim):
     return (lambda _: int(np.prod(dims))) if all(isinstance(d, int) for d in dims) else (lambda _: None)
 
 
-def fused_match(node: gs.Node, x: gs.Tensor, build, summary: str, size) -> Match:
+def fused_match(node: gs.Node, x: gs.Tensor, build, summary: str, size, sq: Dim = None) -> Match:
     """The Match replacing an attention op by the nodes `build` makes."""
     return Match(
         x=x,
@@ -535,4 +656,5 @@ def fused_match(node: gs.Node, x: gs.Tensor, build, summary: str, size) -> Match
         size=size,
         size_what="score elements",
         cost=COST,
+        unknown_size_reason=symbolic_size_reason(None, sq),
     )

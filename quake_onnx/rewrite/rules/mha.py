@@ -72,6 +72,12 @@ def match(ctx: Context, node: gs.Node) -> Optional[Union[Match, str]]:
         reason = parts.broadcast_reason(ctx.shape(bias), [q_shape[0], heads, q_shape[1], skv], heads)
         if reason:
             return reason
+    if padding is None and bias is None and not causal:
+        # ORT runs its own flash kernel for exactly this case (no mask, bias,
+        # causal flag or past), measured 1.04-1.15x com.quake Attention at
+        # S >= 512 (BENCHMARKS.md, "Zen 4: attention"); with any of them it
+        # falls back to unfused products, where the fused op pays.
+        return "ORT's own flash attention runs this MultiHeadAttention (no mask, bias or causal flag)"
     fill = float(node.attrs.get("mask_filter_value", DEFAULT_FILTER))
     elem = ctx.elem_type(q)
     out = node.outputs[0]
@@ -105,6 +111,7 @@ def match(ctx: Context, node: gs.Node) -> Optional[Union[Match, str]]:
         build,
         f"com.quake Attention ({', '.join(extras)}) between head reshapes",
         parts.scores_size(ctx, q_shape[0], heads, q_shape[1], skv),
+        sq=q_shape[1],
     )
 
 

@@ -118,6 +118,7 @@ def match(ctx: Context, node: gs.Node) -> Optional[Union[Match, str]]:
         build,
         f"com.quake Attention ({', '.join(extras)})",
         parts.scores_size(ctx, q_shape[0], q_heads, sq, skv),
+        sq=sq,
     )
 
 

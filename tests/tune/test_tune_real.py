@@ -1,0 +1,124 @@
+"""The real measuring path of `quake-onnx tune` (bench.py, check/paired.py) on
+small sample models, and `check` / `zoo` with tuned models. Smoke tests:
+they check what was measured and written, never how fast anything is."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import onnx
+from tunetools import SAMPLES, cli, validate
+
+import quake_onnx
+from quake_onnx.check import compare as cmp
+from quake_onnx.check.paired import Paired, time_rounds
+from quake_onnx.tuning import TUNED_ON
+
+ENCODER = SAMPLES / "encoder_block.onnx"
+
+
+def encoder_feeds(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"X": rng.standard_normal((1, 64, 128)).astype(np.float32), "MASK": np.zeros((1, 1, 64, 64), np.float32)}
+
+
+def test_real_timing_path(tmp_path):
+    out = tmp_path / "encoder.tuned.onnx"
+    started = time.monotonic()
+    model, report = quake_onnx.tune(ENCODER, out, inputs=[encoder_feeds(0)], budget=20, rounds=4, min_cosine=0.999)
+    took = time.monotonic() - started
+    validate(report)
+    assert report["budget"]["elapsed"] <= 20 + 5 and took < 60  # one step may overrun its estimate
+    assert report["inputs"] == {"source": "feeds", "sets": 1, "shapes": {"X": [1, 64, 128], "MASK": [1, 1, 64, 64]}}
+    assert report["groups"] and all(g["tried"] for g in report["groups"] if "not tried" not in g["reason"])
+    measured = [c for c in report["configurations"] if c["status"] == "measured"]
+    assert measured and all(c["speedup"]["rounds"] == 4 for c in measured)
+    assert report["machine"]["cpu"] and report["environment"]["onnxruntime"]
+    assert out.is_file()
+    if report["result"] == "tuned":
+        assert {p.key: p.value for p in onnx.load(out).metadata_props}[TUNED_ON] == report["machine"]["cpu"]
+        assert report["final"]["speedup"]["q1"] > 1
+        # within the tolerance on inputs it did not see too
+        fresh = encoder_feeds(1)
+        ref = quake_onnx.InferenceSession(str(ENCODER)).run(None, fresh)[0]
+        got = quake_onnx.InferenceSession(str(out)).run(None, fresh)[0]
+        assert cmp.compare("Y", ref, got).cosine >= 0.999
+    else:
+        assert out.read_bytes() == ENCODER.read_bytes()
+
+
+def test_time_rounds_alternates_and_pairs():
+    calls = []
+
+    class Sleeper:
+        def __init__(self, name, seconds):
+            self.name, self.seconds = name, seconds
+
+        def run(self, outputs, feeds):
+            calls.append(self.name)
+            time.sleep(self.seconds)
+
+    sessions = {"a": [Sleeper("a0", 0.004), Sleeper("a1", 0.004)], "b": [Sleeper("b0", 0.002), Sleeper("b1", 0.002)]}
+    rounds = time_rounds(sessions, {}, 4, 0.0, 2, retries=0, warmup=1)
+    assert [len(v) for v in rounds.medians.values()] == [4, 4] and rounds.runs == {"a": 8, "b": 8}
+    timed = [c for c in calls[4:]]  # after one warm-up run of each instance
+    assert timed[:4] == ["a0", "a0", "b0", "b0"] and timed[4:8] == ["b1", "b1", "a1", "a1"]  # rotated, instance r % 2
+    p = Paired(tuple(a / b for a, b in zip(rounds.medians["a"], rounds.medians["b"])))
+    assert p.median > 1.3 and p.faster
+
+
+def test_paired_statistics():
+    p = Paired((1.0, 1.1, 1.2, 1.3, 1.4))
+    assert p.median == 1.2 and p.quartiles == (1.05, 1.35) and p.faster and not p.slower
+    assert Paired((0.9, 1.1, 1.0, 1.05)).faster is False
+    assert Paired((0.8, 0.9, 0.85, 0.88)).slower
+    assert p.inverse().median == 1 / 1.2
+    assert Paired((1.2, 1.3)).quartiles == (1.2, 1.3)
+    assert p.to_dict() == {"median": 1.2, "q1": 1.05, "q3": 1.35, "rounds": 5}
+
+
+def _tuned_elsewhere(src, dest, cpu="Some Other CPU (family 1 model 2)"):
+    model = onnx.load(src)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = TUNED_ON, cpu
+    onnx.save(model, dest)
+
+
+def test_check_warns_about_a_model_tuned_on_another_cpu(tmp_path):
+    bert = SAMPLES / "zoo" / "bert_encoder" / "model.onnx"
+    other = tmp_path / "tuned.onnx"
+    _tuned_elsewhere(bert, other)
+    result = cli("check", bert, "--optimized", other, "--runs", "2", "--warmup", "0")
+    assert result.exit_code == 0, result.stderr
+    assert "the optimized model was tuned on Some Other CPU (family 1 model 2), this CPU is" in result.stderr
+    here = tmp_path / "here.onnx"
+    _tuned_elsewhere(bert, here, cpu=quake_onnx.bench.machine.cpu_model())
+    result = cli("check", bert, "--optimized", here, "--runs", "2", "--warmup", "0")
+    assert "tuned on" not in result.stderr
+
+
+def test_zoo_warns_about_a_model_tuned_on_another_cpu(tmp_path):
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    _tuned_elsewhere(SAMPLES / "zoo" / "legacy_opset11" / "model.onnx", zoo / "m.onnx")
+    result = cli("zoo", zoo, "--runs", "2", "--warmup", "0", "--max-abs-error", "0.05")
+    assert "warning: m: the model was tuned on Some Other CPU" in result.stderr
+
+
+def test_zoo_tune(tmp_path):
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "m.onnx").write_bytes(ENCODER.read_bytes())
+    report = tmp_path / "zoo.json"
+    result = cli("zoo", zoo, "--tune", "--tune-budget", "5", "--runs", "3", "--warmup", "1", "--json", report)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    data = json.loads(report.read_text())
+    (model,) = data["models"]
+    assert data["settings"]["tune"] == 5
+    assert model["optimized"]["source"] == "tuned now" and model["optimized"]["tune"]["budget"] == 5
+    assert model["status"] == "pass"
+    from checktools import validate as validate_zoo
+
+    validate_zoo(data)
