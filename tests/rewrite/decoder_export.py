@@ -26,13 +26,16 @@ differently.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper
 
 from .attention_models import zoo
+from .builders import run
 
 INT64 = TensorProto.INT64
 FLOAT = TensorProto.FLOAT
 LOWEST = float(np.finfo(np.float32).min)
+ATTENTION = "com.quake.Attention"
 
 CAUSAL_VARIANTS = ("causal", "less", "greater", "not")  # causal for every size
 ADDITIVE_VARIANTS = ("shifted", "anti", "padding", "window", "other_length", "one_row")
@@ -193,3 +196,36 @@ def feeds(model, seq: int, past: int = 0, seed: int = 0) -> dict:
     if "other" in names:
         out["other"] = np.zeros(seq, np.float32)
     return out
+
+
+def expected_ops(model: onnx.ModelProto, block: list[str], pv: str, causal: bool) -> list[str]:
+    """The node types after the fusion, worked out independently of the rule: the block's
+    nodes out, com.quake Attention where its weights · V MatMul was, reading Q, the cached
+    K/V (and the mask when it is not causal), then every node nothing reads any more out."""
+    nodes = {n.name: n for n in model.graph.node}
+    qk, add = nodes[block[0]], nodes[block[2]]
+    fused = helper.make_node(
+        "Attention",
+        [qk.input[0], "present_key", "present_value"] + ([] if causal else [add.input[1]]),
+        [nodes[pv].output[0]],
+        domain="com.quake",
+    )
+    kept = [fused if n.name == pv else n for n in model.graph.node if n.name not in block[:-1]]
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        read = {i for n in kept for i in n.input} | outputs
+        alive = [n for n in kept if any(o in read for o in n.output)]
+        if len(alive) == len(kept):
+            break
+        kept = alive
+    return [ATTENTION if n.domain == "com.quake" else n.op_type for n in kept]
+
+
+def attrs(model: onnx.ModelProto) -> dict:
+    node = next(n for n in model.graph.node if n.op_type == "Attention")
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute} | {"inputs": list(node.input)}
+
+
+def bound(model, f) -> float:
+    # The op's 2e-3 x max|V| (order 2), carried through o_proj: relative to the output's size.
+    return 5e-3 * float(np.abs(run(model, f)[0]).max())

@@ -240,6 +240,7 @@ def match(ctx: Context, softmax: gs.Node) -> Optional[Union[Match, str]]:
         elem=elem,
         masks=masks,
         sq=sq,
+        cached=parts.reads_cache(ctx, k.tensor, v.tensor, not k.transposed),
     )
     remove = [qk, *reversed(walk.nodes), softmax, *after, pv]
     prune = [*q_nodes, *k.nodes, *v.nodes]
