@@ -229,3 +229,69 @@ def attrs(model: onnx.ModelProto) -> dict:
 def bound(model, f) -> float:
     # The op's 2e-3 x max|V| (order 2), carried through o_proj: relative to the output's size.
     return 5e-3 * float(np.abs(run(model, f)[0]).max())
+
+
+def behind_deep_stream(model: onnx.ModelProto, steps: int) -> onnx.ModelProto:
+    """The layer behind `steps` residual steps h = h + 0.01 h on its input (standing for a
+    decoder's earlier layers: the layer's sizes are then hundreds of nodes from the inputs)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        node.input[:] = [f"stream_{steps}" if i == "hidden" else i for i in node.input]
+    out.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.01, np.float32), "stream_c"))
+    stream = []
+    for i in range(steps):
+        h = "hidden" if i == 0 else f"stream_{i}"
+        stream.append(helper.make_node("Mul", [h, "stream_c"], [f"stream_m{i}"], name=f"stream_m{i}"))
+        stream.append(helper.make_node("Add", [h, f"stream_m{i}"], [f"stream_{i + 1}"], name=f"stream_a{i}"))
+    nodes = stream + list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def int8_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every MatMul by a stored weight as onnxruntime.quantization.quantize_dynamic (MatMul only,
+    int8 weights; benchmarks/models.py's int8 copy) writes it: DynamicQuantizeLinear of the
+    activations, MatMulInteger with the int8 weight and the zero points, Cast to float, Mul by
+    the product of the two scales. (Built here: the quantizer runs onnx's reference evaluator,
+    which refuses the com.quake schemas the tests register.)"""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    nodes, quantized = [], set()
+    for node in out.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in weights:
+            nodes.append(node)
+            continue
+        a, w, y, base = node.input[0], node.input[1], node.output[0], node.name
+        scale = float(np.abs(weights[w]).max()) / 127 or 1.0
+        q = np.clip(np.round(weights[w] / scale), -127, 127).astype(np.int8)
+        out.graph.initializer.extend(
+            [
+                onnx.numpy_helper.from_array(q, f"{w}_quantized"),
+                onnx.numpy_helper.from_array(np.array(scale, np.float32), f"{w}_scale"),
+                onnx.numpy_helper.from_array(np.array(0, np.int8), f"{w}_zero_point"),
+            ]
+        )
+        if a not in quantized:  # once per activation, shared by the projections reading it (Q, K, V)
+            quantized.add(a)
+            nodes.append(
+                helper.make_node(
+                    "DynamicQuantizeLinear", [a], [f"{a}_quantized", f"{a}_scale", f"{a}_zero_point"], name=f"{a}_dq"
+                )
+            )
+        nodes += [
+            helper.make_node("Mul", [f"{a}_scale", f"{w}_scale"], [f"{base}_scales"], name=f"{base}_scales_mul"),
+            helper.make_node(
+                "MatMulInteger",
+                [f"{a}_quantized", f"{w}_quantized", f"{a}_zero_point", f"{w}_zero_point"],
+                [f"{y}_int"],
+                name=f"{base}_quant",
+            ),
+            helper.make_node("Cast", [f"{y}_int"], [f"{y}_cast"], name=f"{base}_cast", to=FLOAT),
+            helper.make_node("Mul", [f"{y}_cast", f"{base}_scales"], [y], name=f"{base}_scale_mul"),
+        ]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
