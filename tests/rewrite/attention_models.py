@@ -2,7 +2,9 @@
 for the attention fusion counts and ONNX Runtime's fusions around them:
 BERT (post-LN, the additive padding mask ORT's own attention fusion knows),
 GPT-2 and ViT (the zoo samples), a Whisper encoder layer (scale on Q and K),
-a Llama decoder layer (GQA repeat_kv, additive causal bias, a KV cache).
+a Llama decoder layer (GQA repeat_kv, additive causal bias, a KV cache), and the
+same in the forms of a real torch.onnx export with sizes computed at run time
+(decoder_export.py), prefill and decode.
 Each builder returns (model, feeds, attention blocks it holds)."""
 
 from __future__ import annotations
@@ -185,11 +187,27 @@ def bert_zoo():
     return model, feeds, 2
 
 
+def llama_export_prefill():
+    from .decoder_export import feeds, llama_export
+
+    model = llama_export(past=False)[0]
+    return model, feeds(model, 9), 1
+
+
+def llama_export_decode():
+    from .decoder_export import feeds, llama_export
+
+    model = llama_export(past=True)[0]
+    return model, feeds(model, 1, 12), 1
+
+
 FRAGMENTS = {
     "bert_post_ln": bert_post_ln,
     "bert_zoo": bert_zoo,
     "gpt2": gpt2,
     "whisper_encoder": whisper_encoder,
     "llama_decoder": llama_decoder,
+    "llama_export_prefill": llama_export_prefill,
+    "llama_export_decode": llama_export_decode,
     "vit": vit,
 }

@@ -39,6 +39,14 @@ BLOCK_OPS = {
     "Expand",
     "Tile",
     "Reshape",
+    # A causal mask computed at run time (decoder exports) goes with its block.
+    "Range",
+    "LessOrEqual",
+    "Shape",
+    "Gather",
+    "Concat",
+    "ConstantOfShape",
+    "Equal",
 }
 # ORT's fusions that must survive.
 FUSIONS = {

@@ -2,10 +2,13 @@
 split by Reshape(x, Concat(batch, seq, -1, D)) with batch and seq read from
 Shape at run time, so onnx's inference gives every head count a fresh name.
 
-The head counts are read off the Reshape (-1 = hidden / D), and a block
-whose score size is symbolic is left to the per-op rewrite by default (below
-the break-even the fused op is slower), fused with --min-elements 0, and
-always fused when its query block is a short static decode step."""
+The head counts are read off the Reshape (-1 = hidden / D). A block whose
+score size is symbolic is fused at the default break-even when it is a
+decoder's: its mask causal for every size (causal=1 skips the masked tiles),
+its K/V read from a KV cache (Concat(past, new)), or its query block a short
+static decode step; any other (an encoder's, non-causal and cache-less) is
+left to the per-op rewrite (below the break-even the fused op is slower),
+fused with --min-elements 0."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from quake_onnx.rewrite import rewrite_model
 from quake_onnx.rewrite.engine import BREAK_EVEN
 
 from .builders import F32, Graph, check_rewrite, op_types, sample
+from .decoder_export import attrs, bound, expected_ops, feeds, llama_export
 
 HIDDEN, HEADS = 32, 4
 D = HIDDEN // HEADS
@@ -79,8 +83,9 @@ def test_symbolic_encoder_is_left_to_the_per_op_rewrite():
     model, _ = encoder_block()
     out, report = rewrite_model(model, min_elements=BREAK_EVEN)
     d = attention_decision(report)
-    assert not d.replaced and d.reason.startswith("the score size is symbolic")
-    assert "com.quake.Softmax" in op_types(out) and "com.quake.Attention" not in op_types(out)
+    assert not d.replaced and d.reason.startswith("the score size is symbolic and the block is neither causal")
+    # The per-op rewrite: the Softmax alone replaced, every other node as it was.
+    assert op_types(out) == ["com.quake.Softmax" if t == "Softmax" else t for t in op_types(model)]
 
 
 def test_symbolic_encoder_heads_are_read_off_the_reshape():
@@ -98,3 +103,54 @@ def test_decode_step_is_fused_at_any_cache_length():
     assert attention_decision(report).replaced
     assert op_types(out) == ["com.quake.Attention"]
     check_rewrite(model, op_types(out), feeds, atol=2e-3, min_elements=BREAK_EVEN)
+
+
+def test_symbolic_causal_decoder_block_is_fused():
+    # A decoder's prefill exported for any length: its run-time mask is causal for every size.
+    model, block, pv = llama_export(past=False)
+    f = feeds(model, 9)
+    out, report = check_rewrite(
+        model, expected_ops(model, block, pv, causal=True), f, atol=bound(model, f), min_elements=BREAK_EVEN
+    )
+    assert attention_decision(report).replaced and attrs(out)["causal"] == 1
+
+
+def test_symbolic_prefill_with_a_padding_mask_is_left_to_the_per_op_rewrite():
+    # Causal And-ed with a padding mask proves nothing, and the prefill reads no cache.
+    model, _, _ = llama_export(past=False, variant="padding")
+    out, report = rewrite_model(model, min_elements=BREAK_EVEN)
+    d = attention_decision(report)
+    assert not d.replaced and d.reason.startswith("the score size is symbolic and the block is neither causal")
+    assert op_types(out) == ["com.quake.Softmax" if t == "Softmax" else t for t in op_types(model)]
+
+
+def test_symbolic_decode_block_reading_a_cache_is_fused():
+    # Symbolic new tokens T and past P, K/V = Concat(past, new); the padding mask is not causal
+    # (it stays the op's M): fused because the block reads a KV cache.
+    model, block, pv = llama_export(past=True, variant="padding")
+    f = feeds(model, 3, 7)
+    out, report = check_rewrite(
+        model, expected_ops(model, block, pv, causal=False), f, atol=bound(model, f), min_elements=BREAK_EVEN
+    )
+    assert attention_decision(report).replaced
+    a = attrs(out)
+    assert a["causal"] == 0 and a["inputs"][1:3] == ["present_key", "present_value"] and len(a["inputs"]) == 4
+
+
+def onnx_attention_block(is_causal: int):
+    """ONNX Attention (opset 23) over Q, K, V [1, HEADS, seq, D] with a symbolic seq."""
+    g = Graph()
+    shape = [1, HEADS, "seq", D]
+    y = g.node("Attention", ["Q", "K", "V"], name="att", is_causal=is_causal)
+    model = g.model({n: shape for n in "QKV"}, {y: shape}, opset=23)
+    return model, {n: sample((1, HEADS, 24, D), seed=i) for i, n in enumerate("QKV")}
+
+
+def test_symbolic_causal_onnx_attention_is_fused_and_non_causal_is_not():
+    model, feeds = onnx_attention_block(1)
+    check_rewrite(model, ["com.quake.Attention"], feeds, atol=2e-3 * 5, min_elements=BREAK_EVEN)
+    model, _ = onnx_attention_block(0)
+    out, report = rewrite_model(model, min_elements=BREAK_EVEN)
+    (d,) = [d for d in report.decisions if d.rule == "onnx_attention"]
+    assert not d.replaced and d.reason.startswith("the score size is symbolic and the block is neither causal")
+    assert op_types(out) == ["Attention"]

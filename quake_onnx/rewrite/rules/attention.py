@@ -12,7 +12,9 @@ exporters write (torch.onnx, Hugging Face eager attention):
   Where(cond, scores, fill) with fill <= -1e4 (-inf, float-lowest); a
   constant one that is exactly the causal triangle (key j > i + Skv - Sq
   masked) becomes causal=1, one that masks nothing goes, others become the
-  additive M (a Where as Where(cond, 0, fill)), several are summed;
+  additive M (a Where as Where(cond, 0, fill)), several are summed; a mask
+  computed at run time from the sizes (Range / LessOrEqual, transformers'
+  eager mask) that is causal for every size (causal_mask.py) is causal=1 too;
 - Cast around the Softmax (float16 models computing it in float32);
 - K/V heads repeated by Unsqueeze -> Expand|Tile -> Reshape (GQA) taken
   with their fewer heads; a KV cache's Concat(past, new) is simply K/V.
@@ -33,6 +35,7 @@ from ..match import consumers, is_add, is_op, producer
 from ..rule import Match, Rule
 from ..types import SUPPORTED
 from . import attention_parts as parts
+from . import causal_mask
 
 OPSET_SINGLE_AXIS = 13
 _PASS_THROUGH = ("Identity",)
@@ -199,10 +202,9 @@ def match(ctx: Context, softmax: gs.Node) -> Optional[Union[Match, str]]:
     elem = elems["Q"]
     if ctx.elem_type(pv.outputs[0]) != elem:
         return f"the attention output is {_type(ctx.elem_type(pv.outputs[0]))}, Q is {_type(elem)}"
-    q_heads = parts.traced_dim(ctx, q, 3)
-    kv_tensors = {"K": k.tensor, "V": v.tensor}
-    for what in ("K", "V"):
-        reason = _heads_reason(q_heads, parts.traced_dim(ctx, kv_tensors[what], 3), what)
+    q_heads = parts.heads(ctx, q)
+    for what, t in (("K", k.tensor), ("V", v.tensor)):
+        reason = _heads_reason(q_heads, parts.heads(ctx, t), what)
         if reason:
             return reason
 
@@ -214,6 +216,8 @@ def match(ctx: Context, softmax: gs.Node) -> Optional[Union[Match, str]]:
             return reason
         live = parts.live_keys(mask)
         kind = parts.masked_pattern(live, sq, skv) if live is not None else None
+        if kind is None and live is None and causal_mask.is_causal(ctx, mask, qk.outputs[0]):
+            kind = "causal"  # computed at run time, causal for every size the model accepts
         if kind == "causal":
             causal = True
         elif kind != "none":
@@ -236,6 +240,7 @@ def match(ctx: Context, softmax: gs.Node) -> Optional[Union[Match, str]]:
         elem=elem,
         masks=masks,
         sq=sq,
+        cached=parts.reads_cache(ctx, k.tensor, v.tensor, not k.transposed),
     )
     remove = [qk, *reversed(walk.nodes), softmax, *after, pv]
     prune = [*q_nodes, *k.nodes, *v.nodes]

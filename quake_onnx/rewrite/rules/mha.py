@@ -112,6 +112,7 @@ def match(ctx: Context, node: gs.Node) -> Optional[Union[Match, str]]:
         f"com.quake Attention ({', '.join(extras)}) between head reshapes",
         parts.scores_size(ctx, q_shape[0], heads, q_shape[1], skv),
         sq=q_shape[1],
+        causal=causal,
     )
 
 

@@ -119,6 +119,7 @@ def match(ctx: Context, node: gs.Node) -> Optional[Union[Match, str]]:
         f"com.quake Attention ({', '.join(extras)})",
         parts.scores_size(ctx, q_shape[0], q_heads, sq, skv),
         sq=sq,
+        causal=causal,
     )
 
 
