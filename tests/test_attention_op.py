@@ -431,8 +431,8 @@ BAD_ATTRS = [
     ({"scale": 1.0, "causal": 1.0}, ["causal", "an int"]),
     ({"scale": 1.0, "k_transposed": -1}, ["k_transposed", "got -1"]),
     ({"scale": 1.0, "order": 4}, ["order", "got 4"]),
-    ({"scale": 1.0, "precision": "bfloat16"}, ["precision", "bfloat16", "not implemented"]),
-    ({"scale": 1.0, "precision": "fp8"}, ["precision", '"fp8"']),
+    ({"scale": 1.0, "precision": "fp8"}, ["precision", '"float32" or "bfloat16"', '"fp8"']),
+    ({"scale": 1.0, "precision": "BFloat16"}, ["precision", '"BFloat16"']),
     ({"scale": 1.0, "precision": 16}, ["precision", "a string"]),
 ]
 
@@ -473,7 +473,7 @@ def test_valid_attribute_combinations_are_accepted():
     q, k, v = rand(rng, (1, 2, 5, 8)), rand(rng, (1, 2, 7, 8)), rand(rng, (1, 2, 7, 8))
     for causal in (0, 1):
         for order in ORDERS:
-            for extra in ({}, {"precision": "float32"}, {"scale": -0.5}, {"scale": 0.0}):
+            for extra in ({}, {"precision": "float32"}, {"precision": "bfloat16"}, {"scale": -0.5}, {"scale": 0.0}):
                 attrs = {"scale": 0.5, "causal": causal, "order": order, **extra}
                 y = run_attention(
                     ort.InferenceSession(

@@ -199,6 +199,12 @@ size_t attention_scratch_floats(const AttentionParams& p) {
   size_t n = bq * bk + bq * p.dv + 3 * bq;
   if (p.half || p.mask_col_broadcast) n += bq * bk;
   if (p.half) n += bq * p.d + bk * p.d + bk * p.dv;
+  if (p.bf16) {
+    // Words of bf16 pairs: Q rows, K^T panel, P rows, V panel, one K row.
+    const size_t d_pairs = (p.d + 1) / 2, k_pairs = (bk + 1) / 2;
+    const auto panel = [](size_t n) { return (n + kBf16PanelColumns - 1) / kBf16PanelColumns * kBf16PanelColumns; };
+    n += bq * d_pairs + d_pairs * panel(bk) + bq * k_pairs + k_pairs * panel(p.dv) + d_pairs;
+  }
   return n;
 }
 
