@@ -79,7 +79,8 @@ void shape(size_t bq, size_t bk, size_t d) {
   const double flops = 2.0 * bq * bk * d;  // each product
 
   const size_t dp = (d + 1) / 2, kp = (bk + 1) / 2;
-  std::vector<uint32_t> qa(bq * dp), kb(dp * quake::bf16_npad(bk)), pa(bq * kp), vb(kp * quake::bf16_npad(dv)), row(dp);
+  std::vector<uint32_t> qa(bq * dp), kb(dp * quake::bf16_npad(bk)), pa(bq * kp), vb(kp * quake::bf16_npad(dv)),
+      row(quake::bf16_pack_cols_words(d));
   quake::bf16_pack_a(q.data(), bq, d, d, qa.data(), dp);
   quake::bf16_pack_b_cols(k.data(), bk, d, d, kb.data(), row.data());
   quake::bf16_pack_a(p.data(), bq, bk, bk, pa.data(), kp);

@@ -85,17 +85,57 @@ inline void bf16_pack_b_rows(const float* b, size_t kdim, size_t n, size_t ld, u
   }
 }
 
-// B from its transpose bt = [n x kdim] floats (row stride ld), e.g. K [keys x
-// D] for S = Q K^T: word (p, j) is the pair (2p, 2p + 1) of row j, so each row
-// is converted to words and its words go down one column of B.
-inline void bf16_pack_b_cols(const float* bt, size_t n, size_t kdim, size_t ld, uint32_t* bp, uint32_t* row_words) {
-  const size_t npad = bf16_npad(n), pairs = (kdim + 1) / 2;
-  for (size_t j = 0; j < n; ++j) {
-    bf16_pack_a(bt + j * ld, 1, kdim, ld, row_words, pairs);
-    for (size_t p = 0; p < pairs; ++p) bp[p * npad + j] = row_words[p];
+// Words of bf16_pack_b_cols' work memory for a reduction of kdim values.
+inline size_t bf16_pack_cols_words(size_t kdim) { return 16 * bf16_round_up((kdim + 1) / 2, 16); }
+
+// Transposes a 16 x 16 block of 32-bit words held in 16 registers.
+inline void bf16_transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
   }
-  for (size_t p = 0; p < pairs; ++p) {
-    for (size_t j = n; j < npad; ++j) bp[p * npad + j] = 0;
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int h = 0; h < 16; h += 8) {
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+// B from its transpose bt = [n x kdim] floats (row stride ld), e.g. K [keys x
+// D] for S = Q K^T: word (p, j) is the pair (2p, 2p + 1) of row j. Per group
+// of 16 rows: each row converted to words (in `work`, bf16_pack_cols_words
+// words), then 16 x 16 blocks of words transposed into B's columns.
+inline void bf16_pack_b_cols(const float* bt, size_t n, size_t kdim, size_t ld, uint32_t* bp, uint32_t* work) {
+  const size_t npad = bf16_npad(n), pairs = (kdim + 1) / 2, stride = bf16_round_up(pairs, 16);
+  for (size_t j0 = 0; j0 < npad; j0 += 16) {
+    const size_t keys = j0 < n ? (n - j0 < 16 ? n - j0 : 16) : 0;
+    for (size_t i = 0; i < 16; ++i) {
+      uint32_t* w = work + i * stride;
+      size_t p = 0;
+      if (i < keys) {
+        bf16_pack_a(bt + (j0 + i) * ld, 1, kdim, ld, w, pairs);
+        p = pairs;
+      }
+      for (; p < stride; ++p) w[p] = 0;
+    }
+    for (size_t p0 = 0; p0 < pairs; p0 += 16) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(work + i * stride + p0);
+      bf16_transpose16(r);
+      for (size_t k = 0; k < 16 && p0 + k < pairs; ++k) _mm512_storeu_si512(bp + (p0 + k) * npad + j0, r[k]);
+    }
   }
 }
 

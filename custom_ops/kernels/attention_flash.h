@@ -66,7 +66,7 @@ Tile tile(float* p, size_t rows, size_t cols, size_t ld) {
 struct Scratch {
   float *s, *o, *m, *l, *rescale, *mask, *q, *k, *v;
   // bf16 blocks: words of bf16 pairs (attention_bf16_avx512.h's layouts).
-  uint32_t *qa, *kb, *pa, *vb, *row;
+  uint32_t *qa, *kb, *pa, *vb, *row;  // row: bf16_pack_b_cols' work (16 K rows)
 };
 
 Scratch carve(const AttentionParams& p, float* base) {
