@@ -173,7 +173,9 @@ def test_bf16_accuracy(session_cache, isa, case, dtype):
         session_cache(attention_model({**attrs, "precision": "bfloat16"}, dtype, mask_rank=mask_rank), isa), q, k, v, m
     )
     y32 = run_attention(session_cache(attention_model(attrs, dtype, mask_rank=mask_rank), isa), q, k, v, m)
-    if bf16_engine(isa) == "float32 fallback":
+    # One query row per task (Sq 1 without grouped heads to fold) keeps the float32 products (docs/ops.md).
+    rows = sq * (h // hkv) if sq == 1 else sq
+    if bf16_engine(isa) == "float32 fallback" or rows < 2:
         np.testing.assert_array_equal(y, y32)  # the float32 kernel, bit for bit
         return
     assert not np.array_equal(y, y32), "precision bfloat16 changed nothing"
