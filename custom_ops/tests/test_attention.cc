@@ -652,7 +652,10 @@ void check_bf16_result(Check& check, const char* engine, int order, const Proble
   mb = std::max(mb, worst_emu);
 }
 
-void test_bf16_block(const KernelTable* t, const std::vector<Problem>& ps, const std::vector<Problem>& half_ps) {
+void test_bf16_gqa(const KernelTable* t, AttentionBlockFn block, const char* engine, std::mt19937& rng);
+
+void test_bf16_block(const KernelTable* t, const std::vector<Problem>& ps, const std::vector<Problem>& half_ps,
+                     std::mt19937& rng) {
   const char* engine = nullptr;
   const AttentionBlockFn block = attention_bf16_block(t, &engine);
   if (block == nullptr) {
@@ -693,6 +696,88 @@ void test_bf16_block(const KernelTable* t, const std::vector<Problem>& ps, const
       if (variants[vi].parallelism > 1) check(split > 0, "no problem was split");
     }
   }
+  test_bf16_gqa(t, block, engine, rng);
+}
+
+// Grouped-query attention through the op's planning with the bf16 block: Q
+// [1, 8, Sq, D] over K, V [1, 2, Skv, D] (query head h reads key/value head
+// h / 4), a padding mask [1, 1, 1, Skv]; Sq 1 takes the decode fold (the 4
+// heads of a group become the rows of one task), and parallelism 16 (more
+// than the query blocks) the key split. Each query head is checked against
+// its own reference.
+void test_bf16_gqa(const KernelTable* t, AttentionBlockFn block, const char* engine, std::mt19937& rng) {
+  for (size_t sq : {1, 2, 33}) {
+    for (size_t parallelism : {1, 16}) {
+      const size_t h = 8, hkv = 2, skv = 300, d = 64, order = 2;
+      char name[160];
+      std::snprintf(name, sizeof name, "%s attention bf16 (%s): GQA 8/2 heads, Sq %zu, parallelism %zu", t->name,
+                    engine, sq, parallelism);
+      Check check(name);
+      std::normal_distribution<float> nd(0.0f, 1.5f);
+      std::vector<float> q(h * sq * d), k(hkv * skv * d), v(hkv * skv * d), mask(skv, 0.0f);
+      for (auto* x : {&q, &k, &v}) {
+        for (float& f : *x) f = nd(rng);
+      }
+      for (size_t j = skv - 70; j < skv; ++j) mask[j] = -kInf;
+      AttentionShapes shapes{{1, static_cast<int64_t>(h), static_cast<int64_t>(sq), static_cast<int64_t>(d)},
+                             {1, static_cast<int64_t>(hkv), static_cast<int64_t>(skv), static_cast<int64_t>(d)},
+                             {1, static_cast<int64_t>(hkv), static_cast<int64_t>(skv), static_cast<int64_t>(d)},
+                             {1, 1, 1, static_cast<int64_t>(skv)},
+                             true,
+                             false};
+      AttentionLayout layout;
+      check(plan_attention_layout(shapes, &layout).empty(), "layout refused");
+      const bool folded = fold_decode_groups(&layout);
+      check(folded == (sq == 1), "fold %d at Sq %zu", folded, sq);
+      AttentionParams p{};
+      p.sq = layout.sq;
+      p.skv = layout.skv;
+      p.d = layout.d;
+      p.dv = layout.dv;
+      p.scale = 0.125f;
+      p.bf16 = true;
+      p.mask_row_stride = layout.mask_row_stride;
+      p.mask_col_broadcast = layout.mask_col_broadcast;
+      p.tiles = choose_attention_tiles(cache_sizes(), p.sq, p.skv, p.d, p.dv);
+      if (parallelism > 1) p.tiles.bk = 48;  // several key tiles, so the split happens
+      p.online_softmax = t->order[order - 1].online_softmax;
+      p.f16_to_f32 = t->f16_to_f32;
+      p.f32_to_f16 = t->f32_to_f16;
+      std::vector<float> y(h * sq * d, kNaN);
+      std::vector<AttentionHead> heads(layout.q_off.size());
+      for (size_t i = 0; i < heads.size(); ++i) {
+        heads[i] = {q.data() + layout.q_off[i], k.data() + layout.k_off[i], v.data() + layout.v_off[i],
+                    mask.data() + layout.mask_off[i], y.data() + i * p.sq * p.dv};
+      }
+      AttentionTaskPlan plan;
+      plan_attention_tasks(p, heads.size(), parallelism, &plan);
+      check((plan.chunks > 1) == (parallelism > 1), "chunks %zu", plan.chunks);
+      std::vector<float> scratch(attention_scratch_floats(p));
+      for (const AttentionTask& task : plan.tasks) block(p, heads[task.head], task, scratch.data());
+      for (size_t b = 0; b < (plan.chunks > 1 ? plan.blocks : 0); ++b) {
+        combine_attention_partials(p, heads.data(), plan, b);
+      }
+      for (size_t qh = 0; qh < h; ++qh) {
+        Problem pr;
+        pr.name = "GQA head " + std::to_string(qh);
+        pr.sq = sq;
+        pr.skv = skv;
+        pr.d = pr.dv = d;
+        pr.scale = 0.125f;
+        pr.causal = false;
+        pr.q.assign(q.begin() + qh * sq * d, q.begin() + (qh + 1) * sq * d);
+        const size_t kv = qh / (h / hkv);
+        pr.k.assign(k.begin() + kv * skv * d, k.begin() + (kv + 1) * skv * d);
+        pr.v.assign(v.begin() + kv * skv * d, v.begin() + (kv + 1) * skv * d);
+        pr.mask = mask;
+        pr.mask_rows = 1;
+        pr.mask_cols = skv;
+        reference(pr);
+        const std::vector<float> yh(y.begin() + qh * sq * d, y.begin() + (qh + 1) * sq * d);
+        check_bf16_result(check, engine, order, pr, bf16_image(pr), yh, false, "GQA");
+      }
+    }
+  }
 }
 
 void print_errors() {
@@ -720,7 +805,7 @@ int main() {
     test_block(t, ps, half_ps);
     test_split_agrees(t, rng);
     if (t != scalar) test_online_step(t, scalar, rng);
-    test_bf16_block(t, ps, half_ps);
+    test_bf16_block(t, ps, half_ps, rng);
   }
   print_errors();
   std::printf("\n%d passed, %d failed\n", g_passed, g_failed);
