@@ -437,15 +437,16 @@ def test_library_matches_twin(isa):
 # Threads.
 
 
-@pytest.mark.parametrize("shape", [(1, 12, 300, 300), (1, 2, 1, 5000), (2, 3, 129, 700)])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", [(1, 12, 300, 300), (1, 2, 1, 5000), (1, 2, 2, 5000), (2, 3, 129, 700)])
 @pytest.mark.parametrize("causal", [0, 1])
-def test_one_vs_two_threads(session_cache, isa, shape, causal):
+def test_one_vs_two_threads(session_cache, isa, shape, causal, precision):
     # Tasks (and the decode split) do not depend on the thread count; only the
     # order of float sums could, within the summation bound.
     b, h, sq, skv = shape
     rng = np.random.default_rng(sq)
     q, k, v = rand(rng, (b, h, sq, 64)), rand(rng, (b, h, skv, 64)), rand(rng, (b, h, skv, 64))
-    model = attention_model({"scale": 0.125, "causal": causal})
+    model = attention_model({"scale": 0.125, "causal": causal, "precision": precision})
     y1 = run_attention(session_cache(model, isa, threads=1), q, k, v)
     y2 = run_attention(session_cache(model, isa, threads=2), q, k, v)
     np.testing.assert_allclose(y2, y1, rtol=1e-5, atol=1e-6 * np.abs(v).max())
