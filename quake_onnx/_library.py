@@ -59,5 +59,5 @@ def selected_isa() -> str:
 
 def attention_bf16_engine() -> str:
     """What runs com.quake Attention's precision "bfloat16" in a session created
-    now (honours QUAKE_ISA): "AVX512-BF16" or "float32 fallback"."""
+    now (honours QUAKE_ISA): "AVX512-BF16", "NEON BF16" or "float32 fallback"."""
     return _lib().QuakeAttentionBf16Engine().decode()

@@ -108,6 +108,9 @@ void attention_block_neon(const AttentionParams& p, const AttentionHead& head, c
 // attention_bf16_block (kernels.h) on CPUs with AVX512-BF16.
 void attention_block_avx512bf16(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
                                 float* scratch);
+// The same with BFDOT on AArch64 with FEAT_BF16 (AArch64 builds only).
+void attention_block_neonbf16(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
+                              float* scratch);
 
 // Columns of a packed bf16 B panel are padded to a multiple of this
 // (attention_bf16_avx512.h: the micro-kernel's 32 columns).

@@ -10,6 +10,6 @@
 #endif
 #define QUAKE_ATTENTION_BLOCK attention_block_avx512bf16
 #define QUAKE_EIGEN quake_eigen_avx512bf16
-#define QUAKE_ATTENTION_BF16 1
+#define QUAKE_ATTENTION_BF16 "attention_bf16_avx512.h"
 #include "attention_flash.h"
 #endif

@@ -4,8 +4,9 @@
 // namespace name for Eigen of its own, so no Eigen instantiation is shared
 // between ISA objects: cmake/CheckIsaObjects.cmake), then includes this file.
 // Eigen's GEMM then runs on that file's ISA flags. With QUAKE_ATTENTION_BF16
-// defined (attention_avx512bf16.cc, precision "bfloat16") the two tile
-// products are the bf16 micro-kernel's (attention_bf16_avx512.h): Q rows, K,
+// defined to a header (attention_avx512bf16.cc, attention_neonbf16.cc:
+// precision "bfloat16") the two tile products are that header's bf16
+// micro-kernel (attention_bf16_avx512.h, attention_bf16_neon.h): Q rows, K,
 // P and V tiles rounded to bf16 (nearest even), products summed in float32;
 // the scores, the online softmax and O stay float32, P is rounded only as the
 // operand of P V (l sums the float32 P). Everything else is this file's.
@@ -42,7 +43,7 @@
 
 #include "attention.h"
 #ifdef QUAKE_ATTENTION_BF16
-#include "attention_bf16_avx512.h"
+#include QUAKE_ATTENTION_BF16  // the bf16 micro-kernel's header of this ISA
 #endif
 
 namespace quake {
@@ -55,9 +56,11 @@ using Tile = QUAKE_EIGEN::Map<RowMajor, QUAKE_EIGEN::Unaligned, Stride>;
 
 constexpr uint16_t kHalfNegInf = 0xfc00u;
 
+#ifndef QUAKE_ATTENTION_BF16  // the bf16 blocks multiply without Eigen
 ConstTile const_tile(const float* p, size_t rows, size_t cols, size_t ld) {
   return ConstTile(p, static_cast<ptrdiff_t>(rows), static_cast<ptrdiff_t>(cols), Stride(static_cast<ptrdiff_t>(ld)));
 }
+#endif
 Tile tile(float* p, size_t rows, size_t cols, size_t ld) {
   return Tile(p, static_cast<ptrdiff_t>(rows), static_cast<ptrdiff_t>(cols), Stride(static_cast<ptrdiff_t>(ld)));
 }

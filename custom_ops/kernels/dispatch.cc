@@ -12,6 +12,9 @@
 #include <cpuid.h>
 #define QUAKE_X86 1
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
 namespace quake {
 namespace {
@@ -21,6 +24,7 @@ struct CpuFeatures {
   bool avx512 = false;
   bool avx512_bf16 = false;  // VDPBF16PS / VCVTNEPS2BF16 (with the AVX-512 table's features)
   bool neon = false;
+  bool neon_bf16 = false;  // FEAT_BF16: BFDOT, BFCVT (Linux HWCAP2_BF16)
 };
 
 #ifdef QUAKE_X86
@@ -49,6 +53,9 @@ CpuFeatures detect() {
   if (f.avx512 && a >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512_bf16 = a & (1u << 5);
 #elif defined(__aarch64__)
   f.neon = true;  // ASIMD is mandatory on AArch64
+#if defined(__linux__)
+  f.neon_bf16 = getauxval(AT_HWCAP2) & (1ul << 14);  // HWCAP2_BF16
+#endif
 #endif
   return f;
 }
@@ -118,6 +125,11 @@ AttentionBlockFn attention_bf16_block(const KernelTable* t, const char** engine)
   if (t != nullptr && t->isa == Isa::kAvx512 && features().avx512_bf16) {
     *engine = "AVX512-BF16";
     return attention_block_avx512bf16;
+  }
+#elif defined(__aarch64__)
+  if (t != nullptr && t->isa == Isa::kNeon && features().neon_bf16) {
+    *engine = "NEON BF16";
+    return attention_block_neonbf16;
   }
 #else
   (void)t;

@@ -147,8 +147,9 @@ const KernelTable* select_kernels(const char** error);
 // table `t` on this CPU, or nullptr when there is none (then the op runs t's
 // float32 block). *engine names what runs: "AVX512-BF16" (the AVX-512 table
 // on a CPU with AVX512-BF16; AMX CPUs have it too and use it until an AMX
-// block exists) or "float32 fallback" (no bf16 dot product, a build without
-// one, or a table lowered below it by QUAKE_ISA).
+// block exists), "NEON BF16" (the NEON table on AArch64 Linux with FEAT_BF16)
+// or "float32 fallback" (no bf16 dot product, a build without one, or a table
+// lowered below it by QUAKE_ISA).
 AttentionBlockFn attention_bf16_block(const KernelTable* t, const char** engine);
 
 }  // namespace quake

@@ -95,7 +95,7 @@ __attribute__((visibility("default"))) const char* QuakeSelectedIsa() {
 }
 
 // What runs com.quake Attention's precision "bfloat16" in a session created
-// now: "AVX512-BF16" or "float32 fallback" (kernels.h, attention_bf16_block),
+// now: "AVX512-BF16", "NEON BF16" or "float32 fallback" (kernels.h, attention_bf16_block),
 // or the QUAKE_ISA error text.
 __attribute__((visibility("default"))) const char* QuakeAttentionBf16Engine() {
   const char* error = nullptr;
