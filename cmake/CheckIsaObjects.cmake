@@ -1,4 +1,4 @@
-# ctest -R isa_objects: the objects compiled with -mavx2 / -mavx512* (the
+# ctest -R isa_objects: the objects compiled with -mavx2 / -mavx512* / +bf16 (the
 # kernel tables and the attention blocks with their Eigen code) must not
 # define weak (COMDAT) symbols. An inline function or template instantiated
 # there and also in another file is merged by the linker into one copy, which
@@ -7,14 +7,14 @@
 #   cmake -DNM=nm -DOBJECTS="a.o;b.o" -P CheckIsaObjects.cmake
 set(failed "")
 foreach(object IN LISTS OBJECTS)
-  if(NOT object MATCHES "(kernels|attention)_(avx2|avx512)\\.cc\\.o(bj)?$")
+  if(NOT object MATCHES "(kernels|attention)_(avx2|avx512|avx512bf16|neonbf16)\\.cc\\.o(bj)?$")
     continue()
   endif()
   execute_process(COMMAND "${NM}" -C --defined-only "${object}" OUTPUT_VARIABLE symbols RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "${NM} failed on ${object}")
   endif()
-  string(REGEX MATCH "_(avx2|avx512)\\.cc" _isa_part "${object}")
+  string(REGEX MATCH "_(avx2|avx512|avx512bf16|neonbf16)\\.cc" _isa_part "${object}")
   set(isa "${CMAKE_MATCH_1}")
   string(REGEX MATCHALL "[^\n]* [WVu] [^\n]*" all_weak "${symbols}")
   set(weak "")

@@ -42,7 +42,7 @@ def get_library_path() -> str:
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL:
     lib = ctypes.CDLL(get_library_path())
-    for name in ("QuakeSelectedIsa", "QuakeAvailableIsas"):
+    for name in ("QuakeSelectedIsa", "QuakeAvailableIsas", "QuakeAttentionBf16Engine"):
         getattr(lib, name).restype = ctypes.c_char_p
     return lib
 
@@ -55,3 +55,9 @@ def available_isas() -> list[str]:
 def selected_isa() -> str:
     """The table a session created now would use (honours QUAKE_ISA)."""
     return _lib().QuakeSelectedIsa().decode()
+
+
+def attention_bf16_engine() -> str:
+    """What runs com.quake Attention's precision "bfloat16" in a session created
+    now (honours QUAKE_ISA): "AVX512-BF16", "NEON BF16" or "float32 fallback"."""
+    return _lib().QuakeAttentionBf16Engine().decode()

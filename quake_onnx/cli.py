@@ -193,8 +193,30 @@ _LIBRARIES = typer.Option(
 )
 
 
-def _method_title(order: int, softmax_method: str, bits: int) -> str:
-    return f"com.quake order {order}" + (f", softmax exaq {bits} bits" if softmax_method == "exaq" else "")
+def _parse_precision(value: str) -> str:
+    precision = value.strip().lower()
+    if precision not in ("float32", "bfloat16"):
+        raise typer.BadParameter(f"{value!r} is not one of float32, bfloat16")
+    return precision
+
+
+_ATTENTION_PRECISION = typer.Option(
+    "float32",
+    "--attention-precision",
+    metavar="float32|bfloat16",
+    callback=_parse_precision,
+    help="precision of the fused com.quake Attention nodes: 'float32' (default) or 'bfloat16' (Q K^T and P V "
+    "tiles in bf16 with float32 accumulation where the CPU has a bf16 engine, float32 elsewhere; --explain "
+    "names the engine of this machine)",
+)
+
+
+def _method_title(order: int, softmax_method: str, bits: int, attention_precision: str = "float32") -> str:
+    return (
+        f"com.quake order {order}"
+        + (f", softmax exaq {bits} bits" if softmax_method == "exaq" else "")
+        + (f", attention {attention_precision}" if attention_precision != "float32" else "")
+    )
 
 
 def _run_optimize(*args: Any, **kwargs: Any):
@@ -226,6 +248,7 @@ def optimize_cmd(
     min_elements: Optional[int] = _MIN_ELEMENTS,
     softmax_method: str = _SOFTMAX_METHOD,
     bits: int = _BITS,
+    attention_precision: str = _ATTENTION_PRECISION,
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
     explain: bool = typer.Option(
         False, "--explain", help="print every candidate node and why it was or wasn't replaced"
@@ -254,6 +277,7 @@ def optimize_cmd(
         bits=bits,
         custom_ops_libraries=custom_ops_library or (),
         also_written=[("report", report)] if report is not None else (),
+        attention_precision=attention_precision,
     )
     if report is not None:
         try:
@@ -266,7 +290,7 @@ def optimize_cmd(
         console,
         err,
         result,
-        title=f"{src}: {_method_title(order, softmax_method, bits)}",
+        title=f"{src}: {_method_title(order, softmax_method, bits, attention_precision)}",
         explain_nodes=explain,
         written=str(out),
     )
@@ -285,6 +309,7 @@ def inspect_cmd(
     min_elements: Optional[int] = _MIN_ELEMENTS,
     softmax_method: str = _SOFTMAX_METHOD,
     bits: int = _BITS,
+    attention_precision: str = _ATTENTION_PRECISION,
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
 ) -> None:
     """Show what `optimize` would replace and why, writing nothing."""
@@ -302,13 +327,14 @@ def inspect_cmd(
         softmax_method=softmax_method,
         bits=bits,
         custom_ops_libraries=custom_ops_library or (),
+        attention_precision=attention_precision,
     )
     console, err = _consoles()
     _cli_output.show(
         console,
         err,
         result,
-        title=f"{src}: {_method_title(order, softmax_method, bits)} (nothing written)",
+        title=f"{src}: {_method_title(order, softmax_method, bits, attention_precision)} (nothing written)",
         explain_nodes=True,
         dry_run=True,
     )

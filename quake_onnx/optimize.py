@@ -4,6 +4,7 @@ before and returns it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Iterable, Optional, Sequence, Union
 
@@ -20,6 +21,7 @@ from .pipeline.op_rewrite import rewrite_ops
 from .pipeline.oracle import ort_oracle
 from .pipeline.save import save
 from .pipeline.shapes import state_shapes
+from .reference import ATTENTION_PRECISIONS
 from .rewrite.report import Report
 
 # The pass's own list when it is importable; the same names otherwise, so
@@ -70,6 +72,7 @@ def optimize(
     bits: int = 3,
     custom_ops_libraries: Iterable[Union[str, os.PathLike]] = (),
     also_written: Sequence[tuple[str, Union[str, os.PathLike]]] = (),
+    attention_precision: str = "float32",
 ) -> tuple[onnx.ModelProto, Report]:
     """Replaces the exponential non-linearities of a model with com.quake ops.
 
@@ -103,6 +106,11 @@ def optimize(
     softmax_method: "quake" (default) or "exaq": the method of the com.quake
         Softmax nodes made (docs/ops.md); exaq nodes quantize the exponent to
         `bits` (2..8) bits with C derived per row until `calibrate` fixes it.
+    attention_precision: "float32" (default) or "bfloat16": the precision
+        attribute of the com.quake Attention nodes fused (bf16 tile products
+        with float32 accumulation on CPUs with a bf16 engine, float32
+        elsewhere; docs/ops.md, "Attention"); the --explain reason of each
+        names the engine that runs it on this machine.
     custom_ops_libraries: paths of custom-op libraries the model's other
         nodes need, registered on every session this opens (the library of
         onnxruntime-extensions is registered by itself for a model that
@@ -124,6 +132,11 @@ def optimize(
     settings = _settings(
         order, ops, skip_nodes, ort_fusions, ort_level, min_elements, softmax_method, bits, custom_ops_libraries
     )
+    if attention_precision not in ATTENTION_PRECISIONS:
+        raise OptimizeError(
+            f"attention_precision must be one of {', '.join(ATTENTION_PRECISIONS)}, not {attention_precision!r}"
+        )
+    settings = dataclasses.replace(settings, attention_precision=attention_precision)
     job = load(model_or_path, output, in_place, settings, also_written)
     job = ort_oracle(job)
     job = fuse_attention(job)

@@ -223,7 +223,22 @@ def softmax_exaq(x, axis=-1, bits=3, clip=0.0, return_u=False):
     return (y, back(u)) if return_u else y
 
 
-def attention(q, k, v, mask=None, scale=1.0, causal=0, k_transposed=0):
+ATTENTION_PRECISIONS = ("float32", "bfloat16")
+
+
+def bfloat16_round(x):
+    """x rounded to bfloat16 (8 significant bits, nearest even) and returned
+    as float32, as the bf16 engines convert: NaN stays NaN, values that round
+    beyond the range become inf, float32 denormals become 0 (VCVTNEPS2BF16)."""
+    x = np.asarray(x, dtype=np.float32)
+    bits = x.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+    with np.errstate(invalid="ignore"):
+        rounded = np.where(np.abs(x) < np.finfo(np.float32).tiny, np.copysign(np.float32(0), x), rounded)
+    return np.where(np.isnan(x), x, rounded).astype(np.float32)
+
+
+def attention(q, k, v, mask=None, scale=1.0, causal=0, k_transposed=0, precision="float32"):
     """com.quake Attention in float64: softmax(scale * Q K^T + M, causal) V
     over the last axis. K is [..., Skv, D] (or [..., D, Skv] with
     k_transposed); K's and V's heads (axis -3) divide Q's, query head h using
@@ -231,7 +246,18 @@ def attention(q, k, v, mask=None, scale=1.0, causal=0, k_transposed=0):
     broadcast numpy-style. causal: key j > i + (Skv - Sq) is masked. The
     softmax rules apply per row (fully masked rows give 0, a NaN or +inf
     score makes the row NaN); a weight of 0 times a NaN in V is NaN here, as
-    in the unfused graph."""
+    in the unfused graph.
+
+    precision "bfloat16" emulates the bf16 engines' roundings (docs/ops.md):
+    Q, K and V rounded to bfloat16, and each unnormalised weight
+    p = e^(s - max) rounded to bfloat16 for the product with V while the row
+    sum uses the exact p. (The kernels round p against the running max of
+    the tiles seen so far, so theirs can differ by one bf16 unit.)"""
+    if precision not in ATTENTION_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(ATTENTION_PRECISIONS)}, not {precision!r}")
+    bf16 = precision == "bfloat16"
+    if bf16:
+        q, k, v = bfloat16_round(q), bfloat16_round(k), bfloat16_round(v)
     q, k, v = _f64(q), _f64(k), _f64(v)
     if k_transposed:
         k = np.swapaxes(k, -1, -2)
@@ -255,6 +281,13 @@ def attention(q, k, v, mask=None, scale=1.0, causal=0, k_transposed=0):
         j = np.arange(skv)[None, :]
         scores = np.where(j > i + (skv - sq), -np.inf, scores)
     weights = softmax(scores, axis=-1)
+    if bf16 and skv > 0:
+        with np.errstate(invalid="ignore", over="ignore"):
+            m = scores.max(axis=-1, keepdims=True)
+            ordinary = np.isfinite(m)  # rows with a live key and no NaN / +inf score
+            p = np.exp(scores - np.where(ordinary, m, 0.0))
+            rounded = bfloat16_round(p).astype(np.float64) / p.sum(axis=-1, keepdims=True)
+            weights = np.where(ordinary, rounded, weights)
     with np.errstate(invalid="ignore", over="ignore"):
         return np.matmul(weights, v)  # no keys (Skv = 0): zeros, as fully masked rows
 
@@ -269,6 +302,7 @@ def _attention_op(inputs, attrs):
         _f32(attrs["scale"]),
         attrs.get("causal", 0),
         attrs.get("k_transposed", 0),
+        attrs.get("precision", "float32"),
     )
 
 

@@ -87,7 +87,11 @@ def _attention_schema() -> OpSchema:
             _attr("causal", 0, "1: key j > query i + (Skv - Sq) is masked."),
             _attr("k_transposed", 0, "1: K is given as [..., D, Skv]."),
             _order(),
-            _attr("precision", "float32", "Tile product precision; only float32 is implemented."),
+            _attr(
+                "precision",
+                "float32",
+                'Tile product precision: "float32" or "bfloat16" (Q K^T and P V in bf16, float32 accumulation).',
+            ),
         ],
     )
     schema.set_type_and_shape_inference_function(_attention_shape)

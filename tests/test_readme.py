@@ -13,6 +13,7 @@ import onnx
 from onnx import TensorProto, helper
 
 import quake_onnx
+import quake_onnx._library
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -132,3 +133,35 @@ def test_attention_commands_of_docs_optimize_run(tmp_path):
     assert "replaced by com.quake Attention (scale=0.125)" in outputs[0]
     assert [n.op_type for n in per_op.graph.node] == ["Transpose", "MatMul", "Div", "Softmax", "MatMul"]
     assert per_op.graph.node[3].domain == "com.quake"
+
+
+def test_attention_precision_command_of_docs_optimize_runs(tmp_path):
+    # docs/optimize.md, "Attention precision": its command as written, and the
+    # --explain line of its example (with this machine's engine).
+    section = (ROOT / "docs" / "optimize.md").read_text().split("## Attention precision")[1].split("\n## ")[0]
+    commands = [shlex.split(line.strip())[1:] for line in section.splitlines() if line.startswith("    quake-onnx ")]
+    assert commands == [["optimize", "model.onnx", "model.bf16.onnx", "--attention-precision", "bfloat16", "--explain"]]
+    shape = [1, 12, 384, 64]
+    nodes = [
+        helper.make_node("Transpose", ["K"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["Q", "kt"], ["s"]),
+        helper.make_node("Div", ["s", "c"], ["scaled"]),
+        helper.make_node("Softmax", ["scaled"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "V"], ["Y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "QKV"],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
+        initializer=[helper.make_tensor("c", TensorProto.FLOAT, [], [8.0])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "model.onnx")
+    cli = [str(Path(sys.executable).parent / "quake-onnx")]
+    done = subprocess.run(cli + commands[0], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    engine = quake_onnx._library.attention_bf16_engine()
+    assert "replaced by com.quake Attention (scale=0.125); precision bfloat16, run here by " + engine in done.stdout
+    assert "; precision bfloat16, run here by AVX512-BF16" in section  # the documented example
+    (node,) = onnx.load(tmp_path / "model.bf16.onnx").graph.node
+    assert [a.s for a in node.attribute if a.name == "precision"] == [b"bfloat16"]

@@ -57,6 +57,9 @@ struct AttentionParams {
   bool causal;        // key j > query i + (skv - sq) is masked
   bool k_transposed;  // K is [d x skv] instead of [skv x d]
   bool half;
+  // precision "bfloat16": the block is a bf16 one (attention_bf16_block) and
+  // the scratch holds its converted operands; false for the float32 blocks.
+  bool bf16;
   size_t mask_row_stride;   // elements between the mask rows of two queries (0: one row for all)
   bool mask_col_broadcast;  // the mask has one column (a value per query)
   AttentionTiles tiles;
@@ -100,9 +103,22 @@ void attention_block_avx512(const AttentionParams& p, const AttentionHead& head,
                             float* scratch);
 void attention_block_neon(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
                           float* scratch);
+// precision "bfloat16" (Q K^T and P V in bf16, float32 accumulation; the rest
+// as the float32 blocks): the AVX512-BF16 block, x86-64 builds only, chosen by
+// attention_bf16_block (kernels.h) on CPUs with AVX512-BF16.
+void attention_block_avx512bf16(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
+                                float* scratch);
+// The same with BFDOT on AArch64 with FEAT_BF16 (AArch64 builds only).
+void attention_block_neonbf16(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
+                              float* scratch);
+
+// Columns of a packed bf16 B panel are padded to a multiple of this
+// (attention_bf16_avx512.h: the micro-kernel's 32 columns).
+constexpr size_t kBf16PanelColumns = 32;
 
 // Scratch of one task, in floats: the score tile, the output rows, m, l,
-// rescale, and for float16 (or a one-column mask) converted tiles.
+// rescale, for float16 (or a one-column mask) converted tiles, and for a bf16
+// block the bf16 images of the Q rows, K, P and V tiles (pairs in 32-bit words).
 size_t attention_scratch_floats(const AttentionParams& p);
 
 // ---------------------------------------------------------------------------

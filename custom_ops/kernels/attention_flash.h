@@ -3,7 +3,13 @@
 // defines QUAKE_ATTENTION_BLOCK (the function's name) and QUAKE_EIGEN (a
 // namespace name for Eigen of its own, so no Eigen instantiation is shared
 // between ISA objects: cmake/CheckIsaObjects.cmake), then includes this file.
-// Eigen's GEMM then runs on that file's ISA flags.
+// Eigen's GEMM then runs on that file's ISA flags. With QUAKE_ATTENTION_BF16
+// defined to a header (attention_avx512bf16.cc, attention_neonbf16.cc:
+// precision "bfloat16") the two tile products are that header's bf16
+// micro-kernel (attention_bf16_avx512.h, attention_bf16_neon.h): Q rows, K,
+// P and V tiles rounded to bf16 (nearest even), products summed in float32;
+// the scores, the online softmax and O stay float32, P is rounded only as the
+// operand of P V (l sums the float32 P). Everything else is this file's.
 //
 // Per key tile of bk keys (Dao 2023, Algorithm 1 with the FA-2 loop order):
 //   S = Q_block K_tile^T                              (Eigen GEMM)
@@ -36,6 +42,9 @@
 #undef Eigen
 
 #include "attention.h"
+#ifdef QUAKE_ATTENTION_BF16
+#include QUAKE_ATTENTION_BF16  // the bf16 micro-kernel's header of this ISA
+#endif
 
 namespace quake {
 namespace {
@@ -47,9 +56,11 @@ using Tile = QUAKE_EIGEN::Map<RowMajor, QUAKE_EIGEN::Unaligned, Stride>;
 
 constexpr uint16_t kHalfNegInf = 0xfc00u;
 
+#ifndef QUAKE_ATTENTION_BF16  // the bf16 blocks multiply without Eigen
 ConstTile const_tile(const float* p, size_t rows, size_t cols, size_t ld) {
   return ConstTile(p, static_cast<ptrdiff_t>(rows), static_cast<ptrdiff_t>(cols), Stride(static_cast<ptrdiff_t>(ld)));
 }
+#endif
 Tile tile(float* p, size_t rows, size_t cols, size_t ld) {
   return Tile(p, static_cast<ptrdiff_t>(rows), static_cast<ptrdiff_t>(cols), Stride(static_cast<ptrdiff_t>(ld)));
 }
@@ -57,6 +68,8 @@ Tile tile(float* p, size_t rows, size_t cols, size_t ld) {
 // The task's work memory, carved as attention_scratch_floats counts it.
 struct Scratch {
   float *s, *o, *m, *l, *rescale, *mask, *q, *k, *v;
+  // bf16 blocks: words of bf16 pairs (attention_bf16_avx512.h's layouts).
+  uint32_t *qa, *kb, *pa, *vb, *row;  // row: bf16_pack_b_cols' work (16 K rows)
 };
 
 Scratch carve(const AttentionParams& p, float* base) {
@@ -76,6 +89,16 @@ Scratch carve(const AttentionParams& p, float* base) {
     w.q = next;
     w.k = w.q + bq * p.d;
     w.v = w.k + bk * p.d;
+    next = w.v + bk * p.dv;
+  }
+  if (p.bf16) {
+    const size_t d_pairs = (p.d + 1) / 2, k_pairs = (bk + 1) / 2;
+    const auto panel = [](size_t n) { return (n + kBf16PanelColumns - 1) / kBf16PanelColumns * kBf16PanelColumns; };
+    w.qa = reinterpret_cast<uint32_t*>(next);
+    w.kb = w.qa + bq * d_pairs;
+    w.pa = w.kb + d_pairs * panel(bk);
+    w.vb = w.pa + bq * k_pairs;
+    w.row = w.vb + k_pairs * panel(p.dv);
   }
   return w;
 }
@@ -193,7 +216,12 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
 
   const float* q = p.half ? w.q : static_cast<const float*>(head.q) + t.q0 * d;
   if (p.half && k_end > t.k0) halves_to_floats(p, static_cast<const uint16_t*>(head.q) + t.q0 * d, rows, d, d, w.q);
+#ifdef QUAKE_ATTENTION_BF16
+  const size_t d_pairs = (d + 1) / 2;
+  if (k_end > t.k0) bf16_pack_a(q, rows, d, d, w.qa, d_pairs);
+#else
   const ConstTile q_block = const_tile(q, rows, d, d);
+#endif
 
   bool first = true;
   for (size_t kb = t.k0; kb < k_end; kb += bk) {
@@ -204,6 +232,31 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
     Tile s = tile(w.s, rows, cols, bk);
     if (d == 0) {
       s.setZero();
+#ifdef QUAKE_ATTENTION_BF16
+    } else {
+      const size_t at = p.k_transposed ? kb : kb * d;
+      size_t ld = p.k_transposed ? p.skv : d;
+      const float* k;
+      if (p.half) {
+        const uint16_t* kh = static_cast<const uint16_t*>(head.k) + at;
+        if (p.k_transposed) {
+          halves_to_floats(p, kh, d, cols, p.skv, w.k);
+          ld = cols;
+        } else {
+          halves_to_floats(p, kh, cols, d, d, w.k);
+        }
+        k = w.k;
+      } else {
+        k = static_cast<const float*>(head.k) + at;
+      }
+      if (p.k_transposed) {
+        bf16_pack_b_rows(k, d, cols, ld, w.kb);  // K^T [d x cols]: pairs of rows
+      } else {
+        bf16_pack_b_cols(k, cols, d, ld, w.kb, w.row);  // K [cols x d]: each row down a column
+      }
+      bf16_gemm<false>(w.qa, d_pairs, w.kb, d_pairs, w.s, bk, rows, cols);
+    }
+#else
     } else if (p.k_transposed) {
       const float* k = static_cast<const float*>(head.k) + kb;
       size_t ld = p.skv;
@@ -221,6 +274,7 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
       }
       s.noalias() = q_block * const_tile(k, cols, d, d).transpose();
     }
+#endif
 
     // Scale, mask, causal limit, running max, P = e^(S - m), row sums.
     size_t mask_ld = 0;
@@ -242,7 +296,15 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
       halves_to_floats(p, static_cast<const uint16_t*>(head.v) + kb * dv, cols, dv, dv, w.v);
       v = w.v;
     }
+#ifdef QUAKE_ATTENTION_BF16
+    // P rounded to bf16 here only (l above summed the float32 P).
+    const size_t k_pairs = (cols + 1) / 2;
+    bf16_pack_a(w.s, rows, cols, bk, w.pa, k_pairs);
+    bf16_pack_b_rows(v, cols, dv, dv, w.vb);
+    bf16_gemm<true>(w.pa, k_pairs, w.vb, k_pairs, w.o, dv, rows, dv);
+#else
     o.noalias() += const_tile(w.s, rows, cols, bk) * const_tile(v, cols, dv, dv);
+#endif
   }
   finish_rows(p, head, t, w);
 }

@@ -199,6 +199,13 @@ size_t attention_scratch_floats(const AttentionParams& p) {
   size_t n = bq * bk + bq * p.dv + 3 * bq;
   if (p.half || p.mask_col_broadcast) n += bq * bk;
   if (p.half) n += bq * p.d + bk * p.d + bk * p.dv;
+  if (p.bf16) {
+    // Words of bf16 pairs: Q rows, K^T panel, P rows, V panel, 16 K rows
+    // being transposed (attention_bf16_avx512.h, bf16_pack_cols_words).
+    const size_t d_pairs = (p.d + 1) / 2, k_pairs = (bk + 1) / 2;
+    const auto panel = [](size_t n) { return (n + kBf16PanelColumns - 1) / kBf16PanelColumns * kBf16PanelColumns; };
+    n += bq * d_pairs + d_pairs * panel(bk) + bq * k_pairs + k_pairs * panel(p.dv) + 16 * ((d_pairs + 15) / 16 * 16);
+  }
   return n;
 }
 

@@ -12,6 +12,9 @@
 #include <cpuid.h>
 #define QUAKE_X86 1
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
 namespace quake {
 namespace {
@@ -19,7 +22,9 @@ namespace {
 struct CpuFeatures {
   bool avx2_fma_f16c = false;
   bool avx512 = false;
+  bool avx512_bf16 = false;  // VDPBF16PS / VCVTNEPS2BF16 (with the AVX-512 table's features)
   bool neon = false;
+  bool neon_bf16 = false;  // FEAT_BF16: BFDOT, BFCVT (Linux HWCAP2_BF16)
 };
 
 #ifdef QUAKE_X86
@@ -45,8 +50,12 @@ CpuFeatures detect() {
   const bool avx512f = b & (1u << 16), avx512dq = b & (1u << 17), avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
   f.avx2_fma_f16c = os_ymm && avx2 && fma && f16c;
   f.avx512 = f.avx2_fma_f16c && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
+  if (f.avx512 && a >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512_bf16 = a & (1u << 5);
 #elif defined(__aarch64__)
   f.neon = true;  // ASIMD is mandatory on AArch64
+#if defined(__linux__)
+  f.neon_bf16 = getauxval(AT_HWCAP2) & (1ul << 14);  // HWCAP2_BF16
+#endif
 #endif
   return f;
 }
@@ -108,6 +117,24 @@ const KernelTable* select_kernels(const char** error) {
     return nullptr;
   }
   return best_kernels(isa);
+}
+
+AttentionBlockFn attention_bf16_block(const KernelTable* t, const char** engine) {
+  *engine = "float32 fallback";
+#ifdef QUAKE_X86
+  if (t != nullptr && t->isa == Isa::kAvx512 && features().avx512_bf16) {
+    *engine = "AVX512-BF16";
+    return attention_block_avx512bf16;
+  }
+#elif defined(__aarch64__)
+  if (t != nullptr && t->isa == Isa::kNeon && features().neon_bf16) {
+    *engine = "NEON BF16";
+    return attention_block_neonbf16;
+  }
+#else
+  (void)t;
+#endif
+  return nullptr;
 }
 
 RowStats combine_stats(const RowStats& a, const RowStats& b) {

@@ -143,4 +143,13 @@ const KernelTable* best_kernels(Isa at_most);
 // sets *error. Read when a kernel is created, so a process can compare paths.
 const KernelTable* select_kernels(const char** error);
 
+// com.quake Attention's precision "bfloat16": the bf16 block for kernels of
+// table `t` on this CPU, or nullptr when there is none (then the op runs t's
+// float32 block). *engine names what runs: "AVX512-BF16" (the AVX-512 table
+// on a CPU with AVX512-BF16; AMX CPUs have it too and use it until an AMX
+// block exists), "NEON BF16" (the NEON table on AArch64 Linux with FEAT_BF16)
+// or "float32 fallback" (no bf16 dot product, a build without one, or a table
+// lowered below it by QUAKE_ISA).
+AttentionBlockFn attention_bf16_block(const KernelTable* t, const char** engine);
+
 }  // namespace quake

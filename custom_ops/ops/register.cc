@@ -94,6 +94,18 @@ __attribute__((visibility("default"))) const char* QuakeSelectedIsa() {
   return table ? table->name : error;
 }
 
+// What runs com.quake Attention's precision "bfloat16" in a session created
+// now: "AVX512-BF16", "NEON BF16" or "float32 fallback" (kernels.h, attention_bf16_block),
+// or the QUAKE_ISA error text.
+__attribute__((visibility("default"))) const char* QuakeAttentionBf16Engine() {
+  const char* error = nullptr;
+  const quake::KernelTable* table = quake::select_kernels(&error);
+  if (table == nullptr) return error;
+  const char* engine = nullptr;
+  quake::attention_bf16_block(table, &engine);
+  return engine;
+}
+
 // Comma-separated ISAs this build and CPU can run, lowest first.
 __attribute__((visibility("default"))) const char* QuakeAvailableIsas() {
   static const std::string names = [] {

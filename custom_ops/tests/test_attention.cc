@@ -2,8 +2,10 @@
 // the FlashAttention-2 block of every kernel table this machine can run
 // (kernels_for), orders 1..3, against a long-double reference of ops.md, run
 // through the same planning the op uses (tiles, tasks, the decode split and
-// its combination); the online-softmax step of each SIMD table against the
-// scalar definition; the broadcast layout and the tile choice. No framework:
+// its combination); the bf16 block of precision "bfloat16" where the CPU has
+// one, against the same reference and that of its bf16-rounded inputs; the
+// online-softmax step of each SIMD table against the scalar definition; the
+// broadcast layout and the tile choice. No framework:
 // prints failures and the measured errors, then "N passed, M failed".
 #include <cfloat>
 #include <cmath>
@@ -86,6 +88,7 @@ struct Problem {
   std::vector<LD> y;
   std::vector<int> kind;      // per row: 0 values, 1 no live key (Y = 0), 2 NaN
   std::vector<double> s_mag;  // per row: largest |score| among live, non-lowest keys
+  std::vector<double> a_mag;  // per row: max over keys of scale * sum_c |q_c k_c| (the bf16 bound's A)
   double v_max = 0;
 };
 
@@ -99,6 +102,7 @@ void reference(Problem& p) {
   p.y.assign(p.sq * p.dv, 0);
   p.kind.assign(p.sq, 0);
   p.s_mag.assign(p.sq, 0);
+  p.a_mag.assign(p.sq, 0);
   p.v_max = 0;
   for (float x : p.v) p.v_max = std::max(p.v_max, static_cast<double>(std::fabs(x)));
   std::vector<LD> s(p.skv);
@@ -106,8 +110,14 @@ void reference(Problem& p) {
     LD m = -INFINITY;
     bool nan = false;
     for (size_t j = 0; j < p.skv; ++j) {
-      LD dot = 0;
-      for (size_t c = 0; c < p.d; ++c) dot += static_cast<LD>(p.q[i * p.d + c]) * p.k[j * p.d + c];
+      LD dot = 0, abs_dot = 0;
+      for (size_t c = 0; c < p.d; ++c) {
+        dot += static_cast<LD>(p.q[i * p.d + c]) * p.k[j * p.d + c];
+        abs_dot += std::fabs(static_cast<LD>(p.q[i * p.d + c]) * p.k[j * p.d + c]);
+      }
+      if (std::isfinite(abs_dot)) {
+        p.a_mag[i] = std::max(p.a_mag[i], static_cast<double>(std::fabs(static_cast<LD>(p.scale)) * abs_dot));
+      }
       LD x = static_cast<LD>(p.scale) * dot + mask_at(p, i, j);
       if (p.causal && static_cast<ptrdiff_t>(j) > static_cast<ptrdiff_t>(i + p.skv) - static_cast<ptrdiff_t>(p.sq)) {
         x = -INFINITY;
@@ -209,6 +219,7 @@ struct RunOptions {
   size_t parallelism = 1;      // > (head, query block) pairs: decode split
   bool half = false;
   bool k_transposed = false;
+  AttentionBlockFn block = nullptr;  // nullptr: the table's float32 block; else a bf16 block
 };
 
 std::vector<float> run(const KernelTable* t, int order, const Problem& pr, const RunOptions& opt, Check& check,
@@ -222,6 +233,7 @@ std::vector<float> run(const KernelTable* t, int order, const Problem& pr, const
   p.causal = pr.causal;
   p.k_transposed = opt.k_transposed;
   p.half = opt.half;
+  p.bf16 = opt.block != nullptr;
   p.mask_row_stride = pr.mask_rows <= 1 ? 0 : pr.mask_cols;
   p.mask_col_broadcast = pr.mask_cols == 1 && pr.skv != 1;
   p.tiles = opt.tiles.bq ? opt.tiles : choose_attention_tiles(cache_sizes(), pr.sq, pr.skv, pr.d, pr.dv);
@@ -257,7 +269,8 @@ std::vector<float> run(const KernelTable* t, int order, const Problem& pr, const
   // The scratch is exactly attention_scratch_floats long, between guards.
   const size_t n = attention_scratch_floats(p), guard = 64;
   std::vector<float> scratch(n + 2 * guard, -12345.0f);
-  for (const AttentionTask& task : plan.tasks) t->attention_block(p, head, task, scratch.data() + guard);
+  const AttentionBlockFn block = opt.block ? opt.block : t->attention_block;
+  for (const AttentionTask& task : plan.tasks) block(p, head, task, scratch.data() + guard);
   for (size_t b = 0; b < (plan.chunks > 1 ? plan.blocks : 0); ++b) combine_attention_partials(p, &head, plan, b);
   bool guards = true;
   for (size_t i = 0; i < guard; ++i) guards &= scratch[i] == -12345.0f && scratch[guard + n + i] == -12345.0f;
@@ -544,6 +557,229 @@ void test_tiles() {
   }
 }
 
+// --------------------------- precision bfloat16 -----------------------------
+// bf16 keeps 8 significant bits: rounding to nearest even changes a value by
+// at most u = 2^-8 of itself. The bf16 block rounds Q, K and V (and P for
+// P V); products are exact in float32 and summed in float32. Per row, with
+// A = scale * max_j sum_c |q_c k_jc| (a_mag):
+//  - a score moves by at most D = (2u + u^2) A (Q and K rounded) plus the
+//    float32 sum's d 2^-24 A, so each weight by a factor within e^(+-2D) and
+//    Y by at most (e^(2D) - 1) max|V|;
+//  - rounding V and P moves Y by at most u max|V| each;
+// so against the float32 definition (the long-double reference of Q, K, V):
+//   |Y_bf16 - Y| <= (order bound + 2u + e^(2D) - 1 + float32 terms) max|V|
+// (first order: (order bound + 2^-7 + 2^-6 A) max|V|; docs/ops.md states it).
+// That bound is loose by construction (it adds every rounding with one sign),
+// so the block is also held to the reference of the bf16-rounded Q, K, V,
+// where only P's rounding and the float32 sums remain:
+//   |Y_bf16 - Y(bf16 Q, K, V)| <= (order bound + u + d 2^-23 A + float32 terms) max|V|.
+constexpr double kBf16U = 0x1p-8;
+
+// Round to bf16 (nearest even) and back, as VCVTNEPS2BF16 does: NaN stays
+// NaN, float32 denormals become 0.
+float bf16_round(float x) {
+  if (std::isnan(x)) return x;
+  if (std::fabs(x) < FLT_MIN) return std::copysign(0.0f, x);
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  bits &= 0xffff0000u;
+  std::memcpy(&x, &bits, 4);
+  return x;
+}
+
+Problem bf16_image(const Problem& in) {
+  Problem p = in;
+  for (auto* x : {&p.q, &p.k, &p.v}) {
+    for (float& f : *x) f = bf16_round(f);
+  }
+  reference(p);
+  return p;
+}
+
+double float_terms(const Problem& p, size_t row) { return 0x1p-23 * p.s_mag[row] + kSumRel; }
+
+// Against the float32 definition (p: the reference of the unrounded inputs).
+double bf16_bound_f32(const Problem& p, size_t row, int order, bool half, double y_ref) {
+  const double dd = (2 * kBf16U + kBf16U * kBf16U + p.d * 0x1p-24) * p.a_mag[row];
+  double b = (kAttentionAbs[order - 1] + 2 * kBf16U + std::expm1(2 * dd) + float_terms(p, row)) * p.v_max;
+  if (half) b += kHalfRel * std::fabs(y_ref) + 0x1p-25 + kHalfRel * 0.1 * p.v_max;
+  return b;
+}
+
+// Against the reference of the bf16-rounded Q, K, V (pb).
+double bf16_bound_emulated(const Problem& pb, size_t row, int order, bool half, double y_ref) {
+  double b =
+      (kAttentionAbs[order - 1] * (1 + kBf16U) + kBf16U + pb.d * 0x1p-23 * pb.a_mag[row] + float_terms(pb, row)) *
+      pb.v_max;
+  if (half) b += kHalfRel * std::fabs(y_ref) + 0x1p-25 + kHalfRel * 0.1 * pb.v_max;
+  return b;
+}
+
+void check_bf16_result(Check& check, const char* engine, int order, const Problem& p, const Problem& pb,
+                       const std::vector<float>& y, bool half, const char* variant) {
+  double worst_f32 = 0, worst_emu = 0;
+  for (size_t i = 0; i < p.sq; ++i) {
+    for (size_t c = 0; c < p.dv; ++c) {
+      const float got = y[i * p.dv + c];
+      if (pb.kind[i] == 2) {
+        check(std::isnan(got), "%s %s: row %zu holds a NaN/+inf score, Y[%zu] = %g", p.name.c_str(), variant, i, c,
+              got);
+        continue;
+      }
+      if (pb.kind[i] == 1) {
+        check(got == 0.0f, "%s %s: row %zu has no live key, Y[%zu] = %g", p.name.c_str(), variant, i, c, got);
+        continue;
+      }
+      const LD ref = p.y[i * p.dv + c], ref_b = pb.y[i * p.dv + c];
+      const double err = static_cast<double>(std::fabs(got - ref)), err_b = static_cast<double>(std::fabs(got - ref_b));
+      if (p.v_max > 0 && p.s_mag[i] < 1e3) {
+        worst_f32 = std::max(worst_f32, err / p.v_max);
+        worst_emu = std::max(worst_emu, err_b / pb.v_max);
+      }
+      const double b = bf16_bound_f32(p, i, order, half, static_cast<double>(ref));
+      const double bb = bf16_bound_emulated(pb, i, order, half, static_cast<double>(ref_b));
+      check(err <= b, "%s %s: Y[%zu][%zu] = %.9g, float32 ref %.9Lg, err %g > %g", p.name.c_str(), variant, i, c, got,
+            ref, err, b);
+      check(err_b <= bb, "%s %s: Y[%zu][%zu] = %.9g, bf16-input ref %.9Lg, err %g > %g", p.name.c_str(), variant, i, c,
+            got, ref_b, err_b, bb);
+    }
+  }
+  const std::string key = std::string(engine) + (half ? " half" : " float") + " order " + std::to_string(order);
+  double& m = g_max_err[key + " vs f32"];
+  m = std::max(m, worst_f32);
+  double& mb = g_max_err[key + " vs bf16 in"];
+  mb = std::max(mb, worst_emu);
+}
+
+void test_bf16_gqa(const KernelTable* t, AttentionBlockFn block, const char* engine, std::mt19937& rng);
+
+void test_bf16_block(const KernelTable* t, const std::vector<Problem>& ps, const std::vector<Problem>& half_ps,
+                     std::mt19937& rng) {
+  const char* engine = nullptr;
+  const AttentionBlockFn block = attention_bf16_block(t, &engine);
+  if (block == nullptr) {
+    Check check(std::string(t->name) + " precision bfloat16: float32 fallback named");
+    check(std::strcmp(engine, "float32 fallback") == 0, "engine '%s'", engine);
+    std::printf("precision bfloat16 on table %s: %s\n", t->name, engine);
+    return;
+  }
+  std::printf("precision bfloat16 on table %s: %s\n", t->name, engine);
+  std::vector<Problem> pb, half_pb;
+  for (const Problem& p : ps) pb.push_back(bf16_image(p));
+  for (const Problem& p : half_ps) half_pb.push_back(bf16_image(p));
+  const RunOptions variants[] = {
+      {{0, 0}, 1, false, false, block},    // tiles from the caches
+      {{16, 48}, 1, false, false, block},  // small tiles: every length straddles blocks
+      {{7, 33}, 1, false, true, block},    // odd tiles: row tails below 8, odd key tiles (P pairs padded), K^T
+      {{16, 32}, 64, false, true, block},  // decode split, K transposed
+      {{0, 0}, 1, true, false, block},     // float16
+      {{32, 16}, 16, true, true, block},   // float16, split, K transposed
+  };
+  const char* const names[] = {"cache tiles", "tiles 16x48", "tiles 7x33 K^T",
+                               "split, K^T",  "float16",     "float16 split K^T"};
+  for (int order = 1; order <= 3; ++order) {
+    for (size_t vi = 0; vi < sizeof variants / sizeof variants[0]; ++vi) {
+      char name[200];
+      std::snprintf(name, sizeof name, "%s order %d attention bf16 (%s), %s: %zu problems vs references", t->name,
+                    order, engine, names[vi], ps.size());
+      Check check(name);
+      const bool half = variants[vi].half;
+      size_t split = 0;
+      for (size_t i = 0; i < ps.size(); ++i) {
+        size_t chunks = 1;
+        const Problem& p = half ? half_ps[i] : ps[i];
+        const std::vector<float> y = run(t, order, p, variants[vi], check, &chunks);
+        split += chunks > 1;
+        check_bf16_result(check, engine, order, p, half ? half_pb[i] : pb[i], y, half, names[vi]);
+      }
+      if (variants[vi].parallelism > 1) check(split > 0, "no problem was split");
+    }
+  }
+  test_bf16_gqa(t, block, engine, rng);
+}
+
+// Grouped-query attention through the op's planning with the bf16 block: Q
+// [1, 8, Sq, D] over K, V [1, 2, Skv, D] (query head h reads key/value head
+// h / 4), a padding mask [1, 1, 1, Skv]; Sq 1 takes the decode fold (the 4
+// heads of a group become the rows of one task), and parallelism 16 (more
+// than the query blocks) the key split. Each query head is checked against
+// its own reference.
+void test_bf16_gqa(const KernelTable* t, AttentionBlockFn block, const char* engine, std::mt19937& rng) {
+  for (size_t sq : {1, 2, 33}) {
+    for (size_t parallelism : {1, 16}) {
+      const size_t h = 8, hkv = 2, skv = 300, d = 64, order = 2;
+      char name[160];
+      std::snprintf(name, sizeof name, "%s attention bf16 (%s): GQA 8/2 heads, Sq %zu, parallelism %zu", t->name,
+                    engine, sq, parallelism);
+      Check check(name);
+      std::normal_distribution<float> nd(0.0f, 1.5f);
+      std::vector<float> q(h * sq * d), k(hkv * skv * d), v(hkv * skv * d), mask(skv, 0.0f);
+      for (auto* x : {&q, &k, &v}) {
+        for (float& f : *x) f = nd(rng);
+      }
+      for (size_t j = skv - 70; j < skv; ++j) mask[j] = -kInf;
+      AttentionShapes shapes{{1, static_cast<int64_t>(h), static_cast<int64_t>(sq), static_cast<int64_t>(d)},
+                             {1, static_cast<int64_t>(hkv), static_cast<int64_t>(skv), static_cast<int64_t>(d)},
+                             {1, static_cast<int64_t>(hkv), static_cast<int64_t>(skv), static_cast<int64_t>(d)},
+                             {1, 1, 1, static_cast<int64_t>(skv)},
+                             true,
+                             false};
+      AttentionLayout layout;
+      check(plan_attention_layout(shapes, &layout).empty(), "layout refused");
+      const bool folded = fold_decode_groups(&layout);
+      check(folded == (sq == 1), "fold %d at Sq %zu", folded, sq);
+      AttentionParams p{};
+      p.sq = layout.sq;
+      p.skv = layout.skv;
+      p.d = layout.d;
+      p.dv = layout.dv;
+      p.scale = 0.125f;
+      p.bf16 = true;
+      p.mask_row_stride = layout.mask_row_stride;
+      p.mask_col_broadcast = layout.mask_col_broadcast;
+      p.tiles = choose_attention_tiles(cache_sizes(), p.sq, p.skv, p.d, p.dv);
+      if (parallelism > 1) p.tiles.bk = 48;  // several key tiles, so the split happens
+      p.online_softmax = t->order[order - 1].online_softmax;
+      p.f16_to_f32 = t->f16_to_f32;
+      p.f32_to_f16 = t->f32_to_f16;
+      std::vector<float> y(h * sq * d, kNaN);
+      std::vector<AttentionHead> heads(layout.q_off.size());
+      for (size_t i = 0; i < heads.size(); ++i) {
+        heads[i] = {q.data() + layout.q_off[i], k.data() + layout.k_off[i], v.data() + layout.v_off[i],
+                    mask.data() + layout.mask_off[i], y.data() + i * p.sq * p.dv};
+      }
+      AttentionTaskPlan plan;
+      plan_attention_tasks(p, heads.size(), parallelism, &plan);
+      check((plan.chunks > 1) == (parallelism > 1), "chunks %zu", plan.chunks);
+      std::vector<float> scratch(attention_scratch_floats(p));
+      for (const AttentionTask& task : plan.tasks) block(p, heads[task.head], task, scratch.data());
+      for (size_t b = 0; b < (plan.chunks > 1 ? plan.blocks : 0); ++b) {
+        combine_attention_partials(p, heads.data(), plan, b);
+      }
+      for (size_t qh = 0; qh < h; ++qh) {
+        Problem pr;
+        pr.name = "GQA head " + std::to_string(qh);
+        pr.sq = sq;
+        pr.skv = skv;
+        pr.d = pr.dv = d;
+        pr.scale = 0.125f;
+        pr.causal = false;
+        pr.q.assign(q.begin() + qh * sq * d, q.begin() + (qh + 1) * sq * d);
+        const size_t kv = qh / (h / hkv);
+        pr.k.assign(k.begin() + kv * skv * d, k.begin() + (kv + 1) * skv * d);
+        pr.v.assign(v.begin() + kv * skv * d, v.begin() + (kv + 1) * skv * d);
+        pr.mask = mask;
+        pr.mask_rows = 1;
+        pr.mask_cols = skv;
+        reference(pr);
+        const std::vector<float> yh(y.begin() + qh * sq * d, y.begin() + (qh + 1) * sq * d);
+        check_bf16_result(check, engine, order, pr, bf16_image(pr), yh, false, "GQA");
+      }
+    }
+  }
+}
+
 void print_errors() {
   std::printf("\nattention: measured max |Y - reference| / max|V| (rows of scores below 1e3)\n");
   for (const auto& kv : g_max_err) std::printf("  %-28s %10.3g\n", kv.first.c_str(), kv.second);
@@ -569,6 +805,7 @@ int main() {
     test_block(t, ps, half_ps);
     test_split_agrees(t, rng);
     if (t != scalar) test_online_step(t, scalar, rng);
+    test_bf16_block(t, ps, half_ps, rng);
   }
   print_errors();
   std::printf("\n%d passed, %d failed\n", g_passed, g_failed);

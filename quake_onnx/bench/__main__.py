@@ -112,6 +112,9 @@ def attention(
     rounds: int = typer.Option(5, min=1, help="paired, interleaved rounds per shape and thread count"),
     min_time: float = typer.Option(1.0, help="seconds of timed runs per variant, split over the rounds"),
     order: int = typer.Option(2, min=1, max=3, help="com.quake order"),
+    bf16: bool = typer.Option(
+        False, "--bf16", help='also time the quake node with precision="bfloat16" (paired with the float32 one)'
+    ),
     rss: bool = typer.Option(True, help="also measure the peak RSS of one H12 S4096 block per variant"),
     markdown: Optional[Path] = typer.Option(None, help="also write the tables as Markdown to this file"),
 ) -> None:
@@ -124,7 +127,11 @@ def attention(
         names = ", ".join(s.name for s in bench_attention.SHAPES)
         raise typer.BadParameter(f"--shape {shape} matches none of: {names}")
     typer.echo(bench_ops.machine_line())
-    typer.echo(bench_attention.HEADER)
+    if bf16:
+        from .._library import attention_bf16_engine
+
+        typer.echo(f'precision="bfloat16" runs on: {attention_bf16_engine()}')
+    typer.echo(bench_attention.header(bf16))
     rows = bench_attention.run(
         shapes=shapes,
         threads=_ints(threads, "--threads"),
@@ -132,6 +139,7 @@ def attention(
         min_time=min_time,
         order=order,
         progress=typer.echo,
+        bf16=bf16,
     )
     text = bench_ops.machine_line() + "\n\n" + bench_attention.markdown(rows) + "\n"
     if rss:

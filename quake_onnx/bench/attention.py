@@ -10,7 +10,10 @@ Per shape (B = 1, D = 64) and thread count, in this process, interleaved:
   - MHA: com.microsoft.MultiHeadAttention with Q, K, V as [B, S, H*D] (its own
     layout; the transposes are not timed), where it applies: no mask, not
     causal (ORT's CPU flash path);
-  - ORT's MatMul of 512x512x512, the GEMM rate of the same run.
+  - ORT's MatMul of 512x512x512, the GEMM rate of the same run;
+  - with --bf16, quake_bf16: the quake node with precision="bfloat16" (the
+    CPU's bf16 engine, or the float32 kernel where it has none), its speed-up
+    taken per round against the float32 quake node.
 Each round times every variant in a fresh session (one alive at a time, so no
 idle pool spins against the next) and the ratios are taken per round, paired:
 this machine drifts between rounds more than the variants differ. Reported:
@@ -65,6 +68,7 @@ SHAPES = [
     Shape("decode H32 past 4096", 32, 1, 4096),
 ]
 VARIANTS = ("quake", "unfused", "mha")
+BF16 = "quake_bf16"  # the quake node with precision="bfloat16" (run(bf16=True))
 
 
 def _model(nodes, inputs, outputs, initializers=()) -> bytes:
@@ -83,7 +87,8 @@ def build(variant: str, s: Shape, order: int = 2):
     scale = 1.0 / np.sqrt(d)
     q, kt, v, y = (1, h, sq, d), (1, h, d, skv), (1, h, skv, d), (1, h, sq, d)
     masked = s.causal  # the unfused block adds the causal mask; quake takes causal=1
-    if variant == "quake":
+    if variant in ("quake", BF16):
+        extra = {"precision": "bfloat16"} if variant == BF16 else {}
         node = helper.make_node(
             "Attention",
             ["Q", "Kt", "V"],
@@ -93,6 +98,7 @@ def build(variant: str, s: Shape, order: int = 2):
             causal=int(s.causal),
             k_transposed=1,
             order=order,
+            **extra,
         )
         shapes = {"Q": q, "Kt": kt, "V": v}
         return _model([node], [_info(n, sh) for n, sh in shapes.items()], [_info("Y", y)]), shapes, y
@@ -186,13 +192,14 @@ def _quartiles(values):
     return statistics.median(values), q[0], q[2]
 
 
-def run(shapes=SHAPES, threads=(1, 2), rounds=5, min_time=0.4, order=2, seed=0, progress=print):
+def run(shapes=SHAPES, threads=(1, 2), rounds=5, min_time=0.4, order=2, seed=0, progress=print, bf16=False):
     rng = np.random.default_rng(seed)
     mm = matmul_model()
     mm_arrays = _inputs(mm[1], None, rng)
     rows = []
+    variants = VARIANTS + ((BF16,) if bf16 else ())
     for s in shapes:
-        built = {v: build(v, s, order) for v in VARIANTS}
+        built = {v: build(v, s, order) for v in variants}
         built = {v: b for v, b in built.items() if b is not None}
         arrays = {v: _inputs(b[1], s, rng) for v, b in built.items()}
         for t in threads:
@@ -204,6 +211,8 @@ def run(shapes=SHAPES, threads=(1, 2), rounds=5, min_time=0.4, order=2, seed=0, 
                     per_round[v].append(time_once(b, t, arrays[v], min_time / rounds))
             ms = {v: statistics.median(x) * 1e3 for v, x in per_round.items()}
             ratio = {v: _quartiles([a / q for a, q in zip(per_round[v], per_round["quake"])]) for v in built}
+            if BF16 in built:  # the bf16 node's speed-up: time(quake) / time(quake_bf16), per round
+                ratio[BF16] = _quartiles([q / b for q, b in zip(per_round["quake"], per_round[BF16])])
             row = Row(s, t, ms, ratio, statistics.median(mm_rates))
             rows.append(row)
             progress(format_row(row))
@@ -214,6 +223,15 @@ HEADER = (
     "| shape | threads | quake ms (GFLOP/s) | unfused ms (GFLOP/s) | speed-up vs unfused [q1, q3] | "
     "MHA ms | speed-up vs MHA [q1, q3] | ORT MatMul GFLOP/s |\n|---|---|---|---|---|---|---|---|"
 )
+HEADER_BF16 = (
+    "| shape | threads | quake ms (GFLOP/s) | unfused ms (GFLOP/s) | speed-up vs unfused [q1, q3] | "
+    "MHA ms | speed-up vs MHA [q1, q3] | ORT MatMul GFLOP/s | quake bf16 ms (GFLOP/s) | "
+    "bf16 speed-up vs quake [q1, q3] |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def header(bf16: bool = False) -> str:
+    return HEADER_BF16 if bf16 else HEADER
 
 
 def format_row(r: Row) -> str:
@@ -227,14 +245,17 @@ def format_row(r: Row) -> str:
         return f"{med:.2f}x [{q1:.2f}, {q3:.2f}]"
 
     mha = f"{r.ms['mha']:.2f}" if "mha" in r.ms else "-"
-    return (
+    line = (
         f"| {r.shape.name} | {r.threads} | {cell('quake')} | {cell('unfused')} | {speed('unfused')} | {mha} | "
         f"{speed('mha')} | {r.matmul_gflops:.0f} |"
     )
+    if BF16 in r.ms:
+        line += f" {cell(BF16)} | {speed(BF16)} |"
+    return line
 
 
 def markdown(rows) -> str:
-    return "\n".join([HEADER] + [format_row(r) for r in rows])
+    return "\n".join([header(any(BF16 in r.ms for r in rows))] + [format_row(r) for r in rows])
 
 
 # ---------------------------------------------------------------------------

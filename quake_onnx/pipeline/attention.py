@@ -14,7 +14,10 @@ left, and the per-op stage keeps that Softmax for ORT as before."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnx
+from onnx import helper
 
 from .job import Job, OptimizeError
 from .op_rewrite import rewrite_light
@@ -29,6 +32,7 @@ def fuse_attention(job: Job) -> Job:
     if not _has_anchor(job.model.graph):
         return job  # most models without attention: no second pass over the graph
     s = job.settings
+    existing = frozenset(_quake_attention_outputs(job.model.graph))
     rewritten, report = rewrite_light(
         job.model,
         s.order,
@@ -41,8 +45,59 @@ def fuse_attention(job: Job) -> Job:
         select=s.select,
     )
     job.model = rewritten
-    job.report.decisions.extend(report.decisions)
+    decisions = report.decisions
+    if s.attention_precision != "float32" and _set_precision(rewritten.graph, s.attention_precision, existing):
+        note = f"; precision {s.attention_precision}, run here by {_bf16_engine()}"
+        decisions = [dataclasses.replace(d, reason=d.reason + note) if d.replaced else d for d in decisions]
+    job.report.decisions.extend(decisions)
     return job
+
+
+def _graphs(graph: onnx.GraphProto):
+    """graph and every subgraph in it (If/Loop/Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _graphs(attr.g)
+            for g in attr.graphs:
+                yield from _graphs(g)
+
+
+def _quake_attention_nodes(graph: onnx.GraphProto):
+    for g in _graphs(graph):
+        for node in g.node:
+            if node.domain == "com.quake" and node.op_type == "Attention":
+                yield node
+
+
+def _quake_attention_outputs(graph: onnx.GraphProto):
+    return [node.output[0] for node in _quake_attention_nodes(graph) if node.output]
+
+
+def _set_precision(graph: onnx.GraphProto, precision: str, existing: frozenset) -> int:
+    """Sets `precision` on the com.quake Attention nodes this pass made (not
+    those the input already had); returns how many."""
+    changed = 0
+    for node in _quake_attention_nodes(graph):
+        if node.output and node.output[0] in existing:
+            continue
+        keep = [a for a in node.attribute if a.name != "precision"]
+        del node.attribute[:]
+        node.attribute.extend(keep)
+        node.attribute.append(helper.make_attribute("precision", precision))
+        changed += 1
+    return changed
+
+
+def _bf16_engine() -> str:
+    """What runs precision bfloat16 on this machine, for --explain."""
+    try:
+        from .._library import attention_bf16_engine
+
+        return attention_bf16_engine()
+    except (OSError, AttributeError) as e:  # no library here (a source checkout): say so, do not fail
+        return f"an engine not known here (the com.quake library did not load: {e})"
 
 
 def _attention_rules():

@@ -31,6 +31,7 @@ class Settings:
     floors: tuple = ()  # (family, min elements) pairs
     softmax_method: str = "quake"
     bits: int = 3
+    attention_precision: str = "float32"  # precision of the com.quake Attention nodes fused
     user_libraries: tuple = ()  # absolute paths (sessions.user_libraries)
     # tune's variants: (anchor node name, rewrite.context.Pick) pairs, only those
     # anchors replaced; None (optimize) replaces every candidate at `order`.

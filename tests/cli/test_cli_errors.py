@@ -125,6 +125,8 @@ def test_output_is_input_needs_in_place(work):
         (["--ops", ","], "no op selected"),
         (["--frobnicate"], "no such option"),
         (["--report"], "--report"),
+        (["--attention-precision", "fp16"], "--attention-precision"),
+        (["--attention-precision", "float16"], "not one of float32, bfloat16"),
     ],
 )
 def test_bad_options(work, options, words):

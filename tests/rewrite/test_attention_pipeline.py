@@ -11,6 +11,7 @@ import pytest
 from onnx import helper
 
 import quake_onnx
+import quake_onnx._library
 from quake_onnx.rewrite.engine import BREAK_EVEN
 
 from .attention_forms import block
@@ -117,6 +118,81 @@ def test_cli_explain_and_help(tmp_path):
     from quake_onnx.cli import _MIN_ELEMENTS, _OPS
 
     assert "attention,glu,softmax" in _OPS.help and "attention" in _MIN_ELEMENTS.help
+
+
+def _precision(model):
+    (node,) = [n for n in model.graph.node if n.domain == "com.quake" and n.op_type == "Attention"]
+    return [helper.get_attribute_value(a) for a in node.attribute if a.name == "precision"]
+
+
+def test_attention_precision_sets_the_attribute():
+    out, report = quake_onnx.optimize(small_block(), ort_fusions=False, min_elements=0)
+    assert _precision(out) == []  # float32, the default: no attribute
+    out, report = quake_onnx.optimize(small_block(), ort_fusions=False, min_elements=0, attention_precision="bfloat16")
+    assert _precision(out) == [b"bfloat16"]
+    engine = quake_onnx._library.attention_bf16_engine()
+    assert attention_decision(report).reason.endswith(f"; precision bfloat16, run here by {engine}")
+    assert engine in ("AVX512-BF16", "NEON BF16", "float32 fallback")
+
+
+def test_attention_precision_leaves_existing_nodes():
+    fused, _ = quake_onnx.optimize(small_block(), ort_fusions=False, min_elements=0)
+    out, _ = quake_onnx.optimize(fused, ort_fusions=False, min_elements=0, attention_precision="bfloat16")
+    assert _precision(out) == []
+
+
+def test_attention_precision_numerics_under_ort():
+    import numpy as np
+
+    model, feeds = block(b=1, h=4, sq=40, d=64, mask="add", seed=3)
+    out, _ = quake_onnx.optimize(model, ort_fusions=False, min_elements=0, attention_precision="bfloat16")
+    y = quake_onnx.InferenceSession(out.SerializeToString()).run(None, feeds)[0].astype(np.float64)
+    import onnxruntime as ort
+
+    y_ort = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    # docs/ops.md, "Error of precision bfloat16": (2e-3 + 2^-7 + e^(2D) - 1) max|V|,
+    # D = (2u + u^2 + d 2^-24) A, A = scale max sum |q k|.
+    q, k, v = feeds["Q"].astype(np.float64), feeds["K"].astype(np.float64), feeds["V"].astype(np.float64)
+    a = float(np.matmul(np.abs(q), np.swapaxes(np.abs(k), -1, -2)).max()) / 8.0
+    u = 2.0**-8
+    bound = (2e-3 + 2 * u + np.expm1(2 * (2 * u + u * u + 64 * 2.0**-24) * a) + 1e-5) * np.abs(v).max()
+    assert np.abs(y - y_ort).max() <= bound
+    if quake_onnx._library.attention_bf16_engine() != "float32 fallback":
+        assert np.abs(y - y_ort).max() > 0
+
+
+def test_attention_precision_refused():
+    with pytest.raises(quake_onnx.optimize.__globals__["OptimizeError"]) as info:
+        quake_onnx.optimize(small_block(), ort_fusions=False, attention_precision="fp16")
+    assert info.value.exit_code == 2 and "attention_precision" in str(info.value) and "'fp16'" in str(info.value)
+
+
+def test_cli_attention_precision_explain(tmp_path):
+    from typer.testing import CliRunner
+
+    from quake_onnx.cli import app
+
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(small_block(), src)
+    result = CliRunner().invoke(
+        app,
+        [
+            "optimize",
+            str(src),
+            str(out),
+            "--explain",
+            "--no-ort-fusions",
+            "--min-elements",
+            "0",
+            "--attention-precision",
+            "bfloat16",
+        ],
+    )
+    assert result.exit_code == 0, result.stdout
+    engine = quake_onnx._library.attention_bf16_engine()
+    assert f"precision bfloat16, run here by {engine}" in result.stdout
+    assert "attention bfloat16" in result.stdout  # the title
+    assert _precision(onnx.load(out)) == [b"bfloat16"]
 
 
 @pytest.mark.parametrize("ops", ["attention", "ATTENTION,softmax"])
