@@ -427,7 +427,8 @@ class Search:
         for key, r in self.results.items():
             r.choice = picks.get(key)
             if r.choice is not None:
-                r.reason = f"replaced ({r.choice.text()})"
+                bf16 = ", bfloat16" if result.config.bf16 and r.group.attention else ""
+                r.reason = f"replaced ({r.choice.text()}{bf16})"
                 continue
             if r.reason:
                 continue

@@ -66,6 +66,7 @@ def test_bf16_chosen_when_faster_and_within_tolerance(engine, tmp_path):
     assert attention_precisions(out) == ["bfloat16", "bfloat16"]
     for g in attention_groups(report):
         assert g["decision"] == "replaced" and g["precision"] == "bfloat16"
+        assert g["reason"] == f"replaced (order {g['choice']['order']}, bfloat16)"
         trial = g["tried"][-1]  # after the orders: bfloat16 at the group's order
         assert trial["precision"] == "bfloat16" and trial["within"] and trial["choice"] == g["choice"]
         assert [t["precision"] for t in g["tried"][:-1]] == ["float32"] * (len(g["tried"]) - 1)
