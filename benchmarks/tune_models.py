@@ -145,7 +145,8 @@ def _s(x: dict) -> str:
 def table_row(r: dict) -> str:
     s = r["speed"]
     cfg = r["configuration"]
-    chose = "original" if cfg is None else f"{cfg['ort_level']}" + (", attention" if cfg["attention"] else "")
+    bf16 = " bf16" if cfg is not None and cfg.get("attention_precision") == "bfloat16" else ""
+    chose = "original" if cfg is None else f"{cfg['ort_level']}" + (f", attention{bf16}" if cfg["attention"] else "")
     return (
         f"| {r['model']} | {r['threads']} | {r['tune_seconds']:.0f} | {chose}: {', '.join(r['replaced']) or '-'} "
         f"| {s['original_ms']:.2f} | {_s(s['default'])} | {_s(s['all'])} | **{_s(s['tuned'])}** "

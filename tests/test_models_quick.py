@@ -75,3 +75,23 @@ def test_exaq_models_quick(tmp_path):
     (row,) = res["speed"]
     assert set(row["ms"]) == {"o2", "exaq2", "exaq3", "exaq4"} and all(v > 0 for v in row["ms"].values())
     assert "| tiny-bert | exaq3 |" in (out / "results.md").read_text()
+
+
+def test_bf16_accuracy_block(tmp_path):
+    """benchmarks/bf16_accuracy.py's part (a), one attention block (--skip-models: no export)."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bf16_accuracy.py"), "--skip-models", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = json.loads((out / "bf16_accuracy.json").read_text())["block"]
+    assert [(r["S"], r["std"]) for r in rows] == [(s, d) for s in (128, 512, 2048) for d in (1.0, 4.0, 16.0)]
+    bound = {1: 3.0e-2, 2: 2.0e-3, 3: 1.0e-4}  # docs/ops.md, float32, x max|V|
+    for r in rows:
+        assert all(r[f"float32 o{o}"] <= bound[o] for o in (1, 2, 3)), r
+        # bfloat16 (or its float32 fallback) is never closer to exact than float32 at order 3
+        assert all(r[f"bfloat16 o{o}"] >= r["float32 o3"] * 0.5 for o in (1, 2, 3)), r
+    assert (out / "bf16_accuracy.md").read_text().startswith("## bf16 attention accuracy")

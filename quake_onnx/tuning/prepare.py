@@ -6,7 +6,8 @@ Each ORT level gets its oracle job once (pipeline/oracle.py: the graph to
 rewrite, what ORT keeps, the types it lends). A configuration's candidates
 are what its full rewrite replaces (pipeline/attention.py + op_rewrite.py,
 attention blocks with no break-even floor when attention fusion is on: tune
-measures instead). A variant is the same rewrite with `select`: only the
+measures instead; with a bf16 engine on this CPU, fused attention also at
+precision bfloat16, a configuration of its own). A variant is the same rewrite with `select`: only the
 chosen groups' anchor nodes replaced, each at its group's order."""
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ from ..pipeline.oracle import ort_oracle
 from ..pipeline.shapes import state_shapes
 from ..rewrite.context import Pick
 from ..rewrite.report import Decision, Report
-from .space import Choice, Config, Group, Variant
+from .space import ATTENTION_RULES, Choice, Config, Group, Variant
 
-ATTENTION_RULES = frozenset({"attention", "mha", "onnx_attention"})
 # Weights: tensors read only as these ops' weight inputs (input 1 and on). The rules never look at
 # their values, so tune takes their bytes out of the graphs it rewrites again and again (shape
 # inference and every copy then skip them) and puts them back into each variant it runs.
@@ -71,10 +71,25 @@ class Prepared:
         return next(g for g in self.groups if g.key == key)
 
 
+def bf16_engine() -> Optional[str]:
+    """What runs com.quake Attention's precision "bfloat16" in the sessions tune
+    opens (optimize --explain names the same): "AVX512-BF16", "NEON BF16", or
+    None for the float32 fallback (nothing to gain) or no library to ask."""
+    try:
+        from .._library import attention_bf16_engine
+
+        engine = attention_bf16_engine()
+    except (OSError, AttributeError):
+        return None
+    return None if engine in ("float32 fallback", "") or "QUAKE_ISA" in engine else engine
+
+
 def prepare(job: Job, progress=lambda step: None) -> Prepared:
     """The configurations and groups of the model `job` loaded."""
     bases: dict = {}
     notes: list = []
+    engine = bf16_engine()
+    bf16_noted = False
     if _has_layout_ops(job.model.graph):
         progress("ONNX Runtime's level all (NCHWc layout)")
         laid = ort_oracle(_fork(job, ort_level="all"))
@@ -100,12 +115,20 @@ def prepare(job: Job, progress=lambda step: None) -> Prepared:
         probe = discover(b, Config(level, attention=True, glu=True))
         fused = any(d.replaced and d.rule in ATTENTION_RULES for d in probe.decisions)
         glu = any(d.replaced and d.rule == "glu" for d in probe.decisions)
-        for attention in (False, True) if fused else (None,):
+        precisions = (False, True) if fused and engine is not None else (False,)
+        for attention, bf16 in [(False, False), *((True, p) for p in precisions)] if fused else [(None, False)]:
             for gated in (True, False) if glu else (None,):
-                cfg = Config(level, attention, gated)
+                cfg = Config(level, attention, gated, bf16)
                 configs.append(cfg)
-                plain = (attention is None or attention) and (gated is None or gated)
+                plain = (attention is None or attention) and (gated is None or gated) and not bf16
                 decisions[cfg] = probe.decisions if plain else discover(b, cfg).decisions
+        if fused and not bf16_noted:
+            bf16_noted = True
+            notes.append(
+                f"attention precision bfloat16: tried, run here by {engine}"
+                if engine is not None
+                else "attention precision bfloat16: not tried, this CPU has no bf16 engine (the float32 fallback)"
+            )
     groups = _group(bases, decisions)
     return Prepared(
         job=job,
@@ -186,7 +209,12 @@ def _settings_for(job: Job, cfg: Config, select: Optional[tuple]):
     if cfg.attention:
         floors["attention"] = 0  # measured instead
     return dataclasses.replace(
-        job.settings, ops=frozenset(ops), floors=tuple(sorted(floors.items())), ort_level=cfg.level, select=select
+        job.settings,
+        ops=frozenset(ops),
+        floors=tuple(sorted(floors.items())),
+        ort_level=cfg.level,
+        select=select,
+        attention_precision="bfloat16" if cfg.bf16 else "float32",
     )
 
 

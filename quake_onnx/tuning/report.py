@@ -56,8 +56,15 @@ def _stat(p) -> Optional[dict]:
     return None if p is None else p.to_dict()
 
 
-def _group_error(r: GroupResult) -> Optional[dict]:
+def _precision(r: GroupResult, config: Optional[Config]) -> Optional[str]:
+    """A replaced fused attention group's precision in the result (the configuration's), else None."""
+    return config.precision if config is not None and r.choice is not None and r.group.attention else None
+
+
+def _group_error(r: GroupResult, precision: Optional[str] = None) -> Optional[dict]:
     """The group's effect alone: at its choice in the result, else the cheapest accurate one, else the last tried."""
+    if precision == "bfloat16" and r.bf16 is not None:
+        return error_summary(r.bf16)
     for c in (r.choice, r.accurate):
         outs = r.outputs_for(c) if c is not None else None
         if outs is not None:
@@ -87,6 +94,7 @@ def build_report(
         if tuned
         else (outcome.chosen.config if outcome.chosen is not None else (prep.configs[0] if prep.configs else None))
     )
+    result_config = result.config if tuned else None
     groups = []
     for g in prep.groups:
         r = outcome.groups[g.key]
@@ -100,11 +108,29 @@ def build_report(
                 "nodes": max((len(v) for v in g.nodes.values()), default=0),
                 "decision": "replaced" if r.choice is not None else "kept",
                 "choice": _choice(r.choice),
+                "precision": _precision(r, result_config),
                 "reason": r.reason,
                 "tried": [
-                    {"choice": _choice(c), "within": within(outs, thresholds), "summary": error_summary(outs)}
+                    {
+                        "choice": _choice(c),
+                        "precision": "float32" if g.attention else None,
+                        "within": within(outs, thresholds),
+                        "summary": error_summary(outs),
+                    }
                     for c, outs in r.tried
-                ],
+                ]
+                + (
+                    [
+                        {
+                            "choice": _choice(r.accurate),
+                            "precision": "bfloat16",
+                            "within": r.bf16_within,
+                            "summary": error_summary(r.bf16),
+                        }
+                    ]
+                    if r.bf16 is not None
+                    else []
+                ),
                 "speedup": _stat(r.speedup),
             }
         )
@@ -126,9 +152,10 @@ def build_report(
                     "order": choice.order if choice is not None else None,
                     "method": choice.method if choice is not None else None,
                     "bits": choice.bits if choice is not None else None,
+                    "precision": _precision(r, result_config) if r is not None else None,
                     "reason": r.reason if r is not None else f"kept: {d.reason}",
                     "speedup": _stat(r.speedup) if r is not None else None,
-                    "error": _group_error(r) if r is not None else None,
+                    "error": _group_error(r, _precision(r, result_config)) if r is not None else None,
                 }
             )
     configs = [
@@ -180,10 +207,11 @@ def _fmt_stat(s: Optional[dict]) -> str:
     return "-" if s is None else f"{s['median']:.3f}x [{s['q1']:.3f}, {s['q3']:.3f}]"
 
 
-def _fmt_choice(c: Optional[dict]) -> str:
+def _fmt_choice(c: Optional[dict], precision: Optional[str] = None) -> str:
     if c is None:
         return "-"
-    return f"exaq {c['bits']} bits" if c["method"] == "exaq" else f"order {c['order']}"
+    text = f"exaq {c['bits']} bits" if c["method"] == "exaq" else f"order {c['order']}"
+    return text + (f", {precision}" if precision is not None else "")
 
 
 def _fmt_error(s: Optional[dict]) -> str:
@@ -202,10 +230,17 @@ def headline(report: dict) -> str:
         cfg = report["configuration"]
         return (
             f"tuned: {_fmt_stat(final['speedup'])} against the original (median [quartiles] of paired rounds), "
-            f"{Config(cfg['ort_level'], cfg['attention'], cfg['glu']).text()}"
+            f"{Config.from_dict(cfg).text()}"
         )
     measured = f" (measured {_fmt_stat(final['speedup'])})" if final["speedup"] else ""
     return f"kept the original: {report['reason']}{measured}"
+
+
+def _alone(g: dict) -> list:
+    """The tried entry of the group's choice in the result (at its precision), else the last tried."""
+    choice, precision = g["choice"] or {}, g["precision"]
+    same = [t for t in g["tried"] if t["choice"] == choice and (precision is None or t["precision"] == precision)]
+    return same[-1:] or g["tried"][-1:]
 
 
 def groups_table(report: dict) -> Table:
@@ -213,11 +248,11 @@ def groups_table(report: dict) -> Table:
     for col in ("group", "decision", "choice", "group speedup", "error alone", "reason"):
         table.add_column(col)
     for g in report["groups"]:
-        tried = [t for t in g["tried"] if t["choice"] == (g["choice"] or {})] or g["tried"][-1:]
+        tried = _alone(g)
         table.add_row(
             escape(g["key"]) + f" x{g['nodes']}",
             g["decision"],
-            _fmt_choice(g["choice"]),
+            _fmt_choice(g["choice"], g["precision"]),
             _fmt_stat(g["speedup"]),
             _fmt_error(tried[0]["summary"]) if tried else "-",
             escape(g["reason"]),
@@ -236,15 +271,16 @@ def to_markdown(report: dict) -> str:
     lines += ["", "| group | nodes | decision | choice | group speedup [q1, q3] | error alone | reason |"]
     lines.append("|---|---|---|---|---|---|---|")
     for g in report["groups"]:
-        tried = [t for t in g["tried"] if t["choice"] == (g["choice"] or {})] or g["tried"][-1:]
+        tried = _alone(g)
         lines.append(
-            f"| {g['key']} | {g['nodes']} | {g['decision']} | {_fmt_choice(g['choice'])} | {_fmt_stat(g['speedup'])} "
+            f"| {g['key']} | {g['nodes']} | {g['decision']} | {_fmt_choice(g['choice'], g['precision'])} "
+            f"| {_fmt_stat(g['speedup'])} "
             f"| {_fmt_error(tried[0]['summary']) if tried else '-'} | {g['reason']} |"
         )
     if report["configurations"]:
         lines += ["", "| configuration | status | speedup [q1, q3] | error | reason |", "|---|---|---|---|---|"]
         for c in report["configurations"]:
-            text = Config(c["ort_level"], c["attention"], c["glu"]).text()
+            text = Config.from_dict(c).text()
             lines.append(
                 f"| {text} | {c['status']} | {_fmt_stat(c['speedup'])} | {_fmt_error(c['summary'])} | {c['reason']} |"
             )

@@ -6,9 +6,12 @@ step's cost is asked first, so the search stops before the budget is spent.
 1. Accuracy, one group at a time: each group alone replaced at order 1, 2,
    3 (the first within tolerance is the group's order; with --allow-exaq a
    Softmax group then tries exaq at 2, 3, 4 bits). A group outside the
-   tolerance even at order 3 stays with ONNX Runtime.
-2. Per configuration (ORT level, attention and glu fusion on or off), the
-   cheapest combination: every accurate group at its order, checked as a
+   tolerance even at order 3 stays with ONNX Runtime. Where the CPU has a
+   bf16 engine, an accurate fused attention group then tries precision
+   bfloat16 alone at its order: only within tolerance does it go into the
+   bfloat16 configurations.
+2. Per configuration (ORT level, attention and glu fusion on or off, the
+   fused attention's precision), the cheapest combination: every accurate group at its order, checked as a
    whole; while it misses the tolerance, the group furthest from it alone
    goes up an order (or out, from order 3). The combination is then timed
    against the original (paired rounds); the configuration with the best
@@ -71,6 +74,8 @@ class GroupResult:
     group: Group
     tried: list = field(default_factory=list)  # (Choice, outputs) alone, in the order tried
     accurate: Optional[Choice] = None  # the cheapest quake order within tolerance alone
+    bf16: Optional[list] = None  # a fused attention group's outputs alone at `accurate` in precision bfloat16
+    bf16_within: bool = False  # ...within tolerance
     exaq: Optional[Choice] = None  # the fewest exaq bits within tolerance alone
     speedup: Optional[Paired] = None  # the model with it over the model without it
     choice: Optional[Choice] = None  # in the result
@@ -149,7 +154,11 @@ class Search:
         """Seconds the whole search is expected to take (the plan, before any step)."""
         new_errors = self.bench.cost_errors(None)
         new_paired = self.bench.cost_paired(ORIGINAL, None)
-        accuracy = sum(1.5 + (1 if self.allow_exaq and g.exaq_possible else 0) for g in self.groups.values())
+        bf16 = any(c.bf16 for c in self.configs)
+        accuracy = sum(
+            1.5 + (1 if self.allow_exaq and g.exaq_possible else 0) + (1 if bf16 and g.attention else 0)
+            for g in self.groups.values()
+        )
         per_config = len(self.configs) * (new_errors + new_paired)
         groups_in_best = max((sum(1 for g in self.groups.values() if c in g.nodes) for c in self.configs), default=0)
         return accuracy * new_errors + per_config + groups_in_best * new_paired + new_errors + new_paired
@@ -191,8 +200,22 @@ class Search:
         return sorted(keys, key=lambda k: (-self.groups[k].weight(), k))
 
     def _home(self, group: Group) -> Config:
-        """The configuration a group is measured alone in: the first that has it."""
-        return next(c for c in self.configs if c in group.nodes)
+        """The configuration a group is measured alone in: the first that has it (float32 first)."""
+        return min((c for c in self.configs if c in group.nodes), key=lambda c: c.bf16)
+
+    def _bf16_home(self, group: Group) -> Optional[Config]:
+        """The bfloat16 twin of the group's home, when the search has it."""
+        home = self._home(group)
+        twin = Config(home.level, home.attention, home.glu, True)
+        return twin if group.attention and twin in self.configs and twin in group.nodes else None
+
+    def _in(self, cfg: Config, key: str) -> bool:
+        """The group can be replaced in the configuration: it has nodes there and
+        is within tolerance alone (in a bfloat16 configuration, at bfloat16 too)."""
+        g, r = self.groups[key], self.results[key]
+        if cfg not in g.nodes or r.accurate is None:
+            return False
+        return r.bf16_within or not (cfg.bf16 and g.attention)
 
     def _accuracy(self) -> None:
         for key in self._by_weight(self.groups):
@@ -230,10 +253,18 @@ class Search:
                     if within(outs, self.thresholds):
                         r.exaq = choice
                         break
+            twin = self._bf16_home(g) if r.accurate is not None else None
+            if twin is not None:
+                variant = Variant.of(twin, {key: r.accurate})
+                what = f"accuracy of {g.text()} at {r.accurate.text()} in bfloat16"
+                self.progress(f"accuracy: {g.text()} at {r.accurate.text()}, bfloat16")
+                if self._affordable(self.bench.cost_errors(variant), what):
+                    r.bf16 = self._measure_errors(variant)
+                    r.bf16_within = within(r.bf16, self.thresholds)
 
-    def _alone_badness(self, key: str, raises: int) -> float:
+    def _alone_badness(self, key: str, raises: int, cfg: Config) -> float:
         r = self.results[key]
-        outs = r.outputs_for(r.accurate)
+        outs = r.bf16 if cfg.bf16 and self.groups[key].attention else r.outputs_for(r.accurate)
         b = badness(outs, self.thresholds) if outs is not None else 1.0
         return b / (10.0**raises)  # each order divides the exponential's error by about ten (docs/ops.md)
 
@@ -241,11 +272,7 @@ class Search:
         """The cheapest picks of a configuration within tolerance as a whole;
         None when the budget stopped it, {} when nothing is left."""
         cfg = result.config
-        picks = {
-            k: self.results[k].accurate
-            for k in self._by_weight(self.groups)
-            if cfg in self.groups[k].nodes and self.results[k].accurate is not None
-        }
+        picks = {k: self.results[k].accurate for k in self._by_weight(self.groups) if self._in(cfg, k)}
         raises = dict.fromkeys(picks, 0)
         while picks:
             variant = Variant.of(cfg, picks)
@@ -257,7 +284,7 @@ class Search:
             result.outputs = outs
             if within(outs, self.thresholds):
                 return picks
-            key = max(picks, key=lambda k: self._alone_badness(k, raises[k]))
+            key = max(picks, key=lambda k: self._alone_badness(k, raises[k], cfg))
             if picks[key].order < ORDERS[-1]:
                 picks[key] = Choice(picks[key].order + 1)
                 raises[key] += 1
@@ -271,7 +298,11 @@ class Search:
         for cfg in self.configs:
             result = ConfigResult(cfg)
             self.config_results.append(result)
-            if not any(cfg in self.groups[k].nodes and self.results[k].accurate for k in self.groups):
+            if cfg.bf16 and not any(self.groups[k].attention and self._in(cfg, k) for k in self.groups):
+                result.status = "nothing to replace"
+                result.reason = "no attention group is within tolerance alone at bfloat16"
+                continue
+            if not any(self._in(cfg, k) for k in self.groups):
                 result.status, result.reason = "nothing to replace", "no group of it is within tolerance alone"
                 continue
             picks = self._combination(result)
@@ -279,6 +310,10 @@ class Search:
                 continue
             if not picks:
                 result.status = "nothing to replace"
+                continue
+            if cfg.bf16 and not any(self.groups[k].attention for k in picks):
+                result.status = "nothing to replace"
+                result.reason = "no combination with bfloat16 attention is within tolerance"
                 continue
             variant = Variant.of(cfg, picks)
             result.variant = variant
@@ -392,7 +427,8 @@ class Search:
         for key, r in self.results.items():
             r.choice = picks.get(key)
             if r.choice is not None:
-                r.reason = f"replaced ({r.choice.text()})"
+                bf16 = ", bfloat16" if result.config.bf16 and r.group.attention else ""
+                r.reason = f"replaced ({r.choice.text()}{bf16})"
                 continue
             if r.reason:
                 continue
@@ -401,6 +437,9 @@ class Search:
                 r.reason = "kept: not tried"
             elif chosen is None or chosen.config not in g.nodes:
                 r.reason = "kept: not in the chosen configuration"
+            elif chosen.config.bf16 and g.attention and not r.bf16_within:
+                tried = r.bf16 is not None
+                r.reason = "kept: at bfloat16 alone it misses the tolerance" if tried else "kept: not tried at bfloat16"
             elif key not in combo:
                 r.reason = "kept: with the other groups replaced the model misses the tolerance"
             elif result.is_original:

@@ -11,28 +11,47 @@ from ..check.runner import Thresholds, judge, summarize
 
 ORDERS = (1, 2, 3)
 EXAQ_BITS = (2, 3, 4)  # tried with --allow-exaq, fewest first: the first within tolerance is the exaq choice
+ATTENTION_RULES = frozenset({"attention", "mha", "onnx_attention"})  # the rules that fuse com.quake Attention
 
 
 @dataclass(frozen=True)
 class Config:
     """What applies to the whole model: how far ONNX Runtime optimises first
-    (optimize's ort_level) and whether the fusing rules run. None: the model
-    has no block that rule fuses, so there is nothing to switch."""
+    (optimize's ort_level), whether the fusing rules run and, with attention
+    fused, its precision (bf16: com.quake Attention's precision "bfloat16",
+    tried only where the CPU has a bf16 engine). None: the model has no block
+    that rule fuses, so there is nothing to switch."""
 
     level: str = "extended"
     attention: Optional[bool] = None  # com.quake Attention for every block the rule takes (break-even floor 0)
     glu: Optional[bool] = None  # com.quake Glu for gated MLPs
+    bf16: bool = False  # the fused attention's Q·Kᵀ and P·V tiles in bf16 (only with attention True)
+
+    @property
+    def precision(self) -> Optional[str]:
+        """The fused attention's precision, None when attention is not fused."""
+        return ("bfloat16" if self.bf16 else "float32") if self.attention else None
 
     def text(self) -> str:
         parts = [f"ORT level {self.level}"]
         if self.attention is not None:
-            parts.append("attention fused" if self.attention else "attention not fused")
+            fused = "attention fused" + (" (bfloat16)" if self.bf16 else "")
+            parts.append(fused if self.attention else "attention not fused")
         if self.glu is not None:
             parts.append("glu fused" if self.glu else "glu not fused")
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
-        return {"ort_level": self.level, "attention": self.attention, "glu": self.glu}
+        return {
+            "ort_level": self.level,
+            "attention": self.attention,
+            "attention_precision": self.precision,
+            "glu": self.glu,
+        }
+
+    @staticmethod
+    def from_dict(d: dict) -> "Config":
+        return Config(d["ort_level"], d["attention"], d["glu"], d.get("attention_precision") == "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,11 @@ class Group:
     @property
     def exaq_possible(self) -> bool:
         return self.rule == "softmax"
+
+    @property
+    def attention(self) -> bool:
+        """A fused attention block (com.quake Attention): its precision is the configuration's."""
+        return self.rule in ATTENTION_RULES
 
     def text(self) -> str:
         shape = "?" if self.shape is None else "[" + ",".join(str(d) for d in self.shape) + "]"

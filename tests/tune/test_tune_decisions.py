@@ -253,7 +253,12 @@ def test_attention_fusion_when_it_is_faster(tmp_path):
         SAMPLES / "zoo" / "gpt2_decoder" / "model.onnx", out, bench=fake(factor=factor), clock=FakeClock()
     )
     validate(report)
-    assert report["configuration"] == {"ort_level": "extended", "attention": True, "glu": None}
+    assert report["configuration"] == {
+        "ort_level": "extended",
+        "attention": True,
+        "attention_precision": "float32",  # bfloat16, when tried, is no faster here: the first is kept
+        "glu": None,
+    }
     ops = [n.op_type for n in onnx.load(out).graph.node if n.domain == "com.quake"]
     assert ops.count("Attention") == 2 and "Softmax" not in ops
     statuses = {(c["attention"]): c["status"] for c in report["configurations"]}

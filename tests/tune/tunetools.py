@@ -108,15 +108,17 @@ def output(name: str, deficit: float) -> dict:
 
 class FakeBench:
     """Errors and timings made up from a variant's picks: each group adds
-    `deficit(group, choice)` to 1 - cosine (summed over groups), and
-    multiplies the model's time by `factor(group, choice, config)`. Every call
-    advances `clock` by its cost."""
+    `deficit(group, choice)` to 1 - cosine (summed over groups), a fused
+    attention group in a bfloat16 configuration `bf16_deficit(group, choice)`
+    more, and multiplies the model's time by `factor(group, choice, config)`.
+    Every call advances `clock` by its cost."""
 
     def __init__(
         self,
         prep,
         *,
         deficit: Callable = lambda group, choice: 1e-6,
+        bf16_deficit: Callable = lambda group, choice: 0.0,
         factor: Callable = lambda group, choice, config: 0.9,
         clock: Optional[FakeClock] = None,
         cost_errors: float = 1.0,
@@ -124,6 +126,7 @@ class FakeBench:
     ):
         self.prep = prep
         self.deficit = deficit
+        self.bf16_deficit = bf16_deficit
         self.factor = factor
         self.clock = clock
         self._cost_errors = cost_errors
@@ -143,7 +146,10 @@ class FakeBench:
     def errors(self, variant: Variant) -> list:
         self._advance(self._cost_errors)
         self.calls.append(("errors", variant))
-        d = sum(self.deficit(self.prep.group(k), c) for k, c in variant.picks)
+        d = 0.0
+        for k, c in variant.picks:
+            g = self.prep.group(k)
+            d += self.deficit(g, c) + (self.bf16_deficit(g, c) if variant.config.bf16 and g.attention else 0.0)
         return [output("Y", d), output("Z", d / 2)]
 
     def paired(self, base: Variant, variant: Variant) -> Paired:
