@@ -61,7 +61,7 @@ class TypeTable:
 
     def elem_type(self, tensor: gs.Tensor) -> Optional[int]:
         if isinstance(tensor, gs.Constant):
-            return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(tensor.values).dtype)
+            return _constant_elem_type(tensor)
         if tensor.name in self._elem:
             return self._elem[tensor.name]
         if tensor.dtype is not None:  # gs read it from the model's own value_info
@@ -72,8 +72,21 @@ class TypeTable:
         return None
 
     def shape(self, tensor: gs.Tensor) -> Optional[list[Dim]]:
-        if isinstance(tensor, gs.Constant):
-            return list(np.asarray(tensor.values).shape)
+        if isinstance(tensor, gs.Constant):  # from the proto's dims: a weight's bytes are never read for it
+            return [int(d) for d in tensor.shape]
         if tensor.name in self._shape:
             return self._shape[tensor.name]
         return list(tensor.shape) if tensor.shape is not None else None
+
+
+def _constant_elem_type(tensor: gs.Constant) -> Optional[int]:
+    """The ONNX element type of a constant, from its proto's data_type where it has
+    one: reading the values would load a weight kept outside the model (external
+    data, or set aside by tune) only to learn its type."""
+    dtype = tensor.dtype
+    if isinstance(dtype, int):  # a type numpy lacks (bfloat16, float8): gs gives the ONNX one
+        return dtype
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    except TypeError:
+        return None

@@ -122,3 +122,37 @@ def test_zoo_tune(tmp_path):
     from checktools import validate as validate_zoo
 
     validate_zoo(data)
+
+
+def silu_cnn(path) -> dict:
+    """Conv (a 147 KB weight, which tune sets aside while it searches) -> SiLU as
+    x * Sigmoid(x) -> GlobalAveragePool: ORT lays the Conv out at level all, so the
+    layout rule looks at the Conv and its weight."""
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array((rng.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32), "W")
+    nodes = [
+        onnx.helper.make_node("Conv", ["X", "W"], ["c"], pads=[1, 1, 1, 1]),
+        onnx.helper.make_node("Sigmoid", ["c"], ["s"]),
+        onnx.helper.make_node("Mul", ["c", "s"], ["m"]),
+        onnx.helper.make_node("GlobalAveragePool", ["m"], ["Y"]),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "silu_cnn",
+        [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, 64, 32, 32])],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [1, 64, 1, 1])],
+        [w],
+    )
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    return {"X": rng.standard_normal((1, 64, 32, 32)).astype(np.float32)}
+
+
+def test_weights_set_aside_are_never_read_by_the_rewrite(tmp_path):
+    # Regression: the layout rule asked a Conv weight for its element type, which
+    # loaded its bytes; set aside by tune, they were not there (EfficientNet-B0 failed).
+    src = tmp_path / "cnn.onnx"
+    feeds = silu_cnn(src)
+    _, report = quake_onnx.tune(src, tmp_path / "cnn.tuned.onnx", inputs=[feeds], budget=20, rounds=4)
+    validate(report)
+    assert report["result"] in ("tuned", "original")
+    assert {c["ort_level"] for c in report["configurations"]} >= {"all", "extended"}
