@@ -19,7 +19,9 @@ step's cost is asked first, so the search stops before the budget is spent.
 3. Speed, one group at a time within it, biggest first: the model without the
    group against the model with it. The group stays only when its gain is
    beyond the round-to-round spread (the lower quartile of the paired ratios
-   above 1). A Softmax group with an exaq choice then tries it the same way.
+   above 1). The groups dropped this way are then timed together against
+   the combination: if together they are faster beyond the spread, they all
+   stay. A Softmax group with an exaq choice then tries it the same way.
 4. The final model against the original, paired again. Unless it is faster
    beyond the spread, the result is the original.
 
@@ -344,6 +346,7 @@ class Search:
                 current = without
                 if current.is_original:
                     break
+        current = self._dropped_together(best.variant, current)
         if current.is_original:
             return current
         for key, choice in list(current.picks):
@@ -362,6 +365,24 @@ class Search:
             if p.faster:
                 current = alt
         return current
+
+    def _dropped_together(self, whole: Variant, ablated: Variant) -> Variant:
+        """`ablated` unless the groups dropped from `whole`, each inside the spread
+        alone, are together faster beyond it (ConvNeXt's four GELU shapes: each
+        stage's gain is below the noise, their sum is 1.06x): then `whole`."""
+        if ablated == whole:
+            return ablated
+        p = self._known_paired(ablated, whole)
+        what = "the dropped groups together"
+        if p is None and self._affordable(self.bench.cost_paired(ablated, whole), what):
+            self.progress(f"speed: {what}")
+            p = self._measure_paired(ablated, whole)
+        if p is None or not p.faster:
+            return ablated
+        dropped = {k for k, _ in whole.picks} - {k for k, _ in ablated.picks}
+        for key in dropped:
+            self.results[key].reason = ""  # replaced after all: _settle says so
+        return whole
 
     def _final(self, current: Variant, best: Optional[ConfigResult]) -> Outcome:
         chosen = best

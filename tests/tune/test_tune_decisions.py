@@ -107,6 +107,18 @@ def test_a_group_gaining_less_than_the_spread_is_kept_out(model, tmp_path):
     assert g[SILU]["decision"] == g[SM_A]["decision"] == "replaced"
 
 
+def test_groups_each_inside_the_spread_but_faster_together_all_stay(model, tmp_path):
+    def factor(group, choice, config):
+        return 0.996  # each 0.4 %: inside the made-up spread alone; 1.2 % together, beyond it
+
+    _, report = quake_onnx.tune(model, tmp_path / "out.onnx", bench=fake(factor=factor), clock=FakeClock())
+    validate(report)
+    assert report["result"] == "tuned"
+    g = groups(report)
+    assert all(g[k]["decision"] == "replaced" for k in (SILU, SM_A, SM_B))
+    assert all(g[k]["speedup"]["q1"] < 1 for k in (SILU, SM_A, SM_B))  # none would have stayed alone
+
+
 def test_an_order_1_error_beyond_the_tolerance_raises_the_order(model, tmp_path):
     out = tmp_path / "out.onnx"
 
