@@ -14,20 +14,11 @@ import dataclasses
 import onnx
 from onnx import helper
 
+from .modelio import iter_graphs as _graphs
 from .rewrite.report import Report
 
 METHODS = ("quake", "exaq")
 BITS = range(2, 9)
-
-
-def _graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graphs(attr.g)
-            for g in attr.graphs:
-                yield from _graphs(g)
 
 
 def _softmax_nodes(model: onnx.ModelProto):

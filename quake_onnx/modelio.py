@@ -27,6 +27,17 @@ class ModelFileError(Exception):
         self.exit_code = exit_code
 
 
+def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every subgraph in it (If / Loop / Scan bodies, at any depth)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from iter_graphs(attr.g)
+            for sub in attr.graphs:
+                yield from iter_graphs(sub)
+
+
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every TensorProto of the model, subgraphs and functions included."""
 

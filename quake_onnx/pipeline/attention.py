@@ -19,6 +19,7 @@ import dataclasses
 import onnx
 from onnx import helper
 
+from ..modelio import iter_graphs as _graphs
 from .job import Job, OptimizeError
 from .op_rewrite import rewrite_light
 
@@ -51,17 +52,6 @@ def fuse_attention(job: Job) -> Job:
         decisions = [dataclasses.replace(d, reason=d.reason + note) if d.replaced else d for d in decisions]
     job.report.decisions.extend(decisions)
     return job
-
-
-def _graphs(graph: onnx.GraphProto):
-    """graph and every subgraph in it (If/Loop/Scan bodies)."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graphs(attr.g)
-            for g in attr.graphs:
-                yield from _graphs(g)
 
 
 def _quake_attention_nodes(graph: onnx.GraphProto):

@@ -13,19 +13,11 @@ from typing import Iterator
 
 import onnx
 
+from ..modelio import iter_graphs as graphs
+
 Key = tuple  # a graph's place: (outputs of the node holding it, attribute, index) per level
 
 _MODEL_FIELDS = ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string")
-
-
-def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from graphs(attr.g)
-            for sub in attr.graphs:
-                yield from graphs(sub)
 
 
 def _keyed(graph: onnx.GraphProto, key: Key = ()) -> Iterator[tuple[Key, onnx.GraphProto]]:

@@ -19,6 +19,7 @@ from typing import Optional
 import onnx
 
 from .. import modelio
+from ..modelio import iter_graphs as _graphs
 from ..optimize import all_ops
 from ..pipeline.attention import fuse_attention
 from ..pipeline.job import Job
@@ -164,16 +165,6 @@ def _has_layout_ops(graph: onnx.GraphProto) -> bool:
             if any(_has_layout_ops(g) for g in attr.graphs):
                 return True
     return False
-
-
-def _graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graphs(attr.g)
-            for g in attr.graphs:
-                yield from _graphs(g)
 
 
 def _name_nodes(model: onnx.ModelProto) -> int:
