@@ -10,21 +10,11 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from tunetools import SAMPLES, FakeBench, cli, two_groups_model, validate
+from tunetools import SAMPLES, FakeBench, assert_one_line_error, cli, two_groups_model, validate
 
 import quake_onnx.tuning.bench as bench_module
 
 ENCODER = SAMPLES / "encoder_block.onnx"
-
-
-def assert_one_line_error(result, code: int = 2, contains: str = "") -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
-    assert contains.lower() in lines[0].lower(), lines[0]
-    return lines[0]
 
 
 def files(folder):

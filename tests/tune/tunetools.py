@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLES = ROOT / "sample_models"
 SCHEMA = json.loads((ROOT / "quake_onnx" / "check" / "tune-report.schema.json").read_text())
 sys.path.insert(0, str(ROOT / "tests" / "checks"))
+sys.path.insert(0, str(ROOT / "tests" / "cli"))
 from checktools import validate as _validate  # noqa: E402
+from clitools import assert_one_line_error  # noqa: E402, F401  (re-exported for the tune tests)
 
 _runner = CliRunner()
 
