@@ -162,43 +162,7 @@ inline void bf16_row_block(const uint32_t* a, size_t lda, const uint32_t* bp, si
   }
 }
 
-// C [rows x n] (row stride ldc) = A B, or += A B when kAccumulate.
-template <bool kAccumulate>
-inline void bf16_gemm(const uint32_t* a, size_t lda, const uint32_t* bp, size_t pairs, float* c, size_t ldc,
-                      size_t rows, size_t n) {
-  const size_t npad = bf16_npad(n);
-  size_t r = 0;
-  for (; r + kBf16Mr <= rows; r += kBf16Mr) {
-    bf16_row_block<kBf16Mr, kAccumulate>(a + r * lda, lda, bp, npad, pairs, c + r * ldc, ldc, n);
-  }
-  const uint32_t* at = a + r * lda;
-  float* ct = c + r * ldc;
-  switch (rows - r) {
-    case 7:
-      bf16_row_block<7, kAccumulate>(at, lda, bp, npad, pairs, ct, ldc, n);
-      break;
-    case 6:
-      bf16_row_block<6, kAccumulate>(at, lda, bp, npad, pairs, ct, ldc, n);
-      break;
-    case 5:
-      bf16_row_block<5, kAccumulate>(at, lda, bp, npad, pairs, ct, ldc, n);
-      break;
-    case 4:
-      bf16_row_block<4, kAccumulate>(at, lda, bp, npad, pairs, ct, ldc, n);
-      break;
-    case 3:
-      bf16_row_block<3, kAccumulate>(at, lda, bp, npad, pairs, ct, ldc, n);
-      break;
-    case 2:
-      bf16_row_block<2, kAccumulate>(at, lda, bp, npad, pairs, ct, ldc, n);
-      break;
-    case 1:
-      bf16_row_block<1, kAccumulate>(at, lda, bp, npad, pairs, ct, ldc, n);
-      break;
-    default:
-      break;
-  }
-}
-
 }  // namespace
 }  // namespace quake
+
+#include "attention_bf16_gemm.h"  // NOLINT(build/include_order): needs the row block above
