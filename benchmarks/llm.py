@@ -371,19 +371,8 @@ def check_export(module, path: Path, graph: str, vocab: int, past: list) -> dict
 def quantize(src: Path, rebuild: bool = False) -> Path:
     """benchmarks/models.py's int8 copy (MatMul only), with external data for models above 2 GB."""
     model = onnx.load(str(src), load_external_data=False)
-    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        return bench.quantize(src, rebuild)
-    dst = src.with_name(src.stem + ".int8.onnx")
-    if dst.exists() and not rebuild:
-        return dst
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    t0 = time.time()
-    quantize_dynamic(
-        str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], use_external_data_format=True
-    )
-    log(f"  quantized {src.stem} ({time.time() - t0:.1f} s)")
-    return dst
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    return bench.quantize(src, rebuild, external_data=external)
 
 
 def graph_summary(path: Path) -> dict:
@@ -586,20 +575,8 @@ def classify(op: str, inputs: list, outputs: list, intermediate: int) -> set[str
 
 def profile(path: Path, feeds: dict, quake: bool, runs: int, tag: str, folder: Path, intermediate: int) -> dict:
     """Kernel time per run by op type and by category (ORT's profiler, 1 thread, after a warm-up run)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    s = session(path, 1, quake, profile=str(folder / tag))
-    for _ in range(runs + 1):
-        s.run(None, feeds)
-    out = s.end_profiling()
-    del s
-    events = json.loads(Path(out).read_text())
-    Path(out).unlink()
-    run_ends = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")
-    first_end = run_ends[0] if run_ends else -1
     per_op, per_cat = collections.Counter(), collections.Counter()
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < first_end:
-            continue
+    for e in bench.kernel_events(path, feeds, quake, runs, tag, folder):
         a = e.get("args", {})
         op = a.get("op_name", "?")
         per_op[op] += e["dur"]

@@ -282,14 +282,22 @@ def export(spec: Spec, cache: Path, rebuild: bool = False) -> Path:
     return path
 
 
-def quantize(src: Path, rebuild: bool = False) -> Path:
+def quantize(src: Path, rebuild: bool = False, external_data: bool = False) -> Path:
+    """src's int8 copy beside it (dynamic quantization of MatMul), its weights in an
+    external data file when `external_data` (models above 2 GB)."""
     dst = src.with_name(src.stem + ".int8.onnx")
     if dst.exists() and not rebuild:
         return dst
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     t0 = time.time()
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul"],
+        use_external_data_format=external_data,
+    )
     log(f"  quantized {src.stem} ({time.time() - t0:.1f} s)")
     return dst
 
@@ -461,7 +469,9 @@ def format_speed_row(row: SpeedRow, spec: Spec) -> str:
 # --------------------------------------------------------------------------- profiles
 
 
-def profile(path: Path, feeds: dict, quake: bool, runs: int, tag: str, folder: Path) -> dict:
+def kernel_events(path: Path, feeds: dict, quake: bool, runs: int, tag: str, folder: Path) -> list[dict]:
+    """ORT's profiler events of every node's kernel time (1 thread) over `runs`
+    runs after a warm-up run, whose events are left out."""
     folder.mkdir(parents=True, exist_ok=True)
     s = session(path, 1, quake, profile=str(folder / tag))
     for _ in range(runs + 1):
@@ -472,10 +482,16 @@ def profile(path: Path, feeds: dict, quake: bool, runs: int, tag: str, folder: P
     Path(out).unlink()
     run_ends = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")
     first_end = run_ends[0] if run_ends else -1
+    return [
+        e
+        for e in events
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= first_end
+    ]
+
+
+def profile(path: Path, feeds: dict, quake: bool, runs: int, tag: str, folder: Path) -> dict:
     per_op = collections.Counter()
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < first_end:
-            continue
+    for e in kernel_events(path, feeds, quake, runs, tag, folder):
         per_op[e["args"].get("op_name", "?")] += e["dur"]
     total = sum(per_op.values())
     exp = sum(v for k, v in per_op.items() if k in EXP_OPS)
