@@ -78,3 +78,21 @@ def test_in_place_and_single_thread_equal(isa):
     y = run(sess, x.copy())
     ref = reference.softmax(x)
     assert np.abs(y - ref).max() <= bound("Softmax", 2, F32)[0]
+
+
+@pytest.mark.parametrize("offset", (3e6, 1e9, -4e12, 2e30))
+@pytest.mark.parametrize("shape", [(1, 50257), (4, 140001), (37, 512)])
+@pytest.mark.parametrize("op", ("Softmax", "LogSoftmax"))
+def test_rows_with_a_large_max(session_cache, isa, op, shape, offset):
+    # Logits far from 0: the base-2 terms (2^(x log2 e - k), k = floor(max
+    # log2 e)) need an exact enough k, so rows whose max is beyond 2^22 take
+    # the base-e terms; a max of 1e9 once made the max's own term overflow.
+    # Every path: a row cut over the threads, two passes, and one pass.
+    rng = np.random.default_rng(int(abs(offset)) % 1000)
+    x = (rng.standard_normal(shape) * 4 + offset).astype(F32)
+    y = run(session_cache(make_model(op, {"order": 2}, ("R", "N"), F32), isa, 2), x)
+    ref = reference.REFERENCES[op]([x], {})
+    abs_tol, rel_tol = bound(op, 2, F32)
+    err = np.abs(y.astype(np.float64) - ref)
+    assert np.isfinite(y).all() or op == "Softmax"
+    assert (err <= abs_tol + rel_tol * np.abs(ref)).all(), f"{op} {shape} offset {offset:g}: {np.nanmax(err):.3g}"

@@ -59,9 +59,12 @@ struct RowStats {
 // without ISA flags, so no ISA-flagged copy can reach the op layer).
 RowStats combine_stats(const RowStats& a, const RowStats& b);
 
-// Rows whose max magnitude exceeds this cannot use the base-2 terms
-// (x log2(e) leaves float): the op layer redoes them with the one-row kernel.
-constexpr float kRowStatsLimit = 0x1p125f;
+// Rows whose max magnitude exceeds this cannot use the base-2 terms: beyond
+// it fl(max log2(e)) has ulps of 1 or more, so k = floor of it could miss
+// the max's own t = x log2(e) - k by thousands at |max| ~ 1e12 and the terms
+// overflow (at 2^22, t of the max stays in (-0.25, 1.25)). The one-row
+// kernels take such rows in base e; the op layer redoes them with those.
+constexpr float kRowStatsLimit = 0x1p22f;
 
 // Stats of x[0, n), read in blocks of `block` floats (each block twice, the
 // second time from L1).

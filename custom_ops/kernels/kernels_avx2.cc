@@ -26,6 +26,7 @@
 #include "constants.h"
 #include "exaq_scalar.h"
 #include "softmax_long.h"
+#include "softmax_rows.h"
 
 namespace quake {
 namespace {
@@ -296,9 +297,9 @@ inline void fill(float* y, size_t n, float value) {
 // needed. Orders 2/3 carry a NaN z into the sum; the order-1 core maps NaN
 // to -0, so order 1 also sums z (finite or -inf unless some z is NaN).
 // Base2 (softmax_long.h): m is an integer k and the terms are 2^t with
-// t = fl(x log2(e) - k), 0 below t = -126; stored terms are multiplied by
-// `scale` (the sum is of the unscaled terms).
-template <int Order, bool Store, bool Base2 = false>
+// t = fl(x log2(e) - k), 0 below t = -126; with Scaled, stored terms are
+// multiplied by `scale` (the sum is of the unscaled terms).
+template <int Order, bool Store, bool Base2 = false, bool Scaled = false>
 inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float scale = 1.0f) {
   const __m256 vm = _mm256_set1_ps(m), log2e = _mm256_set1_ps(kLog2e), vscale = _mm256_set1_ps(scale);
   const __m256 under = _mm256_set1_ps(Base2 ? -126.0f : kExpUnderflow);
@@ -317,7 +318,7 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float 
     s = _mm256_add_ps(s, e);
     return e;
   };
-  auto stored = [&](__m256 e) { return Base2 ? _mm256_mul_ps(e, vscale) : e; };
+  auto stored = [&](__m256 e) { return Scaled ? _mm256_mul_ps(e, vscale) : e; };
   // Blocks of 512 summed separately keep the float sum of a 50k row within
   // ~1e-6 (one accumulator over the whole row drifts by ~1e-4).
   __m256 total = _mm256_setzero_ps();
@@ -357,34 +358,6 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float 
   float sum = hsum(_mm256_add_ps(total, _mm256_add_ps(s0, s1)));
   if (Order == 1 && std::isnan(hsum(q))) sum = kNaN;
   return sum;
-}
-
-// Softmax row: abs error per element <= ~2x the core's relative error times
-// the element; rows sum to 1 within a few ulp per lane sum. All -inf -> 0;
-// a NaN or +inf anywhere -> NaN row. x and y may alias.
-template <int Order>
-void softmax_quake_avx2(const float* x, float* y, size_t n) {
-  const float m = row_max_skip_nan(x, n);
-  if (m == kInf) return fill(y, n, kNaN);
-  if (m == -kInf) return fill(y, n, row_has_nan(x, n) ? kNaN : 0.0f);
-  const float sum = sum_exp_shifted<Order, true>(x, y, n, m);
-  if (std::isnan(sum)) return fill(y, n, kNaN);
-  const __m256 inv = _mm256_set1_ps(1.0f / sum);  // sum >= e(0) ~ 1: the max element
-  map_avx2(y, y, n, [inv](__m256 v) { return _mm256_mul_ps(v, inv); });
-}
-
-// LogSoftmax row: (x - m) - log(sum); abs error <= ~the core's relative
-// error. All -inf -> -inf; a NaN or +inf -> NaN row. x and y may alias.
-template <int Order>
-void logsoftmax_quake_avx2(const float* x, float* y, size_t n) {
-  const float m = row_max_skip_nan(x, n);
-  if (m == kInf) return fill(y, n, kNaN);
-  if (m == -kInf) return fill(y, n, row_has_nan(x, n) ? kNaN : -kInf);
-  const float sum = sum_exp_shifted<Order, false>(x, y, n, m);  // y is not written
-  if (std::isnan(sum)) return fill(y, n, kNaN);
-  const __m256 vm = _mm256_set1_ps(m);
-  const __m256 log_sum = _mm256_set1_ps(std::log(sum));
-  map_avx2(x, y, n, [vm, log_sum](__m256 v) { return _mm256_sub_ps(_mm256_sub_ps(v, vm), log_sum); });
 }
 
 // ----------------------------------------------------------------------------
@@ -642,7 +615,9 @@ struct LongRowLayer {
   static bool has_nan(const float* x, size_t n) { return row_has_nan(x, n); }
   template <int Order, bool Store>
   static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
-    return sum_exp_shifted<Order, Store, true>(x, y, n, k, scale);
+    // scale 1: the one-pass kernels' terms (softmax_rows.h), stored unscaled.
+    return scale == 1.0f ? sum_exp_shifted<Order, Store, true>(x, y, n, k)
+                         : sum_exp_shifted<Order, Store, true, true>(x, y, n, k, scale);
   }
   static void sub2(const float* x, float* y, size_t n, float a, float b) {
     const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
@@ -665,8 +640,8 @@ constexpr OrderKernels order_table() {
           sigmoid_quake_avx2<Order>,
           silu_quake_avx2<Order>,
           gelu_quake_avx2<Order>,
-          each_row<softmax_quake_avx2<Order>>,
-          each_row<logsoftmax_quake_avx2<Order>>,
+          rows::softmax<LongRowLayer, Order, false>,
+          rows::softmax<LongRowLayer, Order, true>,
           longrow::stats<LongRowLayer, Order>,
           longrow::softmax_finish<LongRowLayer, Order>,
           longrow::logsoftmax_finish<LongRowLayer>,

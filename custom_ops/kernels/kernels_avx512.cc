@@ -30,6 +30,7 @@
 #include "constants.h"
 #include "exaq_scalar.h"
 #include "softmax_long.h"
+#include "softmax_rows.h"
 
 namespace quake {
 namespace {
@@ -318,9 +319,9 @@ inline void fill(float* y, size_t n, float value) {
 // needed. Orders 2/3 carry a NaN z into the sum; the order-1 core maps NaN
 // to -0, so order 1 also sums z (finite or -inf unless some z is NaN).
 // Base2 (softmax_long.h): m is an integer k and the terms are 2^t with
-// t = fl(x log2(e) - k), 0 below t = -126; stored terms are multiplied by
-// `scale` (the sum is of the unscaled terms).
-template <int Order, bool Store, bool Base2 = false>
+// t = fl(x log2(e) - k), 0 below t = -126; with Scaled, stored terms are
+// multiplied by `scale` (the sum is of the unscaled terms).
+template <int Order, bool Store, bool Base2 = false, bool Scaled = false>
 inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float scale = 1.0f) {
   const __m512 vm = _mm512_set1_ps(m), log2e = _mm512_set1_ps(kLog2e), vscale = _mm512_set1_ps(scale);
   const __m512 under = _mm512_set1_ps(Base2 ? -126.0f : kExpUnderflow);
@@ -333,7 +334,7 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float 
     z = _mm512_sub_ps(xv, vm);
     return exp_core_maskz<Order>(_mm512_mask_cmp_ps_mask(active, z, under, _CMP_NLE_UQ), z);
   };
-  auto stored = [&](__m512 e) { return Base2 ? _mm512_mul_ps(e, vscale) : e; };
+  auto stored = [&](__m512 e) { return Scaled ? _mm512_mul_ps(e, vscale) : e; };
   // Full vectors use plain loads and stores: AMD cores run masked stores
   // several times slower than plain ones.
   auto term_full = [&](const float* px, float* py, __m512& s) {
@@ -372,52 +373,6 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float 
   float sum = _mm512_reduce_add_ps(_mm512_add_ps(total, _mm512_add_ps(s0, s1)));
   if (Order == 1 && std::isnan(_mm512_reduce_add_ps(q))) sum = kNaN;
   return sum;
-}
-
-// Softmax / LogSoftmax over `rows` rows of n. Softmax: abs error per element
-// <= ~2x the core's relative error times the element, rows sum to 1 within a
-// few ulp per lane sum. LogSoftmax: (x - m) - log(sum), abs error <= ~the
-// core's relative error. All -inf row -> 0 (LogSoftmax: -inf); a NaN or +inf
-// anywhere in a row -> NaN row. x and y may alias.
-//
-// Rows go in groups, pass by pass (every row's max, then every row's sum,
-// then every row's scaling): rows within a pass are independent, so one
-// row's horizontal reductions overlap the next row's loads and arithmetic,
-// which matters for the short rows of attention (n = 128). The rows of one
-// call form the group (up to 64): the op layer sizes calls from the L1 size
-// so that a group's output stays in L1 between passes.
-template <int Order, bool Log>
-void softmax_rows_avx512(const float* x, float* y, size_t rows, size_t n) {
-  constexpr size_t kMaxGroup = 64;
-  const size_t group = std::min(kMaxGroup, rows);
-  float m[kMaxGroup], s[kMaxGroup];
-  for (size_t r0 = 0; r0 < rows; r0 += group) {
-    const size_t g = std::min(group, rows - r0);
-    const float* xg = x + r0 * n;
-    float* yg = y + r0 * n;
-    for (size_t i = 0; i < g; ++i) m[i] = row_max_skip_nan(xg + i * n, n);
-    for (size_t i = 0; i < g; ++i) {
-      // Rows whose max is infinite are finished from x alone in the last pass
-      // (pass 2 would overwrite x when it aliases y).
-      if (!std::isinf(m[i])) s[i] = sum_exp_shifted<Order, !Log>(xg + i * n, yg + i * n, n, m[i]);
-    }
-    for (size_t i = 0; i < g; ++i) {
-      const float* xr = xg + i * n;
-      float* yr = yg + i * n;
-      if (m[i] == kInf || (m[i] != -kInf && std::isnan(s[i]))) {
-        fill(yr, n, kNaN);
-      } else if (m[i] == -kInf) {
-        fill(yr, n, row_has_nan(xr, n) ? kNaN : (Log ? -kInf : 0.0f));
-      } else if (Log) {
-        const __m512 vm = _mm512_set1_ps(m[i]);
-        const __m512 log_sum = _mm512_set1_ps(std::log(s[i]));
-        map_avx512(xr, yr, n, [vm, log_sum](__m512 v) { return _mm512_sub_ps(_mm512_sub_ps(v, vm), log_sum); });
-      } else {
-        const __m512 inv = _mm512_set1_ps(1.0f / s[i]);  // s >= e(0) ~ 1: the max element
-        map_avx512(yr, yr, n, [inv](__m512 v) { return _mm512_mul_ps(v, inv); });
-      }
-    }
-  }
 }
 
 // ----------------------------------------------------------------------------
@@ -534,7 +489,7 @@ inline float exaq_derived_lo(const float* x, size_t n, float m, int bits) {
 // rounding (rows sum to 1 within 1e-5). Valid for any input; codes equal the
 // scalar ones bit for bit (same FMA, round to nearest even); errors, masks
 // (z <= kExpUnderflow -> exactly 0) and special rows (all -inf -> 0, NaN/+inf -> NaN)
-// as the scalar definition. Rows go in groups as in softmax_rows_avx512.
+// as the scalar definition. Rows go in groups as in softmax_rows.h.
 template <bool Small>
 void exaq_rows_avx512(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
   constexpr size_t kMaxGroup = 64;
@@ -665,7 +620,9 @@ struct LongRowLayer {
   static bool has_nan(const float* x, size_t n) { return row_has_nan(x, n); }
   template <int Order, bool Store>
   static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
-    return sum_exp_shifted<Order, Store, true>(x, y, n, k, scale);
+    // scale 1: the one-pass kernels' terms (softmax_rows.h), stored unscaled.
+    return scale == 1.0f ? sum_exp_shifted<Order, Store, true>(x, y, n, k)
+                         : sum_exp_shifted<Order, Store, true, true>(x, y, n, k, scale);
   }
   static void sub2(const float* x, float* y, size_t n, float a, float b) {
     const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
@@ -688,8 +645,8 @@ constexpr OrderKernels order_table() {
           sigmoid_quake_avx512<Order>,
           silu_quake_avx512<Order>,
           gelu_quake_avx512<Order>,
-          softmax_rows_avx512<Order, false>,
-          softmax_rows_avx512<Order, true>,
+          rows::softmax<LongRowLayer, Order, false>,
+          rows::softmax<LongRowLayer, Order, true>,
           longrow::stats<LongRowLayer, Order>,
           longrow::softmax_finish<LongRowLayer, Order>,
           longrow::logsoftmax_finish<LongRowLayer>,

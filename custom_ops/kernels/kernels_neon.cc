@@ -24,6 +24,7 @@
 #include "constants.h"
 #include "exaq_scalar.h"
 #include "softmax_long.h"
+#include "softmax_rows.h"
 
 namespace quake {
 namespace {
@@ -246,9 +247,9 @@ inline void fill(float* y, size_t n, float value) {
 // Sum of e^(x - m) over a NaN-free row with finite max m, optionally storing
 // each term; z = x - m <= 0 so only the underflow fixup is needed. Base2
 // (softmax_long.h): m is an integer k and the terms are 2^t with
-// t = fl(x log2(e) - k), 0 below t = -126; stored terms are multiplied by
-// `scale` (the sum is of the unscaled terms).
-template <int Order, bool Store, bool Base2 = false>
+// t = fl(x log2(e) - k), 0 below t = -126; with Scaled, stored terms are
+// multiplied by `scale` (the sum is of the unscaled terms).
+template <int Order, bool Store, bool Base2 = false, bool Scaled = false>
 inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float scale = 1.0f) {
   const float32x4_t vm = vdupq_n_f32(m), log2e = vdupq_n_f32(kLog2e), vscale = vdupq_n_f32(scale);
   const float32x4_t under = vdupq_n_f32(Base2 ? -126.0f : kExpUnderflow);
@@ -260,7 +261,7 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float 
     const float32x4_t z = vsubq_f32(xv, vm);
     return and_mask(exp_core<Order>(z), vcgtq_f32(z, under));
   };
-  auto stored = [&](float32x4_t e) { return Base2 ? vmulq_f32(e, vscale) : e; };
+  auto stored = [&](float32x4_t e) { return Scaled ? vmulq_f32(e, vscale) : e; };
   const float32x4_t zero = vdupq_n_f32(0.0f);
   float32x4_t s0 = zero, s1 = zero, s2 = zero, s3 = zero, total = zero;
   // Blocks of 256 summed separately keep the float sum of a 50k row within
@@ -303,31 +304,6 @@ inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float 
     }
   }
   return vaddvq_f32(vaddq_f32(total, vaddq_f32(s0, s1)));
-}
-
-// Softmax row: all -inf -> 0; a NaN or +inf anywhere -> NaN row; x and y
-// may alias.
-template <int Order>
-void softmax_quake_neon(const float* x, float* y, size_t n) {
-  const float m = row_max(x, n);
-  if (std::isnan(m) || m == kInf) return fill(y, n, kNaN);
-  if (m == -kInf) return fill(y, n, 0.0f);
-  const float sum = sum_exp_shifted<Order, true>(x, y, n, m);
-  const float32x4_t inv = vdupq_n_f32(1.0f / sum);  // sum >= e(0) ~ 1: the max element
-  map_neon(y, y, n, [inv](float32x4_t v) { return vmulq_f32(v, inv); });
-}
-
-// LogSoftmax row: (x - m) - log(sum); all -inf -> -inf; a NaN or +inf ->
-// NaN row; x and y may alias.
-template <int Order>
-void logsoftmax_quake_neon(const float* x, float* y, size_t n) {
-  const float m = row_max(x, n);
-  if (std::isnan(m) || m == kInf) return fill(y, n, kNaN);
-  if (m == -kInf) return fill(y, n, -kInf);
-  const float sum = sum_exp_shifted<Order, false>(x, y, n, m);  // y is not written
-  const float32x4_t vm = vdupq_n_f32(m);
-  const float32x4_t log_sum = vdupq_n_f32(std::log(sum));
-  map_neon(x, y, n, [vm, log_sum](float32x4_t v) { return vsubq_f32(vsubq_f32(v, vm), log_sum); });
 }
 
 // ----------------------------------------------------------------------------
@@ -508,7 +484,9 @@ struct LongRowLayer {
   static bool has_nan(const float*, size_t) { return false; }  // a NaN would have made the max NaN
   template <int Order, bool Store>
   static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
-    return sum_exp_shifted<Order, Store, true>(x, y, n, k, scale);
+    // scale 1: the one-pass kernels' terms (softmax_rows.h), stored unscaled.
+    return scale == 1.0f ? sum_exp_shifted<Order, Store, true>(x, y, n, k)
+                         : sum_exp_shifted<Order, Store, true, true>(x, y, n, k, scale);
   }
   static void sub2(const float* x, float* y, size_t n, float a, float b) {
     const float32x4_t va = vdupq_n_f32(a), vb = vdupq_n_f32(b);
@@ -591,8 +569,8 @@ constexpr OrderKernels order_table() {
           sigmoid_quake_neon<Order>,
           silu_quake_neon<Order>,
           gelu_quake_neon<Order>,
-          each_row<softmax_quake_neon<Order>>,
-          each_row<logsoftmax_quake_neon<Order>>,
+          rows::softmax<LongRowLayer, Order, false>,
+          rows::softmax<LongRowLayer, Order, true>,
           longrow::stats<LongRowLayer, Order>,
           longrow::softmax_finish<LongRowLayer, Order>,
           longrow::logsoftmax_finish<LongRowLayer>,

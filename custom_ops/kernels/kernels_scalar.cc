@@ -11,6 +11,7 @@
 #include "f16_scalar.h"
 #include "kernels.h"
 #include "softmax_long.h"
+#include "softmax_rows.h"
 
 namespace quake {
 namespace {
@@ -124,25 +125,6 @@ double sum_exp_shifted(const float* x, float* y, size_t n, float m) {
     sum += e;
   }
   return sum;
-}
-
-template <int Order>
-void softmax_quake_scalar(const float* x, float* y, size_t n) {
-  const float m = row_max(x, n);
-  if (std::isnan(m)) return fill(y, n, m);
-  if (m == -std::numeric_limits<float>::infinity()) return fill(y, n, 0.0f);
-  const double sum = sum_exp_shifted<Order, true>(x, y, n, m);
-  const float inv = static_cast<float>(1.0 / sum);  // sum >= 1: the max element contributes e^0
-  for (size_t i = 0; i < n; ++i) y[i] *= inv;
-}
-
-template <int Order>
-void logsoftmax_quake_scalar(const float* x, float* y, size_t n) {
-  const float m = row_max(x, n);
-  if (std::isnan(m)) return fill(y, n, m);
-  if (m == -std::numeric_limits<float>::infinity()) return fill(y, n, m);
-  const float log_sum = static_cast<float>(std::log(sum_exp_shifted<Order, false>(x, nullptr, n, m)));
-  for (size_t i = 0; i < n; ++i) y[i] = (x[i] - m) - log_sum;
 }
 
 // EXAQ softmax rows: the definition every ISA matches. Valid for any input.
@@ -303,8 +285,8 @@ constexpr OrderKernels order_table() {
           sigmoid_quake_scalar<Order>,
           silu_quake_scalar<Order>,
           gelu_quake_scalar<Order>,
-          each_row<softmax_quake_scalar<Order>>,
-          each_row<logsoftmax_quake_scalar<Order>>,
+          rows::softmax<LongRowLayer, Order, false>,
+          rows::softmax<LongRowLayer, Order, true>,
           longrow::stats<LongRowLayer, Order>,
           longrow::softmax_finish<LongRowLayer, Order>,
           longrow::logsoftmax_finish<LongRowLayer>,

@@ -23,8 +23,8 @@
 // rounding of t: a NaN or +inf anywhere in the row -> NaN row; all -inf -> 0
 // (LogSoftmax: -inf); a term below 2^-126 (a result below FLT_MIN) -> 0;
 // error bounds as the one-row kernels (kernels.h). Rows whose max is beyond
-// +-2^125 (where x log2(e) leaves float) are not for this path: the caller
-// checks kRowStatsLimit (kernels.h) and uses the one-row kernel.
+// kRowStatsLimit (kernels.h: 2^22, where k stops being exact enough) are
+// not for this path: the caller checks it and uses the one-row kernel.
 //
 // The layer L (a struct of static functions of one ISA file) provides:
 //   float max_skip_nan(const float* x, size_t n);   // -inf when no number (or NaN: taken as a NaN row)
@@ -58,6 +58,14 @@ inline float base2_k(float max) { return std::floor(max * kLog2e); }
 // finite float. Rows beyond (all elements near +-FLT_MAX) take the one-row kernel.
 inline bool fits_base2(float max) { return !(std::fabs(max) > kRowStatsLimit); }
 
+// ln of the sum of e^(x - max) from the sum of a row's base-2 terms
+// 2^fl(x kLog2e - k): the terms use the float kLog2e, so the correction back
+// to the max must too (with log2(e) itself, a max of 1e4 would be off by
+// 1.9e-4, the float constant's error times the max).
+inline double base2_log_sum(double sum, double k, float max) {
+  return std::log(sum) + (k - static_cast<double>(max) * static_cast<double>(kLog2e)) * kLn2D;
+}
+
 template <class L, int Order>
 void stats(const float* x, size_t n, size_t block, RowStats* out) {
   RowStats acc{-kInf, 0.0, 0.0, false};
@@ -89,7 +97,7 @@ template <class L, int Order>
 void softmax_finish(const float* x, float* y, size_t n, size_t block, const RowStats& row) {
   if (row.nan) return L::fill(y, n, std::numeric_limits<float>::quiet_NaN());
   if (row.max == -kInf) return L::fill(y, n, 0.0f);
-  const float inv = static_cast<float>(1.0 / row.sum);  // sum >= 1: the max element's term
+  const float inv = static_cast<float>(1.0 / row.sum);  // sum > 0.84: the max element's term (kRowStatsLimit)
   const float k = static_cast<float>(row.k);
   for (size_t b = 0; b < n; b += block) {
     const size_t len = std::min(block, n - b);
@@ -101,10 +109,8 @@ template <class L>
 void logsoftmax_finish(const float* x, float* y, size_t n, size_t, const RowStats& row) {
   if (row.nan) return L::fill(y, n, std::numeric_limits<float>::quiet_NaN());
   if (row.max == -kInf) return L::fill(y, n, -kInf);
-  // log(sum e^(x - max)) = ln(sum) + (k - max log2(e)) ln 2, small: x - max
-  // stays exact near the max, as in the one-row kernels.
-  const double log_sum = std::log(row.sum) + (row.k - static_cast<double>(row.max) * kLog2eD) * kLn2D;
-  L::sub2(x, y, n, row.max, static_cast<float>(log_sum));
+  // x - max stays exact near the max, as in the one-row kernels.
+  L::sub2(x, y, n, row.max, static_cast<float>(base2_log_sum(row.sum, row.k, row.max)));
 }
 
 // The chunk phase of a long row over threads (ChunkStats in kernels.h): the
