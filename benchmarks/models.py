@@ -302,17 +302,19 @@ def quantize(src: Path, rebuild: bool = False, external_data: bool = False) -> P
     return dst
 
 
-def quake_variant(src: Path, order: int, level: str, rebuild: bool = False) -> tuple[Path, dict]:
+def quake_variant(src: Path, order: int, level: str, rebuild: bool = False, **options) -> tuple[Path, dict]:
     """src optimized at `order` (cached next to it) and its metadata: the replacement counts,
-    the nodes kept per rule and reason, the optimizer's warnings and seconds."""
-    dst = src.with_name(f"{src.stem}.quake{order}{'' if level == 'extended' else '-' + level}.onnx")
+    the nodes kept per rule and reason, the optimizer's warnings and seconds. `options` go to
+    quake_onnx.optimize as they are (e.g. attention_precision, min_elements) and name the file."""
+    tag = "".join(f"-{k}={v}" for k, v in sorted(options.items()))
+    dst = src.with_name(f"{src.stem}.quake{order}{'' if level == 'extended' else '-' + level}{tag}.onnx")
     meta = dst.with_suffix(".json")
     if dst.exists() and meta.exists() and not rebuild and dst.stat().st_mtime >= src.stat().st_mtime:
         info = json.loads(meta.read_text())
         if "kept" in info:  # older metadata lacks the reasons of kept nodes: optimized again
             return dst, info
     t0 = time.time()
-    _, report = quake_onnx.optimize(str(src), str(dst), order=order, ort_level=level)
+    _, report = quake_onnx.optimize(str(src), str(dst), order=order, ort_level=level, **options)
     kept = collections.defaultdict(collections.Counter)  # rule -> reason -> nodes kept for it
     for d in report.skipped:
         kept[d.rule][d.reason] += 1

@@ -95,3 +95,17 @@ def test_bf16_accuracy_block(tmp_path):
         # bfloat16 (or its float32 fallback) is never closer to exact than float32 at order 3
         assert all(r[f"bfloat16 o{o}"] >= r["float32 o3"] * 0.5 for o in (1, 2, 3)), r
     assert (out / "bf16_accuracy.md").read_text().startswith("## bf16 attention accuracy")
+
+
+def test_bf16_models_quick(tmp_path):
+    """benchmarks/bf16_models.py: the tiny BERT with its attention fused in float32 and in bfloat16."""
+    out = run_quick("bf16_models.py", tmp_path)
+    res = json.loads((out / "bf16_models.json").read_text())
+    (row,) = res["rows"]
+    assert set(row["ms"]) == {"o2", "o2-f32", "o2-bf16"} and all(v > 0 for v in row["ms"].values())
+    # Symbolic sizes: the default keeps attention per op; min_elements=0 fuses both blocks.
+    assert "attention" not in row["replaced"]["o2"], row["replaced"]
+    assert row["replaced"]["o2-f32"]["attention"] == 2 and row["replaced"]["o2-bf16"]["attention"] == 2
+    assert row["agreement"]["o2-f32"]["cosine"] > 0.99999 and row["agreement"]["o2-bf16"]["cosine"] > 0.999
+    assert res["engine"] in ("AVX512-BF16", "NEON BF16", "float32 fallback")
+    assert "| tiny BERT" in (out / "bf16_models.md").read_text()
