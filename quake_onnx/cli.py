@@ -650,6 +650,15 @@ def _positive_seconds(value: float) -> float:
     return value
 
 
+def _parse_tune_precision(value: str) -> str:
+    from .tuning.space import ATTENTION_PRECISIONS
+
+    precision = value.strip().lower()
+    if precision not in ATTENTION_PRECISIONS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(ATTENTION_PRECISIONS)}")
+    return precision
+
+
 class _TuneProgress:
     """tune's estimate on stdout; a progress bar on stderr when it is a terminal."""
 
@@ -713,6 +722,15 @@ def tune_cmd(
         120.0, "--budget", callback=_positive_seconds, metavar="SECONDS", help="time allowed for the whole search"
     ),
     allow_exaq: bool = typer.Option(False, "--allow-exaq", help="let Softmax groups use EXAQ (2-4 bits, calibrated)"),
+    attention_precision: str = typer.Option(
+        "auto",
+        "--attention-precision",
+        metavar="auto|float32|bfloat16",
+        callback=_parse_tune_precision,
+        help="precision of fused com.quake Attention: 'auto' (default: float32, and bfloat16 too where this CPU "
+        "has a bf16 engine), 'float32' (never bfloat16) or 'bfloat16' (fused attention only in bfloat16; "
+        "the tolerance still holds)",
+    ),
     require_speedup: Optional[float] = typer.Option(
         None, "--require-speedup", min=0.0, metavar="S", help="exit 1 when the result's speedup is below S"
     ),
@@ -754,6 +772,7 @@ def tune_cmd(
             threads=threads,
             budget=budget,
             allow_exaq=allow_exaq,
+            attention_precision=attention_precision,
             custom_ops_libraries=custom_ops_library or (),
             also_written=also,
             progress=_TuneProgress(console, err),

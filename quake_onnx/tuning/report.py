@@ -113,7 +113,7 @@ def build_report(
                 "tried": [
                     {
                         "choice": _choice(c),
-                        "precision": "float32" if g.attention else None,
+                        "precision": ("bfloat16" if r.bf16_only else "float32") if g.attention else None,
                         "within": within(outs, thresholds),
                         "summary": error_summary(outs),
                     }
@@ -128,7 +128,7 @@ def build_report(
                             "summary": error_summary(r.bf16),
                         }
                     ]
-                    if r.bf16 is not None
+                    if r.bf16 is not None and not r.bf16_only  # bfloat16 only: the orders were at bfloat16
                     else []
                 ),
                 "speedup": _stat(r.speedup),
@@ -181,6 +181,7 @@ def build_report(
         "tolerance": thresholds.accuracy_only().to_dict(),
         "inputs": inputs,
         "threads": threads,
+        "attention_precision": {"option": prep.attention_precision, "engine": prep.engine},
         "budget": budget,
         "machine": machine(),
         "environment": environment(),
@@ -222,6 +223,11 @@ def _fmt_error(s: Optional[dict]) -> str:
     cos_text = cos if isinstance(cos, str) else f"{cos:.6f}"
     err_text = err if isinstance(err, str) else f"{err:.2g}"
     return f"cos {cos_text}, max abs {err_text}"
+
+
+def _fmt_precision_option(a: dict) -> str:
+    engine = f"bf16 engine {a['engine']}" if a["engine"] else "no bf16 engine"
+    return f"{a['option']} ({engine})"
 
 
 def headline(report: dict) -> str:
@@ -266,7 +272,8 @@ def to_markdown(report: dict) -> str:
     lines.append(
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores; ONNX Runtime {env['onnxruntime']}, "
         f"kernels {env['isa']}, {report['threads']} thread(s). Budget {b['seconds']:g} s "
-        f"(estimate {b['estimate']:.0f} s), used {b['elapsed']:.0f} s."
+        f"(estimate {b['estimate']:.0f} s), used {b['elapsed']:.0f} s. "
+        f"Attention precision {_fmt_precision_option(report['attention_precision'])}."
     )
     lines += ["", "| group | nodes | decision | choice | group speedup [q1, q3] | error alone | reason |"]
     lines.append("|---|---|---|---|---|---|---|")

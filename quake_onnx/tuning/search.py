@@ -9,7 +9,8 @@ step's cost is asked first, so the search stops before the budget is spent.
    tolerance even at order 3 stays with ONNX Runtime. Where the CPU has a
    bf16 engine, an accurate fused attention group then tries precision
    bfloat16 alone at its order: only within tolerance does it go into the
-   bfloat16 configurations.
+   bfloat16 configurations. Where fused attention is tried at bfloat16
+   only (attention_precision "bfloat16"), its orders are tried at bfloat16.
 2. Per configuration (ORT level, attention and glu fusion on or off, the
    fused attention's precision), the cheapest combination: every accurate group at its order, checked as a
    whole; while it misses the tolerance, the group furthest from it alone
@@ -78,6 +79,7 @@ class GroupResult:
     accurate: Optional[Choice] = None  # the cheapest quake order within tolerance alone
     bf16: Optional[list] = None  # a fused attention group's outputs alone at `accurate` in precision bfloat16
     bf16_within: bool = False  # ...within tolerance
+    bf16_only: bool = False  # a fused attention group tried at bfloat16 only: `tried` is at bfloat16
     exaq: Optional[Choice] = None  # the fewest exaq bits within tolerance alone
     speedup: Optional[Paired] = None  # the model with it over the model without it
     choice: Optional[Choice] = None  # in the result
@@ -156,9 +158,10 @@ class Search:
         """Seconds the whole search is expected to take (the plan, before any step)."""
         new_errors = self.bench.cost_errors(None)
         new_paired = self.bench.cost_paired(ORIGINAL, None)
-        bf16 = any(c.bf16 for c in self.configs)
         accuracy = sum(
-            1.5 + (1 if self.allow_exaq and g.exaq_possible else 0) + (1 if bf16 and g.attention else 0)
+            1.5
+            + (1 if self.allow_exaq and g.exaq_possible else 0)
+            + (1 if g.attention and any(c in g.nodes for c in self.configs) and self._bf16_home(g) else 0)
             for g in self.groups.values()
         )
         per_config = len(self.configs) * (new_errors + new_paired)
@@ -206,10 +209,10 @@ class Search:
         return min((c for c in self.configs if c in group.nodes), key=lambda c: c.bf16)
 
     def _bf16_home(self, group: Group) -> Optional[Config]:
-        """The bfloat16 twin of the group's home, when the search has it."""
+        """The bfloat16 twin of the group's home, when the search has it (and the home is float32)."""
         home = self._home(group)
         twin = Config(home.level, home.attention, home.glu, True)
-        return twin if group.attention and twin in self.configs and twin in group.nodes else None
+        return twin if group.attention and not home.bf16 and twin in self.configs and twin in group.nodes else None
 
     def _in(self, cfg: Config, key: str) -> bool:
         """The group can be replaced in the configuration: it has nodes there and
@@ -226,21 +229,27 @@ class Search:
                 r.reason = "kept: in no configuration tuned"
                 continue
             home = self._home(g)
+            r.bf16_only = home.bf16 and g.attention
+            at = " (bfloat16)" if r.bf16_only else ""
             for order in ORDERS:
                 choice = Choice(order)
                 variant = Variant.of(home, {key: choice})
-                self.progress(f"accuracy: {g.text()} at {choice.text()}")
-                if not self._affordable(self.bench.cost_errors(variant), f"accuracy of {g.text()} at {choice.text()}"):
+                self.progress(f"accuracy: {g.text()} at {choice.text()}{at}")
+                if not self._affordable(
+                    self.bench.cost_errors(variant), f"accuracy of {g.text()} at {choice.text()}{at}"
+                ):
                     r.reason = "kept: not tried (the budget ran out before its accuracy was measured)"
                     break
                 outs = self._measure_errors(variant)
                 r.tried.append((choice, outs))
                 if within(outs, self.thresholds):
                     r.accurate = choice
+                    if r.bf16_only:
+                        r.bf16, r.bf16_within = outs, True
                     break
             else:
                 miss = "; ".join(failures(r.tried[-1][1], self.thresholds))
-                r.reason = f"kept: replaced alone at order 3 it misses the tolerance ({miss})"
+                r.reason = f"kept: replaced alone at order 3{at} it misses the tolerance ({miss})"
             if r.accurate is not None and self.allow_exaq and g.exaq_possible:
                 for bits in EXAQ_BITS:
                     choice = Choice(r.accurate.order, "exaq", bits)

@@ -12,6 +12,8 @@ from ..check.runner import Thresholds, judge, summarize
 ORDERS = (1, 2, 3)
 EXAQ_BITS = (2, 3, 4)  # tried with --allow-exaq, fewest first: the first within tolerance is the exaq choice
 ATTENTION_RULES = frozenset({"attention", "mha", "onnx_attention"})  # the rules that fuse com.quake Attention
+# tune's attention_precision: "auto" tries bfloat16 where the CPU has a bf16 engine, the others only theirs
+ATTENTION_PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,8 @@ def test_a_report_over_the_input_set(work):
         (["--max-abs-error", "-1"], "--max-abs-error"),
         (["--min-top1-agreement", "1.5"], "--min-top1-agreement"),
         (["--require-speedup", "-1"], "--require-speedup"),
+        (["--attention-precision", "fp16"], "--attention-precision"),
+        (["--attention-precision", ""], "--attention-precision"),
         (["--dim", "seq"], "NAME=SIZE"),
         (["--custom-ops-library", "/nonexistent/lib.so"], "does not exist"),
         (["--inputs", "/nonexistent/data.npz"], "does not exist"),
@@ -159,6 +161,25 @@ def test_tunes_and_writes_reports(work, made_up):
     assert data["result"] == "tuned" and data["output"] == str(out)
     assert "| softmax Softmax [8,512] | 1 | replaced | order 1 |" in md.read_text()
     assert any(n.domain == "com.quake" for n in onnx.load(out).graph.node)
+
+
+@pytest.mark.parametrize("given, recorded", [(None, "auto"), ("float32", "float32"), ("BFloat16", "bfloat16")])
+def test_attention_precision_in_the_report(given, recorded, tmp_path, made_up):
+    """The GPT-2 decoder sample (two attention blocks): the choice is in the report
+    and, with float32, no configuration and no node of the result is bfloat16."""
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    option = ["--attention-precision", given] if given else []
+    result = cli("tune", SAMPLES / "zoo" / "gpt2_decoder" / "model.onnx", out, "--report", report, *option)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    data = json.loads(report.read_text())
+    validate(data)
+    assert data["attention_precision"]["option"] == recorded
+    if recorded == "float32":
+        assert "bfloat16" not in {c["attention_precision"] for c in data["configurations"]}
+        assert not any(
+            a.name == "precision" and a.s == b"bfloat16" for n in onnx.load(out).graph.node for a in n.attribute
+        )
+        assert "note: attention precision bfloat16: not tried, float32 asked for" in result.stdout
 
 
 def test_require_speedup(work, made_up):
@@ -203,6 +224,7 @@ def test_help_lists_the_options():
         "--allow-exaq",
         "--custom-ops-library",
         "--require-speedup",
+        "--attention-precision",
     ):
         assert option in result.stdout, option
 

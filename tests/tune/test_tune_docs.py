@@ -19,7 +19,7 @@ def commands(section: str) -> list[list[str]]:
 def test_the_commands_at_the_top(tmp_path, monkeypatch):
     top = DOC.split("\n## ")[0]
     found = commands(top)
-    assert [c[0] for c in found] == ["tune", "tune", "tune"]
+    assert [c[0] for c in found] == ["tune", "tune", "tune", "tune"]
     (tmp_path / "model.onnx").write_bytes((SAMPLES / "encoder_block.onnx").read_bytes())
     rng = np.random.default_rng(0)
     np.savez(
@@ -47,3 +47,12 @@ def test_the_zoo_command(tmp_path, monkeypatch):
     result = cli(*found, "--tune-budget", "4", "--runs", "3", "--warmup", "1")
     assert result.exit_code == 0, (result.stdout, result.stderr)
     assert json.loads((tmp_path / "zoo.json").read_text())["settings"]["tune"] == 4
+
+
+def test_the_attention_precision_error_as_written(tmp_path):
+    """docs/tune.md's example of a bad --attention-precision, line for line."""
+    section = " ".join(DOC.split("## Exit codes and errors")[1].split())
+    written = section.split("(`error: Invalid value for '--attention-precision'")[1].split("`;")[0]
+    result = cli("tune", SAMPLES / "encoder_block.onnx", tmp_path / "out.onnx", "--attention-precision", "fp16")
+    assert result.exit_code == 2 and not (tmp_path / "out.onnx").exists()
+    assert result.stderr.strip() == "error: Invalid value for '--attention-precision'" + written
