@@ -40,10 +40,11 @@
 // in elements that are never stored (padded rows and columns), and padding
 // in the reduction meets padding. bf16 denormal inputs count as 0.
 // Sources: Arm Architecture Reference Manual, BFMMLA; the throughput that
-// makes it the default: Arm Neoverse N2 and V1 Software Optimization Guides
-// (as encoded in LLVM's AArch64SchedNeoverseN2.td / V1.td): ASIMD BFMMLA and
-// BFDOT are each one micro-op on any FP/ASIMD pipe (2 on N2, 4 on V1),
-// latency 5 and 4, so BFMMLA's 16 multiply-adds come at BFDOT's rate of 8.
+// makes it the default: Arm Neoverse N2, V1 and V2 Software Optimization
+// Guides (as encoded in LLVM's AArch64SchedNeoverse{N2,V1,V2}.td): ASIMD
+// BFMMLA and BFDOT are each one micro-op on any FP/ASIMD pipe (2 on N2, 4 on
+// V1 and V2), latency 5 and 4 (6 and 5 on V2), so BFMMLA's 16 multiply-adds
+// come at BFDOT's rate of 8. Not timed: tested under qemu only.
 #pragma once
 
 #include <arm_neon.h>
