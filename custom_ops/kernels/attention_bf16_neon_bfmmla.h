@@ -14,10 +14,10 @@
 // Layout: the reduction in quads of 4 values, quads = ceil(pairs / 2); each
 // row of A and each column of B is `words` = 2 quads 32-bit words, taken in
 // pairs of rows (of columns), interleaved by quad:
-//   A: rows 2g, 2g + 1 at a + 2g words; per quad q the 8 bf16
+//   A: rows 2g, 2g + 1 from word 2g x words on; per quad q the 8 bf16
 //      a[2g][4q..4q+3], a[2g+1][4q..4q+3] (one BFMMLA operand, 4 words);
-//   B: columns 2h, 2h + 1 at bp + 2h words the same way, so the B operand of
-//      quad q holds b[4q..4q+3][2h], b[4q..4q+3][2h+1].
+//   B: columns 2h, 2h + 1 from word 2h x words on, the same way, so the B
+//      operand of quad q holds b[4q..4q+3][2h], b[4q..4q+3][2h+1].
 // Reduction values past the length are 0 in both operands; A's odd last row
 // and B's columns up to a multiple of 8 (the micro-kernel's width) are 0, so
 // the micro-kernel never reads memory the packers did not write. The scratch
