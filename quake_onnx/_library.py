@@ -59,5 +59,7 @@ def selected_isa() -> str:
 
 def attention_bf16_engine() -> str:
     """What runs com.quake Attention's precision "bfloat16" in a session created
-    now (honours QUAKE_ISA): "AVX512-BF16", "NEON BF16" or "float32 fallback"."""
+    now (honours QUAKE_ISA and QUAKE_NEON_BF16): "AVX512-BF16", "NEON BFMMLA",
+    "NEON BFDOT" or "float32 fallback"; or the error text of an unknown value of
+    either variable."""
     return _lib().QuakeAttentionBf16Engine().decode()

@@ -100,6 +100,14 @@ def test_unknown_quake_isa_is_refused(monkeypatch):
     assert_names(str(info.value), "QUAKE_ISA", "scalar")  # names the variable and the choices
 
 
+def test_unknown_quake_neon_bf16_is_refused(monkeypatch):
+    # Checked on every machine (only AArch64 reads it), so a typo never passes silently.
+    monkeypatch.setenv("QUAKE_NEON_BF16", "bfmmmla")
+    with pytest.raises(Exception) as info:
+        session_options()
+    assert_names(str(info.value), "QUAKE_NEON_BF16", "'bfmmmla'", "bfmmla", "bfdot")
+
+
 VALID = {
     "Exp": [{}],
     "Sigmoid": [{}],

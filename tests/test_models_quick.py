@@ -107,7 +107,7 @@ def test_bf16_models_quick(tmp_path):
     assert "attention" not in row["replaced"]["o2"], row["replaced"]
     assert row["replaced"]["o2-f32"]["attention"] == 2 and row["replaced"]["o2-bf16"]["attention"] == 2
     assert row["agreement"]["o2-f32"]["cosine"] > 0.99999 and row["agreement"]["o2-bf16"]["cosine"] > 0.999
-    assert res["engine"] in ("AVX512-BF16", "NEON BF16", "float32 fallback")
+    assert res["engine"] in ("AVX512-BF16", "NEON BFMMLA", "NEON BFDOT", "float32 fallback")
     assert "| tiny BERT" in (out / "bf16_models.md").read_text()
 
 

@@ -108,13 +108,27 @@ void attention_block_neon(const AttentionParams& p, const AttentionHead& head, c
 // attention_bf16_block (kernels.h) on CPUs with AVX512-BF16.
 void attention_block_avx512bf16(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
                                 float* scratch);
-// The same with BFDOT on AArch64 with FEAT_BF16 (AArch64 builds only).
-void attention_block_neonbf16(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
-                              float* scratch);
+// The same on AArch64 with FEAT_BF16 (AArch64 builds only): by BFMMLA (the
+// default) and by BFDOT (QUAKE_NEON_BF16=bfdot).
+void attention_block_neonbfmmla(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
+                                float* scratch);
+void attention_block_neonbfdot(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
+                               float* scratch);
 
 // Columns of a packed bf16 B panel are padded to a multiple of this
 // (attention_bf16_avx512.h: the micro-kernel's 32 columns).
 constexpr size_t kBf16PanelColumns = 32;
+
+// The bf16 images in the scratch (attention_scratch_floats and the block's
+// carving of it, attention_flash.h): the words of a reduction of n values
+// (pairs, rounded up to even), rows rounded up to even (the BFMMLA layout,
+// attention_bf16_neon_bfmmla.h, takes rows in pairs and the reduction in
+// quads), the columns of a B panel. Internal linkage, as live_columns.
+static constexpr size_t bf16_scratch_words(size_t n) { return (n + 3) / 4 * 2; }
+static constexpr size_t bf16_scratch_rows(size_t n) { return (n + 1) / 2 * 2; }
+static constexpr size_t bf16_scratch_panel(size_t n) {
+  return (n + kBf16PanelColumns - 1) / kBf16PanelColumns * kBf16PanelColumns;
+}
 
 // Scratch of one task, in floats: the score tile, the output rows, m, l,
 // rescale, for float16 (or a one-column mask) converted tiles, and for a bf16

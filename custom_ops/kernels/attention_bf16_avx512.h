@@ -36,6 +36,10 @@ inline size_t bf16_round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 // Words of one packed B row for n columns.
 inline size_t bf16_npad(size_t n) { return bf16_round_up(n, kBf16Nr); }
 
+// Words of an A row (the row stride of bf16_pack_a and bf16_gemm's lda) for
+// a reduction of `pairs` pairs.
+inline size_t bf16_a_words(size_t pairs) { return pairs; }
+
 // 16 floats to 16 bf16 (VCVTNEPS2BF16: round to nearest even, NaN -> quiet
 // NaN, float32 denormals -> 0), as the low/high halves of 32-bit words later.
 inline __m256i bf16_from_floats(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }

@@ -1,17 +1,17 @@
-// The bfloat16 tile products of com.quake Attention's precision "bfloat16" on
-// AArch64 with FEAT_BF16 (Neoverse V1/N2/V2, Graviton 3/4, Apple M2 and
-// later): the layouts and functions of attention_bf16_avx512.h (read that
-// file first), with BFDOT in place of VDPBF16PS: BFDOT multiplies a pair of
-// bf16 values of each operand and adds both products to a float32 lane, so
-// the same pairs of the reduction serve. Operands rounded by BFCVT (round to
-// nearest even under Linux's default FPCR; NaN stays NaN). Included only by
-// attention_neonbf16.cc, built with -march=armv8.2-a+bf16; every function has
+// What the two NEON bf16 engines of com.quake Attention's precision
+// "bfloat16" share (AArch64 with FEAT_BF16): the rounding of float32 operands
+// to bf16 and the padding of the packed panels. Included by
+// attention_bf16_neon_bfdot.h (BFDOT) and attention_bf16_neon_bfmmla.h
+// (BFMMLA), which define the layouts and micro-kernels; only one of them per
+// translation unit, each built with -march=armv8.2-a+bf16. Every function has
 // internal linkage.
 //
-// Micro-kernel: 8 rows x 8 columns of C in 16 registers; per 4 pairs of the
-// reduction one 128-bit load of each A row and BFDOT by lane. BFMMLA (2 x 4
-// by 4 x 2 per instruction, twice BFDOT's rate on most cores) would need a
-// 2 x 4 block layout: not done yet.
+// Rounding: BFCVT / BFCVTN (vcvth_bf16_f32, vcvt_bf16_f32): round to nearest
+// even under Linux's default FPCR (RMode 0), as VCVTNEPS2BF16 on x86 and the
+// tests' emulation; NaN stays NaN; +-inf stays +-inf. A denormal operand adds
+// 0 to the products either way: BFDOT and BFMMLA flush bf16 denormal inputs
+// to zero (Arm ARM, FEAT_BF16 without FPCR.EBF). Both engines round every
+// operand with exactly these functions, so they see the same bf16 inputs.
 #pragma once
 
 #include <arm_neon.h>
@@ -23,13 +23,11 @@
 namespace quake {
 namespace {
 
-constexpr size_t kBf16Mr = 8;  // rows of C per micro-kernel call
-constexpr size_t kBf16Nr = 8;  // columns of C per micro-kernel call (two vectors)
-
 inline size_t bf16_round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 
-// Words of one packed B row for n columns (padded as the AVX-512 layout, to
-// 32: attention.h's kBf16PanelColumns sizes the scratch).
+// Words of one packed B row (BFDOT) or columns of a packed B panel (BFMMLA)
+// for n columns: padded as the AVX-512 layout, to 32 (attention.h's
+// kBf16PanelColumns sizes the scratch).
 inline size_t bf16_npad(size_t n) { return bf16_round_up(n, 32); }
 
 inline uint16_t bf16_bits(float x) {
@@ -41,128 +39,12 @@ inline uint16_t bf16_bits(float x) {
 
 inline uint16x4_t bf16_from_floats(float32x4_t x) { return vreinterpret_u16_bf16(vcvt_bf16_f32(x)); }
 
-// rows x cols floats (row stride ld) -> A rows of `pairs` words, the pad of an
-// odd length set to 0.
-inline void bf16_pack_a(const float* x, size_t rows, size_t cols, size_t ld, uint32_t* a, size_t pairs) {
-  for (size_t r = 0; r < rows; ++r) {
-    const float* in = x + r * ld;
-    uint16_t* out = reinterpret_cast<uint16_t*>(a + r * pairs);
-    size_t c = 0;
-    for (; c + 4 <= cols; c += 4) vst1_u16(out + c, bf16_from_floats(vld1q_f32(in + c)));
-    for (; c < cols; ++c) out[c] = bf16_bits(in[c]);
-    if (cols % 2) out[cols] = 0;
-  }
-}
-
-// B from b = [kdim x n] floats (row stride ld): word (p, j) pairs rows 2p and
-// 2p + 1 of column j (zipped bf16 halves).
-inline void bf16_pack_b_rows(const float* b, size_t kdim, size_t n, size_t ld, uint32_t* bp) {
-  const size_t npad = bf16_npad(n), pairs = (kdim + 1) / 2;
-  for (size_t p = 0; p < pairs; ++p) {
-    const float* lo = b + 2 * p * ld;
-    const float* hi = 2 * p + 1 < kdim ? lo + ld : nullptr;
-    uint32_t* out = bp + p * npad;
-    size_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-      const uint16x4_t l = bf16_from_floats(vld1q_f32(lo + j));
-      const uint16x4_t h = hi ? bf16_from_floats(vld1q_f32(hi + j)) : vdup_n_u16(0);
-      vst1q_u16(reinterpret_cast<uint16_t*>(out + j), vcombine_u16(vzip1_u16(l, h), vzip2_u16(l, h)));
-    }
-    for (; j < n; ++j) {
-      out[j] = bf16_bits(lo[j]) | (hi ? static_cast<uint32_t>(bf16_bits(hi[j])) << 16 : 0u);
-    }
-    for (; j < npad; ++j) out[j] = 0;
-  }
-}
-
-// Words of bf16_pack_b_cols' work memory for a reduction of kdim values (as
-// the AVX-512 header's, which the scratch is sized for; one row is used here).
-inline size_t bf16_pack_cols_words(size_t kdim) { return 16 * bf16_round_up((kdim + 1) / 2, 16); }
-
-// B from its transpose bt = [n x kdim] floats (row stride ld): each row
-// converted to words in `work`, its words sent down one column of B.
-inline void bf16_pack_b_cols(const float* bt, size_t n, size_t kdim, size_t ld, uint32_t* bp, uint32_t* work) {
-  const size_t npad = bf16_npad(n), pairs = (kdim + 1) / 2;
-  for (size_t j = 0; j < n; ++j) {
-    bf16_pack_a(bt + j * ld, 1, kdim, ld, work, pairs);
-    for (size_t p = 0; p < pairs; ++p) bp[p * npad + j] = work[p];
-  }
-  for (size_t p = 0; p < pairs; ++p) {
-    for (size_t j = n; j < npad; ++j) bp[p * npad + j] = 0;
-  }
-}
-
-// C[MR rows x cols (<= 8)] (+)= A B over `pairs` words.
-template <int MR, bool kAccumulate>
-inline void bf16_micro(const uint32_t* a, size_t lda, const uint32_t* b, size_t npad, size_t pairs, float* c,
-                       size_t ldc, size_t cols) {
-  float32x4_t acc0[MR], acc1[MR];
-  float tmp[MR][8];
-  const bool full = cols == 8;
-  for (int r = 0; r < MR; ++r) {
-    if (kAccumulate) {
-      const float* in = c + r * ldc;
-      if (!full) {
-        for (size_t j = 0; j < 8; ++j) tmp[r][j] = j < cols ? in[j] : 0.0f;
-        in = tmp[r];
-      }
-      acc0[r] = vld1q_f32(in);
-      acc1[r] = vld1q_f32(in + 4);
-    } else {
-      acc0[r] = vdupq_n_f32(0.0f);
-      acc1[r] = vdupq_n_f32(0.0f);
-    }
-  }
-  size_t p = 0;
-  for (; p + 4 <= pairs; p += 4) {
-    bfloat16x8_t av[MR];
-    for (int r = 0; r < MR; ++r) av[r] = vreinterpretq_bf16_u32(vld1q_u32(a + r * lda + p));
-#define QUAKE_BF16_STEP(k)                                                             \
-  {                                                                                    \
-    const bfloat16x8_t b0 = vreinterpretq_bf16_u32(vld1q_u32(b + (p + k) * npad));     \
-    const bfloat16x8_t b1 = vreinterpretq_bf16_u32(vld1q_u32(b + (p + k) * npad + 4)); \
-    for (int r = 0; r < MR; ++r) {                                                     \
-      acc0[r] = vbfdotq_laneq_f32(acc0[r], b0, av[r], k);                              \
-      acc1[r] = vbfdotq_laneq_f32(acc1[r], b1, av[r], k);                              \
-    }                                                                                  \
-  }
-    QUAKE_BF16_STEP(0)
-    QUAKE_BF16_STEP(1)
-    QUAKE_BF16_STEP(2)
-    QUAKE_BF16_STEP(3)
-#undef QUAKE_BF16_STEP
-  }
-  for (; p < pairs; ++p) {
-    const bfloat16x8_t b0 = vreinterpretq_bf16_u32(vld1q_u32(b + p * npad));
-    const bfloat16x8_t b1 = vreinterpretq_bf16_u32(vld1q_u32(b + p * npad + 4));
-    for (int r = 0; r < MR; ++r) {
-      const bfloat16x8_t av = vreinterpretq_bf16_u32(vdupq_n_u32(a[r * lda + p]));
-      acc0[r] = vbfdotq_f32(acc0[r], b0, av);
-      acc1[r] = vbfdotq_f32(acc1[r], b1, av);
-    }
-  }
-  for (int r = 0; r < MR; ++r) {
-    float* out = c + r * ldc;
-    if (full) {
-      vst1q_f32(out, acc0[r]);
-      vst1q_f32(out + 4, acc1[r]);
-    } else {
-      vst1q_f32(tmp[r], acc0[r]);
-      vst1q_f32(tmp[r] + 4, acc1[r]);
-      for (size_t j = 0; j < cols; ++j) out[j] = tmp[r][j];
-    }
-  }
-}
-
-template <int MR, bool kAccumulate>
-inline void bf16_row_block(const uint32_t* a, size_t lda, const uint32_t* bp, size_t npad, size_t pairs, float* c,
-                           size_t ldc, size_t n) {
-  for (size_t j = 0; j < n; j += kBf16Nr) {
-    bf16_micro<MR, kAccumulate>(a, lda, bp + j, npad, pairs, c + j, ldc, n - j < kBf16Nr ? n - j : kBf16Nr);
-  }
+// n floats -> n bf16 (4 at a time, then one by one).
+inline void bf16_convert(const float* in, size_t n, uint16_t* out) {
+  size_t c = 0;
+  for (; c + 4 <= n; c += 4) vst1_u16(out + c, bf16_from_floats(vld1q_f32(in + c)));
+  for (; c < n; ++c) out[c] = bf16_bits(in[c]);
 }
 
 }  // namespace
 }  // namespace quake
-
-#include "attention_bf16_gemm.h"  // NOLINT(build/include_order): needs the row block above

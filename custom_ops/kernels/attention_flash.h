@@ -4,9 +4,10 @@
 // namespace name for Eigen of its own, so no Eigen instantiation is shared
 // between ISA objects: cmake/CheckIsaObjects.cmake), then includes this file.
 // Eigen's GEMM then runs on that file's ISA flags. With QUAKE_ATTENTION_BF16
-// defined to a header (attention_avx512bf16.cc, attention_neonbf16.cc:
-// precision "bfloat16") the two tile products are that header's bf16
-// micro-kernel (attention_bf16_avx512.h, attention_bf16_neon.h): Q rows, K,
+// defined to a header (attention_avx512bf16.cc, attention_neonbfmmla.cc,
+// attention_neonbfdot.cc: precision "bfloat16") the two tile products are that
+// header's bf16 micro-kernel (attention_bf16_avx512.h,
+// attention_bf16_neon_bfmmla.h, attention_bf16_neon_bfdot.h): Q rows, K,
 // P and V tiles rounded to bf16 (nearest even), products summed in float32;
 // the scores, the online softmax and O stay float32, P is rounded only as the
 // operand of P V (l sums the float32 P). Everything else is this file's.
@@ -68,7 +69,8 @@ Tile tile(float* p, size_t rows, size_t cols, size_t ld) {
 // The task's work memory, carved as attention_scratch_floats counts it.
 struct Scratch {
   float *s, *o, *m, *l, *rescale, *mask, *q, *k, *v;
-  // bf16 blocks: words of bf16 pairs (attention_bf16_avx512.h's layouts).
+  // bf16 blocks: words of bf16 pairs (attention_bf16_avx512.h's layouts, or
+  // attention_bf16_neon_bfmmla.h's: rows and pairs rounded up to even).
   uint32_t *qa, *kb, *pa, *vb, *row;  // row: bf16_pack_b_cols' work (16 K rows)
 };
 
@@ -92,13 +94,13 @@ Scratch carve(const AttentionParams& p, float* base) {
     next = w.v + bk * p.dv;
   }
   if (p.bf16) {
-    const size_t d_pairs = (p.d + 1) / 2, k_pairs = (bk + 1) / 2;
-    const auto panel = [](size_t n) { return (n + kBf16PanelColumns - 1) / kBf16PanelColumns * kBf16PanelColumns; };
+    // As attention_scratch_floats counts them (attention_plan.cc).
+    const size_t d_words = bf16_scratch_words(p.d), k_words = bf16_scratch_words(bk), rows = bf16_scratch_rows(bq);
     w.qa = reinterpret_cast<uint32_t*>(next);
-    w.kb = w.qa + bq * d_pairs;
-    w.pa = w.kb + d_pairs * panel(bk);
-    w.vb = w.pa + bq * k_pairs;
-    w.row = w.vb + k_pairs * panel(p.dv);
+    w.kb = w.qa + rows * d_words;
+    w.pa = w.kb + d_words * bf16_scratch_panel(bk);
+    w.vb = w.pa + rows * k_words;
+    w.row = w.vb + k_words * bf16_scratch_panel(p.dv);
   }
   return w;
 }
@@ -217,8 +219,8 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
   const float* q = p.half ? w.q : static_cast<const float*>(head.q) + t.q0 * d;
   if (p.half && k_end > t.k0) halves_to_floats(p, static_cast<const uint16_t*>(head.q) + t.q0 * d, rows, d, d, w.q);
 #ifdef QUAKE_ATTENTION_BF16
-  const size_t d_pairs = (d + 1) / 2;
-  if (k_end > t.k0) bf16_pack_a(q, rows, d, d, w.qa, d_pairs);
+  const size_t d_pairs = (d + 1) / 2, d_words = bf16_a_words(d_pairs);  // words per row of Q's image
+  if (k_end > t.k0) bf16_pack_a(q, rows, d, d, w.qa, d_words);
 #else
   const ConstTile q_block = const_tile(q, rows, d, d);
 #endif
@@ -254,7 +256,7 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
       } else {
         bf16_pack_b_cols(k, cols, d, ld, w.kb, w.row);  // K [cols x d]: each row down a column
       }
-      bf16_gemm<false>(w.qa, d_pairs, w.kb, d_pairs, w.s, bk, rows, cols);
+      bf16_gemm<false>(w.qa, d_words, w.kb, d_pairs, w.s, bk, rows, cols);
     }
 #else
     } else if (p.k_transposed) {
@@ -298,10 +300,10 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
     }
 #ifdef QUAKE_ATTENTION_BF16
     // P rounded to bf16 here only (l above summed the float32 P).
-    const size_t k_pairs = (cols + 1) / 2;
-    bf16_pack_a(w.s, rows, cols, bk, w.pa, k_pairs);
+    const size_t k_pairs = (cols + 1) / 2, k_words = bf16_a_words(k_pairs);
+    bf16_pack_a(w.s, rows, cols, bk, w.pa, k_words);
     bf16_pack_b_rows(v, cols, dv, dv, w.vb);
-    bf16_gemm<true>(w.pa, k_pairs, w.vb, k_pairs, w.o, dv, rows, dv);
+    bf16_gemm<true>(w.pa, k_words, w.vb, k_pairs, w.o, dv, rows, dv);
 #else
     o.noalias() += const_tile(w.s, rows, cols, bk) * const_tile(v, cols, dv, dv);
 #endif

@@ -200,11 +200,13 @@ size_t attention_scratch_floats(const AttentionParams& p) {
   if (p.half || p.mask_col_broadcast) n += bq * bk;
   if (p.half) n += bq * p.d + bk * p.d + bk * p.dv;
   if (p.bf16) {
-    // Words of bf16 pairs: Q rows, K^T panel, P rows, V panel, 16 K rows
-    // being transposed (attention_bf16_avx512.h, bf16_pack_cols_words).
-    const size_t d_pairs = (p.d + 1) / 2, k_pairs = (bk + 1) / 2;
-    const auto panel = [](size_t n) { return (n + kBf16PanelColumns - 1) / kBf16PanelColumns * kBf16PanelColumns; };
-    n += bq * d_pairs + d_pairs * panel(bk) + bq * k_pairs + k_pairs * panel(p.dv) + 16 * ((d_pairs + 15) / 16 * 16);
+    // Words of bf16 pairs: Q rows, K^T panel, P rows, V panel (rows and pairs
+    // rounded up to even for the BFMMLA layout), 16 K rows being transposed
+    // (attention_bf16_avx512.h, bf16_pack_cols_words).
+    const size_t d_words = bf16_scratch_words(p.d), k_words = bf16_scratch_words(bk), rows = bf16_scratch_rows(bq);
+    const size_t d_pairs = (p.d + 1) / 2;
+    n += rows * d_words + d_words * bf16_scratch_panel(bk) + rows * k_words + k_words * bf16_scratch_panel(p.dv) +
+         16 * ((d_pairs + 15) / 16 * 16);
   }
   return n;
 }

@@ -1,6 +1,7 @@
 // Chooses the kernel table: CPU features are read once per process; the
 // QUAKE_ISA environment variable may lower the level (for tests and for
-// comparing paths on one machine).
+// comparing paths on one machine). Also the engine of Attention's precision
+// "bfloat16", which QUAKE_NEON_BF16 may switch from BFMMLA to BFDOT on AArch64.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -24,7 +25,7 @@ struct CpuFeatures {
   bool avx512 = false;
   bool avx512_bf16 = false;  // VDPBF16PS / VCVTNEPS2BF16 (with the AVX-512 table's features)
   bool neon = false;
-  bool neon_bf16 = false;  // FEAT_BF16: BFDOT, BFCVT (Linux HWCAP2_BF16)
+  bool neon_bf16 = false;  // FEAT_BF16: BFDOT, BFMMLA, BFCVT (Linux HWCAP2_BF16)
 };
 
 #ifdef QUAKE_X86
@@ -63,6 +64,22 @@ CpuFeatures detect() {
 const CpuFeatures& features() {
   static const CpuFeatures f = detect();
   return f;
+}
+
+// QUAKE_NEON_BF16: which FEAT_BF16 micro-kernel runs precision "bfloat16" on
+// AArch64. Unset, empty, "auto" or "bfmmla": BFMMLA; "bfdot": BFDOT; anything
+// else: false (select_kernels refuses it on every machine, so a typo is
+// never silently ignored).
+enum class NeonBf16 { kBfmmla, kBfdot };
+bool neon_bf16_choice(NeonBf16* out) {
+  const char* v = std::getenv("QUAKE_NEON_BF16");
+  *out = NeonBf16::kBfmmla;
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0 || std::strcmp(v, "bfmmla") == 0) return true;
+  if (std::strcmp(v, "bfdot") == 0) {
+    *out = NeonBf16::kBfdot;
+    return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -105,6 +122,13 @@ const KernelTable* best_kernels(Isa at_most) {
 
 const KernelTable* select_kernels(const char** error) {
   *error = nullptr;
+  NeonBf16 neon_bf16;
+  if (!neon_bf16_choice(&neon_bf16)) {
+    thread_local std::string message;  // lives until this thread's next call
+    message = std::string("QUAKE_NEON_BF16='") + std::getenv("QUAKE_NEON_BF16") + "' is not one of auto, bfmmla, bfdot";
+    *error = message.c_str();
+    return nullptr;
+  }
   const char* requested = std::getenv("QUAKE_ISA");
   if (requested == nullptr || *requested == '\0' || std::strcmp(requested, "auto") == 0) {
     return best_kernels(Isa::kAvx512);
@@ -127,9 +151,14 @@ AttentionBlockFn attention_bf16_block(const KernelTable* t, const char** engine)
     return attention_block_avx512bf16;
   }
 #elif defined(__aarch64__)
-  if (t != nullptr && t->isa == Isa::kNeon && features().neon_bf16) {
-    *engine = "NEON BF16";
-    return attention_block_neonbf16;
+  NeonBf16 choice;
+  if (t != nullptr && t->isa == Isa::kNeon && features().neon_bf16 && neon_bf16_choice(&choice)) {
+    if (choice == NeonBf16::kBfdot) {
+      *engine = "NEON BFDOT";
+      return attention_block_neonbfdot;
+    }
+    *engine = "NEON BFMMLA";
+    return attention_block_neonbfmmla;
   }
 #else
   (void)t;

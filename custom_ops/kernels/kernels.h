@@ -142,17 +142,20 @@ const KernelTable* kernels_for(Isa isa);
 const KernelTable* best_kernels(Isa at_most);
 // The table for a new kernel: the best this CPU has, lowered by the
 // environment variable QUAKE_ISA=auto|scalar|neon|avx2|avx512 (a level the CPU
-// lacks falls back to the best below it). An unknown value returns nullptr and
-// sets *error. Read when a kernel is created, so a process can compare paths.
+// lacks falls back to the best below it). An unknown value of QUAKE_ISA or of
+// QUAKE_NEON_BF16 (attention_bf16_block) returns nullptr and sets *error. Read
+// when a kernel is created, so a process can compare paths.
 const KernelTable* select_kernels(const char** error);
 
 // com.quake Attention's precision "bfloat16": the bf16 block for kernels of
 // table `t` on this CPU, or nullptr when there is none (then the op runs t's
 // float32 block). *engine names what runs: "AVX512-BF16" (the AVX-512 table
 // on a CPU with AVX512-BF16; AMX CPUs have it too and use it until an AMX
-// block exists), "NEON BF16" (the NEON table on AArch64 Linux with FEAT_BF16)
-// or "float32 fallback" (no bf16 dot product, a build without one, or a table
-// lowered below it by QUAKE_ISA).
+// block exists), "NEON BFMMLA" (the NEON table on AArch64 Linux with
+// FEAT_BF16), "NEON BFDOT" (the same with QUAKE_NEON_BF16=bfdot) or "float32
+// fallback" (no bf16 dot product, a build without one, or a table lowered
+// below it by QUAKE_ISA). QUAKE_NEON_BF16=auto|bfmmla|bfdot is read at each
+// call, as QUAKE_ISA is.
 AttentionBlockFn attention_bf16_block(const KernelTable* t, const char** engine);
 
 }  // namespace quake

@@ -95,8 +95,8 @@ __attribute__((visibility("default"))) const char* QuakeSelectedIsa() {
 }
 
 // What runs com.quake Attention's precision "bfloat16" in a session created
-// now: "AVX512-BF16", "NEON BF16" or "float32 fallback" (kernels.h, attention_bf16_block),
-// or the QUAKE_ISA error text.
+// now: "AVX512-BF16", "NEON BFMMLA", "NEON BFDOT" or "float32 fallback" (kernels.h,
+// attention_bf16_block), or the QUAKE_ISA / QUAKE_NEON_BF16 error text.
 __attribute__((visibility("default"))) const char* QuakeAttentionBf16Engine() {
   const char* error = nullptr;
   const quake::KernelTable* table = quake::select_kernels(&error);

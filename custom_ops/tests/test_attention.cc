@@ -12,6 +12,7 @@
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -616,8 +617,9 @@ double bf16_bound_emulated(const Problem& pb, size_t row, int order, bool half, 
   return b;
 }
 
+// Records the measured maxima under "<engine> <float|half> order <n><group>".
 void check_bf16_result(Check& check, const char* engine, int order, const Problem& p, const Problem& pb,
-                       const std::vector<float>& y, bool half, const char* variant) {
+                       const std::vector<float>& y, bool half, const char* variant, const char* group = "") {
   double worst_f32 = 0, worst_emu = 0;
   for (size_t i = 0; i < p.sq; ++i) {
     for (size_t c = 0; c < p.dv; ++c) {
@@ -645,7 +647,7 @@ void check_bf16_result(Check& check, const char* engine, int order, const Proble
             got, ref_b, err_b, bb);
     }
   }
-  const std::string key = std::string(engine) + (half ? " half" : " float") + " order " + std::to_string(order);
+  const std::string key = std::string(engine) + (half ? " half" : " float") + " order " + std::to_string(order) + group;
   double& m = g_max_err[key + " vs f32"];
   m = std::max(m, worst_f32);
   double& mb = g_max_err[key + " vs bf16 in"];
@@ -654,49 +656,202 @@ void check_bf16_result(Check& check, const char* engine, int order, const Proble
 
 void test_bf16_gqa(const KernelTable* t, AttentionBlockFn block, const char* engine, std::mt19937& rng);
 
-void test_bf16_block(const KernelTable* t, const std::vector<Problem>& ps, const std::vector<Problem>& half_ps,
-                     std::mt19937& rng) {
-  const char* engine = nullptr;
-  const AttentionBlockFn block = attention_bf16_block(t, &engine);
-  if (block == nullptr) {
-    Check check(std::string(t->name) + " precision bfloat16: float32 fallback named");
-    check(std::strcmp(engine, "float32 fallback") == 0, "engine '%s'", engine);
-    std::printf("precision bfloat16 on table %s: %s\n", t->name, engine);
-    return;
+// A bf16 engine of table t: its name (attention_bf16_block's *engine) and block.
+struct Bf16Engine {
+  std::string name;
+  AttentionBlockFn block;
+};
+
+// Restores an environment variable to the value it had at construction.
+class EnvRestore {
+ public:
+  explicit EnvRestore(const char* name) : name_(name) {
+    const char* v = std::getenv(name);
+    had_ = v != nullptr;
+    if (had_) value_ = v;
   }
-  std::printf("precision bfloat16 on table %s: %s\n", t->name, engine);
+  ~EnvRestore() {
+    if (had_) {
+      setenv(name_, value_.c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string value_;
+};
+
+// Every bf16 engine of table t, one per QUAKE_NEON_BF16 choice that gives a
+// different block (AArch64 with FEAT_BF16: BFMMLA by default, BFDOT on
+// request; x86: the one AVX512-BF16 engine); empty when t has none. Checks
+// the names each choice reports.
+std::vector<Bf16Engine> bf16_engines(const KernelTable* t) {
+  EnvRestore restore("QUAKE_NEON_BF16");
+  std::vector<Bf16Engine> out;
+  const char* const choices[] = {nullptr, "auto", "bfmmla", "bfdot"};
+  Check check(std::string(t->name) + " precision bfloat16: engines named");
+  for (const char* choice : choices) {
+    if (choice == nullptr) {
+      unsetenv("QUAKE_NEON_BF16");
+    } else {
+      setenv("QUAKE_NEON_BF16", choice, 1);
+    }
+    const char* engine = nullptr;
+    const AttentionBlockFn block = attention_bf16_block(t, &engine);
+    const std::string name = engine ? engine : "(null)";
+    const char* label = choice ? choice : "unset";
+    if (block == nullptr) {
+      check(name == "float32 fallback", "QUAKE_NEON_BF16 %s: no block, engine '%s'", label, name.c_str());
+      continue;
+    }
+    if (t->isa == Isa::kNeon) {
+      const char* want = choice && std::strcmp(choice, "bfdot") == 0 ? "NEON BFDOT" : "NEON BFMMLA";
+      check(name == want, "QUAKE_NEON_BF16 %s: engine '%s', want '%s'", label, name.c_str(), want);
+    } else {
+      check(name == "AVX512-BF16", "QUAKE_NEON_BF16 %s: engine '%s'", label, name.c_str());
+    }
+    bool seen = false;
+    for (const Bf16Engine& e : out) {
+      if (e.block == block) {
+        seen = true;
+        check(e.name == name, "one block named '%s' and '%s'", e.name.c_str(), name.c_str());
+      }
+    }
+    if (!seen) out.push_back({name, block});
+  }
+  return out;
+}
+
+// QUAKE_NEON_BF16 is checked on every machine: an unknown value is refused
+// by select_kernels with a sentence naming the variable and the choices.
+void test_neon_bf16_variable() {
+  EnvRestore restore("QUAKE_NEON_BF16");
+  Check check("QUAKE_NEON_BF16: unknown value refused, known values taken");
+  setenv("QUAKE_NEON_BF16", "bfmmmla", 1);
+  const char* error = nullptr;
+  check(select_kernels(&error) == nullptr, "QUAKE_NEON_BF16=bfmmmla accepted");
+  const std::string message = error ? error : "";
+  check(message == "QUAKE_NEON_BF16='bfmmmla' is not one of auto, bfmmla, bfdot", "message '%s'", message.c_str());
+  for (const char* ok : {"", "auto", "bfmmla", "bfdot"}) {
+    setenv("QUAKE_NEON_BF16", ok, 1);
+    check(select_kernels(&error) != nullptr && error == nullptr, "QUAKE_NEON_BF16='%s' refused", ok);
+  }
+}
+
+// Outputs of two engines agree bit for bit (NaN where NaN). BFMMLA is two
+// BFDOT steps per element over the same pairs in the same order (Arm ARM), so
+// the NEON engines must match exactly.
+size_t bitwise_differences(const std::vector<float>& a, const std::vector<float>& b) {
+  size_t bad = a.size() != b.size() ? 1 : 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    bad += !(std::memcmp(&a[i], &b[i], sizeof(float)) == 0 || (std::isnan(a[i]) && std::isnan(b[i])));
+  }
+  return bad;
+}
+
+void test_bf16_block(const KernelTable* t, const std::vector<Bf16Engine>& engines, const std::vector<Problem>& ps,
+                     const std::vector<Problem>& half_ps, std::mt19937& rng) {
   std::vector<Problem> pb, half_pb;
   for (const Problem& p : ps) pb.push_back(bf16_image(p));
   for (const Problem& p : half_ps) half_pb.push_back(bf16_image(p));
   const RunOptions variants[] = {
-      {{0, 0}, 1, false, false, block},    // tiles from the caches
-      {{16, 48}, 1, false, false, block},  // small tiles: every length straddles blocks
-      {{7, 33}, 1, false, true, block},    // odd tiles: row tails below 8, odd key tiles (P pairs padded), K^T
-      {{16, 32}, 64, false, true, block},  // decode split, K transposed
-      {{0, 0}, 1, true, false, block},     // float16
-      {{32, 16}, 16, true, true, block},   // float16, split, K transposed
+      {{0, 0}, 1, false, false, nullptr},    // tiles from the caches
+      {{16, 48}, 1, false, false, nullptr},  // small tiles: every length straddles blocks
+      {{7, 33}, 1, false, true, nullptr},    // odd tiles: row tails below 8, odd key tiles (P pairs padded), K^T
+      {{16, 32}, 64, false, true, nullptr},  // decode split, K transposed
+      {{0, 0}, 1, true, false, nullptr},     // float16
+      {{32, 16}, 16, true, true, nullptr},   // float16, split, K transposed
   };
   const char* const names[] = {"cache tiles", "tiles 16x48", "tiles 7x33 K^T",
                                "split, K^T",  "float16",     "float16 split K^T"};
   for (int order = 1; order <= 3; ++order) {
     for (size_t vi = 0; vi < sizeof variants / sizeof variants[0]; ++vi) {
-      char name[200];
-      std::snprintf(name, sizeof name, "%s order %d attention bf16 (%s), %s: %zu problems vs references", t->name,
-                    order, engine, names[vi], ps.size());
-      Check check(name);
-      const bool half = variants[vi].half;
-      size_t split = 0;
-      for (size_t i = 0; i < ps.size(); ++i) {
-        size_t chunks = 1;
-        const Problem& p = half ? half_ps[i] : ps[i];
-        const std::vector<float> y = run(t, order, p, variants[vi], check, &chunks);
-        split += chunks > 1;
-        check_bf16_result(check, engine, order, p, half ? half_pb[i] : pb[i], y, half, names[vi]);
+      std::vector<std::vector<float>> first;  // the first engine's outputs, to compare the others with
+      for (size_t ei = 0; ei < engines.size(); ++ei) {
+        const Bf16Engine& e = engines[ei];
+        char name[200];
+        std::snprintf(name, sizeof name, "%s order %d attention bf16 (%s), %s: %zu problems vs references", t->name,
+                      order, e.name.c_str(), names[vi], ps.size());
+        Check check(name);
+        RunOptions opt = variants[vi];
+        opt.block = e.block;
+        const bool half = opt.half;
+        size_t split = 0;
+        for (size_t i = 0; i < ps.size(); ++i) {
+          size_t chunks = 1;
+          const Problem& p = half ? half_ps[i] : ps[i];
+          const std::vector<float> y = run(t, order, p, opt, check, &chunks);
+          split += chunks > 1;
+          check_bf16_result(check, e.name.c_str(), order, p, half ? half_pb[i] : pb[i], y, half, names[vi]);
+          if (ei == 0) {
+            first.push_back(y);
+          } else {
+            const size_t bad = bitwise_differences(first[i], y);
+            check(bad == 0, "%s %s: %zu elements differ from %s", p.name.c_str(), names[vi], bad,
+                  engines[0].name.c_str());
+          }
+        }
+        if (opt.parallelism > 1) check(split > 0, "no problem was split");
       }
-      if (variants[vi].parallelism > 1) check(split > 0, "no problem was split");
     }
   }
-  test_bf16_gqa(t, block, engine, rng);
+  // Every engine on the same GQA data (a copy of the generator each).
+  for (const Bf16Engine& e : engines) {
+    std::mt19937 same = rng;
+    test_bf16_gqa(t, e.block, e.name.c_str(), same);
+  }
+}
+
+// Every tail of the micro-kernels: query rows 1..17 (row blocks of 8, the
+// BFMMLA row pairs), keys 1..17 (S's column tails below 8, P V's reduction
+// tails of 1..3 values past a quad and odd pairs), head dims D 1..12 (Q K^T's
+// reduction tails) and Dv 1..17 (P V's column tails), with causal rows and
+// masks, at the cache tiles and at 3 x 5 tiles (every tile a tail), each
+// engine against the references with the bounds above and the engines
+// against each other bit for bit.
+void test_bf16_tails(const KernelTable* t, const std::vector<Bf16Engine>& engines, std::mt19937& rng) {
+  const MaskKind masks[] = {MaskKind::kNone, MaskKind::kRandomNegInf, MaskKind::kPadding, MaskKind::kColumn};
+  std::vector<Problem> ps, pb;
+  for (size_t sq = 1; sq <= 17; ++sq) {
+    for (size_t skv = 1; skv <= 17; ++skv) {
+      const size_t d = 1 + (sq + 2 * skv) % 12, dv = 1 + (3 * sq + skv) % 17;
+      const bool causal = (sq + skv) % 3 == 0;
+      const MaskKind mk = masks[(sq * 7 + skv) % 4];
+      char name[128];
+      std::snprintf(name, sizeof name, "tails: Sq %zu Skv %zu D %zu Dv %zu%s mask %s", sq, skv, d, dv,
+                    causal ? " causal" : "", kMaskNames[static_cast<int>(mk)]);
+      ps.push_back(make_problem(name, sq, skv, d, dv, causal, mk, rng));
+      pb.push_back(bf16_image(ps.back()));
+    }
+  }
+  const RunOptions variants[] = {{{0, 0}, 1, false, false, nullptr}, {{3, 5}, 1, false, true, nullptr}};
+  const char* const names[] = {"cache tiles", "tiles 3x5 K^T"};
+  const int order = 2;
+  for (size_t vi = 0; vi < 2; ++vi) {
+    std::vector<std::vector<float>> first;
+    for (size_t ei = 0; ei < engines.size(); ++ei) {
+      const Bf16Engine& e = engines[ei];
+      Check check(std::string(t->name) + " attention bf16 (" + e.name + "), " + names[vi] + ": " +
+                  std::to_string(ps.size()) + " tail problems vs references");
+      RunOptions opt = variants[vi];
+      opt.block = e.block;
+      for (size_t i = 0; i < ps.size(); ++i) {
+        size_t chunks = 1;
+        const std::vector<float> y = run(t, order, ps[i], opt, check, &chunks);
+        check_bf16_result(check, e.name.c_str(), order, ps[i], pb[i], y, false, names[vi], " tails");
+        if (ei == 0) {
+          first.push_back(y);
+        } else {
+          const size_t bad = bitwise_differences(first[i], y);
+          check(bad == 0, "%s %s: %zu elements differ from %s", ps[i].name.c_str(), names[vi], bad,
+                engines[0].name.c_str());
+        }
+      }
+    }
+  }
 }
 
 // Grouped-query attention through the op's planning with the bf16 block: Q
@@ -805,8 +960,13 @@ int main() {
     test_block(t, ps, half_ps);
     test_split_agrees(t, rng);
     if (t != scalar) test_online_step(t, scalar, rng);
-    test_bf16_block(t, ps, half_ps, rng);
+    const std::vector<Bf16Engine> engines = bf16_engines(t);
+    for (const Bf16Engine& e : engines) std::printf("precision bfloat16 on table %s: %s\n", t->name, e.name.c_str());
+    if (engines.empty()) std::printf("precision bfloat16 on table %s: float32 fallback\n", t->name);
+    test_bf16_block(t, engines, ps, half_ps, rng);
+    test_bf16_tails(t, engines, rng);
   }
+  test_neon_bf16_variable();
   print_errors();
   std::printf("\n%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

@@ -78,15 +78,17 @@ class Prepared:
 
 def bf16_engine() -> Optional[str]:
     """What runs com.quake Attention's precision "bfloat16" in the sessions tune
-    opens (optimize --explain names the same): "AVX512-BF16", "NEON BF16", or
-    None for the float32 fallback (nothing to gain) or no library to ask."""
+    opens (optimize --explain names the same): "AVX512-BF16", "NEON BFMMLA",
+    "NEON BFDOT", or None for the float32 fallback (nothing to gain), no library
+    to ask, or a QUAKE_ISA / QUAKE_NEON_BF16 value the library refuses."""
     try:
         from .._library import attention_bf16_engine
 
         engine = attention_bf16_engine()
     except (OSError, AttributeError):
         return None
-    return None if engine in ("float32 fallback", "") or "QUAKE_ISA" in engine else engine
+    refused = engine.startswith(("QUAKE_ISA=", "QUAKE_NEON_BF16="))  # the library's error text
+    return None if engine in ("float32 fallback", "") or refused else engine
 
 
 def fused_precisions(attention_precision: str, engine: Optional[str]) -> tuple:

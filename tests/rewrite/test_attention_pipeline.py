@@ -132,7 +132,7 @@ def test_attention_precision_sets_the_attribute():
     assert _precision(out) == [b"bfloat16"]
     engine = quake_onnx._library.attention_bf16_engine()
     assert attention_decision(report).reason.endswith(f"; precision bfloat16, run here by {engine}")
-    assert engine in ("AVX512-BF16", "NEON BF16", "float32 fallback")
+    assert engine in ("AVX512-BF16", "NEON BFMMLA", "NEON BFDOT", "float32 fallback")
 
 
 def test_attention_precision_leaves_existing_nodes():
