@@ -152,21 +152,34 @@ inline void spin_pause() {
 // phase1(i) for every piece i < pieces, then phase2(i) for every piece, in
 // one parallel-for instead of two: each of ORT's dispatches costs 2-3 us on
 // a VM, as much as half of a 50257-float Softmax row's work per thread.
-// Workers claim pieces from a counter; one that finds no piece of phase 1
-// left waits until every claimed piece is done. It waits only for pieces
-// that running workers are inside of, so this cannot deadlock when ORT runs
-// the tasks one after another on one thread (the first task then does all
-// the work and the others find none).
+// Workers claim phase-1 pieces from a counter; one that finds none left
+// waits until every claimed piece is done, then runs phase 2 first on the
+// pieces it ran phase 1 on, whose data (a Softmax chunk's stored terms) is
+// still in its own L2 (taking pieces first-come there moved half of them
+// between cores), then on any piece nobody has taken. A worker waits
+// only for pieces that running workers are inside of, so this cannot
+// deadlock when ORT runs the tasks one after another on one thread (the
+// first task then does all the work and the others find none).
 template <typename Phase1, typename Phase2>
 void parallel_two_phases(const Ort::KernelContext& ctx, size_t pieces, const Phase1& phase1, const Phase2& phase2) {
-  std::atomic<size_t> next1{0}, done1{0}, next2{0};
+  std::atomic<size_t> next{0}, done{0};
+  std::unique_ptr<std::atomic<bool>[]> taken(new std::atomic<bool>[pieces]);
+  for (size_t i = 0; i < pieces; ++i) taken[i].store(false, std::memory_order_relaxed);
   parallel_tasks(ctx, pieces, [&](size_t) {
-    for (size_t i; (i = next1.fetch_add(1, std::memory_order_relaxed)) < pieces;) {
+    std::vector<size_t> mine;
+    for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < pieces;) {
       phase1(i);
-      done1.fetch_add(1, std::memory_order_release);
+      mine.push_back(i);
+      done.fetch_add(1, std::memory_order_release);
     }
-    while (done1.load(std::memory_order_acquire) < pieces) spin_pause();
-    for (size_t i; (i = next2.fetch_add(1, std::memory_order_relaxed)) < pieces;) phase2(i);
+    while (done.load(std::memory_order_acquire) < pieces) spin_pause();
+    for (size_t i : mine) {
+      if (!taken[i].exchange(true, std::memory_order_relaxed)) phase2(i);
+    }
+    // A worker that arrived after phase 1 was all claimed helps with phase 2.
+    for (size_t i = 0; i < pieces; ++i) {
+      if (!taken[i].exchange(true, std::memory_order_relaxed)) phase2(i);
+    }
   });
 }
 
