@@ -12,6 +12,8 @@ the ratio is taken per round and its median reported with the quartiles.
 
     python benchmarks/attention_break_even.py --heads 12 --dim 64 --seqs 16,32,64,128,256 --rounds 15
 
+--precision bfloat16 sets the fused node's precision (the per-op block stays float32).
+
 Prints a Markdown table: S, score elements (H S^2), per-op and fused median
 times, and fused speed-up (per-op time / fused time) median [q1, q3]. The
 break-even is the smallest score-element count from which every larger size's
@@ -30,6 +32,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import quake_onnx
+from quake_onnx._library import attention_bf16_engine
 from quake_onnx.rewrite import ALL_OPS, rewrite_model
 
 
@@ -80,10 +83,13 @@ def timed(sess: ort.InferenceSession, feeds: dict, runs: int) -> float:
     return (time.perf_counter() - start) / runs
 
 
-def measure(heads: int, seq: int, dim: int, rounds: int, threads: int, budget: float) -> dict:
+def measure(heads: int, seq: int, dim: int, rounds: int, threads: int, budget: float, precision: str) -> dict:
     model = block(heads, seq, dim)
     fused, report = rewrite_model(model, min_elements={})
-    assert any(n.op_type == "Attention" for n in fused.graph.node), report.decisions
+    fused_nodes = [n for n in fused.graph.node if n.op_type == "Attention"]
+    assert fused_nodes, report.decisions
+    for n in fused_nodes:
+        n.attribute.append(helper.make_attribute("precision", precision))
     per_op, _ = rewrite_model(model, ops=ALL_OPS - {"attention"})
     rng = np.random.default_rng(seq)
     feeds = {n: rng.standard_normal((1, heads, seq, dim)).astype(np.float32) for n in "QKV"}
@@ -136,10 +142,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--budget", type=float, default=0.05, help="seconds per batch of runs of one model")
+    ap.add_argument(
+        "--precision", choices=("float32", "bfloat16"), default="float32", help="the fused node's precision attribute"
+    )
     args = ap.parse_args()
     print(
         f"H{args.heads} D{args.dim}, {args.threads} thread(s), {args.rounds} interleaved rounds, "
-        f"ORT {ort.__version__}, kernels {quake_onnx.selected_isa()}"
+        f"ORT {ort.__version__}, kernels {quake_onnx.selected_isa()}, fused precision {args.precision}"
+        + (f" (engine: {attention_bf16_engine()})" if args.precision == "bfloat16" else "")
     )
     print(
         "| S | score elements | per-op (us) | fused (us) | fused speed-up median [q1, q3] | runs/round | max abs diff |"
@@ -147,7 +157,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     rows = []
     for seq in args.seqs:
-        row = measure(args.heads, seq, args.dim, args.rounds, args.threads, args.budget)
+        row = measure(args.heads, seq, args.dim, args.rounds, args.threads, args.budget, args.precision)
         rows.append(row)
         print(
             f"| {row['seq']} | {row['elements']} | {row['per_op_us']:.1f} | {row['fused_us']:.1f} | "

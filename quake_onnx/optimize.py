@@ -110,7 +110,10 @@ def optimize(
         attribute of the com.quake Attention nodes fused (bf16 tile products
         with float32 accumulation on CPUs with a bf16 engine, float32
         elsewhere; docs/ops.md, "Attention"); the --explain reason of each
-        names the engine that runs it on this machine.
+        names the engine that runs it on this machine. With "bfloat16" and
+        min_elements None, attention blocks get bfloat16's break-even
+        (engine.BF16_ATTENTION_BREAK_EVEN) and blocks of symbolic size are
+        fused too (docs/optimize.md, "The break-even").
     custom_ops_libraries: paths of custom-op libraries the model's other
         nodes need, registered on every session this opens (the library of
         onnxruntime-extensions is registered by itself for a model that
@@ -137,6 +140,8 @@ def optimize(
             f"attention_precision must be one of {', '.join(ATTENTION_PRECISIONS)}, not {attention_precision!r}"
         )
     settings = dataclasses.replace(settings, attention_precision=attention_precision)
+    if attention_precision == "bfloat16" and min_elements is None:
+        settings = _bf16_attention_floor(settings)
     job = load(model_or_path, output, in_place, settings, also_written)
     job = ort_oracle(job)
     job = fuse_attention(job)
@@ -174,6 +179,19 @@ def _settings(
         bits=bits,
         user_libraries=sessions.user_libraries(libraries),
     )
+
+
+def _bf16_attention_floor(settings: Settings) -> Settings:
+    """The default floors for attention fused at bfloat16: its measured
+    break-even (engine.BF16_ATTENTION_BREAK_EVEN, S 64 at H12 instead of S
+    384), and blocks of symbolic size fused too, which float32 leaves per op
+    (an encoder exported with a symbolic sequence then runs fused at any
+    length: below about S 64 that is 0.7-0.9x the block per op)."""
+    from .rewrite.engine import BF16_ATTENTION_BREAK_EVEN
+
+    floors = dict(settings.floors)
+    floors["attention"] = BF16_ATTENTION_BREAK_EVEN
+    return dataclasses.replace(settings, floors=tuple(sorted(floors.items())), fuse_symbolic=frozenset({"attention"}))
 
 
 def _floors(min_elements: Optional[int]) -> dict:

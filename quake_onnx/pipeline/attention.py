@@ -44,6 +44,7 @@ def fuse_attention(job: Job) -> Job:
         job.type_hints,
         _attention_rules(),
         select=s.select,
+        fuse_symbolic=s.fuse_symbolic,
     )
     job.model = rewritten
     decisions = report.decisions

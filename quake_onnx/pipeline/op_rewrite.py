@@ -62,6 +62,7 @@ def _rewrite(
     type_hints: Sequence[onnx.ValueInfoProto],
     rules,
     select=None,
+    fuse_symbolic=frozenset(),
 ):
     try:
         from ..rewrite.passes import rewrite_model
@@ -77,17 +78,22 @@ def _rewrite(
         type_hints=type_hints,
         rules=rules,
         select=dict(select) if select is not None else None,
+        fuse_symbolic=fuse_symbolic,
     )
 
 
-def rewrite_light(model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select=None):
+def rewrite_light(
+    model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select=None, fuse_symbolic=frozenset()
+):
     """rewrite_model with `rules` and big tensors' bytes set aside (see
     strip_large_tensors). `model` is as it was after. `select`: (anchor
-    name, Pick) pairs, see Settings.select."""
+    name, Pick) pairs, see Settings.select; `fuse_symbolic`: see rewrite_model."""
     stash = modelio.strip_large_tensors(model)
     try:
         try:
-            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select)
+            rewritten, report = _rewrite(
+                model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select, fuse_symbolic
+            )
         except OptimizeError:
             raise
         except Exception as e:
@@ -97,7 +103,9 @@ def rewrite_light(model, order, ops, skip, keep_layout, min_elements, type_hints
             if not stash or modelio.needs_external_data(model):
                 raise OptimizeError(f"the rewrite failed: {type(e).__name__}: {e}", exit_code=1) from e
             stash = {}
-            rewritten, report = _rewrite(model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select)
+            rewritten, report = _rewrite(
+                model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select, fuse_symbolic
+            )
         modelio.restore_large_tensors(rewritten, stash)
     finally:
         modelio.restore_large_tensors(model, stash)

@@ -36,6 +36,11 @@ BREAK_EVEN = {
     "sigmoid": 2048,
     "exp": 8192,
 }
+# The attention floor when the fused node runs at precision "bfloat16": its
+# bf16 tiles pay from about S 64 (H12 D64 from S 32, H12 D32 and H4 D64 from
+# S 64; below, 0.69-0.92x the block per op), where float32 needs S 384
+# (benchmarks/attention_break_even.py --precision bfloat16, Zen 4 AVX512-BF16).
+BF16_ATTENTION_BREAK_EVEN = 12 * 64 * 64
 
 
 _NODE_REASONS = layout.NODE_REASONS | {NOT_SELECTED}
@@ -48,7 +53,12 @@ def qualified(node: gs.Node) -> str:
 
 class Engine:
     def __init__(
-        self, rules: Iterable[Rule], ops: frozenset[str], report: Report, min_elements: Mapping[str, int] = {}
+        self,
+        rules: Iterable[Rule],
+        ops: frozenset[str],
+        report: Report,
+        min_elements: Mapping[str, int] = {},
+        fuse_symbolic: frozenset[str] = frozenset(),
     ):
         self.by_anchor: dict[tuple[str, str], list[Rule]] = {}
         for rule in rules:  # list order is priority: composite patterns before the single ops they contain
@@ -57,6 +67,7 @@ class Engine:
         self.ops = ops
         self.report = report
         self.min_elements = dict(min_elements)
+        self.fuse_symbolic = frozenset(fuse_symbolic)
 
     def run(self, ctx: Context) -> None:
         """Visits every graph, each before the graphs nested in it: a replacement found from
@@ -150,7 +161,7 @@ class Engine:
         floor = self.min_elements.get(rule.family, 0)
         if size is not None and size < floor:
             return f"{size} {match.size_what}: below the {floor}-element break-even of {match.cost}"
-        if size is None and floor > 0 and match.unknown_size_reason:
+        if size is None and floor > 0 and match.unknown_size_reason and rule.family not in self.fuse_symbolic:
             return match.unknown_size_reason
         # Rules follow a pattern through its fitting reader and leave other readers to this one check.
         inner = [t for n in match.remove for t in n.outputs if t is not match.output]

@@ -32,6 +32,7 @@ def rewrite_model(
     type_hints: Iterable[onnx.ValueInfoProto] = (),
     rules: Optional[Sequence[Rule]] = None,
     select: Optional[Mapping[str, Pick]] = None,
+    fuse_symbolic: frozenset[str] = frozenset(),
 ) -> tuple[onnx.ModelProto, Report]:
     """Return (rewritten copy of `model`, what was done to every candidate). `model` is not modified.
 
@@ -52,6 +53,9 @@ def rewrite_model(
     select: when given, only the anchor nodes named in it are replaced (the
         others are kept, "not selected"), each with its Pick's order (and
         Softmax attributes) instead of `order`: `quake-onnx tune`'s variants.
+    fuse_symbolic: families whose nodes of symbolic size are replaced even
+        where their rule would leave them below its break-even (a rule's
+        unknown_size_reason): optimize's attention at precision bfloat16.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -75,7 +79,7 @@ def rewrite_model(
         keep_conv_layout=keep_conv_layout,
         select=select,
     )
-    Engine(RULES if rules is None else rules, ops, report, min_elements).run(context)
+    Engine(RULES if rules is None else rules, ops, report, min_elements, fuse_symbolic).run(context)
 
     if not report.replaced:  # an unchanged model comes back byte for byte
         return work, report

@@ -12,7 +12,7 @@ from onnx import helper
 
 import quake_onnx
 import quake_onnx._library
-from quake_onnx.rewrite.engine import BREAK_EVEN
+from quake_onnx.rewrite.engine import BF16_ATTENTION_BREAK_EVEN, BREAK_EVEN
 
 from .attention_forms import block
 from .builders import op_types
@@ -198,3 +198,31 @@ def test_cli_attention_precision_explain(tmp_path):
 @pytest.mark.parametrize("ops", ["attention", "ATTENTION,softmax"])
 def test_ops_parse(ops):
     assert "attention" in quake_onnx.optimize.__globals__["parse_ops"](ops)
+
+
+def test_bfloat16_has_its_own_break_even():
+    # No --min-elements: bfloat16's measured floor (H12 S64), not float32's (H12 S384).
+    floor = BF16_ATTENTION_BREAK_EVEN
+    assert 0 < floor < BREAK_EVEN["attention"]
+    mid = block(b=1, h=12, sq=128, d=64, mask="add")[0]  # 196608 score elements: between the two floors
+    out, _ = quake_onnx.optimize(mid, ort_fusions=False)
+    assert "com.quake.Attention" not in op_types(out)
+    out, report = quake_onnx.optimize(mid, ort_fusions=False, attention_precision="bfloat16")
+    assert op_types(out) == ["com.quake.Attention"] and _precision(out) == [b"bfloat16"]
+    out, report = quake_onnx.optimize(small_block(), ort_fusions=False, attention_precision="bfloat16")
+    assert attention_decision(report).reason.startswith(f"512 score elements: below the {floor}-element")
+    # An explicit --min-elements is the user's floor at either precision.
+    out, report = quake_onnx.optimize(mid, ort_fusions=False, attention_precision="bfloat16", min_elements=10**6)
+    assert "com.quake.Attention" not in op_types(out)
+
+
+def test_bfloat16_fuses_blocks_of_symbolic_size():
+    from .test_attention_symbolic import encoder_block
+
+    model, _ = encoder_block()
+    out, report = quake_onnx.optimize(model, ort_fusions=False)
+    assert not attention_decision(report).replaced  # float32: an encoder at symbolic size stays per op
+    out, report = quake_onnx.optimize(model, ort_fusions=False, attention_precision="bfloat16")
+    assert attention_decision(report).replaced and _precision(out) == [b"bfloat16"]
+    out, report = quake_onnx.optimize(model, ort_fusions=False, attention_precision="bfloat16", min_elements=10**6)
+    assert attention_decision(report).reason.startswith("the score size is symbolic")
