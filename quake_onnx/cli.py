@@ -408,6 +408,24 @@ _TUNE_BUDGET = typer.Option(
 )
 
 
+def _parse_tune_precision(value: str) -> str:
+    from .tuning.space import ATTENTION_PRECISIONS
+
+    precision = value.strip().lower()
+    if precision not in ATTENTION_PRECISIONS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(ATTENTION_PRECISIONS)}")
+    return precision
+
+
+_TUNE_PRECISION = typer.Option(
+    "auto",
+    "--tune-attention-precision",
+    metavar="auto|float32|bfloat16",
+    callback=_parse_tune_precision,
+    help="with --tune: tune's --attention-precision (auto, float32 or bfloat16)",
+)
+
+
 def _explicit(ctx: typer.Context) -> frozenset:
     """The parameters passed on the command line, not left at typer's defaults
     (by the enum's name: typer vendors click in some versions and imports it in others)."""
@@ -489,6 +507,7 @@ def check_cmd(
     image_size: int = _IMAGE_SIZE,
     tune: bool = _TUNE,
     tune_budget: float = _TUNE_BUDGET,
+    tune_attention_precision: str = _TUNE_PRECISION,
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
     json_out: Optional[Path] = typer.Option(
         None, "--json", metavar="FILE", help="write the result as JSON ('-': stdout)"
@@ -519,6 +538,7 @@ def check_cmd(
         image_size=image_size,
         tune=tune,
         tune_budget=tune_budget,
+        tune_attention_precision=tune_attention_precision,
     )
     if tune and optimized is not None:
         raise typer.BadParameter("--tune tunes MODEL now; it cannot go with --optimized", param_hint="'--tune'")
@@ -578,6 +598,7 @@ def zoo_cmd(
     ),
     tune: bool = _TUNE,
     tune_budget: float = _TUNE_BUDGET,
+    tune_attention_precision: str = _TUNE_PRECISION,
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
 ) -> None:
     """Check every model under DIR: summary table, S(t) score, JSON / Markdown / JUnit reports.
@@ -607,6 +628,7 @@ def zoo_cmd(
         image_size=image_size,
         tune=tune,
         tune_budget=tune_budget,
+        tune_attention_precision=tune_attention_precision,
     )
     raise typer.Exit(
         zoo_command(
@@ -648,15 +670,6 @@ def _positive_seconds(value: float) -> float:
     if not value > 0 or value == float("inf"):
         raise typer.BadParameter(f"{value:g} is not a number of seconds > 0")
     return value
-
-
-def _parse_tune_precision(value: str) -> str:
-    from .tuning.space import ATTENTION_PRECISIONS
-
-    precision = value.strip().lower()
-    if precision not in ATTENTION_PRECISIONS:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(ATTENTION_PRECISIONS)}")
-    return precision
 
 
 class _TuneProgress:

@@ -58,6 +58,7 @@ class CheckOptions:
     warn_unused_dims: bool = True  # a zoo names the --dim no model used once, not per model
     tune: bool = False  # `quake-onnx tune` the model (within tune_budget seconds) instead of optimizing it
     tune_budget: float = 120.0
+    tune_attention_precision: str = "auto"  # tune's --attention-precision
 
 
 class CheckError(ModelFileError):
@@ -357,6 +358,7 @@ def _tune(model_path: Path, dest: Path, options: CheckOptions, warnings: list) -
             ranges=options.ranges,
             threads=options.threads,
             budget=options.tune_budget,
+            attention_precision=options.tune_attention_precision,
             custom_ops_libraries=options.custom_ops_libraries,
             **tolerance,
         )
@@ -385,6 +387,7 @@ def _tune(model_path: Path, dest: Path, options: CheckOptions, warnings: list) -
             "speedup": speedup,
             "budget": report["budget"]["seconds"],
             "seconds": report["seconds"],
+            "attention_precision": options.tune_attention_precision,
         },
     }
 

@@ -239,3 +239,10 @@ def test_check_tune_cannot_go_with_optimized(work):
 def test_tune_budget_must_be_positive(work, command):
     target = work / "in.onnx" if command == "check" else work
     assert_one_line_error(cli(command, target, "--tune", "--tune-budget", "0"), 2, "--tune-budget")
+
+
+@pytest.mark.parametrize("command", ["check", "zoo"])
+def test_tune_attention_precision_is_checked(work, command):
+    target = work / "in.onnx" if command == "check" else work
+    result = cli(command, target, "--tune", "--tune-attention-precision", "fp16")
+    assert_one_line_error(result, 2, "--tune-attention-precision")

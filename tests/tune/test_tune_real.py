@@ -112,12 +112,30 @@ def test_zoo_tune(tmp_path):
     zoo.mkdir()
     (zoo / "m.onnx").write_bytes(ENCODER.read_bytes())
     report = tmp_path / "zoo.json"
-    result = cli("zoo", zoo, "--tune", "--tune-budget", "5", "--runs", "3", "--warmup", "1", "--json", report)
+    result = cli(
+        "zoo",
+        zoo,
+        "--tune",
+        "--tune-budget",
+        "5",
+        "--tune-attention-precision",
+        "float32",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        report,
+    )
     assert result.exit_code == 0, (result.stdout, result.stderr)
     data = json.loads(report.read_text())
     (model,) = data["models"]
     assert data["settings"]["tune"] == 5
-    assert model["optimized"]["source"] == "tuned now" and model["optimized"]["tune"]["budget"] == 5
+    tuned = model["optimized"]["tune"]
+    assert model["optimized"]["source"] == "tuned now" and tuned["budget"] == 5
+    # float32 asked for: tune built no bfloat16 configuration.
+    assert tuned["attention_precision"] == "float32"
+    assert tuned["configuration"] is None or tuned["configuration"]["attention_precision"] != "bfloat16"
     assert model["status"] == "pass"
     from checktools import validate as validate_zoo
 
