@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from typing import Iterable, Optional, Sequence, Union
 
 import onnx
@@ -110,10 +111,10 @@ def optimize(
         attribute of the com.quake Attention nodes fused (bf16 tile products
         with float32 accumulation on CPUs with a bf16 engine, float32
         elsewhere; docs/ops.md, "Attention"); the --explain reason of each
-        names the engine that runs it on this machine. With "bfloat16" and
-        min_elements None, attention blocks get bfloat16's break-even
-        (engine.BF16_ATTENTION_BREAK_EVEN) and blocks of symbolic size are
-        fused too (docs/optimize.md, "The break-even").
+        names the engine that runs it on this machine. With "bfloat16",
+        blocks of symbolic size are fused too, and with min_elements None
+        static ones get bfloat16's break-even (engine.BF16_ATTENTION_BREAK_EVEN;
+        docs/optimize.md, "The break-even").
     custom_ops_libraries: paths of custom-op libraries the model's other
         nodes need, registered on every session this opens (the library of
         onnxruntime-extensions is registered by itself for a model that
@@ -135,13 +136,15 @@ def optimize(
     settings = _settings(
         order, ops, skip_nodes, ort_fusions, ort_level, min_elements, softmax_method, bits, custom_ops_libraries
     )
+    if isinstance(attention_precision, str):
+        attention_precision = attention_precision.strip().lower()  # as the CLI takes it
     if attention_precision not in ATTENTION_PRECISIONS:
         raise OptimizeError(
             f"attention_precision must be one of {', '.join(ATTENTION_PRECISIONS)}, not {attention_precision!r}"
         )
     settings = dataclasses.replace(settings, attention_precision=attention_precision)
-    if attention_precision == "bfloat16" and min_elements is None:
-        settings = _bf16_attention_floor(settings)
+    if attention_precision == "bfloat16":
+        settings = _bf16_attention_floors(settings, min_elements is None)
     job = load(model_or_path, output, in_place, settings, also_written)
     job = ort_oracle(job)
     job = fuse_attention(job)
@@ -181,16 +184,17 @@ def _settings(
     )
 
 
-def _bf16_attention_floor(settings: Settings) -> Settings:
-    """The default floors for attention fused at bfloat16: its measured
-    break-even (engine.BF16_ATTENTION_BREAK_EVEN, S 64 at H12 instead of S
-    384), and blocks of symbolic size fused too, which float32 leaves per op
-    (an encoder exported with a symbolic sequence then runs fused at any
-    length: below about S 64 that is 0.7-0.9x the block per op)."""
+def _bf16_attention_floors(settings: Settings, default_floors: bool) -> Settings:
+    """Attention fused at bfloat16: blocks of symbolic size fused too, which
+    float32 leaves per op (an encoder exported with a symbolic sequence then
+    runs fused at any length: below about S 64 that is 0.7-0.9x the block per
+    op), and, unless the user set min_elements, bfloat16's measured floor for
+    static sizes (engine.BF16_ATTENTION_BREAK_EVEN, S 64 at H12 instead of S 384)."""
     from .rewrite.engine import BF16_ATTENTION_BREAK_EVEN
 
     floors = dict(settings.floors)
-    floors["attention"] = BF16_ATTENTION_BREAK_EVEN
+    if default_floors:
+        floors["attention"] = BF16_ATTENTION_BREAK_EVEN
     return dataclasses.replace(settings, floors=tuple(sorted(floors.items())), fuse_symbolic=frozenset({"attention"}))
 
 
@@ -212,7 +216,9 @@ class InferenceSession(ort.InferenceSession):
     library of onnxruntime-extensions is registered too when the model
     imports ai.onnx.contrib, and every path in `custom_ops_libraries`
     (raises sessions.LibraryError, a ModelFileError, for one that does not
-    exist or load)."""
+    exist or load). Each library is registered once on `sess_options`, so
+    they can serve several sessions; options where the com.quake library was
+    registered by hand raise ValueError (ORT refuses a domain twice)."""
 
     def __init__(
         self,
@@ -228,6 +234,24 @@ class InferenceSession(ort.InferenceSession):
             sessions.graph_of(path_or_bytes), sessions.user_libraries(custom_ops_libraries)
         )
         so = sess_options if sess_options is not None else ort.SessionOptions()
+        # Registering changes the caller's options, and ORT refuses a session
+        # whose options hold one library twice: each library once per options.
+        registered = _REGISTERED.setdefault(so, set())
         for lib in libraries:
-            so.register_custom_ops_library(lib)
-        super().__init__(path_or_bytes, so, providers=providers or ["CPUExecutionProvider"], **kw)
+            if lib not in registered:
+                so.register_custom_ops_library(lib)
+                registered.add(lib)
+        try:
+            super().__init__(path_or_bytes, so, providers=providers or ["CPUExecutionProvider"], **kw)
+        except Exception as e:
+            if "already set in registry" not in str(e):
+                raise
+            raise ValueError(
+                "sess_options already has a custom-op library of the same domain registered (e.g. the com.quake "
+                "library, registered by hand): quake_onnx.InferenceSession registers it itself, so pass options "
+                "without it, or use onnxruntime.InferenceSession with those options"
+            ) from None
+
+
+# SessionOptions -> the libraries InferenceSession registered on them.
+_REGISTERED: "weakref.WeakKeyDictionary[ort.SessionOptions, set]" = weakref.WeakKeyDictionary()

@@ -109,13 +109,20 @@ def precision_note(attention_precision: str, engine: Optional[str]) -> str:
     if attention_precision == "bfloat16":
         if engine is None:
             return (
-                "attention precision bfloat16 as asked, but this CPU has no bf16 engine: com.quake Attention "
-                "runs it by its float32 fallback here, so it was measured as float32"
+                "attention precision bfloat16 as asked, but no bf16 engine runs it here (this CPU, or the kernel "
+                "table QUAKE_ISA selects, has none): com.quake Attention runs it by its float32 fallback, so it "
+                "was measured as float32"
             )
         return f"attention precision bfloat16 as asked (fused attention only at bfloat16), run here by {engine}"
     if engine is None:
-        return "attention precision bfloat16: not tried, this CPU has no bf16 engine (the float32 fallback)"
-    return f"attention precision bfloat16: tried, run here by {engine}"
+        return (
+            "attention precision bfloat16: not tried, no bf16 engine runs it here (this CPU, or the kernel table "
+            "QUAKE_ISA selects, has none: the float32 fallback)"
+        )
+    return (
+        "attention precision bfloat16: in the search (measured like the others, within the budget), "
+        f"run here by {engine}"
+    )
 
 
 def prepare(job: Job, progress=lambda step: None, attention_precision: str = "auto") -> Prepared:

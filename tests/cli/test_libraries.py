@@ -190,3 +190,19 @@ def test_bad_library_paths(tmp_path, command):
         result = cli(command, *args, "--custom-ops-library", path)
         assert_one_line_error(result, 2, words)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_session_options_serve_several_sessions(tmp_path):
+    # quake_onnx.InferenceSession registers each library once per SessionOptions:
+    # ORT refuses options holding a domain twice ("Domain already set in registry").
+    out = tmp_path / "m.quake.onnx"
+    quake_onnx.optimize(contrib_model("before"), out, ort_fusions=True)
+    so = ort.SessionOptions()
+    first = quake_onnx.InferenceSession(str(out), so).run(None, feeds())
+    second = quake_onnx.InferenceSession(str(out), so).run(None, feeds())
+    assert all((a == b).all() for a, b in zip(first, second))
+    # Options with the library registered by hand (as for onnxruntime.InferenceSession): a clear error.
+    by_hand = ort.SessionOptions()
+    by_hand.register_custom_ops_library(quake_onnx.get_library_path())
+    with pytest.raises(ValueError, match="registered by hand"):
+        quake_onnx.InferenceSession(str(out), by_hand)
