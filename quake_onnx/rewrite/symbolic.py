@@ -256,9 +256,9 @@ class Sizes:
             return self.dim(ins[0], axis)  # elementwise
         if (node.domain or "") not in DEFAULT_DOMAINS:
             return None
+        if op in _FIRST_OUTPUT_SAME and t is node.outputs[0]:  # with its optional outputs or without
+            return self.dim(ins[0], axis) if self.rank(ins[0]) == rank else None
         if len(node.outputs) != 1:
-            if op in _FIRST_OUTPUT_SAME and t is node.outputs[0]:
-                return self.dim(ins[0], axis)
             if op == "Split":
                 return self._sliced(node, axis, rank)
             return None

@@ -84,6 +84,23 @@ def _i64(g: Graph, value) -> str:
         (lambda g: g.node("Mul", ["x", g.const(np.ones((1, 1), np.float32))]), 1, Expr.of("m")),
         # Concat of x with itself on axis 0: 2n
         (lambda g: g.node("Concat", ["x", "x"], axis=0), 0, e(n=2)),
+        # LayerNormalization with its one output, of x + Range(0, m) (as GPT-2's embeddings plus
+        # positions, whose size onnx names anew): m, through the LayerNormalization
+        (
+            lambda g: g.node(
+                "LayerNormalization",
+                [
+                    g.node(
+                        "Add",
+                        ["x", g.node("Cast", [g.node("Range", [_i64(g, 0), _dim(g, "x", 1), _i64(g, 1)])], to=1)],
+                    ),
+                    g.const(np.ones(1, np.float32)),
+                ],
+                axis=-1,
+            ),
+            1,
+            Expr.of("m"),
+        ),
         # Reshape(x, [-1, 4]) of [n, m]: the -1 is n * m / 4, not affine
         (lambda g: g.node("Reshape", ["x", _i64(g, [-1, 4])]), 0, None),
         # Reshape(x, [0, -1]): n kept, m from the element count (the shared n cancels)
