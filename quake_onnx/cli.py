@@ -137,13 +137,18 @@ _FUSIONS = typer.Option(
 )
 
 
+def _one_of(value: str, choices) -> str:
+    """value as a choice (case and surrounding blanks ignored), or BadParameter naming them."""
+    choice = value.strip().lower()
+    if choice not in choices:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+    return choice
+
+
 def _parse_level(value: str) -> str:
     from .ort_fusions import LEVELS
 
-    level = value.strip().lower()
-    if level not in LEVELS:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(LEVELS)}")
-    return level
+    return _one_of(value, LEVELS)
 
 
 _LEVEL = typer.Option(
@@ -169,10 +174,7 @@ _MIN_ELEMENTS = typer.Option(
 
 
 def _parse_method(value: str) -> str:
-    method = value.strip().lower()
-    if method not in ("quake", "exaq"):
-        raise typer.BadParameter(f"{value!r} is not one of quake, exaq")
-    return method
+    return _one_of(value, ("quake", "exaq"))
 
 
 _SOFTMAX_METHOD = typer.Option(
@@ -194,10 +196,13 @@ _LIBRARIES = typer.Option(
 
 
 def _parse_precision(value: str) -> str:
-    precision = value.strip().lower()
-    if precision not in ("float32", "bfloat16"):
-        raise typer.BadParameter(f"{value!r} is not one of float32, bfloat16")
-    return precision
+    return _one_of(value, ("float32", "bfloat16"))
+
+
+def _parse_tune_precision(value: str) -> str:  # tune's, with "auto"
+    from .tuning.space import ATTENTION_PRECISIONS
+
+    return _one_of(value, ATTENTION_PRECISIONS)
 
 
 _ATTENTION_PRECISION = typer.Option(
@@ -406,15 +411,6 @@ def _tune_budget(value: float) -> float:
 _TUNE_BUDGET = typer.Option(
     120.0, "--tune-budget", callback=_tune_budget, metavar="SECONDS", help="with --tune: seconds per model"
 )
-
-
-def _parse_tune_precision(value: str) -> str:
-    from .tuning.space import ATTENTION_PRECISIONS
-
-    precision = value.strip().lower()
-    if precision not in ATTENTION_PRECISIONS:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(ATTENTION_PRECISIONS)}")
-    return precision
 
 
 _TUNE_PRECISION = typer.Option(
