@@ -38,12 +38,6 @@ using GluFn = void (*)(const float* a, const float* b, float* y, size_t n, GluAc
 // horizontal reductions with the next row's work.
 using RowsFn = void (*)(const float* x, float* y, size_t rows, size_t n);
 
-// Adapts a one-row kernel to RowsFn.
-template <void (*Row)(const float*, float*, size_t)>
-void each_row(const float* x, float* y, size_t rows, size_t n) {
-  for (size_t r = 0; r < rows; ++r) Row(x + r * n, y + r * n, n);
-}
-
 // Softmax statistics of a row, or of a chunk of one, in base 2: the row's
 // terms are 2^t_i with t_i = fl(x_i log2(e) - k) for one integer k, and
 // sum = sum_i 2^t_i (softmax_long.h). Chunks combine exactly (powers of two),

@@ -618,11 +618,9 @@ void f32_to_f16_avx512(const float* x, uint16_t* y, size_t n) {
 struct LongRowLayer {
   static float max_skip_nan(const float* x, size_t n) { return row_max_skip_nan(x, n); }
   static bool has_nan(const float* x, size_t n) { return row_has_nan(x, n); }
-  template <int Order, bool Store>
+  template <int Order, bool Store, bool Scaled>
   static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
-    // scale 1: the one-pass kernels' terms (softmax_rows.h), stored unscaled.
-    return scale == 1.0f ? sum_exp_shifted<Order, Store, true>(x, y, n, k)
-                         : sum_exp_shifted<Order, Store, true, true>(x, y, n, k, scale);
+    return sum_exp_shifted<Order, Store, true, Scaled>(x, y, n, k, scale);
   }
   static void sub2(const float* x, float* y, size_t n, float a, float b) {
     const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);

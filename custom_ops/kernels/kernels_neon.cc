@@ -482,11 +482,9 @@ void f32_to_f16_neon(const float* x, uint16_t* y, size_t n) {
 struct LongRowLayer {
   static float max_skip_nan(const float* x, size_t n) { return row_max(x, n); }
   static bool has_nan(const float*, size_t) { return false; }  // a NaN would have made the max NaN
-  template <int Order, bool Store>
+  template <int Order, bool Store, bool Scaled>
   static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
-    // scale 1: the one-pass kernels' terms (softmax_rows.h), stored unscaled.
-    return scale == 1.0f ? sum_exp_shifted<Order, Store, true>(x, y, n, k)
-                         : sum_exp_shifted<Order, Store, true, true>(x, y, n, k, scale);
+    return sum_exp_shifted<Order, Store, true, Scaled>(x, y, n, k, scale);
   }
   static void sub2(const float* x, float* y, size_t n, float a, float b) {
     const float32x4_t va = vdupq_n_f32(a), vb = vdupq_n_f32(b);

@@ -205,13 +205,13 @@ struct LongRowLayer {
     }
     return false;
   }
-  template <int Order, bool Store>
+  template <int Order, bool Store, bool Scaled>
   static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
     double sum = 0.0;
     for (size_t i = 0; i < n; ++i) {
       const float t = std::fma(x[i], kLog2e, -k);
       const float e = t >= -126.0f ? scalar::exp2_core<Order>(t) : (std::isnan(t) ? t : 0.0f);
-      if (Store) y[i] = e * scale;
+      if (Store) y[i] = Scaled ? e * scale : e;
       sum += e;
     }
     return static_cast<float>(sum);

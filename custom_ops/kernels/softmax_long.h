@@ -29,11 +29,15 @@
 // The layer L (a struct of static functions of one ISA file) provides:
 //   float max_skip_nan(const float* x, size_t n);   // -inf when no number (or NaN: taken as a NaN row)
 //   bool has_nan(const float* x, size_t n);
+//   template <int Order, bool Store, bool Scaled>
+//   float sum_exp2(const float* x, float* y, size_t n, float k, float scale);
+//     the sum of 2^(x log2 e - k); with Store, y = the terms (times scale with Scaled)
 //   template <int Order, bool Store>
-//   float sum_exp2(const float* x, float* y, size_t n, float k, float scale);  // sum of 2^(x log2 e - k), y = terms *
-//   scale template <int Order, bool Store> float sum_exp(const float* x, float* y, size_t n, float m);  // sum of e^(x
-//   - m), y = terms void sub2(const float* x, float* y, size_t n, float a, float b);  // y = (x - a) - b void
-//   scale(float* y, size_t n, float c);                          // y *= c void fill(float* y, size_t n, float value);
+//   float sum_exp(const float* x, float* y, size_t n, float m);
+//     the sum of e^(x - m); with Store, y = the terms
+//   void sub2(const float* x, float* y, size_t n, float a, float b);  // y = (x - a) - b
+//   void scale(float* y, size_t n, float c);                          // y *= c
+//   void fill(float* y, size_t n, float value);
 #pragma once
 
 #include <algorithm>
@@ -83,7 +87,7 @@ void stats(const float* x, size_t n, size_t block, RowStats* out) {
       part.nan = L::has_nan(x + b, len);
     } else {
       const float k = base2_k(m);
-      const float s = L::template sum_exp2<Order, false>(x + b, nullptr, len, k, 1.0f);
+      const float s = L::template sum_exp2<Order, false, false>(x + b, nullptr, len, k, 1.0f);
       part.nan = std::isnan(s);
       part.k = k;
       part.sum = s;
@@ -101,7 +105,7 @@ void softmax_finish(const float* x, float* y, size_t n, size_t block, const RowS
   const float k = static_cast<float>(row.k);
   for (size_t b = 0; b < n; b += block) {
     const size_t len = std::min(block, n - b);
-    L::template sum_exp2<Order, true>(x + b, y + b, len, k, inv);
+    L::template sum_exp2<Order, true, true>(x + b, y + b, len, k, inv);
   }
 }
 

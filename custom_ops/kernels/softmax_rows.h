@@ -11,9 +11,10 @@
 // (x log2(e) is not rounded before k is subtracted, and k is exact); a float
 // max subtracted first and then multiplied by log2(e) costs one more
 // operation per element, 15-18 % of this pass on Zen 4 (measured in L1). The
-// max term is 2^t for t in (-0.25, 1.25) (kRowStatsLimit), so sum > 0.84. LogSoftmax takes log of the
-// sum back to the max in double (longrow::base2_log_sum), and x - max is a
-// float subtraction, exact near the max. Rows whose max is beyond
+// max term is 2^t for t in (-0.25, 1.25) (kRowStatsLimit), so sum > 0.84.
+// LogSoftmax takes log of the sum back to the max in double
+// (longrow::base2_log_sum), and x - max is a float subtraction, exact near
+// the max. Rows whose max is beyond
 // kRowStatsLimit (kernels.h) use the base-e terms e^(x - max) instead.
 //
 // Rows go in groups, pass by pass (every row's max, then every row's terms,
@@ -47,7 +48,7 @@ void softmax(const float* x, float* y, size_t rows, size_t n) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
   constexpr size_t kMaxGroup = 64;
-  float m[kMaxGroup], k[kMaxGroup], s[kMaxGroup];
+  float m[kMaxGroup], s[kMaxGroup];
   for (size_t r0 = 0; r0 < rows; r0 += kMaxGroup) {
     const size_t g = std::min(kMaxGroup, rows - r0);
     const float* xg = x + r0 * n;
@@ -57,13 +58,9 @@ void softmax(const float* x, float* y, size_t rows, size_t n) {
       // Rows whose max is infinite or NaN are finished from x alone in the
       // last pass (this pass would overwrite x when it aliases y).
       if (std::isinf(m[i]) || std::isnan(m[i])) continue;
-      if (longrow::fits_base2(m[i])) {
-        k[i] = longrow::base2_k(m[i]);
-        s[i] = L::template sum_exp2<Order, !Log>(xg + i * n, yg + i * n, n, k[i], 1.0f);
-      } else {
-        k[i] = kNaN;  // base-e terms
-        s[i] = L::template sum_exp<Order, !Log>(xg + i * n, yg + i * n, n, m[i]);
-      }
+      s[i] = longrow::fits_base2(m[i])
+                 ? L::template sum_exp2<Order, !Log, false>(xg + i * n, yg + i * n, n, longrow::base2_k(m[i]), 1.0f)
+                 : L::template sum_exp<Order, !Log>(xg + i * n, yg + i * n, n, m[i]);
     }
     for (size_t i = 0; i < g; ++i) {
       const float* xr = xg + i * n;
@@ -73,8 +70,8 @@ void softmax(const float* x, float* y, size_t rows, size_t n) {
       } else if (m[i] == -kInf) {
         L::fill(yr, n, L::has_nan(xr, n) ? kNaN : (Log ? -kInf : 0.0f));
       } else if (Log) {
-        const double log_sum =
-            std::isnan(k[i]) ? std::log(static_cast<double>(s[i])) : longrow::base2_log_sum(s[i], k[i], m[i]);
+        const double log_sum = longrow::fits_base2(m[i]) ? longrow::base2_log_sum(s[i], longrow::base2_k(m[i]), m[i])
+                                                         : std::log(static_cast<double>(s[i]));
         L::sub2(xr, yr, n, m[i], static_cast<float>(log_sum));
       } else {
         L::scale(yr, n, 1.0f / s[i]);  // s > 0.84: the max element's term

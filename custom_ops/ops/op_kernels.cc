@@ -555,9 +555,10 @@ class AxisKernel : public QuakeKernel {
   static void fill_value(float* y, size_t n, float v) { std::fill(y, y + n, v); }
 
   // Rows in two passes over memory (softmax_long.h): every row cut into
-  // `chunks_per_row` chunks; phase 1 takes each chunk's stats, phase 2 combines
-  // a row's stats and finishes each chunk (a whole row: right after its stats). Rows whose max is beyond
-  // kRowStatsLimit are redone with the one-row kernel.
+  // `chunks_per_row` chunks; phase 1 takes each chunk's stats, phase 2
+  // combines a row's stats and finishes each chunk (a whole row: right after
+  // its stats). Rows whose max is beyond kRowStatsLimit are redone with the
+  // one-row kernel.
   template <typename RowsFnT>
   void RunTwoPass(Ort::KernelContext& ctx, const float* x, float* y, size_t rows, size_t len, const RowPlan& plan,
                   const RowsFnT& rows_fn) const {
