@@ -29,8 +29,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models as M  # noqa: E402  (benchmarks/models.py: exports, sessions, paired timing)
 
@@ -43,11 +41,6 @@ VARIANTS = {
 }
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 def agreement(paths: dict, seq, threads: int) -> dict:
     """Cosine and max |difference| of each variant's first output to base's on the timing input."""
     feeds = M.feeds_for(paths["base"], seq)
@@ -56,8 +49,8 @@ def agreement(paths: dict, seq, threads: int) -> dict:
     for v, p in paths.items():
         if v == "base":
             continue
-        y = M.session(p, threads, True).run(None, feeds)[0]
-        out[v] = {"cosine": cosine(y, ref), "max_abs": float(np.abs(y.astype(np.float64) - ref).max())}
+        m = M.cmp.compare("output", ref, M.session(p, threads, True).run(None, feeds)[0], scores=False)
+        out[v] = {"cosine": m.cosine, "max_abs": m.max_abs_error}
     return out
 
 

@@ -88,12 +88,14 @@ def rewrite_light(
     """rewrite_model with `rules` and big tensors' bytes set aside (see
     strip_large_tensors). `model` is as it was after. `select`: (anchor
     name, Pick) pairs, see Settings.select; `fuse_symbolic`: see rewrite_model."""
+
+    def run():
+        return _rewrite(model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select, fuse_symbolic)
+
     stash = modelio.strip_large_tensors(model)
     try:
         try:
-            rewritten, report = _rewrite(
-                model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select, fuse_symbolic
-            )
+            rewritten, report = run()
         except OptimizeError:
             raise
         except Exception as e:
@@ -103,9 +105,7 @@ def rewrite_light(
             if not stash or modelio.needs_external_data(model):
                 raise OptimizeError(f"the rewrite failed: {type(e).__name__}: {e}", exit_code=1) from e
             stash = {}
-            rewritten, report = _rewrite(
-                model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select, fuse_symbolic
-            )
+            rewritten, report = run()
         modelio.restore_large_tensors(rewritten, stash)
     finally:
         modelio.restore_large_tensors(model, stash)

@@ -30,7 +30,7 @@ from ..pipeline.oracle import ort_oracle
 from ..pipeline.shapes import state_shapes
 from ..rewrite.context import Pick
 from ..rewrite.report import Decision, Report
-from .space import ATTENTION_PRECISIONS, ATTENTION_RULES, Choice, Config, Group, Variant
+from .space import ATTENTION_RULES, Choice, Config, Group, Variant
 
 # Weights: tensors read only as these ops' weight inputs (input 1 and on). The rules never look at
 # their values, so tune takes their bytes out of the graphs it rewrites again and again (shape
@@ -127,9 +127,7 @@ def precision_note(attention_precision: str, engine: Optional[str]) -> str:
 
 def prepare(job: Job, progress=lambda step: None, attention_precision: str = "auto") -> Prepared:
     """The configurations and groups of the model `job` loaded; `attention_precision`
-    (ATTENTION_PRECISIONS) the precisions fused attention is tried at (fused_precisions)."""
-    if attention_precision not in ATTENTION_PRECISIONS:
-        raise ValueError(f"attention_precision must be one of {', '.join(ATTENTION_PRECISIONS)}")
+    (ATTENTION_PRECISIONS, checked by tune) the precisions fused attention is tried at (fused_precisions)."""
     bases: dict = {}
     notes: list = []
     engine = bf16_engine()
