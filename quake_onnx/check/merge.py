@@ -25,6 +25,7 @@ from .zoo import score
 # What must agree between shards besides `settings`: a version change can
 # change every figure.
 _VERSIONS = ("quake_onnx", "onnxruntime")
+_ZOO_SCHEMA_FAMILY = reports.SCHEMA_ID.rsplit("/", 1)[0] + "/"
 _REQUIRED = (
     "schema",
     "shard",
@@ -55,7 +56,13 @@ def read_report(path: Path) -> dict:
         raise MergeError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     except json.JSONDecodeError as e:
         raise MergeError(f"{path} is not JSON ({e})") from None
-    if not isinstance(report, dict) or report.get("schema") != reports.SCHEMA_ID:
+    schema = report.get("schema") if isinstance(report, dict) else None
+    if isinstance(schema, str) and schema.startswith(_ZOO_SCHEMA_FAMILY) and schema != reports.SCHEMA_ID:
+        raise MergeError(
+            f"{path} was written by another quake-onnx version (schema {schema}; this one merges "
+            f"{reports.SCHEMA_ID}): run every shard with the same version"
+        )
+    if schema != reports.SCHEMA_ID:
         raise MergeError(f"{path} is not a quake-onnx zoo report (written by `quake-onnx zoo --json`)")
     missing = [k for k in _REQUIRED if k not in report]
     if missing:

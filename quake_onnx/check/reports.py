@@ -14,7 +14,7 @@ from typing import Any, Optional
 from rich.markup import escape
 from rich.table import Table
 
-SCHEMA_ID = "quake-onnx/zoo-report/1"
+SCHEMA_ID = "quake-onnx/zoo-report/2"
 SCHEMA_PATH = Path(__file__).resolve().parent / "zoo-report.schema.json"
 
 

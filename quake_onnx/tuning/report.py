@@ -19,7 +19,7 @@ from .prepare import Prepared
 from .search import GroupResult, Outcome
 from .space import Choice, Config, error_summary, within
 
-SCHEMA_ID = "quake-onnx/tune-report/1"
+SCHEMA_ID = "quake-onnx/tune-report/2"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "check" / "tune-report.schema.json"
 TUNED_ON = "quake_onnx.tuned_on"  # metadata_props key of a tuned model: the CPU it was measured on
 

@@ -132,6 +132,10 @@ def test_merge_refuses_incomplete_or_foreign_input(sample_zoo, tmp_path):
     one_line(cli("zoo", "merge", tmp_path / "junk.json"), 2, contains="is not JSON")
     (tmp_path / "other.json").write_text('{"a": 1}')
     one_line(cli("zoo", "merge", tmp_path / "other.json"), 2, contains="is not a quake-onnx zoo report")
+    older = copy.deepcopy(shards[1])
+    older["schema"] = "quake-onnx/zoo-report/1"
+    p = _save(tmp_path, [older], ["older.json"])[0]
+    one_line(cli("zoo", "merge", paths[0], p, paths[2]), 2, contains="written by another quake-onnx version")
     one_line(cli("zoo", "merge", tmp_path / "none.json"), 2, contains="does not exist")
     one_line(cli("zoo", "merge", *paths, "--json", paths[0]), 2, contains="is a shard report this command merges")
     one_line(cli("zoo", "merge", *paths, "--json", "-", "--junit", "-"), 2, contains="cannot both write to stdout")
