@@ -4,8 +4,13 @@ MatMul), both under ONNX Runtime at ORT_ENABLE_ALL with the library, at small
 sizes where the fused op's fixed costs may not pay.
 
 Each size is one BERT-style block with Q, K, V [1, H, S, D] as inputs (K
-transposed by a Transpose in the graph, a [1, 1, 1, S] padding mask), the two
-models made by `rewrite_model` (all families; all but attention). Timing is
+transposed by a Transpose in the graph), the two models made by
+`rewrite_model` (all families; all but attention). `--mask` chooses the
+additive mask: "zeros" (default) a [1, 1, 1, S] input that masks nothing,
+as a single sentence at batch 1 has; "padding" the same with its last S/8
+keys at -inf, as the shorter sentences of a batch have (the fused op skips
+key tiles that are -inf for every query, which the per-op graph computes);
+"none" no mask input and no Add, as ViT and Whisper blocks have. Timing is
 paired and interleaved: per round, a batch of runs of one model then of the
 other (the order alternating by round), so drifts of a shared machine hit both;
 the ratio is taken per round and its median reported with the quartiles.
@@ -46,21 +51,26 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
-def block(heads: int, seq: int, dim: int) -> onnx.ModelProto:
+MASKS = ("zeros", "padding", "none")
+
+
+def block(heads: int, seq: int, dim: int, mask: str = "zeros") -> onnx.ModelProto:
+    """The block; `mask` "none" has no mask input (MASKS, the module docstring)."""
     shape = [1, heads, seq, dim]
+    with_mask = mask != "none"
     nodes = [
         helper.make_node("Transpose", ["K"], ["kt"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["Q", "kt"], ["s"]),
         helper.make_node("Div", ["s", "sqrt_d"], ["scaled"]),
-        helper.make_node("Add", ["scaled", "M"], ["masked"]),
-        helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+        *([helper.make_node("Add", ["scaled", "M"], ["masked"])] if with_mask else []),
+        helper.make_node("Softmax", ["masked" if with_mask else "scaled"], ["p"], axis=-1),
         helper.make_node("MatMul", ["p", "V"], ["Y"]),
     ]
+    mask_input = [helper.make_tensor_value_info("M", TensorProto.FLOAT, [1, 1, 1, seq])] if with_mask else []
     graph = helper.make_graph(
         nodes,
         "attention",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "QKV"]
-        + [helper.make_tensor_value_info("M", TensorProto.FLOAT, [1, 1, 1, seq])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "QKV"] + mask_input,
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
         initializer=[numpy_helper.from_array(np.array(np.sqrt(dim), np.float32), "sqrt_d")],
     )
@@ -83,8 +93,10 @@ def timed(sess: ort.InferenceSession, feeds: dict, runs: int) -> float:
     return (time.perf_counter() - start) / runs
 
 
-def measure(heads: int, seq: int, dim: int, rounds: int, threads: int, budget: float, precision: str) -> dict:
-    model = block(heads, seq, dim)
+def measure(
+    heads: int, seq: int, dim: int, rounds: int, threads: int, budget: float, precision: str, mask: str = "zeros"
+) -> dict:
+    model = block(heads, seq, dim, mask)
     fused, report = rewrite_model(model, min_elements={})
     fused_nodes = [n for n in fused.graph.node if n.op_type == "Attention"]
     assert fused_nodes, report.decisions
@@ -93,9 +105,10 @@ def measure(heads: int, seq: int, dim: int, rounds: int, threads: int, budget: f
     per_op, _ = rewrite_model(model, ops=ALL_OPS - {"attention"})
     rng = np.random.default_rng(seq)
     feeds = {n: rng.standard_normal((1, heads, seq, dim)).astype(np.float32) for n in "QKV"}
-    mask = np.zeros((1, 1, 1, seq), np.float32)
-    mask[..., seq - seq // 8 :] = -np.inf  # a few padded keys, as a batch of sentences has
-    feeds["M"] = mask
+    if mask != "none":
+        feeds["M"] = np.zeros((1, 1, 1, seq), np.float32)
+    if mask == "padding":
+        feeds["M"][..., seq - seq // 8 :] = -np.inf
     sessions = {"per_op": session(per_op, threads), "fused": session(fused, threads)}
     got = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
     error = float(np.abs(got["fused"] - got["per_op"]).max())
@@ -145,10 +158,12 @@ def main() -> None:
     ap.add_argument(
         "--precision", choices=("float32", "bfloat16"), default="float32", help="the fused node's precision attribute"
     )
+    ap.add_argument("--mask", choices=MASKS, default="zeros", help="the block's additive mask (module docstring)")
     args = ap.parse_args()
     print(
         f"H{args.heads} D{args.dim}, {args.threads} thread(s), {args.rounds} interleaved rounds, "
-        f"ORT {ort.__version__}, kernels {quake_onnx.selected_isa()}, fused precision {args.precision}"
+        f"ORT {ort.__version__}, kernels {quake_onnx.selected_isa()}, fused precision {args.precision}, "
+        f"mask {args.mask}"
         + (f" (engine: {attention_bf16_engine()})" if args.precision == "bfloat16" else "")
     )
     print(
@@ -157,7 +172,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     rows = []
     for seq in args.seqs:
-        row = measure(args.heads, seq, args.dim, args.rounds, args.threads, args.budget, args.precision)
+        row = measure(args.heads, seq, args.dim, args.rounds, args.threads, args.budget, args.precision, args.mask)
         rows.append(row)
         print(
             f"| {row['seq']} | {row['elements']} | {row['per_op_us']:.1f} | {row['fused_us']:.1f} | "

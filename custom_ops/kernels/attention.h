@@ -60,6 +60,9 @@ struct AttentionParams {
   // precision "bfloat16": the block is a bf16 one (attention_bf16_block) and
   // the scratch holds its converted operands; false for the float32 blocks.
   bool bf16;
+  // Key tiles packed once per call (plan_attention_packing): every head's
+  // packed_k / packed_v are set, and the float32 block multiplies from them.
+  bool packed;
   size_t mask_row_stride;   // elements between the mask rows of two queries (0: one row for all)
   bool mask_col_broadcast;  // the mask has one column (a value per query)
   AttentionTiles tiles;
@@ -69,13 +72,18 @@ struct AttentionParams {
 };
 
 // One output head: Q [sq x d], K [skv x d] (or [d x skv]), V [skv x dv], the
-// mask's element (0, 0) or nullptr, Y [sq x dv]; all rows contiguous.
+// mask's element (0, 0) or nullptr, Y [sq x dv]; all rows contiguous. With
+// p.packed, packed_k and packed_v hold the head's key tiles as the ISA's
+// AttentionPackFn wrote them (tile t at t * attention_packed_tile(p, d) and
+// t * attention_packed_tile(p, dv) floats); heads that share K and V share them.
 struct AttentionHead {
   const void* q;
   const void* k;
   const void* v;
   const void* mask;
   void* out;
+  float* packed_k = nullptr;
+  float* packed_v = nullptr;
 };
 
 // Query rows [q0, q1) of head `head` against keys [k0, k1). partial ==
@@ -93,6 +101,20 @@ struct AttentionTask {
 using AttentionBlockFn = void (*)(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
                                   float* scratch);
 
+// Packs key tile `tile` of head.k and head.v into head.packed_k and
+// head.packed_v as the same ISA's float32 block multiplies them (Eigen's
+// packed GEMM operands: K for S^T = K Q^T, V^T for O^T += V^T P^T), so a tile
+// read by many query blocks is packed once instead of once per block.
+// `scratch` holds attention_scratch_floats(p) floats (float16 conversion).
+using AttentionPackFn = void (*)(const AttentionParams& p, const AttentionHead& head, size_t tile, float* scratch);
+
+// Floats of one packed key tile of `width` columns (d for K, dv for V): a
+// multiple of 16, so every tile starts 64-byte aligned as Eigen's packed
+// operands must. Internal linkage, as live_columns.
+static inline size_t attention_packed_tile(const AttentionParams& p, size_t width) {
+  return (p.tiles.bk * width + 15) / 16 * 16;
+}
+
 // The block of each ISA (attention_<isa>.cc), for the kernel tables; the NEON
 // one exists on AArch64 builds only, the x86 ones on x86-64 builds only.
 void attention_block_scalar(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
@@ -103,6 +125,11 @@ void attention_block_avx512(const AttentionParams& p, const AttentionHead& head,
                             float* scratch);
 void attention_block_neon(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
                           float* scratch);
+// The pack step of each float32 block (same ISAs and builds).
+void attention_pack_scalar(const AttentionParams& p, const AttentionHead& head, size_t tile, float* scratch);
+void attention_pack_avx2(const AttentionParams& p, const AttentionHead& head, size_t tile, float* scratch);
+void attention_pack_avx512(const AttentionParams& p, const AttentionHead& head, size_t tile, float* scratch);
+void attention_pack_neon(const AttentionParams& p, const AttentionHead& head, size_t tile, float* scratch);
 // precision "bfloat16" (Q K^T and P V in bf16, float32 accumulation; the rest
 // as the float32 blocks): the AVX512-BF16 block, x86-64 builds only, chosen by
 // attention_bf16_block (kernels.h) on CPUs with AVX512-BF16.
@@ -189,6 +216,28 @@ struct AttentionTaskPlan {
   size_t blocks = 0;  // (head, query block) pairs
 };
 void plan_attention_tasks(const AttentionParams& p, size_t heads, size_t parallelism, AttentionTaskPlan* plan);
+
+// Packing key tiles once per call (AttentionPackFn): worth it when a tile is
+// read by two or more query blocks (Sq > bq) and the float32 block runs;
+// every key tile of each distinct (K, V) pair of the heads is packed. The
+// packed copy is as large as K and V (plus alignment), so calls whose copy
+// would exceed kAttentionPackMaxBytes pack per tile as before.
+constexpr size_t kAttentionPackMaxBytes = size_t{64} << 20;
+struct AttentionPacking {
+  std::vector<size_t> sources;  // per distinct (K, V): the first head that reads it
+  std::vector<size_t> of_head;  // per head: its index in sources
+  size_t tiles = 0;             // key tiles per source
+  size_t source_floats = 0;     // packed K and V of one source
+  size_t floats() const { return sources.size() * source_floats; }
+};
+// Decides and plans; on true sets p->packed (the scratch then grows:
+// attention_scratch_floats). The caller provides floats() floats, 64-byte
+// aligned, to attention_packing_assign, then runs the ISA's AttentionPackFn
+// for every (source, tile) before any task.
+bool plan_attention_packing(AttentionParams* p, const AttentionHead* heads, size_t n, AttentionPacking* pk);
+// Points every head's packed_k / packed_v into `base`.
+void attention_packing_assign(const AttentionParams& p, const AttentionPacking& pk, float* base, AttentionHead* heads,
+                              size_t n);
 
 // Writes Y of split block `block` from its chunks' (m, l, O): M = max m,
 // Y = sum e^(m_c - M) O_c / sum e^(m_c - M) l_c (exact exponentials); rows

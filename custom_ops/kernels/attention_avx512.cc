@@ -8,6 +8,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 #define QUAKE_ATTENTION_BLOCK attention_block_avx512
+#define QUAKE_ATTENTION_PACK attention_pack_avx512
 #define QUAKE_EIGEN quake_eigen_avx512
 #include "attention_flash.h"
 #endif

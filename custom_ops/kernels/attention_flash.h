@@ -1,6 +1,7 @@
 // FlashAttention-2 forward of one task (attention.h: query rows [q0, q1) of
 // one head against keys [k0, k1)), compiled once per ISA: attention_<isa>.cc
-// defines QUAKE_ATTENTION_BLOCK (the function's name) and QUAKE_EIGEN (a
+// defines QUAKE_ATTENTION_BLOCK (the function's name), for a float32 block
+// QUAKE_ATTENTION_PACK (the name of its AttentionPackFn), and QUAKE_EIGEN (a
 // namespace name for Eigen of its own, so no Eigen instantiation is shared
 // between ISA objects: cmake/CheckIsaObjects.cmake), then includes this file.
 // Eigen's GEMM then runs on that file's ISA flags. With QUAKE_ATTENTION_BF16
@@ -17,7 +18,10 @@
 //   online step: S <- scale S + M, causal limit, row max m, P = e^(S - m)
 //                (the table's quake core), row sums l, rescale = e^(m_old - m)
 //   O <- rescale O (only rows whose max grew) + P V_tile   (Eigen GEMM)
-// then one division per row: Y = O / l. Tiles entirely beyond the causal limit
+// then one division per row: Y = O / l. With p.packed the float32 products
+// take K and V^T as packed once per call (pack_key_tile, run by the op layer
+// before the tasks) and Q^T as packed once per task; only P is packed per
+// tile. Same micro-kernel and operand layouts as Eigen's own products. Tiles entirely beyond the causal limit
 // are never visited; tiles whose mask is -inf for every row of the block are
 // skipped before their GEMM. Error per element of Y: the core's relative error
 // times max|V| (the weights' relative errors), plus float summation; Y of a
@@ -61,6 +65,53 @@ constexpr uint16_t kHalfNegInf = 0xfc00u;
 ConstTile const_tile(const float* p, size_t rows, size_t cols, size_t ld) {
   return ConstTile(p, static_cast<ptrdiff_t>(rows), static_cast<ptrdiff_t>(cols), Stride(static_cast<ptrdiff_t>(ld)));
 }
+
+// Eigen's GEMM in its three steps, for operands packed once and multiplied
+// many times (p.packed): what Eigen's general_matrix_matrix_product does per
+// call (pack the left operand, pack the right one, run the gebp micro-kernel)
+// with the packing of K and V hoisted out of the query blocks and that of Q
+// out of the key loop. Eigen's internal API (Eigen 3.4, GeneralBlockPanelKernel.h):
+// the layouts are the ones its own products use on this file's ISA.
+namespace gemm {
+namespace ei = QUAKE_EIGEN::internal;
+using Index = ptrdiff_t;
+using Traits = ei::gebp_traits<float, float>;
+template <int Order>
+using Operand = ei::const_blas_data_mapper<float, Index, Order>;
+using Result = ei::blas_data_mapper<float, Index, QUAKE_EIGEN::ColMajor, QUAKE_EIGEN::Unaligned, 1>;
+constexpr int kRowMajor = QUAKE_EIGEN::RowMajor;
+constexpr int kColMajor = QUAKE_EIGEN::ColMajor;
+
+// The left operand A [rows x depth] (element (i, k) at a[i * ld] + k for
+// RowMajor, a[k * ld + i] for ColMajor) into dst: rows * depth floats,
+// dst 64-byte aligned (the micro-kernel loads it aligned).
+template <int Order>
+void pack_left(float* dst, const float* a, size_t ld, size_t depth, size_t rows) {
+  ei::gemm_pack_lhs<float, Index, Operand<Order>, Traits::mr, Traits::LhsProgress, typename Traits::LhsPacket4Packing,
+                    Order>
+      pack;
+  pack(dst, Operand<Order>(a, static_cast<Index>(ld)), static_cast<Index>(depth), static_cast<Index>(rows));
+}
+
+// The right operand B [depth x cols], column-major (element (k, j) at
+// b[j * ld + k]), into dst: depth * cols floats.
+void pack_right(float* dst, const float* b, size_t ld, size_t depth, size_t cols) {
+  ei::gemm_pack_rhs<float, Index, Operand<kColMajor>, Traits::nr, kColMajor> pack;
+  pack(dst, Operand<kColMajor>(b, static_cast<Index>(ld)), static_cast<Index>(depth), static_cast<Index>(cols));
+}
+
+// C [rows x cols], column-major with stride ldc, += A B from packed operands.
+void multiply_add(float* c, size_t ldc, const float* a, const float* b, size_t rows, size_t depth, size_t cols) {
+  if (rows == 0 || cols == 0 || depth == 0) return;
+  ei::gebp_kernel<float, float, Index, Result, Traits::mr, Traits::nr, false, false> gebp;
+  gebp(Result(c, static_cast<Index>(ldc)), a, b, static_cast<Index>(rows), static_cast<Index>(depth),
+       static_cast<Index>(cols), 1.0f);
+}
+
+float* align64(float* p) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
+}
+}  // namespace gemm
 #endif
 Tile tile(float* p, size_t rows, size_t cols, size_t ld) {
   return Tile(p, static_cast<ptrdiff_t>(rows), static_cast<ptrdiff_t>(cols), Stride(static_cast<ptrdiff_t>(ld)));
@@ -69,6 +120,7 @@ Tile tile(float* p, size_t rows, size_t cols, size_t ld) {
 // The task's work memory, carved as attention_scratch_floats counts it.
 struct Scratch {
   float *s, *o, *m, *l, *rescale, *mask, *q, *k, *v;
+  float *q_packed, *p_packed;  // p.packed: Q^T and P^T as right GEMM operands
   // bf16 blocks: words of bf16 pairs (attention_bf16_avx512.h's layouts, or
   // attention_bf16_neon_bfmmla.h's: rows and pairs rounded up to even).
   uint32_t *qa, *kb, *pa, *vb, *row;  // row: bf16_pack_b_cols' work (16 K rows)
@@ -93,6 +145,13 @@ Scratch carve(const AttentionParams& p, float* base) {
     w.v = w.k + bk * p.d;
     next = w.v + bk * p.dv;
   }
+#ifndef QUAKE_ATTENTION_BF16
+  if (p.packed) {
+    w.q_packed = gemm::align64(next);
+    w.p_packed = w.q_packed + (bq * p.d + 15) / 16 * 16;
+    next = w.p_packed + (bq * bk + 15) / 16 * 16;
+  }
+#endif
   if (p.bf16) {
     // As attention_scratch_floats counts them (attention_plan.cc).
     const size_t d_words = bf16_scratch_words(p.d), k_words = bf16_scratch_words(bk), rows = bf16_scratch_rows(bq);
@@ -223,11 +282,14 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
   if (k_end > t.k0) bf16_pack_a(q, rows, d, d, w.qa, d_words);
 #else
   const ConstTile q_block = const_tile(q, rows, d, d);
+  if (p.packed && k_end > t.k0) gemm::pack_right(w.q_packed, q, d, d, rows);  // Q^T [d x rows]
 #endif
 
   bool first = true;
   for (size_t kb = t.k0; kb < k_end; kb += bk) {
-    const size_t cols = std::min(bk, k_end - kb);
+    // Packed tiles are multiplied whole: their layout is that of all their
+    // keys, so the causal limit inside the last one is left to the online step.
+    const size_t cols = std::min(bk, (p.packed ? p.skv : k_end) - kb);
     if (head.mask != nullptr && mask_tile_dead(p, head.mask, t.q0, rows, kb, cols)) continue;
 
     // S = Q K^T
@@ -259,6 +321,9 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
       bf16_gemm<false>(w.qa, d_words, w.kb, d_pairs, w.s, bk, rows, cols);
     }
 #else
+    } else if (p.packed) {  // S^T [cols x rows] (S's rows, column-major) = K Q^T
+      for (size_t r = 0; r < rows; ++r) std::memset(w.s + r * bk, 0, cols * sizeof(float));
+      gemm::multiply_add(w.s, bk, head.packed_k + kb / bk * attention_packed_tile(p, d), w.q_packed, cols, d, rows);
     } else if (p.k_transposed) {
       const float* k = static_cast<const float*>(head.k) + kb;
       size_t ld = p.skv;
@@ -293,6 +358,13 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
       }
     }
     first = false;
+#ifndef QUAKE_ATTENTION_BF16
+    if (p.packed) {  // O^T [dv x rows] += V^T P^T
+      gemm::pack_right(w.p_packed, w.s, bk, cols, rows);
+      gemm::multiply_add(w.o, dv, head.packed_v + kb / bk * attention_packed_tile(p, dv), w.p_packed, dv, cols, rows);
+      continue;
+    }
+#endif
     const float* v = static_cast<const float*>(head.v) + kb * dv;
     if (p.half) {
       halves_to_floats(p, static_cast<const uint16_t*>(head.v) + kb * dv, cols, dv, dv, w.v);
@@ -311,7 +383,48 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
   finish_rows(p, head, t, w);
 }
 
+#ifdef QUAKE_ATTENTION_PACK
+void pack_key_tile(const AttentionParams& p, const AttentionHead& head, size_t tile, float* scratch) {
+  const size_t bk = p.tiles.bk, kb = tile * bk, cols = std::min(bk, p.skv - kb), d = p.d, dv = p.dv;
+  const Scratch w = carve(p, scratch);
+  if (d > 0) {  // K [cols x d], the left operand of S^T = K Q^T
+    float* dst = head.packed_k + tile * attention_packed_tile(p, d);
+    if (p.k_transposed) {  // K^T [d x skv]: K column-major
+      const float* k = static_cast<const float*>(head.k) + kb;
+      size_t ld = p.skv;
+      if (p.half) {
+        halves_to_floats(p, static_cast<const uint16_t*>(head.k) + kb, d, cols, p.skv, w.k);
+        k = w.k;
+        ld = cols;
+      }
+      gemm::pack_left<gemm::kColMajor>(dst, k, ld, d, cols);
+    } else {
+      const float* k = static_cast<const float*>(head.k) + kb * d;
+      if (p.half) {
+        halves_to_floats(p, static_cast<const uint16_t*>(head.k) + kb * d, cols, d, d, w.k);
+        k = w.k;
+      }
+      gemm::pack_left<gemm::kRowMajor>(dst, k, d, d, cols);
+    }
+  }
+  if (dv > 0) {  // V^T [dv x cols] (V's rows, column-major), the left operand of O^T += V^T P^T
+    const float* v = static_cast<const float*>(head.v) + kb * dv;
+    if (p.half) {
+      halves_to_floats(p, static_cast<const uint16_t*>(head.v) + kb * dv, cols, dv, dv, w.v);
+      v = w.v;
+    }
+    gemm::pack_left<gemm::kColMajor>(head.packed_v + tile * attention_packed_tile(p, dv), v, dv, cols, dv);
+  }
+}
+#endif
+
 }  // namespace
+
+#ifdef QUAKE_ATTENTION_PACK
+void QUAKE_ATTENTION_PACK(const AttentionParams& p, const AttentionHead& head, size_t tile, float* scratch) {
+  pack_key_tile(p, head, tile, scratch);
+}
+#endif
 
 void QUAKE_ATTENTION_BLOCK(const AttentionParams& p, const AttentionHead& head, const AttentionTask& task,
                            float* scratch) {

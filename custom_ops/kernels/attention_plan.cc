@@ -8,7 +8,9 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <string>
+#include <utility>
 
 #include "attention.h"
 
@@ -199,6 +201,9 @@ size_t attention_scratch_floats(const AttentionParams& p) {
   size_t n = bq * bk + bq * p.dv + 3 * bq;
   if (p.half || p.mask_col_broadcast) n += bq * bk;
   if (p.half) n += bq * p.d + bk * p.d + bk * p.dv;
+  // Packed key tiles (attention_flash.h): the task's Q rows and each tile's P
+  // as GEMM operands, each 64-byte aligned within the scratch.
+  if (p.packed) n += (bq * p.d + 15) / 16 * 16 + (bq * bk + 15) / 16 * 16 + 16;
   if (p.bf16) {
     // Words of bf16 pairs: Q rows, K^T panel, P rows, V panel (rows and pairs
     // rounded up to even for the BFMMLA layout), 16 K rows being transposed
@@ -251,6 +256,35 @@ void plan_attention_tasks(const AttentionParams& p, size_t heads, size_t paralle
             {h, b * bq, std::min(p.sq, (b + 1) * bq), c * chunk_keys, std::min(p.skv, (c + 1) * chunk_keys), partial});
       }
     }
+  }
+}
+
+bool plan_attention_packing(AttentionParams* p, const AttentionHead* heads, size_t n, AttentionPacking* pk) {
+  *pk = AttentionPacking{};
+  p->packed = false;
+  if (p->bf16 || p->skv == 0 || p->sq <= p->tiles.bq || n == 0) return false;
+  pk->tiles = (p->skv + p->tiles.bk - 1) / p->tiles.bk;
+  pk->source_floats = pk->tiles * (attention_packed_tile(*p, p->d) + attention_packed_tile(*p, p->dv));
+  pk->of_head.resize(n);
+  std::map<std::pair<const void*, const void*>, size_t> seen;
+  for (size_t h = 0; h < n; ++h) {
+    const auto found = seen.emplace(std::make_pair(heads[h].k, heads[h].v), pk->sources.size());
+    if (found.second) pk->sources.push_back(h);
+    pk->of_head[h] = found.first->second;
+  }
+  if (pk->floats() * sizeof(float) > kAttentionPackMaxBytes) {
+    *pk = AttentionPacking{};
+    return false;
+  }
+  p->packed = true;
+  return true;
+}
+
+void attention_packing_assign(const AttentionParams& p, const AttentionPacking& pk, float* base, AttentionHead* heads,
+                              size_t n) {
+  for (size_t h = 0; h < n; ++h) {
+    heads[h].packed_k = base + pk.of_head[h] * pk.source_floats;
+    heads[h].packed_v = heads[h].packed_k + pk.tiles * attention_packed_tile(p, p.d);
   }
 }
 

@@ -121,6 +121,7 @@ struct KernelTable {
   void (*f32_to_f16)(const float* x, uint16_t* y, size_t n);  // round to nearest even
   ExaqRowsFn softmax_exaq;
   AttentionBlockFn attention_block;  // FlashAttention-2 task of com.quake Attention (attention.h)
+  AttentionPackFn attention_pack;    // its key tiles packed once per call (attention.h)
 };
 
 // Tables of each ISA; nullptr where the build or the CPU lacks it.

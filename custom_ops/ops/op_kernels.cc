@@ -668,21 +668,35 @@ class AttentionKernel : public QuakeKernel {
     AttentionTaskPlan plan;
     const size_t parallelism = kSplitTasksPerCore * logical_cores();
     plan_attention_tasks(p, heads.size(), parallelism, &plan);
+    AttentionPacking packing;
+    if (plan_attention_packing(&p, heads.data(), heads.size(), &packing)) {
+      float* packed = packing_buffer(packing.floats());
+      if (packed == nullptr) return make_error(where_ + ": out of memory for the packed attention keys");
+      attention_packing_assign(p, packing, packed, heads.data(), heads.size());
+    }
     const size_t scratch_floats = attention_scratch_floats(p);
     std::atomic<bool> failed{false};
-    parallel_tasks(ctx, plan.tasks.size(), [&](size_t i) {
-      // Per pool thread, reused across calls: O(threads x tile) in all.
-      // No exception may leave a pool thread: out of memory (here or in the
-      // GEMM's packing buffers) fails the run instead.
-      thread_local std::vector<float> scratch;
+    // No exception may leave a pool thread: out of memory (for the scratch or
+    // in the GEMM's packing buffers) fails the run instead.
+    auto guarded = [&](const auto& step) {
       try {
-        if (scratch.size() < scratch_floats) scratch.resize(scratch_floats);
-        const AttentionTask& task = plan.tasks[i];
-        block(p, heads[task.head], task, scratch.data());
+        step(task_scratch(scratch_floats));
       } catch (const std::exception&) {
         failed = true;
       }
-    });
+    };
+    if (p.packed) {
+      parallel_tasks(ctx, packing.sources.size() * packing.tiles, [&](size_t i) {
+        guarded([&](float* scratch) {
+          table_->attention_pack(p, heads[packing.sources[i / packing.tiles]], i % packing.tiles, scratch);
+        });
+      });
+    }
+    if (!failed) {
+      parallel_tasks(ctx, plan.tasks.size(), [&](size_t i) {
+        guarded([&](float* scratch) { block(p, heads[plan.tasks[i].head], plan.tasks[i], scratch); });
+      });
+    }
     if (failed) return make_error(where_ + ": out of memory for the attention tiles");
     if (plan.chunks > 1) {
       parallel_tasks(ctx, plan.blocks, [&](size_t b) { combine_attention_partials(p, heads.data(), plan, b); });
@@ -691,6 +705,30 @@ class AttentionKernel : public QuakeKernel {
   }
 
  private:
+  // The task's work memory: per pool thread, reused across calls, so
+  // O(threads x tile) in all. May throw std::bad_alloc.
+  static float* task_scratch(size_t floats) {
+    thread_local std::vector<float> scratch;
+    if (scratch.size() < floats) scratch.resize(floats);
+    return scratch.data();
+  }
+
+  // The packed key tiles of one call, 64-byte aligned (AttentionPacking), or
+  // nullptr when out of memory. Per calling thread and reused across calls
+  // and nodes: from the heap afresh, glibc would return a block this large
+  // (up to kAttentionPackMaxBytes) to the system at every free and each call
+  // would fault its pages in again. What a thread keeps is at most that size.
+  static float* packing_buffer(size_t floats) {
+    thread_local std::vector<float> buffer;
+    try {
+      if (buffer.size() < floats + 16) buffer.resize(floats + 16);
+    } catch (const std::bad_alloc&) {
+      return nullptr;
+    }
+    const uintptr_t at = reinterpret_cast<uintptr_t>(buffer.data());
+    return buffer.data() + ((64 - at % 64) % 64) / sizeof(float);
+  }
+
   // Decode shapes (fewer (head, query block) pairs than this many per core)
   // get their keys split, so a single query row still uses every thread.
   static constexpr unsigned kSplitTasksPerCore = 4;

@@ -221,7 +221,32 @@ struct RunOptions {
   bool half = false;
   bool k_transposed = false;
   AttentionBlockFn block = nullptr;  // nullptr: the table's float32 block; else a bf16 block
+  bool pack = true;                  // key tiles packed once (when plan_attention_packing packs)
 };
+
+int g_packed_runs = 0;  // runs whose key tiles were packed once
+
+float* align64(float* p) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
+}
+
+// The op layer's pack step (op_kernels.cc), when `pack` allows it and the
+// plan packs: every key tile of every distinct K/V pair of the heads, into a
+// buffer first filled with NaN (a packed float the block reads but the pack
+// step never wrote shows in Y). Returns that buffer's storage.
+std::vector<float> pack_keys(const KernelTable* t, AttentionParams* p, AttentionHead* heads, size_t n, bool pack) {
+  std::vector<float> storage;
+  AttentionPacking pk;
+  if (!pack || !plan_attention_packing(p, heads, n, &pk)) return storage;
+  ++g_packed_runs;
+  storage.assign(pk.floats() + 16, kNaN);
+  attention_packing_assign(*p, pk, align64(storage.data()), heads, n);
+  std::vector<float> scratch(attention_scratch_floats(*p));
+  for (size_t source : pk.sources) {
+    for (size_t tile = 0; tile < pk.tiles; ++tile) t->attention_pack(*p, heads[source], tile, scratch.data());
+  }
+  return storage;
+}
 
 std::vector<float> run(const KernelTable* t, int order, const Problem& pr, const RunOptions& opt, Check& check,
                        size_t* chunks) {
@@ -267,6 +292,7 @@ std::vector<float> run(const KernelTable* t, int order, const Problem& pr, const
   AttentionTaskPlan plan;
   plan_attention_tasks(p, 1, opt.parallelism, &plan);
   *chunks = plan.chunks;
+  const std::vector<float> packed = pack_keys(t, &p, &head, 1, opt.pack);
   // The scratch is exactly attention_scratch_floats long, between guards.
   const size_t n = attention_scratch_floats(p), guard = 64;
   std::vector<float> scratch(n + 2 * guard, -12345.0f);
@@ -345,6 +371,7 @@ std::vector<Problem> problems(std::mt19937& rng) {
       {7, 65, 32, 16, true, MaskKind::kColumn},
       {257, 1500, 64, 64, true, MaskKind::kNone},
       {65, 64, 64, 64, false, MaskKind::kPadding},
+      {300, 300, 32, 32, true, MaskKind::kNone},
   };
   for (const Spec& s : specs) {
     char name[128];
@@ -395,21 +422,31 @@ std::vector<Problem> half_images(const std::vector<Problem>& ps) {
 }
 
 void test_block(const KernelTable* t, const std::vector<Problem>& ps, const std::vector<Problem>& half_ps) {
+  // Key tiles are packed once wherever Sq exceeds the tile's query rows
+  // (RunOptions::pack); "per-tile packing" keeps the path that packs them
+  // inside each product at small tiles, where every problem would pack (at
+  // order 2 only: the products do not depend on the order, and qemu is slow).
   const RunOptions variants[] = {
-      {},                           // tiles from the caches
-      {{16, 48}, 1, false, false},  // small tiles: every length straddles blocks
-      {{16, 32}, 64, false, true},  // decode split, K transposed
-      {{0, 0}, 1, true, false},     // float16
-      {{32, 16}, 16, true, true},   // float16, split, K transposed
+      {},                                           // tiles from the caches
+      {{16, 48}, 1, false, false},                  // small tiles: every length straddles blocks
+      {{16, 48}, 1, false, false, nullptr, false},  // the same, per-tile packing
+      {{16, 32}, 64, false, true},                  // decode split, K transposed
+      {{0, 0}, 1, true, false},                     // float16
+      {{32, 16}, 16, true, true},                   // float16, split, K transposed
+      {{32, 16}, 1, true, true, nullptr, false},    // float16, K transposed, per-tile packing
   };
-  const char* const names[] = {"cache tiles", "tiles 16x48", "split, K^T", "float16", "float16 split K^T"};
+  const char* const names[] = {"cache tiles", "tiles 16x48",       "tiles 16x48 per-tile packing",
+                               "split, K^T",  "float16",           "float16 split K^T",
+                               "float16 K^T per-tile packing"};
   for (int order = 1; order <= 3; ++order) {
     for (size_t vi = 0; vi < sizeof variants / sizeof variants[0]; ++vi) {
+      if (!variants[vi].pack && order != 2) continue;
       char name[160];
       std::snprintf(name, sizeof name, "%s order %d attention, %s: %zu problems vs reference", t->name, order,
                     names[vi], ps.size());
       Check check(name);
       size_t split = 0;
+      const int packed_before = g_packed_runs;
       for (const Problem& p : variants[vi].half ? half_ps : ps) {
         size_t chunks = 1;
         const std::vector<float> y = run(t, order, p, variants[vi], check, &chunks);
@@ -417,6 +454,8 @@ void test_block(const KernelTable* t, const std::vector<Problem>& ps, const std:
         check_result(check, t, order, p, y, variants[vi].half, names[vi]);
       }
       if (variants[vi].parallelism > 1) check(split > 0, "no problem was split");
+      const int packed = g_packed_runs - packed_before;
+      check(variants[vi].pack ? packed > 0 : packed == 0, "%d problems packed their key tiles once", packed);
     }
   }
 }
@@ -654,7 +693,7 @@ void check_bf16_result(Check& check, const char* engine, int order, const Proble
   mb = std::max(mb, worst_emu);
 }
 
-void test_bf16_gqa(const KernelTable* t, AttentionBlockFn block, const char* engine, std::mt19937& rng);
+void test_gqa(const KernelTable* t, AttentionBlockFn block, const char* engine, std::mt19937& rng);
 
 // A bf16 engine of table t: its name (attention_bf16_block's *engine) and block.
 struct Bf16Engine {
@@ -801,7 +840,40 @@ void test_bf16_block(const KernelTable* t, const std::vector<Bf16Engine>& engine
   // Every engine on the same GQA data (a copy of the generator each).
   for (const Bf16Engine& e : engines) {
     std::mt19937 same = rng;
-    test_bf16_gqa(t, e.block, e.name.c_str(), same);
+    test_gqa(t, e.block, e.name.c_str(), same);
+  }
+}
+
+// Every tail of the float32 products with key tiles packed once (Eigen's
+// micro-kernel panels of its register rows and columns, called directly):
+// query rows 1..17, keys 1..17, D 1..12, Dv 1..17, causal rows and masks, at
+// 3 x 5 tiles (every tile a tail) packed once with K as given and with K^T,
+// and packed per product, against the references.
+void test_float_tails(const KernelTable* t, std::mt19937& rng) {
+  const MaskKind masks[] = {MaskKind::kNone, MaskKind::kRandomNegInf, MaskKind::kPadding, MaskKind::kColumn};
+  std::vector<Problem> ps;
+  for (size_t sq = 1; sq <= 17; ++sq) {
+    for (size_t skv = 1; skv <= 17; ++skv) {
+      const size_t d = 1 + (sq + 2 * skv) % 12, dv = 1 + (3 * sq + skv) % 17;
+      const bool causal = (sq + skv) % 3 == 0;
+      const MaskKind mk = masks[(sq * 7 + skv) % 4];
+      char name[128];
+      std::snprintf(name, sizeof name, "tails: Sq %zu Skv %zu D %zu Dv %zu%s mask %s", sq, skv, d, dv,
+                    causal ? " causal" : "", kMaskNames[static_cast<int>(mk)]);
+      ps.push_back(make_problem(name, sq, skv, d, dv, causal, mk, rng));
+    }
+  }
+  const RunOptions variants[] = {{{3, 5}, 1, false, false, nullptr, true},
+                                 {{3, 5}, 1, false, true, nullptr, true},
+                                 {{3, 5}, 1, false, false, nullptr, false}};
+  const char* const names[] = {"packed once", "packed once, K^T", "per-tile packing"};
+  for (size_t vi = 0; vi < 3; ++vi) {
+    Check check(std::string(t->name) + " attention float32, tiles 3x5 " + names[vi] + ": " +
+                std::to_string(ps.size()) + " tail problems vs references");
+    for (const Problem& p : ps) {
+      size_t chunks = 1;
+      check_result(check, t, 2, p, run(t, 2, p, variants[vi], check, &chunks), false, names[vi]);
+    }
   }
 }
 
@@ -854,19 +926,24 @@ void test_bf16_tails(const KernelTable* t, const std::vector<Bf16Engine>& engine
   }
 }
 
-// Grouped-query attention through the op's planning with the bf16 block: Q
+// Grouped-query attention through the op's planning with a bf16 block, or
+// with block nullptr the table's float32 block (Sq 200 > bq: the key tiles of
+// each key/value head packed once for its 4 query heads, as the op layer
+// does): Q
 // [1, 8, Sq, D] over K, V [1, 2, Skv, D] (query head h reads key/value head
 // h / 4), a padding mask [1, 1, 1, Skv]; Sq 1 takes the decode fold (the 4
 // heads of a group become the rows of one task), and parallelism 16 (more
 // than the query blocks) the key split. Each query head is checked against
 // its own reference.
-void test_bf16_gqa(const KernelTable* t, AttentionBlockFn block, const char* engine, std::mt19937& rng) {
-  for (size_t sq : {1, 2, 33}) {
+void test_gqa(const KernelTable* t, AttentionBlockFn block, const char* engine, std::mt19937& rng) {
+  const bool bf16 = block != nullptr;
+  if (!bf16) block = t->attention_block;
+  for (size_t sq : {1, 2, 33, 200}) {
     for (size_t parallelism : {1, 16}) {
       const size_t h = 8, hkv = 2, skv = 300, d = 64, order = 2;
       char name[160];
-      std::snprintf(name, sizeof name, "%s attention bf16 (%s): GQA 8/2 heads, Sq %zu, parallelism %zu", t->name,
-                    engine, sq, parallelism);
+      std::snprintf(name, sizeof name, "%s attention %s (%s): GQA 8/2 heads, Sq %zu, parallelism %zu", t->name,
+                    bf16 ? "bf16" : "float32", engine, sq, parallelism);
       Check check(name);
       std::normal_distribution<float> nd(0.0f, 1.5f);
       std::vector<float> q(h * sq * d), k(hkv * skv * d), v(hkv * skv * d), mask(skv, 0.0f);
@@ -890,7 +967,7 @@ void test_bf16_gqa(const KernelTable* t, AttentionBlockFn block, const char* eng
       p.d = layout.d;
       p.dv = layout.dv;
       p.scale = 0.125f;
-      p.bf16 = true;
+      p.bf16 = bf16;
       p.mask_row_stride = layout.mask_row_stride;
       p.mask_col_broadcast = layout.mask_col_broadcast;
       p.tiles = choose_attention_tiles(cache_sizes(), p.sq, p.skv, p.d, p.dv);
@@ -906,7 +983,11 @@ void test_bf16_gqa(const KernelTable* t, AttentionBlockFn block, const char* eng
       }
       AttentionTaskPlan plan;
       plan_attention_tasks(p, heads.size(), parallelism, &plan);
-      check((plan.chunks > 1) == (parallelism > 1), "chunks %zu", plan.chunks);
+      check((plan.chunks > 1) == (parallelism > 1 && sq < 200), "chunks %zu", plan.chunks);
+      const int packed_before = g_packed_runs;
+      const std::vector<float> packed = pack_keys(t, &p, heads.data(), heads.size(), true);
+      check((g_packed_runs > packed_before) == (!bf16 && sq > p.tiles.bq), "packed once: %d",
+            g_packed_runs - packed_before);
       std::vector<float> scratch(attention_scratch_floats(p));
       for (const AttentionTask& task : plan.tasks) block(p, heads[task.head], task, scratch.data());
       for (size_t b = 0; b < (plan.chunks > 1 ? plan.blocks : 0); ++b) {
@@ -929,7 +1010,11 @@ void test_bf16_gqa(const KernelTable* t, AttentionBlockFn block, const char* eng
         pr.mask_cols = skv;
         reference(pr);
         const std::vector<float> yh(y.begin() + qh * sq * d, y.begin() + (qh + 1) * sq * d);
-        check_bf16_result(check, engine, order, pr, bf16_image(pr), yh, false, "GQA");
+        if (bf16) {
+          check_bf16_result(check, engine, order, pr, bf16_image(pr), yh, false, "GQA");
+        } else {
+          check_result(check, t, order, pr, yh, false, "GQA");
+        }
       }
     }
   }
@@ -954,11 +1039,13 @@ int main() {
     std::printf("== table %s\n", t->name);
     {
       Check check(std::string(t->name) + ": attention entries present");
-      check(t->attention_block != nullptr, "attention_block missing");
+      check(t->attention_block != nullptr && t->attention_pack != nullptr, "attention_block or attention_pack missing");
       for (const OrderKernels& k : t->order) check(k.online_softmax != nullptr, "online_softmax missing");
     }
     test_block(t, ps, half_ps);
     test_split_agrees(t, rng);
+    test_float_tails(t, rng);
+    test_gqa(t, nullptr, "packed once when Sq > bq", rng);
     if (t != scalar) test_online_step(t, scalar, rng);
     const std::vector<Bf16Engine> engines = bf16_engines(t);
     for (const Bf16Engine& e : engines) std::printf("precision bfloat16 on table %s: %s\n", t->name, e.name.c_str());
