@@ -8,9 +8,12 @@ transposed by a Transpose in the graph), the two models made by
 `rewrite_model` (all families; all but attention). `--mask` chooses the
 additive mask: "zeros" (default) a [1, 1, 1, S] input that masks nothing,
 as a single sentence at batch 1 has; "padding" the same with its last S/8
-keys at -inf, as the shorter sentences of a batch have (the fused op skips
-key tiles that are -inf for every query, which the per-op graph computes);
-"none" no mask input and no Add, as ViT and Whisper blocks have. Timing is
+keys at -inf, as the shorter sentences of a batch have (once S/8 covers a
+whole key tile, the fused op skips it); "none" no mask input and no Add, as
+ViT and Whisper blocks have. The mask matters: the per-op graph adds it in
+a pass of its own over the S x S scores, which the fused op folds into its
+online step, so without one the per-op graph is 7-14 % faster and the
+fused op's margin smaller (docs/optimize.md, "Attention fusion"). Timing is
 paired and interleaved: per round, a batch of runs of one model then of the
 other (the order alternating by round), so drifts of a shared machine hit both;
 the ratio is taken per round and its median reported with the quartiles.

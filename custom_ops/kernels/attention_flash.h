@@ -101,11 +101,24 @@ void pack_right(float* dst, const float* b, size_t ld, size_t depth, size_t cols
 }
 
 // C [rows x cols], column-major with stride ldc, += A B from packed operands.
-void multiply_add(float* c, size_t ldc, const float* a, const float* b, size_t rows, size_t depth, size_t cols) {
+// A packed with a longer depth than used: a_depth (its panels start at row
+// i * a_depth, and a prefix of each panel's depth is a valid shorter one).
+void multiply_add(float* c, size_t ldc, const float* a, const float* b, size_t rows, size_t depth, size_t cols,
+                  size_t a_depth = 0) {
   if (rows == 0 || cols == 0 || depth == 0) return;
   ei::gebp_kernel<float, float, Index, Result, Traits::mr, Traits::nr, false, false> gebp;
   gebp(Result(c, static_cast<Index>(ldc)), a, b, static_cast<Index>(rows), static_cast<Index>(depth),
-       static_cast<Index>(cols), 1.0f);
+       static_cast<Index>(cols), 1.0f, static_cast<Index>(a_depth ? a_depth : depth));
+}
+
+// The fewest leading rows, at least n, of a left operand packed with `rows`
+// rows that form a packed operand by themselves: whole register panels
+// (Traits::mr rows each) from the start, else all rows. Lets a causal block
+// multiply only the keys its rows can see (to the panel) of a packed tile.
+size_t packed_row_prefix(size_t n, size_t rows) {
+  constexpr size_t mr = Traits::mr;
+  const size_t whole = (n + mr - 1) / mr * mr;
+  return whole <= rows / mr * mr ? whole : rows;
 }
 
 float* align64(float* p) {
@@ -287,9 +300,14 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
 
   bool first = true;
   for (size_t kb = t.k0; kb < k_end; kb += bk) {
-    // Packed tiles are multiplied whole: their layout is that of all their
-    // keys, so the causal limit inside the last one is left to the online step.
-    const size_t cols = std::min(bk, (p.packed ? p.skv : k_end) - kb);
+    size_t cols = std::min(bk, k_end - kb);
+#ifndef QUAKE_ATTENTION_BF16
+    // A packed tile holds `full` keys; a causal block's last tile is
+    // multiplied up to the end of the register panel that holds its limit
+    // (packed_row_prefix), and the online step masks the keys past the limit.
+    const size_t full = std::min(bk, p.skv - kb);
+    if (p.packed) cols = gemm::packed_row_prefix(cols, full);
+#endif
     if (head.mask != nullptr && mask_tile_dead(p, head.mask, t.q0, rows, kb, cols)) continue;
 
     // S = Q K^T
@@ -361,7 +379,8 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
 #ifndef QUAKE_ATTENTION_BF16
     if (p.packed) {  // O^T [dv x rows] += V^T P^T
       gemm::pack_right(w.p_packed, w.s, bk, cols, rows);
-      gemm::multiply_add(w.o, dv, head.packed_v + kb / bk * attention_packed_tile(p, dv), w.p_packed, dv, cols, rows);
+      gemm::multiply_add(w.o, dv, head.packed_v + kb / bk * attention_packed_tile(p, dv), w.p_packed, dv, cols, rows,
+                         full);
       continue;
     }
 #endif

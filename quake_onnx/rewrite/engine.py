@@ -23,8 +23,8 @@ NOT_SELECTED = "not selected (tune leaves it to ONNX Runtime)"
 # own op: the custom-op call costs about as much as the exponentials it saves
 # (BENCHMARKS.md, "Small tensors"). Exp's ORT kernel is the fastest of all.
 # Attention counts score elements (B*H*Sq*Skv): below H12 S384 the fused op
-# was not faster than the block rewritten per op (docs/optimize.md, "Attention
-# fusion"; benchmarks/attention_break_even.py, Zen 4, quiet). Glu is not measured on its own:
+# was not faster than the block rewritten per op with a mask (docs/optimize.md,
+# "Attention fusion"; benchmarks/attention_break_even.py, Zen 4, quiet). Glu is not measured on its own:
 # it replaces an activation and a Mul, so its activations' floor is on the safe side.
 BREAK_EVEN = {
     "attention": 12 * 384 * 384,
@@ -39,7 +39,8 @@ BREAK_EVEN = {
 # The attention floor when the fused node runs at precision "bfloat16": its
 # bf16 tiles pay from about S 64 (H12 D64 from S 32, H12 D32 and H4 D64 from
 # S 64; below, 0.69-0.92x the block per op), where float32 needs S 384
-# (benchmarks/attention_break_even.py --precision bfloat16, Zen 4 AVX512-BF16).
+# (benchmarks/attention_break_even.py --precision bfloat16 --mask padding, Zen 4
+# AVX512-BF16).
 BF16_ATTENTION_BREAK_EVEN = 12 * 64 * 64
 
 
