@@ -262,8 +262,9 @@ void plan_attention_tasks(const AttentionParams& p, size_t heads, size_t paralle
 bool plan_attention_packing(AttentionParams* p, const AttentionHead* heads, size_t n, AttentionPacking* pk) {
   *pk = AttentionPacking{};
   p->packed = false;
-  if (p->bf16 || p->skv == 0 || p->sq <= p->tiles.bq || n == 0) return false;
-  pk->tiles = (p->skv + p->tiles.bk - 1) / p->tiles.bk;
+  const size_t bq = p->tiles.bq, bk = p->tiles.bk;
+  if (p->bf16 || p->skv == 0 || p->sq <= bq || n == 0) return false;
+  pk->tiles = (p->skv + bk - 1) / bk;
   pk->source_floats = pk->tiles * (attention_packed_tile(*p, p->d) + attention_packed_tile(*p, p->dv));
   pk->of_head.resize(n);
   std::map<std::pair<const void*, const void*>, size_t> seen;
@@ -272,7 +273,16 @@ bool plan_attention_packing(AttentionParams* p, const AttentionHead* heads, size
     if (found.second) pk->sources.push_back(h);
     pk->of_head[h] = found.first->second;
   }
-  if (pk->floats() * sizeof(float) > kAttentionPackMaxBytes) {
+  // Tile reads of one head: a causal query block reads the tiles up to its
+  // last row's limit. Every head's reads fall on its source's tiles.
+  size_t reads = 0;
+  for (size_t q0 = 0; q0 < p->sq; q0 += bq) {
+    const size_t q1 = std::min(p->sq, q0 + bq);
+    const size_t keys = p->causal ? std::min(p->skv, q1 + p->skv > p->sq ? q1 + p->skv - p->sq : 0) : p->skv;
+    reads += (keys + bk - 1) / bk;
+  }
+  if (n * reads < kAttentionPackMinReads * pk->sources.size() * pk->tiles ||
+      pk->floats() * sizeof(float) > kAttentionPackMaxBytes) {
     *pk = AttentionPacking{};
     return false;
   }

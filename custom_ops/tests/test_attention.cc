@@ -877,6 +877,25 @@ void test_float_tails(const KernelTable* t, std::mt19937& rng) {
   }
 }
 
+// A causal block's last packed tile multiplied to the register panel past
+// its limit (attention_flash.h, packed_row_prefix): 16-row query blocks over
+// 96-key tiles, so the limit falls inside a tile's first panels on every
+// ISA (panels of 8 to 48 rows), packed once against packed per product.
+void test_causal_prefix(const KernelTable* t, std::mt19937& rng) {
+  Check check(std::string(t->name) + " attention float32: causal blocks over tiles packed once, to the panel");
+  const Problem p = make_problem("causal Sq 200 Skv 200 D 8", 200, 200, 8, 8, true, MaskKind::kNone, rng);
+  const Problem padded = make_problem("causal Sq 150 Skv 200 D 24 Dv 40", 150, 200, 24, 40, true, MaskKind::kPadding, rng);
+  for (const Problem* pr : {&p, &padded}) {
+    for (bool pack : {true, false}) {
+      const int before = g_packed_runs;
+      size_t chunks = 1;
+      const RunOptions opt{{16, 96}, 1, false, false, nullptr, pack};
+      check_result(check, t, 2, *pr, run(t, 2, *pr, opt, check, &chunks), false, pack ? "packed once" : "per product");
+      check((g_packed_runs > before) == pack, "%s: packed once %d", pr->name.c_str(), g_packed_runs - before);
+    }
+  }
+}
+
 // Every tail of the micro-kernels: query rows 1..17 (row blocks of 8, the
 // BFMMLA row pairs), keys 1..17 (S's column tails below 8, P V's reduction
 // tails of 1..3 values past a quad and odd pairs), head dims D 1..12 (Q K^T's
@@ -1045,6 +1064,7 @@ int main() {
     test_block(t, ps, half_ps);
     test_split_agrees(t, rng);
     test_float_tails(t, rng);
+    test_causal_prefix(t, rng);
     test_gqa(t, nullptr, "packed once when Sq > bq", rng);
     if (t != scalar) test_online_step(t, scalar, rng);
     const std::vector<Bf16Engine> engines = bf16_engines(t);
