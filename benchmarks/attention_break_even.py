@@ -166,8 +166,7 @@ def main() -> None:
     print(
         f"H{args.heads} D{args.dim}, {args.threads} thread(s), {args.rounds} interleaved rounds, "
         f"ORT {ort.__version__}, kernels {quake_onnx.selected_isa()}, fused precision {args.precision}, "
-        f"mask {args.mask}"
-        + (f" (engine: {attention_bf16_engine()})" if args.precision == "bfloat16" else "")
+        f"mask {args.mask}" + (f" (engine: {attention_bf16_engine()})" if args.precision == "bfloat16" else "")
     )
     print(
         "| S | score elements | per-op (us) | fused (us) | fused speed-up median [q1, q3] | runs/round | max abs diff |"

@@ -182,6 +182,32 @@ void halves_to_floats(const AttentionParams& p, const uint16_t* x, size_t rows, 
   for (size_t r = 0; r < rows; ++r) p.f16_to_f32(x + r * ld, y + r * cols, cols);
 }
 
+// Keys [kb, kb + cols) of head.k as floats: K [cols x d] (row stride *ld),
+// or with p.k_transposed K^T [d x cols] (row stride *ld); float16 tiles are
+// converted into w_k, float tiles read in place.
+const float* key_tile(const AttentionParams& p, const AttentionHead& head, size_t kb, size_t cols, float* w_k,
+                      size_t* ld) {
+  const size_t d = p.d, at = p.k_transposed ? kb : kb * d;
+  *ld = p.k_transposed ? p.skv : d;
+  if (!p.half) return static_cast<const float*>(head.k) + at;
+  const uint16_t* kh = static_cast<const uint16_t*>(head.k) + at;
+  if (p.k_transposed) {
+    halves_to_floats(p, kh, d, cols, p.skv, w_k);
+    *ld = cols;
+  } else {
+    halves_to_floats(p, kh, cols, d, d, w_k);
+  }
+  return w_k;
+}
+
+// Rows [kb, kb + cols) of head.v as floats, V [cols x dv] (row stride dv);
+// float16 tiles converted into w_v.
+const float* value_tile(const AttentionParams& p, const AttentionHead& head, size_t kb, size_t cols, float* w_v) {
+  if (!p.half) return static_cast<const float*>(head.v) + kb * p.dv;
+  halves_to_floats(p, static_cast<const uint16_t*>(head.v) + kb * p.dv, cols, p.dv, p.dv, w_v);
+  return w_v;
+}
+
 // True when every mask value of the tile is -inf: the tile adds nothing to any
 // of its rows and is skipped. Stops at the first other value, so a live tile
 // costs one comparison.
@@ -316,21 +342,8 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
       s.setZero();
 #ifdef QUAKE_ATTENTION_BF16
     } else {
-      const size_t at = p.k_transposed ? kb : kb * d;
-      size_t ld = p.k_transposed ? p.skv : d;
-      const float* k;
-      if (p.half) {
-        const uint16_t* kh = static_cast<const uint16_t*>(head.k) + at;
-        if (p.k_transposed) {
-          halves_to_floats(p, kh, d, cols, p.skv, w.k);
-          ld = cols;
-        } else {
-          halves_to_floats(p, kh, cols, d, d, w.k);
-        }
-        k = w.k;
-      } else {
-        k = static_cast<const float*>(head.k) + at;
-      }
+      size_t ld = 0;
+      const float* k = key_tile(p, head, kb, cols, w.k, &ld);
       if (p.k_transposed) {
         bf16_pack_b_rows(k, d, cols, ld, w.kb);  // K^T [d x cols]: pairs of rows
       } else {
@@ -342,22 +355,14 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
     } else if (p.packed) {  // S^T [cols x rows] (S's rows, column-major) = K Q^T
       for (size_t r = 0; r < rows; ++r) std::memset(w.s + r * bk, 0, cols * sizeof(float));
       gemm::multiply_add(w.s, bk, head.packed_k + kb / bk * attention_packed_tile(p, d), w.q_packed, cols, d, rows);
-    } else if (p.k_transposed) {
-      const float* k = static_cast<const float*>(head.k) + kb;
-      size_t ld = p.skv;
-      if (p.half) {
-        halves_to_floats(p, static_cast<const uint16_t*>(head.k) + kb, d, cols, p.skv, w.k);
-        k = w.k;
-        ld = cols;
-      }
-      s.noalias() = q_block * const_tile(k, d, cols, ld);
     } else {
-      const float* k = static_cast<const float*>(head.k) + kb * d;
-      if (p.half) {
-        halves_to_floats(p, static_cast<const uint16_t*>(head.k) + kb * d, cols, d, d, w.k);
-        k = w.k;
+      size_t ld = 0;
+      const float* k = key_tile(p, head, kb, cols, w.k, &ld);
+      if (p.k_transposed) {
+        s.noalias() = q_block * const_tile(k, d, cols, ld);
+      } else {
+        s.noalias() = q_block * const_tile(k, cols, d, ld).transpose();
       }
-      s.noalias() = q_block * const_tile(k, cols, d, d).transpose();
     }
 #endif
 
@@ -384,11 +389,7 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
       continue;
     }
 #endif
-    const float* v = static_cast<const float*>(head.v) + kb * dv;
-    if (p.half) {
-      halves_to_floats(p, static_cast<const uint16_t*>(head.v) + kb * dv, cols, dv, dv, w.v);
-      v = w.v;
-    }
+    const float* v = value_tile(p, head, kb, cols, w.v);
 #ifdef QUAKE_ATTENTION_BF16
     // P rounded to bf16 here only (l above summed the float32 P).
     const size_t k_pairs = (cols + 1) / 2, k_words = bf16_a_words(k_pairs);
@@ -408,30 +409,16 @@ void pack_key_tile(const AttentionParams& p, const AttentionHead& head, size_t t
   const Scratch w = carve(p, scratch);
   if (d > 0) {  // K [cols x d], the left operand of S^T = K Q^T
     float* dst = head.packed_k + tile * attention_packed_tile(p, d);
-    if (p.k_transposed) {  // K^T [d x skv]: K column-major
-      const float* k = static_cast<const float*>(head.k) + kb;
-      size_t ld = p.skv;
-      if (p.half) {
-        halves_to_floats(p, static_cast<const uint16_t*>(head.k) + kb, d, cols, p.skv, w.k);
-        k = w.k;
-        ld = cols;
-      }
+    size_t ld = 0;
+    const float* k = key_tile(p, head, kb, cols, w.k, &ld);
+    if (p.k_transposed) {  // K^T [d x cols]: K column-major
       gemm::pack_left<gemm::kColMajor>(dst, k, ld, d, cols);
     } else {
-      const float* k = static_cast<const float*>(head.k) + kb * d;
-      if (p.half) {
-        halves_to_floats(p, static_cast<const uint16_t*>(head.k) + kb * d, cols, d, d, w.k);
-        k = w.k;
-      }
-      gemm::pack_left<gemm::kRowMajor>(dst, k, d, d, cols);
+      gemm::pack_left<gemm::kRowMajor>(dst, k, ld, d, cols);
     }
   }
   if (dv > 0) {  // V^T [dv x cols] (V's rows, column-major), the left operand of O^T += V^T P^T
-    const float* v = static_cast<const float*>(head.v) + kb * dv;
-    if (p.half) {
-      halves_to_floats(p, static_cast<const uint16_t*>(head.v) + kb * dv, cols, dv, dv, w.v);
-      v = w.v;
-    }
+    const float* v = value_tile(p, head, kb, cols, w.v);
     gemm::pack_left<gemm::kColMajor>(head.packed_v + tile * attention_packed_tile(p, dv), v, dv, cols, dv);
   }
 }

@@ -653,10 +653,14 @@ constexpr OrderKernels order_table() {
 }  // namespace
 
 const KernelTable* avx2_kernels() {
-  static const KernelTable table = {
-      Isa::kAvx2,          "avx2",          {order_table<1>(), order_table<2>(), order_table<3>()},
-      f16_to_f32_avx2,     f32_to_f16_avx2, softmax_exaq_avx2,
-      attention_block_avx2, attention_pack_avx2};
+  static const KernelTable table = {Isa::kAvx2,
+                                    "avx2",
+                                    {order_table<1>(), order_table<2>(), order_table<3>()},
+                                    f16_to_f32_avx2,
+                                    f32_to_f16_avx2,
+                                    softmax_exaq_avx2,
+                                    attention_block_avx2,
+                                    attention_pack_avx2};
   return &table;
 }
 

@@ -658,10 +658,14 @@ constexpr OrderKernels order_table() {
 }  // namespace
 
 const KernelTable* avx512_kernels() {
-  static const KernelTable table = {
-      Isa::kAvx512,          "avx512",          {order_table<1>(), order_table<2>(), order_table<3>()},
-      f16_to_f32_avx512,     f32_to_f16_avx512, softmax_exaq_avx512,
-      attention_block_avx512, attention_pack_avx512};
+  static const KernelTable table = {Isa::kAvx512,
+                                    "avx512",
+                                    {order_table<1>(), order_table<2>(), order_table<3>()},
+                                    f16_to_f32_avx512,
+                                    f32_to_f16_avx512,
+                                    softmax_exaq_avx512,
+                                    attention_block_avx512,
+                                    attention_pack_avx512};
   return &table;
 }
 

@@ -582,10 +582,14 @@ constexpr OrderKernels order_table() {
 }  // namespace
 
 const KernelTable* neon_kernels() {
-  static const KernelTable table = {
-      Isa::kNeon,          "neon",          {order_table<1>(), order_table<2>(), order_table<3>()},
-      f16_to_f32_neon,     f32_to_f16_neon, softmax_exaq_neon,
-      attention_block_neon, attention_pack_neon};
+  static const KernelTable table = {Isa::kNeon,
+                                    "neon",
+                                    {order_table<1>(), order_table<2>(), order_table<3>()},
+                                    f16_to_f32_neon,
+                                    f32_to_f16_neon,
+                                    softmax_exaq_neon,
+                                    attention_block_neon,
+                                    attention_pack_neon};
   return &table;
 }
 

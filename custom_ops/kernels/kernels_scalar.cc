@@ -300,10 +300,14 @@ constexpr OrderKernels order_table() {
 }  // namespace
 
 const KernelTable* scalar_kernels() {
-  static const KernelTable table = {
-      Isa::kScalar,          "scalar",          {order_table<1>(), order_table<2>(), order_table<3>()},
-      f16_to_f32_scalar,     f32_to_f16_scalar, softmax_exaq_scalar,
-      attention_block_scalar, attention_pack_scalar};
+  static const KernelTable table = {Isa::kScalar,
+                                    "scalar",
+                                    {order_table<1>(), order_table<2>(), order_table<3>()},
+                                    f16_to_f32_scalar,
+                                    f32_to_f16_scalar,
+                                    softmax_exaq_scalar,
+                                    attention_block_scalar,
+                                    attention_pack_scalar};
   return &table;
 }
 

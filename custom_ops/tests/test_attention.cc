@@ -435,9 +435,8 @@ void test_block(const KernelTable* t, const std::vector<Problem>& ps, const std:
       {{32, 16}, 16, true, true},                   // float16, split, K transposed
       {{32, 16}, 1, true, true, nullptr, false},    // float16, K transposed, per-tile packing
   };
-  const char* const names[] = {"cache tiles", "tiles 16x48",       "tiles 16x48 per-tile packing",
-                               "split, K^T",  "float16",           "float16 split K^T",
-                               "float16 K^T per-tile packing"};
+  const char* const names[] = {"cache tiles", "tiles 16x48",       "tiles 16x48 per-tile packing", "split, K^T",
+                               "float16",     "float16 split K^T", "float16 K^T per-tile packing"};
   for (int order = 1; order <= 3; ++order) {
     for (size_t vi = 0; vi < sizeof variants / sizeof variants[0]; ++vi) {
       if (!variants[vi].pack && order != 2) continue;
@@ -849,7 +848,9 @@ void test_bf16_block(const KernelTable* t, const std::vector<Bf16Engine>& engine
 // query rows 1..17, keys 1..17, D 1..12, Dv 1..17, causal rows and masks, at
 // 3 x 5 tiles (every tile a tail) packed once with K as given and with K^T,
 // and packed per product, against the references.
-void test_float_tails(const KernelTable* t, std::mt19937& rng) {
+// Sq and Skv 1..17 with D 1..12 and Dv 1..17 varying along, some causal,
+// masks of four kinds: every tail of the tile products' register blocks.
+std::vector<Problem> tail_problems(std::mt19937& rng) {
   const MaskKind masks[] = {MaskKind::kNone, MaskKind::kRandomNegInf, MaskKind::kPadding, MaskKind::kColumn};
   std::vector<Problem> ps;
   for (size_t sq = 1; sq <= 17; ++sq) {
@@ -863,13 +864,18 @@ void test_float_tails(const KernelTable* t, std::mt19937& rng) {
       ps.push_back(make_problem(name, sq, skv, d, dv, causal, mk, rng));
     }
   }
+  return ps;
+}
+
+void test_float_tails(const KernelTable* t, std::mt19937& rng) {
+  const std::vector<Problem> ps = tail_problems(rng);
   const RunOptions variants[] = {{{3, 5}, 1, false, false, nullptr, true},
                                  {{3, 5}, 1, false, true, nullptr, true},
                                  {{3, 5}, 1, false, false, nullptr, false}};
   const char* const names[] = {"packed once", "packed once, K^T", "per-tile packing"};
   for (size_t vi = 0; vi < 3; ++vi) {
-    Check check(std::string(t->name) + " attention float32, tiles 3x5 " + names[vi] + ": " +
-                std::to_string(ps.size()) + " tail problems vs references");
+    Check check(std::string(t->name) + " attention float32, tiles 3x5 " + names[vi] + ": " + std::to_string(ps.size()) +
+                " tail problems vs references");
     for (const Problem& p : ps) {
       size_t chunks = 1;
       check_result(check, t, 2, p, run(t, 2, p, variants[vi], check, &chunks), false, names[vi]);
@@ -884,7 +890,8 @@ void test_float_tails(const KernelTable* t, std::mt19937& rng) {
 void test_causal_prefix(const KernelTable* t, std::mt19937& rng) {
   Check check(std::string(t->name) + " attention float32: causal blocks over tiles packed once, to the panel");
   const Problem p = make_problem("causal Sq 200 Skv 200 D 8", 200, 200, 8, 8, true, MaskKind::kNone, rng);
-  const Problem padded = make_problem("causal Sq 150 Skv 200 D 24 Dv 40", 150, 200, 24, 40, true, MaskKind::kPadding, rng);
+  const Problem padded =
+      make_problem("causal Sq 150 Skv 200 D 24 Dv 40", 150, 200, 24, 40, true, MaskKind::kPadding, rng);
   for (const Problem* pr : {&p, &padded}) {
     for (bool pack : {true, false}) {
       const int before = g_packed_runs;
@@ -904,20 +911,9 @@ void test_causal_prefix(const KernelTable* t, std::mt19937& rng) {
 // engine against the references with the bounds above and the engines
 // against each other bit for bit.
 void test_bf16_tails(const KernelTable* t, const std::vector<Bf16Engine>& engines, std::mt19937& rng) {
-  const MaskKind masks[] = {MaskKind::kNone, MaskKind::kRandomNegInf, MaskKind::kPadding, MaskKind::kColumn};
-  std::vector<Problem> ps, pb;
-  for (size_t sq = 1; sq <= 17; ++sq) {
-    for (size_t skv = 1; skv <= 17; ++skv) {
-      const size_t d = 1 + (sq + 2 * skv) % 12, dv = 1 + (3 * sq + skv) % 17;
-      const bool causal = (sq + skv) % 3 == 0;
-      const MaskKind mk = masks[(sq * 7 + skv) % 4];
-      char name[128];
-      std::snprintf(name, sizeof name, "tails: Sq %zu Skv %zu D %zu Dv %zu%s mask %s", sq, skv, d, dv,
-                    causal ? " causal" : "", kMaskNames[static_cast<int>(mk)]);
-      ps.push_back(make_problem(name, sq, skv, d, dv, causal, mk, rng));
-      pb.push_back(bf16_image(ps.back()));
-    }
-  }
+  const std::vector<Problem> ps = tail_problems(rng);
+  std::vector<Problem> pb;
+  for (const Problem& p : ps) pb.push_back(bf16_image(p));
   const RunOptions variants[] = {{{0, 0}, 1, false, false, nullptr}, {{3, 5}, 1, false, true, nullptr}};
   const char* const names[] = {"cache tiles", "tiles 3x5 K^T"};
   const int order = 2;

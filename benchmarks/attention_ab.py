@@ -1,0 +1,99 @@
+"""A/B of two builds of the custom-op library on one com.quake Attention node:
+the same model, inputs and thread count in two sessions of one process, each
+registering its own library, timed in paired interleaved rounds (per round a
+batch of runs of A then of B, the order alternating by round); prints B's
+speed-up over A (A's time / B's time per round), median [q1, q3], and
+whether the two outputs are bit-identical.
+
+For kernel changes that do not show in an op's contract: build the previous
+commit's library in a worktree (CMakeLists.txt, `-DCMAKE_BUILD_TYPE=Release`)
+and compare it with this one.
+
+    python benchmarks/attention_ab.py --a /work/wt/old/build/rel/libquake_ops.so \\
+        --b build/cp311-cp311-linux_x86_64/libquake_ops.so --heads 12 --kv-heads 12 --seq 512 --causal
+
+Q is [1, H, S, D], K and V [1, H_kv, S, D] (GQA when H_kv < H), no mask,
+scale 1/sqrt(D), float32, inputs standard normal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+
+def model(causal: bool, dim: int) -> bytes:
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "QKV"]
+    attrs = {"scale": float(dim) ** -0.5, "causal": int(causal)}
+    node = helper.make_node("Attention", ["Q", "K", "V"], ["Y"], domain="com.quake", **attrs)
+    output = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([node], "attention_ab", inputs, [output])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.quake", 1)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def session(data: bytes, library: str, threads: int) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.register_custom_ops_library(library)
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def timed(sess: ort.InferenceSession, feeds: dict, runs: int) -> float:
+    start = time.perf_counter()
+    for _ in range(runs):
+        sess.run(None, feeds)
+    return (time.perf_counter() - start) / runs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--a", required=True, help="path of library A (the baseline)")
+    ap.add_argument("--b", required=True, help="path of library B")
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--kv-heads", type=int, default=None, help="default: --heads")
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--budget", type=float, default=0.2, help="seconds per batch of runs of one library")
+    args = ap.parse_args()
+    hkv = args.kv_heads or args.heads
+    if args.heads % hkv:
+        ap.error(f"--kv-heads {hkv} must divide --heads {args.heads}")
+    rng = np.random.default_rng(0)
+    feeds = {"Q": rng.standard_normal((1, args.heads, args.seq, args.dim)).astype(np.float32)}
+    for n in "KV":
+        feeds[n] = rng.standard_normal((1, hkv, args.seq, args.dim)).astype(np.float32)
+    data = model(args.causal, args.dim)
+    sessions = {"A": session(data, args.a, args.threads), "B": session(data, args.b, args.threads)}
+    outputs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
+    for s in sessions.values():
+        timed(s, feeds, 3)
+    runs = max(3, int(args.budget / max(timed(sessions["A"], feeds, 3), 1e-6)))
+    times, ratios = {k: [] for k in sessions}, []
+    for r in range(args.rounds):
+        order = ["A", "B"] if r % 2 == 0 else ["B", "A"]
+        this = {k: timed(sessions[k], feeds, runs) for k in order}
+        for k, t in this.items():
+            times[k].append(t)
+        ratios.append(this["A"] / this["B"])
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    print(
+        f"H{args.heads}/{hkv} S{args.seq} D{args.dim}{' causal' if args.causal else ''}, {args.threads} thread(s): "
+        f"A {statistics.median(times['A']) * 1e3:.3f} ms, B {statistics.median(times['B']) * 1e3:.3f} ms, "
+        f"B's speed-up {statistics.median(ratios):.3f} [{q1:.3f}, {q3:.3f}], "
+        f"outputs {'bit-identical' if np.array_equal(outputs['A'], outputs['B']) else 'differ'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
