@@ -21,13 +21,14 @@
 // then one division per row: Y = O / l. With p.packed the float32 products
 // take K and V^T as packed once per call (pack_key_tile, run by the op layer
 // before the tasks) and Q^T as packed once per task; only P is packed per
-// tile. Same micro-kernel and operand layouts as Eigen's own products. Tiles entirely beyond the causal limit
-// are never visited; tiles whose mask is -inf for every row of the block are
-// skipped before their GEMM. Error per element of Y: the core's relative error
-// times max|V| (the weights' relative errors), plus float summation; Y of a
-// row with no live key is 0; a NaN or +inf score makes the row NaN; NaN or inf
-// in V reaches every row whose tile read it (as 0 * NaN in the unfused graph),
-// but skipped tiles are never read.
+// tile (the same micro-kernel and operand layouts as Eigen's own products).
+// Tiles entirely beyond the causal limit are never visited; tiles whose mask
+// is -inf for every row of the block are skipped before their GEMM. Error per
+// element of Y: the core's relative error times max|V| (the weights' relative
+// errors), plus float summation; Y of a row with no live key is 0; a NaN or
+// +inf score makes the row NaN; NaN or inf in V reaches every row whose tile
+// read it (as 0 * NaN in the unfused graph; a packed causal tile is read to
+// the register panel past the limit), but skipped tiles are never read.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -82,7 +83,7 @@ using Result = ei::blas_data_mapper<float, Index, QUAKE_EIGEN::ColMajor, QUAKE_E
 constexpr int kRowMajor = QUAKE_EIGEN::RowMajor;
 constexpr int kColMajor = QUAKE_EIGEN::ColMajor;
 
-// The left operand A [rows x depth] (element (i, k) at a[i * ld] + k for
+// The left operand A [rows x depth] (element (i, k) at a[i * ld + k] for
 // RowMajor, a[k * ld + i] for ColMajor) into dst: rows * depth floats,
 // dst 64-byte aligned (the micro-kernel loads it aligned).
 template <int Order>
