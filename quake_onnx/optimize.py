@@ -102,7 +102,8 @@ def optimize(
         this are left to ONNX Runtime; None (default) uses the measured
         break-even of a custom-op call per op (2048 elements, Exp 8192; for
         attention blocks, counted in score elements B*H*Sq*Skv, the measured
-        break-even of the fused op, engine.BREAK_EVEN), 0 replaces and fuses
+        break-even of the fused op, engine.BREAK_EVEN, higher for blocks
+        without a mask), 0 replaces and fuses
         whatever the size. Symbolic shapes are always replaced.
     softmax_method: "quake" (default) or "exaq": the method of the com.quake
         Softmax nodes made (docs/ops.md); exaq nodes quantize the exponent to
@@ -195,6 +196,7 @@ def _bf16_attention_floors(settings: Settings, default_floors: bool) -> Settings
     floors = dict(settings.floors)
     if default_floors:
         floors["attention"] = BF16_ATTENTION_BREAK_EVEN
+    floors.pop("attention_unmasked", None)  # bfloat16's floor was measured with a mask; blocks without one share it
     return dataclasses.replace(settings, floors=tuple(sorted(floors.items())), fuse_symbolic=frozenset({"attention"}))
 
 

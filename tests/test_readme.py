@@ -102,7 +102,7 @@ def test_exaq_commands_of_docs_optimize_run(tmp_path):
 
 def test_attention_commands_of_docs_optimize_run(tmp_path):
     # docs/optimize.md, "Attention fusion": its two commands as written, on one attention block of
-    # BERT-base's shape (H12, S384, D64: above the break-even).
+    # BERT-base's shape with its padding mask (H12, S384, D64: above the break-even).
     section = (ROOT / "docs" / "optimize.md").read_text().split("## Attention fusion")[1].split("\n## ")[0]
     commands = [shlex.split(line.strip())[1:] for line in section.splitlines() if line.startswith("    quake-onnx ")]
     assert [c[0] for c in commands] == ["optimize", "optimize"]
@@ -111,13 +111,15 @@ def test_attention_commands_of_docs_optimize_run(tmp_path):
         helper.make_node("Transpose", ["K"], ["kt"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["Q", "kt"], ["s"]),
         helper.make_node("Div", ["s", "c"], ["scaled"]),
-        helper.make_node("Softmax", ["scaled"], ["p"], axis=-1),
+        helper.make_node("Add", ["scaled", "M"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
         helper.make_node("MatMul", ["p", "V"], ["Y"]),
     ]
     graph = helper.make_graph(
         nodes,
         "g",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "QKV"],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "QKV"]
+        + [helper.make_tensor_value_info("M", TensorProto.FLOAT, [1, 1, 1, 384])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
         initializer=[helper.make_tensor("c", TensorProto.FLOAT, [], [8.0])],
     )
@@ -130,9 +132,9 @@ def test_attention_commands_of_docs_optimize_run(tmp_path):
         outputs.append(done.stdout)
     fused, per_op = onnx.load(tmp_path / "model.quake.onnx"), onnx.load(tmp_path / "model.per-op.onnx")
     assert [n.op_type for n in fused.graph.node] == ["Attention"]
-    assert "replaced by com.quake Attention (scale=0.125)" in outputs[0]
-    assert [n.op_type for n in per_op.graph.node] == ["Transpose", "MatMul", "Div", "Softmax", "MatMul"]
-    assert per_op.graph.node[3].domain == "com.quake"
+    assert "replaced by com.quake Attention (scale=0.125, mask)" in outputs[0]
+    assert [n.op_type for n in per_op.graph.node] == ["Transpose", "MatMul", "Div", "Add", "Softmax", "MatMul"]
+    assert per_op.graph.node[4].domain == "com.quake"
 
 
 def test_attention_precision_command_of_docs_optimize_runs(tmp_path):

@@ -24,7 +24,7 @@ NOT_SELECTED = "not selected (tune leaves it to ONNX Runtime)"
 # (BENCHMARKS.md, "Small tensors"). Exp's ORT kernel is the fastest of all.
 # Attention counts score elements (B*H*Sq*Skv): below H12 S384 the fused op
 # was not faster than the block rewritten per op with a mask (docs/optimize.md,
-# "Attention fusion"; benchmarks/attention_break_even.py, Zen 4, quiet). Glu is not measured on its own:
+# "The break-even"; benchmarks/attention_break_even.py, Zen 4, quiet). Glu is not measured on its own:
 # it replaces an activation and a Mul, so its activations' floor is on the safe side.
 BREAK_EVEN = {
     "attention": 12 * 384 * 384,
@@ -35,6 +35,11 @@ BREAK_EVEN = {
     "silu": 2048,
     "sigmoid": 2048,
     "exp": 8192,
+    # An attention block without a mask (ViT, Whisper's encoder): the per-op rewrite then
+    # has no Add pass over the scores for the fused op to save, and up to H12 S1536 the
+    # fused op was 0.92-1.00x it; from S2048 1.00-1.03x, S3072 1.09x (docs/optimize.md,
+    # "The break-even"; rule.Match.floor_key).
+    "attention_unmasked": 12 * 2048 * 2048,
 }
 # The attention floor when the fused node runs at precision "bfloat16": its
 # bf16 tiles pay from about S 64 (H12 D64 from S 32, H12 D32 and H4 D64 from
@@ -160,6 +165,7 @@ class Engine:
             return f"element type {type_name(elem)} is not supported"
         size = match.size(ctx) if match.size is not None else static_size(ctx.shape(match.x))
         floor = self.min_elements.get(rule.family, 0)
+        floor = self.min_elements.get(match.floor_key, floor) if match.floor_key else floor
         if size is not None and size < floor:
             return f"{size} {match.size_what}: below the {floor}-element break-even of {match.cost}"
         if size is None and floor > 0 and match.unknown_size_reason and rule.family not in self.fuse_symbolic:

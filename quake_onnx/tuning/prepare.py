@@ -238,6 +238,7 @@ def _settings_for(job: Job, cfg: Config, select: Optional[tuple]):
     floors = dict(BREAK_EVEN)
     if cfg.attention:
         floors["attention"] = 0  # measured instead
+        floors.pop("attention_unmasked")
     return dataclasses.replace(
         job.settings,
         ops=frozenset(ops),

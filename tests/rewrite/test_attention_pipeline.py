@@ -51,6 +51,27 @@ def test_above_the_break_even_the_block_is_fused():
     assert BREAK_EVEN["attention"] <= 12 * 384 * 384
 
 
+def test_blocks_without_a_mask_have_their_own_break_even():
+    # H2 S1024: above the masked floor, below the unmasked one (the per-op graph has no Add pass to lose).
+    floor = BREAK_EVEN["attention_unmasked"]
+    h, sq = 2, 1024
+    assert BREAK_EVEN["attention"] <= h * sq * sq < floor
+    unmasked = block(b=1, h=h, sq=sq, d=8)[0]
+    out, report = quake_onnx.optimize(unmasked, ort_fusions=False)
+    assert "com.quake.Attention" not in op_types(out)
+    assert attention_decision(report).reason == (
+        f"{h * sq * sq} score elements: below the {floor}-element break-even of the fused attention without a mask"
+    )
+    masked = block(b=1, h=h, sq=sq, d=8, mask="add")[0]
+    assert op_types(quake_onnx.optimize(masked, ort_fusions=False)[0]) == ["com.quake.Attention"]
+    # An explicit floor is one floor for both.
+    assert op_types(quake_onnx.optimize(unmasked, ort_fusions=False, min_elements=h * sq * sq)[0]) == [
+        "com.quake.Attention"
+    ]
+    above = block(b=1, h=h, sq=sq, skv=-(-floor // (h * sq)), d=8)[0]
+    assert op_types(quake_onnx.optimize(above, ort_fusions=False)[0]) == ["com.quake.Attention"]
+
+
 def test_min_elements_zero_fuses_every_block():
     out, report = quake_onnx.optimize(small_block(), ort_fusions=False, min_elements=0)
     assert op_types(out) == ["com.quake.Attention"]
@@ -211,6 +232,11 @@ def test_bfloat16_has_its_own_break_even():
     assert op_types(out) == ["com.quake.Attention"] and _precision(out) == [b"bfloat16"]
     out, report = quake_onnx.optimize(small_block(), ort_fusions=False, attention_precision="bfloat16")
     assert attention_decision(report).reason.startswith(f"512 score elements: below the {floor}-element")
+    # Blocks without a mask share bfloat16's floor (float32 has a higher one for them).
+    unmasked = block(b=1, h=12, sq=128, d=64)[0]
+    assert op_types(quake_onnx.optimize(unmasked, ort_fusions=False, attention_precision="bfloat16")[0]) == [
+        "com.quake.Attention"
+    ]
     # An explicit --min-elements is the user's floor at either precision.
     out, report = quake_onnx.optimize(mid, ort_fusions=False, attention_precision="bfloat16", min_elements=10**6)
     assert "com.quake.Attention" not in op_types(out)

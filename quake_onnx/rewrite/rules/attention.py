@@ -241,6 +241,7 @@ def match(ctx: Context, softmax: gs.Node) -> Optional[Union[Match, str]]:
         masks=masks,
         sq=sq,
         cached=parts.reads_cache(ctx, k.tensor, v.tensor, not k.transposed),
+        unmasked=not walk.masks,
     )
     remove = [qk, *reversed(walk.nodes), softmax, *after, pv]
     prune = [*q_nodes, *k.nodes, *v.nodes]

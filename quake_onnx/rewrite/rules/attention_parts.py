@@ -31,6 +31,8 @@ FAMILY = "attention"
 MASKED = -1e4
 MAX_MASK_ELEMENTS = 1 << 24  # a constant mask evaluated for the causal proof (GPT-2's bias is 1024 x 1024)
 COST = "the fused attention"
+# engine.BREAK_EVEN's key for blocks without a mask (Plan.unmasked).
+UNMASKED_FLOOR = "attention_unmasked"
 
 
 def same_dim(a: Dim, b: Dim) -> bool:
@@ -485,6 +487,9 @@ class Plan:
     masks: list[Mask] = field(default_factory=list)  # additive terms and Where masks to turn into one M
     sq: Dim = None  # query rows, for the break-even of a symbolic size (symbolic_size_reason)
     cached: bool = False  # K and V read from a KV cache's Concat(past, new) (symbolic_size_reason)
+    # No Add, Sub or Where on the scores at all: the per-op rewrite has no mask pass
+    # over them for the fused op to save, so the block has its own break-even.
+    unmasked: bool = False
 
 
 def mask_specs(ctx: Context, plan: Plan, base: str) -> tuple[list[NodeSpec], Optional[gs.Tensor]]:
@@ -564,8 +569,9 @@ def attention_match(plan: Plan, remove: list[gs.Node], prune: list[gs.Node], siz
         prune=prune,
         size=size,
         size_what="score elements",
-        cost=COST,
+        cost=COST + (" without a mask" if plan.unmasked else ""),
         unknown_size_reason=symbolic_size_reason(plan),
+        floor_key=UNMASKED_FLOOR if plan.unmasked else None,
     )
 
 
