@@ -49,7 +49,7 @@ inline float exp2_poly(float t) {
 template <int Order>
 inline float exp_core(float z) {
   if (Order == 1) return schraudolph(std::fma(z, kSchraudolphScale, kSchraudolphOffset));
-  return exp2_poly<Order>(z * kLog2e);
+  return exp2_poly<Order>(std::fma(z, kLog2e, kExpTBias));
 }
 
 // 2^t with the order's mantissa, valid for -126 <= t < 128: the base-2 terms

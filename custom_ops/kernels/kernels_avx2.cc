@@ -76,7 +76,7 @@ inline __m256 exp_core(__m256 z) {
     const __m256 scale = _mm256_set1_ps(NegZ ? -kSchraudolphScale : kSchraudolphScale);
     return schraudolph(_mm256_fmadd_ps(z, scale, _mm256_set1_ps(kSchraudolphOffset)));
   }
-  return exp2_poly<Order>(_mm256_mul_ps(z, _mm256_set1_ps(NegZ ? -kLog2e : kLog2e)));
+  return exp2_poly<Order>(_mm256_fmadd_ps(z, _mm256_set1_ps(NegZ ? -kLog2e : kLog2e), _mm256_set1_ps(kExpTBias)));
 }
 
 // 2^t with the order's mantissa for -126 <= t < 128 (softmax_long.h's

@@ -7,6 +7,14 @@
 //  * f = t - floor(t) comes from VREDUCEPS, whose subtraction rounds toward
 //    -inf; the scalar subtraction rounds to nearest. They differ by at most
 //    one ulp of f, only for t in (-1, 0).
+//  * t = fl(z log2e), without the other tables' kExpTBias (constants.h), so
+//    t may differ by one ulp where z log2e is within 2^-110 of a rounding
+//    tie, and a negative z above -2^-100 gives p(1) / 2 where the scalar
+//    gives p(0), both within the order's error of 1. With the bias, on Zen 4,
+//    this table's Exp and Sigmoid on subnormal inputs ran 1.17x / 1.79x
+//    faster but its Silu and GELU 0.70-0.86x slower (a Silu then at ORT's
+//    QuickGelu speed), and its Exp in L1 1-2 % slower on normal inputs
+//    (benchmarks/library_ab.py; BENCHMARKS.md "Zen 4 running the AVX2 table").
 //  * Softmax sums run in 64 lanes over blocks of 1024, then across blocks;
 //    the scalar sums in double. Both stay within ~1e-6 of the exact sum.
 // Tails use masked loads and stores, so the tail runs the same arithmetic as
@@ -70,7 +78,7 @@ inline __m512 schraudolph_maskz(__mmask16 keep, __m512 a) {
 // e^z for z in the core's range (kExpUnderflow, kExpOverflow); lanes outside
 // `keep` come out as +0. Out-of-range lanes inside `keep` hold garbage the
 // caller overwrites. NegZ computes e^-z instead (negated constants are exact,
-// so this equals the scalar core applied to -z bit for bit).
+// so this equals this core applied to -z bit for bit).
 template <int Order, bool NegZ = false>
 inline __m512 exp_core_maskz(__mmask16 keep, __m512 z) {
   if (Order == 1) {

@@ -71,7 +71,7 @@ inline float32x4_t exp_core(float32x4_t z) {
   if (Order == 1) {
     return schraudolph(vfmaq_f32(vdupq_n_f32(kSchraudolphOffset), z, vdupq_n_f32(kSchraudolphScale)));
   }
-  return exp2_poly<Order>(vmulq_f32(z, vdupq_n_f32(kLog2e)));
+  return exp2_poly<Order>(vfmaq_f32(vdupq_n_f32(kExpTBias), z, vdupq_n_f32(kLog2e)));
 }
 
 // 2^t with the order's mantissa for -126 <= t < 128 (softmax_long.h's

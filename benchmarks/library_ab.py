@@ -1,5 +1,5 @@
-"""A/B of two builds of the custom-op library on one com.quake Attention node:
-the same model, inputs and thread count in two sessions of one process, each
+"""A/B of two builds of the custom-op library on one com.quake node: the
+same model, inputs and thread count in two sessions of one process, each
 registering its own library, timed in paired interleaved rounds (per round a
 batch of runs of A then of B, the order alternating by round); prints B's
 speed-up over A (A's time / B's time per round), median [q1, q3], and
@@ -9,11 +9,16 @@ For kernel changes that do not show in an op's contract: build the previous
 commit's library in a worktree (CMakeLists.txt, `-DCMAKE_BUILD_TYPE=Release`)
 and compare it with this one.
 
-    python benchmarks/attention_ab.py --a /work/wt/old/build/rel/libquake_ops.so \\
+    python benchmarks/library_ab.py --a /work/wt/old/build/rel/libquake_ops.so \\
         --b build/cp311-cp311-linux_x86_64/libquake_ops.so --heads 12 --kv-heads 12 --seq 512 --causal
+    python benchmarks/library_ab.py --a ... --b ... --op Sigmoid --shape 12x512x512 [--denormal]
 
-Q is [1, H, S, D], K and V [1, H_kv, S, D] (GQA when H_kv < H), no mask,
-scale 1/sqrt(D), float32, inputs standard normal.
+--op Attention (default): Q is [1, H, S, D], K and V [1, H_kv, S, D] (GQA
+when H_kv < H), no mask, scale 1/sqrt(D), float32, inputs standard normal.
+--op Exp | Sigmoid | Silu | Gelu: one node at --order on a float32 tensor of
+--shape, inputs standard normal times 3 (as `quake_onnx.bench ops`), or with
+--denormal uniform in (-FLT_MIN, FLT_MIN). Both libraries take the ISA table
+QUAKE_ISA names, if set.
 """
 
 from __future__ import annotations
@@ -26,13 +31,20 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+ELEMENTWISE = ("Exp", "Sigmoid", "Silu", "Gelu")
 
-def model(causal: bool, dim: int) -> bytes:
-    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "QKV"]
-    attrs = {"scale": float(dim) ** -0.5, "causal": int(causal)}
-    node = helper.make_node("Attention", ["Q", "K", "V"], ["Y"], domain="com.quake", **attrs)
+
+def model(op: str, causal: bool, dim: int, order: int) -> bytes:
+    """One com.quake node, float32 inputs and output of any shape."""
+    if op == "Attention":
+        names = "QKV"
+        attrs = {"scale": float(dim) ** -0.5, "causal": int(causal)}
+    else:
+        names, attrs = "X", {"order": order}
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names]
+    node = helper.make_node(op, list(names), ["Y"], domain="com.quake", **attrs)
     output = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
-    graph = helper.make_graph([node], "attention_ab", inputs, [output])
+    graph = helper.make_graph([node], "library_ab", inputs, [output])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.quake", 1)])
     m.ir_version = 8
     return m.SerializeToString()
@@ -57,6 +69,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--a", required=True, help="path of library A (the baseline)")
     ap.add_argument("--b", required=True, help="path of library B")
+    ap.add_argument("--op", choices=("Attention", *ELEMENTWISE), default="Attention")
+    ap.add_argument("--shape", default="12x512x512", help="elementwise ops: the input's shape, e.g. 128x3072")
+    ap.add_argument("--order", type=int, choices=(1, 2, 3), default=2, help="elementwise ops: the order attribute")
+    ap.add_argument("--denormal", action="store_true", help="elementwise ops: subnormal inputs")
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--kv-heads", type=int, default=None, help="default: --heads")
     ap.add_argument("--seq", type=int, default=512)
@@ -70,10 +86,21 @@ def main() -> None:
     if args.heads % hkv:
         ap.error(f"--kv-heads {hkv} must divide --heads {args.heads}")
     rng = np.random.default_rng(0)
-    feeds = {"Q": rng.standard_normal((1, args.heads, args.seq, args.dim)).astype(np.float32)}
-    for n in "KV":
-        feeds[n] = rng.standard_normal((1, hkv, args.seq, args.dim)).astype(np.float32)
-    data = model(args.causal, args.dim)
+    if args.op == "Attention":
+        feeds = {"Q": rng.standard_normal((1, args.heads, args.seq, args.dim)).astype(np.float32)}
+        for n in "KV":
+            feeds[n] = rng.standard_normal((1, hkv, args.seq, args.dim)).astype(np.float32)
+        what = f"H{args.heads}/{hkv} S{args.seq} D{args.dim}{' causal' if args.causal else ''}"
+    else:
+        try:
+            shape = tuple(int(d) for d in args.shape.lower().split("x"))
+        except ValueError:
+            ap.error(f"--shape {args.shape!r} is not like 12x512x512")
+        tiny = np.finfo(np.float32).tiny
+        x = rng.uniform(-1.0, 1.0, shape) * tiny if args.denormal else rng.standard_normal(shape) * 3
+        feeds = {"X": x.astype(np.float32)}
+        what = f"{args.op} order {args.order} {args.shape}{' subnormal' if args.denormal else ''}"
+    data = model(args.op, args.causal, args.dim, args.order)
     sessions = {"A": session(data, args.a, args.threads), "B": session(data, args.b, args.threads)}
     outputs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
     for s in sessions.values():
@@ -88,7 +115,7 @@ def main() -> None:
         ratios.append(this["A"] / this["B"])
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     print(
-        f"H{args.heads}/{hkv} S{args.seq} D{args.dim}{' causal' if args.causal else ''}, {args.threads} thread(s): "
+        f"{what}, {args.threads} thread(s): "
         f"A {statistics.median(times['A']) * 1e3:.3f} ms, B {statistics.median(times['B']) * 1e3:.3f} ms, "
         f"B's speed-up {statistics.median(ratios):.3f} [{q1:.3f}, {q3:.3f}], "
         f"outputs {'bit-identical' if np.array_equal(outputs['A'], outputs['B']) else 'differ'}"
