@@ -36,11 +36,10 @@ constexpr float kExpMaxArg = 88.72283f;
 // hour to hour), while the same instructions on subnormal loads ran at full
 // speed; with the bias, 9.9 on subnormal and normal inputs alike. For z
 // subnormal or zero the result is p(0) exactly (t is about 2^-110, and before,
-// a negative subnormal z gave p(1) / 2 instead); elsewhere the bias moves
-// fl(z * kLog2e) by at most one ulp, only where the exact product lies within
-// 2^-110 of a rounding boundary: inside the rounding of z * kLog2e every
-// order's error bound already holds (kernels.h), and the range ends above
-// stay exact (tests/test_range_ends.py).
+// z in (-2^-110.5, 0) gave p(1) / 2 instead); t changes only for |z| below
+// about 2^-84 and the result only for z in (-2^-110.5, 0) (checked over every
+// float of the core's range: errors and range ends unchanged,
+// tests/test_range_ends.py).
 constexpr float kExpTBias = 0x1p-110f;
 
 // order 1 (QuAKE / Schraudolph): bits = round(z * scale + offset),

@@ -8,9 +8,9 @@
 //    -inf; the scalar subtraction rounds to nearest. They differ by at most
 //    one ulp of f, only for t in (-1, 0).
 //  * t = fl(z log2e), without the other tables' kExpTBias (constants.h), so
-//    t may differ by one ulp where z log2e is within 2^-110 of a rounding
-//    tie, and a negative z above -2^-100 gives p(1) / 2 where the scalar
-//    gives p(0), both within the order's error of 1. With the bias, on Zen 4,
+//    for z in (-2^-110.5, 0) this core gives p(1) / 2 where the scalar
+//    gives p(0), both within the order's error of 1 (t differs only for
+//    |z| below about 2^-84, results only there). With the bias, on Zen 4,
 //    this table's Exp and Sigmoid on subnormal inputs ran 1.17x / 1.79x
 //    faster but its Silu and GELU 0.70-0.86x slower (a Silu then at ORT's
 //    QuickGelu speed), and its Exp in L1 1-2 % slower on normal inputs
