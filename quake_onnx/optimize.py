@@ -191,12 +191,11 @@ def _bf16_attention_floors(settings: Settings, default_floors: bool) -> Settings
     runs fused at any length: below about S 64 that is 0.7-0.9x the block per
     op), and, unless the user set min_elements, bfloat16's measured floor for
     static sizes (engine.BF16_ATTENTION_BREAK_EVEN, S 64 at H12 instead of S 384)."""
-    from .rewrite.engine import BF16_ATTENTION_BREAK_EVEN
+    from .rewrite.engine import BF16_ATTENTION_BREAK_EVEN, one_attention_floor
 
     floors = dict(settings.floors)
-    if default_floors:
-        floors["attention"] = BF16_ATTENTION_BREAK_EVEN
-    floors.pop("attention_unmasked", None)  # bfloat16's floor was measured with a mask; blocks without one share it
+    # bfloat16's floor was measured with a mask; blocks without one share it.
+    floors = one_attention_floor(floors, BF16_ATTENTION_BREAK_EVEN if default_floors else floors["attention"])
     return dataclasses.replace(settings, floors=tuple(sorted(floors.items())), fuse_symbolic=frozenset({"attention"}))
 
 

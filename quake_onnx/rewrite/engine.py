@@ -26,6 +26,7 @@ NOT_SELECTED = "not selected (tune leaves it to ONNX Runtime)"
 # was not faster than the block rewritten per op with a mask (docs/optimize.md,
 # "The break-even"; benchmarks/attention_break_even.py, Zen 4, quiet). Glu is not measured on its own:
 # it replaces an activation and a Mul, so its activations' floor is on the safe side.
+UNMASKED_ATTENTION = "attention_unmasked"  # BREAK_EVEN's key for attention blocks without a mask
 BREAK_EVEN = {
     "attention": 12 * 384 * 384,
     "glu": 2048,
@@ -39,7 +40,7 @@ BREAK_EVEN = {
     # has no Add pass over the scores for the fused op to save, and up to H12 S1536 the
     # fused op was 0.92-1.00x it; from S2048 1.00-1.03x, S3072 1.09x (docs/optimize.md,
     # "The break-even"; rule.Match.floor_key).
-    "attention_unmasked": 12 * 2048 * 2048,
+    UNMASKED_ATTENTION: 12 * 2048 * 2048,
 }
 # The attention floor when the fused node runs at precision "bfloat16": its
 # bf16 tiles pay from about S 64 (H12 D64 from S 32, H12 D32 and H4 D64 from
@@ -50,6 +51,14 @@ BF16_ATTENTION_BREAK_EVEN = 12 * 64 * 64
 
 
 _NODE_REASONS = layout.NODE_REASONS | {NOT_SELECTED}
+
+
+def one_attention_floor(floors: Mapping[str, int], value: int) -> dict:
+    """`floors` with `value` as the floor of every attention block, with or without a
+    mask: for floors measured or chosen without that distinction (bfloat16's, tune's 0)."""
+    out = {key: v for key, v in floors.items() if key != UNMASKED_ATTENTION}
+    out["attention"] = value
+    return out
 
 
 def qualified(node: gs.Node) -> str:

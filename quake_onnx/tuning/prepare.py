@@ -228,17 +228,14 @@ def _name_nodes(model: onnx.ModelProto) -> int:
 
 
 def _settings_for(job: Job, cfg: Config, select: Optional[tuple]):
-    from ..rewrite.engine import BREAK_EVEN
+    from ..rewrite.engine import BREAK_EVEN, one_attention_floor
 
     ops = set(all_ops())
     if cfg.attention is False:
         ops.discard("attention")
     if cfg.glu is False:
         ops.discard("glu")
-    floors = dict(BREAK_EVEN)
-    if cfg.attention:
-        floors["attention"] = 0  # measured instead
-        floors.pop("attention_unmasked")
+    floors = one_attention_floor(BREAK_EVEN, 0) if cfg.attention else dict(BREAK_EVEN)  # 0: measured instead
     return dataclasses.replace(
         job.settings,
         ops=frozenset(ops),

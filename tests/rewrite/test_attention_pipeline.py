@@ -12,7 +12,7 @@ from onnx import helper
 
 import quake_onnx
 import quake_onnx._library
-from quake_onnx.rewrite.engine import BF16_ATTENTION_BREAK_EVEN, BREAK_EVEN
+from quake_onnx.rewrite.engine import BF16_ATTENTION_BREAK_EVEN, BREAK_EVEN, UNMASKED_ATTENTION, one_attention_floor
 
 from .attention_forms import block
 from .builders import op_types
@@ -70,6 +70,16 @@ def test_blocks_without_a_mask_have_their_own_break_even():
     ]
     above = block(b=1, h=h, sq=sq, skv=-(-floor // (h * sq)), d=8)[0]
     assert op_types(quake_onnx.optimize(above, ort_fusions=False)[0]) == ["com.quake.Attention"]
+
+
+def test_one_attention_floor_serves_blocks_with_and_without_a_mask():
+    # bfloat16's floor and tune's 0 (attention measured): blocks without a mask fall back to it.
+    floors = one_attention_floor(BREAK_EVEN, 0)
+    assert floors["attention"] == 0 and UNMASKED_ATTENTION not in floors
+    assert {k: v for k, v in floors.items() if k != "attention"} == {
+        k: v for k, v in BREAK_EVEN.items() if k not in ("attention", UNMASKED_ATTENTION)
+    }
+    assert UNMASKED_ATTENTION in BREAK_EVEN  # the argument is left as it was
 
 
 def test_min_elements_zero_fuses_every_block():

@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 
 from ..constants import _evaluate
 from ..context import Context
+from ..engine import UNMASKED_ATTENTION
 from ..match import const_shape, const_value, consumers, is_op, producer
 from ..rule import Match, NodeSpec, quake
 from ..symbolic import Sizes
@@ -31,8 +32,6 @@ FAMILY = "attention"
 MASKED = -1e4
 MAX_MASK_ELEMENTS = 1 << 24  # a constant mask evaluated for the causal proof (GPT-2's bias is 1024 x 1024)
 COST = "the fused attention"
-# engine.BREAK_EVEN's key for blocks without a mask (Plan.unmasked).
-UNMASKED_FLOOR = "attention_unmasked"
 
 
 def same_dim(a: Dim, b: Dim) -> bool:
@@ -571,7 +570,7 @@ def attention_match(plan: Plan, remove: list[gs.Node], prune: list[gs.Node], siz
         size_what="score elements",
         cost=COST + (" without a mask" if plan.unmasked else ""),
         unknown_size_reason=symbolic_size_reason(plan),
-        floor_key=UNMASKED_FLOOR if plan.unmasked else None,
+        floor_key=UNMASKED_ATTENTION if plan.unmasked else None,
     )
 
 
