@@ -14,13 +14,20 @@ ViT and Whisper blocks have. The mask matters: the per-op graph adds it in
 a pass of its own over the S x S scores, which the fused op folds into its
 online step, so without one the per-op graph is 7-14 % faster and the
 fused op's margin smaller (docs/optimize.md, "Attention fusion"). Timing is
-paired and interleaved: per round, a batch of runs of one model then of the
-other (the order alternating by round), so drifts of a shared machine hit both;
-the ratio is taken per round and its median reported with the quartiles.
+paired and interleaved (quake_onnx.check.paired.rotated_batches): per round, a
+batch of runs of one model then of the other (the order alternating by round,
+and a wait after each batch until its session's pool threads stop spinning),
+so drifts of a shared machine hit both; the ratio is taken per round and its
+median reported with the quartiles.
 
     python benchmarks/attention_break_even.py --heads 12 --dim 64 --seqs 16,32,64,128,256 --rounds 15
 
 --precision bfloat16 sets the fused node's precision (the per-op block stays float32).
+
+--baseline onnx-attention makes the block one ONNX Attention node (opset 23,
+the same Q, K, V and mask) instead of the MatMul chain: the "per-op" column
+is then ONNX Runtime's own CPU Attention kernel, which the rewriter replaces
+with com.quake Attention under the same floors (rules/onnx_attention.py).
 
 Prints a Markdown table: S, score elements (H S^2), per-op and fused median
 times, and fused speed-up (per-op time / fused time) median [q1, q3]. The
@@ -31,6 +38,7 @@ lower quartile is >= 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -41,6 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import quake_onnx
 from quake_onnx._library import attention_bf16_engine
+from quake_onnx.check.paired import rotated_batches
 from quake_onnx.rewrite import ALL_OPS, rewrite_model
 
 
@@ -55,12 +64,22 @@ def positive_ints(text: str) -> list[int]:
 
 
 MASKS = ("zeros", "padding", "none")
+BASELINES = ("per-op", "onnx-attention")
 
 
-def block(heads: int, seq: int, dim: int, mask: str = "zeros") -> onnx.ModelProto:
-    """The block; `mask` "none" has no mask input (MASKS, the module docstring)."""
+def mask_shape(seq: int, baseline: str) -> list[int]:
+    """[1, 1, 1, S] (one row broadcast over the queries); ONNX Runtime's Attention
+    kernel wants the mask's query axis in full, [1, 1, S, S]."""
+    return [1, 1, seq if baseline == "onnx-attention" else 1, seq]
+
+
+def block(heads: int, seq: int, dim: int, mask: str = "zeros", baseline: str = "per-op") -> onnx.ModelProto:
+    """The block; `mask` "none" has no mask input, `baseline` "onnx-attention" is one
+    ONNX Attention node (MASKS, BASELINES, the module docstring)."""
     shape = [1, heads, seq, dim]
     with_mask = mask != "none"
+    if baseline == "onnx-attention":
+        return _onnx_attention_block(shape, with_mask)
     nodes = [
         helper.make_node("Transpose", ["K"], ["kt"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["Q", "kt"], ["s"]),
@@ -69,7 +88,7 @@ def block(heads: int, seq: int, dim: int, mask: str = "zeros") -> onnx.ModelProt
         helper.make_node("Softmax", ["masked" if with_mask else "scaled"], ["p"], axis=-1),
         helper.make_node("MatMul", ["p", "V"], ["Y"]),
     ]
-    mask_input = [helper.make_tensor_value_info("M", TensorProto.FLOAT, [1, 1, 1, seq])] if with_mask else []
+    mask_input = [helper.make_tensor_value_info("M", TensorProto.FLOAT, mask_shape(seq, baseline))] if with_mask else []
     graph = helper.make_graph(
         nodes,
         "attention",
@@ -78,6 +97,22 @@ def block(heads: int, seq: int, dim: int, mask: str = "zeros") -> onnx.ModelProt
         initializer=[numpy_helper.from_array(np.array(np.sqrt(dim), np.float32), "sqrt_d")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _onnx_attention_block(shape: list[int], with_mask: bool) -> onnx.ModelProto:
+    node = helper.make_node("Attention", ["Q", "K", "V"] + (["M"] if with_mask else []), ["Y"])
+    mask_input = (
+        [helper.make_tensor_value_info("M", TensorProto.FLOAT, mask_shape(shape[2], "onnx-attention"))]
+        if with_mask
+        else []
+    )
+    graph = helper.make_graph(
+        [node],
+        "attention",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "QKV"] + mask_input,
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
 
 
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
@@ -97,9 +132,17 @@ def timed(sess: ort.InferenceSession, feeds: dict, runs: int) -> float:
 
 
 def measure(
-    heads: int, seq: int, dim: int, rounds: int, threads: int, budget: float, precision: str, mask: str = "zeros"
+    heads: int,
+    seq: int,
+    dim: int,
+    rounds: int,
+    threads: int,
+    budget: float,
+    precision: str,
+    mask: str = "zeros",
+    baseline: str = "per-op",
 ) -> dict:
-    model = block(heads, seq, dim, mask)
+    model = block(heads, seq, dim, mask, baseline)
     fused, report = rewrite_model(model, min_elements={})
     fused_nodes = [n for n in fused.graph.node if n.op_type == "Attention"]
     assert fused_nodes, report.decisions
@@ -109,7 +152,7 @@ def measure(
     rng = np.random.default_rng(seq)
     feeds = {n: rng.standard_normal((1, heads, seq, dim)).astype(np.float32) for n in "QKV"}
     if mask != "none":
-        feeds["M"] = np.zeros((1, 1, 1, seq), np.float32)
+        feeds["M"] = np.zeros(mask_shape(seq, baseline), np.float32)
     if mask == "padding":
         feeds["M"][..., seq - seq // 8 :] = -np.inf
     sessions = {"per_op": session(per_op, threads), "fused": session(fused, threads)}
@@ -118,14 +161,8 @@ def measure(
     for s in sessions.values():  # warm up, and size the batch of runs to about `budget` seconds
         timed(s, feeds, 3)
     runs = max(3, int(budget / max(timed(sessions["per_op"], feeds, 5), 1e-6)))
-    times = {k: [] for k in sessions}
-    ratios = []
-    for r in range(rounds):
-        order = ["per_op", "fused"] if r % 2 == 0 else ["fused", "per_op"]
-        this = {k: timed(sessions[k], feeds, runs) for k in order}
-        for k, t in this.items():
-            times[k].append(t)
-        ratios.append(this["per_op"] / this["fused"])
+    times = rotated_batches({k: functools.partial(timed, s, feeds, runs) for k, s in sessions.items()}, rounds)
+    ratios = [p / f for p, f in zip(times["per_op"], times["fused"])]
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     return {
         "seq": seq,
@@ -162,11 +199,15 @@ def main() -> None:
         "--precision", choices=("float32", "bfloat16"), default="float32", help="the fused node's precision attribute"
     )
     ap.add_argument("--mask", choices=MASKS, default="zeros", help="the block's additive mask (module docstring)")
+    ap.add_argument(
+        "--baseline", choices=BASELINES, default="per-op", help="what the fused op is timed against (module docstring)"
+    )
     args = ap.parse_args()
     print(
         f"H{args.heads} D{args.dim}, {args.threads} thread(s), {args.rounds} interleaved rounds, "
         f"ORT {ort.__version__}, kernels {quake_onnx.selected_isa()}, fused precision {args.precision}, "
-        f"mask {args.mask}" + (f" (engine: {attention_bf16_engine()})" if args.precision == "bfloat16" else "")
+        f"mask {args.mask}, baseline {args.baseline}"
+        + (f" (engine: {attention_bf16_engine()})" if args.precision == "bfloat16" else "")
     )
     print(
         "| S | score elements | per-op (us) | fused (us) | fused speed-up median [q1, q3] | runs/round | max abs diff |"
@@ -174,7 +215,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     rows = []
     for seq in args.seqs:
-        row = measure(args.heads, seq, args.dim, args.rounds, args.threads, args.budget, args.precision, args.mask)
+        row = measure(
+            args.heads, seq, args.dim, args.rounds, args.threads, args.budget, args.precision, args.mask, args.baseline
+        )
         rows.append(row)
         print(
             f"| {row['seq']} | {row['elements']} | {row['per_op_us']:.1f} | {row['fused_us']:.1f} | "

@@ -1,7 +1,9 @@
 """A/B of two builds of the custom-op library on one com.quake node: the
 same model, inputs and thread count in two sessions of one process, each
 registering its own library, timed in paired interleaved rounds (per round a
-batch of runs of A then of B, the order alternating by round); prints B's
+batch of runs of A then of B, the order alternating by round, a wait after
+each batch until its pool threads stop spinning:
+quake_onnx.check.paired.rotated_batches); prints B's
 speed-up over A (A's time / B's time per round), median [q1, q3], and
 whether the two outputs are bit-identical.
 
@@ -24,12 +26,15 @@ QUAKE_ISA names, if set.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
+
+from quake_onnx.check.paired import rotated_batches
 
 ELEMENTWISE = ("Exp", "Sigmoid", "Silu", "Gelu")
 
@@ -106,13 +111,8 @@ def main() -> None:
     for s in sessions.values():
         timed(s, feeds, 3)
     runs = max(3, int(args.budget / max(timed(sessions["A"], feeds, 3), 1e-6)))
-    times, ratios = {k: [] for k in sessions}, []
-    for r in range(args.rounds):
-        order = ["A", "B"] if r % 2 == 0 else ["B", "A"]
-        this = {k: timed(sessions[k], feeds, runs) for k in order}
-        for k, t in this.items():
-            times[k].append(t)
-        ratios.append(this["A"] / this["B"])
+    times = rotated_batches({k: functools.partial(timed, s, feeds, runs) for k, s in sessions.items()}, args.rounds)
+    ratios = [a / b for a, b in zip(times["A"], times["B"])]
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     print(
         f"{what}, {args.threads} thread(s): "

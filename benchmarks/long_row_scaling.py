@@ -10,8 +10,10 @@ kernel's own split is perfect; the kernel's scaling is
 (t(1) - fixed) / (t(T) - fixed).
 
 Sessions for every configuration live in one process and are timed in
-interleaved rounds (per round a batch of calls of each, the order rotated
-by round); each time is the median over rounds of a batch's mean.
+interleaved rounds (quake_onnx.check.paired.rotated_batches: per round a
+batch of calls of each, the order rotated by round, a wait after each batch
+until its pool threads stop spinning); each time is the median over rounds
+of a batch's mean.
 
     python benchmarks/long_row_scaling.py --length 50257 --threads 2 --rounds 9
 
@@ -21,6 +23,7 @@ Prints a Markdown table (microseconds per call) and the three ratios.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -29,6 +32,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 import quake_onnx
+from quake_onnx.check.paired import rotated_batches
 
 
 def softmax_model(n: int, op: str) -> bytes:
@@ -84,11 +88,7 @@ def main(argv=None) -> int:
     }
     for bound in configs.values():
         bound.batch_us(args.calls // 10 + 1)  # warm-up: pools started, pages touched
-    times = {name: [] for name in configs}
-    names = list(configs)
-    for r in range(args.rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(configs[name].batch_us(args.calls))
+    times = rotated_batches({k: functools.partial(b.batch_us, args.calls) for k, b in configs.items()}, args.rounds)
     us = {name: statistics.median(t) for name, t in times.items()}
 
     fixed = us["fixed, 1 thread"]

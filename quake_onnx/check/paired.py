@@ -9,6 +9,11 @@ decision it makes on speed:
 - several sessions per variant (default 2), round r timing instance r mod K:
   two sessions of the same model can differ by a few percent for their whole
   life (buffer placement), and taking turns spreads that over the rounds;
+- after each block, a wait until the block's session has stopped using the
+  CPU (`settle`): ONNX Runtime's intra-op pool threads spin for a while after
+  a Run (about 40 ms with ORT 1.32 on Zen 4) and would take a core from the
+  next block's session; two sessions at 2 threads timed back to back without
+  the wait read 1.6-2x slower, each in turn;
 - a block during which other processes used more than `max_foreign` of a
   core (from /proc/stat, less this process's CPU time) is thrown away and
   run again after a pause, up to `retries` times;
@@ -38,6 +43,33 @@ def foreign_load(t_wall: float, t_busy: float, t_own: float) -> float:
     """Cores' worth of CPU used by other processes since the marks."""
     wall = time.perf_counter() - t_wall
     return max(0.0, (busy_seconds() - t_busy) - (time.process_time() - t_own)) / wall if wall > 0 else 0.0
+
+
+def settle(step: float = 0.005, idle: float = 0.1, limit: float = 0.5) -> float:
+    """Sleeps until this process's threads use less than `idle` of a core over
+    a `step` (seconds), at most `limit` seconds: until the intra-op pool of the
+    session just timed stops spinning (module docstring). Returns the seconds
+    waited; a process whose pools never spin (1 thread) waits one step."""
+    start = time.perf_counter()
+    while True:
+        own = time.process_time()
+        time.sleep(step)
+        waited = time.perf_counter() - start
+        if time.process_time() - own < idle * step or waited >= limit:
+            return waited
+
+
+def rotated_batches(batches: Mapping[str, Callable[[], float]], rounds: int) -> dict:
+    """The simple form of the method, for benchmarks timing batches of their own:
+    per round one call of every `batches` entry (a batch, returning its time),
+    the order rotated by round, settle() after each. Returns name -> its times."""
+    names = list(batches)
+    times: dict = {k: [] for k in names}
+    for r in range(rounds):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            times[k].append(batches[k]())
+            settle()
+    return times
 
 
 @dataclass
@@ -95,7 +127,7 @@ def time_rounds(
                 time.sleep(pause(attempt))
             medians[k].append(statistics.median(times))
             count[k] += len(times)
-            time.sleep(0.02)  # let this session's pool threads stop spinning
+            settle()
     return Rounds(medians, count, discarded)
 
 

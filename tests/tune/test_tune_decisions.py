@@ -384,3 +384,23 @@ def test_glu_fusion_on_or_off(tmp_path, glu_faster):
     assert report["configuration"]["glu"] is glu_faster
     ops = [n.op_type for n in onnx.load(out).graph.node if n.domain == "com.quake"]
     assert ops == (["Glu"] if glu_faster else ["Silu"])
+
+
+VIT = SAMPLES / "zoo" / "vit_block" / "model.onnx"  # one attention block without a mask, H4 S17
+
+
+@pytest.mark.parametrize("attention_factor, decision", [(0.7, "replaced"), (1.1, "kept")])
+def test_an_attention_block_without_a_mask_is_measured_not_floored(attention_factor, decision, tmp_path):
+    # optimize's fixed rules leave it per op (the unmasked floor, engine.UNMASKED_ATTENTION);
+    # tune times it like any block and follows the measurement either way.
+    _, fixed = quake_onnx.optimize(VIT, None)
+    (d,) = [d for d in fixed.decisions if d.rule == "attention"]
+    assert not d.replaced and d.reason.endswith("break-even of the fused attention without a mask")
+    out = tmp_path / "vit.onnx"
+    make = fake(factor=lambda g, c, cfg: attention_factor if g.attention else 0.95)
+    _, report = quake_onnx.tune(VIT, out, bench=make, clock=FakeClock())
+    validate(report)
+    (g,) = [g for g in report["groups"] if g["rule"] == "attention"]
+    assert g["decision"] == decision
+    fused = [n.op_type for n in onnx.load(out).graph.node if n.domain == "com.quake"]
+    assert ("Attention" in fused) == (decision == "replaced")

@@ -5,6 +5,7 @@ they check what was measured and written, never how fast anything is."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -13,7 +14,7 @@ from tunetools import SAMPLES, cli, validate
 
 import quake_onnx
 from quake_onnx.check import compare as cmp
-from quake_onnx.check.paired import Paired, time_rounds
+from quake_onnx.check.paired import Paired, rotated_batches, settle, time_rounds
 from quake_onnx.tuning import TUNED_ON
 
 ENCODER = SAMPLES / "encoder_block.onnx"
@@ -67,6 +68,33 @@ def test_time_rounds_alternates_and_pairs():
     assert timed[:4] == ["a0", "a0", "b0", "b0"] and timed[4:8] == ["b1", "b1", "a1", "a1"]  # rotated, instance r % 2
     p = Paired(tuple(a / b for a, b in zip(rounds.medians["a"], rounds.medians["b"])))
     assert p.median > 1.3 and p.faster
+
+
+def test_settle_waits_for_a_spinning_thread():
+    # A thread busy for 80 ms stands for a session's pool spinning after its Run.
+    until = time.perf_counter() + 0.08
+
+    def spin():
+        while time.perf_counter() < until:
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    waited = settle()
+    spinner.join()
+    assert 0.06 <= waited < 0.5
+    assert settle() < 0.05  # nothing spinning: one step
+
+
+def test_rotated_batches_rotate_and_settle(monkeypatch):
+    calls = []
+    settled = []
+    monkeypatch.setattr("quake_onnx.check.paired.settle", lambda: settled.append(len(calls)))
+    batches = {k: (lambda k=k: calls.append(k) or float(len(calls))) for k in "abc"}
+    times = rotated_batches(batches, 3)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert settled == list(range(1, 10))  # after every batch
+    assert times == {"a": [1.0, 6.0, 8.0], "b": [2.0, 4.0, 9.0], "c": [3.0, 5.0, 7.0]}
 
 
 def test_paired_statistics():
