@@ -10,7 +10,9 @@ additive mask: "zeros" (default) a [1, 1, 1, S] input that masks nothing,
 as a single sentence at batch 1 has; "padding" the same with its last S/8
 keys at -inf, as the shorter sentences of a batch have (once S/8 covers a
 whole key tile, the fused op skips it); "none" no mask input and no Add, as
-ViT and Whisper blocks have. The mask matters: the per-op graph adds it in
+ViT and Whisper blocks have; "causal" a constant [1, 1, S, S] mask, 0 on and
+below the diagonal and -inf above, as decoders export it (fused with
+causal=1, which skips the masked tiles). The mask matters: the per-op graph adds it in
 a pass of its own over the S x S scores, which the fused op folds into its
 online step, so without one the per-op graph is 7-14 % faster and the
 fused op's margin smaller (docs/optimize.md, "Attention fusion"). Timing is
@@ -63,7 +65,7 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
-MASKS = ("zeros", "padding", "none")
+MASKS = ("zeros", "padding", "none", "causal")
 BASELINES = ("per-op", "onnx-attention")
 
 
@@ -73,6 +75,11 @@ def mask_shape(seq: int, baseline: str) -> list[int]:
     return [1, 1, seq if baseline == "onnx-attention" else 1, seq]
 
 
+def causal_mask(seq: int) -> np.ndarray:
+    """A decoder's mask as exports write it, [1, 1, S, S]: 0 on and below the diagonal, -inf above."""
+    return np.where(np.tril(np.ones((seq, seq), bool)), 0.0, -np.inf).astype(np.float32)[None, None]
+
+
 def block(heads: int, seq: int, dim: int, mask: str = "zeros", baseline: str = "per-op") -> onnx.ModelProto:
     """The block; `mask` "none" has no mask input, `baseline` "onnx-attention" is one
     ONNX Attention node (MASKS, BASELINES, the module docstring)."""
@@ -80,6 +87,7 @@ def block(heads: int, seq: int, dim: int, mask: str = "zeros", baseline: str = "
     with_mask = mask != "none"
     if baseline == "onnx-attention":
         return _onnx_attention_block(shape, with_mask)
+    causal = mask == "causal"
     nodes = [
         helper.make_node("Transpose", ["K"], ["kt"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["Q", "kt"], ["s"]),
@@ -88,13 +96,18 @@ def block(heads: int, seq: int, dim: int, mask: str = "zeros", baseline: str = "
         helper.make_node("Softmax", ["masked" if with_mask else "scaled"], ["p"], axis=-1),
         helper.make_node("MatMul", ["p", "V"], ["Y"]),
     ]
-    mask_input = [helper.make_tensor_value_info("M", TensorProto.FLOAT, mask_shape(seq, baseline))] if with_mask else []
+    mask_input = (
+        [helper.make_tensor_value_info("M", TensorProto.FLOAT, mask_shape(seq, baseline))]
+        if with_mask and not causal
+        else []
+    )
     graph = helper.make_graph(
         nodes,
         "attention",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "QKV"] + mask_input,
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
-        initializer=[numpy_helper.from_array(np.array(np.sqrt(dim), np.float32), "sqrt_d")],
+        initializer=[numpy_helper.from_array(np.array(np.sqrt(dim), np.float32), "sqrt_d")]
+        + ([numpy_helper.from_array(causal_mask(seq), "M")] if causal else []),
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -151,7 +164,7 @@ def measure(
     per_op, _ = rewrite_model(model, ops=ALL_OPS - {"attention"})
     rng = np.random.default_rng(seq)
     feeds = {n: rng.standard_normal((1, heads, seq, dim)).astype(np.float32) for n in "QKV"}
-    if mask != "none":
+    if mask not in ("none", "causal"):
         feeds["M"] = np.zeros(mask_shape(seq, baseline), np.float32)
     if mask == "padding":
         feeds["M"][..., seq - seq // 8 :] = -np.inf

@@ -102,11 +102,11 @@ def test_exaq_commands_of_docs_optimize_run(tmp_path):
 
 def test_attention_commands_of_docs_optimize_run(tmp_path):
     # docs/optimize.md, "Attention fusion": its two commands as written, on one attention block of
-    # BERT-base's shape with its padding mask (H12, S384, D64: above the break-even).
+    # BERT-base's shape with its padding mask (H12, S1024, D64: at the break-even).
     section = (ROOT / "docs" / "optimize.md").read_text().split("## Attention fusion")[1].split("\n## ")[0]
     commands = [shlex.split(line.strip())[1:] for line in section.splitlines() if line.startswith("    quake-onnx ")]
     assert [c[0] for c in commands] == ["optimize", "optimize"]
-    shape = [1, 12, 384, 64]
+    shape = [1, 12, 1024, 64]
     nodes = [
         helper.make_node("Transpose", ["K"], ["kt"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["Q", "kt"], ["s"]),
@@ -119,7 +119,7 @@ def test_attention_commands_of_docs_optimize_run(tmp_path):
         nodes,
         "g",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "QKV"]
-        + [helper.make_tensor_value_info("M", TensorProto.FLOAT, [1, 1, 1, 384])],
+        + [helper.make_tensor_value_info("M", TensorProto.FLOAT, [1, 1, 1, 1024])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
         initializer=[helper.make_tensor("c", TensorProto.FLOAT, [], [8.0])],
     )

@@ -22,13 +22,20 @@ NOT_SELECTED = "not selected (tune leaves it to ONNX Runtime)"
 # Below these element counts a com.quake node is no faster than ONNX Runtime's
 # own op: the custom-op call costs about as much as the exponentials it saves
 # (BENCHMARKS.md, "Small tensors"). Exp's ORT kernel is the fastest of all.
-# Attention counts score elements (B*H*Sq*Skv): below H12 S384 the fused op
-# was not faster than the block rewritten per op with a mask (docs/optimize.md,
-# "The break-even"; benchmarks/attention_break_even.py, Zen 4, quiet). Glu is not measured on its own:
+# Attention counts score elements (B*H*Sq*Skv). A floor must hold at every
+# thread count a model may run at: the fused op scales over threads less
+# well than ORT's per-op GEMMs, so these are the larger of the 1- and
+# 2-thread break-evens (docs/optimize.md, "The break-even";
+# benchmarks/attention_break_even.py, Zen 4). Glu is not measured on its own:
 # it replaces an activation and a Mul, so its activations' floor is on the safe side.
 UNMASKED_ATTENTION = "attention_unmasked"  # BREAK_EVEN's key for attention blocks without a mask
+CAUSAL_ATTENTION = "attention_causal"  # BREAK_EVEN's key for blocks fused with causal=1
+ATTENTION_KEYS = (UNMASKED_ATTENTION, CAUSAL_ATTENTION)  # rule.Match.floor_key values
 BREAK_EVEN = {
-    "attention": 12 * 384 * 384,
+    # A block with a mask, against the same block per op or ORT's own ONNX Attention kernel:
+    # from H12 S1024 1.01-1.19x at 2 threads (S512-S768 0.83-1.16x from run to run); at
+    # 1 thread the per-op block is beaten from S384 (1.10x), ORT's kernel from S512 (1.05x).
+    "attention": 12 * 1024 * 1024,
     "glu": 2048,
     "softmax": 2048,
     "logsoftmax": 2048,
@@ -36,11 +43,14 @@ BREAK_EVEN = {
     "silu": 2048,
     "sigmoid": 2048,
     "exp": 8192,
-    # An attention block without a mask (ViT, Whisper's encoder): the per-op rewrite then
-    # has no Add pass over the scores for the fused op to save, and up to H12 S1536 the
-    # fused op was 0.92-1.00x it; from S2048 1.00-1.03x, S3072 1.09x (docs/optimize.md,
-    # "The break-even"; rule.Match.floor_key).
+    # A block without a mask (ViT, Whisper's encoder): the per-op rewrite then has no Add
+    # pass over the scores for the fused op to save, and up to H12 S1536 the fused op was
+    # 0.92-1.00x it at 1 thread; from S2048 1.00-1.03x (1.07x at 2 threads). ORT's own
+    # ONNX Attention without a mask: at 2 threads 0.83-0.97x up to S1024, 1.02-1.03x from S1536.
     UNMASKED_ATTENTION: 12 * 2048 * 2048,
+    # A causal block (a decoder's prefill) skips the masked half of its tiles: 1.20-1.24x
+    # the block per op from H12 S256 at 1 and 2 threads, 0.90-0.97x at S128.
+    CAUSAL_ATTENTION: 12 * 256 * 256,
 }
 # The attention floor when the fused node runs at precision "bfloat16": its
 # bf16 tiles pay from about S 64 (H12 D64 from S 32, H12 D32 and H4 D64 from
@@ -54,9 +64,9 @@ _NODE_REASONS = layout.NODE_REASONS | {NOT_SELECTED}
 
 
 def one_attention_floor(floors: Mapping[str, int], value: int) -> dict:
-    """`floors` with `value` as the floor of every attention block, with or without a
-    mask: for floors measured or chosen without that distinction (bfloat16's, tune's 0)."""
-    out = {key: v for key, v in floors.items() if key != UNMASKED_ATTENTION}
+    """`floors` with `value` as the floor of every attention block, whatever its mask:
+    for floors measured or chosen without that distinction (bfloat16's, tune's 0)."""
+    out = {key: v for key, v in floors.items() if key not in ATTENTION_KEYS}
     out["attention"] = value
     return out
 

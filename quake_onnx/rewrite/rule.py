@@ -47,8 +47,8 @@ class Match:
     size_what: str = "elements"
     cost: str = "a custom-op call"
     # The floors key of this match's break-even where it is not its family's (an
-    # attention block without a mask: engine.UNMASKED_ATTENTION); floors without that
-    # key (an explicit --min-elements, tune) fall back to the family's.
+    # attention block without a mask or a causal one: engine.ATTENTION_KEYS); floors
+    # without that key (an explicit --min-elements, tune) fall back to the family's.
     floor_key: Optional[str] = None
     # A symbolic size is taken as large (replaced) unless this says why not;
     # --min-elements 0 replaces it all the same.

@@ -12,17 +12,25 @@ from onnx import helper
 
 import quake_onnx
 import quake_onnx._library
-from quake_onnx.rewrite.engine import BF16_ATTENTION_BREAK_EVEN, BREAK_EVEN, UNMASKED_ATTENTION, one_attention_floor
+from quake_onnx.rewrite.engine import (
+    ATTENTION_KEYS,
+    BF16_ATTENTION_BREAK_EVEN,
+    BREAK_EVEN,
+    CAUSAL_ATTENTION,
+    UNMASKED_ATTENTION,
+    one_attention_floor,
+)
 
 from .attention_forms import block
 from .builders import op_types
+from .test_attention_ops import onnx_attention
 
 oracle_module = sys.modules["quake_onnx.pipeline.oracle"]
 
 
 def big_block():
-    """A block at the break-even: H12 S384, 1769472 score elements."""
-    return block(b=1, h=12, sq=384, d=64, mask="add")[0]
+    """A block at the break-even: H12 S1024, 12582912 score elements."""
+    return block(b=1, h=12, sq=1024, d=64, mask="add")[0]
 
 
 def small_block():
@@ -48,13 +56,13 @@ def test_break_even_leaves_small_blocks_to_the_per_op_rewrite():
 def test_above_the_break_even_the_block_is_fused():
     out, report = quake_onnx.optimize(big_block(), ort_fusions=False)
     assert attention_decision(report).replaced and op_types(out) == ["com.quake.Attention"]
-    assert BREAK_EVEN["attention"] <= 12 * 384 * 384
+    assert BREAK_EVEN["attention"] <= 12 * 1024 * 1024
 
 
 def test_blocks_without_a_mask_have_their_own_break_even():
-    # H2 S1024: above the masked floor, below the unmasked one (the per-op graph has no Add pass to lose).
+    # H4 S2048: above the masked floor, below the unmasked one (the per-op graph has no Add pass to lose).
     floor = BREAK_EVEN["attention_unmasked"]
-    h, sq = 2, 1024
+    h, sq = 4, 2048
     assert BREAK_EVEN["attention"] <= h * sq * sq < floor
     unmasked = block(b=1, h=h, sq=sq, d=8)[0]
     out, report = quake_onnx.optimize(unmasked, ort_fusions=False)
@@ -75,11 +83,41 @@ def test_blocks_without_a_mask_have_their_own_break_even():
 def test_one_attention_floor_serves_blocks_with_and_without_a_mask():
     # bfloat16's floor and tune's 0 (attention measured): blocks without a mask fall back to it.
     floors = one_attention_floor(BREAK_EVEN, 0)
-    assert floors["attention"] == 0 and UNMASKED_ATTENTION not in floors
+    assert floors["attention"] == 0 and not set(ATTENTION_KEYS) & set(floors)
     assert {k: v for k, v in floors.items() if k != "attention"} == {
-        k: v for k, v in BREAK_EVEN.items() if k not in ("attention", UNMASKED_ATTENTION)
+        k: v for k, v in BREAK_EVEN.items() if k not in ("attention", *ATTENTION_KEYS)
     }
-    assert UNMASKED_ATTENTION in BREAK_EVEN  # the argument is left as it was
+    assert set(ATTENTION_KEYS) <= set(BREAK_EVEN)  # the argument is left as it was
+
+
+def test_causal_blocks_have_their_own_break_even():
+    # A prefill's causal block pays from H12 S256, below the masked floor.
+    floor = BREAK_EVEN[CAUSAL_ATTENTION]
+    assert floor == 12 * 256 * 256 < BREAK_EVEN["attention"]
+    out, report = quake_onnx.optimize(block(b=1, h=12, sq=256, d=8, mask="causal_add")[0], ort_fusions=False)
+    assert op_types(out) == ["com.quake.Attention"]
+    out, report = quake_onnx.optimize(block(b=1, h=12, sq=128, d=8, mask="causal_add")[0], ort_fusions=False)
+    assert "com.quake.Attention" not in op_types(out)
+    assert attention_decision(report).reason == (
+        f"{12 * 128 * 128} score elements: below the {floor}-element break-even of the fused attention (causal)"
+    )
+
+
+def test_onnx_attention_nodes_take_the_floor_of_their_mask():
+    # B2 H4 S2048: above the masked floor, below the unmasked one. ORT's own Attention kernel is
+    # the alternative: without a mask it beats the fused op up to S1024 at 2 threads.
+    size = 2 * 4 * 2048 * 2048
+    assert BREAK_EVEN["attention"] <= size < BREAK_EVEN[UNMASKED_ATTENTION]
+    unmasked, _ = onnx_attention(q_heads=4, kv_heads=4, sq=2048, skv=2048)
+    out, report = quake_onnx.optimize(unmasked, ort_fusions=False)
+    assert op_types(out) == ["Attention"]
+    (d,) = [d for d in report.decisions if d.rule == "onnx_attention"]
+    assert d.reason.endswith("break-even of the fused attention without a mask") and str(size) in d.reason
+    masked, _ = onnx_attention(q_heads=4, kv_heads=4, sq=2048, skv=2048, mask="bool")
+    assert "com.quake.Attention" in op_types(quake_onnx.optimize(masked, ort_fusions=False)[0])
+    causal, _ = onnx_attention(q_heads=4, kv_heads=4, sq=128, skv=128, is_causal=1)
+    (d,) = [d for d in quake_onnx.optimize(causal, ort_fusions=False)[1].decisions if d.rule == "onnx_attention"]
+    assert d.reason.endswith("break-even of the fused attention (causal)")
 
 
 def test_min_elements_zero_fuses_every_block():

@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from ..constants import _evaluate
 from ..context import Context
-from ..engine import UNMASKED_ATTENTION
+from ..engine import CAUSAL_ATTENTION, UNMASKED_ATTENTION
 from ..match import const_shape, const_value, consumers, is_op, producer
 from ..rule import Match, NodeSpec, quake
 from ..symbolic import Sizes
@@ -568,10 +568,20 @@ def attention_match(plan: Plan, remove: list[gs.Node], prune: list[gs.Node], siz
         prune=prune,
         size=size,
         size_what="score elements",
-        cost=COST + (" without a mask" if plan.unmasked else ""),
+        cost=cost_of(plan.causal, not plan.unmasked),
         unknown_size_reason=symbolic_size_reason(plan),
-        floor_key=UNMASKED_ATTENTION if plan.unmasked else None,
+        floor_key=floor_key(plan.causal, not plan.unmasked),
     )
+
+
+def floor_key(causal: bool, masked: bool) -> Optional[str]:
+    """The block's BREAK_EVEN key (rule.Match.floor_key): causal, without a mask, or the family's."""
+    return CAUSAL_ATTENTION if causal else None if masked else UNMASKED_ATTENTION
+
+
+def cost_of(causal: bool, masked: bool) -> str:
+    """Whose break-even the block is held to, as --explain names it."""
+    return COST + (" (causal)" if causal else "" if masked else " without a mask")
 
 
 # A query block this short is a decode step (or a few): the fused op reads
@@ -584,7 +594,7 @@ def symbolic_size_reason(
     plan: Optional["Plan"] = None, sq: Dim = None, causal: bool = False, cached: bool = False
 ) -> Optional[str]:
     """Why a block whose score count is symbolic is left to the per-op rewrite,
-    or None to fuse it. Below the break-even (H12 S384) the fused non-causal
+    or None to fuse it. Below the break-even (engine.BREAK_EVEN) the fused non-causal
     op is slower than the per-op rewrite (0.93x at S128), and an encoder
     exported with a symbolic sequence length runs at whatever length it is
     given. Fused at any size: a block whose mask is causal for every size
@@ -678,7 +688,9 @@ def scores_size(ctx: Context, batch: Dim, heads: int, sq: Dim, skv: Dim):
     return (lambda _: int(np.prod(dims))) if all(isinstance(d, int) for d in dims) else (lambda _: None)
 
 
-def fused_match(node: gs.Node, x: gs.Tensor, build, summary: str, size, sq: Dim = None, causal: bool = False) -> Match:
+def fused_match(
+    node: gs.Node, x: gs.Tensor, build, summary: str, size, sq: Dim = None, causal: bool = False, masked: bool = True
+) -> Match:
     """The Match replacing an attention op by the nodes `build` makes."""
     return Match(
         x=x,
@@ -688,6 +700,7 @@ def fused_match(node: gs.Node, x: gs.Tensor, build, summary: str, size, sq: Dim 
         summary=summary,
         size=size,
         size_what="score elements",
-        cost=COST,
+        cost=cost_of(causal, masked),
         unknown_size_reason=symbolic_size_reason(sq=sq, causal=causal),
+        floor_key=floor_key(causal, masked),
     )

@@ -120,6 +120,7 @@ def match(ctx: Context, node: gs.Node) -> Optional[Union[Match, str]]:
         parts.scores_size(ctx, q_shape[0], q_heads, sq, skv),
         sq=sq,
         causal=causal,
+        masked=mask is not None,
     )
 
 
