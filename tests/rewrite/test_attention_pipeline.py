@@ -270,7 +270,7 @@ def test_ops_parse(ops):
 
 
 def test_bfloat16_has_its_own_break_even():
-    # No --min-elements: bfloat16's measured floor (H12 S64), not float32's (H12 S384).
+    # No --min-elements: bfloat16's measured floor (H12 S64), not float32's (H12 S1024 with a mask).
     floor = BF16_ATTENTION_BREAK_EVEN
     assert 0 < floor < BREAK_EVEN["attention"]
     mid = block(b=1, h=12, sq=128, d=64, mask="add")[0]  # 196608 score elements: between the two floors
