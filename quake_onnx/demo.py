@@ -13,6 +13,8 @@ from rich.table import Table
 
 import quake_onnx
 
+from .check.paired import settle
+
 
 def _session(model: bytes, threads: int, with_library: bool) -> ort.InferenceSession:
     so = ort.SessionOptions()
@@ -24,6 +26,7 @@ def _session(model: bytes, threads: int, with_library: bool) -> ort.InferenceSes
 
 
 def _median_ms(session: ort.InferenceSession, feeds: dict, runs: int) -> float:
+    settle()  # the session timed before may still have its pool threads spinning
     for _ in range(5):
         session.run(None, feeds)
     times = []

@@ -6,6 +6,8 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
+from .paired import settle
+
 
 @dataclass
 class Timing:
@@ -24,19 +26,24 @@ def measure(original, optimized, feeds: dict, *, threads: int, warmup: int = 3, 
     """Medians over `runs` runs of each session, after `warmup` runs of each.
 
     The two sessions alternate run by run, so a frequency change or a noisy
-    neighbour affects both alike instead of whichever happened to run second."""
+    neighbour affects both alike instead of whichever happened to run second.
+    With more than one thread, each run is followed by a wait until that
+    session's pool threads stop spinning (paired.settle, about 40 ms after a
+    Run with ORT 1.32): otherwise every run shares the cores with the other
+    session's spinning pool (an attention block at 2 threads read 1.01x,
+    1.76x and 1.97x in three calls without the wait, 4.5 against 4.6 ms
+    alone)."""
     for _ in range(warmup):
         original.run(None, feeds)
         optimized.run(None, feeds)
     t_orig, t_opt = [], []
     clock = time.perf_counter
     for _ in range(runs):
-        t0 = clock()
-        original.run(None, feeds)
-        t1 = clock()
-        optimized.run(None, feeds)
-        t2 = clock()
-        t_orig.append(t1 - t0)
-        t_opt.append(t2 - t1)
+        for session, times in ((original, t_orig), (optimized, t_opt)):
+            if threads > 1:
+                settle()
+            t0 = clock()
+            session.run(None, feeds)
+            times.append(clock() - t0)
     a, b = statistics.median(t_orig) * 1e3, statistics.median(t_opt) * 1e3
     return Timing(threads, warmup, runs, a, b, a / b if b > 0 else float("inf"))

@@ -283,3 +283,25 @@ def test_data_set_with_the_wrong_input_count_is_an_input_error(tmp_path):
     )
     with pytest.raises(InputError, match="has 1 input_"):
         load_inputs(model, tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize("threads, settles", [(1, 0), (2, 8)])
+def test_timing_waits_for_spinning_pools_only_with_threads(monkeypatch, threads, settles):
+    from quake_onnx.check import timing
+
+    calls = []
+    monkeypatch.setattr(timing, "settle", lambda: calls.append("settle"))
+
+    class Session:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, outputs, feeds):
+            calls.append(self.name)
+
+    t = timing.measure(Session("a"), Session("b"), {}, threads=threads, warmup=1, runs=4)
+    assert t.runs == 4 and calls.count("settle") == settles
+    timed = [c for c in calls[2:] if c != "settle"]
+    assert timed == ["a", "b"] * 4
+    if threads > 1:  # every timed run right after a wait
+        assert calls[2:] == ["settle", "a", "settle", "b"] * 4
