@@ -27,7 +27,7 @@ median reported with the quartiles.
 --precision bfloat16 sets the fused node's precision (the per-op block stays float32).
 
 --baseline onnx-attention makes the block one ONNX Attention node (opset 23,
-the same Q, K, V and mask) instead of the MatMul chain: the "per-op" column
+the same Q, K, V and mask; `--mask causal` as is_causal=1) instead of the MatMul chain: the "per-op" column
 is then ONNX Runtime's own CPU Attention kernel, which the rewriter replaces
 with com.quake Attention under the same floors (rules/onnx_attention.py).
 
@@ -51,7 +51,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import quake_onnx
 from quake_onnx._library import attention_bf16_engine
-from quake_onnx.check.paired import rotated_batches
+from quake_onnx.check.paired import rotated_batches, settle
 from quake_onnx.rewrite import ALL_OPS, rewrite_model
 
 
@@ -85,9 +85,9 @@ def block(heads: int, seq: int, dim: int, mask: str = "zeros", baseline: str = "
     ONNX Attention node (MASKS, BASELINES, the module docstring)."""
     shape = [1, heads, seq, dim]
     with_mask = mask != "none"
-    if baseline == "onnx-attention":
-        return _onnx_attention_block(shape, with_mask)
     causal = mask == "causal"
+    if baseline == "onnx-attention":
+        return _onnx_attention_block(shape, with_mask and not causal, causal)
     nodes = [
         helper.make_node("Transpose", ["K"], ["kt"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["Q", "kt"], ["s"]),
@@ -112,8 +112,9 @@ def block(heads: int, seq: int, dim: int, mask: str = "zeros", baseline: str = "
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _onnx_attention_block(shape: list[int], with_mask: bool) -> onnx.ModelProto:
-    node = helper.make_node("Attention", ["Q", "K", "V"] + (["M"] if with_mask else []), ["Y"])
+def _onnx_attention_block(shape: list[int], with_mask: bool, causal: bool) -> onnx.ModelProto:
+    """One opset-23 Attention node; causal as its is_causal=1 (no mask input)."""
+    node = helper.make_node("Attention", ["Q", "K", "V"] + (["M"] if with_mask else []), ["Y"], is_causal=int(causal))
     mask_input = (
         [helper.make_tensor_value_info("M", TensorProto.FLOAT, mask_shape(shape[2], "onnx-attention"))]
         if with_mask
@@ -157,7 +158,7 @@ def measure(
 ) -> dict:
     model = block(heads, seq, dim, mask, baseline)
     fused, report = rewrite_model(model, min_elements={})
-    fused_nodes = [n for n in fused.graph.node if n.op_type == "Attention"]
+    fused_nodes = [n for n in fused.graph.node if n.domain == "com.quake" and n.op_type == "Attention"]
     assert fused_nodes, report.decisions
     for n in fused_nodes:
         n.attribute.append(helper.make_attribute("precision", precision))
@@ -173,7 +174,9 @@ def measure(
     error = float(np.abs(got["fused"] - got["per_op"]).max())
     for s in sessions.values():  # warm up, and size the batch of runs to about `budget` seconds
         timed(s, feeds, 3)
+        settle()
     runs = max(3, int(budget / max(timed(sessions["per_op"], feeds, 5), 1e-6)))
+    settle()
     times = rotated_batches({k: functools.partial(timed, s, feeds, runs) for k, s in sessions.items()}, rounds)
     ratios = [p / f for p, f in zip(times["per_op"], times["fused"])]
     q1, _, q3 = statistics.quantiles(ratios, n=4)

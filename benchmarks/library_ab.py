@@ -34,7 +34,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from quake_onnx.check.paired import rotated_batches
+from quake_onnx.check.paired import rotated_batches, settle
 
 ELEMENTWISE = ("Exp", "Sigmoid", "Silu", "Gelu")
 
@@ -110,7 +110,9 @@ def main() -> None:
     outputs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
     for s in sessions.values():
         timed(s, feeds, 3)
+        settle()
     runs = max(3, int(args.budget / max(timed(sessions["A"], feeds, 3), 1e-6)))
+    settle()
     times = rotated_batches({k: functools.partial(timed, s, feeds, runs) for k, s in sessions.items()}, args.rounds)
     ratios = [a / b for a, b in zip(times["A"], times["B"])]
     q1, _, q3 = statistics.quantiles(ratios, n=4)

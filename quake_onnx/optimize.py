@@ -103,7 +103,7 @@ def optimize(
         break-even of a custom-op call per op (2048 elements, Exp 8192; for
         attention blocks, counted in score elements B*H*Sq*Skv, the measured
         break-even of the fused op, engine.BREAK_EVEN, higher for blocks
-        without a mask), 0 replaces and fuses
+        without a mask, lower for causal ones), 0 replaces and fuses
         whatever the size. Symbolic shapes are always replaced.
     softmax_method: "quake" (default) or "exaq": the method of the com.quake
         Softmax nodes made (docs/ops.md); exaq nodes quantize the exponent to
@@ -190,7 +190,8 @@ def _bf16_attention_floors(settings: Settings, default_floors: bool) -> Settings
     float32 leaves per op (an encoder exported with a symbolic sequence then
     runs fused at any length: below about S 64 that is 0.7-0.9x the block per
     op), and, unless the user set min_elements, bfloat16's measured floor for
-    static sizes (engine.BF16_ATTENTION_BREAK_EVEN, S 64 at H12 instead of S 384)."""
+    static sizes (engine.BF16_ATTENTION_BREAK_EVEN, S 64 at H12 instead of
+    float32's S 1024 with a mask, S 256 causal)."""
     from .rewrite.engine import BF16_ATTENTION_BREAK_EVEN, one_attention_floor
 
     floors = dict(settings.floors)

@@ -102,7 +102,7 @@ def test_exaq_commands_of_docs_optimize_run(tmp_path):
 
 def test_attention_commands_of_docs_optimize_run(tmp_path):
     # docs/optimize.md, "Attention fusion": its two commands as written, on one attention block of
-    # BERT-base's shape with its padding mask (H12, S1024, D64: at the break-even).
+    # BERT-base's heads with its padding mask at 1024 tokens (H12, S1024, D64: at the break-even).
     section = (ROOT / "docs" / "optimize.md").read_text().split("## Attention fusion")[1].split("\n## ")[0]
     commands = [shlex.split(line.strip())[1:] for line in section.splitlines() if line.startswith("    quake-onnx ")]
     assert [c[0] for c in commands] == ["optimize", "optimize"]

@@ -106,6 +106,7 @@ def time_rounds(
         for inst in sessions[k]:
             for _ in range(warmup):
                 inst.run(None, feeds)
+    settle()  # the last warmed-up session's pool would spin into round 0's first block
     medians: dict = {k: [] for k in keys}
     count = {k: 0 for k in keys}
     discarded = 0

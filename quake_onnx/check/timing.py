@@ -27,8 +27,8 @@ def measure(original, optimized, feeds: dict, *, threads: int, warmup: int = 3, 
 
     The two sessions alternate run by run, so a frequency change or a noisy
     neighbour affects both alike instead of whichever happened to run second.
-    With more than one thread, each run is followed by a wait until that
-    session's pool threads stop spinning (paired.settle, about 40 ms after a
+    With more than one thread, each run is preceded by a wait until the
+    session run before it has stopped spinning its pool threads (paired.settle, about 40 ms after a
     Run with ORT 1.32): otherwise every run shares the cores with the other
     session's spinning pool (an attention block at 2 threads read 1.01x,
     1.76x and 1.97x in three calls without the wait, 4.5 against 4.6 ms

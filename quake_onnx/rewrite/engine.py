@@ -32,9 +32,9 @@ UNMASKED_ATTENTION = "attention_unmasked"  # BREAK_EVEN's key for attention bloc
 CAUSAL_ATTENTION = "attention_causal"  # BREAK_EVEN's key for blocks fused with causal=1
 ATTENTION_KEYS = (UNMASKED_ATTENTION, CAUSAL_ATTENTION)  # rule.Match.floor_key values
 BREAK_EVEN = {
-    # A block with a mask, against the same block per op or ORT's own ONNX Attention kernel:
-    # from H12 S1024 1.01-1.19x at 2 threads (S512-S768 0.83-1.16x from run to run); at
-    # 1 thread the per-op block is beaten from S384 (1.10x), ORT's kernel from S512 (1.05x).
+    # A block with a mask: at 2 threads from H12 S1024 1.03-1.19x the block per op (S512-S768
+    # 0.87-1.16x from run to run) and 1.01-1.09x ORT's own ONNX Attention kernel; at 1 thread
+    # the per-op block is beaten from S384 (1.10x), ORT's kernel from S512 (1.05x).
     "attention": 12 * 1024 * 1024,
     "glu": 2048,
     "softmax": 2048,
@@ -45,16 +45,18 @@ BREAK_EVEN = {
     "exp": 8192,
     # A block without a mask (ViT, Whisper's encoder): the per-op rewrite then has no Add
     # pass over the scores for the fused op to save, and up to H12 S1536 the fused op was
-    # 0.92-1.00x it at 1 thread; from S2048 1.00-1.03x (1.07x at 2 threads). ORT's own
-    # ONNX Attention without a mask: at 2 threads 0.83-0.97x up to S1024, 1.02-1.03x from S1536.
+    # 0.88-1.02x it at 1 thread; from S2048 1.00-1.03x (1.07x at 2 threads). ORT's own
+    # ONNX Attention without a mask at 2 threads: 0.83-0.94x up to S768, 0.97-1.08x at S1024,
+    # 1.02-1.03x from S1536.
     UNMASKED_ATTENTION: 12 * 2048 * 2048,
-    # A causal block (a decoder's prefill) skips the masked half of its tiles: 1.20-1.24x
-    # the block per op from H12 S256 at 1 and 2 threads, 0.90-0.97x at S128.
+    # A causal block over Sq = Skv (a decoder's prefill) skips the masked half of its tiles:
+    # 1.20-1.24x the block per op from H12 S256 at 1 and 2 threads, 0.90-0.97x at S128.
     CAUSAL_ATTENTION: 12 * 256 * 256,
 }
 # The attention floor when the fused node runs at precision "bfloat16": its
 # bf16 tiles pay from about S 64 (H12 D64 from S 32, H12 D32 and H4 D64 from
-# S 64; below, 0.69-0.92x the block per op), where float32 needs S 384
+# S 64; below, 0.69-0.92x the block per op; 1.47-1.67x from S 32 at 2 threads),
+# where float32 needs S 1024 with a mask
 # (benchmarks/attention_break_even.py --precision bfloat16 --mask padding, Zen 4
 # AVX512-BF16).
 BF16_ATTENTION_BREAK_EVEN = 12 * 64 * 64

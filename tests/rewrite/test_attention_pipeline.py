@@ -23,7 +23,7 @@ from quake_onnx.rewrite.engine import (
 
 from .attention_forms import block
 from .builders import op_types
-from .test_attention_ops import onnx_attention
+from .test_attention_ops import mha, onnx_attention
 
 oracle_module = sys.modules["quake_onnx.pipeline.oracle"]
 
@@ -115,6 +115,10 @@ def test_onnx_attention_nodes_take_the_floor_of_their_mask():
     assert d.reason.endswith("break-even of the fused attention without a mask") and str(size) in d.reason
     masked, _ = onnx_attention(q_heads=4, kv_heads=4, sq=2048, skv=2048, mask="bool")
     assert "com.quake.Attention" in op_types(quake_onnx.optimize(masked, ort_fusions=False)[0])
+    # Between the causal and the masked floors: held to the masked one (no suffix).
+    small, _ = onnx_attention(q_heads=4, kv_heads=4, sq=512, skv=512, mask="float")
+    (d,) = [d for d in quake_onnx.optimize(small, ort_fusions=False)[1].decisions if d.rule == "onnx_attention"]
+    assert d.reason.endswith(f"below the {BREAK_EVEN['attention']}-element break-even of the fused attention")
     causal, _ = onnx_attention(q_heads=4, kv_heads=4, sq=128, skv=128, is_causal=1)
     (d,) = [d for d in quake_onnx.optimize(causal, ort_fusions=False)[1].decisions if d.rule == "onnx_attention"]
     assert d.reason.endswith("break-even of the fused attention (causal)")
@@ -304,3 +308,25 @@ def test_bfloat16_fuses_blocks_of_symbolic_size():
     # The API takes the precision as the CLI does.
     out, _ = quake_onnx.optimize(model, ort_fusions=False, attention_precision=" BFloat16")
     assert _precision(out) == [b"bfloat16"]
+
+
+def test_mha_unidirectional_takes_the_causal_floor():
+    model, _ = mha(sq=128, skv=128, heads=12, hidden=96, unidirectional=1)  # B2: 393216 score elements
+    (d,) = [d for d in quake_onnx.optimize(model, ort_fusions=False)[1].decisions if d.rule == "mha"]
+    assert d.reason == (
+        f"393216 score elements: below the {BREAK_EVEN[CAUSAL_ATTENTION]}-element break-even of the fused "
+        "attention (causal)"
+    )
+
+
+def test_a_causal_query_block_shorter_than_its_keys_takes_the_masked_floor():
+    # 64 new rows against 1024 keys (a static past): causal=1 skips few tiles, and the causal
+    # floor was measured on Sq = Skv; 786432 score elements are at that floor, below the masked one.
+    model = block(b=1, h=12, sq=64, skv=1024, past=960, d=8, mask="causal_add")[0]
+    out, report = quake_onnx.optimize(model, ort_fusions=False)
+    assert "com.quake.Attention" not in op_types(out)
+    assert attention_decision(report).reason == (
+        f"786432 score elements: below the {BREAK_EVEN['attention']}-element break-even of the fused attention"
+    )
+    square = block(b=1, h=12, sq=256, d=8, mask="causal_add")[0]  # the same count, Sq = Skv
+    assert op_types(quake_onnx.optimize(square, ort_fusions=False)[0]) == ["com.quake.Attention"]

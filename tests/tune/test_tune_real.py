@@ -5,11 +5,11 @@ they check what was measured and written, never how fast anything is."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import numpy as np
 import onnx
+import pytest
 from tunetools import SAMPLES, cli, validate
 
 import quake_onnx
@@ -70,20 +70,36 @@ def test_time_rounds_alternates_and_pairs():
     assert p.median > 1.3 and p.faster
 
 
-def test_settle_waits_for_a_spinning_thread():
-    # A thread busy for 80 ms stands for a session's pool spinning after its Run.
-    until = time.perf_counter() + 0.08
+class FakeTime:
+    """time as settle() sees it: each sleep advances the wall clock by its length and
+    this process's CPU time by the next of `cpu_per_step` (seconds)."""
 
-    def spin():
-        while time.perf_counter() < until:
-            pass
+    def __init__(self, cpu_per_step):
+        self.cpu_per_step, self.wall, self.cpu = list(cpu_per_step), 0.0, 0.0
 
-    spinner = threading.Thread(target=spin)
-    spinner.start()
-    waited = settle()
-    spinner.join()
-    assert 0.06 <= waited < 0.5
-    assert settle() < 0.05  # nothing spinning: one step
+    def perf_counter(self):
+        return self.wall
+
+    def process_time(self):
+        return self.cpu
+
+    def sleep(self, seconds):
+        self.wall += seconds
+        self.cpu += self.cpu_per_step.pop(0) if self.cpu_per_step else 0.0
+
+
+@pytest.mark.parametrize(
+    "cpu_per_step, waited",
+    [
+        ([0.0], 0.005),  # idle: one step
+        ([0.005] * 8 + [0.0001], 0.045),  # a pool spinning 40 ms, then quiet
+        ([0.005, 0.001, 0.0], 0.015),  # 20 % of a core is not quiet yet
+        ([0.005] * 1000, 0.5),  # never quiet: the limit
+    ],
+)
+def test_settle_waits_until_the_process_is_quiet(monkeypatch, cpu_per_step, waited):
+    monkeypatch.setattr("quake_onnx.check.paired.time", FakeTime(cpu_per_step))
+    assert settle() == pytest.approx(waited)
 
 
 def test_rotated_batches_rotate_and_settle(monkeypatch):

@@ -240,6 +240,7 @@ def match(ctx: Context, softmax: gs.Node) -> Optional[Union[Match, str]]:
         elem=elem,
         masks=masks,
         sq=sq,
+        skv=skv,
         cached=parts.reads_cache(ctx, k.tensor, v.tensor, not k.transposed),
         unmasked=not walk.masks,
     )

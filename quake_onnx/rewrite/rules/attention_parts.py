@@ -485,6 +485,7 @@ class Plan:
     elem: int  # Q's element type: M is cast to it when a mask is of another
     masks: list[Mask] = field(default_factory=list)  # additive terms and Where masks to turn into one M
     sq: Dim = None  # query rows, for the break-even of a symbolic size (symbolic_size_reason)
+    skv: Dim = None  # key rows: the causal floor applies where Sq = Skv (floor_key)
     cached: bool = False  # K and V read from a KV cache's Concat(past, new) (symbolic_size_reason)
     # No Add, Sub or Where on the scores at all: the per-op rewrite has no mask pass
     # over them for the fused op to save, so the block has its own break-even.
@@ -535,6 +536,7 @@ def mask_specs(ctx: Context, plan: Plan, base: str) -> tuple[list[NodeSpec], Opt
 def attention_match(plan: Plan, remove: list[gs.Node], prune: list[gs.Node], size) -> Match:
     """The Match replacing `remove` by one com.quake Attention (after the mask nodes it needs)."""
     scale = float(np.float32(plan.scale))
+    square_causal = plan.causal and same_dim(plan.sq, plan.skv)
 
     def build(ctx: Context) -> list[NodeSpec]:
         specs, m = mask_specs(ctx, plan, plan.output.name)
@@ -568,14 +570,16 @@ def attention_match(plan: Plan, remove: list[gs.Node], prune: list[gs.Node], siz
         prune=prune,
         size=size,
         size_what="score elements",
-        cost=cost_of(plan.causal, not plan.unmasked),
+        cost=cost_of(square_causal, not plan.unmasked),
         unknown_size_reason=symbolic_size_reason(plan),
-        floor_key=floor_key(plan.causal, not plan.unmasked),
+        floor_key=floor_key(square_causal, not plan.unmasked),
     )
 
 
 def floor_key(causal: bool, masked: bool) -> Optional[str]:
-    """The block's BREAK_EVEN key (rule.Match.floor_key): causal, without a mask, or the family's."""
+    """The block's BREAK_EVEN key (rule.Match.floor_key): causal, without a mask, or the family's.
+    `causal`: the triangle over Sq = Skv that the causal floor was measured on (a short query
+    block against a longer past skips few tiles and is held to the masked floor)."""
     return CAUSAL_ATTENTION if causal else None if masked else UNMASKED_ATTENTION
 
 
