@@ -9,7 +9,10 @@ whether the two outputs are bit-identical.
 
 For kernel changes that do not show in an op's contract: build the previous
 commit's library in a worktree (CMakeLists.txt, `-DCMAKE_BUILD_TYPE=Release`)
-and compare it with this one.
+and compare it with this one. Calibrate first with two copies of one file
+(`cp lib.so /tmp/a.so; cp lib.so /tmp/b.so`): on Zen 4 such a pair read
+0.95-1.03x with tight quartiles (BENCHMARKS.md, "what library_ab.py can
+resolve"), so a difference of a few percent is no evidence.
 
     python benchmarks/library_ab.py --a /work/wt/old/build/rel/libquake_ops.so \\
         --b build/cp311-cp311-linux_x86_64/libquake_ops.so --heads 12 --kv-heads 12 --seq 512 --causal
