@@ -32,7 +32,11 @@ def measure(original, optimized, feeds: dict, *, threads: int, warmup: int = 3, 
     Run with ORT 1.32): otherwise every run shares the cores with the other
     session's spinning pool (an attention block at 2 threads read 1.01x,
     1.76x and 1.97x in three calls without the wait, 4.5 against 4.6 ms
-    alone)."""
+    alone). Each timed run then starts with both pools asleep and pays their
+    wake-up, as a request after a pause does: about 0.3 ms here (the encoder
+    sample at 2 threads, 0.6 against 0.2 ms back to back), which only
+    sub-millisecond models notice. A timed run right after an untimed one
+    (pools awake) varied 0.70-0.90x from call to call on this VM."""
     for _ in range(warmup):
         original.run(None, feeds)
         optimized.run(None, feeds)
