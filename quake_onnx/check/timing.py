@@ -35,8 +35,9 @@ def measure(original, optimized, feeds: dict, *, threads: int, warmup: int = 3, 
     alone). Each timed run then starts with both pools asleep and pays their
     wake-up, as a request after a pause does: about 0.3 ms here (the encoder
     sample at 2 threads, 0.6 against 0.2 ms back to back), which only
-    sub-millisecond models notice. A timed run right after an untimed one
-    (pools awake) varied 0.70-0.90x from call to call on this VM."""
+    sub-millisecond models notice. Those stay noisy at 2 threads on this VM
+    either way: the sample read 0.91-1.04x from call to call like this, and
+    0.70-0.90x with an untimed run before each timed one (pools awake)."""
     for _ in range(warmup):
         original.run(None, feeds)
         optimized.run(None, feeds)
