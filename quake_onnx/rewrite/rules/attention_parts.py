@@ -536,7 +536,7 @@ def mask_specs(ctx: Context, plan: Plan, base: str) -> tuple[list[NodeSpec], Opt
 def attention_match(plan: Plan, remove: list[gs.Node], prune: list[gs.Node], size) -> Match:
     """The Match replacing `remove` by one com.quake Attention (after the mask nodes it needs)."""
     scale = float(np.float32(plan.scale))
-    square_causal = plan.causal and same_dim(plan.sq, plan.skv)
+    key = floor_key(plan.causal and same_dim(plan.sq, plan.skv), not plan.unmasked)
 
     def build(ctx: Context) -> list[NodeSpec]:
         specs, m = mask_specs(ctx, plan, plan.output.name)
@@ -570,9 +570,9 @@ def attention_match(plan: Plan, remove: list[gs.Node], prune: list[gs.Node], siz
         prune=prune,
         size=size,
         size_what="score elements",
-        cost=cost_of(square_causal, not plan.unmasked),
+        cost=COST + _COST_SUFFIX[key],
         unknown_size_reason=symbolic_size_reason(plan),
-        floor_key=floor_key(square_causal, not plan.unmasked),
+        floor_key=key,
     )
 
 
@@ -583,9 +583,8 @@ def floor_key(causal: bool, masked: bool) -> Optional[str]:
     return CAUSAL_ATTENTION if causal else None if masked else UNMASKED_ATTENTION
 
 
-def cost_of(causal: bool, masked: bool) -> str:
-    """Whose break-even the block is held to, as --explain names it."""
-    return COST + (" (causal)" if causal else "" if masked else " without a mask")
+# Whose break-even a block is held to, by its floor key, as --explain names it.
+_COST_SUFFIX = {CAUSAL_ATTENTION: " (causal)", UNMASKED_ATTENTION: " without a mask", None: ""}
 
 
 # A query block this short is a decode step (or a few): the fused op reads
@@ -696,6 +695,7 @@ def fused_match(
     node: gs.Node, x: gs.Tensor, build, summary: str, size, sq: Dim = None, causal: bool = False, masked: bool = True
 ) -> Match:
     """The Match replacing an attention op by the nodes `build` makes."""
+    key = floor_key(causal, masked)
     return Match(
         x=x,
         remove=[node],
@@ -704,7 +704,7 @@ def fused_match(
         summary=summary,
         size=size,
         size_what="score elements",
-        cost=cost_of(causal, masked),
+        cost=COST + _COST_SUFFIX[key],
         unknown_size_reason=symbolic_size_reason(sq=sq, causal=causal),
-        floor_key=floor_key(causal, masked),
+        floor_key=key,
     )
