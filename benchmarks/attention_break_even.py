@@ -176,7 +176,6 @@ def measure(
         timed(s, feeds, 3)
         settle()
     runs = max(3, int(budget / max(timed(sessions["per_op"], feeds, 5), 1e-6)))
-    settle()
     times = rotated_batches({k: functools.partial(timed, s, feeds, runs) for k, s in sessions.items()}, rounds)
     ratios = [p / f for p, f in zip(times["per_op"], times["fused"])]
     q1, _, q3 = statistics.quantiles(ratios, n=4)

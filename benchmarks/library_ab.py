@@ -115,7 +115,6 @@ def main() -> None:
         timed(s, feeds, 3)
         settle()
     runs = max(3, int(args.budget / max(timed(sessions["A"], feeds, 3), 1e-6)))
-    settle()
     times = rotated_batches({k: functools.partial(timed, s, feeds, runs) for k, s in sessions.items()}, args.rounds)
     ratios = [a / b for a, b in zip(times["A"], times["B"])]
     q1, _, q3 = statistics.quantiles(ratios, n=4)

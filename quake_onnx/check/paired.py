@@ -62,9 +62,11 @@ def settle(step: float = 0.005, idle: float = 0.1, limit: float = 0.5) -> float:
 def rotated_batches(batches: Mapping[str, Callable[[], float]], rounds: int) -> dict:
     """The simple form of the method, for benchmarks timing batches of their own:
     per round one call of every `batches` entry (a batch, returning its time),
-    the order rotated by round, settle() after each. Returns name -> its times."""
+    the order rotated by round, settle() before the first and after each (the
+    caller's warm-ups may have left a pool spinning). Returns name -> its times."""
     names = list(batches)
     times: dict = {k: [] for k in names}
+    settle()
     for r in range(rounds):
         for k in names[r % len(names) :] + names[: r % len(names)]:
             times[k].append(batches[k]())

@@ -28,11 +28,11 @@ def measure(original, optimized, feeds: dict, *, threads: int, warmup: int = 3, 
     The two sessions alternate run by run, so a frequency change or a noisy
     neighbour affects both alike instead of whichever happened to run second.
     With more than one thread, each run is preceded by a wait until the
-    session run before it has stopped spinning its pool threads (paired.settle, about 40 ms after a
-    Run with ORT 1.32): otherwise every run shares the cores with the other
-    session's spinning pool (an attention block at 2 threads read 1.01x,
-    1.76x and 1.97x in three calls without the wait, 4.5 against 4.6 ms
-    alone). Each timed run then starts with both pools asleep and pays their
+    session run before it has stopped spinning its pool threads
+    (paired.settle, about 40 ms after a Run with ORT 1.32): otherwise every
+    run shares the cores with the other session's spinning pool (an
+    attention block at 2 threads read 1.01x, 1.76x and 1.97x in three calls
+    without the wait, 4.5 against 4.6 ms alone). Each timed run then starts with both pools asleep and pays their
     wake-up, as a request after a pause does: about 0.3 ms here (the encoder
     sample at 2 threads, 0.6 against 0.2 ms back to back), which only
     sub-millisecond models notice. Those stay noisy at 2 threads on this VM

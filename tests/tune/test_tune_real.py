@@ -109,7 +109,7 @@ def test_rotated_batches_rotate_and_settle(monkeypatch):
     batches = {k: (lambda k=k: calls.append(k) or float(len(calls))) for k in "abc"}
     times = rotated_batches(batches, 3)
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
-    assert settled == list(range(1, 10))  # after every batch
+    assert settled == list(range(10))  # before the first batch and after every batch
     assert times == {"a": [1.0, 6.0, 8.0], "b": [2.0, 4.0, 9.0], "c": [3.0, 5.0, 7.0]}
 
 
