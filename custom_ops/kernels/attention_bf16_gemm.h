@@ -24,11 +24,11 @@ inline void bf16_row_tail(size_t rows, const uint32_t* a, size_t lda, const uint
 }
 
 // C [rows x n] (row stride ldc) = A B, or += A B when kAccumulate; A rows of
-// lda words (the first `pairs` used), B packed for n columns.
+// lda words (the first `pairs` used), B packed for n columns, or for more
+// (its first n used) when npad is that packing's bf16_npad.
 template <bool kAccumulate>
 inline void bf16_gemm(const uint32_t* a, size_t lda, const uint32_t* bp, size_t pairs, float* c, size_t ldc,
-                      size_t rows, size_t n) {
-  const size_t npad = bf16_npad(n);
+                      size_t rows, size_t n, size_t npad) {
   size_t r = 0;
   for (; r + kBf16Mr <= rows; r += kBf16Mr) {
     bf16_row_block<kBf16Mr, kAccumulate>(a + r * lda, lda, bp, npad, pairs, c + r * ldc, ldc, n);

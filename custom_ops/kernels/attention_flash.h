@@ -22,8 +22,10 @@
 // take K and V^T as packed once per call (pack_key_tile, run by the op layer
 // before the tasks) and Q^T as packed once per task; only P is packed per
 // tile (the same micro-kernel and operand layouts as Eigen's own products).
-// Tiles entirely beyond the causal limit are never visited; tiles whose mask
-// is -inf for every row of the block are skipped before their GEMM. Error per
+// Tiles entirely beyond the causal limit are never visited; on a tile the
+// limit crosses, panels of kCausalPanelRows rows each multiply only the keys
+// their last row sees; tiles whose mask is -inf for every row of the block
+// are skipped before their GEMM. Error per
 // element of Y: the core's relative error times max|V| (the weights' relative
 // errors), plus float summation; Y of a row with no live key is 0; a NaN or
 // +inf score makes the row NaN; NaN or inf in V reaches every row whose tile
@@ -296,16 +298,154 @@ void finish_rows(const AttentionParams& p, const AttentionHead& head, const Atte
   }
 }
 
+// Rows of a causal block's diagonal tile multiplied together: each panel of
+// query rows against only the keys its last row sees, so the masked half of
+// that tile is mostly not computed (a 128-row block over 128 keys does 62 %
+// of the products instead of all). A multiple of 8: Eigen's packed Q^T is in
+// panels of nr (4 or 8) query columns and the bf16 layouts take rows in pairs,
+// so a panel's operands start where the block's do, at an offset.
+constexpr size_t kCausalPanelRows = 32;
+
+// One task's state: its parameters, scratch and Q rows (as floats).
+struct Block {
+  const AttentionParams& p;
+  const AttentionHead& head;
+  const AttentionTask& t;
+  Scratch w;
+  const float* q;  // the task's Q rows [rows x d], float16 converted
+  size_t rows;
+};
+
+// Key tile [kb, kb + cols) as the products read it: float16 K and V converted,
+// packed ones located, bf16 ones packed (once, whatever the row panels).
+struct KeyTile {
+  size_t kb, cols;
+  size_t full;  // keys in the tile as packed once (p.packed)
+  const float* k = nullptr;
+  size_t k_ld = 0;
+  const float* v = nullptr;
+  const float* packed_k = nullptr;
+  const float* packed_v = nullptr;
+};
+
+KeyTile load_key_tile(const Block& b, size_t kb, size_t cols) {
+  const AttentionParams& p = b.p;
+  KeyTile kt{kb, cols, std::min(p.tiles.bk, p.skv - kb)};
+#ifdef QUAKE_ATTENTION_BF16
+  if (p.d > 0) {
+    const float* k = key_tile(p, b.head, kb, cols, b.w.k, &kt.k_ld);
+    if (p.k_transposed) {
+      bf16_pack_b_rows(k, p.d, cols, kt.k_ld, b.w.kb);  // K^T [d x cols]: pairs of rows
+    } else {
+      bf16_pack_b_cols(k, cols, p.d, kt.k_ld, b.w.kb, b.w.row);  // K [cols x d]: each row down a column
+    }
+  }
+  bf16_pack_b_rows(value_tile(p, b.head, kb, cols, b.w.v), cols, p.dv, p.dv, b.w.vb);
+#else
+  if (p.packed) {
+    kt.packed_k = b.head.packed_k + kb / p.tiles.bk * attention_packed_tile(p, p.d);
+    kt.packed_v = b.head.packed_v + kb / p.tiles.bk * attention_packed_tile(p, p.dv);
+  } else {
+    kt.k = key_tile(p, b.head, kb, cols, b.w.k, &kt.k_ld);
+    kt.v = value_tile(p, b.head, kb, cols, b.w.v);
+  }
+#endif
+  return kt;
+}
+
+// Task rows [r0, r1) against the tile's first `cols` keys; diag is row r0's
+// causal offset (live_columns). Every key past a row's limit is masked by the
+// online step, so `cols` only needs to reach the last row's.
+//   S = Q K^T; online step (scale, mask, limit, max, P = e^(S - m), l);
+//   O = rescale O + P V.
+void tile_rows(const Block& b, const KeyTile& kt, size_t r0, size_t r1, size_t cols, ptrdiff_t diag, bool first) {
+  const AttentionParams& p = b.p;
+  const Scratch& w = b.w;
+  const size_t rows = r1 - r0, d = p.d, dv = p.dv, bk = p.tiles.bk;
+  float* s = w.s + r0 * bk;
+  float* o = w.o + r0 * dv;
+#ifdef QUAKE_ATTENTION_BF16
+  // The bf16 V panel's layout is fixed by the tile's keys: P V runs over all
+  // of them, P being 0 past each row's limit.
+  const size_t step_cols = kt.cols;
+#else
+  // A packed tile is multiplied to the end of the register panel that holds
+  // the limit (packed_row_prefix).
+  if (p.packed) cols = gemm::packed_row_prefix(cols, kt.full);
+  const size_t step_cols = cols;
+#endif
+
+  // S = Q K^T
+  if (d == 0) {
+    tile(s, rows, cols, bk).setZero();
+  } else {
+#ifdef QUAKE_ATTENTION_BF16
+    const size_t d_words = bf16_a_words((d + 1) / 2);
+    bf16_gemm<false>(w.qa + r0 * d_words, d_words, w.kb, (d + 1) / 2, s, bk, rows, cols, bf16_npad(kt.cols));
+#else
+    if (p.packed) {  // S^T [cols x rows] (S's rows, column-major) = K Q^T
+      for (size_t r = 0; r < rows; ++r) std::memset(s + r * bk, 0, cols * sizeof(float));
+      gemm::multiply_add(s, bk, kt.packed_k, w.q_packed + r0 * d, cols, d, rows);
+    } else if (p.k_transposed) {
+      tile(s, rows, cols, bk).noalias() = const_tile(b.q + r0 * d, rows, d, d) * const_tile(kt.k, d, cols, kt.k_ld);
+    } else {
+      tile(s, rows, cols, bk).noalias() =
+          const_tile(b.q + r0 * d, rows, d, d) * const_tile(kt.k, cols, d, kt.k_ld).transpose();
+    }
+#endif
+  }
+
+  size_t mask_ld = 0;
+  const float* mask = mask_tile(p, b.head.mask, b.t.q0 + r0, rows, kt.kb, step_cols, w.mask, &mask_ld);
+  p.online_softmax(s, bk, rows, step_cols, diag, p.scale, mask, mask_ld, w.m + r0, w.l + r0, w.rescale + r0);
+
+  // O = rescale O + P V; rows whose max did not grow keep their scale.
+  Tile o_rows = tile(o, rows, dv, dv);
+  if (!first) {
+    for (size_t r = 0; r < rows; ++r) {
+      if (w.rescale[r0 + r] != 1.0f) o_rows.row(static_cast<ptrdiff_t>(r)) *= w.rescale[r0 + r];
+    }
+  }
+#ifdef QUAKE_ATTENTION_BF16
+  // P rounded to bf16 here only (l above summed the float32 P).
+  const size_t k_pairs = (step_cols + 1) / 2, k_words = bf16_a_words(k_pairs);
+  bf16_pack_a(s, rows, step_cols, bk, w.pa, k_words);
+  bf16_gemm<true>(w.pa, k_words, w.vb, k_pairs, o, dv, rows, dv, bf16_npad(dv));
+#else
+  if (p.packed) {  // O^T [dv x rows] += V^T P^T
+    gemm::pack_right(w.p_packed, s, bk, cols, rows);
+    gemm::multiply_add(o, dv, kt.packed_v, w.p_packed, dv, cols, rows, kt.full);
+  } else {
+    o_rows.noalias() += const_tile(s, rows, cols, bk) * const_tile(kt.v, cols, dv, dv);
+  }
+#endif
+}
+
+// The tile's rows: in one step where every row sees all `cols` keys (or no
+// causal limit applies), else the rows that see only part of the tile in
+// panels of kCausalPanelRows (panels that see none of it skipped) and the
+// rest in one step.
+void tile_all_rows(const Block& b, const KeyTile& kt, ptrdiff_t diag, bool first) {
+  size_t r0 = 0;
+  if (b.p.causal) {
+    for (; r0 < b.rows && live_columns(r0, kt.cols, diag) < kt.cols; r0 += kCausalPanelRows) {
+      const size_t r1 = std::min(b.rows, r0 + kCausalPanelRows);
+      const size_t cols = live_columns(r1 - 1, kt.cols, diag);
+      if (cols > 0) tile_rows(b, kt, r0, r1, cols, diag + static_cast<ptrdiff_t>(r0), first);
+    }
+  }
+  if (r0 < b.rows) tile_rows(b, kt, r0, b.rows, kt.cols, diag + static_cast<ptrdiff_t>(r0), first);
+}
+
 void flash_attention_block(const AttentionParams& p, const AttentionHead& head, const AttentionTask& t,
                            float* scratch) {
-  const size_t rows = t.q1 - t.q0, d = p.d, dv = p.dv, bk = p.tiles.bk;
+  const size_t rows = t.q1 - t.q0, d = p.d, bk = p.tiles.bk;
   const Scratch w = carve(p, scratch);
   for (size_t r = 0; r < rows; ++r) {
     w.m[r] = -std::numeric_limits<float>::infinity();
     w.l[r] = 0.0f;
   }
-  Tile o = tile(w.o, rows, dv, dv);
-  o.setZero();
+  tile(w.o, rows, p.dv, p.dv).setZero();
 
   // The causal limit: query i sees keys j <= i + (skv - sq); the block's last
   // row sees the most.
@@ -318,88 +458,21 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
   const float* q = p.half ? w.q : static_cast<const float*>(head.q) + t.q0 * d;
   if (p.half && k_end > t.k0) halves_to_floats(p, static_cast<const uint16_t*>(head.q) + t.q0 * d, rows, d, d, w.q);
 #ifdef QUAKE_ATTENTION_BF16
-  const size_t d_pairs = (d + 1) / 2, d_words = bf16_a_words(d_pairs);  // words per row of Q's image
-  if (k_end > t.k0) bf16_pack_a(q, rows, d, d, w.qa, d_words);
+  if (k_end > t.k0) bf16_pack_a(q, rows, d, d, w.qa, bf16_a_words((d + 1) / 2));
 #else
-  const ConstTile q_block = const_tile(q, rows, d, d);
   if (p.packed && k_end > t.k0) gemm::pack_right(w.q_packed, q, d, d, rows);  // Q^T [d x rows]
 #endif
+  const Block b{p, head, t, w, q, rows};
 
   bool first = true;
   for (size_t kb = t.k0; kb < k_end; kb += bk) {
-    size_t cols = std::min(bk, k_end - kb);
-#ifndef QUAKE_ATTENTION_BF16
-    // A packed tile holds `full` keys; a causal block's last tile is
-    // multiplied up to the end of the register panel that holds its limit
-    // (packed_row_prefix), and the online step masks the keys past the limit.
-    const size_t full = std::min(bk, p.skv - kb);
-    if (p.packed) cols = gemm::packed_row_prefix(cols, full);
-#endif
+    const size_t cols = std::min(bk, k_end - kb);
     if (head.mask != nullptr && mask_tile_dead(p, head.mask, t.q0, rows, kb, cols)) continue;
-
-    // S = Q K^T
-    Tile s = tile(w.s, rows, cols, bk);
-    if (d == 0) {
-      s.setZero();
-#ifdef QUAKE_ATTENTION_BF16
-    } else {
-      size_t ld = 0;
-      const float* k = key_tile(p, head, kb, cols, w.k, &ld);
-      if (p.k_transposed) {
-        bf16_pack_b_rows(k, d, cols, ld, w.kb);  // K^T [d x cols]: pairs of rows
-      } else {
-        bf16_pack_b_cols(k, cols, d, ld, w.kb, w.row);  // K [cols x d]: each row down a column
-      }
-      bf16_gemm<false>(w.qa, d_words, w.kb, d_pairs, w.s, bk, rows, cols);
-    }
-#else
-    } else if (p.packed) {  // S^T [cols x rows] (S's rows, column-major) = K Q^T
-      for (size_t r = 0; r < rows; ++r) std::memset(w.s + r * bk, 0, cols * sizeof(float));
-      gemm::multiply_add(w.s, bk, head.packed_k + kb / bk * attention_packed_tile(p, d), w.q_packed, cols, d, rows);
-    } else {
-      size_t ld = 0;
-      const float* k = key_tile(p, head, kb, cols, w.k, &ld);
-      if (p.k_transposed) {
-        s.noalias() = q_block * const_tile(k, d, cols, ld);
-      } else {
-        s.noalias() = q_block * const_tile(k, cols, d, ld).transpose();
-      }
-    }
-#endif
-
-    // Scale, mask, causal limit, running max, P = e^(S - m), row sums.
-    size_t mask_ld = 0;
-    const float* mask = mask_tile(p, head.mask, t.q0, rows, kb, cols, w.mask, &mask_ld);
     const ptrdiff_t diag =
         p.causal ? static_cast<ptrdiff_t>(t.q0 + p.skv) - static_cast<ptrdiff_t>(p.sq) - static_cast<ptrdiff_t>(kb)
                  : static_cast<ptrdiff_t>(cols);
-    p.online_softmax(w.s, bk, rows, cols, diag, p.scale, mask, mask_ld, w.m, w.l, w.rescale);
-
-    // O = rescale O + P V; rows whose max did not grow keep their scale.
-    if (!first) {
-      for (size_t r = 0; r < rows; ++r) {
-        if (w.rescale[r] != 1.0f) o.row(static_cast<ptrdiff_t>(r)) *= w.rescale[r];
-      }
-    }
+    tile_all_rows(b, load_key_tile(b, kb, cols), diag, first);
     first = false;
-#ifndef QUAKE_ATTENTION_BF16
-    if (p.packed) {  // O^T [dv x rows] += V^T P^T
-      gemm::pack_right(w.p_packed, w.s, bk, cols, rows);
-      gemm::multiply_add(w.o, dv, head.packed_v + kb / bk * attention_packed_tile(p, dv), w.p_packed, dv, cols, rows,
-                         full);
-      continue;
-    }
-#endif
-    const float* v = value_tile(p, head, kb, cols, w.v);
-#ifdef QUAKE_ATTENTION_BF16
-    // P rounded to bf16 here only (l above summed the float32 P).
-    const size_t k_pairs = (cols + 1) / 2, k_words = bf16_a_words(k_pairs);
-    bf16_pack_a(w.s, rows, cols, bk, w.pa, k_words);
-    bf16_pack_b_rows(v, cols, dv, dv, w.vb);
-    bf16_gemm<true>(w.pa, k_words, w.vb, k_pairs, w.o, dv, rows, dv);
-#else
-    o.noalias() += const_tile(w.s, rows, cols, bk) * const_tile(v, cols, dv, dv);
-#endif
   }
   finish_rows(p, head, t, w);
 }

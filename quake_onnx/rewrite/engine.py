@@ -49,9 +49,10 @@ BREAK_EVEN = {
     # ONNX Attention without a mask at 2 threads: 0.83-0.94x up to S768, 0.97-1.08x at S1024,
     # 1.02-1.03x from S1536.
     UNMASKED_ATTENTION: 12 * 2048 * 2048,
-    # A causal block over Sq = Skv (a decoder's prefill) skips the masked half of its tiles:
-    # 1.20-1.24x the block per op from H12 S256 at 1 and 2 threads, 0.90-0.97x at S128.
-    CAUSAL_ATTENTION: 12 * 256 * 256,
+    # A causal block over Sq = Skv (a decoder's prefill) skips the masked half of its tiles
+    # and of the tiles on its diagonal: at 1 thread 1.09x the block per op at H12 S96,
+    # 1.03x at S80, 1.00x at S64; at 2 threads from S64.
+    CAUSAL_ATTENTION: 12 * 96 * 96,
 }
 # The attention floor when the fused node runs at precision "bfloat16": its
 # bf16 tiles pay from about S 64 (H12 D64 from S 32, H12 D32 and H4 D64 from

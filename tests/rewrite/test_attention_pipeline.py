@@ -91,15 +91,15 @@ def test_one_attention_floor_serves_blocks_with_and_without_a_mask():
 
 
 def test_causal_blocks_have_their_own_break_even():
-    # A prefill's causal block pays from H12 S256, below the masked floor.
+    # A prefill's causal block pays from H12 S96, far below the masked floor.
     floor = BREAK_EVEN[CAUSAL_ATTENTION]
-    assert floor == 12 * 256 * 256 < BREAK_EVEN["attention"]
-    out, report = quake_onnx.optimize(block(b=1, h=12, sq=256, d=8, mask="causal_add")[0], ort_fusions=False)
+    assert floor == 12 * 96 * 96 < BREAK_EVEN["attention"]
+    out, report = quake_onnx.optimize(block(b=1, h=12, sq=96, d=8, mask="causal_add")[0], ort_fusions=False)
     assert op_types(out) == ["com.quake.Attention"]
-    out, report = quake_onnx.optimize(block(b=1, h=12, sq=128, d=8, mask="causal_add")[0], ort_fusions=False)
+    out, report = quake_onnx.optimize(block(b=1, h=12, sq=64, d=8, mask="causal_add")[0], ort_fusions=False)
     assert "com.quake.Attention" not in op_types(out)
     assert attention_decision(report).reason == (
-        f"{12 * 128 * 128} score elements: below the {floor}-element break-even of the fused attention (causal)"
+        f"{12 * 64 * 64} score elements: below the {floor}-element break-even of the fused attention (causal)"
     )
 
 
@@ -119,7 +119,7 @@ def test_onnx_attention_nodes_take_the_floor_of_their_mask():
     small, _ = onnx_attention(q_heads=4, kv_heads=4, sq=512, skv=512, mask="float")
     (d,) = [d for d in quake_onnx.optimize(small, ort_fusions=False)[1].decisions if d.rule == "onnx_attention"]
     assert d.reason.endswith(f"below the {BREAK_EVEN['attention']}-element break-even of the fused attention")
-    causal, _ = onnx_attention(q_heads=4, kv_heads=4, sq=128, skv=128, is_causal=1)
+    causal, _ = onnx_attention(q_heads=4, kv_heads=4, sq=64, skv=64, is_causal=1)
     (d,) = [d for d in quake_onnx.optimize(causal, ort_fusions=False)[1].decisions if d.rule == "onnx_attention"]
     assert d.reason.endswith("break-even of the fused attention (causal)")
 
@@ -311,17 +311,17 @@ def test_bfloat16_fuses_blocks_of_symbolic_size():
 
 
 def test_mha_unidirectional_takes_the_causal_floor():
-    model, _ = mha(sq=128, skv=128, heads=12, hidden=96, unidirectional=1)  # B2: 393216 score elements
+    model, _ = mha(sq=64, skv=64, heads=12, hidden=96, unidirectional=1)  # B2: 98304 score elements
     (d,) = [d for d in quake_onnx.optimize(model, ort_fusions=False)[1].decisions if d.rule == "mha"]
     assert d.reason == (
-        f"393216 score elements: below the {BREAK_EVEN[CAUSAL_ATTENTION]}-element break-even of the fused "
+        f"98304 score elements: below the {BREAK_EVEN[CAUSAL_ATTENTION]}-element break-even of the fused "
         "attention (causal)"
     )
 
 
 def test_a_causal_query_block_shorter_than_its_keys_takes_the_masked_floor():
     # 64 new rows against 1024 keys (a static past): causal=1 skips few tiles, and the causal
-    # floor was measured on Sq = Skv; 786432 score elements are at that floor, below the masked one.
+    # floor was measured on Sq = Skv; 786432 score elements are above that floor, below the masked one.
     model = block(b=1, h=12, sq=64, skv=1024, past=960, d=8, mask="causal_add")[0]
     out, report = quake_onnx.optimize(model, ort_fusions=False)
     assert "com.quake.Attention" not in op_types(out)
