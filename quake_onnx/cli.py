@@ -6,9 +6,10 @@ traceback: scripts and CI logs read the message, people read one line."""
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -45,6 +46,9 @@ class _OneLineErrors(TyperGroup):
             typer.echo("error: interrupted", err=True)
             sys.exit(130)
         except Exception as e:  # a bug: still one line, with what to report
+            if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:  # a path the user chose, any argument
+                typer.echo(f"error: file name too long: {e.filename or e}", err=True)
+                sys.exit(2)
             typer.echo(f"error: internal error ({type(e).__name__}: {_one_line(str(e))}); please report it", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -185,7 +189,19 @@ _SOFTMAX_METHOD = typer.Option(
     help="method of the com.quake Softmax nodes: 'quake' (default, polynomial exponential) or 'exaq' "
     "(exponent quantized to --bits bits, table lookup; fix its clip with `quake-onnx calibrate`)",
 )
-_BITS = typer.Option(3, "--bits", min=2, max=8, help="exaq quantization bits, 2..8 (with --softmax-method exaq)")
+_BITS = typer.Option(
+    None, "--bits", min=2, max=8, help="exaq quantization bits, 2..8 (with --softmax-method exaq; default 3)"
+)
+
+
+def _exaq_bits(bits: Optional[int], softmax_method: str) -> int:
+    """--bits, which only EXAQ reads: refused without it rather than ignored."""
+    if bits is not None and softmax_method != "exaq":
+        typer.echo("error: --bits applies to --softmax-method exaq only", err=True)
+        raise typer.Exit(2)
+    return 3 if bits is None else bits
+
+
 _LIBRARIES = typer.Option(
     None,
     "--custom-ops-library",
@@ -235,10 +251,34 @@ def _run_optimize(*args: Any, **kwargs: Any):
         raise typer.Exit(e.exit_code) from None
 
 
-def _consoles():
+def _consoles(stdout_taken: bool = False):
+    """The console for results and the one for warnings; with `stdout_taken`
+    (a report written to '-') both print to stderr."""
     from rich.console import Console
 
-    return Console(), Console(stderr=True)
+    return Console(stderr=stdout_taken), Console(stderr=True)
+
+
+def _is_stdout(path: Optional[Path]) -> bool:
+    return path is not None and str(path) == "-"
+
+
+def _write_report(path: Optional[Path], text: Callable[[], str], written: Path, what: str = "report") -> None:
+    """Writes a report after OUT was written: to stdout for '-'. A failure
+    exits 1 saying that OUT was written all the same."""
+    from . import writes
+
+    if path is None:
+        return
+    if _is_stdout(path):
+        sys.stdout.write(text())
+        sys.stdout.flush()
+        return
+    try:
+        writes.write_bytes_atomic(text().encode(), path)
+    except OSError as e:
+        typer.echo(f"error: wrote {written} but not the {what} {path}: {e.strerror or e}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command("optimize")
@@ -252,17 +292,21 @@ def optimize_cmd(
     ort_level: str = _LEVEL,
     min_elements: Optional[int] = _MIN_ELEMENTS,
     softmax_method: str = _SOFTMAX_METHOD,
-    bits: int = _BITS,
+    bits: Optional[int] = _BITS,
     attention_precision: str = _ATTENTION_PRECISION,
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
     explain: bool = typer.Option(
         False, "--explain", help="print every candidate node and why it was or wasn't replaced"
     ),
-    report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="write the full report as JSON"),
+    report: Optional[Path] = typer.Option(
+        None, "--report", metavar="FILE", help="write the full report as JSON ('-': stdout)"
+    ),
     in_place: bool = typer.Option(False, "--in-place", help="allow OUT to be IN (or omit OUT) and overwrite it"),
 ) -> None:
     """Fuse attention blocks and replace Softmax, GELU, SiLU/Sigmoid, Exp... with com.quake ops; write OUT."""
-    from . import _cli_output, writes
+    from . import _cli_output
+
+    bits = _exaq_bits(bits, softmax_method)
 
     if dest is None and not in_place:
         typer.echo("error: missing OUT (or pass --in-place to overwrite IN)", err=True)
@@ -281,16 +325,11 @@ def optimize_cmd(
         softmax_method=softmax_method,
         bits=bits,
         custom_ops_libraries=custom_ops_library or (),
-        also_written=[("report", report)] if report is not None else (),
+        also_written=[("report", report)] if report is not None and not _is_stdout(report) else (),
         attention_precision=attention_precision,
     )
-    if report is not None:
-        try:
-            writes.write_bytes_atomic(result.to_json().encode(), report)
-        except OSError as e:
-            typer.echo(f"error: wrote {out} but not the report {report}: {e.strerror or e}", err=True)
-            raise typer.Exit(1) from None
-    console, err = _consoles()
+    _write_report(report, result.to_json, out)
+    console, err = _consoles(stdout_taken=_is_stdout(report))
     _cli_output.show(
         console,
         err,
@@ -299,7 +338,7 @@ def optimize_cmd(
         explain_nodes=explain,
         written=str(out),
     )
-    if report is not None:
+    if report is not None and not _is_stdout(report):
         console.print(f"report {report}", soft_wrap=True, highlight=False)
 
 
@@ -313,12 +352,14 @@ def inspect_cmd(
     ort_level: str = _LEVEL,
     min_elements: Optional[int] = _MIN_ELEMENTS,
     softmax_method: str = _SOFTMAX_METHOD,
-    bits: int = _BITS,
+    bits: Optional[int] = _BITS,
     attention_precision: str = _ATTENTION_PRECISION,
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
 ) -> None:
     """Show what `optimize` would replace and why, writing nothing."""
     from . import _cli_output
+
+    bits = _exaq_bits(bits, softmax_method)
 
     _, result = _run_optimize(
         src,
@@ -744,8 +785,12 @@ def tune_cmd(
         None, "--require-speedup", min=0.0, metavar="S", help="exit 1 when the result's speedup is below S"
     ),
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
-    report: Optional[Path] = typer.Option(None, "--report", metavar="FILE.json", help="write the report as JSON"),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", metavar="FILE", help="write the report as Markdown"),
+    report: Optional[Path] = typer.Option(
+        None, "--report", metavar="FILE.json", help="write the report as JSON ('-': stdout)"
+    ),
+    markdown: Optional[Path] = typer.Option(
+        None, "--markdown", metavar="FILE", help="write the report as Markdown ('-': stdout)"
+    ),
 ) -> None:
     """Measure on this machine and these inputs what to replace, at which order, with which ORT level and fusions;
     write the fastest model within tolerance to OUT (the original when nothing is faster beyond the noise)."""
@@ -757,12 +802,13 @@ def tune_cmd(
     from .tuning import report as tune_report
     from .tuning import tune
 
-    console, err = _consoles()
+    stdout_taken = _is_stdout(report) or _is_stdout(markdown)
+    console, err = _consoles(stdout_taken)
     if not console.is_terminal:  # a CI log or a file: wide enough that the table does not fold
         from rich.console import Console
 
-        console = Console(width=160)
-    also = [(what, path) for what, path in (("report", report), ("markdown", markdown)) if path is not None]
+        console = Console(stderr=stdout_taken, width=160)
+    also = [(w, p) for w, p in (("report", report), ("markdown", markdown)) if p is not None and not _is_stdout(p)]
     if report is not None and markdown is not None and writes.absolute(report) == writes.absolute(markdown):
         typer.echo(f"error: --report and --markdown name the same file {report}", err=True)
         raise typer.Exit(2)
@@ -789,16 +835,8 @@ def tune_cmd(
     except ModelFileError as e:  # every input, option and write failure
         typer.echo(f"error: {_one_line(str(e))}", err=True)
         raise typer.Exit(e.exit_code) from None
-    for what, path, text in (
-        ("report", report, lambda: tune_report.to_json(result)),
-        ("markdown", markdown, lambda: tune_report.to_markdown(result)),
-    ):
-        if path is not None:
-            try:
-                writes.write_bytes_atomic(text().encode(), path)
-            except OSError as e:
-                typer.echo(f"error: wrote {dest} but not the {what} {path}: {e.strerror or e}", err=True)
-                raise typer.Exit(1) from None
+    _write_report(report, lambda: tune_report.to_json(result), dest)
+    _write_report(markdown, lambda: tune_report.to_markdown(result), dest, "markdown")
     console.print(tune_report.groups_table(result))
     for note in result["notes"]:
         console.print(f"note: {escape(note)}", soft_wrap=True, highlight=False)
@@ -818,7 +856,7 @@ def tune_cmd(
         highlight=False,
     )
     for path in (report, markdown):
-        if path is not None:
+        if path is not None and not _is_stdout(path):
             console.print(f"report {escape(str(path))}", soft_wrap=True, highlight=False)
     if require_speedup is not None:
         final = result["final"]["speedup"]

@@ -136,22 +136,20 @@ def model_files(model: onnx.ModelProto, path: Path) -> list[Path]:
 
 def load_external_data(model: onnx.ModelProto, path: Path) -> None:
     """Reads every external tensor of `model` (loaded from `path`) into memory,
-    refusing missing or short data files instead of passing garbage on."""
+    refusing missing or short data files instead of passing garbage on.
+
+    As ONNX Runtime reads them: a location is a relative path that stays in
+    the model's folder (an absolute one, or one that climbs out with `..`, is
+    refused: ModelFileError), and the file there may be a symlink, which is
+    followed (the Hugging Face hub cache links every file of a snapshot to a
+    blob elsewhere; onnx's own loader refuses symlinks)."""
     if not has_external_data(model):
         return
-    base = str(path.parent)
     for tensor in iter_tensors(model):
         if not ext.uses_external_data(tensor):
             continue
         info = ext.ExternalDataInfo(tensor)
-        try:
-            ext.load_external_data_for_tensor(tensor, base)
-        except FileNotFoundError:
-            raise ModelFileError(f"{path}: its external data file {info.location} is missing") from None
-        except OSError as e:
-            raise ModelFileError(f"{path}: cannot read external data {info.location}: {e.strerror or e}") from None
-        except Exception as e:  # onnx refuses locations outside the model's folder
-            raise ModelFileError(f"{path}: bad external data reference {info.location!r}: {e}") from None
+        tensor.raw_data = _read_external(info, path)
         expected = _expected_nbytes(tensor)
         if expected is not None and len(tensor.raw_data) != expected:
             raise ModelFileError(
@@ -160,6 +158,24 @@ def load_external_data(model: onnx.ModelProto, path: Path) -> None:
             )
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
+
+
+def _read_external(info: ext.ExternalDataInfo, path: Path) -> bytes:
+    """The bytes `info` points at, for the model at `path` (load_external_data)."""
+    location = info.location
+    parts = Path(location).parts
+    if not location or Path(location).is_absolute() or ".." in parts:
+        raise ModelFileError(
+            f"{path}: bad external data reference {location!r}: it must be a path inside the model's folder"
+        )
+    try:
+        with open(path.parent / location, "rb") as f:
+            f.seek(info.offset or 0)
+            return f.read(info.length) if info.length else f.read()
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: its external data file {location} is missing") from None
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read external data {location}: {e.strerror or e}") from None
 
 
 _T = onnx.TensorProto

@@ -14,15 +14,23 @@ The guarantees (docs/optimize.md, "Which files a command writes"):
   `<OUT name>.data`; while a file of that name is still in use (by the model
   being replaced, or by any other file), the pair is first written under
   `<OUT name>.1.data` (.2, ...) and renamed once the old file is gone;
+- only regular files are ever replaced: a destination that exists as a
+  device, FIFO or socket is refused (os.replace would swap the node for a
+  file, as root even /dev/null);
+- temporaries take short names of their own (`.quake-*.tmp`), so any
+  destination name the filesystem allows can be written;
 - every path is made absolute first: the result is the same from any
   working folder.
 """
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import re
 import shutil
+import stat
 import tempfile
 import uuid
 from pathlib import Path
@@ -92,6 +100,7 @@ def check_output_path(path: Path, what: str = "output", inputs: Optional[InputFi
         raise ModelFileError(f"{what} {path} is {role}; writing it would destroy it (choose another path)")
     if path.is_dir():
         raise ModelFileError(f"{what} {path} is a directory")
+    _refuse_special(path, what)
     parent = absolute(path).parent
     if not parent.exists():
         raise ModelFileError(f"cannot write {what} {path}: folder {parent} does not exist")
@@ -99,13 +108,40 @@ def check_output_path(path: Path, what: str = "output", inputs: Optional[InputFi
         raise ModelFileError(f"cannot write {what} {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ModelFileError(f"cannot write {what} {path}: permission denied")
+    if len(os.fsencode(path.name)) > _name_max(parent):
+        raise ModelFileError(f"cannot write {what} {path}: file name too long (over {_name_max(parent)} bytes)")
     # os.access says yes to root and knows nothing of read-only mounts: probe.
     try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=_TEMP_PREFIX, suffix=".probe")
     except OSError as e:
         raise ModelFileError(f"cannot write {what} {path}: {e.strerror or e}") from None
     os.close(fd)
     _unlink(Path(probe))
+
+
+# Temporaries get names of their own, not `.<dest name>.*`: a destination
+# name near the filesystem's limit (255 bytes) must still be writable.
+_TEMP_PREFIX = ".quake-"
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _refuse_special(path: Path, what: str) -> None:
+    """Raises ModelFileError when `path` exists and is not a regular file
+    (symlinks followed): a device, FIFO or socket must never be replaced."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # absent (or a dangling symlink): a new file is made
+    if not stat.S_ISREG(mode):
+        device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        kind = "a device" if device else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
+        raise ModelFileError(f"{what} {path} is {kind}, not a regular file; choose a file path")
 
 
 def _file_mode(dest: Path) -> int:
@@ -128,7 +164,8 @@ def write_bytes_atomic(data: bytes, dest: Path, verify: Optional[Callable[[Path]
     readers see the old file or the new one, never a partial one. `verify`
     runs on the finished temporary file; if it raises, `dest` is unchanged."""
     dest = absolute(dest)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    _refuse_special(dest, "destination")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=_TEMP_PREFIX, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -178,7 +215,12 @@ def _claim(source: Path, folder: Path, dest: Path) -> Path:
                 return target
             except FileExistsError:
                 pass  # taken since we looked: try the next name
-            except OSError:  # a filesystem without hard links
+            except OSError as e:  # a filesystem without hard links
+                if e.errno == errno.ENAMETOOLONG:
+                    raise ModelFileError(
+                        f"cannot write the external data file {target.name} of {dest}: the name is too long "
+                        "(choose a shorter output name)"
+                    ) from None
                 if not os.path.lexists(target):
                     os.rename(source, target)
                     return target
@@ -205,10 +247,10 @@ def save_model_atomic(
     old_data = _referenced_data(dest)
     if not external:
         write_bytes_atomic(model.SerializeToString(), dest, verify)
-        _remove_replaced(old_data, None, dest.parent, keep)
+        _remove_replaced(old_data, None, dest, keep)
         return
     data = _write_pair(model, dest, verify)
-    _remove_replaced(old_data, data, dest.parent, keep)
+    _remove_replaced(old_data, data, dest, keep)
     if data is not None:
         _take_plain_name(model, dest, data)
     ext.load_external_data_for_model(model, str(dest.parent))
@@ -219,7 +261,7 @@ def _write_pair(model: onnx.ModelProto, dest: Path, verify: Optional[Callable[[P
     Returns the data file (None when every tensor stayed inside the model)."""
     folder = dest.parent
     # A fresh folder: onnx appends to an existing data file instead of replacing it.
-    work = Path(tempfile.mkdtemp(dir=folder, prefix=f".{dest.name}."))
+    work = Path(tempfile.mkdtemp(dir=folder, prefix=_TEMP_PREFIX))
     data: Optional[Path] = None
     try:
         # onnx refuses a location that exists relative to the *working folder*:
@@ -248,9 +290,11 @@ def _write_pair(model: onnx.ModelProto, dest: Path, verify: Optional[Callable[[P
     return data
 
 
-def _remove_replaced(old_data: list[Path], new_data: Optional[Path], folder: Path, keep: Optional[InputFiles]) -> None:
-    """Deletes the data files of the model just replaced: not the new pair's,
-    not one in `keep`, and nothing outside `folder` (ONNX never reads there)."""
+def _remove_replaced(old_data: list[Path], new_data: Optional[Path], dest: Path, keep: Optional[InputFiles]) -> None:
+    """Deletes the data files of the model just replaced at `dest`: not the
+    new pair's, not one in `keep`, nothing outside its folder (ONNX never
+    reads there), and none that another model of the folder may use."""
+    folder = dest.parent
     root = os.path.realpath(folder)
     for file in old_data:
         real = os.path.realpath(file)
@@ -258,7 +302,30 @@ def _remove_replaced(old_data: list[Path], new_data: Optional[Path], folder: Pat
             continue
         if (keep is not None and file in keep) or os.path.commonpath([real, root]) != root:
             continue
+        if _named_by_another_model(file, dest):
+            continue
         _unlink(file)
+
+
+def _named_by_another_model(data: Path, dest: Path) -> bool:
+    """True when a `.onnx` file other than `dest`, in `dest`'s folder or in
+    `data`'s, holds the data file's name: a model copied without its data
+    still points at it. A byte search (no parsing, so cheap on big models);
+    a false match only keeps a file."""
+    needle = data.name.encode()
+    models = {m for folder in {dest.parent, data.parent} for m in folder.glob("*") if m.suffix.lower() == ".onnx"}
+    for sibling in sorted(models):
+        if sibling == dest or not sibling.is_file():
+            continue
+        try:
+            with open(sibling, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                if m.find(needle) >= 0:
+                    return True
+        except ValueError:  # empty: mmap refuses 0 bytes
+            continue
+        except OSError:  # unreadable: it may be one
+            return True
+    return False
 
 
 def _take_plain_name(model: onnx.ModelProto, dest: Path, data: Path) -> None:

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from clitools import cli, encoder_feeds, folder_state, quake_nodes, run_model, wide_model
+from clitools import assert_one_line_error, cli, encoder_feeds, folder_state, quake_nodes, run_model, wide_model
 
 import quake_onnx
 
@@ -75,6 +75,23 @@ def test_ops_and_skip_nodes(tmp_path, encoder_block):
     assert kept and not any(d["replaced"] for d in kept)
     ops = {n.op_type for n in quake_nodes(onnx.load(str(out)))}
     assert "Gelu" in ops and "Softmax" not in ops
+
+
+def test_report_to_stdout(tmp_path, encoder_block):
+    # '-' as for check's and zoo's --json: the JSON alone on stdout, the summary on stderr.
+    out = tmp_path / "o.onnx"
+    result = cli("optimize", encoder_block, out, "--ops", "softmax", "--report", "-")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["per_rule"] == {"softmax": 1}
+    assert f"wrote {out}" in result.stderr and not (tmp_path / "-").exists()
+
+
+def test_bits_without_exaq_is_refused(tmp_path, encoder_block):
+    for command in (("optimize", encoder_block, tmp_path / "o.onnx"), ("inspect", encoder_block)):
+        assert_one_line_error(cli(*command, "--bits", "2"), 2, "--softmax-method exaq")
+    assert not (tmp_path / "o.onnx").exists()
+    result = cli("optimize", encoder_block, tmp_path / "o.onnx", "--softmax-method", "exaq", "--bits", "2")
+    assert result.exit_code == 0 and "softmax exaq 2 bits" in result.stdout, result.stderr
 
 
 def test_unknown_skip_node_warns(tmp_path, encoder_block):

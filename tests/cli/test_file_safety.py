@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,90 @@ def test_check_and_zoo_reports_never_land_on_a_model_file(place):
         for option in ("--json", "--markdown", "--junit"):
             assert_one_line_error(cli("zoo", name("."), option, name(target)), 2, target)
     assert file_bytes(src, folder / "m.onnx.data") == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_device_or_fifo_is_never_replaced(place, kind):
+    # os.replace would put a regular file where the node was (as root: /dev/null).
+    folder, name = place
+    src, _, _ = save_external(folder, "m.onnx", "m.onnx.data")
+    node = folder / "sink"
+    if kind == "fifo":
+        os.mkfifo(node)
+    else:
+        node = Path(os.devnull)  # the real one: refused before any write, so never touched
+    target = name("sink") if kind == "fifo" else str(node)
+    words = "a FIFO" if kind == "fifo" else "a device"
+    assert_one_line_error(cli("optimize", name("m.onnx"), target), 2, words)
+    assert_one_line_error(cli("optimize", name("m.onnx"), name("o.onnx"), "--report", target), 2, words)
+    assert_one_line_error(cli("check", name("m.onnx"), "--json", target), 2, words)
+    mode = os.stat(node).st_mode
+    assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)
+    assert not (folder / "o.onnx").exists()
+
+
+def test_names_at_the_filesystems_limit(place):
+    # A 250-byte output name is valid: temporaries must not add to it. One
+    # past the limit is the user's error (exit 2), not the tool's, for any argument.
+    folder, name = place
+    save_external(folder, "m.onnx", "m.onnx.data")
+    long_name = "o" * 245 + ".onnx"
+    result = cli("optimize", name("m.onnx"), name(long_name), "--min-elements", "0")
+    assert result.exit_code == 0, result.stderr
+    assert quake_nodes(onnx.load(str(folder / long_name), load_external_data=False))
+    too_long = "o" * 300 + ".onnx"
+    assert_one_line_error(cli("optimize", name("m.onnx"), name(too_long)), 2, "too long")
+    assert_one_line_error(cli("optimize", name(too_long), name("o.onnx")), 2, "too long")
+    assert_one_line_error(cli("check", name("m.onnx"), "--json", name("j" * 300)), 2, "too long")
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_a_data_file_another_model_still_names_is_kept(place):
+    # d.onnx and its copy share w.data: replacing d.onnx must not delete it.
+    folder, name = place
+    src, feeds, ref = save_external(folder, "m.onnx", "m.onnx.data")
+    save_external(folder, "d.onnx", "w.data")
+    (folder / "copy.onnx").write_bytes((folder / "d.onnx").read_bytes())
+    result = cli("optimize", name("m.onnx"), name("d.onnx"), "--min-elements", "0")
+    assert result.exit_code == 0, result.stderr
+    assert (folder / "w.data").exists()
+    run_model(folder / "copy.onnx", feeds)  # still complete
+    np.testing.assert_allclose(run_model(folder / "d.onnx", feeds), ref, atol=3e-3)
+    # Without a copy the replaced output's data file goes, as before.
+    save_external(folder, "e.onnx", "v.data")
+    assert cli("optimize", name("m.onnx"), name("e.onnx"), "--min-elements", "0").exit_code == 0
+    assert not (folder / "v.data").exists() and (folder / "e.onnx.data").exists()
+
+
+def test_symlinked_data_files_are_read_and_protected(tmp_path, monkeypatch):
+    # The Hugging Face hub cache: snapshots/<rev>/ holds links into blobs/.
+    blobs, snap = tmp_path / "blobs", tmp_path / "snapshots" / "rev"
+    blobs.mkdir()
+    snap.mkdir(parents=True)
+    _, feeds, ref = save_external(blobs, "model.onnx", "model.onnx.data")
+    for f in ("model.onnx", "model.onnx.data"):
+        (blobs / f).rename(blobs / f"blob-{f}")
+        (snap / f).symlink_to(Path("../../blobs") / f"blob-{f}")
+    before = file_bytes(blobs / "blob-model.onnx", blobs / "blob-model.onnx.data")
+    monkeypatch.chdir(tmp_path)
+    result = cli("optimize", snap / "model.onnx", "out.onnx", "--min-elements", "0")
+    assert result.exit_code == 0, result.stderr
+    np.testing.assert_allclose(run_model(tmp_path / "out.onnx", feeds), ref, atol=3e-3)
+    assert cli("inspect", snap / "model.onnx").exit_code == 0
+    # The link's target is the input's data: never an output.
+    assert_one_line_error(cli("optimize", snap / "model.onnx", blobs / "blob-model.onnx.data"), 2, "external data")
+    assert file_bytes(blobs / "blob-model.onnx", blobs / "blob-model.onnx.data") == before
+
+
+def test_a_data_location_outside_the_models_folder_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    save_external(tmp_path, "w.onnx", "w.data")
+    model = onnx.load(str(tmp_path / "w.onnx"), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../w.data"
+    onnx.save(model, str(folder / "m.onnx"))
+    monkeypatch.chdir(folder)
+    assert_one_line_error(cli("optimize", "m.onnx", "o.onnx"), 2, "../w.data")  # ORT's words or ours

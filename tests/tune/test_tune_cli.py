@@ -163,6 +163,14 @@ def test_tunes_and_writes_reports(work, made_up):
     assert any(n.domain == "com.quake" for n in onnx.load(out).graph.node)
 
 
+def test_report_to_stdout(work, made_up):
+    result = cli("tune", work / "in.onnx", work / "out.onnx", "--report", "-")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    data = json.loads(result.stdout)
+    validate(data)
+    assert data["result"] == "tuned" and "tuned: 1.372x" in result.stderr and not (work / "-").exists()
+
+
 @pytest.mark.parametrize("given, recorded", [(None, "auto"), ("float32", "float32"), ("BFloat16", "bfloat16")])
 def test_attention_precision_in_the_report(given, recorded, tmp_path, made_up):
     """The GPT-2 decoder sample (two attention blocks): the choice is in the report
