@@ -157,7 +157,7 @@ def calibrate(
         modelio.load_external_data(model, src)
     dest = writes.absolute(output) if output is not None else None
     if dest is not None:
-        writes.check_output_path(dest, inputs=protected)
+        writes.check_output_path(dest, inputs=protected, with_data=True)
     nodes = exaq_nodes(model)
     if not nodes:
         raise CalibrateError(

@@ -810,7 +810,8 @@ def tune_cmd(
         console = Console(stderr=stdout_taken, width=160)
     also = [(w, p) for w, p in (("report", report), ("markdown", markdown)) if p is not None and not _is_stdout(p)]
     if report is not None and markdown is not None and writes.absolute(report) == writes.absolute(markdown):
-        typer.echo(f"error: --report and --markdown name the same file {report}", err=True)
+        same = "are both '-' (stdout)" if _is_stdout(report) else f"name the same file {report}"
+        typer.echo(f"error: --report and --markdown {same}", err=True)
         raise typer.Exit(2)
     try:
         model, result = tune(

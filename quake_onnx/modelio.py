@@ -148,7 +148,10 @@ def load_external_data(model: onnx.ModelProto, path: Path) -> None:
     for tensor in iter_tensors(model):
         if not ext.uses_external_data(tensor):
             continue
-        info = ext.ExternalDataInfo(tensor)
+        try:
+            info = ext.ExternalDataInfo(tensor)
+        except ValueError as e:  # an offset or length that is not a number
+            raise ModelFileError(f"{path}: bad external data entry of tensor {tensor.name}: {e}") from None
         tensor.raw_data = _read_external(info, path)
         expected = _expected_nbytes(tensor)
         if expected is not None and len(tensor.raw_data) != expected:
@@ -163,15 +166,18 @@ def load_external_data(model: onnx.ModelProto, path: Path) -> None:
 def _read_external(info: ext.ExternalDataInfo, path: Path) -> bytes:
     """The bytes `info` points at, for the model at `path` (load_external_data)."""
     location = info.location
-    parts = Path(location).parts
-    if not location or Path(location).is_absolute() or ".." in parts:
+    inside = os.path.normpath(location) if location else ""
+    if not inside or os.path.isabs(inside) or inside == ".." or inside.startswith(".." + os.sep):
         raise ModelFileError(
             f"{path}: bad external data reference {location!r}: it must be a path inside the model's folder"
         )
+    offset = info.offset or 0
+    if offset < 0 or (info.length is not None and info.length < 0):
+        raise ModelFileError(f"{path}: bad external data reference {location!r}: negative offset or length")
     try:
         with open(path.parent / location, "rb") as f:
-            f.seek(info.offset or 0)
-            return f.read(info.length) if info.length else f.read()
+            f.seek(offset)
+            return f.read(info.length) if info.length is not None else f.read()
     except FileNotFoundError:
         raise ModelFileError(f"{path}: its external data file {location} is missing") from None
     except OSError as e:

@@ -46,6 +46,12 @@ from .modelio import ModelFileError
 # Tensors smaller than this stay inside the .onnx file when data goes external.
 EXTERNAL_THRESHOLD = 1024
 
+# Temporaries get names of their own, not `.<dest name>.*`: a destination
+# name near the filesystem's limit (255 bytes) must still be writable.
+_TEMP_PREFIX = ".quake-"
+# What a model's data file adds to its name, at most (`_claim` numbers it).
+_DATA_NAME_ROOM = ".999.data"
+
 
 def absolute(path: os.PathLike | str) -> Path:
     """`path` made absolute against the working folder, symlinks kept."""
@@ -92,9 +98,13 @@ class InputFiles:
         return isinstance(path, (str, os.PathLike)) and self.role_of(path) is not None
 
 
-def check_output_path(path: Path, what: str = "output", inputs: Optional[InputFiles] = None) -> None:
+def check_output_path(
+    path: Path, what: str = "output", inputs: Optional[InputFiles] = None, *, with_data: bool = False
+) -> None:
     """Refuses, before any work, a destination that is one of `inputs` or
-    that cannot be written. Raises ModelFileError (exit code 2)."""
+    that cannot be written; `with_data`: a model whose data file's name
+    (`<name>.data`, `<name>.k.data`) must fit too. Raises ModelFileError
+    (exit code 2)."""
     role = inputs.role_of(path) if inputs is not None else None
     if role is not None:
         raise ModelFileError(f"{what} {path} is {role}; writing it would destroy it (choose another path)")
@@ -108,8 +118,12 @@ def check_output_path(path: Path, what: str = "output", inputs: Optional[InputFi
         raise ModelFileError(f"cannot write {what} {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ModelFileError(f"cannot write {what} {path}: permission denied")
-    if len(os.fsencode(path.name)) > _name_max(parent):
-        raise ModelFileError(f"cannot write {what} {path}: file name too long (over {_name_max(parent)} bytes)")
+    limit = _name_max(parent) - (len(_DATA_NAME_ROOM) if with_data else 0)
+    if len(os.fsencode(path.name)) > limit:
+        raise ModelFileError(
+            f"cannot write {what} {path}: file name too long (over {limit} bytes"
+            + (f", leaving room for its data file's {_DATA_NAME_ROOM!r})" if with_data else ")")
+        )
     # os.access says yes to root and knows nothing of read-only mounts: probe.
     try:
         fd, probe = tempfile.mkstemp(dir=parent, prefix=_TEMP_PREFIX, suffix=".probe")
@@ -117,11 +131,6 @@ def check_output_path(path: Path, what: str = "output", inputs: Optional[InputFi
         raise ModelFileError(f"cannot write {what} {path}: {e.strerror or e}") from None
     os.close(fd)
     _unlink(Path(probe))
-
-
-# Temporaries get names of their own, not `.<dest name>.*`: a destination
-# name near the filesystem's limit (255 bytes) must still be writable.
-_TEMP_PREFIX = ".quake-"
 
 
 def _name_max(folder: Path) -> int:
@@ -309,21 +318,26 @@ def _remove_replaced(old_data: list[Path], new_data: Optional[Path], dest: Path,
 
 def _named_by_another_model(data: Path, dest: Path) -> bool:
     """True when a `.onnx` file other than `dest`, in `dest`'s folder or in
-    `data`'s, holds the data file's name: a model copied without its data
-    still points at it. A byte search (no parsing, so cheap on big models);
-    a false match only keeps a file."""
-    needle = data.name.encode()
+    `data`'s, references `data`: a model copied without its data still
+    points at it. A byte search for the name first (cheap on big models;
+    most files do not hold it), then the external data of a file that does,
+    read from its graph, compared by resolved path. An unreadable file may
+    be one, so it keeps `data`."""
+    needle, target = data.name.encode(), os.path.realpath(data)
     models = {m for folder in {dest.parent, data.parent} for m in folder.glob("*") if m.suffix.lower() == ".onnx"}
     for sibling in sorted(models):
         if sibling == dest or not sibling.is_file():
             continue
         try:
             with open(sibling, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                if m.find(needle) >= 0:
-                    return True
+                if m.find(needle) < 0:
+                    continue
+            model = onnx.load(str(sibling), load_external_data=False)
         except ValueError:  # empty: mmap refuses 0 bytes
             continue
-        except OSError:  # unreadable: it may be one
+        except (OSError, DecodeError):
+            return True
+        if any(os.path.realpath(f) == target for f in modelio.external_data_files(model, sibling)):
             return True
     return False
 

@@ -30,7 +30,8 @@
 // errors), plus float summation; Y of a row with no live key is 0; a NaN or
 // +inf score makes the row NaN; NaN or inf in V reaches every row whose tile
 // read it (as 0 * NaN in the unfused graph; a packed causal tile is read to
-// the register panel past the limit), but skipped tiles are never read.
+// the register panel past the limit, a diagonal panel's rows only to its
+// last row's limit), but skipped tiles are never read.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>

@@ -56,7 +56,7 @@ def _destination(src: Optional[Path], output, in_place: bool, inputs: writes.Inp
     if is_src and not in_place:
         raise OptimizeError(f"output {output} is the input; pass --in-place to overwrite it")
     # In place, OUT may be the input model, never one of its data files.
-    writes.check_output_path(dest, inputs=None if is_src else inputs)
+    writes.check_output_path(dest, inputs=None if is_src else inputs, with_data=True)
     return dest
 
 

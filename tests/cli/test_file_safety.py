@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from clitools import assert_one_line_error, cli, file_bytes, quake_nodes, run_model, wide_model
+from onnx import numpy_helper
 
 N = 64  # a 16 KiB weight: external with size_threshold 0
 
@@ -217,37 +218,49 @@ def test_check_and_zoo_reports_never_land_on_a_model_file(place):
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_a_device_or_fifo_is_never_replaced(place, kind):
     # os.replace would put a regular file where the node was (as root: /dev/null).
+    # The nodes are made in tmp_path, so a regression replaces those, never the system's.
     folder, name = place
     src, _, _ = save_external(folder, "m.onnx", "m.onnx.data")
     node = folder / "sink"
     if kind == "fifo":
         os.mkfifo(node)
     else:
-        node = Path(os.devnull)  # the real one: refused before any write, so never touched
-    target = name("sink") if kind == "fifo" else str(node)
+        try:
+            os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a /dev/null of its own
+        except PermissionError:
+            pytest.skip("making a device node needs root")
     words = "a FIFO" if kind == "fifo" else "a device"
-    assert_one_line_error(cli("optimize", name("m.onnx"), target), 2, words)
-    assert_one_line_error(cli("optimize", name("m.onnx"), name("o.onnx"), "--report", target), 2, words)
-    assert_one_line_error(cli("check", name("m.onnx"), "--json", target), 2, words)
+    assert_one_line_error(cli("optimize", name("m.onnx"), name("sink")), 2, words)
+    assert_one_line_error(cli("optimize", name("m.onnx"), name("o.onnx"), "--report", name("sink")), 2, words)
+    assert_one_line_error(cli("check", name("m.onnx"), "--json", name("sink")), 2, words)
     mode = os.stat(node).st_mode
     assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)
     assert not (folder / "o.onnx").exists()
 
 
 def test_names_at_the_filesystems_limit(place):
-    # A 250-byte output name is valid: temporaries must not add to it. One
-    # past the limit is the user's error (exit 2), not the tool's, for any argument.
+    # A 246-byte output name leaves room for `.999.data`: temporaries must not
+    # add to it, and re-running (`.1.data` first) works. A longer model name is
+    # refused before any work; past the limit is the user's error (exit 2, not
+    # the tool's), for any argument.
     folder, name = place
     save_external(folder, "m.onnx", "m.onnx.data")
-    long_name = "o" * 245 + ".onnx"
-    result = cli("optimize", name("m.onnx"), name(long_name), "--min-elements", "0")
-    assert result.exit_code == 0, result.stderr
-    assert quake_nodes(onnx.load(str(folder / long_name), load_external_data=False))
+    long_name = "o" * 241 + ".onnx"
+    for _ in range(2):
+        result = cli("optimize", name("m.onnx"), name(long_name), "--min-elements", "0")
+        assert result.exit_code == 0, result.stderr
+        assert quake_nodes(onnx.load(str(folder / long_name), load_external_data=False))
+    assert (folder / f"{long_name}.data").exists()
+    before = sorted(p.name for p in folder.iterdir())
+    assert_one_line_error(cli("optimize", name("m.onnx"), name("o" * 245 + ".onnx")), 2, "room for its data file")
+    report = "r" * 250  # a report has no data file
+    assert cli("optimize", name("m.onnx"), name("o.onnx"), "--report", name(report)).exit_code == 0
     too_long = "o" * 300 + ".onnx"
     assert_one_line_error(cli("optimize", name("m.onnx"), name(too_long)), 2, "too long")
     assert_one_line_error(cli("optimize", name(too_long), name("o.onnx")), 2, "too long")
     assert_one_line_error(cli("check", name("m.onnx"), "--json", name("j" * 300)), 2, "too long")
-    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary left
+    after = set(p.name for p in folder.iterdir()) - {"o.onnx", "o.onnx.data", report}
+    assert sorted(after) == before  # no temporary left
 
 
 def test_a_data_file_another_model_still_names_is_kept(place):
@@ -261,10 +274,14 @@ def test_a_data_file_another_model_still_names_is_kept(place):
     assert (folder / "w.data").exists()
     run_model(folder / "copy.onnx", feeds)  # still complete
     np.testing.assert_allclose(run_model(folder / "d.onnx", feeds), ref, atol=3e-3)
-    # Without a copy the replaced output's data file goes, as before.
-    save_external(folder, "e.onnx", "v.data")
-    assert cli("optimize", name("m.onnx"), name("e.onnx"), "--min-elements", "0").exit_code == 0
-    assert not (folder / "v.data").exists() and (folder / "e.onnx.data").exists()
+    # Without a copy the replaced output's data file goes, as before, also when
+    # another model's data file has a name that ends with it (no substring match).
+    save_external(folder, "e.onnx", "e.onnx.data")
+    save_external(folder, "my_e.onnx", "my_e.onnx.data")
+    for _ in range(3):
+        assert cli("optimize", name("m.onnx"), name("e.onnx"), "--min-elements", "0").exit_code == 0
+        assert locations(folder / "e.onnx") == {"e.onnx.data"}
+    assert not [p for p in folder.iterdir() if p.name.startswith("e.onnx.") and p.name != "e.onnx.data"]
 
 
 def test_symlinked_data_files_are_read_and_protected(tmp_path, monkeypatch):
@@ -299,3 +316,26 @@ def test_a_data_location_outside_the_models_folder_is_refused(tmp_path, monkeypa
     onnx.save(model, str(folder / "m.onnx"))
     monkeypatch.chdir(folder)
     assert_one_line_error(cli("optimize", "m.onnx", "o.onnx"), 2, "../w.data")  # ORT's words or ours
+    # A location that climbs and comes back stays inside: read as ORT reads it.
+    (folder / "sub").mkdir()
+    (tmp_path / "w.data").rename(folder / "w.data")
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "sub/../w.data"
+    onnx.save(model, str(folder / "m.onnx"))
+    assert cli("optimize", "m.onnx", "o.onnx").exit_code == 0
+
+
+def test_an_empty_external_tensor(tmp_path, monkeypatch):
+    # onnx stores a 0-element tensor as offset 0, length 0: zero bytes, not the rest of the file.
+    model, feeds = wide_model(N)
+    empty = numpy_helper.from_array(np.zeros((0,), np.float32), "E")
+    model.graph.initializer.insert(0, empty)
+    monkeypatch.chdir(tmp_path)
+    onnx.save(model, "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    assert {e.key: e.value for e in onnx.load("m.onnx", load_external_data=False).graph.initializer[0].external_data}[
+        "length"
+    ] == "0"
+    result = cli("optimize", "m.onnx", "o.onnx", "--min-elements", "0")
+    assert result.exit_code == 0, result.stderr

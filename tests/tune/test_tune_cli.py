@@ -169,6 +169,8 @@ def test_report_to_stdout(work, made_up):
     data = json.loads(result.stdout)
     validate(data)
     assert data["result"] == "tuned" and "tuned: 1.372x" in result.stderr and not (work / "-").exists()
+    both = cli("tune", work / "in.onnx", work / "out2.onnx", "--report", "-", "--markdown", "-")
+    assert_one_line_error(both, 2, "both '-'")
 
 
 @pytest.mark.parametrize("given, recorded", [(None, "auto"), ("float32", "float32"), ("BFloat16", "bfloat16")])
