@@ -40,9 +40,7 @@ lower quartile is >= 1.
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
-import time
 
 import numpy as np
 import onnx
@@ -51,7 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import quake_onnx
 from quake_onnx._library import attention_bf16_engine
-from quake_onnx.check.paired import rotated_batches, settle
+from quake_onnx.check.paired import rotated_batches, session_batches
 from quake_onnx.rewrite import ALL_OPS, rewrite_model
 
 
@@ -138,13 +136,6 @@ def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def timed(sess: ort.InferenceSession, feeds: dict, runs: int) -> float:
-    start = time.perf_counter()
-    for _ in range(runs):
-        sess.run(None, feeds)
-    return (time.perf_counter() - start) / runs
-
-
 def measure(
     heads: int,
     seq: int,
@@ -172,11 +163,8 @@ def measure(
     sessions = {"per_op": session(per_op, threads), "fused": session(fused, threads)}
     got = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
     error = float(np.abs(got["fused"] - got["per_op"]).max())
-    for s in sessions.values():  # warm up, and size the batch of runs to about `budget` seconds
-        timed(s, feeds, 3)
-        settle()
-    runs = max(3, int(budget / max(timed(sessions["per_op"], feeds, 5), 1e-6)))
-    times = rotated_batches({k: functools.partial(timed, s, feeds, runs) for k, s in sessions.items()}, rounds)
+    batches, runs = session_batches(sessions, feeds, budget)  # warmed up, about `budget` seconds each
+    times = rotated_batches(batches, rounds)
     ratios = [p / f for p, f in zip(times["per_op"], times["fused"])]
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     return {

@@ -29,15 +29,13 @@ QUAKE_ISA names, if set.
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
-import time
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from quake_onnx.check.paired import rotated_batches, settle
+from quake_onnx.check.paired import rotated_batches, session_batches
 
 ELEMENTWISE = ("Exp", "Sigmoid", "Silu", "Gelu")
 
@@ -64,13 +62,6 @@ def session(data: bytes, library: str, threads: int) -> ort.InferenceSession:
     so.inter_op_num_threads = 1
     so.register_custom_ops_library(library)
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-
-
-def timed(sess: ort.InferenceSession, feeds: dict, runs: int) -> float:
-    start = time.perf_counter()
-    for _ in range(runs):
-        sess.run(None, feeds)
-    return (time.perf_counter() - start) / runs
 
 
 def main() -> None:
@@ -111,11 +102,8 @@ def main() -> None:
     data = model(args.op, args.causal, args.dim, args.order)
     sessions = {"A": session(data, args.a, args.threads), "B": session(data, args.b, args.threads)}
     outputs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
-    for s in sessions.values():
-        timed(s, feeds, 3)
-        settle()
-    runs = max(3, int(args.budget / max(timed(sessions["A"], feeds, 3), 1e-6)))
-    times = rotated_batches({k: functools.partial(timed, s, feeds, runs) for k, s in sessions.items()}, args.rounds)
+    batches, _ = session_batches(sessions, feeds, args.budget)
+    times = rotated_batches(batches, args.rounds)
     ratios = [a / b for a, b in zip(times["A"], times["B"])]
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     print(

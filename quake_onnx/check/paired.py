@@ -74,6 +74,26 @@ def rotated_batches(batches: Mapping[str, Callable[[], float]], rounds: int) -> 
     return times
 
 
+def session_batches(sessions: Mapping[str, object], feeds: dict, budget: float) -> tuple[dict, int]:
+    """For rotated_batches: per session (objects with run(None, feeds)) a batch
+    of runs returning the seconds per run, after warm-ups (3 runs each, a
+    settle() after each session's); and the runs per batch, the same for
+    every session, sized to about `budget` seconds on the first one."""
+
+    def timed(sess, runs: int) -> float:
+        start = time.perf_counter()
+        for _ in range(runs):
+            sess.run(None, feeds)
+        return (time.perf_counter() - start) / runs
+
+    for sess in sessions.values():
+        timed(sess, 3)
+        settle()
+    first = next(iter(sessions.values()))
+    runs = max(3, int(budget / max(timed(first, 3), 1e-6)))
+    return {k: (lambda sess=sess: timed(sess, runs)) for k, sess in sessions.items()}, runs
+
+
 @dataclass
 class Rounds:
     """What time_rounds measured, per variant."""

@@ -14,7 +14,7 @@ from tunetools import SAMPLES, cli, validate
 
 import quake_onnx
 from quake_onnx.check import compare as cmp
-from quake_onnx.check.paired import Paired, rotated_batches, settle, time_rounds
+from quake_onnx.check.paired import Paired, rotated_batches, session_batches, settle, time_rounds
 from quake_onnx.tuning import TUNED_ON
 
 ENCODER = SAMPLES / "encoder_block.onnx"
@@ -111,6 +111,25 @@ def test_rotated_batches_rotate_and_settle(monkeypatch):
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert settled == list(range(10))  # before the first batch and after every batch
     assert times == {"a": [1.0, 6.0, 8.0], "b": [2.0, 4.0, 9.0], "c": [3.0, 5.0, 7.0]}
+
+
+def test_session_batches_warm_up_and_size_on_the_first_session(monkeypatch):
+    class Session:
+        def __init__(self, seconds):
+            self.seconds, self.runs = seconds, 0
+
+        def run(self, outputs, feeds):
+            self.runs += 1
+            clock[0] += self.seconds
+
+    clock = [0.0]
+    monkeypatch.setattr("quake_onnx.check.paired.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("quake_onnx.check.paired.settle", lambda: None)
+    a, b = Session(2**-7), Session(2**-5)  # exact in binary: the batch size is exactly budget / 2^-7
+    batches, runs = session_batches({"a": a, "b": b}, {}, budget=0.5)
+    assert runs == 64 and (a.runs, b.runs) == (6, 3)  # warm-ups, then 3 runs of a to size the batch
+    assert batches["b"]() == 2**-5 and b.runs == 67
+    assert batches["a"]() == 2**-7 and a.runs == 70
 
 
 def test_paired_statistics():
