@@ -48,18 +48,34 @@ def _lib() -> ctypes.CDLL:
 
 
 def available_isas() -> list[str]:
-    """Kernel tables this build and CPU can run, lowest first (e.g. ['scalar', 'avx2', 'avx512'])."""
+    """Kernel tables this build and CPU can run, lowest first (e.g. ['scalar', 'avx2', 'avx512']).
+
+    Raises FileNotFoundError (get_library_path) or OSError when the library
+    cannot be loaded."""
     return _lib().QuakeAvailableIsas().decode().split(",")
 
 
 def selected_isa() -> str:
-    """The table a session created now would use (honours QUAKE_ISA)."""
-    return _lib().QuakeSelectedIsa().decode()
+    """The table a session created now would use (honours QUAKE_ISA): one of
+    available_isas(), e.g. "avx2".
+
+    Raises ValueError when QUAKE_ISA (or QUAKE_NEON_BF16) holds a value the
+    library refuses, as registering the library then fails too; the message
+    names the variable, its value and the choices. Raises FileNotFoundError
+    (get_library_path) or OSError when the library cannot be loaded."""
+    # The library answers a refused value with its error text instead of a name.
+    answer = _lib().QuakeSelectedIsa().decode()
+    if answer not in available_isas():
+        raise ValueError(answer)
+    return answer
 
 
 def attention_bf16_engine() -> str:
     """What runs com.quake Attention's precision "bfloat16" in a session created
     now (honours QUAKE_ISA and QUAKE_NEON_BF16): "AVX512-BF16", "NEON BFMMLA",
-    "NEON BFDOT" or "float32 fallback"; or the error text of an unknown value of
-    either variable."""
+    "NEON BFDOT" or "float32 fallback".
+
+    Raises ValueError for a value of either variable the library refuses, and
+    FileNotFoundError or OSError as selected_isa does."""
+    selected_isa()  # the same choice of table: raises for a refused value
     return _lib().QuakeAttentionBf16Engine().decode()

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from helpers import make_model, make_session, node_name, run, session_options
 
+import quake_onnx
+
 ALL_OPS = ("Exp", "Sigmoid", "Silu", "Gelu", "Softmax", "LogSoftmax")
 
 
@@ -98,6 +100,21 @@ def test_unknown_quake_isa_is_refused(monkeypatch):
     with pytest.raises(Exception) as info:
         session_options()
     assert_names(str(info.value), "QUAKE_ISA", "scalar")  # names the variable and the choices
+
+
+@pytest.mark.parametrize(
+    "variable, value, needles",
+    [("QUAKE_ISA", "mmx", ["QUAKE_ISA='mmx'", "scalar"]), ("QUAKE_NEON_BF16", "bfmmmla", ["QUAKE_NEON_BF16", "bfdot"])],
+)
+def test_selected_isa_raises_for_a_refused_value(monkeypatch, variable, value, needles):
+    # The library answers with its error text; the Python API must not pass it
+    # on as if it were the name of a table.
+    assert quake_onnx.selected_isa() in quake_onnx.available_isas()
+    monkeypatch.setenv(variable, value)
+    for ask in (quake_onnx.selected_isa, quake_onnx._library.attention_bf16_engine):
+        with pytest.raises(ValueError) as info:
+            ask()
+        assert_names(str(info.value), *needles)
 
 
 def test_unknown_quake_neon_bf16_is_refused(monkeypatch):

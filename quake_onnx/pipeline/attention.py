@@ -89,6 +89,8 @@ def _bf16_engine() -> str:
         return attention_bf16_engine()
     except (OSError, AttributeError) as e:  # no library here (a source checkout): say so, do not fail
         return f"an engine not known here (the com.quake library did not load: {e})"
+    except ValueError as e:  # QUAKE_ISA / QUAKE_NEON_BF16 refused: the sessions say so too
+        return f"an engine not known here ({e})"
 
 
 def _attention_rules():

@@ -85,10 +85,9 @@ def bf16_engine() -> Optional[str]:
         from .._library import attention_bf16_engine
 
         engine = attention_bf16_engine()
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, ValueError):  # ValueError: QUAKE_ISA / QUAKE_NEON_BF16 refused
         return None
-    refused = engine.startswith(("QUAKE_ISA=", "QUAKE_NEON_BF16="))  # the library's error text
-    return None if engine in ("float32 fallback", "") or refused else engine
+    return None if engine in ("float32 fallback", "") else engine
 
 
 def fused_precisions(attention_precision: str, engine: Optional[str]) -> tuple:
