@@ -14,16 +14,23 @@ _NAMES = {"win32": "quake_ops.dll", "darwin": "libquake_ops.dylib"}
 LIBRARY_NAME = _NAMES.get(sys.platform, "libquake_ops.so")
 
 
+ENV = "QUAKE_ONNX_LIBRARY"
+
+
 def get_library_path() -> str:
     """Absolute path of the custom-op library, for SessionOptions.register_custom_ops_library.
 
     QUAKE_ONNX_LIBRARY overrides it (e.g. a sanitizer build from CMake).
+    Raises FileNotFoundError when QUAKE_ONNX_LIBRARY names no file (the
+    message names the variable and the path) or when this installation has
+    no compiled library.
     """
-    override = os.environ.get("QUAKE_ONNX_LIBRARY")
+    override = library_override()
     if override:
-        if not Path(override).is_file():
-            raise FileNotFoundError(f"QUAKE_ONNX_LIBRARY={override} is not a file")
-        return str(Path(override).resolve())
+        path = Path(override)
+        if not path.is_file():
+            raise FileNotFoundError(f"{ENV}={override} " + ("is not a file" if path.exists() else "does not exist"))
+        return str(path.resolve())
     # An editable install may keep the compiled file apart from the sources:
     # every folder of the package's __path__ is a candidate.
     for folder in quake_onnx.__path__:
@@ -37,6 +44,11 @@ def get_library_path() -> str:
         f"{LIBRARY_NAME} is not part of the quake_onnx in {Path(quake_onnx.__path__[0]).resolve()}; "
         "reinstall with `pip install .` so the library is compiled, or run from outside a source checkout"
     )
+
+
+def library_override() -> str:
+    """The path QUAKE_ONNX_LIBRARY names, or "" when it is unset or empty."""
+    return os.environ.get(ENV, "")
 
 
 @functools.lru_cache(maxsize=1)

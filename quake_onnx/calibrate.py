@@ -136,7 +136,8 @@ def calibrate(
         of them, nor the input model or its external data.
 
     Raises CalibrateError (nothing written): exit_code 2 for bad input, 1
-    for a failed run of the tool's own.
+    for a failed run of the tool's own; sessions.LibraryError (exit_code 2)
+    for a custom-op library, or QUAKE_ONNX_LIBRARY, that does not exist or load.
 
     Returns the calibrated model and one NodeCalibration per exaq node.
     """

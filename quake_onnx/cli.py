@@ -105,11 +105,12 @@ def demo(
 ) -> None:
     """Optimize the bundled encoder block, run it with ORT's own ops and with com.quake kernels, compare."""
     from .demo import run_demo
+    from .modelio import ModelFileError
 
     try:
         code = run_demo(models, threads=threads, runs=runs, optimized=optimized)
-    except (FileNotFoundError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
+    except (FileNotFoundError, ValueError, ModelFileError) as e:  # ModelFileError: a library that does not load
+        typer.echo(f"error: {_one_line(str(e))}", err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 
@@ -491,12 +492,19 @@ def _check_options(
 ):
     from .check import CheckOptions, Thresholds
     from .check.inputs import parse_dims
-    from .sessions import LibraryError, user_libraries
+    from .sessions import LibraryError, options, quake_library, user_libraries
 
     try:
         libraries = user_libraries(custom_ops_library)
     except LibraryError as e:
         raise typer.BadParameter(str(e), param_hint="'--custom-ops-library'") from None
+    try:
+        # QUAKE_ONNX_LIBRARY naming no library, or a QUAKE_ISA it refuses: once, not per model of a zoo.
+        quake = quake_library()
+        options([quake] if quake else [])
+    except LibraryError as e:
+        typer.echo(f"error: {_one_line(str(e))}", err=True)
+        raise typer.Exit(2) from None
     return CheckOptions(
         custom_ops_libraries=libraries,
         order=order,

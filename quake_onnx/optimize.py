@@ -132,7 +132,9 @@ def optimize(
     Returns the rewritten model and the report of every candidate node.
     Raises OptimizeError (nothing written) on bad input, options or failure:
     exit_code 2 for the user's input (an input model ONNX Runtime itself
-    refuses included), 1 for a failure of the tool.
+    refuses included; a custom-op library, or the QUAKE_ONNX_LIBRARY
+    override, that does not exist or load raises sessions.LibraryError, a
+    ModelFileError with exit_code 2), 1 for a failure of the tool.
     """
     settings = _settings(
         order, ops, skip_nodes, ort_fusions, ort_level, min_elements, softmax_method, bits, custom_ops_libraries
@@ -218,9 +220,10 @@ class InferenceSession(ort.InferenceSession):
     library of onnxruntime-extensions is registered too when the model
     imports ai.onnx.contrib, and every path in `custom_ops_libraries`
     (raises sessions.LibraryError, a ModelFileError, for one that does not
-    exist or load). Each library is registered once on `sess_options`, so
-    they can serve several sessions; options where the com.quake library was
-    registered by hand raise ValueError (ORT refuses a domain twice)."""
+    exist or load, and for a QUAKE_ONNX_LIBRARY that names no file). Each
+    library is registered once on `sess_options`, so they can serve several
+    sessions; options where the com.quake library was registered by hand
+    raise ValueError (ORT refuses a domain twice)."""
 
     def __init__(
         self,

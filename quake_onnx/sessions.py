@@ -2,7 +2,8 @@
 
 Which custom-op libraries are registered (docs/optimize.md, "Custom-op
 libraries"):
-- the com.quake library, on sessions that may meet com.quake nodes;
+- the com.quake library, on sessions that may meet com.quake nodes (a
+  QUAKE_ONNX_LIBRARY naming no file is refused as a LibraryError);
 - onnxruntime-extensions' library, on a session of any model that imports
   the `ai.onnx.contrib` domain (it is a dependency of this package);
 - every library the user names (`--custom-ops-library PATH`, repeatable;
@@ -29,7 +30,8 @@ ModelSource = Union[str, os.PathLike, bytes]
 
 
 class LibraryError(ModelFileError):
-    """A custom-op library the user named that does not exist or does not load (exit 2)."""
+    """A custom-op library the user named (--custom-ops-library, QUAKE_ONNX_LIBRARY)
+    that does not exist or does not load (exit 2)."""
 
 
 def first_line(error: BaseException) -> str:
@@ -83,17 +85,31 @@ def extensions_library() -> Optional[str]:
     return get_library_path()
 
 
+def quake_library() -> Optional[str]:
+    """The com.quake library's path; None when this installation has none (a
+    model without com.quake nodes still loads, one with them says what is
+    missing). Raises LibraryError when QUAKE_ONNX_LIBRARY names no file: the
+    user asked for that library, and running without it would fail later as
+    "com.quake:... is not a registered function/op"."""
+    from ._library import get_library_path, library_override
+
+    try:
+        return get_library_path()
+    except FileNotFoundError as e:
+        if library_override():
+            raise LibraryError(str(e)) from None
+        return None
+
+
 def libraries_for(model: Optional[onnx.ModelProto], extra: Sequence[str] = (), quake: bool = True) -> list[str]:
     """The libraries a session of `model` needs (None: the model is unknown,
-    so onnxruntime-extensions is registered in case)."""
+    so onnxruntime-extensions is registered in case). Raises LibraryError,
+    with `quake`, when QUAKE_ONNX_LIBRARY names no file (quake_library)."""
     libs = []
     if quake:
-        from ._library import get_library_path
-
-        try:
-            libs.append(get_library_path())
-        except FileNotFoundError:
-            pass  # a model without com.quake nodes still loads; one with them says what is missing
+        path = quake_library()
+        if path is not None:
+            libs.append(path)
     if model is None or CONTRIB_DOMAIN in domains(model):
         ext_lib = extensions_library()
         if ext_lib:
@@ -120,8 +136,34 @@ def options(
         try:
             so.register_custom_ops_library(lib)
         except Exception as e:
-            raise LibraryError(f"custom-op library {lib} does not load: {first_line(e)}") from None
+            raise LibraryError(_isa_refused(lib) or f"{_library_name(lib)} does not load: {first_line(e)}") from None
     return so
+
+
+def _isa_refused(lib: str) -> Optional[str]:
+    """The library's own words when `lib` is the com.quake library and it
+    refused QUAKE_ISA or QUAKE_NEON_BF16 (the library is fine, the variable is not)."""
+    from ._library import get_library_path, selected_isa
+
+    try:
+        if os.path.realpath(get_library_path()) != os.path.realpath(lib):
+            return None
+        selected_isa()
+    except ValueError as e:
+        return str(e)
+    except Exception:
+        return None
+    return None
+
+
+def _library_name(lib: str) -> str:
+    """How an error names the library: by QUAKE_ONNX_LIBRARY when that is where it came from."""
+    from ._library import ENV, library_override
+
+    override = library_override()
+    if override and os.path.realpath(override) == os.path.realpath(lib):
+        return f"{ENV}={override}"
+    return f"custom-op library {lib}"
 
 
 def open_session(source: ModelSource, so: ort.SessionOptions) -> ort.InferenceSession:

@@ -247,6 +247,8 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
         try:
             # A given optimized model may use domains the original does not: register every library.
             fast = _session(str(fast_path), None if options.optimized else graph, options.threads, True, libraries)
+        except ModelFileError as e:  # QUAKE_ONNX_LIBRARY names no file, or a library does not load
+            raise CheckError(str(e), "load-optimized") from None
         except Exception as e:
             raise CheckError(f"the optimized model does not load: {_first_line(e)}", "load-optimized", 1) from None
 

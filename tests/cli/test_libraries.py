@@ -7,6 +7,7 @@ optimize agree on every decision."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,80 @@ def test_session_options_serve_several_sessions(tmp_path):
     by_hand.register_custom_ops_library(quake_onnx.get_library_path())
     with pytest.raises(ValueError, match="registered by hand"):
         quake_onnx.InferenceSession(str(out), by_hand)
+
+
+def exaq_model() -> onnx.ModelProto:
+    """One com.quake Softmax of method exaq, clip not fixed: what calibrate takes."""
+    node = helper.make_node("Softmax", ["X"], ["Y"], name="sm", domain="com.quake", method="exaq", bits=3, order=2)
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [N, N])
+    return _graph_model([node], [y], extra_opsets=["com.quake"])
+
+
+BAD_OVERRIDES = {"missing": "does not exist", "folder": "is not a file", "text": "does not load"}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OVERRIDES))
+@pytest.mark.parametrize(
+    "command", ["lib-path", "optimize", "inspect", "check", "check-optimized", "zoo", "tune", "calibrate", "demo"]
+)
+def test_quake_onnx_library_that_does_not_load(tmp_path, monkeypatch, command, case):
+    # The variable names the library every command needs: a path that is no
+    # library is the user's input (exit 2), named in the one line, not a
+    # "com.quake:Softmax is not a registered function/op" from later on.
+    src, quake, exaq = tmp_path / "m.onnx", tmp_path / "m.quake.onnx", tmp_path / "m.exaq.onnx"
+    (tmp_path / "zoo").mkdir()
+    onnx.save(contrib_model("after"), str(src))
+    onnx.save(contrib_model("after"), str(tmp_path / "zoo" / "m.onnx"))
+    quake_onnx.optimize(src, quake)
+    onnx.save(exaq_model(), str(exaq))
+    np.savez(tmp_path / "x.npz", **feeds())
+    bad = {"missing": tmp_path / "nope.so", "folder": tmp_path / "zoo", "text": tmp_path / "text.so"}[case]
+    (tmp_path / "text.so").write_text("not a library\n")
+    monkeypatch.setenv("QUAKE_ONNX_LIBRARY", str(bad))
+    out = tmp_path / "out.onnx"
+    args = {
+        "lib-path": ["lib-path"],
+        "optimize": ["optimize", src, out],
+        "inspect": ["inspect", src],
+        "check": ["check", src],
+        "check-optimized": ["check", src, "--optimized", quake],
+        "zoo": ["zoo", tmp_path / "zoo"],
+        "tune": ["tune", src, out],
+        "calibrate": ["calibrate", exaq, out, "--inputs", tmp_path / "x.npz"],
+        "demo": ["demo", "--runs", "1"],
+    }[command]
+    if command == "lib-path" and case == "text":
+        pytest.skip("lib-path prints the path it would register; it does not load the library")
+    line = assert_one_line_error(cli(*args), 2, f"QUAKE_ONNX_LIBRARY={bad}")
+    assert BAD_OVERRIDES[case] in line
+    assert not out.exists()
+
+
+def test_python_api_with_a_quake_onnx_library_that_names_no_file(tmp_path, monkeypatch):
+    src, quake = tmp_path / "m.onnx", tmp_path / "m.quake.onnx"
+    onnx.save(contrib_model("after"), str(src))
+    quake_onnx.optimize(src, quake)
+    monkeypatch.setenv("QUAKE_ONNX_LIBRARY", str(tmp_path / "nope.so"))
+    from quake_onnx.sessions import LibraryError
+
+    message = f"QUAKE_ONNX_LIBRARY={tmp_path / 'nope.so'} does not exist"
+    with pytest.raises(LibraryError, match="^" + re.escape(message) + "$") as info:
+        quake_onnx.InferenceSession(quake)
+    assert info.value.exit_code == 2
+    with pytest.raises(LibraryError, match=re.escape(message)):
+        quake_onnx.optimize(src, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        quake_onnx.get_library_path()
+
+
+@pytest.mark.parametrize("command", ["optimize", "check", "zoo", "tune"])
+def test_refused_quake_isa_is_named_as_such(tmp_path, monkeypatch, command):
+    # The library is fine, the variable is not: the line says which, not "does not load".
+    src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(contrib_model("after"), str(src))
+    monkeypatch.setenv("QUAKE_ISA", "mmx")
+    args = {"check": [src], "zoo": [tmp_path]}.get(command, [src, out])
+    line = assert_one_line_error(cli(command, *args), 2, "QUAKE_ISA='mmx' is not one of auto, scalar")
+    assert "does not load" not in line
+    assert not out.exists()
