@@ -30,11 +30,6 @@ def session_options(level: ort.GraphOptimizationLevel, libraries: Sequence[str] 
     return sessions.options(libraries, level=level)
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 LEVELS = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 
@@ -64,7 +59,7 @@ def apply_ort_fusions(
     try:
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise FusionError(f"ONNX Runtime could not optimise the model: {_first_line(e)}") from e
+        raise FusionError(f"ONNX Runtime could not optimise the model: {sessions.first_line(e)}") from e
     if not optimized.is_file():
         raise FusionError("ONNX Runtime did not save an optimised model")
     # ORT has written models it cannot load back (ops tied to its build);
@@ -76,7 +71,7 @@ def apply_ort_fusions(
             providers=["CPUExecutionProvider"],
         )
     except Exception as e:
-        raise FusionError(f"ONNX Runtime cannot reload its own optimised model: {_first_line(e)}") from e
+        raise FusionError(f"ONNX Runtime cannot reload its own optimised model: {sessions.first_line(e)}") from e
     try:
         model = load_graph(optimized)
     except Exception as e:

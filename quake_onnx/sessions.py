@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -35,9 +36,49 @@ class LibraryError(ModelFileError):
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an ORT exception, whitespace folded."""
+    """The first line of an ORT exception, whitespace folded, without the C++
+    source location and function signature ORT puts before some reasons."""
     lines = str(error).strip().splitlines()
-    return " ".join(lines[0].split()) if lines else type(error).__name__
+    return _without_signature(" ".join(lines[0].split())) if lines else type(error).__name__
+
+
+# ".../model.cc:256 " before a C++ function signature, as ORT's ORT_ENFORCE and
+# ORT_THROW messages have it.
+_SOURCE_LOCATION = re.compile(r"[^\s:]*\.(?:cc|cpp|cxx|h|hpp):\d+ ")
+# What comes between the location and the signature's "(": a return type and
+# a qualified name (onnxruntime::Model::Model, void ns::f, std::string ns::g).
+_SIGNATURE_HEAD = re.compile(r"[\w:<>,*& ~]+")
+
+
+def _without_signature(text: str) -> str:
+    """`text` without "/path/file.cc:LINE ret ns::Fn(args) [const]" (the place
+    in ONNX Runtime's sources, not the reason); unchanged when that is not
+    exactly what follows the location."""
+    found = _SOURCE_LOCATION.search(text)
+    if found is None:
+        return text
+    paren = text.find("(", found.end())
+    if paren < 0 or not _SIGNATURE_HEAD.fullmatch(text, found.end(), paren) or "::" not in text[found.end() : paren]:
+        return text
+    depth, end = 0, None
+    for i in range(paren, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                end = i + 1
+                break
+    if end is None:
+        return text
+    rest = text[end:]
+    if rest.startswith(" const"):
+        rest = rest[len(" const") :]
+    rest = rest.strip()
+    if not rest:
+        return text  # nothing but the place: keep it rather than say nothing
+    head = text[: found.start()].rstrip()
+    return f"{head} {rest}" if head else rest
 
 
 def user_libraries(paths: Optional[Iterable[Union[str, os.PathLike]]]) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from ..modelio import ModelFileError
+from ..sessions import first_line as _first_line
 from . import compare as cmp
 from .inputs import DEFAULT_IMAGE_SIZE, InputError, load_inputs
 from .timing import measure
@@ -80,11 +81,6 @@ def resolve_model(path: Path) -> Path:
             raise CheckError(f"{path} is a folder with {len(found) or 'no'} .onnx files; name the model", "load")
         return found[0]
     return path
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return " ".join(lines[0].split()) if lines else type(e).__name__
 
 
 def _session(model: str, graph, threads: int, library: bool, extra: tuple[str, ...]):
@@ -163,8 +159,10 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
     """The result of checking one model (see the JSON schema, `$defs/model`).
 
     Raises CheckError when the check cannot be done at all; the result's
-    status is then decided by the caller ("error")."""
-    from ..modelio import load_graph
+    status is then decided by the caller ("error"). Its exit_code is 2 for
+    the user's input: among others a missing or corrupt MODEL or --optimized
+    file, a QUAKE_ONNX_LIBRARY that names no file."""
+    from ..modelio import check_external_data, load_graph
     from ..optimize import optimize
 
     started = time.perf_counter()
@@ -172,8 +170,12 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
     name = name or default_name(model_path)
     try:
         graph = load_graph(model_path)
+        check_external_data(graph, model_path)
     except ModelFileError as e:
         raise CheckError(str(e), "load") from None
+    optimized_warnings = []
+    if options.optimized is not None:  # checked as MODEL is, before any work
+        optimized_warnings = tuned_elsewhere(_load_optimized(options.optimized), "the optimized model")
     try:
         inputs = load_inputs(
             graph,
@@ -204,18 +206,8 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
     with tempfile.TemporaryDirectory(prefix="quake-check-") as tmp:
         if options.optimized is not None:
             fast_path = options.optimized
-            if not fast_path.is_file():
-                raise CheckError(
-                    f"--optimized {fast_path} does not exist"
-                    if not fast_path.exists()
-                    else f"--optimized {fast_path} is not a file",
-                    "load",
-                )
             optimized_info.update(source=str(fast_path), order=None, replaced=None, kept=None, per_rule=None)
-            try:
-                warnings += tuned_elsewhere(load_graph(fast_path), "the optimized model")
-            except ModelFileError:
-                pass  # opening it below says what is wrong
+            warnings += optimized_warnings
         elif options.tune:
             fast_path = Path(tmp) / "model.tuned.onnx"
             optimized_info.update(_tune(model_path, fast_path, options, warnings))
@@ -250,6 +242,10 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
         except ModelFileError as e:  # QUAKE_ONNX_LIBRARY names no file, or a library does not load
             raise CheckError(str(e), "load-optimized") from None
         except Exception as e:
+            if options.optimized is not None:  # the user's file: bad input, as for MODEL
+                raise CheckError(
+                    f"ONNX Runtime cannot load --optimized {fast_path}: {_first_line(e)}", "load-optimized"
+                ) from None
             raise CheckError(f"the optimized model does not load: {_first_line(e)}", "load-optimized", 1) from None
 
     del graph  # one model in memory at a time: the sessions hold their own copies
@@ -322,6 +318,21 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
     finish(result, options.thresholds)
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def _load_optimized(path: Path):
+    """The graph of --optimized's file, through MODEL's checks: a missing,
+    corrupt or truncated file, or missing external data, is bad input (exit 2)."""
+    from ..modelio import check_external_data, load_graph
+
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise CheckError(f"--optimized {path} is not a file", "load")
+    try:
+        graph = load_graph(path)
+        check_external_data(graph, path)
+    except ModelFileError as e:
+        raise CheckError(f"--optimized: {e}", "load") from None
+    return graph
 
 
 def tuned_elsewhere(model, what: str) -> list[str]:

@@ -136,7 +136,9 @@ def _npz(path, **arrays):
         (["{bert}", "--inputs", "{tmp}/nothing.npz"], "does not exist"),
         (["{bert}", "--inputs", "{tmp}/ids.npz"], "no array for input attention_mask"),
         (["{bert}", "--inputs", "{tmp}/floats.npz"], "the model takes int64"),
-        (["{bert}", "--dim", "seq=8", "--optimized", "{tmp}/nothing.onnx"], "--optimized"),
+        (["{bert}", "--dim", "seq=8", "--optimized", "{tmp}/nothing.onnx"], "--optimized: "),
+        (["{bert}", "--dim", "seq=8", "--optimized", "{tmp}/garbage.onnx"], "--optimized: "),
+        (["{bert}", "--dim", "seq=8", "--optimized", "{tmp}"], "is a directory"),
         (["{bert}", "--dim", "seq=8", "--json", "{tmp}/no/such/dir/r.json"], "does not exist"),
         (["{bert}", "--runs", "0"], "--runs"),
         (["{bert}", "--order", "7"], "--order"),
@@ -152,6 +154,51 @@ def test_usage_and_input_errors_are_one_line_exit_2(tmp_path, bert_copy, args, c
         empty.mkdir()
         args[0] = str(empty)
     one_line(cli("check", *FAST, *args), 2, contains=contains)
+
+
+def _truncated(src, dest, keep: int = 40):
+    dest.write_bytes(src.read_bytes()[:keep])
+    return dest
+
+
+def _stamped(src, dest, ir_version=None, opset=None):
+    model = onnx.load(str(src))
+    if ir_version is not None:
+        model.ir_version = ir_version
+    if opset is not None:
+        next(o for o in model.opset_import if o.domain in ("", "ai.onnx")).version = opset
+    onnx.save(model, str(dest))
+    return dest
+
+
+def test_a_corrupt_optimized_model_is_bad_input_like_a_corrupt_model(tmp_path):
+    # --optimized names the user's file: a truncated one is refused as MODEL
+    # would be (exit 2, one line naming the option and the file), not reported
+    # as a failure of the tool with ONNX Runtime's protobuf error.
+    model = LEGACY / "model.onnx"
+    bad = _truncated(model, tmp_path / "bad.onnx")
+    as_model = one_line(cli("check", bad, *FAST), 2, contains="is not an ONNX model")
+    line = one_line(cli("check", LEGACY, *FAST, "--optimized", bad), 2, contains="--optimized: ")
+    assert as_model.removeprefix("error: ") in line and "ONNXRuntimeError" not in line
+    # Its external data checked before ONNX Runtime opens it, as MODEL's is.
+    weights = onnx.load(str(model))
+    onnx.save(weights, str(tmp_path / "ext.onnx"), save_as_external_data=True, size_threshold=0, location="ext.bin")
+    (tmp_path / "ext.bin").write_bytes(b"")
+    one_line(cli("check", LEGACY, *FAST, "--optimized", tmp_path / "ext.onnx"), 2, contains="ext.bin is truncated")
+
+
+@pytest.mark.parametrize(
+    "stamp, words", [({"ir_version": 99}, "Unsupported model IR version: 99"), ({"opset": 99}, "Opset 99")]
+)
+@pytest.mark.parametrize("role", ["model", "optimized"])
+def test_a_model_onnx_runtime_refuses_is_one_readable_line(tmp_path, stamp, words, role):
+    # ONNX Runtime's reason, without the C++ source location and function
+    # signature it puts before it.
+    odd = _stamped(LEGACY / "model.onnx", tmp_path / "odd.onnx", **stamp)
+    args = [odd] if role == "model" else [LEGACY, "--optimized", odd]
+    line = one_line(cli("check", *FAST, *args), 2, contains="ONNX Runtime cannot load")
+    assert words in line and str(odd) in line
+    assert "onnxruntime::" not in line and ".cc:" not in line and ".h:" not in line
 
 
 def test_check_takes_a_model_zoo_folder(tmp_path):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from clitools import assert_one_line_error_real, run_real
+from clitools import assert_one_line_error, assert_one_line_error_real, cli, run_real
 from onnx import TensorProto, helper
+
+from quake_onnx.sessions import first_line
 
 
 def _model(nodes, inputs, extra_opsets=(), inits=()) -> onnx.ModelProto:
@@ -93,3 +95,43 @@ def test_zoo_reports_a_refused_model_without_ort_log_lines(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "[E:onnxruntime" not in proc.stdout + proc.stderr
     assert proc.stdout.count("error") >= len(REFUSED)
+
+
+@pytest.mark.parametrize("command", ["optimize", "inspect", "tune"])
+def test_onnx_runtime_source_places_are_left_out(tmp_path, command):
+    # ORT puts "/path/model.cc:256 onnxruntime::Model::Model(onnx::ModelProto&&, ...)"
+    # before its reason: the line keeps the reason only.
+    model = _model([helper.make_node("Softmax", ["X"], ["Y"])], [X])
+    model.ir_version = 99
+    src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(model, str(src))
+    args = [src] if command == "inspect" else [src, out]
+    line = assert_one_line_error(cli(command, *args), 2, "the input model does not load in ONNX Runtime")
+    assert "failed: Unsupported model IR version: 99, max supported IR version: " in line
+    assert "onnxruntime::" not in line and ".cc:" not in line
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no place at all: the reason",
+        "Load model from m.onnx failed:/src/model.cc:12 not_a_signature (x) reason",  # no qualified name
+        "Load model from m.onnx failed:/src/model.cc:12 ns::f(unclosed reason",
+        "Load model from m.onnx failed:/src/model.cc:12 ns::f(int)",  # nothing after it: keep the place
+    ],
+)
+def test_first_line_keeps_what_is_not_a_source_place(text):
+    assert first_line(RuntimeError(text + "\nsecond line")) == text
+
+
+def test_first_line_leaves_out_a_source_place():
+    text = (
+        "[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/core/graph/"
+        "model_load_utils.h:46 void onnxruntime::model_load_utils::ValidateOpsetForDomain(const std::unordered_map"
+        "<std::__cxx11::basic_string<char>, int>&, const onnxruntime::logging::Logger&, bool, const std::string&, "
+        "int) ONNX Runtime only *guarantees* support for models stamped with official released onnx opset versions."
+    )
+    assert first_line(RuntimeError(text)) == (
+        "[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed: ONNX Runtime only *guarantees* support "
+        "for models stamped with official released onnx opset versions."
+    )
