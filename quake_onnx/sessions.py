@@ -18,7 +18,7 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import onnx
 import onnxruntime as ort
@@ -26,6 +26,7 @@ import onnxruntime as ort
 from .modelio import ModelFileError
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
+QUAKE_DOMAIN = "com.quake"
 QUIET = 4  # ORT's fatal level: its error lines would come before ours
 ModelSource = Union[str, os.PathLike, bytes]
 
@@ -96,25 +97,36 @@ def user_libraries(paths: Optional[Iterable[Union[str, os.PathLike]]]) -> tuple[
     return tuple(out)
 
 
+def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every node of the model: main graph, subgraphs at any depth, functions."""
+
+    def visit(nodes) -> Iterator[onnx.NodeProto]:
+        for node in nodes:
+            yield node
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    yield from visit(attr.g.node)
+                for g in attr.graphs:
+                    yield from visit(g.node)
+
+    yield from visit(model.graph.node)
+    for function in model.functions:
+        yield from visit(function.node)
+
+
 def domains(model: onnx.ModelProto, imports: bool = True) -> set[str]:
     """Every domain the model's nodes (subgraphs and functions included) use,
     and, with `imports`, every domain it imports."""
     found = {o.domain for o in model.opset_import} if imports else set()
-
-    def visit(nodes) -> None:
-        for node in nodes:
-            found.add(node.domain)
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    visit(attr.g.node)
-                for g in attr.graphs:
-                    visit(g.node)
-
-    visit(model.graph.node)
-    for function in model.functions:
-        visit(function.node)
-        found.add(function.domain)
+    found.update(node.domain for node in _all_nodes(model))
+    found.update(function.domain for function in model.functions)
     return found
+
+
+def quake_ops(model: onnx.ModelProto) -> list[str]:
+    """The op types of the model's com.quake nodes (subgraphs and functions
+    included), each once, sorted: empty for a model running ONNX Runtime's own ops."""
+    return sorted({node.op_type for node in _all_nodes(model) if node.domain == QUAKE_DOMAIN})
 
 
 @functools.lru_cache(maxsize=1)

@@ -161,7 +161,8 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
     Raises CheckError when the check cannot be done at all; the result's
     status is then decided by the caller ("error"). Its exit_code is 2 for
     the user's input: among others a missing or corrupt MODEL or --optimized
-    file, a QUAKE_ONNX_LIBRARY that names no file."""
+    file, a MODEL that already has com.quake nodes (refuse_optimized), a
+    QUAKE_ONNX_LIBRARY that names no file."""
     from ..modelio import check_external_data, load_graph
     from ..optimize import optimize
 
@@ -173,6 +174,7 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
         check_external_data(graph, model_path)
     except ModelFileError as e:
         raise CheckError(str(e), "load") from None
+    refuse_optimized(graph, model_path)
     optimized_warnings = []
     if options.optimized is not None:  # checked as MODEL is, before any work
         optimized_warnings = tuned_elsewhere(_load_optimized(options.optimized), "the optimized model")
@@ -318,6 +320,22 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
     finish(result, options.thresholds)
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def refuse_optimized(graph, model_path: Path) -> None:
+    """Raises CheckError (exit 2) when MODEL already has com.quake nodes: check
+    compares a model that runs ONNX Runtime's own ops with its optimized copy,
+    and an optimized model as MODEL has no such reference."""
+    from ..sessions import quake_ops
+
+    ops = quake_ops(graph)
+    if ops:
+        raise CheckError(
+            f"{model_path} already has com.quake nodes ({', '.join(ops)}): it is an optimized model, and check "
+            "compares a model running ONNX Runtime's own ops with its optimized copy; check the model it was "
+            f"made from, with this one as --optimized (quake-onnx check ORIGINAL.onnx --optimized {model_path})",
+            "load",
+        )
 
 
 def _load_optimized(path: Path):

@@ -103,7 +103,10 @@ def tune(
     Returns the result (the tuned model, which carries `quake_onnx.tuned_on`
     in its metadata, or the original) and the report (a dict; schema
     quake_onnx/check/tune-report.schema.json). Raises TuneError, or the
-    optimizer's OptimizeError (exit 2 for bad input, 1 for a failure)."""
+    optimizer's OptimizeError (exit 2 for bad input, 1 for a failure); bad
+    input includes a model that already has com.quake nodes (tune the model
+    it was made from) and a QUAKE_ONNX_LIBRARY that names no file
+    (sessions.LibraryError)."""
     clock = clock or time.monotonic
     started = clock()
     wall = time.perf_counter()
@@ -123,6 +126,7 @@ def tune(
         raise TuneError(f"output {output} is the input; tune never overwrites its input (choose another path)")
     npz = Path(inputs) if isinstance(inputs, (str, os.PathLike)) else None
     job = load(model_or_path, output, False, settings, also_written)
+    _refuse_optimized(job)
     if npz is not None:  # no file written may be the input set either
         job.inputs.add(npz, "the input set (--inputs)")
         for what, path in ([("output", job.dest)] if job.dest is not None else []) + list(also_written):
@@ -270,6 +274,17 @@ def _inputs(job: Job, inputs, npz, dims, vocab, seed, image_size, ranges) -> Inp
         raise
     except ModelFileError as e:
         raise TuneError(str(e)) from None
+
+
+def _refuse_optimized(job: Job) -> None:
+    """An input that already has com.quake nodes has no original to measure against (exit 2)."""
+    ops = sessions.quake_ops(job.model)
+    if ops:
+        raise TuneError(
+            f"{job.src if job.src is not None else 'the model'} already has com.quake nodes ({', '.join(ops)}): "
+            "it is an optimized model, and tune measures a model's ONNX Runtime ops against com.quake ones; "
+            "tune the model it was made from"
+        )
 
 
 def _original_source(job: Job):

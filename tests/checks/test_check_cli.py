@@ -8,6 +8,8 @@ import pytest
 from checktools import FAST, ZOO, cli, copy_models, one_line, validate
 from onnx import numpy_helper
 
+import quake_onnx
+
 LEGACY = ZOO / "legacy_opset11"  # the smallest sample: fastest to check
 BERT = ZOO / "bert_encoder"
 
@@ -199,6 +201,22 @@ def test_a_model_onnx_runtime_refuses_is_one_readable_line(tmp_path, stamp, word
     line = one_line(cli("check", *FAST, *args), 2, contains="ONNX Runtime cannot load")
     assert words in line and str(odd) in line
     assert "onnxruntime::" not in line and ".cc:" not in line and ".h:" not in line
+
+
+def test_an_optimized_model_as_model_is_refused_with_what_to_run(tmp_path):
+    # check compares ONNX Runtime's own ops with com.quake's: a model that
+    # already has com.quake nodes has no reference, and the line says what to pass.
+    optimized = tmp_path / "q.onnx"
+    quake_onnx.optimize(LEGACY / "model.onnx", optimized, min_elements=0)
+    line = one_line(cli("check", optimized, *FAST), 2, contains="already has com.quake nodes")
+    assert f"--optimized {optimized}" in line
+    r = cli("check", LEGACY, *FAST, "--optimized", optimized)  # what it says to run
+    assert r.exit_code == 0, r.stdout + r.stderr
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    optimized.rename(zoo / "q.onnx")
+    r = cli("zoo", zoo, *FAST)  # in a zoo: that model's error, with the reason
+    assert r.exit_code == 1 and "already has com.quake nodes" in r.stdout + r.stderr
 
 
 def test_check_takes_a_model_zoo_folder(tmp_path):

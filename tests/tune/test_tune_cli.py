@@ -12,7 +12,9 @@ import onnx
 import pytest
 from tunetools import SAMPLES, FakeBench, assert_one_line_error, cli, two_groups_model, validate
 
+import quake_onnx
 import quake_onnx.tuning.bench as bench_module
+from quake_onnx.tuning import TuneError
 
 ENCODER = SAMPLES / "encoder_block.onnx"
 
@@ -56,6 +58,20 @@ def test_bad_input_files(tmp_path, content, expected):
 def test_a_folder_as_input(tmp_path):
     (tmp_path / "adir").mkdir()
     assert_one_line_error(cli("tune", tmp_path / "adir", tmp_path / "out.onnx"), 2, "is a directory")
+
+
+def test_an_optimized_model_is_refused(work):
+    # tune measures a model's ONNX Runtime ops against com.quake ones: one that
+    # already has com.quake nodes has no original to measure against.
+    optimized = work / "q.onnx"
+    quake_onnx.optimize(work / "in.onnx", optimized)
+    before = files(work)
+    line = assert_one_line_error(cli("tune", optimized, work / "out.onnx"), 2, "already has com.quake nodes")
+    assert str(optimized) in line and "tune the model it was made from" in line
+    assert files(work) == before
+    with pytest.raises(TuneError, match="^the model already has com.quake nodes") as info:
+        quake_onnx.tune(onnx.load(str(optimized)))
+    assert info.value.exit_code == 2
 
 
 def test_missing_out(work):
