@@ -50,8 +50,8 @@ BREAK_EVEN = {
     # 1.02-1.03x from S1536.
     UNMASKED_ATTENTION: 12 * 2048 * 2048,
     # A causal block over Sq = Skv (a decoder's prefill) skips the masked half of its tiles
-    # and of the tiles on its diagonal: at 1 thread 1.09x the block per op at H12 S96,
-    # 1.03x at S80, 1.00x at S64; at 2 threads from S64.
+    # and of the tiles on its diagonal: at 1 thread 1.09-1.14x the block per op at H12 S96,
+    # 1.03-1.07x at S80, 0.92-1.00x at S64; at 2 threads from S48-S64.
     CAUSAL_ATTENTION: 12 * 96 * 96,
 }
 # The attention floor when the fused node runs at precision "bfloat16": its
