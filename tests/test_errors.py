@@ -148,3 +148,14 @@ def test_valid_models_are_accepted(op, attrs, dtype):
         sess = make_session(make_model(op, attrs, ("A", "B", "C"), dtype, with_bias=with_bias))
         y = run(sess, x, np.ones(4, dtype) if with_bias else None)
         assert y.shape == x.shape and y.dtype == dtype and np.isfinite(y).all()
+
+
+def test_the_benchmark_command_refuses_a_bad_quake_isa_in_one_line(monkeypatch):
+    from typer.testing import CliRunner
+
+    from quake_onnx.bench.__main__ import app
+
+    monkeypatch.setenv("QUAKE_ISA", "mmx")
+    result = CliRunner().invoke(app, ["ops", "--shape", "4x4"])
+    assert result.exit_code == 2 and not isinstance(result.exception, ValueError)
+    assert result.stderr.splitlines() == ["error: QUAKE_ISA='mmx' is not one of auto, scalar, neon, avx2, avx512"]

@@ -27,6 +27,13 @@ def _shapes(specs: list[str]) -> list[tuple[int, ...]]:
 @app.callback()
 def main() -> None:
     """quake-onnx benchmarks."""
+    import quake_onnx
+
+    try:  # every benchmark names the kernel table it timed: a refused QUAKE_ISA is one line, exit 2
+        quake_onnx.selected_isa()
+    except (ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
