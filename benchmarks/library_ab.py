@@ -40,11 +40,11 @@ from quake_onnx.check.paired import rotated_batches, session_batches
 ELEMENTWISE = ("Exp", "Sigmoid", "Silu", "Gelu")
 
 
-def model(op: str, causal: bool, dim: int, order: int) -> bytes:
+def model(op: str, causal: bool, dim: int, order: int, precision: str = "float32") -> bytes:
     """One com.quake node, float32 inputs and output of any shape."""
     if op == "Attention":
         names = "QKV"
-        attrs = {"scale": float(dim) ** -0.5, "causal": int(causal)}
+        attrs = {"scale": float(dim) ** -0.5, "causal": int(causal), "precision": precision}
     else:
         names, attrs = "X", {"order": order}
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names]
@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="Attention's products")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--budget", type=float, default=0.2, help="seconds per batch of runs of one library")
@@ -89,7 +90,7 @@ def main() -> None:
         feeds = {"Q": rng.standard_normal((1, args.heads, args.seq, args.dim)).astype(np.float32)}
         for n in "KV":
             feeds[n] = rng.standard_normal((1, hkv, args.seq, args.dim)).astype(np.float32)
-        what = f"H{args.heads}/{hkv} S{args.seq} D{args.dim}{' causal' if args.causal else ''}"
+        what = f"H{args.heads}/{hkv} S{args.seq} D{args.dim}{' causal' if args.causal else ''} {args.precision}"
     else:
         try:
             shape = tuple(int(d) for d in args.shape.lower().split("x"))
@@ -99,7 +100,7 @@ def main() -> None:
         x = rng.uniform(-1.0, 1.0, shape) * tiny if args.denormal else rng.standard_normal(shape) * 3
         feeds = {"X": x.astype(np.float32)}
         what = f"{args.op} order {args.order} {args.shape}{' subnormal' if args.denormal else ''}"
-    data = model(args.op, args.causal, args.dim, args.order)
+    data = model(args.op, args.causal, args.dim, args.order, args.precision)
     sessions = {"A": session(data, args.a, args.threads), "B": session(data, args.b, args.threads)}
     outputs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
     batches, _ = session_batches(sessions, feeds, args.budget)
