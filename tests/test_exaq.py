@@ -188,6 +188,24 @@ def test_rows_take_at_most_2_to_the_bits_values(session_cache, isa, bits):
         assert max(len(np.unique(row)) for row in y) > 2 ** (bits - 1) // 2
 
 
+@pytest.mark.parametrize("shape", [(1, 50257), (4, 140001)])
+def test_long_rows_stay_exaq(session_cache, isa, shape):
+    # The quake method cuts such rows over the threads ([1, 50257]) or takes
+    # them in two passes ([4, 140001]): EXAQ's must stay whole, whatever the
+    # batch. They once got the quake softmax there: thousands of values a row.
+    x = (np.random.default_rng(shape[0]).standard_normal(shape) * 2).astype(F32)
+    model = exaq_model(3, -7.0)
+    ref, u = reference.softmax_exaq(x, -1, 3, -7.0, return_u=True)
+    clear = np.abs(u - np.floor(u) - 0.5) >= TIE  # a long row always holds some ties: those elements may differ
+    for threads in (1, 2):
+        y = run(session_cache(model, isa, threads=threads), x)
+        assert max(len(np.unique(row)) for row in y) <= 2**3
+        # 1e-5 relative: a tie element's level moves the row's sum a little
+        np.testing.assert_array_less(np.abs(y - ref)[clear], MATCH[F32][0] + 1e-5 * np.abs(ref[clear]))
+    batch = run(session_cache(model, isa), np.concatenate([x[:1]] * 4))
+    np.testing.assert_array_equal(batch[0], run(session_cache(model, isa), x[:1])[0])  # a row alone or in a batch
+
+
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_axes_and_threads(session_cache, isa, axis):
     x = (np.random.default_rng(axis + 5).standard_normal((37, 41, 5)) * 2).astype(F32)

@@ -473,9 +473,11 @@ class AxisKernel : public QuakeKernel {
       }
     };
     if (inner == 1) {
+      // The long-row paths compute the quake softmax only: EXAQ's levels
+      // come from the whole row's max, so its long rows stay whole.
       if constexpr (std::is_same<T, float>::value) {
-        if (plan.path == RowPlan::Path::kSplit) return RunSplit(ctx, x, y, outer, len, plan.chunks_per_row);
-        if (plan.path == RowPlan::Path::kTwoPass) return RunTwoPass(ctx, x, y, outer, len, plan, rows_fn);
+        if (!exaq_ && plan.path == RowPlan::Path::kSplit) return RunSplit(ctx, x, y, outer, len, plan.chunks_per_row);
+        if (!exaq_ && plan.path == RowPlan::Path::kTwoPass) return RunTwoPass(ctx, x, y, outer, len, plan, rows_fn);
       }
       const size_t rows_per_task = std::max<size_t>(1, kGrain / len);
       const size_t tasks = (outer + rows_per_task - 1) / rows_per_task;
