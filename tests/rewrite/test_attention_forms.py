@@ -66,6 +66,16 @@ def test_additive_causal_bias_with_lowest_becomes_causal():
     assert fused(model, feeds, [ATTENTION])[1]["causal"] == 1
 
 
+@pytest.mark.parametrize("fill", [float(np.finfo(np.float32).min), -1e4])
+def test_a_causal_triangle_over_more_queries_than_keys_stays_a_mask(fill):
+    # Sq 8 > Skv 4: the first 4 query rows see no key. With a finite fill the
+    # original gives them the mean of V (float-lowest) or the softmax of the raw
+    # scores (-1e4); causal=1 would give 0, the mask kept as M gives what the original does.
+    model, feeds = block(b=1, h=2, sq=8, skv=4, mask="causal_add", mask_value=fill)
+    out, a = fused(model, feeds, [ATTENTION])
+    assert a["causal"] == 0 and len(out.graph.node[0].input) == 4
+
+
 @pytest.mark.parametrize("dtype", [F32, F16])
 def test_kv_cache_with_causal_mask(dtype):
     # Decoder with a past: K/V = Concat(past, new), Sq < Skv, the triangle shifted by the past.

@@ -412,7 +412,8 @@ def live_keys(mask: Mask) -> Optional[np.ndarray]:
 
 def masked_pattern(live: np.ndarray, sq: Dim, skv: Dim) -> Optional[str]:
     """'none' when every key is live, 'causal' when the live keys are exactly the
-    causal triangle (with the past: Sq < Skv), None otherwise (or when unknown).
+    causal triangle over Sq <= Skv (with the past: Sq < Skv), None otherwise
+    (or when unknown).
     Every leading slice of the mask must be the same [Sq, Skv] pattern."""
     if live.ndim < 2:
         live = live.reshape((1,) * (2 - live.ndim) + live.shape)
@@ -422,7 +423,10 @@ def masked_pattern(live: np.ndarray, sq: Dim, skv: Dim) -> Optional[str]:
     plane = rows[0]
     if plane.all():
         return "none"
-    if not (isinstance(sq, int) and isinstance(skv, int)):
+    if not (isinstance(sq, int) and isinstance(skv, int)) or sq > skv:
+        # Sq > Skv: the first Sq - Skv rows see no key, which causal=1 gives 0
+        # and a finite fill (float-lowest, -1e4) the mean of V or the softmax of
+        # the raw scores: kept as M, the op gives what the original gives.
         return None
     try:
         plane = np.broadcast_to(plane, (sq, skv))
