@@ -206,7 +206,8 @@ def _cast_to(node: gs.Node):
 
 def is_causal(ctx: Context, mask: Mask, scores: gs.Tensor) -> bool:
     """Whether `mask` (applied to `scores` [..., Sq, Skv]) keeps exactly the keys
-    j <= i + Skv - Sq of every row i, for every input size the model accepts."""
+    j <= i + Skv - Sq of every row i, for every input size the model accepts,
+    with Skv >= Sq provably (Skv - Sq a sum of dimensions, a past)."""
     sizes = Sizes(ctx)
     if mask.where:
         p = _condition(sizes, mask.tensor, mask.live_if)
@@ -219,6 +220,10 @@ def is_causal(ctx: Context, mask: Mask, scores: gs.Tensor) -> bool:
         return False
     sq, skv = sizes.dim(scores, -2), sizes.dim(scores, -1)
     if sq is None or skv is None or p.q_len != sq or p.kv_len != skv or p.d != skv - sq:
+        return False
+    # Sq > Skv would leave rows without a key, which causal=1 gives 0 and a
+    # finite fill does not (attention_parts.masked_pattern): a past, never less.
+    if not (skv - sq).nonnegative():
         return False
     # The mask's other axes may not make the scores bigger: each 1 or the scores' own.
     for axis, have in enumerate(p.lead):
