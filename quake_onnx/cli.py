@@ -595,7 +595,9 @@ _REPORTS = {
     "markdown": typer.Option(
         None, "--markdown", metavar="FILE", help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY; '-': stdout)"
     ),
-    "junit": typer.Option(None, "--junit", metavar="FILE", help="write JUnit XML, one testcase per model"),
+    "junit": typer.Option(
+        None, "--junit", metavar="FILE", help="write JUnit XML, one testcase per model ('-': stdout)"
+    ),
 }
 
 
