@@ -18,6 +18,7 @@ from onnx import TensorProto
 from quake_onnx.rewrite import rewrite_model
 from quake_onnx.rewrite.engine import BREAK_EVEN
 
+from .attention_forms import bound as attention_bound
 from .builders import F32, Graph, check_rewrite, op_types, sample
 from .decoder_export import attrs, bound, expected_ops, feeds, llama_export
 
@@ -154,3 +155,39 @@ def test_symbolic_causal_onnx_attention_is_fused_and_non_causal_is_not():
     (d,) = [d for d in report.decisions if d.rule == "onnx_attention"]
     assert not d.replaced and d.reason.startswith("the score size is symbolic and the block is neither causal")
     assert op_types(out) == ["Attention"]
+
+
+def unrelated_lengths_block():
+    """Q [1, H, seq, D] against K, V [1, H, kv, D], two independent symbols, masked at run
+    time by key j <= query i + (kv - seq): the causal triangle for every size, but kv may be
+    less than seq, and then the first rows see no key (the original's float-lowest fill gives
+    them the mean of V)."""
+    g = Graph()
+
+    def length(x):
+        return g.node("Gather", [g.node("Shape", [x]), g.const(np.array(2), dtype=np.int64)], axis=0)
+
+    zero, one = g.const(np.array(0), dtype=np.int64), g.const(np.array(1), dtype=np.int64)
+    lq, lk = length("Q"), length("K")
+    rows = g.node("Add", [g.node("Range", [zero, lq, one]), g.node("Sub", [lk, lq])])
+    qi = g.node("Unsqueeze", [rows, g.const(np.array([1]), dtype=np.int64)])
+    ki = g.node("Unsqueeze", [g.node("Range", [zero, lk, one]), g.const(np.array([0]), dtype=np.int64)])
+    lowest = np.float32(np.finfo(np.float32).min)
+    mask = g.node("Where", [g.node("LessOrEqual", [ki, qi]), g.const(np.float32(0.0)), g.const(lowest)])
+    s = g.node("MatMul", ["Q", g.node("Transpose", ["K"], perm=[0, 1, 3, 2])])
+    s = g.node("Add", [g.node("Div", [s, g.const(np.float32(np.sqrt(D)))]), mask])
+    y = g.node("MatMul", [g.node("Softmax", [s], name="sm", axis=-1), "V"])
+    kv = ([1, HEADS, "kv", D], F32)
+    model = g.model({"Q": ([1, HEADS, "seq", D], F32), "K": kv, "V": kv}, {y: [1, HEADS, "seq", D]})
+    q = sample((1, HEADS, 12, D))
+    return model, {"Q": q, "K": sample((1, HEADS, 8, D), seed=1), "V": sample((1, HEADS, 8, D), seed=2)}
+
+
+def test_a_run_time_triangle_that_may_have_fewer_keys_than_queries_is_not_causal():
+    # kv - seq is not provably >= 0 (a past would be): causal=1 would give the first
+    # rows zeros where kv < seq. The mask stays the op's M.
+    model, f = unrelated_lengths_block()
+    out, report = rewrite_model(model, min_elements={})
+    d = attention_decision(report)
+    assert d.replaced and d.reason.endswith("(scale=0.353553, mask)"), d.reason
+    check_rewrite(model, op_types(out), f, atol=attention_bound(f), min_elements={})
