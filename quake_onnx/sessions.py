@@ -154,6 +154,18 @@ def quake_library() -> Optional[str]:
         return None
 
 
+def missing_quake_library() -> Optional[str]:
+    """Why this installation has no com.quake library (get_library_path's
+    words: what to reinstall), or None when it has one."""
+    from ._library import get_library_path
+
+    try:
+        get_library_path()
+    except FileNotFoundError as e:
+        return str(e)
+    return None
+
+
 def libraries_for(model: Optional[onnx.ModelProto], extra: Sequence[str] = (), quake: bool = True) -> list[str]:
     """The libraries a session of `model` needs (None: the model is unknown,
     so onnxruntime-extensions is registered in case). Raises LibraryError,

@@ -256,6 +256,21 @@ def test_quake_onnx_library_that_does_not_load(tmp_path, monkeypatch, command, c
     assert not out.exists()
 
 
+def test_an_installation_without_the_library_says_so(tmp_path, monkeypatch):
+    # A source checkout whose library was never built: optimize cannot check
+    # what it wrote, and says what to reinstall instead of ORT's "is not a
+    # registered function/op".
+    def absent():
+        raise FileNotFoundError("libquake_ops.so is not part of the quake_onnx in here; reinstall with `pip install .`")
+
+    monkeypatch.delenv("QUAKE_ONNX_LIBRARY", raising=False)
+    monkeypatch.setattr("quake_onnx._library.get_library_path", absent)
+    src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(contrib_model("after"), str(src))
+    line = assert_one_line_error(cli("optimize", src, out), 1, "needs the com.quake library")
+    assert "pip install ." in line and not out.exists()
+
+
 def test_python_api_with_a_quake_onnx_library_that_names_no_file(tmp_path, monkeypatch):
     src, quake = tmp_path / "m.onnx", tmp_path / "m.quake.onnx"
     onnx.save(contrib_model("after"), str(src))
