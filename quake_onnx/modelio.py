@@ -74,10 +74,14 @@ def is_loaded(tensor: onnx.TensorProto) -> bool:
 
 
 def check_input_path(path: Path) -> None:
+    """Raises ModelFileError unless `path` is a regular file (symlinks
+    followed): reading a FIFO or a device as a model would wait forever."""
     if not path.exists():
         raise ModelFileError(f"{path} does not exist")
     if path.is_dir():
         raise ModelFileError(f"{path} is a directory, not an ONNX model")
+    if not path.is_file():
+        raise ModelFileError(f"{path} is not a regular file (a device, FIFO or socket), not an ONNX model")
 
 
 def load_graph(path: Path) -> onnx.ModelProto:

@@ -343,8 +343,6 @@ def _load_optimized(path: Path):
     corrupt or truncated file, or missing external data, is bad input (exit 2)."""
     from ..modelio import check_external_data, load_graph
 
-    if path.exists() and not path.is_file() and not path.is_dir():
-        raise CheckError(f"--optimized {path} is not a file", "load")
     try:
         graph = load_graph(path)
         check_external_data(graph, path)

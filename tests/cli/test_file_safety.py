@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from clitools import assert_one_line_error, cli, file_bytes, quake_nodes, run_model, wide_model
+from clitools import (
+    assert_one_line_error,
+    assert_one_line_error_real,
+    cli,
+    file_bytes,
+    quake_nodes,
+    run_model,
+    run_real,
+    wide_model,
+)
 from onnx import numpy_helper
 
 N = 64  # a 16 KiB weight: external with size_threshold 0
@@ -236,6 +245,17 @@ def test_a_device_or_fifo_is_never_replaced(place, kind):
     mode = os.stat(node).st_mode
     assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode)
     assert not (folder / "o.onnx").exists()
+
+
+def test_a_fifo_as_input_is_refused_not_read(tmp_path):
+    # Reading a FIFO as a model would wait for a writer forever: a real process, with a timeout.
+    fifo = tmp_path / "m.onnx"
+    os.mkfifo(fifo)
+    sample = Path(__file__).resolve().parents[2] / "sample_models" / "encoder_block.onnx"
+    for args in (("optimize", fifo, tmp_path / "o.onnx"), ("inspect", fifo), ("check", sample, "--optimized", fifo)):
+        line = assert_one_line_error_real(run_real(*args, timeout=60), 2, "not a regular file")
+        assert str(fifo) in line
+    assert not (tmp_path / "o.onnx").exists()
 
 
 def test_names_at_the_filesystems_limit(place):
