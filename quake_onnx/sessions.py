@@ -141,22 +141,23 @@ def extensions_library() -> Optional[str]:
 def quake_library() -> Optional[str]:
     """The com.quake library's path; None when this installation has none (a
     model without com.quake nodes still loads, one with them says what is
-    missing). Raises LibraryError when QUAKE_ONNX_LIBRARY names no file: the
-    user asked for that library, and running without it would fail later as
-    "com.quake:... is not a registered function/op"."""
+    missing: missing_quake_library). Raises LibraryError when
+    QUAKE_ONNX_LIBRARY names no file: the user asked for that library, and
+    running without it would fail later as "com.quake:... is not a
+    registered function/op"."""
     from ._library import get_library_path, library_override
 
-    try:
+    missing = missing_quake_library()
+    if missing is None:
         return get_library_path()
-    except FileNotFoundError as e:
-        if library_override():
-            raise LibraryError(str(e)) from None
-        return None
+    if library_override():
+        raise LibraryError(missing)
+    return None
 
 
 def missing_quake_library() -> Optional[str]:
-    """Why this installation has no com.quake library (get_library_path's
-    words: what to reinstall), or None when it has one."""
+    """Why there is no com.quake library (get_library_path's words: the
+    variable's path, or what to reinstall), or None when there is one."""
     from ._library import get_library_path
 
     try:
