@@ -261,7 +261,9 @@ def _consoles(stdout_taken: bool = False):
 
 
 def _is_stdout(path: Optional[Path]) -> bool:
-    return path is not None and str(path) == "-"
+    from .writes import is_stdout
+
+    return is_stdout(path)
 
 
 def _write_report(path: Optional[Path], text: Callable[[], str], written: Path, what: str = "report") -> None:
@@ -271,12 +273,8 @@ def _write_report(path: Optional[Path], text: Callable[[], str], written: Path, 
 
     if path is None:
         return
-    if _is_stdout(path):
-        sys.stdout.write(text())
-        sys.stdout.flush()
-        return
     try:
-        writes.write_bytes_atomic(text().encode(), path)
+        writes.write_report(text(), path)
     except OSError as e:
         typer.echo(f"error: wrote {written} but not the {what} {path}: {e.strerror or e}", err=True)
         raise typer.Exit(1) from None

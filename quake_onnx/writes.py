@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -187,6 +188,21 @@ def write_bytes_atomic(data: bytes, dest: Path, verify: Optional[Callable[[Path]
     except BaseException:
         _unlink(Path(tmp))
         raise
+
+
+def is_stdout(path: Optional[os.PathLike | str]) -> bool:
+    """True for a report path of '-': the report goes to standard output."""
+    return path is not None and str(path) == "-"
+
+
+def write_report(text: str, path: os.PathLike | str) -> None:
+    """A report: to standard output for '-' (is_stdout), else through
+    write_bytes_atomic. Raises OSError (and ModelFileError for a device)."""
+    if is_stdout(path):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    write_bytes_atomic(text.encode(), Path(path))
 
 
 def data_file_name(dest: Path, k: int = 0) -> str:

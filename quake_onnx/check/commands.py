@@ -5,7 +5,6 @@ options. Both return the exit code: 0 every threshold holds, 1 one fails
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -57,7 +56,7 @@ def _check_outputs(paths: dict[str, Optional[Path]], inputs: writes.InputFiles) 
     """The first report path that cannot be written, as an error message."""
     seen = {}
     for option, path in paths.items():
-        if path is None or str(path) == "-":
+        if path is None or writes.is_stdout(path):
             continue
         try:
             writes.check_output_path(path, f"{option} file", inputs)
@@ -71,12 +70,8 @@ def _check_outputs(paths: dict[str, Optional[Path]], inputs: writes.InputFiles) 
 
 
 def _write(path: Path, text: str) -> Optional[str]:
-    if str(path) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return None
     try:
-        writes.write_bytes_atomic(text.encode(), path)
+        writes.write_report(text, path)
     except OSError as e:
         return f"cannot write {path}: {e.strerror or e}"
     return None
@@ -94,7 +89,7 @@ def check_command(model: Path, options: CheckOptions, json_out: Optional[Path]) 
     if problem:
         _error(problem)
         return 2
-    to_stdout = json_out is not None and str(json_out) == "-"
+    to_stdout = writes.is_stdout(json_out)
     console, err = _console(to_stdout), _console(True)
     try:
         result = check_model(model, options)
@@ -261,7 +256,7 @@ def zoo_command(
 
 def _dashes(*paths: Optional[Path]) -> list[str]:
     names = ("--json", "--markdown", "--junit")
-    return [o for o, p in zip(names, paths) if p and str(p) == "-"]
+    return [o for o, p in zip(names, paths) if writes.is_stdout(p)]
 
 
 def _finish(report: dict, console: Console, err: Console, outputs: dict, warnings: list[str]) -> int:
