@@ -264,12 +264,16 @@ bool split_single_rows() {
   return on;
 }
 
-RowPlan plan_rows(size_t rows, size_t len) {
+// whole_rows: Softmax method "exaq", whose levels come from the whole row's
+// max; the long-row paths compute the quake method only, so its rows take
+// the one-pass path at any length.
+RowPlan plan_rows(size_t rows, size_t len, bool whole_rows) {
   const CacheSizes& caches = cache_sizes();
   const size_t row_bytes = len * sizeof(float);
   RowPlan plan{RowPlan::Path::kOnePass, 0, 1, 0};
   plan.group_rows = std::min<size_t>(64, std::max<size_t>(1, caches.l1d / kGroupL1Fraction / (2 * row_bytes)));
   plan.block = std::max<size_t>(1024, caches.l1d / 4 / sizeof(float));
+  if (whole_rows) return plan;
   // A power of two: pools of 2, 4, 8 threads get equal shares (3 chunks on 2 threads cap the gain at 1.5x).
   size_t chunks = 1;
   while (chunks * 2 <= std::min(kMaxChunksPerRow, len / kMinChunk)) chunks *= 2;
@@ -460,7 +464,7 @@ class AxisKernel : public QuakeKernel {
 
   template <typename T>
   void Run(Ort::KernelContext& ctx, const T* x, T* y, size_t outer, size_t len, size_t inner) const {
-    const RowPlan plan = plan_rows(outer, len);
+    const RowPlan plan = plan_rows(outer, len, exaq_);
     // In groups that fit L1: a group goes through the kernel's passes while in cache.
     const auto rows_fn = [this, &plan](const float* a, float* b, size_t rows, size_t n) {
       for (size_t r = 0; r < rows; r += plan.group_rows) {
@@ -473,11 +477,9 @@ class AxisKernel : public QuakeKernel {
       }
     };
     if (inner == 1) {
-      // The long-row paths compute the quake softmax only: EXAQ's levels
-      // come from the whole row's max, so its long rows stay whole.
       if constexpr (std::is_same<T, float>::value) {
-        if (!exaq_ && plan.path == RowPlan::Path::kSplit) return RunSplit(ctx, x, y, outer, len, plan.chunks_per_row);
-        if (!exaq_ && plan.path == RowPlan::Path::kTwoPass) return RunTwoPass(ctx, x, y, outer, len, plan, rows_fn);
+        if (plan.path == RowPlan::Path::kSplit) return RunSplit(ctx, x, y, outer, len, plan.chunks_per_row);
+        if (plan.path == RowPlan::Path::kTwoPass) return RunTwoPass(ctx, x, y, outer, len, plan, rows_fn);
       }
       const size_t rows_per_task = std::max<size_t>(1, kGrain / len);
       const size_t tasks = (outer + rows_per_task - 1) / rows_per_task;
