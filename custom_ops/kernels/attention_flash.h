@@ -313,8 +313,8 @@ struct Block {
   const AttentionHead& head;
   const AttentionTask& t;
   Scratch w;
-  const float* q;  // the task's Q rows [rows x d], float16 converted
-  size_t rows;
+  const float* q;  // the task's Q rows [rows() x d], float16 converted
+  size_t rows() const { return t.q1 - t.q0; }
 };
 
 // Key tile [kb, kb + cols) as the products read it: float16 K and V converted,
@@ -429,13 +429,13 @@ void tile_rows(const Block& b, const KeyTile& kt, size_t r0, size_t r1, size_t c
 void tile_all_rows(const Block& b, const KeyTile& kt, ptrdiff_t diag, bool first) {
   size_t r0 = 0;
   if (b.p.causal) {
-    for (; r0 < b.rows && live_columns(r0, kt.cols, diag) < kt.cols; r0 += kCausalPanelRows) {
-      const size_t r1 = std::min(b.rows, r0 + kCausalPanelRows);
+    for (; r0 < b.rows() && live_columns(r0, kt.cols, diag) < kt.cols; r0 += kCausalPanelRows) {
+      const size_t r1 = std::min(b.rows(), r0 + kCausalPanelRows);
       const size_t cols = live_columns(r1 - 1, kt.cols, diag);
       if (cols > 0) tile_rows(b, kt, r0, r1, cols, diag + static_cast<ptrdiff_t>(r0), first);
     }
   }
-  if (r0 < b.rows) tile_rows(b, kt, r0, b.rows, kt.cols, diag + static_cast<ptrdiff_t>(r0), first);
+  if (r0 < b.rows()) tile_rows(b, kt, r0, b.rows(), kt.cols, diag + static_cast<ptrdiff_t>(r0), first);
 }
 
 void flash_attention_block(const AttentionParams& p, const AttentionHead& head, const AttentionTask& t,
@@ -463,7 +463,7 @@ void flash_attention_block(const AttentionParams& p, const AttentionHead& head, 
 #else
   if (p.packed && k_end > t.k0) gemm::pack_right(w.q_packed, q, d, d, rows);  // Q^T [d x rows]
 #endif
-  const Block b{p, head, t, w, q, rows};
+  const Block b{p, head, t, w, q};
 
   bool first = true;
   for (size_t kb = t.k0; kb < k_end; kb += bk) {
