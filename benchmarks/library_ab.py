@@ -20,10 +20,13 @@ resolve"), so a difference of a few percent is no evidence.
 
 --op Attention (default): Q is [1, H, S, D], K and V [1, H_kv, S, D] (GQA
 when H_kv < H), no mask, scale 1/sqrt(D), float32, inputs standard normal.
---op Exp | Sigmoid | Silu | Gelu: one node at --order on a float32 tensor of
---shape, inputs standard normal times 3 (as `quake_onnx.bench ops`), or with
---denormal uniform in (-FLT_MIN, FLT_MIN). Both libraries take the ISA table
-QUAKE_ISA names, if set.
+--op Exp | Sigmoid | Silu | Gelu | Softmax | LogSoftmax: one node at --order
+on a float32 tensor of --shape (Softmax and LogSoftmax over its last axis),
+inputs standard normal times 3 (as `quake_onnx.bench ops`), or with
+--denormal uniform in (-FLT_MIN, FLT_MIN); --in-place feeds it X + 0, an
+Add's output that ONNX Runtime lets the node overwrite, as most nodes inside
+a model get their input. Both libraries take the ISA table QUAKE_ISA names,
+if set.
 """
 
 from __future__ import annotations
@@ -37,20 +40,29 @@ from onnx import TensorProto, helper
 
 from quake_onnx.check.paired import rotated_batches, session_batches
 
-ELEMENTWISE = ("Exp", "Sigmoid", "Silu", "Gelu")
+ONE_INPUT = ("Exp", "Sigmoid", "Silu", "Gelu", "Softmax", "LogSoftmax")  # order attribute, last axis
 
 
-def model(op: str, causal: bool, dim: int, order: int, precision: str = "float32") -> bytes:
-    """One com.quake node, float32 inputs and output of any shape."""
+def model(op: str, causal: bool, dim: int, order: int, precision: str = "float32", in_place: bool = False) -> bytes:
+    """One com.quake node, float32 inputs and output of any shape; with
+    `in_place`, a one-input op reads X + 0 (an Add's output, which ORT lets the
+    op overwrite, as inside a model) instead of the graph input."""
     if op == "Attention":
         names = "QKV"
         attrs = {"scale": float(dim) ** -0.5, "causal": int(causal), "precision": precision}
     else:
         names, attrs = "X", {"order": order}
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names]
-    node = helper.make_node(op, list(names), ["Y"], domain="com.quake", **attrs)
+    nodes = []
+    if in_place and op != "Attention":
+        nodes.append(helper.make_node("Add", ["X", "zero"], ["X0"]))
+        node_inputs = ["X0"]
+    else:
+        node_inputs = list(names)
+    nodes.append(helper.make_node(op, node_inputs, ["Y"], domain="com.quake", **attrs))
     output = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
-    graph = helper.make_graph([node], "library_ab", inputs, [output])
+    zero = [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])] if in_place else []
+    graph = helper.make_graph(nodes, "library_ab", inputs, [output], initializer=zero)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.quake", 1)])
     m.ir_version = 8
     return m.SerializeToString()
@@ -68,10 +80,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--a", required=True, help="path of library A (the baseline)")
     ap.add_argument("--b", required=True, help="path of library B")
-    ap.add_argument("--op", choices=("Attention", *ELEMENTWISE), default="Attention")
-    ap.add_argument("--shape", default="12x512x512", help="elementwise ops: the input's shape, e.g. 128x3072")
-    ap.add_argument("--order", type=int, choices=(1, 2, 3), default=2, help="elementwise ops: the order attribute")
-    ap.add_argument("--denormal", action="store_true", help="elementwise ops: subnormal inputs")
+    ap.add_argument("--op", choices=("Attention", *ONE_INPUT), default="Attention")
+    ap.add_argument("--shape", default="12x512x512", help="one-input ops: the input's shape, e.g. 128x3072")
+    ap.add_argument("--order", type=int, choices=(1, 2, 3), default=2, help="one-input ops: the order attribute")
+    ap.add_argument("--denormal", action="store_true", help="one-input ops: subnormal inputs")
+    ap.add_argument(
+        "--in-place", action="store_true", help="one-input ops: the input an Add's output the op may overwrite"
+    )
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--kv-heads", type=int, default=None, help="default: --heads")
     ap.add_argument("--seq", type=int, default=512)
@@ -100,7 +115,8 @@ def main() -> None:
         x = rng.uniform(-1.0, 1.0, shape) * tiny if args.denormal else rng.standard_normal(shape) * 3
         feeds = {"X": x.astype(np.float32)}
         what = f"{args.op} order {args.order} {args.shape}{' subnormal' if args.denormal else ''}"
-    data = model(args.op, args.causal, args.dim, args.order, args.precision)
+        what += " in place" if args.in_place else ""
+    data = model(args.op, args.causal, args.dim, args.order, args.precision, args.in_place)
     sessions = {"A": session(data, args.a, args.threads), "B": session(data, args.b, args.threads)}
     outputs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
     batches, _ = session_batches(sessions, feeds, args.budget)

@@ -611,6 +611,10 @@ void f32_to_f16_avx2(const float* x, uint16_t* y, size_t n) {
 
 // The layer softmax_long.h is written over.
 struct LongRowLayer {
+  // The terms add floor(t) to the exponent bits, which wrap for t >= 128
+  // (softmax_rows.h, head_k).
+  template <int Order>
+  static constexpr bool kSaturatingTerms = false;
   static float max_skip_nan(const float* x, size_t n) { return row_max_skip_nan(x, n); }
   static bool has_nan(const float* x, size_t n) { return row_has_nan(x, n); }
   template <int Order, bool Store, bool Scaled>
@@ -626,9 +630,10 @@ struct LongRowLayer {
   static float sum_exp(const float* x, float* y, size_t n, float m) {
     return sum_exp_shifted<Order, Store>(x, y, n, m);
   }
-  static void scale(float* y, size_t n, float c) {
+  static void scale(float* y, size_t n, float c) { scale_to(y, y, n, c); }
+  static void scale_to(const float* x, float* y, size_t n, float c) {  // y = x c
     const __m256 vc = _mm256_set1_ps(c);
-    map_avx2(y, y, n, [vc](__m256 v) { return _mm256_mul_ps(v, vc); });
+    map_avx2(x, y, n, [vc](__m256 v) { return _mm256_mul_ps(v, vc); });
   }
 };
 

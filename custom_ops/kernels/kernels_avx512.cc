@@ -624,6 +624,10 @@ void f32_to_f16_avx512(const float* x, uint16_t* y, size_t n) {
 
 // The layer softmax_long.h is written over.
 struct LongRowLayer {
+  // Orders 2 and 3 scale by VSCALEFPS: terms of t >= 128 are +inf (+inf: NaN);
+  // order 1 builds the exponent bits, which wrap (softmax_rows.h, head_k).
+  template <int Order>
+  static constexpr bool kSaturatingTerms = Order >= 2;
   static float max_skip_nan(const float* x, size_t n) { return row_max_skip_nan(x, n); }
   static bool has_nan(const float* x, size_t n) { return row_has_nan(x, n); }
   template <int Order, bool Store, bool Scaled>
@@ -639,9 +643,10 @@ struct LongRowLayer {
   static float sum_exp(const float* x, float* y, size_t n, float m) {
     return sum_exp_shifted<Order, Store>(x, y, n, m);
   }
-  static void scale(float* y, size_t n, float c) {
+  static void scale(float* y, size_t n, float c) { scale_to(y, y, n, c); }
+  static void scale_to(const float* x, float* y, size_t n, float c) {  // y = x c
     const __m512 vc = _mm512_set1_ps(c);
-    map_avx512(y, y, n, [vc](__m512 v) { return _mm512_mul_ps(v, vc); });
+    map_avx512(x, y, n, [vc](__m512 v) { return _mm512_mul_ps(v, vc); });
   }
 };
 

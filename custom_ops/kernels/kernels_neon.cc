@@ -480,6 +480,10 @@ void f32_to_f16_neon(const float* x, uint16_t* y, size_t n) {
 // The layer softmax_long.h is written over. FMAX propagates NaN, so a
 // block holding one has a NaN max (stats take it for a NaN row).
 struct LongRowLayer {
+  // The terms add floor(t) to the exponent bits, which wrap for t >= 128
+  // (softmax_rows.h, head_k).
+  template <int Order>
+  static constexpr bool kSaturatingTerms = false;
   static float max_skip_nan(const float* x, size_t n) { return row_max(x, n); }
   static bool has_nan(const float*, size_t) { return false; }  // a NaN would have made the max NaN
   template <int Order, bool Store, bool Scaled>
@@ -495,9 +499,10 @@ struct LongRowLayer {
   static float sum_exp(const float* x, float* y, size_t n, float m) {
     return sum_exp_shifted<Order, Store>(x, y, n, m);
   }
-  static void scale(float* y, size_t n, float c) {
+  static void scale(float* y, size_t n, float c) { scale_to(y, y, n, c); }
+  static void scale_to(const float* x, float* y, size_t n, float c) {  // y = x c
     const float32x4_t vc = vdupq_n_f32(c);
-    map_neon(y, y, n, [vc](float32x4_t v) { return vmulq_f32(v, vc); });
+    map_neon(x, y, n, [vc](float32x4_t v) { return vmulq_f32(v, vc); });
   }
 };
 // ----------------------------------------------------------------------------

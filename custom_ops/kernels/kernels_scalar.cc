@@ -194,6 +194,9 @@ void softmax_exaq_scalar(const float* x, float* y, size_t rows, size_t n, const 
 
 // The layer softmax_long.h is written over; sums in double, as the one-row kernels.
 struct LongRowLayer {
+  // The definition keeps the three passes (softmax_rows.h, head_k).
+  template <int Order>
+  static constexpr bool kSaturatingTerms = false;
   static float max_skip_nan(const float* x, size_t n) {
     float m = -std::numeric_limits<float>::infinity();
     for (size_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;  // NaN compares false: skipped
@@ -224,8 +227,9 @@ struct LongRowLayer {
   static float sum_exp(const float* x, float* y, size_t n, float m) {
     return static_cast<float>(sum_exp_shifted<Order, Store>(x, y, n, m));
   }
-  static void scale(float* y, size_t n, float c) {
-    for (size_t i = 0; i < n; ++i) y[i] *= c;
+  static void scale(float* y, size_t n, float c) { scale_to(y, y, n, c); }
+  static void scale_to(const float* x, float* y, size_t n, float c) {  // y = x c
+    for (size_t i = 0; i < n; ++i) y[i] = x[i] * c;
   }
 };
 // One online-softmax step of com.quake Attention (attention.h): the

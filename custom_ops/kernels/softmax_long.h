@@ -37,6 +37,10 @@
 //     the sum of e^(x - m); with Store, y = the terms
 //   void sub2(const float* x, float* y, size_t n, float a, float b);  // y = (x - a) - b
 //   void scale(float* y, size_t n, float c);                          // y *= c
+//   void scale_to(const float* x, float* y, size_t n, float c);       // y = x c
+//   template <int Order> static constexpr bool kSaturatingTerms;
+//     whether sum_exp2's terms are +inf (or NaN) for t >= 128 rather than
+//     wrapped exponent bits (softmax_rows.h, head_k)
 //   void fill(float* y, size_t n, float value);
 #pragma once
 

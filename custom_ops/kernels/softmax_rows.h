@@ -5,7 +5,8 @@
 //
 // Three passes per row: the max; the terms (stored for Softmax) and their
 // sum; the scaling (Softmax: y = term / sum) or the shift (LogSoftmax:
-// y = (x - max) - log(sum)). The terms are those of softmax_long.h, in base
+// y = (x - max) - log(sum)). Long Softmax rows on the AVX-512 table skip the
+// max pass (head_first, below). The terms are those of softmax_long.h, in base
 // 2: 2^t with t = fl(x log2(e) - k), k = floor(max log2(e)) an integer, so
 // the subtraction of the max folds into the exponential's first FMA exactly
 // (x log2(e) is not rounded before k is subtracted, and k is exact); a float
@@ -35,6 +36,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <vector>
 
 #include "softmax_long.h"
 
@@ -43,12 +45,71 @@ namespace rows {
 // Internal linkage: each ISA file compiles its own copy with its own flags.
 namespace {
 
+// The k of a Softmax row's terms. Any integer at or below the max's own
+// floor(max log2(e)) gives the same results up to the rounding of t, the
+// division by the sum cancelling 2^k. A row of kHeadMinRow elements or more
+// takes the k of the max of its first kHead elements when the row's max has
+// t = fl(max log2(e) - k) of at most kHeadSpan against it (its terms, at most
+// 2^kHeadSpan, and their sum stay far from overflow, 1 / sum from the
+// subnormals); other rows, and rows whose head holds no number or is beyond
+// kRowStatsLimit, take the max's own k. The rule depends on the row alone,
+// so results do not depend on the way they were computed (in place or not,
+// alone or in a batch). head_first takes the terms before the max: a sum of
+// at most 2^(kHeadSpan - 1) shows the rule holds (the sum is at least the
+// max's term), and the max pass, one of three, is skipped; a larger sum
+// (a row whose head runs far below its max, as left padding masked by -1e4
+// gives) costs a max pass, and where the rule gives the max's k, that row's
+// terms again and the rest of the call in three passes. In place (x = y),
+// the terms go to a buffer of the thread's, so x is still there if needed.
+// LogSoftmax keeps its three passes: it needs the max itself (x - max stays
+// exact near it). Rows shorter than kHeadMinRow too: there the passes over a
+// group of rows overlap one row's reductions with the next row's work,
+// which the head's reduction ahead of each row's terms undoes. Zen 4,
+// AVX-512, order 2, 1 thread, benchmarks/library_ab.py against three passes,
+// the speed-up's median over 7-9 paired rounds in several process runs
+// (rows of 128, whose code did not change, read 0.91-1.12x in the same
+// runs): with the head's k, rows of 64 0.85-0.89x, 128 0.99-1.00x, 192
+// 0.94x, 256 0.93-1.12x, 384 1.02-1.21x, 512 1.07-1.10x (12x512x512; in
+// place 0.99-1.00x, bound by memory), 3072 1.18-1.29x (in place
+// 1.16-1.17x), 32000 0.95-1.32x (in place 1.11x).
+constexpr size_t kHead = 16;
+constexpr size_t kHeadMinRow = 384;
+constexpr float kHeadSpan = 60.0f;
+
+// Row x's head k, when the rule may give it: Softmax rows of kHeadMinRow or
+// more, on a layer whose terms saturate to +inf for t >= 128 (where they
+// wrap, a row far above its head could sum below 2^(kHeadSpan - 1); the
+// AVX-512 table's orders 2 and 3).
 template <class L, int Order, bool Log>
-void softmax(const float* x, float* y, size_t rows, size_t n) {
+bool head_k(const float* x, size_t n, float* k) {
+  if (Log || !L::template kSaturatingTerms<Order> || n < kHeadMinRow) return false;
+  const float head = L::max_skip_nan(x, kHead);
+  if (!(std::fabs(head) <= kRowStatsLimit)) return false;
+  *k = longrow::base2_k(head);
+  return true;
+}
+
+// Whether a row with this max takes its head's k.
+inline bool head_k_stands(float max, float k) {
+  return std::isfinite(max) && longrow::fits_base2(max) && std::fma(max, kLog2e, -k) <= kHeadSpan;
+}
+
+// The k of the terms of row x, whose max m is finite and within kRowStatsLimit.
+template <class L, int Order, bool Log, bool HeadRule>
+float row_k(const float* x, size_t n, float m) {
+  float head;
+  return HeadRule && head_k<L, Order, Log>(x, n, &head) && head_k_stands(m, head) ? head : longrow::base2_k(m);
+}
+
+constexpr size_t kMaxGroup = 64;
+
+// The three passes over a group of rows: every row's max, every row's terms
+// and sum (against row_k's k), every row's scaling or shift.
+template <class L, int Order, bool Log, bool HeadRule>
+void three_passes(const float* x, float* y, size_t rows, size_t n) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-  constexpr size_t kMaxGroup = 64;
-  float m[kMaxGroup], s[kMaxGroup];
+  float m[kMaxGroup], s[kMaxGroup], k[kMaxGroup];
   for (size_t r0 = 0; r0 < rows; r0 += kMaxGroup) {
     const size_t g = std::min(kMaxGroup, rows - r0);
     const float* xg = x + r0 * n;
@@ -58,9 +119,12 @@ void softmax(const float* x, float* y, size_t rows, size_t n) {
       // Rows whose max is infinite or NaN are finished from x alone in the
       // last pass (this pass would overwrite x when it aliases y).
       if (std::isinf(m[i]) || std::isnan(m[i])) continue;
-      s[i] = longrow::fits_base2(m[i])
-                 ? L::template sum_exp2<Order, !Log, false>(xg + i * n, yg + i * n, n, longrow::base2_k(m[i]), 1.0f)
-                 : L::template sum_exp<Order, !Log>(xg + i * n, yg + i * n, n, m[i]);
+      if (longrow::fits_base2(m[i])) {
+        k[i] = row_k<L, Order, Log, HeadRule>(xg + i * n, n, m[i]);
+        s[i] = L::template sum_exp2<Order, !Log, false>(xg + i * n, yg + i * n, n, k[i], 1.0f);
+      } else {
+        s[i] = L::template sum_exp<Order, !Log>(xg + i * n, yg + i * n, n, m[i]);
+      }
     }
     for (size_t i = 0; i < g; ++i) {
       const float* xr = xg + i * n;
@@ -70,14 +134,61 @@ void softmax(const float* x, float* y, size_t rows, size_t n) {
       } else if (m[i] == -kInf) {
         L::fill(yr, n, L::has_nan(xr, n) ? kNaN : (Log ? -kInf : 0.0f));
       } else if (Log) {
-        const double log_sum = longrow::fits_base2(m[i]) ? longrow::base2_log_sum(s[i], longrow::base2_k(m[i]), m[i])
-                                                         : std::log(static_cast<double>(s[i]));
+        const double log_sum =
+            longrow::fits_base2(m[i]) ? longrow::base2_log_sum(s[i], k[i], m[i]) : std::log(static_cast<double>(s[i]));
         L::sub2(xr, yr, n, m[i], static_cast<float>(log_sum));
       } else {
-        L::scale(yr, n, 1.0f / s[i]);  // s > 0.84: the max element's term
+        L::scale(yr, n, 1.0f / s[i]);  // s > 0.84: the max element's term (t >= 0 with a head's k)
       }
     }
   }
+}
+
+// A thread's buffer of n floats for the terms of rows computed in place:
+// x must stay readable until each row's k is known.
+inline float* terms_buffer(size_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+// Softmax rows in groups, the terms first against each row's head's k, then
+// the scaling; from the first row whose k is not its head's, that row and
+// the rest of the call in three passes.
+template <class L, int Order>
+void head_first(const float* x, float* y, size_t rows, size_t n) {
+  constexpr float kHeadSum = 0x1p59f;  // 2^(kHeadSpan - 1): the max's t is at most kHeadSpan
+  float s[kMaxGroup];
+  for (size_t r0 = 0; r0 < rows; r0 += kMaxGroup) {
+    const size_t g = std::min(kMaxGroup, rows - r0);
+    const float* xg = x + r0 * n;
+    float* yg = y + r0 * n;
+    float* terms = x == y ? terms_buffer(g * n) : yg;
+    size_t i = 0;
+    for (; i < g; ++i) {
+      const float* xr = xg + i * n;
+      float head;
+      if (!head_k<L, Order, false>(xr, n, &head)) break;  // the head holds no number
+      s[i] = L::template sum_exp2<Order, true, false>(xr, terms + i * n, n, head, 1.0f);
+      if (!(s[i] <= kHeadSum) && !head_k_stands(L::max_skip_nan(xr, n), head)) break;
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (std::isnan(s[j])) {  // a NaN in the row (the max skips it)
+        L::fill(yg + j * n, n, std::numeric_limits<float>::quiet_NaN());
+      } else {
+        L::scale_to(terms + j * n, yg + j * n, n, 1.0f / s[j]);
+      }
+    }
+    if (i < g) return three_passes<L, Order, false, true>(xg + i * n, yg + i * n, rows - r0 - i, n);
+  }
+}
+
+template <class L, int Order, bool Log>
+void softmax(const float* x, float* y, size_t rows, size_t n) {
+  if constexpr (!Log && L::template kSaturatingTerms<Order>) {
+    if (n >= kHeadMinRow) return head_first<L, Order>(x, y, rows, n);
+  }
+  three_passes<L, Order, Log, false>(x, y, rows, n);
 }
 
 }  // namespace

@@ -559,6 +559,15 @@ std::vector<std::vector<float>> row_cases(std::mt19937& rng) {
       near[pos] = 0.0f;
       rows.push_back(near);
     }
+    // Left padding: the first quarter far below the rest, as masks of -1e4
+    // or -inf give, and heads 40 and 55 below the rest's max: a row's terms
+    // against its head's k or its max's (softmax_rows.h, kHeadSpan).
+    for (float pad : {-1e4f, -kInf, -30.0f, -45.0f}) {
+      std::normal_distribution<float> d(0.0f, 3.0f);
+      std::vector<float> r(n);
+      for (size_t i = 0; i < n; ++i) r[i] = i < n / 4 ? pad : d(rng);
+      rows.push_back(r);
+    }
   }
   return rows;
 }
@@ -572,7 +581,7 @@ void test_row_batches(const KernelTable* t, std::mt19937& rng) {
       std::snprintf(name, sizeof name, "%s order %d %s: row batches equal single rows, in place too", t->name, order,
                     op == kSoftmax ? "softmax" : "logsoftmax");
       Case c(name);
-      for (size_t n : {1, 2, 7, 16, 17, 31, 64, 65, 128, 333, 1024, 5000}) {
+      for (size_t n : {1, 2, 7, 16, 17, 31, 64, 65, 128, 333, 400, 1024, 5000}) {
         const size_t rows = n >= 1024 ? 3 : 37;
         std::vector<float> x(rows * n);
         for (size_t r = 0; r < rows; ++r) {
@@ -590,6 +599,9 @@ void test_row_batches(const KernelTable* t, std::mt19937& rng) {
             case 4:
               for (size_t i = 0; i < n; i += 2) row[i] = -FLT_MAX;
               break;  // float-lowest mask
+            case 5:
+              for (size_t i = 0; i < n * 3 / 4; ++i) row[i] = -1e4f;
+              break;  // left padding: a head far below the max (softmax_rows.h)
             default:
               break;
           }
@@ -1296,7 +1308,7 @@ void test_exaq(const KernelTable* t, const KernelTable* scalar) {
           c.check(xb.guards_ok(off, n), "n %zu off %zu: in place wrote outside", n, off);
         }
       }
-      for (size_t n : {1, 2, 7, 16, 17, 31, 64, 65, 128, 333, 1024, 5000}) {
+      for (size_t n : {1, 2, 7, 16, 17, 31, 64, 65, 128, 333, 400, 1024, 5000}) {
         const size_t rows = n >= 1024 ? 3 : 37;
         std::vector<float> x(rows * n);
         for (size_t r = 0; r < rows; ++r) {
