@@ -144,8 +144,11 @@ void three_passes(const float* x, float* y, size_t rows, size_t n) {
   }
 }
 
-// A thread's buffer of n floats for the terms of rows computed in place:
-// x must stay readable until each row's k is known.
+// A thread's buffer of n <= kHeadBuffer floats for the terms of rows
+// computed in place: x must stay readable until each row's k is known.
+// Longer rows in place (float16 rows, which reach this kernel whole at any
+// length) take three passes rather than hold a buffer of their size.
+constexpr size_t kHeadBuffer = size_t{1} << 16;
 inline float* terms_buffer(size_t n) {
   thread_local std::vector<float> buf;
   if (buf.size() < n) buf.resize(n);
@@ -159,8 +162,9 @@ template <class L, int Order>
 void head_first(const float* x, float* y, size_t rows, size_t n) {
   constexpr float kHeadSum = 0x1p59f;  // 2^(kHeadSpan - 1): the max's t is at most kHeadSpan
   float s[kMaxGroup];
-  for (size_t r0 = 0; r0 < rows; r0 += kMaxGroup) {
-    const size_t g = std::min(kMaxGroup, rows - r0);
+  const size_t group = x == y ? std::min(kMaxGroup, kHeadBuffer / n) : kMaxGroup;
+  for (size_t r0 = 0; r0 < rows; r0 += group) {
+    const size_t g = std::min(group, rows - r0);
     const float* xg = x + r0 * n;
     float* yg = y + r0 * n;
     float* terms = x == y ? terms_buffer(g * n) : yg;
@@ -186,7 +190,8 @@ void head_first(const float* x, float* y, size_t rows, size_t n) {
 template <class L, int Order, bool Log>
 void softmax(const float* x, float* y, size_t rows, size_t n) {
   if constexpr (!Log && L::template kSaturatingTerms<Order>) {
-    if (n >= kHeadMinRow) return head_first<L, Order>(x, y, rows, n);
+    if (n >= kHeadMinRow && (x != y || n <= kHeadBuffer)) return head_first<L, Order>(x, y, rows, n);
+    if (n >= kHeadMinRow) return three_passes<L, Order, Log, true>(x, y, rows, n);
   }
   three_passes<L, Order, Log, false>(x, y, rows, n);
 }
