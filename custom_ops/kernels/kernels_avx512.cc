@@ -624,7 +624,7 @@ void f32_to_f16_avx512(const float* x, uint16_t* y, size_t n) {
 
 // The layer softmax_long.h is written over.
 struct LongRowLayer {
-  // Orders 2 and 3 scale by VSCALEFPS: terms of t >= 128 are +inf (+inf: NaN);
+  // Orders 2 and 3 scale by VSCALEFPS: terms of t >= 128 (and t = +inf) are +inf;
   // order 1 builds the exponent bits, which wrap (softmax_rows.h, head_k).
   template <int Order>
   static constexpr bool kSaturatingTerms = Order >= 2;

@@ -27,7 +27,8 @@
 //
 // Results: Softmax abs error per element <= ~2x the core's relative error
 // times the element, rows sum to 1 within a few ulp per lane sum; LogSoftmax
-// abs error <= ~the core's relative error; a term below 2^-126 -> 0. All -inf
+// abs error <= ~the core's relative error; a term below 2^-126 -> 0 (results
+// below FLT_MIN 0, or subnormal under the head rule below). All -inf
 // row -> 0 (LogSoftmax: -inf); a NaN or +inf anywhere in a row -> NaN row.
 // x and y may alias.
 #pragma once
@@ -36,6 +37,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <new>
 #include <vector>
 
 #include "softmax_long.h"
@@ -49,10 +51,11 @@ namespace {
 // floor(max log2(e)) gives the same results up to the rounding of t, the
 // division by the sum cancelling 2^k. A row of kHeadMinRow elements or more
 // takes the k of the max of its first kHead elements when the row's max has
-// t = fl(max log2(e) - k) of at most kHeadSpan against it (its terms, at most
-// 2^kHeadSpan, and their sum stay far from overflow, 1 / sum from the
-// subnormals); other rows, and rows whose head holds no number or is beyond
-// kRowStatsLimit, take the max's own k. The rule depends on the row alone,
+// t = fl(max log2(e) - k) of at most kHeadSpan against it (its terms, about
+// 2^kHeadSpan at most, and their sum stay far from overflow, 1 / sum from
+// the subnormals); other rows, and rows whose head holds no number or is
+// beyond kRowStatsLimit - 64, take the max's own k. With a head's k, results
+// below FLT_MIN may come out subnormal where the max's k flushes them to 0. The rule depends on the row alone,
 // so results do not depend on the way they were computed (in place or not,
 // alone or in a batch). head_first takes the terms before the max: a sum of
 // at most 2^(kHeadSpan - 1) shows the rule holds (the sum is at least the
@@ -84,7 +87,11 @@ template <class L, int Order, bool Log>
 bool head_k(const float* x, size_t n, float* k) {
   if (Log || !L::template kSaturatingTerms<Order> || n < kHeadMinRow) return false;
   const float head = L::max_skip_nan(x, kHead);
-  if (!(std::fabs(head) <= kRowStatsLimit)) return false;
+  // t <= kHeadSpan against the head's k puts the max within kHeadSpan / log2(e)
+  // < 64 of the head: a head 64 inside kRowStatsLimit keeps such a max within
+  // it, so a sum accepted without the max never meets a max three_passes
+  // would take in base e.
+  if (!(std::fabs(head) <= kRowStatsLimit - 64.0f)) return false;
   *k = longrow::base2_k(head);
   return true;
 }
@@ -138,7 +145,7 @@ void three_passes(const float* x, float* y, size_t rows, size_t n) {
             longrow::fits_base2(m[i]) ? longrow::base2_log_sum(s[i], k[i], m[i]) : std::log(static_cast<double>(s[i]));
         L::sub2(xr, yr, n, m[i], static_cast<float>(log_sum));
       } else {
-        L::scale(yr, n, 1.0f / s[i]);  // s > 0.84: the max element's term (t >= 0 with a head's k)
+        L::scale(yr, n, 1.0f / s[i]);  // s > 0.84: the max element's term (t > -0.25)
       }
     }
   }
@@ -149,9 +156,17 @@ void three_passes(const float* x, float* y, size_t rows, size_t n) {
 // Longer rows in place (float16 rows, which reach this kernel whole at any
 // length) take three passes rather than hold a buffer of their size.
 constexpr size_t kHeadBuffer = size_t{1} << 16;
+// Null when it cannot be had (the caller takes three passes: no exception
+// may leave an ONNX Runtime pool task).
 inline float* terms_buffer(size_t n) {
   thread_local std::vector<float> buf;
-  if (buf.size() < n) buf.resize(n);
+  if (buf.size() < n) {
+    try {
+      buf.resize(n);
+    } catch (const std::bad_alloc&) {
+      return nullptr;
+    }
+  }
   return buf.data();
 }
 
@@ -168,6 +183,7 @@ void head_first(const float* x, float* y, size_t rows, size_t n) {
     const float* xg = x + r0 * n;
     float* yg = y + r0 * n;
     float* terms = x == y ? terms_buffer(g * n) : yg;
+    if (terms == nullptr) return three_passes<L, Order, false, true>(xg, yg, rows - r0, n);
     size_t i = 0;
     for (; i < g; ++i) {
       const float* xr = xg + i * n;
