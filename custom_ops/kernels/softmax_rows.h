@@ -5,7 +5,7 @@
 //
 // Three passes per row: the max; the terms (stored for Softmax) and their
 // sum; the scaling (Softmax: y = term / sum) or the shift (LogSoftmax:
-// y = (x - max) - log(sum)). Long Softmax rows on the AVX-512 table skip the
+// y = (x - max) - log(sum)). Long rows on the AVX-512 table skip the
 // max pass (head_first, below). The terms are those of softmax_long.h, in base
 // 2: 2^t with t = fl(x log2(e) - k), k = floor(max log2(e)) an integer, so
 // the subtraction of the max folds into the exponential's first FMA exactly
@@ -47,52 +47,61 @@ namespace rows {
 // Internal linkage: each ISA file compiles its own copy with its own flags.
 namespace {
 
-// The k of a Softmax row's terms. Any integer at or below the max's own
-// floor(max log2(e)) gives the same results up to the rounding of t, the
-// division by the sum cancelling 2^k. A row of kHeadMinRow elements or more
-// takes the k of the max of its first kHead elements when the row's max has
+// The k of a row's terms. Any integer at or below the max's own
+// floor(max log2(e)) gives the same results up to the rounding of t: the
+// division by the sum cancels 2^k (LogSoftmax: the log of the sum is taken
+// back by base2_log_sum). A row of kHeadMinRow elements or more takes the k
+// of the max of its first kHead elements (its head) when the row's max has
 // t = fl(max log2(e) - k) of at most kHeadSpan against it (its terms, about
 // 2^kHeadSpan at most, and their sum stay far from overflow, 1 / sum from
 // the subnormals); other rows, and rows whose head holds no number or is
-// beyond kRowStatsLimit - 64, take the max's own k. With a head's k, results
-// below FLT_MIN may come out subnormal where the max's k flushes them to 0. The rule depends on the row alone,
-// so results do not depend on the way they were computed (in place or not,
-// alone or in a batch). head_first takes the terms before the max: a sum of
-// at most 2^(kHeadSpan - 1) shows the rule holds (the sum is at least the
-// max's term), and the max pass, one of three, is skipped; a larger sum
-// (a row whose head runs far below its max, as left padding masked by -1e4
-// gives) costs a max pass, and where the rule gives the max's k, that row's
-// terms again and the rest of the call in three passes. In place (x = y),
-// the terms go to a buffer of the thread's, so x is still there if needed.
-// LogSoftmax keeps its three passes: it needs the max itself (x - max stays
-// exact near it). Rows shorter than kHeadMinRow too: there the passes over a
-// group of rows overlap one row's reductions with the next row's work,
-// which the head's reduction ahead of each row's terms undoes. Zen 4,
-// AVX-512, order 2, 1 thread, benchmarks/library_ab.py against three passes,
-// the speed-up's median over 7-9 paired rounds in several process runs
-// (rows of 128, whose code did not change, read 0.91-1.12x in the same
-// runs): with the head's k, rows of 64 0.85-0.89x, 128 0.99-1.00x, 192
-// 0.94x, 256 0.93-1.12x, 384 1.02-1.21x, 512 1.07-1.10x (12x512x512; in
-// place 0.99-1.00x, bound by memory), 3072 1.18-1.29x (in place
-// 1.16-1.17x), 32000 0.95-1.32x (in place 1.11x).
+// beyond kRowStatsLimit - 64, take the max's own k. LogSoftmax rows that
+// take the head's k subtract the head's max where others subtract the max,
+// y = (x - head) - log_sum: near the max both terms stay below about 64, so
+// their roundings (4e-6 at most) stay far inside the order's error. With a
+// head's k, Softmax results below FLT_MIN may come out subnormal where the
+// max's k flushes them to 0. The rule depends on the row alone, so results
+// do not depend on the way they were computed (in place or not, alone or in
+// a batch). head_first takes the terms before the max: a sum of at most
+// 2^(kHeadSpan - 1) shows the rule holds (the sum is at least the max's
+// term), and the max pass, one of three, is skipped; a larger sum (a row
+// whose head runs far below its max, as left padding masked by -1e4 gives)
+// costs a max pass, and where the rule gives the max's k, that row's terms
+// again and the rest of the call in three passes. Softmax rows in place
+// (x = y) keep their terms in a buffer of the thread's until their k is
+// settled; LogSoftmax stores no terms. Rows shorter than kHeadMinRow keep
+// the max pass: there the passes over a group of rows overlap one row's
+// reductions with the next row's work, which the head's reduction ahead of
+// each row's terms undoes. Zen 4, AVX-512, order 2, 1 thread,
+// benchmarks/library_ab.py against three passes, Softmax, the speed-up's
+// median over 7-9 paired rounds in several process runs (rows of 128, whose
+// code did not change, read 0.91-1.12x in the same runs): rows of 64
+// 0.85-0.89x, 128 0.99-1.00x, 192 0.94x, 256 0.93-1.12x, 384 1.02-1.21x,
+// 512 1.07-1.10x (12x512x512; in place 0.99-1.00x, bound by memory), 3072
+// 1.18-1.29x (in place 1.16-1.17x), 32000 0.95-1.32x (in place 1.11x).
 constexpr size_t kHead = 16;
 constexpr size_t kHeadMinRow = 384;
 constexpr float kHeadSpan = 60.0f;
 
-// Row x's head k, when the rule may give it: Softmax rows of kHeadMinRow or
-// more, on a layer whose terms saturate to +inf for t >= 128 (where they
-// wrap, a row far above its head could sum below 2^(kHeadSpan - 1); the
-// AVX-512 table's orders 2 and 3).
-template <class L, int Order, bool Log>
-bool head_k(const float* x, size_t n, float* k) {
-  if (Log || !L::template kSaturatingTerms<Order> || n < kHeadMinRow) return false;
-  const float head = L::max_skip_nan(x, kHead);
+// A row's head: the max of its first kHead elements and that max's k.
+struct Head {
+  float max, k;
+};
+
+// Row x's head, when the rule may give its k: rows of kHeadMinRow or more,
+// on a layer whose terms saturate to +inf for t >= 128 (where they wrap, a
+// row far above its head could sum below 2^(kHeadSpan - 1); the AVX-512
+// table's orders 2 and 3).
+template <class L, int Order>
+bool head_of(const float* x, size_t n, Head* h) {
+  if (!L::template kSaturatingTerms<Order> || n < kHeadMinRow) return false;
+  h->max = L::max_skip_nan(x, kHead);
   // t <= kHeadSpan against the head's k puts the max within kHeadSpan / log2(e)
   // < 64 of the head: a head 64 inside kRowStatsLimit keeps such a max within
   // it, so a sum accepted without the max never meets a max three_passes
   // would take in base e.
-  if (!(std::fabs(head) <= kRowStatsLimit - 64.0f)) return false;
-  *k = longrow::base2_k(head);
+  if (!(std::fabs(h->max) <= kRowStatsLimit - 64.0f)) return false;
+  h->k = longrow::base2_k(h->max);
   return true;
 }
 
@@ -101,11 +110,14 @@ inline bool head_k_stands(float max, float k) {
   return std::isfinite(max) && longrow::fits_base2(max) && std::fma(max, kLog2e, -k) <= kHeadSpan;
 }
 
-// The k of the terms of row x, whose max m is finite and within kRowStatsLimit.
-template <class L, int Order, bool Log, bool HeadRule>
-float row_k(const float* x, size_t n, float m) {
-  float head;
-  return HeadRule && head_k<L, Order, Log>(x, n, &head) && head_k_stands(m, head) ? head : longrow::base2_k(m);
+// What the terms of row x are taken against, given its max m (finite, within
+// kRowStatsLimit): the rule's k, and the float LogSoftmax subtracts first
+// (x - ref, then the log of the sum taken back to ref: base2_log_sum).
+template <class L, int Order, bool HeadRule>
+Head row_ref(const float* x, size_t n, float m) {
+  Head h;
+  if (HeadRule && head_of<L, Order>(x, n, &h) && head_k_stands(m, h.k)) return h;
+  return Head{m, longrow::base2_k(m)};
 }
 
 constexpr size_t kMaxGroup = 64;
@@ -116,7 +128,8 @@ template <class L, int Order, bool Log, bool HeadRule>
 void three_passes(const float* x, float* y, size_t rows, size_t n) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
   constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-  float m[kMaxGroup], s[kMaxGroup], k[kMaxGroup];
+  float m[kMaxGroup], s[kMaxGroup];
+  Head ref[kMaxGroup];
   for (size_t r0 = 0; r0 < rows; r0 += kMaxGroup) {
     const size_t g = std::min(kMaxGroup, rows - r0);
     const float* xg = x + r0 * n;
@@ -127,8 +140,8 @@ void three_passes(const float* x, float* y, size_t rows, size_t n) {
       // last pass (this pass would overwrite x when it aliases y).
       if (std::isinf(m[i]) || std::isnan(m[i])) continue;
       if (longrow::fits_base2(m[i])) {
-        k[i] = row_k<L, Order, Log, HeadRule>(xg + i * n, n, m[i]);
-        s[i] = L::template sum_exp2<Order, !Log, false>(xg + i * n, yg + i * n, n, k[i], 1.0f);
+        ref[i] = row_ref<L, Order, HeadRule>(xg + i * n, n, m[i]);
+        s[i] = L::template sum_exp2<Order, !Log, false>(xg + i * n, yg + i * n, n, ref[i].k, 1.0f);
       } else {
         s[i] = L::template sum_exp<Order, !Log>(xg + i * n, yg + i * n, n, m[i]);
       }
@@ -140,10 +153,10 @@ void three_passes(const float* x, float* y, size_t rows, size_t n) {
         L::fill(yr, n, kNaN);
       } else if (m[i] == -kInf) {
         L::fill(yr, n, L::has_nan(xr, n) ? kNaN : (Log ? -kInf : 0.0f));
+      } else if (Log && !longrow::fits_base2(m[i])) {
+        L::sub2(xr, yr, n, m[i], static_cast<float>(std::log(static_cast<double>(s[i]))));
       } else if (Log) {
-        const double log_sum =
-            longrow::fits_base2(m[i]) ? longrow::base2_log_sum(s[i], k[i], m[i]) : std::log(static_cast<double>(s[i]));
-        L::sub2(xr, yr, n, m[i], static_cast<float>(log_sum));
+        L::sub2(xr, yr, n, ref[i].max, static_cast<float>(longrow::base2_log_sum(s[i], ref[i].k, ref[i].max)));
       } else {
         L::scale(yr, n, 1.0f / s[i]);  // s > 0.84: the max element's term (t > -0.25)
       }
@@ -170,43 +183,48 @@ inline float* terms_buffer(size_t n) {
   return buf.data();
 }
 
-// Softmax rows in groups, the terms first against each row's head's k, then
-// the scaling; from the first row whose k is not its head's, that row and
-// the rest of the call in three passes.
-template <class L, int Order>
+// Rows in groups, the terms first against each row's head's k, then the
+// scaling (LogSoftmax: the shift); from the first row whose k is not its
+// head's, that row and the rest of the call in three passes.
+template <class L, int Order, bool Log>
 void head_first(const float* x, float* y, size_t rows, size_t n) {
   constexpr float kHeadSum = 0x1p59f;  // 2^(kHeadSpan - 1): the max's t is at most kHeadSpan
+  constexpr bool kStore = !Log;        // LogSoftmax needs only the sum
   float s[kMaxGroup];
-  const size_t group = x == y ? std::min(kMaxGroup, kHeadBuffer / n) : kMaxGroup;
+  Head h[kMaxGroup];
+  const bool buffered = kStore && x == y;
+  const size_t group = buffered ? std::min(kMaxGroup, kHeadBuffer / n) : kMaxGroup;
   for (size_t r0 = 0; r0 < rows; r0 += group) {
     const size_t g = std::min(group, rows - r0);
     const float* xg = x + r0 * n;
     float* yg = y + r0 * n;
-    float* terms = x == y ? terms_buffer(g * n) : yg;
-    if (terms == nullptr) return three_passes<L, Order, false, true>(xg, yg, rows - r0, n);
+    float* terms = buffered ? terms_buffer(g * n) : yg;
+    if (terms == nullptr) return three_passes<L, Order, Log, true>(xg, yg, rows - r0, n);
     size_t i = 0;
     for (; i < g; ++i) {
       const float* xr = xg + i * n;
-      float head;
-      if (!head_k<L, Order, false>(xr, n, &head)) break;  // the head holds no number
-      s[i] = L::template sum_exp2<Order, true, false>(xr, terms + i * n, n, head, 1.0f);
-      if (!(s[i] <= kHeadSum) && !head_k_stands(L::max_skip_nan(xr, n), head)) break;
+      if (!head_of<L, Order>(xr, n, &h[i])) break;  // the head holds no number
+      s[i] = L::template sum_exp2<Order, kStore, false>(xr, terms + i * n, n, h[i].k, 1.0f);
+      if (!(s[i] <= kHeadSum) && !head_k_stands(L::max_skip_nan(xr, n), h[i].k)) break;
     }
     for (size_t j = 0; j < i; ++j) {
+      float* yr = yg + j * n;
       if (std::isnan(s[j])) {  // a NaN in the row (the max skips it)
-        L::fill(yg + j * n, n, std::numeric_limits<float>::quiet_NaN());
+        L::fill(yr, n, std::numeric_limits<float>::quiet_NaN());
+      } else if (Log) {
+        L::sub2(xg + j * n, yr, n, h[j].max, static_cast<float>(longrow::base2_log_sum(s[j], h[j].k, h[j].max)));
       } else {
-        L::scale_to(terms + j * n, yg + j * n, n, 1.0f / s[j]);
+        L::scale_to(terms + j * n, yr, n, 1.0f / s[j]);
       }
     }
-    if (i < g) return three_passes<L, Order, false, true>(xg + i * n, yg + i * n, rows - r0 - i, n);
+    if (i < g) return three_passes<L, Order, Log, true>(xg + i * n, yg + i * n, rows - r0 - i, n);
   }
 }
 
 template <class L, int Order, bool Log>
 void softmax(const float* x, float* y, size_t rows, size_t n) {
-  if constexpr (!Log && L::template kSaturatingTerms<Order>) {
-    if (n >= kHeadMinRow && (x != y || n <= kHeadBuffer)) return head_first<L, Order>(x, y, rows, n);
+  if constexpr (L::template kSaturatingTerms<Order>) {
+    if (n >= kHeadMinRow && (Log || x != y || n <= kHeadBuffer)) return head_first<L, Order, Log>(x, y, rows, n);
     if (n >= kHeadMinRow) return three_passes<L, Order, Log, true>(x, y, rows, n);
   }
   three_passes<L, Order, Log, false>(x, y, rows, n);

@@ -630,24 +630,27 @@ void test_row_batches(const KernelTable* t, std::mt19937& rng) {
 // padding), and in place beyond kHeadBuffer (softmax_rows.h).
 void test_row_stats_limit_edge(const KernelTable* t) {
   for (int order = 1; order <= 3; ++order) {
-    char name[160];
-    std::snprintf(name, sizeof name, "%s order %d softmax: max beyond kRowStatsLimit, head within it", t->name, order);
-    Case c(name);
-    for (size_t n : {400, 70000}) {
-      std::vector<float> row(n);
-      for (size_t i = 0; i < n; ++i) row[i] = kRowStatsLimit - 10.0f - 0.5f * static_cast<float>(i % 7);
-      row[n / 2] = kRowStatsLimit + 8.0f;
-      std::vector<float> x(2 * n, 1.0f);
-      for (size_t i = 0; i < n / 4; ++i) x[i] = -1e4f;  // row 0: left padding
-      std::copy(row.begin(), row.end(), x.begin() + n);
-      const RowsFn fn = t->order[order - 1].softmax;
-      std::vector<float> single(n), batch(2 * n), inplace = row;
-      fn(row.data(), single.data(), 1, n);
-      fn(x.data(), batch.data(), 2, n);
-      fn(inplace.data(), inplace.data(), 1, n);
-      for (size_t i = 0; i < n; ++i) {
-        c.check(same(batch[n + i], single[i]), "n %zu i %zu: batched %a vs single %a", n, i, batch[n + i], single[i]);
-        c.check(same(inplace[i], single[i]), "n %zu i %zu: in place %a vs single %a", n, i, inplace[i], single[i]);
+    for (RowOp op : {kSoftmax, kLogSoftmax}) {
+      char name[160];
+      std::snprintf(name, sizeof name, "%s order %d %s: max beyond kRowStatsLimit, head within it", t->name, order,
+                    op == kSoftmax ? "softmax" : "logsoftmax");
+      Case c(name);
+      for (size_t n : {400, 70000}) {
+        std::vector<float> row(n);
+        for (size_t i = 0; i < n; ++i) row[i] = kRowStatsLimit - 10.0f - 0.5f * static_cast<float>(i % 7);
+        row[n / 2] = kRowStatsLimit + 8.0f;
+        std::vector<float> x(2 * n, 1.0f);
+        for (size_t i = 0; i < n / 4; ++i) x[i] = -1e4f;  // row 0: left padding
+        std::copy(row.begin(), row.end(), x.begin() + n);
+        const RowsFn fn = op == kSoftmax ? t->order[order - 1].softmax : t->order[order - 1].logsoftmax;
+        std::vector<float> single(n), batch(2 * n), inplace = row;
+        fn(row.data(), single.data(), 1, n);
+        fn(x.data(), batch.data(), 2, n);
+        fn(inplace.data(), inplace.data(), 1, n);
+        for (size_t i = 0; i < n; ++i) {
+          c.check(same(batch[n + i], single[i]), "n %zu i %zu: batched %a vs single %a", n, i, batch[n + i], single[i]);
+          c.check(same(inplace[i], single[i]), "n %zu i %zu: in place %a vs single %a", n, i, inplace[i], single[i]);
+        }
       }
     }
   }
