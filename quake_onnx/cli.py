@@ -7,6 +7,8 @@ traceback: scripts and CI logs read the message, people read one line."""
 from __future__ import annotations
 
 import errno
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -27,6 +29,7 @@ class _OneLineErrors(TyperGroup):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except typer.TyperException as e:  # click's ClickException and UsageError
@@ -45,6 +48,9 @@ class _OneLineErrors(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("error: interrupted", err=True)
             sys.exit(130)
+        except Terminated:
+            typer.echo("error: terminated", err=True)
+            sys.exit(128 + signal.SIGTERM)
         except Exception as e:  # a bug: still one line, with what to report
             if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:  # a path the user chose, any argument
                 typer.echo(f"error: file name too long: {e.filename or e}", err=True)
@@ -56,6 +62,33 @@ class _OneLineErrors(TyperGroup):
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+class Terminated(BaseException):
+    """SIGTERM (what `timeout`, CI runners and `kill` send), raised where
+    the interpreter is: like Ctrl-C's KeyboardInterrupt it unwinds through
+    every `finally` and context manager, so temporary files and folders go.
+    A BaseException, so no `except Exception` swallows it."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _output_file(text: str) -> Path:
+    """OUT as typed: a path naming a file. A trailing separator, or a last
+    part '.' or '..', names a folder (pathlib would drop it and write a file
+    of the folder's name); '-' is stdout, which takes reports, not models."""
+    if text == "-":
+        raise typer.BadParameter("'-' (stdout) takes reports, not models: give a file path")
+    if os.path.basename(text) in ("", ".", ".."):
+        raise typer.BadParameter(f"{text!r} names a folder; give a file path")
+    return Path(text)
+
+
+def _report_file(text: str) -> Path:
+    """A report's FILE as typed: '-' (stdout) or a path naming a file (_output_file)."""
+    return Path(text) if text == "-" else _output_file(text)
 
 
 app = typer.Typer(
@@ -283,7 +316,9 @@ def _write_report(path: Optional[Path], text: Callable[[], str], written: Path, 
 @app.command("optimize")
 def optimize_cmd(
     src: Path = typer.Argument(..., metavar="IN", help="ONNX model to optimise"),
-    dest: Optional[Path] = typer.Argument(None, metavar="OUT", help="where to write the result (omit with --in-place)"),
+    dest: Optional[Path] = typer.Argument(
+        None, metavar="OUT", parser=_output_file, help="where to write the result (omit with --in-place)"
+    ),
     order: int = _ORDER,
     ops: Optional[str] = _OPS,
     skip_nodes: Optional[List[str]] = _SKIP,
@@ -298,7 +333,7 @@ def optimize_cmd(
         False, "--explain", help="print every candidate node and why it was or wasn't replaced"
     ),
     report: Optional[Path] = typer.Option(
-        None, "--report", metavar="FILE", help="write the full report as JSON ('-': stdout)"
+        None, "--report", metavar="FILE", parser=_report_file, help="write the full report as JSON ('-': stdout)"
     ),
     in_place: bool = typer.Option(False, "--in-place", help="allow OUT to be IN (or omit OUT) and overwrite it"),
 ) -> None:
@@ -553,7 +588,7 @@ def check_cmd(
     tune_attention_precision: str = _TUNE_PRECISION,
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
     json_out: Optional[Path] = typer.Option(
-        None, "--json", metavar="FILE", help="write the result as JSON ('-': stdout)"
+        None, "--json", metavar="FILE", parser=_report_file, help="write the result as JSON ('-': stdout)"
     ),
 ) -> None:
     """Run MODEL with ONNX Runtime's ops and optimized with com.quake: output agreement, latency, thresholds."""
@@ -589,9 +624,15 @@ def check_cmd(
 
 
 _REPORTS = {
-    "json": typer.Option(None, "--json", metavar="FILE", help="write the report as JSON ('-': stdout)"),
+    "json": typer.Option(
+        None, "--json", metavar="FILE", parser=_report_file, help="write the report as JSON ('-': stdout)"
+    ),
     "markdown": typer.Option(
-        None, "--markdown", metavar="FILE", help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY; '-': stdout)"
+        None,
+        "--markdown",
+        metavar="FILE",
+        parser=_report_file,
+        help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY; '-': stdout)",
     ),
     "junit": typer.Option(
         None, "--junit", metavar="FILE", help="write JUnit XML, one testcase per model ('-': stdout)"
@@ -755,7 +796,7 @@ class _TuneProgress:
 @app.command("tune")
 def tune_cmd(
     src: Path = typer.Argument(..., metavar="IN", help="ONNX model to tune"),
-    dest: Path = typer.Argument(..., metavar="OUT", help="where to write the result"),
+    dest: Path = typer.Argument(..., metavar="OUT", parser=_output_file, help="where to write the result"),
     inputs: Optional[Path] = typer.Option(
         None,
         "--inputs",
@@ -794,10 +835,10 @@ def tune_cmd(
     ),
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
     report: Optional[Path] = typer.Option(
-        None, "--report", metavar="FILE.json", help="write the report as JSON ('-': stdout)"
+        None, "--report", metavar="FILE.json", parser=_report_file, help="write the report as JSON ('-': stdout)"
     ),
     markdown: Optional[Path] = typer.Option(
-        None, "--markdown", metavar="FILE", help="write the report as Markdown ('-': stdout)"
+        None, "--markdown", metavar="FILE", parser=_report_file, help="write the report as Markdown ('-': stdout)"
     ),
 ) -> None:
     """Measure on this machine and these inputs what to replace, at which order, with which ORT level and fusions;
@@ -880,7 +921,7 @@ def calibrate_cmd(
     src: Path = typer.Argument(
         ..., metavar="MODEL", help="a model with exaq Softmax nodes (optimize --softmax-method exaq)"
     ),
-    dest: Path = typer.Argument(..., metavar="OUT", help="where to write the calibrated model"),
+    dest: Path = typer.Argument(..., metavar="OUT", parser=_output_file, help="where to write the calibrated model"),
     inputs: Optional[List[Path]] = typer.Option(
         None,
         "--inputs",

@@ -318,7 +318,7 @@ def _write_pair(model: onnx.ModelProto, dest: Path, verify: Optional[Callable[[P
 def _remove_replaced(old_data: list[Path], new_data: Optional[Path], dest: Path, keep: Optional[InputFiles]) -> None:
     """Deletes the data files of the model just replaced at `dest`: not the
     new pair's, not one in `keep`, nothing outside its folder (ONNX never
-    reads there), and none that another model of the folder may use."""
+    reads there), and none that another model may still use."""
     folder = dest.parent
     root = os.path.realpath(folder)
     for file in old_data:
@@ -332,15 +332,27 @@ def _remove_replaced(old_data: list[Path], new_data: Optional[Path], dest: Path,
         _unlink(file)
 
 
+def _folders_down_to(data: Path, top: Path) -> list[Path]:
+    """`top` and every folder from it down to `data`'s (data lies inside top);
+    just top and data's folder when the path does not lead down from top."""
+    try:
+        parts = Path(os.path.normpath(data.parent)).relative_to(os.path.normpath(top)).parts
+    except ValueError:
+        return [top, data.parent]
+    return [top] + [top.joinpath(*parts[: i + 1]) for i in range(len(parts))]
+
+
 def _named_by_another_model(data: Path, dest: Path) -> bool:
-    """True when a `.onnx` file other than `dest`, in `dest`'s folder or in
-    `data`'s, references `data`: a model copied without its data still
-    points at it. A byte search for the name first (cheap on big models;
-    most files do not hold it), then the external data of a file that does,
-    read from its graph, compared by resolved path. An unreadable file may
-    be one, so it keeps `data`."""
+    """True when a `.onnx` file other than `dest`, in `dest`'s folder or any
+    folder between it and `data`'s (the only ones whose models can name
+    `data`: a location never leaves its model's folder), references `data`:
+    a model copied without its data still points at it. A byte search for
+    the name first (cheap on big models; most files do not hold it), then the
+    external data of a file that does, read from its graph, compared by
+    resolved path. An unreadable file may be one, so it keeps `data`."""
     needle, target = data.name.encode(), os.path.realpath(data)
-    models = {m for folder in {dest.parent, data.parent} for m in folder.glob("*") if m.suffix.lower() == ".onnx"}
+    folders = _folders_down_to(data, dest.parent)
+    models = {m for folder in folders for m in folder.glob("*") if m.suffix.lower() == ".onnx"}
     for sibling in sorted(models):
         if sibling == dest or not sibling.is_file():
             continue

@@ -359,3 +359,62 @@ def test_an_empty_external_tensor(tmp_path, monkeypatch):
     ] == "0"
     result = cli("optimize", "m.onnx", "o.onnx", "--min-elements", "0")
     assert result.exit_code == 0, result.stderr
+
+
+def test_a_data_file_a_model_in_a_subfolder_names_is_kept(tmp_path, monkeypatch):
+    # out/o.onnx keeps its weights at a/b/d.bin, which out/a/m.onnx also names
+    # (as b/d.bin): replacing out/o.onnx must not delete it.
+    out = tmp_path / "out"
+    (out / "a" / "b").mkdir(parents=True)
+    _, feeds, ref = save_external(out / "a", "m.onnx", "b/d.bin")
+    model = onnx.load(str(out / "a" / "m.onnx"), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "a/b/d.bin"
+    onnx.save(model, str(out / "o.onnx"))
+    src, _, _ = save_external(tmp_path, "in.onnx", "in.onnx.data")
+    monkeypatch.chdir(tmp_path)
+    result = cli("optimize", "in.onnx", "out/o.onnx", "--min-elements", "0")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "a" / "b" / "d.bin").exists()
+    np.testing.assert_allclose(run_model(out / "a" / "m.onnx", feeds), ref)
+    np.testing.assert_allclose(run_model(out / "o.onnx", feeds), ref, atol=3e-3)
+
+
+@pytest.mark.parametrize("out", ["nodir/", "new.onnx/", "new.onnx/.", "-"])
+def test_an_output_naming_a_folder_or_stdout_is_refused(tmp_path, monkeypatch, out):
+    # pathlib drops a trailing '/' or '/.': OUT would become a file of that name.
+    monkeypatch.chdir(tmp_path)
+    save_external(tmp_path, "m.onnx", "m.onnx.data")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_one_line_error(cli("optimize", "m.onnx", out), contains="give a file path")
+    assert_one_line_error(cli("optimize", "m.onnx", "ok.onnx", "--report", "sub/"), contains="names a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_sigterm_mid_write_leaves_no_temporaries(tmp_path):
+    # SIGTERM (timeout, CI runners) arrives while OUT's data file is staged:
+    # one line, exit 143, and nothing of the write left in OUT's folder.
+    import subprocess
+    import sys
+
+    import quake_onnx
+
+    save_external(tmp_path, "m.onnx", "m.onnx.data")
+    out = tmp_path / "out"
+    out.mkdir()
+    script = (
+        "import os, signal, sys\n"
+        "import quake_onnx.writes as w\n"
+        "def killed(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "w.write_bytes_atomic = killed\n"
+        "from quake_onnx.cli import run\n"
+        "sys.argv = ['quake-onnx', 'optimize', 'm.onnx', 'out/o.onnx', '--min-elements', '0']\n"
+        "run()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(quake_onnx.__file__).parent.parent))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert_one_line_error_real(proc, code=143, contains="terminated")
+    assert list(out.iterdir()) == []
