@@ -106,7 +106,7 @@ def summarize(outputs: list[dict]) -> dict:
 
     abs_errs = [num(o["max_abs_error"]) for o in outputs]
     cosines = [num(o["cosine"]) for o in outputs]
-    top1 = [o["top1_agreement"] for o in outputs if o["scores"]]
+    top1 = [o["top1_agreement"] for o in outputs if o["scores"] and o["top1_agreement"] is not None]
     return {
         "max_abs_error": cmp._jsonable(max(abs_errs)) if abs_errs else None,
         "min_cosine": cmp._jsonable(math.nan if any(map(math.isnan, cosines)) else min(cosines)) if cosines else None,
@@ -145,7 +145,7 @@ def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
         failures.append(f"cosine {cos:.6f} < {t.min_cosine:g} (output {_worst(outputs, 'cosine', False)})")
     top1 = summary["min_top1_agreement"]
     if t.min_top1_agreement is not None and top1 is not None and top1 < t.min_top1_agreement:
-        scores = [o for o in outputs if o["scores"]]
+        scores = [o for o in outputs if o["scores"] and o["top1_agreement"] is not None]
         failures.append(
             f"top-1 agreement {top1:.3f} < {t.min_top1_agreement:g} (output {_worst(scores, 'top1_agreement', False)})"
         )

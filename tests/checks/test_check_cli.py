@@ -1,6 +1,7 @@
 """`quake-onnx check`: thresholds and exit codes, input sources, one-line errors."""
 
 import json
+import warnings
 
 import numpy as np
 import onnx
@@ -110,6 +111,37 @@ def test_json_to_stdout_is_the_only_stdout(tmp_path):
     r = cli("check", LEGACY, *FAST, "--json", "-")
     assert r.exit_code == 0
     validate(json.loads(r.stdout), ref="#/$defs/model")
+
+
+def _softmax_model(path, rows):
+    """Softmax over [rows, 128]: rows 0 gives an empty input and output."""
+    from onnx import TensorProto, helper
+
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [rows, 128]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "g", info[:1], info[1:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return path
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_an_empty_output_is_a_verdict_without_warnings(tmp_path, static):
+    # No element differs: PASS, "-" where there is no row to agree on, and no
+    # numpy warning about the mean of an empty slice.
+    model = _softmax_model(tmp_path / "m.onnx", 0 if static else "n")
+    args = [] if static else ["--inputs", _npz(tmp_path / "x.npz", x=np.zeros((0, 128), np.float32))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = cli("check", model, "--runs", "2", "--warmup", "1", *args, "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert r.stdout.rstrip().endswith("PASS") and "Warning" not in r.stderr
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    row = next(line for line in r.stdout.splitlines() if "[0, 128]" in line)
+    assert [c.strip() for c in row.split("│")][-4:-1] == ["1.000000", "-", "-"], row  # cosine, top-1, top-k
+    result = json.loads((tmp_path / "r.json").read_text())
+    validate(result, ref="#/$defs/model")
+    (y,) = result["outputs"]
+    assert y["rows"] == 0 and y["top1_agreement"] is None and y["topk_agreement"] is None and y["cosine"] == 1.0
+    assert result["summary"]["min_top1_agreement"] is None
 
 
 @pytest.fixture
