@@ -144,6 +144,19 @@ def test_an_empty_output_is_a_verdict_without_warnings(tmp_path, static):
     assert result["summary"]["min_top1_agreement"] is None
 
 
+def test_an_optimized_model_that_fails_to_run_says_why(tmp_path):
+    # The original takes any number of rows, the "optimized" one 48: ORT's
+    # reason is on the lines after its first, and the one error line keeps it.
+    original = _softmax_model(tmp_path / "m.onnx", "n")
+    model = onnx.load(original)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 48
+    onnx.save(model, tmp_path / "o.onnx")
+    x = _npz(tmp_path / "x.npz", x=np.zeros((64, 128), np.float32))
+    r = cli("check", original, *FAST, "--optimized", tmp_path / "o.onnx", "--inputs", x)
+    line = one_line(r, 1, contains="the optimized model fails to run: ")
+    assert "for the following indices; index: 0 Got: 64 Expected: 48; Please fix" in line
+
+
 @pytest.fixture
 def bert_copy(tmp_path):
     model = tmp_path / "bert.onnx"
