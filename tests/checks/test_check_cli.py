@@ -290,3 +290,20 @@ def test_demo_still_runs():
     r = cli("demo", "--runs", "3")
     assert r.exit_code == 0, r.stdout + r.stderr
     assert "PASS" in r.stdout
+
+
+def test_demo_optimized_that_is_no_usable_model_is_bad_input(tmp_path):
+    # --optimized names the user's file: refused with one line naming it, exit 2.
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    line = one_line(cli("demo", "--runs", "1", "--optimized", text), 2, contains="--optimized: ")
+    assert f"{text} is not an ONNX model" in line
+    one_line(cli("demo", "--runs", "1", "--optimized", tmp_path / "none.onnx"), 2, contains="does not exist")
+    sample = onnx.load(ZOO.parent / "encoder_block.onnx")
+    sample.ir_version = 99
+    onnx.save(sample, tmp_path / "ir99.onnx")
+    line = one_line(cli("demo", "--runs", "1", "--optimized", tmp_path / "ir99.onnx"), 2)
+    assert "ONNX Runtime cannot load --optimized" in line and "Unsupported model IR version: 99" in line
+    other = _softmax_model(tmp_path / "other.onnx", 4)  # takes x, not the encoder block's X and MASK
+    line = one_line(cli("demo", "--runs", "1", "--optimized", other), 2, contains="does not run on the encoder block")
+    assert "Required inputs (['x']) are missing" in line
