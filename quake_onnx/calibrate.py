@@ -187,14 +187,14 @@ def calibrate(
         except sessions.LibraryError:
             raise
         except Exception as e:
-            raise CalibrateError(f"the input model does not load in ONNX Runtime: {sessions.first_line(e)}") from e
+            raise CalibrateError(f"the input model does not load in ONNX Runtime: {sessions.one_line(e)}") from e
         names = [o.name for o in sess.get_outputs()]
         runs = 0
         for feed in inputs:
             try:
                 values = dict(zip(names, sess.run(None, dict(feed))))
             except Exception as e:
-                raise CalibrateError(f"run {runs + 1} failed: {sessions.first_line(e)}") from e
+                raise CalibrateError(f"run {runs + 1} failed: {sessions.one_line(e)}") from e
             runs += 1
             for n in chosen:
                 x = values.get(n.input[0], feed.get(n.input[0]) if hasattr(feed, "get") else None)

@@ -13,16 +13,27 @@ from rich.table import Table
 
 import quake_onnx
 
+from . import modelio, sessions
 from .check.paired import settle
+from .modelio import ModelFileError
 
 
-def _session(model: bytes, threads: int, with_library: bool) -> ort.InferenceSession:
+def _session(
+    model: bytes | str, threads: int, with_library: bool, user_file: Path | None = None
+) -> ort.InferenceSession:
+    """A session of `model`; when it is the user's `user_file`, a model ONNX
+    Runtime refuses is bad input (ModelFileError), not a failure of the demo."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if with_library:
         so.register_custom_ops_library(quake_onnx.get_library_path())
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        if user_file is None:
+            raise
+        raise ModelFileError(f"ONNX Runtime cannot load --optimized {user_file}: {sessions.one_line(e)}") from None
 
 
 def _median_ms(session: ort.InferenceSession, feeds: dict, runs: int) -> float:
@@ -53,9 +64,13 @@ def run_demo(folder: Path | None = None, threads: int = 1, runs: int = 50, optim
     if not original.is_file():
         raise FileNotFoundError(f"{original} not found (build it with `python sample_models/build.py`)")
     if optimized is not None:
-        if not optimized.is_file():
-            raise FileNotFoundError(f"{optimized} not found")
-        quake_model = optimized.read_bytes()
+        # The user's file, checked as every command checks a model: a missing,
+        # corrupt or non-ONNX file, or missing external data, is bad input.
+        try:
+            modelio.check_external_data(modelio.load_graph(optimized), optimized)
+        except ModelFileError as e:
+            raise ModelFileError(f"--optimized: {e}") from None
+        quake_model: bytes | str = str(optimized)  # a path: ORT finds external data beside it
         summary = f"optimized model {optimized}"
     else:
         model, report = quake_onnx.optimize(str(original))
@@ -67,8 +82,21 @@ def run_demo(folder: Path | None = None, threads: int = 1, runs: int = 50, optim
     feeds = {"X": rng.standard_normal((1, 64, 128)).astype(np.float32), "MASK": mask}
 
     base = _session(original.read_bytes(), threads, with_library=False)
-    fast = _session(quake_model, threads, with_library=True)
-    y0, y1 = base.run(None, feeds)[0], fast.run(None, feeds)[0]
+    fast = _session(quake_model, threads, with_library=True, user_file=optimized)
+    y0 = base.run(None, feeds)[0]
+    try:
+        y1 = fast.run(None, feeds)[0]
+    except Exception as e:
+        if optimized is None:
+            raise
+        raise ModelFileError(
+            f"--optimized {optimized} does not run on the encoder block's inputs: {sessions.one_line(e)}"
+        ) from None
+    if y1.shape != y0.shape:
+        raise ModelFileError(
+            f"--optimized {optimized}: its first output has shape {list(y1.shape)}, the encoder block's "
+            f"{list(y0.shape)}"
+        )
     max_abs = float(np.abs(y0 - y1).max())
     cosine = float(np.dot(y0.ravel(), y1.ravel()) / (np.linalg.norm(y0) * np.linalg.norm(y1)))
     t0, t1 = _median_ms(base, feeds, runs), _median_ms(fast, feeds, runs)

@@ -59,7 +59,7 @@ def apply_ort_fusions(
     try:
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise FusionError(f"ONNX Runtime could not optimise the model: {sessions.first_line(e)}") from e
+        raise FusionError(f"ONNX Runtime could not optimise the model: {sessions.one_line(e)}") from e
     if not optimized.is_file():
         raise FusionError("ONNX Runtime did not save an optimised model")
     # ORT has written models it cannot load back (ops tied to its build);
@@ -71,7 +71,7 @@ def apply_ort_fusions(
             providers=["CPUExecutionProvider"],
         )
     except Exception as e:
-        raise FusionError(f"ONNX Runtime cannot reload its own optimised model: {sessions.first_line(e)}") from e
+        raise FusionError(f"ONNX Runtime cannot reload its own optimised model: {sessions.one_line(e)}") from e
     try:
         model = load_graph(optimized)
     except Exception as e:

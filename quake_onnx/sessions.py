@@ -36,11 +36,32 @@ class LibraryError(ModelFileError):
     that does not exist or does not load (exit 2)."""
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an ORT exception, whitespace folded, without the C++
-    source location and function signature ORT puts before some reasons."""
-    lines = str(error).strip().splitlines()
-    return _without_signature(" ".join(lines[0].split())) if lines else type(error).__name__
+# The longest message one_line gives: ORT's reasons take a few hundred
+# characters; a longer one (a dump of names or values) is cut.
+MESSAGE_LIMIT = 500
+
+
+def one_line(error: BaseException, limit: int = MESSAGE_LIMIT) -> str:
+    """An exception's message, ONNX Runtime's above all, as one line: every
+    line of it, whitespace folded, each without the C++ source location and
+    function signature ORT puts before some reasons, joined by "; " (a space
+    after a line ending in punctuation); nothing from a "Stacktrace:" line on;
+    cut to `limit` characters with "..." at the end."""
+    parts = []
+    for line in str(error).splitlines():
+        line = " ".join(line.split())
+        if line == "Stacktrace:":  # ORT's frames follow: places in its sources, not the reason
+            break
+        if line:
+            parts.append(_without_signature(line))
+    if not parts:
+        return type(error).__name__
+    text = parts[0]
+    for part in parts[1:]:
+        text += (" " if text[-1] in ".,:;!?" else "; ") + part
+    if len(text) > limit:
+        text = text[: limit - 3].rstrip() + "..."
+    return text
 
 
 # ".../model.cc:256 " before a C++ function signature, as ORT's ORT_ENFORCE and
@@ -202,7 +223,7 @@ def options(
         try:
             so.register_custom_ops_library(lib)
         except Exception as e:
-            raise LibraryError(_isa_refused(lib) or f"{_library_name(lib)} does not load: {first_line(e)}") from None
+            raise LibraryError(_isa_refused(lib) or f"{_library_name(lib)} does not load: {one_line(e)}") from None
     return so
 
 

@@ -149,6 +149,18 @@ def test_calibrate_refuses_models_without_exaq_nodes():
         calibrate(softmax_model(), gaussian_feeds(1.0))
 
 
+def test_a_failed_run_keeps_onnx_runtimes_explanation():
+    # ORT says which axis is wrong on the lines after the first: the one-line
+    # reason keeps them.
+    exaq_model, _ = optimize(softmax_model(), softmax_method="exaq", bits=3)
+    with pytest.raises(CalibrateError) as e:
+        calibrate(exaq_model, [{"X": np.zeros((4, 100), np.float32)}])
+    assert "\n" not in str(e.value)
+    assert "Got invalid dimensions for input: X for the following indices; index: 1 Got: 100 Expected: 256" in str(
+        e.value
+    )
+
+
 def test_cli_optimize_then_calibrate(tmp_path):
     src, exaq_path, out = tmp_path / "m.onnx", tmp_path / "m.exaq.onnx", tmp_path / "m.cal.onnx"
     onnx.save(softmax_model(), src)

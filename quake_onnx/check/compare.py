@@ -26,7 +26,7 @@ class OutputMetrics:
     cosine: float
     nonfinite_mismatch: int  # elements finite in one run and not (or not the same) in the other
     scores: bool  # treated as class scores / token logits
-    top1_agreement: Optional[float] = None  # share of rows whose argmax agrees
+    top1_agreement: Optional[float] = None  # share of rows whose argmax agrees (None: no rows)
     topk_agreement: Optional[float] = None  # mean |topk(ref) & topk(out)| / k over rows
     k: Optional[int] = None
     rows: Optional[int] = None
@@ -85,12 +85,13 @@ def compare(
         k = max(1, min(top_k, classes))
         r2 = np.asarray(reference, np.float64).reshape(-1, classes)
         o2 = np.asarray(output, np.float64).reshape(-1, classes)
-        metrics.top1_agreement = float(np.mean(np.argmax(r2, -1) == np.argmax(o2, -1)))
-        top_r = np.argsort(-r2, axis=-1, kind="stable")[:, :k]
-        top_o = np.argsort(-o2, axis=-1, kind="stable")[:, :k]
-        overlap = [len(set(a) & set(b)) / k for a, b in zip(top_r.tolist(), top_o.tolist())]
-        metrics.topk_agreement = float(np.mean(overlap))
         metrics.k, metrics.rows = k, int(r2.shape[0])
+        if metrics.rows:  # no rows (an empty output): no agreement to measure, left None
+            metrics.top1_agreement = float(np.mean(np.argmax(r2, -1) == np.argmax(o2, -1)))
+            top_r = np.argsort(-r2, axis=-1, kind="stable")[:, :k]
+            top_o = np.argsort(-o2, axis=-1, kind="stable")[:, :k]
+            overlap = [len(set(a) & set(b)) / k for a, b in zip(top_r.tolist(), top_o.tolist())]
+            metrics.topk_agreement = float(np.mean(overlap))
     return metrics
 
 
@@ -134,7 +135,8 @@ def merge(runs: list[OutputMetrics]) -> OutputMetrics:
     )
     if first.scores:
         rows = sum(r.rows or 0 for r in runs)
-        merged.top1_agreement = sum((r.top1_agreement or 0) * (r.rows or 0) for r in runs) / rows
-        merged.topk_agreement = sum((r.topk_agreement or 0) * (r.rows or 0) for r in runs) / rows
+        if rows:  # input sets whose output is empty add no rows; all empty: None, as in compare
+            merged.top1_agreement = sum((r.top1_agreement or 0) * (r.rows or 0) for r in runs) / rows
+            merged.topk_agreement = sum((r.topk_agreement or 0) * (r.rows or 0) for r in runs) / rows
         merged.k, merged.rows = first.k, rows
     return merged

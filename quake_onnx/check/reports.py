@@ -343,7 +343,11 @@ def _case_text(r: dict) -> str:
         lines.append(
             f"{o['name']}: max abs {_num(o['max_abs_error'], '.3e')}, max rel {_num(o['max_rel_error'], '.3e')}, "
             f"cosine {_num(o['cosine'], '.6f')}"
-            + (f", top-1 {o['top1_agreement']:.3f}, top-{o['k']} {o['topk_agreement']:.3f}" if o["scores"] else "")
+            + (
+                f", top-1 {_num(o['top1_agreement'], '.3f')}, top-{o['k']} {_num(o['topk_agreement'], '.3f')}"
+                if o["scores"]
+                else ""
+            )
         )
     if r.get("timing"):
         lines.append(timing_line(r))

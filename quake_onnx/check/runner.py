@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from ..modelio import ModelFileError
-from ..sessions import first_line as _first_line
+from ..sessions import one_line as _one_line
 from . import compare as cmp
 from .inputs import DEFAULT_IMAGE_SIZE, InputError, load_inputs
 from .timing import measure
@@ -106,7 +106,7 @@ def summarize(outputs: list[dict]) -> dict:
 
     abs_errs = [num(o["max_abs_error"]) for o in outputs]
     cosines = [num(o["cosine"]) for o in outputs]
-    top1 = [o["top1_agreement"] for o in outputs if o["scores"]]
+    top1 = [o["top1_agreement"] for o in outputs if o["scores"] and o["top1_agreement"] is not None]
     return {
         "max_abs_error": cmp._jsonable(max(abs_errs)) if abs_errs else None,
         "min_cosine": cmp._jsonable(math.nan if any(map(math.isnan, cosines)) else min(cosines)) if cosines else None,
@@ -145,7 +145,7 @@ def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
         failures.append(f"cosine {cos:.6f} < {t.min_cosine:g} (output {_worst(outputs, 'cosine', False)})")
     top1 = summary["min_top1_agreement"]
     if t.min_top1_agreement is not None and top1 is not None and top1 < t.min_top1_agreement:
-        scores = [o for o in outputs if o["scores"]]
+        scores = [o for o in outputs if o["scores"] and o["top1_agreement"] is not None]
         failures.append(
             f"top-1 agreement {top1:.3f} < {t.min_top1_agreement:g} (output {_worst(scores, 'top1_agreement', False)})"
         )
@@ -202,7 +202,7 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
     except ModelFileError as e:  # a --custom-ops-library that does not load
         raise CheckError(str(e), "load") from None
     except Exception as e:
-        raise CheckError(f"ONNX Runtime cannot load {model_path}: {_first_line(e)}", "load") from None
+        raise CheckError(f"ONNX Runtime cannot load {model_path}: {_one_line(e)}", "load") from None
 
     optimized_info: dict[str, Any] = {"order": options.order}
     with tempfile.TemporaryDirectory(prefix="quake-check-") as tmp:
@@ -228,7 +228,7 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
             except ModelFileError as e:
                 raise CheckError(f"optimize: {e}", "optimize", e.exit_code) from None
             except Exception as e:
-                raise CheckError(f"optimize failed: {type(e).__name__}: {_first_line(e)}", "optimize", 1) from None
+                raise CheckError(f"optimize failed: {type(e).__name__}: {_one_line(e)}", "optimize", 1) from None
             optimized_info.update(
                 source="optimized now",
                 replaced=len(report.replaced),
@@ -246,9 +246,9 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
         except Exception as e:
             if options.optimized is not None:  # the user's file: bad input, as for MODEL
                 raise CheckError(
-                    f"ONNX Runtime cannot load --optimized {fast_path}: {_first_line(e)}", "load-optimized"
+                    f"ONNX Runtime cannot load --optimized {fast_path}: {_one_line(e)}", "load-optimized"
                 ) from None
-            raise CheckError(f"the optimized model does not load: {_first_line(e)}", "load-optimized", 1) from None
+            raise CheckError(f"the optimized model does not load: {_one_line(e)}", "load-optimized", 1) from None
 
     del graph  # one model in memory at a time: the sessions hold their own copies
     names = [o.name for o in original.get_outputs()]
@@ -264,14 +264,14 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
             ref = original.run(names, data.feeds)
         except Exception as e:
             raise CheckError(
-                f"the original model does not run on {data.name} inputs: {_first_line(e)}"
+                f"the original model does not run on {data.name} inputs: {_one_line(e)}"
                 + ("; set --vocab or --dim" if inputs.source == "generated" else ""),
                 "run",
             ) from None
         try:
             out = fast.run(names, data.feeds)
         except Exception as e:
-            raise CheckError(f"the optimized model fails to run: {_first_line(e)}", "run-optimized", 1) from None
+            raise CheckError(f"the optimized model fails to run: {_one_line(e)}", "run-optimized", 1) from None
         for n, r, o in zip(names, ref, out):
             try:
                 per_output[n].append(cmp.compare(n, r, o, options.top_k))
@@ -394,7 +394,7 @@ def _tune(model_path: Path, dest: Path, options: CheckOptions, warnings: list) -
     except ModelFileError as e:
         raise CheckError(f"tune: {e}", "tune", e.exit_code) from None
     except Exception as e:
-        raise CheckError(f"tune failed: {type(e).__name__}: {_first_line(e)}", "tune", 1) from None
+        raise CheckError(f"tune failed: {type(e).__name__}: {_one_line(e)}", "tune", 1) from None
     warnings.extend(report["warnings"])
     replaced = [n for n in report["nodes"] if n["decision"] == "replaced"]
     per_rule: dict = {}
@@ -511,7 +511,7 @@ def check_safely(model_path: Path, options: CheckOptions, name: str) -> dict:
             model_path,
             name,
             e.stage,
-            _first_line(e),
+            _one_line(e),
             thresholds=options.thresholds,
             seconds=time.perf_counter() - started,
         )
@@ -529,7 +529,7 @@ def check_safely(model_path: Path, options: CheckOptions, name: str) -> dict:
             model_path,
             name,
             "internal",
-            f"{type(e).__name__}: {_first_line(e)}",
+            f"{type(e).__name__}: {_one_line(e)}",
             thresholds=options.thresholds,
             seconds=time.perf_counter() - started,
         )

@@ -102,7 +102,7 @@ def refuse_bad_input(model: onnx.ModelProto, src: Optional[Path], libraries: Seq
     try:
         sessions.open_session(src if src is not None else model.SerializeToString(), sessions.options(libraries))
     except Exception as e:
-        raise OptimizeError(f"the input model does not load in ONNX Runtime: {sessions.first_line(e)}") from None
+        raise OptimizeError(f"the input model does not load in ONNX Runtime: {sessions.one_line(e)}") from None
 
 
 def absorbed_by_ort(original: onnx.ModelProto, fused: onnx.ModelProto) -> dict[str, str]:

@@ -51,5 +51,5 @@ def verify_written(path: Path, libraries: Sequence[str]) -> None:
         if missing:
             raise OptimizeError(f"the rewritten model needs the com.quake library: {missing}", exit_code=1) from e
         raise OptimizeError(
-            f"the rewritten model does not load in ONNX Runtime: {sessions.first_line(e)}", exit_code=1
+            f"the rewritten model does not load in ONNX Runtime: {sessions.one_line(e)}", exit_code=1
         ) from e

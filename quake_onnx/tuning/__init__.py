@@ -304,13 +304,13 @@ def _run_original(job: Job, source, feeds: list, where: str) -> None:
     except sessions.LibraryError:
         raise
     except Exception as e:
-        raise TuneError(f"the input model does not load in ONNX Runtime: {sessions.first_line(e)}") from None
+        raise TuneError(f"the input model does not load in ONNX Runtime: {sessions.one_line(e)}") from None
     try:
         session.run(None, feeds[0])
     except Exception as e:
         hint = "; set --vocab or --dim" if where == "generated" else ""
         raise TuneError(
-            f"the original model does not run on the {where} inputs: {sessions.first_line(e)}{hint}"
+            f"the original model does not run on the {where} inputs: {sessions.one_line(e)}{hint}"
         ) from None
 
 

@@ -128,7 +128,7 @@ class ModelBench:
                 except sessions.LibraryError:
                     raise
                 except Exception as e:
-                    raise VariantFailed(f"ONNX Runtime cannot load it: {sessions.first_line(e)}") from e
+                    raise VariantFailed(f"ONNX Runtime cannot load it: {sessions.one_line(e)}") from e
             self._sessions[variant] = have
         self._sessions.move_to_end(variant)
         while len(self._sessions) > self.keep + 1:  # the original never goes
@@ -148,7 +148,7 @@ class ModelBench:
             try:
                 out = session.run(self.names, feeds)
             except Exception as e:
-                return failed(f"it fails to run: {sessions.first_line(e)}")
+                return failed(f"it fails to run: {sessions.one_line(e)}")
             for n, r, o in zip(self.names, ref, out):
                 per_output[n].append(cmp.compare(n, r, o))
         return [cmp.merge(per_output[n]).to_dict() for n in self.names]

@@ -1,6 +1,7 @@
 """`quake-onnx check`: thresholds and exit codes, input sources, one-line errors."""
 
 import json
+import warnings
 
 import numpy as np
 import onnx
@@ -110,6 +111,50 @@ def test_json_to_stdout_is_the_only_stdout(tmp_path):
     r = cli("check", LEGACY, *FAST, "--json", "-")
     assert r.exit_code == 0
     validate(json.loads(r.stdout), ref="#/$defs/model")
+
+
+def _softmax_model(path, rows):
+    """Softmax over [rows, 128]: rows 0 gives an empty input and output."""
+    from onnx import TensorProto, helper
+
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [rows, 128]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "g", info[:1], info[1:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return path
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_an_empty_output_is_a_verdict_without_warnings(tmp_path, static):
+    # No element differs: PASS, "-" where there is no row to agree on, and no
+    # numpy warning about the mean of an empty slice.
+    model = _softmax_model(tmp_path / "m.onnx", 0 if static else "n")
+    args = [] if static else ["--inputs", _npz(tmp_path / "x.npz", x=np.zeros((0, 128), np.float32))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = cli("check", model, "--runs", "2", "--warmup", "1", *args, "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert r.stdout.rstrip().endswith("PASS") and "Warning" not in r.stderr
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    row = next(line for line in r.stdout.splitlines() if "[0, 128]" in line)
+    assert [c.strip() for c in row.split("│")][-4:-1] == ["1.000000", "-", "-"], row  # cosine, top-1, top-k
+    result = json.loads((tmp_path / "r.json").read_text())
+    validate(result, ref="#/$defs/model")
+    (y,) = result["outputs"]
+    assert y["rows"] == 0 and y["top1_agreement"] is None and y["topk_agreement"] is None and y["cosine"] == 1.0
+    assert result["summary"]["min_top1_agreement"] is None
+
+
+def test_an_optimized_model_that_fails_to_run_says_why(tmp_path):
+    # The original takes any number of rows, the "optimized" one 48: ORT's
+    # reason is on the lines after its first, and the one error line keeps it.
+    original = _softmax_model(tmp_path / "m.onnx", "n")
+    model = onnx.load(original)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 48
+    onnx.save(model, tmp_path / "o.onnx")
+    x = _npz(tmp_path / "x.npz", x=np.zeros((64, 128), np.float32))
+    r = cli("check", original, *FAST, "--optimized", tmp_path / "o.onnx", "--inputs", x)
+    line = one_line(r, 1, contains="the optimized model fails to run: ")
+    assert "for the following indices; index: 0 Got: 64 Expected: 48; Please fix" in line
 
 
 @pytest.fixture
@@ -245,3 +290,20 @@ def test_demo_still_runs():
     r = cli("demo", "--runs", "3")
     assert r.exit_code == 0, r.stdout + r.stderr
     assert "PASS" in r.stdout
+
+
+def test_demo_optimized_that_is_no_usable_model_is_bad_input(tmp_path):
+    # --optimized names the user's file: refused with one line naming it, exit 2.
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    line = one_line(cli("demo", "--runs", "1", "--optimized", text), 2, contains="--optimized: ")
+    assert f"{text} is not an ONNX model" in line
+    one_line(cli("demo", "--runs", "1", "--optimized", tmp_path / "none.onnx"), 2, contains="does not exist")
+    sample = onnx.load(ZOO.parent / "encoder_block.onnx")
+    sample.ir_version = 99
+    onnx.save(sample, tmp_path / "ir99.onnx")
+    line = one_line(cli("demo", "--runs", "1", "--optimized", tmp_path / "ir99.onnx"), 2)
+    assert "ONNX Runtime cannot load --optimized" in line and "Unsupported model IR version: 99" in line
+    other = _softmax_model(tmp_path / "other.onnx", 4)  # takes x, not the encoder block's X and MASK
+    line = one_line(cli("demo", "--runs", "1", "--optimized", other), 2, contains="does not run on the encoder block")
+    assert "Required inputs (['x']) are missing" in line

@@ -1,6 +1,7 @@
 """The pieces of check: metrics, input generation and data sets, S(t), thresholds."""
 
 import math
+import warnings
 
 import numpy as np
 import onnx
@@ -80,6 +81,26 @@ def test_merge_takes_the_worst_and_pools_rows():
     m = cmp.merge([a, b])
     assert m.max_abs_error == b.max_abs_error and m.cosine == b.cosine
     assert m.rows == 5 and m.top1_agreement == pytest.approx((1 + 2) / 5)
+
+
+def test_an_empty_output_compares_equal_with_no_agreement_and_no_warnings():
+    # A score-shaped output with no rows: nothing differs, and there is no
+    # row to take an agreement over (None, not NaN; numpy's mean of an empty
+    # slice would warn).
+    ref = np.zeros((0, 128), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = cmp.compare("y", ref, ref.copy())
+        assert m.scores and m.rows == 0 and m.k == 5
+        assert m.top1_agreement is None and m.topk_agreement is None
+        assert (m.max_abs_error, m.max_rel_error, m.cosine, m.nonfinite_mismatch) == (0.0, 0.0, 1.0, 0)
+        both_empty = cmp.merge([m, m])
+        assert both_empty.rows == 0 and both_empty.top1_agreement is None and both_empty.topk_agreement is None
+        rows = cmp.compare("y", np.eye(2, 128), np.eye(2, 128)[::-1])
+        pooled = cmp.merge([m, rows])
+        assert pooled.rows == 2 and pooled.top1_agreement == 0.0
+    assert summarize([m.to_dict()])["min_top1_agreement"] is None
+    assert summarize([m.to_dict(), rows.to_dict()])["min_top1_agreement"] == 0.0  # outputs with rows decide
 
 
 # -- thresholds --------------------------------------------------------------

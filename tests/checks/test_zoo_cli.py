@@ -143,3 +143,25 @@ def test_zoo_usage_errors_are_one_line_exit_2(tmp_path, args, contains):
     (tmp_path / "z" / "a.onnx").write_bytes(b"")
     (tmp_path / "file.onnx").write_bytes(b"")
     one_line(cli("zoo", *[a.format(tmp=tmp_path) for a in args]), 2, contains=contains)
+
+
+def test_an_empty_output_passes_with_no_top1(tmp_path):
+    # Softmax over [0, 128]: equal (empty) outputs pass; top-1 has no row to
+    # be measured on, so the reports say "-" (JSON null), not nan.
+    from onnx import TensorProto, helper, save
+
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [0, 128]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "g", info[:1], info[1:])
+    (tmp_path / "z").mkdir()
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), tmp_path / "z" / "e.onnx")
+    r, report = _zoo(tmp_path / "z", tmp_path, "--junit", tmp_path / "r.xml")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    validate(report)
+    (model,) = report["models"]
+    assert model["status"] == "pass" and model["summary"]["min_top1_agreement"] is None
+    assert model["outputs"][0]["top1_agreement"] is None and model["outputs"][0]["rows"] == 0
+    row = next(line for line in r.stdout.splitlines() if line.startswith("│ e "))
+    assert [c.strip() for c in row.split("│")][4:6] == ["1.000000", "-"], row  # cosine, top-1
+    assert "nan" not in r.stdout
+    (case,) = ET.parse(tmp_path / "r.xml").getroot().iter("testcase")
+    assert "top-1 -, top-5 -" in case.find("system-out").text

@@ -12,7 +12,7 @@ import pytest
 from clitools import assert_one_line_error, assert_one_line_error_real, cli, run_real
 from onnx import TensorProto, helper
 
-from quake_onnx.sessions import first_line
+from quake_onnx.sessions import one_line
 
 
 def _model(nodes, inputs, extra_opsets=(), inits=()) -> onnx.ModelProto:
@@ -120,18 +120,48 @@ def test_onnx_runtime_source_places_are_left_out(tmp_path, command):
         "Load model from m.onnx failed:/src/model.cc:12 ns::f(int)",  # nothing after it: keep the place
     ],
 )
-def test_first_line_keeps_what_is_not_a_source_place(text):
-    assert first_line(RuntimeError(text + "\nsecond line")) == text
+def test_one_line_keeps_what_is_not_a_source_place(text):
+    assert one_line(RuntimeError(text)) == text
+    assert one_line(RuntimeError(text + "\n  second line\n")) == text + "; second line"
 
 
-def test_first_line_leaves_out_a_source_place():
+def test_one_line_leaves_out_a_source_place():
     text = (
         "[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/core/graph/"
         "model_load_utils.h:46 void onnxruntime::model_load_utils::ValidateOpsetForDomain(const std::unordered_map"
         "<std::__cxx11::basic_string<char>, int>&, const onnxruntime::logging::Logger&, bool, const std::string&, "
         "int) ONNX Runtime only *guarantees* support for models stamped with official released onnx opset versions."
     )
-    assert first_line(RuntimeError(text)) == (
+    assert one_line(RuntimeError(text)) == (
         "[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed: ONNX Runtime only *guarantees* support "
         "for models stamped with official released onnx opset versions."
     )
+
+
+def test_one_line_keeps_the_lines_that_explain_the_first():
+    # ORT's invalid-dimensions reason: which index, got what, expected what.
+    text = (
+        "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x for the following "
+        "indices\n index: 0 Got: 64 Expected: 48\n index: 1 Got: 3 Expected: 4\n Please fix either the "
+        "inputs/outputs or the model."
+    )
+    assert one_line(RuntimeError(text)) == (
+        "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x for the following "
+        "indices; index: 0 Got: 64 Expected: 48; index: 1 Got: 3 Expected: 4; Please fix either the "
+        "inputs/outputs or the model."
+    )
+    # After a line that ends a sentence (or says "...:"), a space is enough.
+    assert one_line(RuntimeError("Load failed.\nThe reason:\nthis")) == "Load failed. The reason: this"
+
+
+def test_one_line_leaves_out_places_on_every_line_and_the_stack():
+    place = "/ort/core/graph/graph.cc:1234 void onnxruntime::Graph::Resolve(const onnxruntime::Graph&) const"
+    text = f"Load failed\n{place} the reason\nStacktrace:\n{place}\n#1 0x7f00 in onnxruntime::Run"
+    assert one_line(RuntimeError(text)) == "Load failed; the reason"
+
+
+def test_one_line_is_bounded():
+    line = one_line(RuntimeError("\n".join(f"node n{i} has no input" for i in range(1000))))
+    assert len(line) == 500 and line.endswith("...") and line.startswith("node n0 has no input; node n1")
+    assert one_line(RuntimeError("x" * 40), limit=20) == "x" * 17 + "..."
+    assert one_line(RuntimeError("  \n ")) == "RuntimeError"
