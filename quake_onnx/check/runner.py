@@ -125,14 +125,16 @@ def _worst(outputs: list[dict], key: str, largest: bool) -> str:
 
 
 def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
-    """Every threshold the result misses, one phrase each. Outputs that are
-    non-finite where the original's are not always fail."""
+    """Every threshold the result misses, one phrase each. Non-finite
+    mismatches (docs/zoo.md: a NaN in either run, or inf or NaN against a
+    number or another inf) always fail."""
     summary, outputs = result["summary"], result["outputs"]
     failures = []
     if summary["nonfinite_mismatch"]:
         bad = [o["name"] for o in outputs if o["nonfinite_mismatch"]]
         failures.append(
-            f"non-finite values where the original's differ: {summary['nonfinite_mismatch']} (output {', '.join(bad)})"
+            f"non-finite mismatches (a NaN in either run, or inf or NaN where the other run has a number or another "
+            f"inf): {summary['nonfinite_mismatch']} (output {', '.join(bad)})"
         )
     t = thresholds
     worst_abs = summary["max_abs_error"]
