@@ -101,8 +101,9 @@ def load_graph(path: Path) -> onnx.ModelProto:
 
 
 def check_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Every external tensor's file exists and is long enough, without reading
-    it: bad input is refused before ONNX Runtime spends time on it."""
+    """Every external tensor's file exists, may be read and is long enough,
+    without reading it: bad input is refused before ONNX Runtime spends time
+    on it (and says of an unreadable file only "SystemError : 13")."""
     for tensor in iter_tensors(model):
         if not ext.uses_external_data(tensor):
             continue
@@ -110,6 +111,8 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> None:
         file = path.parent / info.location
         if not file.is_file():
             raise ModelFileError(f"{path}: its external data file {info.location} is missing")
+        if not os.access(file, os.R_OK):
+            raise ModelFileError(f"{path}: cannot read its external data file {info.location}: permission denied")
         length = info.length if info.length else _expected_nbytes(tensor)
         if length is not None and file.stat().st_size < (info.offset or 0) + length:
             raise ModelFileError(

@@ -418,3 +418,20 @@ def test_sigterm_mid_write_leaves_no_temporaries(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert_one_line_error_real(proc, code=143, contains="terminated")
     assert list(out.iterdir()) == []
+
+
+def test_an_unreadable_data_file_is_named(tmp_path, monkeypatch):
+    # As a user without read permission (os.access is what root would pass):
+    # ONNX Runtime's own words for it are "SystemError : 13".
+    import quake_onnx.modelio as modelio
+
+    save_external(tmp_path, "m.onnx", "m.onnx.data")
+    real_access = os.access
+    monkeypatch.setattr(
+        modelio.os, "access", lambda p, mode: False if Path(p).name == "m.onnx.data" else real_access(p, mode)
+    )
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(
+        cli("optimize", "m.onnx", "o.onnx"), contains="cannot read its external data file m.onnx.data"
+    )
+    assert not (tmp_path / "o.onnx").exists()
