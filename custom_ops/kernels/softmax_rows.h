@@ -36,9 +36,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdlib>
 #include <limits>
-#include <new>
-#include <vector>
 
 #include "softmax_long.h"
 
@@ -170,17 +169,24 @@ void three_passes(const float* x, float* y, size_t rows, size_t n) {
 // length) take three passes rather than hold a buffer of their size.
 constexpr size_t kHeadBuffer = size_t{1} << 16;
 // Null when it cannot be had (the caller takes three passes: no exception
-// may leave an ONNX Runtime pool task).
+// may leave an ONNX Runtime pool task). malloc, not std::vector: a template
+// instantiated in an ISA-flagged file would be a weak symbol the linker may
+// pick for every file (cmake/CheckIsaObjects.cmake).
+struct TermsBuffer {
+  float* data = nullptr;
+  size_t size = 0;
+  ~TermsBuffer() { std::free(data); }
+};
 inline float* terms_buffer(size_t n) {
-  thread_local std::vector<float> buf;
-  if (buf.size() < n) {
-    try {
-      buf.resize(n);
-    } catch (const std::bad_alloc&) {
-      return nullptr;
-    }
+  thread_local TermsBuffer buf;
+  if (buf.size < n) {
+    float* grown = static_cast<float*>(std::malloc(n * sizeof(float)));
+    if (grown == nullptr) return nullptr;
+    std::free(buf.data);
+    buf.data = grown;
+    buf.size = n;
   }
-  return buf.data();
+  return buf.data;
 }
 
 // Rows in groups, the terms first against each row's head's k, then the
