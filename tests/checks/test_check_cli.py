@@ -144,6 +144,25 @@ def test_an_empty_output_is_a_verdict_without_warnings(tmp_path, static):
     assert result["summary"]["min_top1_agreement"] is None
 
 
+def test_a_fully_masked_row_where_onnx_runtime_gives_nan_passes_with_a_warning(tmp_path):
+    # A padded batch: row 1 all -inf. ONNX Runtime's Softmax gives NaN there,
+    # the com.quake one 0 (docs/ops.md): the original failed, not the rewrite.
+    model = _softmax_model(tmp_path / "m.onnx", 4)
+    x = np.random.default_rng(1).standard_normal((4, 128)).astype(np.float32)
+    x[1] = -np.inf
+    npz = _npz(tmp_path / "x.npz", x=x)
+    args = ["--runs", "2", "--warmup", "1", "--min-elements", "0", "--inputs", npz, "--json", tmp_path / "r.json"]
+    r = cli("check", model, *args)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert r.stdout.rstrip().endswith("PASS")
+    result = json.loads((tmp_path / "r.json").read_text())
+    validate(result, ref="#/$defs/model")
+    (y,) = result["outputs"]
+    assert (y["nonfinite_mismatch"], y["original_nan"]) == (0, 128)
+    assert result["summary"]["original_nan"] == 128
+    assert any("NaN where the optimized model gives numbers: 128 elements" in w for w in result["warnings"])
+
+
 def test_an_optimized_model_that_fails_to_run_says_why(tmp_path):
     # The original takes any number of rows, the "optimized" one 48: ORT's
     # reason is on the lines after its first, and the one error line keeps it.

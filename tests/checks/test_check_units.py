@@ -70,6 +70,20 @@ def test_nonfinite_values_count_as_mismatch_unless_equal_infs():
     assert same.nonfinite_mismatch == 0 and same.max_abs_error == 0.0
 
 
+def test_a_number_where_the_original_has_nan_is_no_mismatch():
+    # A fully masked Softmax row: NaN in ONNX Runtime, 0 in the com.quake op.
+    ref = np.array([[0.25, 0.75], [np.nan, np.nan], [1.0, np.inf]])
+    out = np.array([[0.25, 0.7501], [0.0, 0.0], [1.0, np.inf]])
+    m = cmp.compare("p", ref, out, scores=False)
+    assert (m.nonfinite_mismatch, m.original_nan) == (0, 2)
+    assert m.max_abs_error == pytest.approx(1e-4) and m.cosine > 0.99
+    # The reverse, NaN in the output where the original has a number, still fails.
+    back = cmp.compare("p", out, ref, scores=False)
+    assert (back.nonfinite_mismatch, back.original_nan) == (2, 0)
+    merged = cmp.merge([m, m])
+    assert (merged.nonfinite_mismatch, merged.original_nan) == (0, 4)
+
+
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="shape"):
         cmp.compare("y", np.zeros((2, 3)), np.zeros((3, 2)))
