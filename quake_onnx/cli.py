@@ -10,6 +10,7 @@ import errno
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -29,7 +30,6 @@ class _OneLineErrors(TyperGroup):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
-        signal.signal(signal.SIGTERM, _terminate)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except typer.TyperException as e:  # click's ClickException and UsageError
@@ -72,6 +72,8 @@ class Terminated(BaseException):
 
 
 def _terminate(signum: int, frame: Any) -> None:
+    # A second SIGTERM must not cut short the cleanup the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
 
 
@@ -635,7 +637,11 @@ _REPORTS = {
         help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY; '-': stdout)",
     ),
     "junit": typer.Option(
-        None, "--junit", metavar="FILE", help="write JUnit XML, one testcase per model ('-': stdout)"
+        None,
+        "--junit",
+        metavar="FILE",
+        parser=_report_file,
+        help="write JUnit XML, one testcase per model ('-': stdout)",
     ),
 }
 
@@ -988,6 +994,10 @@ def calibrate_cmd(
 
 
 def run() -> None:
+    """The `quake-onnx` command: the process's own, so SIGTERM is taken as
+    Terminated here (an in-process caller of `app` keeps its handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

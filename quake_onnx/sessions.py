@@ -46,7 +46,8 @@ def one_line(error: BaseException, limit: int = MESSAGE_LIMIT) -> str:
     line of it, whitespace folded, each without the C++ source location and
     function signature ORT puts before some reasons, joined by "; " (a space
     after a line ending in punctuation); nothing from a "Stacktrace:" line on;
-    cut to `limit` characters with "..." at the end."""
+    cut to `limit` characters with " ... " in the middle (ORT's reason comes
+    last, after the node's inputs and outputs)."""
     parts = []
     for line in str(error).splitlines():
         line = " ".join(line.split())
@@ -59,8 +60,9 @@ def one_line(error: BaseException, limit: int = MESSAGE_LIMIT) -> str:
     text = parts[0]
     for part in parts[1:]:
         text += (" " if text[-1] in ".,:;!?" else "; ") + part
-    if len(text) > limit:
-        text = text[: limit - 3].rstrip() + "..."
+    if len(text) > limit:  # ORT puts the reason last ("In Node, (...) : (...) , Error <reason>")
+        tail = limit // 2
+        text = text[: limit - tail - 5].rstrip() + " ... " + text[-tail:].lstrip()
     return text
 
 

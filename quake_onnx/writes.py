@@ -332,26 +332,30 @@ def _remove_replaced(old_data: list[Path], new_data: Optional[Path], dest: Path,
         _unlink(file)
 
 
-def _folders_down_to(data: Path, top: Path) -> list[Path]:
-    """`top` and every folder from it down to `data`'s (data lies inside top);
-    just top and data's folder when the path does not lead down from top."""
+def _folders_naming(data: Path, top: Path) -> list[Path]:
+    """The folders whose models can name `data` (which lies inside `top`): a
+    location never leaves its model's folder, so every folder from `data`'s
+    up to the file system's root: `top`'s ancestors, `top`, and the folders
+    between `top` and `data` (just those and data's folder when the path does
+    not lead down from top)."""
+    top = Path(os.path.normpath(absolute(top)))
+    ancestors = list(reversed(top.parents))
     try:
-        parts = Path(os.path.normpath(data.parent)).relative_to(os.path.normpath(top)).parts
+        parts = Path(os.path.normpath(absolute(data.parent))).relative_to(top).parts
     except ValueError:
-        return [top, data.parent]
-    return [top] + [top.joinpath(*parts[: i + 1]) for i in range(len(parts))]
+        return ancestors + [top, data.parent]
+    return ancestors + [top] + [top.joinpath(*parts[: i + 1]) for i in range(len(parts))]
 
 
 def _named_by_another_model(data: Path, dest: Path) -> bool:
-    """True when a `.onnx` file other than `dest`, in `dest`'s folder or any
-    folder between it and `data`'s (the only ones whose models can name
-    `data`: a location never leaves its model's folder), references `data`:
+    """True when a `.onnx` file other than `dest`, in a folder whose models
+    can name `data` (_folders_naming), references `data`:
     a model copied without its data still points at it. A byte search for
     the name first (cheap on big models; most files do not hold it), then the
     external data of a file that does, read from its graph, compared by
     resolved path. An unreadable file may be one, so it keeps `data`."""
     needle, target = data.name.encode(), os.path.realpath(data)
-    folders = _folders_down_to(data, dest.parent)
+    folders = _folders_naming(data, dest.parent)
     models = {m for folder in folders for m in folder.glob("*") if m.suffix.lower() == ".onnx"}
     for sibling in sorted(models):
         if sibling == dest or not sibling.is_file():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -53,9 +53,26 @@ def looks_like_scores(name: str, shape: tuple[int, ...], dtype: np.dtype) -> boo
     return bool(_SCORE_NAME.search(name)) or len(shape) == 2
 
 
+def has_nan(feeds: Mapping[str, np.ndarray]) -> bool:
+    """Whether an input holds a NaN: then a number where the original gives
+    NaN may be a NaN the rewrite lost, not a masked row it repaired (compare's
+    excuse_nan)."""
+    return any(np.asarray(v).dtype.kind == "f" and bool(np.isnan(v).any()) for v in feeds.values())
+
+
 def compare(
-    name: str, reference: np.ndarray, output: np.ndarray, top_k: int = 5, scores: Optional[bool] = None
+    name: str,
+    reference: np.ndarray,
+    output: np.ndarray,
+    top_k: int = 5,
+    scores: Optional[bool] = None,
+    excuse_nan: bool = True,
 ) -> OutputMetrics:
+    """The agreement of `output` with `reference` (same shape). With
+    `excuse_nan` (the caller's inputs hold no NaN), numbers where the
+    reference has NaN are no mismatch (original_nan) when something else was
+    compared; rows of score outputs holding such NaN are left out of the
+    top-1/top-k agreement."""
     if reference.shape != output.shape:
         raise ValueError(
             f"output {name}: shape {list(output.shape)} differs from the reference's {list(reference.shape)}"
@@ -71,6 +88,8 @@ def compare(
     # output's (original_nan).
     same_special = (~finite_ref & ~finite_out) & (ref == out)
     original_nan = np.isnan(ref) & finite_out
+    if not excuse_nan or not both.any():  # a NaN of the inputs lost, or nothing else to compare
+        original_nan[:] = False
     mismatch = int(np.count_nonzero(~both & ~same_special & ~original_nan))
     if mismatch:
         max_abs = max_rel = math.inf
@@ -93,6 +112,8 @@ def compare(
         k = max(1, min(top_k, classes))
         r2 = np.asarray(reference, np.float64).reshape(-1, classes)
         o2 = np.asarray(output, np.float64).reshape(-1, classes)
+        excused = original_nan.reshape(-1, classes).any(axis=1)  # the original's NaN rows: nothing to agree with
+        r2, o2 = r2[~excused], o2[~excused]
         metrics.k, metrics.rows = k, int(r2.shape[0])
         if metrics.rows:  # no rows (an empty output): no agreement to measure, left None
             metrics.top1_agreement = float(np.mean(np.argmax(r2, -1) == np.argmax(o2, -1)))

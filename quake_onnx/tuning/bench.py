@@ -150,7 +150,7 @@ class ModelBench:
             except Exception as e:
                 return failed(f"it fails to run: {sessions.one_line(e)}")
             for n, r, o in zip(self.names, ref, out):
-                per_output[n].append(cmp.compare(n, r, o))
+                per_output[n].append(cmp.compare(n, r, o, excuse_nan=not cmp.has_nan(feeds)))
         return [cmp.merge(per_output[n]).to_dict() for n in self.names]
 
     def paired(self, base: Variant, variant: Variant) -> Paired:

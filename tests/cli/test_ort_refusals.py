@@ -161,7 +161,9 @@ def test_one_line_leaves_out_places_on_every_line_and_the_stack():
 
 
 def test_one_line_is_bounded():
+    # The middle goes: ORT's reason comes last, after the node's inputs and outputs.
     line = one_line(RuntimeError("\n".join(f"node n{i} has no input" for i in range(1000))))
-    assert len(line) == 500 and line.endswith("...") and line.startswith("node n0 has no input; node n1")
-    assert one_line(RuntimeError("x" * 40), limit=20) == "x" * 17 + "..."
+    assert len(line) <= 500 and " ... " in line and line.startswith("node n0 has no input; node n1")
+    assert line.endswith("node n999 has no input")
+    assert one_line(RuntimeError("a" * 30 + "b" * 30), limit=20) == "a" * 5 + " ... " + "b" * 10
     assert one_line(RuntimeError("  \n ")) == "RuntimeError"

@@ -1,4 +1,5 @@
-"""Review of 4797623 / e196cbd: failing tests for the defects found."""
+"""The SIGTERM handler, report FILE parsers, kept data files and one_line
+(4797623, e196cbd) against the cases review found."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def test_junit_naming_a_folder_is_refused_like_json_and_markdown(tmp_path, monke
 def test_a_data_file_a_model_in_a_parent_folder_names_is_kept(tmp_path, monkeypatch):
     # top/out/o.onnx keeps its weights in top/out/d.bin, which top/copy.onnx
     # also names (as out/d.bin: a location that stays in its model's folder).
-    # _folders_down_to only looks from OUT's folder down, so replacing
+    # The folders from OUT's down were all that was searched, so replacing
     # top/out/o.onnx deletes d.bin (and may hand its name to the new pair).
     top = tmp_path / "top"
     out = top / "out"
