@@ -121,11 +121,9 @@ void logsoftmax_finish(const float* x, float* y, size_t n, size_t, const RowStat
   L::sub2(x, y, n, row.max, static_cast<float>(base2_log_sum(row.sum, row.k, row.max)));
 }
 
-// The chunk phase of a long row over threads (ChunkStats in kernels.h): the
-// one-row kernel's first two passes on the chunk, against the chunk's own max.
+// partial's terms against the chunk's max m.
 template <class L, int Order>
-void partial(const float* x, float* y, size_t n, ChunkStats* out) {
-  const float m = L::max_skip_nan(x, n);
+void partial_against_max(const float* x, float* y, size_t n, float m, ChunkStats* out) {
   *out = ChunkStats{m, 0.0, false};
   if (std::isnan(m) || m == kInf) {
     out->nan = true;
@@ -137,6 +135,49 @@ void partial(const float* x, float* y, size_t n, ChunkStats* out) {
     out->nan = std::isnan(s);
     out->sum = s;
   }
+}
+
+// The chunk phase of a long row over threads (ChunkStats in kernels.h): the
+// one-row kernel's first two passes on the chunk, against the chunk's own
+// max, or against the max of its first kChunkHead elements (the head) when
+// the chunk's max is at most kChunkSpan above it: the head rule of
+// softmax_rows.h in base e (terms e^(x - ref), ChunkStats.max = ref; the
+// combination and the scaling read it as the chunk's reference, so any
+// reference at or below the max gives the same results up to rounding).
+// Where the terms saturate (the AVX-512 table's orders 2 and 3), the terms
+// are taken against the head first and a sum of at most kChunkSum proves
+// the rule (the sum holds e^(max - head)), so the max pass is skipped; in
+// place (x = y, the terms would overwrite x) and where the sum is larger, the
+// max comes first and decides. The rule depends on the chunk alone, so the
+// results do not depend on the way they were computed.
+constexpr size_t kChunkHead = 16;
+constexpr float kChunkSpan = 41.0f;   // 59 in base 2, as softmax_rows.h's kHeadSpan
+constexpr float kChunkSum = 0x1p57f;  // e^39.5: the max at most 39.6 above the head
+
+template <class L, int Order>
+void partial(const float* x, float* y, size_t n, ChunkStats* out) {
+  if constexpr (L::template kSaturatingTerms<Order>) {
+    const float head = n >= kChunkHead ? L::max_skip_nan(x, kChunkHead) : -kInf;
+    if (std::isfinite(head)) {
+      float s = 0.0f;
+      if (y != x) {
+        s = y ? L::template sum_exp<Order, true>(x, y, n, head)
+              : L::template sum_exp<Order, false>(x, nullptr, n, head);
+        if (s <= kChunkSum) {
+          *out = ChunkStats{head, s, false};
+          return;
+        }
+      }
+      const float m = L::max_skip_nan(x, n);
+      if (std::isfinite(m) && m - head <= kChunkSpan) {
+        if (y == x) s = L::template sum_exp<Order, true>(x, y, n, head);  // in place: not yet taken
+        *out = ChunkStats{head, s, std::isnan(s)};
+        return;
+      }
+      return partial_against_max<L, Order>(x, y, n, m, out);
+    }
+  }
+  partial_against_max<L, Order>(x, y, n, L::max_skip_nan(x, n), out);
 }
 
 template <class L>
