@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 from clitools import assert_one_line_error, cli
 from onnx import TensorProto, helper
-from test_file_safety import run_model, save_external
+from test_file_safety import run_model, save_external, save_pointing_at
 
 from quake_onnx.sessions import one_line
 
@@ -73,12 +73,7 @@ def test_a_data_file_a_model_in_a_parent_folder_names_is_kept(tmp_path, monkeypa
     out = top / "out"
     out.mkdir(parents=True)
     _, feeds, ref = save_external(out, "o.onnx", "d.bin")
-    model = onnx.load(str(out / "o.onnx"), load_external_data=False)
-    for t in model.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location":
-                e.value = "out/d.bin"
-    onnx.save(model, str(top / "copy.onnx"))
+    save_pointing_at(out / "o.onnx", "out/d.bin", top / "copy.onnx")
     save_external(tmp_path, "in.onnx", "in.onnx.data")
     monkeypatch.chdir(tmp_path)
     result = cli("optimize", "in.onnx", "top/out/o.onnx", "--min-elements", "0")

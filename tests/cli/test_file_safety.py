@@ -59,6 +59,17 @@ def save_external(folder: Path, name: str, location: str) -> tuple[Path, dict, n
     return path, feeds, ref
 
 
+def save_pointing_at(src: Path, location: str, dest: Path) -> None:
+    """A copy of model `src` at `dest` whose external tensors name `location`
+    (its data file left where it is: a model copied without its data)."""
+    model = onnx.load(str(src), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+    onnx.save(model, str(dest))
+
+
 def locations(path: Path) -> set[str]:
     stored = onnx.load(str(path), load_external_data=False)
     return {e.value for t in stored.graph.initializer for e in t.external_data if e.key == "location"}
@@ -328,22 +339,13 @@ def test_a_data_location_outside_the_models_folder_is_refused(tmp_path, monkeypa
     folder = tmp_path / "models"
     folder.mkdir()
     save_external(tmp_path, "w.onnx", "w.data")
-    model = onnx.load(str(tmp_path / "w.onnx"), load_external_data=False)
-    for t in model.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location":
-                e.value = "../w.data"
-    onnx.save(model, str(folder / "m.onnx"))
+    save_pointing_at(tmp_path / "w.onnx", "../w.data", folder / "m.onnx")
     monkeypatch.chdir(folder)
     assert_one_line_error(cli("optimize", "m.onnx", "o.onnx"), 2, "../w.data")  # ORT's words or ours
     # A location that climbs and comes back stays inside: read as ORT reads it.
     (folder / "sub").mkdir()
     (tmp_path / "w.data").rename(folder / "w.data")
-    for t in model.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location":
-                e.value = "sub/../w.data"
-    onnx.save(model, str(folder / "m.onnx"))
+    save_pointing_at(tmp_path / "w.onnx", "sub/../w.data", folder / "m.onnx")
     assert cli("optimize", "m.onnx", "o.onnx").exit_code == 0
 
 
@@ -367,12 +369,7 @@ def test_a_data_file_a_model_in_a_subfolder_names_is_kept(tmp_path, monkeypatch)
     out = tmp_path / "out"
     (out / "a" / "b").mkdir(parents=True)
     _, feeds, ref = save_external(out / "a", "m.onnx", "b/d.bin")
-    model = onnx.load(str(out / "a" / "m.onnx"), load_external_data=False)
-    for t in model.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location":
-                e.value = "a/b/d.bin"
-    onnx.save(model, str(out / "o.onnx"))
+    save_pointing_at(out / "a" / "m.onnx", "a/b/d.bin", out / "o.onnx")
     src, _, _ = save_external(tmp_path, "in.onnx", "in.onnx.data")
     monkeypatch.chdir(tmp_path)
     result = cli("optimize", "in.onnx", "out/o.onnx", "--min-elements", "0")
