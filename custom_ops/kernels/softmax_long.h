@@ -3,7 +3,7 @@
 //
 // Two passes over memory instead of three. Pass 1 (stats) reads the row once
 // for its max and the sum of its terms, block by block, each block read a
-// second time from L1; pass 2 (finish) reads the row again and writes the
+// second time from L1 (once only where head_stats' rule holds); pass 2 (finish) reads the row again and writes the
 // result: 2 reads + 1 write of the row where max / exp-and-store / scale cost
 // 3 reads + 2 writes once the row no longer stays in cache between passes,
 // at the price of a second exponential per element. This is the two-pass
@@ -74,11 +74,41 @@ inline double base2_log_sum(double sum, double k, float max) {
   return std::log(sum) + (k - static_cast<double>(max) * static_cast<double>(kLog2e)) * kLn2D;
 }
 
+// A block's stats against the k of its head (the max of its first 16
+// elements) when the block's max has t <= 60 against it, which a sum of at
+// most 2^59 proves (the sum holds the max's term): softmax_rows.h's head rule,
+// on tables whose terms saturate for t >= 128, so the block's max pass is
+// skipped. RowStats.max is then the head: the finish passes read it as the
+// reference the log of the sum is taken back to (base2_log_sum) and the row's
+// k as the largest block k, which keeps every term at most 2^60. False (the
+// block's max decides) for a head with no number, one beyond kRowStatsLimit
+// - 64 (a max within 60 of it then stays within the limit), or a larger sum.
+template <class L, int Order>
+bool head_stats(const float* x, size_t len, RowStats* part) {
+  if constexpr (!L::template kSaturatingTerms<Order>) {
+    return false;
+  } else {
+    if (len < 16) return false;
+    const float head = L::max_skip_nan(x, 16);
+    if (!(std::fabs(head) <= kRowStatsLimit - 64.0f)) return false;
+    const float k = base2_k(head);
+    const float s = L::template sum_exp2<Order, false, false>(x, nullptr, len, k, 1.0f);
+    if (!(s <= 0x1p59f)) return false;
+    *part = RowStats{head, k, s, false};
+    return true;
+  }
+}
+
 template <class L, int Order>
 void stats(const float* x, size_t n, size_t block, RowStats* out) {
   RowStats acc{-kInf, 0.0, 0.0, false};
   for (size_t b = 0; b < n; b += block) {
     const size_t len = std::min(block, n - b);
+    RowStats head;
+    if (head_stats<L, Order>(x + b, len, &head)) {
+      acc = combine_stats(acc, head);
+      continue;
+    }
     const float m = L::max_skip_nan(x + b, len);
     RowStats part{m, 0.0, 0.0, false};
     if (std::isnan(m) || m == kInf) {
