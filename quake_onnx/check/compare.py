@@ -24,7 +24,7 @@ class OutputMetrics:
     max_abs_error: float
     max_rel_error: float
     cosine: float
-    nonfinite_mismatch: int  # elements finite in one run and not (or not the same) in the other
+    nonfinite_mismatch: int  # elements non-finite in one run and not the same (inf, -inf, NaN) in the other
     scores: bool  # treated as class scores / token logits
     top1_agreement: Optional[float] = None  # share of rows whose argmax agrees (None: no rows)
     topk_agreement: Optional[float] = None  # mean |topk(ref) & topk(out)| / k over rows
@@ -83,10 +83,11 @@ def compare(
     out = np.asarray(output, np.float64).ravel()
     finite_ref, finite_out = np.isfinite(ref), np.isfinite(out)
     both = finite_ref & finite_out
-    # inf against the same inf is agreement; NaN never is, except that a
-    # number where the reference has NaN is the reference's failure, not the
-    # output's (original_nan).
-    same_special = (~finite_ref & ~finite_out) & (ref == out)
+    # inf against the same inf, and NaN against NaN in the same place, are
+    # agreement (the rewrite changed nothing there: a NaN of the inputs both
+    # runs carry); a number where the reference has NaN is the reference's
+    # failure, not the output's (original_nan).
+    same_special = (~finite_ref & ~finite_out) & ((ref == out) | (np.isnan(ref) & np.isnan(out)))
     original_nan = np.isnan(ref) & finite_out
     if not excuse_nan or not both.any():  # a NaN of the inputs lost, or nothing else to compare
         original_nan[:] = False

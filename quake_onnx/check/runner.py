@@ -127,15 +127,15 @@ def _worst(outputs: list[dict], key: str, largest: bool) -> str:
 
 def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
     """Every threshold the result misses, one phrase each. Non-finite
-    mismatches (docs/zoo.md: a NaN in either run, or inf or NaN against a
-    number or another inf) always fail."""
+    mismatches (docs/zoo.md: inf or NaN against a number or another
+    non-finite value) always fail."""
     summary, outputs = result["summary"], result["outputs"]
     failures = []
     if summary["nonfinite_mismatch"]:
         bad = [o["name"] for o in outputs if o["nonfinite_mismatch"]]
         failures.append(
-            f"non-finite mismatches (a NaN in either run, or inf or NaN where the other run has a number or another "
-            f"inf): {summary['nonfinite_mismatch']} (output {', '.join(bad)})"
+            f"non-finite mismatches (inf or NaN where the other run has a number or another non-finite value): "
+            f"{summary['nonfinite_mismatch']} (output {', '.join(bad)})"
         )
     t = thresholds
     worst_abs = summary["max_abs_error"]

@@ -110,3 +110,20 @@ def test_a_fully_masked_row_passes_a_top1_threshold_too(tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["outputs"][0]["original_nan"] == 4 and result["outputs"][0]["nonfinite_mismatch"] == 0
     assert r.exit_code == 0, r.stdout + r.stderr
+
+
+def test_a_nan_of_the_inputs_that_both_runs_carry_passes(tmp_path):
+    # Row 1 all NaN, one NaN in row 2: ONNX Runtime and the rewrite give NaN
+    # in the same places, which is agreement; the errors cover the rest.
+    x = np.random.default_rng(2).standard_normal((4, 128)).astype(np.float32)
+    x[1] = np.nan
+    x[2, 7] = np.nan
+    np.savez(tmp_path / "x.npz", x=x)
+    r = cli(
+        "check", _softmax(tmp_path / "m.onnx"), "--runs", "2", "--warmup", "1", "--min-elements", "0",
+        "--inputs", tmp_path / "x.npz", "--json", tmp_path / "r.json",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.stdout + r.stderr
+    (y,) = json.loads((tmp_path / "r.json").read_text())["outputs"]
+    assert (y["nonfinite_mismatch"], y["original_nan"]) == (0, 0)
+    assert 0 < y["max_abs_error"] < 1e-3 and y["cosine"] > 0.999

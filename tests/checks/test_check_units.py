@@ -60,11 +60,11 @@ def test_looks_like_scores(name, shape, dtype, expected):
     assert cmp.looks_like_scores(name, shape, np.dtype(dtype)) is expected
 
 
-def test_nonfinite_values_count_as_mismatch_unless_equal_infs():
-    ref = np.array([1.0, np.inf, -np.inf, 2.0, np.nan])
-    out = np.array([1.0, np.inf, -np.inf, np.nan, np.nan])
+def test_nonfinite_values_count_as_mismatch_unless_the_same():
+    ref = np.array([1.0, np.inf, -np.inf, 2.0, np.nan, np.inf])
+    out = np.array([1.0, np.inf, -np.inf, np.nan, np.nan, np.nan])
     m = cmp.compare("x", ref[None, None], out[None, None])
-    assert m.nonfinite_mismatch == 2  # NaN never agrees
+    assert m.nonfinite_mismatch == 2  # NaN for 2.0, NaN for inf; NaN for NaN agrees
     assert m.to_dict()["max_abs_error"] == "inf" and m.to_dict()["cosine"] == "nan"
     same = cmp.compare("x", ref[None, None, :3], out[None, None, :3])
     assert same.nonfinite_mismatch == 0 and same.max_abs_error == 0.0
