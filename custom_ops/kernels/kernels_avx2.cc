@@ -612,7 +612,7 @@ void f32_to_f16_avx2(const float* x, uint16_t* y, size_t n) {
 // The layer softmax_long.h is written over.
 struct LongRowLayer {
   // The terms add floor(t) to the exponent bits, which wrap for t >= 128
-  // (softmax_rows.h, head_k).
+  // (softmax_long.h, head_of).
   template <int Order>
   static constexpr bool kSaturatingTerms = false;
   static float max_skip_nan(const float* x, size_t n) { return row_max_skip_nan(x, n); }

@@ -625,7 +625,7 @@ void f32_to_f16_avx512(const float* x, uint16_t* y, size_t n) {
 // The layer softmax_long.h is written over.
 struct LongRowLayer {
   // Orders 2 and 3 scale by VSCALEFPS: terms of t >= 128 (and t = +inf) are +inf;
-  // order 1 builds the exponent bits, which wrap (softmax_rows.h, head_k).
+  // order 1 builds the exponent bits, which wrap (softmax_long.h, head_of).
   template <int Order>
   static constexpr bool kSaturatingTerms = Order >= 2;
   static float max_skip_nan(const float* x, size_t n) { return row_max_skip_nan(x, n); }

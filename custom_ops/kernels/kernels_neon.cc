@@ -481,7 +481,7 @@ void f32_to_f16_neon(const float* x, uint16_t* y, size_t n) {
 // block holding one has a NaN max (stats take it for a NaN row).
 struct LongRowLayer {
   // The terms add floor(t) to the exponent bits, which wrap for t >= 128
-  // (softmax_rows.h, head_k).
+  // (softmax_long.h, head_of).
   template <int Order>
   static constexpr bool kSaturatingTerms = false;
   static float max_skip_nan(const float* x, size_t n) { return row_max(x, n); }

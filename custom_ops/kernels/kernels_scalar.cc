@@ -194,7 +194,7 @@ void softmax_exaq_scalar(const float* x, float* y, size_t rows, size_t n, const 
 
 // The layer softmax_long.h is written over; sums in double, as the one-row kernels.
 struct LongRowLayer {
-  // The definition keeps the three passes (softmax_rows.h, head_k).
+  // The definition keeps the three passes (softmax_long.h, head_of).
   template <int Order>
   static constexpr bool kSaturatingTerms = false;
   static float max_skip_nan(const float* x, size_t n) {

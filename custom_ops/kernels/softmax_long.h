@@ -3,21 +3,16 @@
 //
 // Two passes over memory instead of three. Pass 1 (stats) reads the row once
 // for its max and the sum of its terms, block by block, each block read a
-// second time from L1 (once only where head_stats' rule holds); pass 2 (finish) reads the row again and writes the
-// result: 2 reads + 1 write of the row where max / exp-and-store / scale cost
-// 3 reads + 2 writes once the row no longer stays in cache between passes,
-// at the price of a second exponential per element. This is the two-pass
-// softmax of Dukhan & Ablavatski (arXiv 2001.04438), which keeps the terms
-// in base 2 so that partial sums rescale exactly: a term is 2^t with
-// t = fl(x log2(e) - k) for an integer k (floor of the block's max times
-// log2(e)), and sums relative to different k combine by powers of two
-// (combine_stats in kernels.h). Pass 2 uses the row's k, so it computes
-// the same fractions of t as pass 1 up to the rounding of t (relative
-// 2^-24 |t|): rows sum to 1 within 1e-5 as with the one-pass kernels, where
-// stats taken against a block max with a float subtraction would not (the
-// core's error pattern differs between x - m_b and x - m). Stats of chunks of
-// one row combine the same way, so a single long row can be split over
-// threads: stats per chunk in parallel, one combine, finish per chunk.
+// second time from L1 (once only where head_stats' rule holds); pass 2
+// (finish) reads the row again and writes the result: 2 reads + 1 write of the row where max / exp-and-store / scale
+// cost 3 reads + 2 writes once the row no longer stays in cache between passes, at the price of a second exponential
+// per element. This is the two-pass softmax of Dukhan & Ablavatski (arXiv 2001.04438), which keeps the terms in base 2
+// so that partial sums rescale exactly: a term is 2^t with t = fl(x log2(e) - k) for an integer k (floor of the block's
+// max times log2(e)), and sums relative to different k combine by powers of two (combine_stats in kernels.h). Pass 2
+// uses the row's k, so it computes the same fractions of t as pass 1 up to the rounding of t (relative 2^-24 |t|): rows
+// sum to 1 within 1e-5 as with the one-pass kernels, where stats taken against a block max with a float subtraction
+// would not (the core's error pattern differs between x - m_b and x - m). Stats of chunks of one row combine the same
+// way, so a single long row can be split over threads: stats per chunk in parallel, one combine, finish per chunk.
 //
 // Results are those of the one-row kernels up to summation order and the
 // rounding of t: a NaN or +inf anywhere in the row -> NaN row; all -inf -> 0
@@ -40,7 +35,7 @@
 //   void scale_to(const float* x, float* y, size_t n, float c);       // y = x c
 //   template <int Order> static constexpr bool kSaturatingTerms;
 //     whether sum_exp2's terms are +inf (or NaN) for t >= 128 rather than
-//     wrapped exponent bits (softmax_rows.h, head_k)
+//     wrapped exponent bits (head_of)
 //   void fill(float* y, size_t n, float value);
 #pragma once
 
@@ -74,29 +69,54 @@ inline double base2_log_sum(double sum, double k, float max) {
   return std::log(sum) + (k - static_cast<double>(max) * static_cast<double>(kLog2e)) * kLn2D;
 }
 
-// A block's stats against the k of its head (the max of its first 16
-// elements) when the block's max has t <= 60 against it, which a sum of at
-// most 2^59 proves (the sum holds the max's term): softmax_rows.h's head rule,
-// on tables whose terms saturate for t >= 128, so the block's max pass is
-// skipped. RowStats.max is then the head: the finish passes read it as the
-// reference the log of the sum is taken back to (base2_log_sum) and the row's
-// k as the largest block k, which keeps every term at most 2^60. False (the
-// block's max decides) for a head with no number, one beyond kRowStatsLimit
-// - 64 (a max within 60 of it then stays within the limit), or a larger sum.
+// The head rule (softmax_rows.h gives it whole): the terms of a row, block or
+// chunk may be taken against the k of its head, the max of its first kHead
+// elements, when its max has t = fl(max log2(e) - k) of at most kHeadSpan
+// against that k; a sum of the terms of at most kHeadSum proves it (the sum
+// holds the max's term), so the max pass is skipped.
+constexpr size_t kHead = 16;
+constexpr float kHeadSpan = 60.0f;
+constexpr float kHeadSum = 0x1p59f;  // 2^(kHeadSpan - 1)
+
+// A head: the max of the first kHead elements and that max's k.
+struct Head {
+  float max, k;
+};
+
+// x's head, when the rule may give its k: on a layer whose terms saturate
+// to +inf for t >= 128 (where they wrap, a row far above its head could sum
+// below kHeadSum: the AVX-512 table's orders 2 and 3), for a head that holds
+// a number 64 inside kRowStatsLimit (t <= kHeadSpan then puts the max within
+// kHeadSpan / log2(e) < 64 of the head, so within the limit too: a sum
+// accepted without the max never meets a max the base-e path would take).
+template <class L, int Order>
+bool head_of(const float* x, size_t n, Head* h) {
+  if (!L::template kSaturatingTerms<Order> || n < kHead) return false;
+  h->max = L::max_skip_nan(x, kHead);
+  if (!(std::fabs(h->max) <= kRowStatsLimit - 64.0f)) return false;
+  h->k = base2_k(h->max);
+  return true;
+}
+
+// Whether a row (block) with this max takes its head's k.
+inline bool head_k_stands(float max, float k) {
+  return std::isfinite(max) && fits_base2(max) && std::fma(max, kLog2e, -k) <= kHeadSpan;
+}
+
+// A block's stats against its head's k where the rule holds (a sum of at
+// most kHeadSum), its max pass skipped. RowStats.max is then the head: the
+// finish passes read it as the reference the log of the sum is taken back to
+// (base2_log_sum) and the row's k as the largest block k, which keeps every
+// term at most 2^60. False (the block's max decides) for a block without a
+// head (head_of) or with a larger sum.
 template <class L, int Order>
 bool head_stats(const float* x, size_t len, RowStats* part) {
-  if constexpr (!L::template kSaturatingTerms<Order>) {
-    return false;
-  } else {
-    if (len < 16) return false;
-    const float head = L::max_skip_nan(x, 16);
-    if (!(std::fabs(head) <= kRowStatsLimit - 64.0f)) return false;
-    const float k = base2_k(head);
-    const float s = L::template sum_exp2<Order, false, false>(x, nullptr, len, k, 1.0f);
-    if (!(s <= 0x1p59f)) return false;
-    *part = RowStats{head, k, s, false};
-    return true;
-  }
+  Head h;
+  if (!head_of<L, Order>(x, len, &h)) return false;
+  const float s = L::template sum_exp2<Order, false, false>(x, nullptr, len, h.k, 1.0f);
+  if (!(s <= kHeadSum)) return false;
+  *part = RowStats{h.max, h.k, s, false};
+  return true;
 }
 
 template <class L, int Order>
@@ -169,7 +189,7 @@ void partial_against_max(const float* x, float* y, size_t n, float m, ChunkStats
 
 // The chunk phase of a long row over threads (ChunkStats in kernels.h): the
 // one-row kernel's first two passes on the chunk, against the chunk's own
-// max, or against the max of its first kChunkHead elements (the head) when
+// max, or against the max of its first kHead elements (the head) when
 // the chunk's max is at most kChunkSpan above it: the head rule of
 // softmax_rows.h in base e (terms e^(x - ref), ChunkStats.max = ref; the
 // combination and the scaling read it as the chunk's reference, so any
@@ -180,14 +200,13 @@ void partial_against_max(const float* x, float* y, size_t n, float m, ChunkStats
 // place (x = y, the terms would overwrite x) and where the sum is larger, the
 // max comes first and decides. The rule depends on the chunk alone, so the
 // results do not depend on the way they were computed.
-constexpr size_t kChunkHead = 16;
 constexpr float kChunkSpan = 41.0f;   // 59 in base 2, as softmax_rows.h's kHeadSpan
 constexpr float kChunkSum = 0x1p57f;  // e^39.5: the max at most 39.6 above the head
 
 template <class L, int Order>
 void partial(const float* x, float* y, size_t n, ChunkStats* out) {
   if constexpr (L::template kSaturatingTerms<Order>) {
-    const float head = n >= kChunkHead ? L::max_skip_nan(x, kChunkHead) : -kInf;
+    const float head = n >= kHead ? L::max_skip_nan(x, kHead) : -kInf;
     if (std::isfinite(head)) {
       float s = 0.0f;
       if (y != x) {

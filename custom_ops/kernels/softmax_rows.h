@@ -50,7 +50,7 @@ namespace {
 // floor(max log2(e)) gives the same results up to the rounding of t: the
 // division by the sum cancels 2^k (LogSoftmax: the log of the sum is taken
 // back by base2_log_sum). A row of kHeadMinRow elements or more takes the k
-// of the max of its first kHead elements (its head) when the row's max has
+// of the max of its first kHead (16) elements (its head) when the row's max has
 // t = fl(max log2(e) - k) of at most kHeadSpan against it (its terms, about
 // 2^kHeadSpan at most, and their sum stay far from overflow, 1 / sum from
 // the subnormals); other rows, and rows whose head holds no number or is
@@ -78,35 +78,15 @@ namespace {
 // 0.85-0.89x, 128 0.99-1.00x, 192 0.94x, 256 0.93-1.12x, 384 1.02-1.21x,
 // 512 1.07-1.10x (12x512x512; in place 0.99-1.00x, bound by memory), 3072
 // 1.18-1.29x (in place 1.16-1.17x), 32000 0.95-1.32x (in place 1.11x).
-constexpr size_t kHead = 16;
 constexpr size_t kHeadMinRow = 384;
-constexpr float kHeadSpan = 60.0f;
+using longrow::Head;
+using longrow::head_k_stands;
+using longrow::kHeadSum;
 
-// A row's head: the max of its first kHead elements and that max's k.
-struct Head {
-  float max, k;
-};
-
-// Row x's head, when the rule may give its k: rows of kHeadMinRow or more,
-// on a layer whose terms saturate to +inf for t >= 128 (where they wrap, a
-// row far above its head could sum below 2^(kHeadSpan - 1); the AVX-512
-// table's orders 2 and 3).
+// Row x's head (longrow::head_of), for rows of kHeadMinRow or more.
 template <class L, int Order>
-bool head_of(const float* x, size_t n, Head* h) {
-  if (!L::template kSaturatingTerms<Order> || n < kHeadMinRow) return false;
-  h->max = L::max_skip_nan(x, kHead);
-  // t <= kHeadSpan against the head's k puts the max within kHeadSpan / log2(e)
-  // < 64 of the head: a head 64 inside kRowStatsLimit keeps such a max within
-  // it, so a sum accepted without the max never meets a max three_passes
-  // would take in base e.
-  if (!(std::fabs(h->max) <= kRowStatsLimit - 64.0f)) return false;
-  h->k = longrow::base2_k(h->max);
-  return true;
-}
-
-// Whether a row with this max takes its head's k.
-inline bool head_k_stands(float max, float k) {
-  return std::isfinite(max) && longrow::fits_base2(max) && std::fma(max, kLog2e, -k) <= kHeadSpan;
+bool row_head(const float* x, size_t n, Head* h) {
+  return n >= kHeadMinRow && longrow::head_of<L, Order>(x, n, h);
 }
 
 // What the terms of row x are taken against, given its max m (finite, within
@@ -115,14 +95,14 @@ inline bool head_k_stands(float max, float k) {
 template <class L, int Order, bool HeadRule>
 Head row_ref(const float* x, size_t n, float m) {
   Head h;
-  if (HeadRule && head_of<L, Order>(x, n, &h) && head_k_stands(m, h.k)) return h;
+  if (HeadRule && row_head<L, Order>(x, n, &h) && head_k_stands(m, h.k)) return h;
   return Head{m, longrow::base2_k(m)};
 }
 
 constexpr size_t kMaxGroup = 64;
 
 // The three passes over a group of rows: every row's max, every row's terms
-// and sum (against row_k's k), every row's scaling or shift.
+// and sum (against row_ref's k), every row's scaling or shift.
 template <class L, int Order, bool Log, bool HeadRule>
 void three_passes(const float* x, float* y, size_t rows, size_t n) {
   constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -194,8 +174,7 @@ inline float* terms_buffer(size_t n) {
 // head's, that row and the rest of the call in three passes.
 template <class L, int Order, bool Log>
 void head_first(const float* x, float* y, size_t rows, size_t n) {
-  constexpr float kHeadSum = 0x1p59f;  // 2^(kHeadSpan - 1): the max's t is at most kHeadSpan
-  constexpr bool kStore = !Log;        // LogSoftmax needs only the sum
+  constexpr bool kStore = !Log;  // LogSoftmax needs only the sum
   float s[kMaxGroup];
   Head h[kMaxGroup];
   const bool buffered = kStore && x == y;
@@ -209,7 +188,7 @@ void head_first(const float* x, float* y, size_t rows, size_t n) {
     size_t i = 0;
     for (; i < g; ++i) {
       const float* xr = xg + i * n;
-      if (!head_of<L, Order>(xr, n, &h[i])) break;  // the head holds no number
+      if (!row_head<L, Order>(xr, n, &h[i])) break;  // the head holds no number
       s[i] = L::template sum_exp2<Order, kStore, false>(xr, terms + i * n, n, h[i].k, 1.0f);
       if (!(s[i] <= kHeadSum) && !head_k_stands(L::max_skip_nan(xr, n), h[i].k)) break;
     }
