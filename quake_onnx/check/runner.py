@@ -275,9 +275,10 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
             out = fast.run(names, data.feeds)
         except Exception as e:
             raise CheckError(f"the optimized model fails to run: {_one_line(e)}", "run-optimized", 1) from None
+        excuse_nan = not cmp.has_nan(data.feeds)
         for n, r, o in zip(names, ref, out):
             try:
-                per_output[n].append(cmp.compare(n, r, o, options.top_k, excuse_nan=not cmp.has_nan(data.feeds)))
+                per_output[n].append(cmp.compare(n, r, o, options.top_k, excuse_nan=excuse_nan))
             except ValueError as e:
                 raise CheckError(str(e), "compare", 1) from None
             if n in data.expected:

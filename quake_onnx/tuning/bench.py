@@ -149,8 +149,9 @@ class ModelBench:
                 out = session.run(self.names, feeds)
             except Exception as e:
                 return failed(f"it fails to run: {sessions.one_line(e)}")
+            excuse_nan = not cmp.has_nan(feeds)
             for n, r, o in zip(self.names, ref, out):
-                per_output[n].append(cmp.compare(n, r, o, excuse_nan=not cmp.has_nan(feeds)))
+                per_output[n].append(cmp.compare(n, r, o, excuse_nan=excuse_nan))
         return [cmp.merge(per_output[n]).to_dict() for n in self.names]
 
     def paired(self, base: Variant, variant: Variant) -> Paired:
