@@ -70,4 +70,12 @@ constexpr float kGeluK3 = 1.5957691216057308f * 0.044715f;  // 2 * sqrt(2 / pi) 
 // product finite so -inf gives -0 rather than NaN.
 constexpr float kGeluLow = -12.0f;
 
+// float16 Exp: the float32 core's relative error must not move a result
+// across float16's overflow. e^x rounds to +inf in float16 from
+// x = 11.09375 on (the first half above ln(65520) = 11.0902) and stays finite
+// up to 11.0859375 (e^x = 65237): results below are capped at 65504, inputs
+// from it on give +inf, exactly as the true value rounds.
+constexpr float kHalfExpInfFrom = 11.09375f;
+constexpr float kHalfMax = 65504.0f;
+
 }  // namespace quake

@@ -82,6 +82,25 @@ using ChunkPartialFn = void (*)(const float* x, float* y, size_t n, ChunkStats* 
 using ScaleFn = void (*)(float* y, size_t n, float c);                           // y *= c
 using ShiftFn = void (*)(const float* x, float* y, size_t n, float a, float b);  // y = (x - a) - b
 
+// float16 twins of the elementwise kernels (x, b, y: float16 bit patterns;
+// bias: float): each element is converted to float in registers, computed by
+// the float kernel's own arithmetic and rounded once to nearest even, so the
+// result is bit for bit f16_to_f32, the float kernel, f32_to_f16. Exp also
+// takes float16's range (constants.h: +inf from x = 11.09375 on, at most
+// 65504 below). A table without them has nullptr entries; the op layer then
+// converts through float blocks, with the same results.
+using HalfUnaryFn = void (*)(const uint16_t* x, uint16_t* y, size_t n);
+using HalfSiluFn = void (*)(const uint16_t* x, uint16_t* y, size_t n, float alpha);
+using HalfGeluFn = void (*)(const uint16_t* x, const float* bias, uint16_t* y, size_t n);
+using HalfGluFn = void (*)(const uint16_t* a, const uint16_t* b, uint16_t* y, size_t n, GluActivation act, float alpha);
+struct HalfKernels {
+  HalfUnaryFn exp;
+  HalfUnaryFn sigmoid;
+  HalfSiluFn silu;
+  HalfGeluFn gelu;
+  HalfGluFn glu;
+};
+
 struct OrderKernels {
   UnaryFn exp;
   UnaryFn sigmoid;
@@ -99,7 +118,8 @@ struct OrderKernels {
   ChunkPartialFn softmax_partial;
   ScaleFn scale;
   ShiftFn shift;
-  GluFn glu;  // com.quake Glu: act(a) * b in one pass
+  GluFn glu;         // com.quake Glu: act(a) * b in one pass
+  HalfKernels half;  // float16 in registers; nullptr entries where the table has none
 };
 
 // EXAQ softmax (method "exaq", ops.md): bits in 2..8 and clip < 0 (a fixed

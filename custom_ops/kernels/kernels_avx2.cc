@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "constants.h"
 #include "exaq_scalar.h"
@@ -37,6 +38,29 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 // All-ones in the first rem (1..7) lanes.
 inline __m256i tail_mask(size_t rem) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// 8 elements in a float register: float, or float16 converted in the register
+// (F16C: exact in, round to nearest even out, as f32_to_f16), so a float16
+// kernel is its float kernel's arithmetic with one rounding at the end. Tails
+// of rem (1..7) elements: lanes past rem load 0 and are not stored; float16
+// tails go through a small buffer (AVX2 has no 16-bit masked load).
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline __m256 load_tail8(const float* p, size_t rem) { return _mm256_maskload_ps(p, tail_mask(rem)); }
+inline __m256 load_tail8(const uint16_t* p, size_t rem) {
+  uint16_t hb[8] = {0};
+  std::memcpy(hb, p, rem * sizeof(uint16_t));
+  return load8(hb);
+}
+inline __m128i to_half(__m256 v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+inline void store8(uint16_t* p, __m256 v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), to_half(v)); }
+inline void store_tail8(float* p, size_t rem, __m256 v) { _mm256_maskstore_ps(p, tail_mask(rem), v); }
+inline void store_tail8(uint16_t* p, size_t rem, __m256 v) {
+  uint16_t hb[8];
+  store8(hb, v);
+  std::memcpy(p, hb, rem * sizeof(uint16_t));
 }
 
 // 2^t * (the mantissa polynomial), t = z * log2(e) already computed: the
@@ -111,36 +135,47 @@ inline __m256 inv_one_plus_exp_neg(__m256 v) {
 // NaN, so the value goes second.
 inline __m256 clamp_keep_nan(__m256 v, __m256 lo, __m256 hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
 
-// y[i] = f(x[i]); two registers per iteration, masked tail.
-template <typename F>
-inline void map_avx2(const float* x, float* y, size_t n, F f) {
+// y[i] = f(x[i]) over float or float16 elements (load8); two registers per
+// iteration, masked tail.
+template <typename T, typename F>
+inline void map_avx2(const T* x, T* y, size_t n, F f) {
   size_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m256 a = _mm256_loadu_ps(x + i);
-    const __m256 b = _mm256_loadu_ps(x + i + 8);
-    _mm256_storeu_ps(y + i, f(a));
-    _mm256_storeu_ps(y + i + 8, f(b));
+    const __m256 a = load8(x + i);
+    const __m256 b = load8(x + i + 8);
+    store8(y + i, f(a));
+    store8(y + i + 8, f(b));
   }
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, f(_mm256_loadu_ps(x + i)));
-  if (i < n) {
-    const __m256i k = tail_mask(n - i);
-    _mm256_maskstore_ps(y + i, k, f(_mm256_maskload_ps(x + i, k)));
+  for (; i + 8 <= n; i += 8) store8(y + i, f(load8(x + i)));
+  if (i < n) store_tail8(y + i, n - i, f(load_tail8(x + i, n - i)));
+}
+
+// float16 Exp's own range (constants.h): +inf from x = kHalfExpInfFrom on,
+// at most kHalfMax below it; float results pass unchanged.
+template <typename T>
+inline __m256 exp_range_of(__m256 x, __m256 e) {
+  if constexpr (std::is_same_v<T, float>) {
+    return e;
+  } else {
+    const __m256 capped = _mm256_min_ps(_mm256_set1_ps(kHalfMax), e);  // a NaN e stays (second operand)
+    const __m256 inf = _mm256_cmp_ps(x, _mm256_set1_ps(kHalfExpInfFrom), _CMP_GE_OQ);
+    return _mm256_blendv_ps(capped, _mm256_set1_ps(std::numeric_limits<float>::infinity()), inf);
   }
 }
 
 // Exp: valid range and error as kernels.h (order 1/2/3: 2.99e-2 / 1.73e-3 /
 // 7.5e-5 relative plus the rounding of z * log2e near |z| = 88); -inf and
 // z <= kExpUnderflow -> +0, z >= kExpOverflow and +inf -> +inf, NaN -> NaN.
-template <int Order>
-void exp_quake_avx2(const float* x, float* y, size_t n) {
-  map_avx2(x, y, n, [](__m256 v) { return exp_quake_vec<Order>(v); });
+template <int Order, typename T>
+void exp_quake_avx2(const T* x, T* y, size_t n) {
+  map_avx2(x, y, n, [](__m256 v) { return exp_range_of<T>(v, exp_quake_vec<Order>(v)); });
 }
 
 // Sigmoid: abs error <= about a quarter of the core's relative error.
 // +-inf -> 1 / ~1.6e-38 (1 and 0 to float precision); NaN -> NaN for every
 // order (the order-1 core maps NaN to -0, so NaN lanes are restored).
-template <int Order>
-void sigmoid_quake_avx2(const float* x, float* y, size_t n) {
+template <int Order, typename T>
+void sigmoid_quake_avx2(const T* x, T* y, size_t n) {
   map_avx2(x, y, n, [](__m256 v) {
     const __m256 vc = clamp_keep_nan(v, _mm256_set1_ps(-kExpMaxArg), _mm256_set1_ps(-kExpMinArg));
     const __m256 r = inv_one_plus_exp_neg<Order>(vc);
@@ -151,8 +186,8 @@ void sigmoid_quake_avx2(const float* x, float* y, size_t n) {
 
 // Silu: x * sigmoid(alpha x). x below -88.72/alpha is raised to it (the result
 // is ~0 there) so -inf gives ~-0 instead of NaN; +inf -> +inf; NaN -> NaN.
-template <int Order>
-void silu_quake_avx2(const float* x, float* y, size_t n, float alpha) {
+template <int Order, typename T>
+void silu_quake_avx2(const T* x, T* y, size_t n, float alpha) {
   const float lo_s = -kExpMaxArg / alpha;
   map_avx2(x, y, n, [lo_s, alpha](__m256 xv) {
     const __m256 v = _mm256_max_ps(_mm256_set1_ps(lo_s), xv);
@@ -173,41 +208,38 @@ inline __m256 gelu_vec(__m256 u) {
 
 // Gelu (tanh form) of x + bias, one pass: abs error about 0.17x the core's
 // relative error times |u| near the knee; +inf -> +inf, -inf -> ~-0, NaN -> NaN.
-template <int Order>
-void gelu_quake_avx2(const float* x, const float* bias, float* y, size_t n) {
+template <int Order, typename T>
+void gelu_quake_avx2(const T* x, const float* bias, T* y, size_t n) {
   if (bias == nullptr) return map_avx2(x, y, n, [](__m256 v) { return gelu_vec<Order>(v); });
   size_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m256 a = _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(bias + i));
-    const __m256 b = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(bias + i + 8));
-    _mm256_storeu_ps(y + i, gelu_vec<Order>(a));
-    _mm256_storeu_ps(y + i + 8, gelu_vec<Order>(b));
+    const __m256 a = _mm256_add_ps(load8(x + i), _mm256_loadu_ps(bias + i));
+    const __m256 b = _mm256_add_ps(load8(x + i + 8), _mm256_loadu_ps(bias + i + 8));
+    store8(y + i, gelu_vec<Order>(a));
+    store8(y + i + 8, gelu_vec<Order>(b));
   }
   for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(y + i, gelu_vec<Order>(_mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(bias + i))));
+    store8(y + i, gelu_vec<Order>(_mm256_add_ps(load8(x + i), _mm256_loadu_ps(bias + i))));
   }
   if (i < n) {
-    const __m256i k = tail_mask(n - i);
-    const __m256 u = _mm256_add_ps(_mm256_maskload_ps(x + i, k), _mm256_maskload_ps(bias + i, k));
-    _mm256_maskstore_ps(y + i, k, gelu_vec<Order>(u));
+    const __m256 u = _mm256_add_ps(load_tail8(x + i, n - i), load_tail8(bias + i, n - i));
+    store_tail8(y + i, n - i, gelu_vec<Order>(u));
   }
 }
 
-// y[i] = f(a[i], b[i]); two registers per iteration, masked tail.
-template <typename F>
-inline void map2_avx2(const float* a, const float* b, float* y, size_t n, F f) {
+// y[i] = f(a[i], b[i]) over float or float16 elements; two registers per
+// iteration, masked tail.
+template <typename T, typename F>
+inline void map2_avx2(const T* a, const T* b, T* y, size_t n, F f) {
   size_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m256 r0 = f(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
-    const __m256 r1 = f(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8));
-    _mm256_storeu_ps(y + i, r0);
-    _mm256_storeu_ps(y + i + 8, r1);
+    const __m256 r0 = f(load8(a + i), load8(b + i));
+    const __m256 r1 = f(load8(a + i + 8), load8(b + i + 8));
+    store8(y + i, r0);
+    store8(y + i + 8, r1);
   }
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, f(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
-  if (i < n) {
-    const __m256i k = tail_mask(n - i);
-    _mm256_maskstore_ps(y + i, k, f(_mm256_maskload_ps(a + i, k), _mm256_maskload_ps(b + i, k)));
-  }
+  for (; i + 8 <= n; i += 8) store8(y + i, f(load8(a + i), load8(b + i)));
+  if (i < n) store_tail8(y + i, n - i, f(load_tail8(a + i, n - i), load_tail8(b + i, n - i)));
 }
 
 // v / (1 + e^-z), z clamped into [-kExpMaxArg, -kExpMinArg]: one division.
@@ -220,8 +252,8 @@ inline __m256 div_one_plus_exp_neg(__m256 v, __m256 z) {
 // Glu: y = act(a) * b, the scalar definition (kernels_scalar.cc: range, error,
 // special values) operation for operation, so it matches the scalar table bit
 // for bit: the gate v / (1 + e^-z) with one division, then the product.
-template <int Order>
-void glu_quake_avx2(const float* a, const float* b, float* y, size_t n, GluActivation act, float alpha) {
+template <int Order, typename T>
+void glu_quake_avx2(const T* a, const T* b, T* y, size_t n, GluActivation act, float alpha) {
   if (act == GluActivation::kSilu) {
     const __m256 lo = _mm256_set1_ps(-kExpMaxArg / alpha), va = _mm256_set1_ps(alpha);
     return map2_avx2(a, b, y, n, [lo, va](__m256 av, __m256 bv) {
@@ -639,10 +671,10 @@ struct LongRowLayer {
 
 template <int Order>
 constexpr OrderKernels order_table() {
-  return {exp_quake_avx2<Order>,
-          sigmoid_quake_avx2<Order>,
-          silu_quake_avx2<Order>,
-          gelu_quake_avx2<Order>,
+  return {exp_quake_avx2<Order, float>,
+          sigmoid_quake_avx2<Order, float>,
+          silu_quake_avx2<Order, float>,
+          gelu_quake_avx2<Order, float>,
           rows::softmax<LongRowLayer, Order, false>,
           rows::softmax<LongRowLayer, Order, true>,
           longrow::stats<LongRowLayer, Order>,
@@ -652,7 +684,9 @@ constexpr OrderKernels order_table() {
           longrow::partial<LongRowLayer, Order>,
           longrow::scale<LongRowLayer>,
           longrow::shift<LongRowLayer>,
-          glu_quake_avx2<Order>};
+          glu_quake_avx2<Order, float>,
+          {exp_quake_avx2<Order, uint16_t>, sigmoid_quake_avx2<Order, uint16_t>, silu_quake_avx2<Order, uint16_t>,
+           gelu_quake_avx2<Order, uint16_t>, glu_quake_avx2<Order, uint16_t>}};
 }
 
 }  // namespace

@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "constants.h"
 #include "exaq_scalar.h"
@@ -47,6 +48,21 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 inline __mmask16 tail_mask(size_t rem) { return static_cast<__mmask16>((1u << rem) - 1u); }
+
+// 16 elements in a float register: float, or float16 converted in the register
+// (VCVTPH2PS exact; VCVTPS2PH rounds to nearest even, as f32_to_f16), so a
+// float16 kernel is its float kernel's arithmetic with one rounding at the end.
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 maskz_load16(__mmask16 k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
+inline __m512 maskz_load16(__mmask16 k, const uint16_t* p) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
+inline __m256i to_half(__m512 v) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline void store16(uint16_t* p, __m512 v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_half(v)); }
+inline void mask_store16(float* p, __mmask16 k, __m512 v) { _mm512_mask_storeu_ps(p, k, v); }
+inline void mask_store16(uint16_t* p, __mmask16 k, __m512 v) { _mm256_mask_storeu_epi16(p, k, to_half(v)); }
 
 // 2^t * (the mantissa polynomial), t = z * log2(e) already computed: the
 // core of orders 2 and 3 for -126 <= t < 128; lanes outside `keep` are +0.
@@ -130,29 +146,43 @@ inline __m512 inv_one_plus_exp_neg(__m512 v) {
 // NaN, so the value goes second.
 inline __m512 clamp_keep_nan(__m512 v, __m512 lo, __m512 hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
 
-// y[i] = f(x[i]); two registers per iteration, masked tail.
-template <typename F>
-inline void map_avx512(const float* x, float* y, size_t n, F f) {
+// y[i] = f(x[i]) over float or float16 elements (load16); two registers per
+// iteration, masked tail.
+template <typename T, typename F>
+inline void map_avx512(const T* x, T* y, size_t n, F f) {
   size_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    const __m512 a = _mm512_loadu_ps(x + i);
-    const __m512 b = _mm512_loadu_ps(x + i + 16);
-    _mm512_storeu_ps(y + i, f(a));
-    _mm512_storeu_ps(y + i + 16, f(b));
+    const __m512 a = load16(x + i);
+    const __m512 b = load16(x + i + 16);
+    store16(y + i, f(a));
+    store16(y + i + 16, f(b));
   }
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, f(_mm512_loadu_ps(x + i)));
+  for (; i + 16 <= n; i += 16) store16(y + i, f(load16(x + i)));
   if (i < n) {
     const __mmask16 k = tail_mask(n - i);
-    _mm512_mask_storeu_ps(y + i, k, f(_mm512_maskz_loadu_ps(k, x + i)));
+    mask_store16(y + i, k, f(maskz_load16(k, x + i)));
+  }
+}
+
+// float16 Exp's own range (constants.h): +inf from x = kHalfExpInfFrom on,
+// at most kHalfMax below it; float results pass unchanged.
+template <typename T>
+inline __m512 exp_range_of(__m512 x, __m512 e) {
+  if constexpr (std::is_same_v<T, float>) {
+    return e;
+  } else {
+    const __m512 capped = _mm512_min_ps(_mm512_set1_ps(kHalfMax), e);  // a NaN e stays (second operand)
+    const __mmask16 inf = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kHalfExpInfFrom), _CMP_GE_OQ);
+    return _mm512_mask_mov_ps(capped, inf, _mm512_set1_ps(kInf));
   }
 }
 
 // Exp: valid range and error as kernels.h (order 1/2/3: 2.99e-2 / 1.73e-3 /
 // 7.5e-5 relative plus the rounding of z * log2e near |z| = 88); -inf and
 // z <= kExpUnderflow -> +0, z >= kExpOverflow and +inf -> +inf, NaN -> NaN.
-template <int Order>
-void exp_quake_avx512(const float* x, float* y, size_t n) {
-  map_avx512(x, y, n, [](__m512 v) { return exp_quake_vec<Order>(v); });
+template <int Order, typename T>
+void exp_quake_avx512(const T* x, T* y, size_t n) {
+  map_avx512(x, y, n, [](__m512 v) { return exp_range_of<T>(v, exp_quake_vec<Order>(v)); });
 }
 
 // 1 / (1 + e^-v) for any v, orders 2 and 3: VSCALEFPS saturates by itself
@@ -180,8 +210,8 @@ inline __m512 div_one_plus_exp_neg(__m512 num, __m512 v) {
 // Sigmoid: abs error <= about a quarter of the core's relative error.
 // -inf -> 0, +inf -> 1 (order 1: 1 / ~1.6e-38 to float precision); NaN -> NaN
 // for every order (the order-1 core maps NaN to -0, so NaN lanes are restored).
-template <int Order>
-void sigmoid_quake_avx512(const float* x, float* y, size_t n) {
+template <int Order, typename T>
+void sigmoid_quake_avx512(const T* x, T* y, size_t n) {
   map_avx512(x, y, n, [](__m512 v) {
     if constexpr (Order != 1) {
       return inv_one_plus_exp_neg_any<Order>(v);
@@ -196,8 +226,8 @@ void sigmoid_quake_avx512(const float* x, float* y, size_t n) {
 // Silu: x / (1 + e^(-alpha x)). x below -88.72/alpha is raised to it (the
 // result is ~0 there) so -inf gives ~-0 instead of NaN; +inf -> +inf;
 // NaN -> NaN. alpha = 1 (SiLU proper) skips the product.
-template <int Order>
-void silu_quake_avx512(const float* x, float* y, size_t n, float alpha) {
+template <int Order, typename T>
+void silu_quake_avx512(const T* x, T* y, size_t n, float alpha) {
   const __m512 lo = _mm512_set1_ps(-kExpMaxArg / alpha);
   if (alpha == 1.0f) {
     return map_avx512(x, y, n, [lo](__m512 xv) {
@@ -222,40 +252,41 @@ inline __m512 gelu_vec(__m512 u) {
 
 // Gelu (tanh form) of x + bias, one pass: abs error about 0.17x the core's
 // relative error times |u| near the knee; +inf -> +inf, -inf -> ~-0, NaN -> NaN.
-template <int Order>
-void gelu_quake_avx512(const float* x, const float* bias, float* y, size_t n) {
+template <int Order, typename T>
+void gelu_quake_avx512(const T* x, const float* bias, T* y, size_t n) {
   if (bias == nullptr) return map_avx512(x, y, n, [](__m512 v) { return gelu_vec<Order>(v); });
   size_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    const __m512 a = _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(bias + i));
-    const __m512 b = _mm512_add_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(bias + i + 16));
-    _mm512_storeu_ps(y + i, gelu_vec<Order>(a));
-    _mm512_storeu_ps(y + i + 16, gelu_vec<Order>(b));
+    const __m512 a = _mm512_add_ps(load16(x + i), _mm512_loadu_ps(bias + i));
+    const __m512 b = _mm512_add_ps(load16(x + i + 16), _mm512_loadu_ps(bias + i + 16));
+    store16(y + i, gelu_vec<Order>(a));
+    store16(y + i + 16, gelu_vec<Order>(b));
   }
   for (; i + 16 <= n; i += 16) {
-    _mm512_storeu_ps(y + i, gelu_vec<Order>(_mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(bias + i))));
+    store16(y + i, gelu_vec<Order>(_mm512_add_ps(load16(x + i), _mm512_loadu_ps(bias + i))));
   }
   if (i < n) {
     const __mmask16 k = tail_mask(n - i);
-    const __m512 u = _mm512_add_ps(_mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, bias + i));
-    _mm512_mask_storeu_ps(y + i, k, gelu_vec<Order>(u));
+    const __m512 u = _mm512_add_ps(maskz_load16(k, x + i), _mm512_maskz_loadu_ps(k, bias + i));
+    mask_store16(y + i, k, gelu_vec<Order>(u));
   }
 }
 
-// y[i] = f(a[i], b[i]); two registers per iteration, masked tail.
-template <typename F>
-inline void map2_avx512(const float* a, const float* b, float* y, size_t n, F f) {
+// y[i] = f(a[i], b[i]) over float or float16 elements; two registers per
+// iteration, masked tail.
+template <typename T, typename F>
+inline void map2_avx512(const T* a, const T* b, T* y, size_t n, F f) {
   size_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    const __m512 r0 = f(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
-    const __m512 r1 = f(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16));
-    _mm512_storeu_ps(y + i, r0);
-    _mm512_storeu_ps(y + i + 16, r1);
+    const __m512 r0 = f(load16(a + i), load16(b + i));
+    const __m512 r1 = f(load16(a + i + 16), load16(b + i + 16));
+    store16(y + i, r0);
+    store16(y + i + 16, r1);
   }
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, f(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i)));
+  for (; i + 16 <= n; i += 16) store16(y + i, f(load16(a + i), load16(b + i)));
   if (i < n) {
     const __mmask16 k = tail_mask(n - i);
-    _mm512_mask_storeu_ps(y + i, k, f(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i)));
+    mask_store16(y + i, k, f(maskz_load16(k, a + i), maskz_load16(k, b + i)));
   }
 }
 
@@ -266,8 +297,8 @@ inline void map2_avx512(const float* a, const float* b, float* y, size_t n, F f)
 // below u = -9.9 instead of -0, so an infinite b gives the same infinity on
 // every table (not NaN on this one only). Differs from the scalar table by
 // VREDUCEPS's ulp of f (see the top of this file).
-template <int Order>
-void glu_quake_avx512(const float* a, const float* b, float* y, size_t n, GluActivation act, float alpha) {
+template <int Order, typename T>
+void glu_quake_avx512(const T* a, const T* b, T* y, size_t n, GluActivation act, float alpha) {
   if (act == GluActivation::kSilu) {
     const __m512 lo = _mm512_set1_ps(-kExpMaxArg / alpha), va = _mm512_set1_ps(alpha);
     return map2_avx512(a, b, y, n, [lo, va](__m512 av, __m512 bv) {
@@ -652,10 +683,10 @@ struct LongRowLayer {
 
 template <int Order>
 constexpr OrderKernels order_table() {
-  return {exp_quake_avx512<Order>,
-          sigmoid_quake_avx512<Order>,
-          silu_quake_avx512<Order>,
-          gelu_quake_avx512<Order>,
+  return {exp_quake_avx512<Order, float>,
+          sigmoid_quake_avx512<Order, float>,
+          silu_quake_avx512<Order, float>,
+          gelu_quake_avx512<Order, float>,
           rows::softmax<LongRowLayer, Order, false>,
           rows::softmax<LongRowLayer, Order, true>,
           longrow::stats<LongRowLayer, Order>,
@@ -665,7 +696,9 @@ constexpr OrderKernels order_table() {
           longrow::partial<LongRowLayer, Order>,
           longrow::scale<LongRowLayer>,
           longrow::shift<LongRowLayer>,
-          glu_quake_avx512<Order>};
+          glu_quake_avx512<Order, float>,
+          {exp_quake_avx512<Order, uint16_t>, sigmoid_quake_avx512<Order, uint16_t>, silu_quake_avx512<Order, uint16_t>,
+           gelu_quake_avx512<Order, uint16_t>, glu_quake_avx512<Order, uint16_t>}};
 }
 
 }  // namespace

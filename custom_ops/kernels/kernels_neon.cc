@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "constants.h"
 #include "exaq_scalar.h"
@@ -103,36 +104,58 @@ inline float32x4_t clamp_keep_nan(float32x4_t v, float lo, float hi) {
   return vminq_f32(vdupq_n_f32(hi), vmaxq_f32(vdupq_n_f32(lo), v));  // FMAX/FMIN return NaN
 }
 
-// y[i] = f(x[i]); two registers per iteration; the tail is padded with `pad`.
-template <typename F>
-inline void map_neon(const float* x, float* y, size_t n, F f, float pad = 0.0f) {
+// 4 elements in a float register: float, or float16 converted in the register
+// (FCVTL exact; FCVTN rounds to nearest even, as f32_to_f16), so a float16
+// kernel is its float kernel's arithmetic with one rounding at the end.
+inline float32x4_t load4(const float* p) { return vld1q_f32(p); }
+inline float32x4_t load4(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+inline void store4(float* p, float32x4_t v) { vst1q_f32(p, v); }
+inline void store4(uint16_t* p, float32x4_t v) { vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32(v))); }
+
+// y[i] = f(x[i]) over float or float16 elements (load4); two registers per
+// iteration; the tail goes through a 4-element buffer padded with 0.
+template <typename T, typename F>
+inline void map_neon(const T* x, T* y, size_t n, F f) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const float32x4_t a = vld1q_f32(x + i);
-    const float32x4_t b = vld1q_f32(x + i + 4);
-    vst1q_f32(y + i, f(a));
-    vst1q_f32(y + i + 4, f(b));
+    const float32x4_t a = load4(x + i);
+    const float32x4_t b = load4(x + i + 4);
+    store4(y + i, f(a));
+    store4(y + i + 4, f(b));
   }
-  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, f(vld1q_f32(x + i)));
+  for (; i + 4 <= n; i += 4) store4(y + i, f(load4(x + i)));
   if (i < n) {
-    float buf[4] = {pad, pad, pad, pad};
-    std::memcpy(buf, x + i, (n - i) * sizeof(float));
-    vst1q_f32(buf, f(vld1q_f32(buf)));
-    std::memcpy(y + i, buf, (n - i) * sizeof(float));
+    T buf[4] = {0, 0, 0, 0};
+    std::memcpy(buf, x + i, (n - i) * sizeof(T));
+    store4(buf, f(load4(buf)));
+    std::memcpy(y + i, buf, (n - i) * sizeof(T));
+  }
+}
+
+// float16 Exp's own range (constants.h): +inf from x = kHalfExpInfFrom on,
+// at most kHalfMax below it; float results pass unchanged.
+template <typename T>
+inline float32x4_t exp_range_of(float32x4_t x, float32x4_t e) {
+  if constexpr (std::is_same_v<T, float>) {
+    return e;
+  } else {
+    const float32x4_t capped = vminq_f32(vdupq_n_f32(kHalfMax), e);  // FMIN: a NaN e stays NaN
+    const uint32x4_t inf = vcgeq_f32(x, vdupq_n_f32(kHalfExpInfFrom));
+    return vbslq_f32(inf, vdupq_n_f32(std::numeric_limits<float>::infinity()), capped);
   }
 }
 
 // Exp: valid range and error as kernels.h; -inf and z <= kExpUnderflow -> +0,
 // z >= kExpOverflow and +inf -> +inf, NaN -> NaN.
-template <int Order>
-void exp_quake_neon(const float* x, float* y, size_t n) {
-  map_neon(x, y, n, [](float32x4_t v) { return exp_quake_vec<Order>(v); });
+template <int Order, typename T>
+void exp_quake_neon(const T* x, T* y, size_t n) {
+  map_neon(x, y, n, [](float32x4_t v) { return exp_range_of<T>(v, exp_quake_vec<Order>(v)); });
 }
 
 // Sigmoid: abs error <= about a quarter of the core's relative error.
 // NaN -> NaN for every order (restored where the order-1 core drops it).
-template <int Order>
-void sigmoid_quake_neon(const float* x, float* y, size_t n) {
+template <int Order, typename T>
+void sigmoid_quake_neon(const T* x, T* y, size_t n) {
   map_neon(x, y, n, [](float32x4_t v) {
     const float32x4_t r = inv_one_plus_exp<Order>(clamp_keep_nan(vnegq_f32(v), kExpMinArg, kExpMaxArg));
     if (Order == 1) return vbslq_f32(vceqq_f32(v, v), r, v);
@@ -142,8 +165,8 @@ void sigmoid_quake_neon(const float* x, float* y, size_t n) {
 
 // Silu: x * sigmoid(alpha x); x below -88.72/alpha is raised to it so -inf
 // gives ~-0; +inf -> +inf; NaN -> NaN.
-template <int Order>
-void silu_quake_neon(const float* x, float* y, size_t n, float alpha) {
+template <int Order, typename T>
+void silu_quake_neon(const T* x, T* y, size_t n, float alpha) {
   const float lo = -kExpMaxArg / alpha;
   map_neon(x, y, n, [lo, alpha](float32x4_t xv) {
     const float32x4_t v = vmaxq_f32(vdupq_n_f32(lo), xv);
@@ -160,38 +183,40 @@ inline float32x4_t gelu_vec(float32x4_t u) {
 }
 
 // Gelu (tanh form) of x + bias in one pass; +inf -> +inf, -inf -> ~-0, NaN -> NaN.
-template <int Order>
-void gelu_quake_neon(const float* x, const float* bias, float* y, size_t n) {
+template <int Order, typename T>
+void gelu_quake_neon(const T* x, const float* bias, T* y, size_t n) {
   if (bias == nullptr) return map_neon(x, y, n, [](float32x4_t v) { return gelu_vec<Order>(v); });
   size_t i = 0;
-  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, gelu_vec<Order>(vaddq_f32(vld1q_f32(x + i), vld1q_f32(bias + i))));
+  for (; i + 4 <= n; i += 4) store4(y + i, gelu_vec<Order>(vaddq_f32(load4(x + i), vld1q_f32(bias + i))));
   if (i < n) {
-    float xb[4] = {0, 0, 0, 0}, bb[4] = {0, 0, 0, 0};
-    std::memcpy(xb, x + i, (n - i) * sizeof(float));
+    T xb[4] = {0, 0, 0, 0};
+    float bb[4] = {0, 0, 0, 0};
+    std::memcpy(xb, x + i, (n - i) * sizeof(T));
     std::memcpy(bb, bias + i, (n - i) * sizeof(float));
-    vst1q_f32(xb, gelu_vec<Order>(vaddq_f32(vld1q_f32(xb), vld1q_f32(bb))));
-    std::memcpy(y + i, xb, (n - i) * sizeof(float));
+    store4(xb, gelu_vec<Order>(vaddq_f32(load4(xb), vld1q_f32(bb))));
+    std::memcpy(y + i, xb, (n - i) * sizeof(T));
   }
 }
 
-// y[i] = f(a[i], b[i]); two registers per iteration; the tail goes through
-// 4-float buffers (padded with 0) so nothing past n is read or written.
-template <typename F>
-inline void map2_neon(const float* a, const float* b, float* y, size_t n, F f) {
+// y[i] = f(a[i], b[i]) over float or float16 elements; two registers per
+// iteration; the tail goes through 4-element buffers (padded with 0) so
+// nothing past n is read or written.
+template <typename T, typename F>
+inline void map2_neon(const T* a, const T* b, T* y, size_t n, F f) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const float32x4_t r0 = f(vld1q_f32(a + i), vld1q_f32(b + i));
-    const float32x4_t r1 = f(vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
-    vst1q_f32(y + i, r0);
-    vst1q_f32(y + i + 4, r1);
+    const float32x4_t r0 = f(load4(a + i), load4(b + i));
+    const float32x4_t r1 = f(load4(a + i + 4), load4(b + i + 4));
+    store4(y + i, r0);
+    store4(y + i + 4, r1);
   }
-  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, f(vld1q_f32(a + i), vld1q_f32(b + i)));
+  for (; i + 4 <= n; i += 4) store4(y + i, f(load4(a + i), load4(b + i)));
   if (i < n) {
-    float ab[4] = {0, 0, 0, 0}, bb[4] = {0, 0, 0, 0};
-    std::memcpy(ab, a + i, (n - i) * sizeof(float));
-    std::memcpy(bb, b + i, (n - i) * sizeof(float));
-    vst1q_f32(ab, f(vld1q_f32(ab), vld1q_f32(bb)));
-    std::memcpy(y + i, ab, (n - i) * sizeof(float));
+    T ab[4] = {0, 0, 0, 0}, bb[4] = {0, 0, 0, 0};
+    std::memcpy(ab, a + i, (n - i) * sizeof(T));
+    std::memcpy(bb, b + i, (n - i) * sizeof(T));
+    store4(ab, f(load4(ab), load4(bb)));
+    std::memcpy(y + i, ab, (n - i) * sizeof(T));
   }
 }
 
@@ -204,8 +229,8 @@ inline float32x4_t div_one_plus_exp(float32x4_t v, float32x4_t z) {
 // Glu: y = act(a) * b, the scalar definition (kernels_scalar.cc: range, error,
 // special values) operation for operation, so it matches the scalar table bit
 // for bit: the gate v / (1 + e^-z) with one division, then the product.
-template <int Order>
-void glu_quake_neon(const float* a, const float* b, float* y, size_t n, GluActivation act, float alpha) {
+template <int Order, typename T>
+void glu_quake_neon(const T* a, const T* b, T* y, size_t n, GluActivation act, float alpha) {
   if (act == GluActivation::kSilu) {
     const float lo = -kExpMaxArg / alpha;
     return map2_neon(a, b, y, n, [lo, alpha](float32x4_t av, float32x4_t bv) {
@@ -568,10 +593,10 @@ void online_softmax_neon(float* s, size_t ld_s, size_t rows, size_t cols, ptrdif
 
 template <int Order>
 constexpr OrderKernels order_table() {
-  return {exp_quake_neon<Order>,
-          sigmoid_quake_neon<Order>,
-          silu_quake_neon<Order>,
-          gelu_quake_neon<Order>,
+  return {exp_quake_neon<Order, float>,
+          sigmoid_quake_neon<Order, float>,
+          silu_quake_neon<Order, float>,
+          gelu_quake_neon<Order, float>,
           rows::softmax<LongRowLayer, Order, false>,
           rows::softmax<LongRowLayer, Order, true>,
           longrow::stats<LongRowLayer, Order>,
@@ -581,7 +606,9 @@ constexpr OrderKernels order_table() {
           longrow::partial<LongRowLayer, Order>,
           longrow::scale<LongRowLayer>,
           longrow::shift<LongRowLayer>,
-          glu_quake_neon<Order>};
+          glu_quake_neon<Order, float>,
+          {exp_quake_neon<Order, uint16_t>, sigmoid_quake_neon<Order, uint16_t>, silu_quake_neon<Order, uint16_t>,
+           gelu_quake_neon<Order, uint16_t>, glu_quake_neon<Order, uint16_t>}};
 }
 
 }  // namespace

@@ -298,7 +298,8 @@ constexpr OrderKernels order_table() {
           longrow::partial<LongRowLayer, Order>,
           longrow::scale<LongRowLayer>,
           longrow::shift<LongRowLayer>,
-          glu_quake_scalar<Order>};
+          glu_quake_scalar<Order>,
+          HalfKernels{}};  // none: the op layer converts float16 through float blocks
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "constants.h"
 #include "cpu_caches.h"
 #include "kernels.h"
 
@@ -206,14 +207,8 @@ void through_float(const uint16_t* x, uint16_t* y, size_t n, const KernelTable& 
   }
 }
 
-// float16 Exp: the float32 core's relative error must not move a result
-// across float16's overflow. e^x rounds to +inf in float16 from
-// x = 11.09375 on (the first half above ln(65520) = 11.0902) and stays finite
-// up to 11.0859375 (e^x = 65237): results below are capped at 65504, inputs
-// from it on give +inf, exactly as the true value rounds.
-constexpr float kHalfExpInfFrom = 11.09375f;
-constexpr float kHalfMax = 65504.0f;
-
+// float16 Exp's range (constants.h) on float results, for tables without
+// float16 kernels.
 void fit_exp_to_half(const float* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     if (x[i] >= kHalfExpInfFrom) {
@@ -366,7 +361,13 @@ class ElementwiseKernel : public QuakeKernel {
       parallel_tasks(ctx, tasks, [&](size_t task) {
         const size_t begin = task * units_per_task * unit;
         const size_t end = std::min(n, begin + units_per_task * unit);
-        if (bias) {
+        if (has_half_kernel()) {
+          if (bias) {
+            for (size_t r = begin; r < end; r += row) kernels_.half.gelu(x + r, bias, y + r, row);
+          } else {
+            apply_half(x + begin, y + begin, end - begin);
+          }
+        } else if (bias) {
           for (size_t r = begin; r < end; r += row) {
             through_float(x + r, y + r, row, *table_, [&](const float* in, float* out, size_t count, size_t off) {
               kernels_.gelu(in, bias + off, out, count);
@@ -398,6 +399,36 @@ class ElementwiseKernel : public QuakeKernel {
   }
 
  private:
+  bool has_half_kernel() const {
+    switch (kind_) {
+      case OpKind::kExp:
+        return kernels_.half.exp != nullptr;
+      case OpKind::kSigmoid:
+        return kernels_.half.sigmoid != nullptr;
+      case OpKind::kSilu:
+        return kernels_.half.silu != nullptr;
+      case OpKind::kGelu:
+        return kernels_.half.gelu != nullptr;
+      default:
+        return false;
+    }
+  }
+
+  void apply_half(const uint16_t* x, uint16_t* y, size_t n) const {
+    switch (kind_) {
+      case OpKind::kExp:
+        return kernels_.half.exp(x, y, n);
+      case OpKind::kSigmoid:
+        return kernels_.half.sigmoid(x, y, n);
+      case OpKind::kSilu:
+        return kernels_.half.silu(x, y, n, alpha_);
+      case OpKind::kGelu:
+        return kernels_.half.gelu(x, nullptr, y, n);
+      default:
+        return;
+    }
+  }
+
   void apply(const float* x, const float* bias, float* y, size_t n) const {
     switch (kind_) {
       case OpKind::kExp:
@@ -786,7 +817,7 @@ class GluKernel : public QuakeKernel {
   size_t ElementBytes() const { return half_ ? sizeof(uint16_t) : sizeof(float); }
 
   // y[0, n) = act(a) * b from raw buffers of the op's element type; float16
-  // goes through float32 blocks.
+  // by the table's float16 kernel, or through float32 blocks.
   void Span(const void* a, const void* b, void* y, size_t n) const {
     if (!half_) {
       return kernels_.glu(static_cast<const float*>(a), static_cast<const float*>(b), static_cast<float*>(y), n, act_,
@@ -795,6 +826,7 @@ class GluKernel : public QuakeKernel {
     const uint16_t* ah = static_cast<const uint16_t*>(a);
     const uint16_t* bh = static_cast<const uint16_t*>(b);
     uint16_t* yh = static_cast<uint16_t*>(y);
+    if (kernels_.half.glu != nullptr) return kernels_.half.glu(ah, bh, yh, n, act_, alpha_);
     float af[kHalfBlock], bf[kHalfBlock];
     for (size_t done = 0; done < n; done += kHalfBlock) {
       const size_t count = std::min(kHalfBlock, n - done);

@@ -24,6 +24,7 @@
 #define QUAKE_TEST_MMAP 1
 #endif
 
+#include "constants.h"
 #include "exaq_scalar.h"
 #include "f16_scalar.h"
 #include "kernels.h"
@@ -1035,6 +1036,161 @@ void test_glu_page_end(const KernelTable* t) {
 // -------------------------------- float16 -----------------------------------
 bool is_snan_half(uint16_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0 && (h & 0x200u) == 0; }
 
+// The float16 twins (HalfKernels) against their definition: f16_to_f32, the
+// table's float kernel (Exp then float16's range, constants.h), f32_to_f16,
+// bit for bit, over every half as x (Glu: b from a shuffled copy), every
+// order, op and alpha; then every tail length and offset, in place included,
+// with nothing written outside y.
+bool same_half(uint16_t a, uint16_t b) {
+  const bool a_nan = (a & 0x7fffu) > 0x7c00u, b_nan = (b & 0x7fffu) > 0x7c00u;
+  return a_nan ? b_nan : a == b;
+}
+
+enum HalfOp { kHExp, kHSigmoid, kHSilu, kHGelu, kHGeluBias, kHGluSilu, kHGluGelu, kNumHalfOps };
+const char* const kHalfOpNames[] = {"exp", "sigmoid", "silu", "gelu", "gelu+bias", "glu silu", "glu gelu"};
+
+// y = op(x) for n halves, by the float16 kernel (via_float false) or through
+// float blocks as the op layer does without one (via_float true).
+void run_half(const KernelTable* t, int order, HalfOp op, float alpha, bool via_float, const uint16_t* x,
+              const uint16_t* b, const float* bias, uint16_t* y, size_t n) {
+  const OrderKernels& k = t->order[order - 1];
+  if (!via_float) {
+    switch (op) {
+      case kHExp:
+        return k.half.exp(x, y, n);
+      case kHSigmoid:
+        return k.half.sigmoid(x, y, n);
+      case kHSilu:
+        return k.half.silu(x, y, n, alpha);
+      case kHGelu:
+        return k.half.gelu(x, nullptr, y, n);
+      case kHGeluBias:
+        return k.half.gelu(x, bias, y, n);
+      case kHGluSilu:
+        return k.half.glu(x, b, y, n, GluActivation::kSilu, alpha);
+      case kHGluGelu:
+        return k.half.glu(x, b, y, n, GluActivation::kGelu, alpha);
+      default:
+        return;
+    }
+  }
+  std::vector<float> xf(n), bf(n), yf(n);
+  t->f16_to_f32(x, xf.data(), n);
+  if (b != nullptr) t->f16_to_f32(b, bf.data(), n);
+  switch (op) {
+    case kHExp:
+      k.exp(xf.data(), yf.data(), n);
+      for (size_t i = 0; i < n; ++i) {
+        if (xf[i] >= kHalfExpInfFrom) {
+          yf[i] = kInf;
+        } else if (yf[i] > kHalfMax) {
+          yf[i] = kHalfMax;
+        }
+      }
+      break;
+    case kHSigmoid:
+      k.sigmoid(xf.data(), yf.data(), n);
+      break;
+    case kHSilu:
+      k.silu(xf.data(), yf.data(), n, alpha);
+      break;
+    case kHGelu:
+      k.gelu(xf.data(), nullptr, yf.data(), n);
+      break;
+    case kHGeluBias:
+      k.gelu(xf.data(), bias, yf.data(), n);
+      break;
+    case kHGluSilu:
+      k.glu(xf.data(), bf.data(), yf.data(), n, GluActivation::kSilu, alpha);
+      break;
+    case kHGluGelu:
+      k.glu(xf.data(), bf.data(), yf.data(), n, GluActivation::kGelu, alpha);
+      break;
+    default:
+      break;
+  }
+  t->f32_to_f16(yf.data(), y, n);
+}
+
+void test_half_kernels(const KernelTable* t, std::mt19937& rng) {
+  char name[160];
+  const HalfKernels& h1 = t->order[0].half;
+  const bool any = h1.exp || h1.sigmoid || h1.silu || h1.gelu || h1.glu;
+  {
+    std::snprintf(name, sizeof name, "%s float16 kernels: %s", t->name,
+                  t->isa == Isa::kScalar ? "none (the op layer converts)" : "every entry, every order");
+    Case c(name);
+    for (const OrderKernels& k : t->order) {
+      const HalfKernels& h = k.half;
+      const bool all = h.exp && h.sigmoid && h.silu && h.gelu && h.glu;
+      const bool none = !h.exp && !h.sigmoid && !h.silu && !h.gelu && !h.glu;
+      c.check(t->isa == Isa::kScalar ? none : all, "incomplete float16 entries");
+    }
+  }
+  if (!any) return;
+  const size_t n = 65536;
+  std::vector<uint16_t> x(n), b(n), want(n), got(n);
+  for (size_t i = 0; i < n; ++i) x[i] = static_cast<uint16_t>(i);
+  b = x;
+  std::shuffle(b.begin(), b.end(), rng);
+  std::vector<float> bias(n);
+  std::normal_distribution<float> d(0.0f, 2.0f);
+  for (float& v : bias) v = d(rng);
+  for (int order = 1; order <= 3; ++order) {
+    for (int op = 0; op < kNumHalfOps; ++op) {
+      const HalfOp hop = static_cast<HalfOp>(op);
+      const bool takes_alpha = hop == kHSilu || hop == kHGluSilu;
+      for (float alpha : kSilAlphas) {
+        if (!takes_alpha && alpha != 1.0f) continue;
+        std::snprintf(name, sizeof name, "%s float16 %s order %d alpha %g: all 65536 halves = through float", t->name,
+                      kHalfOpNames[op], order, alpha);
+        Case c(name);
+        run_half(t, order, hop, alpha, true, x.data(), b.data(), bias.data(), want.data(), n);
+        run_half(t, order, hop, alpha, false, x.data(), b.data(), bias.data(), got.data(), n);
+        for (size_t i = 0; i < n; ++i) {
+          c.check(same_half(got[i], want[i]), "x %04zx b %04x: %04x, through float %04x", i, b[i], got[i], want[i]);
+        }
+      }
+    }
+  }
+  std::uniform_int_distribution<int> any_half(0, 0xffff);
+  for (int op = 0; op < kNumHalfOps; ++op) {
+    const HalfOp hop = static_cast<HalfOp>(op);
+    std::snprintf(name, sizeof name, "%s float16 %s order 2: every tail and offset, in place, guards", t->name,
+                  kHalfOpNames[op]);
+    Case c(name);
+    for (size_t len = 0; len <= kMaxLen; ++len) {
+      std::vector<uint16_t> xs(len), bs(len), full(len);
+      for (size_t i = 0; i < len; ++i) {
+        xs[i] = static_cast<uint16_t>(any_half(rng));
+        bs[i] = static_cast<uint16_t>(any_half(rng));
+      }
+      run_half(t, 2, hop, 1.702f, true, xs.data(), bs.data(), bias.data(), full.data(), len);
+      for (size_t off : kOffsets) {
+        constexpr uint16_t kGuardHalf = 0x7d0du;  // a signalling NaN half no kernel produces
+        std::vector<uint16_t> out(len + 2 * kGuard + 32, kGuardHalf), inplace(out.size(), kGuardHalf);
+        std::copy(xs.begin(), xs.end(), inplace.begin() + kGuard + off);
+        uint16_t* y = out.data() + kGuard + off;
+        uint16_t* yi = inplace.data() + kGuard + off;
+        run_half(t, 2, hop, 1.702f, false, xs.data(), bs.data(), bias.data(), y, len);
+        run_half(t, 2, hop, 1.702f, false, yi, bs.data(), bias.data(), yi, len);
+        for (size_t i = 0; i < out.size(); ++i) {
+          const bool inside = i >= kGuard + off && i < kGuard + off + len;
+          if (inside) {
+            const size_t j = i - kGuard - off;
+            c.check(same_half(out[i], full[j]), "n %zu off %zu i %zu: %04x vs %04x", len, off, j, out[i], full[j]);
+            c.check(same_half(inplace[i], full[j]), "in place n %zu off %zu i %zu: %04x vs %04x", len, off, j,
+                    inplace[i], full[j]);
+          } else {
+            c.check(out[i] == kGuardHalf && inplace[i] == kGuardHalf, "n %zu off %zu: wrote outside at %zu", len, off,
+                    i);
+          }
+        }
+      }
+    }
+  }
+}
+
 void test_f16(const KernelTable* t, std::mt19937& rng) {
   char name[128];
   {
@@ -1466,6 +1622,7 @@ int main() {
     test_glu_tails(t, glu_rng);
     test_glu_page_end(t);
     test_f16(t, rng);
+    test_half_kernels(t, glu_rng);
     test_exaq(t, scalar);
   }
   test_exaq_levels();

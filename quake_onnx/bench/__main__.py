@@ -50,10 +50,16 @@ def ops(
     denormal: bool = typer.Option(
         True, "--denormal/--no-denormal", help="also time denormal inputs (128x3072, 1 thread, order 2), reported apart"
     ),
+    dtype: str = typer.Option("float32", help="tensor type of both sides: float32 or float16 (no denormal rows)"),
 ) -> None:
     """Time every com.quake op against ONNX Runtime's own op, same process and thread count,
     with the rate of a plain copy of each tensor (the memory roofline) beside them."""
+    import numpy as np
+
     from . import ops as bench_ops
+
+    if dtype not in ("float32", "float16"):
+        raise typer.BadParameter(f"--dtype takes float32 or float16, got {dtype!r}")
 
     order_list = _ints(orders, "--orders")
     if any(o not in (1, 2, 3) for o in order_list):
@@ -72,9 +78,10 @@ def ops(
         min_time=min_time,
         rounds=rounds,
         progress=typer.echo,
+        dtype=np.dtype(dtype),
     )
-    text = bench_ops.machine_line() + "\n\n" + bench_ops.markdown(rows, order_list) + "\n"
-    if denormal:
+    text = bench_ops.machine_line() + f"; {dtype} tensors\n\n" + bench_ops.markdown(rows, order_list) + "\n"
+    if denormal and dtype == "float32":
         typer.echo("\ndenormal inputs (|x| < 1.2e-38), reported apart:")
         typer.echo(bench_ops.markdown([], (2,)))
         dn = bench_ops.denormal_rows(baselines=baselines, min_time=min_time, rounds=rounds, progress=typer.echo)

@@ -85,7 +85,8 @@ def copy_seconds(src: np.ndarray, dst: np.ndarray, threads: int, repeats: int, m
     """Median seconds of `repeats` plain copies (memcpy) src -> dst by
     `threads` threads, each copying its contiguous share (the library's
     QuakeCopySeconds: C++ threads, no GIL). Small tensors are copied more
-    times per sample and the time scaled back to `repeats`."""
+    times per sample and the time scaled back to `repeats`. Any dtype: the
+    bytes are copied as floats (a float16 tensor of even size)."""
     import ctypes
 
     from .._library import _lib
@@ -93,8 +94,9 @@ def copy_seconds(src: np.ndarray, dst: np.ndarray, threads: int, repeats: int, m
     fn = _lib().QuakeCopySeconds
     fn.restype = ctypes.c_double
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
-    src = np.ascontiguousarray(src, dtype=np.float32)
-    assert dst.dtype == np.float32 and dst.flags.c_contiguous and dst.size == src.size
+    src = np.ascontiguousarray(src).reshape(-1).view(np.float32)
+    dst = dst.reshape(-1).view(np.float32)
+    assert dst.flags.c_contiguous and dst.size == src.size
     share = max(1, src.nbytes // threads)
     copies = max(repeats, -(-_MIN_SAMPLE_BYTES // share))
     args = (src.ctypes.data, dst.ctypes.data, src.size, threads, copies)

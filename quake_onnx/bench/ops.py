@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import helper
 
 import quake_onnx
 
@@ -133,13 +133,14 @@ def _quake_build(base: Baseline, order: int):
     return build
 
 
-def _model(shape, build_node, n_inputs: int = 1) -> bytes:
+def _model(shape, build_node, n_inputs: int = 1, dtype=np.float32) -> bytes:
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     nodes, inputs, outputs = [], [], []
     for i in range(NODES_PER_MODEL):
         names = _input_names(i, n_inputs)
         for name in [names] if n_inputs == 1 else names:
-            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
-        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, list(shape)))
+            inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", elem, list(shape)))
         nodes += build_node(names, f"y{i}", i)
     graph = helper.make_graph(nodes, "bench", inputs, outputs)
     opsets = [helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1), helper.make_opsetid("com.quake", 1)]
@@ -205,17 +206,28 @@ class Row:
 
 
 def run(
-    shapes=SHAPES, threads=(1, 2), orders=(1, 2, 3), baselines=BASELINES, min_time=0.3, rounds=3, seed=0, progress=print
+    shapes=SHAPES,
+    threads=(1, 2),
+    orders=(1, 2, 3),
+    baselines=BASELINES,
+    min_time=0.3,
+    rounds=3,
+    seed=0,
+    progress=print,
+    dtype=np.float32,
 ):
     """Each configuration is measured `rounds` times, interleaved with the
     others of its row, and the fastest median kept: a transient disturbance
-    of the machine then cannot decide a ratio."""
+    of the machine then cannot decide a ratio. dtype float16 times both sides
+    on float16 tensors (ORT's float16 ops, or the casts around its float ones
+    that ORT inserts where its CPU provider has no float16 kernel) and the
+    copy on the same bytes."""
     rng = np.random.default_rng(seed)
     rows = []
     glu_shapes = [s for s in GLU_SHAPES if s not in shapes] if shapes is SHAPES else []
     for shape in [*shapes, *glu_shapes]:
         # Activations of a typical scale; softmax inputs like attention logits.
-        x = (rng.standard_normal(shape) * 3).astype(np.float32)
+        x = (rng.standard_normal(shape) * 3).astype(dtype)
         chosen = baselines if shape not in glu_shapes else [b for b in baselines if b.inputs == 2]
         rows += _time_shape(x, threads, orders, chosen, min_time, rounds, progress)
     return rows
@@ -236,13 +248,13 @@ def _time_shape(x, threads, orders, baselines, min_time, rounds, progress) -> li
     y = np.empty_like(x)
     # Two-input rows: an up tensor of a typical scale, and a copy moving their bytes
     # (2 n read + n written as 1.5 n read + 1.5 n written; module docstring).
-    up = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    up = np.random.default_rng(1).standard_normal(x.shape).astype(x.dtype)
     same_bytes = np.resize(x, x.size * 3 // 2)
     same_bytes_out = np.empty_like(same_bytes)
     for base in baselines:
-        models = {"ort": (_model(x.shape, base.build, base.inputs), False)}
+        models = {"ort": (_model(x.shape, base.build, base.inputs, x.dtype), False)}
         for order in orders:
-            models[order] = (_model(x.shape, _quake_build(base, order), base.inputs), True)
+            models[order] = (_model(x.shape, _quake_build(base, order), base.inputs, x.dtype), True)
         second = up if base.inputs == 2 else None
         src, dst = (same_bytes, same_bytes_out) if base.inputs == 2 else (x, y)
         for t in threads:
