@@ -54,7 +54,7 @@ def library_override() -> str:
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL:
     lib = ctypes.CDLL(get_library_path())
-    for name in ("QuakeSelectedIsa", "QuakeAvailableIsas", "QuakeAttentionBf16Engine"):
+    for name in ("QuakeSelectedIsa", "QuakeAvailableIsas", "QuakeAttentionBf16Engine", "QuakeFloat16Engine"):
         getattr(lib, name).restype = ctypes.c_char_p
     return lib
 
@@ -80,6 +80,19 @@ def selected_isa() -> str:
     if answer not in available_isas():
         raise ValueError(answer)
     return answer
+
+
+def float16_engine() -> str:
+    """What computes float16 Exp, Sigmoid, Silu and Gelu in a session created
+    now (honours QUAKE_ISA and QUAKE_F16): "AVX512-FP16 lanes" (QUAKE_F16=lanes
+    on a CPU with AVX512-FP16: orders 1 and 2 in float16 arithmetic, ops.md
+    "float16 lanes"), "float32 lanes, converted in registers" (the SIMD tables)
+    or "float32, converted in blocks" (the scalar table).
+
+    Raises ValueError for a value of QUAKE_ISA or QUAKE_F16 the library
+    refuses, and FileNotFoundError or OSError as selected_isa does."""
+    selected_isa()  # the same choice of table: raises for a refused value
+    return _lib().QuakeFloat16Engine().decode()
 
 
 def attention_bf16_engine() -> str:

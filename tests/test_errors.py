@@ -104,14 +104,22 @@ def test_unknown_quake_isa_is_refused(monkeypatch):
 
 @pytest.mark.parametrize(
     "variable, value, needles",
-    [("QUAKE_ISA", "mmx", ["QUAKE_ISA='mmx'", "scalar"]), ("QUAKE_NEON_BF16", "bfmmmla", ["QUAKE_NEON_BF16", "bfdot"])],
+    [
+        ("QUAKE_ISA", "mmx", ["QUAKE_ISA='mmx'", "scalar"]),
+        ("QUAKE_NEON_BF16", "bfmmmla", ["QUAKE_NEON_BF16", "bfdot"]),
+        ("QUAKE_F16", "half", ["QUAKE_F16='half'", "float32", "lanes"]),
+    ],
 )
 def test_selected_isa_raises_for_a_refused_value(monkeypatch, variable, value, needles):
     # The library answers with its error text; the Python API must not pass it
     # on as if it were the name of a table.
     assert quake_onnx.selected_isa() in quake_onnx.available_isas()
     monkeypatch.setenv(variable, value)
-    for ask in (quake_onnx.selected_isa, quake_onnx._library.attention_bf16_engine):
+    for ask in (
+        quake_onnx.selected_isa,
+        quake_onnx._library.attention_bf16_engine,
+        quake_onnx._library.float16_engine,
+    ):
         with pytest.raises(ValueError) as info:
             ask()
         assert_names(str(info.value), *needles)

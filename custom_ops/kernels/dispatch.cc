@@ -1,7 +1,8 @@
 // Chooses the kernel table: CPU features are read once per process; the
 // QUAKE_ISA environment variable may lower the level (for tests and for
 // comparing paths on one machine). Also the engine of Attention's precision
-// "bfloat16", which QUAKE_NEON_BF16 may switch from BFMMLA to BFDOT on AArch64.
+// "bfloat16", which QUAKE_NEON_BF16 may switch from BFMMLA to BFDOT on AArch64,
+// and the float16 lanes QUAKE_F16=lanes selects on AVX512-FP16 CPUs.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +25,7 @@ struct CpuFeatures {
   bool avx2_fma_f16c = false;
   bool avx512 = false;
   bool avx512_bf16 = false;  // VDPBF16PS / VCVTNEPS2BF16 (with the AVX-512 table's features)
+  bool avx512_fp16 = false;  // float16 arithmetic (with the AVX-512 table's features)
   bool neon = false;
   bool neon_bf16 = false;  // FEAT_BF16: BFDOT, BFMMLA, BFCVT (Linux HWCAP2_BF16)
 };
@@ -51,6 +53,7 @@ CpuFeatures detect() {
   const bool avx512f = b & (1u << 16), avx512dq = b & (1u << 17), avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
   f.avx2_fma_f16c = os_ymm && avx2 && fma && f16c;
   f.avx512 = f.avx2_fma_f16c && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
+  f.avx512_fp16 = f.avx512 && (d & (1u << 23));
   if (f.avx512 && a >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512_bf16 = a & (1u << 5);
 #elif defined(__aarch64__)
   f.neon = true;  // ASIMD is mandatory on AArch64
@@ -81,6 +84,39 @@ bool neon_bf16_choice(NeonBf16* out) {
   }
   return false;
 }
+
+enum class F16Lanes { kFloat32, kLanes };
+bool f16_choice(F16Lanes* out) {
+  const char* v = std::getenv("QUAKE_F16");
+  *out = F16Lanes::kFloat32;
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0 || std::strcmp(v, "float32") == 0) return true;
+  if (std::strcmp(v, "lanes") == 0) {
+    *out = F16Lanes::kLanes;
+    return true;
+  }
+  return false;
+}
+
+// The AVX-512 table with the float16 lanes of AVX512-FP16 for orders 1 and 2
+// (Exp, Sigmoid, Silu, Gelu; Glu and order 3 keep float32 lanes).
+const KernelTable* avx512_with_fp16_lanes() {
+  static const KernelTable table = [] {
+    KernelTable t = *avx512_kernels();
+    for (int order = 1; order <= 2; ++order) {
+      const HalfKernels* lanes = avx512fp16_half_kernels(order);
+      if (lanes == nullptr) continue;
+      HalfKernels& h = t.order[order - 1].half;
+      h.exp = lanes->exp;
+      h.sigmoid = lanes->sigmoid;
+      h.silu = lanes->silu;
+      h.gelu = lanes->gelu;
+    }
+    return t;
+  }();
+  return &table;
+}
+
+bool fp16_lanes_available() { return features().avx512_fp16 && avx512fp16_half_kernels(1) != nullptr; }
 
 }  // namespace
 
@@ -129,18 +165,30 @@ const KernelTable* select_kernels(const char** error) {
     *error = message.c_str();
     return nullptr;
   }
-  const char* requested = std::getenv("QUAKE_ISA");
-  if (requested == nullptr || *requested == '\0' || std::strcmp(requested, "auto") == 0) {
-    return best_kernels(Isa::kAvx512);
+  F16Lanes f16;
+  if (!f16_choice(&f16)) {
+    thread_local std::string message;  // lives until this thread's next call
+    message = std::string("QUAKE_F16='") + std::getenv("QUAKE_F16") + "' is not one of auto, float32, lanes";
+    *error = message.c_str();
+    return nullptr;
   }
-  Isa isa;
-  if (!parse_isa(requested, &isa)) {
+  const char* requested = std::getenv("QUAKE_ISA");
+  Isa isa = Isa::kAvx512;
+  if (requested != nullptr && *requested != '\0' && std::strcmp(requested, "auto") != 0 &&
+      !parse_isa(requested, &isa)) {
     thread_local std::string message;  // lives until this thread's next call
     message = std::string("QUAKE_ISA='") + requested + "' is not one of auto, scalar, neon, avx2, avx512";
     *error = message.c_str();
     return nullptr;
   }
-  return best_kernels(isa);
+  const KernelTable* t = best_kernels(isa);
+  if (f16 == F16Lanes::kLanes && t->isa == Isa::kAvx512 && fp16_lanes_available()) return avx512_with_fp16_lanes();
+  return t;
+}
+
+const char* float16_engine(const KernelTable* t) {
+  if (fp16_lanes_available() && t == avx512_with_fp16_lanes()) return "AVX512-FP16 lanes";
+  return t->isa == Isa::kScalar ? "float32, converted in blocks" : "float32 lanes, converted in registers";
 }
 
 AttentionBlockFn attention_bf16_block(const KernelTable* t, const char** engine) {

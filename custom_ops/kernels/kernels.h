@@ -157,10 +157,25 @@ const KernelTable* kernels_for(Isa isa);
 const KernelTable* best_kernels(Isa at_most);
 // The table for a new kernel: the best this CPU has, lowered by the
 // environment variable QUAKE_ISA=auto|scalar|neon|avx2|avx512 (a level the CPU
-// lacks falls back to the best below it). An unknown value of QUAKE_ISA or of
-// QUAKE_NEON_BF16 (attention_bf16_block) returns nullptr and sets *error. Read
-// when a kernel is created, so a process can compare paths.
+// lacks falls back to the best below it). QUAKE_F16=auto|float32|lanes:
+// "lanes" gives the AVX-512 table the float16 lanes of AVX512-FP16
+// (avx512fp16_half_kernels) where the CPU has them, and changes nothing
+// elsewhere; "auto" is "float32" until the lanes are measured faster on
+// such a CPU (BENCHMARKS.md). An unknown value of QUAKE_ISA, QUAKE_F16 or
+// QUAKE_NEON_BF16 (attention_bf16_block) returns nullptr and sets *error.
+// Read when a kernel is created, so a process can compare paths.
 const KernelTable* select_kernels(const char** error);
+
+// What computes float16 Exp, Sigmoid, Silu and Gelu with table `t`:
+// "AVX512-FP16 lanes" (orders 1 and 2; order 3, Glu and Gelu with B in
+// float32 lanes), "float32 lanes, converted in registers" (the HalfKernels
+// of the SIMD tables) or "float32, converted in blocks" (scalar).
+const char* float16_engine(const KernelTable* t);
+
+// float16 lanes (half_lanes.h) for order 1 or 2 on AVX512-FP16: Exp, Sigmoid,
+// Silu and Gelu (Glu nullptr); nullptr for other orders or when this build has
+// no AVX512-FP16. Not checked against the CPU: select_kernels does that.
+const HalfKernels* avx512fp16_half_kernels(int order);
 
 // com.quake Attention's precision "bfloat16": the bf16 block for kernels of
 // table `t` on this CPU, or nullptr when there is none (then the op runs t's

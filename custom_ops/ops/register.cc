@@ -106,6 +106,14 @@ __attribute__((visibility("default"))) const char* QuakeAttentionBf16Engine() {
   return engine;
 }
 
+// What computes float16 Exp, Sigmoid, Silu and Gelu in a session created now
+// (kernels.h, float16_engine), or the QUAKE_ISA / QUAKE_F16 error text.
+__attribute__((visibility("default"))) const char* QuakeFloat16Engine() {
+  const char* error = nullptr;
+  const quake::KernelTable* table = quake::select_kernels(&error);
+  return table ? quake::float16_engine(table) : error;
+}
+
 // Comma-separated ISAs this build and CPU can run, lowest first.
 __attribute__((visibility("default"))) const char* QuakeAvailableIsas() {
   static const std::string names = [] {

@@ -27,6 +27,7 @@
 #include "constants.h"
 #include "exaq_scalar.h"
 #include "f16_scalar.h"
+#include "half_lanes.h"
 #include "kernels.h"
 
 namespace {
@@ -1573,11 +1574,234 @@ void print_exaq_errors() {
   }
 }
 
+// ---------------------------------------------------------------------------
+// float16 lanes (half_lanes.h). The algorithm runs here on a scalar layer
+// that rounds every operation once to float16, as AVX512-FP16 does (sums,
+// products and FMAs of float16 values are exact in double, and a quotient
+// rounded to double and then to float16 is rounded correctly), so its error
+// is measured on every machine; where the CPU has AVX512-FP16 (or under an
+// emulator: tools/run-sapphire-rapids.sh) the ISA kernels must give the same
+// bits.
+struct EmulatedHalfLayer {
+  using Vec = float;
+  using Mask = bool;
+  // v rounded to the nearest float16 (ties to even), as a float: the ulp is
+  // 2^(exponent - 10) for normal halves and 2^-24 below 2^-14; beyond 65504
+  // a result that rounds up past it is +inf. Portable (no _Float16 needed).
+  static float round16(double v) {
+    if (std::isnan(v) || std::isinf(v) || v == 0.0) return static_cast<float>(v);
+    int k;
+    std::frexp(v, &k);  // |v| = m 2^k, m in [1/2, 1)
+    const int ulp_exp = std::max(k - 11, -24);
+    const double q = std::ldexp(std::nearbyint(std::ldexp(v, -ulp_exp)), ulp_exp);
+    if (std::fabs(q) > 65504.0) return std::copysign(std::numeric_limits<float>::infinity(), v);
+    return static_cast<float>(q);
+  }
+  static Vec set(float c) { return round16(c); }
+  static Vec add(Vec a, Vec b) { return round16(static_cast<double>(a) + b); }
+  static Vec sub(Vec a, Vec b) { return round16(static_cast<double>(a) - b); }
+  static Vec mul(Vec a, Vec b) { return round16(static_cast<double>(a) * b); }
+  static Vec div(Vec a, Vec b) { return round16(static_cast<double>(a) / b); }
+  static Vec fma(Vec a, Vec b, Vec c) { return round16(std::fma(static_cast<double>(a), b, c)); }
+  static Vec fnma(Vec a, Vec b, Vec c) { return round16(std::fma(-static_cast<double>(a), b, c)); }
+  static Vec min(Vec a, Vec b) { return a < b ? a : b; }  // b when either is NaN
+  static Vec max(Vec a, Vec b) { return a > b ? a : b; }
+  static Vec abs(Vec a) { return std::fabs(a); }
+  static Vec round_int(Vec a) { return std::nearbyint(a); }
+  static Vec scalef(Vec p, Vec n) {
+    if (std::isnan(p) || std::isnan(n)) return std::numeric_limits<float>::quiet_NaN();
+    return round16(std::ldexp(static_cast<double>(p), static_cast<int>(std::floor(n))));
+  }
+  static Mask lt(Vec a, Vec b) { return a < b; }
+  static Mask ge(Vec a, Vec b) { return a >= b; }
+  static Vec select(Mask m, Vec a, Vec b) { return m ? a : b; }
+};
+
+enum LaneOp { kLExp, kLSigmoid, kLSilu, kLGelu, kNumLaneOps };
+const char* const kLaneOpNames[] = {"exp", "sigmoid", "silu", "gelu"};
+// The float16 bounds of tests/test_accuracy.py (ops.md's bound of the order
+// plus the rounding of Y), {absolute, relative}, per op and order 1, 2; Silu's
+// absolute part scales by max(1, 1 / alpha).
+constexpr double kLaneBounds[kNumLaneOps][2][2] = {
+    {{3.0e-8, 3.05e-2}, {3.0e-8, 2.3e-3}},   // exp
+    {{8.3e-3, 0.0}, {7.1e-4, 0.0}},          // sigmoid
+    {{7.5e-3, 0x1p-11}, {6.7e-4, 0x1p-11}},  // silu
+    {{4.7e-3, 0x1p-11}, {5.1e-4, 0x1p-11}},  // gelu (tanh form)
+};
+// e^x rounds to +inf in float16 from here on: 65504 + half an ulp.
+constexpr long double kHalfOverflow = 65520.0L;
+
+float emulated_lane(int order, LaneOp op, float x, float alpha) {
+  using L = EmulatedHalfLayer;
+  const float a16 = L::round16(alpha);
+  if (order == 1) {
+    switch (op) {
+      case kLExp:
+        return half_lanes::exp<L, 1>(x);
+      case kLSigmoid:
+        return half_lanes::sigmoid<L, 1>(x);
+      case kLSilu:
+        return half_lanes::silu<L, 1>(x, a16, alpha == 1.0f);
+      default:
+        return half_lanes::gelu<L, 1>(x);
+    }
+  }
+  switch (op) {
+    case kLExp:
+      return half_lanes::exp<L, 2>(x);
+    case kLSigmoid:
+      return half_lanes::sigmoid<L, 2>(x);
+    case kLSilu:
+      return half_lanes::silu<L, 2>(x, a16, alpha == 1.0f);
+    default:
+      return half_lanes::gelu<L, 2>(x);
+  }
+}
+
+void test_half_lanes_emulated() {
+  char name[160];
+  std::vector<uint16_t> all(65536);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i);
+  for (int order = 1; order <= 2; ++order) {
+    for (int op = 0; op < kNumLaneOps; ++op) {
+      const LaneOp lop = static_cast<LaneOp>(op);
+      for (float alpha : kSilAlphas) {
+        if (lop != kLSilu && alpha != 1.0f) continue;
+        std::snprintf(name, sizeof name, "float16 lanes (emulated) %s order %d alpha %g: every half within bounds",
+                      kLaneOpNames[op], order, alpha);
+        Case c(name);
+        const double abs_tol = kLaneBounds[op][order - 1][0] * (lop == kLSilu ? std::max(1.0, 1.0 / alpha) : 1.0);
+        const double rel_tol = kLaneBounds[op][order - 1][1];
+        for (uint16_t h : all) {
+          const float x = scalar::half_to_float(h);
+          const float y = emulated_lane(order, lop, x, alpha);
+          if (!c.check(y == EmulatedHalfLayer::round16(y) || std::isnan(y), "x %a: %a is no float16", x, y)) continue;
+          if (std::isnan(x)) {
+            c.check(std::isnan(y), "%s(NaN) = %a", kLaneOpNames[op], y);
+            continue;
+          }
+          LD ref;
+          switch (lop) {
+            case kLExp:
+              ref = std::exp(static_cast<LD>(x));
+              break;
+            case kLSigmoid:
+              ref = ref_sigmoid(x);
+              break;
+            case kLSilu:
+              ref = ref_silu(x, alpha);
+              break;
+            default:
+              ref = ref_gelu(x);
+              break;
+          }
+          if (lop == kLExp && ref >= kHalfOverflow) {
+            c.check(y == kInf, "exp(%a) = %a, want +inf", x, y);
+            continue;
+          }
+          if (std::isinf(ref)) {
+            c.check(y == static_cast<float>(ref), "%s(%a) = %a, want %Lg", kLaneOpNames[op], x, y, ref);
+            continue;
+          }
+          const double err = static_cast<double>(std::fabs(static_cast<LD>(y) - ref));
+          const double excess = err - rel_tol * static_cast<double>(std::fabs(ref));
+          note_err(std::string("f16-lanes ") + kLaneOpNames[op] + (alpha != 1.0f ? "-alpha" : "") + " " +
+                       std::to_string(order),
+                   lop == kLExp ? err / std::max(static_cast<double>(ref), 0x1p-14) : excess);
+          c.check(excess <= abs_tol, "order %d %s(%a) = %a, ref %.9Lg, err %g", order, kLaneOpNames[op], x, y, ref,
+                  err);
+        }
+      }
+    }
+  }
+}
+
+// The AVX512-FP16 kernels against the emulated algorithm, bit for bit, over
+// every half; then every tail length and offset, in place, guards.
+void test_half_lanes_isa() {
+  setenv("QUAKE_F16", "lanes", 1);
+  const char* error = nullptr;
+  const KernelTable* t = select_kernels(&error);
+  unsetenv("QUAKE_F16");
+  if (t == nullptr || std::strcmp(float16_engine(t), "AVX512-FP16 lanes") != 0) {
+    std::printf("(no AVX512-FP16 on this CPU or build: float16 lanes tested emulated only)\n");
+    return;
+  }
+  std::printf("== float16 lanes: AVX512-FP16\n");
+  char name[160];
+  const size_t n = 65536;
+  std::vector<uint16_t> x(n), y(n);
+  for (size_t i = 0; i < n; ++i) x[i] = static_cast<uint16_t>(i);
+  auto run = [&](int order, LaneOp op, float alpha, const uint16_t* in, uint16_t* out, size_t count) {
+    const HalfKernels& h = t->order[order - 1].half;
+    switch (op) {
+      case kLExp:
+        return h.exp(in, out, count);
+      case kLSigmoid:
+        return h.sigmoid(in, out, count);
+      case kLSilu:
+        return h.silu(in, out, count, alpha);
+      default:
+        return h.gelu(in, nullptr, out, count);
+    }
+  };
+  auto want_bits = [](int order, LaneOp op, float alpha, uint16_t h) {
+    return scalar::float_to_half(emulated_lane(order, op, scalar::half_to_float(h), alpha));
+  };
+  for (int order = 1; order <= 2; ++order) {
+    for (int op = 0; op < kNumLaneOps; ++op) {
+      const LaneOp lop = static_cast<LaneOp>(op);
+      for (float alpha : kSilAlphas) {
+        if (lop != kLSilu && alpha != 1.0f) continue;
+        std::snprintf(name, sizeof name, "avx512fp16 %s order %d alpha %g: all 65536 halves = emulated",
+                      kLaneOpNames[op], order, alpha);
+        Case c(name);
+        run(order, lop, alpha, x.data(), y.data(), n);
+        for (size_t i = 0; i < n; ++i) {
+          const uint16_t want = want_bits(order, lop, alpha, x[i]);
+          c.check(same_half(y[i], want), "x %04zx: %04x, emulated %04x", i, y[i], want);
+        }
+      }
+    }
+  }
+  std::mt19937 rng(7u);
+  std::uniform_int_distribution<int> any_half(0, 0xffff);
+  for (int op = 0; op < kNumLaneOps; ++op) {
+    const LaneOp lop = static_cast<LaneOp>(op);
+    std::snprintf(name, sizeof name, "avx512fp16 %s order 2: every tail and offset, in place, guards",
+                  kLaneOpNames[op]);
+    Case c(name);
+    for (size_t len = 0; len <= 2 * kMaxLen; ++len) {
+      std::vector<uint16_t> xs(len);
+      for (uint16_t& v : xs) v = static_cast<uint16_t>(any_half(rng));
+      for (size_t off : kOffsets) {
+        constexpr uint16_t kGuardHalf = 0x7d0du;  // a signalling NaN half no kernel produces
+        std::vector<uint16_t> out(len + 2 * kGuard + 64, kGuardHalf), inplace(out.size(), kGuardHalf);
+        std::copy(xs.begin(), xs.end(), inplace.begin() + kGuard + off);
+        run(2, lop, 1.702f, xs.data(), out.data() + kGuard + off, len);
+        run(2, lop, 1.702f, inplace.data() + kGuard + off, inplace.data() + kGuard + off, len);
+        for (size_t i = 0; i < out.size(); ++i) {
+          const bool inside = i >= kGuard + off && i < kGuard + off + len;
+          if (!inside) {
+            c.check(out[i] == kGuardHalf && inplace[i] == kGuardHalf, "n %zu off %zu: wrote outside at %zu", len, off,
+                    i);
+            continue;
+          }
+          const uint16_t want = want_bits(2, lop, 1.702f, xs[i - kGuard - off]);
+          c.check(same_half(out[i], want) && same_half(inplace[i], want), "n %zu off %zu i %zu: %04x / %04x vs %04x",
+                  len, off, i - kGuard - off, out[i], inplace[i], want);
+        }
+      }
+    }
+  }
+}
+
 void print_errors() {
   std::printf(
       "\nmeasured max errors (exp: relative; sigmoid/silu/gelu/softmax/logsoftmax: absolute;\n"
       "softmax-rowsum: |sum - 1|; glu-silu/glu-gelu: |y - ref| / |b|, |a| <= 64;\n"
-      "agree-rel: relative difference to the scalar table)\n");
+      "agree-rel: relative difference to the scalar table; f16-lanes: float16 lanes, emulated,\n"
+      "exp relative (to 2^-14 below it), silu/gelu absolute beyond 2^-11 relative)\n");
   std::printf("%-28s %12s %12s %12s\n", "table op", "order 1", "order 2", "order 3");
   std::map<std::string, double[3]> rows;
   for (const auto& kv : g_max_err) {
@@ -1592,7 +1816,16 @@ void print_errors() {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  // "half-lanes": only the float16 lanes (for an emulated CPU, where the rest
+  // would take hours: tools/run-sapphire-rapids.sh).
+  if (argc > 1 && std::strcmp(argv[1], "half-lanes") == 0) {
+    test_half_lanes_emulated();
+    test_half_lanes_isa();
+    print_errors();
+    std::printf("\n%d passed, %d failed\n", g_passed, g_failed);
+    return g_failed == 0 ? 0 : 1;
+  }
   std::mt19937 rng(20240917u);
   std::mt19937 glu_rng(15u);  // its own stream: the other tests' inputs stay as they were
   const KernelTable* scalar = kernels_for(Isa::kScalar);
@@ -1626,6 +1859,8 @@ int main() {
     test_exaq(t, scalar);
   }
   test_exaq_levels();
+  test_half_lanes_emulated();
+  test_half_lanes_isa();
   print_errors();
   print_exaq_errors();
   std::printf("\n%d passed, %d failed\n", g_passed, g_failed);
