@@ -1,10 +1,11 @@
 """Boot image for tools/run-sapphire-rapids.sh.
 
 usage: sapphire_rapids_image.py OUT.iso VMLINUZ ISOLINUX_BIN LDLINUX_C32 INIT PROG \
-           CMDLINE [ARGS...]
+           CMDLINE [NAME=VALUE...] -- [ARGS...]
 
 Writes an initramfs (cpio newc, gzip) holding /init (INIT), /prog (PROG),
-/args (ARGS, NUL-separated) and /dev/console, and an El Torito ISO (ISOLINUX,
+/env (the NAME=VALUE words) and /args (ARGS), both NUL-separated, and
+/dev/console, and an El Torito ISO (ISOLINUX,
 no emulation, boot info table) that boots VMLINUZ with it and CMDLINE.
 The ISO is made with pycdlib (pure Python, from PyPI, on PYTHONPATH).
 """
@@ -34,9 +35,11 @@ def cpio_newc(entries):
 
 
 def main():
-    out, vmlinuz, isolinux, ldlinux, init, prog, cmdline, *args = sys.argv[1:]
+    out, vmlinuz, isolinux, ldlinux, init, prog, cmdline, *rest = sys.argv[1:]
+    sep = rest.index("--")
+    env, args = rest[:sep], rest[sep + 1 :]
     rd = lambda p: open(p, "rb").read()
-    argblob = b"".join(a.encode() + b"\0" for a in args)
+    blob = lambda words: b"".join(w.encode() + b"\0" for w in words)
     initrd = gzip.compress(
         cpio_newc(
             [
@@ -44,7 +47,8 @@ def main():
                 ("dev/console", 0o020600, b"", 5, 1),
                 ("init", 0o100755, rd(init), 0, 0),
                 ("prog", 0o100755, rd(prog), 0, 0),
-                ("args", 0o100644, argblob, 0, 0),
+                ("env", 0o100644, blob(env), 0, 0),
+                ("args", 0o100644, blob(args), 0, 0),
             ]
         ),
         compresslevel=1,

@@ -1,6 +1,7 @@
 // /init of the initramfs that tools/run-sapphire-rapids.sh boots under Bochs.
 // Mounts /proc, /sys, /dev and /tmp, runs /prog with the NUL-separated
-// arguments in /args (stdout and stderr on the serial console), prints
+// arguments in /args and environment in /env (PATH=/, HOME=/, TERM=dumb
+// first; stdout and stderr on the serial console), prints
 // "@@SR-BEGIN@@" before and "@@SR-EXIT <status>@@" after it, then powers the
 // emulator off: Bochs' shutdown port 0x8900 first, ACPI power-off as the
 // fallback. Built static by the script; not part of the project's build.
@@ -48,7 +49,19 @@ int main(void) {
     }
   }
   argv[argc] = 0;
-  char *envp[] = {"PATH=/", "HOME=/", "TERM=dumb", 0};
+  static char ebuf[1 << 16];
+  char *envp[256] = {"PATH=/", "HOME=/", "TERM=dumb"};
+  int envc = 3;
+  int efd = open("/env", O_RDONLY);
+  if (efd >= 0) {
+    ssize_t n = read(efd, ebuf, sizeof ebuf - 1);
+    close(efd);
+    for (ssize_t i = 0; n > 0 && i < n && envc < 255;) {
+      envp[envc++] = ebuf + i;
+      i += strlen(ebuf + i) + 1;
+    }
+  }
+  envp[envc] = 0;
 
   printf("@@SR-BEGIN@@\n");
   fflush(stdout);
