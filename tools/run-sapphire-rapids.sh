@@ -12,14 +12,14 @@
 # mirror is the one this machine's /etc/apt names) and builds into
 # build/sapphire-rapids/ (git-ignored, override with SR_CACHE):
 #   - the bochs source package, built headless (nogui, x86-64, AVX, EVEX,
-#     AMX) with make -j2: 75-130 s on this 2-core machine, once;
+#     AMX) with make -j2: 60-130 s on this 2-core machine, once;
 #   - bochsbios and vgabios (BIOS images), isolinux and syslinux-common
 #     (El Torito boot loader), linux-image-cloud-amd64 (the kernel, 6.12);
 #   - pycdlib from PyPI (pure Python; writes the ISO);
 #   - tools/sapphire_rapids_init.c, compiled static with gcc (the /init).
 # Each run then writes an initramfs (/init, /prog = PROGRAM, /env, /args), an
 # ISO into a temporary folder and boots it headless with the serial console
-# in a file. Measured on this machine: first use (fetch + build) about 145 s;
+# in a file. Measured on this machine: first use (fetch + build) 80-145 s;
 # then BIOS + kernel boot to the program about 7.5 s of wall time. Guest
 # speed: about 125 M scalar integer instructions/s, about 5.6 M 512-bit
 # VFMADD*PS/s and 3.2 M 512-bit VFMADD*PH/s (~100 M fp16 lanes/s), so vector
@@ -141,7 +141,7 @@ if [ ! -x "$bochs" ] || [ "$(cat "$bochs.flags" 2>/dev/null)" != "$bochs_flags" 
   [ -n "$orig" ] || { log "could not fetch the bochs source"; exit 125; }
   tar -xf "$orig" -C "$src"
   dir=$(ls -d "$src"/bochs-*/ | head -1)
-  log "building $(basename "$orig") (configure + make -j2, about 75 s)"
+  log "building $(basename "$orig") (configure + make -j2, 1-2 minutes)"
   b0=$SECONDS
   (cd "$dir" &&
     ./configure $bochs_flags >"$src/configure.log" 2>&1 &&
