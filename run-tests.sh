@@ -30,6 +30,10 @@ ctest --test-dir build/asan --output-on-failure
 # (the NEON table); installs g++-aarch64-linux-gnu and qemu-user with apt-get
 # when missing, or prints why it skipped them (QUAKE_REQUIRE_AARCH64=1: fail).
 tools/test-aarch64.sh
+# The float16 lanes of AVX512-FP16 on an emulated Sapphire Rapids CPU (Bochs,
+# built from Debian's source on first use), or why they were skipped
+# (QUAKE_REQUIRE_SAPPHIRE_RAPIDS=1: fail).
+tools/test-sapphire-rapids.sh
 
 # Python tests against the installed package (not the source tree).
 cd tests && ../.venv/bin/python -m pytest -p no:cacheprovider "$@"
