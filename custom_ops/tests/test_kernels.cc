@@ -25,6 +25,7 @@
 #endif
 
 #include "constants.h"
+#include "cpu_caches.h"
 #include "exaq_scalar.h"
 #include "f16_scalar.h"
 #include "half_lanes.h"
@@ -1817,6 +1818,9 @@ void print_errors() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const CacheSizes& caches = cache_sizes();
+  std::printf("caches read at run time: L1D %zu KiB, L2 %zu KiB, L3 %zu KiB\n", caches.l1d / 1024, caches.l2 / 1024,
+              caches.l3 / 1024);
   // "half-lanes": only the float16 lanes (for an emulated CPU, where the rest
   // would take hours: tools/run-sapphire-rapids.sh).
   if (argc > 1 && std::strcmp(argv[1], "half-lanes") == 0) {
