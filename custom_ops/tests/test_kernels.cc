@@ -1632,31 +1632,23 @@ constexpr double kLaneBounds[kNumLaneOps][2][2] = {
 // e^x rounds to +inf in float16 from here on: 65504 + half an ulp.
 constexpr long double kHalfOverflow = 65520.0L;
 
-float emulated_lane(int order, LaneOp op, float x, float alpha) {
+template <int Order>
+float emulated_lane_of_order(LaneOp op, float x, float alpha) {
   using L = EmulatedHalfLayer;
-  const float a16 = L::round16(alpha);
-  if (order == 1) {
-    switch (op) {
-      case kLExp:
-        return half_lanes::exp<L, 1>(x);
-      case kLSigmoid:
-        return half_lanes::sigmoid<L, 1>(x);
-      case kLSilu:
-        return half_lanes::silu<L, 1>(x, a16, alpha == 1.0f);
-      default:
-        return half_lanes::gelu<L, 1>(x);
-    }
-  }
   switch (op) {
     case kLExp:
-      return half_lanes::exp<L, 2>(x);
+      return half_lanes::exp<L, Order>(x);
     case kLSigmoid:
-      return half_lanes::sigmoid<L, 2>(x);
+      return half_lanes::sigmoid<L, Order>(x);
     case kLSilu:
-      return half_lanes::silu<L, 2>(x, a16, alpha == 1.0f);
+      return half_lanes::silu<L, Order>(x, L::round16(alpha), alpha == 1.0f);
     default:
-      return half_lanes::gelu<L, 2>(x);
+      return half_lanes::gelu<L, Order>(x);
   }
+}
+
+float emulated_lane(int order, LaneOp op, float x, float alpha) {
+  return order == 1 ? emulated_lane_of_order<1>(op, x, alpha) : emulated_lane_of_order<2>(op, x, alpha);
 }
 
 void test_half_lanes_emulated() {
