@@ -87,7 +87,9 @@ def float16_engine() -> str:
     now (honours QUAKE_ISA and QUAKE_F16): "AVX512-FP16 lanes" (QUAKE_F16=lanes
     on a CPU with AVX512-FP16: orders 1 and 2 in float16 arithmetic, ops.md
     "float16 lanes"), "float32 lanes, converted in registers" (the SIMD tables)
-    or "float32, converted in blocks" (the scalar table).
+    or "float32, converted in blocks" (the scalar table); when QUAKE_F16=lanes
+    cannot take effect, the text adds why in brackets (e.g. "this CPU has no
+    AVX512-FP16").
 
     Raises ValueError for a value of QUAKE_ISA or QUAKE_F16 the library
     refuses, and FileNotFoundError or OSError as selected_isa does."""

@@ -3,6 +3,7 @@ problem: attributes when the session is created, shapes when it runs. And
 every valid model is accepted."""
 
 import math
+import os
 import re
 
 import numpy as np
@@ -123,6 +124,25 @@ def test_selected_isa_raises_for_a_refused_value(monkeypatch, variable, value, n
         with pytest.raises(ValueError) as info:
             ask()
         assert_names(str(info.value), *needles)
+
+
+def test_float16_engine_says_why_lanes_did_not_take_effect(monkeypatch):
+    # QUAKE_F16=lanes must never read as granted where it changed nothing.
+    cpuinfo = "/proc/cpuinfo"
+    has_fp16 = os.path.exists(cpuinfo) and "avx512_fp16" in open(cpuinfo).read().split()
+    assert quake_onnx._library.float16_engine() in (
+        "float32 lanes, converted in registers",
+        "float32, converted in blocks",
+    )
+    monkeypatch.setenv("QUAKE_F16", "lanes")
+    engine = quake_onnx._library.float16_engine()
+    if has_fp16 and quake_onnx.selected_isa() == "avx512":
+        assert engine == "AVX512-FP16 lanes"
+    else:
+        assert "QUAKE_F16=lanes:" in engine, engine
+    monkeypatch.setenv("QUAKE_ISA", "scalar")
+    scalar = quake_onnx._library.float16_engine()
+    assert scalar == "float32, converted in blocks (QUAKE_F16=lanes: not on the scalar table)"
 
 
 def test_unknown_quake_neon_bf16_is_refused(monkeypatch):

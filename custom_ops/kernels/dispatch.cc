@@ -188,7 +188,16 @@ const KernelTable* select_kernels(const char** error) {
 
 const char* float16_engine(const KernelTable* t) {
   if (fp16_lanes_available() && t == avx512_with_fp16_lanes()) return "AVX512-FP16 lanes";
-  return t->isa == Isa::kScalar ? "float32, converted in blocks" : "float32 lanes, converted in registers";
+  // QUAKE_F16=lanes that changed nothing says why, so "lanes" is not read as granted.
+  F16Lanes f16;
+  const bool asked = f16_choice(&f16) && f16 == F16Lanes::kLanes;
+  if (t->isa == Isa::kScalar) {
+    return asked ? "float32, converted in blocks (QUAKE_F16=lanes: not on the scalar table)"
+                 : "float32, converted in blocks";
+  }
+  if (!asked) return "float32 lanes, converted in registers";
+  return features().avx512_fp16 ? "float32 lanes, converted in registers (QUAKE_F16=lanes: needs the avx512 table)"
+                                 : "float32 lanes, converted in registers (QUAKE_F16=lanes: this CPU has no AVX512-FP16)";
 }
 
 AttentionBlockFn attention_bf16_block(const KernelTable* t, const char** engine) {

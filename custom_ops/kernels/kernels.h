@@ -169,7 +169,8 @@ const KernelTable* select_kernels(const char** error);
 // What computes float16 Exp, Sigmoid, Silu and Gelu with table `t`:
 // "AVX512-FP16 lanes" (orders 1 and 2; order 3, Glu and Gelu with B in
 // float32 lanes), "float32 lanes, converted in registers" (the HalfKernels
-// of the SIMD tables) or "float32, converted in blocks" (scalar).
+// of the SIMD tables) or "float32, converted in blocks" (scalar); with
+// QUAKE_F16=lanes where the lanes cannot run, the text adds why in brackets.
 const char* float16_engine(const KernelTable* t);
 
 // float16 lanes (half_lanes.h) for order 1 or 2 on AVX512-FP16: Exp, Sigmoid,

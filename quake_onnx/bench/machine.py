@@ -81,12 +81,21 @@ def describe() -> str:
 _MIN_SAMPLE_BYTES = 8 * 2**20
 
 
+def _as_floats(a: np.ndarray) -> np.ndarray:
+    """a's bytes as float32, padded with zero bytes to a whole float (a copy then)."""
+    raw = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    if raw.size % 4:
+        raw = np.concatenate([raw, np.zeros(4 - raw.size % 4, np.uint8)])
+    return raw.view(np.float32)
+
+
 def copy_seconds(src: np.ndarray, dst: np.ndarray, threads: int, repeats: int, min_time: float) -> float:
     """Median seconds of `repeats` plain copies (memcpy) src -> dst by
     `threads` threads, each copying its contiguous share (the library's
     QuakeCopySeconds: C++ threads, no GIL). Small tensors are copied more
     times per sample and the time scaled back to `repeats`. Any dtype: the
-    bytes are copied as floats (a float16 tensor of even size)."""
+    bytes are copied as floats (an odd number of float16 elements with one
+    padding half)."""
     import ctypes
 
     from .._library import _lib
@@ -94,8 +103,7 @@ def copy_seconds(src: np.ndarray, dst: np.ndarray, threads: int, repeats: int, m
     fn = _lib().QuakeCopySeconds
     fn.restype = ctypes.c_double
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
-    src = np.ascontiguousarray(src).reshape(-1).view(np.float32)
-    dst = dst.reshape(-1).view(np.float32)
+    src, dst = _as_floats(src), _as_floats(dst)
     assert dst.flags.c_contiguous and dst.size == src.size
     share = max(1, src.nbytes // threads)
     copies = max(repeats, -(-_MIN_SAMPLE_BYTES // share))
