@@ -196,8 +196,9 @@ const char* float16_engine(const KernelTable* t) {
                  : "float32, converted in blocks";
   }
   if (!asked) return "float32 lanes, converted in registers";
-  return features().avx512_fp16 ? "float32 lanes, converted in registers (QUAKE_F16=lanes: needs the avx512 table)"
-                                 : "float32 lanes, converted in registers (QUAKE_F16=lanes: this CPU has no AVX512-FP16)";
+  return features().avx512_fp16
+             ? "float32 lanes, converted in registers (QUAKE_F16=lanes: needs the avx512 table)"
+             : "float32 lanes, converted in registers (QUAKE_F16=lanes: this CPU has no AVX512-FP16)";
 }
 
 AttentionBlockFn attention_bf16_block(const KernelTable* t, const char** engine) {
