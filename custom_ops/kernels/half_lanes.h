@@ -20,7 +20,7 @@
 //        (y0 = 1 / fl(1 + e), yp = y0 + y0 (1 - y0 - e y0)),
 //   w = e yp = sigmoid(-|v|),
 // so sigmoid(v) = yp (v >= 0) or w (v < 0), and a product x sigmoid(v) is
-// x - x w (v >= 0: one rounding, where fl(sigmoid) times x would cost half
+// x - x w (v > 0: one rounding, where fl(sigmoid) times x would cost half
 // an ulp of sigmoid times x) or x w. Without this, the rounding of 1 + e
 // alone (2^-11 relative) takes Sigmoid beyond order 2's float16 bound.
 //
@@ -39,8 +39,8 @@
 // 2^-25 absolute rounding).
 // Special values as the float32 lanes give them in float16: Exp +inf from
 // x = 11.09375 on and at most 65504 below it, +0 for x <= -17.33 and -inf;
-// Sigmoid(+-inf) = 1 / 0; Silu and Gelu(+inf) = +inf, (-inf) = -0; NaN ->
-// NaN everywhere.
+// Sigmoid(+-inf) = 1 / 0; Silu and Gelu(+inf) = +inf, (-inf) = -0,
+// (+-0) = +-0; NaN -> NaN everywhere.
 #pragma once
 
 namespace quake {
@@ -117,15 +117,17 @@ typename V::Vec sigmoid(typename V::Vec x) {
   return V::select(V::lt(x, V::set(0.0f)), w, yp);
 }
 
-// x sigmoid(v): x - x w for v >= 0, x w below; x is clamped to the finite
-// range only inside the products, so +inf gives +inf and -inf gives -0.
+// x sigmoid(v): x - x w for v > 0, x w otherwise (v = +-0 included: w = 1/2
+// there and x w keeps the sign of a zero x, where -0 - (-0) would give +0);
+// x is clamped to the finite range only inside the products, so +inf gives
+// +inf and -inf gives -0.
 template <class V, int Order>
 typename V::Vec times_sigmoid(typename V::Vec x, typename V::Vec v) {
   using Vec = typename V::Vec;
   Vec yp, w;
   sigmoid_pair<V, Order>(v, &yp, &w);
   const Vec xc = V::min(V::set(kHalfMax), V::max(V::set(-kHalfMax), x));
-  return V::select(V::ge(v, V::set(0.0f)), V::fnma(xc, w, x), V::mul(xc, w));
+  return V::select(V::lt(V::set(0.0f), v), V::fnma(xc, w, x), V::mul(xc, w));
 }
 
 // alpha: a float16 value (the op's alpha rounded to float16).

@@ -55,10 +55,31 @@ inline void mask_store32(uint16_t* p, __mmask32 k, __m512h v) {
   _mm512_mask_storeu_epi16(p, k, _mm512_castph_si512(v));
 }
 
+// MXCSR.DAZ and FTZ cleared for the lanes' duration and restored after: an
+// ORT session may set them (denormal-as-zero), and float16 arithmetic that
+// honoured them (Bochs does) would flush subnormal halves, which the
+// algorithm, the emulated layer and the bounds treat as values.
+class ClearDazFtz {
+ public:
+  ClearDazFtz() : saved_(_mm_getcsr()) {
+    if (saved_ & kBits) _mm_setcsr(saved_ & ~kBits);
+  }
+  ~ClearDazFtz() {
+    if (saved_ & kBits) _mm_setcsr(saved_);
+  }
+  ClearDazFtz(const ClearDazFtz&) = delete;
+  ClearDazFtz& operator=(const ClearDazFtz&) = delete;
+
+ private:
+  static constexpr unsigned kBits = 0x8040u;  // FTZ (bit 15), DAZ (bit 6)
+  unsigned saved_;
+};
+
 // y[i] = f(x[i]); two registers per iteration, masked tail (nothing past n
 // is read or written; masked-off lanes compute on +0).
 template <typename F>
 inline void map_fp16(const uint16_t* x, uint16_t* y, size_t n, F f) {
+  const ClearDazFtz plain_denormals;
   size_t i = 0;
   for (; i + 64 <= n; i += 64) {
     const __m512h a = load32(x + i);
