@@ -9,7 +9,8 @@
 //
 // The exponential: t = x log2(e) = n + r with n = round(fl(x L_hi)) and
 // r = x L_hi - n + x L_lo in two FMAs (L_hi + L_lo = log2(e) to 2^-22, so
-// r carries no rounding of t), 2^r from a polynomial on [-0.52, 0.52]
+// r is rounded to float16 as itself, never through a rounded t), 2^r from a
+// polynomial on [-0.52, 0.52]
 // (minimax relative on [-1/2, 1/2], coefficients rounded to float16), then
 // VSCALEFPH: e^x = p(r) 2^n, subnormal results rounded once. Order 1 takes
 // the quadratic, order 2 the cubic; order 3 stays in float32 lanes, whose

@@ -3,10 +3,11 @@
 // -mavx512fp16 and run only after dispatch found AVX512-FP16 (dispatch.cc)
 // and QUAKE_F16=lanes chose it, so nothing here runs at static
 // initialisation. Orders 1 and 2 only (order 3 stays in float32 lanes:
-// half_lanes.h). Gelu with a bias and Silu with an alpha that is no normal
-// float16 take the AVX-512 table's float32 lanes (converted in registers):
-// rounding x + bias or alpha to float16 would add an error the bounds do
-// not budget.
+// half_lanes.h). Silu's alpha is rounded to float16 (1.702 -> 1.7021484,
+// within the bounds: tested); an alpha whose rounding falls outside the
+// normal float16 range [2^-14, 65504], and Gelu with a bias (x + bias
+// rounded to float16 would add an error no bound budgets), take the AVX-512
+// table's float32 lanes (converted in registers).
 #include "kernels.h"
 
 #if defined(__x86_64__) && defined(__AVX512FP16__)

@@ -1720,10 +1720,16 @@ void test_half_lanes_emulated() {
 // The AVX512-FP16 kernels against the emulated algorithm, bit for bit, over
 // every half; then every tail length and offset, in place, guards.
 void test_half_lanes_isa() {
+  const char* user = std::getenv("QUAKE_F16");
+  const std::string saved = user ? user : "";
   setenv("QUAKE_F16", "lanes", 1);
   const char* error = nullptr;
   const KernelTable* t = select_kernels(&error);
-  unsetenv("QUAKE_F16");
+  if (user) {
+    setenv("QUAKE_F16", saved.c_str(), 1);
+  } else {
+    unsetenv("QUAKE_F16");
+  }
   if (t == nullptr || std::strcmp(float16_engine(t), "AVX512-FP16 lanes") != 0) {
     std::printf("(no AVX512-FP16 on this CPU or build: float16 lanes tested emulated only)\n");
     return;
