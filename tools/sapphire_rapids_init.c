@@ -27,6 +27,23 @@ static void power_off(void) {
   for (;;) pause();
 }
 
+/* Appends the NUL-separated words of `path` (read into buf) to list after
+ * its first `have` entries, at most cap - 1 in all; NULL-terminates the list
+ * and returns its length. */
+static int read_words(const char *path, char *buf, size_t size, char **list, int have, int cap) {
+  int fd = open(path, O_RDONLY);
+  if (fd >= 0) {
+    ssize_t n = read(fd, buf, size - 1);
+    close(fd);
+    for (ssize_t i = 0; n > 0 && i < n && have < cap - 1;) {
+      list[have++] = buf + i;
+      i += strlen(buf + i) + 1;
+    }
+  }
+  list[have] = 0;
+  return have;
+}
+
 int main(void) {
   mkdir("/proc", 0755); mount("proc", "/proc", "proc", 0, 0);
   mkdir("/sys", 0755); mount("sysfs", "/sys", "sysfs", 0, 0);
@@ -35,33 +52,11 @@ int main(void) {
   int fd = open("/dev/console", O_RDWR);
   if (fd >= 0) { dup2(fd, 0); dup2(fd, 1); dup2(fd, 2); if (fd > 2) close(fd); }
 
-  static char buf[1 << 16];
-  char *argv[1024];
-  int argc = 0;
-  argv[argc++] = "/prog";
-  int afd = open("/args", O_RDONLY);
-  if (afd >= 0) {
-    ssize_t n = read(afd, buf, sizeof buf - 1);
-    close(afd);
-    for (ssize_t i = 0; n > 0 && i < n && argc < 1023;) {
-      argv[argc++] = buf + i;
-      i += strlen(buf + i) + 1;
-    }
-  }
-  argv[argc] = 0;
-  static char ebuf[1 << 16];
+  static char buf[1 << 16], ebuf[1 << 16];
+  char *argv[1024] = {"/prog"};
   char *envp[256] = {"PATH=/", "HOME=/", "TERM=dumb"};
-  int envc = 3;
-  int efd = open("/env", O_RDONLY);
-  if (efd >= 0) {
-    ssize_t n = read(efd, ebuf, sizeof ebuf - 1);
-    close(efd);
-    for (ssize_t i = 0; n > 0 && i < n && envc < 255;) {
-      envp[envc++] = ebuf + i;
-      i += strlen(ebuf + i) + 1;
-    }
-  }
-  envp[envc] = 0;
+  read_words("/args", buf, sizeof buf, argv, 1, 1024);
+  read_words("/env", ebuf, sizeof ebuf, envp, 3, 256);
 
   printf("@@SR-BEGIN@@\n");
   fflush(stdout);
