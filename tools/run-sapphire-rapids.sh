@@ -25,10 +25,11 @@
 # VFMADD*PS/s and 3.2 M 512-bit VFMADD*PH/s (~100 M fp16 lanes/s), so vector
 # code runs some hundreds of times slower than natively: size tests to that.
 # A static test_kernels (-DCMAKE_EXE_LINKER_FLAGS=-static) with
-# QUAKE_TEST_QUICK=1 took 206 s here against 3.7 s natively (printing output
-# identical to a native AVX-512 run) before the float16 tests of 2026-12-01,
-# which take it past SR_TIMEOUT's default; `test_kernels half-lanes` runs in
-# about 45 s (tools/test-sapphire-rapids.sh).
+# QUAKE_TEST_QUICK=1 takes 275 s here (627 checks, 2026-12-01; 206 s before
+# that day's float16 tests) against about 4 s natively, with output
+# identical to a native AVX-512 run; `test_kernels half-lanes` runs in about
+# 45 s (tools/test-sapphire-rapids.sh). Another emulator or build on the
+# same 2 cores can more than double these times.
 #
 # Needs: bash, apt-get + dpkg (Debian), gcc/g++/make, python3 with pip,
 # readelf, network access to the Debian archive and PyPI on first use (or a
