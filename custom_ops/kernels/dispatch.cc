@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 
 #include "kernels.h"
@@ -69,32 +70,37 @@ const CpuFeatures& features() {
   return f;
 }
 
-// QUAKE_NEON_BF16: which FEAT_BF16 micro-kernel runs precision "bfloat16" on
-// AArch64. Unset, empty, "auto" or "bfmmla": BFMMLA; "bfdot": BFDOT; anything
-// else: false (select_kernels refuses it on every machine, so a typo is
-// never silently ignored).
-enum class NeonBf16 { kBfmmla, kBfdot };
-bool neon_bf16_choice(NeonBf16* out) {
-  const char* v = std::getenv("QUAKE_NEON_BF16");
-  *out = NeonBf16::kBfmmla;
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0 || std::strcmp(v, "bfmmla") == 0) return true;
-  if (std::strcmp(v, "bfdot") == 0) {
-    *out = NeonBf16::kBfdot;
-    return true;
+// The environment variable `name` as one of `choices`: unset, empty or "auto"
+// gives index 0, a listed value its index; anything else false (select_kernels
+// refuses it on every machine, so a typo is never silently ignored).
+bool env_choice(const char* name, std::initializer_list<const char*> choices, int* out) {
+  const char* v = std::getenv(name);
+  *out = 0;
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return true;
+  for (const char* c : choices) {
+    if (std::strcmp(v, c) == 0) return true;
+    ++*out;
   }
   return false;
 }
 
+// QUAKE_NEON_BF16: which FEAT_BF16 micro-kernel runs precision "bfloat16" on
+// AArch64 (auto: BFMMLA).
+enum class NeonBf16 { kBfmmla, kBfdot };
+bool neon_bf16_choice(NeonBf16* out) {
+  int i;
+  const bool ok = env_choice("QUAKE_NEON_BF16", {"bfmmla", "bfdot"}, &i);
+  *out = ok ? static_cast<NeonBf16>(i) : NeonBf16::kBfmmla;
+  return ok;
+}
+
+// QUAKE_F16: float32 lanes (auto) or the AVX512-FP16 lanes.
 enum class F16Lanes { kFloat32, kLanes };
 bool f16_choice(F16Lanes* out) {
-  const char* v = std::getenv("QUAKE_F16");
-  *out = F16Lanes::kFloat32;
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0 || std::strcmp(v, "float32") == 0) return true;
-  if (std::strcmp(v, "lanes") == 0) {
-    *out = F16Lanes::kLanes;
-    return true;
-  }
-  return false;
+  int i;
+  const bool ok = env_choice("QUAKE_F16", {"float32", "lanes"}, &i);
+  *out = ok ? static_cast<F16Lanes>(i) : F16Lanes::kFloat32;
+  return ok;
 }
 
 // The AVX-512 table with the float16 lanes of AVX512-FP16 for orders 1 and 2

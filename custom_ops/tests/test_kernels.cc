@@ -1118,6 +1118,31 @@ void run_half(const KernelTable* t, int order, HalfOp op, float alpha, bool via_
   t->f32_to_f16(yf.data(), y, n);
 }
 
+// A float16 kernel over spans: `run(in, out, len)` out of place and in place
+// at every offset of guarded buffers; each element must equal want's (NaN
+// as NaN) and nothing outside the span may be written.
+template <class Run>
+void check_half_spans(Case& c, const std::vector<uint16_t>& xs, const std::vector<uint16_t>& want, Run run) {
+  constexpr uint16_t kGuardHalf = 0x7d0du;  // a signalling NaN half no kernel produces
+  const size_t len = xs.size();
+  for (size_t off : kOffsets) {
+    std::vector<uint16_t> out(len + 2 * kGuard + 64, kGuardHalf), inplace(out.size(), kGuardHalf);
+    std::copy(xs.begin(), xs.end(), inplace.begin() + kGuard + off);
+    run(xs.data(), out.data() + kGuard + off, len);
+    run(inplace.data() + kGuard + off, inplace.data() + kGuard + off, len);
+    for (size_t i = 0; i < out.size(); ++i) {
+      if (i < kGuard + off || i >= kGuard + off + len) {
+        c.check(out[i] == kGuardHalf && inplace[i] == kGuardHalf, "n %zu off %zu: wrote outside at %zu", len, off, i);
+        continue;
+      }
+      const size_t j = i - kGuard - off;
+      c.check(same_half(out[i], want[j]), "n %zu off %zu i %zu: %04x vs %04x", len, off, j, out[i], want[j]);
+      c.check(same_half(inplace[i], want[j]), "in place n %zu off %zu i %zu: %04x vs %04x", len, off, j, inplace[i],
+              want[j]);
+    }
+  }
+}
+
 void test_half_kernels(const KernelTable* t, std::mt19937& rng) {
   char name[160];
   const HalfKernels& h1 = t->order[0].half;
@@ -1172,27 +1197,9 @@ void test_half_kernels(const KernelTable* t, std::mt19937& rng) {
         bs[i] = static_cast<uint16_t>(any_half(rng));
       }
       run_half(t, 2, hop, 1.702f, true, xs.data(), bs.data(), bias.data(), full.data(), len);
-      for (size_t off : kOffsets) {
-        constexpr uint16_t kGuardHalf = 0x7d0du;  // a signalling NaN half no kernel produces
-        std::vector<uint16_t> out(len + 2 * kGuard + 32, kGuardHalf), inplace(out.size(), kGuardHalf);
-        std::copy(xs.begin(), xs.end(), inplace.begin() + kGuard + off);
-        uint16_t* y = out.data() + kGuard + off;
-        uint16_t* yi = inplace.data() + kGuard + off;
-        run_half(t, 2, hop, 1.702f, false, xs.data(), bs.data(), bias.data(), y, len);
-        run_half(t, 2, hop, 1.702f, false, yi, bs.data(), bias.data(), yi, len);
-        for (size_t i = 0; i < out.size(); ++i) {
-          const bool inside = i >= kGuard + off && i < kGuard + off + len;
-          if (inside) {
-            const size_t j = i - kGuard - off;
-            c.check(same_half(out[i], full[j]), "n %zu off %zu i %zu: %04x vs %04x", len, off, j, out[i], full[j]);
-            c.check(same_half(inplace[i], full[j]), "in place n %zu off %zu i %zu: %04x vs %04x", len, off, j,
-                    inplace[i], full[j]);
-          } else {
-            c.check(out[i] == kGuardHalf && inplace[i] == kGuardHalf, "n %zu off %zu: wrote outside at %zu", len, off,
-                    i);
-          }
-        }
-      }
+      check_half_spans(c, xs, full, [&](const uint16_t* in, uint16_t* out, size_t count) {
+        run_half(t, 2, hop, 1.702f, false, in, bs.data(), bias.data(), out, count);
+      });
     }
   }
 }
@@ -1801,24 +1808,10 @@ void test_half_lanes_isa() {
     for (size_t len = 0; len <= 2 * kMaxLen; ++len) {
       std::vector<uint16_t> xs(len);
       for (uint16_t& v : xs) v = static_cast<uint16_t>(any_half(rng));
-      for (size_t off : kOffsets) {
-        constexpr uint16_t kGuardHalf = 0x7d0du;  // a signalling NaN half no kernel produces
-        std::vector<uint16_t> out(len + 2 * kGuard + 64, kGuardHalf), inplace(out.size(), kGuardHalf);
-        std::copy(xs.begin(), xs.end(), inplace.begin() + kGuard + off);
-        run(2, lop, 1.702f, xs.data(), out.data() + kGuard + off, len);
-        run(2, lop, 1.702f, inplace.data() + kGuard + off, inplace.data() + kGuard + off, len);
-        for (size_t i = 0; i < out.size(); ++i) {
-          const bool inside = i >= kGuard + off && i < kGuard + off + len;
-          if (!inside) {
-            c.check(out[i] == kGuardHalf && inplace[i] == kGuardHalf, "n %zu off %zu: wrote outside at %zu", len, off,
-                    i);
-            continue;
-          }
-          const uint16_t want = want_bits(2, lop, 1.702f, xs[i - kGuard - off]);
-          c.check(same_half(out[i], want) && same_half(inplace[i], want), "n %zu off %zu i %zu: %04x / %04x vs %04x",
-                  len, off, i - kGuard - off, out[i], inplace[i], want);
-        }
-      }
+      std::vector<uint16_t> want(len);
+      for (size_t i = 0; i < len; ++i) want[i] = want_bits(2, lop, 1.702f, xs[i]);
+      check_half_spans(c, xs, want,
+                       [&](const uint16_t* in, uint16_t* out, size_t count) { run(2, lop, 1.702f, in, out, count); });
     }
   }
 }
