@@ -26,14 +26,24 @@ cmake -S . -B build/asan -DQUAKE_SANITIZE=ON -DQUAKE_BUILD_TESTS=ON >/dev/null
 cmake --build build/asan --target test_kernels test_attention -j "$(nproc)" >/dev/null
 ctest --test-dir build/asan --output-on-failure
 
-# The same kernel tests cross-compiled for AArch64 and run under qemu-user
-# (the NEON table); installs g++-aarch64-linux-gnu and qemu-user with apt-get
-# when missing, or prints why it skipped them (QUAKE_REQUIRE_AARCH64=1: fail).
-tools/test-aarch64.sh
-# The float16 lanes of AVX512-FP16 on an emulated Sapphire Rapids CPU (Bochs,
-# built from Debian's source on first use), or why they were skipped
-# (QUAKE_REQUIRE_SAPPHIRE_RAPIDS=1: fail).
-tools/test-sapphire-rapids.sh
+# Two emulated CPUs, side by side (each emulator runs one thread, and the
+# longest test program alone keeps one core busy; its output is printed when
+# both are done):
+# - the float16 lanes of AVX512-FP16 on an emulated Sapphire Rapids CPU (Bochs,
+#   built from Debian's source on first use, its own private apt root), or why
+#   they were skipped (QUAKE_REQUIRE_SAPPHIRE_RAPIDS=1: fail);
+# - the same kernel tests cross-compiled for AArch64 and run under qemu-user
+#   (the NEON table); installs g++-aarch64-linux-gnu and qemu-user with apt-get
+#   when missing, or prints why it skipped them (QUAKE_REQUIRE_AARCH64=1: fail).
+sapphire_log=$(mktemp)
+tools/test-sapphire-rapids.sh >"$sapphire_log" 2>&1 &
+sapphire_pid=$!
+aarch64_status=0
+tools/test-aarch64.sh || aarch64_status=$?
+sapphire_status=0
+wait "$sapphire_pid" || sapphire_status=$?
+cat "$sapphire_log" && rm -f "$sapphire_log"
+if [ "$aarch64_status" != 0 ] || [ "$sapphire_status" != 0 ]; then exit 1; fi
 
 # Python tests against the installed package (not the source tree).
 cd tests && ../.venv/bin/python -m pytest -p no:cacheprovider "$@"

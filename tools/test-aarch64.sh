@@ -67,7 +67,7 @@ QUAKE_TEST_QUICK=1 ctest --test-dir "$build" --output-on-failure -j 2
 # pass on scalar alone).
 log="$build/Testing/Temporary/LastTest.log"
 tables=$(sed -n 's/^== table //p' "$log" | sort -u | paste -sd, -)
-counts=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | paste -sd ';' - | sed 's/;/ + /')
+counts=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | paste -sd ';' - | sed 's/;/ + /g')
 case ",$tables," in
   *,neon,*) ;;
   *) echo "aarch64 kernel tests: FAILED, the NEON table did not run (tables: ${tables:-none})" >&2; exit 1 ;;

@@ -7,6 +7,7 @@
 // online-softmax step of each SIMD table against the scalar definition; the
 // broadcast layout and the tile choice. No framework:
 // prints failures and the measured errors, then "N passed, M failed".
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdarg>
@@ -1042,34 +1043,66 @@ void print_errors() {
 
 }  // namespace
 
-int main() {
-  std::mt19937 rng(20261130u);
-  test_layout();
-  test_tiles();
-  const std::vector<Problem> ps = problems(rng), half_ps = half_images(ps);
+// Usage: test_attention [TABLE[:PART]...]. With no argument every table of
+// this CPU is tested; with names (scalar, neon, avx2, avx512) only those
+// tables, and with a part (float32 or bf16) only that part of a table, so
+// CTest can run them as parallel tests (under qemu-user the NEON table takes
+// minutes). The table-independent checks run with the scalar table.
+int main(int argc, char** argv) {
+  const std::vector<std::string> only(argv + 1, argv + argc);
+  for (const std::string& arg : only) {
+    const std::string table = arg.substr(0, arg.find(':'));
+    const std::string part = arg.find(':') == std::string::npos ? "" : arg.substr(arg.find(':') + 1);
+    const bool table_ok = table == "scalar" || table == "neon" || table == "avx2" || table == "avx512";
+    if (!table_ok || !(part.empty() || part == "float32" || part == "bf16")) {
+      std::fprintf(stderr, "test_attention: '%s' is not TABLE[:PART] (scalar, neon, avx2, avx512; float32, bf16)\n",
+                   arg.c_str());
+      return 2;
+    }
+  }
+  const auto wanted = [&](const std::string& table, const char* part) {
+    const auto named = [&](const std::string& s) { return std::find(only.begin(), only.end(), s) != only.end(); };
+    return only.empty() || named(table) || named(table + ":" + part);
+  };
+  std::mt19937 problem_rng(20261130u);
+  if (wanted("scalar", "float32")) {
+    test_layout();
+    test_tiles();
+  }
+  const std::vector<Problem> ps = problems(problem_rng), half_ps = half_images(ps);
   const KernelTable* scalar = kernels_for(Isa::kScalar);
   for (Isa isa : {Isa::kScalar, Isa::kNeon, Isa::kAvx2, Isa::kAvx512}) {
     const KernelTable* t = kernels_for(isa);
     if (t == nullptr) continue;
+    const bool float32 = wanted(t->name, "float32"), bf16 = wanted(t->name, "bf16");
+    if (!float32 && !bf16) continue;
     std::printf("== table %s\n", t->name);
-    {
-      Check check(std::string(t->name) + ": attention entries present");
-      check(t->attention_block != nullptr && t->attention_pack != nullptr, "attention_block or attention_pack missing");
-      for (const OrderKernels& k : t->order) check(k.online_softmax != nullptr, "online_softmax missing");
+    // Each part its own stream: its inputs do not depend on what else ran.
+    if (float32) {
+      std::mt19937 rng(20261130u + 2 * static_cast<unsigned>(isa));
+      {
+        Check check(std::string(t->name) + ": attention entries present");
+        check(t->attention_block != nullptr && t->attention_pack != nullptr,
+              "attention_block or attention_pack missing");
+        for (const OrderKernels& k : t->order) check(k.online_softmax != nullptr, "online_softmax missing");
+      }
+      test_block(t, ps, half_ps);
+      test_split_agrees(t, rng);
+      test_float_tails(t, rng);
+      test_causal_prefix(t, rng);
+      test_gqa(t, nullptr, "packed once when Sq > bq", rng);
+      if (t != scalar) test_online_step(t, scalar, rng);
     }
-    test_block(t, ps, half_ps);
-    test_split_agrees(t, rng);
-    test_float_tails(t, rng);
-    test_causal_prefix(t, rng);
-    test_gqa(t, nullptr, "packed once when Sq > bq", rng);
-    if (t != scalar) test_online_step(t, scalar, rng);
-    const std::vector<Bf16Engine> engines = bf16_engines(t);
-    for (const Bf16Engine& e : engines) std::printf("precision bfloat16 on table %s: %s\n", t->name, e.name.c_str());
-    if (engines.empty()) std::printf("precision bfloat16 on table %s: float32 fallback\n", t->name);
-    test_bf16_block(t, engines, ps, half_ps, rng);
-    test_bf16_tails(t, engines, rng);
+    if (bf16) {
+      std::mt19937 rng(20261131u + 2 * static_cast<unsigned>(isa));
+      const std::vector<Bf16Engine> engines = bf16_engines(t);
+      for (const Bf16Engine& e : engines) std::printf("precision bfloat16 on table %s: %s\n", t->name, e.name.c_str());
+      if (engines.empty()) std::printf("precision bfloat16 on table %s: float32 fallback\n", t->name);
+      test_bf16_block(t, engines, ps, half_ps, rng);
+      test_bf16_tails(t, engines, rng);
+    }
   }
-  test_neon_bf16_variable();
+  if (wanted("scalar", "bf16")) test_neon_bf16_variable();
   print_errors();
   std::printf("\n%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
