@@ -21,9 +21,10 @@ resolve"), so a difference of a few percent is no evidence.
 --op Attention (default): Q is [1, H, S, D], K and V [1, H_kv, S, D] (GQA
 when H_kv < H), no mask, scale 1/sqrt(D), float32, inputs standard normal.
 --op Exp | Sigmoid | Silu | Gelu | Softmax | LogSoftmax: one node at --order
-on a float32 tensor of --shape (Softmax and LogSoftmax over its last axis),
-inputs standard normal times 3 (as `quake_onnx.bench ops`), or with
---denormal uniform in (-FLT_MIN, FLT_MIN); --in-place feeds it X + 0, an
+on a float32 tensor (--dtype float16: float16) of --shape (Softmax and
+LogSoftmax over its last axis), inputs standard normal times 3 (as
+`quake_onnx.bench ops`), or with --denormal uniform in (-tiny, tiny), the
+type's smallest normal; --in-place feeds it X + 0, an
 Add's output that ONNX Runtime lets the node overwrite, as most nodes inside
 a model get their input. Both libraries take the ISA table QUAKE_ISA names,
 if set.
@@ -43,16 +44,25 @@ from quake_onnx.check.paired import rotated_batches, session_batches
 ONE_INPUT = ("Exp", "Sigmoid", "Silu", "Gelu", "Softmax", "LogSoftmax")  # order attribute, last axis
 
 
-def model(op: str, causal: bool, dim: int, order: int, precision: str = "float32", in_place: bool = False) -> bytes:
-    """One com.quake node, float32 inputs and output of any shape; with
-    `in_place`, a one-input op reads X + 0 (an Add's output, which ORT lets the
-    op overwrite, as inside a model) instead of the graph input."""
+def model(
+    op: str,
+    causal: bool,
+    dim: int,
+    order: int,
+    precision: str = "float32",
+    in_place: bool = False,
+    dtype: int = TensorProto.FLOAT,
+) -> bytes:
+    """One com.quake node, inputs and output of `dtype` (FLOAT or FLOAT16) and
+    any shape; with `in_place`, a one-input op reads X + 0 (an Add's output,
+    which ORT lets the op overwrite, as inside a model) instead of the graph
+    input."""
     if op == "Attention":
         names = "QKV"
         attrs = {"scale": float(dim) ** -0.5, "causal": int(causal), "precision": precision}
     else:
         names, attrs = "X", {"order": order}
-    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names]
+    inputs = [helper.make_tensor_value_info(n, dtype, None) for n in names]
     nodes = []
     if in_place and op != "Attention":
         nodes.append(helper.make_node("Add", ["X", "zero"], ["X0"]))
@@ -60,8 +70,8 @@ def model(op: str, causal: bool, dim: int, order: int, precision: str = "float32
     else:
         node_inputs = list(names)
     nodes.append(helper.make_node(op, node_inputs, ["Y"], domain="com.quake", **attrs))
-    output = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
-    zero = [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])] if in_place else []
+    output = helper.make_tensor_value_info("Y", dtype, None)
+    zero = [helper.make_tensor("zero", dtype, [], [0.0])] if in_place else []
     graph = helper.make_graph(nodes, "library_ab", inputs, [output], initializer=zero)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.quake", 1)])
     m.ir_version = 8
@@ -84,6 +94,7 @@ def main() -> None:
     ap.add_argument("--shape", default="12x512x512", help="one-input ops: the input's shape, e.g. 128x3072")
     ap.add_argument("--order", type=int, choices=(1, 2, 3), default=2, help="one-input ops: the order attribute")
     ap.add_argument("--denormal", action="store_true", help="one-input ops: subnormal inputs")
+    ap.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="one-input ops: tensor type")
     ap.add_argument(
         "--in-place", action="store_true", help="one-input ops: the input an Add's output the op may overwrite"
     )
@@ -111,12 +122,16 @@ def main() -> None:
             shape = tuple(int(d) for d in args.shape.lower().split("x"))
         except ValueError:
             ap.error(f"--shape {args.shape!r} is not like 12x512x512")
-        tiny = np.finfo(np.float32).tiny
+        np_dtype = np.float16 if args.dtype == "float16" else np.float32
+        tiny = float(np.finfo(np_dtype).tiny)
         x = rng.uniform(-1.0, 1.0, shape) * tiny if args.denormal else rng.standard_normal(shape) * 3
-        feeds = {"X": x.astype(np.float32)}
-        what = f"{args.op} order {args.order} {args.shape}{' subnormal' if args.denormal else ''}"
+        feeds = {"X": x.astype(np_dtype)}
+        what = f"{args.op} order {args.order} {args.dtype} {args.shape}{' subnormal' if args.denormal else ''}"
         what += " in place" if args.in_place else ""
-    data = model(args.op, args.causal, args.dim, args.order, args.precision, args.in_place)
+    if args.op == "Attention" and args.dtype != "float32":
+        ap.error("--dtype applies to one-input ops; Attention here is float32")
+    dtype = TensorProto.FLOAT16 if args.dtype == "float16" else TensorProto.FLOAT
+    data = model(args.op, args.causal, args.dim, args.order, args.precision, args.in_place, dtype)
     sessions = {"A": session(data, args.a, args.threads), "B": session(data, args.b, args.threads)}
     outputs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
     batches, _ = session_batches(sessions, feeds, args.budget)

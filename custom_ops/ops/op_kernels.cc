@@ -519,10 +519,15 @@ class AxisKernel : public QuakeKernel {
         if constexpr (std::is_same<T, float>::value) {
           rows_fn(x + begin * len, y + begin * len, end - begin, len);
         } else {
-          std::vector<float> buf((end - begin) * len);
-          load(x + begin * len, buf.data(), buf.size());
-          rows_fn(buf.data(), buf.data(), end - begin, len);
-          store(buf.data(), y + begin * len, buf.size());
+          // float16: one L1 group at a time through a float buffer, so the
+          // conversions and the kernel's passes all hit L1.
+          std::vector<float> buf(std::min(plan.group_rows, end - begin) * len);
+          for (size_t r = begin; r < end; r += plan.group_rows) {
+            const size_t count = std::min(plan.group_rows, end - r) * len;
+            load(x + r * len, buf.data(), count);
+            rows_fn(buf.data(), buf.data(), count / len, len);
+            store(buf.data(), y + r * len, count);
+          }
         }
       });
       return;
