@@ -20,12 +20,10 @@ from typer.core import TyperGroup
 import quake_onnx
 
 
-class _OneLineErrors(TyperGroup):
-    def resolve_command(self, ctx: Any, args: List[str]) -> Any:
-        # `quake-onnx zoo merge ...` is a command of its own (zoo's first argument is otherwise a folder).
-        if len(args) >= 2 and args[0] == "zoo" and args[1] == "merge":
-            return "zoo merge", self.get_command(ctx, "zoo-merge"), args[2:]
-        return super().resolve_command(ctx, args)
+class OneLineErrors(TyperGroup):
+    """A typer command group whose every failure is one `error: ...` line on
+    stderr and an exit status (2: a usage error), never a box or a
+    traceback; `quake-onnx` and `python -m quake_onnx.bench` use it."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
@@ -58,6 +56,14 @@ class _OneLineErrors(TyperGroup):
             typer.echo(f"error: internal error ({type(e).__name__}: {_one_line(str(e))}); please report it", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class _QuakeCommands(OneLineErrors):
+    def resolve_command(self, ctx: Any, args: List[str]) -> Any:
+        # `quake-onnx zoo merge ...` is a command of its own (zoo's first argument is otherwise a folder).
+        if len(args) >= 2 and args[0] == "zoo" and args[1] == "merge":
+            return "zoo merge", self.get_command(ctx, "zoo-merge"), args[2:]
+        return super().resolve_command(ctx, args)
 
 
 def _one_line(text: str) -> str:
@@ -94,7 +100,7 @@ def _report_file(text: str) -> Path:
 
 
 app = typer.Typer(
-    cls=_OneLineErrors,
+    cls=_QuakeCommands,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

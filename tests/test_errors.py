@@ -187,3 +187,45 @@ def test_the_benchmark_command_refuses_a_bad_quake_isa_in_one_line(monkeypatch):
     result = CliRunner().invoke(app, ["ops", "--shape", "4x4"])
     assert result.exit_code == 2 and not isinstance(result.exception, ValueError)
     assert result.stderr.splitlines() == ["error: QUAKE_ISA='mmx' is not one of auto, scalar, neon, avx2, avx512"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ops", "--dtype", "float64"], "--dtype takes float32 or float16, got 'float64'"),
+        (["ops", "--threads", "x"], "--threads takes comma-separated integers, got 'x'"),
+        (["exaq", "--shape", "3xq"], "--shape takes positive sizes like 12x128x128, got '3xq'"),
+        (["attention", "--threads", "0"], "--threads values must be positive integers, got '0'"),
+        (["ops", "--markdown", "no-such-folder/ops.md"], "the folder of 'no-such-folder/ops.md' does not exist"),
+        (["ops", "--markdown", "-"], "the table goes to standard output anyway; give a file path"),
+    ],
+)
+def test_the_benchmark_command_refuses_bad_options_in_one_line_before_timing(args, message, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from quake_onnx.bench.__main__ import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "", "printed (or timed) before refusing the option"
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and message in line, line
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_benchmark_command_times_and_writes_its_table(dtype, tmp_path):
+    from typer.testing import CliRunner
+
+    from quake_onnx.bench.__main__ import app
+
+    out = tmp_path / "ops.md"
+    args = ["ops", "--op", "Exp", "--shape", "4x8", "--threads", "1", "--orders", "1", "--min-time", "0.02"]
+    args += ["--rounds", "1", "--no-denormal", "--dtype", dtype, "--markdown", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert f"{dtype} tensors" in text
+    (row,) = [line for line in text.splitlines() if line.startswith("| Exp | 4x8 | 1 |")]
+    assert row.count("x,") == 1, row  # one ratio: ORT against order 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ops.md"], "a temporary was left behind"

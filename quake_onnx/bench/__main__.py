@@ -1,4 +1,8 @@
-"""`python -m quake_onnx.bench ops|exaq|attention ...`: the benchmark command line."""
+"""`python -m quake_onnx.bench ops|exaq|attention ...`: the benchmark command line.
+
+As with `quake-onnx`, a bad option is one `error: ...` line and exit 2,
+found before anything is timed; a --markdown file is written whole (through
+a temporary) or not at all."""
 
 from __future__ import annotations
 
@@ -7,7 +11,16 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="quake-onnx benchmarks (not tests).")
+from ..cli import OneLineErrors, _output_file
+from ..writes import write_report
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="quake-onnx benchmarks (not tests).",
+)
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -21,7 +34,37 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 
 
 def _shapes(specs: list[str]) -> list[tuple[int, ...]]:
-    return [tuple(_ints(s.replace("x", ","), "--shape")) for s in specs]
+    shapes = []
+    for spec in specs:
+        try:
+            shapes.append(_ints(spec.lower().replace("x", ","), "--shape"))
+        except typer.BadParameter:
+            raise typer.BadParameter(f"--shape takes positive sizes like 12x128x128, got {spec!r}") from None
+    return shapes
+
+
+def _markdown_file(text: str) -> Path:
+    """--markdown FILE: a file path in a folder that exists, checked before
+    minutes of timing rather than when the table is written."""
+    if text == "-":
+        raise typer.BadParameter("the table goes to standard output anyway; give a file path")
+    path = _output_file(text)
+    if not path.absolute().parent.is_dir():
+        raise typer.BadParameter(f"the folder of {text!r} does not exist")
+    return path
+
+
+def _write_markdown(text: str, path: Optional[Path]) -> None:
+    if path is None:
+        return
+    try:
+        write_report(text, path)
+    except OSError as e:
+        typer.echo(f"error: cannot write {path}: {e.strerror or e}", err=True)
+        raise typer.Exit(1) from None
+
+
+MARKDOWN_HELP = "also write the table as Markdown to this file"
 
 
 @app.callback()
@@ -46,7 +89,7 @@ def ops(
     op: Optional[list[str]] = typer.Option(None, help="only baselines whose name starts with this (repeatable)"),
     min_time: float = typer.Option(0.6, help="seconds of timed runs per configuration, split over the rounds"),
     rounds: int = typer.Option(3, min=1, help="interleaved rounds per configuration; the fastest median is kept"),
-    markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown to this file"),
+    markdown: Optional[Path] = typer.Option(None, metavar="FILE", parser=_markdown_file, help=MARKDOWN_HELP),
     denormal: bool = typer.Option(
         True, "--denormal/--no-denormal", help="also time denormal inputs (128x3072, 1 thread, order 2), reported apart"
     ),
@@ -67,12 +110,14 @@ def ops(
     baselines = [b for b in bench_ops.BASELINES if not op or any(b.name.lower().startswith(p.lower()) for p in op)]
     if not baselines:
         raise typer.BadParameter(f"--op {op} matches none of: {', '.join(b.name for b in bench_ops.BASELINES)}")
+    shapes = _shapes(shape) if shape else bench_ops.SHAPES
+    thread_list = _ints(threads, "--threads")
     header = bench_ops.markdown([], order_list)
     typer.echo(bench_ops.machine_line())
     typer.echo(header)
     rows = bench_ops.run(
-        shapes=_shapes(shape) if shape else bench_ops.SHAPES,
-        threads=_ints(threads, "--threads"),
+        shapes=shapes,
+        threads=thread_list,
         orders=order_list,
         baselines=baselines,
         min_time=min_time,
@@ -86,8 +131,7 @@ def ops(
         typer.echo(bench_ops.markdown([], (2,)))
         dn = bench_ops.denormal_rows(baselines=baselines, min_time=min_time, rounds=rounds, progress=typer.echo)
         text += "\nDenormal inputs (|x| < 1.2e-38):\n\n" + bench_ops.markdown(dn, (2,)) + "\n"
-    if markdown:
-        markdown.write_text(text)
+    _write_markdown(text, markdown)
 
 
 @app.command()
@@ -98,23 +142,24 @@ def exaq(
     ),
     min_time: float = typer.Option(0.6, help="seconds of timed runs per configuration, split over the rounds"),
     rounds: int = typer.Option(3, min=1, help="interleaved rounds per configuration; the fastest median is kept"),
-    markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown to this file"),
+    markdown: Optional[Path] = typer.Option(None, metavar="FILE", parser=_markdown_file, help=MARKDOWN_HELP),
 ) -> None:
     """Time the exaq Softmax against the quake method and ONNX Runtime's Softmax."""
     from . import exaq as bench_exaq
     from . import ops as bench_ops
 
+    shapes = _shapes(shape) if shape else bench_exaq.SHAPES
+    thread_list = _ints(threads, "--threads")
     typer.echo(bench_ops.machine_line())
     typer.echo(bench_exaq.HEADER)
     rows = bench_exaq.run(
-        shapes=_shapes(shape) if shape else bench_exaq.SHAPES,
-        threads=_ints(threads, "--threads"),
+        shapes=shapes,
+        threads=thread_list,
         min_time=min_time,
         rounds=rounds,
         progress=typer.echo,
     )
-    if markdown:
-        markdown.write_text(bench_ops.machine_line() + "\n\n" + bench_exaq.markdown(rows) + "\n")
+    _write_markdown(bench_ops.machine_line() + "\n\n" + bench_exaq.markdown(rows) + "\n", markdown)
 
 
 @app.command()
@@ -130,7 +175,9 @@ def attention(
         False, "--bf16", help='also time the quake node with precision="bfloat16" (paired with the float32 one)'
     ),
     rss: bool = typer.Option(True, help="also measure the peak RSS of one H12 S4096 block per variant"),
-    markdown: Optional[Path] = typer.Option(None, help="also write the tables as Markdown to this file"),
+    markdown: Optional[Path] = typer.Option(
+        None, metavar="FILE", parser=_markdown_file, help="also write the tables as Markdown to this file"
+    ),
 ) -> None:
     """Time com.quake Attention against the unfused ORT block and com.microsoft.MultiHeadAttention."""
     from . import attention as bench_attention
@@ -140,6 +187,7 @@ def attention(
     if not shapes:
         names = ", ".join(s.name for s in bench_attention.SHAPES)
         raise typer.BadParameter(f"--shape {shape} matches none of: {names}")
+    thread_list = _ints(threads, "--threads")
     typer.echo(bench_ops.machine_line())
     if bf16:
         from .._library import attention_bf16_engine
@@ -148,7 +196,7 @@ def attention(
     typer.echo(bench_attention.header(bf16))
     rows = bench_attention.run(
         shapes=shapes,
-        threads=_ints(threads, "--threads"),
+        threads=thread_list,
         rounds=rounds,
         min_time=min_time,
         order=order,
@@ -161,8 +209,7 @@ def attention(
         table = bench_attention.rss_markdown(big, bench_attention.peak_rss(big))
         typer.echo("\n" + table)
         text += "\n" + table + "\n"
-    if markdown:
-        markdown.write_text(text)
+    _write_markdown(text, markdown)
 
 
 if __name__ == "__main__":
