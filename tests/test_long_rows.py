@@ -1,14 +1,15 @@
 """Softmax and LogSoftmax rows that take the long-row paths (softmax_long.h):
 a few long rows cut into chunks over the threads ([1, 50257]: one vocabulary
-row), and rows beyond half the L2 in two passes ([4, 140001]: 560 KB rows). Against the
-float64 reference within the bounds of test_accuracy, rows summing to 1,
-the special rows exact, and 1 and 2 threads agreeing within the summation
-bound."""
+row), and rows beyond half the L2 in two passes ([4, 140001]: 560 KB rows), in
+float32 and float16 (whose few long rows are cut the same way, through float
+buffers; its rows beyond L2 take the one-pass path). Against the float64
+reference within the bounds of test_accuracy, rows summing to 1, the special
+rows exact, and 1 and 2 threads agreeing within the summation bound."""
 
 import numpy as np
 import pytest
-from helpers import make_model, make_session, run
-from test_accuracy import ROW_SUM, bound, check_special_rows
+from helpers import assert_close, make_model, make_session, run
+from test_accuracy import bound, check_rows_sum_to_one, check_special_rows
 
 from quake_onnx import reference
 
@@ -18,9 +19,9 @@ F32 = np.float32
 SHAPES = [(1, 50257), (3, 70001), (2, 300001), (4, 140001)]
 
 
-def rows(shape, seed):
-    """Logits, a causal-style -inf mask, float-lowest, a NaN row, a +inf row,
-    all -inf, uniform: as many as the shape has rows, cycling."""
+def rows(shape, seed, dtype=F32):
+    """Logits, a causal-style -inf mask, the type's lowest, a NaN row, a +inf
+    row, all -inf, uniform: as many as the shape has rows, cycling."""
     r, n = shape
     rng = np.random.default_rng(seed)
     kinds = []
@@ -30,7 +31,7 @@ def rows(shape, seed):
         if kind == 1:
             x[rng.random(n) < 0.9] = -np.inf
         elif kind == 2:
-            x[rng.random(n) < 0.5] = np.finfo(F32).min
+            x[rng.random(n) < 0.5] = np.finfo(dtype).min
         elif kind == 3:
             x[rng.integers(n)] = np.nan
         elif kind == 4:
@@ -40,35 +41,41 @@ def rows(shape, seed):
         elif kind == 6:
             x[:] = 0.5
         kinds.append(x)
-    return np.array(kinds, dtype=F32)
+    return np.array(kinds, dtype=dtype)
+
+
+def threads_agree(y1, y2, dtype):
+    """1 and 2 threads change only the float32 summation order: within 1e-6
+    of the largest result, or (float16) one unit in the last place."""
+    same = np.isfinite(y1) & np.isfinite(y2)
+    assert (np.isnan(y1) == np.isnan(y2)).all()
+    if not same.any():
+        return
+    a, b = y1[same].astype(np.float64), y2[same].astype(np.float64)
+    if dtype == F32:
+        assert np.abs(a - b).max() <= 1e-6 * max(1.0, float(np.abs(a).max()))
+    else:
+        ulp = np.spacing(np.maximum(np.abs(y1[same]), np.abs(y2[same]))).astype(np.float64)
+        assert (np.abs(a - b) <= ulp).all()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("order", (1, 2, 3))
 @pytest.mark.parametrize("op", ("Softmax", "LogSoftmax"))
-def test_two_pass_rows(session_cache, isa, op, order, shape):
-    model = make_model(op, {"order": order}, ("R", "N"), F32)
+@pytest.mark.parametrize("dtype", (F32, np.float16), ids=("float32", "float16"))
+def test_two_pass_rows(session_cache, isa, op, order, shape, dtype):
+    model = make_model(op, {"order": order}, ("R", "N"), dtype)
     for seed in range(0, 7, 1 if shape[0] == 1 else shape[0]):
-        x = rows(shape, seed)
+        x = rows(shape, seed, dtype)
         y1 = run(session_cache(model, isa, 1), x)
         y2 = run(session_cache(model, isa, 2), x)
         ref = reference.REFERENCES[op]([x], {})
-        abs_tol, rel_tol = bound(op, order, F32)
-        live = np.isfinite(ref)
-        err = np.abs(y1[live].astype(np.float64) - ref[live])
-        assert (err <= abs_tol + rel_tol * np.abs(ref[live])).all(), f"{op} {shape} seed {seed}: {err.max():.3g}"
+        assert_close(y1, ref, dtype, *bound(op, order, dtype), x=x, what=f"{op} {shape} seed {seed}")
         check_special_rows(op, x, y1)
         check_special_rows(op, x, y2)
         if op == "Softmax":
-            sums = y1.astype(np.float64).sum(-1)
-            ok = np.isfinite(sums) & (sums != 0)
-            assert (np.abs(sums[ok] - 1) <= ROW_SUM[F32]).all(), sums
-        # Threads change only the summation order.
-        same = np.isfinite(y1) & np.isfinite(y2)
-        assert (np.isnan(y1) == np.isnan(y2)).all()
-        if same.any():
-            scale = max(1.0, float(np.abs(y1[same]).max()))
-            assert np.abs(y1[same].astype(np.float64) - y2[same]).max() <= 1e-6 * scale
+            check_rows_sum_to_one(y1, -1, dtype)
+        threads_agree(y1, y2, dtype)
 
 
 def test_in_place_and_single_thread_equal(isa):

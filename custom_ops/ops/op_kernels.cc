@@ -508,8 +508,8 @@ class AxisKernel : public QuakeKernel {
       }
     };
     if (inner == 1) {
+      if (plan.path == RowPlan::Path::kSplit) return RunSplit(ctx, x, y, outer, len, plan.chunks_per_row);
       if constexpr (std::is_same<T, float>::value) {
-        if (plan.path == RowPlan::Path::kSplit) return RunSplit(ctx, x, y, outer, len, plan.chunks_per_row);
         if (plan.path == RowPlan::Path::kTwoPass) return RunTwoPass(ctx, x, y, outer, len, plan, rows_fn);
       }
       const size_t rows_per_task = std::max<size_t>(1, kGrain / len);
@@ -562,17 +562,32 @@ class AxisKernel : public QuakeKernel {
   // chunks and scales each chunk's terms by e^(chunk max - row max) / sum
   // (LogSoftmax: (x - max) - log sum). One exponential per element, so one
   // thread is as fast as the one-row kernel; rows sum to 1 within rounding
-  // (the same terms are summed and scaled).
-  void RunSplit(Ort::KernelContext& ctx, const float* x, float* y, size_t rows, size_t len, size_t per_row) const {
+  // (the same terms are summed and scaled). float16: each chunk is converted
+  // into float buffers by the thread of its phase 1 and back by the thread
+  // of its phase 2 (the same one, but for a late worker's chunks).
+  template <typename T>
+  void RunSplit(Ort::KernelContext& ctx, const T* x, T* y, size_t rows, size_t len, size_t per_row) const {
+    constexpr bool kFloat = std::is_same<T, float>::value;
     const size_t chunk = (len + per_row - 1) / per_row;
     const bool log = row_fn_ == &OrderKernels::logsoftmax;
     constexpr float kInf = std::numeric_limits<float>::infinity();
     std::vector<ChunkStats> stats(rows * per_row, ChunkStats{-kInf, 0.0, false});
+    // float16: the input and the terms in float, apart (in place the kernel would take its max pass first).
+    std::vector<float> wide_in(kFloat ? 0 : rows * len), wide_out(kFloat ? 0 : rows * len);
+    const auto in = [&](size_t at) -> const float* {
+      if constexpr (kFloat) return x + at;
+      return wide_in.data() + at;
+    };
+    const auto out = [&](size_t at) -> float* {
+      if constexpr (kFloat) return y + at;
+      return wide_out.data() + at;
+    };
     const auto chunk_stats = [&](size_t task) {
       const size_t r = task / per_row, begin = (task % per_row) * chunk;
       if (begin >= len) return;
-      const size_t at = r * len + begin;
-      kernels_.softmax_partial(x + at, log ? nullptr : y + at, std::min(chunk, len - begin), &stats[task]);
+      const size_t at = r * len + begin, n = std::min(chunk, len - begin);
+      if constexpr (!kFloat) load(x + at, wide_in.data() + at, n);
+      kernels_.softmax_partial(in(at), log ? nullptr : out(at), n, &stats[task]);
     };
     parallel_two_phases(ctx, rows * per_row, chunk_stats, [&](size_t task) {
       const size_t r = task / per_row, begin = (task % per_row) * chunk;
@@ -585,14 +600,22 @@ class AxisKernel : public QuakeKernel {
       if (row.max == -kInf) return fill_value(y + at, n, log ? -kInf : 0.0f);
       if (log) {
         const double log_sum = std::log(row.sum);
-        return kernels_.shift(x + at, y + at, n, row.max, static_cast<float>(log_sum));
+        kernels_.shift(in(at), out(at), n, row.max, static_cast<float>(log_sum));
+      } else if (mine.max == -kInf) {
+        return fill_value(y + at, n, 0.0f);  // a fully masked chunk: no terms stored
+      } else {
+        kernels_.scale(out(at), n, static_cast<float>(std::exp(static_cast<double>(mine.max) - row.max) / row.sum));
       }
-      if (mine.max == -kInf) return fill_value(y + at, n, 0.0f);  // a fully masked chunk: no terms stored
-      kernels_.scale(y + at, n, static_cast<float>(std::exp(static_cast<double>(mine.max) - row.max) / row.sum));
+      if constexpr (!kFloat) store(out(at), y + at, n);
     });
   }
 
   static void fill_value(float* y, size_t n, float v) { std::fill(y, y + n, v); }
+  void fill_value(uint16_t* y, size_t n, float v) const {
+    uint16_t h;
+    table_->f32_to_f16(&v, &h, 1);
+    std::fill(y, y + n, h);
+  }
 
   // Rows in two passes over memory (softmax_long.h): every row cut into
   // `chunks_per_row` chunks; phase 1 takes each chunk's stats, phase 2
