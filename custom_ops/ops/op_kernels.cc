@@ -142,6 +142,24 @@ void parallel_tasks(const Ort::KernelContext& ctx, size_t tasks, const Body& bod
   ctx.ParallelFor(&Trampoline::run, tasks, 0, const_cast<Body*>(&body));
 }
 
+// parallel_tasks for bodies that may throw (std::bad_alloc from their work
+// memory): no exception may leave a pool thread, so the first is kept and
+// rethrown in the calling thread once every task has run (ComputeV2 turns
+// it into an error status).
+template <typename Body>
+void parallel_tasks_rethrow(const Ort::KernelContext& ctx, size_t tasks, const Body& body) {
+  std::exception_ptr first;
+  std::atomic_flag taken = ATOMIC_FLAG_INIT;
+  parallel_tasks(ctx, tasks, [&](size_t task) {
+    try {
+      body(task);
+    } catch (...) {
+      if (!taken.test_and_set()) first = std::current_exception();
+    }
+  });
+  if (first) std::rethrow_exception(first);
+}
+
 // std::thread::hardware_concurrency() reads /sys/devices/system/cpu/online
 // through glibc on every call: 17 % of a decode-step Attention call (9 heads,
 // 49 keys, 13.7 us) went to that open. Read once.
@@ -280,6 +298,22 @@ RowPlan plan_rows(size_t rows, size_t len, bool whole_rows) {
     plan.chunks_per_row = rows < kFewRows ? chunks : 1;
   }
   return plan;
+}
+
+// ---------------------------------------------------------------------------
+// Work memory of the calling thread, reused across calls and nodes, so
+// O(threads x the largest request) in all: allocated (and its pages faulted
+// in, and zeroed) once rather than per call. A fresh 200 KB std::vector per
+// call made float16 Softmax on one vocabulary row cost more than its kernel.
+// kTask: inside a task of a parallel section; kCall: what one call shares
+// over its tasks (taken by the thread that starts the section, which runs
+// tasks too). May throw std::bad_alloc.
+enum class Scratch { kTask, kCall };
+float* thread_scratch(size_t floats, Scratch which) {
+  thread_local std::vector<float> scratch[2];
+  std::vector<float>& s = scratch[static_cast<int>(which)];
+  if (s.size() < floats) s.resize(floats);
+  return s.data();
 }
 
 // ---------------------------------------------------------------------------
@@ -514,19 +548,19 @@ class AxisKernel : public QuakeKernel {
       }
       const size_t rows_per_task = std::max<size_t>(1, kGrain / len);
       const size_t tasks = (outer + rows_per_task - 1) / rows_per_task;
-      parallel_tasks(ctx, tasks, [&](size_t task) {
+      parallel_tasks_rethrow(ctx, tasks, [&](size_t task) {
         const size_t begin = task * rows_per_task, end = std::min(outer, begin + rows_per_task);
         if constexpr (std::is_same<T, float>::value) {
           rows_fn(x + begin * len, y + begin * len, end - begin, len);
         } else {
           // float16: one L1 group at a time through a float buffer, so the
           // conversions and the kernel's passes all hit L1.
-          std::vector<float> buf(std::min(plan.group_rows, end - begin) * len);
+          float* buf = thread_scratch(std::min(plan.group_rows, end - begin) * len, Scratch::kTask);
           for (size_t r = begin; r < end; r += plan.group_rows) {
             const size_t count = std::min(plan.group_rows, end - r) * len;
-            load(x + r * len, buf.data(), count);
-            rows_fn(buf.data(), buf.data(), count / len, len);
-            store(buf.data(), y + r * len, count);
+            load(x + r * len, buf, count);
+            rows_fn(buf, buf, count / len, len);
+            store(buf, y + r * len, count);
           }
         }
       });
@@ -537,7 +571,7 @@ class AxisKernel : public QuakeKernel {
     // tile, so strided access costs little.
     const size_t tiles_per_block = (inner + kColumnTile - 1) / kColumnTile;
     const size_t tasks = outer * tiles_per_block;
-    parallel_tasks(ctx, tasks, [&](size_t task) {
+    parallel_tasks_rethrow(ctx, tasks, [&](size_t task) {
       const size_t o = task / tiles_per_block, c0 = (task % tiles_per_block) * kColumnTile;
       const size_t cols = std::min(kColumnTile, inner - c0);
       const T* xb = x + o * len * inner + c0;
@@ -572,21 +606,23 @@ class AxisKernel : public QuakeKernel {
     const bool log = row_fn_ == &OrderKernels::logsoftmax;
     constexpr float kInf = std::numeric_limits<float>::infinity();
     std::vector<ChunkStats> stats(rows * per_row, ChunkStats{-kInf, 0.0, false});
-    // float16: the input and the terms in float, apart (in place the kernel would take its max pass first).
-    std::vector<float> wide_in(kFloat ? 0 : rows * len), wide_out(kFloat ? 0 : rows * len);
+    // float16: the input and Softmax's terms in float, apart (in place the
+    // kernel would take its max pass first); LogSoftmax shifts in place.
+    float* const wide_in = kFloat ? nullptr : thread_scratch((log ? 1 : 2) * rows * len, Scratch::kCall);
+    float* const wide_out = kFloat || log ? wide_in : wide_in + rows * len;
     const auto in = [&](size_t at) -> const float* {
       if constexpr (kFloat) return x + at;
-      return wide_in.data() + at;
+      return wide_in + at;
     };
     const auto out = [&](size_t at) -> float* {
       if constexpr (kFloat) return y + at;
-      return wide_out.data() + at;
+      return wide_out + at;
     };
     const auto chunk_stats = [&](size_t task) {
       const size_t r = task / per_row, begin = (task % per_row) * chunk;
       if (begin >= len) return;
       const size_t at = r * len + begin, n = std::min(chunk, len - begin);
-      if constexpr (!kFloat) load(x + at, wide_in.data() + at, n);
+      if constexpr (!kFloat) load(x + at, wide_in + at, n);
       kernels_.softmax_partial(in(at), log ? nullptr : out(at), n, &stats[task]);
     };
     parallel_two_phases(ctx, rows * per_row, chunk_stats, [&](size_t task) {
@@ -743,7 +779,7 @@ class AttentionKernel : public QuakeKernel {
     // in the GEMM's packing buffers) fails the run instead.
     auto guarded = [&](const auto& step) {
       try {
-        step(task_scratch(scratch_floats));
+        step(thread_scratch(scratch_floats, Scratch::kTask));
       } catch (const std::exception&) {
         failed = true;
       }
@@ -768,14 +804,6 @@ class AttentionKernel : public QuakeKernel {
   }
 
  private:
-  // The task's work memory: per pool thread, reused across calls, so
-  // O(threads x tile) in all. May throw std::bad_alloc.
-  static float* task_scratch(size_t floats) {
-    thread_local std::vector<float> scratch;
-    if (scratch.size() < floats) scratch.resize(floats);
-    return scratch.data();
-  }
-
   // The packed key tiles of one call, 64-byte aligned (AttentionPacking), or
   // nullptr when out of memory. Per calling thread and reused across calls
   // and nodes: from the heap afresh, glibc would return a block this large
