@@ -99,13 +99,15 @@ def _report_file(text: str) -> Path:
     return Path(text) if text == "-" else _output_file(text)
 
 
-app = typer.Typer(
-    cls=_QuakeCommands,
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Fast approximate exponentials for ONNX Runtime.",
-)
+def one_line_app(help_text: str, cls: type = OneLineErrors) -> typer.Typer:
+    """A typer app of commands whose every failure is one line (OneLineErrors):
+    no shell-completion options, no rich tracebacks; no arguments prints help."""
+    return typer.Typer(
+        cls=cls, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=help_text
+    )
+
+
+app = one_line_app("Fast approximate exponentials for ONNX Runtime.", _QuakeCommands)
 
 
 def _version(value: bool) -> None:

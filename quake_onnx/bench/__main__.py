@@ -11,16 +11,10 @@ from typing import Optional
 
 import typer
 
-from ..cli import OneLineErrors, _output_file
+from ..cli import _output_file, one_line_app
 from ..writes import write_report
 
-app = typer.Typer(
-    cls=OneLineErrors,
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="quake-onnx benchmarks (not tests).",
-)
+app = one_line_app("quake-onnx benchmarks (not tests).")
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
