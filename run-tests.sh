@@ -35,13 +35,19 @@ ctest --test-dir build/asan --output-on-failure
 # - the same kernel tests cross-compiled for AArch64 and run under qemu-user
 #   (the NEON table); installs g++-aarch64-linux-gnu and qemu-user with apt-get
 #   when missing, or prints why it skipped them (QUAKE_REQUIRE_AARCH64=1: fail).
+# In a process group of its own (setsid), so that Ctrl-C or a failure here
+# takes the emulator down too: a background job of a script ignores SIGINT.
 sapphire_log=$(mktemp)
-tools/test-sapphire-rapids.sh >"$sapphire_log" 2>&1 &
+setsid tools/test-sapphire-rapids.sh >"$sapphire_log" 2>&1 &
 sapphire_pid=$!
+trap 'kill -TERM -- "-$sapphire_pid" 2>/dev/null; rm -f "$sapphire_log"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 aarch64_status=0
 tools/test-aarch64.sh || aarch64_status=$?
 sapphire_status=0
 wait "$sapphire_pid" || sapphire_status=$?
+trap - EXIT INT TERM
 cat "$sapphire_log" && rm -f "$sapphire_log"
 if [ "$aarch64_status" != 0 ] || [ "$sapphire_status" != 0 ]; then exit 1; fi
 

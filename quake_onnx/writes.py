@@ -143,14 +143,15 @@ def _name_max(folder: Path) -> int:
 
 def _refuse_special(path: Path, what: str) -> None:
     """Raises ModelFileError when `path` exists and is not a regular file
-    (symlinks followed): a device, FIFO or socket must never be replaced."""
+    (symlinks followed): a device, FIFO, socket or folder must never be replaced."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return  # absent (or a dangling symlink): a new file is made
     if not stat.S_ISREG(mode):
-        device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-        kind = "a device" if device else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
+        kinds = ((stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a FIFO"))
+        kinds += ((stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"))
+        kind = next((name for is_kind, name in kinds if is_kind(mode)), "a special file")
         raise ModelFileError(f"{what} {path} is {kind}, not a regular file; choose a file path")
 
 

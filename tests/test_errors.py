@@ -196,8 +196,10 @@ def test_the_benchmark_command_refuses_a_bad_quake_isa_in_one_line(monkeypatch):
         (["ops", "--threads", "x"], "--threads takes comma-separated integers, got 'x'"),
         (["exaq", "--shape", "3xq"], "--shape takes positive sizes like 12x128x128, got '3xq'"),
         (["attention", "--threads", "0"], "--threads values must be positive integers, got '0'"),
-        (["ops", "--markdown", "no-such-folder/ops.md"], "the folder of 'no-such-folder/ops.md' does not exist"),
+        (["ops", "--markdown", "no-such-folder/ops.md"], "cannot write file no-such-folder/ops.md: folder "),
         (["ops", "--markdown", "-"], "the table goes to standard output anyway; give a file path"),
+        (["ops", "--markdown", "a-folder"], "file a-folder is a directory"),
+        (["ops", "--markdown", "/dev/null"], "file /dev/null is a device, not a regular file"),
     ],
 )
 def test_the_benchmark_command_refuses_bad_options_in_one_line_before_timing(args, message, tmp_path, monkeypatch):
@@ -206,6 +208,7 @@ def test_the_benchmark_command_refuses_bad_options_in_one_line_before_timing(arg
     from quake_onnx.bench.__main__ import app
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-folder").mkdir()
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert result.stdout == "", "printed (or timed) before refusing the option"

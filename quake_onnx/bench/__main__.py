@@ -12,7 +12,8 @@ from typing import Optional
 import typer
 
 from ..cli import _output_file, one_line_app
-from ..writes import write_report
+from ..modelio import ModelFileError
+from ..writes import check_output_path, write_report
 
 app = one_line_app("quake-onnx benchmarks (not tests).")
 
@@ -38,13 +39,16 @@ def _shapes(specs: list[str]) -> list[tuple[int, ...]]:
 
 
 def _markdown_file(text: str) -> Path:
-    """--markdown FILE: a file path in a folder that exists, checked before
-    minutes of timing rather than when the table is written."""
+    """--markdown FILE: a file path that can be written (writes.check_output_path:
+    not a folder or device, its folder there and writable, its name not too
+    long), checked before minutes of timing rather than when the table is written."""
     if text == "-":
         raise typer.BadParameter("the table goes to standard output anyway; give a file path")
     path = _output_file(text)
-    if not path.absolute().parent.is_dir():
-        raise typer.BadParameter(f"the folder of {text!r} does not exist")
+    try:
+        check_output_path(path, "file")
+    except ModelFileError as e:
+        raise typer.BadParameter(str(e)) from None
     return path
 
 
@@ -53,8 +57,8 @@ def _write_markdown(text: str, path: Optional[Path]) -> None:
         return
     try:
         write_report(text, path)
-    except OSError as e:
-        typer.echo(f"error: cannot write {path}: {e.strerror or e}", err=True)
+    except (OSError, ModelFileError) as e:  # the path changed during the run
+        typer.echo(f"error: cannot write {path}: {getattr(e, 'strerror', None) or e}", err=True)
         raise typer.Exit(1) from None
 
 
