@@ -247,6 +247,24 @@ def test_rows_special_values_and_tails(session_cache, isa, op, order, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("order", ORDERS)
+def test_logsoftmax_results_are_never_positive(session_cache, isa, order, dtype):
+    # A log-probability is at most 0. With the approximate sum of e^(x - max),
+    # the max's own result once came out up to +1.7e-3 (order 2) on peaked
+    # rows, so exp(y) summed to 1.0017. Every path: one pass (64 x 128), a row
+    # cut over the threads (1 x 50257), two passes (4 x 140001, float32).
+    for rows, n in ((64, 128), (1, 50257), (4, 140001)):
+        x = np.zeros((rows, n))
+        x[:, 3] = np.linspace(0, 20, rows)
+        x[:, -1] = np.linspace(20, 0, rows)  # a second peak, at the row's end
+        x = x.astype(dtype)
+        for threads in (1, 2):
+            sess = session_cache(make_model("LogSoftmax", {"order": order}, ("R", "N"), dtype), isa, threads)
+            y = check(sess, "LogSoftmax", order, dtype, x, what=f"peaked rows {rows}x{n}, {threads} thread(s)")
+            assert (y <= 0).all(), f"{rows}x{n}: largest log-probability {y.max()}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("op", ROWWISE)
 def test_rows_accuracy(session_cache, isa, op, order, dtype):
     sess = session_cache(make_model(op, {"order": order}, ("R", "N"), dtype), isa)

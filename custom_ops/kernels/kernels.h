@@ -80,7 +80,7 @@ struct ChunkStats {
 ChunkStats combine_chunks(const ChunkStats& a, const ChunkStats& b);  // dispatch.cc, as combine_stats
 using ChunkPartialFn = void (*)(const float* x, float* y, size_t n, ChunkStats* out);
 using ScaleFn = void (*)(float* y, size_t n, float c);                           // y *= c
-using ShiftFn = void (*)(const float* x, float* y, size_t n, float a, float b);  // y = (x - a) - b
+using ShiftFn = void (*)(const float* x, float* y, size_t n, float a, float b);  // y = min((x - a) - b, 0)
 
 // float16 twins of the elementwise kernels (x, b, y: float16 bit patterns;
 // bias: float): each element is converted to float in registers, computed by
@@ -107,7 +107,7 @@ struct OrderKernels {
   SiluFn silu;
   GeluFn gelu;
   RowsFn softmax;     // all -inf row -> 0; a NaN or +inf in the row -> NaN row
-  RowsFn logsoftmax;  // all -inf row -> -inf; a NaN or +inf in the row -> NaN row
+  RowsFn logsoftmax;  // all -inf row -> -inf; a NaN or +inf in the row -> NaN row; results <= 0
   // The same results in two passes over memory, for rows beyond the caches
   // and single rows split over threads (softmax_long.h).
   RowStatsFn softmax_stats;

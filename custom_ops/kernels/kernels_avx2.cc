@@ -653,9 +653,10 @@ struct LongRowLayer {
   static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
     return sum_exp_shifted<Order, Store, true, Scaled>(x, y, n, k, scale);
   }
-  static void sub2(const float* x, float* y, size_t n, float a, float b) {
-    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
-    map_avx2(x, y, n, [va, vb](__m256 v) { return _mm256_sub_ps(_mm256_sub_ps(v, va), vb); });
+  static void log_prob(const float* x, float* y, size_t n, float a, float b) {
+    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), zero = _mm256_setzero_ps();
+    // MINPS returns its second operand when either is NaN: NaN stays NaN.
+    map_avx2(x, y, n, [=](__m256 v) { return _mm256_min_ps(zero, _mm256_sub_ps(_mm256_sub_ps(v, va), vb)); });
   }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
   template <int Order, bool Store>

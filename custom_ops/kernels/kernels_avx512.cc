@@ -665,9 +665,10 @@ struct LongRowLayer {
   static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
     return sum_exp_shifted<Order, Store, true, Scaled>(x, y, n, k, scale);
   }
-  static void sub2(const float* x, float* y, size_t n, float a, float b) {
-    const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
-    map_avx512(x, y, n, [va, vb](__m512 v) { return _mm512_sub_ps(_mm512_sub_ps(v, va), vb); });
+  static void log_prob(const float* x, float* y, size_t n, float a, float b) {
+    const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
+    // MINPS returns its second operand when either is NaN: NaN stays NaN.
+    map_avx512(x, y, n, [=](__m512 v) { return _mm512_min_ps(zero, _mm512_sub_ps(_mm512_sub_ps(v, va), vb)); });
   }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
   template <int Order, bool Store>

@@ -515,9 +515,10 @@ struct LongRowLayer {
   static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
     return sum_exp_shifted<Order, Store, true, Scaled>(x, y, n, k, scale);
   }
-  static void sub2(const float* x, float* y, size_t n, float a, float b) {
-    const float32x4_t va = vdupq_n_f32(a), vb = vdupq_n_f32(b);
-    map_neon(x, y, n, [va, vb](float32x4_t v) { return vsubq_f32(vsubq_f32(v, va), vb); });
+  static void log_prob(const float* x, float* y, size_t n, float a, float b) {
+    const float32x4_t va = vdupq_n_f32(a), vb = vdupq_n_f32(b), zero = vdupq_n_f32(0.0f);
+    // FMIN returns NaN when either operand is NaN.
+    map_neon(x, y, n, [=](float32x4_t v) { return vminq_f32(zero, vsubq_f32(vsubq_f32(v, va), vb)); });
   }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
   template <int Order, bool Store>

@@ -219,8 +219,11 @@ struct LongRowLayer {
     }
     return static_cast<float>(sum);
   }
-  static void sub2(const float* x, float* y, size_t n, float a, float b) {
-    for (size_t i = 0; i < n; ++i) y[i] = (x[i] - a) - b;
+  static void log_prob(const float* x, float* y, size_t n, float a, float b) {
+    for (size_t i = 0; i < n; ++i) {
+      const float v = (x[i] - a) - b;
+      y[i] = v > 0.0f ? 0.0f : v;  // NaN stays NaN
+    }
   }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
   template <int Order, bool Store>

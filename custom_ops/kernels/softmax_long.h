@@ -30,7 +30,10 @@
 //   template <int Order, bool Store>
 //   float sum_exp(const float* x, float* y, size_t n, float m);
 //     the sum of e^(x - m); with Store, y = the terms
-//   void sub2(const float* x, float* y, size_t n, float a, float b);  // y = (x - a) - b
+//   void log_prob(const float* x, float* y, size_t n, float a, float b);
+//     y = min((x - a) - b, 0), NaN kept: LogSoftmax's result, a log-probability,
+//     which the true value never exceeds (with an approximate sum the max's
+//     own result could come out a little above 0)
 //   void scale(float* y, size_t n, float c);                          // y *= c
 //   void scale_to(const float* x, float* y, size_t n, float c);       // y = x c
 //   template <int Order> static constexpr bool kSaturatingTerms;
@@ -168,7 +171,7 @@ void logsoftmax_finish(const float* x, float* y, size_t n, size_t, const RowStat
   if (row.nan) return L::fill(y, n, std::numeric_limits<float>::quiet_NaN());
   if (row.max == -kInf) return L::fill(y, n, -kInf);
   // x - max stays exact near the max, as in the one-row kernels.
-  L::sub2(x, y, n, row.max, static_cast<float>(base2_log_sum(row.sum, row.k, row.max)));
+  L::log_prob(x, y, n, row.max, static_cast<float>(base2_log_sum(row.sum, row.k, row.max)));
 }
 
 // partial's terms against the chunk's max m.
@@ -236,7 +239,7 @@ void scale(float* y, size_t n, float c) {
 
 template <class L>
 void shift(const float* x, float* y, size_t n, float a, float b) {
-  L::sub2(x, y, n, a, b);
+  L::log_prob(x, y, n, a, b);
 }
 
 }  // namespace

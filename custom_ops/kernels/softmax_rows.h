@@ -133,9 +133,9 @@ void three_passes(const float* x, float* y, size_t rows, size_t n) {
       } else if (m[i] == -kInf) {
         L::fill(yr, n, L::has_nan(xr, n) ? kNaN : (Log ? -kInf : 0.0f));
       } else if (Log && !longrow::fits_base2(m[i])) {
-        L::sub2(xr, yr, n, m[i], static_cast<float>(std::log(static_cast<double>(s[i]))));
+        L::log_prob(xr, yr, n, m[i], static_cast<float>(std::log(static_cast<double>(s[i]))));
       } else if (Log) {
-        L::sub2(xr, yr, n, ref[i].max, static_cast<float>(longrow::base2_log_sum(s[i], ref[i].k, ref[i].max)));
+        L::log_prob(xr, yr, n, ref[i].max, static_cast<float>(longrow::base2_log_sum(s[i], ref[i].k, ref[i].max)));
       } else {
         L::scale(yr, n, 1.0f / s[i]);  // s > 0.84: the max element's term (t > -0.25)
       }
@@ -197,7 +197,7 @@ void head_first(const float* x, float* y, size_t rows, size_t n) {
       if (std::isnan(s[j])) {  // a NaN in the row (the max skips it)
         L::fill(yr, n, std::numeric_limits<float>::quiet_NaN());
       } else if (Log) {
-        L::sub2(xg + j * n, yr, n, h[j].max, static_cast<float>(longrow::base2_log_sum(s[j], h[j].k, h[j].max)));
+        L::log_prob(xg + j * n, yr, n, h[j].max, static_cast<float>(longrow::base2_log_sum(s[j], h[j].k, h[j].max)));
       } else {
         L::scale_to(terms + j * n, yr, n, 1.0f / s[j]);
       }
