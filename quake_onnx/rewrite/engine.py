@@ -113,8 +113,8 @@ class Engine:
                 if self._try(ctx, rule, node, gone) in _NODE_REASONS:
                     break  # true of the node whatever the pattern: the next rule would say it again
 
-    def _decide(self, ctx: Context, rule: Rule, node: gs.Node, replaced: bool, reason: str) -> None:
-        self.report.add(Decision(node.name, qualified(node), rule.name, replaced, reason, ctx.path))
+    def _decide(self, ctx: Context, rule: Rule, node: gs.Node, replaced: bool, reason: str, label: str = "") -> None:
+        self.report.add(Decision(label or _label(node), qualified(node), rule.name, replaced, reason, ctx.path))
 
     def _try(self, ctx: Context, rule: Rule, node: gs.Node, gone: set[int]) -> str:
         """Decides on one rule at one node; returns the reason for keeping it ("" otherwise)."""
@@ -131,9 +131,10 @@ class Engine:
         if ctx.select is not None:  # tune's choice for this anchor: the order (and Softmax method) of its nodes
             pick = ctx.select[node.name]
             ctx = replace(ctx, order=pick.order, softmax_attrs=pick.softmax)
+        label = _label(node)  # before the rewrite disconnects the node
         gone.update(id(n) for n in apply(ctx, node, result, home))
         where = "" if home is ctx.scope else f" in {home.path}"
-        self._decide(ctx, rule, node, True, f"replaced by {result.summary}{where}")
+        self._decide(ctx, rule, node, True, f"replaced by {result.summary}{where}", label)
         return ""
 
     def _placement(self, ctx: Context, anchor: gs.Node, match: Match) -> Union[Scope, str]:
@@ -300,3 +301,11 @@ def _prune(scopes: Scopes, candidates: list[gs.Node]) -> list[gs.Node]:
         home.graph.nodes = [n for n in home.graph.nodes if id(n) not in dropped]
     scopes.forget(n for n, _ in dropped.values())
     return [n for n, _ in dropped.values()]
+
+
+def _label(node: gs.Node) -> str:
+    """The node's name, or for an unnamed node its first output's, so that
+    --explain and the report say which node it was."""
+    if node.name:
+        return node.name
+    return f"(unnamed, output {node.outputs[0].name})" if node.outputs else "(unnamed)"

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 class Decision:
     """One candidate node (or matched subgraph) and what the pass did with it."""
 
-    node: str  # name of the anchor node (e.g. the Softmax, the Erf of an erf-GELU)
+    node: str  # the anchor node's name (the Softmax, the Erf of an erf-GELU), or "(unnamed, output y)"
     op_type: str  # its op type, domain-qualified when not the default domain ("com.microsoft.FastGelu")
     rule: str  # the rule that looked at it ("softmax", "erf_gelu", ...)
     replaced: bool

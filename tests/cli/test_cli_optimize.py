@@ -223,3 +223,27 @@ def test_big_tensors_bypass_the_rewrite(tmp_path, monkeypatch, fusions):
     src = tmp_path / "src.onnx"
     onnx.save(model, str(src))
     np.testing.assert_allclose(run_model(out, feeds), run_model(src, feeds), atol=3e-3)
+
+
+def test_explain_names_unnamed_nodes_by_their_output(tmp_path):
+    # Hand-built and some exported graphs leave node names empty: the line
+    # (and the report) must still say which node it was.
+    from onnx import TensorProto, helper
+
+    shape = [4, 4096]
+    nodes = [helper.make_node("Softmax", ["x"], ["probs"], axis=-1), helper.make_node("Sigmoid", ["probs"], ["gate"])]
+    graph = helper.make_graph(
+        nodes,
+        "unnamed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("gate", TensorProto.FLOAT, shape)],
+    )
+    src, out, report = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "report.json"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    result = cli("optimize", src, out, "--explain", "--report", report)
+    assert result.exit_code == 0, result.stderr
+    assert "replaced (unnamed, output probs) (Softmax, rule softmax)" in result.stdout
+    assert "replaced (unnamed, output gate) (Sigmoid, rule sigmoid)" in result.stdout
+    names = {d["node"] for d in json.loads(report.read_text())["decisions"]}
+    assert names == {"(unnamed, output probs)", "(unnamed, output gate)"}
+    assert [n.name for n in onnx.load(src).graph.node] == ["", ""], "the input model was changed"
