@@ -163,6 +163,23 @@ def test_a_fully_masked_row_where_onnx_runtime_gives_nan_passes_with_a_warning(t
     assert any("NaN where the optimized model gives numbers: 128 elements" in w for w in result["warnings"])
 
 
+def test_every_row_fully_masked_fails_and_the_warning_says_why(tmp_path):
+    # Nothing but fully masked rows: no element is left to compare, so the
+    # NaN-for-0 excuse does not apply (docs/zoo.md) and check fails; a
+    # warning says that this is why, rather than a bare non-finite mismatch.
+    model = _softmax_model(tmp_path / "m.onnx", 4)
+    npz = _npz(tmp_path / "x.npz", x=np.full((4, 128), -np.inf, np.float32))
+    args = ["--runs", "2", "--warmup", "1", "--min-elements", "0", "--inputs", npz, "--json", tmp_path / "r.json"]
+    r = cli("check", model, *args)
+    assert r.exit_code == 1, r.stdout + r.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    (y,) = result["outputs"]
+    assert (y["nonfinite_mismatch"], y["original_nan"]) == (512, 0)
+    (w,) = [w for w in result["warnings"] if "NaN everywhere in the original" in w]
+    assert "give inputs in which some rows are not fully masked" in w
+    assert "NaN everywhere in the original" in " ".join(r.stderr.split())
+
+
 def test_an_optimized_model_that_fails_to_run_says_why(tmp_path):
     # The original takes any number of rows, the "optimized" one 48: ORT's
     # reason is on the lines after its first, and the one error line keeps it.
