@@ -40,7 +40,7 @@ class Inputs:
     sets: list[InputSet]
     warnings: list[str] = field(default_factory=list)
     seed: Optional[int] = None
-    notes: list[str] = field(default_factory=list)  # what generation chose by itself (image sizes)
+    notes: list[str] = field(default_factory=list)  # what was chosen or changed by itself (image sizes, casts)
     dims: dict[str, int] = field(default_factory=dict)  # the --dim keys generation used, with their sizes
 
 
@@ -112,12 +112,13 @@ def load_inputs(
 ) -> Inputs:
     """--inputs first, then test_data_set_* beside the model, then generated."""
     specs = graph_inputs(model)
+    notes: list[str] = []
     if npz is not None:
-        return Inputs("npz", [InputSet(_read_npz(npz, specs), name=npz.name)])
+        return Inputs("npz", [InputSet(_read_npz(npz, specs, notes), name=npz.name)], notes=notes)
     sets = sorted(model_path.parent.glob("test_data_set_*"), key=_natural)
     sets = [s for s in sets if s.is_dir()]
     if sets:
-        return Inputs("test_data_set", [_read_data_set(s, model, specs) for s in sets])
+        return Inputs("test_data_set", [_read_data_set(s, model, specs, notes) for s in sets], notes=notes)
     inputs = Inputs("generated", [], seed=seed)
     feeds = generate(
         model,
@@ -141,11 +142,20 @@ def _natural(path: Path):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name)]
 
 
-def _conform(name: str, value: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+def _conform(name: str, value: np.ndarray, spec: InputSpec, where: str, notes: list[str]) -> np.ndarray:
     if spec.dtype is not None and value.dtype != spec.dtype:
         if not np.can_cast(value.dtype, spec.dtype, casting="same_kind"):
             raise InputError(f"{where}: input {name} is {value.dtype}, the model takes {np.dtype(spec.dtype).name}")
-        value = value.astype(spec.dtype)
+        with np.errstate(over="ignore"):  # counted in the note below, not warned about
+            cast = value.astype(spec.dtype)
+        if np.dtype(spec.dtype).itemsize < value.dtype.itemsize:  # narrowed (a float16 model, float32 data)
+            note = f"input {name}: {value.dtype} data cast to {np.dtype(spec.dtype).name}, the model's type"
+            if value.dtype.kind == "f":
+                overflowed = int(np.count_nonzero(np.isfinite(value) & ~np.isfinite(cast)))
+                note += f" ({overflowed} finite values became inf)" if overflowed else ""
+            if note not in notes:
+                notes.append(note)
+        value = cast
     if spec.dims and len(spec.dims) != value.ndim:
         raise InputError(f"{where}: input {name} has rank {value.ndim}, the model takes rank {len(spec.dims)}")
     for axis, (want, got) in enumerate(zip(spec.dims, value.shape)):
@@ -157,7 +167,7 @@ def _conform(name: str, value: np.ndarray, spec: InputSpec, where: str) -> np.nd
     return value
 
 
-def _read_npz(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, specs: list[InputSpec], notes: list[str]) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise InputError(f"--inputs {path} does not exist" if not path.exists() else f"--inputs {path} is not a file")
     try:
@@ -177,7 +187,7 @@ def _read_npz(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
             f"--inputs {path}: {', '.join(extra)} is not an input of the model "
             f"(inputs: {', '.join(s.name for s in specs)})"
         )
-    return {s.name: _conform(s.name, arrays[s.name], s, str(path)) for s in specs}
+    return {s.name: _conform(s.name, arrays[s.name], s, str(path), notes) for s in specs}
 
 
 def _read_tensor(path: Path) -> onnx.TensorProto:
@@ -190,7 +200,7 @@ def _read_tensor(path: Path) -> onnx.TensorProto:
     return tensor
 
 
-def _read_data_set(folder: Path, model: onnx.ModelProto, specs: list[InputSpec]) -> InputSet:
+def _read_data_set(folder: Path, model: onnx.ModelProto, specs: list[InputSpec], notes: list[str]) -> InputSet:
     """input_<i>.pb / output_<i>.pb; tensors are matched by their stored name
     when every name is a model input (output), by position otherwise, as the
     model zoo's own test runner does."""
@@ -204,7 +214,7 @@ def _read_data_set(folder: Path, model: onnx.ModelProto, specs: list[InputSpec])
         pairs = [(by_name[t.name], t) for t in ins]
     else:
         pairs = list(zip(specs, ins))
-    feeds = {s.name: _conform(s.name, numpy_helper.to_array(t), s, where) for s, t in pairs}
+    feeds = {s.name: _conform(s.name, numpy_helper.to_array(t), s, where, notes) for s, t in pairs}
     out_names = [o.name for o in model.graph.output]
     expected = {}
     if outs:

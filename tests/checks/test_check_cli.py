@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from checktools import FAST, ZOO, cli, copy_models, one_line, validate
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 import quake_onnx
 
@@ -343,3 +343,32 @@ def test_demo_optimized_that_is_no_usable_model_is_bad_input(tmp_path):
     other = _softmax_model(tmp_path / "other.onnx", 4)  # takes x, not the encoder block's X and MASK
     line = one_line(cli("demo", "--runs", "1", "--optimized", other), 2, contains="does not run on the encoder block")
     assert "Required inputs (['x']) are missing" in line
+
+
+def test_float32_data_for_a_float16_model_is_cast_with_a_note(tmp_path):
+    # A model converted to float16 next to the float32 data it was exported
+    # with: the data is narrowed, and check says so, overflows counted.
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [4, 128])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT16, [4, 128])
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["probs"], axis=-1, name="sm")], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    data = np.random.default_rng(0).standard_normal((4, 128)).astype(np.float32)
+    data[0, :5] = -1e9  # a padding mask: -inf in float16
+    npz = _npz(tmp_path / "x.npz", x=data)
+    r = cli(
+        "check",
+        tmp_path / "m.onnx",
+        "--runs",
+        "2",
+        "--min-elements",
+        "0",
+        "--inputs",
+        npz,
+        "--json",
+        tmp_path / "r.json",
+    )
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert "Warning" not in r.stderr, r.stderr
+    note = "input x: float32 data cast to float16, the model's type (5 finite values became inf)"
+    assert f"note: {note}" in r.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["inputs"]["notes"] == [note]
