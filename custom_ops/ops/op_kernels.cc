@@ -301,20 +301,36 @@ RowPlan plan_rows(size_t rows, size_t len, bool whole_rows) {
 }
 
 // ---------------------------------------------------------------------------
-// Work memory of the calling thread, reused across calls and nodes, so
-// O(threads x the largest request) in all: allocated (and its pages faulted
-// in, and zeroed) once rather than per call. A fresh 200 KB std::vector per
-// call made float16 Softmax on one vocabulary row cost more than its kernel.
-// kTask: inside a task of a parallel section; kCall: what one call shares
-// over its tasks (taken by the thread that starts the section, which runs
-// tasks too). May throw std::bad_alloc.
+// Work memory of the calling thread, reused across calls and nodes: taken
+// and zeroed once rather than per call (a std::vector per task zeroes all its
+// floats every time). kTask: inside a task of a parallel section; kCall: what
+// one call shares over its tasks (taken by the thread that starts the
+// section, which runs tasks too). A thread keeps at most kScratchKeepFloats
+// per slot between calls; a lease of more releases it when it ends, so one
+// huge tensor does not pin its memory for the life of the thread. May throw
+// std::bad_alloc.
 enum class Scratch { kTask, kCall };
-float* thread_scratch(size_t floats, Scratch which) {
-  thread_local std::vector<float> scratch[2];
-  std::vector<float>& s = scratch[static_cast<int>(which)];
-  if (s.size() < floats) s.resize(floats);
-  return s.data();
-}
+constexpr size_t kScratchKeepFloats = size_t{1} << 20;  // 4 MB
+
+class ScratchLease {
+ public:
+  ScratchLease(size_t floats, Scratch which) : buffer_(slot(which)) {
+    if (buffer_.size() < floats) buffer_.resize(floats);
+  }
+  ~ScratchLease() {
+    if (buffer_.size() > kScratchKeepFloats) std::vector<float>().swap(buffer_);
+  }
+  ScratchLease(const ScratchLease&) = delete;
+  ScratchLease& operator=(const ScratchLease&) = delete;
+  float* data() { return buffer_.data(); }
+
+ private:
+  static std::vector<float>& slot(Scratch which) {
+    thread_local std::vector<float> scratch[2];
+    return scratch[static_cast<int>(which)];
+  }
+  std::vector<float>& buffer_;
+};
 
 // ---------------------------------------------------------------------------
 // Kernels.
@@ -555,7 +571,8 @@ class AxisKernel : public QuakeKernel {
         } else {
           // float16: one L1 group at a time through a float buffer, so the
           // conversions and the kernel's passes all hit L1.
-          float* buf = thread_scratch(std::min(plan.group_rows, end - begin) * len, Scratch::kTask);
+          ScratchLease lease(std::min(plan.group_rows, end - begin) * len, Scratch::kTask);
+          float* buf = lease.data();
           for (size_t r = begin; r < end; r += plan.group_rows) {
             const size_t count = std::min(plan.group_rows, end - r) * len;
             load(x + r * len, buf, count);
@@ -608,7 +625,8 @@ class AxisKernel : public QuakeKernel {
     std::vector<ChunkStats> stats(rows * per_row, ChunkStats{-kInf, 0.0, false});
     // float16: the input and Softmax's terms in float, apart (in place the
     // kernel would take its max pass first); LogSoftmax shifts in place.
-    float* const wide_in = kFloat ? nullptr : thread_scratch((log ? 1 : 2) * rows * len, Scratch::kCall);
+    ScratchLease lease(kFloat ? 0 : (log ? 1 : 2) * rows * len, Scratch::kCall);
+    float* const wide_in = kFloat ? nullptr : lease.data();
     float* const wide_out = kFloat || log ? wide_in : wide_in + rows * len;
     const auto in = [&](size_t at) -> const float* {
       if constexpr (kFloat) return x + at;
@@ -779,7 +797,8 @@ class AttentionKernel : public QuakeKernel {
     // in the GEMM's packing buffers) fails the run instead.
     auto guarded = [&](const auto& step) {
       try {
-        step(thread_scratch(scratch_floats, Scratch::kTask));
+        ScratchLease lease(scratch_floats, Scratch::kTask);
+        step(lease.data());
       } catch (const std::exception&) {
         failed = true;
       }
