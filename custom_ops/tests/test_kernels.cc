@@ -1662,66 +1662,74 @@ float emulated_lane(int order, LaneOp op, float x, float alpha) {
   return order == 1 ? emulated_lane_of_order<1>(op, x, alpha) : emulated_lane_of_order<2>(op, x, alpha);
 }
 
-void test_half_lanes_emulated() {
-  char name[160];
-  std::vector<uint16_t> all(65536);
-  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i);
+// Every case of the float16 lanes: orders 1 and 2, each op, and for Silu
+// each alpha of kSilAlphas (the other ops take alpha 1 only).
+template <typename F>
+void for_each_lane_case(const F& f) {
   for (int order = 1; order <= 2; ++order) {
     for (int op = 0; op < kNumLaneOps; ++op) {
       const LaneOp lop = static_cast<LaneOp>(op);
       for (float alpha : kSilAlphas) {
-        if (lop != kLSilu && alpha != 1.0f) continue;
-        std::snprintf(name, sizeof name, "float16 lanes (emulated) %s order %d alpha %g: every half within bounds",
-                      kLaneOpNames[op], order, alpha);
-        Case c(name);
-        const double abs_tol = kLaneBounds[op][order - 1][0] * (lop == kLSilu ? std::max(1.0, 1.0 / alpha) : 1.0);
-        const double rel_tol = kLaneBounds[op][order - 1][1];
-        for (uint16_t h : all) {
-          const float x = scalar::half_to_float(h);
-          const float y = emulated_lane(order, lop, x, alpha);
-          if (!c.check(y == EmulatedHalfLayer::round16(y) || std::isnan(y), "x %a: %a is no float16", x, y)) continue;
-          if (std::isnan(x)) {
-            c.check(std::isnan(y), "%s(NaN) = %a", kLaneOpNames[op], y);
-            continue;
-          }
-          if (x == 0.0f && (lop == kLSilu || lop == kLGelu)) {  // +-0 -> +-0, as the float32 lanes
-            c.check(y == 0.0f && std::signbit(y) == std::signbit(x), "%s(%a) = %a", kLaneOpNames[op], x, y);
-            continue;
-          }
-          LD ref;
-          switch (lop) {
-            case kLExp:
-              ref = std::exp(static_cast<LD>(x));
-              break;
-            case kLSigmoid:
-              ref = ref_sigmoid(x);
-              break;
-            case kLSilu:
-              ref = ref_silu(x, alpha);
-              break;
-            default:
-              ref = ref_gelu(x);
-              break;
-          }
-          if (lop == kLExp && ref >= kHalfOverflow) {
-            c.check(y == kInf, "exp(%a) = %a, want +inf", x, y);
-            continue;
-          }
-          if (std::isinf(ref)) {
-            c.check(y == static_cast<float>(ref), "%s(%a) = %a, want %Lg", kLaneOpNames[op], x, y, ref);
-            continue;
-          }
-          const double err = static_cast<double>(std::fabs(static_cast<LD>(y) - ref));
-          const double excess = err - rel_tol * static_cast<double>(std::fabs(ref));
-          note_err(std::string("f16-lanes ") + kLaneOpNames[op] + (alpha != 1.0f ? "-alpha" : "") + " " +
-                       std::to_string(order),
-                   lop == kLExp ? err / std::max(static_cast<double>(ref), 0x1p-14) : excess);
-          c.check(excess <= abs_tol, "order %d %s(%a) = %a, ref %.9Lg, err %g", order, kLaneOpNames[op], x, y, ref,
-                  err);
-        }
+        if (lop == kLSilu || alpha == 1.0f) f(order, lop, alpha);
       }
     }
   }
+}
+
+void test_half_lanes_emulated() {
+  char name[160];
+  std::vector<uint16_t> all(65536);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i);
+  for_each_lane_case([&](int order, LaneOp lop, float alpha) {
+    const int op = lop;
+    std::snprintf(name, sizeof name, "float16 lanes (emulated) %s order %d alpha %g: every half within bounds",
+                  kLaneOpNames[op], order, alpha);
+    Case c(name);
+    const double abs_tol = kLaneBounds[op][order - 1][0] * (lop == kLSilu ? std::max(1.0, 1.0 / alpha) : 1.0);
+    const double rel_tol = kLaneBounds[op][order - 1][1];
+    for (uint16_t h : all) {
+      const float x = scalar::half_to_float(h);
+      const float y = emulated_lane(order, lop, x, alpha);
+      if (!c.check(y == EmulatedHalfLayer::round16(y) || std::isnan(y), "x %a: %a is no float16", x, y)) continue;
+      if (std::isnan(x)) {
+        c.check(std::isnan(y), "%s(NaN) = %a", kLaneOpNames[op], y);
+        continue;
+      }
+      if (x == 0.0f && (lop == kLSilu || lop == kLGelu)) {  // +-0 -> +-0, as the float32 lanes
+        c.check(y == 0.0f && std::signbit(y) == std::signbit(x), "%s(%a) = %a", kLaneOpNames[op], x, y);
+        continue;
+      }
+      LD ref;
+      switch (lop) {
+        case kLExp:
+          ref = std::exp(static_cast<LD>(x));
+          break;
+        case kLSigmoid:
+          ref = ref_sigmoid(x);
+          break;
+        case kLSilu:
+          ref = ref_silu(x, alpha);
+          break;
+        default:
+          ref = ref_gelu(x);
+          break;
+      }
+      if (lop == kLExp && ref >= kHalfOverflow) {
+        c.check(y == kInf, "exp(%a) = %a, want +inf", x, y);
+        continue;
+      }
+      if (std::isinf(ref)) {
+        c.check(y == static_cast<float>(ref), "%s(%a) = %a, want %Lg", kLaneOpNames[op], x, y, ref);
+        continue;
+      }
+      const double err = static_cast<double>(std::fabs(static_cast<LD>(y) - ref));
+      const double excess = err - rel_tol * static_cast<double>(std::fabs(ref));
+      note_err(
+          std::string("f16-lanes ") + kLaneOpNames[op] + (alpha != 1.0f ? "-alpha" : "") + " " + std::to_string(order),
+          lop == kLExp ? err / std::max(static_cast<double>(ref), 0x1p-14) : excess);
+      c.check(excess <= abs_tol, "order %d %s(%a) = %a, ref %.9Lg, err %g", order, kLaneOpNames[op], x, y, ref, err);
+    }
+  });
 }
 
 // The AVX512-FP16 kernels against the emulated algorithm, bit for bit, over
@@ -1762,22 +1770,16 @@ void test_half_lanes_isa() {
   auto want_bits = [](int order, LaneOp op, float alpha, uint16_t h) {
     return scalar::float_to_half(emulated_lane(order, op, scalar::half_to_float(h), alpha));
   };
-  for (int order = 1; order <= 2; ++order) {
-    for (int op = 0; op < kNumLaneOps; ++op) {
-      const LaneOp lop = static_cast<LaneOp>(op);
-      for (float alpha : kSilAlphas) {
-        if (lop != kLSilu && alpha != 1.0f) continue;
-        std::snprintf(name, sizeof name, "avx512fp16 %s order %d alpha %g: all 65536 halves = emulated",
-                      kLaneOpNames[op], order, alpha);
-        Case c(name);
-        run(order, lop, alpha, x.data(), y.data(), n);
-        for (size_t i = 0; i < n; ++i) {
-          const uint16_t want = want_bits(order, lop, alpha, x[i]);
-          c.check(same_half(y[i], want), "x %04zx: %04x, emulated %04x", i, y[i], want);
-        }
-      }
+  for_each_lane_case([&](int order, LaneOp lop, float alpha) {
+    std::snprintf(name, sizeof name, "avx512fp16 %s order %d alpha %g: all 65536 halves = emulated", kLaneOpNames[lop],
+                  order, alpha);
+    Case c(name);
+    run(order, lop, alpha, x.data(), y.data(), n);
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t want = want_bits(order, lop, alpha, x[i]);
+      c.check(same_half(y[i], want), "x %04zx: %04x, emulated %04x", i, y[i], want);
     }
-  }
+  });
 #if defined(__x86_64__)
   // ORT may set denormal-as-zero: the lanes must give the same bits with
   // MXCSR.DAZ and FTZ set, and leave MXCSR as they found it.
