@@ -5,10 +5,9 @@
 //
 // The exponential core is the scalar one operation for operation (floor,
 // subtract, FMA Horner, integer add into the exponent field), so Exp matches
-// the scalar table bit for bit, and 1 / (1 + e) is a true division (rcp_ps
-// + one Newton step leaves 1 / 1 at 1 - 2^-24 on AMD, which turns Silu(x)
-// into x - 1 ulp for large x; two steps cost as much as the division), so
-// Sigmoid/Silu/Gelu match too. Differences:
+// the scalar table bit for bit, and the divisions are true divisions
+// (Lanes::div), so Sigmoid, Silu, Gelu and Glu match too: they are
+// elementwise.h's kernels over this file's Lanes. Differences:
 //  * Softmax sums run in 32 lanes over blocks of 512, then across blocks;
 //    the scalar sums in double. Both stay within ~1e-6 of the exact sum.
 // Tails use vmaskmov loads/stores with the body's arithmetic; nothing past n
@@ -25,7 +24,9 @@
 #include <type_traits>
 
 #include "constants.h"
+#include "elementwise.h"
 #include "exaq_scalar.h"
+#include "simd_order_table.h"
 #include "softmax_long.h"
 #include "softmax_rows.h"
 
@@ -121,152 +122,59 @@ inline __m256 exp_quake_vec(__m256 z) {
   return _mm256_blendv_ps(e, _mm256_add_ps(z, _mm256_set1_ps(kInf)), big);
 }
 
-// 1 / d for d >= 1 (or NaN).
-inline __m256 recip(__m256 d) { return _mm256_div_ps(_mm256_set1_ps(1.0f), d); }
+// The vector layer elementwise.h is written over: 8 floats per register.
+struct Lanes {
+  using Vec = __m256;
+  using Mask = __m256;
+  static constexpr size_t kLanes = 8;
+  template <typename T>
+  static Vec load(const T* p) {
+    return load8(p);
+  }
+  template <typename T>
+  static Vec load_tail(const T* p, size_t rem) {
+    return load_tail8(p, rem);
+  }
+  template <typename T>
+  static void store(T* p, Vec v) {
+    store8(p, v);
+  }
+  template <typename T>
+  static void store_tail(T* p, size_t rem, Vec v) {
+    store_tail8(p, rem, v);
+  }
+  static Vec set(float v) { return _mm256_set1_ps(v); }
+  static Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  static Vec sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+  static Vec mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+  // A true division: RCPPS + one Newton step leaves 1 / 1 at 1 - 2^-24 on
+  // AMD, which turns Silu(x) into x - 1 ulp for large x; two steps cost as
+  // much as the division.
+  static Vec div(Vec a, Vec b) { return _mm256_div_ps(a, b); }
+  static Vec fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static Vec min(Vec a, Vec b) { return _mm256_min_ps(a, b); }
+  static Vec max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+  static Mask ge(Vec a, Vec b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  static Mask is_nan(Vec v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
+  static Vec select(Mask m, Vec a, Vec b) { return _mm256_blendv_ps(b, a, m); }
+  // MINPS returns its second operand when either is NaN: NaN stays NaN.
+  static Vec at_most_zero(Vec r) { return _mm256_min_ps(_mm256_setzero_ps(), r); }
+  // The core adds floor(t) to the exponent bits, which wrap out of range.
+  template <int Order>
+  static constexpr bool kSaturatingCore = false;
+  template <int Order>
+  static Vec exp(Vec z) {
+    return exp_quake_vec<Order>(z);
+  }
+  template <int Order>
+  static Vec exp_neg_core(Vec v) {
+    return exp_core<Order, true>(v);
+  }
+};
 
-// 1 / (1 + e^-v), v already clamped into [-kExpMaxArg, -kExpMinArg]
-// where the core needs no range fixups.
-template <int Order>
-inline __m256 inv_one_plus_exp_neg(__m256 v) {
-  return recip(_mm256_add_ps(_mm256_set1_ps(1.0f), exp_core<Order, true>(v)));
-}
-
-// NaN-propagating clamp: max/min return their second operand when either is
-// NaN, so the value goes second.
-inline __m256 clamp_keep_nan(__m256 v, __m256 lo, __m256 hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
-
-// y[i] = f(x[i]) over float or float16 elements (load8); two registers per
-// iteration, masked tail.
 template <typename T, typename F>
 inline void map_avx2(const T* x, T* y, size_t n, F f) {
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m256 a = load8(x + i);
-    const __m256 b = load8(x + i + 8);
-    store8(y + i, f(a));
-    store8(y + i + 8, f(b));
-  }
-  for (; i + 8 <= n; i += 8) store8(y + i, f(load8(x + i)));
-  if (i < n) store_tail8(y + i, n - i, f(load_tail8(x + i, n - i)));
-}
-
-// float16 Exp's own range (constants.h): +inf from x = kHalfExpInfFrom on,
-// at most kHalfMax below it; float results pass unchanged.
-template <typename T>
-inline __m256 exp_range_of(__m256 x, __m256 e) {
-  if constexpr (std::is_same_v<T, float>) {
-    return e;
-  } else {
-    const __m256 capped = _mm256_min_ps(_mm256_set1_ps(kHalfMax), e);  // a NaN e stays (second operand)
-    const __m256 inf = _mm256_cmp_ps(x, _mm256_set1_ps(kHalfExpInfFrom), _CMP_GE_OQ);
-    return _mm256_blendv_ps(capped, _mm256_set1_ps(std::numeric_limits<float>::infinity()), inf);
-  }
-}
-
-// Exp: valid range and error as kernels.h (order 1/2/3: 2.99e-2 / 1.73e-3 /
-// 7.5e-5 relative plus the rounding of z * log2e near |z| = 88); -inf and
-// z <= kExpUnderflow -> +0, z >= kExpOverflow and +inf -> +inf, NaN -> NaN.
-template <int Order, typename T>
-void exp_quake_avx2(const T* x, T* y, size_t n) {
-  map_avx2(x, y, n, [](__m256 v) { return exp_range_of<T>(v, exp_quake_vec<Order>(v)); });
-}
-
-// Sigmoid: abs error <= about a quarter of the core's relative error.
-// +-inf -> 1 / ~1.6e-38 (1 and 0 to float precision); NaN -> NaN for every
-// order (the order-1 core maps NaN to -0, so NaN lanes are restored).
-template <int Order, typename T>
-void sigmoid_quake_avx2(const T* x, T* y, size_t n) {
-  map_avx2(x, y, n, [](__m256 v) {
-    const __m256 vc = clamp_keep_nan(v, _mm256_set1_ps(-kExpMaxArg), _mm256_set1_ps(-kExpMinArg));
-    const __m256 r = inv_one_plus_exp_neg<Order>(vc);
-    if (Order == 1) return _mm256_blendv_ps(r, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    return r;
-  });
-}
-
-// Silu: x * sigmoid(alpha x). x below -88.72/alpha is raised to it (the result
-// is ~0 there) so -inf gives ~-0 instead of NaN; +inf -> +inf; NaN -> NaN.
-template <int Order, typename T>
-void silu_quake_avx2(const T* x, T* y, size_t n, float alpha) {
-  const float lo_s = -kExpMaxArg / alpha;
-  map_avx2(x, y, n, [lo_s, alpha](__m256 xv) {
-    const __m256 v = _mm256_max_ps(_mm256_set1_ps(lo_s), xv);
-    const __m256 z = _mm256_mul_ps(v, _mm256_set1_ps(alpha));  // sigmoid(z) = 1 / (1 + e^-z)
-    const __m256 zc = clamp_keep_nan(z, _mm256_set1_ps(-kExpMaxArg), _mm256_set1_ps(-kExpMinArg));
-    return _mm256_mul_ps(v, inv_one_plus_exp_neg<Order>(zc));
-  });
-}
-
-template <int Order>
-inline __m256 gelu_vec(__m256 u) {
-  u = _mm256_max_ps(_mm256_set1_ps(kGeluLow), u);  // keeps u^3 finite: -inf -> ~-0
-  const __m256 v =
-      _mm256_mul_ps(u, _mm256_fmadd_ps(_mm256_set1_ps(kGeluK3), _mm256_mul_ps(u, u), _mm256_set1_ps(kGeluK1)));
-  const __m256 vc = clamp_keep_nan(v, _mm256_set1_ps(-kExpMaxArg), _mm256_set1_ps(-kExpMinArg));
-  return _mm256_mul_ps(u, inv_one_plus_exp_neg<Order>(vc));
-}
-
-// Gelu (tanh form) of x + bias, one pass: abs error about 0.17x the core's
-// relative error times |u| near the knee; +inf -> +inf, -inf -> ~-0, NaN -> NaN.
-template <int Order, typename T>
-void gelu_quake_avx2(const T* x, const float* bias, T* y, size_t n) {
-  if (bias == nullptr) return map_avx2(x, y, n, [](__m256 v) { return gelu_vec<Order>(v); });
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m256 a = _mm256_add_ps(load8(x + i), _mm256_loadu_ps(bias + i));
-    const __m256 b = _mm256_add_ps(load8(x + i + 8), _mm256_loadu_ps(bias + i + 8));
-    store8(y + i, gelu_vec<Order>(a));
-    store8(y + i + 8, gelu_vec<Order>(b));
-  }
-  for (; i + 8 <= n; i += 8) {
-    store8(y + i, gelu_vec<Order>(_mm256_add_ps(load8(x + i), _mm256_loadu_ps(bias + i))));
-  }
-  if (i < n) {
-    const __m256 u = _mm256_add_ps(load_tail8(x + i, n - i), load_tail8(bias + i, n - i));
-    store_tail8(y + i, n - i, gelu_vec<Order>(u));
-  }
-}
-
-// y[i] = f(a[i], b[i]) over float or float16 elements; two registers per
-// iteration, masked tail.
-template <typename T, typename F>
-inline void map2_avx2(const T* a, const T* b, T* y, size_t n, F f) {
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m256 r0 = f(load8(a + i), load8(b + i));
-    const __m256 r1 = f(load8(a + i + 8), load8(b + i + 8));
-    store8(y + i, r0);
-    store8(y + i + 8, r1);
-  }
-  for (; i + 8 <= n; i += 8) store8(y + i, f(load8(a + i), load8(b + i)));
-  if (i < n) store_tail8(y + i, n - i, f(load_tail8(a + i, n - i), load_tail8(b + i, n - i)));
-}
-
-// v / (1 + e^-z), z clamped into [-kExpMaxArg, -kExpMinArg]: one division.
-template <int Order>
-inline __m256 div_one_plus_exp_neg(__m256 v, __m256 z) {
-  const __m256 zc = clamp_keep_nan(z, _mm256_set1_ps(-kExpMaxArg), _mm256_set1_ps(-kExpMinArg));
-  return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_core<Order, true>(zc)));
-}
-
-// Glu: y = act(a) * b, the scalar definition (kernels_scalar.cc: range, error,
-// special values) operation for operation, so it matches the scalar table bit
-// for bit: the gate v / (1 + e^-z) with one division, then the product.
-template <int Order, typename T>
-void glu_quake_avx2(const T* a, const T* b, T* y, size_t n, GluActivation act, float alpha) {
-  if (act == GluActivation::kSilu) {
-    const __m256 lo = _mm256_set1_ps(-kExpMaxArg / alpha), va = _mm256_set1_ps(alpha);
-    return map2_avx2(a, b, y, n, [lo, va](__m256 av, __m256 bv) {
-      const __m256 v = _mm256_max_ps(lo, av);
-      return _mm256_mul_ps(div_one_plus_exp_neg<Order>(v, _mm256_mul_ps(v, va)), bv);
-    });
-  }
-  map2_avx2(a, b, y, n, [](__m256 av, __m256 bv) {
-    const __m256 u = _mm256_max_ps(_mm256_set1_ps(kGeluLow), av);  // keeps u^3 finite: -inf -> the tiny limit
-    const __m256 v =
-        _mm256_mul_ps(u, _mm256_fmadd_ps(_mm256_set1_ps(kGeluK3), _mm256_mul_ps(u, u), _mm256_set1_ps(kGeluK1)));
-    return _mm256_mul_ps(div_one_plus_exp_neg<Order>(u, v), bv);
-  });
+  elementwise::map<Lanes>(x, y, n, f);
 }
 
 inline float hsum(__m256 v) {
@@ -642,60 +550,28 @@ void f32_to_f16_avx2(const float* x, uint16_t* y, size_t n) {
 }
 
 // The layer softmax_long.h is written over.
-struct LongRowLayer {
-  // The terms add floor(t) to the exponent bits, which wrap for t >= 128
-  // (softmax_long.h, head_of).
-  template <int Order>
-  static constexpr bool kSaturatingTerms = false;
+struct LongRowLayer : SimdRowMaps<Lanes> {
   static float max_skip_nan(const float* x, size_t n) { return row_max_skip_nan(x, n); }
   static bool has_nan(const float* x, size_t n) { return row_has_nan(x, n); }
   template <int Order, bool Store, bool Scaled>
   static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
     return sum_exp_shifted<Order, Store, true, Scaled>(x, y, n, k, scale);
   }
-  static void log_prob(const float* x, float* y, size_t n, float a, float b) {
-    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), zero = _mm256_setzero_ps();
-    // MINPS returns its second operand when either is NaN: NaN stays NaN.
-    map_avx2(x, y, n, [=](__m256 v) { return _mm256_min_ps(zero, _mm256_sub_ps(_mm256_sub_ps(v, va), vb)); });
-  }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
   template <int Order, bool Store>
   static float sum_exp(const float* x, float* y, size_t n, float m) {
     return sum_exp_shifted<Order, Store>(x, y, n, m);
   }
-  static void scale(float* y, size_t n, float c) { scale_to(y, y, n, c); }
-  static void scale_to(const float* x, float* y, size_t n, float c) {  // y = x c
-    const __m256 vc = _mm256_set1_ps(c);
-    map_avx2(x, y, n, [vc](__m256 v) { return _mm256_mul_ps(v, vc); });
-  }
 };
-
-template <int Order>
-constexpr OrderKernels order_table() {
-  return {exp_quake_avx2<Order, float>,
-          sigmoid_quake_avx2<Order, float>,
-          silu_quake_avx2<Order, float>,
-          gelu_quake_avx2<Order, float>,
-          rows::softmax<LongRowLayer, Order, false>,
-          rows::softmax<LongRowLayer, Order, true>,
-          longrow::stats<LongRowLayer, Order>,
-          longrow::softmax_finish<LongRowLayer, Order>,
-          longrow::logsoftmax_finish<LongRowLayer>,
-          online_softmax_avx2<Order>,
-          longrow::partial<LongRowLayer, Order>,
-          longrow::scale<LongRowLayer>,
-          longrow::shift<LongRowLayer>,
-          glu_quake_avx2<Order, float>,
-          {exp_quake_avx2<Order, uint16_t>, sigmoid_quake_avx2<Order, uint16_t>, silu_quake_avx2<Order, uint16_t>,
-           gelu_quake_avx2<Order, uint16_t>, glu_quake_avx2<Order, uint16_t>}};
-}
 
 }  // namespace
 
 const KernelTable* avx2_kernels() {
   static const KernelTable table = {Isa::kAvx2,
                                     "avx2",
-                                    {order_table<1>(), order_table<2>(), order_table<3>()},
+                                    {simd_order_table<Lanes, LongRowLayer, 1>(online_softmax_avx2<1>),
+                                     simd_order_table<Lanes, LongRowLayer, 2>(online_softmax_avx2<2>),
+                                     simd_order_table<Lanes, LongRowLayer, 3>(online_softmax_avx2<3>)},
                                     f16_to_f32_avx2,
                                     f32_to_f16_avx2,
                                     softmax_exaq_avx2,

@@ -18,7 +18,8 @@
 //  * Softmax sums run in 64 lanes over blocks of 1024, then across blocks;
 //    the scalar sums in double. Both stay within ~1e-6 of the exact sum.
 // Tails use masked loads and stores, so the tail runs the same arithmetic as
-// the body and nothing past n is read or written.
+// the body and nothing past n is read or written. The elementwise kernels are
+// elementwise.h's over this file's Lanes.
 #include "kernels.h"
 
 #if defined(__x86_64__)
@@ -37,7 +38,9 @@
 #include <type_traits>
 
 #include "constants.h"
+#include "elementwise.h"
 #include "exaq_scalar.h"
+#include "simd_order_table.h"
 #include "softmax_long.h"
 #include "softmax_rows.h"
 
@@ -128,191 +131,65 @@ inline __m512 exp_quake_vec(__m512 z) {
   return _mm512_mask_add_ps(e, big, z, _mm512_set1_ps(kInf));
 }
 
-// 1 / d for d >= 1 (or NaN). A true division: on Zen 5 vdivps zmm is
-// faster inside these kernels than rcp14 + a Newton step (measured 15-20%
-// on Sigmoid/Silu/Gelu; on Zen 4 11-15 % in L2) and it is exact. On Intel cores, where vdivps zmm
-// issues once per ~10 cycles, rcp14 + fmadd(r, fnmadd(d, r, 1), r) is the
-// faster choice.
-inline __m512 recip(__m512 d) { return _mm512_div_ps(_mm512_set1_ps(1.0f), d); }
+// The vector layer elementwise.h is written over: 16 floats per register.
+struct Lanes {
+  using Vec = __m512;
+  using Mask = __mmask16;
+  static constexpr size_t kLanes = 16;
+  static Vec load(const float* p) { return load16(p); }
+  static Vec load(const uint16_t* p) { return load16(p); }
+  template <typename T>
+  static Vec load_tail(const T* p, size_t rem) {
+    return maskz_load16(tail_mask(rem), p);
+  }
+  template <typename T>
+  static void store(T* p, Vec v) {
+    store16(p, v);
+  }
+  template <typename T>
+  static void store_tail(T* p, size_t rem, Vec v) {
+    mask_store16(p, tail_mask(rem), v);
+  }
+  static Vec set(float v) { return _mm512_set1_ps(v); }
+  static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  static Vec sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+  static Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+  // A true division: on Zen 5 VDIVPS zmm is faster inside these kernels
+  // than VRCP14PS + a Newton step (measured 15-20 % on Sigmoid/Silu/Gelu; on
+  // Zen 4 11-15 % in L2) and it is exact. On Intel cores, where VDIVPS zmm
+  // issues once per ~10 cycles, the reciprocal may be the faster choice.
+  static Vec div(Vec a, Vec b) { return _mm512_div_ps(a, b); }
+  static Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static Vec min(Vec a, Vec b) { return _mm512_min_ps(a, b); }
+  static Vec max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+  static Mask ge(Vec a, Vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+  static Mask is_nan(Vec v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
+  static Vec select(Mask m, Vec a, Vec b) { return _mm512_mask_mov_ps(b, m, a); }
+  // Results above 0 become 0, NaN stays. On Zen 4 a compare and masked move
+  // cost 3-5 % of a LogSoftmax call, VMINPS 18-22 %.
+  static Vec at_most_zero(Vec r) {
+    return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(r, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_setzero_ps());
+  }
+  // Orders 2 and 3 scale by VSCALEFPS, which saturates (2^t is +inf for
+  // t >= 128 and +0 for t <= -150, VREDUCEPS(+-inf) = 0): e^-v needs no
+  // clamp, v = -inf -> +inf, +inf -> 0, NaN -> NaN. Versus the scalar
+  // definition (which clamps) results differ only where they are below
+  // 1.6e-38. Order 1's integer conversion does not saturate.
+  template <int Order>
+  static constexpr bool kSaturatingCore = Order >= 2;
+  template <int Order>
+  static Vec exp(Vec z) {
+    return exp_quake_vec<Order>(z);
+  }
+  template <int Order>
+  static Vec exp_neg_core(Vec v) {
+    return exp_core<Order, true>(v);
+  }
+};
 
-// 1 / (1 + e^-v), v already clamped into [-kExpMaxArg, -kExpMinArg]
-// where the core needs no range fixups.
-template <int Order>
-inline __m512 inv_one_plus_exp_neg(__m512 v) {
-  return recip(_mm512_add_ps(_mm512_set1_ps(1.0f), exp_core<Order, true>(v)));
-}
-
-// NaN-propagating clamp: max/min return their second operand when either is
-// NaN, so the value goes second.
-inline __m512 clamp_keep_nan(__m512 v, __m512 lo, __m512 hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
-
-// y[i] = f(x[i]) over float or float16 elements (load16); two registers per
-// iteration, masked tail.
 template <typename T, typename F>
 inline void map_avx512(const T* x, T* y, size_t n, F f) {
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m512 a = load16(x + i);
-    const __m512 b = load16(x + i + 16);
-    store16(y + i, f(a));
-    store16(y + i + 16, f(b));
-  }
-  for (; i + 16 <= n; i += 16) store16(y + i, f(load16(x + i)));
-  if (i < n) {
-    const __mmask16 k = tail_mask(n - i);
-    mask_store16(y + i, k, f(maskz_load16(k, x + i)));
-  }
-}
-
-// float16 Exp's own range (constants.h): +inf from x = kHalfExpInfFrom on,
-// at most kHalfMax below it; float results pass unchanged.
-template <typename T>
-inline __m512 exp_range_of(__m512 x, __m512 e) {
-  if constexpr (std::is_same_v<T, float>) {
-    return e;
-  } else {
-    const __m512 capped = _mm512_min_ps(_mm512_set1_ps(kHalfMax), e);  // a NaN e stays (second operand)
-    const __mmask16 inf = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kHalfExpInfFrom), _CMP_GE_OQ);
-    return _mm512_mask_mov_ps(capped, inf, _mm512_set1_ps(kInf));
-  }
-}
-
-// Exp: valid range and error as kernels.h (order 1/2/3: 2.99e-2 / 1.73e-3 /
-// 7.5e-5 relative plus the rounding of z * log2e near |z| = 88); -inf and
-// z <= kExpUnderflow -> +0, z >= kExpOverflow and +inf -> +inf, NaN -> NaN.
-template <int Order, typename T>
-void exp_quake_avx512(const T* x, T* y, size_t n) {
-  map_avx512(x, y, n, [](__m512 v) { return exp_range_of<T>(v, exp_quake_vec<Order>(v)); });
-}
-
-// 1 / (1 + e^-v) for any v, orders 2 and 3: VSCALEFPS saturates by itself
-// (2^t is +inf for t >= 128 and +0 for t <= -150, VREDUCEPS(+-inf) = 0), so
-// no clamp is needed: v = -inf -> 0, +inf -> 1, NaN -> NaN. Versus the scalar
-// definition (which clamps v to [-88.72, 87.34]) results differ only where they are
-// below 1.6e-38.
-template <int Order>
-inline __m512 inv_one_plus_exp_neg_any(__m512 v) {
-  static_assert(Order != 1, "order 1 needs the clamp: its integer conversion does not saturate");
-  return recip(_mm512_add_ps(_mm512_set1_ps(1.0f), exp_core<Order, true>(v)));
-}
-
-// num / (1 + e^-v): one division instead of a reciprocal and a product
-// (differs from num * (1 / (1 + e^-v)) by at most an ulp).
-template <int Order>
-inline __m512 div_one_plus_exp_neg(__m512 num, __m512 v) {
-  if (Order == 1) {
-    const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kExpMaxArg), _mm512_set1_ps(-kExpMinArg));
-    return _mm512_div_ps(num, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_core<1, true>(vc)));
-  }
-  return _mm512_div_ps(num, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_core<Order, true>(v)));
-}
-
-// Sigmoid: abs error <= about a quarter of the core's relative error.
-// -inf -> 0, +inf -> 1 (order 1: 1 / ~1.6e-38 to float precision); NaN -> NaN
-// for every order (the order-1 core maps NaN to -0, so NaN lanes are restored).
-template <int Order, typename T>
-void sigmoid_quake_avx512(const T* x, T* y, size_t n) {
-  map_avx512(x, y, n, [](__m512 v) {
-    if constexpr (Order != 1) {
-      return inv_one_plus_exp_neg_any<Order>(v);
-    } else {
-      const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kExpMaxArg), _mm512_set1_ps(-kExpMinArg));
-      const __m512 r = inv_one_plus_exp_neg<Order>(vc);
-      return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
-    }
-  });
-}
-
-// Silu: x / (1 + e^(-alpha x)). x below -88.72/alpha is raised to it (the
-// result is ~0 there) so -inf gives ~-0 instead of NaN; +inf -> +inf;
-// NaN -> NaN. alpha = 1 (SiLU proper) skips the product.
-template <int Order, typename T>
-void silu_quake_avx512(const T* x, T* y, size_t n, float alpha) {
-  const __m512 lo = _mm512_set1_ps(-kExpMaxArg / alpha);
-  if (alpha == 1.0f) {
-    return map_avx512(x, y, n, [lo](__m512 xv) {
-      const __m512 v = _mm512_max_ps(lo, xv);
-      return div_one_plus_exp_neg<Order>(v, v);
-    });
-  }
-  const __m512 va = _mm512_set1_ps(alpha);
-  map_avx512(x, y, n, [lo, va](__m512 xv) {
-    const __m512 v = _mm512_max_ps(lo, xv);
-    return div_one_plus_exp_neg<Order>(v, _mm512_mul_ps(v, va));
-  });
-}
-
-template <int Order>
-inline __m512 gelu_vec(__m512 u) {
-  u = _mm512_max_ps(_mm512_set1_ps(kGeluLow), u);  // keeps u^3 finite: -inf -> ~-0
-  const __m512 v =
-      _mm512_mul_ps(u, _mm512_fmadd_ps(_mm512_set1_ps(kGeluK3), _mm512_mul_ps(u, u), _mm512_set1_ps(kGeluK1)));
-  return div_one_plus_exp_neg<Order>(u, v);
-}
-
-// Gelu (tanh form) of x + bias, one pass: abs error about 0.17x the core's
-// relative error times |u| near the knee; +inf -> +inf, -inf -> ~-0, NaN -> NaN.
-template <int Order, typename T>
-void gelu_quake_avx512(const T* x, const float* bias, T* y, size_t n) {
-  if (bias == nullptr) return map_avx512(x, y, n, [](__m512 v) { return gelu_vec<Order>(v); });
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m512 a = _mm512_add_ps(load16(x + i), _mm512_loadu_ps(bias + i));
-    const __m512 b = _mm512_add_ps(load16(x + i + 16), _mm512_loadu_ps(bias + i + 16));
-    store16(y + i, gelu_vec<Order>(a));
-    store16(y + i + 16, gelu_vec<Order>(b));
-  }
-  for (; i + 16 <= n; i += 16) {
-    store16(y + i, gelu_vec<Order>(_mm512_add_ps(load16(x + i), _mm512_loadu_ps(bias + i))));
-  }
-  if (i < n) {
-    const __mmask16 k = tail_mask(n - i);
-    const __m512 u = _mm512_add_ps(maskz_load16(k, x + i), _mm512_maskz_loadu_ps(k, bias + i));
-    mask_store16(y + i, k, gelu_vec<Order>(u));
-  }
-}
-
-// y[i] = f(a[i], b[i]) over float or float16 elements; two registers per
-// iteration, masked tail.
-template <typename T, typename F>
-inline void map2_avx512(const T* a, const T* b, T* y, size_t n, F f) {
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m512 r0 = f(load16(a + i), load16(b + i));
-    const __m512 r1 = f(load16(a + i + 16), load16(b + i + 16));
-    store16(y + i, r0);
-    store16(y + i + 16, r1);
-  }
-  for (; i + 16 <= n; i += 16) store16(y + i, f(load16(a + i), load16(b + i)));
-  if (i < n) {
-    const __mmask16 k = tail_mask(n - i);
-    mask_store16(y + i, k, f(maskz_load16(k, a + i), maskz_load16(k, b + i)));
-  }
-}
-
-// Glu: y = act(a) * b, the scalar definition (kernels_scalar.cc: range, error,
-// special values) with the gate as the Silu/Gelu kernels compute it: one
-// division, then the product. Gelu's exponent is clamped here although
-// VSCALEFPS would saturate: the gate then stays the scalar's tiny -3.5e-38
-// below u = -9.9 instead of -0, so an infinite b gives the same infinity on
-// every table (not NaN on this one only). Differs from the scalar table by
-// VREDUCEPS's ulp of f (see the top of this file).
-template <int Order, typename T>
-void glu_quake_avx512(const T* a, const T* b, T* y, size_t n, GluActivation act, float alpha) {
-  if (act == GluActivation::kSilu) {
-    const __m512 lo = _mm512_set1_ps(-kExpMaxArg / alpha), va = _mm512_set1_ps(alpha);
-    return map2_avx512(a, b, y, n, [lo, va](__m512 av, __m512 bv) {
-      const __m512 v = _mm512_max_ps(lo, av);
-      return _mm512_mul_ps(div_one_plus_exp_neg<Order>(v, _mm512_mul_ps(v, va)), bv);
-    });
-  }
-  map2_avx512(a, b, y, n, [](__m512 av, __m512 bv) {
-    const __m512 u = _mm512_max_ps(_mm512_set1_ps(kGeluLow), av);  // keeps u^3 finite: -inf -> the tiny limit
-    const __m512 v =
-        _mm512_mul_ps(u, _mm512_fmadd_ps(_mm512_set1_ps(kGeluK3), _mm512_mul_ps(u, u), _mm512_set1_ps(kGeluK1)));
-    const __m512 vc = clamp_keep_nan(v, _mm512_set1_ps(-kExpMaxArg), _mm512_set1_ps(-kExpMinArg));
-    return _mm512_mul_ps(div_one_plus_exp_neg<Order>(u, vc), bv);
-  });
+  elementwise::map<Lanes>(x, y, n, f);
 }
 
 // Row max that skips NaNs (the accumulator is max_ps's second operand, which
@@ -654,64 +531,28 @@ void f32_to_f16_avx512(const float* x, uint16_t* y, size_t n) {
 }
 
 // The layer softmax_long.h is written over.
-struct LongRowLayer {
-  // Orders 2 and 3 scale by VSCALEFPS: terms of t >= 128 (and t = +inf) are +inf;
-  // order 1 builds the exponent bits, which wrap (softmax_long.h, head_of).
-  template <int Order>
-  static constexpr bool kSaturatingTerms = Order >= 2;
+struct LongRowLayer : SimdRowMaps<Lanes> {
   static float max_skip_nan(const float* x, size_t n) { return row_max_skip_nan(x, n); }
   static bool has_nan(const float* x, size_t n) { return row_has_nan(x, n); }
   template <int Order, bool Store, bool Scaled>
   static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
     return sum_exp_shifted<Order, Store, true, Scaled>(x, y, n, k, scale);
   }
-  static void log_prob(const float* x, float* y, size_t n, float a, float b) {
-    const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
-    // Only results above 0 become 0 (NaN compares false and stays NaN). On
-    // Zen 4 this costs 3-5 % of a LogSoftmax call; VMINPS cost 18-22 %.
-    map_avx512(x, y, n, [=](__m512 v) {
-      const __m512 r = _mm512_sub_ps(_mm512_sub_ps(v, va), vb);
-      return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(r, zero, _CMP_GT_OQ), zero);
-    });
-  }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
   template <int Order, bool Store>
   static float sum_exp(const float* x, float* y, size_t n, float m) {
     return sum_exp_shifted<Order, Store>(x, y, n, m);
   }
-  static void scale(float* y, size_t n, float c) { scale_to(y, y, n, c); }
-  static void scale_to(const float* x, float* y, size_t n, float c) {  // y = x c
-    const __m512 vc = _mm512_set1_ps(c);
-    map_avx512(x, y, n, [vc](__m512 v) { return _mm512_mul_ps(v, vc); });
-  }
 };
-
-template <int Order>
-constexpr OrderKernels order_table() {
-  return {exp_quake_avx512<Order, float>,
-          sigmoid_quake_avx512<Order, float>,
-          silu_quake_avx512<Order, float>,
-          gelu_quake_avx512<Order, float>,
-          rows::softmax<LongRowLayer, Order, false>,
-          rows::softmax<LongRowLayer, Order, true>,
-          longrow::stats<LongRowLayer, Order>,
-          longrow::softmax_finish<LongRowLayer, Order>,
-          longrow::logsoftmax_finish<LongRowLayer>,
-          online_softmax_avx512<Order>,
-          longrow::partial<LongRowLayer, Order>,
-          longrow::scale<LongRowLayer>,
-          longrow::shift<LongRowLayer>,
-          glu_quake_avx512<Order, float>,
-          {exp_quake_avx512<Order, uint16_t>, sigmoid_quake_avx512<Order, uint16_t>, silu_quake_avx512<Order, uint16_t>,
-           gelu_quake_avx512<Order, uint16_t>, glu_quake_avx512<Order, uint16_t>}};
-}
 
 }  // namespace
 
 const KernelTable* avx512_kernels() {
   static const KernelTable table = {Isa::kAvx512,
                                     "avx512",
-                                    {order_table<1>(), order_table<2>(), order_table<3>()},
+                                    {simd_order_table<Lanes, LongRowLayer, 1>(online_softmax_avx512<1>),
+                                     simd_order_table<Lanes, LongRowLayer, 2>(online_softmax_avx512<2>),
+                                     simd_order_table<Lanes, LongRowLayer, 3>(online_softmax_avx512<3>)},
                                     f16_to_f32_avx512,
                                     f32_to_f16_avx512,
                                     softmax_exaq_avx512,

@@ -11,6 +11,7 @@
 // FMAX/FMIN propagate NaN, so clamps and the row max keep NaNs without help.
 // Tails go through a 4-float buffer so they run the body's arithmetic and
 // nothing past n is read or written.
+// The elementwise kernels are elementwise.h's over this file's Lanes.
 #include "kernels.h"
 
 #if defined(__aarch64__)
@@ -23,7 +24,9 @@
 #include <type_traits>
 
 #include "constants.h"
+#include "elementwise.h"
 #include "exaq_scalar.h"
+#include "simd_order_table.h"
 #include "softmax_long.h"
 #include "softmax_rows.h"
 
@@ -66,13 +69,15 @@ inline float32x4_t schraudolph(float32x4_t a) {
 }
 
 // e^z for z in the core's range (kExpUnderflow, kExpOverflow), no range
-// handling (out-of-range lanes are garbage the caller replaces).
-template <int Order>
+// handling (out-of-range lanes are garbage the caller replaces). NegZ
+// computes e^-z; negated constants are exact, so it is the scalar core of -z.
+template <int Order, bool NegZ = false>
 inline float32x4_t exp_core(float32x4_t z) {
   if (Order == 1) {
-    return schraudolph(vfmaq_f32(vdupq_n_f32(kSchraudolphOffset), z, vdupq_n_f32(kSchraudolphScale)));
+    const float32x4_t scale = vdupq_n_f32(NegZ ? -kSchraudolphScale : kSchraudolphScale);
+    return schraudolph(vfmaq_f32(vdupq_n_f32(kSchraudolphOffset), z, scale));
   }
-  return exp2_poly<Order>(vfmaq_f32(vdupq_n_f32(kExpTBias), z, vdupq_n_f32(kLog2e)));
+  return exp2_poly<Order>(vfmaq_f32(vdupq_n_f32(kExpTBias), z, vdupq_n_f32(NegZ ? -kLog2e : kLog2e)));
 }
 
 // 2^t with the order's mantissa for -126 <= t < 128 (softmax_long.h's
@@ -93,156 +98,57 @@ inline float32x4_t exp_quake_vec(float32x4_t z) {
   return vbslq_f32(big, vaddq_f32(z, vdupq_n_f32(kInf)), e);
 }
 
-// 1 / (1 + e^z), z already clamped into [kExpMinArg, kExpMaxArg].
-template <int Order>
-inline float32x4_t inv_one_plus_exp(float32x4_t z) {
-  const float32x4_t one = vdupq_n_f32(1.0f);
-  return vdivq_f32(one, vaddq_f32(one, exp_core<Order>(z)));
-}
+// The vector layer elementwise.h is written over: 4 floats per register,
+// float16 converted in the register (FCVTL exact; FCVTN rounds to nearest
+// even, as f32_to_f16). Tails go through a 4-element buffer padded with 0.
+struct Lanes {
+  using Vec = float32x4_t;
+  using Mask = uint32x4_t;
+  static constexpr size_t kLanes = 4;
+  static Vec load(const float* p) { return vld1q_f32(p); }
+  static Vec load(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+  static void store(float* p, Vec v) { vst1q_f32(p, v); }
+  static void store(uint16_t* p, Vec v) { vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32(v))); }
+  template <typename T>
+  static Vec load_tail(const T* p, size_t rem) {
+    T buf[4] = {0, 0, 0, 0};
+    std::memcpy(buf, p, rem * sizeof(T));
+    return load(buf);
+  }
+  template <typename T>
+  static void store_tail(T* p, size_t rem, Vec v) {
+    T buf[4];
+    store(buf, v);
+    std::memcpy(p, buf, rem * sizeof(T));
+  }
+  static Vec set(float v) { return vdupq_n_f32(v); }
+  static Vec add(Vec a, Vec b) { return vaddq_f32(a, b); }
+  static Vec sub(Vec a, Vec b) { return vsubq_f32(a, b); }
+  static Vec mul(Vec a, Vec b) { return vmulq_f32(a, b); }
+  static Vec div(Vec a, Vec b) { return vdivq_f32(a, b); }
+  static Vec fma(Vec a, Vec b, Vec c) { return vfmaq_f32(c, a, b); }
+  static Vec min(Vec a, Vec b) { return vminq_f32(a, b); }  // FMIN, FMAX: NaN if either is
+  static Vec max(Vec a, Vec b) { return vmaxq_f32(a, b); }
+  static Mask ge(Vec a, Vec b) { return vcgeq_f32(a, b); }
+  static Mask is_nan(Vec v) { return vmvnq_u32(vceqq_f32(v, v)); }
+  static Vec select(Mask m, Vec a, Vec b) { return vbslq_f32(m, a, b); }
+  static Vec at_most_zero(Vec r) { return vminq_f32(vdupq_n_f32(0.0f), r); }  // FMIN keeps NaN
+  // The core adds floor(t) to the exponent bits, which wrap out of range.
+  template <int Order>
+  static constexpr bool kSaturatingCore = false;
+  template <int Order>
+  static Vec exp(Vec z) {
+    return exp_quake_vec<Order>(z);
+  }
+  template <int Order>
+  static Vec exp_neg_core(Vec v) {
+    return exp_core<Order, true>(v);
+  }
+};
 
-inline float32x4_t clamp_keep_nan(float32x4_t v, float lo, float hi) {
-  return vminq_f32(vdupq_n_f32(hi), vmaxq_f32(vdupq_n_f32(lo), v));  // FMAX/FMIN return NaN
-}
-
-// 4 elements in a float register: float, or float16 converted in the register
-// (FCVTL exact; FCVTN rounds to nearest even, as f32_to_f16), so a float16
-// kernel is its float kernel's arithmetic with one rounding at the end.
-inline float32x4_t load4(const float* p) { return vld1q_f32(p); }
-inline float32x4_t load4(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
-inline void store4(float* p, float32x4_t v) { vst1q_f32(p, v); }
-inline void store4(uint16_t* p, float32x4_t v) { vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32(v))); }
-
-// y[i] = f(x[i]) over float or float16 elements (load4); two registers per
-// iteration; the tail goes through a 4-element buffer padded with 0.
 template <typename T, typename F>
 inline void map_neon(const T* x, T* y, size_t n, F f) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const float32x4_t a = load4(x + i);
-    const float32x4_t b = load4(x + i + 4);
-    store4(y + i, f(a));
-    store4(y + i + 4, f(b));
-  }
-  for (; i + 4 <= n; i += 4) store4(y + i, f(load4(x + i)));
-  if (i < n) {
-    T buf[4] = {0, 0, 0, 0};
-    std::memcpy(buf, x + i, (n - i) * sizeof(T));
-    store4(buf, f(load4(buf)));
-    std::memcpy(y + i, buf, (n - i) * sizeof(T));
-  }
-}
-
-// float16 Exp's own range (constants.h): +inf from x = kHalfExpInfFrom on,
-// at most kHalfMax below it; float results pass unchanged.
-template <typename T>
-inline float32x4_t exp_range_of(float32x4_t x, float32x4_t e) {
-  if constexpr (std::is_same_v<T, float>) {
-    return e;
-  } else {
-    const float32x4_t capped = vminq_f32(vdupq_n_f32(kHalfMax), e);  // FMIN: a NaN e stays NaN
-    const uint32x4_t inf = vcgeq_f32(x, vdupq_n_f32(kHalfExpInfFrom));
-    return vbslq_f32(inf, vdupq_n_f32(std::numeric_limits<float>::infinity()), capped);
-  }
-}
-
-// Exp: valid range and error as kernels.h; -inf and z <= kExpUnderflow -> +0,
-// z >= kExpOverflow and +inf -> +inf, NaN -> NaN.
-template <int Order, typename T>
-void exp_quake_neon(const T* x, T* y, size_t n) {
-  map_neon(x, y, n, [](float32x4_t v) { return exp_range_of<T>(v, exp_quake_vec<Order>(v)); });
-}
-
-// Sigmoid: abs error <= about a quarter of the core's relative error.
-// NaN -> NaN for every order (restored where the order-1 core drops it).
-template <int Order, typename T>
-void sigmoid_quake_neon(const T* x, T* y, size_t n) {
-  map_neon(x, y, n, [](float32x4_t v) {
-    const float32x4_t r = inv_one_plus_exp<Order>(clamp_keep_nan(vnegq_f32(v), kExpMinArg, kExpMaxArg));
-    if (Order == 1) return vbslq_f32(vceqq_f32(v, v), r, v);
-    return r;
-  });
-}
-
-// Silu: x * sigmoid(alpha x); x below -88.72/alpha is raised to it so -inf
-// gives ~-0; +inf -> +inf; NaN -> NaN.
-template <int Order, typename T>
-void silu_quake_neon(const T* x, T* y, size_t n, float alpha) {
-  const float lo = -kExpMaxArg / alpha;
-  map_neon(x, y, n, [lo, alpha](float32x4_t xv) {
-    const float32x4_t v = vmaxq_f32(vdupq_n_f32(lo), xv);
-    const float32x4_t z = vmulq_f32(vdupq_n_f32(-alpha), v);
-    return vmulq_f32(v, inv_one_plus_exp<Order>(clamp_keep_nan(z, kExpMinArg, kExpMaxArg)));
-  });
-}
-
-template <int Order>
-inline float32x4_t gelu_vec(float32x4_t u) {
-  u = vmaxq_f32(vdupq_n_f32(kGeluLow), u);  // keeps u^3 finite: -inf -> ~-0
-  const float32x4_t v = vmulq_f32(u, vfmaq_f32(vdupq_n_f32(kGeluK1), vdupq_n_f32(kGeluK3), vmulq_f32(u, u)));
-  return vmulq_f32(u, inv_one_plus_exp<Order>(clamp_keep_nan(vnegq_f32(v), kExpMinArg, kExpMaxArg)));
-}
-
-// Gelu (tanh form) of x + bias in one pass; +inf -> +inf, -inf -> ~-0, NaN -> NaN.
-template <int Order, typename T>
-void gelu_quake_neon(const T* x, const float* bias, T* y, size_t n) {
-  if (bias == nullptr) return map_neon(x, y, n, [](float32x4_t v) { return gelu_vec<Order>(v); });
-  size_t i = 0;
-  for (; i + 4 <= n; i += 4) store4(y + i, gelu_vec<Order>(vaddq_f32(load4(x + i), vld1q_f32(bias + i))));
-  if (i < n) {
-    T xb[4] = {0, 0, 0, 0};
-    float bb[4] = {0, 0, 0, 0};
-    std::memcpy(xb, x + i, (n - i) * sizeof(T));
-    std::memcpy(bb, bias + i, (n - i) * sizeof(float));
-    store4(xb, gelu_vec<Order>(vaddq_f32(load4(xb), vld1q_f32(bb))));
-    std::memcpy(y + i, xb, (n - i) * sizeof(T));
-  }
-}
-
-// y[i] = f(a[i], b[i]) over float or float16 elements; two registers per
-// iteration; the tail goes through 4-element buffers (padded with 0) so
-// nothing past n is read or written.
-template <typename T, typename F>
-inline void map2_neon(const T* a, const T* b, T* y, size_t n, F f) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const float32x4_t r0 = f(load4(a + i), load4(b + i));
-    const float32x4_t r1 = f(load4(a + i + 4), load4(b + i + 4));
-    store4(y + i, r0);
-    store4(y + i + 4, r1);
-  }
-  for (; i + 4 <= n; i += 4) store4(y + i, f(load4(a + i), load4(b + i)));
-  if (i < n) {
-    T ab[4] = {0, 0, 0, 0}, bb[4] = {0, 0, 0, 0};
-    std::memcpy(ab, a + i, (n - i) * sizeof(T));
-    std::memcpy(bb, b + i, (n - i) * sizeof(T));
-    store4(ab, f(load4(ab), load4(bb)));
-    std::memcpy(y + i, ab, (n - i) * sizeof(T));
-  }
-}
-
-// v / (1 + e^z), z clamped into [kExpMinArg, kExpMaxArg]: one division.
-template <int Order>
-inline float32x4_t div_one_plus_exp(float32x4_t v, float32x4_t z) {
-  return vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0f), exp_core<Order>(clamp_keep_nan(z, kExpMinArg, kExpMaxArg))));
-}
-
-// Glu: y = act(a) * b, the scalar definition (kernels_scalar.cc: range, error,
-// special values) operation for operation, so it matches the scalar table bit
-// for bit: the gate v / (1 + e^-z) with one division, then the product.
-template <int Order, typename T>
-void glu_quake_neon(const T* a, const T* b, T* y, size_t n, GluActivation act, float alpha) {
-  if (act == GluActivation::kSilu) {
-    const float lo = -kExpMaxArg / alpha;
-    return map2_neon(a, b, y, n, [lo, alpha](float32x4_t av, float32x4_t bv) {
-      const float32x4_t v = vmaxq_f32(vdupq_n_f32(lo), av);
-      return vmulq_f32(div_one_plus_exp<Order>(v, vmulq_f32(vdupq_n_f32(-alpha), v)), bv);
-    });
-  }
-  map2_neon(a, b, y, n, [](float32x4_t av, float32x4_t bv) {
-    const float32x4_t u = vmaxq_f32(vdupq_n_f32(kGeluLow), av);  // keeps u^3 finite: -inf -> the tiny limit
-    const float32x4_t v = vmulq_f32(u, vfmaq_f32(vdupq_n_f32(kGeluK1), vdupq_n_f32(kGeluK3), vmulq_f32(u, u)));
-    return vmulq_f32(div_one_plus_exp<Order>(u, vnegq_f32(v)), bv);
-  });
+  elementwise::map<Lanes>(x, y, n, f);
 }
 
 // Row max; FMAX propagates NaN, so a NaN anywhere makes the max NaN.
@@ -504,33 +410,20 @@ void f32_to_f16_neon(const float* x, uint16_t* y, size_t n) {
 
 // The layer softmax_long.h is written over. FMAX propagates NaN, so a
 // block holding one has a NaN max (stats take it for a NaN row).
-struct LongRowLayer {
-  // The terms add floor(t) to the exponent bits, which wrap for t >= 128
-  // (softmax_long.h, head_of).
-  template <int Order>
-  static constexpr bool kSaturatingTerms = false;
+struct LongRowLayer : SimdRowMaps<Lanes> {
   static float max_skip_nan(const float* x, size_t n) { return row_max(x, n); }
   static bool has_nan(const float*, size_t) { return false; }  // a NaN would have made the max NaN
   template <int Order, bool Store, bool Scaled>
   static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
     return sum_exp_shifted<Order, Store, true, Scaled>(x, y, n, k, scale);
   }
-  static void log_prob(const float* x, float* y, size_t n, float a, float b) {
-    const float32x4_t va = vdupq_n_f32(a), vb = vdupq_n_f32(b), zero = vdupq_n_f32(0.0f);
-    // FMIN returns NaN when either operand is NaN.
-    map_neon(x, y, n, [=](float32x4_t v) { return vminq_f32(zero, vsubq_f32(vsubq_f32(v, va), vb)); });
-  }
   static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
   template <int Order, bool Store>
   static float sum_exp(const float* x, float* y, size_t n, float m) {
     return sum_exp_shifted<Order, Store>(x, y, n, m);
   }
-  static void scale(float* y, size_t n, float c) { scale_to(y, y, n, c); }
-  static void scale_to(const float* x, float* y, size_t n, float c) {  // y = x c
-    const float32x4_t vc = vdupq_n_f32(c);
-    map_neon(x, y, n, [vc](float32x4_t v) { return vmulq_f32(v, vc); });
-  }
 };
+
 // ----------------------------------------------------------------------------
 // Online-softmax step of com.quake Attention: the scalar definition
 // (kernels_scalar.cc) on 4 lanes, two passes over each row of the tile (scale,
@@ -592,32 +485,14 @@ void online_softmax_neon(float* s, size_t ld_s, size_t rows, size_t cols, ptrdif
   }
 }
 
-template <int Order>
-constexpr OrderKernels order_table() {
-  return {exp_quake_neon<Order, float>,
-          sigmoid_quake_neon<Order, float>,
-          silu_quake_neon<Order, float>,
-          gelu_quake_neon<Order, float>,
-          rows::softmax<LongRowLayer, Order, false>,
-          rows::softmax<LongRowLayer, Order, true>,
-          longrow::stats<LongRowLayer, Order>,
-          longrow::softmax_finish<LongRowLayer, Order>,
-          longrow::logsoftmax_finish<LongRowLayer>,
-          online_softmax_neon<Order>,
-          longrow::partial<LongRowLayer, Order>,
-          longrow::scale<LongRowLayer>,
-          longrow::shift<LongRowLayer>,
-          glu_quake_neon<Order, float>,
-          {exp_quake_neon<Order, uint16_t>, sigmoid_quake_neon<Order, uint16_t>, silu_quake_neon<Order, uint16_t>,
-           gelu_quake_neon<Order, uint16_t>, glu_quake_neon<Order, uint16_t>}};
-}
-
 }  // namespace
 
 const KernelTable* neon_kernels() {
   static const KernelTable table = {Isa::kNeon,
                                     "neon",
-                                    {order_table<1>(), order_table<2>(), order_table<3>()},
+                                    {simd_order_table<Lanes, LongRowLayer, 1>(online_softmax_neon<1>),
+                                     simd_order_table<Lanes, LongRowLayer, 2>(online_softmax_neon<2>),
+                                     simd_order_table<Lanes, LongRowLayer, 3>(online_softmax_neon<3>)},
                                     f16_to_f32_neon,
                                     f32_to_f16_neon,
                                     softmax_exaq_neon,

@@ -31,41 +31,9 @@ void sigmoid_quake_scalar(const float* x, float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) y[i] = inv_one_plus_exp<Order>(-x[i]);
 }
 
-template <int Order>
-void silu_quake_scalar(const float* x, float* y, size_t n, float alpha) {
-  // Below lo the result is 0 to float precision; clamping x there keeps
-  // -inf * sigmoid(-inf) from becoming NaN.
-  const float lo = -kExpMaxArg / alpha;
-  for (size_t i = 0; i < n; ++i) {
-    const float v = x[i] < lo ? lo : x[i];
-    y[i] = v * inv_one_plus_exp<Order>(-alpha * v);
-  }
-}
-
-template <int Order>
-void gelu_quake_scalar(const float* x, const float* bias, float* y, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    float u = bias ? x[i] + bias[i] : x[i];
-    u = u < kGeluLow ? kGeluLow : u;
-    const float v = u * std::fma(kGeluK3, u * u, kGeluK1);
-    y[i] = u * inv_one_plus_exp<Order>(-v);
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Glu: y = act(a) * b in one pass, act(a) = v / (1 + e^-z) with one division:
+// The gates of Silu, Gelu and Glu: act(a) = v / (1 + e^-z), one division:
 //   silu: v = max(a, -88.72283 / alpha), z = alpha v
-//   gelu: v = max(a, -12), z = v (K1 + K3 v^2)   (the tanh form, as Gelu)
-// act(a) is formed before the product, so a large |b| cannot overflow an
-// a * b whose result is finite. Valid for any input.
-// Error: act(a) keeps the Silu / Gelu kernels' absolute bound (order 1/2/3,
-// measured in custom_ops/tests/test_kernels.cc, docs/ops.md), so
-// |y - act_exact(a) b| <= that bound times |b|, plus two roundings of y.
-// Special values: NaN in a or b -> NaN; a = +inf -> +inf * b (NaN for b = 0);
-// a = -inf, and any a below the clamp, -> the gate's tiny limit
-// (-2.6e-37 / alpha for silu, -3.5e-38 for gelu) times b: ~-0 for finite b,
-// -inf * sign(b) for infinite b (exact math has NaN there only at a = -inf).
-// In place: y may be a or b (each element is read before it is written).
+//   gelu: v = max(a, -12), z = v (K1 + K3 v^2)   (the tanh form)
 
 // 1 + e^z with z clamped into the core's range; NaN is returned before the
 // core, whose order-1 integer conversion of NaN is undefined behaviour.
@@ -87,6 +55,33 @@ inline float gelu_gate(float a) {
   return u / one_plus_exp<Order>(-u * std::fma(kGeluK3, u * u, kGeluK1));
 }
 
+// Silu = x sigmoid(alpha x) = x / (1 + e^(-alpha x)), in one division
+// (silu_gate); below -88.72 / alpha the result is 0 to float precision.
+template <int Order>
+void silu_quake_scalar(const float* x, float* y, size_t n, float alpha) {
+  const float lo = -kExpMaxArg / alpha;
+  for (size_t i = 0; i < n; ++i) y[i] = silu_gate<Order>(x[i], alpha, lo);
+}
+
+// Gelu (tanh form) of x + bias = u / (1 + e^(-u (K1 + K3 u^2))), in one
+// division (gelu_gate).
+template <int Order>
+void gelu_quake_scalar(const float* x, const float* bias, float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) y[i] = gelu_gate<Order>(bias ? x[i] + bias[i] : x[i]);
+}
+
+// ---------------------------------------------------------------------------
+// Glu: y = act(a) * b in one pass, act(a) the Silu or Gelu gate above.
+// act(a) is formed before the product, so a large |b| cannot overflow an
+// a * b whose result is finite. Valid for any input.
+// Error: act(a) keeps the Silu / Gelu kernels' absolute bound (order 1/2/3,
+// measured in custom_ops/tests/test_kernels.cc, docs/ops.md), so
+// |y - act_exact(a) b| <= that bound times |b|, plus two roundings of y.
+// Special values: NaN in a or b -> NaN; a = +inf -> +inf * b (NaN for b = 0);
+// a = -inf, and any a below the clamp, -> the gate's tiny limit
+// (-2.6e-37 / alpha for silu, -3.5e-38 for gelu) times b: ~-0 for finite b,
+// -inf * sign(b) for infinite b (exact math has NaN there only at a = -inf).
+// In place: y may be a or b (each element is read before it is written).
 template <int Order>
 void glu_quake_scalar(const float* a, const float* b, float* y, size_t n, GluActivation act, float alpha) {
   if (act == GluActivation::kSilu) {
