@@ -189,6 +189,25 @@ def test_the_benchmark_command_refuses_a_bad_quake_isa_in_one_line(monkeypatch):
     assert result.stderr.splitlines() == ["error: QUAKE_ISA='mmx' is not one of auto, scalar, neon, avx2, avx512"]
 
 
+def test_a_quake_isa_of_another_architecture_is_refused_not_run_as_scalar(monkeypatch):
+    """neon on x86-64 (avx2 on AArch64) once ran the scalar (NEON) table in
+    silence; it names the tables this architecture has instead."""
+    import platform
+
+    from typer.testing import CliRunner
+
+    from quake_onnx.bench.__main__ import app
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the x86-64 wording")
+    monkeypatch.setenv("QUAKE_ISA", "neon")
+    result = CliRunner().invoke(app, ["ops", "--shape", "4x4"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: QUAKE_ISA='neon' is a table of another architecture (x86-64 runs auto, scalar, avx2, avx512)"
+    ]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -155,6 +155,21 @@ bool parse_isa(const char* name, Isa* out) {
   return false;
 }
 
+// The tables this build's architecture has, as QUAKE_ISA's error lists them.
+// A table of the other architecture is refused rather than lowered: asking
+// for neon on x86-64 would otherwise run the scalar table, and avx2 on
+// AArch64 NEON, neither of which was asked for.
+#if defined(QUAKE_X86)
+constexpr const char* kArchTables = "x86-64 runs auto, scalar, avx2, avx512";
+bool table_of_this_arch(Isa isa) { return isa != Isa::kNeon; }
+#elif defined(__aarch64__)
+constexpr const char* kArchTables = "AArch64 runs auto, scalar, neon";
+bool table_of_this_arch(Isa isa) { return isa == Isa::kScalar || isa == Isa::kNeon; }
+#else
+constexpr const char* kArchTables = "this architecture runs auto, scalar";
+bool table_of_this_arch(Isa isa) { return isa == Isa::kScalar; }
+#endif
+
 const KernelTable* best_kernels(Isa at_most) {
   for (int level = static_cast<int>(at_most); level > 0; --level) {
     if (const KernelTable* t = kernels_for(static_cast<Isa>(level))) return t;
@@ -179,11 +194,17 @@ const KernelTable* select_kernels(const char** error) {
     return nullptr;
   }
   const char* requested = std::getenv("QUAKE_ISA");
-  Isa isa = Isa::kAvx512;
-  if (requested != nullptr && *requested != '\0' && std::strcmp(requested, "auto") != 0 &&
-      !parse_isa(requested, &isa)) {
+  const bool named = requested != nullptr && *requested != '\0' && std::strcmp(requested, "auto") != 0;
+  Isa isa = Isa::kAvx512;  // auto: the best this CPU has
+  if (named && !parse_isa(requested, &isa)) {
     thread_local std::string message;  // lives until this thread's next call
     message = std::string("QUAKE_ISA='") + requested + "' is not one of auto, scalar, neon, avx2, avx512";
+    *error = message.c_str();
+    return nullptr;
+  }
+  if (named && !table_of_this_arch(isa)) {
+    thread_local std::string message;  // lives until this thread's next call
+    message = std::string("QUAKE_ISA='") + requested + "' is a table of another architecture (" + kArchTables + ")";
     *error = message.c_str();
     return nullptr;
   }
