@@ -28,6 +28,11 @@ class OneLineErrors(TyperGroup):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        argv = kwargs.get("args", args[0] if args else None)
+        empty = _empty_argument(self, list(sys.argv[1:] if argv is None else argv))
+        if empty:
+            typer.echo(f"error: {empty}", err=True)
+            sys.exit(2)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except typer.TyperException as e:  # click's ClickException and UsageError
@@ -56,6 +61,24 @@ class OneLineErrors(TyperGroup):
             typer.echo(f"error: internal error ({type(e).__name__}: {_one_line(str(e))}); please report it", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _empty_argument(group: TyperGroup, args: List[str]) -> Optional[str]:
+    """The error for an empty argument, or None. Typer reads an empty path
+    as '.', the working folder: `zoo ""` walked it and `optimize "" OUT` said
+    the folder was no model; no argument of these commands means anything
+    when empty."""
+    command = group.commands.get(args[0]) if args else None
+    flags = {o for p in getattr(command, "params", ()) if getattr(p, "is_flag", False) for o in p.opts}
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and arg.endswith("="):
+            return f"{arg[:-1]} was given an empty value"
+        if arg == "":
+            before = args[i - 1] if i else ""
+            if before.startswith("-") and "=" not in before and before not in flags:
+                return f"{before} was given an empty value"
+            return "an empty argument ('') names no file, folder or value"
+    return None
 
 
 class _QuakeCommands(OneLineErrors):

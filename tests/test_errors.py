@@ -251,3 +251,34 @@ def test_the_benchmark_command_times_and_writes_its_table(dtype, tmp_path):
     (row,) = [line for line in text.splitlines() if line.startswith("| Exp | 4x8 | 1 |")]
     assert row.count("x,") == 1, row  # one ratio: ORT against order 1
     assert [p.name for p in tmp_path.iterdir()] == ["ops.md"], "a temporary was left behind"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["optimize", "", "out.onnx"], "an empty argument ('') names no file, folder or value"),
+        (["optimize", "IN", ""], "an empty argument ('') names no file, folder or value"),
+        (["zoo", ""], "an empty argument ('') names no file, folder or value"),
+        (["check", "IN", "--custom-ops-library", ""], "--custom-ops-library was given an empty value"),
+        (["check", "IN", "--custom-ops-library="], "--custom-ops-library was given an empty value"),
+        (["tune", "IN", "out.onnx", "--inputs", ""], "--inputs was given an empty value"),
+    ],
+)
+def test_an_empty_argument_is_one_line_not_the_working_folder(args, message, tmp_path, monkeypatch):
+    """Typer reads an empty path as '.': `zoo ""` walked the working folder's
+    models and `--custom-ops-library ""` blamed '.'; now nothing runs."""
+    import onnx
+    from typer.testing import CliRunner
+
+    from quake_onnx.cli import app
+
+    src = make_model("Softmax", shape=[2, 8])
+    onnx.save(src, tmp_path / "in.onnx")
+    onnx.save(src, tmp_path / "other.onnx")  # what a walk of the working folder would find
+    monkeypatch.chdir(tmp_path)
+    args = [str(tmp_path / "in.onnx") if a == "IN" else a for a in args]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"error: {message}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
