@@ -1049,6 +1049,8 @@ void print_errors() {
 // CTest can run them as parallel tests (under qemu-user the NEON table takes
 // minutes). The table-independent checks run with the scalar table.
 int main(int argc, char** argv) {
+  // Line by line even into a file or pipe (CI logs): a crash keeps the cases before it.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   const std::vector<std::string> only(argv + 1, argv + argc);
   for (const std::string& arg : only) {
     const std::string table = arg.substr(0, arg.find(':'));

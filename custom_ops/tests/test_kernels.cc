@@ -1418,6 +1418,43 @@ void check_exaq_row(Case& c, const KernelTable* t, const ExaqParams& p, const fl
   }
 }
 
+// QUAKE_ISA: unset and "auto" give the best table of this CPU, a level
+// names at most that table, and a table of the other architecture is refused
+// with a message (it once crashed here: auto was checked as avx512).
+void test_isa_choice() {
+  const char* user = std::getenv("QUAKE_ISA");
+  const std::string saved = user ? user : "";
+  auto choose = [](const char* value, const char** error) {
+    if (value == nullptr) {
+      unsetenv("QUAKE_ISA");
+    } else {
+      setenv("QUAKE_ISA", value, 1);
+    }
+    return select_kernels(error);
+  };
+  Case c("QUAKE_ISA: unset, auto, a level, another architecture");
+  const char* error = nullptr;
+  const KernelTable* best = choose(nullptr, &error);
+  c.check(best != nullptr && error == nullptr, "unset: %s", error ? error : "no table");
+  const KernelTable* automatic = choose("auto", &error);
+  c.check(automatic == best && error == nullptr, "auto: %s", error ? error : "another table");
+  const KernelTable* scalar = choose("scalar", &error);
+  c.check(scalar != nullptr && scalar->isa == Isa::kScalar, "scalar: %s", error ? error : "another table");
+#if defined(__aarch64__)
+  const char* foreign = "avx2";
+#else
+  const char* foreign = "neon";
+#endif
+  const KernelTable* refused = choose(foreign, &error);
+  c.check(refused == nullptr && error != nullptr && std::strstr(error, "another architecture") != nullptr, "%s: %s",
+          foreign, error ? error : "accepted");
+  if (user) {
+    setenv("QUAKE_ISA", saved.c_str(), 1);
+  } else {
+    unsetenv("QUAKE_ISA");
+  }
+}
+
 void test_exaq_levels() {
   Case c("exaq levels: table within 1.5 ulp of e^level, top entry 1, codes clamp");
   for (int b = kExaqBitsLo; b <= kExaqBitsHi; ++b) {
@@ -1839,6 +1876,8 @@ void print_errors() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Line by line even into a file or pipe (CI logs): a crash keeps the cases before it.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   const CacheSizes& caches = cache_sizes();
   std::printf("caches read at run time: L1D %zu KiB, L2 %zu KiB, L3 %zu KiB\n", caches.l1d / 1024, caches.l2 / 1024,
               caches.l3 / 1024);
@@ -1884,6 +1923,7 @@ int main(int argc, char** argv) {
     test_exaq(t, scalar);
   }
   test_exaq_levels();
+  test_isa_choice();
   test_half_lanes_emulated();
   test_half_lanes_isa();
   print_errors();
