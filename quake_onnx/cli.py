@@ -29,7 +29,7 @@ class OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         argv = kwargs.get("args", args[0] if args else None)
-        empty = _empty_argument(self, list(sys.argv[1:] if argv is None else argv))
+        empty = _empty_path(self, list(sys.argv[1:] if argv is None else argv))
         if empty:
             typer.echo(f"error: {empty}", err=True)
             sys.exit(2)
@@ -63,21 +63,29 @@ class OneLineErrors(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _empty_argument(group: TyperGroup, args: List[str]) -> Optional[str]:
-    """The error for an empty argument, or None. Typer reads an empty path
-    as '.', the working folder: `zoo ""` walked it and `optimize "" OUT` said
-    the folder was no model; no argument of these commands means anything
-    when empty."""
-    command = group.commands.get(args[0]) if args else None
-    flags = {o for p in getattr(command, "params", ()) if getattr(p, "is_flag", False) for o in p.opts}
-    for i, arg in enumerate(args):
-        if arg.startswith("--") and arg.endswith("="):
-            return f"{arg[:-1]} was given an empty value"
-        if arg == "":
-            before = args[i - 1] if i else ""
-            if before.startswith("-") and "=" not in before and before not in flags:
-                return f"{before} was given an empty value"
-            return "an empty argument ('') names no file, folder or value"
+def _empty_path(group: TyperGroup, args: List[str]) -> Optional[str]:
+    """The error for a path parameter given '' (as IN, OUT, --inputs '' or
+    --custom-ops-library=), or None. Typer reads an empty path as '.', the
+    working folder: `zoo ""` walked it and `optimize "" OUT` said the folder
+    was no model. Other parameters keep their empty values (--skip-nodes ''
+    names the unnamed nodes); a command line click cannot parse is left to
+    click's own error."""
+    import typing
+
+    try:  # resilient: no callback runs, nothing is converted or checked yet
+        _, command, rest = group.resolve_command(group.context_class(group, resilient_parsing=True), list(args))
+        parser = command.make_parser(command.context_class(command, resilient_parsing=True))
+        values, _, _ = parser.parse_args(args=list(rest))
+    except Exception:  # no command, an unknown option, a missing value: click's own message follows
+        return None
+    hints = typing.get_type_hints(getattr(command.callback, "__wrapped__", command.callback))
+    for param in command.params:
+        given = values.get(param.name)
+        if "Path" not in str(hints.get(param.name, "")) or given is None:
+            continue
+        if "" in (list(given) if isinstance(given, (list, tuple)) else [given]):
+            where = param.opts[0] if param.opts[0].startswith("-") else (param.metavar or param.name.upper())
+            return f"{where} was given an empty path"
     return None
 
 

@@ -256,15 +256,16 @@ def test_the_benchmark_command_times_and_writes_its_table(dtype, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["optimize", "", "out.onnx"], "an empty argument ('') names no file, folder or value"),
-        (["optimize", "IN", ""], "an empty argument ('') names no file, folder or value"),
-        (["zoo", ""], "an empty argument ('') names no file, folder or value"),
-        (["check", "IN", "--custom-ops-library", ""], "--custom-ops-library was given an empty value"),
-        (["check", "IN", "--custom-ops-library="], "--custom-ops-library was given an empty value"),
-        (["tune", "IN", "out.onnx", "--inputs", ""], "--inputs was given an empty value"),
+        (["optimize", "", "out.onnx"], "IN was given an empty path"),
+        (["optimize", "IN", ""], "OUT was given an empty path"),
+        (["optimize", "--no-ort-fusions", "", "out.onnx"], "IN was given an empty path"),
+        (["zoo", ""], "DIR was given an empty path"),
+        (["check", "IN", "--custom-ops-library", ""], "--custom-ops-library was given an empty path"),
+        (["check", "IN", "--custom-ops-library="], "--custom-ops-library was given an empty path"),
+        (["tune", "IN", "out.onnx", "--inputs", ""], "--inputs was given an empty path"),
     ],
 )
-def test_an_empty_argument_is_one_line_not_the_working_folder(args, message, tmp_path, monkeypatch):
+def test_an_empty_path_is_one_line_not_the_working_folder(args, message, tmp_path, monkeypatch):
     """Typer reads an empty path as '.': `zoo ""` walked the working folder's
     models and `--custom-ops-library ""` blamed '.'; now nothing runs."""
     import onnx
@@ -282,3 +283,26 @@ def test_an_empty_argument_is_one_line_not_the_working_folder(args, message, tmp
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [f"error: {message}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_an_empty_value_that_is_no_path_keeps_its_meaning(tmp_path):
+    """--skip-nodes '' names the unnamed nodes: it is not refused as a path,
+    and the unnamed Softmax stays ONNX's while the named Exp is replaced."""
+    import onnx
+    from onnx import TensorProto, helper
+    from typer.testing import CliRunner
+
+    from quake_onnx.cli import app
+
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["s"]), helper.make_node("Exp", ["s"], ["y"], name="exp")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "in.onnx")
+    args = ["optimize", str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), "--min-elements", "1"]
+    result = CliRunner().invoke(app, [*args, "--skip-nodes", ""])
+    assert result.exit_code == 0, result.output
+    kept = {(n.op_type, n.domain) for n in onnx.load(tmp_path / "out.onnx").graph.node}
+    assert ("Softmax", "") in kept and ("Exp", "com.quake") in kept
