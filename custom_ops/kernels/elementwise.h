@@ -22,7 +22,8 @@
 //   exp_neg_core<Order>(v): e^-v for v in [-kExpMaxArg, -kExpMinArg], or
 //     for every v (+-inf, NaN -> NaN included) where kSaturatingCore<Order>
 //     (AVX-512 orders 2 and 3: VSCALEFPS saturates 2^t to +inf and +0); the
-//     order-1 cores map NaN to -0.
+//     order-1 cores map NaN to -0 (x86's integer conversion) or +0
+//     (AArch64's FCVTNS).
 #pragma once
 
 #include <cstddef>
@@ -123,7 +124,7 @@ void exp_quake(const T* x, T* y, size_t n) {
 
 // Sigmoid = 1 / (1 + e^-x): abs error about a quarter of the core's
 // relative error. -inf -> 0 (at most 1.6e-38 where the core clamps),
-// +inf -> 1; NaN -> NaN at every order (the order-1 core maps NaN to -0, so
+// +inf -> 1; NaN -> NaN at every order (the order-1 core maps NaN to +-0, so
 // NaN lanes are restored).
 template <class V, int Order, typename T>
 void sigmoid_quake(const T* x, T* y, size_t n) {

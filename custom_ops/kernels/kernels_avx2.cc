@@ -27,6 +27,7 @@
 #include "elementwise.h"
 #include "exaq_scalar.h"
 #include "simd_order_table.h"
+#include "simd_rows.h"
 #include "softmax_long.h"
 #include "softmax_rows.h"
 
@@ -122,6 +123,20 @@ inline __m256 exp_quake_vec(__m256 z) {
   return _mm256_blendv_ps(e, _mm256_add_ps(z, _mm256_set1_ps(kInf)), big);
 }
 
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
 // The vector layer elementwise.h is written over: 8 floats per register.
 struct Lanes {
   using Vec = __m256;
@@ -170,134 +185,32 @@ struct Lanes {
   static Vec exp_neg_core(Vec v) {
     return exp_core<Order, true>(v);
   }
+  static Vec load_tail_or(const float* p, size_t rem, float fill) {
+    const __m256i k = tail_mask(rem);
+    return _mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, k), _mm256_castsi256_ps(k));
+  }
+  static Vec fms(Vec a, Vec b, Vec c) { return _mm256_fmsub_ps(a, b, c); }
+  static Mask first(size_t rem) { return _mm256_castsi256_ps(tail_mask(rem)); }
+  static Mask mask_and(Mask a, Mask b) { return _mm256_and_ps(a, b); }
+  static Mask mask_or(Mask a, Mask b) { return _mm256_or_ps(a, b); }
+  static bool any(Mask m) { return _mm256_movemask_ps(m) != 0; }
+  static Mask ge_or_nan(Vec a, Vec b) { return _mm256_cmp_ps(a, b, _CMP_NLT_UQ); }
+  static float reduce_add(Vec v) { return hsum(v); }
+  static float reduce_max(Vec v) { return hmax(v); }
+  static constexpr bool kMaxKeepsNaN = false;
+  template <int Order>
+  static Vec exp_term(Vec z) {
+    return _mm256_and_ps(exp_core<Order>(z), _mm256_cmp_ps(z, _mm256_set1_ps(kExpUnderflow), _CMP_NLE_UQ));
+  }
+  template <int Order>
+  static Vec exp2_term(Vec t) {
+    return _mm256_and_ps(exp2_core<Order>(t), _mm256_cmp_ps(t, _mm256_set1_ps(-126.0f), _CMP_NLT_UQ));
+  }
 };
 
 template <typename T, typename F>
 inline void map_avx2(const T* x, T* y, size_t n, F f) {
   elementwise::map<Lanes>(x, y, n, f);
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-inline float hmax(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// Row max that skips NaNs (the accumulator is max_ps's second operand, which
-// it returns when the element is NaN); NaNs are caught by the later passes.
-inline float row_max_skip_nan(const float* x, size_t n) {
-  const __m256 ninf = _mm256_set1_ps(-kInf);
-  __m256 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);
-    m1 = _mm256_max_ps(_mm256_loadu_ps(x + i + 8), m1);
-    m2 = _mm256_max_ps(_mm256_loadu_ps(x + i + 16), m2);
-    m3 = _mm256_max_ps(_mm256_loadu_ps(x + i + 24), m3);
-  }
-  for (; i + 8 <= n; i += 8) m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);
-  if (i < n) {
-    const __m256i k = tail_mask(n - i);
-    m1 = _mm256_max_ps(_mm256_blendv_ps(ninf, _mm256_maskload_ps(x + i, k), _mm256_castsi256_ps(k)), m1);
-  }
-  return hmax(_mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
-}
-
-inline bool row_has_nan(const float* x, size_t n) {
-  __m256 any = _mm256_setzero_ps();
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    any = _mm256_or_ps(any, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  }
-  if (i < n) {
-    const __m256 v = _mm256_maskload_ps(x + i, tail_mask(n - i));  // masked-off lanes are 0
-    any = _mm256_or_ps(any, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  }
-  return _mm256_movemask_ps(any) != 0;
-}
-
-inline void fill(float* y, size_t n, float value) {
-  const __m256 v = _mm256_set1_ps(value);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, v);
-  if (i < n) _mm256_maskstore_ps(y + i, tail_mask(n - i), v);
-}
-
-// Sum of e^(x - m) over the row, optionally storing each term in y. z = x - m
-// is <= 0 and NaN only for a NaN element, so only the underflow fixup is
-// needed. Orders 2/3 carry a NaN z into the sum; the order-1 core maps NaN
-// to -0, so order 1 also sums z (finite or -inf unless some z is NaN).
-// Base2 (softmax_long.h): m is an integer k and the terms are 2^t with
-// t = fl(x log2(e) - k), 0 below t = -126; with Scaled, stored terms are
-// multiplied by `scale` (the sum is of the unscaled terms).
-template <int Order, bool Store, bool Base2 = false, bool Scaled = false>
-inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float scale = 1.0f) {
-  const __m256 vm = _mm256_set1_ps(m), log2e = _mm256_set1_ps(kLog2e), vscale = _mm256_set1_ps(scale);
-  const __m256 under = _mm256_set1_ps(Base2 ? -126.0f : kExpUnderflow);
-  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, q = s0;
-  auto term = [&](__m256 xv, __m256& s) {
-    __m256 e;
-    if (Base2) {
-      const __m256 t = _mm256_fmsub_ps(xv, log2e, vm);
-      e = _mm256_and_ps(exp2_core<Order>(t), _mm256_cmp_ps(t, under, _CMP_NLT_UQ));
-      if (Order == 1) q = _mm256_add_ps(q, t);
-    } else {
-      const __m256 z = _mm256_sub_ps(xv, vm);
-      e = _mm256_and_ps(exp_core<Order>(z), _mm256_cmp_ps(z, under, _CMP_NLE_UQ));
-      if (Order == 1) q = _mm256_add_ps(q, z);
-    }
-    s = _mm256_add_ps(s, e);
-    return e;
-  };
-  auto stored = [&](__m256 e) { return Scaled ? _mm256_mul_ps(e, vscale) : e; };
-  // Blocks of 512 summed separately keep the float sum of a 50k row within
-  // ~1e-6 (one accumulator over the whole row drifts by ~1e-4).
-  __m256 total = _mm256_setzero_ps();
-  size_t i = 0;
-  const size_t body_end = n & ~static_cast<size_t>(31);
-  while (i < body_end) {
-    const size_t block_end = body_end - i > 512 ? i + 512 : body_end;
-    s0 = s1 = s2 = s3 = _mm256_setzero_ps();
-    for (; i < block_end; i += 32) {
-      const __m256 e0 = term(_mm256_loadu_ps(x + i), s0);
-      const __m256 e1 = term(_mm256_loadu_ps(x + i + 8), s1);
-      const __m256 e2 = term(_mm256_loadu_ps(x + i + 16), s2);
-      const __m256 e3 = term(_mm256_loadu_ps(x + i + 24), s3);
-      if (Store) {
-        _mm256_storeu_ps(y + i, stored(e0));
-        _mm256_storeu_ps(y + i + 8, stored(e1));
-        _mm256_storeu_ps(y + i + 16, stored(e2));
-        _mm256_storeu_ps(y + i + 24, stored(e3));
-      }
-    }
-    total = _mm256_add_ps(total, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-  }
-  s0 = s1 = s2 = s3 = _mm256_setzero_ps();
-  for (; i + 8 <= n; i += 8) {
-    const __m256 e = term(_mm256_loadu_ps(x + i), s0);
-    if (Store) _mm256_storeu_ps(y + i, stored(e));
-  }
-  if (i < n) {
-    // Masked-off lanes load x = m: a finite term, removed before the sum.
-    const __m256i k = tail_mask(n - i);
-    const __m256 xv = _mm256_blendv_ps(vm, _mm256_maskload_ps(x + i, k), _mm256_castsi256_ps(k));
-    __m256 s = _mm256_setzero_ps();
-    const __m256 e = _mm256_and_ps(term(xv, s), _mm256_castsi256_ps(k));
-    s1 = _mm256_add_ps(s1, e);
-    if (Store) _mm256_maskstore_ps(y + i, k, stored(e));
-  }
-  float sum = hsum(_mm256_add_ps(total, _mm256_add_ps(s0, s1)));
-  if (Order == 1 && std::isnan(hsum(q))) sum = kNaN;
-  return sum;
 }
 
 // ----------------------------------------------------------------------------
@@ -434,19 +347,19 @@ void exaq_rows_avx2(const float* x, float* y, size_t rows, size_t n, const ExaqP
   for (size_t r = 0; r < rows; ++r) {
     const float* xr = x + r * n;
     float* yr = y + r * n;
-    const float m = row_max_skip_nan(xr, n);
+    const float m = simd_rows::row_max<Lanes>(xr, n);
     if (m == kInf) {
-      fill(yr, n, kNaN);
+      simd_rows::fill<Lanes>(yr, n, kNaN);
       continue;
     }
     if (m == -kInf) {
-      fill(yr, n, row_has_nan(xr, n) ? kNaN : 0.0f);
+      simd_rows::fill<Lanes>(yr, n, simd_rows::row_has_nan<Lanes>(xr, n) ? kNaN : 0.0f);
       continue;
     }
     if (derived) exaq::make_levels(p.bits, exaq_derived_lo(xr, n, m, p.bits), &lv);
     const float sum = exaq_terms<Levels>(xr, yr, n, m, lv);
     if (std::isnan(sum)) {
-      fill(yr, n, kNaN);
+      simd_rows::fill<Lanes>(yr, n, kNaN);
       continue;
     }
     const __m256 inv = _mm256_set1_ps(1.0f / sum);  // sum >= 1: the max element's entry is e^0
@@ -458,63 +371,6 @@ void softmax_exaq_avx2(const float* x, float* y, size_t rows, size_t n, const Ex
   if (p.bits <= 3) return exaq_rows_avx2<8>(x, y, rows, n, p);
   if (p.bits == 4) return exaq_rows_avx2<16>(x, y, rows, n, p);
   exaq_rows_avx2<0>(x, y, rows, n, p);
-}
-
-// ----------------------------------------------------------------------------
-// Online-softmax step of com.quake Attention: the scalar definition
-// (kernels_scalar.cc) on 8 lanes, two passes over each row of the tile (scale,
-// mask and max; then e^(s - m_new) with the row sum in 8 float lanes). Tail
-// lanes outside the row are -inf in the max and removed from the sum; columns
-// past the live ones are zeroed.
-template <int Order>
-void online_softmax_avx2(float* s, size_t ld_s, size_t rows, size_t cols, ptrdiff_t diag, float scale,
-                         const float* mask, size_t ld_mask, float* m, float* l, float* rescale) {
-  const __m256 vscale = _mm256_set1_ps(scale), under = _mm256_set1_ps(kExpUnderflow);
-  const __m256 pinf = _mm256_set1_ps(kInf), ninf = _mm256_set1_ps(-kInf);
-  const __m256i all = _mm256_set1_epi32(-1);
-  for (size_t r = 0; r < rows; ++r) {
-    float* sr = s + r * ld_s;
-    const float* mr = mask ? mask + r * ld_mask : nullptr;
-    const size_t live = live_columns(r, cols, diag);
-    __m256 vmax = ninf, bad = _mm256_setzero_ps();  // bad: NaN or +inf lanes
-    auto scaled = [&](__m256i k, size_t j) {
-      const __m256 x = _mm256_maskload_ps(sr + j, k);
-      const __m256 v = mr ? _mm256_fmadd_ps(x, vscale, _mm256_maskload_ps(mr + j, k)) : _mm256_mul_ps(x, vscale);
-      const __m256 in = _mm256_castsi256_ps(k);
-      bad = _mm256_or_ps(bad, _mm256_and_ps(in, _mm256_cmp_ps(v, pinf, _CMP_NLT_UQ)));
-      vmax = _mm256_max_ps(_mm256_blendv_ps(ninf, v, in), vmax);
-      return v;
-    };
-    size_t j = 0;
-    for (; j + 8 <= live; j += 8) _mm256_storeu_ps(sr + j, scaled(all, j));
-    if (j < live) _mm256_maskstore_ps(sr + j, tail_mask(live - j), scaled(tail_mask(live - j), j));
-    const float m_old = m[r];
-    const float tile_max = hmax(vmax);
-    const float m_new = m_old > tile_max ? m_old : tile_max;
-    const bool poisoned = _mm256_movemask_ps(bad) != 0 || std::isnan(m_old);
-    rescale[r] = 1.0f;
-    if (poisoned || m_new == -kInf) {  // NaN row, or nothing live yet
-      if (poisoned) m[r] = l[r] = kNaN;
-      fill(sr, cols, 0.0f);
-      continue;
-    }
-    const __m256 vm = _mm256_set1_ps(m_new);
-    __m256 sum = _mm256_setzero_ps();
-    auto term = [&](__m256i k, size_t i) {
-      const __m256 z = _mm256_sub_ps(_mm256_maskload_ps(sr + i, k), vm);
-      const __m256 keep = _mm256_and_ps(_mm256_castsi256_ps(k), _mm256_cmp_ps(z, under, _CMP_NLE_UQ));
-      const __m256 e = _mm256_and_ps(exp_core<Order>(z), keep);
-      sum = _mm256_add_ps(sum, e);
-      return e;
-    };
-    j = 0;
-    for (; j + 8 <= live; j += 8) _mm256_storeu_ps(sr + j, term(all, j));
-    if (j < live) _mm256_maskstore_ps(sr + j, tail_mask(live - j), term(tail_mask(live - j), j));
-    fill(sr + live, cols - live, 0.0f);
-    if (m_new > m_old) rescale[r] = std::exp(m_old - m_new);  // m_old = -inf: 0
-    l[r] = l[r] * rescale[r] + hsum(sum);
-    m[r] = m_new;
-  }
 }
 
 // F16C conversions. Round to nearest even; NaN stays NaN (a signalling NaN
@@ -549,34 +405,18 @@ void f32_to_f16_avx2(const float* x, uint16_t* y, size_t n) {
   }
 }
 
-// The layer softmax_long.h is written over.
-struct LongRowLayer : SimdRowMaps<Lanes> {
-  static float max_skip_nan(const float* x, size_t n) { return row_max_skip_nan(x, n); }
-  static bool has_nan(const float* x, size_t n) { return row_has_nan(x, n); }
-  template <int Order, bool Store, bool Scaled>
-  static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
-    return sum_exp_shifted<Order, Store, true, Scaled>(x, y, n, k, scale);
-  }
-  static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
-  template <int Order, bool Store>
-  static float sum_exp(const float* x, float* y, size_t n, float m) {
-    return sum_exp_shifted<Order, Store>(x, y, n, m);
-  }
-};
-
 }  // namespace
 
 const KernelTable* avx2_kernels() {
-  static const KernelTable table = {Isa::kAvx2,
-                                    "avx2",
-                                    {simd_order_table<Lanes, LongRowLayer, 1>(online_softmax_avx2<1>),
-                                     simd_order_table<Lanes, LongRowLayer, 2>(online_softmax_avx2<2>),
-                                     simd_order_table<Lanes, LongRowLayer, 3>(online_softmax_avx2<3>)},
-                                    f16_to_f32_avx2,
-                                    f32_to_f16_avx2,
-                                    softmax_exaq_avx2,
-                                    attention_block_avx2,
-                                    attention_pack_avx2};
+  static const KernelTable table = {
+      Isa::kAvx2,
+      "avx2",
+      {simd_order_table<Lanes, 1>(), simd_order_table<Lanes, 2>(), simd_order_table<Lanes, 3>()},
+      f16_to_f32_avx2,
+      f32_to_f16_avx2,
+      softmax_exaq_avx2,
+      attention_block_avx2,
+      attention_pack_avx2};
   return &table;
 }
 

@@ -41,6 +41,7 @@
 #include "elementwise.h"
 #include "exaq_scalar.h"
 #include "simd_order_table.h"
+#include "simd_rows.h"
 #include "softmax_long.h"
 #include "softmax_rows.h"
 
@@ -185,110 +186,31 @@ struct Lanes {
   static Vec exp_neg_core(Vec v) {
     return exp_core<Order, true>(v);
   }
+  static Vec load_tail_or(const float* p, size_t rem, float fill) {
+    return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), tail_mask(rem), p);
+  }
+  static Vec fms(Vec a, Vec b, Vec c) { return _mm512_fmsub_ps(a, b, c); }
+  static Mask first(size_t rem) { return tail_mask(rem); }
+  static Mask mask_and(Mask a, Mask b) { return a & b; }
+  static Mask mask_or(Mask a, Mask b) { return a | b; }
+  static bool any(Mask m) { return m != 0; }
+  static Mask ge_or_nan(Vec a, Vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_NLT_UQ); }
+  static float reduce_add(Vec v) { return _mm512_reduce_add_ps(v); }
+  static float reduce_max(Vec v) { return _mm512_reduce_max_ps(v); }
+  static constexpr bool kMaxKeepsNaN = false;
+  template <int Order>
+  static Vec exp_term(Vec z) {
+    return exp_core_maskz<Order>(_mm512_cmp_ps_mask(z, _mm512_set1_ps(kExpUnderflow), _CMP_NLE_UQ), z);
+  }
+  template <int Order>
+  static Vec exp2_term(Vec t) {
+    return exp2_core_maskz<Order>(_mm512_cmp_ps_mask(t, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ), t);
+  }
 };
 
 template <typename T, typename F>
 inline void map_avx512(const T* x, T* y, size_t n, F f) {
   elementwise::map<Lanes>(x, y, n, f);
-}
-
-// Row max that skips NaNs (the accumulator is max_ps's second operand, which
-// it returns when the element is NaN); NaNs are caught by the later passes.
-inline float row_max_skip_nan(const float* x, size_t n) {
-  const __m512 ninf = _mm512_set1_ps(-kInf);
-  __m512 m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
-  size_t i = 0;
-  for (; i + 64 <= n; i += 64) {
-    m0 = _mm512_max_ps(_mm512_loadu_ps(x + i), m0);
-    m1 = _mm512_max_ps(_mm512_loadu_ps(x + i + 16), m1);
-    m2 = _mm512_max_ps(_mm512_loadu_ps(x + i + 32), m2);
-    m3 = _mm512_max_ps(_mm512_loadu_ps(x + i + 48), m3);
-  }
-  for (; i + 16 <= n; i += 16) m0 = _mm512_max_ps(_mm512_loadu_ps(x + i), m0);
-  if (i < n) m1 = _mm512_max_ps(_mm512_mask_loadu_ps(ninf, tail_mask(n - i), x + i), m1);
-  return _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
-}
-
-inline bool row_has_nan(const float* x, size_t n) {
-  __mmask16 any = 0;
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 v = _mm512_loadu_ps(x + i);
-    any |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  }
-  if (i < n) {
-    const __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - i), x + i);
-    any |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  }
-  return any != 0;
-}
-
-inline void fill(float* y, size_t n, float value) {
-  const __m512 v = _mm512_set1_ps(value);
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, v);
-  if (i < n) _mm512_mask_storeu_ps(y + i, tail_mask(n - i), v);
-}
-
-// Sum of e^(x - m) over the row, optionally storing each term in y. z = x - m
-// is <= 0 and NaN only for a NaN element, so only the underflow fixup is
-// needed. Orders 2/3 carry a NaN z into the sum; the order-1 core maps NaN
-// to -0, so order 1 also sums z (finite or -inf unless some z is NaN).
-// Base2 (softmax_long.h): m is an integer k and the terms are 2^t with
-// t = fl(x log2(e) - k), 0 below t = -126; with Scaled, stored terms are
-// multiplied by `scale` (the sum is of the unscaled terms).
-template <int Order, bool Store, bool Base2 = false, bool Scaled = false>
-inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float scale = 1.0f) {
-  const __m512 vm = _mm512_set1_ps(m), log2e = _mm512_set1_ps(kLog2e), vscale = _mm512_set1_ps(scale);
-  const __m512 under = _mm512_set1_ps(Base2 ? -126.0f : kExpUnderflow);
-  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, q = s0;
-  auto exp_term = [&](__mmask16 active, __m512 xv, __m512& z) {
-    if (Base2) {
-      z = _mm512_fmsub_ps(xv, log2e, vm);
-      return exp2_core_maskz<Order>(_mm512_mask_cmp_ps_mask(active, z, under, _CMP_NLT_UQ), z);
-    }
-    z = _mm512_sub_ps(xv, vm);
-    return exp_core_maskz<Order>(_mm512_mask_cmp_ps_mask(active, z, under, _CMP_NLE_UQ), z);
-  };
-  auto stored = [&](__m512 e) { return Scaled ? _mm512_mul_ps(e, vscale) : e; };
-  // Full vectors use plain loads and stores: AMD cores run masked stores
-  // several times slower than plain ones.
-  auto term_full = [&](const float* px, float* py, __m512& s) {
-    __m512 z;
-    const __m512 e = exp_term(0xffff, _mm512_loadu_ps(px), z);
-    if (Store) _mm512_storeu_ps(py, stored(e));
-    s = _mm512_add_ps(s, e);
-    if (Order == 1) q = _mm512_add_ps(q, z);
-  };
-  auto term = [&](__mmask16 active, const float* px, float* py, __m512& s) {
-    __m512 z;
-    const __m512 e = exp_term(active, _mm512_maskz_loadu_ps(active, px), z);
-    if (Store) _mm512_mask_storeu_ps(py, active, stored(e));
-    s = _mm512_add_ps(s, e);
-    if (Order == 1) q = _mm512_mask_add_ps(q, active, q, z);
-  };
-  // Blocks of 1024 summed separately keep the float sum of a 50k row within
-  // ~1e-6 (one accumulator over the whole row drifts by ~1e-4).
-  __m512 total = _mm512_setzero_ps();
-  size_t i = 0;
-  const size_t body_end = n & ~static_cast<size_t>(63);
-  while (i < body_end) {
-    const size_t block_end = body_end - i > 1024 ? i + 1024 : body_end;
-    s0 = s1 = s2 = s3 = _mm512_setzero_ps();
-    for (; i < block_end; i += 64) {
-      term_full(x + i, y + i, s0);
-      term_full(x + i + 16, y + i + 16, s1);
-      term_full(x + i + 32, y + i + 32, s2);
-      term_full(x + i + 48, y + i + 48, s3);
-    }
-    total = _mm512_add_ps(total, _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-  }
-  s0 = s1 = _mm512_setzero_ps();
-  for (; i + 16 <= n; i += 16) term_full(x + i, y + i, s0);
-  if (i < n) term(tail_mask(n - i), x + i, y + i, s1);
-  float sum = _mm512_reduce_add_ps(_mm512_add_ps(total, _mm512_add_ps(s0, s1)));
-  if (Order == 1 && std::isnan(_mm512_reduce_add_ps(q))) sum = kNaN;
-  return sum;
 }
 
 // ----------------------------------------------------------------------------
@@ -418,7 +340,7 @@ void exaq_rows_avx512(const float* x, float* y, size_t rows, size_t n, const Exa
     const size_t g = std::min(group, rows - r0);
     const float* xg = x + r0 * n;
     float* yg = y + r0 * n;
-    for (size_t i = 0; i < g; ++i) m[i] = row_max_skip_nan(xg + i * n, n);
+    for (size_t i = 0; i < g; ++i) m[i] = simd_rows::row_max<Lanes>(xg + i * n, n);
     if (derived) {
       for (size_t i = 0; i < g; ++i) {
         if (!std::isinf(m[i])) lo[i] = exaq_derived_lo(xg + i * n, n, m[i], p.bits);
@@ -433,9 +355,9 @@ void exaq_rows_avx512(const float* x, float* y, size_t rows, size_t n, const Exa
       const float* xr = xg + i * n;
       float* yr = yg + i * n;
       if (m[i] == kInf || (m[i] != -kInf && std::isnan(s[i]))) {
-        fill(yr, n, kNaN);
+        simd_rows::fill<Lanes>(yr, n, kNaN);
       } else if (m[i] == -kInf) {
-        fill(yr, n, row_has_nan(xr, n) ? kNaN : 0.0f);
+        simd_rows::fill<Lanes>(yr, n, simd_rows::row_has_nan<Lanes>(xr, n) ? kNaN : 0.0f);
       } else {
         const __m512 inv = _mm512_set1_ps(1.0f / s[i]);  // s >= 1: the max element's entry is e^0
         map_avx512(yr, yr, n, [inv](__m512 v) { return _mm512_mul_ps(v, inv); });
@@ -447,61 +369,6 @@ void exaq_rows_avx512(const float* x, float* y, size_t rows, size_t n, const Exa
 void softmax_exaq_avx512(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
   if (p.bits <= 4) return exaq_rows_avx512<true>(x, y, rows, n, p);
   exaq_rows_avx512<false>(x, y, rows, n, p);
-}
-
-// ----------------------------------------------------------------------------
-// Online-softmax step of com.quake Attention: the scalar definition
-// (kernels_scalar.cc) on 16 lanes, two passes over each row of the tile (scale,
-// mask and max; then e^(s - m_new) with the row sum in 16 float lanes: a tile
-// row has at most a few thousand columns, within ~1e-6 of the double sum).
-// Masked tails; columns past the live ones are zeroed.
-template <int Order>
-void online_softmax_avx512(float* s, size_t ld_s, size_t rows, size_t cols, ptrdiff_t diag, float scale,
-                           const float* mask, size_t ld_mask, float* m, float* l, float* rescale) {
-  const __m512 vscale = _mm512_set1_ps(scale), under = _mm512_set1_ps(kExpUnderflow);
-  const __m512 pinf = _mm512_set1_ps(kInf), ninf = _mm512_set1_ps(-kInf);
-  for (size_t r = 0; r < rows; ++r) {
-    float* sr = s + r * ld_s;
-    const float* mr = mask ? mask + r * ld_mask : nullptr;
-    const size_t live = live_columns(r, cols, diag);
-    __m512 vmax = ninf;
-    __mmask16 bad = 0;  // NaN or +inf lanes
-    auto scaled = [&](__mmask16 k, size_t j) {
-      const __m512 x = _mm512_maskz_loadu_ps(k, sr + j);
-      const __m512 v = mr ? _mm512_fmadd_ps(x, vscale, _mm512_maskz_loadu_ps(k, mr + j)) : _mm512_mul_ps(x, vscale);
-      bad |= _mm512_mask_cmp_ps_mask(k, v, pinf, _CMP_NLT_UQ);
-      vmax = _mm512_mask_max_ps(vmax, k, v, vmax);
-      return v;
-    };
-    size_t j = 0;
-    for (; j + 16 <= live; j += 16) _mm512_storeu_ps(sr + j, scaled(0xffff, j));
-    if (j < live) _mm512_mask_storeu_ps(sr + j, tail_mask(live - j), scaled(tail_mask(live - j), j));
-    const float m_old = m[r];
-    const float tile_max = _mm512_reduce_max_ps(vmax);
-    const float m_new = m_old > tile_max ? m_old : tile_max;
-    const bool poisoned = bad != 0 || std::isnan(m_old);
-    rescale[r] = 1.0f;
-    if (poisoned || m_new == -kInf) {  // NaN row, or nothing live yet
-      if (poisoned) m[r] = l[r] = kNaN;
-      fill(sr, cols, 0.0f);
-      continue;
-    }
-    const __m512 vm = _mm512_set1_ps(m_new);
-    __m512 sum = _mm512_setzero_ps();
-    auto term = [&](__mmask16 k, size_t i) {
-      const __m512 z = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, sr + i), vm);
-      const __m512 e = exp_core_maskz<Order>(_mm512_mask_cmp_ps_mask(k, z, under, _CMP_NLE_UQ), z);
-      sum = _mm512_add_ps(sum, e);
-      return e;
-    };
-    j = 0;
-    for (; j + 16 <= live; j += 16) _mm512_storeu_ps(sr + j, term(0xffff, j));
-    if (j < live) _mm512_mask_storeu_ps(sr + j, tail_mask(live - j), term(tail_mask(live - j), j));
-    fill(sr + live, cols - live, 0.0f);
-    if (m_new > m_old) rescale[r] = std::exp(m_old - m_new);  // m_old = -inf: 0
-    l[r] = l[r] * rescale[r] + _mm512_reduce_add_ps(sum);
-    m[r] = m_new;
-  }
 }
 
 // F16C conversions, masked tails. Round to nearest even; NaN stays NaN
@@ -530,34 +397,18 @@ void f32_to_f16_avx512(const float* x, uint16_t* y, size_t n) {
   }
 }
 
-// The layer softmax_long.h is written over.
-struct LongRowLayer : SimdRowMaps<Lanes> {
-  static float max_skip_nan(const float* x, size_t n) { return row_max_skip_nan(x, n); }
-  static bool has_nan(const float* x, size_t n) { return row_has_nan(x, n); }
-  template <int Order, bool Store, bool Scaled>
-  static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
-    return sum_exp_shifted<Order, Store, true, Scaled>(x, y, n, k, scale);
-  }
-  static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
-  template <int Order, bool Store>
-  static float sum_exp(const float* x, float* y, size_t n, float m) {
-    return sum_exp_shifted<Order, Store>(x, y, n, m);
-  }
-};
-
 }  // namespace
 
 const KernelTable* avx512_kernels() {
-  static const KernelTable table = {Isa::kAvx512,
-                                    "avx512",
-                                    {simd_order_table<Lanes, LongRowLayer, 1>(online_softmax_avx512<1>),
-                                     simd_order_table<Lanes, LongRowLayer, 2>(online_softmax_avx512<2>),
-                                     simd_order_table<Lanes, LongRowLayer, 3>(online_softmax_avx512<3>)},
-                                    f16_to_f32_avx512,
-                                    f32_to_f16_avx512,
-                                    softmax_exaq_avx512,
-                                    attention_block_avx512,
-                                    attention_pack_avx512};
+  static const KernelTable table = {
+      Isa::kAvx512,
+      "avx512",
+      {simd_order_table<Lanes, 1>(), simd_order_table<Lanes, 2>(), simd_order_table<Lanes, 3>()},
+      f16_to_f32_avx512,
+      f32_to_f16_avx512,
+      softmax_exaq_avx512,
+      attention_block_avx512,
+      attention_pack_avx512};
   return &table;
 }
 

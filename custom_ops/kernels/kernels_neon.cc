@@ -27,6 +27,7 @@
 #include "elementwise.h"
 #include "exaq_scalar.h"
 #include "simd_order_table.h"
+#include "simd_rows.h"
 #include "softmax_long.h"
 #include "softmax_rows.h"
 
@@ -144,97 +145,36 @@ struct Lanes {
   static Vec exp_neg_core(Vec v) {
     return exp_core<Order, true>(v);
   }
+  static Vec load_tail_or(const float* p, size_t rem, float fill) {
+    float buf[4] = {fill, fill, fill, fill};
+    std::memcpy(buf, p, rem * sizeof(float));
+    return vld1q_f32(buf);
+  }
+  static Vec fms(Vec a, Vec b, Vec c) { return vfmaq_f32(vnegq_f32(c), a, b); }
+  static Mask first(size_t rem) {
+    static const uint32_t kIota[4] = {0, 1, 2, 3};
+    return vcltq_u32(vld1q_u32(kIota), vdupq_n_u32(static_cast<uint32_t>(rem)));
+  }
+  static Mask mask_and(Mask a, Mask b) { return vandq_u32(a, b); }
+  static Mask mask_or(Mask a, Mask b) { return vorrq_u32(a, b); }
+  static bool any(Mask m) { return vmaxvq_u32(m) != 0; }
+  static Mask ge_or_nan(Vec a, Vec b) { return vmvnq_u32(vcltq_f32(a, b)); }
+  static float reduce_add(Vec v) { return vaddvq_f32(v); }
+  static float reduce_max(Vec v) { return vmaxvq_f32(v); }
+  static constexpr bool kMaxKeepsNaN = true;  // FMAX
+  template <int Order>
+  static Vec exp_term(Vec z) {
+    return and_mask(exp_core<Order>(z), vcgtq_f32(z, vdupq_n_f32(kExpUnderflow)));
+  }
+  template <int Order>
+  static Vec exp2_term(Vec t) {
+    return and_mask(exp2_core<Order>(t), vcgeq_f32(t, vdupq_n_f32(-126.0f)));
+  }
 };
 
 template <typename T, typename F>
 inline void map_neon(const T* x, T* y, size_t n, F f) {
   elementwise::map<Lanes>(x, y, n, f);
-}
-
-// Row max; FMAX propagates NaN, so a NaN anywhere makes the max NaN.
-inline float row_max(const float* x, size_t n) {
-  const float32x4_t ninf = vdupq_n_f32(-kInf);
-  float32x4_t m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    m0 = vmaxq_f32(m0, vld1q_f32(x + i));
-    m1 = vmaxq_f32(m1, vld1q_f32(x + i + 4));
-    m2 = vmaxq_f32(m2, vld1q_f32(x + i + 8));
-    m3 = vmaxq_f32(m3, vld1q_f32(x + i + 12));
-  }
-  for (; i + 4 <= n; i += 4) m0 = vmaxq_f32(m0, vld1q_f32(x + i));
-  if (i < n) {
-    float buf[4] = {-kInf, -kInf, -kInf, -kInf};
-    std::memcpy(buf, x + i, (n - i) * sizeof(float));
-    m1 = vmaxq_f32(m1, vld1q_f32(buf));
-  }
-  return vmaxvq_f32(vmaxq_f32(vmaxq_f32(m0, m1), vmaxq_f32(m2, m3)));
-}
-
-inline void fill(float* y, size_t n, float value) {
-  for (size_t i = 0; i < n; ++i) y[i] = value;
-}
-
-// Sum of e^(x - m) over a NaN-free row with finite max m, optionally storing
-// each term; z = x - m <= 0 so only the underflow fixup is needed. Base2
-// (softmax_long.h): m is an integer k and the terms are 2^t with
-// t = fl(x log2(e) - k), 0 below t = -126; with Scaled, stored terms are
-// multiplied by `scale` (the sum is of the unscaled terms).
-template <int Order, bool Store, bool Base2 = false, bool Scaled = false>
-inline float sum_exp_shifted(const float* x, float* y, size_t n, float m, float scale = 1.0f) {
-  const float32x4_t vm = vdupq_n_f32(m), log2e = vdupq_n_f32(kLog2e), vscale = vdupq_n_f32(scale);
-  const float32x4_t under = vdupq_n_f32(Base2 ? -126.0f : kExpUnderflow);
-  auto term = [&](float32x4_t xv) {
-    if (Base2) {
-      const float32x4_t t = vfmaq_f32(vnegq_f32(vm), xv, log2e);  // x log2e - k in one rounding
-      return and_mask(exp2_core<Order>(t), vcgeq_f32(t, under));
-    }
-    const float32x4_t z = vsubq_f32(xv, vm);
-    return and_mask(exp_core<Order>(z), vcgtq_f32(z, under));
-  };
-  auto stored = [&](float32x4_t e) { return Scaled ? vmulq_f32(e, vscale) : e; };
-  const float32x4_t zero = vdupq_n_f32(0.0f);
-  float32x4_t s0 = zero, s1 = zero, s2 = zero, s3 = zero, total = zero;
-  // Blocks of 256 summed separately keep the float sum of a 50k row within
-  // ~1e-6 (one accumulator over the whole row drifts by ~1e-4).
-  size_t i = 0;
-  const size_t body_end = n & ~static_cast<size_t>(15);
-  while (i < body_end) {
-    const size_t block_end = body_end - i > 256 ? i + 256 : body_end;
-    s0 = s1 = s2 = s3 = zero;
-    for (; i < block_end; i += 16) {
-      const float32x4_t e0 = term(vld1q_f32(x + i)), e1 = term(vld1q_f32(x + i + 4));
-      const float32x4_t e2 = term(vld1q_f32(x + i + 8)), e3 = term(vld1q_f32(x + i + 12));
-      s0 = vaddq_f32(s0, e0);
-      s1 = vaddq_f32(s1, e1);
-      s2 = vaddq_f32(s2, e2);
-      s3 = vaddq_f32(s3, e3);
-      if (Store) {
-        vst1q_f32(y + i, stored(e0));
-        vst1q_f32(y + i + 4, stored(e1));
-        vst1q_f32(y + i + 8, stored(e2));
-        vst1q_f32(y + i + 12, stored(e3));
-      }
-    }
-    total = vaddq_f32(total, vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
-  }
-  s0 = s1 = zero;
-  for (; i + 4 <= n; i += 4) {
-    const float32x4_t e = term(vld1q_f32(x + i));
-    s0 = vaddq_f32(s0, e);
-    if (Store) vst1q_f32(y + i, stored(e));
-  }
-  if (i < n) {
-    float buf[4] = {-kInf, -kInf, -kInf, -kInf};  // e^-inf = 0 adds nothing
-    std::memcpy(buf, x + i, (n - i) * sizeof(float));
-    const float32x4_t e = term(vld1q_f32(buf));
-    s1 = vaddq_f32(s1, e);
-    if (Store) {
-      vst1q_f32(buf, stored(e));
-      std::memcpy(y + i, buf, (n - i) * sizeof(float));
-    }
-  }
-  return vaddvq_f32(vaddq_f32(total, vaddq_f32(s0, s1)));
 }
 
 // ----------------------------------------------------------------------------
@@ -362,13 +302,13 @@ void exaq_rows_neon(const float* x, float* y, size_t rows, size_t n, const ExaqP
   for (size_t r = 0; r < rows; ++r) {
     const float* xr = x + r * n;
     float* yr = y + r * n;
-    const float m = row_max(xr, n);
+    const float m = simd_rows::row_max<Lanes>(xr, n);
     if (std::isnan(m) || m == kInf) {
-      fill(yr, n, kNaN);
+      simd_rows::fill<Lanes>(yr, n, kNaN);
       continue;
     }
     if (m == -kInf) {
-      fill(yr, n, 0.0f);
+      simd_rows::fill<Lanes>(yr, n, 0.0f);
       continue;
     }
     if (derived) exaq::make_levels(p.bits, exaq_derived_lo(xr, n, m, p.bits), &lv);
@@ -408,96 +348,18 @@ void f32_to_f16_neon(const float* x, uint16_t* y, size_t n) {
   }
 }
 
-// The layer softmax_long.h is written over. FMAX propagates NaN, so a
-// block holding one has a NaN max (stats take it for a NaN row).
-struct LongRowLayer : SimdRowMaps<Lanes> {
-  static float max_skip_nan(const float* x, size_t n) { return row_max(x, n); }
-  static bool has_nan(const float*, size_t) { return false; }  // a NaN would have made the max NaN
-  template <int Order, bool Store, bool Scaled>
-  static float sum_exp2(const float* x, float* y, size_t n, float k, float scale) {
-    return sum_exp_shifted<Order, Store, true, Scaled>(x, y, n, k, scale);
-  }
-  static void fill(float* y, size_t n, float value) { quake::fill(y, n, value); }
-  template <int Order, bool Store>
-  static float sum_exp(const float* x, float* y, size_t n, float m) {
-    return sum_exp_shifted<Order, Store>(x, y, n, m);
-  }
-};
-
-// ----------------------------------------------------------------------------
-// Online-softmax step of com.quake Attention: the scalar definition
-// (kernels_scalar.cc) on 4 lanes, two passes over each row of the tile (scale,
-// mask and max; then e^(s - m_new) with the row sum in 4 float lanes); the
-// tail runs scalar code with the same operations. Columns past the live ones
-// are zeroed.
-template <int Order>
-void online_softmax_neon(float* s, size_t ld_s, size_t rows, size_t cols, ptrdiff_t diag, float scale,
-                         const float* mask, size_t ld_mask, float* m, float* l, float* rescale) {
-  const float32x4_t vscale = vdupq_n_f32(scale), under = vdupq_n_f32(kExpUnderflow);
-  for (size_t r = 0; r < rows; ++r) {
-    float* sr = s + r * ld_s;
-    const float* mr = mask ? mask + r * ld_mask : nullptr;
-    const size_t live = live_columns(r, cols, diag);
-    // FMAX propagates NaN, so a NaN score makes the max NaN; +inf makes it +inf.
-    float32x4_t vmax = vdupq_n_f32(-kInf);
-    size_t j = 0;
-    for (; j + 4 <= live; j += 4) {
-      const float32x4_t x = vld1q_f32(sr + j);
-      const float32x4_t v = mr ? vfmaq_f32(vld1q_f32(mr + j), x, vscale) : vmulq_f32(x, vscale);
-      vst1q_f32(sr + j, v);
-      vmax = vmaxq_f32(vmax, v);
-    }
-    float tile_max = vmaxvq_f32(vmax);
-    for (; j < live; ++j) {
-      const float v = mr ? std::fma(sr[j], scale, mr[j]) : sr[j] * scale;
-      sr[j] = v;
-      tile_max = std::isnan(v) || std::isnan(tile_max) ? kNaN : (v > tile_max ? v : tile_max);
-    }
-    const float m_old = m[r];
-    const bool poisoned = std::isnan(tile_max) || tile_max == kInf || std::isnan(m_old);
-    const float m_new = m_old > tile_max ? m_old : tile_max;
-    rescale[r] = 1.0f;
-    if (poisoned || m_new == -kInf) {  // NaN row, or nothing live yet
-      if (poisoned) m[r] = l[r] = kNaN;
-      fill(sr, cols, 0.0f);
-      continue;
-    }
-    const float32x4_t vm = vdupq_n_f32(m_new);
-    float32x4_t sum = vdupq_n_f32(0.0f);
-    j = 0;
-    for (; j + 4 <= live; j += 4) {
-      const float32x4_t z = vsubq_f32(vld1q_f32(sr + j), vm);
-      const float32x4_t e = and_mask(exp_core<Order>(z), vcgtq_f32(z, under));
-      vst1q_f32(sr + j, e);
-      sum = vaddq_f32(sum, e);
-    }
-    float total = vaddvq_f32(sum);
-    for (; j < live; ++j) {
-      const float z = sr[j] - m_new;
-      const float e = z > kExpUnderflow ? vgetq_lane_f32(exp_core<Order>(vdupq_n_f32(z)), 0) : 0.0f;
-      sr[j] = e;
-      total += e;
-    }
-    fill(sr + live, cols - live, 0.0f);
-    if (m_new > m_old) rescale[r] = std::exp(m_old - m_new);  // m_old = -inf: 0
-    l[r] = l[r] * rescale[r] + total;
-    m[r] = m_new;
-  }
-}
-
 }  // namespace
 
 const KernelTable* neon_kernels() {
-  static const KernelTable table = {Isa::kNeon,
-                                    "neon",
-                                    {simd_order_table<Lanes, LongRowLayer, 1>(online_softmax_neon<1>),
-                                     simd_order_table<Lanes, LongRowLayer, 2>(online_softmax_neon<2>),
-                                     simd_order_table<Lanes, LongRowLayer, 3>(online_softmax_neon<3>)},
-                                    f16_to_f32_neon,
-                                    f32_to_f16_neon,
-                                    softmax_exaq_neon,
-                                    attention_block_neon,
-                                    attention_pack_neon};
+  static const KernelTable table = {
+      Isa::kNeon,
+      "neon",
+      {simd_order_table<Lanes, 1>(), simd_order_table<Lanes, 2>(), simd_order_table<Lanes, 3>()},
+      f16_to_f32_neon,
+      f32_to_f16_neon,
+      softmax_exaq_neon,
+      attention_block_neon,
+      attention_pack_neon};
   return &table;
 }
 
