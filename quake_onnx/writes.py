@@ -59,6 +59,46 @@ def absolute(path: os.PathLike | str) -> Path:
     return Path(os.path.abspath(os.fspath(path)))
 
 
+_STANDARD_STREAMS = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def open_descriptor(path: os.PathLike | str) -> Optional[int]:
+    """The file descriptor of this process that `path` names, or None:
+    /dev/stdout and its kin, /dev/fd/N, /proc/self/fd/N, and symlinks to
+    them. Such a path is a stream the shell opened (`> log.txt`); replacing
+    what it resolves to would swap the shell's file, or the /dev/stdout link
+    itself, for a new one."""
+    own = re.compile(rf"/(?:dev|proc/self|proc/{os.getpid()})/fd/(\d+)")
+    p = os.path.abspath(os.fspath(path))
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        found = own.fullmatch(p)
+        if found:
+            return int(found.group(1))
+        if p in _STANDARD_STREAMS and not os.path.islink(p):
+            return _STANDARD_STREAMS[p]
+        if not os.path.islink(p):
+            return None
+        try:
+            p = os.path.normpath(os.path.join(os.path.dirname(p), os.readlink(p)))
+        except OSError:
+            return None
+    return None
+
+
+def written_file(path: os.PathLike | str) -> Path:
+    """The file a write to `path` replaces: `path` itself, or, for a symlink,
+    the file it points at (a dangling link: the file it names), so the link
+    stays a link. Raises ModelFileError for an open file descriptor other
+    than a report's standard output (open_descriptor)."""
+    fd = open_descriptor(path)
+    if fd is not None:
+        raise ModelFileError(
+            f"{path} is this process's file descriptor {fd}; give a file path (a report takes '-' for stdout)"
+        )
+    p = absolute(path)
+    return Path(os.path.realpath(p)) if os.path.islink(p) else p
+
+
 class InputFiles:
     """The files a command reads (models, their external data, input sets):
     nothing it writes may be one of them."""
@@ -109,27 +149,28 @@ def check_output_path(
     role = inputs.role_of(path) if inputs is not None else None
     if role is not None:
         raise ModelFileError(f"{what} {path} is {role}; writing it would destroy it (choose another path)")
+    shown, path = path, written_file(path)
     if path.is_dir():
-        raise ModelFileError(f"{what} {path} is a directory")
+        raise ModelFileError(f"{what} {shown} is a directory")
     _refuse_special(path, what)
     parent = absolute(path).parent
     if not parent.exists():
-        raise ModelFileError(f"cannot write {what} {path}: folder {parent} does not exist")
+        raise ModelFileError(f"cannot write {what} {shown}: folder {parent} does not exist")
     if not parent.is_dir():
-        raise ModelFileError(f"cannot write {what} {path}: {parent} is not a folder")
+        raise ModelFileError(f"cannot write {what} {shown}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ModelFileError(f"cannot write {what} {path}: permission denied")
+        raise ModelFileError(f"cannot write {what} {shown}: permission denied")
     limit = _name_max(parent) - (len(_DATA_NAME_ROOM) if with_data else 0)
     if len(os.fsencode(path.name)) > limit:
         raise ModelFileError(
-            f"cannot write {what} {path}: file name too long (over {limit} bytes"
+            f"cannot write {what} {shown}: file name too long (over {limit} bytes"
             + (f", leaving room for its data file's {_DATA_NAME_ROOM!r})" if with_data else ")")
         )
     # os.access says yes to root and knows nothing of read-only mounts: probe.
     try:
         fd, probe = tempfile.mkstemp(dir=parent, prefix=_TEMP_PREFIX, suffix=".probe")
     except OSError as e:
-        raise ModelFileError(f"cannot write {what} {path}: {e.strerror or e}") from None
+        raise ModelFileError(f"cannot write {what} {shown}: {e.strerror or e}") from None
     os.close(fd)
     _unlink(Path(probe))
 
@@ -174,7 +215,7 @@ def write_bytes_atomic(data: bytes, dest: Path, verify: Optional[Callable[[Path]
     """Writes `data` to `dest` through a temporary file in the same folder:
     readers see the old file or the new one, never a partial one. `verify`
     runs on the finished temporary file; if it raises, `dest` is unchanged."""
-    dest = absolute(dest)
+    dest = written_file(dest)
     _refuse_special(dest, "destination")
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=_TEMP_PREFIX, suffix=".tmp")
     try:
@@ -192,8 +233,9 @@ def write_bytes_atomic(data: bytes, dest: Path, verify: Optional[Callable[[Path]
 
 
 def is_stdout(path: Optional[os.PathLike | str]) -> bool:
-    """True for a report path of '-': the report goes to standard output."""
-    return path is not None and str(path) == "-"
+    """True for a report path of '-', or one naming this process's standard
+    output (/dev/stdout, /dev/fd/1): the report goes to standard output."""
+    return path is not None and (str(path) == "-" or open_descriptor(path) == 1)
 
 
 def write_report(text: str, path: os.PathLike | str) -> None:
@@ -269,7 +311,7 @@ def save_model_atomic(
     afterwards, except those in `keep` (the input's, when `dest` is not the
     input). With external data the model is left pointing at `dest`'s data
     file with its tensors read back, so the caller keeps a complete model."""
-    dest = absolute(dest)
+    dest = written_file(dest)
     old_data = _referenced_data(dest)
     if not external:
         write_bytes_atomic(model.SerializeToString(), dest, verify)

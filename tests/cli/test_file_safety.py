@@ -432,3 +432,36 @@ def test_an_unreadable_data_file_is_named(tmp_path, monkeypatch):
         cli("optimize", "m.onnx", "o.onnx"), contains="cannot read its external data file m.onnx.data"
     )
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_symlinked_output_or_report_is_written_through_the_link(place):
+    """OUT and reports that are symlinks replace the file they point at and
+    stay links (os.replace once put a file where the link was); a dangling
+    link makes the file it names."""
+    folder, name = place
+    save_external(folder, "m.onnx", "m.onnx.data")
+    (folder / "target.json").write_text("old")
+    os.symlink("target.json", folder / "report.json")
+    os.symlink("made.onnx", folder / "out.onnx")  # dangling
+    result = cli("optimize", name("m.onnx"), name("out.onnx"), "--report", name("report.json"))
+    assert result.exit_code == 0, result.stderr
+    assert os.path.islink(folder / "report.json") and os.path.islink(folder / "out.onnx")
+    assert (folder / "target.json").read_text().startswith("{")
+    assert (folder / "made.onnx").is_file() and not os.path.islink(folder / "made.onnx")
+    onnx.checker.check_model(onnx.load(folder / "made.onnx"))
+
+
+def test_a_report_to_a_link_to_standard_output_goes_to_stdout(place):
+    """`--json /dev/stdout` with stdout redirected to a file replaced the
+    /dev/stdout link with a file of the report. A link to this process's
+    fd 1 (made in tmp_path, so a regression replaces that link, never the
+    system's) is standard output; a model there is refused."""
+    folder, name = place
+    save_external(folder, "m.onnx", "m.onnx.data")
+    os.symlink("/proc/self/fd/1", folder / "out")
+    result = cli("check", name("m.onnx"), "--json", name("out"), "--runs", "1", "--warmup", "0")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.rstrip().endswith("}")  # the JSON report, after the table
+    assert os.path.islink(folder / "out")
+    assert_one_line_error(cli("optimize", name("m.onnx"), name("out")), 2, "file descriptor 1")
+    assert os.path.islink(folder / "out")
