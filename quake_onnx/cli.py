@@ -60,6 +60,8 @@ class OneLineErrors(TyperGroup):
                 sys.exit(2)
             typer.echo(f"error: internal error ({type(e).__name__}: {_one_line(str(e))}); please report it", err=True)
             sys.exit(1)
+        if rv == 130:  # typer turns Ctrl-C into Exit(130), which comes back here as a return value
+            typer.echo("error: interrupted", err=True)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -306,3 +306,22 @@ def test_an_empty_value_that_is_no_path_keeps_its_meaning(tmp_path):
     assert result.exit_code == 0, result.output
     kept = {(n.op_type, n.domain) for n in onnx.load(tmp_path / "out.onnx").graph.node}
     assert ("Softmax", "") in kept and ("Exp", "com.quake") in kept
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, tmp_path):
+    """Typer turns KeyboardInterrupt into Exit(130), which came back as a
+    return value: the process ended with 130 and nothing on stderr."""
+    import onnx
+    from typer.testing import CliRunner
+
+    import quake_onnx.check.commands as commands
+    from quake_onnx.cli import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "check_command", interrupted)
+    onnx.save(make_model("Softmax", shape=[2, 8]), tmp_path / "in.onnx")
+    result = CliRunner().invoke(app, ["check", str(tmp_path / "in.onnx")])
+    assert result.exit_code == 130
+    assert result.stderr.splitlines() == ["error: interrupted"]
