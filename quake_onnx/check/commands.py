@@ -313,6 +313,9 @@ def merge_command(
     except MergeError as e:
         _error(str(e))
         return 2
+    except (TypeError, KeyError, AttributeError, ValueError) as e:  # a field of an edited report
+        _error(f"the shard reports are not as `quake-onnx zoo --json` writes them ({type(e).__name__}: {e})")
+        return 2
     outputs = {"--json": json_out, "--markdown": markdown, "--junit": junit}
     inputs = writes.InputFiles()
     if any(outputs.values()):

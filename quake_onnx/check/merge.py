@@ -67,7 +67,25 @@ def read_report(path: Path) -> dict:
     missing = [k for k in _REQUIRED if k not in report]
     if missing:
         raise MergeError(f"{path} is not a complete zoo report (no {', '.join(missing)})")
+    problem = _model_entries_problem(report["models"])
+    if problem:
+        raise MergeError(f"{path} is not a zoo report as `quake-onnx zoo --json` writes it: {problem}")
     return report
+
+
+def _model_entries_problem(models: Any) -> str | None:
+    """What makes `models` unlike a zoo report's list of results, or None
+    (the merge reads each entry's name and status)."""
+    if not isinstance(models, list):
+        return f"models is {type(models).__name__}, not a list"
+    for i, entry in enumerate(models):
+        if not isinstance(entry, dict):
+            return f"models[{i}] is {type(entry).__name__}, not an object"
+        if not isinstance(entry.get("name"), str):
+            return f"models[{i}] has no name"
+        if entry.get("status") not in reports.STATUSES:
+            return f"models[{i}].status is {entry.get('status')!r}, not one of {', '.join(reports.STATUSES)}"
+    return None
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> str | None:

@@ -144,6 +144,35 @@ def test_merge_refuses_incomplete_or_foreign_input(sample_zoo, tmp_path):
     assert cli("zoo", "merge", "--help").exit_code == 0
 
 
+@pytest.mark.parametrize(
+    "change, contains",
+    [
+        (("models", None), "models is NoneType, not a list"),
+        (("models", "x"), "models is str, not a list"),
+        (("models.0", 5), "models[0] is int, not an object"),
+        (("models.0.status", "weird"), "models[0].status is 'weird'"),
+        (("shard", None), "are not as `quake-onnx zoo --json` writes them"),
+        (("score", "x"), "are not as `quake-onnx zoo --json` writes them"),
+        (("environment", None), "are not as `quake-onnx zoo --json` writes them"),
+    ],
+)
+def test_merge_of_an_edited_report_is_one_line_not_an_internal_error(sample_zoo, tmp_path, change, contains):
+    """A fresh-user run found hand-edited shard reports ending in 'internal
+    error (TypeError ...)', exit 1."""
+    shards = split(sample_zoo["json"], 3)
+    where, value = change
+    target = shards[1]
+    *path, last = where.split(".")
+    for key in path:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    if isinstance(target, list):
+        target[int(last)] = value
+    else:
+        target[last] = value
+    one_line(cli("zoo", "merge", *_save(tmp_path, shards), "--json", tmp_path / "all.json"), 2, contains=contains)
+    assert not (tmp_path / "all.json").exists()
+
+
 # -- the example workflow of docs/zoo.md, run here -------------------------------
 
 
