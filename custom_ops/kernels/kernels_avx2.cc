@@ -244,14 +244,13 @@ struct ExaqLookup {
 };
 
 // Terms of one row stored to y and their sum (NaN if the row holds a NaN;
-// see the AVX-512 file). Masked-off tail lanes load x = m (z = 0) and are
-// cleared before the store and the sum.
+// see the AVX-512 file), in simd_rows.h's pass.
 template <int Levels>
 inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq::Levels& lv) {
   const ExaqLookup<Levels> lookup(lv);
   const __m256 vm = _mm256_set1_ps(m), under = _mm256_set1_ps(kExpUnderflow), zero = _mm256_setzero_ps();
   const __m256 va = _mm256_set1_ps(lv.a), vtop = _mm256_set1_ps(lv.top);
-  __m256 s0 = zero, s1 = zero, s2 = zero, s3 = zero, q = zero;
+  __m256 q = zero;
   auto term = [&](__m256 xv) {
     const __m256 z = _mm256_sub_ps(xv, vm);
     const __m256 live = _mm256_cmp_ps(z, under, _CMP_GT_OQ);
@@ -259,40 +258,7 @@ inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq:
     q = _mm256_add_ps(q, z);
     return _mm256_and_ps(lookup(code), live);
   };
-  __m256 total = zero;
-  size_t i = 0;
-  const size_t body_end = n & ~static_cast<size_t>(31);
-  while (i < body_end) {
-    const size_t block_end = body_end - i > 512 ? i + 512 : body_end;
-    s0 = s1 = s2 = s3 = zero;
-    for (; i < block_end; i += 32) {
-      const __m256 e0 = term(_mm256_loadu_ps(x + i)), e1 = term(_mm256_loadu_ps(x + i + 8));
-      const __m256 e2 = term(_mm256_loadu_ps(x + i + 16)), e3 = term(_mm256_loadu_ps(x + i + 24));
-      _mm256_storeu_ps(y + i, e0);
-      _mm256_storeu_ps(y + i + 8, e1);
-      _mm256_storeu_ps(y + i + 16, e2);
-      _mm256_storeu_ps(y + i + 24, e3);
-      s0 = _mm256_add_ps(s0, e0);
-      s1 = _mm256_add_ps(s1, e1);
-      s2 = _mm256_add_ps(s2, e2);
-      s3 = _mm256_add_ps(s3, e3);
-    }
-    total = _mm256_add_ps(total, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-  }
-  s0 = s1 = zero;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 e = term(_mm256_loadu_ps(x + i));
-    _mm256_storeu_ps(y + i, e);
-    s0 = _mm256_add_ps(s0, e);
-  }
-  if (i < n) {
-    const __m256i k = tail_mask(n - i);
-    const __m256 e = _mm256_and_ps(term(_mm256_blendv_ps(vm, _mm256_maskload_ps(x + i, k), _mm256_castsi256_ps(k))),
-                                   _mm256_castsi256_ps(k));
-    _mm256_maskstore_ps(y + i, k, e);
-    s1 = _mm256_add_ps(s1, e);
-  }
-  const float sum = hsum(_mm256_add_ps(total, _mm256_add_ps(s0, s1)));
+  const float sum = simd_rows::sum_stored_terms<Lanes, true>(x, y, n, term, [](__m256 e) { return e; });
   return std::isnan(hsum(q)) ? kNaN : sum;
 }
 

@@ -244,49 +244,16 @@ inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq:
   const ExaqLookup<Small> lookup(lv);
   const __m512 vm = _mm512_set1_ps(m), under = _mm512_set1_ps(kExpUnderflow), zero = _mm512_setzero_ps();
   const __m512 va = _mm512_set1_ps(lv.a), vtop = _mm512_set1_ps(lv.top);
-  __m512 s0 = zero, s1 = zero, s2 = zero, s3 = zero, q = zero;
-  auto term = [&](__mmask16 active, __m512 xv) {
+  __m512 q = zero;
+  auto term = [&](__m512 xv) {
     const __m512 z = _mm512_sub_ps(xv, vm);
-    const __mmask16 live = _mm512_mask_cmp_ps_mask(active, z, under, _CMP_GT_OQ);
+    const __mmask16 live = _mm512_cmp_ps_mask(z, under, _CMP_GT_OQ);
     // max(u, 0) sends NaN u (z = -inf with a = 0) to code 0; the lane is not live anyway.
     const __m512i code = _mm512_cvtps_epi32(_mm512_max_ps(_mm512_fmadd_ps(z, va, vtop), zero));
-    q = _mm512_mask_add_ps(q, active, q, z);
+    q = _mm512_add_ps(q, z);
     return lookup(live, code);
   };
-  // Blocks of 1024 summed separately, as sum_exp_shifted.
-  __m512 total = zero;
-  size_t i = 0;
-  const size_t body_end = n & ~static_cast<size_t>(63);
-  while (i < body_end) {
-    const size_t block_end = body_end - i > 1024 ? i + 1024 : body_end;
-    s0 = s1 = s2 = s3 = zero;
-    for (; i < block_end; i += 64) {
-      const __m512 e0 = term(0xffff, _mm512_loadu_ps(x + i)), e1 = term(0xffff, _mm512_loadu_ps(x + i + 16));
-      const __m512 e2 = term(0xffff, _mm512_loadu_ps(x + i + 32)), e3 = term(0xffff, _mm512_loadu_ps(x + i + 48));
-      _mm512_storeu_ps(y + i, e0);
-      _mm512_storeu_ps(y + i + 16, e1);
-      _mm512_storeu_ps(y + i + 32, e2);
-      _mm512_storeu_ps(y + i + 48, e3);
-      s0 = _mm512_add_ps(s0, e0);
-      s1 = _mm512_add_ps(s1, e1);
-      s2 = _mm512_add_ps(s2, e2);
-      s3 = _mm512_add_ps(s3, e3);
-    }
-    total = _mm512_add_ps(total, _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-  }
-  s0 = s1 = zero;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 e = term(0xffff, _mm512_loadu_ps(x + i));
-    _mm512_storeu_ps(y + i, e);
-    s0 = _mm512_add_ps(s0, e);
-  }
-  if (i < n) {
-    const __mmask16 k = tail_mask(n - i);
-    const __m512 e = term(k, _mm512_maskz_loadu_ps(k, x + i));
-    _mm512_mask_storeu_ps(y + i, k, e);
-    s1 = _mm512_add_ps(s1, e);
-  }
-  const float sum = _mm512_reduce_add_ps(_mm512_add_ps(total, _mm512_add_ps(s0, s1)));
+  const float sum = simd_rows::sum_stored_terms<Lanes, true>(x, y, n, term, [](__m512 e) { return e; });
   return std::isnan(_mm512_reduce_add_ps(q)) ? kNaN : sum;
 }
 

@@ -210,8 +210,8 @@ struct ExaqLookup {
   }
 };
 
-// Terms of a NaN-free row with finite max m, stored to y, and their sum.
-// The tail goes through a buffer of -inf (masked, so +0).
+// Terms of a NaN-free row with finite max m, stored to y, and their sum, in
+// simd_rows.h's pass (tail lanes of -inf are not live: +0).
 template <bool Small>
 inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq::Levels& lv) {
   const ExaqLookup<Small> lookup(lv);
@@ -223,41 +223,7 @@ inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq:
     const uint32x4_t code = vreinterpretq_u32_s32(vcvtnq_s32_f32(vmaxq_f32(vfmaq_f32(vtop, z, va), zero)));
     return and_mask(lookup(code), vcgtq_f32(z, under));
   };
-  float32x4_t s0 = zero, s1 = zero, s2 = zero, s3 = zero, total = zero;
-  size_t i = 0;
-  const size_t body_end = n & ~static_cast<size_t>(15);
-  while (i < body_end) {
-    const size_t block_end = body_end - i > 256 ? i + 256 : body_end;
-    s0 = s1 = s2 = s3 = zero;
-    for (; i < block_end; i += 16) {
-      const float32x4_t e0 = term(vld1q_f32(x + i)), e1 = term(vld1q_f32(x + i + 4));
-      const float32x4_t e2 = term(vld1q_f32(x + i + 8)), e3 = term(vld1q_f32(x + i + 12));
-      vst1q_f32(y + i, e0);
-      vst1q_f32(y + i + 4, e1);
-      vst1q_f32(y + i + 8, e2);
-      vst1q_f32(y + i + 12, e3);
-      s0 = vaddq_f32(s0, e0);
-      s1 = vaddq_f32(s1, e1);
-      s2 = vaddq_f32(s2, e2);
-      s3 = vaddq_f32(s3, e3);
-    }
-    total = vaddq_f32(total, vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
-  }
-  s0 = s1 = zero;
-  for (; i + 4 <= n; i += 4) {
-    const float32x4_t e = term(vld1q_f32(x + i));
-    vst1q_f32(y + i, e);
-    s0 = vaddq_f32(s0, e);
-  }
-  if (i < n) {
-    float buf[4] = {-kInf, -kInf, -kInf, -kInf};
-    std::memcpy(buf, x + i, (n - i) * sizeof(float));
-    const float32x4_t e = term(vld1q_f32(buf));
-    s1 = vaddq_f32(s1, e);
-    vst1q_f32(buf, e);
-    std::memcpy(y + i, buf, (n - i) * sizeof(float));
-  }
-  return vaddvq_f32(vaddq_f32(total, vaddq_f32(s0, s1)));
+  return simd_rows::sum_stored_terms<Lanes, true>(x, y, n, term, [](float32x4_t e) { return e; });
 }
 
 // lo of a derived-C row, statistics of the live z in double; non-live lanes

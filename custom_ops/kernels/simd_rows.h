@@ -77,6 +77,54 @@ void fill(float* y, size_t n, float value) {
   if (i < n) V::store_tail(y + i, n - i, v);
 }
 
+// The skeleton of a row's exponential pass: e = term(x) for every element
+// (tail lanes past n read -inf, which every term maps to 0), stored(e)
+// written to y when Store, and the sum of the e in float lanes: four
+// accumulators over blocks of 64 vectors, the blocks summed separately,
+// which keeps the float sum of a 50k row within ~1e-6 (one accumulator over
+// the whole row drifts by ~1e-4). Softmax's terms (sum_exp_shifted) and
+// EXAQ's table lookups (each ISA file's exaq_terms) run in it.
+template <class V, bool Store, class Term, class Stored>
+float sum_stored_terms(const float* x, float* y, size_t n, Term term, Stored stored) {
+  using Vec = typename V::Vec;
+  constexpr size_t L = V::kLanes;
+  const Vec zero = V::set(0.0f);
+  Vec s0 = zero, s1 = zero, s2 = zero, s3 = zero, total = zero;
+  size_t i = 0;
+  const size_t body_end = n / (4 * L) * (4 * L);
+  while (i < body_end) {
+    const size_t block_end = body_end - i > 64 * L ? i + 64 * L : body_end;
+    s0 = s1 = s2 = s3 = zero;
+    for (; i < block_end; i += 4 * L) {
+      const Vec e0 = term(V::load(x + i)), e1 = term(V::load(x + i + L));
+      const Vec e2 = term(V::load(x + i + 2 * L)), e3 = term(V::load(x + i + 3 * L));
+      if (Store) {
+        V::store(y + i, stored(e0));
+        V::store(y + i + L, stored(e1));
+        V::store(y + i + 2 * L, stored(e2));
+        V::store(y + i + 3 * L, stored(e3));
+      }
+      s0 = V::add(s0, e0);
+      s1 = V::add(s1, e1);
+      s2 = V::add(s2, e2);
+      s3 = V::add(s3, e3);
+    }
+    total = V::add(total, V::add(V::add(s0, s1), V::add(s2, s3)));
+  }
+  s0 = s1 = zero;
+  for (; i + L <= n; i += L) {
+    const Vec e = term(V::load(x + i));
+    if (Store) V::store(y + i, stored(e));
+    s0 = V::add(s0, e);
+  }
+  if (i < n) {
+    const Vec e = term(V::load_tail_or(x + i, n - i, -kInf));
+    if (Store) V::store_tail(y + i, n - i, stored(e));
+    s1 = V::add(s1, e);
+  }
+  return V::reduce_add(V::add(total, V::add(s0, s1)));
+}
+
 // Sum of e^(x - m) over the row, each term stored in y when Store. z = x - m
 // is <= 0 and NaN only for a NaN element, so only the underflow fixup is
 // needed. On x86, orders 2 and 3 carry a NaN z into the sum and the
@@ -84,51 +132,20 @@ void fill(float* y, size_t n, float value) {
 // some z is NaN); AArch64 never sees a NaN row here (kMaxKeepsNaN).
 // Base2 (softmax_long.h): m is an integer k and the terms are 2^t with
 // t = fl(x log2(e) - k), 0 below t = -126; with Scaled, stored terms are
-// multiplied by `scale` (the sum is of the unscaled terms). Blocks of 64
-// vectors summed separately keep the float sum of a 50k row within ~1e-6
-// (one accumulator over the whole row drifts by ~1e-4).
+// multiplied by `scale` (the sum is of the unscaled terms).
 template <class V, int Order, bool Store, bool Base2 = false, bool Scaled = false>
 float sum_exp_shifted(const float* x, float* y, size_t n, float m, float scale = 1.0f) {
   using Vec = typename V::Vec;
-  constexpr size_t L = V::kLanes;
-  const Vec vm = V::set(m), log2e = V::set(kLog2e), vscale = V::set(scale), zero = V::set(0.0f);
-  Vec s0 = zero, s1 = zero, s2 = zero, s3 = zero, q = zero;
-  auto term = [&](Vec xv, Vec& s) {
+  const Vec vm = V::set(m), log2e = V::set(kLog2e), vscale = V::set(scale);
+  Vec q = V::set(0.0f);
+  auto term = [&](Vec xv) {
     const Vec z = Base2 ? V::fms(xv, log2e, vm) : V::sub(xv, vm);
-    const Vec e = Base2 ? V::template exp2_term<Order>(z) : V::template exp_term<Order>(z);
-    s = V::add(s, e);
     if constexpr (Order == 1) q = V::add(q, z);
-    return Scaled ? V::mul(e, vscale) : e;
+    return Base2 ? V::template exp2_term<Order>(z) : V::template exp_term<Order>(z);
   };
-  Vec total = zero;
-  size_t i = 0;
-  const size_t body_end = n / (4 * L) * (4 * L);
-  while (i < body_end) {
-    const size_t block_end = body_end - i > 64 * L ? i + 64 * L : body_end;
-    s0 = s1 = s2 = s3 = zero;
-    for (; i < block_end; i += 4 * L) {
-      const Vec e0 = term(V::load(x + i), s0), e1 = term(V::load(x + i + L), s1);
-      const Vec e2 = term(V::load(x + i + 2 * L), s2), e3 = term(V::load(x + i + 3 * L), s3);
-      if (Store) {
-        V::store(y + i, e0);
-        V::store(y + i + L, e1);
-        V::store(y + i + 2 * L, e2);
-        V::store(y + i + 3 * L, e3);
-      }
-    }
-    total = V::add(total, V::add(V::add(s0, s1), V::add(s2, s3)));
-  }
-  s0 = s1 = zero;
-  for (; i + L <= n; i += L) {
-    const Vec e = term(V::load(x + i), s0);
-    if (Store) V::store(y + i, e);
-  }
-  if (i < n) {  // lanes past n are -inf: a term of 0, a z of -inf
-    const Vec e = term(V::load_tail_or(x + i, n - i, -kInf), s1);
-    if (Store) V::store_tail(y + i, n - i, e);
-  }
-  float sum = V::reduce_add(V::add(total, V::add(s0, s1)));
-  if (Order == 1 && std::isnan(V::reduce_add(q))) sum = std::numeric_limits<float>::quiet_NaN();
+  auto stored = [&](Vec e) { return Scaled ? V::mul(e, vscale) : e; };
+  const float sum = sum_stored_terms<V, Store>(x, y, n, term, stored);
+  if (Order == 1 && std::isnan(V::reduce_add(q))) return std::numeric_limits<float>::quiet_NaN();
   return sum;
 }
 
