@@ -42,29 +42,6 @@ inline __m256i tail_mask(size_t rem) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-// 8 elements in a float register: float, or float16 converted in the register
-// (F16C: exact in, round to nearest even out, as f32_to_f16), so a float16
-// kernel is its float kernel's arithmetic with one rounding at the end. Tails
-// of rem (1..7) elements: lanes past rem load 0 and are not stored; float16
-// tails go through a small buffer (AVX2 has no 16-bit masked load).
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-inline __m256 load_tail8(const float* p, size_t rem) { return _mm256_maskload_ps(p, tail_mask(rem)); }
-inline __m256 load_tail8(const uint16_t* p, size_t rem) {
-  uint16_t hb[8] = {0};
-  std::memcpy(hb, p, rem * sizeof(uint16_t));
-  return load8(hb);
-}
-inline __m128i to_half(__m256 v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-inline void store8(uint16_t* p, __m256 v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), to_half(v)); }
-inline void store_tail8(float* p, size_t rem, __m256 v) { _mm256_maskstore_ps(p, tail_mask(rem), v); }
-inline void store_tail8(uint16_t* p, size_t rem, __m256 v) {
-  uint16_t hb[8];
-  store8(hb, v);
-  std::memcpy(p, hb, rem * sizeof(uint16_t));
-}
-
 // 2^t * (the mantissa polynomial), t = z * log2(e) already computed: the
 // core of orders 2 and 3 for -126 <= t < 128, no range handling.
 template <int Order>
@@ -142,21 +119,28 @@ struct Lanes {
   using Vec = __m256;
   using Mask = __m256;
   static constexpr size_t kLanes = 8;
-  template <typename T>
-  static Vec load(const T* p) {
-    return load8(p);
+  // float, or float16 converted in the register (F16C: exact in, round to
+  // nearest even out, as f32_to_f16), so a float16 kernel is its float
+  // kernel's arithmetic with one rounding at the end. Tails of rem (1..7)
+  // elements: lanes past rem load 0 and are not stored; float16 tails go
+  // through a small buffer (AVX2 has no 16-bit masked load).
+  static Vec load(const float* p) { return _mm256_loadu_ps(p); }
+  static Vec load(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static Vec load_tail(const float* p, size_t rem) { return _mm256_maskload_ps(p, tail_mask(rem)); }
+  static Vec load_tail(const uint16_t* p, size_t rem) {
+    uint16_t hb[8] = {0};
+    std::memcpy(hb, p, rem * sizeof(uint16_t));
+    return load(hb);
   }
-  template <typename T>
-  static Vec load_tail(const T* p, size_t rem) {
-    return load_tail8(p, rem);
+  static void store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+  static void store(uint16_t* p, Vec v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  template <typename T>
-  static void store(T* p, Vec v) {
-    store8(p, v);
-  }
-  template <typename T>
-  static void store_tail(T* p, size_t rem, Vec v) {
-    store_tail8(p, rem, v);
+  static void store_tail(float* p, size_t rem, Vec v) { _mm256_maskstore_ps(p, tail_mask(rem), v); }
+  static void store_tail(uint16_t* p, size_t rem, Vec v) {
+    uint16_t hb[8];
+    store(hb, v);
+    std::memcpy(p, hb, rem * sizeof(uint16_t));
   }
   static Vec set(float v) { return _mm256_set1_ps(v); }
   static Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
@@ -208,11 +192,6 @@ struct Lanes {
   }
 };
 
-template <typename T, typename F>
-inline void map_avx2(const T* x, T* y, size_t n, F f) {
-  elementwise::map<Lanes>(x, y, n, f);
-}
-
 // ----------------------------------------------------------------------------
 // EXAQ softmax. Lookups are VPERMPS over 8 entries: 8 levels (bits 2, 3)
 // one permute; 16 (bits 4) two permutes and a blend on bit 3 of the code;
@@ -258,7 +237,7 @@ inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq:
     q = _mm256_add_ps(q, z);
     return _mm256_and_ps(lookup(code), live);
   };
-  const float sum = simd_rows::sum_stored_terms<Lanes, true>(x, y, n, term, [](__m256 e) { return e; });
+  const float sum = simd_rows::sum_stored_terms<Lanes, true>(x, y, n, term);
   return std::isnan(hsum(q)) ? kNaN : sum;
 }
 
@@ -328,8 +307,7 @@ void exaq_rows_avx2(const float* x, float* y, size_t rows, size_t n, const ExaqP
       simd_rows::fill<Lanes>(yr, n, kNaN);
       continue;
     }
-    const __m256 inv = _mm256_set1_ps(1.0f / sum);  // sum >= 1: the max element's entry is e^0
-    map_avx2(yr, yr, n, [inv](__m256 v) { return _mm256_mul_ps(v, inv); });
+    simd_rows::SimdRowMaps<Lanes>::scale(yr, n, 1.0f / sum);  // sum >= 1: the max element's entry is e^0
   }
 }
 

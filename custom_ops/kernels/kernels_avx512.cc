@@ -53,21 +53,6 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 inline __mmask16 tail_mask(size_t rem) { return static_cast<__mmask16>((1u << rem) - 1u); }
 
-// 16 elements in a float register: float, or float16 converted in the register
-// (VCVTPH2PS exact; VCVTPS2PH rounds to nearest even, as f32_to_f16), so a
-// float16 kernel is its float kernel's arithmetic with one rounding at the end.
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const uint16_t* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-inline __m512 maskz_load16(__mmask16 k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
-inline __m512 maskz_load16(__mmask16 k, const uint16_t* p) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
-inline __m256i to_half(__m512 v) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-inline void store16(uint16_t* p, __m512 v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_half(v)); }
-inline void mask_store16(float* p, __mmask16 k, __m512 v) { _mm512_mask_storeu_ps(p, k, v); }
-inline void mask_store16(uint16_t* p, __mmask16 k, __m512 v) { _mm256_mask_storeu_epi16(p, k, to_half(v)); }
-
 // 2^t * (the mantissa polynomial), t = z * log2(e) already computed: the
 // core of orders 2 and 3 for -126 <= t < 128; lanes outside `keep` are +0.
 template <int Order>
@@ -137,20 +122,22 @@ struct Lanes {
   using Vec = __m512;
   using Mask = __mmask16;
   static constexpr size_t kLanes = 16;
-  static Vec load(const float* p) { return load16(p); }
-  static Vec load(const uint16_t* p) { return load16(p); }
-  template <typename T>
-  static Vec load_tail(const T* p, size_t rem) {
-    return maskz_load16(tail_mask(rem), p);
+  // float, or float16 converted in the register (VCVTPH2PS exact; VCVTPS2PH
+  // rounds to nearest even, as f32_to_f16), so a float16 kernel is its float
+  // kernel's arithmetic with one rounding at the end.
+  static Vec load(const float* p) { return _mm512_loadu_ps(p); }
+  static Vec load(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
-  template <typename T>
-  static void store(T* p, Vec v) {
-    store16(p, v);
+  static Vec load_tail(const float* p, size_t rem) { return _mm512_maskz_loadu_ps(tail_mask(rem), p); }
+  static Vec load_tail(const uint16_t* p, size_t rem) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail_mask(rem), p));
   }
-  template <typename T>
-  static void store_tail(T* p, size_t rem, Vec v) {
-    mask_store16(p, tail_mask(rem), v);
-  }
+  static void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  static void store(uint16_t* p, Vec v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_half(v)); }
+  static void store_tail(float* p, size_t rem, Vec v) { _mm512_mask_storeu_ps(p, tail_mask(rem), v); }
+  static void store_tail(uint16_t* p, size_t rem, Vec v) { _mm256_mask_storeu_epi16(p, tail_mask(rem), to_half(v)); }
+  static __m256i to_half(Vec v) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static Vec set(float v) { return _mm512_set1_ps(v); }
   static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
   static Vec sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
@@ -208,11 +195,6 @@ struct Lanes {
   }
 };
 
-template <typename T, typename F>
-inline void map_avx512(const T* x, T* y, size_t n, F f) {
-  elementwise::map<Lanes>(x, y, n, f);
-}
-
 // ----------------------------------------------------------------------------
 // EXAQ softmax. The table lookup is a register permute: up to 16 levels
 // (bits 2..4) one VPERMPS of the table; more levels (bits 5..8) VPERMPS of
@@ -253,7 +235,7 @@ inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq:
     q = _mm512_add_ps(q, z);
     return lookup(live, code);
   };
-  const float sum = simd_rows::sum_stored_terms<Lanes, true>(x, y, n, term, [](__m512 e) { return e; });
+  const float sum = simd_rows::sum_stored_terms<Lanes, true>(x, y, n, term);
   return std::isnan(_mm512_reduce_add_ps(q)) ? kNaN : sum;
 }
 
@@ -326,8 +308,7 @@ void exaq_rows_avx512(const float* x, float* y, size_t rows, size_t n, const Exa
       } else if (m[i] == -kInf) {
         simd_rows::fill<Lanes>(yr, n, simd_rows::row_has_nan<Lanes>(xr, n) ? kNaN : 0.0f);
       } else {
-        const __m512 inv = _mm512_set1_ps(1.0f / s[i]);  // s >= 1: the max element's entry is e^0
-        map_avx512(yr, yr, n, [inv](__m512 v) { return _mm512_mul_ps(v, inv); });
+        simd_rows::SimdRowMaps<Lanes>::scale(yr, n, 1.0f / s[i]);  // s >= 1: the max element's entry is e^0
       }
     }
   }

@@ -172,11 +172,6 @@ struct Lanes {
   }
 };
 
-template <typename T, typename F>
-inline void map_neon(const T* x, T* y, size_t n, F f) {
-  elementwise::map<Lanes>(x, y, n, f);
-}
-
 // ----------------------------------------------------------------------------
 // EXAQ softmax. A 16-float table is 64 bytes, four registers: TBL with byte
 // indices 4 k + {0, 1, 2, 3} reads entry k in every lane. Up to 16 levels
@@ -223,7 +218,7 @@ inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq:
     const uint32x4_t code = vreinterpretq_u32_s32(vcvtnq_s32_f32(vmaxq_f32(vfmaq_f32(vtop, z, va), zero)));
     return and_mask(lookup(code), vcgtq_f32(z, under));
   };
-  return simd_rows::sum_stored_terms<Lanes, true>(x, y, n, term, [](float32x4_t e) { return e; });
+  return simd_rows::sum_stored_terms<Lanes, true>(x, y, n, term);
 }
 
 // lo of a derived-C row, statistics of the live z in double; non-live lanes
@@ -278,8 +273,8 @@ void exaq_rows_neon(const float* x, float* y, size_t rows, size_t n, const ExaqP
       continue;
     }
     if (derived) exaq::make_levels(p.bits, exaq_derived_lo(xr, n, m, p.bits), &lv);
-    const float32x4_t inv = vdupq_n_f32(1.0f / exaq_terms<Small>(xr, yr, n, m, lv));  // sum >= 1: e^0 of the max
-    map_neon(yr, yr, n, [inv](float32x4_t v) { return vmulq_f32(v, inv); });
+    const float sum = exaq_terms<Small>(xr, yr, n, m, lv);  // >= 1: e^0 of the max
+    simd_rows::SimdRowMaps<Lanes>::scale(yr, n, 1.0f / sum);
   }
 }
 

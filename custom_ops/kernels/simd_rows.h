@@ -84,8 +84,15 @@ void fill(float* y, size_t n, float value) {
 // which keeps the float sum of a 50k row within ~1e-6 (one accumulator over
 // the whole row drifts by ~1e-4). Softmax's terms (sum_exp_shifted) and
 // EXAQ's table lookups (each ISA file's exaq_terms) run in it.
-template <class V, bool Store, class Term, class Stored>
-float sum_stored_terms(const float* x, float* y, size_t n, Term term, Stored stored) {
+struct Unchanged {
+  template <class Vec>
+  Vec operator()(Vec e) const {
+    return e;
+  }
+};
+
+template <class V, bool Store, class Term, class Stored = Unchanged>
+float sum_stored_terms(const float* x, float* y, size_t n, Term term, Stored stored = {}) {
   using Vec = typename V::Vec;
   constexpr size_t L = V::kLanes;
   const Vec zero = V::set(0.0f);
