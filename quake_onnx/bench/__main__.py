@@ -68,9 +68,15 @@ MARKDOWN_HELP = "also write the table as Markdown to this file"
 @app.callback()
 def main() -> None:
     """quake-onnx benchmarks."""
+
+
+def _check_kernel_table() -> None:
+    """Every benchmark names the kernel table it timed: a refused QUAKE_ISA is one
+    line, exit 2, before any timing. Called by each command, not by the group, so
+    that `--help` still answers under a bad QUAKE_ISA."""
     import quake_onnx
 
-    try:  # every benchmark names the kernel table it timed: a refused QUAKE_ISA is one line, exit 2
+    try:
         quake_onnx.selected_isa()
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -99,6 +105,7 @@ def ops(
 
     from . import ops as bench_ops
 
+    _check_kernel_table()
     if dtype not in ("float32", "float16"):
         raise typer.BadParameter(f"--dtype takes float32 or float16, got {dtype!r}")
 
@@ -143,6 +150,7 @@ def exaq(
     markdown: Optional[Path] = typer.Option(None, metavar="FILE", parser=_markdown_file, help=MARKDOWN_HELP),
 ) -> None:
     """Time the exaq Softmax against the quake method and ONNX Runtime's Softmax."""
+    _check_kernel_table()
     from . import exaq as bench_exaq
     from . import ops as bench_ops
 
@@ -178,6 +186,7 @@ def attention(
     ),
 ) -> None:
     """Time com.quake Attention against the unfused ORT block and com.microsoft.MultiHeadAttention."""
+    _check_kernel_table()
     from . import attention as bench_attention
     from . import ops as bench_ops
 
