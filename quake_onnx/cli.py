@@ -382,6 +382,7 @@ def optimize_cmd(
 ) -> None:
     """Fuse attention blocks and replace Softmax, GELU, SiLU/Sigmoid, Exp... with com.quake ops; write OUT."""
     from . import _cli_output
+    from .modelio import shown
 
     bits = _exaq_bits(bits, softmax_method)
 
@@ -413,7 +414,7 @@ def optimize_cmd(
         result,
         title=f"{src}: {_method_title(order, softmax_method, bits, attention_precision)}",
         explain_nodes=explain,
-        written=str(out),
+        written=shown(out),
     )
     if report is not None and not _is_stdout(report):
         console.print(f"report {report}", soft_wrap=True, highlight=False)
@@ -894,7 +895,7 @@ def tune_cmd(
 
     from . import writes
     from .check.inputs import parse_dims
-    from .modelio import ModelFileError
+    from .modelio import ModelFileError, shown
     from .tuning import report as tune_report
     from .tuning import tune
 
@@ -948,7 +949,7 @@ def tune_cmd(
     for w in result["warnings"]:
         err.print(f"warning: {escape(w)}", soft_wrap=True, highlight=False)
     console.print(
-        f"wrote {escape(str(dest))}" + (" (the original)" if result["result"] == "original" else ""),
+        f"wrote {escape(shown(dest))}" + (" (the original)" if result["result"] == "original" else ""),
         soft_wrap=True,
         highlight=False,
     )
@@ -984,9 +985,11 @@ def calibrate_cmd(
     custom_ops_library: Optional[List[Path]] = _LIBRARIES,
 ) -> None:
     """Fix the clip of every exaq Softmax from sample inputs: C = slope * sigma + offset, sigma measured per node."""
+    from rich.markup import escape
+
     from .calibrate import CalibrateError, calibrate, exaq_nodes
     from .check.inputs import load_inputs, parse_dims
-    from .modelio import ModelFileError, load_graph
+    from .modelio import ModelFileError, load_graph, shown
     from .sessions import user_libraries
 
     console, err = _consoles()
@@ -1031,7 +1034,7 @@ def calibrate_cmd(
             else f"kept clip {r.old_clip:.4g}" + (" (no live rows)" if r.rows == 0 and r.old_clip == 0 else "")
         )
         console.print(f"  {r.node}: {r.bits} bits, {what}", soft_wrap=True, highlight=False)
-    console.print(f"wrote {dest}", soft_wrap=True, highlight=False)
+    console.print(f"wrote {escape(shown(dest))}", soft_wrap=True, highlight=False)
 
 
 def run() -> None:

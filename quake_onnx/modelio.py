@@ -73,15 +73,26 @@ def is_loaded(tensor: onnx.TensorProto) -> bool:
     return not ext.uses_external_data(tensor) or tensor.HasField("raw_data")
 
 
+def shown(path: Path) -> str:
+    """`path` as an error message names it: quoted when its name would not
+    show as typed (blank, leading or trailing spaces, control characters)."""
+    text = str(path)
+    name = path.name
+    if not name.strip() or name != name.strip() or any(not c.isprintable() for c in text):
+        return repr(text)
+    return text
+
+
 def check_input_path(path: Path) -> None:
     """Raises ModelFileError unless `path` is a regular file (symlinks
     followed): reading a FIFO or a device as a model would wait forever."""
     if not path.exists():
-        raise ModelFileError(f"{path} does not exist")
+        stdin = " (a model is read from a file, not from standard input)" if path.name == "-" else ""
+        raise ModelFileError(f"{shown(path)} does not exist{stdin}")
     if path.is_dir():
-        raise ModelFileError(f"{path} is a directory, not an ONNX model")
+        raise ModelFileError(f"{shown(path)} is a directory, not an ONNX model")
     if not path.is_file():
-        raise ModelFileError(f"{path} is not a regular file (a device, FIFO or socket), not an ONNX model")
+        raise ModelFileError(f"{shown(path)} is not a regular file (a device, FIFO or socket), not an ONNX model")
 
 
 def load_graph(path: Path) -> onnx.ModelProto:

@@ -43,6 +43,7 @@ from onnx import external_data_helper as ext
 
 from . import modelio
 from .modelio import ModelFileError
+from .modelio import shown as shown_path
 
 # Tensors smaller than this stay inside the .onnx file when data goes external.
 EXTERNAL_THRESHOLD = 1024
@@ -149,7 +150,7 @@ def check_output_path(
     role = inputs.role_of(path) if inputs is not None else None
     if role is not None:
         raise ModelFileError(f"{what} {path} is {role}; writing it would destroy it (choose another path)")
-    shown, path = path, written_file(path)
+    shown, path = shown_path(path), written_file(path)
     if path.is_dir():
         raise ModelFileError(f"{what} {shown} is a directory")
     _refuse_special(path, what)

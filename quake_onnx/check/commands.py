@@ -170,10 +170,10 @@ def zoo_command(
     explicit: frozenset = frozenset(),
 ) -> int:
     if not root.exists():
-        _error(f"{root} does not exist")
+        _error(f"{modelio.shown(root)} does not exist")
         return 2
     if not root.is_dir():
-        _error(f"{root} is not a folder (for one model use `quake-onnx check`)")
+        _error(f"{modelio.shown(root)} is not a folder (for one model use `quake-onnx check`)")
         return 2
     try:
         index, count = parse_shard(shard)

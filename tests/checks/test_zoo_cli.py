@@ -125,6 +125,7 @@ def test_markdown_to_stdout(tmp_path):
     "args, contains",
     [
         (["{tmp}/nothing"], "does not exist"),
+        (["{tmp}/ "], "/ ' does not exist"),  # a name that does not show as typed is quoted
         (["{tmp}/file.onnx"], "is not a folder"),
         (["{tmp}/empty"], "no .onnx model"),
         (["{tmp}/z", "--shard", "0/2"], "between 1 and n"),

@@ -61,6 +61,28 @@ def test_bad_input_files(tmp_path, encoder_block, command):
         assert folder_state(tmp_path) == before, key
 
 
+@pytest.mark.parametrize("command", ["optimize", "inspect", "check", "tune", "calibrate"])
+def test_names_that_do_not_show_as_typed_are_quoted(tmp_path, monkeypatch, command):
+    """A missing IN of spaces, a leading space or a tab is named in quotes (it
+    read "error:   does not exist"); '-' says that models come from files."""
+    monkeypatch.chdir(tmp_path)
+    outputs = [tmp_path / "out.onnx"] if command in ("optimize", "tune", "calibrate") else []
+    for name in (" ", " in.onnx", "a\tb.onnx"):
+        line = assert_one_line_error(cli(command, name, *outputs), 2, "does not exist")
+        # the name as given or resolved in the working folder, in quotes
+        assert line.startswith("error: '") and f"{repr(name)[1:-1]}' does not exist" in line, line
+    line = assert_one_line_error(cli(command, "-", *outputs), 2, "does not exist")
+    assert "not from standard input" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_written_name_with_a_leading_space_is_quoted(work):
+    result = cli("optimize", work / "in.onnx", work / " out.onnx")
+    assert result.exit_code == 0, result.stderr
+    assert f"wrote '{work / ' out.onnx'}'" in result.stdout
+    assert (work / " out.onnx").is_file()
+
+
 def test_unreadable_input(work, monkeypatch):
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
