@@ -60,6 +60,9 @@ def _installed_sample() -> Path:
 
 
 def run_demo(folder: Path | None = None, threads: int = 1, runs: int = 50, optimized: Path | None = None) -> int:
+    if folder is not None and not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"--models {modelio.shown(folder)} {what} (give the folder holding encoder_block.onnx)")
     original = (folder if folder is not None else _installed_sample()) / "encoder_block.onnx"
     if not original.is_file():
         raise FileNotFoundError(f"{original} not found (build it with `python sample_models/build.py`)")

@@ -328,6 +328,15 @@ def test_demo_still_runs():
     assert "PASS" in r.stdout
 
 
+def test_demo_models_that_is_no_folder_is_bad_input(tmp_path):
+    # It read "error: FILE/encoder_block.onnx not found (build it with ...)".
+    (tmp_path / "f.txt").write_text("x")
+    line = one_line(cli("demo", "--models", tmp_path / "f.txt"), 2, contains="--models ")
+    assert line.endswith(f"{tmp_path / 'f.txt'} is not a folder (give the folder holding encoder_block.onnx)"), line
+    one_line(cli("demo", "--models", tmp_path / "none"), 2, contains="none does not exist (give the folder")
+    one_line(cli("demo", "--models", tmp_path), 2, contains="encoder_block.onnx not found")
+
+
 def test_demo_optimized_that_is_no_usable_model_is_bad_input(tmp_path):
     # --optimized names the user's file: refused with one line naming it, exit 2.
     text = tmp_path / "notes.onnx"
