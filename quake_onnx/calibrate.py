@@ -111,6 +111,26 @@ def _infer_types(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
+def check_destination(
+    graph: Optional[onnx.ModelProto],
+    src: Optional[Union[str, os.PathLike]],
+    output: Optional[Union[str, os.PathLike]],
+    protect: Iterable[Union[str, os.PathLike]] = (),
+) -> writes.InputFiles:
+    """The files calibrate reads (the model at `src`, whose graph is `graph`,
+    with its external data, and `protect`); raises ModelFileError (exit code
+    2) when `output` is one of them or cannot be written. The command calls
+    it before it generates inputs, so that a refused OUT is its only line."""
+    protected = writes.InputFiles()
+    for path in protect:
+        protected.add(path, "an input file of this command")
+    if graph is not None and src is not None:
+        protected.add_model(graph, writes.absolute(src))
+    if output is not None:
+        writes.check_output_path(writes.absolute(output), inputs=protected, with_data=True)
+    return protected
+
+
 def calibrate(
     model_or_path: ModelLike,
     inputs: Iterable[Mapping[str, np.ndarray]],
@@ -142,23 +162,19 @@ def calibrate(
     Returns the calibrated model and one NodeCalibration per exaq node.
     """
     libraries = sessions.user_libraries(custom_ops_libraries)
-    protected = writes.InputFiles()
-    for path in protect:
-        protected.add(path, "an input file of this command")
     had_external = False
     if isinstance(model_or_path, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(model_or_path)
+        protected = check_destination(None, None, output, protect)
     else:
         src = writes.absolute(model_or_path)
         model = modelio.load_graph(src)
         modelio.check_external_data(model, src)
-        protected.add_model(model, src)
+        protected = check_destination(model, src, output, protect)
         had_external = modelio.has_external_data(model)
         modelio.load_external_data(model, src)
     dest = writes.absolute(output) if output is not None else None
-    if dest is not None:
-        writes.check_output_path(dest, inputs=protected, with_data=True)
     nodes = exaq_nodes(model)
     if not nodes:
         raise CalibrateError(

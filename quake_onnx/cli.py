@@ -987,7 +987,7 @@ def calibrate_cmd(
     """Fix the clip of every exaq Softmax from sample inputs: C = slope * sigma + offset, sigma measured per node."""
     from rich.markup import escape
 
-    from .calibrate import CalibrateError, calibrate, exaq_nodes
+    from .calibrate import CalibrateError, calibrate, check_destination, exaq_nodes
     from .check.inputs import load_inputs, parse_dims
     from .modelio import ModelFileError, load_graph, shown
     from .sessions import user_libraries
@@ -1001,6 +1001,7 @@ def calibrate_cmd(
                 'no com.quake Softmax node with method "exaq" in the main graph '
                 "(make them with `quake-onnx optimize --softmax-method exaq`)"
             )
+        check_destination(graph, src, dest, inputs or ())
         feeds = []
         if inputs:
             for path in inputs:

@@ -186,3 +186,8 @@ def test_cli_errors(tmp_path):
         cli("optimize", src, tmp_path / "o.onnx", "--softmax-method", "exaq", "--bits", "9"), 2, "bits"
     )
     assert_one_line_error(cli("calibrate", src, tmp_path / "o.onnx"), 2, "exaq")
+    # A refused OUT is the only line: it came after the warning about generated inputs.
+    exaq_path = tmp_path / "m.exaq.onnx"
+    assert cli("optimize", src, exaq_path, "--softmax-method", "exaq").exit_code == 0
+    assert_one_line_error(cli("calibrate", exaq_path, exaq_path), 2, "is the input model")
+    assert_one_line_error(cli("calibrate", exaq_path, tmp_path / "no" / "o.onnx"), 2, "does not exist")
