@@ -110,8 +110,11 @@ class Context:
         return None if value is None else self._within_rank(value, node.inputs[0])
 
     def _within_rank(self, value, x: gs.Tensor) -> Optional[float]:
+        # A [1] constant raises a rank-0 x to [1]: only a 0-d one keeps it. An x
+        # of unknown rank takes 0-d and [1] constants (a rank-0 activation is
+        # not what exporters make).
         rank = self.rank(x)
-        if value.ndim > (1 if rank is None else max(rank, 1)):
+        if value.ndim > (1 if rank is None else rank):
             return None
         return float(value.reshape(()))
 

@@ -79,7 +79,20 @@ def test_wrong_half():
 
     e = g.node("Erf", [g.node("Div", ["X", g.const(1.4142135)])], name="erf")
     y = half_product(g, "X", g.node("Add", [e, g.const(1.0)]), "x*p*0.5", half=0.6)
-    assert_untouched(g.model({"X": [4, 16]}, [y]), "erf_gelu", "constant 0.6 is not 0.5")
+    assert_untouched(g.model({"X": [4, 16]}, [y]), "erf_gelu", "constant 0.6 is not exactly 0.5")
+
+
+@pytest.mark.parametrize("one, half", [(1.0009, 0.5), (1.0, 0.5004), (0.9999999, 0.5)])
+def test_the_exact_constants_take_no_tolerance(one, half):
+    """0.5 and 1 are exact in every float type: 0.5 x (1.0009 + erf(x / sqrt 2))
+    is no GELU (0.00045 |x| off: -0.027 at x = -60), unlike a rounded sqrt(2)."""
+    from .gelu_forms import half_product
+
+    g = Graph()
+    e = g.node("Erf", [g.node("Div", ["X", g.const(1.4142135)])], name="erf")
+    y = half_product(g, "X", g.node("Add", [e, g.const(one)]), "x*p*0.5", half=half)
+    wrong = one if one != 1.0 else half
+    assert_untouched(g.model({"X": [4, 16]}, [y]), "erf_gelu", f"constant {str(np.float32(wrong))} is not exactly")
 
 
 def test_extra_consumer_of_an_intermediate():
@@ -101,6 +114,20 @@ def test_skip_any_node_of_the_pattern():
     out, report = rewrite_model(model(), skip_nodes=frozenset({"erf"}))
     assert decision(report, "erf_gelu").reason == "skipped by --skip-nodes"
     assert "Erf" in [n.op_type for n in out.graph.node]
+
+
+@pytest.mark.parametrize("shape, replaced", [((1,), False), ((), True)])
+def test_a_rank_0_x_takes_only_0_d_constants(shape, replaced):
+    # x of shape [] / [sqrt2] is [1]: a Gelu of x would be rank 0.
+    g = Graph()
+    s = g.node("Div", ["X", g.const(np.full(shape, 1.4142135))])
+    e = g.node("Erf", [s], name="erf")
+    y = g.node("Mul", [g.node("Mul", ["X", g.node("Add", [e, g.const(np.full(shape, 1.0))])]), g.const(0.5)])
+    model = g.model({"X": []}, {y: list(shape)})
+    if replaced:
+        check_rewrite(model, ["com.quake.Gelu"], {"X": np.array(0.7, np.float32)}, atol=GELU_ERF_ATOL)
+    else:
+        assert_untouched(model, "erf_gelu", "Erf input is not x / sqrt(2)")
 
 
 def test_constant_that_raises_the_rank_is_not_a_scalar():

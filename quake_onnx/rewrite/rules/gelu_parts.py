@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from typing import Optional, Union
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..context import Context
 from ..match import (
     add_reader,
-    close,
     const_shape,
     is_add,
     is_op,
@@ -28,16 +28,25 @@ def constant_reason(value: float, what: str, target: float) -> str:
     return f"constant {value:.7g} is not {what} ({target:.7g}) within {1e-3:g} relative"
 
 
+def exact_reason(value: float, what: str, target: float) -> Optional[str]:
+    """None when `value` is exactly `target`. 0.5, 1 and 2 are exact in every
+    float type, so exporters store them exactly; the 1e-3 tolerance is for the
+    irrational constants (sqrt(2), sqrt(2/pi)) that they round. A 1.0009 in
+    0.5 x (1.0009 + erf(x / sqrt 2)) is no GELU: at x = -60 it gives -0.027
+    where GELU gives 0."""
+    return None if value == target else f"constant {str(np.float32(value))} is not exactly {what}"
+
+
 def halving(ctx: Context, node: Optional[gs.Node], t: gs.Tensor) -> Optional[str]:
     """None if node computes t * 0.5 (either order) or t / 2, else why not."""
     if is_op(node, "Mul"):
         found = ctx.scalar_operand(node)
         if found is not None and found[1] is t:
-            return None if close(found[0], HALF) else constant_reason(found[0], "0.5", HALF)
+            return exact_reason(found[0], "0.5", HALF)
     if is_op(node, "Div") and node.inputs[0] is t:
         divisor = ctx.scalar_divisor(node)
         if divisor is not None:
-            return None if close(divisor, 2.0) else constant_reason(divisor, "2", 2.0)
+            return exact_reason(divisor, "2", 2.0)
     return f"{t.name} is not multiplied by 0.5"
 
 
@@ -50,8 +59,8 @@ def one_plus_half_product(
     one = ctx.scalar_operand(add) if add is not None else None
     if one is None or one[1] is not t:
         return f"{what} output is not added to 1"
-    if not close(one[0], 1.0):
-        return constant_reason(one[0], "1", 1.0)
+    if exact_reason(one[0], "1", 1.0):
+        return exact_reason(one[0], "1", 1.0)
     tail = half_product(ctx, add.outputs[0], x, f"1 + {what.lower()}")
     if isinstance(tail, str):
         return tail
@@ -78,8 +87,8 @@ def half_product(ctx: Context, p: gs.Tensor, x: gs.Tensor, what: str) -> Union[t
         return reasons[0] if reasons else f"x * ({what}) is not multiplied by 0.5"
     found = ctx.scalar_operand(m1)
     if found is not None and found[1] is p:
-        if not close(found[0], HALF):
-            return constant_reason(found[0], "0.5", HALF)
+        if exact_reason(found[0], "0.5", HALF):
+            return exact_reason(found[0], "0.5", HALF)
         m2 = reader(q, "Mul")
         if m2 is None or other_operand(m2, q) is not x:
             return f"0.5 * ({what}) is not multiplied by x"
