@@ -109,6 +109,12 @@ class Context:
         value = scalar_value(node.inputs[1])
         return None if value is None else self._within_rank(value, node.inputs[0])
 
+    def scalar_against(self, t: gs.Tensor, x: gs.Tensor) -> Optional[float]:
+        """The one-element constant t as a float when combining it with x elementwise
+        keeps x's rank (a [1, 1, 1, 1, 1] t would raise a rank-4 x), else None."""
+        value = scalar_value(t)
+        return None if value is None else self._within_rank(value, x)
+
     def _within_rank(self, value, x: gs.Tensor) -> Optional[float]:
         # A [1] constant raises a rank-0 x to [1]: only a 0-d one keeps it. An x
         # of unknown rank takes 0-d and [1] constants (a rank-0 activation is

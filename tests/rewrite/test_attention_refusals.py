@@ -89,6 +89,17 @@ def test_where_with_a_small_fill():
     refused(model, "Where puts -5 on the masked scores", feeds)
 
 
+def test_where_fill_of_higher_rank():
+    # Where(m, scores [1, 4, 8, 8], fill [1, 1, 1, 1, 1]) is rank 5: the op's Y would lose an axis.
+    g = Graph()
+    s = g.node("MatMul", ["Q", g.node("Transpose", ["K"], perm=[0, 1, 3, 2])])
+    w = g.node("Where", ["C", s, g.const(np.full((1, 1, 1, 1, 1), -1e9))])
+    y = g.node("MatMul", [g.node("Softmax", [w], axis=-1), "V"])
+    shapes = {"Q": [1, 4, 8, 4], "K": [1, 4, 8, 4], "V": [1, 4, 8, 4], "C": ([1, 1, 8, 8], helper.TensorProto.BOOL)}
+    model = g.model(shapes, {y: [1, 1, 4, 8, 4]})
+    refused(model, "Where's fill c0 has more axes than the scores")
+
+
 def test_scale_after_the_mask():
     g = Graph()
     s = g.node("MatMul", ["Q", g.node("Transpose", ["K"], perm=[0, 1, 3, 2])])

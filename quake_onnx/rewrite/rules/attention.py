@@ -143,6 +143,8 @@ def _mask_step(ctx: Context, node: gs.Node) -> Union[None, str, tuple[parts.Mask
         for keep_if, scores, fill in ((True, x, y), (False, y, x)):
             value = scalar(fill)
             if value is not None and _leads_to_matmul(scores):
+                if ctx.scalar_against(fill, scores) is None:
+                    return f"Where's fill {fill.name} has more axes than the scores"
                 if value > parts.MASKED:
                     return f"Where puts {value:g} on the masked scores, not a large negative value (<= -1e4)"
                 return parts.Mask(cond, node, where=True, live_if=keep_if, fill=value), scores
