@@ -243,7 +243,8 @@ def attention(q, k, v, mask=None, scale=1.0, causal=0, k_transposed=0, precision
     over the last axis. K is [..., Skv, D] (or [..., D, Skv] with
     k_transposed); K's and V's heads (axis -3) divide Q's, query head h using
     key/value head h // (H / H_kv); every other leading axis and the mask
-    broadcast numpy-style. causal: key j > i + (Skv - Sq) is masked. The
+    broadcast numpy-style; a float16 mask's -65504 (float16's lowest) counts
+    as float's lowest. causal: key j > i + (Skv - Sq) is masked. The
     softmax rules apply per row (fully masked rows give 0, a NaN or +inf
     score makes the row NaN); a weight of 0 times a NaN in V is NaN here, as
     in the unfused graph.
@@ -274,6 +275,8 @@ def attention(q, k, v, mask=None, scale=1.0, causal=0, k_transposed=0, precision
     with np.errstate(invalid="ignore", over="ignore"):
         scores = np.matmul(q, np.swapaxes(k, -1, -2)) * float(np.float32(scale))
         if mask is not None:
+            if np.asarray(mask).dtype == np.float16:  # float16's lowest reads as float's (docs/ops.md)
+                mask = np.where(np.asarray(mask) == np.float16(-65504), np.finfo(np.float32).min, _f64(mask))
             scores = scores + _f64(mask)
     sq, skv = scores.shape[-2], scores.shape[-1]
     if causal:

@@ -236,6 +236,18 @@ bool mask_tile_dead(const AttentionParams& p, const void* mask, size_t q0, size_
   return true;
 }
 
+// float16 mask values as floats, float16's lowest (-65504, finfo(float16).min,
+// what float16 exports mask with) read as float's lowest: in a float16 graph
+// a score plus -65504 rounds back to -65504, so a row masked by it everywhere
+// is uniform (the mean of V), and so it stays in float arithmetic, where
+// s - 65504 would keep the scores' differences (docs/ops.md, Attention).
+inline void half_mask_to_float(const AttentionParams& p, const uint16_t* x, float* y, size_t n) {
+  p.f16_to_f32(x, y, n);
+  for (size_t j = 0; j < n; ++j) {
+    if (y[j] == -65504.0f) y[j] = std::numeric_limits<float>::lowest();
+  }
+}
+
 // The mask rows of a tile as the online step reads them: a pointer and a row
 // stride (0: one row for all queries). float masks with a column per key are
 // read in place; float16 masks and one-column masks are expanded into `buf`.
@@ -257,13 +269,13 @@ const float* mask_tile(const AttentionParams& p, const void* mask, size_t q0, si
     if (p.mask_col_broadcast) {
       float value;
       if (p.half) {
-        p.f16_to_f32(static_cast<const uint16_t*>(mask) + at, &value, 1);
+        half_mask_to_float(p, static_cast<const uint16_t*>(mask) + at, &value, 1);
       } else {
         value = static_cast<const float*>(mask)[at];
       }
       for (size_t j = 0; j < cols; ++j) out[j] = value;
     } else {
-      p.f16_to_f32(static_cast<const uint16_t*>(mask) + at + k0, out, cols);
+      half_mask_to_float(p, static_cast<const uint16_t*>(mask) + at + k0, out, cols);
     }
   }
   return buf;

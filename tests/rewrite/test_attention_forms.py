@@ -9,7 +9,7 @@ import pytest
 from onnx import helper
 
 from .attention_forms import block, bound
-from .builders import F16, F32, check_rewrite, decision
+from .builders import F16, F32, NP, check_rewrite, decision
 
 ATTENTION = "com.quake.Attention"
 
@@ -107,6 +107,65 @@ def test_runtime_where_mask_becomes_additive(dtype):
     out, _ = fused(model, feeds, ["Where", ATTENTION], dtype)
     where = out.graph.node[0]
     assert where.input[0] == "C"  # Where(C, 0, lowest): the kept scores get 0
+
+
+@pytest.mark.parametrize(
+    "dtype, fill", [(F32, -1e4), (F32, -1e9), (F32, "lowest"), (F16, -1e4), (F16, "lowest"), (F32, -np.inf)]
+)
+def test_where_fill_keeps_fully_masked_rows(dtype, fill):
+    """A Where's fill replaces the scores: a row whose every key is masked is
+    uniform, the mean of V. M = Where(C, 0, fill) added to them gave a
+    softmax of the raw scores for finite fills (0.5 off); the fill becomes the
+    lowest of M's type. -inf rows: 0 in the op (NaN in the original)."""
+    np_t = NP[dtype]
+    value = float(np.finfo(np_t).min) if fill == "lowest" else fill
+    model, feeds = block(dtype, mask="where", mask_value=value)
+    feeds["C"][0, 0, 3] = False  # query row 3 of batch 0 sees no key
+    if np.isneginf(value):
+        out, _ = check_rewrite(model, ["Where", ATTENTION], {**feeds, "C": np.ones_like(feeds["C"])}, atol=1e-2)
+        return
+    out, _ = fused(model, feeds, ["Where", ATTENTION], dtype)
+    where = next(n for n in out.graph.node if n.op_type == "Where")
+    fill_init = next(i for i in out.graph.initializer if i.name == where.input[2])
+    assert fill_init.data_type == dtype
+    assert float(np.frombuffer(fill_init.raw_data, np_t)[0]) == float(np.finfo(np_t).min)
+
+
+@pytest.mark.parametrize("kind", ["where", "add"])
+def test_float32_mask_of_a_float16_block_saturates(kind):
+    """Float16 Q·Kᵀ cast up, masked in float (Where fill -1e9, or an additive
+    float-lowest M), Softmax, cast down: M cast to float16 became -inf, and a
+    fully masked row 0 instead of the mean of V. It is clipped to float16's
+    range first (-inf kept)."""
+    from .builders import Graph
+
+    g = Graph(F16)
+    s = g.node("MatMul", ["Q", g.node("Transpose", ["K"], perm=[0, 1, 3, 2])])
+    s = g.node("Cast", [g.node("Mul", [s, g.const(0.25)])], to=helper.TensorProto.FLOAT)
+    rng = np.random.default_rng(3)
+    if kind == "where":
+        s = g.node("Where", ["C", s, g.const(np.float32(-1e9), dtype=np.float32)])
+        mask = rng.random((1, 1, 8, 16)) < 0.7
+        mask[..., 0, :] = False
+        mask[..., 1:, 0] = True
+        inputs = {"C": ([1, 1, 8, 16], helper.TensorProto.BOOL)}
+    else:
+        s = g.node("Add", [s, "M"])
+        mask = np.where(rng.random((1, 1, 8, 16)) < 0.7, 0, np.finfo(np.float32).min).astype(np.float32)
+        mask[..., 0, :] = np.finfo(np.float32).min
+        mask[..., 1, 5:9] = -np.inf  # kept -inf (a row of them: NaN in the original, 0 in the op)
+        mask[..., 1:, 0] = 0
+        inputs = {"M": ([1, 1, 8, 16], helper.TensorProto.FLOAT)}
+    p = g.node("Cast", [g.node("Softmax", [s], axis=-1)], to=helper.TensorProto.FLOAT16)
+    y = g.node("MatMul", [p, "V"])
+    model = g.model({"Q": [1, 2, 8, 8], "K": [1, 2, 16, 8], "V": [1, 2, 16, 8], **inputs}, {y: [1, 2, 8, 8]}, opset=17)
+    feeds = {n: rng.standard_normal(sh).astype(np.float16) for n, sh in (("Q", (1, 2, 8, 8)), ("K", (1, 2, 16, 8)))}
+    feeds["V"] = rng.standard_normal((1, 2, 16, 8)).astype(np.float16)
+    feeds["C" if kind == "where" else "M"] = mask
+    expected = ["Where", "Clip", "IsInf", "Where", "Cast", ATTENTION] if kind == "where" else []
+    expected = expected or ["Clip", "IsInf", "Where", "Cast", ATTENTION]
+    out, report = check_rewrite(model, expected, feeds, atol=bound(feeds, F16))
+    assert decision(report, "attention").replaced
 
 
 def test_causal_where_and_padding_add():

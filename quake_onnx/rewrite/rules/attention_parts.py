@@ -500,15 +500,24 @@ def mask_specs(ctx: Context, plan: Plan, base: str) -> tuple[list[NodeSpec], Opt
     """The nodes computing the one additive M from the plan's masks: a Where
     mask becomes Where(cond, 0, fill), a Sub's term Neg(m), several are summed,
     and M is cast to Q's element type when it is another (a mask added after
-    the Softmax's upcast to float)."""
+    the Softmax's upcast to float).
+
+    A Where puts its fill in place of the scores, M adds it to them: for a row
+    whose every key is masked the Where's row is uniform (the mean of V), the
+    sum a softmax of the scores. A finite fill therefore becomes the lowest
+    value of M's type, which swamps any score as the Where's fill did (float's
+    lowest: s + lowest rounds to lowest; float16's -65504 the op reads as
+    float's lowest, docs/ops.md), and the rows where a key is live are the
+    same either way (e^(fill - max) = 0 for fills <= -1e4)."""
     specs: list[NodeSpec] = []
     terms: list[tuple[gs.Tensor, int]] = []
     for mask in plan.masks:
         elem = mask.elem or plan.elem
         if mask.where:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+            value = mask.fill if np.isneginf(mask.fill) else np.finfo(dtype).min
             zero = gs.Constant(ctx.names.tensor(f"{base}/quake_mask_zero"), np.zeros((), dtype))
-            fill = gs.Constant(ctx.names.tensor(f"{base}/quake_mask_fill"), np.asarray(mask.fill, dtype))
+            fill = gs.Constant(ctx.names.tensor(f"{base}/quake_mask_fill"), np.asarray(value, dtype))
             out = ctx.variable(f"{base}/quake_mask")
             pair = [zero, fill] if mask.live_if else [fill, zero]
             specs.append(NodeSpec("Where", [mask.tensor, *pair], [out], domain=""))
@@ -531,10 +540,28 @@ def mask_specs(ctx: Context, plan: Plan, base: str) -> tuple[list[NodeSpec], Opt
         specs.append(NodeSpec("Add", [m, other], [total], domain=""))
         m = total
     if elem != plan.elem:
+        if plan.elem == onnx.TensorProto.FLOAT16:
+            m = _saturated_for_half(ctx, specs, m, elem, base)
         cast = ctx.variable(f"{base}/quake_mask")
         specs.append(NodeSpec("Cast", [m], [cast], {"to": plan.elem}, domain=""))
         m = cast
     return specs, m
+
+
+def _saturated_for_half(ctx: Context, specs: list[NodeSpec], m: gs.Tensor, elem: int, base: str) -> gs.Tensor:
+    """M clipped to float16's range, -inf kept: a float mask's finfo.min or
+    -1e9 would cast to -inf, and a row masked by it everywhere would give 0
+    where the float graph gave the mean of V; as -65504 the op reads it as
+    float's lowest (mask_specs)."""
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    limit = float(np.finfo(np.float16).max)
+    lo = gs.Constant(ctx.names.tensor(f"{base}/quake_mask_half_lowest"), np.asarray(-limit, dtype))
+    hi = gs.Constant(ctx.names.tensor(f"{base}/quake_mask_half_max"), np.asarray(limit, dtype))
+    clipped, minus_inf, kept = (ctx.variable(f"{base}/quake_mask") for _ in range(3))
+    specs.append(NodeSpec("Clip", [m, lo, hi], [clipped], domain=""))
+    specs.append(NodeSpec("IsInf", [m], [minus_inf], {"detect_positive": 0}, domain=""))
+    specs.append(NodeSpec("Where", [minus_inf, m, clipped], [kept], domain=""))
+    return kept
 
 
 def attention_match(plan: Plan, remove: list[gs.Node], prune: list[gs.Node], size) -> Match:
