@@ -128,6 +128,8 @@ def check_destination(
         protected.add_model(graph, writes.absolute(src))
     if output is not None:
         writes.check_output_path(writes.absolute(output), inputs=protected, with_data=True)
+        if graph is not None and modelio.has_external_data(graph):
+            writes.refuse_data_beyond_link(output)
     return protected
 
 

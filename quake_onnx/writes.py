@@ -100,6 +100,25 @@ def written_file(path: os.PathLike | str) -> Path:
     return Path(os.path.realpath(p)) if os.path.islink(p) else p
 
 
+def refuse_data_beyond_link(path: os.PathLike | str) -> None:
+    """Raises ModelFileError (exit 2) when `path` is a symlink to a file in
+    another folder: a model with external data written through it keeps its
+    data file beside the target, while ONNX Runtime, loading the link, looks
+    beside the link (and refuses a data file outside the target's folder), so
+    the model named by `path` would not load (the Hugging Face hub cache's
+    snapshot links to blobs, for one)."""
+    p = absolute(path)
+    if not os.path.islink(p):
+        return
+    target = Path(os.path.realpath(p))
+    if os.path.realpath(p.parent) != str(target.parent):
+        raise ModelFileError(
+            f"output {modelio.shown(p)} is a link to {modelio.shown(target)} in another folder; a model with "
+            "external data written through it would not load from the link (its data file would sit beside "
+            "the target): give a path that is not a link"
+        )
+
+
 class InputFiles:
     """The files a command reads (models, their external data, input sets):
     nothing it writes may be one of them."""
@@ -312,6 +331,8 @@ def save_model_atomic(
     afterwards, except those in `keep` (the input's, when `dest` is not the
     input). With external data the model is left pointing at `dest`'s data
     file with its tensors read back, so the caller keeps a complete model."""
+    if external:
+        refuse_data_beyond_link(dest)
     dest = written_file(dest)
     old_data = _referenced_data(dest)
     if not external:

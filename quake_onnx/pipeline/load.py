@@ -30,6 +30,8 @@ def load(model_or_path, output, in_place: bool, settings: Settings, also_written
         modelio.check_external_data(model, src)
         inputs.add_model(model, src)
     dest = _destination(src, output, in_place, inputs)
+    if dest is not None and modelio.has_external_data(model):
+        writes.refuse_data_beyond_link(dest)  # before any work (writes.save_model_atomic checks again)
     for what, path in also_written:
         if dest is not None and writes.belongs_to_pair(Path(path), dest):
             raise OptimizeError(f"{what} {path} would be written over the output model or its data file")

@@ -333,6 +333,21 @@ def test_symlinked_data_files_are_read_and_protected(tmp_path, monkeypatch):
     # The link's target is the input's data: never an output.
     assert_one_line_error(cli("optimize", snap / "model.onnx", blobs / "blob-model.onnx.data"), 2, "external data")
     assert file_bytes(blobs / "blob-model.onnx", blobs / "blob-model.onnx.data") == before
+    # Through a link into another folder a model with external data would get
+    # its data beside the target, where loading the link does not look: it
+    # was written (exit 0) and the snapshot's model no longer loaded.
+    os.symlink(Path("../../blobs") / "new-blob", snap / "linked.onnx")
+    for args in ([snap / "model.onnx", "--in-place"], [snap / "model.onnx", snap / "linked.onnx"]):
+        line = assert_one_line_error(cli("optimize", *args, "--min-elements", "0"), 2, "in another folder")
+        assert "would not load from the link" in line
+    assert file_bytes(blobs / "blob-model.onnx", blobs / "blob-model.onnx.data") == before
+    assert sorted(p.name for p in blobs.iterdir()) == ["blob-model.onnx", "blob-model.onnx.data"]
+    np.testing.assert_allclose(run_model(snap / "model.onnx", feeds), ref, atol=0)
+    # The same link in the target's own folder finds the data: written through.
+    os.symlink("made.onnx", tmp_path / "same.onnx")
+    assert cli("optimize", snap / "model.onnx", tmp_path / "same.onnx", "--min-elements", "0").exit_code == 0
+    assert os.path.islink(tmp_path / "same.onnx")
+    np.testing.assert_allclose(run_model(tmp_path / "same.onnx", feeds), ref, atol=3e-3)
 
 
 def test_a_data_location_outside_the_models_folder_is_refused(tmp_path, monkeypatch):
