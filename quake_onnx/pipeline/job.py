@@ -34,8 +34,8 @@ class Settings:
     attention_precision: str = "float32"  # precision of the com.quake Attention nodes fused
     fuse_symbolic: frozenset = frozenset()  # families fused at symbolic sizes (rewrite_model)
     user_libraries: tuple = ()  # absolute paths (sessions.user_libraries)
-    # tune's variants: (anchor node name, rewrite.context.Pick) pairs, only those
-    # anchors replaced; None (optimize) replaces every candidate at `order`.
+    # tune's variants: ((rule name, anchor node name), rewrite.context.Pick) pairs, only
+    # those replaced; None (optimize) replaces every candidate at `order`.
     select: Optional[tuple] = None
 
 

@@ -86,8 +86,8 @@ def rewrite_light(
     model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select=None, fuse_symbolic=frozenset()
 ):
     """rewrite_model with `rules` and big tensors' bytes set aside (see
-    strip_large_tensors). `model` is as it was after. `select`: (anchor
-    name, Pick) pairs, see Settings.select; `fuse_symbolic`: see rewrite_model."""
+    strip_large_tensors). `model` is as it was after. `select`: ((rule,
+    anchor name), Pick) pairs, see Settings.select; `fuse_symbolic`: see rewrite_model."""
 
     def run():
         return _rewrite(model, order, ops, skip, keep_layout, min_elements, type_hints, rules, select, fuse_symbolic)

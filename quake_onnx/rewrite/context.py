@@ -57,8 +57,8 @@ class Context:
     # False for a model ONNX Runtime has already laid out (optimize(ort_level="all")): its
     # conv activations then run blocked, and only plain elementwise replacements are valid there.
     keep_conv_layout: bool = True
-    # When set, only these anchor nodes (by name) are replaced, each as its Pick says.
-    select: Optional[Mapping[str, Pick]] = None
+    # When set, only these (rule name, anchor node name) pairs are replaced, each as its Pick says.
+    select: Optional[Mapping[tuple[str, str], Pick]] = None
     softmax_attrs: tuple = ()  # (name, value) pairs every com.quake Softmax made now gets
 
     @property

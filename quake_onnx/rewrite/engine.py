@@ -63,7 +63,8 @@ BREAK_EVEN = {
 BF16_ATTENTION_BREAK_EVEN = 12 * 64 * 64
 
 
-_NODE_REASONS = layout.NODE_REASONS | {NOT_SELECTED}
+# Reasons true of a node whatever the rule (NOT_SELECTED is by rule: tune picks (rule, anchor) pairs).
+_NODE_REASONS = layout.NODE_REASONS
 
 
 def one_attention_floor(floors: Mapping[str, int], value: int) -> dict:
@@ -129,7 +130,7 @@ class Engine:
             self._decide(ctx, rule, node, False, home)
             return home
         if ctx.select is not None:  # tune's choice for this anchor: the order (and Softmax method) of its nodes
-            pick = ctx.select[node.name]
+            pick = ctx.select[(rule.name, node.name)]
             ctx = replace(ctx, order=pick.order, softmax_attrs=pick.softmax)
         label = _label(node)  # before the rewrite disconnects the node
         gone.update(id(n) for n in apply(ctx, node, result, home))
@@ -174,7 +175,9 @@ class Engine:
         # A skipped node stays as it is, also when the pattern would only prune it (SiLU's Sigmoid).
         if any(n.name in ctx.skip for n in (*match.remove, *match.prune)):
             return SKIPPED
-        if ctx.select is not None and anchor.name not in ctx.select:
+        # By rule and anchor: x * Sigmoid(x)'s Sigmoid anchors both the silu rule and, when its
+        # output is also read elsewhere, the sigmoid rule; tune picks each group on its own.
+        if ctx.select is not None and (rule.name, anchor.name) not in ctx.select:
             return NOT_SELECTED
         if rule.family not in self.ops:
             return f"{rule.family} is not among the selected ops"

@@ -31,7 +31,7 @@ def rewrite_model(
     min_elements: Mapping[str, int] = {},
     type_hints: Iterable[onnx.ValueInfoProto] = (),
     rules: Optional[Sequence[Rule]] = None,
-    select: Optional[Mapping[str, Pick]] = None,
+    select: Optional[Mapping[tuple[str, str], Pick]] = None,
     fuse_symbolic: frozenset[str] = frozenset(),
 ) -> tuple[onnx.ModelProto, Report]:
     """Return (rewritten copy of `model`, what was done to every candidate). `model` is not modified.
@@ -50,9 +50,10 @@ def rewrite_model(
         into the result.
     rules: the rules to run (rules/__init__.py), None for all of them, attention
         fusion first; the optimizer runs ATTENTION_RULES and OP_RULES as two stages.
-    select: when given, only the anchor nodes named in it are replaced (the
-        others are kept, "not selected"), each with its Pick's order (and
-        Softmax attributes) instead of `order`: `quake-onnx tune`'s variants.
+    select: when given, only the (rule name, anchor node name) pairs in it are
+        replaced (the others are kept, "not selected"), each with its Pick's
+        order (and Softmax attributes) instead of `order`: `quake-onnx tune`'s
+        variants.
     fuse_symbolic: families whose nodes of symbolic size are replaced even
         where their rule would leave them below its break-even (a rule's
         unknown_size_reason): optimize's attention at precision bfloat16.

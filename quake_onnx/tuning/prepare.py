@@ -264,7 +264,7 @@ def build(prep: Prepared, variant: Variant) -> Job:
         group = prep.group(key)
         fused = fused or group.rule in ATTENTION_RULES
         for name in group.nodes.get(cfg, []):
-            picks[name] = Pick(choice.order, exaq_attrs(choice))
+            picks[(group.rule, name)] = Pick(choice.order, exaq_attrs(choice))
     job = _fork(base)
     job.settings = _settings_for(base, cfg, tuple(sorted(picks.items())))
     if fused:  # with no attention block picked the stage would change nothing

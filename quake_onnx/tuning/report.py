@@ -136,9 +136,10 @@ def build_report(
         )
     nodes = []
     if node_config is not None:
-        anchor_group = {n: g for g in prep.groups for n in g.nodes.get(node_config, [])}
+        # By rule and anchor: one node may anchor two rules (x * Sigmoid(x)'s Sigmoid, also read elsewhere).
+        anchor_group = {(g.rule, n): g for g in prep.groups for n in g.nodes.get(node_config, [])}
         for d in prep.decisions[node_config]:
-            g = anchor_group.get(d.node) if d.replaced else None
+            g = anchor_group.get((d.rule, d.node)) if d.replaced else None
             r = outcome.groups[g.key] if g is not None else None
             choice = r.choice if r is not None and tuned else None
             nodes.append(

@@ -404,3 +404,32 @@ def test_an_attention_block_without_a_mask_is_measured_not_floored(attention_fac
     assert g["decision"] == decision
     fused = [n.op_type for n in onnx.load(out).graph.node if n.domain == "com.quake"]
     assert ("Attention" in fused) == (decision == "replaced")
+
+
+def test_a_node_anchoring_two_groups_follows_each_groups_decision(tmp_path):
+    """x * Sigmoid(x) with the Sigmoid's output also a graph output: groups
+    "silu Sigmoid" and "sigmoid Sigmoid" share the anchor. With silu replaced
+    and sigmoid kept, the written model had com.quake Sigmoid too, and the
+    report listed both nodes as kept in the sigmoid group (fresh-user run)."""
+    g = helper.make_graph(
+        [helper.make_node("Sigmoid", ["x"], ["s"], name="sg"), helper.make_node("Mul", ["x", "s"], ["y"], name="m")],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [8, 512])],
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [8, 512]) for n in ("y", "s")],
+    )
+    src, out = tmp_path / "ss.onnx", tmp_path / "out.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+
+    def factor(group, choice, config):
+        return 0.9 if group.rule == "silu" else 1.0  # the Sigmoid alone gains nothing
+
+    _, report = quake_onnx.tune(src, out, bench=fake(factor=factor), clock=FakeClock())
+    validate(report)
+    by_group = groups(report)
+    silu, sigmoid = "silu Sigmoid [8,512]", "sigmoid Sigmoid [8,512]"
+    assert by_group[silu]["decision"] == "replaced" and by_group[sigmoid]["decision"] == "kept"
+    assert [op for op, _ in quake_nodes(onnx.load(out)).values()] == ["Silu"]
+    assert [n.op_type for n in onnx.load(out).graph.node if n.domain == ""] == ["Sigmoid"]
+    entries = {n["rule"]: n for n in report["nodes"] if n["node"] == "sg"}
+    assert entries["silu"]["group"] == silu and entries["silu"]["decision"] == "replaced"
+    assert entries["sigmoid"]["group"] == sigmoid and entries["sigmoid"]["decision"] == "kept"
