@@ -26,6 +26,7 @@
 #include "constants.h"
 #include "elementwise.h"
 #include "exaq_scalar.h"
+#include "simd_exaq.h"
 #include "simd_order_table.h"
 #include "simd_rows.h"
 #include "softmax_long.h"
@@ -154,6 +155,7 @@ struct Lanes {
   static Vec min(Vec a, Vec b) { return _mm256_min_ps(a, b); }
   static Vec max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
   static Mask ge(Vec a, Vec b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  static Mask gt(Vec a, Vec b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
   static Mask is_nan(Vec v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
   static Vec select(Mask m, Vec a, Vec b) { return _mm256_blendv_ps(b, a, m); }
   // MINPS returns its second operand when either is NaN: NaN stays NaN.
@@ -193,7 +195,7 @@ struct Lanes {
 };
 
 // ----------------------------------------------------------------------------
-// EXAQ softmax. Lookups are VPERMPS over 8 entries: 8 levels (bits 2, 3)
+// EXAQ softmax (simd_exaq.h). Lookups are VPERMPS over 8 entries: 8 levels (bits 2, 3)
 // one permute; 16 (bits 4) two permutes and a blend on bit 3 of the code;
 // more (bits 5..8) the P/Q factoring of exaq::Levels: a 16-entry lookup of P
 // by j / 16 and of Q by j % 16, multiplied.
@@ -214,32 +216,15 @@ struct ExaqLookup {
         q0(_mm256_load_ps(lv.q)),
         q1(_mm256_load_ps(lv.q + 8)),
         top(_mm256_set1_epi32(lv.levels - 1)) {}
-  inline __m256 operator()(__m256i code) const {
+  // Entries of the live lanes for codes u rounded to nearest even (VCVTPS2DQ); the others +0.
+  inline __m256 operator()(__m256 live, __m256 u) const { return _mm256_and_ps(entries(_mm256_cvtps_epi32(u)), live); }
+  inline __m256 entries(__m256i code) const {
     if (Levels == 8) return _mm256_permutevar8x32_ps(t0, code);
     if (Levels == 16) return lookup16(t0, t1, code);
     const __m256i j = _mm256_sub_epi32(top, code);
     return _mm256_mul_ps(lookup16(p0, p1, _mm256_srli_epi32(j, 4)), lookup16(q0, q1, j));
   }
 };
-
-// Terms of one row stored to y and their sum (NaN if the row holds a NaN;
-// see the AVX-512 file), in simd_rows.h's pass.
-template <int Levels>
-inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq::Levels& lv) {
-  const ExaqLookup<Levels> lookup(lv);
-  const __m256 vm = _mm256_set1_ps(m), under = _mm256_set1_ps(kExpUnderflow), zero = _mm256_setzero_ps();
-  const __m256 va = _mm256_set1_ps(lv.a), vtop = _mm256_set1_ps(lv.top);
-  __m256 q = zero;
-  auto term = [&](__m256 xv) {
-    const __m256 z = _mm256_sub_ps(xv, vm);
-    const __m256 live = _mm256_cmp_ps(z, under, _CMP_GT_OQ);
-    const __m256i code = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_fmadd_ps(z, va, vtop), zero));
-    q = _mm256_add_ps(q, z);
-    return _mm256_and_ps(lookup(code), live);
-  };
-  const float sum = simd_rows::sum_stored_terms<Lanes, true>(x, y, n, term);
-  return std::isnan(hsum(q)) ? kNaN : sum;
-}
 
 // lo of a derived-C row from its live z, statistics in double: non-live
 // lanes are zeroed, which adds nothing to the sums and keeps zmin (from 0).
@@ -280,41 +265,10 @@ inline float exaq_derived_lo(const float* x, size_t n, float m, int bits) {
                           (qv[0] + qv[1]) + (qv[2] + qv[3]), _mm_cvtss_f32(mn));
 }
 
-// EXAQ softmax rows: the scalar definition (kernels_scalar.cc), terms summed
-// in 32 float lanes; codes equal the scalar ones bit for bit (FMA, round to
-// nearest even). Valid for any input; masks (z <= kExpUnderflow) -> exactly 0, all
-// -inf row -> 0, NaN/+inf row -> NaN. x and y may alias.
-template <int Levels>
-void exaq_rows_avx2(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
-  const bool derived = p.clip == 0.0f;
-  exaq::Levels lv{};
-  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv);
-  for (size_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * n;
-    float* yr = y + r * n;
-    const float m = simd_rows::row_max<Lanes>(xr, n);
-    if (m == kInf) {
-      simd_rows::fill<Lanes>(yr, n, kNaN);
-      continue;
-    }
-    if (m == -kInf) {
-      simd_rows::fill<Lanes>(yr, n, simd_rows::row_has_nan<Lanes>(xr, n) ? kNaN : 0.0f);
-      continue;
-    }
-    if (derived) exaq::make_levels(p.bits, exaq_derived_lo(xr, n, m, p.bits), &lv);
-    const float sum = exaq_terms<Levels>(xr, yr, n, m, lv);
-    if (std::isnan(sum)) {
-      simd_rows::fill<Lanes>(yr, n, kNaN);
-      continue;
-    }
-    simd_rows::SimdRowMaps<Lanes>::scale(yr, n, 1.0f / sum);  // sum >= 1: the max element's entry is e^0
-  }
-}
-
 void softmax_exaq_avx2(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
-  if (p.bits <= 3) return exaq_rows_avx2<8>(x, y, rows, n, p);
-  if (p.bits == 4) return exaq_rows_avx2<16>(x, y, rows, n, p);
-  exaq_rows_avx2<0>(x, y, rows, n, p);
+  if (p.bits <= 3) return simd_exaq::rows<Lanes, ExaqLookup<8>>(x, y, rows, n, p, exaq_derived_lo);
+  if (p.bits == 4) return simd_exaq::rows<Lanes, ExaqLookup<16>>(x, y, rows, n, p, exaq_derived_lo);
+  simd_exaq::rows<Lanes, ExaqLookup<0>>(x, y, rows, n, p, exaq_derived_lo);
 }
 
 // F16C conversions. Round to nearest even; NaN stays NaN (a signalling NaN

@@ -40,6 +40,7 @@
 #include "constants.h"
 #include "elementwise.h"
 #include "exaq_scalar.h"
+#include "simd_exaq.h"
 #include "simd_order_table.h"
 #include "simd_rows.h"
 #include "softmax_long.h"
@@ -151,6 +152,7 @@ struct Lanes {
   static Vec min(Vec a, Vec b) { return _mm512_min_ps(a, b); }
   static Vec max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
   static Mask ge(Vec a, Vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+  static Mask gt(Vec a, Vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   static Mask is_nan(Vec v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
   static Vec select(Mask m, Vec a, Vec b) { return _mm512_mask_mov_ps(b, m, a); }
   // Results above 0 become 0, NaN stays. On Zen 4 a compare and masked move
@@ -196,7 +198,7 @@ struct Lanes {
 };
 
 // ----------------------------------------------------------------------------
-// EXAQ softmax. The table lookup is a register permute: up to 16 levels
+// EXAQ softmax (simd_exaq.h). The table lookup is a register permute: up to 16 levels
 // (bits 2..4) one VPERMPS of the table; more levels (bits 5..8) VPERMPS of
 // P by j / 16 and of Q by j % 16 (VPERMPS reads the low 4 bits of the
 // index), multiplied: 3 instructions where a 256-entry gather was measured
@@ -210,34 +212,14 @@ struct ExaqLookup {
         p(_mm512_load_ps(lv.p)),
         q(_mm512_load_ps(lv.q)),
         top(_mm512_set1_epi32(lv.levels - 1)) {}
-  // Entries of the live lanes; the others +0.
-  inline __m512 operator()(__mmask16 live, __m512i code) const {
+  // Entries of the live lanes for codes u rounded to nearest even (VCVTPS2DQ); the others +0.
+  inline __m512 operator()(__mmask16 live, __m512 u) const {
+    const __m512i code = _mm512_cvtps_epi32(u);
     if (Small) return _mm512_maskz_permutexvar_ps(live, code, t);
     const __m512i j = _mm512_sub_epi32(top, code);
     return _mm512_maskz_mul_ps(live, _mm512_permutexvar_ps(_mm512_srli_epi32(j, 4), p), _mm512_permutexvar_ps(j, q));
   }
 };
-
-// Terms table[code(x - m)] of one row, stored to y, and their sum; NaN when
-// the row holds a NaN (its z is summed aside: only NaN survives that sum as
-// NaN, -inf stays -inf). Live lanes: z > kExpUnderflow (NaN is not live).
-template <bool Small>
-inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq::Levels& lv) {
-  const ExaqLookup<Small> lookup(lv);
-  const __m512 vm = _mm512_set1_ps(m), under = _mm512_set1_ps(kExpUnderflow), zero = _mm512_setzero_ps();
-  const __m512 va = _mm512_set1_ps(lv.a), vtop = _mm512_set1_ps(lv.top);
-  __m512 q = zero;
-  auto term = [&](__m512 xv) {
-    const __m512 z = _mm512_sub_ps(xv, vm);
-    const __mmask16 live = _mm512_cmp_ps_mask(z, under, _CMP_GT_OQ);
-    // max(u, 0) sends NaN u (z = -inf with a = 0) to code 0; the lane is not live anyway.
-    const __m512i code = _mm512_cvtps_epi32(_mm512_max_ps(_mm512_fmadd_ps(z, va, vtop), zero));
-    q = _mm512_add_ps(q, z);
-    return lookup(live, code);
-  };
-  const float sum = simd_rows::sum_stored_terms<Lanes, true>(x, y, n, term);
-  return std::isnan(_mm512_reduce_add_ps(q)) ? kNaN : sum;
-}
 
 // lo of a derived-C row: statistics of the live z in double (so every ISA
 // gets the same lo up to the last bits of a double sum), then exaq::derived_lo.
@@ -270,53 +252,9 @@ inline float exaq_derived_lo(const float* x, size_t n, float m, int bits) {
   return exaq::derived_lo(bits, static_cast<double>(count), sum, sum_sq, _mm512_reduce_min_ps(zmin));
 }
 
-// EXAQ softmax rows: the scalar definition (kernels_scalar.cc) with the sum
-// of the stored terms in 64 float lanes instead of counts times the table
-// (measured faster, BENCHMARKS.md) -- both are the same sum up to float
-// rounding (rows sum to 1 within 1e-5). Valid for any input; codes equal the
-// scalar ones bit for bit (same FMA, round to nearest even); errors, masks
-// (z <= kExpUnderflow -> exactly 0) and special rows (all -inf -> 0, NaN/+inf -> NaN)
-// as the scalar definition. Rows go in groups as in softmax_rows.h.
-template <bool Small>
-void exaq_rows_avx512(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
-  constexpr size_t kMaxGroup = 64;
-  const size_t group = std::min(kMaxGroup, rows);
-  const bool derived = p.clip == 0.0f;
-  exaq::Levels lv{};
-  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv);
-  float m[kMaxGroup], s[kMaxGroup], lo[kMaxGroup];
-  for (size_t r0 = 0; r0 < rows; r0 += group) {
-    const size_t g = std::min(group, rows - r0);
-    const float* xg = x + r0 * n;
-    float* yg = y + r0 * n;
-    for (size_t i = 0; i < g; ++i) m[i] = simd_rows::row_max<Lanes>(xg + i * n, n);
-    if (derived) {
-      for (size_t i = 0; i < g; ++i) {
-        if (!std::isinf(m[i])) lo[i] = exaq_derived_lo(xg + i * n, n, m[i], p.bits);
-      }
-    }
-    for (size_t i = 0; i < g; ++i) {
-      if (std::isinf(m[i])) continue;  // finished from x alone below (y may alias x)
-      if (derived) exaq::make_levels(p.bits, lo[i], &lv);
-      s[i] = exaq_terms<Small>(xg + i * n, yg + i * n, n, m[i], lv);
-    }
-    for (size_t i = 0; i < g; ++i) {
-      const float* xr = xg + i * n;
-      float* yr = yg + i * n;
-      if (m[i] == kInf || (m[i] != -kInf && std::isnan(s[i]))) {
-        simd_rows::fill<Lanes>(yr, n, kNaN);
-      } else if (m[i] == -kInf) {
-        simd_rows::fill<Lanes>(yr, n, simd_rows::row_has_nan<Lanes>(xr, n) ? kNaN : 0.0f);
-      } else {
-        simd_rows::SimdRowMaps<Lanes>::scale(yr, n, 1.0f / s[i]);  // s >= 1: the max element's entry is e^0
-      }
-    }
-  }
-}
-
 void softmax_exaq_avx512(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
-  if (p.bits <= 4) return exaq_rows_avx512<true>(x, y, rows, n, p);
-  exaq_rows_avx512<false>(x, y, rows, n, p);
+  if (p.bits <= 4) return simd_exaq::rows<Lanes, ExaqLookup<true>>(x, y, rows, n, p, exaq_derived_lo);
+  simd_exaq::rows<Lanes, ExaqLookup<false>>(x, y, rows, n, p, exaq_derived_lo);
 }
 
 // F16C conversions, masked tails. Round to nearest even; NaN stays NaN

@@ -26,6 +26,7 @@
 #include "constants.h"
 #include "elementwise.h"
 #include "exaq_scalar.h"
+#include "simd_exaq.h"
 #include "simd_order_table.h"
 #include "simd_rows.h"
 #include "softmax_long.h"
@@ -131,6 +132,7 @@ struct Lanes {
   static Vec min(Vec a, Vec b) { return vminq_f32(a, b); }  // FMIN, FMAX: NaN if either is
   static Vec max(Vec a, Vec b) { return vmaxq_f32(a, b); }
   static Mask ge(Vec a, Vec b) { return vcgeq_f32(a, b); }
+  static Mask gt(Vec a, Vec b) { return vcgtq_f32(a, b); }
   static Mask is_nan(Vec v) { return vmvnq_u32(vceqq_f32(v, v)); }
   static Vec select(Mask m, Vec a, Vec b) { return vbslq_f32(m, a, b); }
   static Vec at_most_zero(Vec r) { return vminq_f32(vdupq_n_f32(0.0f), r); }  // FMIN keeps NaN
@@ -173,7 +175,7 @@ struct Lanes {
 };
 
 // ----------------------------------------------------------------------------
-// EXAQ softmax. A 16-float table is 64 bytes, four registers: TBL with byte
+// EXAQ softmax (simd_exaq.h). A 16-float table is 64 bytes, four registers: TBL with byte
 // indices 4 k + {0, 1, 2, 3} reads entry k in every lane. Up to 16 levels
 // (bits 2..4) one lookup of the table; bits 5..8 the P/Q factoring of
 // exaq::Levels (P by j / 16, Q by j % 16, multiplied).
@@ -198,28 +200,17 @@ struct ExaqLookup {
   uint32x4_t top;
   explicit ExaqLookup(const exaq::Levels& lv)
       : t(lv.table), p(lv.p), q(lv.q), top(vdupq_n_u32(static_cast<uint32_t>(lv.levels - 1))) {}
-  inline float32x4_t operator()(uint32x4_t code) const {
+  // Entries of the live lanes for codes u rounded to nearest even (FCVTNS,
+  // which sends a NaN u to 0); the others +0.
+  inline float32x4_t operator()(uint32x4_t live, float32x4_t u) const {
+    return and_mask(entries(vreinterpretq_u32_s32(vcvtnq_s32_f32(u))), live);
+  }
+  inline float32x4_t entries(uint32x4_t code) const {
     if (Small) return t(code);
     const uint32x4_t j = vsubq_u32(top, code);
     return vmulq_f32(p(vshrq_n_u32(j, 4)), q(vandq_u32(j, vdupq_n_u32(15))));
   }
 };
-
-// Terms of a NaN-free row with finite max m, stored to y, and their sum, in
-// simd_rows.h's pass (tail lanes of -inf are not live: +0).
-template <bool Small>
-inline float exaq_terms(const float* x, float* y, size_t n, float m, const exaq::Levels& lv) {
-  const ExaqLookup<Small> lookup(lv);
-  const float32x4_t vm = vdupq_n_f32(m), under = vdupq_n_f32(kExpUnderflow), zero = vdupq_n_f32(0.0f);
-  const float32x4_t va = vdupq_n_f32(lv.a), vtop = vdupq_n_f32(lv.top);
-  auto term = [&](float32x4_t xv) {
-    const float32x4_t z = vsubq_f32(xv, vm);
-    // FCVTNS rounds to nearest even and sends NaN (z = -inf with a = 0) to 0.
-    const uint32x4_t code = vreinterpretq_u32_s32(vcvtnq_s32_f32(vmaxq_f32(vfmaq_f32(vtop, z, va), zero)));
-    return and_mask(lookup(code), vcgtq_f32(z, under));
-  };
-  return simd_rows::sum_stored_terms<Lanes, true>(x, y, n, term);
-}
 
 // lo of a derived-C row, statistics of the live z in double; non-live lanes
 // are zeroed (they add nothing and keep zmin, which starts at 0).
@@ -251,36 +242,9 @@ inline float exaq_derived_lo(const float* x, size_t n, float m, int bits) {
                           vaddvq_f64(vaddq_f64(q_lo, q_hi)), vminvq_f32(zmin));
 }
 
-// EXAQ softmax rows: the scalar definition (kernels_scalar.cc), terms summed
-// in 16 float lanes; codes equal the scalar ones bit for bit (FMA, FCVTNS).
-// Valid for any input; masks (z <= kExpUnderflow) -> exactly 0, all -inf row -> 0,
-// NaN/+inf row -> NaN (FMAX makes the row max NaN). x and y may alias.
-template <bool Small>
-void exaq_rows_neon(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
-  const bool derived = p.clip == 0.0f;
-  exaq::Levels lv{};
-  if (!derived) exaq::make_levels(p.bits, exaq::fixed_lo(p.clip), &lv);
-  for (size_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * n;
-    float* yr = y + r * n;
-    const float m = simd_rows::row_max<Lanes>(xr, n);
-    if (std::isnan(m) || m == kInf) {
-      simd_rows::fill<Lanes>(yr, n, kNaN);
-      continue;
-    }
-    if (m == -kInf) {
-      simd_rows::fill<Lanes>(yr, n, 0.0f);
-      continue;
-    }
-    if (derived) exaq::make_levels(p.bits, exaq_derived_lo(xr, n, m, p.bits), &lv);
-    const float sum = exaq_terms<Small>(xr, yr, n, m, lv);  // >= 1: e^0 of the max
-    simd_rows::SimdRowMaps<Lanes>::scale(yr, n, 1.0f / sum);
-  }
-}
-
 void softmax_exaq_neon(const float* x, float* y, size_t rows, size_t n, const ExaqParams& p) {
-  if (p.bits <= 4) return exaq_rows_neon<true>(x, y, rows, n, p);
-  exaq_rows_neon<false>(x, y, rows, n, p);
+  if (p.bits <= 4) return simd_exaq::rows<Lanes, ExaqLookup<true>>(x, y, rows, n, p, exaq_derived_lo);
+  simd_exaq::rows<Lanes, ExaqLookup<false>>(x, y, rows, n, p, exaq_derived_lo);
 }
 
 // FCVT conversions, round to nearest even (FPCR default); NaN stays NaN (a

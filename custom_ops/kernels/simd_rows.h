@@ -83,7 +83,7 @@ void fill(float* y, size_t n, float value) {
 // accumulators over blocks of 64 vectors, the blocks summed separately,
 // which keeps the float sum of a 50k row within ~1e-6 (one accumulator over
 // the whole row drifts by ~1e-4). Softmax's terms (sum_exp_shifted) and
-// EXAQ's table lookups (each ISA file's exaq_terms) run in it.
+// EXAQ's table lookups (simd_exaq.h's row_terms) run in it.
 struct Unchanged {
   template <class Vec>
   Vec operator()(Vec e) const {
