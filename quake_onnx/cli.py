@@ -1041,9 +1041,15 @@ def calibrate_cmd(
 def run() -> None:
     """The `quake-onnx` command: the process's own, so SIGTERM is taken as
     Terminated here (an in-process caller of `app` keeps its handlers)."""
-    if threading.current_thread() is threading.main_thread():
+    main = threading.current_thread() is threading.main_thread()
+    if main:
         signal.signal(signal.SIGTERM, _terminate)
-    app()
+    try:
+        app()
+    finally:
+        if main:  # the command is over, its status decided: a signal now would only kill the exit silently
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -20,19 +20,25 @@ The guarantees (docs/optimize.md, "Which files a command writes"):
 - temporaries take short names of their own (`.quake-*.tmp`), so any
   destination name the filesystem allows can be written;
 - every path is made absolute first: the result is the same from any
-  working folder.
+  working folder;
+- from the replace on, Ctrl-C and SIGTERM wait (`_signals_deferred`): the
+  cleanup after it finishes, and an interrupt can never undo half a commit
+  (the data file of a model already in place).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Callable, Optional
@@ -231,10 +237,39 @@ def _unlink(path: Path) -> None:
         pass
 
 
-def write_bytes_atomic(data: bytes, dest: Path, verify: Optional[Callable[[Path], None]] = None) -> None:
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT and SIGTERM received inside are taken when it ends (their
+    handlers then raise KeyboardInterrupt / Terminated as usual): what runs
+    inside finishes whole. Only the main thread handles signals; elsewhere
+    this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(received):
+            signal.raise_signal(s)
+
+
+def write_bytes_atomic(
+    data: bytes,
+    dest: Path,
+    verify: Optional[Callable[[Path], None]] = None,
+    after_replace: Optional[Callable[[], None]] = None,
+) -> None:
     """Writes `data` to `dest` through a temporary file in the same folder:
     readers see the old file or the new one, never a partial one. `verify`
-    runs on the finished temporary file; if it raises, `dest` is unchanged."""
+    runs on the finished temporary file; if it raises, `dest` is unchanged.
+    `after_replace` runs right after the replace, both with Ctrl-C and
+    SIGTERM deferred (an interrupt lands before the commit or after all of
+    it)."""
     dest = written_file(dest)
     _refuse_special(dest, "destination")
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=_TEMP_PREFIX, suffix=".tmp")
@@ -246,9 +281,14 @@ def write_bytes_atomic(data: bytes, dest: Path, verify: Optional[Callable[[Path]
         if verify is not None:
             verify(Path(tmp))
         os.chmod(tmp, _file_mode(dest))
-        os.replace(tmp, dest)
+        with _signals_deferred():
+            os.replace(tmp, dest)
+            tmp = None
+            if after_replace is not None:
+                after_replace()
     except BaseException:
-        _unlink(Path(tmp))
+        if tmp is not None:
+            _unlink(Path(tmp))
         raise
 
 
@@ -336,19 +376,30 @@ def save_model_atomic(
     dest = written_file(dest)
     old_data = _referenced_data(dest)
     if not external:
-        write_bytes_atomic(model.SerializeToString(), dest, verify)
-        _remove_replaced(old_data, None, dest, keep)
+        write_bytes_atomic(
+            model.SerializeToString(), dest, verify, lambda: _remove_replaced(old_data, None, dest, keep)
+        )
         return
-    data = _write_pair(model, dest, verify)
-    _remove_replaced(old_data, data, dest, keep)
-    if data is not None:
-        _take_plain_name(model, dest, data)
+
+    def after_replace(data: Optional[Path]) -> None:  # the new pair is in place: the cleanup, uninterrupted
+        _remove_replaced(old_data, data, dest, keep)
+        if data is not None:
+            _take_plain_name(model, dest, data)
+
+    _write_pair(model, dest, verify, after_replace)
     ext.load_external_data_for_model(model, str(dest.parent))
 
 
-def _write_pair(model: onnx.ModelProto, dest: Path, verify: Optional[Callable[[Path], None]]) -> Optional[Path]:
-    """Writes the data file under a free name, then the model over `dest`.
-    Returns the data file (None when every tensor stayed inside the model)."""
+def _write_pair(
+    model: onnx.ModelProto,
+    dest: Path,
+    verify: Optional[Callable[[Path], None]],
+    after_replace: Callable[[Optional[Path]], None],
+) -> Optional[Path]:
+    """Writes the data file under a free name, then the model over `dest`,
+    then `after_replace(data file)` (see write_bytes_atomic). Returns the data
+    file (None when every tensor stayed inside the model). The data file goes
+    again if anything fails before the model replaced `dest`, never after."""
     folder = dest.parent
     # A fresh folder: onnx appends to an existing data file instead of replacing it.
     work = Path(tempfile.mkdtemp(dir=folder, prefix=_TEMP_PREFIX))
@@ -369,10 +420,17 @@ def _write_pair(model: onnx.ModelProto, dest: Path, verify: Optional[Callable[[P
             os.chmod(work / staged, _file_mode(dest))
             data = _claim(work / staged, folder, dest)
             _point_at(model, staged, data.name)
+        committed = False
+
+        def commit() -> None:
+            nonlocal committed
+            committed = True
+            after_replace(data)
+
         try:
-            write_bytes_atomic(model.SerializeToString(), dest, verify)
+            write_bytes_atomic(model.SerializeToString(), dest, verify, commit)
         except BaseException:
-            if data is not None:
+            if data is not None and not committed:
                 _unlink(data)
             raise
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -182,6 +183,55 @@ def test_failed_in_place_write_leaves_the_pair(place, monkeypatch):
     assert_one_line_error(cli("optimize", name("m.onnx"), "--in-place"), 1, "planted")
     assert file_bytes(src, folder / "m.onnx.data") == before
     assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "m.onnx.data"]  # no temporary left
+
+
+def test_ctrl_c_at_the_commit_waits_for_the_pair_and_its_cleanup(place, monkeypatch):
+    """Ctrl-C right after the model replaced OUT (fresh-user run: interrupts
+    near the end): the data file the new model points at was then removed as
+    if the write had failed, and the old pair's data file stayed. Now the
+    interrupt is taken once the commit and its cleanup are done: OUT loads,
+    the old data file is gone, exit 130."""
+    writes = importlib.import_module("quake_onnx.writes")
+    folder, name = place
+    src, feeds, ref = save_external(folder, "m.onnx", "m.onnx.data")
+    assert cli("optimize", name("m.onnx"), name("o.onnx"), "--min-elements", "0").exit_code == 0
+    assert locations(folder / "o.onnx") == {"o.onnx.data"}
+    replace = os.replace
+
+    def replace_then_ctrl_c(a, b):
+        replace(a, b)
+        if Path(b).name == "o.onnx":
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(writes.os, "replace", replace_then_ctrl_c)
+    result = cli("optimize", name("m.onnx"), name("o.onnx"), "--min-elements", "0", "--order", "3")
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    monkeypatch.setattr(writes.os, "replace", replace)
+    assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "m.onnx.data", "o.onnx", "o.onnx.data"]
+    np.testing.assert_allclose(run_model(folder / "o.onnx", feeds), ref, atol=3e-3)
+    orders = {a.i for n in onnx.load(folder / "o.onnx").graph.node for a in n.attribute if a.name == "order"}
+    assert orders == {3}
+
+
+def test_a_signal_after_the_command_cannot_kill_its_exit():
+    """Python restores the default handlers while it shuts down: a Ctrl-C or
+    SIGTERM there killed a finished run silently (exit -2 / -15 after the
+    output was written). run() ignores both once the command is over."""
+    import subprocess
+    import sys
+
+    import quake_onnx
+
+    code = (
+        "import signal\n"
+        "from quake_onnx.cli import run\n"
+        "try:\n    run()\nexcept SystemExit as e:\n"
+        "    print(e.code, signal.getsignal(signal.SIGINT) is signal.SIG_IGN, "
+        "signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(quake_onnx.__file__).parent.parent))
+    out = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, env=env)
+    assert out.stdout.splitlines()[-1] == "0 True True", out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("report", ["m.onnx.data", "m.onnx", "o.onnx", "o.onnx.data", "o.onnx.3.data"])
