@@ -144,11 +144,15 @@ class InputFiles:
         self._by_inode.setdefault((st.st_dev, st.st_ino), role)
 
     def add_model(self, model: onnx.ModelProto, path: os.PathLike | str, whose: str = "the input") -> None:
-        """Protects a model file and every external data file it references."""
+        """Protects a model file, every external data file it references, and
+        the files of the ONNX model zoo's test data sets beside it
+        (`test_data_set_*/*.pb`, which check, zoo, tune and calibrate read)."""
         files = modelio.model_files(model, Path(path))
         self.add(files[0], f"{whose} model")
         for data in files[1:]:
             self.add(data, f"an external data file of {whose} model")
+        for pb in sorted(Path(files[0]).parent.glob("test_data_set_*/*.pb")):
+            self.add(pb, f"a test data set file of {whose} model")
 
     def role_of(self, path: os.PathLike | str) -> Optional[str]:
         """What `path` is among the protected files, or None."""

@@ -274,6 +274,38 @@ def test_calibrate_never_writes_over_its_inputs(place):
     assert locations(folder / "cal.onnx") == {"cal.onnx.data"}
 
 
+@pytest.mark.parametrize("command", ["check", "zoo", "tune", "calibrate", "optimize"])
+def test_the_model_zoos_test_data_sets_are_inputs(tmp_path, monkeypatch, command):
+    """check, zoo, tune and calibrate read test_data_set_*/*.pb beside the
+    model: a report (or calibrate's OUT) there replaced the data set, and
+    every later run failed on it (fresh-user run)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "zoo" / "m" / "test_data_set_0").mkdir(parents=True)
+    model, feeds = wide_model(64)
+    onnx.save(model, "zoo/m/model.onnx")
+    if command == "calibrate":
+        assert (
+            cli("optimize", "zoo/m/model.onnx", "q.onnx", "--softmax-method", "exaq", "--min-elements", "0").exit_code
+            == 0
+        )
+        os.replace("q.onnx", "zoo/m/model.onnx")
+    sets = tmp_path / "zoo" / "m" / "test_data_set_0"
+    (sets / "input_0.pb").write_bytes(numpy_helper.from_array(feeds["X"], "X").SerializeToString())
+    (sets / "output_0.pb").write_bytes(numpy_helper.from_array(np.zeros((2, 64), np.float32), "Y").SerializeToString())
+    before = file_bytes(sets / "input_0.pb", sets / "output_0.pb")
+    for pb in ("input_0.pb", "output_0.pb"):
+        target = f"zoo/m/test_data_set_0/{pb}"
+        args = {
+            "check": ["check", "zoo/m/model.onnx", "--json", target],
+            "zoo": ["zoo", "zoo", "--json", target],
+            "tune": ["tune", "zoo/m/model.onnx", "t.onnx", "--report", target],
+            "calibrate": ["calibrate", "zoo/m/model.onnx", target],
+            "optimize": ["optimize", "zoo/m/model.onnx", target],
+        }[command]
+        assert_one_line_error(cli(*args), 2, "is a test data set file of")
+    assert file_bytes(sets / "input_0.pb", sets / "output_0.pb") == before
+
+
 def test_check_and_zoo_reports_never_land_on_a_model_file(place):
     folder, name = place
     src, _, _ = save_external(folder, "m.onnx", "m.onnx.data")
