@@ -5,6 +5,7 @@ options. Both return the exit code: 0 every threshold holds, 1 one fails
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -297,6 +298,25 @@ def _finish(report: dict, console: Console, err: Console, outputs: dict, warning
     return 0
 
 
+def _merged_models(report: dict, paths: list[Path]) -> list[Path]:
+    """Every file a merged report's model path may name. A shard stores its
+    models' paths as it was given them, relative to the folder it ran in,
+    which the merge does not know (CI merges in a job of its own): such a path
+    is taken from the working folder, from each shard report's folder and
+    from the folders above it, where the shard most likely ran."""
+    bases = [Path.cwd()]
+    for p in paths:
+        folder = writes.absolute(p).parent
+        bases += [folder, *folder.parents]
+    found: dict[str, Path] = {}
+    for m in report["models"]:
+        model = Path(m["model"])
+        for candidate in [model] if model.is_absolute() else [base / model for base in bases]:
+            if candidate.is_file():
+                found.setdefault(os.path.realpath(candidate), candidate)
+    return list(found.values())
+
+
 def merge_command(
     paths: list[Path], *, json_out: Optional[Path], markdown: Optional[Path], junit: Optional[Path]
 ) -> int:
@@ -320,7 +340,7 @@ def merge_command(
     inputs = writes.InputFiles()
     if any(outputs.values()):
         inputs = _input_files(
-            [Path(m["model"]) for m in report["models"]],
+            _merged_models(report, paths),
             [],
             role="a model the merged reports checked",
             whose="a merged report's",

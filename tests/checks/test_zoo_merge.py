@@ -225,3 +225,30 @@ def test_the_workflow_of_docs_zoo_md_runs(tmp_path):
     assert abs(merged["score"]["value"] - by_log_sum) <= 1e-9
     assert (tmp_path / "summary.md").read_text().startswith("## quake-onnx zoo: S(t) = ")
     assert ET.parse(tmp_path / "all.xml").getroot().get("tests") == str(len(names))
+
+
+def test_merge_from_another_folder_never_writes_over_a_listed_model(tmp_path, monkeypatch):
+    """Shards store their models' paths relative to the folder they ran in; a
+    merge run elsewhere (CI's merge job) resolved them against its own folder
+    and wrote --json over ../zoo/a.onnx (fresh-user run)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    (tmp_path / "zoo").mkdir()
+    (tmp_path / "ci").mkdir()
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 256])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 256])
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"])], "g", [x], [y])
+    for name in ("a", "b"):
+        onnx.save(
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "zoo" / f"{name}.onnx"
+        )
+    monkeypatch.chdir(tmp_path)
+    for i in (1, 2):
+        r = cli("zoo", "zoo", "--shard", f"{i}/2", "--runs", "1", "--warmup", "0", "--json", f"ci/shard-{i}.json")
+        assert r.exit_code == 0, r.stderr
+    before = (tmp_path / "zoo" / "a.onnx").read_bytes()
+    monkeypatch.chdir(tmp_path / "ci")
+    line = one_line(cli("zoo", "merge", "shard-1.json", "shard-2.json", "--json", "../zoo/a.onnx"), 2)
+    assert "is a model the merged reports checked" in line
+    assert (tmp_path / "zoo" / "a.onnx").read_bytes() == before
