@@ -487,7 +487,7 @@ _VOCAB = typer.Option(
     min=1,
     help="generated integer ids are below this (default: the rows of the table they index, else 32)",
 )
-_SEED = typer.Option(0, "--seed", help="seed of generated inputs")
+_SEED = typer.Option(0, "--seed", min=0, help="seed of generated inputs")
 _THREADS = typer.Option(1, "--threads", min=1, help="intra_op_num_threads of both sessions")
 _RUNS = typer.Option(20, "--runs", min=1, help="timed runs of each model; the median is reported")
 _WARMUP = typer.Option(3, "--warmup", min=0, help="untimed runs of each model first")

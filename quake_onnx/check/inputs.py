@@ -350,6 +350,8 @@ def generate(
     warnings = warnings if warnings is not None else []
     notes = notes if notes is not None else []
     used = used if used is not None else {}
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"the seed of generated inputs must be an integer >= 0, got {seed!r}")
     rng = np.random.default_rng(seed)
     bounds = _gather_bounds(model)
     feeds = {}
@@ -370,39 +372,46 @@ def generate(
         if unused:
             warnings.append(f"--dim {', '.join(unused)}: no input has such a dimension")
     for spec in specs:
-        shape = shapes[spec.name]
-        name = spec.name.lower()
-        kind = np.dtype(spec.dtype).kind
-        if spec.name in ranges:
-            low, high = ranges[spec.name]
-            if kind in "iub":
-                info = np.iinfo(spec.dtype) if kind != "b" else None
-                lo, hi = int(math.ceil(low)), int(math.floor(high))
-                if info is not None:
-                    lo, hi = max(lo, int(info.min)), min(hi, int(info.max))
-                if lo > hi:
-                    raise InputError(
-                        f"range [{low:g}, {high:g}] of input {spec.name} holds no {np.dtype(spec.dtype).name} value"
-                    )
-                value = rng.integers(lo, hi, shape, endpoint=True).astype(spec.dtype)
-            else:
-                value = (rng.uniform(low, high, shape) if high > low else np.full(shape, low)).astype(spec.dtype)
-        elif "mask" in name:
-            value = np.zeros(shape, spec.dtype) if kind == "f" else np.ones(shape, spec.dtype)
-        elif kind == "b":
-            value = rng.integers(0, 2, shape).astype(bool)
-        elif kind in "iu":
-            if "token_type" in name or "segment" in name:
-                value = np.zeros(shape, spec.dtype)
-            elif "position" in name and shape:
-                value = np.broadcast_to(np.arange(shape[-1]), shape).astype(spec.dtype)
-            else:
-                bound = vocab or bounds.get(spec.name) or DEFAULT_ID_BOUND
-                if vocab and spec.name in bounds and vocab > bounds[spec.name]:
-                    warnings.append(f"--vocab {vocab} is above input {spec.name}'s table of {bounds[spec.name]} rows")
-                high = min(bound, np.iinfo(spec.dtype).max)
-                value = rng.integers(0, high, shape).astype(spec.dtype)
-        else:
-            value = rng.standard_normal(shape).astype(spec.dtype)
-        feeds[spec.name] = np.array(value, order="C")  # ascontiguousarray would make a scalar 1-D
+        try:
+            feeds[spec.name] = _generated(spec, shapes[spec.name], rng, bounds, vocab, ranges, warnings)
+        except (MemoryError, ValueError) as e:  # a size from --dim or --image-size numpy cannot allocate
+            raise InputError(f"cannot make input {spec.name} of shape {list(shapes[spec.name])}: {e}") from None
     return feeds
+
+
+def _generated(spec: InputSpec, shape, rng, bounds, vocab, ranges, warnings: list[str]) -> np.ndarray:
+    """One generated input (see generate)."""
+    name = spec.name.lower()
+    kind = np.dtype(spec.dtype).kind
+    if spec.name in ranges:
+        low, high = ranges[spec.name]
+        if kind in "iub":
+            info = np.iinfo(spec.dtype) if kind != "b" else None
+            lo, hi = int(math.ceil(low)), int(math.floor(high))
+            if info is not None:
+                lo, hi = max(lo, int(info.min)), min(hi, int(info.max))
+            if lo > hi:
+                raise InputError(
+                    f"range [{low:g}, {high:g}] of input {spec.name} holds no {np.dtype(spec.dtype).name} value"
+                )
+            value = rng.integers(lo, hi, shape, endpoint=True).astype(spec.dtype)
+        else:
+            value = (rng.uniform(low, high, shape) if high > low else np.full(shape, low)).astype(spec.dtype)
+    elif "mask" in name:
+        value = np.zeros(shape, spec.dtype) if kind == "f" else np.ones(shape, spec.dtype)
+    elif kind == "b":
+        value = rng.integers(0, 2, shape).astype(bool)
+    elif kind in "iu":
+        if "token_type" in name or "segment" in name:
+            value = np.zeros(shape, spec.dtype)
+        elif "position" in name and shape:
+            value = np.broadcast_to(np.arange(shape[-1]), shape).astype(spec.dtype)
+        else:
+            bound = vocab or bounds.get(spec.name) or DEFAULT_ID_BOUND
+            if vocab and spec.name in bounds and vocab > bounds[spec.name]:
+                warnings.append(f"--vocab {vocab} is above input {spec.name}'s table of {bounds[spec.name]} rows")
+            high = min(bound, np.iinfo(spec.dtype).max)
+            value = rng.integers(0, high, shape).astype(spec.dtype)
+    else:
+        value = rng.standard_normal(shape).astype(spec.dtype)
+    return np.array(value, order="C")  # ascontiguousarray would make a scalar 1-D

@@ -381,3 +381,28 @@ def test_float32_data_for_a_float16_model_is_cast_with_a_note(tmp_path):
     note = "input x: float32 data cast to float16, the model's type (5 finite values became inf)"
     assert f"note: {note}" in r.stdout
     assert json.loads((tmp_path / "r.json").read_text())["inputs"]["notes"] == [note]
+
+
+def test_a_seed_or_image_size_numpy_cannot_take_is_a_usage_error(tmp_path):
+    """--seed -1 and --image-size 100000 were 'internal error (ValueError /
+    MemoryError ...); please report it', exit 1 (fresh-user run)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, None, None])
+    graph = helper.make_graph(
+        [helper.make_node("Sigmoid", ["x"], ["y"])],
+        "g",
+        [x],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "img.onnx")
+    for command in ("check", "tune"):
+        one_line(cli(command, tmp_path / "img.onnx", "--seed", "-1"), 2, contains="'--seed'")
+    one_line(
+        cli("check", tmp_path / "img.onnx", "--image-size", "100000"),
+        2,
+        contains="cannot make input x of shape [1, 3, 100000, 100000]",
+    )
+    one_line(
+        cli("check", tmp_path / "img.onnx", "--image-size", "99999999999999999999"), 2, contains="cannot make input x"
+    )
+    with pytest.raises(quake_onnx.check.inputs.InputError, match="seed of generated inputs must be an integer >= 0"):
+        quake_onnx.tune(tmp_path / "img.onnx", None, seed=-1)
