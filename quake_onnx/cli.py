@@ -333,7 +333,7 @@ def _consoles(stdout_taken: bool = False):
     (a report written to '-') both print to stderr."""
     from rich.console import Console
 
-    return Console(stderr=stdout_taken), Console(stderr=True)
+    return Console(stderr=stdout_taken, emoji=False), Console(stderr=True, emoji=False)
 
 
 def _is_stdout(path: Optional[Path]) -> bool:
@@ -904,7 +904,7 @@ def tune_cmd(
     if not console.is_terminal:  # a CI log or a file: wide enough that the table does not fold
         from rich.console import Console
 
-        console = Console(stderr=stdout_taken, width=160)
+        console = Console(stderr=stdout_taken, width=160, emoji=False)
     also = [(w, p) for w, p in (("report", report), ("markdown", markdown)) if p is not None and not _is_stdout(p)]
     if report is not None and markdown is not None and writes.absolute(report) == writes.absolute(markdown):
         same = "are both '-' (stdout)" if _is_stdout(report) else f"name the same file {report}"

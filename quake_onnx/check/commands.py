@@ -26,9 +26,9 @@ def _error(message: str) -> None:
 
 
 def _console(stderr: bool = False) -> Console:
-    console = Console(stderr=stderr)
+    console = Console(stderr=stderr, emoji=False)
     # Not a terminal means a CI log or a file: wide enough that tables do not fold.
-    return console if console.is_terminal else Console(stderr=stderr, width=160)
+    return console if console.is_terminal else Console(stderr=stderr, width=160, emoji=False)
 
 
 def _input_files(

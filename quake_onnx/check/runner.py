@@ -132,6 +132,18 @@ def _nan_only_in_original(reference: np.ndarray, output: np.ndarray) -> bool:
     return r.dtype.kind == "f" and r.size > 0 and bool(np.isnan(r).all()) and bool(np.isfinite(o).any())
 
 
+def _apart(value: float, limit: float, spec: str) -> tuple[str, str]:
+    """`value` (in format `spec`) and `limit` as a failure line shows them,
+    with more digits where those would print the two alike ("cosine 0.999999
+    < 0.999999" for 0.99999932 against 0.99999933)."""
+    shown = format(value, spec), f"{limit:g}"
+    for d in range(7, 18):
+        if shown[0] != shown[1]:
+            return shown
+        shown = f"{value:.{d}g}", f"{limit:.{d}g}"
+    return shown if shown[0] != shown[1] else (repr(value), repr(limit))
+
+
 def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
     """Every threshold the result misses, one phrase each. Non-finite
     mismatches (docs/zoo.md: inf or NaN against a number or another
@@ -147,21 +159,21 @@ def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
     t = thresholds
     worst_abs = summary["max_abs_error"]
     if t.max_abs_error is not None and not summary["nonfinite_mismatch"] and worst_abs > t.max_abs_error:
-        failures.append(
-            f"max abs error {worst_abs:.3g} > {t.max_abs_error:g} (output {_worst(outputs, 'max_abs_error', True)})"
-        )
+        a, b = _apart(worst_abs, t.max_abs_error, ".3g")
+        failures.append(f"max abs error {a} > {b} (output {_worst(outputs, 'max_abs_error', True)})")
     cos = summary["min_cosine"]
     if t.min_cosine is not None and not summary["nonfinite_mismatch"] and not cos >= t.min_cosine:
-        failures.append(f"cosine {cos:.6f} < {t.min_cosine:g} (output {_worst(outputs, 'cosine', False)})")
+        a, b = _apart(cos, t.min_cosine, ".6f")
+        failures.append(f"cosine {a} < {b} (output {_worst(outputs, 'cosine', False)})")
     top1 = summary["min_top1_agreement"]
     if t.min_top1_agreement is not None and top1 is not None and top1 < t.min_top1_agreement:
         scores = [o for o in outputs if o["scores"] and o["top1_agreement"] is not None]
-        failures.append(
-            f"top-1 agreement {top1:.3f} < {t.min_top1_agreement:g} (output {_worst(scores, 'top1_agreement', False)})"
-        )
+        a, b = _apart(top1, t.min_top1_agreement, ".3f")
+        failures.append(f"top-1 agreement {a} < {b} (output {_worst(scores, 'top1_agreement', False)})")
     timing = result.get("timing")
     if t.min_speedup is not None and timing is not None and timing["speedup"] < t.min_speedup:
-        failures.append(f"speedup {timing['speedup']:.2f}x < {t.min_speedup:g}x")
+        a, b = _apart(timing["speedup"], t.min_speedup, ".2f")
+        failures.append(f"speedup {a}x < {b}x")
     return failures
 
 

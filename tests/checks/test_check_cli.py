@@ -406,3 +406,29 @@ def test_a_seed_or_image_size_numpy_cannot_take_is_a_usage_error(tmp_path):
     )
     with pytest.raises(quake_onnx.check.inputs.InputError, match="seed of generated inputs must be an integer >= 0"):
         quake_onnx.tune(tmp_path / "img.onnx", None, seed=-1)
+
+
+def test_a_failure_line_never_prints_the_two_sides_alike():
+    """'FAIL: cosine 0.999999 < 0.999999' for 0.99999932 against 0.99999933:
+    the digits grow until the two sides differ (fresh-user run)."""
+    from quake_onnx.check.runner import Thresholds, judge
+
+    outputs = [{"name": "y", "nonfinite_mismatch": 0, "cosine": 0.99999932, "max_abs_error": 1.0, "scores": False}]
+    summary = {"nonfinite_mismatch": 0, "max_abs_error": 1.0, "min_cosine": 0.99999932, "min_top1_agreement": None}
+    th = Thresholds(max_abs_error=0.99999999, min_cosine=0.99999933, min_top1_agreement=None, min_speedup=None)
+    assert judge({"summary": summary, "outputs": outputs}, th) == [
+        "max abs error 1 > 0.99999999 (output y)",
+        "cosine 0.99999932 < 0.99999933 (output y)",
+    ]
+
+
+def test_user_text_is_never_read_as_emoji_codes(tmp_path):
+    """rich turned ':a:' in '--dim x:a=2' and ':smile:' in a model's name into
+    emoji in warnings, progress lines and the zoo table (fresh-user run)."""
+    (tmp_path / "z").mkdir()
+    _softmax_model(tmp_path / "z" / "v1:smile:.onnx", 2)
+    r = cli("check", tmp_path / "z" / "v1:smile:.onnx", "--dim", "x:a=2", *FAST)
+    assert "--dim x:a: no input has such a dimension" in r.stderr, r.stderr
+    r = cli("zoo", tmp_path / "z", *FAST)
+    assert r.stdout.count("v1:smile:") + r.stderr.count("v1:smile:") >= 2, r.stdout + r.stderr
+    assert "\U0001f604" not in r.stdout + r.stderr
