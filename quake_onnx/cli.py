@@ -99,6 +99,18 @@ class _QuakeCommands(OneLineErrors):
         return super().resolve_command(ctx, args)
 
 
+def _one_inputs_file(inputs: Optional[List[Path]]) -> Optional[Path]:
+    """check's and tune's --inputs: one file. Given twice it silently took
+    the last; calibrate takes several (one run each), so a repeat reads as
+    meaning that."""
+    if inputs and len(inputs) > 1:
+        raise typer.BadParameter(
+            "takes one file here (several sample sets: test_data_set_* folders beside the model)",
+            param_hint="'--inputs'",
+        )
+    return inputs[0] if inputs else None
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -605,11 +617,11 @@ def check_cmd(
     optimized: Optional[Path] = typer.Option(
         None, "--optimized", metavar="OTHER.onnx", help="compare this optimized model instead of optimizing MODEL now"
     ),
-    inputs: Optional[Path] = typer.Option(
+    inputs: Optional[List[Path]] = typer.Option(
         None,
         "--inputs",
         metavar="DATA.npz",
-        help="inputs by name (default: test_data_set_* beside MODEL, else generated)",
+        help="inputs by name, one file (default: test_data_set_* beside MODEL, else generated)",
     ),
     dim: Optional[List[str]] = _DIMS,
     vocab: Optional[int] = _VOCAB,
@@ -638,6 +650,7 @@ def check_cmd(
     """Run MODEL with ONNX Runtime's ops and optimized with com.quake: output agreement, latency, thresholds."""
     from .check.commands import check_command
 
+    inputs = _one_inputs_file(inputs)
     options = _check_options(
         dim,
         vocab,
@@ -845,11 +858,11 @@ class _TuneProgress:
 def tune_cmd(
     src: Path = typer.Argument(..., metavar="IN", help="ONNX model to tune"),
     dest: Path = typer.Argument(..., metavar="OUT", parser=_output_file, help="where to write the result"),
-    inputs: Optional[Path] = typer.Option(
+    inputs: Optional[List[Path]] = typer.Option(
         None,
         "--inputs",
         metavar="DATA.npz",
-        help="inputs by name (default: test_data_set_* beside IN, else generated)",
+        help="inputs by name, one file (default: test_data_set_* beside IN, else generated)",
     ),
     dim: Optional[List[str]] = _DIMS,
     vocab: Optional[int] = _VOCAB,
@@ -899,6 +912,7 @@ def tune_cmd(
     from .tuning import report as tune_report
     from .tuning import tune
 
+    inputs = _one_inputs_file(inputs)
     stdout_taken = _is_stdout(report) or _is_stdout(markdown)
     console, err = _consoles(stdout_taken)
     if not console.is_terminal:  # a CI log or a file: wide enough that the table does not fold

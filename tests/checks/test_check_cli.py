@@ -432,3 +432,16 @@ def test_user_text_is_never_read_as_emoji_codes(tmp_path):
     r = cli("zoo", tmp_path / "z", *FAST)
     assert r.stdout.count("v1:smile:") + r.stderr.count("v1:smile:") >= 2, r.stdout + r.stderr
     assert "\U0001f604" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("command", ["check", "tune"])
+def test_inputs_given_twice_is_refused_not_the_last_taken(tmp_path, command):
+    """check and tune read one --inputs file; a second silently replaced the
+    first (tune then tuned on the other set), where calibrate takes several."""
+    model = _softmax_model(tmp_path / "m.onnx", 2)
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", x=np.zeros((2, 128), np.float32))
+    extra = [tmp_path / "out.onnx"] if command == "tune" else []
+    args = [command, model, *extra, "--inputs", tmp_path / "a.npz", "--inputs", tmp_path / "b.npz"]
+    one_line(cli(*args), 2, contains="'--inputs': takes one file here")
+    assert not (tmp_path / "out.onnx").exists()
