@@ -113,14 +113,20 @@ def compare(
         k = max(1, min(top_k, classes))
         r2 = np.asarray(reference, np.float64).reshape(-1, classes)
         o2 = np.asarray(output, np.float64).reshape(-1, classes)
-        excused = original_nan.reshape(-1, classes).any(axis=1)  # the original's NaN rows: nothing to agree with
+        # The original's NaN rows have no argmax: nothing to agree with (an all-NaN row
+        # once "agreed" with a row of zeros, both argmax 0). A NaN row of the output
+        # where the original has numbers agrees with nothing.
+        excused = np.isnan(r2).any(axis=1)
         r2, o2 = r2[~excused], o2[~excused]
+        lost = np.isnan(o2).any(axis=1)
         metrics.k, metrics.rows = k, int(r2.shape[0])
         if metrics.rows:  # no rows (an empty output): no agreement to measure, left None
-            metrics.top1_agreement = float(np.mean(np.argmax(r2, -1) == np.argmax(o2, -1)))
+            metrics.top1_agreement = float(np.mean((np.argmax(r2, -1) == np.argmax(o2, -1)) & ~lost))
             top_r = np.argsort(-r2, axis=-1, kind="stable")[:, :k]
             top_o = np.argsort(-o2, axis=-1, kind="stable")[:, :k]
-            overlap = [len(set(a) & set(b)) / k for a, b in zip(top_r.tolist(), top_o.tolist())]
+            overlap = [
+                0.0 if bad else len(set(a) & set(b)) / k for a, b, bad in zip(top_r.tolist(), top_o.tolist(), lost)
+            ]
             metrics.topk_agreement = float(np.mean(overlap))
     return metrics
 

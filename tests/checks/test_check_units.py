@@ -340,3 +340,19 @@ def test_timing_waits_for_spinning_pools_only_with_threads(monkeypatch, threads,
     assert timed == ["a", "b"] * 4
     if threads > 1:  # every timed run right after a wait
         assert calls[2:] == ["settle", "a", "settle", "b"] * 4
+
+
+def test_nan_rows_have_no_top1_to_agree_on():
+    """An all-NaN original row (a Softmax of a fully -inf mask) 'agreed' with a
+    row of zeros, both argmax 0: top-1 1.000 beside a non-finite mismatch
+    (fresh-user run). The original's NaN rows are out of the agreement; a NaN
+    row of the output agrees with nothing."""
+    ref = np.full((4, 10), np.nan, np.float32)
+    out = np.zeros((4, 10), np.float32)
+    m = cmp.compare("probs", ref, out, scores=True)
+    assert m.rows == 0 and m.top1_agreement is None and m.topk_agreement is None
+    ref = np.tile(np.arange(10, dtype=np.float32), (4, 1))
+    out = ref.copy()
+    out[1, 3] = np.nan
+    m = cmp.compare("probs", ref, out, scores=True, top_k=3)
+    assert m.rows == 4 and m.top1_agreement == 0.75 and m.topk_agreement == 0.75
