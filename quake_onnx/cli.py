@@ -539,6 +539,21 @@ def _tune_budget(value: float) -> float:
     return value
 
 
+def _timeout(value: Optional[float]) -> Optional[float]:
+    # 0 read as "no limit" while the report recorded a timeout of 0.0: leave the option out for that.
+    if value is not None and not (0 < value < float("inf")):
+        raise typer.BadParameter(f"{value:g} is not a number of seconds > 0 (leave --timeout out for no limit)")
+    return value
+
+
+def _tune_options_need_tune(ctx: typer.Context, tune: bool) -> None:
+    """--tune-budget and --tune-attention-precision without --tune were ignored in silence."""
+    for name, option in (("tune_budget", "--tune-budget"), ("tune_attention_precision", "--tune-attention-precision")):
+        source = ctx.get_parameter_source(name)  # typer's own click's ParameterSource: compared by name
+        if not tune and source is not None and source.name == "COMMANDLINE":
+            raise typer.BadParameter("applies only with --tune", param_hint=f"'{option}'")
+
+
 _TUNE_BUDGET = typer.Option(
     120.0, "--tune-budget", callback=_tune_budget, metavar="SECONDS", help="with --tune: seconds per model"
 )
@@ -613,6 +628,7 @@ def _check_options(
 
 @app.command("check")
 def check_cmd(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., metavar="MODEL", help="ONNX model, or a model-zoo folder holding model.onnx"),
     optimized: Optional[Path] = typer.Option(
         None, "--optimized", metavar="OTHER.onnx", help="compare this optimized model instead of optimizing MODEL now"
@@ -650,6 +666,7 @@ def check_cmd(
     """Run MODEL with ONNX Runtime's ops and optimized with com.quake: output agreement, latency, thresholds."""
     from .check.commands import check_command
 
+    _tune_options_need_tune(ctx, tune)
     inputs = _one_inputs_file(inputs)
     options = _check_options(
         dim,
@@ -713,11 +730,11 @@ def zoo_cmd(
         "1/1", "--shard", metavar="i/n", help="check the i-th of n deterministic slices (1-based)"
     ),
     timeout: Optional[float] = typer.Option(
-        None, "--timeout", min=0.0, metavar="SECONDS", help="a model taking longer fails"
+        None, "--timeout", callback=_timeout, metavar="SECONDS", help="a model taking longer fails (default: no limit)"
     ),
     list_only: bool = typer.Option(False, "--list", help="print the models this shard would check, run nothing"),
     penalty: float = typer.Option(
-        0.1, "--penalty", min=1e-6, help="speedup a model outside tolerance counts as in S(t)"
+        0.1, "--penalty", min=1e-6, max=1.0, help="speedup a model outside tolerance counts as in S(t) (<= 1)"
     ),
     min_score: Optional[float] = typer.Option(None, "--min-score", min=0.0, help="fail when S(t) is below this"),
     dim: Optional[List[str]] = _DIMS,
@@ -755,6 +772,7 @@ def zoo_cmd(
     Shard reports combine with `quake-onnx zoo merge shard-*.json --json all.json` (docs/zoo.md)."""
     from .check.commands import zoo_command
 
+    _tune_options_need_tune(ctx, tune)
     options = _check_options(
         dim,
         vocab,

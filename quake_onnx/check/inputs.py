@@ -371,6 +371,9 @@ def generate(
         unused = sorted(set(dims) - set(used))
         if unused:
             warnings.append(f"--dim {', '.join(unused)}: no input has such a dimension")
+    unknown = sorted(set(ranges) - {spec.name for spec in specs})
+    if unknown:  # a misspelt name in a manifest's ranges was ignored in silence
+        warnings.append(f"ranges {', '.join(unknown)}: the model has no input of that name")
     for spec in specs:
         try:
             feeds[spec.name] = _generated(spec, shapes[spec.name], rng, bounds, vocab, ranges, warnings)

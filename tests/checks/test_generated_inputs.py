@@ -104,6 +104,9 @@ def test_ranges_come_first():
     assert set(np.unique(feeds["attention_mask"])) == {0, 1}
     with pytest.raises(InputError, match="holds no int32 value"):
         generate(model, graph_inputs(model), ranges={"ids": (0.2, 0.8)})
+    warnings = []  # a misspelt name was ignored in silence
+    generate(model, graph_inputs(model), ranges={"idz": (1, 2), "ids": (1, 2)}, warnings=warnings)
+    assert warnings == ["ranges idz: the model has no input of that name"]
 
 
 def test_check_prints_the_image_note_and_records_it(tmp_path):

@@ -166,3 +166,20 @@ def test_an_empty_output_passes_with_no_top1(tmp_path):
     assert "nan" not in r.stdout
     (case,) = ET.parse(tmp_path / "r.xml").getroot().iter("testcase")
     assert "top-1 -, top-5 -" in case.find("system-out").text
+
+
+@pytest.mark.parametrize(
+    "args, contains",
+    [
+        (["--timeout", "0"], "'--timeout': 0 is not a number of seconds > 0"),
+        (["--penalty", "2"], "'--penalty'"),
+        (["--tune-budget", "3"], "'--tune-budget': applies only with --tune"),
+        (["--tune-attention-precision", "float32"], "'--tune-attention-precision': applies only with --tune"),
+    ],
+)
+def test_options_that_would_mean_nothing_are_refused(tmp_path, args, contains):
+    """Accepted before (fresh-user run): --timeout 0 meant no limit while the
+    report recorded 0.0; a penalty above 1 made a failing model raise S(t);
+    the --tune options did nothing without --tune."""
+    (tmp_path / "z").mkdir()
+    one_line(cli("zoo", tmp_path / "z", *args), 2, contains=contains)
