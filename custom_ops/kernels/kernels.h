@@ -7,7 +7,7 @@
 // Shared contract of the exponential core (ops.md), per order k in {1,2,3}:
 //   e^z for kExpUnderflow < z < kExpOverflow (-87.336555 < z < 88.72284: every
 //   z whose e^z is a normal float) with max relative error 2.99e-2 / 1.73e-3 /
-//   7.5e-5 (plus ~3e-6 from rounding z * log2(e) near |z| = 88);
+//   7.5e-5 (plus up to 3.6e-6 from rounding z * log2(e) for |z| ~ 80..88);
 //   z <= kExpUnderflow (and -inf) -> +0 (e^z is subnormal there), z >= kExpOverflow
 //   (and +inf) -> +inf (exactly where e^z rounds to inf in float), NaN -> NaN.
 #pragma once
