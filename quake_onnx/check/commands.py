@@ -212,13 +212,15 @@ def zoo_command(
             typer.echo(f"{e.name}\t{e.path}")  # tab-separated for scripts; rich would expand the tab
         return 0
 
-    options = dataclasses.replace(options, warn_unused_dims=False)
+    options = dataclasses.replace(options, warn_unused_dims=False, ranges_named=frozenset())
     run_options = apply_settings(options, plan.defaults, explicit) if plan else options
     per_model, skip = {}, {}
     if plan is not None:
         for e in mine:
             settings = plan.settings_for(e.name)
-            per_model[e.name] = apply_settings(options, settings, explicit)
+            per_model[e.name] = dataclasses.replace(
+                apply_settings(options, settings, explicit), ranges_named=plan.own_ranges(e.name)
+            )
             if settings.skip:
                 skip[e.name] = settings.skip
     started = time.perf_counter()

@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Collection, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -109,6 +109,7 @@ def load_inputs(
     ranges: Mapping[str, tuple[float, float]] = {},
     model_name: Optional[str] = None,
     warn_unused_dims: bool = True,
+    ranges_named: Optional[Collection[str]] = None,
 ) -> Inputs:
     """--inputs first, then test_data_set_* beside the model, then generated."""
     specs = graph_inputs(model)
@@ -133,6 +134,7 @@ def load_inputs(
         notes=inputs.notes,
         used=inputs.dims,
         warn_unused_dims=warn_unused_dims,
+        ranges_named=ranges_named,
     )
     inputs.sets.append(InputSet(feeds))
     return inputs
@@ -332,6 +334,7 @@ def generate(
     notes: Optional[list[str]] = None,
     used: Optional[dict] = None,
     warn_unused_dims: bool = True,
+    ranges_named: Optional[Collection[str]] = None,
 ) -> dict[str, np.ndarray]:
     """Inputs from the specs, reproducible from `seed`.
 
@@ -346,7 +349,10 @@ def generate(
 
     `used` receives the `dims` keys that sized something, `notes` what was
     chosen without being asked (image sizes); a `dims` key nothing used is a
-    warning when `warn_unused_dims` (a zoo reports those once for the run)."""
+    warning when `warn_unused_dims` (a zoo reports those once for the run), and
+    so is a name of `ranges_named` (default: every `ranges` key) that no
+    input has (a zoo names those of the model's own manifest entry, not the
+    [defaults] that every model inherits)."""
     warnings = warnings if warnings is not None else []
     notes = notes if notes is not None else []
     used = used if used is not None else {}
@@ -371,7 +377,8 @@ def generate(
         unused = sorted(set(dims) - set(used))
         if unused:
             warnings.append(f"--dim {', '.join(unused)}: no input has such a dimension")
-    unknown = sorted(set(ranges) - {spec.name for spec in specs})
+    named = set(ranges) if ranges_named is None else set(ranges_named)
+    unknown = sorted(named - {spec.name for spec in specs})
     if unknown:  # a misspelt name in a manifest's ranges was ignored in silence
         warnings.append(f"ranges {', '.join(unknown)}: the model has no input of that name")
     for spec in specs:

@@ -85,6 +85,11 @@ class Manifest:
                 result = settings.over(result)
         return result
 
+    def own_ranges(self, name: str) -> frozenset:
+        """The ranges named by `name`'s exact entry: the ones a misspelling can
+        hide in (a [defaults] or glob range need not fit every model)."""
+        return frozenset(n for pattern, s in self.models if not _is_glob(pattern) and pattern == name for n in s.ranges)
+
     def check_matches(self, names: Iterable[str], root: Path) -> None:
         """Every model entry matches at least one model of the zoo (all shards)."""
         names = list(names)

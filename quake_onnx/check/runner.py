@@ -57,6 +57,7 @@ class CheckOptions:
     image_size: int = DEFAULT_IMAGE_SIZE
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     warn_unused_dims: bool = True  # a zoo names the --dim no model used once, not per model
+    ranges_named: Optional[frozenset] = None  # range names whose absence warns (None: all; generate())
     tune: bool = False  # `quake-onnx tune` the model (within tune_budget seconds) instead of optimizing it
     tune_budget: float = 120.0
     tune_attention_precision: str = "auto"  # tune's --attention-precision
@@ -132,16 +133,23 @@ def _nan_only_in_original(reference: np.ndarray, output: np.ndarray) -> bool:
     return r.dtype.kind == "f" and r.size > 0 and bool(np.isnan(r).all()) and bool(np.isfinite(o).any())
 
 
-def _apart(value: float, limit: float, spec: str) -> tuple[str, str]:
+def _apart(value: float, limit: float, spec: str, below: bool) -> tuple[str, str]:
     """`value` (in format `spec`) and `limit` as a failure line shows them,
-    with more digits where those would print the two alike ("cosine 0.999999
-    < 0.999999" for 0.99999932 against 0.99999933)."""
+    with more digits until the printed numbers fail as the values do (value
+    below the limit when `below`, else above): not "cosine 0.999999 <
+    0.999999" for 0.99999932 against 0.99999933, nor "speedup 1.00x < 1x"
+    for 0.996."""
+
+    def fails(shown: tuple[str, str]) -> bool:
+        a, b = float(shown[0]), float(shown[1])
+        return a < b if below else a > b
+
     shown = format(value, spec), f"{limit:g}"
-    for d in range(7, 18):
-        if shown[0] != shown[1]:
+    for d in range(3, 18):
+        if fails(shown):
             return shown
         shown = f"{value:.{d}g}", f"{limit:.{d}g}"
-    return shown if shown[0] != shown[1] else (repr(value), repr(limit))
+    return shown if fails(shown) else (repr(value), repr(limit))
 
 
 def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
@@ -159,20 +167,20 @@ def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
     t = thresholds
     worst_abs = summary["max_abs_error"]
     if t.max_abs_error is not None and not summary["nonfinite_mismatch"] and worst_abs > t.max_abs_error:
-        a, b = _apart(worst_abs, t.max_abs_error, ".3g")
+        a, b = _apart(worst_abs, t.max_abs_error, ".3g", below=False)
         failures.append(f"max abs error {a} > {b} (output {_worst(outputs, 'max_abs_error', True)})")
     cos = summary["min_cosine"]
     if t.min_cosine is not None and not summary["nonfinite_mismatch"] and not cos >= t.min_cosine:
-        a, b = _apart(cos, t.min_cosine, ".6f")
+        a, b = _apart(cos, t.min_cosine, ".6f", below=True)
         failures.append(f"cosine {a} < {b} (output {_worst(outputs, 'cosine', False)})")
     top1 = summary["min_top1_agreement"]
     if t.min_top1_agreement is not None and top1 is not None and top1 < t.min_top1_agreement:
         scores = [o for o in outputs if o["scores"] and o["top1_agreement"] is not None]
-        a, b = _apart(top1, t.min_top1_agreement, ".3f")
+        a, b = _apart(top1, t.min_top1_agreement, ".3f", below=True)
         failures.append(f"top-1 agreement {a} < {b} (output {_worst(scores, 'top1_agreement', False)})")
     timing = result.get("timing")
     if t.min_speedup is not None and timing is not None and timing["speedup"] < t.min_speedup:
-        a, b = _apart(timing["speedup"], t.min_speedup, ".2f")
+        a, b = _apart(timing["speedup"], t.min_speedup, ".2f", below=True)
         failures.append(f"speedup {a}x < {b}x")
     return failures
 
@@ -212,6 +220,7 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
             ranges=options.ranges,
             model_name=name,
             warn_unused_dims=options.warn_unused_dims,
+            ranges_named=options.ranges_named,
         )
     except InputError as e:
         raise CheckError(str(e), "inputs") from None

@@ -420,6 +420,15 @@ def test_a_failure_line_never_prints_the_two_sides_alike():
         "max abs error 1 > 0.99999999 (output y)",
         "cosine 0.99999932 < 0.99999933 (output y)",
     ]
+    # Unequal strings are not enough: "speedup 1.00x < 1x" for 0.996 (review).
+    timing = {"speedup": 0.996}
+    fine = {"nonfinite_mismatch": 0, "max_abs_error": 0.0, "min_cosine": 1.0, "min_top1_agreement": 0.9996}
+    th = Thresholds(min_speedup=1.0, min_top1_agreement=1.0)
+    scores = [{**outputs[0], "scores": True, "top1_agreement": 0.9996}]
+    assert judge({"summary": fine, "outputs": scores, "timing": timing}, th) == [
+        "top-1 agreement 0.9996 < 1 (output y)",
+        "speedup 0.996x < 1x",
+    ]
 
 
 def test_user_text_is_never_read_as_emoji_codes(tmp_path):

@@ -245,3 +245,24 @@ def test_the_example_manifest_of_docs_zoo_md_parses(tmp_path):
     assert m.settings_for("ocr/det_small").dims == {"batch": 1, "DynamicDimension.1": 640, "DynamicDimension.2": 640}
     assert m.settings_for("big/llm").skip == "needs 30 GB of memory"
     assert m.settings_for("text/encoder").dims == {"batch": 1, "sequence": 128, "input_ids:0": 4}
+
+
+def test_a_misspelt_range_of_a_models_own_entry_warns_a_defaults_one_does_not(small_zoo, tmp_path):
+    """A range naming no input was ignored in silence (fresh-user run); a
+    [defaults] range need not fit every model, so only a model's own entry's
+    ranges are checked against its inputs."""
+    config = _write(
+        tmp_path / "z.toml",
+        """
+[defaults]
+ranges = { pixel_values = [0, 1] }
+dims = { seq = 8 }
+
+[models."gen/bert"]
+ranges = { input_idz = [1, 5] }
+""",
+    )
+    r, report = _run(small_zoo, tmp_path, "--config", config, "--shard", "1/3")
+    by_name = {m["name"]: m for m in report["models"]}
+    assert by_name["gen/bert"]["warnings"] == ["ranges input_idz: the model has no input of that name"], by_name
+    assert "pixel_values" not in r.stderr
