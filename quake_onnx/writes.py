@@ -246,20 +246,34 @@ def _signals_deferred():
     """SIGINT and SIGTERM received inside are taken when it ends (their
     handlers then raise KeyboardInterrupt / Terminated as usual): what runs
     inside finishes whole. Only the main thread handles signals; elsewhere
-    this does nothing."""
+    this does nothing, as for a signal whose handler was set outside Python
+    (getsignal None: it could not be put back)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in held}
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
+    previous: dict = {}
     try:
+        for s in held:  # inside the try: a signal between two installs still restores the first
+            previous[s] = signal.signal(s, lambda signum, frame: received.append(signum))
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        _restore(previous)
         for s in dict.fromkeys(received):
             signal.raise_signal(s)
+
+
+def _restore(handlers: dict) -> None:
+    """Puts each handler back, each in a finally of the one before: a handler
+    that raises as soon as it is back cannot leave the next one replaced."""
+    if not handlers:
+        return
+    (s, handler), rest = next(iter(handlers.items())), dict(list(handlers.items())[1:])
+    try:
+        signal.signal(s, handler)
+    finally:
+        _restore(rest)
 
 
 def write_bytes_atomic(

@@ -238,9 +238,10 @@ bool mask_tile_dead(const AttentionParams& p, const void* mask, size_t q0, size_
 
 // float16 mask values as floats, float16's lowest (-65504, finfo(float16).min,
 // what float16 exports mask with) read as float's lowest: in a float16 graph
-// a score plus -65504 rounds back to -65504, so a row masked by it everywhere
-// is uniform (the mean of V), and so it stays in float arithmetic, where
-// s - 65504 would keep the scores' differences (docs/ops.md, Attention).
+// a score below 16 in magnitude plus -65504 rounds back to -65504 (float16's
+// spacing there is 32), so a row masked by it everywhere is uniform (the mean
+// of V), and so it stays in float arithmetic, where s - 65504 would keep the
+// scores' differences (docs/ops.md, Attention).
 inline void half_mask_to_float(const AttentionParams& p, const uint16_t* x, float* y, size_t n) {
   p.f16_to_f32(x, y, n);
   for (size_t j = 0; j < n; ++j) {

@@ -71,8 +71,9 @@ def compare(
     """The agreement of `output` with `reference` (same shape). With
     `excuse_nan` (the caller's inputs hold no NaN), numbers where the
     reference has NaN are no mismatch (original_nan) when something else was
-    compared; rows of score outputs holding such NaN are left out of the
-    top-1/top-k agreement."""
+    compared. Rows of score outputs where the reference has a NaN are left
+    out of the top-1/top-k agreement whatever `excuse_nan` (they have no
+    argmax); a row where only the output has one counts as disagreeing."""
     if reference.shape != output.shape:
         raise ValueError(
             f"output {name}: shape {list(output.shape)} differs from the reference's {list(reference.shape)}"

@@ -87,6 +87,8 @@ def test_heads_repeated_interleaved():
 def test_where_with_a_small_fill():
     model, feeds = block(mask="where", mask_value=-5.0)
     refused(model, "Where puts -5 on the masked scores", feeds)
+    model, _ = block(mask="where", mask_value=float("nan"))  # NaN rows in the original
+    refused(model, "Where puts nan on the masked scores")
 
 
 def test_where_fill_of_higher_rank():

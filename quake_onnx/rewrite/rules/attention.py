@@ -145,7 +145,7 @@ def _mask_step(ctx: Context, node: gs.Node) -> Union[None, str, tuple[parts.Mask
             if value is not None and _leads_to_matmul(scores):
                 if ctx.scalar_against(fill, scores) is None:
                     return f"Where's fill {fill.name} has more axes than the scores"
-                if value > parts.MASKED:
+                if not value <= parts.MASKED:  # NaN too
                     return f"Where puts {value:g} on the masked scores, not a large negative value (<= -1e4)"
                 return parts.Mask(cond, node, where=True, live_if=keep_if, fill=value), scores
         return "Where masks the scores with a value that is not a constant scalar"

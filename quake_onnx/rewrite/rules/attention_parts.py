@@ -497,69 +497,79 @@ class Plan:
 
 
 def mask_specs(ctx: Context, plan: Plan, base: str) -> tuple[list[NodeSpec], Optional[gs.Tensor]]:
-    """The nodes computing the one additive M from the plan's masks: a Where
-    mask becomes Where(cond, 0, fill), a Sub's term Neg(m), several are summed,
-    and M is cast to Q's element type when it is another (a mask added after
-    the Softmax's upcast to float).
+    """The nodes computing the one additive M from the plan's masks, applied
+    in the graph's order (the walk lists them from the Softmax back, so the
+    last is applied first): an Add's term is added, a Sub's subtracted, and a
+    Where(cond, scores, fill) becomes Where(cond, M so far, lowest). M is cast
+    to Q's element type when it is another (a mask applied after the
+    Softmax's upcast to float).
 
-    A Where puts its fill in place of the scores, M adds it to them: for a row
+    A Where puts its fill in place of the scores, M adds to them: for a row
     whose every key is masked the Where's row is uniform (the mean of V), the
-    sum a softmax of the scores. A finite fill therefore becomes the lowest
-    value of M's type, which swamps any score as the Where's fill did (float's
+    sum a softmax of the scores. So a masked position takes the lowest value
+    of M's type, which swamps any score as the Where's fill did (float's
     lowest: s + lowest rounds to lowest; float16's -65504 the op reads as
-    float's lowest, docs/ops.md), and the rows where a key is live are the
-    same either way (e^(fill - max) = 0 for fills <= -1e4)."""
+    float's lowest, docs/ops.md), and replaces what the masks before it
+    added (lowest + finfo.min would be -inf); rows where a key is live are the
+    same either way (e^(fill - max) = 0 for fills <= -1e4). A -inf fill stays
+    -inf."""
     specs: list[NodeSpec] = []
-    terms: list[tuple[gs.Tensor, int]] = []
-    for mask in plan.masks:
+    m: Optional[gs.Tensor] = None
+    m_elem: Optional[int] = None
+    for mask in reversed(plan.masks):  # innermost first
         elem = mask.elem or plan.elem
+        if m is not None and m_elem != elem:
+            m = _cast(ctx, specs, m, m_elem, elem, base)
+        m_elem = elem
+        out = ctx.variable(f"{base}/quake_mask")
         if mask.where:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
             value = mask.fill if np.isneginf(mask.fill) else np.finfo(dtype).min
-            zero = gs.Constant(ctx.names.tensor(f"{base}/quake_mask_zero"), np.zeros((), dtype))
+            kept = m if m is not None else gs.Constant(ctx.names.tensor(f"{base}/quake_mask_zero"), np.zeros((), dtype))
             fill = gs.Constant(ctx.names.tensor(f"{base}/quake_mask_fill"), np.asarray(value, dtype))
-            out = ctx.variable(f"{base}/quake_mask")
-            pair = [zero, fill] if mask.live_if else [fill, zero]
+            pair = [kept, fill] if mask.live_if else [fill, kept]
             specs.append(NodeSpec("Where", [mask.tensor, *pair], [out], domain=""))
-            terms.append((out, elem))
-        elif mask.negate:
-            out = ctx.variable(f"{base}/quake_mask")
+        elif m is None:
+            if not mask.negate:
+                m = mask.tensor
+                continue
             specs.append(NodeSpec("Neg", [mask.tensor], [out], domain=""))
-            terms.append((out, elem))
         else:
-            terms.append((mask.tensor, elem))
-    if not terms:
-        return specs, None
-    m, elem = terms[0]
-    for other, other_elem in terms[1:]:
-        if other_elem != elem:
-            cast = ctx.variable(f"{base}/quake_mask")
-            specs.append(NodeSpec("Cast", [other], [cast], {"to": elem}, domain=""))
-            other = cast
-        total = ctx.variable(f"{base}/quake_mask")
-        specs.append(NodeSpec("Add", [m, other], [total], domain=""))
-        m = total
-    if elem != plan.elem:
-        if plan.elem == onnx.TensorProto.FLOAT16:
-            m = _saturated_for_half(ctx, specs, m, elem, base)
-        cast = ctx.variable(f"{base}/quake_mask")
-        specs.append(NodeSpec("Cast", [m], [cast], {"to": plan.elem}, domain=""))
-        m = cast
+            specs.append(NodeSpec("Sub" if mask.negate else "Add", [m, mask.tensor], [out], domain=""))
+        m = out
+    if m is not None and m_elem != plan.elem:
+        m = _cast(ctx, specs, m, m_elem, plan.elem, base)
     return specs, m
+
+
+def _cast(ctx: Context, specs: list[NodeSpec], m: gs.Tensor, elem: int, to: int, base: str) -> gs.Tensor:
+    """M cast from `elem` to `to`; to float16 clipped to its range first."""
+    if to == onnx.TensorProto.FLOAT16:
+        m = _saturated_for_half(ctx, specs, m, elem, base)
+    cast = ctx.variable(f"{base}/quake_mask")
+    specs.append(NodeSpec("Cast", [m], [cast], {"to": to}, domain=""))
+    return cast
 
 
 def _saturated_for_half(ctx: Context, specs: list[NodeSpec], m: gs.Tensor, elem: int, base: str) -> gs.Tensor:
     """M clipped to float16's range, -inf kept: a float mask's finfo.min or
     -1e9 would cast to -inf, and a row masked by it everywhere would give 0
     where the float graph gave the mean of V; as -65504 the op reads it as
-    float's lowest (mask_specs)."""
+    float's lowest (mask_specs). Max and Min, not Clip (whose bounds are
+    inputs only from opset 11); -inf is told by Less(m, lowest) and kept by a
+    Where from opset 9 (before it, -inf becomes -65504 too)."""
     dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
     limit = float(np.finfo(np.float16).max)
     lo = gs.Constant(ctx.names.tensor(f"{base}/quake_mask_half_lowest"), np.asarray(-limit, dtype))
     hi = gs.Constant(ctx.names.tensor(f"{base}/quake_mask_half_max"), np.asarray(limit, dtype))
-    clipped, minus_inf, kept = (ctx.variable(f"{base}/quake_mask") for _ in range(3))
-    specs.append(NodeSpec("Clip", [m, lo, hi], [clipped], domain=""))
-    specs.append(NodeSpec("IsInf", [m], [minus_inf], {"detect_positive": 0}, domain=""))
+    capped, clipped = ctx.variable(f"{base}/quake_mask"), ctx.variable(f"{base}/quake_mask")
+    specs.append(NodeSpec("Min", [m, hi], [capped], domain=""))
+    specs.append(NodeSpec("Max", [capped, lo], [clipped], domain=""))
+    if ctx.opset < 9:
+        return clipped
+    lowest = gs.Constant(ctx.names.tensor(f"{base}/quake_mask_lowest"), np.asarray(np.finfo(dtype).min, dtype))
+    minus_inf, kept = ctx.variable(f"{base}/quake_mask"), ctx.variable(f"{base}/quake_mask")
+    specs.append(NodeSpec("Less", [m, lowest], [minus_inf], domain=""))
     specs.append(NodeSpec("Where", [minus_inf, m, clipped], [kept], domain=""))
     return kept
 
