@@ -12,6 +12,14 @@ from rich.table import Table
 from .rewrite.report import Report
 
 
+def make_console(stderr: bool = False, *, wide: bool = False) -> Console:
+    """Every command's rich console. Emoji codes off: ':a:' in a --dim or
+    ':smile:' in a model's name is the user's text. `wide`: where the output
+    is not a terminal (a CI log or a file), 160 columns so tables do not fold."""
+    console = Console(stderr=stderr, emoji=False)
+    return console if not wide or console.is_terminal else Console(stderr=stderr, width=160, emoji=False)
+
+
 def summary_table(report: Report, dry_run: bool = False) -> Table:
     """Per rule: how many candidates were replaced and how many kept."""
     replaced = Counter(d.rule for d in report.replaced)

@@ -343,9 +343,9 @@ def _run_optimize(*args: Any, **kwargs: Any):
 def _consoles(stdout_taken: bool = False):
     """The console for results and the one for warnings; with `stdout_taken`
     (a report written to '-') both print to stderr."""
-    from rich.console import Console
+    from ._cli_output import make_console
 
-    return Console(stderr=stdout_taken, emoji=False), Console(stderr=True, emoji=False)
+    return make_console(stdout_taken), make_console(True)
 
 
 def _is_stdout(path: Optional[Path]) -> bool:
@@ -925,6 +925,7 @@ def tune_cmd(
     from rich.markup import escape
 
     from . import writes
+    from ._cli_output import make_console
     from .check.inputs import parse_dims
     from .modelio import ModelFileError, shown
     from .tuning import report as tune_report
@@ -932,11 +933,7 @@ def tune_cmd(
 
     inputs = _one_inputs_file(inputs)
     stdout_taken = _is_stdout(report) or _is_stdout(markdown)
-    console, err = _consoles(stdout_taken)
-    if not console.is_terminal:  # a CI log or a file: wide enough that the table does not fold
-        from rich.console import Console
-
-        console = Console(stderr=stdout_taken, width=160, emoji=False)
+    console, err = make_console(stdout_taken, wide=True), make_console(True)
     also = [(w, p) for w, p in (("report", report), ("markdown", markdown)) if p is not None and not _is_stdout(p)]
     if report is not None and markdown is not None and writes.absolute(report) == writes.absolute(markdown):
         same = "are both '-' (stdout)" if _is_stdout(report) else f"name the same file {report}"

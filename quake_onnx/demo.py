@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from rich.console import Console
 from rich.table import Table
 
 import quake_onnx
 
 from . import modelio, sessions
+from ._cli_output import make_console
 from .check.paired import settle
 from .modelio import ModelFileError
 
@@ -109,7 +109,7 @@ def run_demo(folder: Path | None = None, threads: int = 1, runs: int = 50, optim
         table.add_column(column)
     table.add_row("ONNX Runtime ops", f"{t0:.3f}", "-", "-")
     table.add_row("com.quake (order 2)", f"{t1:.3f}", f"{max_abs:.2e}", f"{cosine:.6f}")
-    console = Console(emoji=False)
+    console = make_console()
     console.print(summary)
     console.print(table)
     console.print(f"speedup {t0 / t1:.2f}x; library {quake_onnx.get_library_path()}", soft_wrap=True)

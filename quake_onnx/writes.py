@@ -49,7 +49,6 @@ from onnx import external_data_helper as ext
 
 from . import modelio
 from .modelio import ModelFileError
-from .modelio import shown as shown_path
 
 # Tensors smaller than this stay inside the .onnx file when data goes external.
 EXTERNAL_THRESHOLD = 1024
@@ -179,7 +178,7 @@ def check_output_path(
     role = inputs.role_of(path) if inputs is not None else None
     if role is not None:
         raise ModelFileError(f"{what} {path} is {role}; writing it would destroy it (choose another path)")
-    shown, path = shown_path(path), written_file(path)
+    shown, path = modelio.shown(path), written_file(path)
     if path.is_dir():
         raise ModelFileError(f"{what} {shown} is a directory")
     _refuse_special(path, what)
@@ -253,27 +252,15 @@ def _signals_deferred():
         return
     received: list = []
     held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
-    previous: dict = {}
     try:
-        for s in held:  # inside the try: a signal between two installs still restores the first
-            previous[s] = signal.signal(s, lambda signum, frame: received.append(signum))
-        yield
+        # ExitStack puts every handler back even when one raises as soon as it is back.
+        with contextlib.ExitStack() as restore:
+            for s in held:
+                restore.callback(signal.signal, s, signal.signal(s, lambda signum, frame: received.append(signum)))
+            yield
     finally:
-        _restore(previous)
         for s in dict.fromkeys(received):
             signal.raise_signal(s)
-
-
-def _restore(handlers: dict) -> None:
-    """Puts each handler back, each in a finally of the one before: a handler
-    that raises as soon as it is back cannot leave the next one replaced."""
-    if not handlers:
-        return
-    (s, handler), rest = next(iter(handlers.items())), dict(list(handlers.items())[1:])
-    try:
-        signal.signal(s, handler)
-    finally:
-        _restore(rest)
 
 
 def write_bytes_atomic(

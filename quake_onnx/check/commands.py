@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import modelio, writes
+from .._cli_output import make_console
 from . import manifest, reports
 from .runner import CheckError, CheckOptions, Thresholds, check_model, resolve_model
 from .zoo import DEFAULT_PENALTY, discover, parse_shard, run_models, score
@@ -23,12 +24,6 @@ from .zoo import shard as take_shard
 
 def _error(message: str) -> None:
     typer.echo(f"error: {' '.join(message.split())}", err=True)
-
-
-def _console(stderr: bool = False) -> Console:
-    console = Console(stderr=stderr, emoji=False)
-    # Not a terminal means a CI log or a file: wide enough that tables do not fold.
-    return console if console.is_terminal else Console(stderr=stderr, width=160, emoji=False)
 
 
 def _input_files(
@@ -91,7 +86,7 @@ def check_command(model: Path, options: CheckOptions, json_out: Optional[Path]) 
         _error(problem)
         return 2
     to_stdout = writes.is_stdout(json_out)
-    console, err = _console(to_stdout), _console(True)
+    console, err = make_console(to_stdout, wide=True), make_console(True, wide=True)
     try:
         result = check_model(model, options)
     except CheckError as e:
@@ -205,8 +200,8 @@ def zoo_command(
         _error(problem)
         return 2
     mine = take_shard(entries, index, count)
-    console = _console(bool(dashes))
-    err = _console(True)
+    console = make_console(bool(dashes), wide=True)
+    err = make_console(True, wide=True)
     if list_only:
         for e in mine:
             typer.echo(f"{e.name}\t{e.path}")  # tab-separated for scripts; rich would expand the tab
@@ -353,7 +348,7 @@ def merge_command(
     if problem:
         _error(problem)
         return 2
-    return _finish(report, _console(bool(dashes)), _console(True), outputs, warnings)
+    return _finish(report, make_console(bool(dashes), wide=True), make_console(True, wide=True), outputs, warnings)
 
 
 def _run_with_progress(

@@ -59,8 +59,9 @@ def one_plus_half_product(
     one = ctx.scalar_operand(add) if add is not None else None
     if one is None or one[1] is not t:
         return f"{what} output is not added to 1"
-    if exact_reason(one[0], "1", 1.0):
-        return exact_reason(one[0], "1", 1.0)
+    reason = exact_reason(one[0], "1", 1.0)
+    if reason:
+        return reason
     tail = half_product(ctx, add.outputs[0], x, f"1 + {what.lower()}")
     if isinstance(tail, str):
         return tail
@@ -87,8 +88,9 @@ def half_product(ctx: Context, p: gs.Tensor, x: gs.Tensor, what: str) -> Union[t
         return reasons[0] if reasons else f"x * ({what}) is not multiplied by 0.5"
     found = ctx.scalar_operand(m1)
     if found is not None and found[1] is p:
-        if exact_reason(found[0], "0.5", HALF):
-            return exact_reason(found[0], "0.5", HALF)
+        reason = exact_reason(found[0], "0.5", HALF)
+        if reason:
+            return reason
         m2 = reader(q, "Mul")
         if m2 is None or other_operand(m2, q) is not x:
             return f"0.5 * ({what}) is not multiplied by x"
