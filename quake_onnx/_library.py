@@ -86,7 +86,11 @@ def float16_engine() -> str:
     """What computes float16 Exp, Sigmoid, Silu and Gelu in a session created
     now (honours QUAKE_ISA and QUAKE_F16): "AVX512-FP16 lanes" (QUAKE_F16=lanes
     on a CPU with AVX512-FP16: orders 1 and 2 in float16 arithmetic, ops.md
-    "float16 lanes"), "float32 lanes, converted in registers" (the SIMD tables)
+    "float16 lanes"); under QUAKE_F16=auto on such a CPU "AVX512-FP16 lanes for
+    Exp, Sigmoid at order 1; ... measured faster (QUAKE_F16=auto); float32
+    lanes, converted in registers, for the rest", or "float32 lanes, converted
+    in registers (QUAKE_F16=auto: measured faster than AVX512-FP16 lanes)";
+    "float32 lanes, converted in registers" (the SIMD tables)
     or "float32, converted in blocks" (the scalar table); when QUAKE_F16=lanes
     cannot take effect, the text adds why in brackets (e.g. "this CPU has no
     AVX512-FP16").

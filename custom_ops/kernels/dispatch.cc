@@ -2,7 +2,8 @@
 // QUAKE_ISA environment variable may lower the level (for tests and for
 // comparing paths on one machine). Also the engine of Attention's precision
 // "bfloat16", which QUAKE_NEON_BF16 may switch from BFMMLA to BFDOT on AArch64,
-// and the float16 lanes QUAKE_F16=lanes selects on AVX512-FP16 CPUs.
+// and the float16 lanes QUAKE_F16 selects on AVX512-FP16 CPUs (auto: per op,
+// whichever lanes measured faster).
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -94,12 +95,13 @@ bool neon_bf16_choice(NeonBf16* out) {
   return ok;
 }
 
-// QUAKE_F16: float32 lanes (auto) or the AVX512-FP16 lanes.
-enum class F16Lanes { kFloat32, kLanes };
+// QUAKE_F16: whichever lanes measured faster per op (auto), the float32
+// lanes, or the AVX512-FP16 lanes.
+enum class F16Lanes { kMeasured, kFloat32, kLanes };
 bool f16_choice(F16Lanes* out) {
   int i;
-  const bool ok = env_choice("QUAKE_F16", {"float32", "lanes"}, &i);
-  *out = ok ? static_cast<F16Lanes>(i) : F16Lanes::kFloat32;
+  const bool ok = env_choice("QUAKE_F16", {"auto", "float32", "lanes"}, &i);
+  *out = ok ? static_cast<F16Lanes>(i) : F16Lanes::kMeasured;
   return ok;
 }
 
@@ -123,6 +125,38 @@ const KernelTable* avx512_with_fp16_lanes() {
 }
 
 bool fp16_lanes_available() { return features().avx512_fp16 && avx512fp16_half_kernels(1) != nullptr; }
+
+// QUAKE_F16=auto on AVX512-FP16: the AVX-512 table with, op by op and order
+// by order, the lanes faster_half_kernels measured faster (once per process),
+// and the text float16_engine gives for it.
+struct MeasuredTable {
+  KernelTable table;
+  std::string engine;
+};
+const MeasuredTable& avx512_with_measured_fp16_lanes() {
+  static const MeasuredTable measured = [] {
+    MeasuredTable m{*avx512_kernels(), ""};
+    std::string picked_text;
+    for (int order = 1; order <= 2; ++order) {
+      bool picked[4];
+      HalfKernels& h = m.table.order[order - 1].half;
+      h = faster_half_kernels(h, *avx512fp16_half_kernels(order), picked);
+      std::string ops;
+      for (int op = 0; op < 4; ++op) {
+        if (picked[op]) ops += std::string(ops.empty() ? "" : ", ") + kHalfLaneOpNames[op];
+      }
+      if (!ops.empty()) {
+        picked_text += std::string(picked_text.empty() ? "" : "; ") + ops + " at order " + std::to_string(order);
+      }
+    }
+    m.engine = picked_text.empty()
+                   ? "float32 lanes, converted in registers (QUAKE_F16=auto: measured faster than AVX512-FP16 lanes)"
+                   : "AVX512-FP16 lanes for " + picked_text +
+                         ", measured faster (QUAKE_F16=auto); float32 lanes, converted in registers, for the rest";
+    return m;
+  }();
+  return measured;
+}
 
 }  // namespace
 
@@ -209,15 +243,23 @@ const KernelTable* select_kernels(const char** error) {
     return nullptr;
   }
   const KernelTable* t = best_kernels(isa);
-  if (f16 == F16Lanes::kLanes && t->isa == Isa::kAvx512 && fp16_lanes_available()) return avx512_with_fp16_lanes();
+  if (t->isa != Isa::kAvx512 || !fp16_lanes_available()) return t;
+  if (f16 == F16Lanes::kLanes) return avx512_with_fp16_lanes();
+  if (f16 == F16Lanes::kMeasured) return &avx512_with_measured_fp16_lanes().table;
   return t;
 }
 
 const char* float16_engine(const KernelTable* t) {
   if (fp16_lanes_available() && t == avx512_with_fp16_lanes()) return "AVX512-FP16 lanes";
-  // QUAKE_F16=lanes that changed nothing says why, so "lanes" is not read as granted.
   F16Lanes f16;
-  const bool asked = f16_choice(&f16) && f16 == F16Lanes::kLanes;
+  const bool known = f16_choice(&f16);
+  // Only where select_kernels measured already: the check must not start a measurement.
+  if (known && f16 == F16Lanes::kMeasured && t->isa == Isa::kAvx512 && fp16_lanes_available() &&
+      t == &avx512_with_measured_fp16_lanes().table) {
+    return avx512_with_measured_fp16_lanes().engine.c_str();
+  }
+  // QUAKE_F16=lanes that changed nothing says why, so "lanes" is not read as granted.
+  const bool asked = known && f16 == F16Lanes::kLanes;
   if (t->isa == Isa::kScalar) {
     return asked ? "float32, converted in blocks (QUAKE_F16=lanes: not on the scalar table)"
                  : "float32, converted in blocks";

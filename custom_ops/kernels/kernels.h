@@ -160,15 +160,19 @@ const KernelTable* best_kernels(Isa at_most);
 // lacks falls back to the best below it). QUAKE_F16=auto|float32|lanes:
 // "lanes" gives the AVX-512 table the float16 lanes of AVX512-FP16
 // (avx512fp16_half_kernels) where the CPU has them, and changes nothing
-// elsewhere; "auto" is "float32" until the lanes are measured faster on
-// such a CPU (BENCHMARKS.md). An unknown value of QUAKE_ISA, QUAKE_F16 or
+// elsewhere; "auto" gives it, op by op, whichever of the float16 and float32
+// lanes faster_half_kernels measured faster on this CPU (once per process);
+// "float32" keeps the float32 lanes. An unknown value of QUAKE_ISA, QUAKE_F16 or
 // QUAKE_NEON_BF16 (attention_bf16_block) returns nullptr and sets *error.
 // Read when a kernel is created, so a process can compare paths.
 const KernelTable* select_kernels(const char** error);
 
 // What computes float16 Exp, Sigmoid, Silu and Gelu with table `t`:
 // "AVX512-FP16 lanes" (orders 1 and 2; order 3, Glu and Gelu with B in
-// float32 lanes), "float32 lanes, converted in registers" (the HalfKernels
+// float32 lanes), under QUAKE_F16=auto "AVX512-FP16 lanes for <ops> at
+// order <k>, ..., measured faster (QUAKE_F16=auto); float32 lanes for the
+// rest" or "float32 lanes, converted in registers (QUAKE_F16=auto: measured
+// faster than AVX512-FP16 lanes)", "float32 lanes, converted in registers" (the HalfKernels
 // of the SIMD tables) or "float32, converted in blocks" (scalar); with
 // QUAKE_F16=lanes where the lanes cannot run, the text adds why in brackets.
 const char* float16_engine(const KernelTable* t);
@@ -177,6 +181,18 @@ const char* float16_engine(const KernelTable* t);
 // Silu and Gelu (Glu nullptr); nullptr for other orders or when this build has
 // no AVX512-FP16. Not checked against the CPU: select_kernels does that.
 const HalfKernels* avx512fp16_half_kernels(int order);
+
+// QUAKE_F16=auto's choice (half_lanes_choice.cc). kHalfLaneOpNames: Exp,
+// Sigmoid, Silu, Gelu, the order of `picked`. half_lanes_measured_faster is
+// its rule: the float16 lanes only when their best time is under 90 % of the
+// float32 lanes' (noise near a tie keeps the float32 lanes, whose results
+// every other CPU computes). faster_half_kernels times each op's two kernels
+// alternately over 4096 halves in L1, best of seven, and returns
+// float32_lanes with the entries the rule gave to fp16_lanes (Glu stays);
+// picked[op] says which. Runs the kernels: call only where both can run.
+extern const char* const kHalfLaneOpNames[4];
+bool half_lanes_measured_faster(double lanes_ns, double float32_ns);
+HalfKernels faster_half_kernels(const HalfKernels& float32_lanes, const HalfKernels& fp16_lanes, bool picked[4]);
 
 // com.quake Attention's precision "bfloat16": the bf16 block for kernels of
 // table `t` on this CPU, or nullptr when there is none (then the op runs t's

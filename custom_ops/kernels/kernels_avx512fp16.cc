@@ -1,7 +1,8 @@
 // float16 lanes on AVX512-FP16 (Sapphire Rapids and later): half_lanes.h on
 // 32 float16 lanes per zmm register, no conversions. Compiled with
 // -mavx512fp16 and run only after dispatch found AVX512-FP16 (dispatch.cc)
-// and QUAKE_F16=lanes chose it, so nothing here runs at static
+// and QUAKE_F16 chose it (lanes, or auto's measurement: half_lanes_choice.cc),
+// so nothing here runs at static
 // initialisation. Orders 1 and 2 only (order 3 stays in float32 lanes:
 // half_lanes.h). Silu's alpha is rounded to float16 (1.702 -> 1.7021484,
 // within the bounds: tested); an alpha whose rounding falls outside the

@@ -1769,6 +1769,43 @@ void test_half_lanes_emulated() {
   });
 }
 
+// QUAKE_F16=auto where the lanes run: each op and order of the table it
+// selects is either the float32 lanes' or the float16 lanes' kernel, as the
+// engine text says, measured once per process.
+void test_half_lanes_measured(const KernelTable& lanes) {
+  Case c("QUAKE_F16=auto on AVX512-FP16: each op from the lanes the engine text names");
+  const char* user = std::getenv("QUAKE_F16");
+  const std::string saved = user ? user : "";
+  unsetenv("QUAKE_F16");
+  const char* error = nullptr;
+  const KernelTable* t = select_kernels(&error);
+  const KernelTable* again = select_kernels(&error);
+  const std::string engine = t ? float16_engine(t) : "";
+  if (user) setenv("QUAKE_F16", saved.c_str(), 1);
+  std::printf("QUAKE_F16=auto: %s\n", engine.c_str());
+  if (!c.check(t != nullptr && t == again, "not one table per process (error %s)", error ? error : "none")) return;
+  const KernelTable& f32 = *avx512_kernels();
+  for (int order = 1; order <= 2; ++order) {
+    const HalfKernels& h = t->order[order - 1].half;
+    const HalfKernels& a = f32.order[order - 1].half;
+    const HalfKernels& b = lanes.order[order - 1].half;
+    const bool from_lanes[4] = {h.exp == b.exp, h.sigmoid == b.sigmoid, h.silu == b.silu, h.gelu == b.gelu};
+    const bool from_f32[4] = {h.exp == a.exp, h.sigmoid == a.sigmoid, h.silu == a.silu, h.gelu == a.gelu};
+    for (int op = 0; op < 4; ++op) {
+      const std::string named = std::string(kHalfLaneOpNames[op]);
+      const size_t at = engine.find(" at order " + std::to_string(order));
+      const size_t start = engine.rfind("; ", at) == std::string::npos ? 0 : engine.rfind("; ", at);
+      const bool says_lanes =
+          at != std::string::npos && engine.substr(start, at - start).find(named) != std::string::npos;
+      c.check(from_lanes[op] != from_f32[op], "order %d %s: neither lanes' kernel", order, kHalfLaneOpNames[op]);
+      c.check(says_lanes == from_lanes[op], "order %d %s: engine text '%s' against the table", order,
+              kHalfLaneOpNames[op], engine.c_str());
+    }
+    c.check(h.glu == a.glu, "order %d Glu left the float32 lanes", order);
+  }
+  c.check(t->order[2].half.exp == f32.order[2].half.exp, "order 3 left the float32 lanes");
+}
+
 // The AVX512-FP16 kernels against the emulated algorithm, bit for bit, over
 // every half; then every tail length and offset, in place, guards.
 void test_half_lanes_isa() {
@@ -1787,6 +1824,7 @@ void test_half_lanes_isa() {
     return;
   }
   std::printf("== float16 lanes: AVX512-FP16\n");
+  test_half_lanes_measured(*t);
   char name[160];
   const size_t n = 65536;
   std::vector<uint16_t> x(n), y(n);
@@ -1855,6 +1893,52 @@ void test_half_lanes_isa() {
   }
 }
 
+// QUAKE_F16=auto's chooser on every machine, with two copies of one SIMD
+// table's float16 kernels, one doing its work eight times: the rule's margin,
+// then the measurement picks the fast copy op by op on either side.
+constexpr int kSlowTimes = 8;
+const HalfKernels* g_timed = nullptr;  // the SIMD table's float16 kernels the slow copy repeats
+template <int Op>
+void slow_unary(const uint16_t* x, uint16_t* y, size_t n) {
+  for (int i = 0; i < kSlowTimes; ++i) (Op == 0 ? g_timed->exp : g_timed->sigmoid)(x, y, n);
+}
+void slow_silu(const uint16_t* x, uint16_t* y, size_t n, float alpha) {
+  for (int i = 0; i < kSlowTimes; ++i) g_timed->silu(x, y, n, alpha);
+}
+void slow_gelu(const uint16_t* x, const float* bias, uint16_t* y, size_t n) {
+  for (int i = 0; i < kSlowTimes; ++i) g_timed->gelu(x, bias, y, n);
+}
+
+void test_half_lanes_choice() {
+  {
+    Case c("QUAKE_F16=auto rule: the float16 lanes only under 90 % of the float32 lanes' time");
+    c.check(half_lanes_measured_faster(89.0, 100.0), "89 against 100 ns kept the float32 lanes");
+    c.check(!half_lanes_measured_faster(90.0, 100.0), "90 against 100 ns took the float16 lanes");
+    c.check(!half_lanes_measured_faster(100.0, 100.0), "a tie took the float16 lanes");
+    c.check(!half_lanes_measured_faster(150.0, 100.0), "slower lanes were taken");
+  }
+  // The scalar table has no float16 kernels (it converts in blocks).
+  const KernelTable* simd = best_kernels(Isa::kAvx512);  // NEON on AArch64
+  if (simd->order[1].half.exp == nullptr) {
+    std::printf("(no SIMD table here: the QUAKE_F16=auto measurement is not tested)\n");
+    return;
+  }
+  Case c("QUAKE_F16=auto measurement: picks the table 8x faster, op by op, on either side");
+  g_timed = &simd->order[1].half;
+  const HalfKernels fast = *g_timed;
+  const HalfKernels slow{slow_unary<0>, slow_unary<1>, slow_silu, slow_gelu, fast.glu};
+  bool picked[4];
+  const HalfKernels kept = faster_half_kernels(fast, slow, picked);
+  for (int op = 0; op < 4; ++op) c.check(!picked[op], "%s: took the 8x slower lanes", kHalfLaneOpNames[op]);
+  c.check(kept.exp == fast.exp && kept.sigmoid == fast.sigmoid && kept.silu == fast.silu && kept.gelu == fast.gelu,
+          "entries other than the float32 lanes' kept");
+  const HalfKernels took = faster_half_kernels(slow, fast, picked);
+  for (int op = 0; op < 4; ++op) c.check(picked[op], "%s: kept the 8x slower float32 lanes", kHalfLaneOpNames[op]);
+  c.check(took.exp == fast.exp && took.sigmoid == fast.sigmoid && took.silu == fast.silu && took.gelu == fast.gelu,
+          "the faster lanes' entries not taken");
+  c.check(took.glu == slow.glu, "Glu did not stay with the float32 lanes");
+}
+
 void print_errors() {
   std::printf(
       "\nmeasured max errors (exp: relative; sigmoid/silu/gelu/softmax/logsoftmax: absolute;\n"
@@ -1885,6 +1969,7 @@ int main(int argc, char** argv) {
   // would take hours: tools/run-sapphire-rapids.sh).
   if (argc > 1 && std::strcmp(argv[1], "half-lanes") == 0) {
     test_half_lanes_emulated();
+    test_half_lanes_choice();
     test_half_lanes_isa();
     print_errors();
     std::printf("\n%d passed, %d failed\n", g_passed, g_failed);
@@ -1935,6 +2020,7 @@ int main(int argc, char** argv) {
   test_exaq_levels();
   test_isa_choice();
   test_half_lanes_emulated();
+  test_half_lanes_choice();
   test_half_lanes_isa();
   print_errors();
   print_exaq_errors();

@@ -118,7 +118,12 @@ def ops(
     shapes = _shapes(shape) if shape else bench_ops.SHAPES
     thread_list = _ints(threads, "--threads")
     header = bench_ops.markdown([], order_list)
-    typer.echo(bench_ops.machine_line())
+    machine = bench_ops.machine_line()
+    if dtype == "float16":
+        from .._library import float16_engine
+
+        machine += f"; float16 Exp, Sigmoid, Silu, Gelu on: {float16_engine()}"
+    typer.echo(machine)
     typer.echo(header)
     rows = bench_ops.run(
         shapes=shapes,
@@ -130,7 +135,7 @@ def ops(
         progress=typer.echo,
         dtype=np.dtype(dtype),
     )
-    text = bench_ops.machine_line() + f"; {dtype} tensors\n\n" + bench_ops.markdown(rows, order_list) + "\n"
+    text = machine + f"; {dtype} tensors\n\n" + bench_ops.markdown(rows, order_list) + "\n"
     if denormal and dtype == "float32":
         typer.echo("\ndenormal inputs (|x| < 1.2e-38), reported apart:")
         typer.echo(bench_ops.markdown([], (2,)))

@@ -511,8 +511,9 @@ def mask_specs(ctx: Context, plan: Plan, base: str) -> tuple[list[NodeSpec], Opt
     lowest: s + lowest rounds to lowest; float16's -65504 the op reads as
     float's lowest, docs/ops.md), and replaces what the masks before it
     added (lowest + finfo.min would be -inf); rows where a key is live are the
-    same either way (e^(fill - max) = 0 for fills <= -1e4). A -inf fill stays
-    -inf."""
+    same either way while their max exceeds the fill + 104 (e^(fill - max)
+    rounds to 0; docs/optimize.md says what differs below). A -inf fill
+    stays -inf."""
     specs: list[NodeSpec] = []
     m: Optional[gs.Tensor] = None
     m_elem: Optional[int] = None

@@ -6,6 +6,13 @@ Softmax normalises over one axis, so that is the same only when a is the last
 axis (or every dim after a is 1); otherwise the rule reproduces the coercion:
 Flatten(axis=a) -> com.quake Softmax(axis=-1) -> Reshape back to X's shape.
 LogSoftmax has the same history and shares this rule's logic.
+
+A static shape with a 0 holds no element: any single-axis op gives the same
+empty Y, so no coercion is built (before opset 14 Reshape reads a 0 in its
+target as "copy that input dim", which the 2-D tensor lacks from index 2 on).
+A symbolic dim at index 2 or later that is 0 at run time still fails that
+Reshape (an empty tensor of rank 3 or more, normalised over a non-last axis,
+in a model of opset 12 or less).
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ def match_normalisation(ctx: Context, node: gs.Node, op: str) -> Optional[Union[
         if axis == rank - 1:
             return one_for_one(node, op, axis=-1)
         if all(d == 1 for d in shape[axis + 1 :]):  # flattening size-1 dims changes nothing
+            return one_for_one(node, op, axis=axis)
+        if any(isinstance(d, int) and d == 0 for d in shape):
             return one_for_one(node, op, axis=axis)
         if all(isinstance(d, int) and d > 0 for d in shape):
             static = np.array(shape, np.int64)
