@@ -12,8 +12,8 @@
 // The timing: each op's two kernels alternate over one block of 4096 halves
 // spread over [-10, 10] (8 KB in and out, in L1: beyond L2 both paths move
 // the same bytes, so the in-cache speed is what differs), the best of seven
-// rounds each. About 1-3 ms on a real CPU, when the first session on it
-// creates its kernels.
+// rounds each, when the first session of the process creates its kernels:
+// 0.42 ms on a Zen 4 timing two of its own tables (`test_kernels half-lanes`).
 #include <algorithm>
 #include <chrono>
 #include <cstddef>

@@ -6,6 +6,7 @@
 // "N passed, M failed"; exits non-zero on any failure.
 #include <algorithm>
 #include <cfloat>
+#include <chrono>
 #include <cmath>
 #include <cstdarg>
 #include <cstdint>
@@ -1937,6 +1938,18 @@ void test_half_lanes_choice() {
   c.check(took.exp == fast.exp && took.sigmoid == fast.sigmoid && took.silu == fast.silu && took.gelu == fast.gelu,
           "the faster lanes' entries not taken");
   c.check(took.glu == slow.glu, "Glu did not stay with the float32 lanes");
+  // What the measurement costs a session (docs/ops.md), with two tables this
+  // CPU runs standing in for the float32 and float16 lanes.
+  const KernelTable* other = kernels_for(Isa::kAvx2);
+  if (simd->isa == Isa::kAvx512 && other != nullptr) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int order = 1; order <= 2; ++order) {
+      faster_half_kernels(simd->order[order - 1].half, other->order[order - 1].half, picked);
+    }
+    const std::chrono::duration<double, std::milli> took_ms = std::chrono::steady_clock::now() - start;
+    std::printf("QUAKE_F16=auto's measurement, orders 1 and 2 (AVX-512 against AVX2 as stand-ins): %.2f ms\n",
+                took_ms.count());
+  }
 }
 
 void print_errors() {
