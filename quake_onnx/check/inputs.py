@@ -404,9 +404,11 @@ def _generated(spec: InputSpec, shape, rng, bounds, vocab, ranges, warnings: lis
                 raise InputError(
                     f"range [{low:g}, {high:g}] of input {spec.name} holds no {np.dtype(spec.dtype).name} value"
                 )
-            value = rng.integers(lo, hi, shape, endpoint=True).astype(spec.dtype)
+            value = rng.integers(lo, hi, shape, endpoint=True, dtype=_draw_type(spec.dtype)).astype(spec.dtype)
+        elif high > low:
+            value = _uniform(rng, low, high, shape, spec.dtype)
         else:
-            value = (rng.uniform(low, high, shape) if high > low else np.full(shape, low)).astype(spec.dtype)
+            value = np.full(shape, low, spec.dtype)
     elif "mask" in name:
         value = np.zeros(shape, spec.dtype) if kind == "f" else np.ones(shape, spec.dtype)
     elif kind == "b":
@@ -421,7 +423,28 @@ def _generated(spec: InputSpec, shape, rng, bounds, vocab, ranges, warnings: lis
             if vocab and spec.name in bounds and vocab > bounds[spec.name]:
                 warnings.append(f"--vocab {vocab} is above input {spec.name}'s table of {bounds[spec.name]} rows")
             high = min(bound, np.iinfo(spec.dtype).max)
-            value = rng.integers(0, high, shape).astype(spec.dtype)
+            value = rng.integers(0, high, shape, dtype=spec.dtype)
     else:
-        value = rng.standard_normal(shape).astype(spec.dtype)
-    return np.array(value, order="C")  # ascontiguousarray would make a scalar 1-D
+        value = rng.standard_normal(shape, dtype=_float_draw_type(spec.dtype)).astype(spec.dtype, copy=False)
+    return np.asarray(value, order="C")  # ascontiguousarray would make a scalar 1-D
+
+
+# Drawn in the input's own width where numpy's generator can (float32 and
+# float64; integers of every width), so a large input takes its own bytes, not
+# twice them in float64 or int64 first.
+def _float_draw_type(dtype) -> type:
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def _draw_type(dtype) -> type:
+    return np.dtype(dtype).type if np.dtype(dtype).kind in "iu" else np.int64
+
+
+def _uniform(rng, low: float, high: float, shape, dtype) -> np.ndarray:
+    """Uniform in [low, high] in dtype, drawn at float32 unless dtype is
+    float64 or the range's width overflows float32."""
+    draw = _float_draw_type(dtype) if high - low < float(np.finfo(np.float32).max) else np.float64
+    value = rng.random(shape, dtype=draw)
+    value *= draw(high - low)
+    value += draw(low)
+    return value.astype(dtype, copy=False)

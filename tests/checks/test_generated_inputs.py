@@ -117,3 +117,31 @@ def test_check_prints_the_image_note_and_records_it(tmp_path):
     assert "note: input x looks like an image [N, C, H, W]" in r.stdout
     inputs = json.loads((tmp_path / "r.json").read_text())["inputs"]
     assert inputs["shapes"] == {"x": [1, 3, 16, 16]} and len(inputs["notes"]) == 1
+
+
+def test_inputs_are_drawn_in_their_own_width():
+    # A float32 input of 64 MB once took 128 MB of float64 draws first; a
+    # range as wide as float32's own must still give finite values in it.
+    import tracemalloc
+
+    n = 1 << 24
+    model = _model(
+        ("big", TensorProto.FLOAT, [n]),
+        ("ids", TensorProto.INT32, [n]),
+        ("wide", TensorProto.FLOAT, [1000]),
+        ("half", TensorProto.FLOAT16, [1000]),
+        ("double", TensorProto.DOUBLE, [1000]),
+    )
+    tracemalloc.start()
+    try:
+        feeds = generate(model, graph_inputs(model), ranges={"wide": (-3e38, 3e38)})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * 4 * n, peak  # big and ids, 4 bytes each, and little else
+    assert feeds["big"].dtype == np.float32 and 0.5 < feeds["big"].std() < 1.5
+    assert feeds["ids"].dtype == np.int32 and feeds["ids"].min() >= 0
+    wide = feeds["wide"]
+    assert np.isfinite(wide).all() and wide.min() < -1e37 and wide.max() > 1e37
+    assert feeds["half"].dtype == np.float16 and np.isfinite(feeds["half"]).all()
+    assert feeds["double"].dtype == np.float64
