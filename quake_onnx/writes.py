@@ -421,10 +421,6 @@ def _write_pair(
             location=staged,
             size_threshold=EXTERNAL_THRESHOLD,
         )
-        if (work / staged).exists():
-            os.chmod(work / staged, _file_mode(dest))
-            data = _claim(work / staged, folder, dest)
-            _point_at(model, staged, data.name)
         committed = False
 
         def commit() -> None:
@@ -433,6 +429,12 @@ def _write_pair(
             after_replace(data)
 
         try:
+            if (work / staged).exists():
+                os.chmod(work / staged, _file_mode(dest))
+                # A signal between the link and `data =` would leave the link for good.
+                with _signals_deferred():
+                    data = _claim(work / staged, folder, dest)
+                _point_at(model, staged, data.name)
             write_bytes_atomic(model.SerializeToString(), dest, verify, commit)
         except BaseException:
             if data is not None and not committed:

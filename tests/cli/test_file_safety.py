@@ -218,6 +218,36 @@ def test_ctrl_c_at_the_commit_waits_for_the_pair_and_its_cleanup(place, monkeypa
     assert orders == {3}
 
 
+@pytest.mark.parametrize("where", ["claim", "point_at"])
+def test_ctrl_c_after_the_data_file_is_claimed_removes_it(place, monkeypatch, where):
+    """A signal after the staged data file took its name beside OUT and
+    before the model replaced OUT (fresh-user run: SIGTERM 2 s into a 68 MB
+    optimize) left that data file for good: OUT was the old model, and a rerun
+    wrote OUT.1.data beside the orphan."""
+    writes = importlib.import_module("quake_onnx.writes")
+    folder, name = place
+    save_external(folder, "m.onnx", "m.onnx.data")
+    assert cli("optimize", name("m.onnx"), name("o.onnx"), "--min-elements", "0").exit_code == 0
+    before = file_bytes(folder / "o.onnx", folder / "o.onnx.data")
+    original = getattr(writes, f"_{where}")
+
+    def then_ctrl_c(*args):
+        result = original(*args)
+        signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(writes, f"_{where}", then_ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = cli("optimize", name("m.onnx"), name("o.onnx"), "--min-elements", "0")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    # The new data file took the next free name (o.onnx.1.data) and went again.
+    assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "m.onnx.data", "o.onnx", "o.onnx.data"]
+    assert file_bytes(folder / "o.onnx", folder / "o.onnx.data") == before
+
+
 def test_a_signal_after_the_command_cannot_kill_its_exit():
     """Python restores the default handlers while it shuts down: a Ctrl-C or
     SIGTERM there killed a finished run silently (exit -2 / -15 after the
