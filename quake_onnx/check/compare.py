@@ -34,6 +34,9 @@ class OutputMetrics:
     # mismatch (a fully masked Softmax row is NaN in ONNX Runtime, 0 in the
     # com.quake ops by their contract), left out of the errors, reported.
     original_nan: int = 0
+    # Elements compared: finite in both runs, or the same infinity (NaN against
+    # NaN agrees but says nothing). 0 in a non-empty output: nothing was checked.
+    compared: int = 0
 
     def to_dict(self) -> dict:
         return {k: _jsonable(v) for k, v in asdict(self).items()}
@@ -109,6 +112,7 @@ def compare(
         name, list(reference.shape), str(reference.dtype), max_abs, max_rel, cosine, mismatch, is_scores
     )
     metrics.original_nan = int(np.count_nonzero(original_nan))
+    metrics.compared = int(np.count_nonzero(both | (same_special & ~np.isnan(ref))))
     if is_scores:
         classes = reference.shape[-1]
         k = max(1, min(top_k, classes))
@@ -144,6 +148,7 @@ def _compare_exact(name: str, reference: np.ndarray, output: np.ndarray) -> Outp
         1.0 if same else 0.0,
         0,
         False,
+        compared=int(reference.size),
     )
 
 
@@ -170,6 +175,7 @@ def merge(runs: list[OutputMetrics]) -> OutputMetrics:
         sum(r.nonfinite_mismatch for r in runs),
         first.scores,
         original_nan=sum(r.original_nan for r in runs),
+        compared=sum(r.compared for r in runs),
     )
     if first.scores:
         rows = sum(r.rows or 0 for r in runs)

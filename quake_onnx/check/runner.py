@@ -164,6 +164,16 @@ def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
             f"non-finite mismatches (inf or NaN where the other run has a number or another non-finite value): "
             f"{summary['nonfinite_mismatch']} (output {', '.join(bad)})"
         )
+    # NaN in both runs agrees and says nothing: an output where that is all
+    # there is was not checked (a report from before the count has none).
+    unchecked = [
+        o["name"] for o in outputs if o.get("compared") == 0 and math.prod(o["shape"]) and not o["nonfinite_mismatch"]
+    ]
+    if unchecked:
+        failures.append(
+            f"nothing compared: output {', '.join(unchecked)} is NaN in both runs wherever it is not the same "
+            "infinity (give inputs for which the original gives numbers)"
+        )
     t = thresholds
     worst_abs = summary["max_abs_error"]
     if t.max_abs_error is not None and not summary["nonfinite_mismatch"] and worst_abs > t.max_abs_error:

@@ -127,3 +127,25 @@ def test_a_nan_of_the_inputs_that_both_runs_carry_passes(tmp_path):
     (y,) = json.loads((tmp_path / "r.json").read_text())["outputs"]
     assert (y["nonfinite_mismatch"], y["original_nan"]) == (0, 0)
     assert 0 < y["max_abs_error"] < 1e-3 and y["cosine"] > 0.999
+
+
+def test_an_output_nan_in_both_runs_everywhere_fails_as_nothing_compared(tmp_path):
+    # Fresh-user run: all-inf inputs, every output element NaN in both runs,
+    # and check read max abs 0, cosine 1.000000, PASS at --max-abs-error 1e-9.
+    np.savez(tmp_path / "x.npz", x=np.full((4, 128), np.inf, np.float32))
+    r = cli(
+        "check", _softmax(tmp_path / "m.onnx"), "--runs", "2", "--warmup", "1", "--min-elements", "0",
+        "--inputs", tmp_path / "x.npz", "--max-abs-error", "1e-9", "--json", tmp_path / "r.json",
+    )  # fmt: skip
+    (y,) = json.loads((tmp_path / "r.json").read_text())["outputs"]
+    assert (y["nonfinite_mismatch"], y["compared"]) == (0, 0)
+    assert r.exit_code == 1, r.stdout + r.stderr
+    assert "nothing compared: output y is NaN in both runs" in " ".join(r.stdout.split() + r.stderr.split())
+
+
+def test_the_same_infinity_in_both_runs_is_compared():
+    ref = np.array([np.inf, -np.inf, np.nan, 1.0])
+    assert cmp.compare("y", ref, ref.copy(), scores=False).compared == 3
+    assert cmp.compare("y", ref[:3], ref[:3].copy(), scores=False).compared == 2
+    assert cmp.compare("y", np.full(3, np.nan), np.full(3, np.nan), scores=False).compared == 0
+    assert cmp.compare("y", np.array(["a"]), np.array(["a"]), scores=False).compared == 1
