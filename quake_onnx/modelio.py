@@ -133,10 +133,26 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> None:
             )
 
 
+def absolute(path: os.PathLike | str) -> Path:
+    """`path` made absolute against the working folder as the OS reads it:
+    symlinks kept, but a `..` undoes the folder the OS reached, not the name
+    before it (with `sl` a link to `a/b`, `sl/../x` is `a/x`, which
+    os.path.abspath would make `./x`). A `..` after a folder that does not
+    exist stays, so the path fails as it would for the OS."""
+    joined = os.path.join(os.getcwd(), os.fspath(path))
+    parts = joined.split(os.sep)
+    if ".." not in parts:
+        return Path(os.path.abspath(joined))
+    last = len(parts) - 1 - parts[::-1].index("..")
+    head, rest = os.sep.join(parts[: last + 1]) or os.sep, [p for p in parts[last + 1 :] if p not in ("", ".")]
+    base = os.path.realpath(head) if os.path.isdir(head) else head
+    return Path(base, *rest)
+
+
 def external_data_files(model: onnx.ModelProto, path: Path) -> list[Path]:
     """The files `model` (read from `path`) keeps tensor data in, as absolute
     paths, each once, in first-use order; whether they exist is not checked."""
-    folder = Path(os.path.abspath(path)).parent
+    folder = absolute(path).parent
     files: dict[str, Path] = {}
     for tensor in iter_tensors(model):
         if ext.uses_external_data(tensor):
@@ -149,7 +165,7 @@ def external_data_files(model: onnx.ModelProto, path: Path) -> list[Path]:
 
 def model_files(model: onnx.ModelProto, path: Path) -> list[Path]:
     """The model file and every external data file it references (absolute)."""
-    return [Path(os.path.abspath(path)), *external_data_files(model, path)]
+    return [absolute(path), *external_data_files(model, path)]
 
 
 def load_external_data(model: onnx.ModelProto, path: Path) -> None:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import functools
 import os
 import re
-from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import onnx
 import onnxruntime as ort
 
-from .modelio import ModelFileError
+from .modelio import ModelFileError, absolute
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 QUAKE_DOMAIN = "com.quake"
@@ -111,7 +110,7 @@ def user_libraries(paths: Optional[Iterable[Union[str, os.PathLike]]]) -> tuple[
     LibraryError for one that is not a file or that ONNX Runtime cannot register."""
     out = []
     for p in paths or ():
-        path = Path(os.path.abspath(os.fspath(p)))
+        path = absolute(p)
         if not path.is_file():
             raise LibraryError(f"custom-op library {p} " + ("is not a file" if path.exists() else "does not exist"))
         out.append(str(path))

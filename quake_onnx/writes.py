@@ -60,9 +60,7 @@ _TEMP_PREFIX = ".quake-"
 _DATA_NAME_ROOM = ".999.data"
 
 
-def absolute(path: os.PathLike | str) -> Path:
-    """`path` made absolute against the working folder, symlinks kept."""
-    return Path(os.path.abspath(os.fspath(path)))
+absolute = modelio.absolute  # `path` made absolute as the OS reads it, symlinks kept
 
 
 _STANDARD_STREAMS = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}

@@ -597,3 +597,25 @@ def test_a_report_to_a_link_to_standard_output_goes_to_stdout(place):
     assert os.path.islink(folder / "out")
     assert_one_line_error(cli("optimize", name("m.onnx"), name("out")), 2, "file descriptor 1")
     assert os.path.islink(folder / "out")
+
+
+def test_dot_dot_after_a_link_is_read_as_the_os_reads_it(tmp_path, monkeypatch):
+    """Fresh-user run: with `sl` a link to a/b, `sl/../x.onnx` (a/x.onnx to
+    the OS) was written as ./x.onnx, `sl/../m.onnx` read its data from ./ and
+    protected ./ files, and `nodir/../y.onnx` was written though nodir does
+    not exist."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "sl").symlink_to(Path("a") / "b")
+    monkeypatch.chdir(tmp_path)
+    src, feeds, ref = save_external(tmp_path / "a", "m.onnx", "m.onnx.data")
+    assert cli("optimize", "sl/../m.onnx", "sl/../x.onnx", "--min-elements", "0").exit_code == 0
+    assert (tmp_path / "a" / "x.onnx").is_file() and not (tmp_path / "x.onnx").exists()
+    np.testing.assert_allclose(run_model(tmp_path / "a" / "x.onnx", feeds), ref, atol=3e-3)
+    # ./m.onnx is another file than the input a/m.onnx: writing it is allowed;
+    # the input itself is refused as OUT under its `..` name.
+    assert cli("optimize", "sl/../m.onnx", "m.onnx", "--min-elements", "0").exit_code == 0
+    before = file_bytes(src, tmp_path / "a" / "m.onnx.data")
+    assert_one_line_error(cli("optimize", "a/m.onnx", "sl/../m.onnx"), 2, "input")
+    assert file_bytes(src, tmp_path / "a" / "m.onnx.data") == before
+    result = cli("optimize", "sl/../m.onnx", "nodir/../y.onnx")
+    assert result.exit_code == 2 and not (tmp_path / "y.onnx").exists(), result.stdout + result.stderr
