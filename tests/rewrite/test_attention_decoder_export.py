@@ -96,3 +96,19 @@ def test_int8_layer_deep_in_the_graph(past):
         model, expected_ops(model, block, pv, causal=True), f, atol=bound(model, f), min_elements=BREAK_EVEN
     )
     assert decision(report, "attention").replaced and attrs(out)["causal"] == 1
+
+
+def test_head_counts_known_only_from_the_inputs_are_derived():
+    # A LlamaForCausalLM export without a KV cache (fresh-user run, transformers
+    # 5): no tensor declares K's 2 heads, Reshape(x, [B, S, -1, D]) and the
+    # repeat's Reshape computing them at run time, so shape inference left
+    # both head counts unknown and the block was kept ("head counts not
+    # static"). The sizes derived from the inputs give 2 and 6.
+    model, block, pv = llama_export(False, "causal")
+    del model.graph.output[1:]  # the prefill's present_key and present_value
+    f = feeds(model, 5, 0)
+    out, report = check_rewrite(model, expected_ops(model, block, pv, causal=True), f, atol=bound(model, f))
+    assert decision(report, "attention").replaced, decision(report, "attention")
+    for seq, _ in SIZES[False]:
+        f = feeds(model, seq, 0, seed=seq)
+        assert np.abs(run(out, f)[0] - run(model, f)[0]).max() <= bound(model, f), seq
