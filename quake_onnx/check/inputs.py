@@ -86,13 +86,14 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
 
 
 def parse_dims(values: Sequence[str]) -> dict[str, int]:
-    """`--dim batch=1 --dim seq=128` as {"batch": 1, "seq": 128}."""
+    """`--dim batch=1 --dim seq=128` as {"batch": 1, "seq": 128}. A size
+    may be 0: a decoder's first step reads an empty KV cache (`--dim past=0`)."""
     dims = {}
     for value in values:
         name, eq, size = value.partition("=")
         name = name.strip()
-        if not eq or not name or not size.strip().isdigit() or int(size) < 1:
-            raise InputError(f"{value!r} is not NAME=SIZE with a positive integer size, e.g. seq=128")
+        if not eq or not name or not size.strip().isdigit():
+            raise InputError(f"{value!r} is not NAME=SIZE with an integer size of 0 or more, e.g. seq=128")
         dims[name] = int(size)
     return dims
 

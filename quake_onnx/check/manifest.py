@@ -197,9 +197,9 @@ def _settings(path: Path, table: Any, where: str, allow_skip: bool) -> Settings:
             for name, size in value.items():
                 if not name.strip():
                     raise ManifestError(f"{path}: {where}.dims: an empty dimension name")
-                if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                     raise ManifestError(
-                        f"{path}: {where}.dims.{_quote(name)}: expected a positive integer, got {_kind(size)}"
+                        f"{path}: {where}.dims.{_quote(name)}: expected an integer of 0 or more, got {_kind(size)}"
                     )
                 s.dims[name] = size
         elif key == "ranges":

@@ -213,7 +213,7 @@ def _npz(path, **arrays):
         (["{tmp}"], "no .onnx files"),
         (["{bert}"], "--dim seq=SIZE"),
         (["{bert}", "--dim", "seq"], "not NAME=SIZE"),
-        (["{bert}", "--dim", "seq=0"], "not NAME=SIZE"),
+        (["{bert}", "--dim", "seq=-1"], "not NAME=SIZE"),
         (["{bert}", "--dim", "seq=8", "--vocab", "100000"], "indices element out of data bounds"),
         (["{bert}", "--inputs", "{tmp}/garbage.onnx"], "not a readable .npz"),
         (["{bert}", "--inputs", "{tmp}/nothing.npz"], "does not exist"),

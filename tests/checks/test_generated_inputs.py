@@ -145,3 +145,15 @@ def test_inputs_are_drawn_in_their_own_width():
     assert np.isfinite(wide).all() and wide.min() < -1e37 and wide.max() > 1e37
     assert feeds["half"].dtype == np.float16 and np.isfinite(feeds["half"]).all()
     assert feeds["double"].dtype == np.float64
+
+
+def test_a_dim_of_zero_gives_an_empty_kv_cache():
+    # A decoder's first step reads an empty past (fresh-user run: `--dim p=0`
+    # was refused as not a positive size, so generated inputs could not cover it).
+    from quake_onnx.check.inputs import parse_dims
+
+    model = _model(("past_key", TensorProto.FLOAT, ["batch", 2, "past", 16]), ("x", TensorProto.FLOAT, ["batch", 4]))
+    feeds = generate(model, graph_inputs(model), dims=parse_dims(["batch=1", "past=0"]))
+    assert feeds["past_key"].shape == (1, 2, 0, 16) and feeds["x"].shape == (1, 4)
+    with pytest.raises(InputError, match="integer size of 0 or more"):
+        parse_dims(["past=-1"])

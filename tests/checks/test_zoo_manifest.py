@@ -90,8 +90,11 @@ def test_the_command_line_beats_the_manifest_only_when_passed():
         ('[models."m"]\nmax_abs = 0.1\n', "models.m.max_abs: unknown key (known keys: dims"),
         ('[defaults]\nskip = "no"\n', "defaults.skip: unknown key (skip belongs in a model entry)"),
         ('[models."m"]\nskip = ""\n', "models.m.skip: expected the reason"),
-        ('[models."m"]\ndims = { seq = 0 }\n', "models.m.dims.seq: expected a positive integer, got int 0"),
-        ('[models."m"]\ndims = { seq = "8" }\n', "models.m.dims.seq: expected a positive integer, got the string '8'"),
+        ('[models."m"]\ndims = { seq = -1 }\n', "models.m.dims.seq: expected an integer of 0 or more, got int -1"),
+        (
+            '[models."m"]\ndims = { seq = "8" }\n',
+            "models.m.dims.seq: expected an integer of 0 or more, got the string '8'",
+        ),
         ('[models."m"]\ndims = 8\n', "models.m.dims: expected a table"),
         ("[defaults]\nmin_cosine = 1.5\n", "defaults.min_cosine: expected a number <= 1, got float 1.5"),
         ("[defaults]\nmax_abs_error = true\n", "defaults.max_abs_error: expected a number >= 0, got the boolean true"),
