@@ -40,8 +40,9 @@ def save(job: Job) -> Job:
 
 def verify_written(path: Path, libraries: Sequence[str]) -> None:
     """The written model must open in ONNX Runtime with the libraries, as users will open it.
-    Raises OptimizeError (exit 1), naming the missing com.quake library when this
-    installation has none (a source checkout whose library was never built)."""
+    Raises OptimizeError (exit 1; exit 2, as lib-path, naming the missing
+    com.quake library when this installation has none: a source checkout
+    whose library was never built)."""
     try:
         sessions.open_session(path, sessions.options(libraries))
     except sessions.LibraryError:
@@ -49,7 +50,7 @@ def verify_written(path: Path, libraries: Sequence[str]) -> None:
     except Exception as e:
         missing = sessions.missing_quake_library()
         if missing:
-            raise OptimizeError(f"the rewritten model needs the com.quake library: {missing}", exit_code=1) from e
+            raise OptimizeError(f"the rewritten model needs the com.quake library: {missing}", exit_code=2) from e
         raise OptimizeError(
             f"the rewritten model does not load in ONNX Runtime: {sessions.one_line(e)}", exit_code=1
         ) from e
