@@ -89,7 +89,7 @@ def float16_engine() -> str:
     "float16 lanes"); under QUAKE_F16=auto on such a CPU "AVX512-FP16 lanes for
     Exp, Sigmoid at order 1; ... measured faster (QUAKE_F16=auto); float32
     lanes, converted in registers, for the rest", or "float32 lanes, converted
-    in registers (QUAKE_F16=auto: measured faster than AVX512-FP16 lanes)";
+    in registers (QUAKE_F16=auto: AVX512-FP16 lanes not measured 10 % faster)";
     "float32 lanes, converted in registers" (the SIMD tables)
     or "float32, converted in blocks" (the scalar table); when QUAKE_F16=lanes
     cannot take effect, the text adds why in brackets (e.g. "this CPU has no

@@ -935,7 +935,7 @@ def tune_cmd(
     stdout_taken = _is_stdout(report) or _is_stdout(markdown)
     console, err = make_console(stdout_taken, wide=True), make_console(True)
     also = [(w, p) for w, p in (("report", report), ("markdown", markdown)) if p is not None and not _is_stdout(p)]
-    if report is not None and markdown is not None and writes.absolute(report) == writes.absolute(markdown):
+    if report is not None and markdown is not None and writes.same_path(report, markdown):
         same = "are both '-' (stdout)" if _is_stdout(report) else f"name the same file {report}"
         typer.echo(f"error: --report and --markdown {same}", err=True)
         raise typer.Exit(2)

@@ -523,9 +523,17 @@ def _take_plain_name(model: onnx.ModelProto, dest: Path, data: Path) -> None:
     _unlink(data)
 
 
+def same_path(a: os.PathLike | str, b: os.PathLike | str) -> bool:
+    """Whether `a` and `b` name one file, existing or not: resolved alike
+    (links, `..`), so `L/r.json` and `L/x/../r.json` are one."""
+    return os.path.realpath(absolute(a)) == os.path.realpath(absolute(b))
+
+
 def belongs_to_pair(path: Path, dest: Path) -> bool:
     """True when `path` is `dest` or a name `dest`'s data file may take."""
     p, d = absolute(path), absolute(dest)
     if os.path.realpath(p) == os.path.realpath(d):
         return True
-    return p.parent == d.parent and re.fullmatch(re.escape(d.name) + r"(\.\d+)?\.data", p.name) is not None
+    # Folders compared resolved: one folder may be spelt through a link and a `..` (absolute keeps links).
+    same_folder = os.path.realpath(p.parent) == os.path.realpath(d.parent)
+    return same_folder and re.fullmatch(re.escape(d.name) + r"(\.\d+)?\.data", p.name) is not None

@@ -170,9 +170,10 @@ const KernelTable* select_kernels(const char** error);
 // What computes float16 Exp, Sigmoid, Silu and Gelu with table `t`:
 // "AVX512-FP16 lanes" (orders 1 and 2; order 3, Glu and Gelu with B in
 // float32 lanes), under QUAKE_F16=auto "AVX512-FP16 lanes for <ops> at
-// order <k>, ..., measured faster (QUAKE_F16=auto); float32 lanes for the
-// rest" or "float32 lanes, converted in registers (QUAKE_F16=auto: measured
-// faster than AVX512-FP16 lanes)", "float32 lanes, converted in registers" (the HalfKernels
+// order <k>; ..., measured faster (QUAKE_F16=auto); float32 lanes, converted
+// in registers, for the rest" or "float32 lanes, converted in registers
+// (QUAKE_F16=auto: AVX512-FP16 lanes not measured 10 % faster)", "float32
+// lanes, converted in registers" (the HalfKernels
 // of the SIMD tables) or "float32, converted in blocks" (scalar); with
 // QUAKE_F16=lanes where the lanes cannot run, the text adds why in brackets.
 const char* float16_engine(const KernelTable* t);

@@ -413,7 +413,7 @@ def _generated(spec: InputSpec, shape, rng, bounds, vocab, ranges, warnings: lis
     elif "mask" in name:
         value = np.zeros(shape, spec.dtype) if kind == "f" else np.ones(shape, spec.dtype)
     elif kind == "b":
-        value = rng.integers(0, 2, shape).astype(bool)
+        value = rng.integers(0, 2, shape, dtype=bool)
     elif kind in "iu":
         if "token_type" in name or "segment" in name:
             value = np.zeros(shape, spec.dtype)
@@ -443,9 +443,13 @@ def _draw_type(dtype) -> type:
 
 def _uniform(rng, low: float, high: float, shape, dtype) -> np.ndarray:
     """Uniform in [low, high] in dtype, drawn at float32 unless dtype is
-    float64 or the range's width overflows float32."""
-    draw = _float_draw_type(dtype) if high - low < float(np.finfo(np.float32).max) else np.float64
-    value = rng.random(shape, dtype=draw)
-    value *= draw(high - low)
-    value += draw(low)
+    float64 or an end is beyond float32. u high + (1 - u) low, not low +
+    u (high - low): the width of [-1e308, 1e308] overflows, the terms do not."""
+    limit = float(np.finfo(np.float32).max)
+    draw = _float_draw_type(dtype) if max(abs(low), abs(high)) <= limit else np.float64
+    u = rng.random(shape, dtype=draw)
+    value = u * draw(high)
+    np.subtract(draw(1), u, out=u)
+    u *= draw(low)
+    value += u
     return value.astype(dtype, copy=False)

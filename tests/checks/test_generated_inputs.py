@@ -131,10 +131,11 @@ def test_inputs_are_drawn_in_their_own_width():
         ("wide", TensorProto.FLOAT, [1000]),
         ("half", TensorProto.FLOAT16, [1000]),
         ("double", TensorProto.DOUBLE, [1000]),
+        ("flag", TensorProto.BOOL, [1000]),
     )
     tracemalloc.start()
     try:
-        feeds = generate(model, graph_inputs(model), ranges={"wide": (-3e38, 3e38)})
+        feeds = generate(model, graph_inputs(model), ranges={"wide": (-3e38, 3e38), "double": (-1e308, 1e308)})
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -144,7 +145,10 @@ def test_inputs_are_drawn_in_their_own_width():
     wide = feeds["wide"]
     assert np.isfinite(wide).all() and wide.min() < -1e37 and wide.max() > 1e37
     assert feeds["half"].dtype == np.float16 and np.isfinite(feeds["half"]).all()
-    assert feeds["double"].dtype == np.float64
+    # A width float64 cannot hold (review: all inf and NaN).
+    double = feeds["double"]
+    assert double.dtype == np.float64 and np.isfinite(double).all() and double.min() < -1e307 < 1e307 < double.max()
+    assert feeds["flag"].dtype == np.bool_ and 0 < feeds["flag"].sum() < 1000
 
 
 def test_a_dim_of_zero_gives_an_empty_kv_cache():

@@ -619,3 +619,20 @@ def test_dot_dot_after_a_link_is_read_as_the_os_reads_it(tmp_path, monkeypatch):
     assert file_bytes(src, tmp_path / "a" / "m.onnx.data") == before
     result = cli("optimize", "sl/../m.onnx", "nodir/../y.onnx")
     assert result.exit_code == 2 and not (tmp_path / "y.onnx").exists(), result.stdout + result.stderr
+
+
+def test_a_report_over_the_output_data_file_through_a_link_and_dot_dot_is_refused(tmp_path, monkeypatch):
+    """Review: with L a link to real/, `--report L/x/../out.onnx.data` is the
+    data file of OUT `L/out.onnx`; paths compared as absolute() spells them
+    (links kept up to a `..`) told them apart, and the report replaced the
+    model's data, exit 0."""
+    writes = importlib.import_module("quake_onnx.writes")
+    (tmp_path / "real" / "x").mkdir(parents=True)
+    (tmp_path / "L").symlink_to("real")
+    monkeypatch.chdir(tmp_path)
+    save_external(tmp_path, "m.onnx", "m.onnx.data")
+    result = cli("optimize", "m.onnx", "L/out.onnx", "--min-elements", "0", "--report", "L/x/../out.onnx.data")
+    assert_one_line_error(result, 2, "would be written over the output model or its data file")
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["x"]
+    assert writes.same_path("L/x/../r.json", "L/r.json") and writes.same_path("-", "-")
+    assert not writes.same_path("L/r.json", "r.json")
