@@ -117,6 +117,11 @@ def summarize(outputs: list[dict]) -> dict:
     }
 
 
+def _number(v) -> float:
+    """A report's real (cmp._jsonable: "inf", "-inf" and "nan" as strings) as a float."""
+    return float(v) if isinstance(v, str) else v
+
+
 def _worst(outputs: list[dict], key: str, largest: bool) -> str:
     def num(o):
         v = o[key]
@@ -175,12 +180,18 @@ def judge(result: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
             "infinity (give inputs for which the original gives numbers)"
         )
     t = thresholds
-    worst_abs = summary["max_abs_error"]
-    if t.max_abs_error is not None and not summary["nonfinite_mismatch"] and worst_abs > t.max_abs_error:
+    # inf and nan come as the strings JSON keeps them in (an output of strings that differ: inf).
+    worst_abs = _number(summary["max_abs_error"])
+    if (
+        t.max_abs_error is not None
+        and worst_abs is not None
+        and not summary["nonfinite_mismatch"]
+        and not (worst_abs <= t.max_abs_error)
+    ):
         a, b = _apart(worst_abs, t.max_abs_error, ".3g", below=False)
         failures.append(f"max abs error {a} > {b} (output {_worst(outputs, 'max_abs_error', True)})")
-    cos = summary["min_cosine"]
-    if t.min_cosine is not None and not summary["nonfinite_mismatch"] and not cos >= t.min_cosine:
+    cos = _number(summary["min_cosine"])
+    if t.min_cosine is not None and cos is not None and not summary["nonfinite_mismatch"] and not cos >= t.min_cosine:
         a, b = _apart(cos, t.min_cosine, ".6f", below=True)
         failures.append(f"cosine {a} < {b} (output {_worst(outputs, 'cosine', False)})")
     top1 = summary["min_top1_agreement"]

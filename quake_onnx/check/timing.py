@@ -25,8 +25,8 @@ class Timing:
 def measure(original, optimized, feeds: dict, *, threads: int, warmup: int = 3, runs: int = 20) -> Timing:
     """Medians over `runs` runs of each session, after `warmup` runs of each.
 
-    The two sessions alternate run by run, so a frequency change or a noisy
-    neighbour affects both alike instead of whichever happened to run second.
+    The two sessions alternate run by run, each first every other run, so a
+    frequency change, a noisy neighbour or a cold start affects both alike.
     With more than one thread, each run is preceded by a wait until the
     session run before it has stopped spinning its pool threads
     (paired.settle, about 40 ms after a Run with ORT 1.32): otherwise every
@@ -43,8 +43,12 @@ def measure(original, optimized, feeds: dict, *, threads: int, warmup: int = 3, 
         optimized.run(None, feeds)
     t_orig, t_opt = [], []
     clock = time.perf_counter
-    for _ in range(runs):
-        for session, times in ((original, t_orig), (optimized, t_opt)):
+    for i in range(runs):
+        pair = ((original, t_orig), (optimized, t_opt))
+        # Each goes first every other run: with --warmup 0, whichever ran first
+        # alone paid the process's cold start (1.6-3.5x "speedups" of a model
+        # against itself at --runs 1-2).
+        for session, times in pair if i % 2 == 0 else pair[::-1]:
             if threads > 1:
                 settle()
             t0 = clock()

@@ -149,3 +149,23 @@ def test_the_same_infinity_in_both_runs_is_compared():
     assert cmp.compare("y", ref[:3], ref[:3].copy(), scores=False).compared == 2
     assert cmp.compare("y", np.full(3, np.nan), np.full(3, np.nan), scores=False).compared == 0
     assert cmp.compare("y", np.array(["a"]), np.array(["a"]), scores=False).compared == 1
+
+
+def test_string_outputs_that_differ_fail_and_do_not_crash(tmp_path):
+    # Fresh-user run: Softmax -> Cast(to=STRING), whose strings differ after the
+    # rewrite: max abs error "inf" (a string in the summary) was compared with
+    # the threshold, "internal error (TypeError ...)", and zoo, which re-judges
+    # at every S(t) threshold, wrote no report at all.
+    info = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 128])]
+    out = [helper.make_tensor_value_info("s", TensorProto.STRING, [4, 128])]
+    nodes = [helper.make_node("Softmax", ["x"], ["p"], axis=-1), helper.make_node("Cast", ["p"], ["s"], to=8)]
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    graph = helper.make_graph(nodes, "g", info, out)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), zoo / "str.onnx")
+    args = ("--runs", "1", "--warmup", "0", "--min-elements", "0")
+    r = cli("check", zoo / "str.onnx", *args, "--max-abs-error", "0.01")
+    assert r.exit_code == 1 and "max abs error inf > 0.01" in r.stdout + r.stderr, r.stdout + r.stderr
+    r = cli("zoo", zoo, *args, "--json", tmp_path / "z.json")
+    assert r.exit_code == 1 and "internal error" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert json.loads((tmp_path / "z.json").read_text())["models"][0]["status"] == "fail"
