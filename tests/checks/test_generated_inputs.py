@@ -161,3 +161,17 @@ def test_a_dim_of_zero_gives_an_empty_kv_cache():
     assert feeds["past_key"].shape == (1, 2, 0, 16) and feeds["x"].shape == (1, 4)
     with pytest.raises(InputError, match="integer size of 0 or more"):
         parse_dims(["past=-1"])
+
+
+def test_a_report_with_a_dim_of_zero_is_valid(tmp_path):
+    # Review: the schema still asked dims >= 1, so `--dim n=0` wrote a report
+    # that failed its own schema.
+    from checktools import validate
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(("x", TensorProto.FLOAT, [1, "n"])), str(path))
+    r = cli("check", str(path), "--dim", "n=0", "--runs", "1", "--warmup", "0", "--json", str(tmp_path / "r.json"))
+    assert r.exit_code == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["inputs"]["dims"] == {"n": 0}
+    validate(report, ref="#/$defs/model")
