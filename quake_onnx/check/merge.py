@@ -191,6 +191,13 @@ def merge_reports(named: list[tuple[Path, dict]]) -> tuple[dict, list[str]]:
         warnings.append(
             f"the shards ran on different kernels ({', '.join(isas)}): their speedups are not from one machine"
         )
+    # The root as each shard was given it: one zoo may be spelt two ways, so a warning, not a refusal.
+    other_roots = [f"{p} ran on {r['root']}" for p, r in named[1:] if r["root"] != first["root"]]
+    if other_roots:
+        warnings.append(
+            f"the shards ran on different zoo folders ({first_path} on {first['root']}; {'; '.join(other_roots)}): "
+            "a merge is of one zoo's shards"
+        )
     shards = []
     for i in sorted(by_index):
         path, r = by_index[i]

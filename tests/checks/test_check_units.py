@@ -337,9 +337,9 @@ def test_timing_waits_for_spinning_pools_only_with_threads(monkeypatch, threads,
     t = timing.measure(Session("a"), Session("b"), {}, threads=threads, warmup=1, runs=4)
     assert t.runs == 4 and calls.count("settle") == settles
     timed = [c for c in calls[2:] if c != "settle"]
-    assert timed == ["a", "b"] * 4
+    assert timed == ["a", "b", "b", "a"] * 2  # each first every other run
     if threads > 1:  # every timed run right after a wait
-        assert calls[2:] == ["settle", "a", "settle", "b"] * 4
+        assert calls[2:] == ["settle", "a", "settle", "b", "settle", "b", "settle", "a"] * 2
 
 
 def test_nan_rows_have_no_top1_to_agree_on():

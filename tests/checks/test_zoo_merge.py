@@ -106,6 +106,11 @@ def _edit(report, where, value):
         (("shard.count", 4), "split the zoo differently"),
         (("shard.index", 1), "are both shard 1/3"),
         (("score.log_sum", 3.0), "does not follow from its models"),
+        # What changes the optimized models (fresh-user run: merged without a word).
+        (("settings.ops", ["gelu"]), "settings.ops is "),
+        (("settings.min_elements", 0), "settings.min_elements is 0"),
+        (("settings.tune_attention_precision", "float32"), "settings.tune_attention_precision is float32"),
+        (("settings.custom_ops_libraries", ["libx.so"]), "settings.custom_ops_libraries"),
     ],
 )
 def test_merge_refuses_reports_of_different_runs(sample_zoo, tmp_path, change, contains):
@@ -113,6 +118,15 @@ def test_merge_refuses_reports_of_different_runs(sample_zoo, tmp_path, change, c
     _edit(shards[1], *change)
     one_line(cli("zoo", "merge", *_save(tmp_path, shards), "--json", tmp_path / "all.json"), 2, contains=contains)
     assert not (tmp_path / "all.json").exists()
+
+
+def test_merge_warns_of_shards_run_on_other_zoo_folders(sample_zoo, tmp_path):
+    # Fresh-user run: shards of zoo3 and zoo4 merged without a word (the root
+    # as given may spell one folder two ways, so a warning, not a refusal).
+    shards = split(sample_zoo["json"], 3)
+    shards[1]["root"] = "elsewhere/zoo"
+    r = cli("zoo", "merge", *_save(tmp_path, shards), "--json", tmp_path / "all.json")
+    assert "ran on different zoo folders" in " ".join(r.stderr.split()) and "elsewhere/zoo" in r.stderr
 
 
 def test_merge_refuses_incomplete_or_foreign_input(sample_zoo, tmp_path):
