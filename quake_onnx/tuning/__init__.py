@@ -245,6 +245,9 @@ def _inputs(job: Job, inputs, npz, dims, vocab, seed, image_size, ranges) -> Inp
     graph = job.model
     try:
         if inputs is not None and npz is None:
+            inputs = None if isinstance(inputs, Mapping) else list(inputs)  # a generator is read once
+            if inputs is None or not all(isinstance(f, Mapping) for f in inputs):
+                raise TuneError("inputs: give a list of feeds, each a dict of input name to array (or an .npz path)")
             sets = [InputSet(dict(f), name=f"feeds {i}") for i, f in enumerate(inputs)]
             if not sets:
                 raise InputError("inputs: no feeds given")
@@ -305,13 +308,16 @@ def _run_original(job: Job, source, feeds: list, where: str) -> None:
         raise
     except Exception as e:
         raise TuneError(f"the input model does not load in ONNX Runtime: {sessions.one_line(e)}") from None
-    try:
-        session.run(None, feeds[0])
-    except Exception as e:
-        hint = "; set --vocab or --dim" if where == "generated" else ""
-        raise TuneError(
-            f"the original model does not run on the {where} inputs: {sessions.one_line(e)}{hint}"
-        ) from None
+    # Every set, not the first alone: a later bad one failed deep in the measurement (raw ORT errors).
+    for k, feed in enumerate(feeds):
+        try:
+            session.run(None, feed)
+        except Exception as e:
+            hint = "; set --vocab or --dim" if where == "generated" else ""
+            which = f" (set {k + 1} of {len(feeds)})" if len(feeds) > 1 else ""
+            raise TuneError(
+                f"the original model does not run on the {where} inputs{which}: {sessions.one_line(e)}{hint}"
+            ) from None
 
 
 def _plan(prep) -> str:

@@ -272,3 +272,22 @@ def test_tune_attention_precision_is_checked(work, command):
     target = work / "in.onnx" if command == "check" else work
     result = cli(command, target, "--tune", "--tune-attention-precision", "fp16")
     assert_one_line_error(result, 2, "--tune-attention-precision")
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ([{"X": np.ones((8, 512), np.float32)}, {"X": np.ones((4, 512), np.float32)}], "(set 2 of 2)"),
+        ([{"X": np.ones((8, 512), np.float32)}, {"W": np.ones((8, 512), np.float32)}], "(set 2 of 2)"),
+        ({"X": np.ones((8, 512), np.float32)}, "give a list of feeds"),
+        ([np.ones((8, 512), np.float32)], "give a list of feeds"),
+    ],
+)
+def test_every_feed_is_checked_before_the_measurement(work, inputs, message):
+    # Fresh-user run: only the first feed was run first; a later bad one failed
+    # deep in the measurement with ONNX Runtime's own InvalidArgument or a
+    # ValueError, and a dict in place of a list of dicts with "dictionary
+    # update sequence ...".
+    with pytest.raises(TuneError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        quake_onnx.tune(work / "in.onnx", None, inputs=inputs, budget=3)
+    assert info.value.exit_code == 2
