@@ -75,20 +75,22 @@ class Manifest:
     models: list[tuple[str, Settings]]  # pattern, settings; in file order
 
     def settings_for(self, name: str) -> Settings:
-        """[defaults], then the matching globs in file order, then the exact entry."""
+        """[defaults], then the matching globs in file order, then the exact
+        entry: a key that is the model's name, glob characters or not (a model
+        file x[1].onnx is named by "x[1]", which as a glob would not match it)."""
         result = self.defaults
         for pattern, settings in self.models:
-            if _is_glob(pattern) and fnmatch.fnmatchcase(name, pattern):
+            if pattern != name and _is_glob(pattern) and fnmatch.fnmatchcase(name, pattern):
                 result = settings.over(result)
         for pattern, settings in self.models:
-            if not _is_glob(pattern) and pattern == name:
+            if pattern == name:
                 result = settings.over(result)
         return result
 
     def own_ranges(self, name: str) -> frozenset:
         """The ranges named by `name`'s exact entry: the ones a misspelling can
         hide in (a [defaults] or glob range need not fit every model)."""
-        return frozenset(n for pattern, s in self.models if not _is_glob(pattern) and pattern == name for n in s.ranges)
+        return frozenset(n for pattern, s in self.models if pattern == name for n in s.ranges)
 
     def check_matches(self, names: Iterable[str], root: Path) -> None:
         """Every model entry matches at least one model of the zoo (all shards)."""
@@ -109,7 +111,7 @@ def _is_glob(pattern: str) -> bool:
 
 
 def _matches(pattern: str, name: str) -> bool:
-    return fnmatch.fnmatchcase(name, pattern) if _is_glob(pattern) else pattern == name
+    return pattern == name or (_is_glob(pattern) and fnmatch.fnmatchcase(name, pattern))
 
 
 def _quote(key: str) -> str:

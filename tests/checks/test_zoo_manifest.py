@@ -62,6 +62,18 @@ ranges = { sr = [16000, 16000] }
     assert len(m.sha256) == 64
 
 
+def test_a_key_that_is_a_models_name_is_its_entry_even_with_glob_characters(tmp_path):
+    # Fresh-user run: the model of x[1].onnx, listed as `x[1]`, could not be
+    # named: "x[1]" was taken as a glob only (matching "x1"), "matches no model".
+    m = manifest.load(
+        _write(tmp_path / "quake-zoo.toml", '[models."x[1]"]\nmax_abs_error = 0.5\n[models."x*"]\nmin_cosine = 0.9\n')
+    )
+    s = m.settings_for("x[1]")
+    assert s.max_abs_error == 0.5 and s.min_cosine == 0.9
+    assert m.settings_for("x1").max_abs_error == 0.5  # still a glob for the names it matches as one
+    m.check_matches(["x[1]"], tmp_path)  # no "matches no model"
+
+
 def test_the_command_line_beats_the_manifest_only_when_passed():
     settings = manifest.Settings(
         dims={"seq": 64, "batch": 2}, vocab=100, image_size=320, max_abs_error=0.5, min_cosine=0.9
