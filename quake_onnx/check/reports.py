@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import platform
@@ -225,7 +226,9 @@ def timing_line(result: dict) -> str:
 
 
 def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """A table cell: `|` escaped, one line, and &, <, > as entities, so a name
+    like a<b> is shown, not taken for an HTML tag (GitHub's renderer)."""
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def to_markdown(report: dict) -> str:

@@ -356,3 +356,11 @@ def test_nan_rows_have_no_top1_to_agree_on():
     out[1, 3] = np.nan
     m = cmp.compare("probs", ref, out, scores=True, top_k=3)
     assert m.rows == 4 and m.top1_agreement == 0.75 and m.topk_agreement == 0.75
+
+
+def test_markdown_cells_show_html_specials_as_text():
+    # Fresh-user run: a model named a&b<c>"q" went into the table raw, and
+    # GitHub took <c> for a tag.
+    from quake_onnx.check.reports import _md
+
+    assert _md('a&b<c>"q"|x\ny') == 'a&amp;b&lt;c&gt;"q"\\|x y'
