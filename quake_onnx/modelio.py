@@ -119,6 +119,7 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> None:
         if not ext.uses_external_data(tensor):
             continue
         info = ext.ExternalDataInfo(tensor)
+        _refuse_outside(info.location, path)
         file = path.parent / info.location
         if not file.is_file():
             raise ModelFileError(f"{path}: its external data file {info.location} is missing")
@@ -197,14 +198,21 @@ def load_external_data(model: onnx.ModelProto, path: Path) -> None:
         del tensor.external_data[:]
 
 
-def _read_external(info: ext.ExternalDataInfo, path: Path) -> bytes:
-    """The bytes `info` points at, for the model at `path` (load_external_data)."""
-    location = info.location
+def _refuse_outside(location: str, path: Path) -> None:
+    """A location must name a file inside the model's folder, as ONNX Runtime
+    requires: an absolute one or one leading up with `..` is refused
+    (ModelFileError), whether or not such a file exists."""
     inside = os.path.normpath(location) if location else ""
     if not inside or os.path.isabs(inside) or inside == ".." or inside.startswith(".." + os.sep):
         raise ModelFileError(
             f"{path}: bad external data reference {location!r}: it must be a path inside the model's folder"
         )
+
+
+def _read_external(info: ext.ExternalDataInfo, path: Path) -> bytes:
+    """The bytes `info` points at, for the model at `path` (load_external_data)."""
+    location = info.location
+    _refuse_outside(location, path)
     offset = info.offset or 0
     if offset < 0 or (info.length is not None and info.length < 0):
         raise ModelFileError(f"{path}: bad external data reference {location!r}: negative offset or length")

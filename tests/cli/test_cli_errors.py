@@ -226,6 +226,18 @@ def test_external_data_missing_or_short(tmp_path):
     (tmp_path / "w.bin").unlink()
     assert_one_line_error(cli("optimize", src, tmp_path / "o.onnx"), 2, "w.bin is missing")
     assert not (tmp_path / "o.onnx").exists()
+    # A location leading out of the model's folder is named as such, even where
+    # the file exists (fresh-user run: "../a/w.bin is missing").
+    (tmp_path / "m").mkdir()
+    (tmp_path / "w.bin").write_bytes(data)
+    outside = onnx.load(str(src), load_external_data=False)
+    for t in outside.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../w.bin"
+    onnx.save(outside, str(tmp_path / "m" / "up.onnx"))
+    line = assert_one_line_error(cli("optimize", tmp_path / "m" / "up.onnx", tmp_path / "o.onnx"), 2, "'../w.bin'")
+    assert "inside the model's folder" in line
 
 
 @pytest.mark.parametrize(
