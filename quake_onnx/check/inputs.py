@@ -300,13 +300,15 @@ def _shape(
             shape.append(size)
         elif isinstance(d, str) and d != "?":
             raise InputError(
-                f"{whose} has symbolic dimension {d!r} (axis {axis}); set it with --dim {d}=SIZE or dims in {_MANIFEST}"
+                f"{whose} has symbolic dimension {d!r} (axis {axis}); "
+                f"set it with --dim {d}=SIZE (in a zoo also dims in {_MANIFEST})"
             )
         elif isinstance(d, int) and d == 0:
             shape.append(0)
         else:
             raise InputError(
-                f"{whose} axis {axis} has no size or name; set it with --dim {key}=SIZE or dims in {_MANIFEST}"
+                f"{whose} axis {axis} has no size or name; "
+                f"set it with --dim {key}=SIZE (in a zoo also dims in {_MANIFEST})"
             )
     if defaulted:
         layout = "[N, C, H, W]" if image[0] == 1 else "[N, H, W, C]"

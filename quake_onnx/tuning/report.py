@@ -239,7 +239,9 @@ def headline(report: dict) -> str:
             f"tuned: {_fmt_stat(final['speedup'])} against the original (median [quartiles] of paired rounds), "
             f"{Config.from_dict(cfg).text()}"
         )
-    measured = f" (measured {_fmt_stat(final['speedup'])})" if final["speedup"] else ""
+    figure = _fmt_stat(final["speedup"]) if final["speedup"] else ""
+    # The reason may quote the figure itself ("... spread (1.084x [0.904, 1.520])"): once is enough.
+    measured = f" (measured {figure})" if figure and figure not in report["reason"] else ""
     return f"kept the original: {report['reason']}{measured}"
 
 

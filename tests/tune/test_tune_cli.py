@@ -291,3 +291,14 @@ def test_every_feed_is_checked_before_the_measurement(work, inputs, message):
     with pytest.raises(TuneError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         quake_onnx.tune(work / "in.onnx", None, inputs=inputs, budget=3)
     assert info.value.exit_code == 2
+
+
+def test_a_kept_original_quotes_its_figure_once():
+    # Fresh-user run: "... spread (1.084x [0.904, 1.520]) (measured 1.084x [0.904, 1.520])".
+    from quake_onnx.tuning.report import headline
+
+    stat = {"median": 1.084, "q1": 0.904, "q3": 1.52}
+    quoted = {"result": "kept", "final": {"speedup": stat}, "reason": "spread (1.084x [0.904, 1.520])"}
+    assert headline(quoted) == "kept the original: spread (1.084x [0.904, 1.520])"
+    plain = {"result": "kept", "final": {"speedup": stat}, "reason": "no candidate node"}
+    assert headline(plain) == "kept the original: no candidate node (measured 1.084x [0.904, 1.520])"
