@@ -208,7 +208,11 @@ def calibrate(
             raise CalibrateError(f"the input model does not load in ONNX Runtime: {sessions.one_line(e)}") from e
         names = [o.name for o in sess.get_outputs()]
         runs = 0
+        if isinstance(inputs, (Mapping, str, os.PathLike)):  # one feed, or the CLI's .npz, where a list is taken
+            raise CalibrateError("inputs: give a list of feeds, each a dict of input name to array")
         for feed in inputs:
+            if not isinstance(feed, Mapping):
+                raise CalibrateError(f"inputs: feed {runs + 1} is a {type(feed).__name__}, not a dict of arrays")
             try:
                 values = dict(zip(names, sess.run(None, dict(feed))))
             except Exception as e:

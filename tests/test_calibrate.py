@@ -191,3 +191,20 @@ def test_cli_errors(tmp_path):
     assert cli("optimize", src, exaq_path, "--softmax-method", "exaq").exit_code == 0
     assert_one_line_error(cli("calibrate", exaq_path, exaq_path), 2, "is the input model")
     assert_one_line_error(cli("calibrate", exaq_path, tmp_path / "no" / "o.onnx"), 2, "does not exist")
+
+
+@pytest.mark.parametrize(
+    "inputs, needle",
+    [
+        ({"X": np.ones((2, 8), np.float32)}, "a list of feeds"),
+        ("x.npz", "a list of feeds"),
+        ([np.ones(3)], "feed 1 is a ndarray"),
+    ],
+)
+def test_calibrate_refuses_inputs_that_are_not_a_list_of_feeds(inputs, needle):
+    # Fresh-user run: a dict or an .npz path in place of a list of feeds gave
+    # "run 1 failed: dictionary update sequence element #0 ...".
+    exaq_model, _ = optimize(softmax_model(), softmax_method="exaq", bits=4)
+    with pytest.raises(CalibrateError, match=needle) as info:
+        calibrate(exaq_model, inputs)
+    assert info.value.exit_code == 2
