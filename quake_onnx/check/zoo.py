@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing import forkserver
@@ -92,9 +94,14 @@ def _context():
     return mp.get_context("spawn")
 
 
-def _child(conn, path: str, name: str, options: CheckOptions) -> None:
+def _child(conn, path: str, name: str, options: CheckOptions, scratch: str) -> None:
+    import tempfile
+
     from .runner import check_safely
 
+    # Its temporaries go in a folder the parent removes however this process ends (killed at a timeout, a crash).
+    tempfile.tempdir = scratch
+    os.environ["TMPDIR"] = scratch
     try:
         conn.send(check_safely(Path(path), options, name))
     finally:
@@ -138,19 +145,20 @@ def run_models(
             while pending and len(running) < max(1, jobs):
                 entry = pending.pop(0)
                 parent, child = ctx.Pipe(duplex=False)
+                scratch = tempfile.mkdtemp(prefix="quake-zoo-job-")
                 proc = ctx.Process(
-                    target=_child, args=(child, str(entry.path), entry.name, options_of(entry)), daemon=True
+                    target=_child, args=(child, str(entry.path), entry.name, options_of(entry), scratch), daemon=True
                 )
                 proc.start()
                 child.close()
-                running[parent] = (entry, proc, time.monotonic())
+                running[parent] = (entry, proc, time.monotonic(), scratch)
                 on_start(entry)
             now = time.monotonic()
-            deadlines = [start + timeout - now for _, _, start in running.values()] if timeout else []
+            deadlines = [start + timeout - now for _, _, start, _ in running.values()] if timeout else []
             wait_for = max(0.0, min(deadlines)) if deadlines else None
             ready = wait(list(running), timeout=wait_for)
             for conn in list(running):
-                entry, proc, start = running[conn]
+                entry, proc, start, scratch = running[conn]
                 elapsed = time.monotonic() - start
                 if conn in ready:
                     try:
@@ -181,13 +189,15 @@ def run_models(
                 else:
                     continue
                 conn.close()
+                shutil.rmtree(scratch, ignore_errors=True)
                 del running[conn]
                 done(entry, result)
     finally:
-        for conn, (_, proc, _) in running.items():  # interrupted: leave no orphan behind
+        for conn, (_, proc, _, scratch) in running.items():  # interrupted: leave no orphan behind
             proc.kill()
             proc.join()
             conn.close()
+            shutil.rmtree(scratch, ignore_errors=True)
     return [results[e] for e in entries]
 
 

@@ -78,6 +78,23 @@ def test_timeout_is_a_reported_failure(mixed_zoo, tmp_path):
     validate(report)
 
 
+def test_a_model_killed_at_its_timeout_leaves_no_temporary_behind(mixed_zoo, tmp_path, monkeypatch):
+    # Fresh-user run: zoo --tune with a model killed by --timeout (or the run
+    # by Ctrl-C) left /tmp/quake-check-* and /tmp/quake-tune-*: each check
+    # process now keeps its temporaries in a folder the zoo removes.
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the check processes' too
+    r, report = _zoo(mixed_zoo, tmp_path, "--tune", "--tune-budget", "20", "--timeout", "3", "--jobs", "2")
+    assert any(m["status"] == "timeout" for m in report["models"]), [m["status"] for m in report["models"]]
+    # pymp-*: multiprocessing's own folder of this (test) process, removed when it exits;
+    # .ses: a file ONNX Runtime keeps in the temporary folder.
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("pymp-") and p.name != ".ses"] == []
+
+
 def _listed(root, shard):
     r = cli("zoo", root, "--list", "--shard", shard)
     assert r.exit_code == 0, r.stderr
