@@ -145,6 +145,7 @@ def apply_settings(
         vocab=pick("vocab", options.vocab, settings.vocab),
         image_size=pick("image_size", options.image_size, settings.image_size),
         inputs=settings.inputs if settings.inputs is not None else options.inputs,
+        inputs_named=options.inputs_named if settings.inputs is None else "the manifest's inputs",
         ranges={**options.ranges, **settings.ranges},
     )
 

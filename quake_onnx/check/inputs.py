@@ -111,12 +111,13 @@ def load_inputs(
     model_name: Optional[str] = None,
     warn_unused_dims: bool = True,
     ranges_named: Optional[Collection[str]] = None,
+    npz_named: str = "--inputs",
 ) -> Inputs:
     """--inputs first, then test_data_set_* beside the model, then generated."""
     specs = graph_inputs(model)
     notes: list[str] = []
     if npz is not None:
-        return Inputs("npz", [InputSet(_read_npz(npz, specs, notes), name=npz.name)], notes=notes)
+        return Inputs("npz", [InputSet(_read_npz(npz, specs, notes, npz_named), name=npz.name)], notes=notes)
     sets = sorted(model_path.parent.glob("test_data_set_*"), key=_natural)
     sets = [s for s in sets if s.is_dir()]
     if sets:
@@ -170,24 +171,25 @@ def _conform(name: str, value: np.ndarray, spec: InputSpec, where: str, notes: l
     return value
 
 
-def _read_npz(path: Path, specs: list[InputSpec], notes: list[str]) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, specs: list[InputSpec], notes: list[str], named: str = "--inputs") -> dict[str, np.ndarray]:
+    """The arrays of an .npz, one per input; `named` is how messages call the
+    file (--inputs, or the manifest's inputs key)."""
     if not path.is_file():
-        raise InputError(f"--inputs {path} does not exist" if not path.exists() else f"--inputs {path} is not a file")
+        raise InputError(f"{named} {path} does not exist" if not path.exists() else f"{named} {path} is not a file")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except Exception as e:  # zipfile, pickle refusal, truncated array
-        raise InputError(f"--inputs {path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+        raise InputError(f"{named} {path} is not a readable .npz file ({type(e).__name__}: {e})") from None
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         raise InputError(
-            f"--inputs {path} has no array for input {', '.join(missing)} "
-            f"(it has {', '.join(sorted(arrays)) or 'none'})"
+            f"{named} {path} has no array for input {', '.join(missing)} (it has {', '.join(sorted(arrays)) or 'none'})"
         )
     extra = sorted(set(arrays) - {s.name for s in specs})
     if extra:
         raise InputError(
-            f"--inputs {path}: {', '.join(extra)} is not an input of the model "
+            f"{named} {path}: {', '.join(extra)} is not an input of the model "
             f"(inputs: {', '.join(s.name for s in specs)})"
         )
     return {s.name: _conform(s.name, arrays[s.name], s, str(path), notes) for s in specs}

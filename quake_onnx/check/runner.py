@@ -61,6 +61,7 @@ class CheckOptions:
     tune: bool = False  # `quake-onnx tune` the model (within tune_budget seconds) instead of optimizing it
     tune_budget: float = 120.0
     tune_attention_precision: str = "auto"  # tune's --attention-precision
+    inputs_named: str = "--inputs"  # how messages name `inputs`: the option, or the manifest key it came from
 
 
 class CheckError(ModelFileError):
@@ -234,6 +235,7 @@ def check_model(model_path: Path, options: CheckOptions, name: Optional[str] = N
             graph,
             model_path,
             npz=options.inputs,
+            npz_named=options.inputs_named,
             dims=options.dims,
             vocab=options.vocab,
             seed=options.seed,

@@ -7,6 +7,7 @@ import shutil
 import xml.etree.ElementTree as ET
 
 import numpy as np
+import onnx
 import pytest
 from checktools import FAST, ROOT, ZOO, cli, copy_models, one_line, validate
 
@@ -281,3 +282,19 @@ ranges = { input_idz = [1, 5] }
     by_name = {m["name"]: m for m in report["models"]}
     assert by_name["gen/bert"]["warnings"] == ["ranges input_idz: the model has no input of that name"], by_name
     assert "pixel_values" not in r.stderr
+
+
+def test_an_inputs_file_from_the_manifest_is_named_as_such(tmp_path):
+    # Fresh-user run: errors about a manifest's inputs file said "--inputs ...",
+    # an option the run never had.
+    from quake_onnx.check.inputs import InputError, graph_inputs, load_inputs
+
+    np.savez(tmp_path / "x.npz", other=np.ones(3, np.float32))
+    m = manifest.load(_write(tmp_path / "quake-zoo.toml", '[models."bert"]\ninputs = "x.npz"\n'))
+    options = apply_settings(CheckOptions(), m.settings_for("bert"))
+    assert options.inputs == tmp_path / "x.npz" and options.inputs_named == "the manifest's inputs"
+    assert apply_settings(CheckOptions(), m.settings_for("other")).inputs_named == "--inputs"
+    model = onnx.load(str(BERT), load_external_data=False)
+    assert graph_inputs(model)
+    with pytest.raises(InputError, match="^the manifest's inputs .*x.npz has no array for input"):
+        load_inputs(model, BERT, npz=options.inputs, npz_named=options.inputs_named)
