@@ -168,8 +168,8 @@ def _kind(value: Any) -> str:
         return f"the string {value!r}"
     if isinstance(value, dict):
         return "a table"
-    if isinstance(value, list):
-        return "an array"
+    if isinstance(value, list):  # short ones shown: [0, 'a'] says more than "an array"
+        return f"the array {value!r}" if len(repr(value)) <= 60 else "an array"
     return f"{type(value).__name__} {value!r}"
 
 

@@ -115,6 +115,7 @@ def test_the_command_line_beats_the_manifest_only_when_passed():
         ("[defaults]\nvocab = 0.5\n", "defaults.vocab: expected a positive integer"),
         ("[defaults]\nimage_size = -3\n", "defaults.image_size: expected a positive integer"),
         ('[models."m"]\nranges = { x = [2, 1] }\n', "models.m.ranges.x: expected [LOW, HIGH] with LOW <= HIGH"),
+        ('[models."m"]\nranges = { x = [0, "a"] }\n', "got the array [0, 'a']"),
         ('[models."m"]\ninputs = "nothing.npz"\n', "models.m.inputs:"),
         ('[models."nope"]\nvocab = 3\n', "models.nope: matches no model under"),
         ('[models."x/*"]\nvocab = 3\n', 'models."x/*": matches no model under'),
