@@ -34,8 +34,9 @@ class Entry:
 def discover(root: Path) -> list[Entry]:
     """Every *.onnx under root, sorted by path. The model-zoo layout
     (<name>/model.onnx beside test_data_set_*) is named after its folder.
-    Skipped: *.quake.onnx (what `optimize` writes: already rewritten) and
-    hidden folders (.git, temporary files of interrupted writes)."""
+    Skipped: *.quake.onnx (what `optimize` writes: already rewritten),
+    hidden folders (.git, temporary files of interrupted writes) and
+    folders that are symlinks (os.walk's default: no link cycle)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
