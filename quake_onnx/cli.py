@@ -502,7 +502,7 @@ _VOCAB = typer.Option(
 _SEED = typer.Option(0, "--seed", min=0, help="seed of generated inputs")
 _THREADS = typer.Option(1, "--threads", min=1, help="intra_op_num_threads of both sessions")
 _RUNS = typer.Option(20, "--runs", min=1, help="timed runs of each model; the median is reported")
-_WARMUP = typer.Option(3, "--warmup", min=0, help="untimed runs of each model first")
+_WARMUP = typer.Option(3, "--warmup", min=0, help="untimed runs of each model first (0 still runs one)")
 _TOP_K = typer.Option(5, "--top-k", min=1, help="k of the top-k agreement of class-score outputs")
 _MAX_ABS = typer.Option(
     None, "--max-abs-error", min=0.0, metavar="T", help="fail above this max abs error (any output)"

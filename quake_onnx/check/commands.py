@@ -238,9 +238,10 @@ def zoo_command(
         "min_score": min_score,
         "image_size": run_options.image_size,
         "tune": options.tune_budget if options.tune else None,
-        # What changes the optimized models: shards that differ in it must not merge.
-        "ops": sorted(options.ops) if options.ops is not None else None,
-        "min_elements": options.min_elements,
+        # What changes the optimized models: shards that differ in it must not merge
+        # (tune, which measures its own choices, takes neither --ops nor --min-elements).
+        "ops": sorted(options.ops) if options.ops is not None and not options.tune else None,
+        "min_elements": options.min_elements if not options.tune else None,
         "tune_attention_precision": options.tune_attention_precision if options.tune else None,
         "custom_ops_libraries": [Path(p).name for p in options.custom_ops_libraries],
         "manifest": plan.describe() if plan else None,

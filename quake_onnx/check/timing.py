@@ -23,7 +23,8 @@ class Timing:
 
 
 def measure(original, optimized, feeds: dict, *, threads: int, warmup: int = 3, runs: int = 20) -> Timing:
-    """Medians over `runs` runs of each session, after `warmup` runs of each.
+    """Medians over `runs` runs of each session, after `warmup` runs of each
+    (at least one).
 
     The two sessions alternate run by run, each first every other run, so a
     frequency change, a noisy neighbour or a cold start affects both alike.
@@ -38,7 +39,9 @@ def measure(original, optimized, feeds: dict, *, threads: int, warmup: int = 3, 
     sub-millisecond models notice. Those stay noisy at 2 threads on this VM
     either way: the sample read 0.91-1.04x from call to call like this, and
     0.70-0.90x with an untimed run before each timed one (pools awake)."""
-    for _ in range(warmup):
+    # At least one each, whatever `warmup`: a first timed run is cold, and at
+    # --runs 1-2 it alone made a model against itself read 2-3x.
+    for _ in range(max(warmup, 1)):
         original.run(None, feeds)
         optimized.run(None, feeds)
     t_orig, t_opt = [], []

@@ -270,7 +270,9 @@ def groups_table(report: dict) -> Table:
 
 
 def to_markdown(report: dict) -> str:
-    lines = [f"## quake-onnx tune: {report['model']}", "", headline(report), ""]
+    from ..check.reports import _md  # table cells: | escaped, &, <, > as entities
+
+    lines = [f"## quake-onnx tune: {_md(str(report['model']))}", "", _md(headline(report)), ""]
     m, env, b = report["machine"], report["environment"], report["budget"]
     lines.append(
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores; ONNX Runtime {env['onnxruntime']}, "
@@ -283,22 +285,23 @@ def to_markdown(report: dict) -> str:
     for g in report["groups"]:
         tried = _alone(g)
         lines.append(
-            f"| {g['key']} | {g['nodes']} | {g['decision']} | {_fmt_choice(g['choice'], g['precision'])} "
+            f"| {_md(str(g['key']))} | {g['nodes']} | {g['decision']} | {_fmt_choice(g['choice'], g['precision'])} "
             f"| {_fmt_stat(g['speedup'])} "
-            f"| {_fmt_error(tried[0]['summary']) if tried else '-'} | {g['reason']} |"
+            f"| {_fmt_error(tried[0]['summary']) if tried else '-'} | {_md(str(g['reason']))} |"
         )
     if report["configurations"]:
         lines += ["", "| configuration | status | speedup [q1, q3] | error | reason |", "|---|---|---|---|---|"]
         for c in report["configurations"]:
             text = Config.from_dict(c).text()
             lines.append(
-                f"| {text} | {c['status']} | {_fmt_stat(c['speedup'])} | {_fmt_error(c['summary'])} | {c['reason']} |"
+                f"| {_md(text)} | {c['status']} | {_fmt_stat(c['speedup'])} | {_fmt_error(c['summary'])} "
+                f"| {_md(str(c['reason']))} |"
             )
     final = report["final"]
     if final["outputs"]:
         lines += ["", "| output | max abs error | cosine |", "|---|---|---|"]
         for o in final["outputs"]:
-            lines.append(f"| {o['name']} | {o['max_abs_error']} | {o['cosine']} |")
+            lines.append(f"| {_md(o['name'])} | {o['max_abs_error']} | {o['cosine']} |")
     if b["not_tried"]:
         lines += ["", "Not tried (budget): " + "; ".join(b["not_tried"]) + "."]
     for n in report["notes"]:

@@ -364,3 +364,21 @@ def test_markdown_cells_show_html_specials_as_text():
     from quake_onnx.check.reports import _md
 
     assert _md('a&b<c>"q"|x\ny') == 'a&amp;b&lt;c&gt;"q"\\|x y'
+
+
+def test_timing_runs_each_session_once_untimed_even_at_warmup_0(monkeypatch):
+    # Review: at --warmup 0 and --runs 1-2 the first, cold run alone made a
+    # model against itself read 2-3x.
+    from quake_onnx.check import timing
+
+    calls = []
+
+    class Session:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, outputs, feeds):
+            calls.append(self.name)
+
+    timing.measure(Session("a"), Session("b"), {}, threads=1, warmup=0, runs=1)
+    assert calls == ["a", "b", "a", "b"]

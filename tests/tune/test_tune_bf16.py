@@ -83,6 +83,11 @@ def test_bf16_chosen_when_faster_and_within_tolerance(engine, tmp_path):
     )
     md = to_markdown(report)
     assert "attention fused (bfloat16)" in md and "order 1, bfloat16" in md
+    # Review: tune's Markdown wrote names raw; a | broke its table and <b> read as a tag.
+    report["model"] = "a<b>.onnx"
+    report["groups"][0]["reason"] = "x | <y>"
+    md = to_markdown(report)
+    assert "## quake-onnx tune: a&lt;b&gt;.onnx" in md and "x \\| &lt;y&gt;" in md
 
 
 def test_bf16_not_chosen_when_its_error_breaks_the_tolerance(engine, tmp_path):
