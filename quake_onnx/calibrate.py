@@ -197,6 +197,8 @@ def calibrate(
         for n in nodes
     }
     if chosen:
+        if isinstance(inputs, (Mapping, str, os.PathLike)):  # one feed, or the CLI's .npz, where a list is taken
+            raise CalibrateError("inputs: give a list of feeds, each a dict of input name to array")
         sums = {id(n): 0.0 for n in chosen}
         rows = {id(n): 0 for n in chosen}
         probe = _probe(_infer_types(model), [n.input[0] for n in chosen])
@@ -208,8 +210,6 @@ def calibrate(
             raise CalibrateError(f"the input model does not load in ONNX Runtime: {sessions.one_line(e)}") from e
         names = [o.name for o in sess.get_outputs()]
         runs = 0
-        if isinstance(inputs, (Mapping, str, os.PathLike)):  # one feed, or the CLI's .npz, where a list is taken
-            raise CalibrateError("inputs: give a list of feeds, each a dict of input name to array")
         for feed in inputs:
             if not isinstance(feed, Mapping):
                 raise CalibrateError(f"inputs: feed {runs + 1} is a {type(feed).__name__}, not a dict of arrays")

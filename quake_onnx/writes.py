@@ -532,8 +532,7 @@ def same_path(a: os.PathLike | str, b: os.PathLike | str) -> bool:
 def belongs_to_pair(path: Path, dest: Path) -> bool:
     """True when `path` is `dest` or a name `dest`'s data file may take."""
     p, d = absolute(path), absolute(dest)
-    if os.path.realpath(p) == os.path.realpath(d):
+    if same_path(p, d):
         return True
     # Folders compared resolved: one folder may be spelt through a link and a `..` (absolute keeps links).
-    same_folder = os.path.realpath(p.parent) == os.path.realpath(d.parent)
-    return same_folder and re.fullmatch(re.escape(d.name) + r"(\.\d+)?\.data", p.name) is not None
+    return same_path(p.parent, d.parent) and re.fullmatch(re.escape(d.name) + r"(\.\d+)?\.data", p.name) is not None

@@ -225,7 +225,7 @@ def timing_line(result: dict) -> str:
     )
 
 
-def _md(text: str) -> str:
+def md_cell(text: str) -> str:
     """A table cell: `|` escaped, one line, and &, <, > as entities, so a name
     like a<b> is shown, not taken for an HTML tag (GitHub's renderer)."""
     return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
@@ -258,7 +258,7 @@ def to_markdown(report: dict) -> str:
     for r in report["models"]:
         row = _row(r)
         row[1] = marks[r["status"]]
-        lines.append("| " + " | ".join(_md(x) for x in row) + " |")
+        lines.append("| " + " | ".join(md_cell(x) for x in row) + " |")
     if score is not None:
         lines += [
             "",

@@ -103,11 +103,8 @@ def _session(model: str, graph, threads: int, library: bool, extra: tuple[str, .
 def summarize(outputs: list[dict]) -> dict:
     """The figures thresholds and scores look at: worst over all outputs."""
 
-    def num(v):
-        return math.inf if v == "inf" else (math.nan if v == "nan" else v)
-
-    abs_errs = [num(o["max_abs_error"]) for o in outputs]
-    cosines = [num(o["cosine"]) for o in outputs]
+    abs_errs = [_number(o["max_abs_error"]) for o in outputs]
+    cosines = [_number(o["cosine"]) for o in outputs]
     top1 = [o["top1_agreement"] for o in outputs if o["scores"] and o["top1_agreement"] is not None]
     return {
         "max_abs_error": cmp._jsonable(max(abs_errs)) if abs_errs else None,

@@ -48,10 +48,7 @@ def measure(original, optimized, feeds: dict, *, threads: int, warmup: int = 3, 
     clock = time.perf_counter
     for i in range(runs):
         pair = ((original, t_orig), (optimized, t_opt))
-        # Each goes first every other run: with --warmup 0, whichever ran first
-        # alone paid the process's cold start (1.6-3.5x "speedups" of a model
-        # against itself at --runs 1-2).
-        for session, times in pair if i % 2 == 0 else pair[::-1]:
+        for session, times in pair if i % 2 == 0 else pair[::-1]:  # each first every other run
             if threads > 1:
                 settle()
             t0 = clock()

@@ -96,8 +96,6 @@ def _context():
 
 
 def _child(conn, path: str, name: str, options: CheckOptions, scratch: str) -> None:
-    import tempfile
-
     from .runner import check_safely
 
     # Its temporaries go in a folder the parent removes however this process ends (killed at a timeout, a crash).

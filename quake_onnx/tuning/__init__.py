@@ -202,11 +202,10 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _same_file(a, b) -> bool:
-    pa, pb = writes.absolute(a), writes.absolute(b)
-    if os.path.realpath(pa) == os.path.realpath(pb):
+    if writes.same_path(a, b):
         return True
     try:
-        return os.path.samefile(pa, pb)
+        return os.path.samefile(writes.absolute(a), writes.absolute(b))
     except OSError:
         return False
 

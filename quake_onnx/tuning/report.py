@@ -14,6 +14,7 @@ from typing import Optional
 from rich.markup import escape
 from rich.table import Table
 
+from ..check.reports import md_cell
 from ..check.runner import Thresholds
 from .prepare import Prepared
 from .search import GroupResult, Outcome
@@ -270,9 +271,7 @@ def groups_table(report: dict) -> Table:
 
 
 def to_markdown(report: dict) -> str:
-    from ..check.reports import _md  # table cells: | escaped, &, <, > as entities
-
-    lines = [f"## quake-onnx tune: {_md(str(report['model']))}", "", _md(headline(report)), ""]
+    lines = [f"## quake-onnx tune: {md_cell(str(report['model']))}", "", md_cell(headline(report)), ""]
     m, env, b = report["machine"], report["environment"], report["budget"]
     lines.append(
         f"Machine: {m['cpu']}, {m['logical_cores']} logical cores; ONNX Runtime {env['onnxruntime']}, "
@@ -285,23 +284,23 @@ def to_markdown(report: dict) -> str:
     for g in report["groups"]:
         tried = _alone(g)
         lines.append(
-            f"| {_md(str(g['key']))} | {g['nodes']} | {g['decision']} | {_fmt_choice(g['choice'], g['precision'])} "
+            f"| {md_cell(str(g['key']))} | {g['nodes']} | {g['decision']} | {_fmt_choice(g['choice'], g['precision'])} "
             f"| {_fmt_stat(g['speedup'])} "
-            f"| {_fmt_error(tried[0]['summary']) if tried else '-'} | {_md(str(g['reason']))} |"
+            f"| {_fmt_error(tried[0]['summary']) if tried else '-'} | {md_cell(str(g['reason']))} |"
         )
     if report["configurations"]:
         lines += ["", "| configuration | status | speedup [q1, q3] | error | reason |", "|---|---|---|---|---|"]
         for c in report["configurations"]:
             text = Config.from_dict(c).text()
             lines.append(
-                f"| {_md(text)} | {c['status']} | {_fmt_stat(c['speedup'])} | {_fmt_error(c['summary'])} "
-                f"| {_md(str(c['reason']))} |"
+                f"| {md_cell(text)} | {c['status']} | {_fmt_stat(c['speedup'])} | {_fmt_error(c['summary'])} "
+                f"| {md_cell(str(c['reason']))} |"
             )
     final = report["final"]
     if final["outputs"]:
         lines += ["", "| output | max abs error | cosine |", "|---|---|---|"]
         for o in final["outputs"]:
-            lines.append(f"| {_md(o['name'])} | {o['max_abs_error']} | {o['cosine']} |")
+            lines.append(f"| {md_cell(o['name'])} | {o['max_abs_error']} | {o['cosine']} |")
     if b["not_tried"]:
         lines += ["", "Not tried (budget): " + "; ".join(b["not_tried"]) + "."]
     for n in report["notes"]:

@@ -361,9 +361,9 @@ def test_nan_rows_have_no_top1_to_agree_on():
 def test_markdown_cells_show_html_specials_as_text():
     # Fresh-user run: a model named a&b<c>"q" went into the table raw, and
     # GitHub took <c> for a tag.
-    from quake_onnx.check.reports import _md
+    from quake_onnx.check.reports import md_cell
 
-    assert _md('a&b<c>"q"|x\ny') == 'a&amp;b&lt;c&gt;"q"\\|x y'
+    assert md_cell('a&b<c>"q"|x\ny') == 'a&amp;b&lt;c&gt;"q"\\|x y'
 
 
 def test_timing_runs_each_session_once_untimed_even_at_warmup_0(monkeypatch):

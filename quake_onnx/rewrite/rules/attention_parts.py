@@ -246,15 +246,12 @@ def repeated_heads(ctx: Context, t: gs.Tensor) -> Union[None, str, tuple[gs.Tens
         reps = const_value(spread.inputs[1])
         if reps is None or [int(r) for i, r in enumerate(np.asarray(reps).reshape(-1)) if i != rank - 2] != [1] * rank:
             return "K/V heads are tiled along other axes than the repeat"
-    sizes = None
-    h_kv, h = shape[-3], out[-3]
-    if not (isinstance(h_kv, int) and isinstance(h, int)):
-        # Exporters compute the head counts from Shape nodes and a -1 (Hugging
-        # Face's view(*input_shape, -1, head_dim)): derived from the model's inputs.
-        sizes = Sizes(ctx)
-        h_kv, h = (d if isinstance(d, int) else _const_dim(sizes, u) for d, u in ((h_kv, x), (h, t)))
+    # Inferred, else traced or derived from the model's inputs (heads): exporters compute
+    # them from Shape nodes and a -1 (Hugging Face's view(*input_shape, -1, head_dim)).
+    h_kv, h = heads(ctx, x), heads(ctx, t)
     if not (isinstance(h_kv, int) and isinstance(h, int) and h_kv > 0 and h % h_kv == 0):
         return "cannot tell how the K/V heads are repeated (head counts not static)"
+    sizes = None
 
     def same(a_t: gs.Tensor, a: int, b_t: gs.Tensor, b: int) -> bool:
         """Dimension a of a_t equals dimension b of b_t: the same name or number, or, where
@@ -276,12 +273,6 @@ def repeated_heads(ctx: Context, t: gs.Tensor) -> Union[None, str, tuple[gs.Tens
     if not all(same(t, i, x, i) for i in (-2, -1)):
         return "the K/V repeat changes more than the head count"
     return x, h // h_kv, [reshape, spread, unsqueeze]
-
-
-def _const_dim(sizes: Sizes, t: gs.Tensor) -> Optional[int]:
-    """t's head axis (-3) as a number derived from the model's inputs, or None."""
-    d = sizes.dim(t, -3)
-    return int(d.const) if d is not None and d.is_const else None
 
 
 def operand_kv(ctx: Context, t: gs.Tensor, is_key: bool) -> Union[str, Operand]:
