@@ -61,7 +61,8 @@ def test_time_rounds_alternates_and_pairs():
             calls.append(self.name)
             time.sleep(self.seconds)
 
-    sessions = {"a": [Sleeper("a0", 0.004), Sleeper("a1", 0.004)], "b": [Sleeper("b0", 0.002), Sleeper("b1", 0.002)]}
+    # 5x apart, not 2x: on these VMs a 2 ms sleep once took 5 ms (a round read 0.76, CI failed).
+    sessions = {"a": [Sleeper("a0", 0.010), Sleeper("a1", 0.010)], "b": [Sleeper("b0", 0.002), Sleeper("b1", 0.002)]}
     rounds = time_rounds(sessions, {}, 4, 0.0, 2, retries=0, warmup=1)
     assert [len(v) for v in rounds.medians.values()] == [4, 4] and rounds.runs == {"a": 8, "b": 8}
     timed = [c for c in calls[4:]]  # after one warm-up run of each instance
